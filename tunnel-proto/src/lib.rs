@@ -1,0 +1,1 @@
+//! placeholder until the protocol core lands
