@@ -1,0 +1,204 @@
+//! The decision: which connection (if any) a packet belongs to and what happens to it. Reads the
+//! policy maps of one slot; never touches the packet. The order of checks is the product's
+//! decision order (DESIGN.md): own sockets, gateway, link control, per-app before device-level,
+//! exclude before include, then the UDP port list, and lock-down last.
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    maps::lpm_trie::Key,
+};
+use tunnel_common::{
+    AppKey, CONN_NONE, ConnConfig, GatewayKey, MAX_CGROUP_LEVEL, MAX_CONNS, OWN_SOCKET_MARK,
+    ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_flags, conn_index,
+    route, slot_flags, udp_port_word,
+};
+
+use crate::{
+    maps::{ACTIVE_SLOT, APPS, CONN_CONFIG, GATEWAYS, ROUTES_V4, ROUTES_V6, SLOT_CONFIG, UDP_PORTS},
+    packet::{IPPROTO_ICMPV6, IPPROTO_UDP, Packet},
+};
+
+/// The policy slot in force for this packet, read once.
+#[inline(always)]
+pub fn active_slot() -> Option<(u32, &'static SlotConfig)> {
+    let slot = *ACTIVE_SLOT.get(0)? & 1;
+    Some((slot, SLOT_CONFIG.get(slot)?))
+}
+
+/// A packet seen from our side: `remote` is the far end whichever way the packet travels.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub pkt: &'a Packet,
+    pub remote: &'a [u8; 16],
+    pub remote_port: u16,
+    pub local_port: u16,
+}
+
+impl<'a> View<'a> {
+    /// A packet we send.
+    #[inline(always)]
+    pub fn outbound(pkt: &'a Packet) -> Self {
+        View { pkt, remote: &pkt.dst, remote_port: pkt.dport, local_port: pkt.sport }
+    }
+
+    /// A packet we receive.
+    #[inline(always)]
+    pub fn inbound(pkt: &'a Packet) -> Self {
+        View { pkt, remote: &pkt.src, remote_port: pkt.sport, local_port: pkt.dport }
+    }
+}
+
+/// The outcome of classification. `cfg` is set whenever `conn` is a real connection.
+#[derive(Clone, Copy)]
+pub struct Decision {
+    pub conn: u32,
+    pub reason: Reason,
+    pub cfg: Option<&'static ConnConfig>,
+}
+
+impl Decision {
+    #[inline(always)]
+    const fn none(reason: Reason) -> Self {
+        Decision { conn: CONN_NONE, reason, cfg: None }
+    }
+}
+
+/// Where the connection for a packet comes from.
+#[derive(Clone, Copy)]
+pub enum Owner {
+    /// The socket's cgroup (per-app rules), falling back to the device-level connection.
+    Socket(*mut __sk_buff),
+    /// No socket to ask (XDP): the device-level connection.
+    Device,
+}
+
+/// Classifies a packet with the policy of `slot`.
+#[inline(always)]
+pub fn classify(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) -> Decision {
+    let mut d = decide(view, slot, scfg, mark, owner);
+    if scfg.flags & slot_flags::LOCKDOWN != 0 && d.reason.blocked_by_lockdown() {
+        d.reason = Reason::DropLockdown;
+    }
+    d
+}
+
+#[inline(always)]
+fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) -> Decision {
+    if mark == OWN_SOCKET_MARK {
+        return Decision::none(Reason::BypassOwnSocket);
+    }
+    if is_gateway(slot, view.remote) {
+        return Decision::none(Reason::BypassGateway);
+    }
+    if is_link_control(view) {
+        return Decision::none(Reason::BypassLinkControl);
+    }
+    let app = match owner {
+        Owner::Socket(skb) if scfg.flags & slot_flags::HAS_APPS != 0 => app_conn(skb, slot),
+        _ => None,
+    };
+    let conn = match app {
+        Some(conn) => conn,
+        None => scfg.device_conn,
+    };
+    if conn >= MAX_CONNS {
+        return Decision::none(Reason::BypassNoConnection);
+    }
+    let Some(cfg) = CONN_CONFIG.get(conn_index(slot, conn)) else {
+        return Decision::none(Reason::BypassNoConnection);
+    };
+    if cfg.flags & conn_flags::ACTIVE == 0 {
+        return Decision::none(Reason::BypassNoConnection);
+    }
+    let with = |reason| Decision { conn, reason, cfg: Some(cfg) };
+    let pkt = view.pkt;
+    let family = if pkt.v6 { conn_flags::HAS_V6 } else { conn_flags::HAS_V4 };
+    if cfg.flags & family == 0 {
+        return with(Reason::BypassNoFamily);
+    }
+    match lookup_route(slot, conn, pkt.v6, view.remote) {
+        Some(route::EXCLUDE) => return with(Reason::BypassExcluded),
+        Some(route::INCLUDE) => {}
+        _ => return with(Reason::BypassNotIncluded),
+    }
+    if pkt.proto == IPPROTO_UDP
+        && cfg.flags & conn_flags::UDP_PORTS_LISTED != 0
+        && !udp_port_listed(slot, conn, view.remote_port)
+    {
+        return with(Reason::BypassUdpPort);
+    }
+    with(Reason::Tunnel)
+}
+
+#[inline(always)]
+fn is_gateway(slot: u32, addr: &[u8; 16]) -> bool {
+    let key = GatewayKey { slot, addr: *addr };
+    // SAFETY: the value is only tested for presence, never read.
+    unsafe { GATEWAYS.get(&key).is_some() }
+}
+
+/// DHCP, DHCPv6 and IPv6 neighbour discovery: what a link needs to stay up. `remote_port` and
+/// `local_port` are oriented, so one test serves both directions.
+#[inline(always)]
+fn is_link_control(view: &View) -> bool {
+    let pkt = view.pkt;
+    if pkt.proto == IPPROTO_UDP && pkt.has_l4 {
+        return matches!((view.remote_port, view.local_port), (67, 68) | (547, 546));
+    }
+    pkt.v6 && pkt.proto == IPPROTO_ICMPV6 && pkt.has_l4 && (133..=137).contains(&pkt.icmp_type)
+}
+
+/// The connection of the deepest cgroup (the socket's own, then its ancestors) with a rule.
+#[inline(always)]
+fn app_conn(skb: *mut __sk_buff, slot: u32) -> Option<u32> {
+    // SAFETY: `skb` is the program's context pointer.
+    let id = unsafe { bpf_skb_cgroup_id(skb) };
+    if id == 0 {
+        return None;
+    }
+    if let Some(conn) = app_rule(id, slot) {
+        return Some(conn);
+    }
+    let mut level = MAX_CGROUP_LEVEL;
+    while level > 0 {
+        level -= 1;
+        // SAFETY: `skb` is the program's context pointer.
+        let ancestor = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+        if ancestor == 0 || ancestor == id {
+            continue;
+        }
+        if let Some(conn) = app_rule(ancestor, slot) {
+            return Some(conn);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn app_rule(cgroup_id: u64, slot: u32) -> Option<u32> {
+    let key = AppKey { cgroup_id, slot, _pad: 0 };
+    // SAFETY: entries are plain u32s written whole by userspace.
+    unsafe { APPS.get(&key).copied() }
+}
+
+#[inline(always)]
+fn lookup_route(slot: u32, conn: u32, v6: bool, addr: &[u8; 16]) -> Option<u32> {
+    let (slot, conn) = (slot as u8, conn as u8);
+    if v6 {
+        let key = Key::new(ROUTE_KEY_PREFIX_BITS + 128, RouteKeyV6 { slot, conn, addr: *addr });
+        ROUTES_V6.get(&key).copied()
+    } else {
+        let addr = Packet::v4(addr);
+        let key = Key::new(ROUTE_KEY_PREFIX_BITS + 32, RouteKeyV4 { slot, conn, addr });
+        ROUTES_V4.get(&key).copied()
+    }
+}
+
+#[inline(always)]
+fn udp_port_listed(slot: u32, conn: u32, port: u16) -> bool {
+    match UDP_PORTS.get(udp_port_word(slot, conn, port)) {
+        Some(word) => word & (1u64 << (port & 63)) != 0,
+        None => false,
+    }
+}

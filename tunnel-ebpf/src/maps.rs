@@ -1,0 +1,48 @@
+//! The maps, declared once. Layouts and names come from `tunnel_common`; the static names
+//! here are the map names userspace looks up (`tunnel_common::maps`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use tunnel_common::{
+    AppKey, ConnConfig, Counter, FlowKey, FlowValue, GatewayKey, MAX_APPS, MAX_FLOWS,
+    MAX_GATEWAYS, MAX_OWN_PEERS, MAX_ROUTES, NUM_CONN_CONFIGS, NUM_COUNTERS,
+    NUM_UDP_PORT_WORDS, POLICY_SLOTS, RouteKeyV4, RouteKeyV6, SlotConfig,
+};
+
+#[map]
+pub static ACTIVE_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static SLOT_CONFIG: Array<SlotConfig> = Array::with_max_entries(POLICY_SLOTS, 0);
+
+#[map]
+pub static CONN_CONFIG: Array<ConnConfig> = Array::with_max_entries(NUM_CONN_CONFIGS, 0);
+
+#[map]
+pub static ROUTES_V4: LpmTrie<RouteKeyV4, u32> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
+#[map]
+pub static ROUTES_V6: LpmTrie<RouteKeyV6, u32> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
+#[map]
+pub static APPS: HashMap<AppKey, u32> = HashMap::with_max_entries(MAX_APPS, 0);
+
+#[map]
+pub static GATEWAYS: HashMap<GatewayKey, u32> = HashMap::with_max_entries(MAX_GATEWAYS, 0);
+
+#[map]
+pub static UDP_PORTS: Array<u64> = Array::with_max_entries(NUM_UDP_PORT_WORDS, 0);
+
+#[map]
+pub static TUN_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(tunnel_common::MAX_CONNS, 0);
+
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map]
+pub static OWN_PEERS: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(MAX_OWN_PEERS, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);

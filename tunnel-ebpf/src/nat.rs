@@ -1,0 +1,209 @@
+//! Packet rewriting on TC hooks: source NAT into the tunnel, destination NAT back out of it,
+//! TCP MSS clamping, and the flow table that links the two. Checksums are updated
+//! incrementally through the kernel helpers, which also handle `CHECKSUM_PARTIAL` packets from
+//! local sockets (the pseudo-header flag updates the seed instead of the full sum).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::{bpf_csum_diff, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+use tunnel_common::{FlowKey, FlowValue};
+
+use crate::{
+    maps::FLOWS,
+    packet::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet},
+};
+
+/// Which address of the IP header to rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Src,
+    Dst,
+}
+
+/// Error from a kernel helper; the program drops the packet rather than send it half-rewritten.
+pub struct RewriteFailed;
+
+impl From<i64> for RewriteFailed {
+    fn from(_: i64) -> Self {
+        RewriteFailed
+    }
+}
+
+/// Offset of the transport checksum and the helper flags it needs, for protocols whose
+/// checksum covers the addresses.
+#[inline(always)]
+fn l4_csum(pkt: &Packet) -> Option<(usize, u64)> {
+    if !pkt.has_l4 {
+        return None;
+    }
+    match pkt.proto {
+        IPPROTO_TCP => Some((pkt.l4_off + 16, BPF_F_PSEUDO_HDR as u64)),
+        // A zero UDP checksum means "none" (IPv4): MARK_MANGLED_0 leaves it alone.
+        IPPROTO_UDP => Some((
+            pkt.l4_off + 6,
+            (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64,
+        )),
+        IPPROTO_ICMPV6 if pkt.v6 => Some((pkt.l4_off + 2, BPF_F_PSEUDO_HDR as u64)),
+        _ => None,
+    }
+}
+
+/// Rewrites the source or destination address to `new` (IPv4 as `::ffff:a.b.c.d`) and fixes the
+/// IP and transport checksums.
+#[inline(always)]
+pub fn rewrite_addr(
+    ctx: &TcContext,
+    pkt: &Packet,
+    field: Field,
+    new: &[u8; 16],
+) -> Result<(), RewriteFailed> {
+    let old = if field == Field::Src { &pkt.src } else { &pkt.dst };
+    if pkt.v6 {
+        let off = pkt.l3_off + if field == Field::Src { 8 } else { 24 };
+        let mut from = *old;
+        let mut to = *new;
+        // SAFETY: both buffers are 16 readable bytes on our stack.
+        let diff = unsafe {
+            bpf_csum_diff(
+                from.as_mut_ptr().cast(),
+                16,
+                to.as_mut_ptr().cast(),
+                16,
+                0,
+            )
+        };
+        ctx.store(off, &to, 0)?;
+        if let Some((csum_off, flags)) = l4_csum(pkt) {
+            ctx.l4_csum_replace(csum_off, 0, diff as u32 as u64, flags)?;
+        }
+    } else {
+        let off = pkt.l3_off + if field == Field::Src { 12 } else { 16 };
+        let from = u32::from_ne_bytes(Packet::v4(old));
+        let to4 = Packet::v4(new);
+        let to = u32::from_ne_bytes(to4);
+        ctx.store(off, &to4, 0)?;
+        ctx.l3_csum_replace(pkt.l3_off + 10, from as u64, to as u64, 4)?;
+        if let Some((csum_off, flags)) = l4_csum(pkt) {
+            ctx.l4_csum_replace(csum_off, from as u64, to as u64, flags | 4)?;
+        }
+    }
+    Ok(())
+}
+
+/// Largest TCP option area.
+const MAX_TCP_OPTIONS: usize = 40;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_MSS: u8 = 2;
+/// Options examined before giving up. Every stack we know puts MSS first; bounding the scan
+/// keeps the verifier's path count small.
+const MAX_OPTIONS_SCANNED: usize = 8;
+
+/// On a SYN, lowers the MSS option to what fits in `mtu` (IP and TCP headers without options).
+#[inline(always)]
+pub fn clamp_mss(ctx: &TcContext, pkt: &Packet, mtu: u32) -> Result<(), RewriteFailed> {
+    if pkt.proto != IPPROTO_TCP || !pkt.tcp_syn || !pkt.has_l4 {
+        return Ok(());
+    }
+    let headers = if pkt.v6 { 60 } else { 40 };
+    if mtu <= headers {
+        return Ok(());
+    }
+    let max_mss = (mtu - headers).min(u16::MAX as u32) as u16;
+    let doff: u8 = ctx.load(pkt.l4_off + 12)?;
+    let opt_len = ((doff >> 4) as usize * 4).saturating_sub(20).min(MAX_TCP_OPTIONS);
+    if opt_len < 4 {
+        return Ok(());
+    }
+    // A 64-byte buffer indexed with `& 63`: every index is provably inside it, which is what
+    // the verifier needs for variable-offset stack reads.
+    let mut opts = [0u8; 64];
+    // The verifier needs the length provably within 1..=40: mask, then range-check.
+    let got = (opt_len as u32) & 0x3f;
+    if got == 0 || got > MAX_TCP_OPTIONS as u32 {
+        return Ok(());
+    }
+    // SAFETY: `opts` is a 64-byte stack buffer and `got` is at most 40.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            (pkt.l4_off + 20) as u32,
+            opts.as_mut_ptr().cast(),
+            got,
+        )
+    };
+    if ret != 0 {
+        return Err(RewriteFailed);
+    }
+    let got = got as usize;
+    let at = |i: usize| opts[i & 63];
+    let mut i = 0usize;
+    for _ in 0..MAX_OPTIONS_SCANNED {
+        if i + 1 >= got {
+            break;
+        }
+        let kind = at(i);
+        match kind {
+            TCPOPT_EOL => break,
+            TCPOPT_NOP => i += 1,
+            _ => {
+                let len = at(i + 1);
+                if len < 2 {
+                    break;
+                }
+                if kind == TCPOPT_MSS && len == 4 {
+                    if i + 4 > got {
+                        break;
+                    }
+                    let (hi, lo) = (at(i + 2), at(i + 3));
+                    let mss = u16::from_be_bytes([hi, lo]);
+                    if mss > max_mss {
+                        let new = max_mss.to_be_bytes();
+                        let from = u16::from_ne_bytes([hi, lo]) as u64;
+                        let to = u16::from_ne_bytes(new) as u64;
+                        ctx.store(pkt.l4_off + 20 + i + 2, &new, 0)?;
+                        ctx.l4_csum_replace(pkt.l4_off + 16, from, to, 2)?;
+                    }
+                    break;
+                }
+                i += len as usize;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records that replies to this outbound packet must be delivered to its original source.
+#[inline(always)]
+pub fn record_flow(conn: u32, pkt: &Packet) {
+    let key = flow_key(conn, pkt.proto, &pkt.dst, pkt.dport, pkt.sport);
+    // SAFETY: the value is only compared, and LRU values are written whole.
+    let known = unsafe { FLOWS.get(&key) }.is_some_and(|v| v.local == pkt.src);
+    if !known {
+        // A full table evicts the least recently used flow; nothing else can fail here that
+        // the packet could recover from, so the result is not needed.
+        let _ = FLOWS.insert(&key, &FlowValue { local: pkt.src }, 0);
+    }
+}
+
+/// The original local address for a reply arriving on the TUN device, if its flow is known.
+#[inline(always)]
+pub fn reply_destination(conn: u32, pkt: &Packet) -> Option<[u8; 16]> {
+    let key = flow_key(conn, pkt.proto, &pkt.src, pkt.sport, pkt.dport);
+    // SAFETY: LRU values are written whole; the copy is taken at once.
+    unsafe { FLOWS.get(&key) }.map(|v| v.local)
+}
+
+#[inline(always)]
+fn flow_key(conn: u32, proto: u8, remote: &[u8; 16], remote_port: u16, local_port: u16) -> FlowKey {
+    FlowKey {
+        conn: conn as u8,
+        proto,
+        _pad: [0; 2],
+        remote_port: remote_port.to_be(),
+        local_port: local_port.to_be(),
+        remote: *remote,
+    }
+}
