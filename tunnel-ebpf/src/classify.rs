@@ -15,7 +15,9 @@ use tunnel_common::{
 };
 
 use crate::{
-    maps::{ACTIVE_SLOT, APPS, CONN_CONFIG, GATEWAYS, ROUTES_V4, ROUTES_V6, SLOT_CONFIG, UDP_PORTS},
+    maps::{
+        ACTIVE_SLOT, APPS, CONN_CONFIG, GATEWAYS, ROUTES_V4, ROUTES_V6, SLOT_CONFIG, UDP_PORTS,
+    },
     packet::{IPPROTO_ICMPV6, IPPROTO_UDP, Packet},
 };
 
@@ -39,13 +41,23 @@ impl<'a> View<'a> {
     /// A packet we send.
     #[inline(always)]
     pub fn outbound(pkt: &'a Packet) -> Self {
-        View { pkt, remote: &pkt.dst, remote_port: pkt.dport, local_port: pkt.sport }
+        View {
+            pkt,
+            remote: &pkt.dst,
+            remote_port: pkt.dport,
+            local_port: pkt.sport,
+        }
     }
 
     /// A packet we receive.
     #[inline(always)]
     pub fn inbound(pkt: &'a Packet) -> Self {
-        View { pkt, remote: &pkt.src, remote_port: pkt.sport, local_port: pkt.dport }
+        View {
+            pkt,
+            remote: &pkt.src,
+            remote_port: pkt.sport,
+            local_port: pkt.dport,
+        }
     }
 }
 
@@ -60,7 +72,11 @@ pub struct Decision {
 impl Decision {
     #[inline(always)]
     const fn none(reason: Reason) -> Self {
-        Decision { conn: CONN_NONE, reason, cfg: None }
+        Decision {
+            conn: CONN_NONE,
+            reason,
+            cfg: None,
+        }
     }
 }
 
@@ -111,9 +127,17 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
     if cfg.flags & conn_flags::ACTIVE == 0 {
         return Decision::none(Reason::BypassNoConnection);
     }
-    let with = |reason| Decision { conn, reason, cfg: Some(cfg) };
+    let with = |reason| Decision {
+        conn,
+        reason,
+        cfg: Some(cfg),
+    };
     let pkt = view.pkt;
-    let family = if pkt.v6 { conn_flags::HAS_V6 } else { conn_flags::HAS_V4 };
+    let family = if pkt.v6 {
+        conn_flags::HAS_V6
+    } else {
+        conn_flags::HAS_V4
+    };
     if cfg.flags & family == 0 {
         return with(Reason::BypassNoFamily);
     }
@@ -177,7 +201,11 @@ fn app_conn(skb: *mut __sk_buff, slot: u32) -> Option<u32> {
 
 #[inline(always)]
 fn app_rule(cgroup_id: u64, slot: u32) -> Option<u32> {
-    let key = AppKey { cgroup_id, slot, _pad: 0 };
+    let key = AppKey {
+        cgroup_id,
+        slot,
+        _pad: 0,
+    };
     // SAFETY: entries are plain u32s written whole by userspace.
     unsafe { APPS.get(&key).copied() }
 }
@@ -186,7 +214,14 @@ fn app_rule(cgroup_id: u64, slot: u32) -> Option<u32> {
 fn lookup_route(slot: u32, conn: u32, v6: bool, addr: &[u8; 16]) -> Option<u32> {
     let (slot, conn) = (slot as u8, conn as u8);
     if v6 {
-        let key = Key::new(ROUTE_KEY_PREFIX_BITS + 128, RouteKeyV6 { slot, conn, addr: *addr });
+        let key = Key::new(
+            ROUTE_KEY_PREFIX_BITS + 128,
+            RouteKeyV6 {
+                slot,
+                conn,
+                addr: *addr,
+            },
+        );
         ROUTES_V6.get(&key).copied()
     } else {
         let addr = Packet::v4(addr);

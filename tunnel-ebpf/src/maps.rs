@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use tunnel_common::{
-    AppKey, ConnConfig, Counter, FlowKey, FlowValue, GatewayKey, MAX_APPS, MAX_FLOWS,
-    MAX_GATEWAYS, MAX_OWN_PEERS, MAX_ROUTES, NUM_CONN_CONFIGS, NUM_COUNTERS,
-    NUM_UDP_PORT_WORDS, POLICY_SLOTS, RouteKeyV4, RouteKeyV6, SlotConfig,
+    AppKey, ConnConfig, Counter, FlowKey, FlowValue, GatewayKey, MAX_APPS, MAX_FLOWS, MAX_GATEWAYS,
+    MAX_OWN_PEERS, MAX_ROUTES, NUM_CONN_CONFIGS, NUM_COUNTERS, NUM_UDP_PORT_WORDS, POLICY_SLOTS,
+    RouteKeyV4, RouteKeyV6, SlotConfig,
 };
 
 #[map]

@@ -59,21 +59,18 @@ pub fn rewrite_addr(
     field: Field,
     new: &[u8; 16],
 ) -> Result<(), RewriteFailed> {
-    let old = if field == Field::Src { &pkt.src } else { &pkt.dst };
+    let old = if field == Field::Src {
+        &pkt.src
+    } else {
+        &pkt.dst
+    };
     if pkt.v6 {
         let off = pkt.l3_off + if field == Field::Src { 8 } else { 24 };
         let mut from = *old;
         let mut to = *new;
         // SAFETY: both buffers are 16 readable bytes on our stack.
-        let diff = unsafe {
-            bpf_csum_diff(
-                from.as_mut_ptr().cast(),
-                16,
-                to.as_mut_ptr().cast(),
-                16,
-                0,
-            )
-        };
+        let diff =
+            unsafe { bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0) };
         ctx.store(off, &to, 0)?;
         if let Some((csum_off, flags)) = l4_csum(pkt) {
             ctx.l4_csum_replace(csum_off, 0, diff as u32 as u64, flags)?;
@@ -113,7 +110,9 @@ pub fn clamp_mss(ctx: &TcContext, pkt: &Packet, mtu: u32) -> Result<(), RewriteF
     }
     let max_mss = (mtu - headers).min(u16::MAX as u32) as u16;
     let doff: u8 = ctx.load(pkt.l4_off + 12)?;
-    let opt_len = ((doff >> 4) as usize * 4).saturating_sub(20).min(MAX_TCP_OPTIONS);
+    let opt_len = ((doff >> 4) as usize * 4)
+        .saturating_sub(20)
+        .min(MAX_TCP_OPTIONS);
     if opt_len < 4 {
         return Ok(());
     }
@@ -135,7 +134,9 @@ pub fn clamp_mss(ctx: &TcContext, pkt: &Packet, mtu: u32) -> Result<(), RewriteF
         )
     };
     if ret != 0 {
-        return Err(RewriteFailed);
+        // The header claims options the packet does not hold; leave it for the receiver to
+        // reject rather than guess.
+        return Ok(());
     }
     let got = got as usize;
     let at = |i: usize| opts[i & 63];

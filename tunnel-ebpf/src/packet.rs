@@ -83,7 +83,9 @@ impl Packet {
 /// Maps an IPv4 address to `::ffff:a.b.c.d`.
 #[inline(always)]
 pub fn mapped(a: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
 }
 
 /// Parses a frame that starts with an Ethernet header.

@@ -63,7 +63,11 @@ fn ifindex(ctx: &TcContext) -> u32 {
 
 #[inline(always)]
 fn tunnel_addr(pkt: &Packet, cfg: &ConnConfig) -> [u8; 16] {
-    if pkt.v6 { cfg.tun_v6 } else { mapped(cfg.tun_v4) }
+    if pkt.v6 {
+        cfg.tun_v6
+    } else {
+        mapped(cfg.tun_v4)
+    }
 }
 
 /// Source-NATs a packet to the connection's tunnel address (recording the flow) and clamps the

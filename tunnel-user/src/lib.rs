@@ -1,4 +1,8 @@
-//! tunnel's userspace.
+//! tunnel's userspace: the eBPF data path today; the client daemon, CLI and gateway build on it.
 
-/// The eBPF object built by `build.rs`.
+pub mod datapath;
+
+pub use datapath::{Datapath, DatapathError, Policy};
+
+/// The eBPF object built by `build.rs`, embedded.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tunnel"));

@@ -1,0 +1,343 @@
+//! Typed handles over every map of the eBPF object, and the atomic policy swap on top of them:
+//! write the inactive slot, flip [`tunnel_common::maps::ACTIVE_SLOT`], wait for an RCU grace
+//! period, clear the old slot. A failure while writing removes what was written and leaves the
+//! active slot untouched, so a policy is applied whole or not at all.
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+};
+use tunnel_common::{
+    AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, GatewayKey, NUM_REASONS,
+    POLICY_SLOTS, ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_index,
+    counter_index, maps as names, udp_port_word,
+};
+
+use super::{
+    DatapathError,
+    barrier::RcuBarrier,
+    compile::{CompiledPolicy, RouteEntry},
+};
+
+/// Every map, typed.
+pub struct Maps {
+    active_slot: Array<MapData, u32>,
+    slot_config: Array<MapData, SlotConfig>,
+    conn_config: Array<MapData, ConnConfig>,
+    routes_v4: LpmTrie<MapData, RouteKeyV4, u32>,
+    routes_v6: LpmTrie<MapData, RouteKeyV6, u32>,
+    apps: HashMap<MapData, AppKey, u32>,
+    gateways: HashMap<MapData, GatewayKey, u32>,
+    udp_ports: Array<MapData, u64>,
+    tun_ifaces: HashMap<MapData, u32, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    counters: PerCpuArray<MapData, Counter>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DatapathError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Ok(Maps {
+            active_slot: take(ebpf, names::ACTIVE_SLOT)?,
+            slot_config: take(ebpf, names::SLOT_CONFIG)?,
+            conn_config: take(ebpf, names::CONN_CONFIG)?,
+            routes_v4: take(ebpf, names::ROUTES_V4)?,
+            routes_v6: take(ebpf, names::ROUTES_V6)?,
+            apps: take(ebpf, names::APPS)?,
+            gateways: take(ebpf, names::GATEWAYS)?,
+            udp_ports: take(ebpf, names::UDP_PORTS)?,
+            tun_ifaces: take(ebpf, names::TUN_IFACES)?,
+            flows: take(ebpf, names::FLOWS)?,
+            counters: take(ebpf, names::COUNTERS)?,
+        })
+    }
+
+    /// The slot the programs currently read.
+    pub fn active_slot(&self) -> Result<u32, DatapathError> {
+        self.active_slot
+            .get(&0, 0)
+            .map(|s| s & 1)
+            .map_err(map_err(names::ACTIVE_SLOT))
+    }
+
+    fn write_slot(&mut self, slot: u32, p: &CompiledPolicy) -> Result<(), DatapathError> {
+        for e in &p.routes_v4 {
+            self.routes_v4
+                .insert(&route_key_v4(slot, e), e.kind, 0)
+                .map_err(map_err(names::ROUTES_V4))?;
+        }
+        for e in &p.routes_v6 {
+            self.routes_v6
+                .insert(&route_key_v6(slot, e), e.kind, 0)
+                .map_err(map_err(names::ROUTES_V6))?;
+        }
+        for &(cgroup_id, conn) in &p.apps {
+            self.apps
+                .insert(
+                    AppKey {
+                        cgroup_id,
+                        slot,
+                        _pad: 0,
+                    },
+                    conn,
+                    0,
+                )
+                .map_err(map_err(names::APPS))?;
+        }
+        for addr in &p.gateways {
+            self.gateways
+                .insert(GatewayKey { slot, addr: *addr }, 1, 0)
+                .map_err(map_err(names::GATEWAYS))?;
+        }
+        for &(conn, word, bits) in &p.udp_words {
+            let index = udp_port_word(slot, u32::from(conn), 0) + word;
+            self.udp_ports
+                .set(index, bits, 0)
+                .map_err(map_err(names::UDP_PORTS))?;
+        }
+        for (conn, cfg) in &p.conns {
+            self.conn_config
+                .set(conn_index(slot, u32::from(*conn)), cfg, 0)
+                .map_err(map_err(names::CONN_CONFIG))?;
+        }
+        let cfg = SlotConfig {
+            flags: p.slot_flags,
+            device_conn: p.device_conn,
+        };
+        self.slot_config
+            .set(slot, cfg, 0)
+            .map_err(map_err(names::SLOT_CONFIG))
+    }
+
+    /// Removes `policy`'s entries from `slot`. Keeps going after an error and reports the
+    /// first, so one bad entry does not leave the rest behind.
+    fn clear_slot(&mut self, slot: u32, p: &CompiledPolicy) -> Result<(), DatapathError> {
+        let mut first = Ok(());
+        let mut note = |r: Result<(), DatapathError>| {
+            if first.is_ok() {
+                first = r;
+            }
+        };
+        let absent_ok = |r: Result<(), MapError>, name| match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map { name, source }),
+        };
+        note(
+            self.slot_config
+                .set(
+                    slot,
+                    SlotConfig {
+                        flags: 0,
+                        device_conn: CONN_NONE,
+                    },
+                    0,
+                )
+                .map_err(map_err(names::SLOT_CONFIG)),
+        );
+        for (conn, _) in &p.conns {
+            note(
+                self.conn_config
+                    .set(conn_index(slot, u32::from(*conn)), ConnConfig::default(), 0)
+                    .map_err(map_err(names::CONN_CONFIG)),
+            );
+        }
+        for &(conn, word, _) in &p.udp_words {
+            let index = udp_port_word(slot, u32::from(conn), 0) + word;
+            note(
+                self.udp_ports
+                    .set(index, 0, 0)
+                    .map_err(map_err(names::UDP_PORTS)),
+            );
+        }
+        for addr in &p.gateways {
+            let r = self.gateways.remove(&GatewayKey { slot, addr: *addr });
+            note(absent_ok(r, names::GATEWAYS));
+        }
+        for &(cgroup_id, _) in &p.apps {
+            let r = self.apps.remove(&AppKey {
+                cgroup_id,
+                slot,
+                _pad: 0,
+            });
+            note(absent_ok(r, names::APPS));
+        }
+        for e in &p.routes_v6 {
+            let r = self.routes_v6.remove(&route_key_v6(slot, e));
+            note(absent_ok(r, names::ROUTES_V6));
+        }
+        for e in &p.routes_v4 {
+            let r = self.routes_v4.remove(&route_key_v4(slot, e));
+            note(absent_ok(r, names::ROUTES_V4));
+        }
+        first
+    }
+
+    /// Swaps `next` in atomically (see the module docs). `current` is what the active slot
+    /// holds now (None if nothing was applied yet); returns the slot now active.
+    pub fn swap(
+        &mut self,
+        barrier: &RcuBarrier,
+        current: Option<&CompiledPolicy>,
+        next: &CompiledPolicy,
+    ) -> Result<u32, DatapathError> {
+        let old = self.active_slot()?;
+        let new = (old + 1) % POLICY_SLOTS;
+        let prepared = self.write_slot(new, next).and_then(|()| {
+            // TUN devices of the new policy must be known before its first packet. (A device
+            // that moves to another connection id is seen with the new id by programs still
+            // on the old slot for at most one grace period; such packets count as no-flow.)
+            for &(ifindex, conn) in &next.tun_ifaces {
+                self.tun_ifaces
+                    .insert(ifindex, conn, 0)
+                    .map_err(map_err(names::TUN_IFACES))?;
+            }
+            self.active_slot
+                .set(0, new, 0)
+                .map_err(map_err(names::ACTIVE_SLOT))
+        });
+        if let Err(e) = prepared {
+            // Nothing reads the inactive slot; remove what was written so it starts empty
+            // next time. The error that stopped us is the one worth reporting.
+            let _ = self.clear_slot(new, next);
+            return Err(e);
+        }
+        barrier
+            .wait()
+            .map_err(|source| DatapathError::Barrier { source })?;
+        // From here on no program reads the old slot.
+        if let Some(current) = current {
+            for &(ifindex, _) in &current.tun_ifaces {
+                if !next.tun_ifaces.iter().any(|(i, _)| *i == ifindex) {
+                    let r = self.tun_ifaces.remove(&ifindex);
+                    if !matches!(r, Ok(()) | Err(MapError::KeyNotFound)) {
+                        r.map_err(map_err(names::TUN_IFACES))?;
+                    }
+                }
+            }
+            self.clear_slot(old, current)?;
+        }
+        Ok(new)
+    }
+
+    /// Sums the per-CPU counters into a table.
+    pub fn counters(&self) -> Result<CounterTable, DatapathError> {
+        let mut rows = Vec::with_capacity(tunnel_common::MAX_CONNS as usize + 1);
+        for conn in 0..=CONN_NONE {
+            let mut row = [Counter::default(); NUM_REASONS as usize];
+            for reason in Reason::ALL {
+                let values = self
+                    .counters
+                    .get(&counter_index(conn, reason), 0)
+                    .map_err(map_err(names::COUNTERS))?;
+                let cell = &mut row[reason as usize];
+                for v in values.iter() {
+                    cell.packets += v.packets;
+                    cell.bytes += v.bytes;
+                }
+            }
+            rows.push(row);
+        }
+        Ok(CounterTable { rows })
+    }
+
+    /// Number of entries in the NAT flow table.
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+}
+
+fn route_key_v4(slot: u32, e: &RouteEntry<4>) -> Key<RouteKeyV4> {
+    Key::new(
+        ROUTE_KEY_PREFIX_BITS + u32::from(e.prefix_len),
+        RouteKeyV4 {
+            slot: slot as u8,
+            conn: e.conn,
+            addr: e.addr,
+        },
+    )
+}
+
+fn route_key_v6(slot: u32, e: &RouteEntry<16>) -> Key<RouteKeyV6> {
+    Key::new(
+        ROUTE_KEY_PREFIX_BITS + u32::from(e.prefix_len),
+        RouteKeyV6 {
+            slot: slot as u8,
+            conn: e.conn,
+            addr: e.addr,
+        },
+    )
+}
+
+/// Packet and byte counters summed over CPUs: a row per connection, then the "no connection"
+/// row; a column per [`Reason`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterTable {
+    rows: Vec<[Counter; NUM_REASONS as usize]>,
+}
+
+impl CounterTable {
+    /// The counter for `conn` (or [`CONN_NONE`]) and `reason`.
+    pub fn get(&self, conn: u32, reason: Reason) -> Counter {
+        self.rows
+            .get(conn as usize)
+            .map(|row| row[reason as usize])
+            .unwrap_or_default()
+    }
+
+    /// Packets counted for `reason` over all connections.
+    pub fn packets(&self, reason: Reason) -> u64 {
+        self.rows
+            .iter()
+            .map(|row| row[reason as usize].packets)
+            .sum()
+    }
+
+    /// What changed since `earlier`.
+    pub fn since(&self, earlier: &CounterTable) -> CounterTable {
+        let rows = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let mut out = *row;
+                if let Some(old) = earlier.rows.get(i) {
+                    for (cell, old) in out.iter_mut().zip(old) {
+                        cell.packets -= old.packets;
+                        cell.bytes -= old.bytes;
+                    }
+                }
+                out
+            })
+            .collect();
+        CounterTable { rows }
+    }
+
+    /// Non-zero cells as (connection, reason, counter); connection is None for the
+    /// "no connection" row.
+    pub fn nonzero(&self) -> Vec<(Option<u32>, Reason, Counter)> {
+        let mut out = Vec::new();
+        for (conn, row) in self.rows.iter().enumerate() {
+            for reason in Reason::ALL {
+                let c = row[reason as usize];
+                if c.packets != 0 {
+                    let conn = (conn as u32 != CONN_NONE).then_some(conn as u32);
+                    out.push((conn, reason, c));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,319 @@
+//! The eBPF data path: loading the kernel programs, attaching them with RAII, and swapping
+//! policies in atomically.
+//!
+//! ```text
+//!            Policy ──validate──▶ compile ──▶ CompiledPolicy ──swap──▶ maps (slot 0 | slot 1)
+//!                                                                         ▲
+//!  app socket ─▶ routing ─▶ uplink TC egress ──TUNNEL(conn)──▶ TUN ─▶ tunneld (encrypt)
+//!                                   │ BYPASS ─▶ wire          DROP ─▶ ✗
+//!  tunneld (decrypt) ─▶ TUN ─▶ TC ingress (reverse NAT) ─▶ app socket
+//!  wire ─▶ uplink XDP (lock-down, anti-spoofing) ─▶ stack
+//! ```
+//!
+//! [`Datapath`] owns the loaded object and the maps; [`UplinkAttachment`] and
+//! [`TunAttachment`] own the links they created and detach exactly those when dropped, in
+//! reverse order of creation. [`reference`] is a plain Rust classifier with the kernel's
+//! semantics, used to test it.
+
+mod barrier;
+mod compile;
+pub mod frames;
+mod maps;
+mod policy;
+pub mod reference;
+
+use std::{fs, io, path::Path};
+
+use aya::{
+    Ebpf, EbpfError,
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use tunnel_common::programs;
+
+pub use compile::{CompiledPolicy, RouteEntry, addr16, compile};
+pub use maps::CounterTable;
+pub use policy::{
+    AppRule, ConnId, ConnPolicy, MTU_RANGE, Policy, PolicyError, PortList, PortListError,
+};
+
+use barrier::RcuBarrier;
+use maps::Maps;
+
+/// Errors of the data path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatapathError {
+    #[error("loading the eBPF object failed")]
+    Load(#[source] Box<EbpfError>),
+    #[error("the eBPF object has no program '{name}'")]
+    MissingProgram { name: &'static str },
+    #[error("the eBPF object has no map '{name}'")]
+    MissingMap { name: &'static str },
+    #[error("program '{name}': {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("map '{name}': {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("interface '{ifname}': {source}")]
+    Interface { ifname: String, source: io::Error },
+    #[error("interface '{ifname}' has link type {link_type}, which tunnel cannot classify")]
+    UnsupportedLink { ifname: String, link_type: u32 },
+    #[error("attaching '{program}' to '{ifname}' failed: {source}")]
+    Attach {
+        program: &'static str,
+        ifname: String,
+        source: ProgramError,
+    },
+    #[error("invalid policy: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("waiting for running BPF programs failed: {source}")]
+    Barrier { source: io::Error },
+}
+
+/// The loaded kernel programs and their maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: Maps,
+    barrier: RcuBarrier,
+    /// What the active slot holds.
+    applied: Option<CompiledPolicy>,
+}
+
+/// ARPHRD_* link types we attach to.
+const ARPHRD_ETHER: u32 = 1;
+const ARPHRD_NONE: u32 = 65534;
+
+/// The link type of an interface, from sysfs.
+fn link_type(ifname: &str) -> Result<u32, DatapathError> {
+    let path = Path::new("/sys/class/net").join(ifname).join("type");
+    let err = |source| DatapathError::Interface {
+        ifname: ifname.to_string(),
+        source,
+    };
+    let text = fs::read_to_string(path).map_err(err)?;
+    text.trim().parse().map_err(|_| {
+        err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unreadable link type",
+        ))
+    })
+}
+
+/// The interface index of `ifname`.
+pub fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
+    let err = |source| DatapathError::Interface {
+        ifname: ifname.to_string(),
+        source,
+    };
+    let c = std::ffi::CString::new(ifname)
+        .map_err(|_| err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in name")))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        Err(err(io::Error::last_os_error()))
+    } else {
+        Ok(index)
+    }
+}
+
+impl Datapath {
+    /// Loads the embedded eBPF object and every program in it (the verifier runs here).
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf =
+            Ebpf::load(crate::EBPF_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+        for name in [
+            programs::UPLINK_EGRESS_ETH,
+            programs::UPLINK_EGRESS_IP,
+            programs::TUN_EGRESS,
+            programs::TUN_INGRESS,
+            programs::NOOP_TC,
+        ] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        for name in [programs::UPLINK_XDP, programs::NOOP_XDP] {
+            xdp(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        let barrier = RcuBarrier::new().map_err(|source| DatapathError::Barrier { source })?;
+        Ok(Datapath {
+            ebpf,
+            maps,
+            barrier,
+            applied: None,
+        })
+    }
+
+    /// A loaded classifier program, for tests and benchmarks (`BPF_PROG_TEST_RUN`).
+    pub fn classifier(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut SchedClassifier, DatapathError> {
+        classifier(&mut self.ebpf, name)
+    }
+
+    /// A loaded XDP program, for tests and benchmarks.
+    pub fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, DatapathError> {
+        xdp(&mut self.ebpf, name)
+    }
+
+    /// Validates `policy` and swaps it in atomically: every packet is classified either by the
+    /// previous policy or by this one. On error the previous policy stays in force.
+    pub fn apply(&mut self, policy: &Policy) -> Result<(), DatapathError> {
+        policy.validate()?;
+        let next = compile(policy);
+        self.maps
+            .swap(&self.barrier, self.applied.as_ref(), &next)?;
+        self.applied = Some(next);
+        Ok(())
+    }
+
+    /// The policy in force, compiled.
+    pub fn applied(&self) -> Option<&CompiledPolicy> {
+        self.applied.as_ref()
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<CounterTable, DatapathError> {
+        self.maps.counters()
+    }
+
+    /// Entries in the NAT flow table.
+    pub fn flow_count(&self) -> usize {
+        self.maps.flow_count()
+    }
+
+    /// Attaches the classifier (TC egress) and, on Ethernet, the XDP guard to an uplink.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<UplinkAttachment, DatapathError> {
+        let (egress, with_xdp) = match link_type(ifname)? {
+            ARPHRD_ETHER => (programs::UPLINK_EGRESS_ETH, true),
+            ARPHRD_NONE => (programs::UPLINK_EGRESS_IP, false),
+            link_type => {
+                return Err(DatapathError::UnsupportedLink {
+                    ifname: ifname.into(),
+                    link_type,
+                });
+            }
+        };
+        let tc = attach_tc(&mut self.ebpf, egress, ifname, TcAttachType::Egress)?;
+        let xdp = if with_xdp {
+            Some(attach_xdp(&mut self.ebpf, programs::UPLINK_XDP, ifname)?)
+        } else {
+            None
+        };
+        // Field order is drop order: XDP (attached last) goes first.
+        Ok(UplinkAttachment {
+            ifname: ifname.into(),
+            _xdp: xdp,
+            _tc: tc,
+        })
+    }
+
+    /// Attaches the reverse NAT (TC ingress) and the egress guard to a connection's TUN device.
+    pub fn attach_tun(&mut self, ifname: &str) -> Result<TunAttachment, DatapathError> {
+        let ingress = attach_tc(
+            &mut self.ebpf,
+            programs::TUN_INGRESS,
+            ifname,
+            TcAttachType::Ingress,
+        )?;
+        let egress = attach_tc(
+            &mut self.ebpf,
+            programs::TUN_EGRESS,
+            ifname,
+            TcAttachType::Egress,
+        )?;
+        Ok(TunAttachment {
+            ifname: ifname.into(),
+            _egress: egress,
+            _ingress: ingress,
+        })
+    }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?;
+    prog.try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?;
+    prog.try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    ifname: &str,
+    at: TcAttachType,
+) -> Result<SchedClassifierLink, DatapathError> {
+    let prog = classifier(ebpf, program)?;
+    let err = |source| DatapathError::Attach {
+        program,
+        ifname: ifname.into(),
+        source,
+    };
+    let id = prog.attach(ifname, at).map_err(err)?;
+    prog.take_link(id).map_err(err)
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    ifname: &str,
+) -> Result<XdpLink, DatapathError> {
+    let prog = xdp(ebpf, program)?;
+    let err = |source| DatapathError::Attach {
+        program,
+        ifname: ifname.into(),
+        source,
+    };
+    let id = prog.attach(ifname, XdpMode::Default).map_err(err)?;
+    prog.take_link(id).map_err(err)
+}
+
+/// The programs attached to one uplink; dropping it detaches them.
+pub struct UplinkAttachment {
+    ifname: String,
+    _xdp: Option<XdpLink>,
+    _tc: SchedClassifierLink,
+}
+
+impl UplinkAttachment {
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+}
+
+/// The programs attached to one TUN device; dropping it detaches them.
+pub struct TunAttachment {
+    ifname: String,
+    _egress: SchedClassifierLink,
+    _ingress: SchedClassifierLink,
+}
+
+impl TunAttachment {
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+}

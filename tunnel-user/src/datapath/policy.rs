@@ -1,0 +1,404 @@
+//! The data-path policy as userspace thinks of it: connections with their tunnel addresses,
+//! include and exclude routes and UDP port lists, per-app rules, gateway addresses and
+//! lock-down. [`Policy::validate`] checks everything the kernel side relies on, so a policy that
+//! passes can always be written; [`crate::datapath::compile`] turns it into map entries.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ops::RangeInclusive,
+    str::FromStr,
+};
+
+use ipnet::IpNet;
+use tunnel_common::{MAX_APPS, MAX_CONNS, MAX_GATEWAYS};
+
+/// Index of a connection in the data path (`0..MAX_CONNS`).
+pub type ConnId = u8;
+
+/// Smallest and largest tunnel MTU accepted (IPv6 minimum link MTU; jumbo frames).
+pub const MTU_RANGE: RangeInclusive<u16> = 1280..=9000;
+
+/// The complete data-path policy. Swapped in as a whole by [`crate::Datapath::apply`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// "VPN only access": whatever would bypass the tunnel for lack of a rule is dropped.
+    pub lockdown: bool,
+    /// Addresses that always bypass (the gateways we talk to).
+    pub gateways: Vec<IpAddr>,
+    /// The connection that carries traffic of apps without a per-app rule.
+    pub device_conn: Option<ConnId>,
+    /// Per-app rules: a cgroup v2 subtree and the connection its sockets use.
+    pub apps: Vec<AppRule>,
+    /// Connections that are up.
+    pub conns: Vec<ConnPolicy>,
+}
+
+/// A per-app rule: sockets in cgroup `cgroup_id` (or below it) use connection `conn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AppRule {
+    pub cgroup_id: u64,
+    pub conn: ConnId,
+}
+
+/// One connection's part of the policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnPolicy {
+    pub id: ConnId,
+    /// The connection's TUN device.
+    pub tun_ifindex: u32,
+    pub tun_v4: Option<Ipv4Addr>,
+    pub tun_v6: Option<Ipv6Addr>,
+    pub mtu: u16,
+    /// Tunnelled ranges; empty means everything (`0.0.0.0/0` and `::/0`).
+    pub include: Vec<IpNet>,
+    /// Ranges never tunnelled, even inside an include range.
+    pub exclude: Vec<IpNet>,
+    /// When set, only UDP to these destination ports is tunnelled.
+    pub udp_ports: Option<PortList>,
+}
+
+impl ConnPolicy {
+    /// A connection with no routes (so everything is included), no port list, MTU 1400.
+    pub fn new(id: ConnId, tun_ifindex: u32) -> Self {
+        ConnPolicy {
+            id,
+            tun_ifindex,
+            tun_v4: None,
+            tun_v6: None,
+            mtu: 1400,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            udp_ports: None,
+        }
+    }
+
+    /// The include routes in force: the configured ones, or both default routes.
+    pub fn effective_include(&self) -> Vec<IpNet> {
+        if self.include.is_empty() {
+            vec![
+                IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(ipnet::Ipv6Net::default()),
+            ]
+        } else {
+            self.include.clone()
+        }
+    }
+}
+
+/// Why a policy was refused. Nothing of a refused policy is applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyError {
+    #[error("connection id {id} is out of range (0..{max})", max = MAX_CONNS)]
+    ConnIdOutOfRange { id: ConnId },
+    #[error("connection id {id} appears twice")]
+    DuplicateConn { id: ConnId },
+    #[error("{what} refers to connection {id}, which is not in the policy")]
+    UnknownConn { what: &'static str, id: ConnId },
+    #[error("connection {id}: MTU {mtu} is outside {}..={}", MTU_RANGE.start(), MTU_RANGE.end())]
+    MtuOutOfRange { id: ConnId, mtu: u16 },
+    #[error("connection {id}: TUN ifindex 0 is not a device")]
+    NoTunDevice { id: ConnId },
+    #[error("connection {id}: TUN ifindex {ifindex} is also used by connection {other}")]
+    SharedTunDevice {
+        id: ConnId,
+        other: ConnId,
+        ifindex: u32,
+    },
+    #[error("connection {id} has neither an IPv4 nor an IPv6 tunnel address")]
+    NoTunnelAddress { id: ConnId },
+    #[error("cgroup {cgroup_id} has two per-app rules")]
+    DuplicateApp { cgroup_id: u64 },
+    #[error("{count} {what} exceed the capacity of {max}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: u32,
+    },
+}
+
+impl Policy {
+    /// Checks the policy against what the data path can hold.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let mut ids = BTreeSet::new();
+        for c in &self.conns {
+            if u32::from(c.id) >= MAX_CONNS {
+                return Err(PolicyError::ConnIdOutOfRange { id: c.id });
+            }
+            if !ids.insert(c.id) {
+                return Err(PolicyError::DuplicateConn { id: c.id });
+            }
+            if !MTU_RANGE.contains(&c.mtu) {
+                return Err(PolicyError::MtuOutOfRange {
+                    id: c.id,
+                    mtu: c.mtu,
+                });
+            }
+            if c.tun_ifindex == 0 {
+                return Err(PolicyError::NoTunDevice { id: c.id });
+            }
+            if c.tun_v4.is_none() && c.tun_v6.is_none() {
+                return Err(PolicyError::NoTunnelAddress { id: c.id });
+            }
+            if let Some(other) = self
+                .conns
+                .iter()
+                .find(|o| o.id != c.id && o.tun_ifindex == c.tun_ifindex)
+            {
+                return Err(PolicyError::SharedTunDevice {
+                    id: c.id,
+                    other: other.id,
+                    ifindex: c.tun_ifindex,
+                });
+            }
+        }
+        if let Some(id) = self.device_conn
+            && !ids.contains(&id)
+        {
+            return Err(PolicyError::UnknownConn {
+                what: "the device-level connection",
+                id,
+            });
+        }
+        let mut cgroups = BTreeSet::new();
+        for a in &self.apps {
+            if !ids.contains(&a.conn) {
+                return Err(PolicyError::UnknownConn {
+                    what: "a per-app rule",
+                    id: a.conn,
+                });
+            }
+            if !cgroups.insert(a.cgroup_id) {
+                return Err(PolicyError::DuplicateApp {
+                    cgroup_id: a.cgroup_id,
+                });
+            }
+        }
+        // Each map holds two slots; a policy may use half.
+        check_capacity("per-app rules", self.apps.len(), MAX_APPS / 2)?;
+        check_capacity("gateway addresses", self.gateways.len(), MAX_GATEWAYS / 2)?;
+        let routes: usize = self
+            .conns
+            .iter()
+            .map(|c| c.effective_include().len() + c.exclude.len())
+            .sum();
+        check_capacity("routes", routes, tunnel_common::MAX_ROUTES / 2)?;
+        Ok(())
+    }
+}
+
+fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), PolicyError> {
+    if count > max as usize {
+        return Err(PolicyError::TooMany { what, count, max });
+    }
+    Ok(())
+}
+
+/// A UDP destination port list in the `SplitUDPPortList` syntax: `53;161-162;200-1024`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortList {
+    ranges: Vec<RangeInclusive<u16>>,
+}
+
+/// Why a port list was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PortListError {
+    #[error("the port list is empty")]
+    Empty,
+    #[error("entry {index} of the port list is empty (stray ';'?)")]
+    EmptyEntry { index: usize },
+    #[error("'{text}' is not a port: ports are 1-65535")]
+    BadPort { text: String },
+    #[error("range '{text}' runs backwards")]
+    Backwards { text: String },
+}
+
+impl PortList {
+    /// The ranges, as written.
+    pub fn ranges(&self) -> &[RangeInclusive<u16>] {
+        &self.ranges
+    }
+
+    /// Builds a list from ranges; each must be non-empty and within 1-65535.
+    pub fn from_ranges(ranges: Vec<RangeInclusive<u16>>) -> Result<Self, PortListError> {
+        if ranges.is_empty() {
+            return Err(PortListError::Empty);
+        }
+        for r in &ranges {
+            if *r.start() == 0 {
+                return Err(PortListError::BadPort { text: "0".into() });
+            }
+            if r.start() > r.end() {
+                return Err(PortListError::Backwards {
+                    text: format!("{}-{}", r.start(), r.end()),
+                });
+            }
+        }
+        Ok(PortList { ranges })
+    }
+
+    /// Whether `port` is listed.
+    pub fn contains(&self, port: u16) -> bool {
+        self.ranges.iter().any(|r| r.contains(&port))
+    }
+}
+
+impl FromStr for PortList {
+    type Err = PortListError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(PortListError::Empty);
+        }
+        let port = |t: &str| -> Result<u16, PortListError> {
+            match t.trim().parse::<u16>() {
+                Ok(p) if p > 0 => Ok(p),
+                _ => Err(PortListError::BadPort {
+                    text: t.trim().to_string(),
+                }),
+            }
+        };
+        let mut ranges = Vec::new();
+        for (index, entry) in s.split(';').enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                return Err(PortListError::EmptyEntry { index });
+            }
+            let range = match entry.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (port(a)?, port(b)?);
+                    if a > b {
+                        return Err(PortListError::Backwards {
+                            text: entry.to_string(),
+                        });
+                    }
+                    a..=b
+                }
+                None => {
+                    let p = port(entry)?;
+                    p..=p
+                }
+            };
+            ranges.push(range);
+        }
+        Ok(PortList { ranges })
+    }
+}
+
+impl fmt::Display for PortList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(";")?;
+            }
+            if r.start() == r.end() {
+                write!(f, "{}", r.start())?;
+            } else {
+                write!(f, "{}-{}", r.start(), r.end())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_seed_example() {
+        let l: PortList = "53;161-162;200-1024".parse().unwrap();
+        assert_eq!(l.ranges(), &[53..=53, 161..=162, 200..=1024]);
+        assert!(l.contains(53) && l.contains(162) && l.contains(1024) && l.contains(200));
+        assert!(!l.contains(54) && !l.contains(160) && !l.contains(1025));
+        assert_eq!(l.to_string(), "53;161-162;200-1024");
+    }
+
+    #[test]
+    fn refuses_bad_port_lists_with_the_culprit() {
+        assert_eq!("".parse::<PortList>(), Err(PortListError::Empty));
+        assert_eq!(
+            "53;;54".parse::<PortList>(),
+            Err(PortListError::EmptyEntry { index: 1 })
+        );
+        assert_eq!(
+            "53;x".parse::<PortList>(),
+            Err(PortListError::BadPort { text: "x".into() })
+        );
+        assert_eq!(
+            "0".parse::<PortList>(),
+            Err(PortListError::BadPort { text: "0".into() })
+        );
+        assert_eq!(
+            "70000".parse::<PortList>(),
+            Err(PortListError::BadPort {
+                text: "70000".into()
+            })
+        );
+        assert_eq!(
+            "20-10".parse::<PortList>(),
+            Err(PortListError::Backwards {
+                text: "20-10".into()
+            })
+        );
+    }
+
+    fn conn(id: ConnId, ifindex: u32) -> ConnPolicy {
+        ConnPolicy {
+            tun_v4: Some(Ipv4Addr::new(10, 200, 0, 2)),
+            ..ConnPolicy::new(id, ifindex)
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut p = Policy {
+            conns: vec![conn(0, 5), conn(0, 6)],
+            ..Default::default()
+        };
+        assert_eq!(p.validate(), Err(PolicyError::DuplicateConn { id: 0 }));
+        p.conns = vec![conn(16, 5)];
+        assert_eq!(p.validate(), Err(PolicyError::ConnIdOutOfRange { id: 16 }));
+        p.conns = vec![conn(0, 5), conn(1, 5)];
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::SharedTunDevice { .. })
+        ));
+        p.conns = vec![conn(0, 5)];
+        p.device_conn = Some(3);
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::UnknownConn { id: 3, .. })
+        ));
+        p.device_conn = Some(0);
+        p.apps = vec![
+            AppRule {
+                cgroup_id: 9,
+                conn: 0,
+            },
+            AppRule {
+                cgroup_id: 9,
+                conn: 0,
+            },
+        ];
+        assert_eq!(
+            p.validate(),
+            Err(PolicyError::DuplicateApp { cgroup_id: 9 })
+        );
+        p.apps.clear();
+        p.conns[0].mtu = 100;
+        assert_eq!(
+            p.validate(),
+            Err(PolicyError::MtuOutOfRange { id: 0, mtu: 100 })
+        );
+        p.conns[0].mtu = 1400;
+        p.conns[0].tun_v4 = None;
+        assert_eq!(p.validate(), Err(PolicyError::NoTunnelAddress { id: 0 }));
+        p.conns[0].tun_v4 = Some(Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(p.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,604 @@
+//! A plain Rust model of the kernel programs, written for clarity rather than speed: linear
+//! scans over routes instead of tries, full checksum recomputation instead of incremental
+//! updates, the [`Policy`] itself instead of compiled map entries. Tests run the same packets
+//! through both and require the same verdict, reason, connection and output bytes.
+//!
+//! Covered hooks: the uplink egress classifier (Ethernet) and the uplink XDP guard. The model
+//! keeps the one piece of state those hooks share: the peers of our own sockets.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use tunnel_common::{OWN_SOCKET_MARK, Reason, VerdictKind};
+
+use super::policy::{ConnId, ConnPolicy, Policy};
+
+/// What the model says happens to a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub reason: Reason,
+    pub conn: Option<ConnId>,
+    /// For egress TUNNEL: the packet as it enters the TUN device (with its link header).
+    pub rewritten: Option<Vec<u8>>,
+    /// For egress TUNNEL: the TUN device it is redirected to.
+    pub redirect_ifindex: Option<u32>,
+}
+
+/// The model's state: peers our own sockets sent to (lock-down lets their replies in).
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    own_peers: HashSet<IpAddr>,
+}
+
+/// Where a packet's socket sits: its cgroup id and its ancestors, deepest first.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    pub mark: u32,
+    pub cgroups: Vec<u64>,
+}
+
+struct Parsed {
+    l3: usize,
+    l4: usize,
+    v6: bool,
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    has_l4: bool,
+    syn: bool,
+    icmp_type: u8,
+}
+
+enum Parse {
+    Ip(Parsed),
+    NotIp,
+    Malformed,
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+fn parse_frame(frame: &[u8]) -> Parse {
+    if frame.len() < 14 {
+        return Parse::Malformed;
+    }
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => parse_v4(frame, 14),
+        0x86dd => parse_v6(frame, 14),
+        _ => Parse::NotIp,
+    }
+}
+
+fn parse_v4(f: &[u8], l3: usize) -> Parse {
+    let Some(h) = f.get(l3..l3 + 20) else {
+        return Parse::Malformed;
+    };
+    let ihl = usize::from(h[0] & 0xf) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Parse::Malformed;
+    }
+    let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    let mut p = Parsed {
+        l3,
+        l4: l3 + ihl,
+        v6: false,
+        proto: h[9],
+        src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
+        dst: IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
+        sport: 0,
+        dport: 0,
+        has_l4: frag_offset == 0,
+        syn: false,
+        icmp_type: 0,
+    };
+    if p.has_l4 && !parse_l4(f, &mut p) {
+        return Parse::Malformed;
+    }
+    Parse::Ip(p)
+}
+
+fn parse_v6(f: &[u8], l3: usize) -> Parse {
+    let Some(h) = f.get(l3..l3 + 40) else {
+        return Parse::Malformed;
+    };
+    if h[0] >> 4 != 6 {
+        return Parse::Malformed;
+    }
+    let src = IpAddr::V6(Ipv6Addr::from(
+        <[u8; 16]>::try_from(&h[8..24]).unwrap_or_default(),
+    ));
+    let dst = IpAddr::V6(Ipv6Addr::from(
+        <[u8; 16]>::try_from(&h[24..40]).unwrap_or_default(),
+    ));
+    let mut next = h[6];
+    let mut off = l3 + 40;
+    let mut has_l4 = true;
+    // The kernel follows at most 6 extension headers and never past offset 256.
+    for _ in 0..6 {
+        let len = match next {
+            0 | 43 | 60 => match f.get(off..off + 2) {
+                Some(x) => (usize::from(x[1]) + 1) * 8,
+                None => return Parse::Malformed,
+            },
+            51 => match f.get(off..off + 2) {
+                Some(x) => (usize::from(x[1]) + 2) * 4,
+                None => return Parse::Malformed,
+            },
+            44 => match f.get(off..off + 4) {
+                Some(x) => {
+                    if u16::from_be_bytes([x[2], x[3]]) & 0xfff8 != 0 {
+                        has_l4 = false;
+                    }
+                    8
+                }
+                None => return Parse::Malformed,
+            },
+            _ => break,
+        };
+        next = f[off];
+        off += len;
+        if off > 256 {
+            return Parse::Malformed;
+        }
+    }
+    let mut p = Parsed {
+        l3,
+        l4: off,
+        v6: true,
+        proto: next,
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+        has_l4,
+        syn: false,
+        icmp_type: 0,
+    };
+    if p.has_l4 && !parse_l4(f, &mut p) {
+        return Parse::Malformed;
+    }
+    Parse::Ip(p)
+}
+
+fn parse_l4(f: &[u8], p: &mut Parsed) -> bool {
+    let need = match p.proto {
+        TCP => 20,
+        UDP => 8,
+        ICMP if !p.v6 => 8,
+        ICMPV6 if p.v6 => 8,
+        _ => return true,
+    };
+    // The kernel never reads past offset 256 + header size.
+    if p.l4 > 256 {
+        return false;
+    }
+    let Some(h) = f.get(p.l4..p.l4 + need) else {
+        return false;
+    };
+    match p.proto {
+        TCP | UDP => {
+            p.sport = u16::from_be_bytes([h[0], h[1]]);
+            p.dport = u16::from_be_bytes([h[2], h[3]]);
+            p.syn = p.proto == TCP && h[13] & 0x02 != 0;
+        }
+        _ => {
+            p.icmp_type = h[0];
+            let id = u16::from_be_bytes([h[4], h[5]]);
+            match (p.v6, h[0]) {
+                (false, 8) | (true, 128) => p.sport = id,
+                (false, 0) | (true, 129) => p.dport = id,
+                _ => {}
+            }
+        }
+    }
+    true
+}
+
+/// The far end, its port and our port, whichever way the packet goes.
+struct Oriented {
+    remote: IpAddr,
+    remote_port: u16,
+    local_port: u16,
+}
+
+fn link_control(p: &Parsed, o: &Oriented) -> bool {
+    if p.proto == UDP && p.has_l4 {
+        return matches!((o.remote_port, o.local_port), (67, 68) | (547, 546));
+    }
+    p.v6 && p.proto == ICMPV6 && p.has_l4 && (133..=137).contains(&p.icmp_type)
+}
+
+fn family_matches(net: &ipnet::IpNet, addr: &IpAddr) -> bool {
+    net.contains(addr)
+}
+
+/// The decision, before lock-down.
+fn decide<'a>(
+    policy: &'a Policy,
+    p: &Parsed,
+    o: &Oriented,
+    mark: u32,
+    cgroups: Option<&[u64]>,
+) -> (Reason, Option<&'a ConnPolicy>) {
+    if mark == OWN_SOCKET_MARK {
+        return (Reason::BypassOwnSocket, None);
+    }
+    if policy.gateways.iter().any(|g| same_addr(g, &o.remote)) {
+        return (Reason::BypassGateway, None);
+    }
+    if link_control(p, o) {
+        return (Reason::BypassLinkControl, None);
+    }
+    let app = cgroups.and_then(|ids| {
+        ids.iter().find_map(|id| {
+            policy
+                .apps
+                .iter()
+                .find(|a| a.cgroup_id == *id)
+                .map(|a| a.conn)
+        })
+    });
+    let Some(id) = app.or(policy.device_conn) else {
+        return (Reason::BypassNoConnection, None);
+    };
+    let Some(conn) = policy.conns.iter().find(|c| c.id == id) else {
+        return (Reason::BypassNoConnection, None);
+    };
+    let has_family = if p.v6 {
+        conn.tun_v6.is_some()
+    } else {
+        conn.tun_v4.is_some()
+    };
+    if !has_family {
+        return (Reason::BypassNoFamily, Some(conn));
+    }
+    if conn.exclude.iter().any(|n| family_matches(n, &o.remote)) {
+        return (Reason::BypassExcluded, Some(conn));
+    }
+    if !conn
+        .effective_include()
+        .iter()
+        .any(|n| family_matches(n, &o.remote))
+    {
+        return (Reason::BypassNotIncluded, Some(conn));
+    }
+    if p.proto == UDP
+        && let Some(ports) = &conn.udp_ports
+        && !ports.contains(o.remote_port)
+    {
+        return (Reason::BypassUdpPort, Some(conn));
+    }
+    (Reason::Tunnel, Some(conn))
+}
+
+fn same_addr(a: &IpAddr, b: &IpAddr) -> bool {
+    super::compile::addr16(*a) == super::compile::addr16(*b)
+}
+
+fn with_lockdown(policy: &Policy, reason: Reason) -> Reason {
+    if policy.lockdown && reason.blocked_by_lockdown() {
+        Reason::DropLockdown
+    } else {
+        reason
+    }
+}
+
+impl Model {
+    /// The uplink TC egress classifier on an Ethernet frame.
+    pub fn uplink_egress(&mut self, policy: &Policy, frame: &[u8], origin: &Origin) -> Outcome {
+        let p = match parse_frame(frame) {
+            Parse::Ip(p) => p,
+            Parse::NotIp => return outcome(Reason::BypassNotIp, None),
+            Parse::Malformed => return outcome(Reason::Malformed, None),
+        };
+        let o = Oriented {
+            remote: p.dst,
+            remote_port: p.dport,
+            local_port: p.sport,
+        };
+        let cgroups = (!policy.apps.is_empty()).then_some(origin.cgroups.as_slice());
+        let (reason, conn) = decide(policy, &p, &o, origin.mark, cgroups);
+        let reason = with_lockdown(policy, reason);
+        if reason == Reason::BypassOwnSocket {
+            self.own_peers.insert(p.dst);
+        }
+        let mut out = outcome(reason, conn.map(|c| c.id));
+        if let (Reason::Tunnel, Some(conn)) = (reason, conn) {
+            out.rewritten = Some(translate(frame, &p, conn));
+            out.redirect_ifindex = Some(conn.tun_ifindex);
+        }
+        out
+    }
+
+    /// The uplink XDP guard on an Ethernet frame.
+    pub fn uplink_xdp(&self, policy: &Policy, frame: &[u8]) -> Outcome {
+        let lockdown = policy.lockdown;
+        let anti_spoof = policy.device_conn.is_some();
+        if !lockdown && !anti_spoof {
+            // Not guarded: passes uncounted.
+            return outcome(Reason::IngressPass, None);
+        }
+        let p = match parse_frame(frame) {
+            Parse::Ip(p) => p,
+            Parse::NotIp => return outcome(Reason::BypassNotIp, None),
+            Parse::Malformed if lockdown => return outcome(Reason::DropLockdown, None),
+            Parse::Malformed => return outcome(Reason::Malformed, None),
+        };
+        if self.own_peers.contains(&p.src) {
+            return outcome(Reason::BypassOwnSocket, None);
+        }
+        let o = Oriented {
+            remote: p.src,
+            remote_port: p.sport,
+            local_port: p.dport,
+        };
+        let (reason, conn) = decide(policy, &p, &o, 0, None);
+        let reason = with_lockdown(policy, reason);
+        let conn = conn.map(|c| c.id);
+        let reason = match reason.verdict() {
+            VerdictKind::Tunnel => Reason::DropSpoofed,
+            VerdictKind::Drop => reason,
+            VerdictKind::Bypass => match reason {
+                Reason::BypassGateway | Reason::BypassLinkControl => reason,
+                _ => Reason::IngressPass,
+            },
+        };
+        outcome(reason, conn)
+    }
+}
+
+fn outcome(reason: Reason, conn: Option<ConnId>) -> Outcome {
+    Outcome {
+        reason,
+        conn,
+        rewritten: None,
+        redirect_ifindex: None,
+    }
+}
+
+/// The frame with its source replaced by the tunnel address, the MSS clamped, and every
+/// checksum recomputed from scratch.
+fn translate(frame: &[u8], p: &Parsed, conn: &ConnPolicy) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let new_src: IpAddr = if p.v6 {
+        IpAddr::V6(conn.tun_v6.unwrap_or(Ipv6Addr::UNSPECIFIED))
+    } else {
+        IpAddr::V4(conn.tun_v4.unwrap_or(Ipv4Addr::UNSPECIFIED))
+    };
+    let src_changed = !same_addr(&new_src, &p.src);
+    match new_src {
+        IpAddr::V4(a) => f[p.l3 + 12..p.l3 + 16].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => f[p.l3 + 8..p.l3 + 24].copy_from_slice(&a.octets()),
+    }
+    let mut mss_changed = false;
+    if p.proto == TCP && p.syn && p.has_l4 {
+        mss_changed = clamp_mss(&mut f, p, u32::from(conn.mtu));
+    }
+    if !src_changed && !mss_changed {
+        return frame.to_vec();
+    }
+    if !p.v6 {
+        fix_ipv4_header_checksum(&mut f, p.l3);
+    }
+    if p.has_l4 {
+        fix_l4_checksum(&mut f, p, src_changed);
+    }
+    f
+}
+
+/// Lowers the MSS option of a SYN to `mtu` minus headers; examines at most 8 options, as the
+/// kernel does. Returns whether the option changed.
+fn clamp_mss(f: &mut [u8], p: &Parsed, mtu: u32) -> bool {
+    let headers = if p.v6 { 60 } else { 40 };
+    if mtu <= headers {
+        return false;
+    }
+    let max = (mtu - headers).min(65535) as u16;
+    let doff = usize::from(f[p.l4 + 12] >> 4) * 4;
+    let opt_len = doff.saturating_sub(20).min(40);
+    let avail = f.len().saturating_sub(p.l4 + 20);
+    if opt_len < 4 || avail < opt_len {
+        return false;
+    }
+    let base = p.l4 + 20;
+    let mut i = 0;
+    for _ in 0..8 {
+        if i + 1 >= opt_len {
+            break;
+        }
+        match f[base + i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(f[base + i + 1]);
+                if len < 2 {
+                    break;
+                }
+                if kind == 2 && len == 4 {
+                    if i + 4 > opt_len {
+                        break;
+                    }
+                    let mss = u16::from_be_bytes([f[base + i + 2], f[base + i + 3]]);
+                    if mss > max {
+                        f[base + i + 2..base + i + 4].copy_from_slice(&max.to_be_bytes());
+                        return true;
+                    }
+                    return false;
+                }
+                i += len;
+            }
+        }
+    }
+    false
+}
+
+/// One's-complement sum of `data` as 16-bit big-endian words.
+pub fn ones_sum(mut acc: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        acc += u32::from(*last) << 8;
+    }
+    acc
+}
+
+/// Folds a sum to 16 bits and complements it.
+pub fn fold(mut acc: u32) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+fn fix_ipv4_header_checksum(f: &mut [u8], l3: usize) {
+    let ihl = usize::from(f[l3] & 0xf) * 4;
+    f[l3 + 10] = 0;
+    f[l3 + 11] = 0;
+    let c = fold(ones_sum(0, &f[l3..l3 + ihl]));
+    f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The pseudo-header sum for a transport segment of `len` bytes.
+pub fn pseudo_header_sum(src: &IpAddr, dst: &IpAddr, proto: u8, len: usize) -> u32 {
+    let mut acc = 0;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            acc = ones_sum(acc, &s.octets());
+            acc = ones_sum(acc, &d.octets());
+            acc += u32::from(proto) + len as u32;
+        }
+        (s, d) => {
+            acc = ones_sum(acc, &super::compile::addr16(*s));
+            acc = ones_sum(acc, &super::compile::addr16(*d));
+            acc += len as u32 + u32::from(proto);
+        }
+    }
+    acc
+}
+
+/// The segment's addresses and transport bytes as they are in `f` now.
+fn segment(f: &[u8], p: &Parsed) -> (IpAddr, IpAddr, usize) {
+    if p.v6 {
+        let s = <[u8; 16]>::try_from(&f[p.l3 + 8..p.l3 + 24]).unwrap_or_default();
+        let d = <[u8; 16]>::try_from(&f[p.l3 + 24..p.l3 + 40]).unwrap_or_default();
+        let payload = usize::from(u16::from_be_bytes([f[p.l3 + 4], f[p.l3 + 5]]));
+        let end = (p.l3 + 40 + payload).min(f.len());
+        (IpAddr::V6(s.into()), IpAddr::V6(d.into()), end)
+    } else {
+        let s = <[u8; 4]>::try_from(&f[p.l3 + 12..p.l3 + 16]).unwrap_or_default();
+        let d = <[u8; 4]>::try_from(&f[p.l3 + 16..p.l3 + 20]).unwrap_or_default();
+        let total = usize::from(u16::from_be_bytes([f[p.l3 + 2], f[p.l3 + 3]]));
+        let end = (p.l3 + total).min(f.len());
+        (IpAddr::V4(s.into()), IpAddr::V4(d.into()), end)
+    }
+}
+
+fn fix_l4_checksum(f: &mut [u8], p: &Parsed, src_changed: bool) {
+    let (csum_at, pseudo) = match p.proto {
+        TCP => (p.l4 + 16, true),
+        UDP => (p.l4 + 6, true),
+        ICMPV6 if p.v6 => (p.l4 + 2, true),
+        _ => return,
+    };
+    // An IPv4 UDP datagram without checksum keeps none.
+    if p.proto == UDP && !p.v6 && f[csum_at] == 0 && f[csum_at + 1] == 0 {
+        return;
+    }
+    if !src_changed && p.proto != TCP {
+        return;
+    }
+    let (src, dst, end) = segment(f, p);
+    f[csum_at] = 0;
+    f[csum_at + 1] = 0;
+    let seg = &f[p.l4..end];
+    let acc = if pseudo {
+        pseudo_header_sum(&src, &dst, p.proto, seg.len())
+    } else {
+        0
+    };
+    let mut c = fold(ones_sum(acc, seg));
+    if p.proto == UDP && c == 0 {
+        c = 0xffff;
+    }
+    f[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Whether the IPv4 header checksum (if IPv4) and the transport checksum of a frame verify.
+/// Used to check kernel output independently of how the checksum was computed.
+pub fn checksums_valid(frame: &[u8]) -> bool {
+    let Parse::Ip(p) = parse_frame(frame) else {
+        return false;
+    };
+    if !p.v6 {
+        let ihl = usize::from(frame[p.l3] & 0xf) * 4;
+        if fold(ones_sum(0, &frame[p.l3..p.l3 + ihl])) != 0 {
+            return false;
+        }
+    }
+    if !p.has_l4 {
+        return true;
+    }
+    let csum_at = match p.proto {
+        TCP => p.l4 + 16,
+        UDP => p.l4 + 6,
+        ICMPV6 if p.v6 => p.l4 + 2,
+        ICMP if !p.v6 => p.l4 + 2,
+        _ => return true,
+    };
+    if p.proto == UDP && !p.v6 && frame[csum_at] == 0 && frame[csum_at + 1] == 0 {
+        return true;
+    }
+    let (src, dst, end) = segment(frame, &p);
+    let seg = &frame[p.l4..end];
+    let acc = if p.proto == ICMP {
+        0
+    } else {
+        pseudo_header_sum(&src, &dst, p.proto, seg.len())
+    };
+    fold(ones_sum(acc, seg)) == 0
+}
+
+/// Fills in correct checksums for a frame built by a test (IPv4 header and transport).
+pub fn finish_checksums(frame: &mut [u8]) {
+    let Parse::Ip(p) = parse_frame(frame) else {
+        return;
+    };
+    if !p.v6 {
+        fix_ipv4_header_checksum(frame, p.l3);
+    }
+    if !p.has_l4 {
+        return;
+    }
+    let csum_at = match p.proto {
+        TCP => p.l4 + 16,
+        UDP => p.l4 + 6,
+        ICMPV6 if p.v6 => p.l4 + 2,
+        ICMP if !p.v6 => p.l4 + 2,
+        _ => return,
+    };
+    if frame.len() < csum_at + 2 {
+        return;
+    }
+    let (src, dst, end) = segment(frame, &p);
+    frame[csum_at] = 0;
+    frame[csum_at + 1] = 0;
+    let seg = &frame[p.l4..end];
+    let acc = if p.proto == ICMP {
+        0
+    } else {
+        pseudo_header_sum(&src, &dst, p.proto, seg.len())
+    };
+    let mut c = fold(ones_sum(acc, seg));
+    if p.proto == UDP && c == 0 {
+        c = 0xffff;
+    }
+    frame[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+}
