@@ -1,6 +1,8 @@
 //! tunnel's userspace: the eBPF data path today; the client daemon, CLI and gateway build on it.
 
 pub mod datapath;
+pub mod testbed;
+pub mod tun;
 
 pub use datapath::{Datapath, DatapathError, Policy};
 

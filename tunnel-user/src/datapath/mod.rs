@@ -22,7 +22,10 @@ mod maps;
 mod policy;
 pub mod reference;
 
-use std::{fs, io, path::Path};
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use aya::{
     Ebpf, EbpfError,
@@ -91,20 +94,37 @@ pub struct Datapath {
 const ARPHRD_ETHER: u32 = 1;
 const ARPHRD_NONE: u32 = 65534;
 
-/// The link type of an interface, from sysfs.
+/// The link type (ARPHRD_*) of an interface in this thread's network namespace. Asked with
+/// SIOCGIFHWADDR on a socket, because sysfs shows the namespace it was mounted in, not ours.
 fn link_type(ifname: &str) -> Result<u32, DatapathError> {
-    let path = Path::new("/sys/class/net").join(ifname).join("type");
     let err = |source| DatapathError::Interface {
         ifname: ifname.to_string(),
         source,
     };
-    let text = fs::read_to_string(path).map_err(err)?;
-    text.trim().parse().map_err(|_| {
-        err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "unreadable link type",
-        ))
-    })
+    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        )));
+    }
+    // SAFETY: plain socket(2).
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the name and writes the hardware address of `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the `ifru_hwaddr` member of the union.
+    Ok(u32::from(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family }))
 }
 
 /// The interface index of `ifname`.
