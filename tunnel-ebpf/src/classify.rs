@@ -159,7 +159,7 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
 fn is_gateway(slot: u32, addr: &[u8; 16]) -> bool {
     let key = GatewayKey { slot, addr: *addr };
     // SAFETY: the value is only tested for presence, never read.
-    unsafe { GATEWAYS.get(&key).is_some() }
+    unsafe { GATEWAYS.get(key).is_some() }
 }
 
 /// DHCP, DHCPv6 and IPv6 neighbour discovery: what a link needs to stay up. `remote_port` and
@@ -207,7 +207,7 @@ fn app_rule(cgroup_id: u64, slot: u32) -> Option<u32> {
         _pad: 0,
     };
     // SAFETY: entries are plain u32s written whole by userspace.
-    unsafe { APPS.get(&key).copied() }
+    unsafe { APPS.get(key).copied() }
 }
 
 #[inline(always)]

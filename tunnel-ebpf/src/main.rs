@@ -57,7 +57,7 @@ mod programs {
     /// Benchmark baseline: same program type, no work.
     #[classifier]
     pub fn tunnel_noop_tc(_ctx: TcContext) -> i32 {
-        TC_ACT_OK as i32
+        TC_ACT_OK
     }
 
     /// Benchmark baseline: same program type, no work.

@@ -181,11 +181,11 @@ pub fn clamp_mss(ctx: &TcContext, pkt: &Packet, mtu: u32) -> Result<(), RewriteF
 pub fn record_flow(conn: u32, pkt: &Packet) {
     let key = flow_key(conn, pkt.proto, &pkt.dst, pkt.dport, pkt.sport);
     // SAFETY: the value is only compared, and LRU values are written whole.
-    let known = unsafe { FLOWS.get(&key) }.is_some_and(|v| v.local == pkt.src);
+    let known = unsafe { FLOWS.get(key) }.is_some_and(|v| v.local == pkt.src);
     if !known {
         // A full table evicts the least recently used flow; nothing else can fail here that
         // the packet could recover from, so the result is not needed.
-        let _ = FLOWS.insert(&key, &FlowValue { local: pkt.src }, 0);
+        let _ = FLOWS.insert(key, FlowValue { local: pkt.src }, 0);
     }
 }
 
@@ -194,7 +194,7 @@ pub fn record_flow(conn: u32, pkt: &Packet) {
 pub fn reply_destination(conn: u32, pkt: &Packet) -> Option<[u8; 16]> {
     let key = flow_key(conn, pkt.proto, &pkt.src, pkt.sport, pkt.dport);
     // SAFETY: LRU values are written whole; the copy is taken at once.
-    unsafe { FLOWS.get(&key) }.map(|v| v.local)
+    unsafe { FLOWS.get(key) }.map(|v| v.local)
 }
 
 #[inline(always)]

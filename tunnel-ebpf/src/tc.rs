@@ -94,15 +94,15 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp => {
             count(CONN_NONE, Reason::BypassNotIp, ctx.len());
-            return TC_ACT_OK as i32;
+            return TC_ACT_OK;
         }
         Parsed::Malformed => {
             count(CONN_NONE, Reason::Malformed, ctx.len());
-            return TC_ACT_OK as i32;
+            return TC_ACT_OK;
         }
     };
     let Some((slot, scfg)) = active_slot() else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let view = View::outbound(&pkt);
     let d = classify(&view, slot, scfg, mark(ctx), Owner::Socket(skb_ptr(ctx)));
@@ -110,19 +110,19 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
     match (d.reason.verdict(), d.cfg) {
         (VerdictKind::Tunnel, Some(cfg)) => {
             if translate_into_tunnel(ctx, &pkt, &d, cfg).is_err() {
-                return TC_ACT_SHOT as i32;
+                return TC_ACT_SHOT;
             }
             ctx.set_mark(REDIRECTED_MARK);
             // SAFETY: plain helper call with an ifindex from our own config.
             unsafe { bpf_redirect(cfg.tun_ifindex, 0) as i32 }
         }
-        (VerdictKind::Drop, _) | (VerdictKind::Tunnel, None) => TC_ACT_SHOT as i32,
+        (VerdictKind::Drop, _) | (VerdictKind::Tunnel, None) => TC_ACT_SHOT,
         (VerdictKind::Bypass, _) => {
             if d.reason == Reason::BypassOwnSocket {
                 // Lock-down lets replies from this peer in (see the XDP program).
-                let _ = OWN_PEERS.insert(&pkt.dst, &0, 0);
+                let _ = OWN_PEERS.insert(pkt.dst, 0, 0);
             }
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
     }
 }
@@ -131,7 +131,7 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
 #[inline(always)]
 fn tun_conn(ctx: &TcContext, slot: u32) -> Option<(u32, &'static ConnConfig)> {
     // SAFETY: values are plain u32s written whole by userspace.
-    let conn = unsafe { TUN_IFACES.get(&ifindex(ctx)) }.copied()?;
+    let conn = unsafe { TUN_IFACES.get(ifindex(ctx)) }.copied()?;
     let cfg = CONN_CONFIG.get(conn_index(slot, conn))?;
     if cfg.flags & conn_flags::ACTIVE == 0 {
         return None;
@@ -145,19 +145,19 @@ fn tun_conn(ctx: &TcContext, slot: u32) -> Option<(u32, &'static ConnConfig)> {
 #[inline(always)]
 pub fn try_tun_egress(ctx: &TcContext) -> i32 {
     let Some((slot, scfg)) = active_slot() else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let here = tun_conn(ctx, slot);
     let here_conn = here.map_or(CONN_NONE, |(c, _)| c);
     if mark(ctx) == REDIRECTED_MARK {
         count(here_conn, Reason::RedirectSeen, ctx.len());
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let pkt = match parse(ctx, Link::RawIp) {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp | Parsed::Malformed => {
             count(here_conn, Reason::DropUnroutable, ctx.len());
-            return TC_ACT_SHOT as i32;
+            return TC_ACT_SHOT;
         }
     };
     let view = View::outbound(&pkt);
@@ -169,17 +169,17 @@ pub fn try_tun_egress(ctx: &TcContext) -> i32 {
     match (d.reason.verdict(), d.cfg) {
         (VerdictKind::Tunnel, Some(cfg)) => {
             if translate_into_tunnel(ctx, &pkt, &d, cfg).is_err() {
-                return TC_ACT_SHOT as i32;
+                return TC_ACT_SHOT;
             }
             if cfg.tun_ifindex == ifindex(ctx) {
-                TC_ACT_OK as i32
+                TC_ACT_OK
             } else {
                 ctx.set_mark(REDIRECTED_MARK);
                 // SAFETY: plain helper call with an ifindex from our own config.
                 unsafe { bpf_redirect(cfg.tun_ifindex, 0) as i32 }
             }
         }
-        _ => TC_ACT_SHOT as i32,
+        _ => TC_ACT_SHOT,
     }
 }
 
@@ -187,16 +187,16 @@ pub fn try_tun_egress(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
     let Some((slot, _)) = active_slot() else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let Some((conn, cfg)) = tun_conn(ctx, slot) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let pkt = match parse(ctx, Link::RawIp) {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp | Parsed::Malformed => {
             count(conn, Reason::Malformed, ctx.len());
-            return TC_ACT_OK as i32;
+            return TC_ACT_OK;
         }
     };
     let tun = tunnel_addr(&pkt, cfg);
@@ -204,14 +204,14 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
         Some(local) if pkt.dst == tun => local,
         _ => {
             count(conn, Reason::ReplyNoFlow, ctx.len());
-            return TC_ACT_OK as i32;
+            return TC_ACT_OK;
         }
     };
     if rewrite_addr(ctx, &pkt, Field::Dst, &restored).is_err()
         || clamp_mss(ctx, &pkt, cfg.mtu).is_err()
     {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     count(conn, Reason::ReplyRestored, ctx.len());
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }

@@ -40,7 +40,7 @@ pub fn try_uplink_xdp(ctx: &XdpContext) -> u32 {
         }
     };
     // SAFETY: presence test only.
-    if unsafe { OWN_PEERS.get(&pkt.src) }.is_some() {
+    if unsafe { OWN_PEERS.get(pkt.src) }.is_some() {
         count(CONN_NONE, Reason::BypassOwnSocket, len);
         return xdp_action::XDP_PASS;
     }
