@@ -1,1 +1,145 @@
-fn main() {}
+//! Developer tasks. `setup` bootstraps a fresh machine (idempotent, fast when done); `demo`,
+//! `test` and `bench` run it first, so `cargo xtask demo` and `cargo xtask test` are the whole
+//! set-up. xtask itself depends on nothing of the project, so it builds before bpf-linker
+//! exists.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "tunnel developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks: apt packages, rust-src for nightly, bpf-linker, bpffs.
+    Setup,
+    /// Show the data path at work in network namespaces.
+    Demo,
+    /// fmt check, clippy (host and BPF target), unit, kernel-program and namespace tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmark harness (`cargo xtask bench classifier`, ...).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Demo => {
+            setup::run()?;
+            cargo(
+                &root,
+                &["run", "--release", "-p", "tunnel-user", "--example", "demo"],
+            )
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            test(&root, &args)
+        }
+        Task::Bench { args } => {
+            setup::run()?;
+            let mut a = vec!["run", "--release", "-p", "bench", "--"];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&root, &a)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Runs cargo with `args` in `root`; fails if it fails.
+pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    run(Command::new(env!("CARGO")).args(args).current_dir(root))
+}
+
+/// Runs a command, echoing it; fails with the command line if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    eprintln!("xtask: {line}");
+    let status = cmd.status().with_context(|| format!("starting {line}"))?;
+    if !status.success() {
+        bail!("{line} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    cargo(root, &["fmt", "--all", "--", "--check"])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The kernel programs are linted for the target they run on.
+    run(Command::new("cargo")
+        .args(["+nightly", "clippy", "-p", "tunnel-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", root.join("target/ebpf-clippy"))
+        .current_dir(root))?;
+    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    cargo(root, &args)?;
+    let fuzz = root.join("fuzz");
+    if fuzz.join("Cargo.toml").exists() {
+        fuzz_smoke(&fuzz)?;
+    }
+    Ok(())
+}
+
+/// Runs every fuzz target for a short, bounded time.
+fn fuzz_smoke(fuzz: &Path) -> Result<()> {
+    setup::ensure_cargo_fuzz()?;
+    let out = Command::new("cargo")
+        .args(["+nightly", "fuzz", "list"])
+        .current_dir(fuzz)
+        .output()
+        .context("cargo fuzz list")?;
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    for target in list.lines().map(str::trim).filter(|t| !t.is_empty()) {
+        run(Command::new("cargo")
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                "--",
+                "-max_total_time=20",
+            ])
+            .current_dir(fuzz))?;
+    }
+    Ok(())
+}

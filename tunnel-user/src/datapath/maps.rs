@@ -341,3 +341,25 @@ impl CounterTable {
         out
     }
 }
+
+impl std::fmt::Display for CounterTable {
+    /// One line per non-zero cell: connection, reason, packets, bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<6} {:<22} {:>10} {:>14}",
+            "conn", "reason", "packets", "bytes"
+        )?;
+        for (conn, reason, c) in self.nonzero() {
+            let conn = conn.map_or_else(|| "-".to_string(), |c| c.to_string());
+            writeln!(
+                f,
+                "{conn:<6} {:<22} {:>10} {:>14}",
+                reason.name(),
+                c.packets,
+                c.bytes
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -21,6 +21,13 @@ use std::{
 
 use crate::tun::Tun;
 
+mod world;
+pub use world::SplitWorld;
+/// Addresses and ports of [`SplitWorld`].
+pub mod split {
+    pub use super::world::{CLIENT, CORP, CORP6, GATEWAY, TCP_PORT, TUN_V4, TUN_V6, UDP_PORTS};
+}
+
 /// A network namespace that is deleted when dropped.
 #[derive(Debug)]
 pub struct Netns {
