@@ -73,11 +73,11 @@ fn workspace_root() -> PathBuf {
 
 /// Runs cargo with `args` in `root`; fails if it fails.
 pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    run(Command::new(env!("CARGO")).args(args).current_dir(root))
+    exec(Command::new(env!("CARGO")).args(args).current_dir(root))
 }
 
 /// Runs a command, echoing it; fails with the command line if it fails.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub fn exec(cmd: &mut Command) -> Result<()> {
     let line = format!("{cmd:?}");
     eprintln!("xtask: {line}");
     let status = cmd.status().with_context(|| format!("starting {line}"))?;
@@ -101,12 +101,14 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         ],
     )?;
     // The kernel programs are linted for the target they run on.
-    run(Command::new("cargo")
-        .args(["+nightly", "clippy", "-p", "tunnel-ebpf", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .args(["--", "-D", "warnings"])
-        .env("CARGO_TARGET_DIR", root.join("target/ebpf-clippy"))
-        .current_dir(root))?;
+    exec(
+        Command::new("cargo")
+            .args(["+nightly", "clippy", "-p", "tunnel-ebpf", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"])
+            .env("CARGO_TARGET_DIR", root.join("target/ebpf-clippy"))
+            .current_dir(root),
+    )?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     if !extra.is_empty() {
         args.push("--");
@@ -130,16 +132,18 @@ fn fuzz_smoke(fuzz: &Path) -> Result<()> {
         .context("cargo fuzz list")?;
     let list = String::from_utf8_lossy(&out.stdout).into_owned();
     for target in list.lines().map(str::trim).filter(|t| !t.is_empty()) {
-        run(Command::new("cargo")
-            .args([
-                "+nightly",
-                "fuzz",
-                "run",
-                target,
-                "--",
-                "-max_total_time=20",
-            ])
-            .current_dir(fuzz))?;
+        exec(
+            Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "fuzz",
+                    "run",
+                    target,
+                    "--",
+                    "-max_total_time=20",
+                ])
+                .current_dir(fuzz),
+        )?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::{fs, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run;
+use crate::exec;
 
 /// Debian packages the build, the tests, the demo and the benchmark use.
 const APT_PACKAGES: &[&str] = &[
@@ -71,11 +71,13 @@ fn apt_packages() -> Result<String> {
         return Ok("all installed".into());
     }
     eprintln!("setup: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    exec(Command::new("apt-get").args(["update", "-q"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     Ok(format!("installed {}", missing.join(" ")))
 }
 
@@ -87,7 +89,7 @@ fn nightly_rust_src() -> Result<String> {
         .unwrap_or(false);
     let mut did = Vec::new();
     if !has_nightly {
-        run(Command::new("rustup").args([
+        exec(Command::new("rustup").args([
             "toolchain",
             "install",
             "nightly",
@@ -104,7 +106,7 @@ fn nightly_rust_src() -> Result<String> {
         .lines()
         .any(|l| l.starts_with("rust-src"))
     {
-        run(Command::new("rustup").args([
+        exec(Command::new("rustup").args([
             "component",
             "add",
             "rust-src",
@@ -117,7 +119,13 @@ fn nightly_rust_src() -> Result<String> {
         .lines()
         .any(|l| l.starts_with("clippy"))
     {
-        run(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))?;
+        exec(Command::new("rustup").args([
+            "component",
+            "add",
+            "clippy",
+            "--toolchain",
+            "nightly",
+        ]))?;
         did.push("added clippy");
     }
     Ok(if did.is_empty() {
@@ -138,10 +146,12 @@ fn bpf_linker() -> Result<String> {
     }
     // Without LLVM_PREFIX the build finds LLVM 14 and fails with "unable to find library
     // -lLLVM"; the LLVM 22 feature matches the nightly toolchain's LLVM.
-    run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", "llvm-22", "--locked"])
-        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    exec(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22", "--locked"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )?;
     Ok(format!(
         "built bpf-linker {BPF_LINKER_VERSION} against LLVM 22"
     ))
@@ -155,7 +165,7 @@ fn bpffs() -> Result<String> {
     {
         return Ok("mounted".into());
     }
-    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    exec(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     Ok("mounted /sys/fs/bpf".into())
 }
 
@@ -167,7 +177,7 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !present {
-        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+        exec(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
     Ok(())
 }
