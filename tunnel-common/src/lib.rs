@@ -4,8 +4,11 @@
 //! Every struct here is `#[repr(C)]`, holds no `bool`, and has no implicit padding (explicit
 //! `_pad` fields where alignment would insert some); a `const` assertion pins each size, because
 //! aya checks key and value sizes at load time and one definition must serve both sides.
-//! Multi-byte addresses and ports are kept in network byte order, exactly as they appear in a
-//! packet, so the kernel side never swaps bytes on the hot path.
+//! Addresses are kept as they appear in a packet (network byte order) in `u32` words: an IPv4
+//! address is one word, an IPv6 address four, and IPv4 in a 16-byte slot is `::ffff:a.b.c.d`
+//! ([`mapped_v4`]). Words rather than byte arrays let the kernel side move an address with one
+//! load and one store per word instead of one per byte. Userspace converts with
+//! `u32::from_ne_bytes(octets)`.
 //!
 //! # Policy slots
 //!
@@ -32,8 +35,8 @@ pub const MAX_ROUTES: u32 = 1 << 20;
 pub const MAX_FLOWS: u32 = 65_536;
 /// Capacity of the table of peers our own sockets talk to (LRU).
 pub const MAX_OWN_PEERS: u32 = 4096;
-/// Capacity of the gateway-address table (both slots).
-pub const MAX_GATEWAYS: u32 = 256;
+/// Gateway addresses a policy may hold.
+pub const MAX_GATEWAYS: u32 = 128;
 /// Capacity of the per-app table (both slots).
 pub const MAX_APPS: u32 = 4096;
 
@@ -58,15 +61,13 @@ pub mod maps {
     pub const ROUTES_V6: &str = "ROUTES_V6";
     /// `HashMap<AppKey, u32>`: cgroup v2 id to connection index.
     pub const APPS: &str = "APPS";
-    /// `HashMap<GatewayKey, u32>`: addresses that always bypass.
-    pub const GATEWAYS: &str = "GATEWAYS";
     /// `Array<u64>`: UDP destination-port bitmap, index [`super::udp_port_word`].
     pub const UDP_PORTS: &str = "UDP_PORTS";
     /// `HashMap<u32, u32>`: TUN device ifindex to connection index.
     pub const TUN_IFACES: &str = "TUN_IFACES";
     /// `LruHashMap<FlowKey, FlowValue>`: the NAT flow table.
     pub const FLOWS: &str = "FLOWS";
-    /// `LruHashMap<[u8; 16], u64>`: remote peers of our own sockets (lock-down lets them in).
+    /// `LruHashMap<[u32; 4], u64>`: remote peers of our own sockets (lock-down lets them in).
     pub const OWN_PEERS: &str = "OWN_PEERS";
     /// `PerCpuArray<Counter>`, index [`super::counter_index`].
     pub const COUNTERS: &str = "COUNTERS";
@@ -90,15 +91,28 @@ pub mod programs {
     pub const NOOP_XDP: &str = "tunnel_noop_xdp";
 }
 
-/// Values stored in the route tries. Userspace merges include and exclude routes of a
-/// connection into one trie such that the longest match gives the right answer: an include
-/// prefix that lies inside an exclude prefix is not inserted, and an exclude equal to an include
-/// replaces it, so "exclude always wins" holds with a single lookup.
+/// Values stored in the route tries. Userspace merges the include and exclude routes of a
+/// connection and the gateway addresses into one trie such that the longest match gives the
+/// right answer: an include prefix that lies inside an exclude prefix is not inserted, an
+/// exclude equal to an include replaces it, and gateways are host routes that replace anything
+/// equal. So "gateway, then exclude, then include" holds with a single lookup.
 pub mod route {
     /// The destination is tunnelled (subject to the UDP port list).
     pub const INCLUDE: u32 = 1;
     /// The destination is never tunnelled.
     pub const EXCLUDE: u32 = 2;
+    /// A gateway address: always bypasses, even under lock-down.
+    pub const GATEWAY: u32 = 3;
+}
+
+/// Route-trie namespace holding only the gateway addresses, for packets that belong to no
+/// connection (lock-down must still let them reach the gateway).
+pub const ROUTES_GLOBAL: u32 = MAX_CONNS;
+
+/// `::ffff:a.b.c.d` for an IPv4 address word.
+#[inline(always)]
+pub const fn mapped_v4(addr: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), addr]
 }
 
 /// Bits of [`SlotConfig::flags`].
@@ -269,18 +283,20 @@ pub struct ConnConfig {
     pub flags: u32,
     pub tun_ifindex: u32,
     pub mtu: u32,
-    pub tun_v4: [u8; 4],
-    pub tun_v6: [u8; 16],
+    pub tun_v4: u32,
+    pub tun_v6: [u32; 4],
 }
 
-/// IPv4 route-trie key data. The LPM prefix length counts `slot` and `conn` too, so a route
-/// `a.b.c.d/n` is stored with prefix length `16 + n`.
+/// IPv4 route-trie key data. The LPM prefix length counts `slot`, `conn` and the (zero)
+/// padding too, so a route `a.b.c.d/n` is stored with prefix length `32 + n`. `conn` may be
+/// [`ROUTES_GLOBAL`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RouteKeyV4 {
     pub slot: u8,
     pub conn: u8,
-    pub addr: [u8; 4],
+    pub _pad: [u8; 2],
+    pub addr: u32,
 }
 
 /// IPv6 route-trie key data; see [`RouteKeyV4`].
@@ -289,11 +305,12 @@ pub struct RouteKeyV4 {
 pub struct RouteKeyV6 {
     pub slot: u8,
     pub conn: u8,
-    pub addr: [u8; 16],
+    pub _pad: [u8; 2],
+    pub addr: [u32; 4],
 }
 
-/// Bits of the route-trie prefix length taken by `slot` and `conn`.
-pub const ROUTE_KEY_PREFIX_BITS: u32 = 16;
+/// Bits of the route-trie prefix length taken by `slot`, `conn` and the padding.
+pub const ROUTE_KEY_PREFIX_BITS: u32 = 32;
 
 /// Per-app key: a cgroup v2 id (the cgroup directory's inode number) in one slot.
 #[repr(C)]
@@ -302,14 +319,6 @@ pub struct AppKey {
     pub cgroup_id: u64,
     pub slot: u32,
     pub _pad: u32,
-}
-
-/// Gateway key: an address (IPv4 as `::ffff:a.b.c.d`) in one slot.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct GatewayKey {
-    pub slot: u32,
-    pub addr: [u8; 16],
 }
 
 /// NAT flow key, as seen from a reply arriving on the TUN device: `remote` is the far end,
@@ -323,14 +332,14 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
     pub remote_port: u16,
     pub local_port: u16,
-    pub remote: [u8; 16],
+    pub remote: [u32; 4],
 }
 
 /// NAT flow value: the original local (pre-translation) source address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
-    pub local: [u8; 16],
+    pub local: [u32; 4],
 }
 
 /// One counter cell.
@@ -369,15 +378,15 @@ pub const NUM_CONN_CONFIGS: u32 = POLICY_SLOTS * MAX_CONNS;
 const _: () = {
     assert!(core::mem::size_of::<SlotConfig>() == 8);
     assert!(core::mem::size_of::<ConnConfig>() == 32);
-    assert!(core::mem::size_of::<RouteKeyV4>() == 6);
-    assert!(core::mem::size_of::<RouteKeyV6>() == 18);
+    assert!(core::mem::size_of::<RouteKeyV4>() == 8);
+    assert!(core::mem::size_of::<RouteKeyV6>() == 20);
     assert!(core::mem::size_of::<AppKey>() == 16);
-    assert!(core::mem::size_of::<GatewayKey>() == 20);
     assert!(core::mem::size_of::<FlowKey>() == 24);
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(Reason::ALL.len() == NUM_REASONS as usize);
-    assert!(MAX_CONNS <= u8::MAX as u32);
+    // ROUTES_GLOBAL must fit the `conn` byte of the route keys.
+    assert!(MAX_CONNS < u8::MAX as u32);
 };
 
 #[cfg(feature = "user")]
@@ -391,7 +400,6 @@ mod pod {
     unsafe impl aya::Pod for RouteKeyV4 {}
     unsafe impl aya::Pod for RouteKeyV6 {}
     unsafe impl aya::Pod for AppKey {}
-    unsafe impl aya::Pod for GatewayKey {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counter {}

@@ -1,7 +1,8 @@
 //! The decision: which connection (if any) a packet belongs to and what happens to it. Reads the
 //! policy maps of one slot; never touches the packet. The order of checks is the product's
-//! decision order (DESIGN.md): own sockets, gateway, link control, per-app before device-level,
-//! exclude before include, then the UDP port list, and lock-down last.
+//! decision order (DESIGN.md): own sockets, link control, per-app before device-level, then one
+//! route lookup that answers gateway before exclude before include, then the UDP port list, and
+//! lock-down last.
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -9,15 +10,13 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use tunnel_common::{
-    AppKey, CONN_NONE, ConnConfig, GatewayKey, MAX_CGROUP_LEVEL, MAX_CONNS, OWN_SOCKET_MARK,
-    ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_flags, conn_index,
-    route, slot_flags, udp_port_word,
+    AppKey, CONN_NONE, ConnConfig, MAX_CGROUP_LEVEL, MAX_CONNS, OWN_SOCKET_MARK,
+    ROUTE_KEY_PREFIX_BITS, ROUTES_GLOBAL, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_flags,
+    conn_index, route, slot_flags, udp_port_word,
 };
 
 use crate::{
-    maps::{
-        ACTIVE_SLOT, APPS, CONN_CONFIG, GATEWAYS, ROUTES_V4, ROUTES_V6, SLOT_CONFIG, UDP_PORTS,
-    },
+    maps::{ACTIVE_SLOT, APPS, CONN_CONFIG, ROUTES_V4, ROUTES_V6, SLOT_CONFIG, UDP_PORTS},
     packet::{IPPROTO_ICMPV6, IPPROTO_UDP, Packet},
 };
 
@@ -32,7 +31,7 @@ pub fn active_slot() -> Option<(u32, &'static SlotConfig)> {
 #[derive(Clone, Copy)]
 pub struct View<'a> {
     pub pkt: &'a Packet,
-    pub remote: &'a [u8; 16],
+    pub remote: &'a [u32; 4],
     pub remote_port: u16,
     pub local_port: u16,
 }
@@ -104,35 +103,36 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
     if mark == OWN_SOCKET_MARK {
         return Decision::none(Reason::BypassOwnSocket);
     }
-    if is_gateway(slot, view.remote) {
-        return Decision::none(Reason::BypassGateway);
-    }
     if is_link_control(view) {
         return Decision::none(Reason::BypassLinkControl);
     }
+    let pkt = view.pkt;
     let app = match owner {
         Owner::Socket(skb) if scfg.flags & slot_flags::HAS_APPS != 0 => app_conn(skb, slot),
         _ => None,
     };
-    let conn = match app {
-        Some(conn) => conn,
-        None => scfg.device_conn,
+    let conn = app.unwrap_or(scfg.device_conn);
+    let cfg = if conn < MAX_CONNS {
+        CONN_CONFIG.get(conn_index(slot, conn))
+    } else {
+        None
     };
-    if conn >= MAX_CONNS {
-        return Decision::none(Reason::BypassNoConnection);
-    }
-    let Some(cfg) = CONN_CONFIG.get(conn_index(slot, conn)) else {
-        return Decision::none(Reason::BypassNoConnection);
+    let Some(cfg) = cfg.filter(|c| c.flags & conn_flags::ACTIVE != 0) else {
+        // No connection: only the gateway addresses (their own trie namespace) matter.
+        return match lookup_route(slot, ROUTES_GLOBAL, pkt.v6, view.remote) {
+            Some(route::GATEWAY) => Decision::none(Reason::BypassGateway),
+            _ => Decision::none(Reason::BypassNoConnection),
+        };
     };
-    if cfg.flags & conn_flags::ACTIVE == 0 {
-        return Decision::none(Reason::BypassNoConnection);
-    }
     let with = |reason| Decision {
         conn,
         reason,
         cfg: Some(cfg),
     };
-    let pkt = view.pkt;
+    let found = lookup_route(slot, conn, pkt.v6, view.remote);
+    if found == Some(route::GATEWAY) {
+        return Decision::none(Reason::BypassGateway);
+    }
     let family = if pkt.v6 {
         conn_flags::HAS_V6
     } else {
@@ -141,7 +141,7 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
     if cfg.flags & family == 0 {
         return with(Reason::BypassNoFamily);
     }
-    match lookup_route(slot, conn, pkt.v6, view.remote) {
+    match found {
         Some(route::EXCLUDE) => return with(Reason::BypassExcluded),
         Some(route::INCLUDE) => {}
         _ => return with(Reason::BypassNotIncluded),
@@ -153,13 +153,6 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
         return with(Reason::BypassUdpPort);
     }
     with(Reason::Tunnel)
-}
-
-#[inline(always)]
-fn is_gateway(slot: u32, addr: &[u8; 16]) -> bool {
-    let key = GatewayKey { slot, addr: *addr };
-    // SAFETY: the value is only tested for presence, never read.
-    unsafe { GATEWAYS.get(key).is_some() }
 }
 
 /// DHCP, DHCPv6 and IPv6 neighbour discovery: what a link needs to stay up. `remote_port` and
@@ -211,22 +204,28 @@ fn app_rule(cgroup_id: u64, slot: u32) -> Option<u32> {
 }
 
 #[inline(always)]
-fn lookup_route(slot: u32, conn: u32, v6: bool, addr: &[u8; 16]) -> Option<u32> {
+fn lookup_route(slot: u32, conn: u32, v6: bool, addr: &[u32; 4]) -> Option<u32> {
     let (slot, conn) = (slot as u8, conn as u8);
     if v6 {
-        let key = Key::new(
-            ROUTE_KEY_PREFIX_BITS + 128,
-            RouteKeyV6 {
-                slot,
-                conn,
-                addr: *addr,
-            },
-        );
-        ROUTES_V6.get(&key).copied()
+        let data = RouteKeyV6 {
+            slot,
+            conn,
+            _pad: [0; 2],
+            addr: *addr,
+        };
+        ROUTES_V6
+            .get(Key::new(ROUTE_KEY_PREFIX_BITS + 128, data))
+            .copied()
     } else {
-        let addr = Packet::v4(addr);
-        let key = Key::new(ROUTE_KEY_PREFIX_BITS + 32, RouteKeyV4 { slot, conn, addr });
-        ROUTES_V4.get(&key).copied()
+        let data = RouteKeyV4 {
+            slot,
+            conn,
+            _pad: [0; 2],
+            addr: addr[3],
+        };
+        ROUTES_V4
+            .get(Key::new(ROUTE_KEY_PREFIX_BITS + 32, data))
+            .copied()
     }
 }
 

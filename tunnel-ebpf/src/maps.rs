@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use tunnel_common::{
-    AppKey, ConnConfig, Counter, FlowKey, FlowValue, GatewayKey, MAX_APPS, MAX_FLOWS, MAX_GATEWAYS,
-    MAX_OWN_PEERS, MAX_ROUTES, NUM_CONN_CONFIGS, NUM_COUNTERS, NUM_UDP_PORT_WORDS, POLICY_SLOTS,
-    RouteKeyV4, RouteKeyV6, SlotConfig,
+    AppKey, ConnConfig, Counter, FlowKey, FlowValue, MAX_APPS, MAX_FLOWS, MAX_OWN_PEERS,
+    MAX_ROUTES, NUM_CONN_CONFIGS, NUM_COUNTERS, NUM_UDP_PORT_WORDS, POLICY_SLOTS, RouteKeyV4,
+    RouteKeyV6, SlotConfig,
 };
 
 #[map]
@@ -30,9 +30,6 @@ pub static ROUTES_V6: LpmTrie<RouteKeyV6, u32> = LpmTrie::with_max_entries(MAX_R
 pub static APPS: HashMap<AppKey, u32> = HashMap::with_max_entries(MAX_APPS, 0);
 
 #[map]
-pub static GATEWAYS: HashMap<GatewayKey, u32> = HashMap::with_max_entries(MAX_GATEWAYS, 0);
-
-#[map]
 pub static UDP_PORTS: Array<u64> = Array::with_max_entries(NUM_UDP_PORT_WORDS, 0);
 
 #[map]
@@ -42,7 +39,7 @@ pub static TUN_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(tunnel_comm
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 #[map]
-pub static OWN_PEERS: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(MAX_OWN_PEERS, 0);
+pub static OWN_PEERS: LruHashMap<[u32; 4], u64> = LruHashMap::with_max_entries(MAX_OWN_PEERS, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);

@@ -57,7 +57,7 @@ pub fn rewrite_addr(
     ctx: &TcContext,
     pkt: &Packet,
     field: Field,
-    new: &[u8; 16],
+    new: &[u32; 4],
 ) -> Result<(), RewriteFailed> {
     let old = if field == Field::Src {
         &pkt.src
@@ -69,18 +69,15 @@ pub fn rewrite_addr(
         let mut from = *old;
         let mut to = *new;
         // SAFETY: both buffers are 16 readable bytes on our stack.
-        let diff =
-            unsafe { bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0) };
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
         ctx.store(off, &to, 0)?;
         if let Some((csum_off, flags)) = l4_csum(pkt) {
             ctx.l4_csum_replace(csum_off, 0, diff as u32 as u64, flags)?;
         }
     } else {
         let off = pkt.l3_off + if field == Field::Src { 12 } else { 16 };
-        let from = u32::from_ne_bytes(Packet::v4(old));
-        let to4 = Packet::v4(new);
-        let to = u32::from_ne_bytes(to4);
-        ctx.store(off, &to4, 0)?;
+        let (from, to) = (old[3], new[3]);
+        ctx.store(off, &to, 0)?;
         ctx.l3_csum_replace(pkt.l3_off + 10, from as u64, to as u64, 4)?;
         if let Some((csum_off, flags)) = l4_csum(pkt) {
             ctx.l4_csum_replace(csum_off, from as u64, to as u64, flags | 4)?;
@@ -139,7 +136,10 @@ pub fn clamp_mss(ctx: &TcContext, pkt: &Packet, mtu: u32) -> Result<(), RewriteF
         return Ok(());
     }
     let got = got as usize;
-    let at = |i: usize| opts[i & 63];
+    // Byte reads stay byte reads (volatile): with misaligned access enabled LLVM would merge
+    // two of them into a 16-bit load, and the verifier rejects misaligned *stack* accesses.
+    // SAFETY: the index is masked into the buffer.
+    let at = |i: usize| unsafe { core::ptr::read_volatile(opts.as_ptr().add(i & 63)) };
     let mut i = 0usize;
     for _ in 0..MAX_OPTIONS_SCANNED {
         if i + 1 >= got {
@@ -191,14 +191,14 @@ pub fn record_flow(conn: u32, pkt: &Packet) {
 
 /// The original local address for a reply arriving on the TUN device, if its flow is known.
 #[inline(always)]
-pub fn reply_destination(conn: u32, pkt: &Packet) -> Option<[u8; 16]> {
+pub fn reply_destination(conn: u32, pkt: &Packet) -> Option<[u32; 4]> {
     let key = flow_key(conn, pkt.proto, &pkt.src, pkt.sport, pkt.dport);
     // SAFETY: LRU values are written whole; the copy is taken at once.
     unsafe { FLOWS.get(key) }.map(|v| v.local)
 }
 
 #[inline(always)]
-fn flow_key(conn: u32, proto: u8, remote: &[u8; 16], remote_port: u16, local_port: u16) -> FlowKey {
+fn flow_key(conn: u32, proto: u8, remote: &[u32; 4], remote_port: u16, local_port: u16) -> FlowKey {
     FlowKey {
         conn: conn as u8,
         proto,

@@ -2,6 +2,8 @@
 //! ports, offsets). Every read goes through [`ptr_at`], the one bounds-checked accessor, so the
 //! verifier sees a check before each access. Nothing here writes to the packet.
 
+use tunnel_common::mapped_v4;
+
 /// EtherType of IPv4 / IPv6 in network byte order as read from the frame.
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -33,6 +35,15 @@ fn bytes<const N: usize>(start: usize, end: usize, off: usize) -> Option<[u8; N]
     ptr_at::<[u8; N]>(start, end, off).map(|p| unsafe { *p })
 }
 
+/// Reads a 32-bit word at `at` (a pointer already bounds-checked by the caller), as stored:
+/// network byte order in memory. Packet data has no alignment guarantee; the kernel's BPF
+/// targets load unaligned words, and the verifier allows it where the CPU does.
+#[inline(always)]
+unsafe fn word_at(at: usize) -> u32 {
+    // SAFETY: the caller checked `at..at + 4` lies inside the packet.
+    unsafe { core::ptr::read_unaligned(at as *const u32) }
+}
+
 #[inline(always)]
 fn be16(start: usize, end: usize, off: usize) -> Option<u16> {
     bytes::<2>(start, end, off).map(u16::from_be_bytes)
@@ -54,9 +65,9 @@ pub struct Packet {
     pub v6: bool,
     /// Transport protocol (after IPv6 extension headers).
     pub proto: u8,
-    /// Addresses, IPv4 as `::ffff:a.b.c.d`.
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    /// Addresses as network-order words, IPv4 as `::ffff:a.b.c.d` (the last word).
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     /// Ports in host order; for ICMP echo the identifier stands in for the port of the side
     /// that chose it (the requester), the other side's port is 0. 0 when unknown.
     pub sport: u16,
@@ -70,22 +81,6 @@ pub struct Packet {
     pub tcp_syn: bool,
     /// ICMP / ICMPv6 type, 0 otherwise.
     pub icmp_type: u8,
-}
-
-impl Packet {
-    /// The IPv4 source/destination as the 4 bytes of the mapped form.
-    #[inline(always)]
-    pub fn v4(addr: &[u8; 16]) -> [u8; 4] {
-        [addr[12], addr[13], addr[14], addr[15]]
-    }
-}
-
-/// Maps an IPv4 address to `::ffff:a.b.c.d`.
-#[inline(always)]
-pub fn mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
 }
 
 /// Parses a frame that starts with an Ethernet header.
@@ -116,18 +111,22 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
     let Some(hdr) = ptr_at::<[u8; 20]>(start, end, l3) else {
         return Parsed::Malformed;
     };
+    let at = hdr as usize;
     // SAFETY: ptr_at checked the 20 bytes are inside the packet.
-    let hdr = unsafe { *hdr };
-    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
-    if hdr[0] >> 4 != 4 || ihl < 20 {
+    let (vihl, frag_hi, frag_lo, proto, src, dst) = unsafe {
+        let h = &*hdr;
+        (h[0], h[6], h[7], h[9], word_at(at + 12), word_at(at + 16))
+    };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
         return Parsed::Malformed;
     }
-    let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
+    let frag_off = u16::from_be_bytes([frag_hi, frag_lo]) & 0x1fff;
     let mut p = Packet {
         v6: false,
-        proto: hdr[9],
-        src: mapped([hdr[12], hdr[13], hdr[14], hdr[15]]),
-        dst: mapped([hdr[16], hdr[17], hdr[18], hdr[19]]),
+        proto,
+        src: mapped_v4(src),
+        dst: mapped_v4(dst),
         sport: 0,
         dport: 0,
         l3_off: l3,
@@ -156,16 +155,21 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
     let Some(hdr) = ptr_at::<[u8; 40]>(start, end, l3) else {
         return Parsed::Malformed;
     };
+    let at = hdr as usize;
     // SAFETY: ptr_at checked the 40 bytes are inside the packet.
-    let hdr = unsafe { &*hdr };
-    if hdr[0] >> 4 != 6 {
+    let (version, mut next, src, dst) = unsafe {
+        let h = &*hdr;
+        let word = |i: usize| word_at(at + i);
+        (
+            h[0] >> 4,
+            h[6],
+            [word(8), word(12), word(16), word(20)],
+            [word(24), word(28), word(32), word(36)],
+        )
+    };
+    if version != 6 {
         return Parsed::Malformed;
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&hdr[8..24]);
-    dst.copy_from_slice(&hdr[24..40]);
-    let mut next = hdr[6];
     let mut off = l3 + 40;
     let mut has_l4 = true;
     for _ in 0..MAX_EXT_HEADERS {

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tunnel_common::{
-    CONN_NONE, ConnConfig, REDIRECTED_MARK, Reason, VerdictKind, conn_flags, conn_index,
+    CONN_NONE, ConnConfig, REDIRECTED_MARK, Reason, VerdictKind, conn_flags, conn_index, mapped_v4,
 };
 
 use crate::{
@@ -15,7 +15,7 @@ use crate::{
     counters::count,
     maps::{CONN_CONFIG, OWN_PEERS, TUN_IFACES},
     nat::{Field, RewriteFailed, clamp_mss, record_flow, reply_destination, rewrite_addr},
-    packet::{Packet, Parsed, mapped, parse_eth, parse_raw_ip},
+    packet::{Packet, Parsed, parse_eth, parse_raw_ip},
 };
 
 /// How many bytes of headers must be in the linear part of the skb for direct access: link
@@ -62,11 +62,11 @@ fn ifindex(ctx: &TcContext) -> u32 {
 }
 
 #[inline(always)]
-fn tunnel_addr(pkt: &Packet, cfg: &ConnConfig) -> [u8; 16] {
+fn tunnel_addr(pkt: &Packet, cfg: &ConnConfig) -> [u32; 4] {
     if pkt.v6 {
         cfg.tun_v6
     } else {
-        mapped(cfg.tun_v4)
+        mapped_v4(cfg.tun_v4)
     }
 }
 

@@ -1,21 +1,25 @@
 //! Turns a validated [`Policy`] into the map entries of one slot. Pure: no maps, no syscalls,
 //! so the translation is unit-tested on its own.
 //!
-//! The route tries hold include and exclude routes of a connection together; the longest match
-//! must give "exclude always wins". That holds when (1) an include lying inside (or equal to)
-//! an exclude is left out and (2) everything else is inserted as written: for an address inside
-//! some exclude, any include prefix longer than that exclude would lie inside it and was left
-//! out, so the longest match is an exclude.
+//! The route tries hold the include and exclude routes of a connection and the gateway
+//! addresses together; the longest match must give "gateway, then exclude, then include". That
+//! holds when (1) an include lying inside (or equal to) an exclude is left out, (2) gateways are
+//! host routes that replace an equal entry, and (3) everything else is inserted as written: for
+//! an address inside some exclude, any include prefix longer than that exclude would lie inside
+//! it and was left out, so the longest match is an exclude (or the gateway host route itself).
+//! The gateways also go into a namespace of their own ([`tunnel_common::ROUTES_GLOBAL`]) for
+//! packets that belong to no connection.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use tunnel_common::{ConnConfig, UDP_PORT_WORDS, conn_flags, route, slot_flags};
+use tunnel_common::{ConnConfig, ROUTES_GLOBAL, UDP_PORT_WORDS, conn_flags, route, slot_flags};
 
 use super::policy::{ConnId, Policy};
 
-/// One route-trie entry: connection, network address bytes, prefix length, [`route`] kind.
+/// One route-trie entry: connection (or [`ROUTES_GLOBAL`]), network address bytes, prefix
+/// length, [`route`] kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteEntry<const N: usize> {
     pub conn: ConnId,
@@ -33,7 +37,6 @@ pub struct CompiledPolicy {
     pub routes_v4: Vec<RouteEntry<4>>,
     pub routes_v6: Vec<RouteEntry<16>>,
     pub apps: Vec<(u64, u32)>,
-    pub gateways: Vec<[u8; 16]>,
     /// Non-zero words of the UDP port bitmap: connection, word index within it, bits.
     pub udp_words: Vec<(ConnId, u32, u64)>,
     /// TUN device ifindex to connection.
@@ -74,40 +77,45 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
         };
         if let Some(a) = c.tun_v4 {
             cfg.flags |= conn_flags::HAS_V4;
-            cfg.tun_v4 = a.octets();
+            cfg.tun_v4 = u32::from_ne_bytes(a.octets());
         }
         if let Some(a) = c.tun_v6 {
             cfg.flags |= conn_flags::HAS_V6;
-            cfg.tun_v6 = a.octets();
+            cfg.tun_v6 = words(a.octets());
         }
         if let Some(ports) = &c.udp_ports {
             cfg.flags |= conn_flags::UDP_PORTS_LISTED;
-            let mut words = BTreeMap::<u32, u64>::new();
+            let mut bitmap = BTreeMap::<u32, u64>::new();
             for r in ports.ranges() {
                 for p in r.clone() {
-                    *words.entry(u32::from(p) >> 6).or_default() |= 1u64 << (p & 63);
+                    *bitmap.entry(u32::from(p) >> 6).or_default() |= 1u64 << (p & 63);
                 }
             }
-            debug_assert!(words.keys().all(|w| *w < UDP_PORT_WORDS));
+            debug_assert!(bitmap.keys().all(|w| *w < UDP_PORT_WORDS));
             out.udp_words
-                .extend(words.into_iter().map(|(w, bits)| (c.id, w, bits)));
+                .extend(bitmap.into_iter().map(|(w, bits)| (c.id, w, bits)));
         }
         out.conns.push((c.id, cfg));
         out.tun_ifaces.push((c.tun_ifindex, u32::from(c.id)));
-        let (v4, v6) = merge_routes(c.id, &c.effective_include(), &c.exclude);
+        let (v4, v6) = merge_routes(c.id, &c.effective_include(), &c.exclude, &policy.gateways);
         out.routes_v4.extend(v4);
         out.routes_v6.extend(v6);
     }
+    let (v4, v6) = merge_routes(ROUTES_GLOBAL as ConnId, &[], &[], &policy.gateways);
+    out.routes_v4.extend(v4);
+    out.routes_v6.extend(v6);
     out.apps = policy
         .apps
         .iter()
         .map(|a| (a.cgroup_id, u32::from(a.conn)))
         .collect();
-    let mut gateways: Vec<[u8; 16]> = policy.gateways.iter().map(|g| addr16(*g)).collect();
-    gateways.sort_unstable();
-    gateways.dedup();
-    out.gateways = gateways;
     out
+}
+
+/// 16 address bytes as the maps' network-order words.
+pub fn words(octets: [u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
 }
 
 /// Merges a connection's routes into trie entries (see the module docs).
@@ -115,6 +123,7 @@ fn merge_routes(
     conn: ConnId,
     include: &[IpNet],
     exclude: &[IpNet],
+    gateways: &[IpAddr],
 ) -> (Vec<RouteEntry<4>>, Vec<RouteEntry<16>>) {
     let excludes: HashSet<IpNet> = exclude.iter().map(|n| n.trunc()).collect();
     let covered = |net: &IpNet| {
@@ -131,6 +140,9 @@ fn merge_routes(
         if !covered(&net) {
             entries.entry(net).or_insert(route::INCLUDE);
         }
+    }
+    for gw in gateways {
+        entries.insert(IpNet::from(*gw), route::GATEWAY);
     }
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
@@ -174,6 +186,7 @@ mod tests {
                 net("192.168.0.0/15"),
                 net("10.2.3.4/32"),
             ],
+            &["10.0.0.1".parse().unwrap(), "10.2.3.4".parse().unwrap()],
         );
         let got: Vec<(String, u32)> = v4
             .iter()
@@ -188,8 +201,9 @@ mod tests {
             got,
             vec![
                 ("10.0.0.0/8".to_string(), route::INCLUDE),
+                ("10.0.0.1/32".to_string(), route::GATEWAY),
                 ("10.1.0.0/16".to_string(), route::EXCLUDE),
-                ("10.2.3.4/32".to_string(), route::EXCLUDE),
+                ("10.2.3.4/32".to_string(), route::GATEWAY),
                 ("192.168.0.0/15".to_string(), route::EXCLUDE),
             ]
         );
@@ -198,7 +212,7 @@ mod tests {
 
     #[test]
     fn host_bits_are_cleared() {
-        let (v4, _) = merge_routes(0, &[net("10.1.2.3/8")], &[]);
+        let (v4, _) = merge_routes(0, &[net("10.1.2.3/8")], &[], &[]);
         assert_eq!(v4[0].addr, [10, 0, 0, 0]);
     }
 
@@ -230,14 +244,25 @@ mod tests {
             cfg.flags,
             conn_flags::ACTIVE | conn_flags::HAS_V4 | conn_flags::UDP_PORTS_LISTED
         );
-        assert_eq!(cfg.tun_v4, [10, 200, 0, 5]);
+        assert_eq!(cfg.tun_v4.to_ne_bytes(), [10, 200, 0, 5]);
         assert_eq!(out.udp_words, vec![(2, 0, 1 << 53), (2, 1, 0b11)]);
         assert_eq!(out.apps, vec![(42, 2)]);
-        assert_eq!(out.gateways.len(), 1);
         assert_eq!(out.tun_ifaces, vec![(7, 2)]);
-        // No include routes: both default routes.
-        assert_eq!(out.routes_v4.len(), 1);
+        // No include routes: both default routes; the (deduplicated) gateway in the
+        // connection's namespace and in the global one.
+        let v4: Vec<(ConnId, u8, u32)> = out
+            .routes_v4
+            .iter()
+            .map(|e| (e.conn, e.prefix_len, e.kind))
+            .collect();
+        assert_eq!(
+            v4,
+            vec![
+                (2, 0, route::INCLUDE),
+                (2, 32, route::GATEWAY),
+                (ROUTES_GLOBAL as ConnId, 32, route::GATEWAY)
+            ]
+        );
         assert_eq!(out.routes_v6.len(), 1);
-        assert_eq!(out.routes_v4[0].prefix_len, 0);
     }
 }

@@ -8,15 +8,15 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use tunnel_common::{
-    AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, GatewayKey, NUM_REASONS,
-    POLICY_SLOTS, ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_index,
-    counter_index, maps as names, udp_port_word,
+    AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, NUM_REASONS, POLICY_SLOTS,
+    ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_index, counter_index,
+    maps as names, udp_port_word,
 };
 
 use super::{
     DatapathError,
     barrier::RcuBarrier,
-    compile::{CompiledPolicy, RouteEntry},
+    compile::{CompiledPolicy, RouteEntry, words},
 };
 
 /// Every map, typed.
@@ -27,7 +27,6 @@ pub struct Maps {
     routes_v4: LpmTrie<MapData, RouteKeyV4, u32>,
     routes_v6: LpmTrie<MapData, RouteKeyV6, u32>,
     apps: HashMap<MapData, AppKey, u32>,
-    gateways: HashMap<MapData, GatewayKey, u32>,
     udp_ports: Array<MapData, u64>,
     tun_ifaces: HashMap<MapData, u32, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
@@ -57,7 +56,6 @@ impl Maps {
             routes_v4: take(ebpf, names::ROUTES_V4)?,
             routes_v6: take(ebpf, names::ROUTES_V6)?,
             apps: take(ebpf, names::APPS)?,
-            gateways: take(ebpf, names::GATEWAYS)?,
             udp_ports: take(ebpf, names::UDP_PORTS)?,
             tun_ifaces: take(ebpf, names::TUN_IFACES)?,
             flows: take(ebpf, names::FLOWS)?,
@@ -96,11 +94,6 @@ impl Maps {
                     0,
                 )
                 .map_err(map_err(names::APPS))?;
-        }
-        for addr in &p.gateways {
-            self.gateways
-                .insert(GatewayKey { slot, addr: *addr }, 1, 0)
-                .map_err(map_err(names::GATEWAYS))?;
         }
         for &(conn, word, bits) in &p.udp_words {
             let index = udp_port_word(slot, u32::from(conn), 0) + word;
@@ -161,10 +154,6 @@ impl Maps {
                     .set(index, 0, 0)
                     .map_err(map_err(names::UDP_PORTS)),
             );
-        }
-        for addr in &p.gateways {
-            let r = self.gateways.remove(&GatewayKey { slot, addr: *addr });
-            note(absent_ok(r, names::GATEWAYS));
         }
         for &(cgroup_id, _) in &p.apps {
             let r = self.apps.remove(&AppKey {
@@ -260,25 +249,24 @@ impl Maps {
 }
 
 fn route_key_v4(slot: u32, e: &RouteEntry<4>) -> Key<RouteKeyV4> {
-    Key::new(
-        ROUTE_KEY_PREFIX_BITS + u32::from(e.prefix_len),
-        RouteKeyV4 {
-            slot: slot as u8,
-            conn: e.conn,
-            addr: e.addr,
-        },
-    )
+    let addr = u32::from_ne_bytes(e.addr);
+    let data = RouteKeyV4 {
+        slot: slot as u8,
+        conn: e.conn,
+        _pad: [0; 2],
+        addr,
+    };
+    Key::new(ROUTE_KEY_PREFIX_BITS + u32::from(e.prefix_len), data)
 }
 
 fn route_key_v6(slot: u32, e: &RouteEntry<16>) -> Key<RouteKeyV6> {
-    Key::new(
-        ROUTE_KEY_PREFIX_BITS + u32::from(e.prefix_len),
-        RouteKeyV6 {
-            slot: slot as u8,
-            conn: e.conn,
-            addr: e.addr,
-        },
-    )
+    let data = RouteKeyV6 {
+        slot: slot as u8,
+        conn: e.conn,
+        _pad: [0; 2],
+        addr: words(e.addr),
+    };
+    Key::new(ROUTE_KEY_PREFIX_BITS + u32::from(e.prefix_len), data)
 }
 
 /// Packet and byte counters summed over CPUs: a row per connection, then the "no connection"

@@ -178,12 +178,14 @@ impl Policy {
         }
         // Each map holds two slots; a policy may use half.
         check_capacity("per-app rules", self.apps.len(), MAX_APPS / 2)?;
-        check_capacity("gateway addresses", self.gateways.len(), MAX_GATEWAYS / 2)?;
+        check_capacity("gateway addresses", self.gateways.len(), MAX_GATEWAYS)?;
+        // Gateways are host routes in every connection's trie and in the global one.
         let routes: usize = self
             .conns
             .iter()
-            .map(|c| c.effective_include().len() + c.exclude.len())
-            .sum();
+            .map(|c| c.effective_include().len() + c.exclude.len() + self.gateways.len())
+            .sum::<usize>()
+            + self.gateways.len();
         check_capacity("routes", routes, tunnel_common::MAX_ROUTES / 2)?;
         Ok(())
     }

@@ -229,11 +229,11 @@ fn decide<'a>(
     if mark == OWN_SOCKET_MARK {
         return (Reason::BypassOwnSocket, None);
     }
-    if policy.gateways.iter().any(|g| same_addr(g, &o.remote)) {
-        return (Reason::BypassGateway, None);
-    }
     if link_control(p, o) {
         return (Reason::BypassLinkControl, None);
+    }
+    if policy.gateways.iter().any(|g| same_addr(g, &o.remote)) {
+        return (Reason::BypassGateway, None);
     }
     let app = cgroups.and_then(|ids| {
         ids.iter().find_map(|id| {
