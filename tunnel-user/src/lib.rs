@@ -1,6 +1,7 @@
 //! tunnel's userspace: the eBPF data path today; the client daemon, CLI and gateway build on it.
 
 pub mod datapath;
+pub mod netconf;
 pub mod testbed;
 pub mod tun;
 
