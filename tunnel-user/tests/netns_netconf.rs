@@ -17,71 +17,69 @@ fn links_addresses_and_routes() {
     let ns = Netns::create(&format!("tnc{}", std::process::id())).unwrap();
     ns.sh("ip link add d0 type veth peer name d0p; ip link add d1 type veth peer name d1p; ip link set d0p up; ip link set d1p up")
         .unwrap();
-    let out = ns
-        .enter(|| {
-            let d0 = tunnel_user::datapath::ifindex("d0").unwrap();
-            let d1 = tunnel_user::datapath::ifindex("d1").unwrap();
-            let mut nl = Netlink::open().unwrap();
-            nl.link_up(d0, Some(1400)).unwrap();
-            nl.link_up(d1, None).unwrap();
-            nl.addr_add(d0, "192.0.2.10".parse().unwrap(), 24).unwrap();
-            nl.addr_add(d0, "192.0.2.10".parse().unwrap(), 24)
-                .expect("adding twice is fine");
-            nl.addr_add(d0, "2001:db8::10".parse().unwrap(), 64)
-                .unwrap();
-            assert_eq!(
-                nl.route_get("198.51.100.1".parse().unwrap()).unwrap(),
-                None,
-                "no default route yet"
-            );
-            let default = Route {
-                dst: "0.0.0.0/0".parse().unwrap(),
-                via: Via::Gateway("192.0.2.1".parse().unwrap(), d0),
-                metric: None,
-                mtu: None,
-            };
-            nl.route_add(&default).unwrap();
-            assert!(nl.route_add(&default).is_err(), "identical route refused");
-            let corp = Route {
-                dst: "10.1.0.0/16".parse().unwrap(),
-                via: Via::Dev(d1),
-                metric: Some(50),
-                mtu: Some(1300),
-            };
-            nl.route_add(&corp).unwrap();
-            let r = nl
-                .route_get("198.51.100.1".parse().unwrap())
+    ns.enter(|| {
+        let d0 = tunnel_user::datapath::ifindex("d0").unwrap();
+        let d1 = tunnel_user::datapath::ifindex("d1").unwrap();
+        let mut nl = Netlink::open().unwrap();
+        nl.link_up(d0, Some(1400)).unwrap();
+        nl.link_up(d1, None).unwrap();
+        nl.addr_add(d0, "192.0.2.10".parse().unwrap(), 24).unwrap();
+        nl.addr_add(d0, "192.0.2.10".parse().unwrap(), 24)
+            .expect("adding twice is fine");
+        nl.addr_add(d0, "2001:db8::10".parse().unwrap(), 64)
+            .unwrap();
+        assert_eq!(
+            nl.route_get("198.51.100.1".parse().unwrap()).unwrap(),
+            None,
+            "no default route yet"
+        );
+        let default = Route {
+            dst: "0.0.0.0/0".parse().unwrap(),
+            via: Via::Gateway("192.0.2.1".parse().unwrap(), d0),
+            metric: None,
+            mtu: None,
+        };
+        nl.route_add(&default).unwrap();
+        assert!(nl.route_add(&default).is_err(), "identical route refused");
+        let corp = Route {
+            dst: "10.1.0.0/16".parse().unwrap(),
+            via: Via::Dev(d1),
+            metric: Some(50),
+            mtu: Some(1300),
+        };
+        nl.route_add(&corp).unwrap();
+        let r = nl
+            .route_get("198.51.100.1".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.ifindex, r.gateway),
+            (d0, Some("192.0.2.1".parse::<IpAddr>().unwrap()))
+        );
+        assert_eq!(r.prefsrc, Some("192.0.2.10".parse().unwrap()));
+        assert_eq!(
+            nl.route_get("10.1.2.3".parse().unwrap())
                 .unwrap()
-                .unwrap();
-            assert_eq!(
-                (r.ifindex, r.gateway),
-                (d0, Some("192.0.2.1".parse::<IpAddr>().unwrap()))
-            );
-            assert_eq!(r.prefsrc, Some("192.0.2.10".parse().unwrap()));
-            assert_eq!(
-                nl.route_get("10.1.2.3".parse().unwrap())
-                    .unwrap()
-                    .unwrap()
-                    .ifindex,
-                d1
-            );
-            nl.route_del(&corp).unwrap();
-            assert_eq!(
-                nl.route_get("10.1.2.3".parse().unwrap())
-                    .unwrap()
-                    .unwrap()
-                    .ifindex,
-                d0
-            );
-            nl.route_add(&corp).unwrap();
-            let err = nl
-                .addr_add(9999, "192.0.2.11".parse().unwrap(), 24)
-                .unwrap_err();
-            assert!(err.to_string().contains("ifindex 9999"), "{err}");
-            sysctl("net/ipv4/conf/d1/rp_filter", "2").unwrap();
-        })
-        .unwrap();
-    let _ = out;
+                .unwrap()
+                .ifindex,
+            d1
+        );
+        nl.route_del(&corp).unwrap();
+        assert_eq!(
+            nl.route_get("10.1.2.3".parse().unwrap())
+                .unwrap()
+                .unwrap()
+                .ifindex,
+            d0
+        );
+        nl.route_add(&corp).unwrap();
+        let err = nl
+            .addr_add(9999, "192.0.2.11".parse().unwrap(), 24)
+            .unwrap_err();
+        assert!(err.to_string().contains("ifindex 9999"), "{err}");
+        sysctl("net/ipv4/conf/d1/rp_filter", "2").unwrap();
+    })
+    .unwrap();
     let shown = ns.sh("ip -d link show d0; ip addr show d0; ip route show proto 116; sysctl -n net.ipv4.conf.d1.rp_filter").unwrap();
     assert!(
         shown.contains("mtu 1400") && shown.contains("UP"),
