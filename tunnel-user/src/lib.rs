@@ -4,6 +4,7 @@ pub mod datapath;
 pub mod netconf;
 pub mod testbed;
 pub mod tun;
+pub mod gateway;
 
 pub use datapath::{Datapath, DatapathError, Policy};
 

@@ -1,0 +1,130 @@
+//! `tunnel-gateway`: the IF-T/TLS gateway's command line.
+//!
+//! ```text
+//! tunnel-gateway --check-config FILE
+//! tunnel-gateway adduser --users FILE NAME [--realm REALM]...   (password on stdin)
+//! ```
+//!
+//! `--check-config` loads and validates a config file (docs/gateway-config.md), checks the
+//! files it names and the users file, and prints the effective configuration. `adduser` adds
+//! or replaces a user in the users file.
+//!
+//! Running the gateway itself, `tunnel-gateway --config FILE`, is left to the runtime (TLS
+//! listener, sessions, ESP, forwarding), which is not built yet: its flag is added together
+//! with `tunnel_user::gateway::run`, so that no flag here pretends to start a gateway. This
+//! binary only parses flags and calls the library, mini-redis style.
+
+use std::{
+    io::{self, Read},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tunnel_user::gateway::{AddOutcome, GatewayConfig, UsersFile, add_user, defaults};
+
+#[derive(Parser)]
+#[command(
+    name = "tunnel-gateway",
+    about = "Ivanti Connect Secure / Pulse (IF-T/TLS) gateway",
+    arg_required_else_help = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Validate a config file and print the effective configuration, then exit.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add a user to the users file, or replace their password and realms. The password is
+    /// read from standard input; one trailing newline is removed.
+    Adduser {
+        /// The users file (created with mode 0600 if missing).
+        #[arg(long, value_name = "FILE")]
+        users: PathBuf,
+        /// The user's login name.
+        name: String,
+        /// A realm the user may log in to; repeat for several. Default: Users.
+        #[arg(long = "realm", value_name = "REALM")]
+        realms: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The library errors already name the file and key; `{:#}` adds our context.
+            eprintln!("tunnel-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match (cli.check_config, cli.command) {
+        (Some(path), None) => check_config(path),
+        (
+            None,
+            Some(Command::Adduser {
+                users,
+                name,
+                realms,
+            }),
+        ) => adduser(users, &name, realms),
+        // clap refuses both together and shows help for neither.
+        _ => bail!("give either --check-config FILE or a subcommand"),
+    }
+}
+
+fn check_config(path: PathBuf) -> anyhow::Result<()> {
+    let config = GatewayConfig::load(&path).map_err(anyhow::Error::msg)?;
+    let users = UsersFile::load(&config.auth.users_file).map_err(anyhow::Error::msg)?;
+    println!("{}: OK", path.display());
+    println!("{config}");
+    println!(
+        "users                  {} in {}",
+        users.len(),
+        config.auth.users_file.display()
+    );
+    Ok(())
+}
+
+fn adduser(users: PathBuf, name: &str, mut realms: Vec<String>) -> anyhow::Result<()> {
+    if realms.is_empty() {
+        realms.push(defaults::REALM.to_string());
+    }
+    let mut password = Vec::new();
+    io::stdin()
+        .read_to_end(&mut password)
+        .context("reading the password from standard input")?;
+    // `echo pw |` and a typed line end with a newline that is not part of the password.
+    if password.last() == Some(&b'\n') {
+        password.pop();
+        if password.last() == Some(&b'\r') {
+            password.pop();
+        }
+    }
+    let result = add_user(&users, name, &realms, &password);
+    // Do not leave the password in freed memory; black_box keeps the wipe from being
+    // optimised away as a dead store.
+    password.fill(0);
+    std::hint::black_box(&password);
+    let outcome = result.map_err(anyhow::Error::msg)?;
+    let verb = match outcome {
+        AddOutcome::Added => "added",
+        AddOutcome::Replaced => "replaced",
+    };
+    println!(
+        "{verb} user {name} (realms: {}) in {}",
+        realms.join(", "),
+        users.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,1795 @@
+//! The gateway's configuration file: `tunnel-gateway --config FILE`.
+//!
+//! This module owns the schema (documented key by key on [`GatewayConfig`] and in
+//! `docs/gateway-config.md`), its defaults and its validation. It reads the config file and
+//! checks that the files it names can be opened; it does not parse certificates, keys or the
+//! users file (see `super::users`), and it starts nothing.
+//!
+//! Parsing goes through a private, loosely typed mirror of the file (numbers as `i64`,
+//! addresses as strings) so that every range and format error is ours to word: one
+//! [`ConfigError`] that names the dotted key and what is allowed, instead of a serde message
+//! about `u16`.
+
+use std::{
+    collections::BTreeMap,
+    fmt, fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+
+use super::users::{REALM_NAME_RULE, realm_name_ok};
+
+/// The MTUs the gateway may push. 1280 is the IPv6 minimum (RFC 8200 section 5), which the
+/// tunnel must carry even when only IPv4 is pooled, since clients may run IPv6 over it later;
+/// 9000 is the common jumbo-frame size, beyond which no deployment we target goes.
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 1280..=9000;
+
+/// The longest duration any `*_secs` key accepts, one year: a longer value is almost always a
+/// unit mistake (milliseconds), and it would not fit the 32-bit fields of the wire anyway.
+const MAX_SECS: i64 = 365 * 24 * 3600;
+
+/// Defaults, named so that the docs, the code and the tests agree.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+    /// `listen`: every IPv4 address, the HTTPS port clients try first.
+    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 443));
+    /// `mtu`: leaves room for ESP-in-UDP and TLS overhead on a 1500-byte path.
+    pub const MTU: u16 = 1400;
+    /// `tun_name`.
+    pub const TUN_NAME: &str = "tgw0";
+    /// `auth.realms`: the realm name Ivanti Connect Secure ships with.
+    pub const REALM: &str = "Users";
+    /// `idle_timeout_secs`: 30 minutes.
+    pub const IDLE_TIMEOUT_SECS: u32 = 1800;
+    /// `dpd_interval_secs`.
+    pub const DPD_INTERVAL_SECS: u32 = 60;
+    /// `session_lifetime_secs`: 12 hours, a working day plus margin.
+    pub const SESSION_LIFETIME_SECS: u32 = 43_200;
+    /// `esp.port`: the IPsec NAT-traversal port, which Pulse servers use for ESP-in-UDP.
+    pub const ESP_PORT: u16 = 4500;
+    /// `esp.fallback_secs`: Ivanti's default "ESP to SSL fallback timeout". openconnect uses it
+    /// as its ESP dead-peer period before it falls back to TLS (esp.c, `esp_ssl_fallback`).
+    pub const ESP_FALLBACK_SECS: u32 = 15;
+    /// `esp.key_lifetime_secs`: Ivanti's default time-based ESP key lifetime, 20 minutes.
+    pub const ESP_KEY_LIFETIME_SECS: u32 = 1200;
+    /// `esp.key_lifetime_bytes`: 0, no byte-based rekeying, as Ivanti ships.
+    pub const ESP_KEY_LIFETIME_BYTES: u32 = 0;
+}
+
+/// The validated configuration of one gateway. Built only by [`GatewayConfig::load`] or
+/// [`GatewayConfig::from_str`], so every value here has passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// `listen`: where the TLS listener binds, `ip:port` (`[v6]:port` for IPv6). Default
+    /// `0.0.0.0:443`. Port 0 is refused: clients must know the port.
+    pub listen: SocketAddr,
+    /// `[tls]`: the server's certificate and key, and the CA for client certificates.
+    pub tls: TlsConfig,
+    /// `[auth]`: the users file and the realms offered.
+    pub auth: AuthConfig,
+    /// `[pool]`: the addresses handed to clients and the gateway's own tunnel addresses.
+    pub pool: PoolConfig,
+    /// `[routes]`: the routes pushed to clients.
+    pub routes: RoutesConfig,
+    /// `dns`: DNS servers pushed to clients, IPv4 or IPv6. Default: none.
+    pub dns: Vec<IpAddr>,
+    /// `search_domains`: DNS search domains pushed to clients. Default: none.
+    pub search_domains: Vec<String>,
+    /// `mtu`: the tunnel MTU pushed to clients and set on the gateway's TUN device,
+    /// 1280-9000, default 1400.
+    pub mtu: u16,
+    /// `[esp]`: ESP over UDP.
+    pub esp: EspConfig,
+    /// `idle_timeout_secs`: a session that moves no packet for this long is ended with the
+    /// fatal-error frame and its address freed. 0 in the file (here `None`) means never.
+    /// 0-31536000, default 1800.
+    pub idle_timeout: Option<Duration>,
+    /// `dpd_interval_secs`: how often a silent ESP peer is probed. 1-3600, default 60.
+    pub dpd_interval: Duration,
+    /// `session_lifetime_secs`: how long a session, and so its DSID cookie, stays valid after
+    /// login, whatever the traffic. 1-31536000, default 43200 (12 hours).
+    pub session_lifetime: Duration,
+    /// `tun_name`: the gateway's TUN device, 1-15 bytes, no '/', ':' or whitespace. Default
+    /// `tgw0`.
+    pub tun_name: String,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// `tls.certificate`: PEM file with the server certificate, then any intermediates.
+    /// Required. A relative path is taken from the config file's directory.
+    pub certificate: PathBuf,
+    /// `tls.key`: PEM file with the certificate's private key. Required.
+    pub key: PathBuf,
+    /// `tls.client_ca`: PEM file with the CA(s) that sign client certificates. When set,
+    /// clients may log in with a certificate; when absent, certificate login is off.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// `auth.users_file`: the users file written by `tunnel-gateway adduser`. Required.
+    pub users_file: PathBuf,
+    /// `auth.realms`: the realms offered to clients, in order; a user may log in to a realm
+    /// only if the users file lists it for them. Default `["Users"]`.
+    pub realms: Vec<String>,
+}
+
+/// `[pool]`. Invariant (checked when loading): `gateway_ipv6` is `Some` exactly when `ipv6` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// `pool.ipv4`: the IPv4 prefix clients get addresses from, e.g. `10.10.0.0/24`. Required.
+    /// Its network and broadcast addresses and the gateway's own address are never handed out,
+    /// so it must be /30 or shorter.
+    pub ipv4: Ipv4Net,
+    /// `pool.gateway_ipv4`: the gateway's own address on the tunnel, inside `pool.ipv4`.
+    /// Default: the first host of `pool.ipv4`.
+    pub gateway_ipv4: Ipv4Addr,
+    /// `pool.ipv6`: the IPv6 prefix clients get addresses from. Optional; without it clients
+    /// get no IPv6 address and no IPv6 route may be pushed. Must be /126 or shorter.
+    pub ipv6: Option<Ipv6Net>,
+    /// `pool.gateway_ipv6`: the gateway's own IPv6 tunnel address, inside `pool.ipv6`.
+    /// Default: the first host of `pool.ipv6`.
+    pub gateway_ipv6: Option<Ipv6Addr>,
+}
+
+/// `[routes]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RoutesConfig {
+    /// `routes.include`: prefixes (IPv4 or IPv6) the client sends through the tunnel.
+    pub include: Vec<IpNet>,
+    /// `routes.exclude`: prefixes the client keeps off the tunnel, even inside an include.
+    pub exclude: Vec<IpNet>,
+}
+
+/// `[esp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EspConfig {
+    /// `esp.enabled`: offer ESP over UDP. When false every client stays on TLS. Default true.
+    pub enabled: bool,
+    /// `esp.port`: the UDP port of ESP, 1-65535, default 4500.
+    pub port: u16,
+    /// `esp.ciphers`: the ciphers the gateway accepts, in order of preference, out of
+    /// `aes128-sha1`, `aes256-sha1`, `aes128-sha256`, `aes256-sha256`. Default
+    /// `["aes128-sha1"]`, what every Pulse client supports.
+    pub ciphers: Vec<EspCipher>,
+    /// `esp.fallback_secs`: pushed as "ESP to TLS fallback"; clients treat ESP as dead, and
+    /// use TLS, after this long without an answer. 0 in the file (here `None`) lets the client
+    /// choose. 0-3600, default 15.
+    pub fallback: Option<Duration>,
+    /// `esp.key_lifetime_secs`: ESP keys are replaced after this long. 60-604800, default 1200.
+    pub key_lifetime: Duration,
+    /// `esp.key_lifetime_bytes`: ESP keys are replaced after this many bytes. 0 in the file
+    /// (here `None`) means no byte limit. 0-4294967295 (a 32-bit field on the wire), default 0.
+    pub key_lifetime_bytes: Option<NonZeroU32>,
+}
+
+/// An ESP cipher suite: AES-CBC with an HMAC, as Pulse negotiates them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum EspCipher {
+    /// AES-128-CBC with HMAC-SHA1-96.
+    Aes128Sha1,
+    /// AES-256-CBC with HMAC-SHA1-96.
+    Aes256Sha1,
+    /// AES-128-CBC with HMAC-SHA256-128.
+    Aes128Sha256,
+    /// AES-256-CBC with HMAC-SHA256-128.
+    Aes256Sha256,
+}
+
+impl EspCipher {
+    /// Every cipher, in the order the docs list them.
+    pub const ALL: [EspCipher; 4] = [
+        EspCipher::Aes128Sha1,
+        EspCipher::Aes256Sha1,
+        EspCipher::Aes128Sha256,
+        EspCipher::Aes256Sha256,
+    ];
+
+    /// The name used in the config file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EspCipher::Aes128Sha1 => "aes128-sha1",
+            EspCipher::Aes256Sha1 => "aes256-sha1",
+            EspCipher::Aes128Sha256 => "aes128-sha256",
+            EspCipher::Aes256Sha256 => "aes256-sha256",
+        }
+    }
+}
+
+impl fmt::Display for EspCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EspCipher {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        EspCipher::ALL.into_iter().find(|c| c.name() == s).ok_or(())
+    }
+}
+
+/// What `esp.ciphers` takes; the tests check it lists every [`EspCipher::ALL`].
+const CIPHER_RULE: &str =
+    "a cipher (one of aes128-sha1, aes256-sha1, aes128-sha256, aes256-sha256)";
+
+/// Why a config was refused. Exactly one is reported, the first in file order, and it names
+/// the dotted key (`esp.port`, `routes.include[2]`) and what the key allows.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// An error in a config file, with the file's name in front.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        source: Box<ConfigError>,
+    },
+    /// The TOML did not parse, or a value had the wrong type, or a key is unknown or missing.
+    #[error("line {line}, column {column}: {}{message}", key_prefix(key))]
+    Syntax {
+        /// The dotted key, when the error is about one.
+        key: Option<String>,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A number outside its range.
+    #[error("{key}: {value} is outside {min}-{max}")]
+    OutOfRange {
+        key: String,
+        value: i64,
+        min: i64,
+        max: i64,
+    },
+    /// A port outside 1-65535.
+    #[error("{key}: {value} is not a port (1-65535)")]
+    NotAPort { key: String, value: i64 },
+    /// A string that is not what the key takes.
+    #[error("{key}: {value:?} is not {expected}")]
+    Invalid {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+    /// A prefix with bits set past its length, which usually means a typo.
+    #[error("{key}: {value} has host bits set (did you mean {network}?)")]
+    HostBits {
+        key: String,
+        value: String,
+        network: IpNet,
+    },
+    /// A pool so small that nothing is left for clients.
+    #[error("{key}: {net} leaves no address for clients")]
+    PoolTooSmall { key: String, net: IpNet },
+    /// A gateway address outside its pool, or one of the pool's reserved addresses.
+    #[error("{key}: {addr} is not a host address inside {pool}")]
+    OutsidePool {
+        key: String,
+        addr: IpAddr,
+        pool: IpNet,
+    },
+    /// An IPv6 value while no IPv6 pool is configured.
+    #[error("{key}: {value} needs pool.ipv6, which is not set")]
+    NeedsIpv6Pool { key: String, value: String },
+    /// A list or path that must not be empty.
+    #[error("{key}: must not be empty")]
+    Empty { key: String },
+    /// The same value twice in a list.
+    #[error("{key}: {value:?} is already listed as {first}")]
+    Duplicate {
+        key: String,
+        value: String,
+        first: String,
+    },
+    /// A file the config names cannot be opened.
+    #[error("{key}: cannot open {}: {source}", path.display())]
+    File {
+        key: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A file the config names is a directory or a device.
+    #[error("{key}: {} is not a regular file", path.display())]
+    NotAFile { key: String, path: PathBuf },
+}
+
+fn key_prefix(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default()
+}
+
+impl ConfigError {
+    /// The dotted key the error is about, if it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::InFile { source, .. } => source.key(),
+            ConfigError::Syntax { key, .. } => key.as_deref(),
+            ConfigError::OutOfRange { key, .. }
+            | ConfigError::NotAPort { key, .. }
+            | ConfigError::Invalid { key, .. }
+            | ConfigError::HostBits { key, .. }
+            | ConfigError::PoolTooSmall { key, .. }
+            | ConfigError::OutsidePool { key, .. }
+            | ConfigError::NeedsIpv6Pool { key, .. }
+            | ConfigError::Empty { key }
+            | ConfigError::Duplicate { key, .. }
+            | ConfigError::File { key, .. }
+            | ConfigError::NotAFile { key, .. } => Some(key),
+        }
+    }
+}
+
+// The file as written, before validation. Every table denies unknown keys so that a typo
+// (`idle_timeout = 60`) is an error rather than a silently ignored setting.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    tls: RawTls,
+    auth: RawAuth,
+    pool: RawPool,
+    #[serde(default)]
+    routes: RawRoutes,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    search_domains: Vec<String>,
+    mtu: Option<i64>,
+    #[serde(default)]
+    esp: RawEsp,
+    idle_timeout_secs: Option<i64>,
+    dpd_interval_secs: Option<i64>,
+    session_lifetime_secs: Option<i64>,
+    tun_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    users_file: PathBuf,
+    realms: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    ipv4: String,
+    gateway_ipv4: Option<String>,
+    ipv6: Option<String>,
+    gateway_ipv6: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRoutes {
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEsp {
+    enabled: Option<bool>,
+    port: Option<i64>,
+    ciphers: Option<Vec<String>>,
+    fallback_secs: Option<i64>,
+    key_lifetime_secs: Option<i64>,
+    key_lifetime_bytes: Option<i64>,
+}
+
+impl FromStr for GatewayConfig {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        GatewayConfig::from_str(text)
+    }
+}
+
+impl GatewayConfig {
+    /// Reads, parses and validates the config file, resolves relative paths against the file's
+    /// directory, and checks that every file it names can be opened. Errors carry the file's
+    /// name.
+    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let in_file = |e| ConfigError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        };
+        let mut config = GatewayConfig::from_str(&text).map_err(in_file)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.check_files().map_err(in_file)?;
+        Ok(config)
+    }
+
+    /// Parses and validates config text. Does no I/O: paths are kept as written and not
+    /// checked.
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "FromStr is implemented too; the inherent fn keeps `GatewayConfig::from_str` callable without importing the trait"
+    )]
+    pub fn from_str(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| syntax_error(text, e))?;
+        raw.validate()
+    }
+
+    /// Makes relative paths relative to `base` (the config file's directory), so that the
+    /// gateway does not depend on the directory it was started from.
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.tls.certificate);
+        resolve(&mut self.tls.key);
+        if let Some(ca) = &mut self.tls.client_ca {
+            resolve(ca);
+        }
+        resolve(&mut self.auth.users_file);
+    }
+
+    /// Checks that every file the config names is a regular file this process can open, so a
+    /// typo in a path stops the gateway with the key's name rather than at the first login.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let mut files = vec![
+            ("tls.certificate", &self.tls.certificate),
+            ("tls.key", &self.tls.key),
+        ];
+        if let Some(ca) = &self.tls.client_ca {
+            files.push(("tls.client_ca", ca));
+        }
+        files.push(("auth.users_file", &self.auth.users_file));
+        for (key, path) in files {
+            let file = fs::File::open(path).map_err(|source| ConfigError::File {
+                key: key.to_string(),
+                path: path.clone(),
+                source,
+            })?;
+            let meta = file.metadata().map_err(|source| ConfigError::File {
+                key: key.to_string(),
+                path: path.clone(),
+                source,
+            })?;
+            if !meta.is_file() {
+                return Err(ConfigError::NotAFile {
+                    key: key.to_string(),
+                    path: path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns a TOML/serde error into [`ConfigError::Syntax`] with the dotted key and a position.
+fn syntax_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    // serde_path_to_error says "." when the error is not inside any key (bad TOML syntax).
+    let mut key = (path != ".").then_some(path);
+    let mut message = inner.message().trim().replace('\n', ": ");
+    // "missing field `x`" is reported at the enclosing table; name the missing key itself.
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        key = Some(match key {
+            Some(table) => format!("{table}.{field}"),
+            None => field.to_string(),
+        });
+        message = "is required".to_string();
+    }
+    let (line, column) = inner
+        .span()
+        .map(|span| line_column(text, span.start))
+        .unwrap_or((1, 1));
+    ConfigError::Syntax {
+        key,
+        line,
+        column,
+        message,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn key(name: &str) -> String {
+    name.to_string()
+}
+
+fn indexed(list: &str, i: usize) -> String {
+    format!("{list}[{i}]")
+}
+
+/// An integer key within `min..=max`, or its default.
+fn int(
+    value: Option<i64>,
+    name: &str,
+    min: i64,
+    max: i64,
+    default: i64,
+) -> Result<i64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::OutOfRange {
+            key: key(name),
+            value: v,
+            min,
+            max,
+        })
+    }
+}
+
+fn secs(v: i64) -> Duration {
+    Duration::from_secs(v.unsigned_abs())
+}
+
+fn port(value: Option<i64>, name: &str, default: u16) -> Result<u16, ConfigError> {
+    let v = value.unwrap_or(i64::from(default));
+    match u16::try_from(v) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(ConfigError::NotAPort {
+            key: key(name),
+            value: v,
+        }),
+    }
+}
+
+fn path(p: PathBuf, name: &str) -> Result<PathBuf, ConfigError> {
+    if p.as_os_str().is_empty() {
+        Err(ConfigError::Empty { key: key(name) })
+    } else {
+        Ok(p)
+    }
+}
+
+/// A CIDR prefix with no host bits set.
+fn prefix(text: &str, name: String) -> Result<IpNet, ConfigError> {
+    let net: IpNet = text.parse().map_err(|_| ConfigError::Invalid {
+        key: name.clone(),
+        value: text.to_string(),
+        expected: "a CIDR prefix such as 10.0.0.0/8 or fd00::/8",
+    })?;
+    if net.trunc() != net {
+        return Err(ConfigError::HostBits {
+            key: name,
+            value: text.to_string(),
+            network: net.trunc(),
+        });
+    }
+    Ok(net)
+}
+
+fn ip(text: &str, name: String) -> Result<IpAddr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::Invalid {
+        key: name,
+        value: text.to_string(),
+        expected: "an IP address",
+    })
+}
+
+/// Reports the second occurrence of any value, naming where the first was.
+fn no_duplicates<T: Ord + ToString>(list: &[T], name: &str) -> Result<(), ConfigError> {
+    let mut seen = BTreeMap::new();
+    for (i, v) in list.iter().enumerate() {
+        if let Some(first) = seen.insert(v, i) {
+            return Err(ConfigError::Duplicate {
+                key: indexed(name, i),
+                value: v.to_string(),
+                first: indexed(name, first),
+            });
+        }
+    }
+    Ok(())
+}
+
+const TUN_NAME_RULE: &str = "an interface name (1-15 bytes, no '/', ':' or whitespace)";
+const DOMAIN_RULE: &str =
+    "a domain name (dot-separated labels of 1-63 letters, digits or '-', 253 bytes at most)";
+
+/// Linux interface names: shorter than IFNAMSIZ (16), and what `dev_valid_name` accepts.
+fn tun_name_ok(name: &str) -> bool {
+    (1..libc::IFNAMSIZ).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
+/// A DNS name in the usual host-name syntax (RFC 1123 section 2.1); one trailing dot allowed.
+fn domain_ok(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+impl RawConfig {
+    /// Checks every key in file order and returns the first error.
+    fn validate(self) -> Result<GatewayConfig, ConfigError> {
+        let listen = match &self.listen {
+            None => defaults::LISTEN,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| ConfigError::Invalid {
+                    key: key("listen"),
+                    value: text.clone(),
+                    expected: "an address:port such as 0.0.0.0:443 or [::]:443",
+                })?;
+                if addr.port() == 0 {
+                    return Err(ConfigError::NotAPort {
+                        key: key("listen"),
+                        value: 0,
+                    });
+                }
+                addr
+            }
+        };
+
+        let tls = TlsConfig {
+            certificate: path(self.tls.certificate, "tls.certificate")?,
+            key: path(self.tls.key, "tls.key")?,
+            client_ca: self
+                .tls
+                .client_ca
+                .map(|p| path(p, "tls.client_ca"))
+                .transpose()?,
+        };
+
+        let realms = self
+            .auth
+            .realms
+            .unwrap_or_else(|| vec![defaults::REALM.to_string()]);
+        if realms.is_empty() {
+            return Err(ConfigError::Empty {
+                key: key("auth.realms"),
+            });
+        }
+        for (i, realm) in realms.iter().enumerate() {
+            if !realm_name_ok(realm) {
+                return Err(ConfigError::Invalid {
+                    key: indexed("auth.realms", i),
+                    value: realm.clone(),
+                    expected: REALM_NAME_RULE,
+                });
+            }
+        }
+        no_duplicates(&realms, "auth.realms")?;
+        let auth = AuthConfig {
+            users_file: path(self.auth.users_file, "auth.users_file")?,
+            realms,
+        };
+
+        let pool = self.pool.validate()?;
+
+        let mut routes = RoutesConfig::default();
+        for (list, texts, out) in [
+            ("routes.include", &self.routes.include, &mut routes.include),
+            ("routes.exclude", &self.routes.exclude, &mut routes.exclude),
+        ] {
+            for (i, text) in texts.iter().enumerate() {
+                let net = prefix(text, indexed(list, i))?;
+                // A client with no IPv6 address cannot use an IPv6 route through the tunnel.
+                if net.addr().is_ipv6() && pool.ipv6.is_none() {
+                    return Err(ConfigError::NeedsIpv6Pool {
+                        key: indexed(list, i),
+                        value: text.clone(),
+                    });
+                }
+                out.push(net);
+            }
+            no_duplicates(out, list)?;
+        }
+
+        let dns = self
+            .dns
+            .iter()
+            .enumerate()
+            .map(|(i, text)| ip(text, indexed("dns", i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        no_duplicates(&dns, "dns")?;
+
+        for (i, domain) in self.search_domains.iter().enumerate() {
+            if !domain_ok(domain) {
+                return Err(ConfigError::Invalid {
+                    key: indexed("search_domains", i),
+                    value: domain.clone(),
+                    expected: DOMAIN_RULE,
+                });
+            }
+        }
+
+        let mtu = int(
+            self.mtu,
+            "mtu",
+            i64::from(*MTU_RANGE.start()),
+            i64::from(*MTU_RANGE.end()),
+            i64::from(defaults::MTU),
+        )?;
+
+        let esp = self.esp.validate()?;
+
+        let idle = int(
+            self.idle_timeout_secs,
+            "idle_timeout_secs",
+            0,
+            MAX_SECS,
+            defaults::IDLE_TIMEOUT_SECS.into(),
+        )?;
+        let dpd = int(
+            self.dpd_interval_secs,
+            "dpd_interval_secs",
+            1,
+            3600,
+            defaults::DPD_INTERVAL_SECS.into(),
+        )?;
+        let lifetime = int(
+            self.session_lifetime_secs,
+            "session_lifetime_secs",
+            1,
+            MAX_SECS,
+            defaults::SESSION_LIFETIME_SECS.into(),
+        )?;
+
+        let tun_name = self
+            .tun_name
+            .unwrap_or_else(|| defaults::TUN_NAME.to_string());
+        if !tun_name_ok(&tun_name) {
+            return Err(ConfigError::Invalid {
+                key: key("tun_name"),
+                value: tun_name,
+                expected: TUN_NAME_RULE,
+            });
+        }
+
+        Ok(GatewayConfig {
+            listen,
+            tls,
+            auth,
+            pool,
+            routes,
+            dns,
+            search_domains: self.search_domains,
+            mtu: u16::try_from(mtu).unwrap_or(defaults::MTU),
+            esp,
+            idle_timeout: (idle != 0).then(|| secs(idle)),
+            dpd_interval: secs(dpd),
+            session_lifetime: secs(lifetime),
+            tun_name,
+        })
+    }
+}
+
+impl RawPool {
+    fn validate(self) -> Result<PoolConfig, ConfigError> {
+        let ipv4 = match prefix(&self.ipv4, key("pool.ipv4"))? {
+            IpNet::V4(net) => net,
+            IpNet::V6(_) => {
+                return Err(ConfigError::Invalid {
+                    key: key("pool.ipv4"),
+                    value: self.ipv4,
+                    expected: "an IPv4 prefix such as 10.10.0.0/24",
+                });
+            }
+        };
+        // Network, broadcast and the gateway's own address are taken: a /30 leaves one.
+        if ipv4.prefix_len() > 30 {
+            return Err(ConfigError::PoolTooSmall {
+                key: key("pool.ipv4"),
+                net: ipv4.into(),
+            });
+        }
+        let gateway_ipv4 = match &self.gateway_ipv4 {
+            None => first_host_v4(ipv4),
+            Some(text) => {
+                let addr = match ip(text, key("pool.gateway_ipv4"))? {
+                    IpAddr::V4(a) => a,
+                    IpAddr::V6(_) => {
+                        return Err(ConfigError::Invalid {
+                            key: key("pool.gateway_ipv4"),
+                            value: text.clone(),
+                            expected: "an IPv4 address",
+                        });
+                    }
+                };
+                if !ipv4.contains(&addr) || addr == ipv4.network() || addr == ipv4.broadcast() {
+                    return Err(ConfigError::OutsidePool {
+                        key: key("pool.gateway_ipv4"),
+                        addr: addr.into(),
+                        pool: ipv4.into(),
+                    });
+                }
+                addr
+            }
+        };
+
+        let ipv6 = match &self.ipv6 {
+            None => None,
+            Some(text) => match prefix(text, key("pool.ipv6"))? {
+                IpNet::V6(net) => Some(net),
+                IpNet::V4(_) => {
+                    return Err(ConfigError::Invalid {
+                        key: key("pool.ipv6"),
+                        value: text.clone(),
+                        expected: "an IPv6 prefix such as fd00:10::/64",
+                    });
+                }
+            },
+        };
+        // IPv6 has no broadcast, but the all-zeros address is the subnet-router anycast
+        // address (RFC 4291 section 2.6.1) and the gateway takes one: a /126 leaves two.
+        if let Some(net) = ipv6
+            && net.prefix_len() > 126
+        {
+            return Err(ConfigError::PoolTooSmall {
+                key: key("pool.ipv6"),
+                net: net.into(),
+            });
+        }
+        let gateway_ipv6 = match (&self.gateway_ipv6, ipv6) {
+            (None, net) => net.map(first_host_v6),
+            (Some(text), None) => {
+                return Err(ConfigError::NeedsIpv6Pool {
+                    key: key("pool.gateway_ipv6"),
+                    value: text.clone(),
+                });
+            }
+            (Some(text), Some(net)) => {
+                let addr = match ip(text, key("pool.gateway_ipv6"))? {
+                    IpAddr::V6(a) => a,
+                    IpAddr::V4(_) => {
+                        return Err(ConfigError::Invalid {
+                            key: key("pool.gateway_ipv6"),
+                            value: text.clone(),
+                            expected: "an IPv6 address",
+                        });
+                    }
+                };
+                if !net.contains(&addr) || addr == net.network() {
+                    return Err(ConfigError::OutsidePool {
+                        key: key("pool.gateway_ipv6"),
+                        addr: addr.into(),
+                        pool: net.into(),
+                    });
+                }
+                Some(addr)
+            }
+        };
+        Ok(PoolConfig {
+            ipv4,
+            gateway_ipv4,
+            ipv6,
+            gateway_ipv6,
+        })
+    }
+}
+
+fn first_host_v4(net: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()).wrapping_add(1))
+}
+
+fn first_host_v6(net: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(net.network()).wrapping_add(1))
+}
+
+impl RawEsp {
+    fn validate(self) -> Result<EspConfig, ConfigError> {
+        let enabled = self.enabled.unwrap_or(true);
+        let port = port(self.port, "esp.port", defaults::ESP_PORT)?;
+        let ciphers = match self.ciphers {
+            None => vec![EspCipher::Aes128Sha1],
+            Some(names) => names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    name.parse().map_err(|()| ConfigError::Invalid {
+                        key: indexed("esp.ciphers", i),
+                        value: name.clone(),
+                        expected: CIPHER_RULE,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        // With ESP off the list is never used, so an empty one is harmless.
+        if enabled && ciphers.is_empty() {
+            return Err(ConfigError::Empty {
+                key: key("esp.ciphers"),
+            });
+        }
+        no_duplicates(&ciphers, "esp.ciphers")?;
+        let fallback = int(
+            self.fallback_secs,
+            "esp.fallback_secs",
+            0,
+            3600,
+            defaults::ESP_FALLBACK_SECS.into(),
+        )?;
+        let key_lifetime = int(
+            self.key_lifetime_secs,
+            "esp.key_lifetime_secs",
+            60,
+            7 * 24 * 3600,
+            defaults::ESP_KEY_LIFETIME_SECS.into(),
+        )?;
+        let key_bytes = int(
+            self.key_lifetime_bytes,
+            "esp.key_lifetime_bytes",
+            0,
+            u32::MAX.into(),
+            defaults::ESP_KEY_LIFETIME_BYTES.into(),
+        )?;
+        Ok(EspConfig {
+            enabled,
+            port,
+            ciphers,
+            fallback: (fallback != 0).then(|| secs(fallback)),
+            key_lifetime: secs(key_lifetime),
+            key_lifetime_bytes: u32::try_from(key_bytes).ok().and_then(NonZeroU32::new),
+        })
+    }
+}
+
+/// The effective configuration, one key per line, defaults filled in: what
+/// `tunnel-gateway --check-config` prints and what the runtime can log at start-up.
+impl fmt::Display for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn list<T: fmt::Display>(items: &[T]) -> String {
+            if items.is_empty() {
+                "(none)".to_string()
+            } else {
+                items
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        }
+        fn opt_secs(d: Option<Duration>, zero: &str) -> String {
+            d.map_or(zero.to_string(), |d| format!("{} s", d.as_secs()))
+        }
+        writeln!(f, "listen                 {}", self.listen)?;
+        writeln!(
+            f,
+            "tls.certificate        {}",
+            self.tls.certificate.display()
+        )?;
+        writeln!(f, "tls.key                {}", self.tls.key.display())?;
+        writeln!(
+            f,
+            "tls.client_ca          {}",
+            self.tls
+                .client_ca
+                .as_ref()
+                .map_or("(none: certificate login off)".to_string(), |p| p
+                    .display()
+                    .to_string())
+        )?;
+        writeln!(
+            f,
+            "auth.users_file        {}",
+            self.auth.users_file.display()
+        )?;
+        writeln!(f, "auth.realms            {}", list(&self.auth.realms))?;
+        writeln!(f, "pool.ipv4              {}", self.pool.ipv4)?;
+        writeln!(f, "pool.gateway_ipv4      {}", self.pool.gateway_ipv4)?;
+        match (self.pool.ipv6, self.pool.gateway_ipv6) {
+            (Some(net), Some(gw)) => {
+                writeln!(f, "pool.ipv6              {net}")?;
+                writeln!(f, "pool.gateway_ipv6      {gw}")?;
+            }
+            _ => writeln!(f, "pool.ipv6              (none)")?,
+        }
+        writeln!(f, "routes.include         {}", list(&self.routes.include))?;
+        writeln!(f, "routes.exclude         {}", list(&self.routes.exclude))?;
+        writeln!(f, "dns                    {}", list(&self.dns))?;
+        writeln!(f, "search_domains         {}", list(&self.search_domains))?;
+        writeln!(f, "mtu                    {}", self.mtu)?;
+        writeln!(f, "esp.enabled            {}", self.esp.enabled)?;
+        writeln!(f, "esp.port               {}", self.esp.port)?;
+        writeln!(f, "esp.ciphers            {}", list(&self.esp.ciphers))?;
+        writeln!(
+            f,
+            "esp.fallback_secs      {}",
+            opt_secs(self.esp.fallback, "0 (client chooses)")
+        )?;
+        writeln!(
+            f,
+            "esp.key_lifetime_secs  {} s",
+            self.esp.key_lifetime.as_secs()
+        )?;
+        writeln!(
+            f,
+            "esp.key_lifetime_bytes {}",
+            self.esp
+                .key_lifetime_bytes
+                .map_or("0 (no limit)".to_string(), |b| b.to_string())
+        )?;
+        writeln!(
+            f,
+            "idle_timeout_secs      {}",
+            opt_secs(self.idle_timeout, "0 (never)")
+        )?;
+        writeln!(
+            f,
+            "dpd_interval_secs      {} s",
+            self.dpd_interval.as_secs()
+        )?;
+        writeln!(
+            f,
+            "session_lifetime_secs  {} s",
+            self.session_lifetime.as_secs()
+        )?;
+        write!(f, "tun_name               {}", self.tun_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = include_str!("../../../docs/gateway-config.md");
+
+    /// The ```toml blocks of docs/gateway-config.md, in order.
+    fn doc_toml_blocks() -> Vec<String> {
+        let mut blocks = Vec::new();
+        let mut current: Option<String> = None;
+        for line in DOC.lines() {
+            match (&mut current, line.trim_end()) {
+                (None, "```toml") => current = Some(String::new()),
+                (Some(block), "```") => {
+                    blocks.push(std::mem::take(block));
+                    current = None;
+                }
+                (Some(block), _) => {
+                    block.push_str(line);
+                    block.push('\n');
+                }
+                (None, _) => {}
+            }
+        }
+        blocks
+    }
+
+    const BASE: &str = r#"
+[tls]
+certificate = "server.pem"
+key = "server.key"
+
+[auth]
+users_file = "users"
+
+[pool]
+ipv4 = "10.10.0.0/24"
+
+[routes]
+
+[esp]
+"#;
+
+    /// BASE with `line` added at the top level (`section` "") or at the top of `[section]`.
+    fn with(section: &str, line: &str) -> String {
+        if section.is_empty() {
+            format!("{line}\n{BASE}")
+        } else {
+            let header = format!("[{section}]\n");
+            assert!(BASE.contains(&header), "no [{section}] in BASE");
+            BASE.replacen(&header, &format!("{header}{line}\n"), 1)
+        }
+    }
+
+    fn with_ipv6(section: &str, line: &str) -> String {
+        with(section, line).replacen("[pool]\n", "[pool]\nipv6 = \"fd00:10::/64\"\n", 1)
+    }
+
+    /// Parses `text`, expects an error about `key` whose message contains `text_part`.
+    #[track_caller]
+    fn expect_err(text: &str, key: &str, text_part: &str) -> ConfigError {
+        let err = match GatewayConfig::from_str(text) {
+            Ok(config) => panic!("accepted, expected an error about {key}:\n{text}\n{config:?}"),
+            Err(e) => e,
+        };
+        let message = err.to_string();
+        assert_eq!(err.key(), Some(key), "{message}");
+        assert!(
+            message.contains(&format!("{key}: ")),
+            "message does not name {key}: {message}"
+        );
+        assert!(
+            message.contains(text_part),
+            "{message:?} lacks {text_part:?}"
+        );
+        err
+    }
+
+    #[test]
+    fn documented_example_parses_to_what_it_says() {
+        let blocks = doc_toml_blocks();
+        assert_eq!(
+            blocks.len(),
+            2,
+            "docs/gateway-config.md should have two toml blocks"
+        );
+        let c = GatewayConfig::from_str(&blocks[0]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(
+            c.dns,
+            vec![
+                ip("10.10.0.53", String::new()).unwrap(),
+                "fd00:10::53".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.search_domains, ["corp.example.com"]);
+        assert_eq!(c.mtu, 1400);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(c.dpd_interval, Duration::from_secs(60));
+        assert_eq!(c.session_lifetime, Duration::from_secs(43_200));
+        assert_eq!(c.tun_name, "tgw0");
+        assert_eq!(
+            c.tls.certificate,
+            Path::new("/etc/tunnel-gateway/server.pem")
+        );
+        assert_eq!(c.tls.key, Path::new("/etc/tunnel-gateway/server.key"));
+        assert_eq!(
+            c.tls.client_ca.as_deref(),
+            Some(Path::new("/etc/tunnel-gateway/client-ca.pem"))
+        );
+        assert_eq!(c.auth.users_file, Path::new("/etc/tunnel-gateway/users"));
+        assert_eq!(c.auth.realms, ["Users", "Admins"]);
+        assert_eq!(c.pool.ipv4, "10.10.0.0/24".parse().unwrap());
+        assert_eq!(c.pool.gateway_ipv4, Ipv4Addr::new(10, 10, 0, 1));
+        assert_eq!(c.pool.ipv6, Some("fd00:10::/64".parse().unwrap()));
+        assert_eq!(c.pool.gateway_ipv6, Some("fd00:10::1".parse().unwrap()));
+        let nets = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect::<Vec<IpNet>>();
+        assert_eq!(
+            c.routes.include,
+            nets(&["10.0.0.0/8", "192.168.100.0/24", "fd00::/8"])
+        );
+        assert_eq!(c.routes.exclude, nets(&["10.99.0.0/16"]));
+        assert!(c.esp.enabled);
+        assert_eq!(c.esp.port, 4500);
+        assert_eq!(
+            c.esp.ciphers,
+            [EspCipher::Aes256Sha256, EspCipher::Aes128Sha1]
+        );
+        assert_eq!(c.esp.fallback, Some(Duration::from_secs(15)));
+        assert_eq!(c.esp.key_lifetime, Duration::from_secs(1200));
+        assert_eq!(c.esp.key_lifetime_bytes, None);
+    }
+
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let blocks = doc_toml_blocks();
+        let minimal = GatewayConfig::from_str(&blocks[1]).unwrap();
+        let full = GatewayConfig::from_str(&blocks[0]).unwrap();
+        // Every scalar the full example spells out at its default must equal what the minimal
+        // file gets by default.
+        assert_eq!(minimal.listen, full.listen);
+        assert_eq!(minimal.listen, defaults::LISTEN);
+        assert_eq!(minimal.mtu, full.mtu);
+        assert_eq!(minimal.idle_timeout, full.idle_timeout);
+        assert_eq!(minimal.dpd_interval, full.dpd_interval);
+        assert_eq!(minimal.session_lifetime, full.session_lifetime);
+        assert_eq!(minimal.tun_name, full.tun_name);
+        assert_eq!(minimal.esp.enabled, full.esp.enabled);
+        assert_eq!(minimal.esp.port, full.esp.port);
+        assert_eq!(minimal.esp.fallback, full.esp.fallback);
+        assert_eq!(minimal.esp.key_lifetime, full.esp.key_lifetime);
+        assert_eq!(minimal.esp.key_lifetime_bytes, full.esp.key_lifetime_bytes);
+        assert_eq!(minimal.pool.gateway_ipv4, full.pool.gateway_ipv4);
+        // And the defaults the docs state for lists.
+        assert_eq!(minimal.auth.realms, ["Users"]);
+        assert_eq!(minimal.esp.ciphers, [EspCipher::Aes128Sha1]);
+        assert!(minimal.dns.is_empty() && minimal.search_domains.is_empty());
+        assert!(minimal.routes.include.is_empty() && minimal.routes.exclude.is_empty());
+        assert_eq!(minimal.tls.client_ca, None);
+        assert_eq!((minimal.pool.ipv6, minimal.pool.gateway_ipv6), (None, None));
+    }
+
+    #[test]
+    fn every_documented_key_is_in_the_key_table_and_the_summary() {
+        let full = GatewayConfig::from_str(&doc_toml_blocks()[0]).unwrap();
+        let summary = full.to_string();
+        let mut table = String::new();
+        for (section, value) in toml::from_str::<toml::Table>(&doc_toml_blocks()[0]).unwrap() {
+            let keys: Vec<String> = match value {
+                toml::Value::Table(t) => t.keys().map(|k| format!("{section}.{k}")).collect(),
+                _ => vec![section.clone()],
+            };
+            for key in keys {
+                table.push_str(&key);
+                assert!(
+                    DOC.contains(&format!("| `{key}` |")),
+                    "{key} missing from the table"
+                );
+                assert!(
+                    summary.contains(&format!("{key} ")),
+                    "{key} missing from the summary"
+                );
+            }
+        }
+        assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn defaults_from_the_smallest_file() {
+        let c = GatewayConfig::from_str(BASE).unwrap();
+        assert_eq!(c.pool.gateway_ipv4, Ipv4Addr::new(10, 10, 0, 1));
+        assert_eq!(c.esp.fallback, Some(Duration::from_secs(15)));
+        assert_eq!(c.mtu, 1400);
+        let v6 = GatewayConfig::from_str(&with_ipv6("", "")).unwrap();
+        assert_eq!(v6.pool.gateway_ipv6, Some("fd00:10::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn zero_means_never_or_unset() {
+        let c = GatewayConfig::from_str(&with("", "idle_timeout_secs = 0")).unwrap();
+        assert_eq!(c.idle_timeout, None);
+        let c = GatewayConfig::from_str(&with("esp", "fallback_secs = 0")).unwrap();
+        assert_eq!(c.esp.fallback, None);
+        let c = GatewayConfig::from_str(&with("esp", "key_lifetime_bytes = 4294967295")).unwrap();
+        assert_eq!(c.esp.key_lifetime_bytes, NonZeroU32::new(u32::MAX));
+    }
+
+    // One test per rule, each asserting that the message names the key.
+
+    #[test]
+    fn listen_must_be_an_address_and_port() {
+        expect_err(
+            &with("", r#"listen = "0.0.0.0""#),
+            "listen",
+            "is not an address:port",
+        );
+        expect_err(
+            &with("", r#"listen = "0.0.0.0:0""#),
+            "listen",
+            "0 is not a port (1-65535)",
+        );
+        let c = GatewayConfig::from_str(&with("", r#"listen = "[::]:8443""#)).unwrap();
+        assert_eq!(c.listen, "[::]:8443".parse().unwrap());
+    }
+
+    #[test]
+    fn paths_must_not_be_empty() {
+        for (key, line, empty) in [
+            (
+                "tls.certificate",
+                r#"certificate = "server.pem""#,
+                r#"certificate = """#,
+            ),
+            ("tls.key", r#"key = "server.key""#, r#"key = """#),
+            (
+                "auth.users_file",
+                r#"users_file = "users""#,
+                r#"users_file = """#,
+            ),
+        ] {
+            assert!(BASE.contains(line), "{line}");
+            expect_err(&BASE.replace(line, empty), key, "must not be empty");
+        }
+        expect_err(
+            &with("tls", r#"client_ca = """#),
+            "tls.client_ca",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn required_keys_are_named() {
+        let text = BASE.replace("key = \"server.key\"\n", "");
+        expect_err(&text, "tls.key", "is required");
+        let text = BASE.replace("ipv4 = \"10.10.0.0/24\"\n", "");
+        expect_err(&text, "pool.ipv4", "is required");
+        let text = BASE.replace("[auth]\nusers_file = \"users\"\n", "");
+        expect_err(&text, "auth", "is required");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key_and_line() {
+        let err = expect_err(
+            &with("esp", "prot = 4500"),
+            "esp.prot",
+            "unknown field `prot`",
+        );
+        assert!(
+            matches!(
+                err,
+                ConfigError::Syntax {
+                    line: 15,
+                    column: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        expect_err(
+            &with("", "idle_timeout = 5"),
+            "idle_timeout",
+            "unknown field",
+        );
+        let err = expect_err(&with("", r#"mtu = "1400""#), "mtu", "invalid type");
+        assert!(
+            err.to_string().starts_with("line 1, column 7: mtu: "),
+            "{err}"
+        );
+        expect_err(
+            &with("routes", r#"include = ["10.0.0.0/8", 7]"#),
+            "routes.include[1]",
+            "invalid type",
+        );
+    }
+
+    #[test]
+    fn broken_toml_gives_a_line() {
+        let err = GatewayConfig::from_str(&with("esp", "port = = 1")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Syntax {
+                    key: None,
+                    line: 15,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("line 15, column "), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn realms_must_be_valid_unique_and_present() {
+        expect_err(
+            &with("auth", "realms = []"),
+            "auth.realms",
+            "must not be empty",
+        );
+        expect_err(
+            &with("auth", r#"realms = ["Users", "a,b"]"#),
+            "auth.realms[1]",
+            "is not a realm name",
+        );
+        expect_err(
+            &with("auth", r#"realms = [" Users"]"#),
+            "auth.realms[0]",
+            "is not a realm name",
+        );
+        expect_err(
+            &with("auth", r#"realms = ["Users", "Admins", "Users"]"#),
+            "auth.realms[2]",
+            "is already listed as auth.realms[0]",
+        );
+        let c = GatewayConfig::from_str(&with("auth", r#"realms = ["Admin Users"]"#)).unwrap();
+        assert_eq!(c.auth.realms, ["Admin Users"]);
+    }
+
+    fn with_pool4(value: &str) -> String {
+        BASE.replace("ipv4 = \"10.10.0.0/24\"", &format!("ipv4 = \"{value}\""))
+    }
+
+    #[test]
+    fn pool_ipv4_must_be_an_ipv4_prefix() {
+        expect_err(
+            &with_pool4("10.10.0.0"),
+            "pool.ipv4",
+            "is not a CIDR prefix",
+        );
+        expect_err(
+            &with_pool4("fd00::/64"),
+            "pool.ipv4",
+            "is not an IPv4 prefix",
+        );
+    }
+
+    #[test]
+    fn prefixes_must_not_have_host_bits() {
+        expect_err(
+            &with_pool4("10.10.0.5/24"),
+            "pool.ipv4",
+            "10.10.0.5/24 has host bits set (did you mean 10.10.0.0/24?)",
+        );
+    }
+
+    #[test]
+    fn pool_ipv4_must_leave_room_for_clients() {
+        let err = expect_err(&with_pool4("10.0.0.0/31"), "pool.ipv4", "");
+        assert_eq!(
+            err.to_string(),
+            "pool.ipv4: 10.0.0.0/31 leaves no address for clients"
+        );
+        expect_err(&with_pool4("10.0.0.1/32"), "pool.ipv4", "leaves no address");
+        GatewayConfig::from_str(&with_pool4("10.0.0.0/30")).unwrap();
+    }
+
+    #[test]
+    fn gateway_ipv4_must_be_a_host_of_the_pool() {
+        for addr in ["10.10.0.0", "10.10.0.255", "10.11.0.1"] {
+            expect_err(
+                &with("pool", &format!("gateway_ipv4 = \"{addr}\"")),
+                "pool.gateway_ipv4",
+                &format!("{addr} is not a host address inside 10.10.0.0/24"),
+            );
+        }
+        expect_err(
+            &with("pool", r#"gateway_ipv4 = "fd00::1""#),
+            "pool.gateway_ipv4",
+            "is not an IPv4 address",
+        );
+        expect_err(
+            &with("pool", r#"gateway_ipv4 = "gw""#),
+            "pool.gateway_ipv4",
+            "is not an IP address",
+        );
+        let c = GatewayConfig::from_str(&with("pool", r#"gateway_ipv4 = "10.10.0.254""#)).unwrap();
+        assert_eq!(c.pool.gateway_ipv4, Ipv4Addr::new(10, 10, 0, 254));
+    }
+
+    #[test]
+    fn pool_ipv6_must_be_an_ipv6_prefix_with_room() {
+        expect_err(
+            &with("pool", r#"ipv6 = "10.0.0.0/8""#),
+            "pool.ipv6",
+            "is not an IPv6 prefix",
+        );
+        expect_err(
+            &with("pool", r#"ipv6 = "fd00::1/64""#),
+            "pool.ipv6",
+            "has host bits set",
+        );
+        expect_err(
+            &with("pool", r#"ipv6 = "fd00::/127""#),
+            "pool.ipv6",
+            "fd00::/127 leaves no address for clients",
+        );
+        GatewayConfig::from_str(&with("pool", r#"ipv6 = "fd00::/126""#)).unwrap();
+    }
+
+    #[test]
+    fn gateway_ipv6_needs_and_must_be_inside_pool_ipv6() {
+        expect_err(
+            &with("pool", r#"gateway_ipv6 = "fd00:10::1""#),
+            "pool.gateway_ipv6",
+            "needs pool.ipv6",
+        );
+        expect_err(
+            &with_ipv6("pool", r#"gateway_ipv6 = "fd00:11::1""#),
+            "pool.gateway_ipv6",
+            "is not a host address inside fd00:10::/64",
+        );
+        expect_err(
+            &with_ipv6("pool", r#"gateway_ipv6 = "fd00:10::""#),
+            "pool.gateway_ipv6",
+            "is not a host address",
+        );
+        expect_err(
+            &with_ipv6("pool", r#"gateway_ipv6 = "10.10.0.1""#),
+            "pool.gateway_ipv6",
+            "is not an IPv6 address",
+        );
+    }
+
+    #[test]
+    fn routes_must_be_prefixes() {
+        expect_err(
+            &with("routes", r#"include = ["10.0.0.0/8", "10.0.0.0/33"]"#),
+            "routes.include[1]",
+            "is not a CIDR prefix",
+        );
+        expect_err(
+            &with("routes", r#"exclude = ["10.1.2.3/16"]"#),
+            "routes.exclude[0]",
+            "did you mean 10.1.0.0/16?",
+        );
+    }
+
+    #[test]
+    fn ipv6_routes_need_an_ipv6_pool() {
+        expect_err(
+            &with("routes", r#"include = ["fd00::/8"]"#),
+            "routes.include[0]",
+            "fd00::/8 needs pool.ipv6",
+        );
+        expect_err(
+            &with("routes", r#"exclude = ["::/0"]"#),
+            "routes.exclude[0]",
+            "needs pool.ipv6",
+        );
+        let c = GatewayConfig::from_str(&with_ipv6("routes", r#"include = ["fd00::/8"]"#)).unwrap();
+        assert_eq!(c.routes.include, ["fd00::/8".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn routes_must_not_repeat() {
+        expect_err(
+            &with(
+                "routes",
+                r#"include = ["10.0.0.0/8", "192.168.0.0/16", "10.0.0.0/8"]"#,
+            ),
+            "routes.include[2]",
+            "already listed as routes.include[0]",
+        );
+    }
+
+    #[test]
+    fn dns_must_be_addresses() {
+        expect_err(
+            &with("", r#"dns = ["10.0.0.53", "dns.corp"]"#),
+            "dns[1]",
+            "\"dns.corp\" is not an IP address",
+        );
+        expect_err(
+            &with("", r#"dns = ["10.0.0.53", "10.0.0.53"]"#),
+            "dns[1]",
+            "already listed as dns[0]",
+        );
+    }
+
+    #[test]
+    fn search_domains_must_be_domain_names() {
+        for bad in ["", "corp example", "-corp.example", "a..b", &"x".repeat(64)] {
+            expect_err(
+                &with("", &format!("search_domains = [\"ok.example\", \"{bad}\"]")),
+                "search_domains[1]",
+                "is not a domain name",
+            );
+        }
+        let c = GatewayConfig::from_str(&with(
+            "",
+            r#"search_domains = ["corp.example.", "x-1.example"]"#,
+        ))
+        .unwrap();
+        assert_eq!(c.search_domains.len(), 2);
+    }
+
+    #[test]
+    fn mtu_range() {
+        let err = expect_err(&with("", "mtu = 100"), "mtu", "");
+        assert_eq!(err.to_string(), "mtu: 100 is outside 1280-9000");
+        expect_err(&with("", "mtu = 9001"), "mtu", "9001 is outside 1280-9000");
+        assert_eq!(
+            GatewayConfig::from_str(&with("", "mtu = 1280"))
+                .unwrap()
+                .mtu,
+            1280
+        );
+        assert_eq!(
+            GatewayConfig::from_str(&with("", "mtu = 9000"))
+                .unwrap()
+                .mtu,
+            9000
+        );
+    }
+
+    #[test]
+    fn esp_port_must_be_a_port() {
+        let err = expect_err(&with("esp", "port = 0"), "esp.port", "");
+        assert_eq!(err.to_string(), "esp.port: 0 is not a port (1-65535)");
+        expect_err(
+            &with("esp", "port = 65536"),
+            "esp.port",
+            "65536 is not a port",
+        );
+        expect_err(&with("esp", "port = -1"), "esp.port", "-1 is not a port");
+    }
+
+    #[test]
+    fn esp_ciphers_must_be_known() {
+        expect_err(
+            &with("esp", r#"ciphers = ["aes128-sha1", "3des-md5"]"#),
+            "esp.ciphers[1]",
+            "aes128-sha1, aes256-sha1, aes128-sha256, aes256-sha256",
+        );
+    }
+
+    #[test]
+    fn esp_ciphers_must_not_be_empty_while_enabled() {
+        expect_err(
+            &with("esp", "ciphers = []"),
+            "esp.ciphers",
+            "must not be empty",
+        );
+        let c = GatewayConfig::from_str(&with("esp", "enabled = false\nciphers = []")).unwrap();
+        assert!(!c.esp.enabled);
+    }
+
+    #[test]
+    fn esp_ciphers_must_not_repeat() {
+        expect_err(
+            &with("esp", r#"ciphers = ["aes256-sha1", "aes256-sha1"]"#),
+            "esp.ciphers[1]",
+            "already listed as esp.ciphers[0]",
+        );
+    }
+
+    #[test]
+    fn esp_durations_and_byte_limit_ranges() {
+        expect_err(
+            &with("esp", "fallback_secs = 3601"),
+            "esp.fallback_secs",
+            "3601 is outside 0-3600",
+        );
+        expect_err(
+            &with("esp", "key_lifetime_secs = 59"),
+            "esp.key_lifetime_secs",
+            "59 is outside 60-604800",
+        );
+        expect_err(
+            &with("esp", "key_lifetime_bytes = -1"),
+            "esp.key_lifetime_bytes",
+            "-1 is outside 0-4294967295",
+        );
+        expect_err(
+            &with("esp", "key_lifetime_bytes = 4294967296"),
+            "esp.key_lifetime_bytes",
+            "is outside 0-4294967295",
+        );
+    }
+
+    #[test]
+    fn session_timer_ranges() {
+        expect_err(
+            &with("", "idle_timeout_secs = -1"),
+            "idle_timeout_secs",
+            "-1 is outside 0-31536000",
+        );
+        expect_err(
+            &with("", "idle_timeout_secs = 31536001"),
+            "idle_timeout_secs",
+            "is outside 0-31536000",
+        );
+        expect_err(
+            &with("", "dpd_interval_secs = 0"),
+            "dpd_interval_secs",
+            "0 is outside 1-3600",
+        );
+        expect_err(
+            &with("", "session_lifetime_secs = 0"),
+            "session_lifetime_secs",
+            "0 is outside 1-31536000",
+        );
+    }
+
+    #[test]
+    fn tun_name_must_be_an_interface_name() {
+        for bad in ["", "sixteen-chars-xx", "a/b", "a b", "tun:0", ".."] {
+            expect_err(
+                &with("", &format!("tun_name = \"{bad}\"")),
+                "tun_name",
+                "is not an interface name",
+            );
+        }
+        let c = GatewayConfig::from_str(&with("", r#"tun_name = "fifteen-chars-x""#)).unwrap();
+        assert_eq!(c.tun_name, "fifteen-chars-x");
+    }
+
+    #[test]
+    fn the_first_error_is_reported() {
+        let text = with("", "mtu = 1\nlisten = \"nope\"");
+        expect_err(&text, "listen", "is not an address:port");
+    }
+
+    fn write_files(dir: &Path, names: &[&str]) {
+        for name in names {
+            fs::write(dir.join(name), "x\n").unwrap();
+        }
+    }
+
+    #[test]
+    fn load_resolves_relative_paths_and_checks_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.toml");
+        fs::write(&config_path, with("tls", r#"client_ca = "ca/client.pem""#)).unwrap();
+        fs::create_dir(dir.path().join("ca")).unwrap();
+        write_files(
+            dir.path(),
+            &["server.pem", "server.key", "users", "ca/client.pem"],
+        );
+        let c = GatewayConfig::load(&config_path).unwrap();
+        assert_eq!(c.tls.certificate, dir.path().join("server.pem"));
+        assert_eq!(c.tls.client_ca, Some(dir.path().join("ca/client.pem")));
+        assert_eq!(c.auth.users_file, dir.path().join("users"));
+
+        fs::remove_file(dir.path().join("server.key")).unwrap();
+        let err = GatewayConfig::load(&config_path).unwrap_err();
+        assert_eq!(err.key(), Some("tls.key"));
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("{}: tls.key: cannot open ", config_path.display())),
+            "{message}"
+        );
+
+        fs::create_dir(dir.path().join("server.key")).unwrap();
+        let err = GatewayConfig::load(&config_path).unwrap_err();
+        assert!(err.to_string().ends_with("is not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.toml");
+        let err = GatewayConfig::load(&config_path).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("gateway.toml"), "{err}");
+
+        fs::write(&config_path, with("esp", "port = 0")).unwrap();
+        let err = GatewayConfig::load(&config_path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: esp.port: 0 is not a port (1-65535)",
+                config_path.display()
+            )
+        );
+        assert_eq!(err.key(), Some("esp.port"));
+
+        fs::write(&config_path, with("esp", "bogus = 1")).unwrap();
+        let err = GatewayConfig::load(&config_path).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "{}: line 15, column 1: esp.bogus: unknown field",
+                config_path.display()
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn cipher_names_round_trip() {
+        for c in EspCipher::ALL {
+            assert_eq!(c.name().parse::<EspCipher>(), Ok(c));
+            assert!(CIPHER_RULE.contains(c.name()));
+        }
+        assert_eq!("AES128-SHA1".parse::<EspCipher>(), Err(()));
+    }
+}

@@ -1,0 +1,224 @@
+//! The `tunnel-gateway` binary as an operator runs it: `adduser` with the password on stdin,
+//! and `--check-config`.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Output, Stdio},
+};
+
+use tunnel_user::gateway::{AuthError, UsersFile};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tunnel-gateway");
+
+/// Runs the binary with `args` and `stdin`, and waits for it.
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {BIN}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin)
+        .expect("writing the password");
+    child
+        .wait_with_output()
+        .expect("waiting for tunnel-gateway")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[track_caller]
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "tunnel-gateway failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn adduser_creates_replaces_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let users_arg = users.to_str().unwrap();
+
+    let out = run(
+        &["adduser", "--users", users_arg, "alice"],
+        b"correct horse\n",
+    );
+    assert_success(&out);
+    assert!(
+        text(&out.stdout).contains("added user alice (realms: Users)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        fs::metadata(&users).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+
+    let out = run(
+        &[
+            "adduser", "--users", users_arg, "bob", "--realm", "Users", "--realm", "Admins",
+        ],
+        b"bob's password",
+    );
+    assert_success(&out);
+
+    let file = UsersFile::load(&users).unwrap();
+    assert_eq!(file.len(), 2);
+    // The trailing newline was not part of the password.
+    file.verify("Users", "alice", b"correct horse").unwrap();
+    assert!(matches!(
+        file.verify("Users", "alice", b"correct horse\n"),
+        Err(AuthError::WrongPassword { .. })
+    ));
+    file.verify("Admins", "bob", b"bob's password").unwrap();
+    assert!(matches!(
+        file.verify("Admins", "alice", b"correct horse"),
+        Err(AuthError::RealmNotAllowed { .. })
+    ));
+
+    // Replacing alice's password: the old one stops working.
+    let out = run(
+        &["adduser", "--users", users_arg, "alice"],
+        b"battery staple\r\n",
+    );
+    assert_success(&out);
+    assert!(
+        text(&out.stdout).contains("replaced user alice"),
+        "{}",
+        text(&out.stdout)
+    );
+    let file = UsersFile::load(&users).unwrap();
+    assert_eq!(file.len(), 2);
+    file.verify("Users", "alice", b"battery staple").unwrap();
+    assert!(file.verify("Users", "alice", b"correct horse").is_err());
+
+    // Atomic updates leave no temporary file behind, and the password is nowhere on disk.
+    assert_eq!(dir_entries(dir.path()), ["users"]);
+    assert!(!fs::read_to_string(&users).unwrap().contains("battery"));
+    assert_eq!(
+        fs::metadata(&users).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+}
+
+#[test]
+fn adduser_refusals_are_clear_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let users_arg = users.to_str().unwrap();
+
+    let out = run(&["adduser", "--users", users_arg, "al:ice"], b"pw\n");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("user name \"al:ice\" is not allowed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["adduser", "--users", users_arg, "alice"], b"\n");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("the password is empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!users.exists());
+
+    fs::write(&users, "alice:Users:not-a-hash\n").unwrap();
+    let out = run(&["adduser", "--users", users_arg, "bob"], b"pw\n");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("line 1:"), "{stderr}");
+    assert!(!stderr.contains("pw"), "{stderr}");
+    assert_eq!(
+        fs::read_to_string(&users).unwrap(),
+        "alice:Users:not-a-hash\n"
+    );
+    assert_eq!(dir_entries(dir.path()), ["users"]);
+}
+
+#[test]
+fn check_config_prints_the_effective_config_or_one_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    for name in ["server.pem", "server.key"] {
+        fs::write(dir.path().join(name), "placeholder\n").unwrap();
+    }
+    let users = dir.path().join("users");
+    assert_success(&run(
+        &["adduser", "--users", users.to_str().unwrap(), "alice"],
+        b"pw\n",
+    ));
+    let body = "\
+mtu = 1380
+
+[tls]
+certificate = \"server.pem\"
+key = \"server.key\"
+
+[auth]
+users_file = \"users\"
+
+[pool]
+ipv4 = \"10.20.0.0/24\"
+";
+    fs::write(&config, body).unwrap();
+    let out = run(&["--check-config", config.to_str().unwrap()], b"");
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(": OK"), "{stdout}");
+    assert!(stdout.contains("mtu                    1380"), "{stdout}");
+    assert!(
+        stdout.contains("pool.gateway_ipv4      10.20.0.1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("esp.port               4500"), "{stdout}");
+    assert!(stdout.contains("users                  1 in "), "{stdout}");
+
+    fs::write(&config, body.replace("mtu = 1380", "mtu = 100")).unwrap();
+    let out = run(&["--check-config", config.to_str().unwrap()], b"");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "tunnel-gateway: {}: mtu: 100 is outside 1280-9000",
+            config.display()
+        )
+    );
+}
+
+#[test]
+fn no_arguments_shows_help_and_fails() {
+    let out = run(&[], b"");
+    assert!(!out.status.success());
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        all.contains("adduser") && all.contains("--check-config"),
+        "{all}"
+    );
+}
