@@ -125,7 +125,9 @@ pub fn tlv_name(kind: u16) -> &'static str {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The payload ends before a fixed-size field.
-    #[error("config packet truncated reading {what} at offset {offset:#x}: need {need} bytes, have {got}")]
+    #[error(
+        "config packet truncated reading {what} at offset {offset:#x}: need {need} bytes, have {got}"
+    )]
     Truncated {
         /// The field.
         what: &'static str,
@@ -272,13 +274,18 @@ impl Ipv4Net {
     }
 
     fn host_mask(&self) -> u32 {
-        u32::MAX.checked_shr(u32::from(self.prefix_len)).unwrap_or(0)
+        u32::MAX
+            .checked_shr(u32::from(self.prefix_len))
+            .unwrap_or(0)
     }
 
     /// First and last address covered.
     pub fn range(&self) -> (Ipv4Addr, Ipv4Addr) {
         let first = u32::from(self.addr) & !self.host_mask();
-        (Ipv4Addr::from(first), Ipv4Addr::from(first | self.host_mask()))
+        (
+            Ipv4Addr::from(first),
+            Ipv4Addr::from(first | self.host_mask()),
+        )
     }
 
     /// The netmask, e.g. 255.255.255.0 for /24.
@@ -315,7 +322,11 @@ pub fn range_to_prefixes(first: Ipv4Addr, last: Ipv4Addr) -> Vec<Ipv4Net> {
     let (mut lo, hi) = (u64::from(u32::from(first)), u64::from(u32::from(last)));
     while lo <= hi {
         // Largest aligned block starting at `lo` that does not pass `hi`.
-        let mut size_log = if lo == 0 { 32 } else { lo.trailing_zeros().min(32) };
+        let mut size_log = if lo == 0 {
+            32
+        } else {
+            lo.trailing_zeros().min(32)
+        };
         while size_log > 0 && lo + (1u64 << size_log) - 1 > hi {
             size_log -= 1;
         }
@@ -466,9 +477,11 @@ impl ConfigPacket {
         if payload.len() < 0x1c {
             return Err(c.short("config header", 0, 0x1c));
         }
-        if let Some(offset) = (0..0x10).step_by(4).chain([0x14]).find(|&o| {
-            be32(payload, o) != Some(0)
-        }) {
+        if let Some(offset) = (0..0x10)
+            .step_by(4)
+            .chain([0x14])
+            .find(|&o| be32(payload, o) != Some(0))
+        {
             return Err(ConfigError::NonZeroReserved { offset });
         }
         let declared = c.be32("payload length", 0x18)? as usize;
@@ -638,7 +651,12 @@ fn parse_main(c: &Cursor<'_>, off: usize) -> Result<Config, ConfigError> {
 }
 
 /// Parses an attribute section at `off`: 4 bytes of length/marker, 0x03000000, TLVs.
-fn parse_attrs(c: &Cursor<'_>, off: usize, len: usize, cfg: &mut Config) -> Result<(), ConfigError> {
+fn parse_attrs(
+    c: &Cursor<'_>,
+    off: usize,
+    len: usize,
+    cfg: &mut Config,
+) -> Result<(), ConfigError> {
     if len < 8 {
         return Err(ConfigError::LengthField {
             field: "attributes length",
@@ -863,7 +881,11 @@ impl Config {
             }
         }
         let e = &self.esp;
-        let halves = [(tlv::ESP_CIPHER, e.cipher), (tlv::ESP_HMAC, e.hmac), (tlv::ESP_PORT, e.port)];
+        let halves = [
+            (tlv::ESP_CIPHER, e.cipher),
+            (tlv::ESP_HMAC, e.hmac),
+            (tlv::ESP_PORT, e.port),
+        ];
         for (kind, v) in halves {
             if let Some(v) = v {
                 put_tlv(out, kind, &v.to_be_bytes())?;
@@ -872,7 +894,10 @@ impl Config {
         let words = [
             (tlv::ESP_LIFETIME_SECONDS, e.lifetime_seconds),
             (tlv::ESP_LIFETIME_BYTES, e.lifetime_bytes),
-            (tlv::ESP_REPLAY_PROTECTION, e.replay_protection.map(u32::from)),
+            (
+                tlv::ESP_REPLAY_PROTECTION,
+                e.replay_protection.map(u32::from),
+            ),
             (tlv::ESP_TO_TLS_FALLBACK, e.fallback_seconds),
         ];
         for (kind, v) in words {
@@ -880,7 +905,10 @@ impl Config {
                 put_tlv(out, kind, &v.to_be_bytes())?;
             }
         }
-        for (kind, v) in [(tlv::ESP_ONLY, e.esp_only), (tlv::ESP_ALLOW_6IN4, e.allow_6in4)] {
+        for (kind, v) in [
+            (tlv::ESP_ONLY, e.esp_only),
+            (tlv::ESP_ALLOW_6IN4, e.allow_6in4),
+        ] {
             if let Some(v) = v {
                 put_tlv(out, kind, &[u8::from(v)])?;
             }
@@ -937,10 +965,11 @@ fn parse_key_block(c: &Cursor<'_>, at: usize) -> Result<(EspKeys, usize), Config
             got: len,
         });
     }
-    let secrets = c
-        .buf
-        .get(at + 6..at + 6 + ESP_SECRETS_LEN)
-        .ok_or(c.short("ESP secrets", at + 6, ESP_SECRETS_LEN))?;
+    let secrets = c.buf.get(at + 6..at + 6 + ESP_SECRETS_LEN).ok_or(c.short(
+        "ESP secrets",
+        at + 6,
+        ESP_SECRETS_LEN,
+    ))?;
     let mut keys = EspKeys {
         spi,
         secrets: [0; ESP_SECRETS_LEN],
@@ -1021,7 +1050,11 @@ mod tests {
         };
         assert_eq!(
             cfg.include_v4,
-            [net([5, 5, 0, 0], 16), net([7, 0, 0, 0], 24), net([8, 8, 8, 8], 32)]
+            [
+                net([5, 5, 0, 0], 16),
+                net([7, 0, 0, 0], 24),
+                net([8, 8, 8, 8], 32)
+            ]
         );
         assert_eq!(
             cfg.exclude_v4,
@@ -1075,8 +1108,20 @@ mod tests {
         p[0x18..0x1c].copy_from_slice(&len.to_be_bytes());
         let cfg = parse_main_cfg(&p);
         assert_eq!(cfg.mtu, Some(1400));
-        assert_eq!(cfg.unknown[0], RawTlv { kind: 0x4026, value: vec![1] });
-        assert_eq!(cfg.unknown[1], RawTlv { kind: 0x4025, value: vec![1] });
+        assert_eq!(
+            cfg.unknown[0],
+            RawTlv {
+                kind: 0x4026,
+                value: vec![1]
+            }
+        );
+        assert_eq!(
+            cfg.unknown[1],
+            RawTlv {
+                kind: 0x4025,
+                value: vec![1]
+            }
+        );
         assert_eq!(cfg.include_v4.len(), 3);
     }
 
@@ -1189,9 +1234,8 @@ mod tests {
 
     #[test]
     fn range_to_prefixes_is_exact() {
-        let r = |a: &str, b: &str| {
-            range_to_prefixes(a.parse().expect("v4"), b.parse().expect("v4"))
-        };
+        let r =
+            |a: &str, b: &str| range_to_prefixes(a.parse().expect("v4"), b.parse().expect("v4"));
         assert_eq!(r("0.0.0.0", "255.255.255.255").len(), 1);
         assert_eq!(r("0.0.0.0", "255.255.255.255")[0].prefix_len, 0);
         assert_eq!(r("10.0.0.1", "10.0.0.6").len(), 4); // .1/32 .2/31 .4/31 .6/32

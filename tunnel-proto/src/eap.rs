@@ -1114,8 +1114,8 @@ mod tests {
         assert_eq!(
             out,
             [
-                0, 0, 0x0d, 0x53, 0x80, 0, 0, 17, 0, 0, 5, 0x83, b'a', b'b', b'c', b'd', b'e',
-                0, 0, 0
+                0, 0, 0x0d, 0x53, 0x80, 0, 0, 17, 0, 0, 5, 0x83, b'a', b'b', b'c', b'd', b'e', 0,
+                0, 0
             ]
         );
         let avps: Vec<_> = parse_avps(&out).collect();

@@ -98,7 +98,9 @@ pub enum IftError {
         got: usize,
     },
     /// An authentication frame carries an auth type other than Juniper/1.
-    #[error("IF-T {kind} has auth type {got:#010x}, expected Juniper/1 ({AUTH_TYPE_JUNIPER_1:#010x})")]
+    #[error(
+        "IF-T {kind} has auth type {got:#010x}, expected Juniper/1 ({AUTH_TYPE_JUNIPER_1:#010x})"
+    )]
     AuthType {
         /// Message kind.
         kind: FrameKind,
@@ -699,7 +701,9 @@ impl<'a> Message<'a> {
                 preferred,
             } => out.extend_from_slice(&[0, *min, *max, *preferred]),
             Self::VersionResponse { version } => out.extend_from_slice(&[0, 0, 0, *version]),
-            Self::AuthChallenge { eap } | Self::AuthResponse { eap } | Self::AuthSuccess { eap } => {
+            Self::AuthChallenge { eap }
+            | Self::AuthResponse { eap }
+            | Self::AuthSuccess { eap } => {
                 out.extend_from_slice(&AUTH_TYPE_JUNIPER_1.to_be_bytes());
                 out.extend_from_slice(eap);
             }
@@ -782,14 +786,17 @@ fn parse_fatal(payload: &[u8]) -> Result<Message<'static>, IftError> {
             what: "missing errorType=",
         })?;
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    let code: u32 = rest[..digits].parse().map_err(|_| IftError::FatalErrorSyntax {
-        what: "errorType is not a number",
-    })?;
-    let message = rest[digits..]
-        .strip_prefix(" errorString=")
-        .ok_or(IftError::FatalErrorSyntax {
-            what: "missing errorString=",
+    let code: u32 = rest[..digits]
+        .parse()
+        .map_err(|_| IftError::FatalErrorSyntax {
+            what: "errorType is not a number",
         })?;
+    let message =
+        rest[digits..]
+            .strip_prefix(" errorString=")
+            .ok_or(IftError::FatalErrorSyntax {
+                what: "missing errorString=",
+            })?;
     Ok(Message::FatalError {
         kind: FatalErrorKind::from_code(code),
         message: percent_decode(message).ok_or(IftError::FatalErrorSyntax {
@@ -1105,7 +1112,9 @@ mod tests {
         Message::Data(&[1, 2, 3, 4, 5])
             .encode_to_vec(0, &mut stream)
             .expect("encode");
-        Message::Logout.encode_to_vec(1, &mut stream).expect("encode");
+        Message::Logout
+            .encode_to_vec(1, &mut stream)
+            .expect("encode");
         Message::Data(&[9; 40])
             .encode_to_vec(2, &mut stream)
             .expect("encode");

@@ -1,12 +1,112 @@
-//! placeholder
+//! The Pulse / Ivanti Connect Secure wire protocol, sans IO, for both ends of the tunnel.
+//!
+//! # Design
+//!
+//! This crate never opens a socket, reads a clock or spawns a thread. The caller owns the TLS
+//! connection, the UDP socket, the TUN device and the timer; the state machines here take
+//! bytes and `Instant`s as arguments and hand back bytes (in buffers the caller provides or
+//! drains) and events. Two instances can therefore be wired to each other in a test with
+//! nothing but `Vec<u8>`s, and the same code serves the client (`tunneld`) and the gateway
+//! (`tunnel-gateway`). Randomness (ESP keys, SPIs, IVs) is injected through [`RandomSource`]
+//! so tests are reproducible.
+//!
+//! ```text
+//!              TLS bytes in                                   TLS bytes out
+//!   rustls ──────────────────▶ handle_tls_bytes()   pending_tls() ──────────────▶ rustls
+//!                                     │                  ▲
+//!                               FrameDecoder          TlsOut (IF-T seq)
+//!                                     │                  │
+//!                                  Message ──▶ Client / Server ──▶ poll_event() ──▶ caller
+//!                                     ▲        state machine        (realm? password?
+//!                                     │              │               packet, config ...)
+//!   caller ── choose_realm(), provide_credentials(), accept(), reject(), send_config() ──┘
+//!
+//!   TUN ── send_packet(ip, now, buf) ──▶ ESP datagram in buf  ──▶ UDP   (or a TLS data frame)
+//!   UDP ── handle_esp(datagram, now) ──▶ IP packet, decrypted in place ──▶ TUN
+//!   timer ─ poll_timers(now) / next_timer() ──▶ probes, DPD, idle timeout, rekey
+//! ```
+//!
+//! Layers, one module each, each with its own error type:
+//!
+//! - IF-T framing, messages and the HTTP upgrade: [`FrameDecoder`], [`Message`], [`IftError`];
+//! - EAP, Juniper expanded EAP and AVPs: [`EapPacket`], [`AuthRequest`], [`AuthResponse`],
+//!   [`EapError`];
+//! - the configuration packets: [`Config`], [`ConfigPacket`], [`EspKeyExchange`],
+//!   [`ConfigError`];
+//! - ESP: [`OutboundSa`], [`InboundSa`], [`ReplayWindow`], [`EspError`];
+//! - the sessions: [`Client`], [`Server`], [`SessionError`].
+//!
+//! The wire behaviour follows openconnect's `pulse.c`, `esp.c` and `esp-seqno.c`; where this
+//! code departs from or adds to it, the comment at that spot says so.
+//!
+//! # Driving a client
+//!
+//! ```no_run
+//! # use tunnel_proto::*;
+//! # use std::time::Instant;
+//! # fn tls_write(_: &[u8]) {} fn tls_read() -> Vec<u8> { vec![] }
+//! let mut client = Client::new(ClientConfig::new("vpn.example.com"));
+//! client.start()?;
+//! loop {
+//!     tls_write(client.pending_tls());
+//!     let n = client.pending_tls().len();
+//!     client.consume_tls(n);
+//!     client.handle_tls_bytes(&tls_read(), Instant::now())?;
+//!     while let Some(event) = client.poll_event() {
+//!         match event {
+//!             ClientEvent::RealmRequired { realms } => client.choose_realm(&realms[0])?,
+//!             ClientEvent::CredentialsRequired { .. } => {
+//!                 client.provide_credentials("alice", "secret")?
+//!             }
+//!             ClientEvent::Configured(config) => { /* set up TUN, routes, DNS */ }
+//!             _ => {}
+//!         }
+//!     }
+//! #   break;
+//! }
+//! # Ok::<(), SessionError>(())
+//! ```
+
+mod client;
 mod config;
 mod eap;
 mod esp;
 mod ift;
 mod rng;
+mod server;
+mod session;
 mod wire;
-pub use config::*;
-pub use eap::*;
-pub use esp::*;
-pub use ift::*;
-pub use rng::*;
+
+pub use client::{
+    Client, ClientConfig, ClientEvent, ClientState, ESP_ATTEMPT_PERIOD, PROBE_INTERVAL,
+    PROBES_PER_ATTEMPT,
+};
+pub use config::{
+    CONFIG_MAGIC, CONFIG_MAGIC_R14, Config, ConfigError, ConfigPacket, ESP_CONFIG_MAGIC,
+    ESP_SECRETS_LEN, EspKeyExchange, EspKeys, EspSettings, Ipv4Net, Ipv6Net, MAX_V4_ROUTES,
+    ROUTE_EXCLUDE, ROUTE_INCLUDE, RawTlv, range_to_prefixes, tlv, tlv_name,
+};
+pub use eap::{
+    AVP_EAP_MESSAGE, AVP_FLAG_MANDATORY, AVP_FLAG_VENDOR, AVP_VENDOR_JUNIPER, AuthRequest,
+    AuthResponse, Avp, AvpIter, EAP_TYPE_EXPANDED, EAP_TYPE_IDENTITY, EAP_VENDOR_JUNIPER, EapBody,
+    EapCode, EapError, EapPacket, InnerRequest, J2_PASSWORD_CHANGE, J2_PASSWORD_FAILURE,
+    J2_PASSWORD_REQUEST, J2_PASSWORD_RESPONSE, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS,
+    JUNIPER_SUBTYPE_PASSWORD, PasswordMessage, PasswordResponse, RawAvp, append_avp, avp,
+    encode_juniper_avps, parse_avps,
+};
+pub use esp::{
+    EspCipher, EspError, EspMac, EspPayload, EspSuite, InboundSa, MAX_OVERHEAD, NEXT_HEADER_IPV4,
+    NEXT_HEADER_IPV6, OutboundSa, REPLAY_WINDOW, ReplayWindow, peek_spi, split_secrets,
+};
+pub use ift::{
+    AUTH_TYPE_JUNIPER_1, ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder,
+    FrameHeader, FrameKind, HEADER_LEN, IFT_VERSION_MAX, IFT_VERSION_MIN, IftError, Message,
+    UpgradeRequest, UpgradeResponse, VENDOR_JUNIPER, VENDOR_TCG, build_http_error,
+    build_upgrade_request, build_upgrade_response, encode_data_frame, encode_header,
+    parse_upgrade_request, parse_upgrade_response,
+};
+pub use rng::{OsRandom, RandomSource};
+pub use server::{CloseReason, Server, ServerConfig, ServerEvent};
+pub use session::{
+    AuthFailure, AuthRejection, EspInput, Password, REKEY_OVERLAP, SessionError, Transmit,
+};

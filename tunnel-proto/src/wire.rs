@@ -23,20 +23,7 @@ pub(crate) fn le32(buf: &[u8], at: usize) -> Option<u32> {
 
 /// Overwrites a big-endian `u32` at `at`; callers only patch offsets they wrote themselves.
 pub(crate) fn put_be32(buf: &mut [u8], at: usize, value: u32) {
-    if let Some(dst) = at
-        .checked_add(4)
-        .and_then(|end| buf.get_mut(at..end))
-    {
-        dst.copy_from_slice(&value.to_be_bytes());
-    }
-}
-
-/// Overwrites a big-endian `u16` at `at`; callers only patch offsets they wrote themselves.
-pub(crate) fn put_be16(buf: &mut [u8], at: usize, value: u16) {
-    if let Some(dst) = at
-        .checked_add(2)
-        .and_then(|end| buf.get_mut(at..end))
-    {
+    if let Some(dst) = at.checked_add(4).and_then(|end| buf.get_mut(at..end)) {
         dst.copy_from_slice(&value.to_be_bytes());
     }
 }
@@ -62,7 +49,6 @@ mod tests {
         put_be32(&mut buf, 0, 0xdead_beef);
         assert_eq!(buf, [0xde, 0xad, 0xbe, 0xef]);
         put_be32(&mut buf, 1, 0);
-        put_be16(&mut buf, 2, 0x0102);
-        assert_eq!(buf, [0xde, 0xad, 1, 2]);
+        assert_eq!(buf, [0xde, 0xad, 0xbe, 0xef]);
     }
 }

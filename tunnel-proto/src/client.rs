@@ -1,0 +1,1017 @@
+//! The client side of a Pulse session as a sans-IO state machine.
+//!
+//! Owns the order of the client's messages (upgrade, version, client info, EAP identity, the
+//! Juniper/1 dialogue with realm and password, cookie acknowledgement, configuration, ESP key
+//! reply), the client's ESP link state (probes, dead peer detection, fallback to TLS), and the
+//! events that ask the caller for input. It never touches a socket or a clock: bytes and
+//! `Instant`s come in as arguments, bytes and events go out through buffers.
+//!
+//! Message order, after openconnect's `pulse_authenticate` and `pulse_connect`:
+//!
+//! ```text
+//! client                                         gateway
+//! GET / Upgrade: IF-T/TLS 1.0   ------------->
+//!                               <-------------   101 Switching Protocols
+//! version request (1,2,2)       ------------->
+//!                               <-------------   version response
+//! client info 0x88              ------------->
+//!                               <-------------   auth challenge (empty)
+//! EAP identity "anonymous"      ------------->
+//!                               <-------------   J1 request (server info)
+//! J1: user agent [+ DSID]       ------------->
+//!                               <-------------   J1: realm list            (if several)
+//! J1: realm                     ------------->
+//!                               <-------------   J1: J2 password request
+//! J1: username + J2 password    ------------->
+//!                               <-------------   J1: DSID cookie
+//! J1: (empty acknowledgement)   ------------->
+//!                               <-------------   auth success
+//!                               <-------------   config, ESP keys, end of config
+//! ESP keys (ours + echo), ncmo=1 ------------>
+//! data frames / ESP             <------------>   data frames / ESP
+//! ```
+
+use crate::config::{Config, ConfigPacket, EspKeyExchange};
+use crate::eap::{
+    AVP_FLAG_VENDOR, AVP_VENDOR_JUNIPER, AuthRequest, AuthResponse, EAP_TYPE_TTLS, EapBody,
+    EapCode, EapPacket, InnerRequest, J2_PASSWORD_CHANGE, J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY,
+    JUNIPER_SUBTYPE_AVPS, JUNIPER_SUBTYPE_HOST_CHECKER, PasswordMessage, PasswordResponse, RawAvp,
+    encode_juniper_avps,
+};
+use crate::esp::{EspCipher, EspError, EspMac, EspSuite, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
+use crate::ift::{
+    ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder, IFT_VERSION_MAX,
+    IFT_VERSION_MIN, Message, build_upgrade_request, parse_upgrade_response,
+};
+use crate::rng::{OsRandom, RandomSource};
+use crate::session::{
+    AuthFailure, EspInput, EspPair, SessionError, TlsOut, Transmit, generate_inbound, outbound_from,
+};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Probes sent per ESP attempt, one per [`PROBE_INTERVAL`] (esp.c: "Send 5 probes a second
+/// apart, then give up until the next attempt").
+pub const PROBES_PER_ATTEMPT: u32 = 5;
+/// Gap between probes of one attempt.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Time between ESP attempts, openconnect's default `dtls_attempt_period`.
+pub const ESP_ATTEMPT_PERIOD: Duration = Duration::from_secs(60);
+/// AVP 0xd7c: acknowledgement of a sign-in message (pulse.c sends the word 1).
+const AVP_SIGNIN_ACK: u32 = 0xd7c;
+
+/// What the client is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Gateway host name for the `Host` header.
+    pub host: String,
+    /// URL path of the sign-in page, e.g. `/` or `/saml`.
+    pub path: String,
+    /// `User-Agent` header and AVP 0xd70.
+    pub user_agent: String,
+    /// Operating system name, AVP 0xd5e (newer pulse.c sends it).
+    pub os_name: Option<String>,
+    /// `clientHostName` in the client info frame.
+    pub hostname: String,
+    /// `clientIp` in the client info frame.
+    pub client_ip: Option<String>,
+    /// DSID cookie of an earlier session to resume.
+    pub cookie: Option<String>,
+    /// Largest IF-T frame accepted.
+    pub max_frame_len: u32,
+    /// Use ESP when the gateway offers it.
+    pub enable_esp: bool,
+    /// The ESP UDP socket is IPv6: probes carry next header 41 and, unless the gateway allows
+    /// 6in4 (TLV 0x4024), only IPv6 goes over ESP (and vice versa for IPv4).
+    pub udp_ipv6: bool,
+}
+
+impl ClientConfig {
+    /// Defaults for connecting to `host`.
+    pub fn new(host: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            path: "/".into(),
+            user_agent: "Pulse-Secure/22.2.1.1295 (tunnel)".into(),
+            os_name: Some("Linux".into()),
+            hostname: "localhost".into(),
+            client_ip: None,
+            cookie: None,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            enable_esp: true,
+            udp_ipv6: false,
+        }
+    }
+}
+
+/// What the client tells its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The gateway wants a realm: answer with [`Client::choose_realm`]. An empty list means
+    /// free-text entry.
+    RealmRequired {
+        /// Realms to choose from.
+        realms: Vec<String>,
+    },
+    /// The gateway wants a username and password: answer with [`Client::provide_credentials`].
+    CredentialsRequired {
+        /// The previous password was wrong.
+        retry: bool,
+        /// Prompt text for the username, if the gateway sent one.
+        username_prompt: Option<String>,
+        /// Prompt text for the password, if the gateway sent one.
+        password_prompt: Option<String>,
+    },
+    /// The cookie offered for resumption was not accepted; a normal login follows.
+    ResumeRejected,
+    /// The DSID session cookie (keep it to resume).
+    CookieReceived {
+        /// The cookie.
+        cookie: String,
+        /// Seconds until the authentication expires (AVP 0xd5c).
+        auth_expiration: Option<Duration>,
+        /// Gateway idle timeout (AVP 0xd75).
+        idle_timeout: Option<Duration>,
+    },
+    /// The login failed; the session is closed.
+    AuthFailed(AuthFailure),
+    /// EAP success: configuration follows.
+    Authenticated,
+    /// The tunnel configuration; the session is established.
+    Configured(Box<Config>),
+    /// An IP packet that came over TLS.
+    Packet(Vec<u8>),
+    /// ESP answered our probes; outgoing packets now go over ESP.
+    EspUp,
+    /// ESP stopped answering; outgoing packets go over TLS again.
+    EspDown,
+    /// The gateway sent new ESP keys and we answered.
+    EspRekeyed,
+    /// The gateway ended the session (fatal error 0x93); the session is closed.
+    Terminated {
+        /// The reason.
+        kind: FatalErrorKind,
+        /// The gateway's message.
+        message: String,
+    },
+    /// The gateway logged us out; the session is closed.
+    LoggedOut,
+}
+
+/// Where the client is, for callers and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientState {
+    /// Not started.
+    Idle,
+    /// Upgrade, version and EAP exchanges in progress.
+    Authenticating,
+    /// Waiting for [`Client::choose_realm`] or [`Client::provide_credentials`].
+    WaitingForInput,
+    /// Authenticated, receiving configuration.
+    Configuring,
+    /// Tunnel up.
+    Established,
+    /// Over.
+    Closed,
+}
+
+#[derive(Debug)]
+enum State {
+    Idle,
+    AwaitUpgrade { head: Vec<u8> },
+    AwaitVersion,
+    AwaitAuthStart,
+    AwaitServerInfo,
+    Authenticating,
+    AwaitRealmChoice { ident: u8 },
+    AwaitCredentials { ident: u8, inner: u8 },
+    AwaitSuccess,
+    Configuring,
+    Established,
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Idle => "not started",
+            Self::AwaitUpgrade { .. } => "waiting for the upgrade answer",
+            Self::AwaitVersion => "waiting for the version response",
+            Self::AwaitAuthStart => "waiting for the first auth challenge",
+            Self::AwaitServerInfo => "waiting for the server information request",
+            Self::Authenticating => "authenticating",
+            Self::AwaitRealmChoice { .. } => "waiting for the caller's realm choice",
+            Self::AwaitCredentials { .. } => "waiting for the caller's credentials",
+            Self::AwaitSuccess => "waiting for auth success",
+            Self::Configuring => "receiving configuration",
+            Self::Established => "established",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum EspLink {
+    Off,
+    Probing {
+        started: Instant,
+        sent: u32,
+        next: Instant,
+    },
+    Waiting {
+        retry_at: Instant,
+    },
+    Up {
+        last_rx: Instant,
+        last_probe: Option<Instant>,
+    },
+}
+
+/// The client state machine. See the module docs for the message order.
+pub struct Client {
+    cfg: ClientConfig,
+    rng: Box<dyn RandomSource + Send>,
+    state: State,
+    decoder: FrameDecoder,
+    out: TlsOut,
+    events: VecDeque<ClientEvent>,
+    resume_reported: bool,
+    pending_config: Option<Config>,
+    config: Option<Config>,
+    esp: Option<EspPair>,
+    link: EspLink,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("state", &self.state.name())
+            .field("esp", &self.esp)
+            .field("link", &self.link)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client drawing ESP keys and IVs from the OS random generator.
+    pub fn new(cfg: ClientConfig) -> Self {
+        Self::with_rng(cfg, Box::new(OsRandom))
+    }
+
+    /// A client with an injected random source (tests use a deterministic one).
+    pub fn with_rng(cfg: ClientConfig, rng: Box<dyn RandomSource + Send>) -> Self {
+        let decoder = FrameDecoder::new(cfg.max_frame_len);
+        Self {
+            cfg,
+            rng,
+            state: State::Idle,
+            decoder,
+            out: TlsOut::default(),
+            events: VecDeque::new(),
+            resume_reported: false,
+            pending_config: None,
+            config: None,
+            esp: None,
+            link: EspLink::Off,
+        }
+    }
+
+    /// Queues the HTTP upgrade request; call once the TLS handshake is done.
+    pub fn start(&mut self) -> Result<(), SessionError> {
+        if !matches!(self.state, State::Idle) {
+            return Err(self.wrong("start"));
+        }
+        let req = build_upgrade_request(&self.cfg.host, &self.cfg.path, &self.cfg.user_agent);
+        self.out.raw(req.as_bytes());
+        self.state = State::AwaitUpgrade { head: Vec::new() };
+        Ok(())
+    }
+
+    /// Where the session is.
+    pub fn state(&self) -> ClientState {
+        match self.state {
+            State::Idle => ClientState::Idle,
+            State::AwaitRealmChoice { .. } | State::AwaitCredentials { .. } => {
+                ClientState::WaitingForInput
+            }
+            State::Configuring => ClientState::Configuring,
+            State::Established => ClientState::Established,
+            State::Closed => ClientState::Closed,
+            _ => ClientState::Authenticating,
+        }
+    }
+
+    /// True once closed (logout, failure, fatal error, protocol error).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The configuration, once established.
+    pub fn config(&self) -> Option<&Config> {
+        self.config.as_ref()
+    }
+
+    /// True while outgoing packets go over ESP.
+    pub fn esp_up(&self) -> bool {
+        matches!(self.link, EspLink::Up { .. })
+    }
+
+    /// Bytes to write to the TLS connection.
+    pub fn pending_tls(&self) -> &[u8] {
+        self.out.pending()
+    }
+
+    /// Marks `n` bytes of [`Self::pending_tls`] as written.
+    pub fn consume_tls(&mut self, n: usize) {
+        self.out.consume(n);
+    }
+
+    /// Next event for the caller.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    fn wrong(&self, call: &'static str) -> SessionError {
+        SessionError::WrongState {
+            call,
+            state: self.state.name(),
+        }
+    }
+
+    fn close(&mut self) {
+        self.state = State::Closed;
+        self.link = EspLink::Off;
+    }
+
+    /// Feeds bytes read from the TLS connection. Any error closes the session.
+    pub fn handle_tls_bytes(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+        if self.is_closed() {
+            return Err(SessionError::Closed);
+        }
+        let r = self.handle_tls_inner(data, now);
+        if r.is_err() {
+            self.close();
+        }
+        r
+    }
+
+    fn handle_tls_inner(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+        if let State::AwaitUpgrade { head } = &mut self.state {
+            head.extend_from_slice(data);
+            let Some((_, used)) = parse_upgrade_response(head)? else {
+                return Ok(());
+            };
+            let rest = head.split_off(used);
+            self.state = State::AwaitVersion;
+            self.out.send(&Message::VersionRequest {
+                min: IFT_VERSION_MIN,
+                max: IFT_VERSION_MAX,
+                preferred: IFT_VERSION_MAX,
+            })?;
+            self.decoder.push(&rest);
+        } else if matches!(self.state, State::Idle) {
+            return Err(self.wrong("handle_tls_bytes"));
+        } else {
+            self.decoder.push(data);
+        }
+        // Take the decoder out so frames can borrow it while `self` changes state.
+        let mut decoder = std::mem::take(&mut self.decoder);
+        let r = (|| {
+            while !self.is_closed() {
+                let Some(frame) = decoder.next_frame()? else {
+                    break;
+                };
+                self.handle_frame(frame, now)?;
+            }
+            Ok(())
+        })();
+        self.decoder = decoder;
+        r
+    }
+
+    fn handle_frame(&mut self, frame: Frame<'_>, now: Instant) -> Result<(), SessionError> {
+        let msg = frame.message()?;
+        // Messages that mean the same in every state.
+        match &msg {
+            Message::FatalError { kind, message } => {
+                self.events.push_back(ClientEvent::Terminated {
+                    kind: *kind,
+                    message: message.clone(),
+                });
+                self.close();
+                return Ok(());
+            }
+            Message::Logout => {
+                self.events.push_back(ClientEvent::LoggedOut);
+                self.close();
+                return Ok(());
+            }
+            _ => {}
+        }
+        let unexpected = |state: &State| SessionError::UnexpectedMessage {
+            state: state.name(),
+            got: msg.kind(),
+        };
+        match (&self.state, &msg) {
+            (State::AwaitVersion, Message::VersionResponse { version }) => {
+                if !(IFT_VERSION_MIN..=IFT_VERSION_MAX).contains(version) {
+                    return Err(SessionError::Version {
+                        got: *version,
+                        min: IFT_VERSION_MIN,
+                        max: IFT_VERSION_MAX,
+                    });
+                }
+                self.out.send(&Message::ClientInfo(ClientInfo {
+                    hostname: self.cfg.hostname.clone(),
+                    client_ip: self.cfg.client_ip.clone(),
+                }))?;
+                self.state = State::AwaitAuthStart;
+            }
+            (State::AwaitAuthStart, Message::AuthChallenge { eap }) => {
+                if !eap.is_empty() {
+                    return Err(SessionError::UnexpectedAuth {
+                        state: self.state.name(),
+                        what: "first challenge carries EAP".into(),
+                    });
+                }
+                let mut buf = Vec::new();
+                EapPacket {
+                    code: EapCode::Response,
+                    identifier: 1,
+                    body: EapBody::Identity(b"anonymous"),
+                }
+                .encode(&mut buf)?;
+                self.out.send(&Message::AuthResponse { eap: &buf })?;
+                self.state = State::AwaitServerInfo;
+            }
+            (State::AwaitServerInfo, Message::AuthChallenge { eap }) => {
+                let pkt = EapPacket::parse(eap)?;
+                if let EapBody::Other {
+                    eap_type: EAP_TYPE_TTLS,
+                    ..
+                } = pkt.body
+                {
+                    return Err(SessionError::UnsupportedAuth {
+                        what: "EAP-TTLS (client certificate login)",
+                    });
+                }
+                let avps = pkt.juniper_data(EapCode::Request, JUNIPER_SUBTYPE_AVPS)?;
+                // Server information (0xd49, 0xd4a, licence): nothing we act on, but it must
+                // parse.
+                AuthRequest::parse(avps)?;
+                let resp = AuthResponse {
+                    os_name: self.cfg.os_name.clone(),
+                    user_agent: Some(self.cfg.user_agent.clone()),
+                    cookie: self.cfg.cookie.clone(),
+                    ..AuthResponse::default()
+                };
+                self.send_j1(pkt.identifier, &resp)?;
+                self.state = State::Authenticating;
+            }
+            (State::Authenticating, Message::AuthChallenge { eap }) => self.handle_auth(eap)?,
+            (State::AwaitSuccess, Message::AuthChallenge { eap }) => self.handle_auth(eap)?,
+            (State::AwaitSuccess, Message::AuthSuccess { eap }) => {
+                let pkt = EapPacket::parse(eap)?;
+                if pkt.code != EapCode::Success {
+                    return Err(SessionError::UnexpectedAuth {
+                        state: self.state.name(),
+                        what: format!("auth success frame carries EAP {:?}", pkt.code),
+                    });
+                }
+                self.events.push_back(ClientEvent::Authenticated);
+                self.state = State::Configuring;
+            }
+            (State::Configuring, Message::Config(payload)) => match ConfigPacket::parse(payload)? {
+                ConfigPacket::Main(cfg) => self.pending_config = Some(*cfg),
+                ConfigPacket::Esp(x) => self.install_esp(x, now, true)?,
+            },
+            (State::Configuring, Message::EndOfConfig) => self.finish_config(now)?,
+            (State::Established, Message::Data(packet)) => {
+                self.events.push_back(ClientEvent::Packet(packet.to_vec()));
+            }
+            (State::Established, Message::Config(payload)) => match ConfigPacket::parse(payload)? {
+                ConfigPacket::Esp(x) => self.install_esp(x, now, false)?,
+                ConfigPacket::Main(cfg) => {
+                    self.config = Some((*cfg).clone());
+                    self.events.push_back(ClientEvent::Configured(cfg));
+                }
+            },
+            // openconnect logs and skips frames it does not know once past authentication
+            // (0x96 licence information, for one).
+            (State::Configuring | State::Established, _) => {}
+            (state, _) => return Err(unexpected(state)),
+        }
+        Ok(())
+    }
+
+    fn send_j1(&mut self, ident: u8, resp: &AuthResponse) -> Result<(), SessionError> {
+        let mut avps = Vec::new();
+        resp.encode(&mut avps)?;
+        let mut eap = Vec::new();
+        encode_juniper_avps(EapCode::Response, ident, &avps, &mut eap)?;
+        self.out.send(&Message::AuthResponse { eap: &eap })
+    }
+
+    fn fail(&mut self, why: AuthFailure) {
+        self.events.push_back(ClientEvent::AuthFailed(why));
+        self.close();
+    }
+
+    fn handle_auth(&mut self, eap: &[u8]) -> Result<(), SessionError> {
+        let pkt = EapPacket::parse(eap)?;
+        if pkt.code == EapCode::Failure {
+            self.fail(AuthFailure::EapFailure);
+            return Ok(());
+        }
+        let avps = pkt.juniper_data(EapCode::Request, JUNIPER_SUBTYPE_AVPS)?;
+        let req = AuthRequest::parse(avps)?;
+        let ident = pkt.identifier;
+        if let Some(code) = req.failure_code {
+            self.fail(AuthFailure::Code(code));
+            return Ok(());
+        }
+        if let Some(InnerRequest::Password {
+            message: PasswordMessage::Failure { message },
+            ..
+        }) = &req.inner
+        {
+            self.fail(AuthFailure::Message(message.clone()));
+            return Ok(());
+        }
+        if let Some(cookie) = req.cookie {
+            self.events.push_back(ClientEvent::CookieReceived {
+                cookie,
+                auth_expiration: req.auth_expiration.map(|s| Duration::from_secs(s.into())),
+                idle_timeout: req.idle_timeout.map(|s| Duration::from_secs(s.into())),
+            });
+            // pulse.c: an empty response lets the EAP conversation end in success.
+            self.send_j1(ident, &AuthResponse::default())?;
+            self.state = State::AwaitSuccess;
+            return Ok(());
+        }
+        if !matches!(self.state, State::Authenticating) {
+            return Err(SessionError::UnexpectedAuth {
+                state: self.state.name(),
+                what: "another prompt after the cookie".into(),
+            });
+        }
+        if self.cfg.cookie.is_some() && !self.resume_reported {
+            self.resume_reported = true;
+            self.events.push_back(ClientEvent::ResumeRejected);
+        }
+        if !req.realms.is_empty() || req.realm_entry {
+            self.events
+                .push_back(ClientEvent::RealmRequired { realms: req.realms });
+            self.state = State::AwaitRealmChoice { ident };
+            return Ok(());
+        }
+        match req.inner {
+            Some(InnerRequest::Password {
+                identifier,
+                message: PasswordMessage::Request { code },
+            }) => match code {
+                J2_PASSWORD_REQUEST | J2_PASSWORD_RETRY => {
+                    self.events.push_back(ClientEvent::CredentialsRequired {
+                        retry: code == J2_PASSWORD_RETRY,
+                        username_prompt: req.username_prompt,
+                        password_prompt: req.password_prompt,
+                    });
+                    self.state = State::AwaitCredentials {
+                        ident,
+                        inner: identifier,
+                    };
+                    Ok(())
+                }
+                J2_PASSWORD_CHANGE => Err(SessionError::UnsupportedAuth {
+                    what: "password change",
+                }),
+                _ => Err(SessionError::UnexpectedAuth {
+                    state: self.state.name(),
+                    what: format!("J2 password request code {code:#04x}"),
+                }),
+            },
+            Some(InnerRequest::TokenCode { .. }) => Err(SessionError::UnsupportedAuth {
+                what: "token code (EAP-GTC)",
+            }),
+            Some(InnerRequest::Other {
+                eap_type: JUNIPER_SUBTYPE_HOST_CHECKER,
+                ..
+            }) => Err(SessionError::UnsupportedAuth {
+                what: "host checker",
+            }),
+            Some(other) => Err(SessionError::UnexpectedAuth {
+                state: self.state.name(),
+                what: format!("nested EAP {other:?}"),
+            }),
+            None if !req.regions.is_empty() => Err(SessionError::UnsupportedAuth {
+                what: "region selection",
+            }),
+            None if req.signin_prompt.is_some() => {
+                let ack = AuthResponse {
+                    other: vec![RawAvp {
+                        code: AVP_SIGNIN_ACK,
+                        flags: AVP_FLAG_VENDOR,
+                        vendor: Some(AVP_VENDOR_JUNIPER),
+                        data: 1u32.to_be_bytes().to_vec(),
+                    }],
+                    ..AuthResponse::default()
+                };
+                self.send_j1(ident, &ack)
+            }
+            None => Err(SessionError::UnexpectedAuth {
+                state: self.state.name(),
+                what: format!("Juniper/1 request without a known prompt: {:?}", req.other),
+            }),
+        }
+    }
+
+    /// Answers [`ClientEvent::RealmRequired`].
+    pub fn choose_realm(&mut self, realm: &str) -> Result<(), SessionError> {
+        let State::AwaitRealmChoice { ident } = self.state else {
+            return Err(self.wrong("choose_realm"));
+        };
+        let resp = AuthResponse {
+            realm: Some(realm.to_owned()),
+            ..AuthResponse::default()
+        };
+        self.send_j1(ident, &resp)?;
+        self.state = State::Authenticating;
+        Ok(())
+    }
+
+    /// Answers [`ClientEvent::CredentialsRequired`]. A password over 253 bytes is refused and
+    /// the client keeps waiting.
+    pub fn provide_credentials(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> Result<(), SessionError> {
+        let State::AwaitCredentials { ident, inner } = self.state else {
+            return Err(self.wrong("provide_credentials"));
+        };
+        let resp = AuthResponse {
+            username: Some(username.to_owned()),
+            password: Some(PasswordResponse {
+                identifier: inner,
+                message: PasswordMessage::Response {
+                    password: password.to_owned(),
+                },
+            }),
+            ..AuthResponse::default()
+        };
+        self.send_j1(ident, &resp)?;
+        self.state = State::Authenticating;
+        Ok(())
+    }
+
+    fn install_esp(
+        &mut self,
+        x: EspKeyExchange,
+        now: Instant,
+        initial: bool,
+    ) -> Result<(), SessionError> {
+        let settings = self
+            .pending_config
+            .as_ref()
+            .or(self.config.as_ref())
+            .map(|c| c.esp.clone())
+            .unwrap_or_default();
+        let suite = match (settings.cipher, settings.hmac) {
+            (Some(c), Some(m)) => match (EspCipher::from_code(c), EspMac::from_code(m)) {
+                (Ok(cipher), Ok(mac)) => Some(EspSuite { cipher, mac }),
+                _ => None,
+            },
+            _ => None,
+        };
+        // Like openconnect, an ESP offer we cannot use disables ESP instead of the session.
+        let Some(suite) = suite.filter(|_| self.cfg.enable_esp) else {
+            return Ok(());
+        };
+        // A suite change (after a new main config) starts ESP afresh rather than rekeying.
+        if self.esp.as_ref().is_some_and(|p| p.suite != suite) {
+            self.esp = None;
+        }
+        let outbound = outbound_from(suite, &x.keys)?;
+        let (mut inbound, ours) = generate_inbound(suite, &mut *self.rng)?;
+        inbound.set_replay_protection(settings.replay_protection.unwrap_or(true));
+        let mut payload = Vec::new();
+        EspKeyExchange {
+            keys: ours,
+            echo: Some(x.keys),
+        }
+        .encode(&mut payload)?;
+        self.out.send(&Message::Config(&payload))?;
+        match &mut self.esp {
+            Some(pair) => {
+                pair.rotate_inbound(inbound, now);
+                pair.outbound = Some(outbound);
+                self.events.push_back(ClientEvent::EspRekeyed);
+            }
+            None => {
+                let mut pair = EspPair::new(suite, inbound);
+                pair.outbound = Some(outbound);
+                self.esp = Some(pair);
+                self.link = EspLink::Probing {
+                    started: now,
+                    sent: 0,
+                    next: now,
+                };
+            }
+        }
+        if initial {
+            // pulse.c: "Tell server to enable ESP handling".
+            self.out.send(&Message::EspEnable("ncmo=1"))?;
+        }
+        Ok(())
+    }
+
+    fn finish_config(&mut self, _now: Instant) -> Result<(), SessionError> {
+        let cfg = self
+            .pending_config
+            .take()
+            .ok_or(SessionError::InsufficientConfig {
+                what: "no config packet before end of config",
+            })?;
+        if cfg.mtu.is_none() {
+            return Err(SessionError::InsufficientConfig { what: "no MTU" });
+        }
+        if cfg.ipv4_address.is_none() && cfg.ipv6_address.is_none() {
+            return Err(SessionError::InsufficientConfig {
+                what: "no IPv4 or IPv6 address",
+            });
+        }
+        self.events
+            .push_back(ClientEvent::Configured(Box::new(cfg.clone())));
+        self.config = Some(cfg);
+        self.state = State::Established;
+        Ok(())
+    }
+
+    fn dpd_interval(&self) -> Duration {
+        // esp.c `esp_setup`: the DPD interval is the ESP-to-TLS fallback time when the gateway
+        // sets one, the attempt period otherwise.
+        self.config
+            .as_ref()
+            .and_then(|c| c.esp.fallback_seconds)
+            .filter(|&s| s > 0)
+            .map(|s| Duration::from_secs(s.into()))
+            .unwrap_or(ESP_ATTEMPT_PERIOD)
+    }
+
+    fn probe_next_header(&self) -> u8 {
+        if self.cfg.udp_ipv6 {
+            NEXT_HEADER_IPV6
+        } else {
+            NEXT_HEADER_IPV4
+        }
+    }
+
+    /// Sends one IP packet: over ESP into `esp_out` when ESP is up (and allowed for this IP
+    /// family), otherwise as a data frame on TLS.
+    pub fn send_packet(
+        &mut self,
+        ip_packet: &[u8],
+        _now: Instant,
+        esp_out: &mut [u8],
+    ) -> Result<Transmit, SessionError> {
+        if !matches!(self.state, State::Established) {
+            return Err(self.wrong("send_packet"));
+        }
+        if let (EspLink::Up { .. }, Some(pair)) = (self.link, &mut self.esp) {
+            let v6 = ip_packet.first().map(|b| b >> 4) == Some(6);
+            let allow_other = self
+                .config
+                .as_ref()
+                .and_then(|c| c.esp.allow_6in4)
+                .unwrap_or(false);
+            // Pulse gateways only take ESP of the family the UDP socket uses unless they
+            // announce 6in4 support (TLV 0x4024; esp.c `pulse_esp_unstupid`).
+            if (allow_other || v6 == self.cfg.udp_ipv6)
+                && let Some(out) = &mut pair.outbound
+            {
+                match out.encapsulate(ip_packet, esp_out, &mut *self.rng) {
+                    Ok(n) => return Ok(Transmit::Esp(n)),
+                    Err(EspError::SequenceExhausted) => {
+                        // Without a rekey there is no ESP any more; TLS carries on.
+                        self.link = EspLink::Off;
+                        self.events.push_back(ClientEvent::EspDown);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.out.send_data(ip_packet)?;
+        Ok(Transmit::Tls)
+    }
+
+    /// Handles one ESP datagram from the gateway, decrypting it in place. Errors concern only
+    /// this datagram; the session carries on.
+    pub fn handle_esp<'a>(
+        &mut self,
+        datagram: &'a mut [u8],
+        now: Instant,
+    ) -> Result<EspInput<'a>, SessionError> {
+        if self.is_closed() {
+            return Err(SessionError::Closed);
+        }
+        let Some(pair) = &mut self.esp else {
+            return Err(self.wrong("handle_esp"));
+        };
+        let payload = pair.decapsulate(datagram, now)?;
+        if !matches!(self.link, EspLink::Up { .. }) {
+            self.events.push_back(ClientEvent::EspUp);
+        }
+        self.link = EspLink::Up {
+            last_rx: now,
+            last_probe: None,
+        };
+        Ok(if payload.is_probe() {
+            EspInput::Probe
+        } else {
+            EspInput::Packet(payload.payload)
+        })
+    }
+
+    /// Runs the ESP timers (probes, dead peer detection). When it returns `Some(n)`, send the
+    /// first `n` bytes of `esp_out` as a UDP datagram and call again.
+    pub fn poll_timers(
+        &mut self,
+        now: Instant,
+        esp_out: &mut [u8],
+    ) -> Result<Option<usize>, SessionError> {
+        if !matches!(self.state, State::Established | State::Configuring) {
+            return Ok(None);
+        }
+        let dpd = self.dpd_interval();
+        let send_probe = match self.link {
+            EspLink::Off => false,
+            EspLink::Probing {
+                started,
+                sent,
+                next,
+            } => {
+                if now < next {
+                    false
+                } else if sent >= PROBES_PER_ATTEMPT {
+                    self.link = EspLink::Waiting {
+                        retry_at: started + ESP_ATTEMPT_PERIOD,
+                    };
+                    false
+                } else {
+                    self.link = EspLink::Probing {
+                        started,
+                        sent: sent + 1,
+                        next: now + PROBE_INTERVAL,
+                    };
+                    true
+                }
+            }
+            EspLink::Waiting { retry_at } => {
+                if now >= retry_at {
+                    self.link = EspLink::Probing {
+                        started: now,
+                        sent: 1,
+                        next: now + PROBE_INTERVAL,
+                    };
+                    true
+                } else {
+                    false
+                }
+            }
+            EspLink::Up {
+                last_rx,
+                last_probe,
+            } => {
+                // openconnect ssl.c `keepalive_action`: probe after one DPD interval of
+                // silence, give up after two.
+                if now >= last_rx + 2 * dpd {
+                    self.events.push_back(ClientEvent::EspDown);
+                    self.link = EspLink::Probing {
+                        started: now,
+                        sent: 1,
+                        next: now + PROBE_INTERVAL,
+                    };
+                    true
+                } else if now >= last_probe.unwrap_or(last_rx).max(last_rx) + dpd {
+                    self.link = EspLink::Up {
+                        last_rx,
+                        last_probe: Some(now),
+                    };
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if !send_probe {
+            return Ok(None);
+        }
+        let nh = self.probe_next_header();
+        let Some(out) = self.esp.as_mut().and_then(|p| p.outbound.as_mut()) else {
+            return Ok(None);
+        };
+        match out.encapsulate_probe(nh, esp_out, &mut *self.rng) {
+            Ok(n) => Ok(Some(n)),
+            Err(EspError::SequenceExhausted) => {
+                self.link = EspLink::Off;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// When [`Self::poll_timers`] next has something to do.
+    pub fn next_timer(&self) -> Option<Instant> {
+        if !matches!(self.state, State::Established | State::Configuring) {
+            return None;
+        }
+        let dpd = self.dpd_interval();
+        match self.link {
+            EspLink::Off => None,
+            EspLink::Probing { next, .. } => Some(next),
+            EspLink::Waiting { retry_at } => Some(retry_at),
+            EspLink::Up {
+                last_rx,
+                last_probe,
+            } => Some((last_probe.unwrap_or(last_rx).max(last_rx) + dpd).min(last_rx + 2 * dpd)),
+        }
+    }
+
+    /// Queues a logout frame and closes the session; flush [`Self::pending_tls`] before
+    /// closing the connection.
+    pub fn logout(&mut self) -> Result<(), SessionError> {
+        match self.state {
+            State::Idle | State::AwaitUpgrade { .. } | State::Closed => Err(self.wrong("logout")),
+            _ => {
+                self.out.send(&Message::Logout)?;
+                self.close();
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_writes_the_upgrade_request_once() {
+        let mut c = Client::new(ClientConfig::new("vpn.example.com"));
+        c.start().expect("start");
+        let req = String::from_utf8(c.pending_tls().to_vec()).expect("utf8");
+        assert!(req.starts_with("GET / HTTP/1.1\r\n"));
+        assert!(req.contains("Upgrade: IF-T/TLS 1.0\r\n"));
+        assert!(req.contains("Content-Type: EAP\r\n"));
+        assert!(matches!(
+            c.start(),
+            Err(SessionError::WrongState { call: "start", .. })
+        ));
+    }
+
+    #[test]
+    fn non_101_answer_closes_with_typed_error() {
+        let mut c = Client::new(ClientConfig::new("gw"));
+        c.start().expect("start");
+        let r = c.handle_tls_bytes(
+            b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n",
+            Instant::now(),
+        );
+        assert!(matches!(
+            r,
+            Err(SessionError::Ift(crate::ift::IftError::HttpStatus {
+                status: 302,
+                ..
+            }))
+        ));
+        assert!(c.is_closed());
+        assert_eq!(
+            c.handle_tls_bytes(b"x", Instant::now()),
+            Err(SessionError::Closed)
+        );
+    }
+
+    #[test]
+    fn calls_in_the_wrong_state_are_refused() {
+        let mut c = Client::new(ClientConfig::new("gw"));
+        assert!(matches!(
+            c.choose_realm("x"),
+            Err(SessionError::WrongState { .. })
+        ));
+        assert!(matches!(
+            c.provide_credentials("u", "p"),
+            Err(SessionError::WrongState { .. })
+        ));
+        assert!(matches!(
+            c.send_packet(&[0x45], Instant::now(), &mut [0u8; 64]),
+            Err(SessionError::WrongState { .. })
+        ));
+        assert!(matches!(c.logout(), Err(SessionError::WrongState { .. })));
+        assert!(matches!(
+            c.handle_tls_bytes(b"x", Instant::now()),
+            Err(SessionError::WrongState { .. })
+        ));
+    }
+}

@@ -1,0 +1,888 @@
+//! The gateway side of a Pulse session as a sans-IO state machine: the mirror of `client`.
+//!
+//! Owns the gateway's message order (accept the upgrade, pick the IF-T version, open the EAP
+//! dialogue, offer realms, ask for the password, hand the credentials or the resume cookie to
+//! the caller as an event, send the cookie and EAP success, push config and ESP keys), the
+//! gateway's ESP handling (answer probes, prefer ESP while the client is heard on it, rekey at
+//! the configured lifetime), idle and authentication timeouts, fatal errors and logout.
+//!
+//! Does not own: user databases, cookie stores, address pools (the caller decides through
+//! [`Server::accept`] / [`Server::reject`] and [`Server::send_config`]), sockets or clocks.
+
+use crate::config::{Config, ConfigPacket, EspKeyExchange, EspKeys};
+use crate::eap::{
+    AuthRequest, AuthResponse, EapBody, EapCode, EapPacket, InnerRequest, J2_PASSWORD_REQUEST,
+    J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, PasswordMessage, encode_juniper_avps,
+};
+use crate::esp::{EspCipher, EspError, EspMac, EspSuite};
+use crate::ift::{
+    ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder, IFT_VERSION_MAX,
+    IFT_VERSION_MIN, Message, UpgradeRequest, build_http_error, build_upgrade_response,
+    parse_upgrade_request,
+};
+use crate::rng::{OsRandom, RandomSource};
+use crate::session::{
+    AuthRejection, EspInput, EspPair, Password, SessionError, TlsOut, Transmit, generate_inbound,
+    outbound_from,
+};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Prompt flags sent with the first password request: ask for username and password
+/// (pulse.c, AVP 0xd73 value 1).
+const PROMPT_USERNAME_AND_PASSWORD: u32 = 1;
+
+/// What the gateway session is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Realms offered. With more than one the client must choose; with one it is implied.
+    pub realms: Vec<String>,
+    /// Largest IF-T frame accepted.
+    pub max_frame_len: u32,
+    /// Time from creation to authenticated before the session is dropped.
+    pub auth_timeout: Option<Duration>,
+    /// No data in either direction for this long ends the session with fatal error 8.
+    pub idle_timeout: Option<Duration>,
+    /// Announced to the client as the authentication lifetime (AVP 0xd5c).
+    pub session_lifetime: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            realms: vec!["Users".into()],
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            auth_timeout: Some(Duration::from_secs(120)),
+            idle_timeout: Some(Duration::from_secs(30 * 60)),
+            session_lifetime: None,
+        }
+    }
+}
+
+/// Why a gateway session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client logged out.
+    LoggedOut,
+    /// The login was refused.
+    AuthRejected,
+    /// Authentication did not finish within `auth_timeout`.
+    AuthTimeout,
+    /// No traffic within `idle_timeout`; fatal error 8 was sent.
+    IdleTimeout,
+    /// [`Server::terminate`] was called; fatal error was sent.
+    Terminated,
+}
+
+/// What the gateway session tells its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// The HTTP upgrade was accepted.
+    Upgraded(UpgradeRequest),
+    /// The client's information frame.
+    ClientInfo(ClientInfo),
+    /// The client offers a DSID cookie: validate it, then [`Server::accept`] (resume) or
+    /// [`Server::reject`] with [`AuthRejection::Retry`] (normal login) or another reason (end).
+    ResumeRequested {
+        /// The cookie.
+        cookie: String,
+    },
+    /// Check these credentials, then [`Server::accept`] with a new session cookie or
+    /// [`Server::reject`].
+    Authenticate {
+        /// Realm chosen (or the only one).
+        realm: Option<String>,
+        /// Username.
+        username: String,
+        /// Password.
+        password: Password,
+    },
+    /// EAP success was sent; call [`Server::send_config`].
+    Authenticated {
+        /// Username (none on resume).
+        username: Option<String>,
+        /// Realm (none on resume).
+        realm: Option<String>,
+        /// The session cookie.
+        cookie: String,
+        /// True when a cookie resume.
+        resumed: bool,
+    },
+    /// The client sent its ESP keys; ESP can be used once it probes.
+    EspKeysInstalled,
+    /// An IP packet that came over TLS.
+    Packet(Vec<u8>),
+    /// The session is over; flush [`Server::pending_tls`] and close the connection.
+    Closed(CloseReason),
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitUpgrade {
+        head: Vec<u8>,
+    },
+    AwaitVersion,
+    AwaitClientInfo,
+    AwaitIdentity,
+    AwaitHello {
+        ident: u8,
+    },
+    AwaitResumeDecision,
+    AwaitRealm {
+        ident: u8,
+    },
+    AwaitCredentials {
+        ident: u8,
+        inner: u8,
+        realm: Option<String>,
+    },
+    AwaitDecision {
+        realm: Option<String>,
+        username: String,
+    },
+    AwaitCookieAck {
+        ident: u8,
+        username: Option<String>,
+        realm: Option<String>,
+        cookie: String,
+        resumed: bool,
+    },
+    Authenticated,
+    Established,
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::AwaitUpgrade { .. } => "waiting for the upgrade request",
+            Self::AwaitVersion => "waiting for the version request",
+            Self::AwaitClientInfo => "waiting for client info",
+            Self::AwaitIdentity => "waiting for the EAP identity",
+            Self::AwaitHello { .. } => "waiting for the client's Juniper/1 hello",
+            Self::AwaitResumeDecision => "waiting for the caller's resume decision",
+            Self::AwaitRealm { .. } => "waiting for the realm",
+            Self::AwaitCredentials { .. } => "waiting for credentials",
+            Self::AwaitDecision { .. } => "waiting for the caller's login decision",
+            Self::AwaitCookieAck { .. } => "waiting for the cookie acknowledgement",
+            Self::Authenticated => "waiting for the caller's config",
+            Self::Established => "established",
+            Self::Closed => "closed",
+        }
+    }
+
+    fn authenticated(&self) -> bool {
+        matches!(self, Self::Authenticated | Self::Established)
+    }
+}
+
+#[derive(Debug)]
+struct ServerEsp {
+    pair: EspPair,
+    sent: EspKeys,
+    keys_at: Instant,
+    last_rx: Option<Instant>,
+    fallback: Option<Duration>,
+    lifetime: Option<Duration>,
+}
+
+/// The gateway state machine for one client connection.
+pub struct Server {
+    cfg: ServerConfig,
+    rng: Box<dyn RandomSource + Send>,
+    state: State,
+    decoder: FrameDecoder,
+    out: TlsOut,
+    events: VecDeque<ServerEvent>,
+    created: Instant,
+    last_activity: Instant,
+    next_ident: u8,
+    esp: Option<ServerEsp>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("state", &self.state.name())
+            .field("esp", &self.esp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A gateway session for a connection accepted at `now`.
+    pub fn new(cfg: ServerConfig, now: Instant) -> Self {
+        Self::with_rng(cfg, Box::new(OsRandom), now)
+    }
+
+    /// Same, with an injected random source.
+    pub fn with_rng(cfg: ServerConfig, rng: Box<dyn RandomSource + Send>, now: Instant) -> Self {
+        let decoder = FrameDecoder::new(cfg.max_frame_len);
+        Self {
+            cfg,
+            rng,
+            state: State::AwaitUpgrade { head: Vec::new() },
+            decoder,
+            out: TlsOut::default(),
+            events: VecDeque::new(),
+            created: now,
+            last_activity: now,
+            next_ident: 1,
+            esp: None,
+        }
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// True once the configuration was sent.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    /// Bytes to write to the TLS connection.
+    pub fn pending_tls(&self) -> &[u8] {
+        self.out.pending()
+    }
+
+    /// Marks `n` bytes of [`Self::pending_tls`] as written.
+    pub fn consume_tls(&mut self, n: usize) {
+        self.out.consume(n);
+    }
+
+    /// Next event for the caller.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The SPI the client's ESP packets for this session carry, once keys were sent.
+    pub fn esp_spi(&self) -> Option<u32> {
+        self.esp.as_ref().map(|e| e.pair.inbound.spi())
+    }
+
+    fn wrong(&self, call: &'static str) -> SessionError {
+        SessionError::WrongState {
+            call,
+            state: self.state.name(),
+        }
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        self.state = State::Closed;
+        self.events.push_back(ServerEvent::Closed(reason));
+    }
+
+    fn ident(&mut self) -> u8 {
+        let i = self.next_ident;
+        self.next_ident = self.next_ident.wrapping_add(1);
+        i
+    }
+
+    /// Feeds bytes read from the TLS connection. Any error closes the session (after a
+    /// rejected upgrade an HTTP 400 is queued first).
+    pub fn handle_tls_bytes(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+        if self.is_closed() {
+            return Err(SessionError::Closed);
+        }
+        let r = self.handle_tls_inner(data, now);
+        if r.is_err() {
+            self.state = State::Closed;
+        }
+        r
+    }
+
+    fn handle_tls_inner(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+        if let State::AwaitUpgrade { head } = &mut self.state {
+            head.extend_from_slice(data);
+            let parsed = match parse_upgrade_request(head) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.out
+                        .raw(build_http_error(400, "Bad Request").as_bytes());
+                    return Err(e.into());
+                }
+            };
+            let (req, used) = parsed;
+            let rest = head.split_off(used);
+            self.out.raw(build_upgrade_response());
+            self.events.push_back(ServerEvent::Upgraded(req));
+            self.state = State::AwaitVersion;
+            self.decoder.push(&rest);
+        } else {
+            self.decoder.push(data);
+        }
+        let mut decoder = std::mem::take(&mut self.decoder);
+        let r = (|| {
+            while !self.is_closed() {
+                let Some(frame) = decoder.next_frame()? else {
+                    break;
+                };
+                self.handle_frame(frame, now)?;
+            }
+            Ok(())
+        })();
+        self.decoder = decoder;
+        r
+    }
+
+    fn send_j1(&mut self, ident: u8, req: &AuthRequest) -> Result<(), SessionError> {
+        let mut avps = Vec::new();
+        req.encode(&mut avps)?;
+        let mut eap = Vec::new();
+        encode_juniper_avps(EapCode::Request, ident, &avps, &mut eap)?;
+        self.out.send(&Message::AuthChallenge { eap: &eap })
+    }
+
+    fn parse_j1(&self, eap: &[u8], ident: u8) -> Result<AuthResponse, SessionError> {
+        let pkt = EapPacket::parse(eap)?;
+        let avps = pkt.juniper_data(EapCode::Response, JUNIPER_SUBTYPE_AVPS)?;
+        if pkt.identifier != ident {
+            return Err(SessionError::UnexpectedAuth {
+                state: self.state.name(),
+                what: format!("EAP identifier {} answers request {ident}", pkt.identifier),
+            });
+        }
+        Ok(AuthResponse::parse(avps)?)
+    }
+
+    fn handle_frame(&mut self, frame: Frame<'_>, now: Instant) -> Result<(), SessionError> {
+        let msg = frame.message()?;
+        if let Message::Logout = msg {
+            self.close(CloseReason::LoggedOut);
+            return Ok(());
+        }
+        let unexpected = |state: &State| SessionError::UnexpectedMessage {
+            state: state.name(),
+            got: msg.kind(),
+        };
+        match (&self.state, &msg) {
+            (
+                State::AwaitVersion,
+                Message::VersionRequest {
+                    min,
+                    max,
+                    preferred: _,
+                },
+            ) => {
+                let version = (*max).min(IFT_VERSION_MAX);
+                if version < *min || version < IFT_VERSION_MIN {
+                    return Err(SessionError::Version {
+                        got: *max,
+                        min: IFT_VERSION_MIN,
+                        max: IFT_VERSION_MAX,
+                    });
+                }
+                self.out.send(&Message::VersionResponse { version })?;
+                self.state = State::AwaitClientInfo;
+            }
+            (State::AwaitClientInfo, Message::ClientInfo(info)) => {
+                self.events.push_back(ServerEvent::ClientInfo(info.clone()));
+                self.out.send(&Message::AuthChallenge { eap: &[] })?;
+                self.state = State::AwaitIdentity;
+            }
+            (State::AwaitIdentity, Message::AuthResponse { eap }) => {
+                let pkt = EapPacket::parse(eap)?;
+                if pkt.code != EapCode::Response || !matches!(pkt.body, EapBody::Identity(_)) {
+                    return Err(SessionError::UnexpectedAuth {
+                        state: self.state.name(),
+                        what: format!("{:?} {:?}", pkt.code, pkt.body),
+                    });
+                }
+                self.next_ident = pkt.identifier.wrapping_add(1);
+                let ident = self.ident();
+                // Real gateways put server information AVPs here (0xd49, 0xd4a, licence);
+                // clients ignore them, so an empty list is enough.
+                self.send_j1(ident, &AuthRequest::default())?;
+                self.state = State::AwaitHello { ident };
+            }
+            (State::AwaitHello { ident }, Message::AuthResponse { eap }) => {
+                let resp = self.parse_j1(eap, *ident)?;
+                match resp.cookie {
+                    Some(cookie) => {
+                        self.events
+                            .push_back(ServerEvent::ResumeRequested { cookie });
+                        self.state = State::AwaitResumeDecision;
+                    }
+                    None => self.begin_login()?,
+                }
+            }
+            (State::AwaitRealm { ident }, Message::AuthResponse { eap }) => {
+                let resp = self.parse_j1(eap, *ident)?;
+                let realm = resp.realm.ok_or_else(|| SessionError::UnexpectedAuth {
+                    state: self.state.name(),
+                    what: "response without a realm".into(),
+                })?;
+                if !self.cfg.realms.contains(&realm) {
+                    let ident = self.ident();
+                    self.fail_login(
+                        ident,
+                        AuthRejection::Failure(format!("Unknown realm {realm}")),
+                    )?;
+                    return Ok(());
+                }
+                self.ask_password(J2_PASSWORD_REQUEST, Some(realm))?;
+            }
+            (
+                State::AwaitCredentials {
+                    ident,
+                    inner,
+                    realm,
+                },
+                Message::AuthResponse { eap },
+            ) => {
+                let (inner, realm) = (*inner, realm.clone());
+                let resp = self.parse_j1(eap, *ident)?;
+                let password = match resp.password {
+                    Some(p) if p.identifier == inner => match p.message {
+                        PasswordMessage::Response { password } => password,
+                        other => {
+                            return Err(SessionError::UnexpectedAuth {
+                                state: self.state.name(),
+                                what: format!("J2 {other:?}"),
+                            });
+                        }
+                    },
+                    _ => {
+                        return Err(SessionError::UnexpectedAuth {
+                            state: self.state.name(),
+                            what: "response without the password for our request".into(),
+                        });
+                    }
+                };
+                let username = resp.username.unwrap_or_default();
+                self.events.push_back(ServerEvent::Authenticate {
+                    realm: realm.clone(),
+                    username: username.clone(),
+                    password: Password::new(password),
+                });
+                self.state = State::AwaitDecision { realm, username };
+            }
+            (State::AwaitCookieAck { ident, .. }, Message::AuthResponse { eap }) => {
+                self.parse_j1(eap, *ident)?;
+                let State::AwaitCookieAck {
+                    ident,
+                    username,
+                    realm,
+                    cookie,
+                    resumed,
+                } = std::mem::replace(&mut self.state, State::Authenticated)
+                else {
+                    return Err(unexpected(&self.state));
+                };
+                let mut eap = Vec::new();
+                EapPacket {
+                    code: EapCode::Success,
+                    identifier: ident,
+                    body: EapBody::Empty,
+                }
+                .encode(&mut eap)?;
+                self.out.send(&Message::AuthSuccess { eap: &eap })?;
+                self.events.push_back(ServerEvent::Authenticated {
+                    username,
+                    realm,
+                    cookie,
+                    resumed,
+                });
+            }
+            (State::Established, Message::Data(packet)) => {
+                self.last_activity = now;
+                self.events.push_back(ServerEvent::Packet(packet.to_vec()));
+            }
+            (State::Established, Message::Config(payload)) => match ConfigPacket::parse(payload)? {
+                ConfigPacket::Esp(x) => self.install_client_keys(x)?,
+                ConfigPacket::Main(_) => return Err(unexpected(&self.state)),
+            },
+            // `ncmo=1`: the client is ready for ESP; we switch once it is heard on UDP.
+            (State::Established, Message::EspEnable(_)) => {}
+            (State::Established, Message::Unknown { .. } | Message::Licence(_)) => {}
+            (state, _) => return Err(unexpected(state)),
+        }
+        Ok(())
+    }
+
+    fn begin_login(&mut self) -> Result<(), SessionError> {
+        if self.cfg.realms.len() > 1 {
+            let ident = self.ident();
+            let req = AuthRequest {
+                realms: self.cfg.realms.clone(),
+                ..AuthRequest::default()
+            };
+            self.send_j1(ident, &req)?;
+            self.state = State::AwaitRealm { ident };
+            Ok(())
+        } else {
+            let realm = self.cfg.realms.first().cloned();
+            self.ask_password(J2_PASSWORD_REQUEST, realm)
+        }
+    }
+
+    fn ask_password(&mut self, code: u8, realm: Option<String>) -> Result<(), SessionError> {
+        let ident = self.ident();
+        let inner = self.ident();
+        let req = AuthRequest {
+            prompt_flags: Some(PROMPT_USERNAME_AND_PASSWORD),
+            inner: Some(InnerRequest::Password {
+                identifier: inner,
+                message: PasswordMessage::Request { code },
+            }),
+            ..AuthRequest::default()
+        };
+        self.send_j1(ident, &req)?;
+        self.state = State::AwaitCredentials {
+            ident,
+            inner,
+            realm,
+        };
+        Ok(())
+    }
+
+    fn fail_login(&mut self, ident: u8, why: AuthRejection) -> Result<(), SessionError> {
+        let req = match why {
+            AuthRejection::Code(code) => AuthRequest {
+                failure_code: Some(code),
+                ..AuthRequest::default()
+            },
+            AuthRejection::Failure(message) => AuthRequest {
+                inner: Some(InnerRequest::Password {
+                    identifier: ident,
+                    message: PasswordMessage::Failure { message },
+                }),
+                ..AuthRequest::default()
+            },
+            AuthRejection::Retry => AuthRequest::default(),
+        };
+        self.send_j1(ident, &req)?;
+        self.close(CloseReason::AuthRejected);
+        Ok(())
+    }
+
+    /// Accepts the pending login or cookie resume; `cookie` is the DSID the client will use
+    /// to resume (on resume, normally the one it offered).
+    pub fn accept(&mut self, cookie: &str) -> Result<(), SessionError> {
+        let (username, realm, resumed) = match &self.state {
+            State::AwaitDecision {
+                realm, username, ..
+            } => (Some(username.clone()), realm.clone(), false),
+            State::AwaitResumeDecision => (None, None, true),
+            _ => return Err(self.wrong("accept")),
+        };
+        let ident = self.ident();
+        let req = AuthRequest {
+            cookie: Some(cookie.to_owned()),
+            auth_expiration: self
+                .cfg
+                .session_lifetime
+                .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+            idle_timeout: self
+                .cfg
+                .idle_timeout
+                .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+            ..AuthRequest::default()
+        };
+        self.send_j1(ident, &req)?;
+        self.state = State::AwaitCookieAck {
+            ident,
+            username,
+            realm,
+            cookie: cookie.to_owned(),
+            resumed,
+        };
+        Ok(())
+    }
+
+    /// Refuses the pending login or cookie resume; see [`AuthRejection`].
+    pub fn reject(&mut self, why: AuthRejection) -> Result<(), SessionError> {
+        match (&self.state, why) {
+            (State::AwaitDecision { realm, .. }, AuthRejection::Retry) => {
+                let realm = realm.clone();
+                self.ask_password(J2_PASSWORD_RETRY, realm)
+            }
+            (State::AwaitResumeDecision, AuthRejection::Retry) => self.begin_login(),
+            (State::AwaitDecision { .. } | State::AwaitResumeDecision, why) => {
+                let ident = self.ident();
+                self.fail_login(ident, why)
+            }
+            _ => Err(self.wrong("reject")),
+        }
+    }
+
+    /// Pushes the tunnel configuration, then ESP keys when `config.esp` names a cipher and
+    /// HMAC, then end of config. The session is established afterwards.
+    pub fn send_config(&mut self, config: &Config, now: Instant) -> Result<(), SessionError> {
+        if !matches!(self.state, State::Authenticated) {
+            return Err(self.wrong("send_config"));
+        }
+        let suite = match (config.esp.cipher, config.esp.hmac) {
+            (Some(c), Some(m)) => Some(EspSuite {
+                cipher: EspCipher::from_code(c)?,
+                mac: EspMac::from_code(m)?,
+            }),
+            _ => None,
+        };
+        let mut payload = Vec::new();
+        config.encode(&mut payload)?;
+        self.out.send(&Message::Config(&payload))?;
+        if let Some(suite) = suite {
+            let (mut inbound, keys) = generate_inbound(suite, &mut *self.rng)?;
+            inbound.set_replay_protection(config.esp.replay_protection.unwrap_or(true));
+            let mut payload = Vec::new();
+            EspKeyExchange {
+                keys: keys.clone(),
+                echo: None,
+            }
+            .encode(&mut payload)?;
+            self.out.send(&Message::Config(&payload))?;
+            let secs = |s: Option<u32>| s.filter(|&s| s > 0).map(|s| Duration::from_secs(s.into()));
+            self.esp = Some(ServerEsp {
+                pair: EspPair::new(suite, inbound),
+                sent: keys,
+                keys_at: now,
+                last_rx: None,
+                fallback: secs(config.esp.fallback_seconds),
+                lifetime: secs(config.esp.lifetime_seconds),
+            });
+        }
+        self.out.send(&Message::EndOfConfig)?;
+        self.state = State::Established;
+        self.last_activity = now;
+        Ok(())
+    }
+
+    fn install_client_keys(&mut self, x: EspKeyExchange) -> Result<(), SessionError> {
+        let Some(esp) = &mut self.esp else {
+            return Err(SessionError::UnexpectedMessage {
+                state: "established without ESP",
+                got: crate::ift::FrameKind::Config,
+            });
+        };
+        if x.echo.as_ref() != Some(&esp.sent) {
+            return Err(SessionError::EspEchoMismatch);
+        }
+        let first = esp.pair.outbound.is_none();
+        esp.pair.outbound = Some(outbound_from(esp.pair.suite, &x.keys)?);
+        if first {
+            self.events.push_back(ServerEvent::EspKeysInstalled);
+        }
+        Ok(())
+    }
+
+    /// Sends new ESP keys (the client answers with its own); the old inbound SA stays valid
+    /// for [`REKEY_OVERLAP`](crate::REKEY_OVERLAP).
+    pub fn rekey_esp(&mut self, now: Instant) -> Result<(), SessionError> {
+        if !matches!(self.state, State::Established) {
+            return Err(self.wrong("rekey_esp"));
+        }
+        let Some(esp) = &mut self.esp else {
+            return Err(self.wrong("rekey_esp"));
+        };
+        let (inbound, keys) = generate_inbound(esp.pair.suite, &mut *self.rng)?;
+        esp.pair.rotate_inbound(inbound, now);
+        esp.sent = keys.clone();
+        esp.keys_at = now;
+        let mut payload = Vec::new();
+        EspKeyExchange { keys, echo: None }.encode(&mut payload)?;
+        self.out.send(&Message::Config(&payload))
+    }
+
+    fn esp_usable(&self, now: Instant) -> bool {
+        let Some(esp) = &self.esp else {
+            return false;
+        };
+        match (esp.last_rx, esp.fallback) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            // The client probes after one fallback interval of silence, so allow two.
+            (Some(rx), Some(fallback)) => now <= rx + 2 * fallback,
+        }
+    }
+
+    /// Sends one IP packet to the client: ESP into `esp_out` while the client is heard on
+    /// ESP, otherwise a data frame on TLS.
+    pub fn send_packet(
+        &mut self,
+        ip_packet: &[u8],
+        now: Instant,
+        esp_out: &mut [u8],
+    ) -> Result<Transmit, SessionError> {
+        if !matches!(self.state, State::Established) {
+            return Err(self.wrong("send_packet"));
+        }
+        self.last_activity = now;
+        if self.esp_usable(now)
+            && let Some(out) = self.esp.as_mut().and_then(|e| e.pair.outbound.as_mut())
+        {
+            match out.encapsulate(ip_packet, esp_out, &mut *self.rng) {
+                Ok(n) => return Ok(Transmit::Esp(n)),
+                // No rekey came in time: TLS carries the traffic.
+                Err(EspError::SequenceExhausted) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.out.send_data(ip_packet)?;
+        Ok(Transmit::Tls)
+    }
+
+    /// Handles one ESP datagram from the client. Probes are answered into `reply`.
+    /// Errors concern only this datagram.
+    pub fn handle_esp<'a>(
+        &mut self,
+        datagram: &'a mut [u8],
+        now: Instant,
+        reply: &mut [u8],
+    ) -> Result<EspInput<'a>, SessionError> {
+        if !matches!(self.state, State::Established) {
+            return Err(self.wrong("handle_esp"));
+        }
+        let Some(esp) = &mut self.esp else {
+            return Err(self.wrong("handle_esp"));
+        };
+        let payload = esp.pair.decapsulate(datagram, now)?;
+        esp.last_rx = Some(now);
+        if payload.is_probe() {
+            return Ok(match esp.pair.outbound.as_mut() {
+                Some(out) => {
+                    match out.encapsulate_probe(payload.next_header, reply, &mut *self.rng) {
+                        Ok(n) => EspInput::ProbeReply(n),
+                        Err(EspError::SequenceExhausted) => EspInput::Probe,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                None => EspInput::Probe,
+            });
+        }
+        self.last_activity = now;
+        Ok(EspInput::Packet(payload.payload))
+    }
+
+    /// Ends the session with a fatal error frame (0x93) carrying `kind` and `message`.
+    pub fn terminate(&mut self, kind: FatalErrorKind, message: &str) -> Result<(), SessionError> {
+        if self.is_closed() {
+            return Err(SessionError::Closed);
+        }
+        self.out.send(&Message::FatalError {
+            kind,
+            message: message.to_owned(),
+        })?;
+        self.close(CloseReason::Terminated);
+        Ok(())
+    }
+
+    /// Runs the timers: authentication timeout, idle timeout (fatal error 8), ESP key lifetime.
+    pub fn poll_timers(&mut self, now: Instant) -> Result<(), SessionError> {
+        if self.is_closed() {
+            return Ok(());
+        }
+        if !self.state.authenticated() {
+            if let Some(t) = self.cfg.auth_timeout
+                && now >= self.created + t
+            {
+                self.close(CloseReason::AuthTimeout);
+            }
+            return Ok(());
+        }
+        if !matches!(self.state, State::Established) {
+            return Ok(());
+        }
+        if let Some(idle) = self.cfg.idle_timeout
+            && now >= self.last_activity + idle
+        {
+            self.out.send(&Message::FatalError {
+                kind: FatalErrorKind::IdleTimeout,
+                message: "session timed out".into(),
+            })?;
+            self.close(CloseReason::IdleTimeout);
+            return Ok(());
+        }
+        if let Some(esp) = &self.esp
+            && esp.lifetime.is_some_and(|l| now >= esp.keys_at + l)
+        {
+            self.rekey_esp(now)?;
+        }
+        Ok(())
+    }
+
+    /// When [`Self::poll_timers`] next has something to do.
+    pub fn next_timer(&self) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        if !self.state.authenticated() {
+            return self.cfg.auth_timeout.map(|t| self.created + t);
+        }
+        if !matches!(self.state, State::Established) {
+            return None;
+        }
+        let idle = self.cfg.idle_timeout.map(|t| self.last_activity + t);
+        let rekey = self
+            .esp
+            .as_ref()
+            .and_then(|e| e.lifetime.map(|l| e.keys_at + l));
+        match (idle, rekey) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_upgrade_gets_http_400_and_closes() {
+        let now = Instant::now();
+        let mut s = Server::new(ServerConfig::default(), now);
+        let r = s.handle_tls_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
+        assert_eq!(
+            r,
+            Err(SessionError::Ift(crate::ift::IftError::HttpMissingHeader {
+                name: "Upgrade"
+            }))
+        );
+        assert!(s.pending_tls().starts_with(b"HTTP/1.1 400 "));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn auth_timeout_closes_before_login() {
+        let now = Instant::now();
+        let mut s = Server::new(ServerConfig::default(), now);
+        assert_eq!(s.next_timer(), Some(now + Duration::from_secs(120)));
+        s.poll_timers(now + Duration::from_secs(119))
+            .expect("timers");
+        assert!(!s.is_closed());
+        s.poll_timers(now + Duration::from_secs(120))
+            .expect("timers");
+        assert_eq!(
+            s.poll_event(),
+            Some(ServerEvent::Closed(CloseReason::AuthTimeout))
+        );
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn decisions_outside_their_state_are_refused() {
+        let mut s = Server::new(ServerConfig::default(), Instant::now());
+        assert!(matches!(
+            s.accept("c"),
+            Err(SessionError::WrongState { .. })
+        ));
+        assert!(matches!(
+            s.reject(AuthRejection::Retry),
+            Err(SessionError::WrongState { .. })
+        ));
+        assert!(matches!(
+            s.send_config(&Config::default(), Instant::now()),
+            Err(SessionError::WrongState { .. })
+        ));
+        assert!(matches!(
+            s.rekey_esp(Instant::now()),
+            Err(SessionError::WrongState { .. })
+        ));
+    }
+}

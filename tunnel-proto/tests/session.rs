@@ -1,0 +1,809 @@
+//! Client and server state machines driven against each other with no I/O: every byte the
+//! one writes is fed to the other, in small chunks so frames straddle "TLS records".
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+use tunnel_proto::*;
+
+/// Reproducible randomness, different per seed.
+struct TestRng(u64);
+
+impl RandomSource for TestRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (self.0 >> 33) as u8;
+        }
+    }
+}
+
+struct Harness {
+    client: Client,
+    server: Server,
+    now: Instant,
+    chunk: usize,
+    client_events: Vec<ClientEvent>,
+    server_events: Vec<ServerEvent>,
+}
+
+impl Harness {
+    fn new(client_cfg: ClientConfig, server_cfg: ServerConfig) -> Self {
+        let now = Instant::now();
+        let mut client = Client::with_rng(client_cfg, Box::new(TestRng(1)));
+        client.start().expect("start");
+        Self {
+            client,
+            server: Server::with_rng(server_cfg, Box::new(TestRng(2)), now),
+            now,
+            chunk: 7,
+            client_events: Vec::new(),
+            server_events: Vec::new(),
+        }
+    }
+
+    /// Moves bytes both ways until neither side has anything to say.
+    fn pump(&mut self) {
+        loop {
+            let c2s = self.client.pending_tls().to_vec();
+            self.client.consume_tls(c2s.len());
+            for piece in c2s.chunks(self.chunk) {
+                if !self.server.is_closed() {
+                    self.server
+                        .handle_tls_bytes(piece, self.now)
+                        .expect("server input");
+                }
+            }
+            let s2c = self.server.pending_tls().to_vec();
+            self.server.consume_tls(s2c.len());
+            for piece in s2c.chunks(self.chunk) {
+                if !self.client.is_closed() {
+                    self.client
+                        .handle_tls_bytes(piece, self.now)
+                        .expect("client input");
+                }
+            }
+            while let Some(e) = self.client.poll_event() {
+                self.client_events.push(e);
+            }
+            while let Some(e) = self.server.poll_event() {
+                self.server_events.push(e);
+            }
+            if c2s.is_empty() && s2c.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn take_client_events(&mut self) -> Vec<ClientEvent> {
+        std::mem::take(&mut self.client_events)
+    }
+
+    fn take_server_events(&mut self) -> Vec<ServerEvent> {
+        std::mem::take(&mut self.server_events)
+    }
+
+    /// Runs the login up to the server's Authenticate event and returns that event's fields.
+    fn login_until_decision(&mut self, realm: Option<&str>, user: &str, pass: &str) {
+        self.pump();
+        let events = self.take_client_events();
+        match (realm, events.as_slice()) {
+            (Some(r), [ClientEvent::RealmRequired { .. }]) => {
+                self.client.choose_realm(r).expect("realm");
+                self.pump();
+                let events = self.take_client_events();
+                assert!(
+                    matches!(
+                        events[..],
+                        [ClientEvent::CredentialsRequired { retry: false, .. }]
+                    ),
+                    "{events:?}"
+                );
+            }
+            (None, [ClientEvent::CredentialsRequired { retry: false, .. }]) => {}
+            other => panic!("unexpected start of login: {other:?}"),
+        }
+        self.client.provide_credentials(user, pass).expect("creds");
+        self.pump();
+    }
+
+    fn establish(&mut self, config: &Config) {
+        self.login_until_decision(None, "alice", "correct horse");
+        self.server.accept("DSID-1").expect("accept");
+        self.pump();
+        self.server.send_config(config, self.now).expect("config");
+        self.pump();
+        assert_eq!(self.client.state(), ClientState::Established);
+        assert!(self.server.is_established());
+    }
+}
+
+fn ipv4_packet(len: usize, tag: u8) -> Vec<u8> {
+    let mut p = vec![tag; len];
+    p[0] = 0x45;
+    p
+}
+
+fn ipv6_packet(len: usize) -> Vec<u8> {
+    let mut p = vec![6; len];
+    p[0] = 0x60;
+    p
+}
+
+fn tunnel_config(esp: bool) -> Config {
+    Config {
+        ipv4_address: Some(Ipv4Addr::new(10, 10, 0, 2)),
+        ipv4_netmask: Some(Ipv4Addr::new(255, 255, 255, 255)),
+        ipv6_address: Some(Ipv6Net {
+            addr: "fd10::2".parse().expect("v6"),
+            prefix_len: 64,
+        }),
+        dns: vec![
+            IpAddr::V4(Ipv4Addr::new(10, 10, 0, 53)),
+            IpAddr::V6("fd10::53".parse().expect("v6")),
+        ],
+        search_domains: vec!["corp.example".into()],
+        mtu: Some(1400),
+        include_v4: vec![
+            Ipv4Net {
+                addr: Ipv4Addr::new(10, 0, 0, 0),
+                prefix_len: 8,
+            },
+            Ipv4Net {
+                addr: Ipv4Addr::new(192, 168, 50, 0),
+                prefix_len: 24,
+            },
+        ],
+        exclude_v4: vec![Ipv4Net {
+            addr: Ipv4Addr::new(10, 99, 0, 0),
+            prefix_len: 16,
+        }],
+        include_v6: vec![Ipv6Net {
+            addr: "fd00::".parse().expect("v6"),
+            prefix_len: 8,
+        }],
+        exclude_v6: vec![Ipv6Net {
+            addr: "fd99::".parse().expect("v6"),
+            prefix_len: 16,
+        }],
+        esp: if esp {
+            EspSettings {
+                cipher: Some(EspCipher::Aes256Cbc.code()),
+                hmac: Some(EspMac::HmacSha256_128.code()),
+                lifetime_seconds: Some(3600),
+                lifetime_bytes: Some(0),
+                replay_protection: Some(true),
+                port: Some(4500),
+                fallback_seconds: Some(15),
+                esp_only: Some(false),
+                allow_6in4: Some(false),
+            }
+        } else {
+            EspSettings::default()
+        },
+        ..Config::default()
+    }
+}
+
+fn two_realms() -> ServerConfig {
+    ServerConfig {
+        realms: vec!["Users".into(), "Admins".into()],
+        idle_timeout: Some(Duration::from_secs(600)),
+        ..ServerConfig::default()
+    }
+}
+
+#[test]
+fn full_password_login_with_realm_selection_and_config_push() {
+    let mut h = Harness::new(ClientConfig::new("gw.example"), two_realms());
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::RealmRequired {
+            realms: vec!["Users".into(), "Admins".into()]
+        }]
+    );
+    let server_events = h.take_server_events();
+    assert!(matches!(
+        &server_events[..],
+        [ServerEvent::Upgraded(req), ServerEvent::ClientInfo(info)]
+            if req.path == "/" && req.host.as_deref() == Some("gw.example")
+                && info.hostname == "localhost"
+    ));
+    h.client.choose_realm("Admins").expect("realm");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::CredentialsRequired {
+            retry: false,
+            username_prompt: None,
+            password_prompt: None
+        }]
+    );
+    assert_eq!(h.client.state(), ClientState::WaitingForInput);
+    h.client
+        .provide_credentials("alice", "correct horse")
+        .expect("creds");
+    h.pump();
+    assert_eq!(
+        h.take_server_events(),
+        [ServerEvent::Authenticate {
+            realm: Some("Admins".into()),
+            username: "alice".into(),
+            password: Password::new("correct horse"),
+        }]
+    );
+    h.server.accept("DSID-0123456789abcdef").expect("accept");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [
+            ClientEvent::CookieReceived {
+                cookie: "DSID-0123456789abcdef".into(),
+                auth_expiration: None,
+                idle_timeout: Some(Duration::from_secs(600)),
+            },
+            ClientEvent::Authenticated
+        ]
+    );
+    assert_eq!(
+        h.take_server_events(),
+        [ServerEvent::Authenticated {
+            username: Some("alice".into()),
+            realm: Some("Admins".into()),
+            cookie: "DSID-0123456789abcdef".into(),
+            resumed: false,
+        }]
+    );
+    assert_eq!(h.client.state(), ClientState::Configuring);
+    let config = tunnel_config(true);
+    h.server.send_config(&config, h.now).expect("config");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::Configured(Box::new(config.clone()))]
+    );
+    assert_eq!(h.take_server_events(), [ServerEvent::EspKeysInstalled]);
+    assert_eq!(h.client.config(), Some(&config));
+    assert_eq!(h.client.state(), ClientState::Established);
+}
+
+#[test]
+fn login_survives_one_byte_records() {
+    let mut h = Harness::new(ClientConfig::new("gw"), two_realms());
+    h.chunk = 1;
+    h.login_until_decision(Some("Users"), "bob", "pw");
+    assert!(matches!(
+        &h.take_server_events()[..],
+        [.., ServerEvent::Authenticate { username, realm: Some(r), .. }]
+            if username == "bob" && r == "Users"
+    ));
+}
+
+#[test]
+fn wrong_password_retry_then_failure() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.login_until_decision(None, "alice", "wrong");
+    h.server.reject(AuthRejection::Retry).expect("retry");
+    h.pump();
+    assert!(matches!(
+        h.take_client_events()[..],
+        [ClientEvent::CredentialsRequired { retry: true, .. }]
+    ));
+    h.client
+        .provide_credentials("alice", "wrong again")
+        .expect("creds");
+    h.pump();
+    assert!(matches!(
+        &h.take_server_events()[..],
+        [.., ServerEvent::Authenticate { password, realm: Some(r), .. }]
+            if password.expose() == "wrong again" && r == "Users"
+    ));
+    h.server
+        .reject(AuthRejection::Failure(
+            "Invalid username or password".into(),
+        ))
+        .expect("reject");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::AuthFailed(AuthFailure::Message(
+            "Invalid username or password".into()
+        ))]
+    );
+    assert!(h.client.is_closed());
+    assert_eq!(
+        h.take_server_events(),
+        [ServerEvent::Closed(CloseReason::AuthRejected)]
+    );
+}
+
+#[test]
+fn failure_code_reaches_the_client() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.login_until_decision(None, "locked", "pw");
+    h.server.reject(AuthRejection::Code(0x0d)).expect("reject");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::AuthFailed(AuthFailure::Code(0x0d))]
+    );
+}
+
+#[test]
+fn unknown_realm_fails_the_login() {
+    let mut h = Harness::new(ClientConfig::new("gw"), two_realms());
+    h.pump();
+    h.take_client_events();
+    h.client.choose_realm("Nope").expect("realm");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::AuthFailed(AuthFailure::Message(
+            "Unknown realm Nope".into()
+        ))]
+    );
+}
+
+#[test]
+fn cookie_resume_accepted() {
+    let mut cfg = ClientConfig::new("gw");
+    cfg.cookie = Some("DSID-old".into());
+    let mut h = Harness::new(cfg, two_realms());
+    h.pump();
+    assert!(matches!(
+        &h.take_server_events()[..],
+        [.., ServerEvent::ResumeRequested { cookie }] if cookie == "DSID-old"
+    ));
+    assert!(h.take_client_events().is_empty());
+    h.server.accept("DSID-old").expect("accept");
+    h.pump();
+    assert!(matches!(
+        &h.take_client_events()[..],
+        [ClientEvent::CookieReceived { cookie, .. }, ClientEvent::Authenticated]
+            if cookie == "DSID-old"
+    ));
+    assert_eq!(
+        h.take_server_events(),
+        [ServerEvent::Authenticated {
+            username: None,
+            realm: None,
+            cookie: "DSID-old".into(),
+            resumed: true
+        }]
+    );
+    h.server
+        .send_config(&tunnel_config(false), h.now)
+        .expect("cfg");
+    h.pump();
+    assert_eq!(h.client.state(), ClientState::Established);
+}
+
+#[test]
+fn cookie_resume_rejected_falls_back_to_login() {
+    let mut cfg = ClientConfig::new("gw");
+    cfg.cookie = Some("DSID-stale".into());
+    let mut h = Harness::new(cfg, ServerConfig::default());
+    h.pump();
+    h.server
+        .reject(AuthRejection::Retry)
+        .expect("reject resume");
+    h.pump();
+    assert!(matches!(
+        h.take_client_events()[..],
+        [
+            ClientEvent::ResumeRejected,
+            ClientEvent::CredentialsRequired { retry: false, .. }
+        ]
+    ));
+    h.client.provide_credentials("alice", "pw").expect("creds");
+    h.pump();
+    assert!(matches!(
+        h.take_server_events().last(),
+        Some(ServerEvent::Authenticate { .. })
+    ));
+}
+
+#[test]
+fn data_frames_both_ways_over_tls() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&tunnel_config(false));
+    h.take_client_events();
+    h.take_server_events();
+    let mut buf = [0u8; 2048];
+    let up = ipv4_packet(60, 1);
+    assert_eq!(
+        h.client.send_packet(&up, h.now, &mut buf),
+        Ok(Transmit::Tls)
+    );
+    let down = ipv6_packet(80);
+    assert_eq!(
+        h.server.send_packet(&down, h.now, &mut buf),
+        Ok(Transmit::Tls)
+    );
+    h.pump();
+    assert_eq!(h.take_server_events(), [ServerEvent::Packet(up)]);
+    assert_eq!(h.take_client_events(), [ClientEvent::Packet(down)]);
+}
+
+#[test]
+fn esp_probe_handshake_then_data_both_ways() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&tunnel_config(true));
+    h.take_client_events();
+    h.take_server_events();
+    let mut udp = [0u8; 2048];
+    let mut reply = [0u8; 2048];
+
+    assert_eq!(h.client.next_timer(), Some(h.now));
+    let n = h
+        .client
+        .poll_timers(h.now, &mut udp)
+        .expect("timers")
+        .expect("first probe");
+    assert_eq!(peek_spi(&udp), h.server.esp_spi());
+    let got = h
+        .server
+        .handle_esp(&mut udp[..n], h.now, &mut reply)
+        .expect("server esp");
+    let EspInput::ProbeReply(m) = got else {
+        panic!("expected a probe reply, got {got:?}");
+    };
+    assert!(!h.client.esp_up());
+    assert_eq!(
+        h.client.handle_esp(&mut reply[..m], h.now),
+        Ok(EspInput::Probe)
+    );
+    assert!(h.client.esp_up());
+    assert_eq!(h.client.poll_event(), Some(ClientEvent::EspUp));
+
+    let up = ipv4_packet(1200, 2);
+    let Transmit::Esp(n) = h.client.send_packet(&up, h.now, &mut udp).expect("send") else {
+        panic!("client did not use ESP");
+    };
+    assert_eq!(
+        h.server.handle_esp(&mut udp[..n], h.now, &mut reply),
+        Ok(EspInput::Packet(&up[..]))
+    );
+    let down = ipv4_packet(300, 3);
+    let Transmit::Esp(n) = h.server.send_packet(&down, h.now, &mut udp).expect("send") else {
+        panic!("server did not use ESP");
+    };
+    assert_eq!(
+        h.client.handle_esp(&mut udp[..n], h.now),
+        Ok(EspInput::Packet(&down[..]))
+    );
+    // Replayed datagram: refused, session unaffected.
+    let Transmit::Esp(n) = h.server.send_packet(&down, h.now, &mut udp).expect("send") else {
+        panic!("server did not use ESP");
+    };
+    let copy = udp[..n].to_vec();
+    assert!(h.client.handle_esp(&mut udp[..n], h.now).is_ok());
+    assert!(matches!(
+        h.client.handle_esp(&mut copy.clone(), h.now),
+        Err(SessionError::Esp(EspError::Replayed { .. }))
+    ));
+    // Without the 6in4 flag, IPv6 goes over TLS when the ESP socket is IPv4.
+    assert_eq!(
+        h.client.send_packet(&ipv6_packet(60), h.now, &mut udp),
+        Ok(Transmit::Tls)
+    );
+    assert!(!h.client.is_closed());
+}
+
+#[test]
+fn esp_dead_peer_detection_falls_back_to_tls_and_retries() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&tunnel_config(true));
+    let mut udp = [0u8; 2048];
+    let mut reply = [0u8; 2048];
+    let n = h
+        .client
+        .poll_timers(h.now, &mut udp)
+        .expect("t")
+        .expect("probe");
+    let EspInput::ProbeReply(m) = h
+        .server
+        .handle_esp(&mut udp[..n], h.now, &mut reply)
+        .expect("esp")
+    else {
+        panic!("no reply");
+    };
+    h.client.handle_esp(&mut reply[..m], h.now).expect("esp");
+    assert!(h.client.esp_up());
+    // Fallback is 15 s: a DPD probe at 15 s, dead at 30 s.
+    let dpd = h.now + Duration::from_secs(15);
+    assert_eq!(h.client.next_timer(), Some(dpd));
+    assert_eq!(
+        h.client.poll_timers(dpd - Duration::from_secs(1), &mut udp),
+        Ok(None)
+    );
+    assert!(h.client.poll_timers(dpd, &mut udp).expect("t").is_some());
+    assert_eq!(h.client.poll_timers(dpd, &mut udp), Ok(None));
+    let dead = h.now + Duration::from_secs(30);
+    assert!(h.client.poll_timers(dead, &mut udp).expect("t").is_some());
+    assert!(!h.client.esp_up());
+    while let Some(e) = h.client.poll_event() {
+        if e == ClientEvent::EspDown {
+            break;
+        }
+    }
+    assert_eq!(
+        h.client.send_packet(&ipv4_packet(40, 1), dead, &mut udp),
+        Ok(Transmit::Tls)
+    );
+    // Four more probes a second apart, then quiet until the next attempt.
+    let mut t = dead;
+    for _ in 0..4 {
+        t += PROBE_INTERVAL;
+        assert!(h.client.poll_timers(t, &mut udp).expect("t").is_some());
+    }
+    t += PROBE_INTERVAL;
+    assert_eq!(h.client.poll_timers(t, &mut udp), Ok(None));
+    assert_eq!(h.client.next_timer(), Some(dead + ESP_ATTEMPT_PERIOD));
+    assert!(
+        h.client
+            .poll_timers(dead + ESP_ATTEMPT_PERIOD, &mut udp)
+            .expect("t")
+            .is_some()
+    );
+}
+
+#[test]
+fn esp_rekey_keeps_traffic_flowing() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&tunnel_config(true));
+    let mut udp = [0u8; 2048];
+    let mut reply = [0u8; 2048];
+    let n = h
+        .client
+        .poll_timers(h.now, &mut udp)
+        .expect("t")
+        .expect("probe");
+    let EspInput::ProbeReply(m) = h
+        .server
+        .handle_esp(&mut udp[..n], h.now, &mut reply)
+        .expect("esp")
+    else {
+        panic!("no reply");
+    };
+    h.client.handle_esp(&mut reply[..m], h.now).expect("esp");
+    h.take_client_events();
+    h.take_server_events();
+    while h.client.poll_event().is_some() {}
+
+    // A packet encrypted with the old keys, delivered after the rekey.
+    let Transmit::Esp(late_len) = h
+        .client
+        .send_packet(&ipv4_packet(100, 9), h.now, &mut udp)
+        .expect("send")
+    else {
+        panic!("not ESP");
+    };
+    let mut late = udp[..late_len].to_vec();
+    let old_spi = h.server.esp_spi();
+
+    h.server.rekey_esp(h.now).expect("rekey");
+    h.pump();
+    assert_eq!(h.take_client_events(), [ClientEvent::EspRekeyed]);
+    assert_ne!(h.server.esp_spi(), old_spi);
+    assert!(matches!(
+        h.server.handle_esp(&mut late, h.now, &mut reply),
+        Ok(EspInput::Packet(p)) if p[1] == 9
+    ));
+
+    let up = ipv4_packet(100, 4);
+    let Transmit::Esp(n) = h.client.send_packet(&up, h.now, &mut udp).expect("send") else {
+        panic!("not ESP");
+    };
+    assert_eq!(peek_spi(&udp), h.server.esp_spi());
+    assert_eq!(
+        h.server.handle_esp(&mut udp[..n], h.now, &mut reply),
+        Ok(EspInput::Packet(&up[..]))
+    );
+    let down = ipv4_packet(100, 5);
+    let Transmit::Esp(n) = h.server.send_packet(&down, h.now, &mut udp).expect("send") else {
+        panic!("not ESP");
+    };
+    assert_eq!(
+        h.client.handle_esp(&mut udp[..n], h.now),
+        Ok(EspInput::Packet(&down[..]))
+    );
+}
+
+#[test]
+fn server_rekeys_at_the_esp_lifetime() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    let mut cfg = tunnel_config(true);
+    cfg.esp.lifetime_seconds = Some(100);
+    h.establish(&cfg);
+    let spi = h.server.esp_spi();
+    let later = h.now + Duration::from_secs(100);
+    assert_eq!(h.server.next_timer(), Some(later));
+    h.server.poll_timers(later).expect("timers");
+    h.pump();
+    assert_ne!(h.server.esp_spi(), spi);
+    assert!(h.take_client_events().contains(&ClientEvent::EspRekeyed));
+}
+
+#[test]
+fn logout_closes_both_sides() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&tunnel_config(false));
+    h.take_server_events();
+    h.client.logout().expect("logout");
+    assert!(h.client.is_closed());
+    h.pump();
+    assert_eq!(
+        h.take_server_events(),
+        [ServerEvent::Closed(CloseReason::LoggedOut)]
+    );
+    assert!(h.server.is_closed());
+}
+
+#[test]
+fn fatal_error_terminates_the_client() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&tunnel_config(false));
+    h.take_client_events();
+    h.server
+        .terminate(
+            FatalErrorKind::SessionTerminated,
+            "session has been terminated",
+        )
+        .expect("terminate");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::Terminated {
+            kind: FatalErrorKind::SessionTerminated,
+            message: "session has been terminated".into()
+        }]
+    );
+    assert!(h.client.is_closed());
+}
+
+#[test]
+fn idle_timeout_sends_fatal_error_8() {
+    let mut h = Harness::new(ClientConfig::new("gw"), two_realms());
+    h.login_until_decision(Some("Users"), "a", "b");
+    h.server.accept("c").expect("accept");
+    h.pump();
+    h.server
+        .send_config(&tunnel_config(false), h.now)
+        .expect("cfg");
+    h.pump();
+    h.take_client_events();
+    h.take_server_events();
+    let idle = h.now + Duration::from_secs(600);
+    assert_eq!(h.server.next_timer(), Some(idle));
+    // Traffic from the client pushes the deadline out.
+    let mut buf = [0u8; 256];
+    h.client
+        .send_packet(&ipv4_packet(40, 1), h.now, &mut buf)
+        .expect("send");
+    h.now += Duration::from_secs(300);
+    h.pump();
+    assert_eq!(
+        h.server.next_timer(),
+        Some(h.now + Duration::from_secs(600))
+    );
+    h.server.poll_timers(idle).expect("timers");
+    assert!(!h.server.is_closed());
+    h.server
+        .poll_timers(h.now + Duration::from_secs(600))
+        .expect("timers");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::Terminated {
+            kind: FatalErrorKind::IdleTimeout,
+            message: "session timed out".into()
+        }]
+    );
+    assert!(matches!(
+        h.take_server_events().last(),
+        Some(ServerEvent::Closed(CloseReason::IdleTimeout))
+    ));
+}
+
+#[test]
+fn out_of_order_message_is_a_typed_error() {
+    let now = Instant::now();
+    let mut client = Client::with_rng(ClientConfig::new("gw"), Box::new(TestRng(5)));
+    client.start().expect("start");
+    let mut bytes = build_upgrade_response().to_vec();
+    Message::Data(&[0x45, 0, 0, 20])
+        .encode_to_vec(0, &mut bytes)
+        .expect("encode");
+    assert!(matches!(
+        client.handle_tls_bytes(&bytes, now),
+        Err(SessionError::UnexpectedMessage {
+            got: FrameKind::Data,
+            ..
+        })
+    ));
+    assert!(client.is_closed());
+
+    let mut server = Server::with_rng(ServerConfig::default(), Box::new(TestRng(6)), now);
+    let mut bytes = build_upgrade_request("gw", "/", "ua").into_bytes();
+    Message::VersionRequest {
+        min: 3,
+        max: 4,
+        preferred: 4,
+    }
+    .encode_to_vec(0, &mut bytes)
+    .expect("encode");
+    assert_eq!(
+        server.handle_tls_bytes(&bytes, now),
+        Err(SessionError::Version {
+            got: 4,
+            min: 1,
+            max: 2
+        })
+    );
+}
+
+#[test]
+fn client_refuses_insufficient_config() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.login_until_decision(None, "a", "b");
+    h.server.accept("c").expect("accept");
+    h.pump();
+    h.server
+        .send_config(&Config::default(), h.now)
+        .expect("cfg");
+    let bytes = h.server.pending_tls().to_vec();
+    assert_eq!(
+        h.client.handle_tls_bytes(&bytes, h.now),
+        Err(SessionError::InsufficientConfig { what: "no MTU" })
+    );
+}
+
+#[test]
+fn unsupported_esp_offer_disables_esp_only() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    let mut cfg = tunnel_config(true);
+    h.login_until_decision(None, "a", "b");
+    h.server.accept("c").expect("accept");
+    h.pump();
+    // The gateway API refuses to offer a suite it cannot run...
+    cfg.esp.hmac = Some(1);
+    assert_eq!(
+        h.server.send_config(&cfg, h.now),
+        Err(SessionError::Esp(EspError::UnsupportedMac { code: 1 }))
+    );
+    // ...and a client that is offered one (MD5) carries on over TLS.
+    let mut payload = Vec::new();
+    cfg.encode(&mut payload).expect("encode");
+    let mut bytes = Vec::new();
+    Message::Config(&payload)
+        .encode_to_vec(100, &mut bytes)
+        .expect("encode");
+    let mut esp = Vec::new();
+    EspKeyExchange {
+        keys: EspKeys {
+            spi: 1,
+            secrets: [1; ESP_SECRETS_LEN],
+        },
+        echo: None,
+    }
+    .encode(&mut esp)
+    .expect("encode");
+    Message::Config(&esp)
+        .encode_to_vec(101, &mut bytes)
+        .expect("encode");
+    Message::EndOfConfig
+        .encode_to_vec(102, &mut bytes)
+        .expect("encode");
+    h.client.handle_tls_bytes(&bytes, h.now).expect("client");
+    assert_eq!(h.client.state(), ClientState::Established);
+    assert_eq!(h.client.next_timer(), None);
+    let mut udp = [0u8; 256];
+    assert_eq!(
+        h.client.send_packet(&ipv4_packet(40, 1), h.now, &mut udp),
+        Ok(Transmit::Tls)
+    );
+}
