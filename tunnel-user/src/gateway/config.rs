@@ -231,8 +231,9 @@ impl FromStr for EspCipher {
 const CIPHER_RULE: &str =
     "a cipher (one of aes128-sha1, aes256-sha1, aes128-sha256, aes256-sha256)";
 
-/// Why a config was refused. Exactly one is reported, the first in file order, and it names
-/// the dotted key (`esp.port`, `routes.include[2]`) and what the key allows.
+/// Why a config was refused. Exactly one is reported (the first the checks meet: syntax and
+/// types first, then the keys in a fixed order), and it names the dotted key (`esp.port`,
+/// `routes.include[2]`) and what the key allows.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -503,7 +504,13 @@ fn syntax_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> C
     let inner = e.into_inner();
     // serde_path_to_error says "." when the error is not inside any key (bad TOML syntax).
     let mut key = (path != ".").then_some(path);
-    let mut message = inner.message().trim().replace('\n', ": ");
+    // Numbers are read as i64 so that range errors are ours; a non-number should still read
+    // as "expected an integer", not as a Rust type.
+    let mut message = inner
+        .message()
+        .trim()
+        .replace('\n', ": ")
+        .replace("expected i64", "expected an integer");
     // "missing field `x`" is reported at the enclosing table; name the missing key itself.
     if let Some(field) = message
         .strip_prefix("missing field `")
@@ -1357,7 +1364,11 @@ ipv4 = "10.10.0.0/24"
             "idle_timeout",
             "unknown field",
         );
-        let err = expect_err(&with("", r#"mtu = "1400""#), "mtu", "invalid type");
+        let err = expect_err(
+            &with("", r#"mtu = "1400""#),
+            "mtu",
+            "invalid type: string \"1400\", expected an integer",
+        );
         assert!(
             err.to_string().starts_with("line 1, column 7: mtu: "),
             "{err}"

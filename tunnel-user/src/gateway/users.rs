@@ -804,6 +804,24 @@ mod tests {
     }
 
     #[test]
+    fn unknown_users_are_checked_against_a_hash_with_the_default_cost() {
+        // Equal cost is what hides whether a user exists; compare the parameters rather than
+        // wall-clock time, which would make a flaky test.
+        let dummy = PasswordHash::new(dummy_hash()).unwrap();
+        check_hash(dummy_hash()).unwrap();
+        let real_text = hash_password(b"pw").unwrap();
+        let real = PasswordHash::new(&real_text).unwrap();
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.params, real.params);
+        let params = argon2::Params::try_from(&dummy).unwrap();
+        let default = argon2::Params::default();
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (default.m_cost(), default.t_cost(), default.p_cost())
+        );
+    }
+
+    #[test]
     fn crlf_lines_are_accepted() {
         let dir = tempfile::tempdir().unwrap();
         let path = users_path(&dir);
