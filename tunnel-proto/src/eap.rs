@@ -450,6 +450,21 @@ pub struct RawAvp {
     pub data: Vec<u8>,
 }
 
+impl RawAvp {
+    /// Appends the AVP with its flags exactly as received (reserved bits included), so that
+    /// re-encoding a parsed message reproduces it. The vendor flag follows `vendor`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EapError> {
+        let start = out.len();
+        append_avp(out, self.code, self.vendor, false, &self.data)?;
+        let flags = match self.vendor {
+            Some(_) => self.flags | AVP_FLAG_VENDOR,
+            None => self.flags & !AVP_FLAG_VENDOR,
+        };
+        out[start + 4] = flags;
+        Ok(())
+    }
+}
+
 impl From<Avp<'_>> for RawAvp {
     fn from(a: Avp<'_>) -> Self {
         Self {
@@ -843,13 +858,7 @@ impl AuthRequest {
             }
         }
         for a in &self.other {
-            append_avp(
-                out,
-                a.code,
-                a.vendor,
-                a.flags & AVP_FLAG_MANDATORY != 0,
-                &a.data,
-            )?;
+            a.encode(out)?;
         }
         match &self.inner {
             Some(InnerRequest::Password {
@@ -1024,13 +1033,7 @@ impl AuthResponse {
             }
         }
         for a in &self.other {
-            append_avp(
-                out,
-                a.code,
-                a.vendor,
-                a.flags & AVP_FLAG_MANDATORY != 0,
-                &a.data,
-            )?;
+            a.encode(out)?;
         }
         if let Some(p) = &self.password {
             p.message.append_as_avp(p.identifier, out)?;
@@ -1267,6 +1270,23 @@ mod tests {
                 what: "DSID cookie"
             })
         );
+    }
+
+    /// Fuzz finding (eap_avp): reserved AVP flag bits were dropped on re-encoding, so
+    /// parse -> encode -> parse changed the message.
+    #[test]
+    fn regression_reserved_avp_flags_survive_re_encoding() {
+        let input = [0, 0, 0, 0, 0x04, 0, 0, 8];
+        let req = AuthRequest::parse(&input).expect("parse");
+        assert_eq!(req.other[0].flags, 0x04);
+        let mut out = Vec::new();
+        req.encode(&mut out).expect("encode");
+        assert_eq!(out, input);
+        assert_eq!(AuthRequest::parse(&out), Ok(req));
+        let resp = AuthResponse::parse(&input).expect("parse");
+        let mut out = Vec::new();
+        resp.encode(&mut out).expect("encode");
+        assert_eq!(out, input);
     }
 
     #[test]
