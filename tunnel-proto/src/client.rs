@@ -45,7 +45,8 @@ use crate::ift::{
 };
 use crate::rng::{OsRandom, RandomSource};
 use crate::session::{
-    AuthFailure, EspInput, EspPair, SessionError, TlsOut, Transmit, generate_inbound, outbound_from,
+    AuthFailure, EspInput, EspPair, SessionError, TlsOut, Transmit, after, generate_inbound,
+    outbound_from,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -487,7 +488,7 @@ impl Client {
                 ConfigPacket::Main(cfg) => self.pending_config = Some(*cfg),
                 ConfigPacket::Esp(x) => self.install_esp(x, now, true)?,
             },
-            (State::Configuring, Message::EndOfConfig) => self.finish_config(now)?,
+            (State::Configuring, Message::EndOfConfig) => self.finish_config()?,
             (State::Established, Message::Data(packet)) => {
                 self.events.push_back(ClientEvent::Packet(packet.to_vec()));
             }
@@ -727,7 +728,7 @@ impl Client {
         Ok(())
     }
 
-    fn finish_config(&mut self, _now: Instant) -> Result<(), SessionError> {
+    fn finish_config(&mut self) -> Result<(), SessionError> {
         let cfg = self
             .pending_config
             .take()
@@ -886,7 +887,7 @@ impl Client {
             } => {
                 // openconnect ssl.c `keepalive_action`: probe after one DPD interval of
                 // silence, give up after two.
-                if now >= last_rx + 2 * dpd {
+                if after(last_rx, 2 * dpd).is_some_and(|d| now >= d) {
                     self.events.push_back(ClientEvent::EspDown);
                     self.link = EspLink::Probing {
                         started: now,
@@ -894,7 +895,9 @@ impl Client {
                         next: now + PROBE_INTERVAL,
                     };
                     true
-                } else if now >= last_probe.unwrap_or(last_rx).max(last_rx) + dpd {
+                } else if after(last_probe.unwrap_or(last_rx).max(last_rx), dpd)
+                    .is_some_and(|d| now >= d)
+                {
                     self.link = EspLink::Up {
                         last_rx,
                         last_probe: Some(now),
@@ -935,7 +938,14 @@ impl Client {
             EspLink::Up {
                 last_rx,
                 last_probe,
-            } => Some((last_probe.unwrap_or(last_rx).max(last_rx) + dpd).min(last_rx + 2 * dpd)),
+            } => {
+                let probe = after(last_probe.unwrap_or(last_rx).max(last_rx), dpd);
+                let dead = after(last_rx, 2 * dpd);
+                match (probe, dead) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
         }
     }
 

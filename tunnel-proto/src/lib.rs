@@ -100,8 +100,8 @@ pub use esp::{
 };
 pub use ift::{
     AUTH_TYPE_JUNIPER_1, ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder,
-    FrameHeader, FrameKind, HEADER_LEN, IFT_VERSION_MAX, IFT_VERSION_MIN, IftError, Message,
-    UpgradeRequest, UpgradeResponse, VENDOR_JUNIPER, VENDOR_TCG, build_http_error,
+    FrameHeader, FrameKind, HEADER_LEN, IFT_VERSION_MAX, IFT_VERSION_MIN, IftError, MAX_HTTP_HEAD,
+    Message, UpgradeRequest, UpgradeResponse, VENDOR_JUNIPER, VENDOR_TCG, build_http_error,
     build_upgrade_request, build_upgrade_response, encode_data_frame, encode_header,
     parse_upgrade_request, parse_upgrade_response,
 };

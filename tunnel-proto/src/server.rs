@@ -22,8 +22,8 @@ use crate::ift::{
 };
 use crate::rng::{OsRandom, RandomSource};
 use crate::session::{
-    AuthRejection, EspInput, EspPair, Password, SessionError, TlsOut, Transmit, generate_inbound,
-    outbound_from,
+    AuthRejection, EspInput, EspPair, Password, SessionError, TlsOut, Transmit, after,
+    generate_inbound, outbound_from,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -697,7 +697,9 @@ impl Server {
             (None, _) => false,
             (Some(_), None) => true,
             // The client probes after one fallback interval of silence, so allow two.
-            (Some(rx), Some(fallback)) => now <= rx + 2 * fallback,
+            (Some(rx), Some(fallback)) => {
+                after(rx, fallback.saturating_mul(2)).is_none_or(|limit| now <= limit)
+            }
         }
     }
 
@@ -779,7 +781,7 @@ impl Server {
         }
         if !self.state.authenticated() {
             if let Some(t) = self.cfg.auth_timeout
-                && now >= self.created + t
+                && after(self.created, t).is_some_and(|d| now >= d)
             {
                 self.close(CloseReason::AuthTimeout);
             }
@@ -789,7 +791,7 @@ impl Server {
             return Ok(());
         }
         if let Some(idle) = self.cfg.idle_timeout
-            && now >= self.last_activity + idle
+            && after(self.last_activity, idle).is_some_and(|d| now >= d)
         {
             self.out.send(&Message::FatalError {
                 kind: FatalErrorKind::IdleTimeout,
@@ -799,7 +801,10 @@ impl Server {
             return Ok(());
         }
         if let Some(esp) = &self.esp
-            && esp.lifetime.is_some_and(|l| now >= esp.keys_at + l)
+            && esp
+                .lifetime
+                .and_then(|l| after(esp.keys_at, l))
+                .is_some_and(|d| now >= d)
         {
             self.rekey_esp(now)?;
         }
@@ -812,16 +817,19 @@ impl Server {
             return None;
         }
         if !self.state.authenticated() {
-            return self.cfg.auth_timeout.map(|t| self.created + t);
+            return self.cfg.auth_timeout.and_then(|t| after(self.created, t));
         }
         if !matches!(self.state, State::Established) {
             return None;
         }
-        let idle = self.cfg.idle_timeout.map(|t| self.last_activity + t);
+        let idle = self
+            .cfg
+            .idle_timeout
+            .and_then(|t| after(self.last_activity, t));
         let rekey = self
             .esp
             .as_ref()
-            .and_then(|e| e.lifetime.map(|l| e.keys_at + l));
+            .and_then(|e| e.lifetime.and_then(|l| after(e.keys_at, l)));
         match (idle, rekey) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -18,6 +18,12 @@ use std::time::{Duration, Instant};
 /// we bound it by time instead.
 pub const REKEY_OVERLAP: Duration = Duration::from_secs(30);
 
+/// `t + d`, or `None` ("never") when that is past what `Instant` can represent; durations
+/// come from configuration and the network, and `Instant + Duration` panics on overflow.
+pub(crate) fn after(t: Instant, d: Duration) -> Option<Instant> {
+    t.checked_add(d)
+}
+
 /// Errors of the client and server state machines.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -250,7 +256,7 @@ impl EspPair {
     /// Replaces the inbound SA, keeping the old one until `now + REKEY_OVERLAP`.
     pub(crate) fn rotate_inbound(&mut self, inbound: InboundSa, now: Instant) {
         let old = std::mem::replace(&mut self.inbound, inbound);
-        self.previous = Some((old, now + REKEY_OVERLAP));
+        self.previous = Some((old, after(now, REKEY_OVERLAP).unwrap_or(now)));
     }
 
     pub(crate) fn decapsulate<'a>(
