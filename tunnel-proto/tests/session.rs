@@ -27,6 +27,8 @@ struct Harness {
     chunk: usize,
     client_events: Vec<ClientEvent>,
     server_events: Vec<ServerEvent>,
+    c2s_log: Vec<u8>,
+    s2c_log: Vec<u8>,
 }
 
 impl Harness {
@@ -41,6 +43,8 @@ impl Harness {
             chunk: 7,
             client_events: Vec::new(),
             server_events: Vec::new(),
+            c2s_log: Vec::new(),
+            s2c_log: Vec::new(),
         }
     }
 
@@ -49,6 +53,7 @@ impl Harness {
         loop {
             let c2s = self.client.pending_tls().to_vec();
             self.client.consume_tls(c2s.len());
+            self.c2s_log.extend_from_slice(&c2s);
             for piece in c2s.chunks(self.chunk) {
                 if !self.server.is_closed() {
                     self.server
@@ -58,6 +63,7 @@ impl Harness {
             }
             let s2c = self.server.pending_tls().to_vec();
             self.server.consume_tls(s2c.len());
+            self.s2c_log.extend_from_slice(&s2c);
             for piece in s2c.chunks(self.chunk) {
                 if !self.client.is_closed() {
                     self.client
@@ -806,4 +812,129 @@ fn unsupported_esp_offer_disables_esp_only() {
         h.client.send_packet(&ipv4_packet(40, 1), h.now, &mut udp),
         Ok(Transmit::Tls)
     );
+}
+
+/// Splits a transcript (HTTP head, then IF-T frames) into whole frames.
+fn frames(log: &[u8]) -> Vec<Vec<u8>> {
+    let head = log
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head")
+        + 4;
+    let mut dec = FrameDecoder::default();
+    dec.push(&log[head..]);
+    let mut out = Vec::new();
+    while let Some(f) = dec.next_frame().expect("frame") {
+        let mut bytes = Vec::new();
+        f.message()
+            .expect("message")
+            .encode_to_vec(f.header.seq, &mut bytes)
+            .expect("encode");
+        out.push(bytes);
+    }
+    assert_eq!(dec.buffered(), 0);
+    out
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The gateway's frames pass the exact checks openconnect's pulse.c applies
+/// (`valid_ift_auth`, `valid_ift_auth_eap_exj1`, `valid_ift_success`, the version response
+/// and config packet checks), and the client's frames have the shapes pulse.c sends.
+#[test]
+fn transcripts_have_the_shapes_pulse_c_checks() {
+    let mut h = Harness::new(ClientConfig::new("gw"), two_realms());
+    h.login_until_decision(Some("Users"), "alice", "pw");
+    h.server.accept("DSID").expect("accept");
+    h.pump();
+    h.server
+        .send_config(&tunnel_config(true), h.now)
+        .expect("cfg");
+    h.pump();
+
+    let s2c = frames(&h.s2c_log);
+    let kinds: Vec<(u32, u32)> = s2c.iter().map(|f| (be32(f, 0), be32(f, 4))).collect();
+    assert_eq!(
+        kinds,
+        [
+            (0x5597, 2), // version response
+            (0x5597, 5), // empty challenge
+            (0x5597, 5), // server info
+            (0x5597, 5), // realms
+            (0x5597, 5), // password request
+            (0x5597, 5), // cookie
+            (0x5597, 7), // success
+            (0xa4c, 1),  // config
+            (0xa4c, 1),  // ESP keys
+            (0xa4c, 0x8f),
+        ]
+    );
+    for (seq, f) in s2c.iter().enumerate() {
+        assert_eq!(be32(f, 8) as usize, f.len());
+        assert_eq!(
+            be32(f, 12),
+            seq as u32,
+            "server sequence numbers count from 0"
+        );
+    }
+    assert_eq!(s2c[0].len(), 0x14);
+    assert_eq!(s2c[1].len(), 0x14);
+    assert_eq!(be32(&s2c[1], 0x10), 0x000a_4c01);
+    for f in &s2c[2..6] {
+        assert_eq!(be32(f, 0x10), 0x000a_4c01);
+        assert_eq!(f[0x14], 1, "EAP request");
+        assert_eq!(
+            u16::from_be_bytes([f[0x16], f[0x17]]) as usize,
+            f.len() - 0x14
+        );
+        assert_eq!(be32(f, 0x18), 0xfe00_0a4c);
+        assert_eq!(be32(f, 0x1c), 1);
+    }
+    let success = &s2c[6];
+    assert_eq!(success.len(), 0x18);
+    assert_eq!(success[0x14], 3);
+    assert_eq!(u16::from_be_bytes([success[0x16], success[0x17]]), 4);
+    for f in &s2c[7..9] {
+        assert!(f[0x10..0x20].iter().all(|&b| b == 0));
+        assert_eq!(be32(f, 0x24), 0);
+        assert_eq!(be32(f, 0x28) as usize, f.len() - 0x10);
+    }
+    assert_eq!(be32(&s2c[7], 0x20), 0x2c20_f000);
+    let esp = &s2c[8];
+    assert_eq!(be32(esp, 0x20), 0x2120_2400);
+    assert_eq!(esp.len(), 0x80);
+    assert_eq!(be32(esp, 0x2c) as usize, esp.len() - 0x2c);
+    assert_eq!(be32(esp, 0x30), 0x0100_0000);
+    assert_eq!(u16::from_be_bytes([esp[0x38], esp[0x39]]), 0x40);
+    assert_eq!(&s2c[9][16..], &[0, 0, 0, 0]);
+
+    let c2s = frames(&h.c2s_log);
+    let kinds: Vec<(u32, u32)> = c2s.iter().map(|f| (be32(f, 0), be32(f, 4))).collect();
+    assert_eq!(
+        kinds,
+        [
+            (0x5597, 1),
+            (0xa4c, 0x88),
+            (0x5597, 6), // identity
+            (0x5597, 6), // user agent
+            (0x5597, 6), // realm
+            (0x5597, 6), // credentials
+            (0x5597, 6), // cookie acknowledgement
+            (0xa4c, 1),  // ESP keys
+            (0xa4c, 5),  // ncmo=1
+        ]
+    );
+    assert_eq!(&c2s[0][16..], &[0, 1, 2, 2]);
+    assert_eq!(&c2s[2][0x14..], b"\x02\x01\x00\x0e\x01anonymous");
+    // The acknowledgement is a bare Juniper/1 response.
+    assert_eq!(c2s[6].len(), 0x20);
+    let reply = &c2s[7];
+    assert_eq!(reply.len(), 0xc0);
+    assert_eq!(be32(reply, 0x28), 0xb0);
+    assert_eq!(be32(reply, 0x2c), 0x94);
+    // The second block echoes the gateway's block byte for byte.
+    assert_eq!(&reply[0x7a..0xc0], &esp[0x34..0x7a]);
+    assert_eq!(&c2s[8][16..], b"ncmo=1\n\0");
 }
