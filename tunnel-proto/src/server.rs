@@ -28,10 +28,6 @@ use crate::session::{
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Prompt flags sent with the first password request: ask for username and password
-/// (pulse.c, AVP 0xd73 value 1).
-const PROMPT_USERNAME_AND_PASSWORD: u32 = 1;
-
 /// What the gateway session is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -524,8 +520,10 @@ impl Server {
     fn ask_password(&mut self, code: u8, realm: Option<String>) -> Result<(), SessionError> {
         let ident = self.ident();
         let inner = self.ident();
+        // No prompt-flags AVP (0xd73): without it clients ask for the primary username and
+        // password; with value 1 openconnect labels the prompt "secondary credentials".
         let req = AuthRequest {
-            prompt_flags: Some(PROMPT_USERNAME_AND_PASSWORD),
+            prompt_flags: None,
             inner: Some(InnerRequest::Password {
                 identifier: inner,
                 message: PasswordMessage::Request { code },

@@ -1,18 +1,17 @@
 //! `tunnel-gateway`: the IF-T/TLS gateway's command line.
 //!
 //! ```text
+//! tunnel-gateway --config FILE                                   run the gateway
 //! tunnel-gateway --check-config FILE
 //! tunnel-gateway adduser --users FILE NAME [--realm REALM]...   (password on stdin)
 //! ```
 //!
-//! `--check-config` loads and validates a config file (docs/gateway-config.md), checks the
-//! files it names and the users file, and prints the effective configuration. `adduser` adds
-//! or replaces a user in the users file.
-//!
-//! Running the gateway itself, `tunnel-gateway --config FILE`, is left to the runtime (TLS
-//! listener, sessions, ESP, forwarding), which is not built yet: its flag is added together
-//! with `tunnel_user::gateway::run`, so that no flag here pretends to start a gateway. This
-//! binary only parses flags and calls the library, mini-redis style.
+//! `--config` validates the config file (docs/gateway-config.md) and runs the gateway until
+//! SIGINT or SIGTERM, when every client is told the session is terminated. `--check-config`
+//! validates, checks the files it names and the users file, and prints the effective
+//! configuration. `adduser` adds or replaces a user in the users file. Logs go to stderr;
+//! `RUST_LOG` (e.g. `RUST_LOG=debug`) sets the level. This binary only parses flags and calls
+//! the library, mini-redis style.
 
 use std::{
     io::{self, Read},
@@ -22,7 +21,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tunnel_user::gateway::{AddOutcome, GatewayConfig, UsersFile, add_user, defaults};
+use tunnel_user::gateway::{AddOutcome, Gateway, GatewayConfig, UsersFile, add_user, defaults};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +31,10 @@ use tunnel_user::gateway::{AddOutcome, GatewayConfig, UsersFile, add_user, defau
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// Run the gateway with this config file.
+    #[arg(long, value_name = "FILE", conflicts_with = "check_config")]
+    config: Option<PathBuf>,
+
     /// Validate a config file and print the effective configuration, then exit.
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
@@ -68,6 +71,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(path) = cli.config {
+        return serve(path);
+    }
     match (cli.check_config, cli.command) {
         (Some(path), None) => check_config(path),
         (
@@ -79,8 +85,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }),
         ) => adduser(users, &name, realms),
         // clap refuses both together and shows help for neither.
-        _ => bail!("give either --check-config FILE or a subcommand"),
+        _ => bail!("give --config FILE, --check-config FILE or a subcommand"),
     }
+}
+
+fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = GatewayConfig::load(&path).map_err(anyhow::Error::msg)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let gateway = Gateway::bind(config).await?;
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        gateway.run(shutdown).await?;
+        Ok::<(), anyhow::Error>(())
+    })
 }
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {

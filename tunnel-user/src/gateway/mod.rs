@@ -20,12 +20,18 @@
 //! - `pool`: the IPv4/IPv6 address pools ([`AddressPool`]);
 //! - `ratelimit`: rate limiting of failed logins per source ([`LoginLimiter`]).
 //!
-//! The runtime — TLS listener, sessions, ESP, forwarding — lives in sibling modules added
-//! later, and builds on these.
+//! The runtime builds on them (docs/gateway.md draws it):
+//! - `runtime`: [`Gateway`]: the TLS listener, one task per connection, the TUN and ESP reader
+//!   threads, graceful shutdown;
+//! - `table`: the session table (by address, by SPI, by cookie; resumable sessions);
+//! - `tls`: the rustls server configuration and client-certificate names.
 
 mod config;
 mod pool;
 mod ratelimit;
+mod runtime;
+mod table;
+mod tls;
 mod users;
 
 pub use config::{
@@ -34,6 +40,8 @@ pub use config::{
 };
 pub use pool::{AddressPool, Lease, PoolError};
 pub use ratelimit::{LoginLimiter, RateLimitPolicy, Verdict};
+pub use runtime::{Gateway, GatewayError};
+pub use tls::TlsSetupError;
 pub use users::{
     AddOutcome, AuthError, LineError, USERS_FILE_MODE, UserId, UsersError, UsersFile, add_user,
 };

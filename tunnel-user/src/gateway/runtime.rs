@@ -1,0 +1,831 @@
+//! The running gateway: the TLS listener and one task per connection, the TUN device and the
+//! ESP socket with a reader thread each, the session table tying them together, and graceful
+//! shutdown. docs/gateway.md draws the data flow.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::broadcast,
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info, info_span, warn};
+use tunnel_proto::{
+    AuthRejection, Config, EspInput, EspSettings, FatalErrorKind, Server, ServerConfig,
+    ServerEvent, Transmit, peek_spi,
+};
+
+use super::{
+    AddressPool, EspCipher, GatewayConfig, Lease, LoginLimiter, RateLimitPolicy, UsersFile,
+    Verdict,
+    table::{Resumable, Session, SessionTable},
+    tls::{self, TlsSetupError},
+};
+use crate::{
+    datapath::ifindex,
+    netconf::{NetconfError, Netlink, sysctl},
+    tun::Tun,
+};
+
+/// Why the gateway could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("users file: {0}")]
+    Users(#[from] super::UsersError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("configuring the TUN device: {0}")]
+    Netconf(#[from] NetconfError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> GatewayError {
+    let what = what.into();
+    move |source| GatewayError::Io { what, source }
+}
+
+/// What every task and thread shares.
+struct Ctx {
+    config: GatewayConfig,
+    pool: Mutex<AddressPool>,
+    limiter: Mutex<LoginLimiter>,
+    table: SessionTable,
+    tun: Tun,
+    udp: Option<UdpSocket>,
+    next_id: AtomicU64,
+    stop: AtomicBool,
+    /// Packets dropped because no session owns their destination, or spoofed sources.
+    dropped: AtomicU64,
+}
+
+/// A gateway bound to its sockets and TUN device, ready to [`run`](Gateway::run).
+pub struct Gateway {
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl Gateway {
+    /// Sets everything up: TLS, the users file (checked once here), the TUN device with the
+    /// gateway's tunnel addresses, forwarding, the TCP listener and the ESP socket.
+    pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        let tls = tls::server_config(&config.tls)?;
+        let users = UsersFile::load(&config.auth.users_file)?;
+        info!(users = users.len(), "users file loaded");
+        let tun = Tun::create(&config.tun_name)
+            .map_err(io_err(format!("creating TUN {}", config.tun_name)))?;
+        configure_tun(&config, &tun)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(io_err(format!("listening on {}", config.listen)))?;
+        let udp = if config.esp.enabled {
+            let at = SocketAddr::new(config.listen.ip(), config.esp.port);
+            let sock = UdpSocket::bind(at).map_err(io_err(format!("ESP socket on {at}")))?;
+            Some(sock)
+        } else {
+            None
+        };
+        let pool = AddressPool::from_config(&config.pool).map_err(|e| GatewayError::Io {
+            what: "address pool".into(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let ctx = Arc::new(Ctx {
+            pool: Mutex::new(pool),
+            limiter: Mutex::new(LoginLimiter::new(RateLimitPolicy::default())),
+            table: SessionTable::default(),
+            tun,
+            udp,
+            next_id: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            config,
+        });
+        Ok(Gateway {
+            ctx,
+            listener,
+            acceptor: TlsAcceptor::from(tls),
+        })
+    }
+
+    /// The address the TLS listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then sends every client the session-terminated frame
+    /// and waits for the sessions to close.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), GatewayError> {
+        let Gateway {
+            ctx,
+            listener,
+            acceptor,
+        } = self;
+        let threads = start_data_plane(&ctx)?;
+        let (stop_tx, _) = broadcast::channel::<()>(1);
+        let mut tasks = tokio::task::JoinSet::new();
+        let janitor = tokio::spawn(expire_parked(ctx.clone(), stop_tx.subscribe()));
+        tokio::pin!(shutdown);
+        info!(listen = %listener.local_addr().map_err(io_err("listener address"))?, "gateway running");
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (conn, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                    };
+                    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+                    let span = info_span!("session", id, %peer);
+                    tasks.spawn(serve(ctx.clone(), acceptor.clone(), conn, peer, id, stop_tx.subscribe()).instrument(span));
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        info!(
+            sessions = ctx.table.live_count(),
+            "shutting down: terminating sessions"
+        );
+        let _ = stop_tx.send(());
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = tasks.join_next() => if next.is_none() { break },
+                _ = &mut deadline => { warn!("sessions did not close in time"); tasks.abort_all(); break }
+            }
+        }
+        janitor.abort();
+        ctx.stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        info!(
+            dropped = ctx.dropped.load(Ordering::Relaxed),
+            "gateway stopped"
+        );
+        Ok(())
+    }
+}
+
+/// Brings the TUN device up with the MTU and the gateway's addresses (whose prefixes route
+/// the pools to it), and turns on forwarding.
+fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> {
+    let index = ifindex(tun.name()).map_err(|e| GatewayError::Io {
+        what: format!("TUN {}", tun.name()),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let mut nl = Netlink::open()?;
+    nl.link_up(index, Some(u32::from(config.mtu)))?;
+    nl.addr_add(
+        index,
+        IpAddr::V4(config.pool.gateway_ipv4),
+        config.pool.ipv4.prefix_len(),
+    )?;
+    if let (Some(net), Some(gw)) = (config.pool.ipv6, config.pool.gateway_ipv6) {
+        nl.addr_add(index, IpAddr::V6(gw), net.prefix_len())?;
+    }
+    sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IPv4 forwarding"))?;
+    if config.pool.ipv6.is_some() {
+        sysctl("net/ipv6/conf/all/forwarding", "1").map_err(io_err("enabling IPv6 forwarding"))?;
+    }
+    Ok(())
+}
+
+/// Source and destination of an IP packet.
+fn ip_endpoints(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some((
+            IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15])),
+            IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19])),
+        )),
+        6 if p.len() >= 40 => {
+            let a =
+                |r: std::ops::Range<usize>| <[u8; 16]>::try_from(&p[r]).ok().map(Ipv6Addr::from);
+            Some((IpAddr::V6(a(8..24)?), IpAddr::V6(a(24..40)?)))
+        }
+        _ => None,
+    }
+}
+
+fn readable(fd: i32, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// Largest datagram or packet handled.
+const BUF: usize = 65_536;
+
+fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError> {
+    let mut threads = Vec::new();
+    let c = ctx.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("gw-tun".into())
+            .spawn(move || tun_reader(&c))
+            .map_err(io_err("starting the TUN reader"))?,
+    );
+    if ctx.udp.is_some() {
+        let c = ctx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("gw-esp".into())
+                .spawn(move || esp_reader(&c))
+                .map_err(io_err("starting the ESP reader"))?,
+        );
+    }
+    Ok(threads)
+}
+
+/// Packets from the corp side: to the session that owns the destination, over ESP or TLS.
+fn tun_reader(ctx: &Ctx) {
+    let mut buf = vec![0u8; BUF];
+    let mut esp = vec![0u8; BUF + tunnel_proto::MAX_OVERHEAD];
+    let fd = std::os::fd::AsFd::as_fd(&ctx.tun).as_raw_fd();
+    while !ctx.stop.load(Ordering::Relaxed) {
+        if !readable(fd, Duration::from_millis(100)) {
+            continue;
+        }
+        let Ok(n) = ctx.tun.recv(&mut buf) else {
+            continue;
+        };
+        let packet = &buf[..n];
+        let Some((_, dst)) = ip_endpoints(packet) else {
+            continue;
+        };
+        let Some(session) = ctx.table.by_addr(dst) else {
+            ctx.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let sent = match session.proto.lock() {
+            Ok(mut p) => p.send_packet(packet, Instant::now(), &mut esp),
+            Err(_) => continue,
+        };
+        match sent {
+            Ok(Transmit::Esp(len)) => {
+                let peer = session.esp_peer.lock().ok().and_then(|p| *p);
+                if let (Some(peer), Some(udp)) = (peer, &ctx.udp) {
+                    let _ = udp.send_to(&esp[..len], peer);
+                }
+            }
+            Ok(Transmit::Tls) => session.wake.notify_one(),
+            Err(e) => debug!(session = session.id, error = %e, "packet to client dropped"),
+        }
+    }
+}
+
+/// ESP datagrams from clients: decrypt, check the source, write to the TUN device.
+fn esp_reader(ctx: &Ctx) {
+    let Some(udp) = &ctx.udp else { return };
+    let mut buf = vec![0u8; BUF];
+    let mut reply = vec![0u8; 512];
+    while !ctx.stop.load(Ordering::Relaxed) {
+        if !readable(udp.as_raw_fd(), Duration::from_millis(100)) {
+            continue;
+        }
+        let Ok((n, from)) = udp.recv_from(&mut buf) else {
+            continue;
+        };
+        let Some(session) = peek_spi(&buf[..n]).and_then(|spi| ctx.table.by_spi(spi)) else {
+            ctx.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let Ok(mut proto) = session.proto.lock() else {
+            continue;
+        };
+        match proto.handle_esp(&mut buf[..n], Instant::now(), &mut reply) {
+            Ok(input) => {
+                // Authenticated: this is where the client's ESP comes from now.
+                if let Ok(mut p) = session.esp_peer.lock() {
+                    *p = Some(from);
+                }
+                match input {
+                    EspInput::Packet(p) => forward_from_client(ctx, &session, p),
+                    EspInput::ProbeReply(len) => {
+                        let _ = udp.send_to(&reply[..len], from);
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => debug!(session = session.id, error = %e, "ESP datagram dropped"),
+        }
+    }
+}
+
+/// Writes a packet a client sent into the TUN device if its source belongs to the client.
+fn forward_from_client(ctx: &Ctx, session: &Session, packet: &[u8]) {
+    match ip_endpoints(packet) {
+        Some((src, _)) if session.owns(src) => {
+            let _ = ctx.tun.send(packet);
+        }
+        other => {
+            ctx.dropped.fetch_add(1, Ordering::Relaxed);
+            debug!(session = session.id, src = ?other.map(|(s, _)| s), "spoofed source dropped");
+        }
+    }
+}
+
+/// Releases the addresses of parked sessions nobody resumed.
+async fn expire_parked(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = stop.recv() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        for (_, r) in ctx.table.expire_parked(Instant::now()) {
+            if let Ok(mut pool) = ctx.pool.lock() {
+                pool.release(&r.lease);
+            }
+            info!(user = %r.user, "parked session expired, address released");
+        }
+    }
+}
+
+fn new_cookie() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The configuration pushed to a client holding `lease`.
+fn client_config(cfg: &GatewayConfig, lease: &Lease) -> Config {
+    let mut c = Config {
+        ipv4_address: Some(lease.ipv4),
+        ipv4_netmask: Some(cfg.pool.ipv4.netmask()),
+        dns: cfg.dns.clone(),
+        search_domains: cfg.search_domains.clone(),
+        mtu: Some(u32::from(cfg.mtu)),
+        internal_gateway: Some(cfg.pool.gateway_ipv4),
+        ..Config::default()
+    };
+    if let (Some(a), Some(net)) = (lease.ipv6, cfg.pool.ipv6) {
+        c.ipv6_address = tunnel_proto::Ipv6Net::new(a, net.prefix_len()).ok();
+    }
+    let v4 = |n: &ipnet::IpNet| match n {
+        ipnet::IpNet::V4(n) => tunnel_proto::Ipv4Net::new(n.network(), n.prefix_len()).ok(),
+        ipnet::IpNet::V6(_) => None,
+    };
+    let v6 = |n: &ipnet::IpNet| match n {
+        ipnet::IpNet::V6(n) => tunnel_proto::Ipv6Net::new(n.network(), n.prefix_len()).ok(),
+        ipnet::IpNet::V4(_) => None,
+    };
+    c.include_v4 = cfg.routes.include.iter().filter_map(v4).collect();
+    c.exclude_v4 = cfg.routes.exclude.iter().filter_map(v4).collect();
+    c.include_v6 = cfg.routes.include.iter().filter_map(v6).collect();
+    c.exclude_v6 = cfg.routes.exclude.iter().filter_map(v6).collect();
+    if c.include_v4.is_empty() && c.include_v6.is_empty() {
+        // No split tunnel configured: everything goes through the tunnel.
+        c.include_v4 = tunnel_proto::Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0)
+            .into_iter()
+            .collect();
+        if cfg.pool.ipv6.is_some() {
+            c.include_v6 = tunnel_proto::Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 0)
+                .into_iter()
+                .collect();
+        }
+    }
+    if cfg.esp.enabled
+        && let Some(cipher) = cfg.esp.ciphers.first()
+    {
+        // Wire codes: 0x4010 cipher 2 AES-128-CBC / 5 AES-256-CBC; 0x4011 HMAC 2 SHA1 / 3 SHA256.
+        let (enc, mac) = match cipher {
+            EspCipher::Aes128Sha1 => (2, 2),
+            EspCipher::Aes256Sha1 => (5, 2),
+            EspCipher::Aes128Sha256 => (2, 3),
+            EspCipher::Aes256Sha256 => (5, 3),
+        };
+        let secs = |d: Option<Duration>| d.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        c.esp = EspSettings {
+            cipher: Some(enc),
+            hmac: Some(mac),
+            lifetime_seconds: secs(Some(cfg.esp.key_lifetime)),
+            lifetime_bytes: cfg.esp.key_lifetime_bytes.map(|b| b.get()),
+            replay_protection: Some(true),
+            port: Some(cfg.esp.port),
+            fallback_seconds: secs(cfg.esp.fallback),
+            ..EspSettings::default()
+        };
+    }
+    c
+}
+
+/// How a connection's session ended, for the address bookkeeping.
+enum Ending {
+    /// Never authenticated: nothing to release.
+    Unauthenticated,
+    /// Logged out, timed out, rejected or terminated: release the address.
+    Finished,
+    /// The connection dropped: keep the session resumable.
+    Dropped,
+    /// Another connection resumed the session: it owns the address now.
+    Superseded,
+}
+
+/// One connection's state while it is served.
+struct Conn {
+    peer: SocketAddr,
+    id: u64,
+    /// The subject name of a verified client certificate.
+    cert_user: Option<String>,
+    /// The state machine until the session is established; afterwards it lives in `session`.
+    pending: Option<Server>,
+    session: Option<Arc<Session>>,
+    /// A session being resumed with its cookie, between ResumeRequested and Authenticated.
+    resuming: Option<Resumable>,
+    known_spi: Option<u32>,
+}
+
+impl Conn {
+    /// Runs `f` on the state machine wherever it lives now.
+    fn with_proto<T>(&mut self, f: impl FnOnce(&mut Server) -> T) -> Option<T> {
+        match (&mut self.pending, &self.session) {
+            (Some(p), _) => Some(f(p)),
+            (None, Some(s)) => s.proto.lock().ok().map(|mut g| f(&mut g)),
+            (None, None) => None,
+        }
+    }
+
+    /// Bytes the state machine wants sent.
+    fn take_tls(&mut self) -> Vec<u8> {
+        self.with_proto(|p| {
+            let out = p.pending_tls().to_vec();
+            p.consume_tls(out.len());
+            out
+        })
+        .unwrap_or_default()
+    }
+
+    fn dropped(&self) -> Ending {
+        if self.session.is_some() {
+            Ending::Dropped
+        } else {
+            Ending::Unauthenticated
+        }
+    }
+}
+
+/// One TLS connection, from handshake to close.
+async fn serve(
+    ctx: Arc<Ctx>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let tls = match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+        Err(_) => return debug!("TLS handshake timed out"),
+    };
+    let cert_user = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(tls::client_name);
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let cfg = &ctx.config;
+    let proto = Server::new(
+        ServerConfig {
+            realms: cfg.auth.realms.clone(),
+            idle_timeout: cfg.idle_timeout,
+            session_lifetime: Some(cfg.session_lifetime),
+            ..ServerConfig::default()
+        },
+        Instant::now(),
+    );
+    let mut conn = Conn {
+        peer,
+        id,
+        cert_user,
+        pending: Some(proto),
+        session: None,
+        resuming: None,
+        known_spi: None,
+    };
+    let mut buf = vec![0u8; 65_536];
+    let ending = 'conn: loop {
+        // Drain what the state machine has to send and to say.
+        let Some((out, events, next_timer)) = conn.with_proto(|p| {
+            let out = p.pending_tls().to_vec();
+            p.consume_tls(out.len());
+            let events: Vec<ServerEvent> = std::iter::from_fn(|| p.poll_event()).collect();
+            (out, events, p.next_timer())
+        }) else {
+            break conn.dropped();
+        };
+        if let Some(s) = &conn.session
+            && let Some(spi) = s.proto.lock().ok().and_then(|p| p.esp_spi())
+            && conn.known_spi != Some(spi)
+        {
+            ctx.table.index_spi(spi, s);
+            conn.known_spi = Some(spi);
+        }
+        if write_frames(&mut wr, &out).await.is_err() {
+            break conn.dropped();
+        }
+        let progressed = !events.is_empty();
+        for event in events {
+            if let Some(ending) = handle_event(&ctx, &mut conn, event).await {
+                // Flush the final frames before closing.
+                let out = conn.take_tls();
+                let _ = write_frames(&mut wr, &out).await;
+                let _ = wr.shutdown().await;
+                break 'conn ending;
+            }
+        }
+        if progressed {
+            continue;
+        }
+        if conn
+            .session
+            .as_ref()
+            .is_some_and(|s| s.superseded.load(Ordering::Relaxed))
+        {
+            break Ending::Superseded;
+        }
+        let timer = async {
+            match next_timer {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let session = conn.session.clone();
+        let wake = async {
+            match &session {
+                Some(s) => s.wake.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = rd.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) | Err(_) => break conn.dropped(),
+                    Ok(n) => n,
+                };
+                let result = conn.with_proto(|p| p.handle_tls_bytes(&buf[..n], Instant::now()));
+                if let Some(Err(e)) = result {
+                    // The state machine queued what it has to say, and a Closed event.
+                    debug!(error = %e, "protocol error");
+                }
+            }
+            _ = wake => {}
+            _ = timer => {
+                let _ = conn.with_proto(|p| p.poll_timers(Instant::now()));
+            }
+            _ = stop.recv() => {
+                let _ = conn.with_proto(|p| {
+                    p.terminate(FatalErrorKind::SessionTerminated, "The gateway is shutting down")
+                });
+                let out = conn.take_tls();
+                let _ = write_frames(&mut wr, &out).await;
+                let _ = wr.shutdown().await;
+                break Ending::Finished;
+            }
+        }
+    };
+    finish(&ctx, conn.session, ending);
+}
+
+/// Writes queued TLS bytes one IF-T frame per write, so each frame travels in TLS records of
+/// its own: openconnect reads one record at a time and expects it to hold exactly one frame
+/// while it receives the configuration. (An HTTP response at the start goes out whole.)
+async fn write_frames<W: AsyncWriteExt + Unpin>(wr: &mut W, mut out: &[u8]) -> io::Result<()> {
+    if out.starts_with(b"HTTP/") {
+        let end = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(out.len(), |p| p + 4);
+        wr.write_all(&out[..end]).await?;
+        out = &out[end..];
+    }
+    while !out.is_empty() {
+        let len = out
+            .get(8..12)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .filter(|&l| l >= tunnel_proto::HEADER_LEN && l <= out.len())
+            .unwrap_or(out.len());
+        wr.write_all(&out[..len]).await?;
+        out = &out[len..];
+    }
+    wr.flush().await
+}
+
+/// Acts on one event; Some(ending) ends the connection.
+async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Option<Ending> {
+    let now = Instant::now();
+    match event {
+        ServerEvent::Upgraded(_) => debug!("IF-T upgrade accepted"),
+        ServerEvent::ClientInfo(info) => debug!(?info, "client info"),
+        ServerEvent::ResumeRequested { cookie } => {
+            conn.resuming = ctx.table.unpark(&cookie, now).or_else(|| {
+                // The old connection may still be up (the client reconnected before the gateway
+                // noticed the loss): take its session over.
+                let live = ctx.table.live_by_cookie(&cookie)?;
+                live.superseded.store(true, Ordering::Relaxed);
+                live.wake.notify_one();
+                ctx.table.remove(&live);
+                Some(Resumable {
+                    user: live.user.clone(),
+                    realm: live.realm.clone(),
+                    lease: live.lease,
+                    expires: now + ctx.config.session_lifetime,
+                })
+            });
+            let p = conn.pending.as_mut()?;
+            if conn.resuming.is_some() {
+                let _ = p.accept(&cookie);
+            } else {
+                info!("unknown or expired cookie: asking for credentials");
+                let _ = p.reject(AuthRejection::Retry);
+            }
+        }
+        ServerEvent::Authenticate {
+            realm,
+            username,
+            password,
+        } => {
+            let realm = realm
+                .or_else(|| ctx.config.auth.realms.first().cloned())
+                .unwrap_or_default();
+            let peer = conn.peer;
+            let refused = ctx
+                .limiter
+                .lock()
+                .ok()
+                .and_then(|l| match l.check(peer.ip(), now) {
+                    Verdict::Refuse { retry_after } => Some(retry_after),
+                    Verdict::Allow => None,
+                });
+            if let Some(retry_after) = refused {
+                warn!(%peer, "login refused: too many failed attempts from this source");
+                let message = format!(
+                    "Too many failed logins. Try again in {} seconds.",
+                    retry_after.as_secs().max(1)
+                );
+                let _ = conn
+                    .pending
+                    .as_mut()?
+                    .reject(AuthRejection::Failure(message));
+                return None;
+            }
+            let ok = if conn.cert_user.as_deref() == Some(username.as_str()) {
+                info!(user = %username, "authenticated by client certificate");
+                true
+            } else {
+                let path = ctx.config.auth.users_file.clone();
+                let (r, u) = (realm.clone(), username.clone());
+                // The users file is read again for every login, so `adduser` takes effect
+                // without a restart; argon2 is slow on purpose, so it runs off the async threads.
+                let verdict = tokio::task::spawn_blocking(move || {
+                    let users = UsersFile::load(&path).map_err(|e| e.to_string())?;
+                    users
+                        .verify(&r, &u, password.expose().as_bytes())
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                match verdict {
+                    Ok(_) => true,
+                    Err(e) => {
+                        warn!(%peer, %realm, error = %e, "login failed");
+                        false
+                    }
+                }
+            };
+            let p = conn.pending.as_mut()?;
+            if ok {
+                let _ = p.accept(&new_cookie());
+            } else {
+                if let Ok(mut limiter) = ctx.limiter.lock() {
+                    limiter.record_failure(peer.ip(), now);
+                }
+                let _ = p.reject(AuthRejection::Retry);
+            }
+        }
+        ServerEvent::Authenticated {
+            username,
+            realm,
+            cookie,
+            resumed,
+        } => {
+            let (user, realm, lease) = match conn.resuming.take() {
+                Some(r) if resumed => (r.user, r.realm, r.lease),
+                _ => {
+                    let lease = match ctx.pool.lock().map(|mut p| p.allocate()) {
+                        Ok(Ok(lease)) => lease,
+                        _ => {
+                            warn!("address pool exhausted");
+                            let _ = conn.with_proto(|p| {
+                                p.terminate(
+                                    FatalErrorKind::SessionTerminated,
+                                    "No address available",
+                                )
+                            });
+                            return Some(Ending::Unauthenticated);
+                        }
+                    };
+                    (
+                        username.unwrap_or_default(),
+                        realm.unwrap_or_default(),
+                        lease,
+                    )
+                }
+            };
+            let mut proto = conn.pending.take()?;
+            let config = client_config(&ctx.config, &lease);
+            if let Err(e) = proto.send_config(&config, now) {
+                warn!(error = %e, "sending the configuration failed");
+                if let Ok(mut pool) = ctx.pool.lock() {
+                    pool.release(&lease);
+                }
+                conn.pending = Some(proto);
+                return Some(Ending::Unauthenticated);
+            }
+            info!(%user, %realm, ipv4 = %lease.ipv4, ipv6 = ?lease.ipv6, resumed, "session established");
+            let s = Arc::new(Session {
+                id: conn.id,
+                peer: conn.peer,
+                user,
+                realm,
+                cookie,
+                lease,
+                proto: Mutex::new(proto),
+                esp_peer: Mutex::new(None),
+                wake: tokio::sync::Notify::new(),
+                superseded: AtomicBool::new(false),
+            });
+            ctx.table.insert(&s);
+            conn.session = Some(s);
+        }
+        ServerEvent::EspKeysInstalled => debug!("client ESP keys installed"),
+        ServerEvent::Packet(p) => {
+            if let Some(s) = &conn.session {
+                forward_from_client(ctx, s, &p);
+            }
+        }
+        ServerEvent::Closed(reason) => {
+            info!(?reason, "session closed");
+            return Some(if conn.session.is_some() {
+                Ending::Finished
+            } else {
+                Ending::Unauthenticated
+            });
+        }
+        other => debug!(?other, "event"),
+    }
+    None
+}
+
+/// Bookkeeping when a connection ends.
+fn finish(ctx: &Ctx, session: Option<Arc<Session>>, ending: Ending) {
+    let Some(s) = session else { return };
+    ctx.table.remove(&s);
+    match ending {
+        Ending::Finished | Ending::Unauthenticated => {
+            if let Ok(mut pool) = ctx.pool.lock() {
+                pool.release(&s.lease);
+            }
+            info!(user = %s.user, peer = %s.peer, ipv4 = %s.lease.ipv4, "session ended, address released");
+        }
+        Ending::Dropped => {
+            let expires = Instant::now()
+                + ctx
+                    .config
+                    .idle_timeout
+                    .unwrap_or(ctx.config.session_lifetime);
+            info!(user = %s.user, "connection lost; session resumable with its cookie");
+            ctx.table.park(
+                s.cookie.clone(),
+                Resumable {
+                    user: s.user.clone(),
+                    realm: s.realm.clone(),
+                    lease: s.lease,
+                    expires,
+                },
+            );
+        }
+        Ending::Superseded => info!(user = %s.user, "session taken over by a new connection"),
+    }
+}
