@@ -182,6 +182,10 @@ struct ServerEsp {
     last_rx: Option<Instant>,
     fallback: Option<Duration>,
     lifetime: Option<Duration>,
+    /// Next header of a probe that arrived before the client's keys: the client sends its
+    /// keys over TLS and starts probing over UDP at once, so its first probe can overtake its
+    /// keys. The reply goes out as soon as the keys are installed ([`Server::poll_esp_transmit`]).
+    unanswered_probe: Option<u8>,
 }
 
 /// The gateway state machine for one client connection.
@@ -643,6 +647,7 @@ impl Server {
                 last_rx: None,
                 fallback: secs(config.esp.fallback_seconds),
                 lifetime: secs(config.esp.lifetime_seconds),
+                unanswered_probe: None,
             });
         }
         self.out.send(&Message::EndOfConfig)?;
@@ -667,6 +672,25 @@ impl Server {
             self.events.push_back(ServerEvent::EspKeysInstalled);
         }
         Ok(())
+    }
+
+    /// The reply to a probe that arrived before the client's ESP keys, once the keys are
+    /// there: an ESP datagram written into `out` (its length returned), to be sent to where
+    /// that probe came from. None when there is nothing to send.
+    pub fn poll_esp_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, SessionError> {
+        let Some(esp) = &mut self.esp else {
+            return Ok(None);
+        };
+        let (Some(next_header), Some(sa)) = (esp.unanswered_probe, esp.pair.outbound.as_mut())
+        else {
+            return Ok(None);
+        };
+        esp.unanswered_probe = None;
+        match sa.encapsulate_probe(next_header, out, &mut *self.rng) {
+            Ok(n) => Ok(Some(n)),
+            Err(EspError::SequenceExhausted) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sends new ESP keys (the client answers with its own); the old inbound SA stays valid
@@ -752,7 +776,10 @@ impl Server {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                None => EspInput::Probe,
+                None => {
+                    esp.unanswered_probe = Some(payload.next_header);
+                    EspInput::Probe
+                }
             });
         }
         self.last_activity = now;

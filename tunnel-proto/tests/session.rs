@@ -434,6 +434,62 @@ fn data_frames_both_ways_over_tls() {
     assert_eq!(h.take_client_events(), [ClientEvent::Packet(down)]);
 }
 
+/// The client sends its ESP keys over TLS and probes over UDP at once; the first probe can
+/// reach the gateway before the keys. The gateway answers it once the keys are in.
+#[test]
+fn a_probe_that_overtakes_the_client_keys_is_answered_when_they_arrive() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.login_until_decision(None, "alice", "correct horse");
+    h.server.accept("DSID-1").expect("accept");
+    h.pump();
+    h.server
+        .send_config(&tunnel_config(true), h.now)
+        .expect("config");
+    // Deliver the server's config to the client only; hold the client's answer (its keys).
+    let s2c = h.server.pending_tls().to_vec();
+    h.server.consume_tls(s2c.len());
+    h.client
+        .handle_tls_bytes(&s2c, h.now)
+        .expect("client takes the config");
+    let mut udp = [0u8; 2048];
+    let mut reply = [0u8; 2048];
+    let n = h
+        .client
+        .poll_timers(h.now, &mut udp)
+        .expect("timers")
+        .expect("first probe");
+    let got = h
+        .server
+        .handle_esp(&mut udp[..n], h.now, &mut reply)
+        .expect("server esp");
+    assert_eq!(
+        got,
+        EspInput::Probe,
+        "no client keys yet: nothing to answer with"
+    );
+    assert_eq!(
+        h.server.poll_esp_transmit(&mut reply),
+        Ok(None),
+        "still no keys"
+    );
+    h.pump();
+    let m = h
+        .server
+        .poll_esp_transmit(&mut reply)
+        .expect("esp transmit")
+        .expect("the held probe is answered once the keys are in");
+    assert_eq!(
+        h.client.handle_esp(&mut reply[..m], h.now),
+        Ok(EspInput::Probe)
+    );
+    assert!(h.client.esp_up());
+    assert_eq!(
+        h.server.poll_esp_transmit(&mut reply),
+        Ok(None),
+        "answered once"
+    );
+}
+
 #[test]
 fn esp_probe_handshake_then_data_both_ways() {
     let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());

@@ -307,8 +307,10 @@ fn esp_reader(ctx: &Ctx) {
         let Ok((n, from)) = udp.recv_from(&mut buf) else {
             continue;
         };
-        let Some(session) = peek_spi(&buf[..n]).and_then(|spi| ctx.table.by_spi(spi)) else {
+        let spi = peek_spi(&buf[..n]);
+        let Some(session) = spi.and_then(|spi| ctx.table.by_spi(spi)) else {
             ctx.dropped.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, spi = ?spi.map(|s| format!("{s:#010x}")), "ESP datagram for no session");
             continue;
         };
         let Ok(mut proto) = session.proto.lock() else {
@@ -535,12 +537,8 @@ async fn serve(
         }) else {
             break conn.dropped();
         };
-        if let Some(s) = &conn.session
-            && let Some(spi) = s.proto.lock().ok().and_then(|p| p.esp_spi())
-            && conn.known_spi != Some(spi)
-        {
-            ctx.table.index_spi(spi, s);
-            conn.known_spi = Some(spi);
+        if let Some(s) = &conn.session {
+            esp_housekeeping(&ctx, s, &mut conn.known_spi);
         }
         if write_frames(&mut wr, &out).await.is_err() {
             break conn.dropped();
@@ -606,6 +604,34 @@ async fn serve(
         }
     };
     finish(&ctx, conn.session, ending);
+}
+
+/// After the state machine ran: index a new inbound SPI, and send the answer to a probe that
+/// arrived before the client's ESP keys (now that they are in).
+fn esp_housekeeping(ctx: &Ctx, s: &Arc<Session>, known_spi: &mut Option<u32>) {
+    let mut out = [0u8; 256];
+    let (spi, probe) = match s.proto.lock() {
+        Ok(mut p) => (p.esp_spi(), p.poll_esp_transmit(&mut out)),
+        Err(_) => return,
+    };
+    if let Some(spi) = spi
+        && *known_spi != Some(spi)
+    {
+        ctx.table.index_spi(spi, s);
+        *known_spi = Some(spi);
+        debug!(spi = format!("{spi:#010x}"), "ESP SPI indexed");
+    }
+    match probe {
+        Ok(Some(n)) => {
+            let peer = s.esp_peer.lock().ok().and_then(|p| *p);
+            if let (Some(peer), Some(udp)) = (peer, &ctx.udp) {
+                let _ = udp.send_to(&out[..n], peer);
+                debug!(%peer, "answered a probe that arrived before the client's ESP keys");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => debug!(error = %e, "probe answer failed"),
+    }
 }
 
 /// Writes queued TLS bytes one IF-T frame per write, so each frame travels in TLS records of
