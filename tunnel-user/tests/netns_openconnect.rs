@@ -126,6 +126,24 @@ fn build_world(tag: &str) -> World {
     fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
     let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
     let pin = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki));
+    // A client CA and a certificate for alice, for certificate logins.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tunnel test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let alice_key = rcgen::KeyPair::generate().unwrap();
+    let mut alice = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    alice
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "alice");
+    let alice_cert = alice.signed_by(&alice_key, &ca_issuer).unwrap();
+    fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    fs::write(dir.join("alice.pem"), alice_cert.pem()).unwrap();
+    fs::write(dir.join("alice.key"), alice_key.serialize_pem()).unwrap();
     tunnel_user::gateway::add_user(
         &dir.join("users"),
         "alice",
@@ -182,6 +200,7 @@ tun_name = "tgw0"
 [tls]
 certificate = "cert.pem"
 key = "key.pem"
+client_ca = "ca.pem"
 
 [auth]
 users_file = "users"
@@ -224,6 +243,11 @@ fn gateway_log(w: &World) -> String {
 }
 
 fn start_openconnect(w: &World, password: &str, extra: &[&str], log_name: &str) -> Proc {
+    openconnect(w, password, extra, log_name, true)
+}
+
+/// openconnect with `--user alice` (unless `user` is false) and `stdin_text` on stdin.
+fn openconnect(w: &World, stdin_text: &str, extra: &[&str], log_name: &str, user: bool) -> Proc {
     let log = fs::File::create(w.dir.join(log_name)).unwrap();
     let mut child = w
         .client
@@ -250,7 +274,7 @@ fn start_openconnect(w: &World, password: &str, extra: &[&str], log_name: &str) 
         .stdin
         .take()
         .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
+        .write_all(format!("{stdin_text}\n").as_bytes())
         .unwrap();
     Proc {
         child,
@@ -473,4 +497,113 @@ fn an_idle_session_times_out_on_schedule() {
     assert!(log.contains("IdleTimeout"), "{log}");
     assert!(log.contains("address released"), "{log}");
     oc.stop();
+}
+
+/// Waits for a child to exit and returns its status.
+fn exit_status(p: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(s)) = p.child.try_wait() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not exit within {within:?}",
+            p.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cookie_resume_certificate_login_and_graceful_shutdown() {
+    if !root() {
+        return;
+    }
+    let w = build_world("r");
+    let mut gw = start_gateway(&w, 600);
+
+    // `--authenticate` logs in, prints the DSID cookie and drops the connection; the gateway
+    // keeps the session resumable, and a second openconnect resumes it with the cookie alone.
+    let mut auth = openconnect(
+        &w,
+        "correct horse",
+        &["--authenticate"],
+        "oc-auth.log",
+        true,
+    );
+    assert!(
+        exit_status(&mut auth, Duration::from_secs(20)).success(),
+        "{}",
+        oc_log(&w, "oc-auth.log")
+    );
+    let printed = oc_log(&w, "oc-auth.log");
+    let cookie = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("COOKIE="))
+        .map(|c| c.trim_matches('\'').to_string())
+        .unwrap_or_else(|| panic!("openconnect printed a cookie: {printed}"));
+    wait_for(
+        "the dropped login to be parked",
+        Duration::from_secs(5),
+        || gateway_log(&w).contains("resumable with its cookie"),
+    );
+    let mut resumed = openconnect(&w, "", &[&format!("--cookie={cookie}")], "oc-resume.log", false);
+    wait_for(
+        "the vpnc-script connect call",
+        Duration::from_secs(20),
+        || script_ran(&w),
+    );
+    w.client
+        .sh(&format!("ping -c 2 -W 2 {CORP}"))
+        .expect("ping through the resumed session");
+    let log = gateway_log(&w);
+    assert!(
+        log.contains("resumed=true"),
+        "the gateway resumed the session: {log}"
+    );
+    assert_eq!(
+        log.matches("address released").count(),
+        0,
+        "the address stayed with the session"
+    );
+    resumed.stop();
+    let _ = fs::remove_file(w.dir.join("env-connect"));
+
+    // A client certificate from the configured CA logs alice in; the password is not checked.
+    let mut cert = start_openconnect(
+        &w,
+        "not her password",
+        &[
+            "--certificate",
+            &w.dir.join("alice.pem").display().to_string(),
+            "--sslkey",
+            &w.dir.join("alice.key").display().to_string(),
+        ],
+        "oc-cert.log",
+    );
+    wait_for(
+        "the vpnc-script connect call",
+        Duration::from_secs(20),
+        || script_ran(&w),
+    );
+    assert!(gateway_log(&w).contains("authenticated by client certificate"));
+    w.client
+        .sh(&format!("ping -c 1 -W 2 {CORP}"))
+        .expect("ping with a certificate login");
+
+    // SIGTERM: the gateway tells the client the session is over, then exits.
+    gw.stop();
+    let status = exit_status(&mut cert, Duration::from_secs(10));
+    assert!(
+        !status.success(),
+        "openconnect ends when its session is terminated"
+    );
+    let said = oc_log(&w, "oc-cert.log");
+    assert!(
+        said.contains("shutting down"),
+        "the client heard why: {said}"
+    );
+    let log = gateway_log(&w);
+    assert!(log.contains("gateway stopped"), "{log}");
 }
