@@ -252,13 +252,12 @@ fn openconnect(w: &World, stdin_text: &str, extra: &[&str], log_name: &str, user
     let mut child = w
         .client
         .command("openconnect")
-        .args([
-            "--protocol=pulse",
-            "--user",
-            "alice",
-            "--passwd-on-stdin",
-            "--non-inter",
-        ])
+        .args(["--protocol=pulse", "--non-inter"])
+        .args(if user {
+            &["--user", "alice", "--passwd-on-stdin"][..]
+        } else {
+            &[][..]
+        })
         .arg(format!("--servercert=pin-sha256:{}", w.pin))
         .arg("--script")
         .arg(w.dir.join("vpnc-script"))
@@ -548,7 +547,13 @@ fn cookie_resume_certificate_login_and_graceful_shutdown() {
         Duration::from_secs(5),
         || gateway_log(&w).contains("resumable with its cookie"),
     );
-    let mut resumed = openconnect(&w, "", &[&format!("--cookie={cookie}")], "oc-resume.log", false);
+    let mut resumed = openconnect(
+        &w,
+        "",
+        &[&format!("--cookie={cookie}")],
+        "oc-resume.log",
+        false,
+    );
     wait_for(
         "the vpnc-script connect call",
         Duration::from_secs(20),
