@@ -1,10 +1,10 @@
 //! tunnel's userspace: the eBPF data path today; the client daemon, CLI and gateway build on it.
 
 pub mod datapath;
+pub mod gateway;
 pub mod netconf;
 pub mod testbed;
 pub mod tun;
-pub mod gateway;
 
 pub use datapath::{Datapath, DatapathError, Policy};
 
