@@ -3,6 +3,7 @@
 pub mod datapath;
 pub mod gateway;
 pub mod netconf;
+pub mod packet_io;
 pub mod testbed;
 pub mod tun;
 

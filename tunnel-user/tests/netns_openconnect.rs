@@ -155,7 +155,6 @@ fn build_world(tag: &str) -> World {
         dir.join("vpnc-script"),
         format!(
             r#"#!/bin/sh
-env | sort > "{dir}/env-$reason"
 if [ "$reason" = connect ]; then
   # No IPv6 on the tunnel here: the kernel's router solicitations would count as traffic.
   sysctl -qw "net.ipv6.conf.$TUNDEV.disable_ipv6=1"
@@ -168,6 +167,8 @@ if [ "$reason" = connect ]; then
     i=$((i+1))
   done
 fi
+# Recorded last, and atomically: the test reads it as "the tunnel is configured".
+env | sort > "{dir}/env-$reason.tmp" && mv "{dir}/env-$reason.tmp" "{dir}/env-$reason"
 exit 0
 "#,
             dir = dir.display()

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::{
     datapath::ifindex,
+    packet_io::{ip_endpoints, readable},
     netconf::{NetconfError, Netlink, sysctl},
     tun::Tun,
 };
@@ -205,33 +206,6 @@ fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> 
         sysctl("net/ipv6/conf/all/forwarding", "1").map_err(io_err("enabling IPv6 forwarding"))?;
     }
     Ok(())
-}
-
-/// Source and destination of an IP packet.
-fn ip_endpoints(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
-    match p.first()? >> 4 {
-        4 if p.len() >= 20 => Some((
-            IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15])),
-            IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19])),
-        )),
-        6 if p.len() >= 40 => {
-            let a =
-                |r: std::ops::Range<usize>| <[u8; 16]>::try_from(&p[r]).ok().map(Ipv6Addr::from);
-            Some((IpAddr::V6(a(8..24)?), IpAddr::V6(a(24..40)?)))
-        }
-        _ => None,
-    }
-}
-
-fn readable(fd: i32, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-    n > 0 && pfd.revents & libc::POLLIN != 0
 }
 
 /// Largest datagram or packet handled.
