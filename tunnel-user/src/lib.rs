@@ -1,5 +1,6 @@
 //! tunnel's userspace: the eBPF data path today; the client daemon, CLI and gateway build on it.
 
+pub mod client;
 pub mod datapath;
 pub mod gateway;
 pub mod netconf;

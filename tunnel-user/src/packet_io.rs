@@ -8,7 +8,11 @@ use std::{
 
 /// Whether `fd` becomes readable within `timeout`.
 pub fn readable(fd: i32, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd for the duration of the call.
     let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
     n > 0 && pfd.revents & libc::POLLIN != 0
@@ -22,7 +26,8 @@ pub fn ip_endpoints(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
             IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19])),
         )),
         6 if p.len() >= 40 => {
-            let a = |r: std::ops::Range<usize>| <[u8; 16]>::try_from(&p[r]).ok().map(Ipv6Addr::from);
+            let a =
+                |r: std::ops::Range<usize>| <[u8; 16]>::try_from(&p[r]).ok().map(Ipv6Addr::from);
             Some((IpAddr::V6(a(8..24)?), IpAddr::V6(a(24..40)?)))
         }
         _ => None,
@@ -39,12 +44,18 @@ mod tests {
         v4[0] = 0x45;
         v4[12..16].copy_from_slice(&[10, 0, 0, 1]);
         v4[16..20].copy_from_slice(&[10, 0, 0, 2]);
-        assert_eq!(ip_endpoints(&v4), Some(("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap())));
+        assert_eq!(
+            ip_endpoints(&v4),
+            Some(("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()))
+        );
         let mut v6 = [0u8; 40];
         v6[0] = 0x60;
         v6[23] = 1;
         v6[39] = 2;
-        assert_eq!(ip_endpoints(&v6), Some(("::1".parse().unwrap(), "::2".parse().unwrap())));
+        assert_eq!(
+            ip_endpoints(&v6),
+            Some(("::1".parse().unwrap(), "::2".parse().unwrap()))
+        );
         assert_eq!(ip_endpoints(&v4[..19]), None);
         assert_eq!(ip_endpoints(&[]), None);
         assert_eq!(ip_endpoints(&[0x50; 40]), None);

@@ -34,8 +34,8 @@ use super::{
 };
 use crate::{
     datapath::ifindex,
-    packet_io::{ip_endpoints, readable},
     netconf::{NetconfError, Netlink, sysctl},
+    packet_io::{ip_endpoints, readable},
     tun::Tun,
 };
 

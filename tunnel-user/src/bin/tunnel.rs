@@ -1,0 +1,233 @@
+//! `tunnel`: the command line of the client. It asks `tunneld` over the control socket and
+//! exits with the launcher's exit codes (0 success, 1 bad parameter, 2 connect failed,
+//! 4 no such connection, 6 certificate error, 7 timeout, 25 invalid action for the state,
+//! 100 general error, and 255 (-1) when tunneld is not running).
+
+use std::{
+    io::{self, BufRead, IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use tunnel_user::client::control::{self, Credentials, DEFAULT_SOCKET, Request, Response, code};
+
+#[derive(Parser)]
+#[command(name = "tunnel", about = "tunnel VPN client", version)]
+struct Cli {
+    /// tunneld's control socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Connect a stored connection, or a gateway URL.
+    Connect {
+        /// The stored connection's name (or, without --url, a gateway URL).
+        name: Option<String>,
+        /// Gateway URL: https://host[:port][/sign-in-page].
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        #[arg(long, short = 'r')]
+        realm: Option<String>,
+        /// Read the password from standard input (otherwise it is asked for on the terminal).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Trust the gateway certificate with this pin (pin-sha256:...).
+        #[arg(long)]
+        servercert: Option<String>,
+        /// Resume with a DSID cookie obtained elsewhere.
+        #[arg(long)]
+        cookie: Option<String>,
+        /// Client certificate (PEM) and key (PEM; default: the certificate file).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Seconds to wait for the connection (45-600).
+        #[arg(long, short = 't', default_value_t = 45)]
+        timeout: u64,
+    },
+    /// Disconnect (the gateway keeps the session until it expires).
+    Disconnect { name: String },
+    /// Disconnect and sign out at the gateway.
+    Signout { name: String },
+    /// Keep the session but take the tunnel down.
+    Suspend { name: String },
+    /// Bring a suspended connection back.
+    Resume { name: String },
+    /// Disconnect every connection.
+    Stop,
+    /// Connections' state, addresses, transport and traffic.
+    Status {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The kernel classifier's counters.
+    Counters,
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(if code < 0 { 255 } else { code.min(255) as u8 })
+}
+
+fn read_password(stdin: bool) -> io::Result<Option<String>> {
+    if stdin || !io::stdin().is_terminal() {
+        let mut line = String::new();
+        io::stdin().lock().read_line(&mut line)?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_string();
+        return Ok((!pw.is_empty()).then_some(pw));
+    }
+    eprint!("Password: ");
+    io::stderr().flush()?;
+    // No echo while typing.
+    // SAFETY: termios calls on stdin with a zeroed struct filled by tcgetattr.
+    let mut term: libc::termios = unsafe { std::mem::zeroed() };
+    let have_tty = unsafe { libc::tcgetattr(0, &mut term) } == 0;
+    if have_tty {
+        let mut quiet = term;
+        quiet.c_lflag &= !libc::ECHO;
+        // SAFETY: as above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let read = io::stdin().lock().read_line(&mut line);
+    if have_tty {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &term) };
+        eprintln!();
+    }
+    read?;
+    Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut json = false;
+    let (request, wait) = match cli.command {
+        Cmd::Connect {
+            name,
+            url,
+            user,
+            realm,
+            password_stdin,
+            servercert,
+            cookie,
+            cert,
+            key,
+            timeout,
+        } => {
+            if !(45..=600).contains(&timeout) {
+                eprintln!("tunnel: --timeout {timeout} is outside 45-600 seconds");
+                return exit(code::BAD_PARAMETER);
+            }
+            let password = if user.is_some() && cookie.is_none() && cert.is_none() {
+                match read_password(password_stdin) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("tunnel: reading the password: {e}");
+                        return exit(code::BAD_PARAMETER);
+                    }
+                }
+            } else {
+                None
+            };
+            let credentials = Credentials {
+                user,
+                password,
+                realm,
+                cookie,
+                pin: servercert,
+                cert,
+                key,
+            };
+            (
+                Request::Connect {
+                    name,
+                    url,
+                    credentials,
+                    timeout_secs: Some(timeout),
+                },
+                Duration::from_secs(timeout + 5),
+            )
+        }
+        Cmd::Disconnect { name } => (Request::Disconnect { name }, Duration::from_secs(20)),
+        Cmd::Signout { name } => (Request::Signout { name }, Duration::from_secs(20)),
+        Cmd::Suspend { name } => (Request::Suspend { name }, Duration::from_secs(20)),
+        Cmd::Resume { name } => (Request::Resume { name }, Duration::from_secs(20)),
+        Cmd::Stop => (Request::Stop, Duration::from_secs(30)),
+        Cmd::Status { name, json: j } => {
+            json = j;
+            (Request::Status { name }, Duration::from_secs(5))
+        }
+        Cmd::Counters => (Request::Counters, Duration::from_secs(5)),
+    };
+    match control::call(&cli.socket, &request, wait) {
+        Ok(response) => show(&request, &response, json),
+        Err(control::ControlError::NotRunning { path }) => {
+            eprintln!("tunnel: tunneld is not running (no socket at {path})");
+            exit(-1)
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            exit(code::GENERAL)
+        }
+    }
+}
+
+fn show(request: &Request, r: &Response, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r.data).unwrap_or_default()
+        );
+        return exit(r.code);
+    }
+    match request {
+        Request::Status { .. } if r.code == code::OK => {
+            let list = r.data.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no connections");
+            }
+            for c in list {
+                let f = |k: &str| {
+                    c.get(k)
+                        .map(|v| v.to_string().trim_matches('"').to_string())
+                        .unwrap_or_default()
+                };
+                println!("{}: {}", f("name"), f("state"));
+                for k in [
+                    "server",
+                    "ipv4",
+                    "ipv6",
+                    "transport",
+                    "cipher",
+                    "tun",
+                    "uptime_secs",
+                    "bytes_out",
+                    "bytes_in",
+                    "packets_out",
+                    "packets_in",
+                    "reconnects",
+                    "last_error",
+                ] {
+                    let v = f(k);
+                    if !v.is_empty() && v != "null" {
+                        println!("  {k:<12} {v}");
+                    }
+                }
+            }
+        }
+        Request::Counters if r.code == code::OK => print!("{}", r.message),
+        _ if r.code == code::OK => println!("{}", r.message),
+        _ => eprintln!("tunnel: {}", r.message),
+    }
+    exit(r.code)
+}

@@ -1,0 +1,58 @@
+//! The client: `tunneld` runs connections, `tunnel` talks to it over a local control socket.
+//!
+//! ```text
+//!  tunnel CLI ──JSON over /run/tunnel/tunneld.sock (root only)──▶ daemon
+//!                                                                  │ store, events, log
+//!                        ┌─────────────────────────────────────────┤
+//!                        ▼                                         ▼
+//!                 connection (task)  ×N ──entries──▶ DataPlane (eBPF programs, policy)
+//!                  TLS + tunnel_proto::Client, TUN, ESP, reconnect
+//! ```
+//!
+//! - `connection`: one VPN connection's life ([`connection::spawn`]);
+//! - `policy`: the shared kernel data path and the policy built from live connections;
+//! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;
+//! - `control`: the request/response protocol of the control socket;
+//! - `daemon`: `tunneld` itself.
+
+pub mod connection;
+pub mod control;
+pub mod daemon;
+pub mod policy;
+pub mod tls;
+
+use std::sync::Arc;
+
+/// Receives an event ID and its arguments.
+type EventSink = Arc<dyn Fn(u16, &[&str]) + Send + Sync>;
+/// Receives (connection, gateway host, pin) of a trusted gateway.
+type PinSink = Arc<dyn Fn(&str, &str, tls::Pin) + Send + Sync>;
+
+/// Where connections report events (IDs from the seed's event table) and learned pins.
+#[derive(Clone)]
+pub struct Emit {
+    event: EventSink,
+    pin: PinSink,
+}
+
+impl Emit {
+    pub fn new(
+        event: impl Fn(u16, &[&str]) + Send + Sync + 'static,
+        pin: impl Fn(&str, &str, tls::Pin) + Send + Sync + 'static,
+    ) -> Emit {
+        Emit {
+            event: Arc::new(event),
+            pin: Arc::new(pin),
+        }
+    }
+
+    /// Reports event `id` with its arguments, in the order of the message's placeholders.
+    pub fn event(&self, id: u16, args: &[&str]) {
+        (self.event)(id, args);
+    }
+
+    /// Reports the pin of a gateway that was trusted, for pinning on later connections.
+    pub fn learned_pin(&self, connection: &str, host: &str, pin: tls::Pin) {
+        (self.pin)(connection, host, pin);
+    }
+}
