@@ -85,6 +85,21 @@ pub struct ClientConfig {
     /// The ESP UDP socket is IPv6: probes carry next header 41 and, unless the gateway allows
     /// 6in4 (TLV 0x4024), only IPv6 goes over ESP (and vice versa for IPv4).
     pub udp_ipv6: bool,
+    /// Dead-peer detection on ESP. None: openconnect's behaviour (probe every fallback period,
+    /// five probes a second per attempt, an attempt a minute).
+    pub esp_dpd: Option<EspDpd>,
+}
+
+/// Dead-peer detection on ESP, as Ivanti Tunnel's `AtpProbe*` settings describe it: after
+/// `idle` without anything from the gateway over ESP, up to `count` probes `interval` apart;
+/// no answer to any of them takes ESP down (traffic falls back to TLS), and a new attempt to
+/// bring ESP back starts every `retry` until it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EspDpd {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+    pub retry: Duration,
 }
 
 impl ClientConfig {
@@ -101,6 +116,7 @@ impl ClientConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             enable_esp: true,
             udp_ipv6: false,
+            esp_dpd: None,
         }
     }
 }
@@ -846,6 +862,10 @@ impl Client {
             return Ok(None);
         }
         let dpd = self.dpd_interval();
+        let (per_attempt, gap, retry) = match self.cfg.esp_dpd {
+            Some(d) => (d.count.max(1), d.interval, d.retry),
+            None => (PROBES_PER_ATTEMPT, PROBE_INTERVAL, ESP_ATTEMPT_PERIOD),
+        };
         let send_probe = match self.link {
             EspLink::Off => false,
             EspLink::Probing {
@@ -855,16 +875,16 @@ impl Client {
             } => {
                 if now < next {
                     false
-                } else if sent >= PROBES_PER_ATTEMPT {
+                } else if sent >= per_attempt {
                     self.link = EspLink::Waiting {
-                        retry_at: started + ESP_ATTEMPT_PERIOD,
+                        retry_at: started + retry,
                     };
                     false
                 } else {
                     self.link = EspLink::Probing {
                         started,
                         sent: sent + 1,
-                        next: now + PROBE_INTERVAL,
+                        next: now + gap,
                     };
                     true
                 }
@@ -874,7 +894,7 @@ impl Client {
                     self.link = EspLink::Probing {
                         started: now,
                         sent: 1,
-                        next: now + PROBE_INTERVAL,
+                        next: now + gap,
                     };
                     true
                 } else {
@@ -885,18 +905,23 @@ impl Client {
                 last_rx,
                 last_probe,
             } => {
-                // openconnect ssl.c `keepalive_action`: probe after one DPD interval of
-                // silence, give up after two.
-                if after(last_rx, 2 * dpd).is_some_and(|d| now >= d) {
+                // Dead: silent through the idle time and every probe after it.
+                let (dead_after, probe_after, probe_gap) = match self.cfg.esp_dpd {
+                    Some(d) => (d.idle + d.interval * d.count, d.idle, d.interval),
+                    None => (2 * dpd, dpd, dpd),
+                };
+                if after(last_rx, dead_after).is_some_and(|d| now >= d) {
                     self.events.push_back(ClientEvent::EspDown);
                     self.link = EspLink::Probing {
                         started: now,
                         sent: 1,
-                        next: now + PROBE_INTERVAL,
+                        next: now + gap,
                     };
                     true
-                } else if after(last_probe.unwrap_or(last_rx).max(last_rx), dpd)
-                    .is_some_and(|d| now >= d)
+                } else if after(last_rx, probe_after).is_some_and(|d| now >= d)
+                    && last_probe
+                        .filter(|p| *p >= last_rx)
+                        .is_none_or(|p| after(p, probe_gap).is_some_and(|d| now >= d))
                 {
                     self.link = EspLink::Up {
                         last_rx,
@@ -939,8 +964,15 @@ impl Client {
                 last_rx,
                 last_probe,
             } => {
-                let probe = after(last_probe.unwrap_or(last_rx).max(last_rx), dpd);
-                let dead = after(last_rx, 2 * dpd);
+                let (dead_after, probe_after, probe_gap) = match self.cfg.esp_dpd {
+                    Some(d) => (d.idle + d.interval * d.count, d.idle, d.interval),
+                    None => (2 * dpd, dpd, dpd),
+                };
+                let probe = match last_probe.filter(|p| *p >= last_rx) {
+                    Some(p) => after(p, probe_gap),
+                    None => after(last_rx, probe_after),
+                };
+                let dead = after(last_rx, dead_after);
                 match (probe, dead) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),

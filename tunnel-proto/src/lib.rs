@@ -78,7 +78,7 @@ mod session;
 mod wire;
 
 pub use client::{
-    Client, ClientConfig, ClientEvent, ClientState, ESP_ATTEMPT_PERIOD, PROBE_INTERVAL,
+    Client, ClientConfig, ClientEvent, ClientState, ESP_ATTEMPT_PERIOD, EspDpd, PROBE_INTERVAL,
     PROBES_PER_ATTEMPT,
 };
 pub use config::{

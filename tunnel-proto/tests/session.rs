@@ -613,6 +613,100 @@ fn esp_dead_peer_detection_falls_back_to_tls_and_retries() {
     );
 }
 
+/// With `AtpProbe*`-style settings: quiet for `idle`, then `count` probes `interval` apart;
+/// no answer takes ESP down, a retry every `retry` brings it back when the gateway answers.
+#[test]
+fn configured_esp_dead_peer_detection() {
+    let mut cfg = ClientConfig::new("gw");
+    let dpd = EspDpd {
+        idle: Duration::from_secs(10),
+        interval: Duration::from_secs(2),
+        count: 3,
+        retry: Duration::from_secs(20),
+    };
+    cfg.esp_dpd = Some(dpd);
+    let mut h = Harness::new(cfg, ServerConfig::default());
+    h.establish(&tunnel_config(true));
+    let mut udp = [0u8; 2048];
+    let mut reply = [0u8; 2048];
+    let n = h
+        .client
+        .poll_timers(h.now, &mut udp)
+        .expect("t")
+        .expect("probe");
+    let EspInput::ProbeReply(m) = h
+        .server
+        .handle_esp(&mut udp[..n], h.now, &mut reply)
+        .expect("esp")
+    else {
+        panic!("no reply");
+    };
+    h.client.handle_esp(&mut reply[..m], h.now).expect("esp");
+    assert!(h.client.esp_up());
+    while h.client.poll_event().is_some() {}
+    let t0 = h.now;
+    // Nothing before the idle time.
+    assert_eq!(h.client.next_timer(), Some(t0 + dpd.idle));
+    assert_eq!(
+        h.client
+            .poll_timers(t0 + dpd.idle - Duration::from_millis(1), &mut udp),
+        Ok(None)
+    );
+    // Three probes, two seconds apart.
+    for k in 0..3u32 {
+        let t = t0 + dpd.idle + dpd.interval * k;
+        assert!(
+            h.client.poll_timers(t, &mut udp).expect("t").is_some(),
+            "probe {k}"
+        );
+        assert_eq!(
+            h.client.poll_timers(t, &mut udp),
+            Ok(None),
+            "one probe at a time"
+        );
+        assert!(h.client.esp_up(), "still up during the probes");
+    }
+    // No answer: down after idle + count * interval.
+    let dead = t0 + dpd.idle + dpd.interval * dpd.count;
+    assert_eq!(h.client.next_timer(), Some(dead));
+    assert!(
+        h.client.poll_timers(dead, &mut udp).expect("t").is_some(),
+        "the first probe of a recovery attempt"
+    );
+    assert!(!h.client.esp_up());
+    assert_eq!(h.client.poll_event(), Some(ClientEvent::EspDown));
+    assert_eq!(
+        h.client.send_packet(&ipv4_packet(40, 1), dead, &mut udp),
+        Ok(Transmit::Tls)
+    );
+    // The attempt's other probes, then a wait of `retry` from its start.
+    let mut t = dead;
+    for _ in 1..dpd.count {
+        t += dpd.interval;
+        assert!(h.client.poll_timers(t, &mut udp).expect("t").is_some());
+    }
+    t += dpd.interval;
+    assert_eq!(h.client.poll_timers(t, &mut udp), Ok(None));
+    assert_eq!(h.client.next_timer(), Some(dead + dpd.retry));
+    // The gateway answers the next attempt: ESP is back.
+    let retry = dead + dpd.retry;
+    let n = h
+        .client
+        .poll_timers(retry, &mut udp)
+        .expect("t")
+        .expect("retry probe");
+    let EspInput::ProbeReply(m) = h
+        .server
+        .handle_esp(&mut udp[..n], retry, &mut reply)
+        .expect("esp")
+    else {
+        panic!("no reply");
+    };
+    h.client.handle_esp(&mut reply[..m], retry).expect("esp");
+    assert!(h.client.esp_up());
+    assert_eq!(h.client.poll_event(), Some(ClientEvent::EspUp));
+}
+
 #[test]
 fn esp_rekey_keeps_traffic_flowing() {
     let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());

@@ -620,6 +620,14 @@ async fn session(
     cfg.cookie = cookie.clone();
     cfg.enable_esp = spec.esp;
     cfg.udp_ipv6 = addr.is_ipv6();
+    // ESP dead-peer detection follows the AtpProbe* settings; a recovery attempt every idle
+    // period brings ESP back once it answers again.
+    cfg.esp_dpd = Some(tunnel_proto::EspDpd {
+        idle: spec.dpd.idle,
+        interval: spec.dpd.interval,
+        count: spec.dpd.count,
+        retry: spec.dpd.idle,
+    });
     let mut client = Client::new(cfg);
     if let Err(e) = client.start() {
         return Outcome::Failed(Failure::Connect(e.to_string()));
