@@ -3,6 +3,7 @@
 //! set-up. xtask itself depends on nothing of the project, so it builds before bpf-linker
 //! exists.
 
+mod deploy;
 mod setup;
 
 use std::{
@@ -32,6 +33,15 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build release binaries and install them with systemd units.
+    Deploy {
+        /// Installation prefix (binaries go to PREFIX/bin).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Where the systemd units go.
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: std::path::PathBuf,
+    },
     /// Run the benchmark harness (`cargo xtask bench classifier`, ...).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -54,6 +64,10 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             test(&root, &args)
+        }
+        Task::Deploy { prefix, unit_dir } => {
+            setup::run()?;
+            deploy::run(&root, &prefix, &unit_dir)
         }
         Task::Bench { args } => {
             setup::run()?;
