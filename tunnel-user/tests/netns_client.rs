@@ -95,6 +95,20 @@ fn peer_echo(ns: &Netns, addr: &str) {
     });
 }
 
+/// A UDP server that answers every datagram with the peer address it saw.
+fn udp_peer_echo(ns: &Netns, port: u16) {
+    let sock = ns
+        .enter(move || std::net::UdpSocket::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+        }
+    });
+}
+
 struct World {
     dir: PathBuf,
     client: Netns,
@@ -123,6 +137,9 @@ impl World {
             .unwrap();
         peer_echo(&corp, CORP);
         peer_echo(&gw, EXCLUDED);
+        udp_peer_echo(&corp, 5000);
+        udp_peer_echo(&corp, 7000);
+        gw.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
         params
@@ -259,19 +276,65 @@ fallback_secs = 5
     }
 
     fn connect(&self) -> Output {
-        self.tunnel(
-            &[
-                "connect",
-                "--url",
-                &format!("https://{GATEWAY}:8443"),
-                "-u",
-                "alice",
-                "--password-stdin",
-                "--servercert",
-                &self.pin,
-            ],
-            "s3cret\n",
-        )
+        self.connect_with(&[])
+    }
+
+    fn connect_with(&self, extra: &[&str]) -> Output {
+        let url = format!("https://{GATEWAY}:8443");
+        let mut args = vec![
+            "connect",
+            "--url",
+            &url,
+            "-u",
+            "alice",
+            "--password-stdin",
+            "--servercert",
+            &self.pin,
+        ];
+        args.extend_from_slice(extra);
+        self.tunnel(&args, "s3cret\n")
+    }
+
+    /// Sends a UDP datagram to corp and returns the address corp saw, or None.
+    fn udp_seen_as(&self, port: u16) -> Option<String> {
+        self.client
+            .enter(move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+                s.set_read_timeout(Some(Duration::from_millis(1500))).ok()?;
+                s.send_to(b"?", (CORP, port)).ok()?;
+                let mut buf = [0u8; 64];
+                let n = s.recv(&mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .unwrap()
+    }
+
+    /// Runs a shell snippet in the client namespace inside `cgroup` and returns its stdout.
+    fn in_cgroup(&self, cgroup: &std::path::Path, script: &str) -> String {
+        use std::os::{fd::AsRawFd, unix::process::CommandExt};
+        let ns = fs::File::open(format!("/var/run/netns/{}", self.client.name())).unwrap();
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(cgroup.join("cgroup.procs"))
+            .unwrap();
+        let (ns_fd, procs_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
+        let mut cmd = std::process::Command::new("bash");
+        cmd.args(["-c", script]);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout)
+            .trim()
+            .to_string()
     }
 
     /// Connects to `addr` from the client and returns the peer address the server saw.
@@ -500,4 +563,94 @@ fn exit_codes_follow_the_launcher() {
     assert_eq!(code(&out), 0);
     let out = w.tunnel(&["resume", GATEWAY], "");
     assert_eq!(code(&out), 25);
+}
+
+#[test]
+fn udp_port_list_per_app_and_esp_fallback() {
+    if !root() {
+        return;
+    }
+    let w = World::build("u");
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    let out = w.connect_with(&[
+        "--kvp",
+        "SplitUDPPortList=5000",
+        "--kvp",
+        "AtpProbeIdleSec=2",
+        "--kvp",
+        "AtpProbeIntervalSec=1",
+        "--kvp",
+        "AtpProbeCount=2",
+    ]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
+    // UDP: the listed port through the tunnel, another port directly.
+    assert_eq!(w.udp_seen_as(5000).as_deref(), Some(tunnel_addr.as_str()));
+    assert_eq!(w.udp_seen_as(7000).as_deref(), Some("192.168.70.2"));
+    let c = w.counters();
+    assert!(counter(&c, "0", "bypass_udp_port") >= 1, "{c}");
+
+    // ESP blocked at the gateway: the client falls back to TLS and traffic carries on.
+    wait_for("ESP", Duration::from_secs(10), || {
+        w.status()[0]["transport"] == "esp"
+    });
+    w.gw.sh("nft add table inet block; nft add chain inet block in '{ type filter hook input priority 0; }'; nft add rule inet block in udp dport 4500 drop")
+        .unwrap();
+    let fell_back = wait_for("fallback to TLS", Duration::from_secs(20), || {
+        let _ = w.seen_as(CORP);
+        w.status()[0]["transport"] == "tls"
+    });
+    assert_eq!(
+        w.seen_as(CORP).as_deref(),
+        Some(tunnel_addr.as_str()),
+        "traffic continues over TLS"
+    );
+    assert_eq!(
+        w.status()[0]["state"],
+        "connected",
+        "a fallback, not a reconnect"
+    );
+    // Unblocked: back to ESP.
+    w.gw.sh("nft delete table inet block").unwrap();
+    let recovered = wait_for("ESP again", Duration::from_secs(20), || {
+        let _ = w.seen_as(CORP);
+        w.status()[0]["transport"] == "esp"
+    });
+    assert_eq!(w.seen_as(CORP).as_deref(), Some(tunnel_addr.as_str()));
+    let log = fs::read_to_string(w.dir.join("tunneld.log")).unwrap();
+    assert!(
+        log.contains("event=305") && log.contains("event=306"),
+        "events 305 and 306 logged"
+    );
+    eprintln!(
+        "ESP blocked: fell back to TLS in {:.1} s; unblocked: back on ESP in {:.1} s",
+        fell_back.as_secs_f64(),
+        recovered.as_secs_f64()
+    );
+    assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+
+    // Per-app: only processes in the app's cgroup use the tunnel.
+    let cgroup = std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/tunnel-app-{}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir(&cgroup);
+    fs::create_dir(&cgroup).unwrap();
+    let out = w.connect_with(&["--per-app", &cgroup.display().to_string()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
+    let fetch = format!("exec 3<>/dev/tcp/{CORP}/{PORT}; head -n 1 <&3");
+    assert_eq!(
+        w.in_cgroup(&cgroup, &fetch),
+        tunnel_addr,
+        "the app goes through the tunnel"
+    );
+    assert_eq!(
+        w.seen_as(CORP).as_deref(),
+        Some("192.168.70.2"),
+        "other processes go directly"
+    );
+    assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+    let _ = fs::remove_dir(&cgroup);
 }

@@ -53,6 +53,12 @@ enum Cmd {
         /// Seconds to wait for the connection (45-600).
         #[arg(long, short = 't', default_value_t = 45)]
         timeout: u64,
+        /// An Ivanti Tunnel key-value pair (e.g. SplitUDPPortList=53;5000); repeat for more.
+        #[arg(long = "kvp", value_name = "KEY=VALUE")]
+        kvps: Vec<String>,
+        /// Per-app: only processes in this cgroup v2 directory use the connection.
+        #[arg(long, value_name = "CGROUP_DIR")]
+        per_app: Option<PathBuf>,
     },
     /// Disconnect (the gateway keeps the session until it expires).
     Disconnect { name: String },
@@ -123,7 +129,19 @@ fn main() -> ExitCode {
             cert,
             key,
             timeout,
+            kvps,
+            per_app,
         } => {
+            let mut pairs = Vec::new();
+            for kv in kvps {
+                match kv.split_once('=') {
+                    Some((k, v)) => pairs.push((k.to_string(), v.to_string())),
+                    None => {
+                        eprintln!("tunnel: --kvp '{kv}' is not KEY=VALUE");
+                        return exit(code::BAD_PARAMETER);
+                    }
+                }
+            }
             if !(45..=600).contains(&timeout) {
                 eprintln!("tunnel: --timeout {timeout} is outside 45-600 seconds");
                 return exit(code::BAD_PARAMETER);
@@ -147,6 +165,8 @@ fn main() -> ExitCode {
                 pin: servercert,
                 cert,
                 key,
+                kvps: pairs,
+                app_cgroup: per_app,
             };
             (
                 Request::Connect {

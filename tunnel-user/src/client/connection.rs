@@ -99,6 +99,8 @@ pub struct ConnectSpec {
     /// Per-app: the cgroup id whose sockets use this connection.
     pub app_cgroup: Option<u64>,
     pub esp: bool,
+    /// Remember the gateway's pin after a trusted connection (not with `DisablePinning`).
+    pub learn_pin: bool,
 }
 
 /// Dead-peer detection on the TLS session: after `idle` without anything from the gateway,
@@ -731,7 +733,7 @@ async fn session(
                         s.last_error = None;
                     }
                     emit.event(301, &[&spec.name, &addr.ip().to_string()]);
-                    if let Some(pin) = learned_pin {
+                    if let (Some(pin), true) = (learned_pin, spec.learn_pin) {
                         emit.learned_pin(&spec.name, &gw.host, pin);
                     }
                     report_first(shared, Ok(()));
@@ -779,14 +781,17 @@ async fn session(
         if progressed {
             continue;
         }
-        // Dead-peer detection: quiet (nothing over TLS or ESP) for `idle`, then `count` probes
-        // `interval` apart; anything arriving starts over.
+        // Dead-peer detection of the connection: quiet (nothing over TLS or ESP) for `idle`,
+        // then `count` probes `interval` apart; anything arriving starts over. While ESP is up
+        // the ESP probes watch the peer (and fall back to TLS when it stops answering); this
+        // check runs on TLS only, so a dead ESP path means a fallback, not a reconnect.
         let last_rx = *shared
             .last_inbound
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if last_rx > quiet_since {
-            quiet_since = last_rx;
+        let esp_up = session.proto.lock().map(|c| c.esp_up()).unwrap_or(false);
+        if last_rx > quiet_since || esp_up {
+            quiet_since = if esp_up { Instant::now() } else { last_rx };
             probes_sent = 0;
         }
         let dpd_deadline = quiet_since + spec.dpd.idle + spec.dpd.interval * probes_sent;

@@ -45,6 +45,12 @@ pub struct Credentials {
     /// Client certificate and key (PEM paths).
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Ivanti Tunnel key-value pairs for this connection (`IPRoutes`, `SplitUDPPortList`...).
+    #[serde(default)]
+    pub kvps: Vec<(String, String)>,
+    /// Per-app: the cgroup (v2 directory) whose processes use this connection; None for a
+    /// device-level connection.
+    pub app_cgroup: Option<PathBuf>,
 }
 
 /// What the CLI asks of the daemon.

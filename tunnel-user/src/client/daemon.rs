@@ -22,6 +22,7 @@ use super::{
     Emit,
     connection::{self, Command, ConnectSpec, Dpd, Failure, Gateway, Handle, State},
     control::{Request, Response, code},
+    kvp::Kvps,
     policy::DataPlane,
     tls::{ClientCert, Pin, Trust},
 };
@@ -331,16 +332,33 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                     old.task.abort();
                 }
             }
+            let kvps = match Kvps::parse(&credentials.kvps) {
+                Ok(k) => k,
+                Err(e) => {
+                    return Response::with(code::BAD_PARAMETER, format!("invalid key-value pair, nothing applied: {e}"));
+                }
+            };
+            let app_cgroup = match &credentials.app_cgroup {
+                Some(path) => match std::fs::metadata(path) {
+                    Ok(m) if m.is_dir() => Some(std::os::unix::fs::MetadataExt::ino(&m)),
+                    _ => {
+                        return Response::with(
+                            code::BAD_PARAMETER,
+                            format!("per-app cgroup {}: not a cgroup v2 directory", path.display()),
+                        );
+                    }
+                },
+                None => None,
+            };
             let trust = Trust {
                 pin: match credentials.pin.as_deref().map(Pin::parse).transpose() {
                     Ok(p) => p,
                     Err(e) => return Response::with(code::BAD_PARAMETER, e),
                 },
-                learned: daemon
-                    .pins
-                    .lock()
-                    .ok()
-                    .and_then(|p| p.get(&gateway.host).copied()),
+                // DisablePinning=true: no learned pin; the CA store decides.
+                learned: (!kvps.disable_pinning)
+                    .then(|| daemon.pins.lock().ok().and_then(|p| p.get(&gateway.host).copied()))
+                    .flatten(),
             };
             let client_cert = match (&credentials.cert, &credentials.key) {
                 (Some(c), k) => match ClientCert::load(c, k.as_deref().unwrap_or(c)) {
@@ -362,15 +380,16 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 cookie: credentials.cookie.clone(),
                 trust,
                 client_cert,
-                ip_routes: None,
-                exc_routes: Vec::new(),
-                udp_ports: None,
-                mtu: None,
-                tun_ip: None,
-                dpd: Dpd::default(),
-                disconnect_timeout: Some(Duration::from_secs(60)),
-                app_cgroup: None,
+                ip_routes: kvps.ip_routes.clone(),
+                exc_routes: kvps.exc_routes.clone(),
+                udp_ports: kvps.udp_ports.clone(),
+                mtu: kvps.mtu,
+                tun_ip: kvps.tun_ip,
+                dpd: Dpd { idle: kvps.probe_idle, interval: kvps.probe_interval, count: kvps.probe_count },
+                disconnect_timeout: kvps.disconnect_timeout,
+                app_cgroup,
                 esp: true,
+                learn_pin: !kvps.disable_pinning,
             };
             connect(daemon, spec, timeout_secs).await
         }

@@ -13,11 +13,13 @@
 //! - `policy`: the shared kernel data path and the policy built from live connections;
 //! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;
 //! - `control`: the request/response protocol of the control socket;
+//! - `kvp`: the Ivanti Tunnel key-value pairs, validated as a batch;
 //! - `daemon`: `tunneld` itself.
 
 pub mod connection;
 pub mod control;
 pub mod daemon;
+pub mod kvp;
 pub mod policy;
 pub mod tls;
 
