@@ -172,7 +172,7 @@ fn main() -> ExitCode {
                 Request::Connect {
                     name,
                     url,
-                    credentials,
+                    credentials: Box::new(credentials),
                     timeout_secs: Some(timeout),
                 },
                 Duration::from_secs(timeout + 5),

@@ -62,7 +62,7 @@ pub enum Request {
         name: Option<String>,
         url: Option<String>,
         #[serde(default)]
-        credentials: Credentials,
+        credentials: Box<Credentials>,
         /// Give up after this long (launcher `-t`, 45-600 s).
         timeout_secs: Option<u64>,
     },
@@ -200,10 +200,10 @@ mod tests {
         let r = Request::Connect {
             name: Some("corp".into()),
             url: None,
-            credentials: Credentials {
+            credentials: Box::new(Credentials {
                 user: Some("alice".into()),
                 ..Default::default()
-            },
+            }),
             timeout_secs: Some(45),
         };
         let text = serde_json::to_string(&r).unwrap();
