@@ -241,7 +241,7 @@ mod tests {
             Ok(p)
         );
         assert!(
-            Pin::parse("pin-sha256:abc")
+            Pin::parse("pin-sha256:YWJj")
                 .unwrap_err()
                 .contains("32 bytes")
         );
