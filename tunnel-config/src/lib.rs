@@ -1,0 +1,14 @@
+//! tunnel-config (work in progress)
+mod events;
+mod kvp;
+mod rotate;
+mod store;
+mod text;
+mod url;
+
+pub use events::*;
+pub use kvp::*;
+pub use rotate::*;
+pub use store::*;
+pub use text::Position;
+pub use url::*;
