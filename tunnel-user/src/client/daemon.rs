@@ -335,7 +335,10 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
             let kvps = match Kvps::parse(&credentials.kvps) {
                 Ok(k) => k,
                 Err(e) => {
-                    return Response::with(code::BAD_PARAMETER, format!("invalid key-value pair, nothing applied: {e}"));
+                    return Response::with(
+                        code::BAD_PARAMETER,
+                        format!("invalid key-value pair, nothing applied: {e}"),
+                    );
                 }
             };
             let app_cgroup = match &credentials.app_cgroup {
@@ -344,7 +347,10 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                     _ => {
                         return Response::with(
                             code::BAD_PARAMETER,
-                            format!("per-app cgroup {}: not a cgroup v2 directory", path.display()),
+                            format!(
+                                "per-app cgroup {}: not a cgroup v2 directory",
+                                path.display()
+                            ),
                         );
                     }
                 },
@@ -357,7 +363,13 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 },
                 // DisablePinning=true: no learned pin; the CA store decides.
                 learned: (!kvps.disable_pinning)
-                    .then(|| daemon.pins.lock().ok().and_then(|p| p.get(&gateway.host).copied()))
+                    .then(|| {
+                        daemon
+                            .pins
+                            .lock()
+                            .ok()
+                            .and_then(|p| p.get(&gateway.host).copied())
+                    })
                     .flatten(),
             };
             let client_cert = match (&credentials.cert, &credentials.key) {
@@ -385,7 +397,11 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 udp_ports: kvps.udp_ports.clone(),
                 mtu: kvps.mtu,
                 tun_ip: kvps.tun_ip,
-                dpd: Dpd { idle: kvps.probe_idle, interval: kvps.probe_interval, count: kvps.probe_count },
+                dpd: Dpd {
+                    idle: kvps.probe_idle,
+                    interval: kvps.probe_interval,
+                    count: kvps.probe_count,
+                },
                 disconnect_timeout: kvps.disconnect_timeout,
                 app_cgroup,
                 esp: true,

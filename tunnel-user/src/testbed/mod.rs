@@ -21,6 +21,7 @@ use std::{
 
 use crate::tun::Tun;
 
+pub mod client_world;
 mod world;
 pub use world::SplitWorld;
 /// Addresses and ports of [`SplitWorld`].
@@ -212,4 +213,33 @@ impl Drop for TunRelay {
             let _ = t.join();
         }
     }
+}
+
+/// Runs a bash script in namespace `ns`, inside cgroup `cgroup` (a directory of the cgroup v2
+/// tree), and returns its trimmed stdout.
+pub fn run_in_cgroup(ns: &Netns, cgroup: &std::path::Path, script: &str) -> io::Result<String> {
+    use std::os::unix::process::CommandExt;
+    let netns = fs::File::open(&ns.path)?;
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))?;
+    let (ns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script]);
+    // SAFETY: only async-signal-safe calls (setns, write) between fork and exec; both
+    // descriptors stay open in the parent until the child has been waited for.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Writing "0" moves the writing process.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

@@ -17,11 +17,8 @@
 //! [`TCP_PORT`] and write their label, then echo; UDP servers on [`UDP_PORTS`] answer with it.
 
 use std::{
-    fs,
     io::{self, Read, Write},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::{fd::AsRawFd, unix::process::CommandExt},
-    process::Command,
     sync::mpsc,
     time::Duration,
 };
@@ -166,29 +163,7 @@ impl SplitWorld {
     /// Runs a bash script in the client namespace inside cgroup `cgroup` (a directory of the
     /// cgroup v2 tree) and returns its trimmed stdout.
     pub fn run_in_cgroup(&self, cgroup: &std::path::Path, script: &str) -> io::Result<String> {
-        let ns = fs::File::open(format!("/var/run/netns/{}", self.client.name()))?;
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(cgroup.join("cgroup.procs"))?;
-        let (ns_fd, procs_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
-        let mut cmd = Command::new("bash");
-        cmd.args(["-c", script]);
-        // SAFETY: only async-signal-safe calls (setns, write) between fork and exec; both
-        // descriptors stay open in the parent until the child has been waited for.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Writing "0" moves the writing process.
-                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let out = cmd.output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        super::run_in_cgroup(&self.client, cgroup, script)
     }
 }
 

@@ -1,0 +1,375 @@
+//! The client's world, for its end-to-end tests and the demo: `tunneld` and `tunnel` against
+//! our gateway, in namespaces, with the kernel data path deciding what is tunnelled.
+//!
+//! ```text
+//!  ┌──────── client ─────────┐        ┌──────────── gw ─────────────┐        ┌─── corp ───┐
+//!  │ tunneld, tunnel          │        │ tunnel-gateway :8443, :4500  │        │ 172.20.0.2 │
+//!  │ c0 192.168.70.2 ─────────┼─ veth ─┼─ g0 192.168.70.1             │        │ echo :9000 │
+//!  │ default via .70.1        │        │ lo 198.51.100.10 (excluded)  │        │            │
+//!  │ tun0 10.77.0.x           │        │ gc0 172.20.0.1 ──────────────┼─ veth ─┼─ x0        │
+//!  └──────────────────────────┘        └──────────────────────────────┘        └────────────┘
+//! ```
+//!
+//! The gateway pushes include 172.20.0.0/24 and 198.51.100.0/24 with 198.51.100.10/32
+//! excluded: corp answers through the tunnel (and sees the tunnel address), the excluded
+//! server answers directly (and sees the LAN address). Echo servers reply with the address
+//! they saw, so each answer says which way the packets went.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use sha2::Digest as _;
+
+use super::{Netns, run_in_cgroup, veth};
+
+/// The gateway's LAN address.
+pub const GATEWAY: &str = "192.168.70.1";
+/// The corp server, behind the gateway.
+pub const CORP: &str = "172.20.0.2";
+/// A server the gateway excludes from the tunnel.
+pub const EXCLUDED: &str = "198.51.100.10";
+/// TCP port of the servers that answer with the address they saw.
+pub const PORT: u16 = 9000;
+/// The client's LAN address.
+pub const CLIENT_LAN: &str = "192.168.70.2";
+
+/// A child process, stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct Proc(Child, &'static str);
+
+impl Proc {
+    /// Stops it: SIGTERM, and SIGKILL after ten seconds.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} ignored SIGTERM", self.1);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Polls `f` until it holds; panics with `what` after `timeout`. Returns how long it took.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// An echo server that first writes the peer address it saw.
+fn peer_echo(ns: &Netns, addr: &str) {
+    let bind: SocketAddr = format!("{addr}:{PORT}").parse().unwrap();
+    let listener = ns.enter(move || TcpListener::bind(bind)).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let peer = c
+                    .peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default();
+                let _ = c.write_all(format!("{peer}\n").as_bytes());
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A UDP server that answers every datagram with the peer address it saw.
+fn udp_peer_echo(ns: &Netns, port: u16) {
+    let sock = ns
+        .enter(move || std::net::UdpSocket::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+        }
+    });
+}
+
+/// Where the binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub gateway: PathBuf,
+    pub tunneld: PathBuf,
+    pub tunnel: PathBuf,
+}
+
+/// The namespaces, servers and files of the world (drawn in the module docs).
+pub struct ClientWorld {
+    pub dir: PathBuf,
+    pub client: Netns,
+    pub gw: Netns,
+    pub corp: Netns,
+    /// The gateway certificate's `pin-sha256:`.
+    pub pin: String,
+    pub bin: Binaries,
+}
+
+impl ClientWorld {
+    /// Builds the world; namespace and directory names carry `tag` and this process's id.
+    pub fn build(tag: &str, bin: Binaries) -> ClientWorld {
+        let id = std::process::id();
+        let dir = std::env::temp_dir().join(format!("tunnel-cl-{tag}-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let client = Netns::create(&format!("tcl{id}{tag}c")).unwrap();
+        let gw = Netns::create(&format!("tcl{id}{tag}g")).unwrap();
+        let corp = Netns::create(&format!("tcl{id}{tag}x")).unwrap();
+        veth(&client, "c0", &gw, "g0").unwrap();
+        veth(&gw, "gc0", &corp, "x0").unwrap();
+        client
+            .sh("ip addr add 192.168.70.2/24 dev c0; ip route add default via 192.168.70.1")
+            .unwrap();
+        gw.sh(&format!("ip addr add 192.168.70.1/24 dev g0; ip addr add 172.20.0.1/24 dev gc0; ip addr add {EXCLUDED}/32 dev lo"))
+            .unwrap();
+        corp.sh("ip addr add 172.20.0.2/24 dev x0; ip route add default via 172.20.0.1")
+            .unwrap();
+        peer_echo(&corp, CORP);
+        peer_echo(&gw, EXCLUDED);
+        udp_peer_echo(&corp, 5000);
+        udp_peer_echo(&corp, 7000);
+        gw.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(GATEWAY.parse().unwrap()));
+        let cert = params.self_signed(&key).unwrap();
+        fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let pin = format!(
+            "pin-sha256:{}",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki))
+        );
+        crate::gateway::add_user(
+            &dir.join("users"),
+            "alice",
+            &["Users".to_string()],
+            b"s3cret",
+        )
+        .unwrap();
+        fs::write(
+            dir.join("gateway.toml"),
+            format!(
+                r#"listen = "{GATEWAY}:8443"
+dns = ["172.20.0.53"]
+mtu = 1400
+idle_timeout_secs = 600
+tun_name = "tgw0"
+
+[tls]
+certificate = "cert.pem"
+key = "key.pem"
+
+[auth]
+users_file = "users"
+
+[pool]
+ipv4 = "10.77.0.0/24"
+
+[routes]
+include = ["172.20.0.0/24", "198.51.100.0/24"]
+exclude = ["{EXCLUDED}/32"]
+
+[esp]
+port = 4500
+fallback_secs = 5
+"#
+            ),
+        )
+        .unwrap();
+        ClientWorld {
+            dir,
+            client,
+            gw,
+            corp,
+            pin,
+            bin,
+        }
+    }
+
+    pub fn start_gateway(&self) -> Proc {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("gateway.log"))
+            .unwrap();
+        let child = self
+            .gw
+            .command(&self.bin.gateway.to_string_lossy())
+            .arg("--config")
+            .arg(self.dir.join("gateway.toml"))
+            .env("NO_COLOR", "1")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Proc(child, "tunnel-gateway");
+        wait_for("the gateway", Duration::from_secs(10), || {
+            fs::read_to_string(self.dir.join("gateway.log"))
+                .unwrap_or_default()
+                .matches("gateway running")
+                .count()
+                > fs::read_to_string(self.dir.join("gateway.log"))
+                    .unwrap_or_default()
+                    .matches("gateway stopped")
+                    .count()
+        });
+        p
+    }
+
+    pub fn start_tunneld(&self) -> Proc {
+        let log = fs::File::create(self.dir.join("tunneld.log")).unwrap();
+        let child = self
+            .client
+            .command(&self.bin.tunneld.to_string_lossy())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Proc(child, "tunneld");
+        wait_for("tunneld", Duration::from_secs(15), || {
+            self.socket().exists()
+        });
+        p
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("tunneld.sock")
+    }
+
+    /// Runs `tunnel` in the client namespace with `stdin`.
+    pub fn tunnel(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .client
+            .command(&self.bin.tunnel.to_string_lossy())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn connect(&self) -> Output {
+        self.connect_with(&[])
+    }
+
+    pub fn connect_with(&self, extra: &[&str]) -> Output {
+        let url = format!("https://{GATEWAY}:8443");
+        let mut args = vec![
+            "connect",
+            "--url",
+            &url,
+            "-u",
+            "alice",
+            "--password-stdin",
+            "--servercert",
+            &self.pin,
+        ];
+        args.extend_from_slice(extra);
+        self.tunnel(&args, "s3cret\n")
+    }
+
+    /// Sends a UDP datagram to corp and returns the address corp saw, or None.
+    pub fn udp_seen_as(&self, port: u16) -> Option<String> {
+        self.client
+            .enter(move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+                s.set_read_timeout(Some(Duration::from_millis(1500))).ok()?;
+                s.send_to(b"?", (CORP, port)).ok()?;
+                let mut buf = [0u8; 64];
+                let n = s.recv(&mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .unwrap()
+    }
+
+    /// Runs a shell snippet in the client namespace inside `cgroup` and returns its stdout.
+    pub fn in_cgroup(&self, cgroup: &Path, script: &str) -> String {
+        run_in_cgroup(&self.client, cgroup, script).unwrap_or_default()
+    }
+
+    /// Connects to `addr` from the client and returns the peer address the server saw.
+    pub fn seen_as(&self, addr: &str) -> Option<String> {
+        let to: SocketAddr = format!("{addr}:{PORT}").parse().unwrap();
+        self.client
+            .enter(move || {
+                let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                Some(String::from_utf8_lossy(&line).into_owned())
+            })
+            .unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.tunnel(&["status", "--json"], "");
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn counters(&self) -> String {
+        String::from_utf8_lossy(&self.tunnel(&["counters"], "").stdout).into_owned()
+    }
+}
+
+/// A counter from `tunnel counters` output (0 when absent).
+pub fn counter(text: &str, conn: &str, reason: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[0] == conn && f[1] == reason).then(|| f[2].parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
