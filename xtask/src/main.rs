@@ -25,7 +25,7 @@ struct Cli {
 enum Task {
     /// Install what this machine lacks: apt packages, rust-src for nightly, bpf-linker, bpffs.
     Setup,
-    /// Show the data path at work in network namespaces.
+    /// The whole product in network namespaces: gateway, tunneld, tunnel, split tunnelling.
     Demo,
     /// fmt check, clippy (host and BPF target), unit, kernel-program and namespace tests.
     Test {
