@@ -1,6 +1,7 @@
 //! tunnel-config (work in progress)
 mod events;
 mod kvp;
+mod preconfig;
 mod rotate;
 mod store;
 mod text;
@@ -8,6 +9,7 @@ mod url;
 
 pub use events::*;
 pub use kvp::*;
+pub use preconfig::*;
 pub use rotate::*;
 pub use store::*;
 pub use text::Position;
