@@ -1,6 +1,7 @@
 //! tunnel-config (work in progress)
 mod events;
 mod kvp;
+mod launch;
 mod preconfig;
 mod rotate;
 mod store;
@@ -9,6 +10,7 @@ mod url;
 
 pub use events::*;
 pub use kvp::*;
+pub use launch::*;
 pub use preconfig::*;
 pub use rotate::*;
 pub use store::*;
