@@ -304,3 +304,108 @@ fn udp_port_list_per_app_and_esp_fallback() {
     assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
     let _ = fs::remove_dir(&cgroup);
 }
+
+#[test]
+fn stored_connections_events_and_a_corrupt_store() {
+    if !root() {
+        return;
+    }
+    let w = world("s");
+    let _gw = w.start_gateway();
+    // A corrupt store is kept aside and reported; the daemon starts with an empty one.
+    let state = w.dir.join("state");
+    fs::create_dir_all(&state).unwrap();
+    fs::write(state.join("connections.json"), "{ this is not json").unwrap();
+    let _td = w.start_tunneld();
+    let kept: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("connections.json.corrupt-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "the corrupt file is kept aside");
+    assert_eq!(
+        fs::read_to_string(kept[0].path()).unwrap(),
+        "{ this is not json"
+    );
+
+    // Add, list, connect by name, edit, delete.
+    let url = format!("https://{GATEWAY}:8443");
+    let out = w.tunnel(
+        &[
+            "add",
+            "corp",
+            "--url",
+            &url,
+            "-u",
+            "alice",
+            "--kvp",
+            "SplitUDPPortList=5000",
+        ],
+        "",
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = w.tunnel(&["add", "corp", "--url", &url], "");
+    assert_eq!(code(&out), 1, "the same name twice is refused");
+    let out = w.tunnel(&["add", "bad", "--url", &url, "--kvp", "MTU=70000"], "");
+    assert_eq!(code(&out), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("MTU"),
+        "the error names the key"
+    );
+    let listed = String::from_utf8_lossy(&w.tunnel(&["list"], "").stdout).into_owned();
+    assert!(
+        listed.contains("corp") && !listed.contains("bad"),
+        "{listed}"
+    );
+    let out = w.tunnel(
+        &[
+            "connect",
+            "corp",
+            "--password-stdin",
+            "--servercert",
+            &w.pin,
+            "-u",
+            "alice",
+        ],
+        "s3cret\n",
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
+    assert_eq!(
+        w.udp_seen_as(7000).as_deref(),
+        Some("192.168.70.2"),
+        "the stored KVP applies"
+    );
+    assert_eq!(w.udp_seen_as(5000).as_deref(), Some(tunnel_addr.as_str()));
+    let out = w.tunnel(&["delete", "corp"], "");
+    assert_eq!(code(&out), 25, "a running connection is not deleted");
+    let out = w.tunnel(&["edit", "corp", "--kvp", "SplitUDPPortList=7000"], "");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        w.status(),
+        serde_json::json!([]),
+        "editing disconnects (event 108)"
+    );
+    let out = w.tunnel(&["delete", "corp"], "");
+    assert_eq!(code(&out), 0);
+    assert_eq!(code(&w.tunnel(&["delete", "corp"], "")), 4);
+
+    // The event log has the seed's texts; the diagnostics bundle carries it.
+    let bundle = w.dir.join("diag.json");
+    let out = w.tunnel(&["logs", "save", &bundle.display().to_string()], "");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let diag = fs::read_to_string(&bundle).unwrap();
+    for text in [
+        "The Ivanti service version",
+        "User requested connection corp to start.",
+        "The connection corp was established successfully to address 192.168.70.1.",
+        "Connection corp is disconnected because it was modified.",
+    ] {
+        assert!(diag.contains(text), "missing '{text}' in the log: {diag}");
+    }
+    assert!(!diag.contains("s3cret"), "no password in the diagnostics");
+}

@@ -82,6 +82,92 @@ enum Cmd {
     },
     /// The kernel classifier's counters.
     Counters,
+    /// Stored connections.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a connection.
+    Add(ConnArgs),
+    /// Change a stored connection (only the options given change).
+    Edit(ConnArgs),
+    /// Remove a stored connection.
+    Delete { name: String },
+    /// Diagnostics.
+    Logs {
+        #[command(subcommand)]
+        what: LogsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogsCmd {
+    /// Write a diagnostics bundle (status, counters, connections, event log) to FILE.
+    Save { file: PathBuf },
+}
+
+/// A stored connection's settings on the command line.
+#[derive(clap::Args)]
+struct ConnArgs {
+    name: String,
+    /// Gateway URL(s): https://host[:port][/sign-in-page]; several make a smart connection.
+    #[arg(long = "url")]
+    urls: Vec<String>,
+    /// Which URL a smart connection tries first: top, most-recent or random.
+    #[arg(long)]
+    url_mode: Option<String>,
+    #[arg(long, short = 'r')]
+    realm: Option<String>,
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// An Ivanti Tunnel key-value pair; repeat for more.
+    #[arg(long = "kvp", value_name = "KEY=VALUE")]
+    kvps: Vec<String>,
+    /// Per-app: a cgroup v2 path (below the cgroup root) whose processes use the connection.
+    #[arg(long)]
+    per_app: Option<String>,
+    /// Start with tunneld (connection policy automatic).
+    #[arg(long)]
+    automatic: bool,
+}
+
+impl ConnArgs {
+    /// The fields given, as the store's JSON.
+    fn fields(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let mut m = serde_json::Map::new();
+        if !self.urls.is_empty() {
+            m.insert("urls".into(), serde_json::json!(self.urls));
+        }
+        if let Some(mode) = &self.url_mode {
+            m.insert("url_mode".into(), serde_json::json!(mode));
+        }
+        if let Some(r) = &self.realm {
+            m.insert("realm".into(), serde_json::json!(r));
+        }
+        if let Some(u) = &self.user {
+            m.insert("user".into(), serde_json::json!(u));
+        }
+        if !self.kvps.is_empty() {
+            let mut kv = serde_json::Map::new();
+            for pair in &self.kvps {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--kvp '{pair}' is not KEY=VALUE"))?;
+                kv.insert(k.into(), serde_json::json!(v));
+            }
+            m.insert("kvps".into(), serde_json::Value::Object(kv));
+        }
+        if let Some(c) = &self.per_app {
+            m.insert(
+                "scope".into(),
+                serde_json::json!({"kind": "per-app", "cgroup": c}),
+            );
+        }
+        if self.automatic {
+            m.insert("policy".into(), serde_json::json!("automatic"));
+        }
+        Ok(m)
+    }
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -192,6 +278,45 @@ fn main() -> ExitCode {
             (Request::Status { name }, Duration::from_secs(5))
         }
         Cmd::Counters => (Request::Counters, Duration::from_secs(5)),
+        Cmd::List { json: j } => {
+            json = j;
+            (Request::List, Duration::from_secs(5))
+        }
+        Cmd::Add(args) => match args.fields() {
+            Ok(mut m) => {
+                m.insert("name".into(), serde_json::json!(args.name));
+                (
+                    Request::Add {
+                        connection: serde_json::Value::Object(m),
+                    },
+                    Duration::from_secs(5),
+                )
+            }
+            Err(e) => {
+                eprintln!("tunnel: {e}");
+                return exit(code::BAD_PARAMETER);
+            }
+        },
+        Cmd::Edit(args) => match args.fields() {
+            Ok(m) => (
+                Request::Edit {
+                    name: args.name,
+                    changes: serde_json::Value::Object(m),
+                },
+                Duration::from_secs(20),
+            ),
+            Err(e) => {
+                eprintln!("tunnel: {e}");
+                return exit(code::BAD_PARAMETER);
+            }
+        },
+        Cmd::Delete { name } => (Request::Delete { name }, Duration::from_secs(5)),
+        Cmd::Logs {
+            what: LogsCmd::Save { file },
+        } => {
+            let file = std::path::absolute(&file).unwrap_or(file);
+            (Request::SaveLogs { path: file }, Duration::from_secs(10))
+        }
     };
     match control::call(&cli.socket, &request, wait) {
         Ok(response) => show(&request, &response, json),
@@ -250,6 +375,25 @@ fn show(request: &Request, r: &Response, json: bool) -> ExitCode {
             }
         }
         Request::Counters if r.code == code::OK => print!("{}", r.message),
+        Request::List if r.code == code::OK => {
+            let list = r.data.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no stored connections");
+            }
+            for c in list {
+                let urls: Vec<String> = c["urls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|u| u.as_str().map(String::from))
+                    .collect();
+                println!(
+                    "{}  {}",
+                    c["name"].as_str().unwrap_or_default(),
+                    urls.join(" ")
+                );
+            }
+        }
         _ if r.code == code::OK => println!("{}", r.message),
         _ => eprintln!("tunnel: {}", r.message),
     }

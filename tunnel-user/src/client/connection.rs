@@ -35,6 +35,7 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 use tunnel_common::OWN_SOCKET_MARK;
+use tunnel_config::EventKind;
 use tunnel_proto::{Client, ClientConfig, ClientEvent, Config, EspInput, Transmit};
 
 use super::{
@@ -437,7 +438,9 @@ async fn run(
                 loop {
                     match commands.recv().await {
                         Some((Command::Resume, ack)) => {
-                            emit.event(110, &[&spec.name]);
+                            emit.event(EventKind::UserResume {
+                                connection: spec.name.clone(),
+                            });
                             let _ = ack.send(());
                             break;
                         }
@@ -505,7 +508,9 @@ async fn run(
         .established_at
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = None;
-    emit.event(302, &[&spec.name]);
+    emit.event(EventKind::Disconnected {
+        connection: spec.name.clone(),
+    });
 }
 
 fn teardown(tunnel: &mut Option<Tunnel>, plane: &DataPlane, id: ConnId) {
@@ -576,7 +581,11 @@ async fn session(
     let tcp = match connect_marked(addr).await {
         Ok(t) => t,
         Err(e) => {
-            emit.event(303, &[&spec.name, &e.to_string(), &addr.to_string()]);
+            emit.event(EventKind::ConnectionError {
+                connection: spec.name.clone(),
+                error: e.to_string(),
+                peer: addr.to_string(),
+            });
             return Outcome::Lost(format!("connecting to {addr}: {e}"));
         }
     };
@@ -607,7 +616,11 @@ async fn session(
             if pin.is_some() {
                 return Outcome::Failed(Failure::Certificate { message, pin });
             }
-            emit.event(303, &[&spec.name, &message, &addr.to_string()]);
+            emit.event(EventKind::ConnectionError {
+                connection: spec.name.clone(),
+                error: message.clone(),
+                peer: addr.to_string(),
+            });
             return Outcome::Lost(message);
         }
     };
@@ -691,7 +704,9 @@ async fn session(
                 ClientEvent::CredentialsRequired { retry, .. } => {
                     if retry {
                         let _ = wr.shutdown().await;
-                        emit.event(107, &[&spec.name]);
+                        emit.event(EventKind::LoginErrorDisconnect {
+                            connection: spec.name.clone(),
+                        });
                         return Outcome::Failed(Failure::Auth(
                             "the gateway refused the username or password".into(),
                         ));
@@ -713,7 +728,9 @@ async fn session(
                 }
                 ClientEvent::CookieReceived { cookie: c, .. } => *cookie = Some(c),
                 ClientEvent::AuthFailed(why) => {
-                    emit.event(107, &[&spec.name]);
+                    emit.event(EventKind::LoginErrorDisconnect {
+                        connection: spec.name.clone(),
+                    });
                     return Outcome::Failed(Failure::Auth(format!("login failed: {why:?}")));
                 }
                 ClientEvent::Authenticated => debug!(connection = %spec.name, "authenticated"),
@@ -732,7 +749,10 @@ async fn session(
                         s.transport = Some(Transport::Tls);
                         s.last_error = None;
                     }
-                    emit.event(301, &[&spec.name, &addr.ip().to_string()]);
+                    emit.event(EventKind::Established {
+                        connection: spec.name.clone(),
+                        address: addr.ip().to_string(),
+                    });
                     if let (Some(pin), true) = (learned_pin, spec.learn_pin) {
                         emit.learned_pin(&spec.name, &gw.host, pin);
                     }
@@ -752,24 +772,25 @@ async fn session(
                     if let Ok(mut s) = shared.status.lock() {
                         s.transport = Some(Transport::Esp);
                     }
-                    emit.event(306, &[&spec.name]);
+                    emit.event(EventKind::TlsToEsp {
+                        connection: spec.name.clone(),
+                    });
                 }
                 ClientEvent::EspDown => {
                     if let Ok(mut s) = shared.status.lock() {
                         s.transport = Some(Transport::Tls);
                     }
-                    emit.event(305, &[&spec.name]);
+                    emit.event(EventKind::EspToTls {
+                        connection: spec.name.clone(),
+                    });
                 }
                 ClientEvent::EspRekeyed => debug!(connection = %spec.name, "ESP rekeyed"),
                 ClientEvent::Terminated { kind, message } => {
-                    emit.event(
-                        308,
-                        &[
-                            &spec.name,
-                            &format!("{kind:?}: {message}"),
-                            &addr.ip().to_string(),
-                        ],
-                    );
+                    emit.event(EventKind::ServerDisconnected {
+                        connection: spec.name.clone(),
+                        reason: format!("{kind:?}: {message}"),
+                        peer: addr.ip().to_string(),
+                    });
                     // The gateway ended the session (restart, idle timeout...): log in again.
                     *cookie = None;
                     return Outcome::Lost(format!("the gateway ended the session: {message}"));
@@ -838,7 +859,7 @@ async fn session(
                 if let Some(t) = tunnel.as_ref()
                     && let Some((was, now)) = route_change(addr.ip(), t)
                 {
-                    emit.event(304, &[&spec.name, &was, &now]);
+                    emit.event(EventKind::RouteChanged { connection: spec.name.clone(), from: was.clone(), to: now.clone() });
                     return Outcome::Lost(format!("the route to the gateway changed ({was} -> {now})"));
                 }
             }
@@ -858,7 +879,7 @@ async fn session(
                         Outcome::Done
                     }
                     Command::Suspend => {
-                        emit.event(109, &[&spec.name]);
+                        emit.event(EventKind::UserSuspend { connection: spec.name.clone() });
                         let _ = wr.shutdown().await;
                         Outcome::Suspended
                     }

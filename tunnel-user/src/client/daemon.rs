@@ -1,15 +1,19 @@
-//! `tunneld`: owns the kernel data path, the connections and the event log, and answers the
-//! control socket. Requests are handled one task each; connections live in their own tasks
-//! (see [`super::connection`]).
+//! `tunneld`: owns the kernel data path, the connections store, the running connections and
+//! the event log, and answers the control socket. Requests are handled one task each;
+//! connections live in their own tasks (see [`super::connection`]).
+//!
+//! State on disk, under the state directory: `connections.json` (the store; a corrupt file is
+//! kept aside and reported, never discarded), `pins.json` (gateway pins learned after a
+//! trusted connection), `tunneld.log` (the event log, rotated at 10 MB keeping one old file).
 
 use std::{
     collections::BTreeMap,
     ffi::CStr,
     io,
     os::unix::{fs::PermissionsExt, net::UnixStream as StdUnixStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use tokio::{
@@ -17,24 +21,26 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 use tracing::{info, warn};
+use tunnel_config::{
+    Connection, EventKind, EventLog, Level, RotatingLog, Scope, ServerUrl, Start, Store,
+};
 
 use super::{
     Emit,
     connection::{self, Command, ConnectSpec, Dpd, Failure, Gateway, Handle, State},
-    control::{Request, Response, code},
-    kvp::Kvps,
+    control::{Credentials, Request, Response, code},
     policy::DataPlane,
     tls::{ClientCert, Pin, Trust},
 };
-use crate::datapath::ConnId;
+use crate::datapath::{ConnId, PortList};
 
 /// How `tunneld` is set up.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     pub socket: PathBuf,
-    /// Where learned pins, the store and the log live.
+    /// Where the store, learned pins and the log live.
     pub state_dir: PathBuf,
-    /// Uplinks to attach the classifier to; None: every non-loopback Ethernet interface.
+    /// Uplinks to attach the classifier to; None: every interface but loopback and TUNs.
     pub uplinks: Option<Vec<String>>,
 }
 
@@ -46,6 +52,10 @@ pub enum DaemonError {
     Io { what: String, source: io::Error },
     #[error("the kernel data path: {0}")]
     Datapath(#[from] crate::DatapathError),
+    #[error("the connections store: {0}")]
+    Store(#[from] tunnel_config::StoreError),
+    #[error("the event log: {0}")]
+    Log(#[from] tunnel_config::LogError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
@@ -53,8 +63,11 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
     move |source| DaemonError::Io { what, source }
 }
 
-/// Interfaces in this network namespace that look like uplinks: up, Ethernet or raw IP, not
-/// loopback and not one of our TUN devices.
+/// The event log rotates at this size, keeping one old file.
+const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Interfaces in this network namespace that look like uplinks: everything but loopback and
+/// our TUN devices. (`if_nameindex` asks the kernel, so it sees the caller's namespace.)
 pub fn detect_uplinks() -> Vec<String> {
     let mut out = Vec::new();
     // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
@@ -76,13 +89,33 @@ pub fn detect_uplinks() -> Vec<String> {
     out
 }
 
+/// The event log: a line per event, rotated by size.
+struct Log {
+    file: RotatingLog,
+    format: EventLog,
+}
+
+impl Log {
+    fn event(&mut self, event: &EventKind) {
+        let e = event.event();
+        if let Some(line) = self.format.line(SystemTime::now(), &e) {
+            if let Err(err) = self.file.write_line(&line) {
+                warn!(error = %err, "writing the event log failed");
+            }
+        }
+        info!(event = e.id, "{}", e.message);
+    }
+}
+
 /// State shared by request handlers.
 struct Daemon {
     plane: DataPlane,
     emit: Emit,
+    store: Mutex<Store>,
     connections: Mutex<BTreeMap<String, Handle>>,
     /// Gateway host to its pin, learned on the first trusted connection (pins.json).
     pins: Arc<Mutex<BTreeMap<String, Pin>>>,
+    log: Arc<Mutex<Log>>,
 }
 
 impl Daemon {
@@ -96,54 +129,87 @@ impl Daemon {
             .collect();
         (0..tunnel_common::MAX_CONNS as ConnId).find(|id| !used.contains(id))
     }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Runs the daemon until `shutdown` completes; every connection is then disconnected and
-/// the kernel programs detached.
-pub async fn run(
-    config: DaemonConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
-    let uplinks = config.uplinks.clone().unwrap_or_else(detect_uplinks);
-    let plane = DataPlane::start(&uplinks)?;
-    let pins_path = config.state_dir.join("pins.json");
-    let pins: BTreeMap<String, Pin> = std::fs::read_to_string(&pins_path)
+fn load_pins(path: &Path) -> BTreeMap<String, Pin> {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str::<BTreeMap<String, String>>(&t).ok())
         .map(|m| {
             m.into_iter()
-                .filter_map(|(h, p): (String, String)| Pin::parse(&p).ok().map(|p| (h, p)))
+                .filter_map(|(h, p)| Pin::parse(&p).ok().map(|p| (h, p)))
                 .collect()
         })
-        .unwrap_or_default();
-    let pin_store: Arc<Mutex<BTreeMap<String, Pin>>> = Arc::new(Mutex::new(pins));
-    let learned = pin_store.clone();
-    let learned_path = pins_path.clone();
+        .unwrap_or_default()
+}
+
+fn save_pins(path: &Path, pins: &BTreeMap<String, Pin>) {
+    let text: BTreeMap<&String, String> = pins.iter().map(|(h, p)| (h, p.to_string())).collect();
+    let tmp = path.with_extension("json.new");
+    let ok = std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(&text).unwrap_or_default(),
+    )
+    .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = ok {
+        warn!(error = %e, "saving learned pins failed");
+    }
+}
+
+/// Runs the daemon until `shutdown` completes; every connection is then disconnected and the
+/// kernel programs detached.
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let dir = &config.state_dir;
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("restricting {}", dir.display())))?;
+    let log = Arc::new(Mutex::new(Log {
+        file: RotatingLog::open(dir.join("tunneld.log"), LOG_MAX_BYTES)?,
+        format: EventLog::new(Level::Info),
+    }));
+    let (store, corrupt) = Store::open(dir.join("connections.json"))?;
+    if let Some(c) = corrupt {
+        warn!("{c}");
+        let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+        let line = l
+            .format
+            .message_line(SystemTime::now(), Level::Error, &c.to_string());
+        if let Some(line) = line {
+            let _ = l.file.write_line(&line);
+        }
+    }
+    let uplinks = config.uplinks.clone().unwrap_or_else(detect_uplinks);
+    let plane = DataPlane::start(&uplinks)?;
+    plane.set_lockdown(store.machine().vpn_only_access)?;
+    let pins_path = dir.join("pins.json");
+    let pins = Arc::new(Mutex::new(load_pins(&pins_path)));
+    let (learned, sink) = (pins.clone(), log.clone());
     let emit = Emit::new(
-        |id, args| info!(event = id, args = ?args, "event"),
+        move |event| sink.lock().unwrap_or_else(|e| e.into_inner()).event(&event),
         move |_conn, host, pin| {
             let Ok(mut m) = learned.lock() else { return };
             if m.get(host) != Some(&pin) {
                 m.insert(host.to_string(), pin);
-                let text: BTreeMap<&String, String> =
-                    m.iter().map(|(h, p)| (h, p.to_string())).collect();
-                let _ = std::fs::write(
-                    &learned_path,
-                    serde_json::to_string_pretty(&text).unwrap_or_default(),
-                );
+                save_pins(&pins_path, &m);
             }
         },
     );
-    if let Some(dir) = config.socket.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    if let Some(parent) = config.socket.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(io_err(format!("creating {}", parent.display())))?;
     }
     // A stale socket from an earlier run: remove it unless someone still answers on it.
     if config.socket.exists() {
         if StdUnixStream::connect(&config.socket).is_ok() {
             return Err(DaemonError::Io {
-                what: format!("{}", config.socket.display()),
+                what: config.socket.display().to_string(),
                 source: io::Error::new(io::ErrorKind::AddrInUse, "another tunneld is running"),
             });
         }
@@ -156,11 +222,41 @@ pub async fn run(
     let daemon = Arc::new(Daemon {
         plane,
         emit: emit.clone(),
+        store: Mutex::new(store),
         connections: Mutex::new(BTreeMap::new()),
-        pins: pin_store,
+        pins,
+        log,
     });
-    emit.event(1, &[env!("CARGO_PKG_VERSION")]);
+    emit.event(EventKind::ServiceStarted {
+        version: env!("CARGO_PKG_VERSION").into(),
+    });
     info!(socket = %config.socket.display(), uplinks = ?uplinks, "tunneld running");
+    // Connections whose policy is "automatic" start with the daemon.
+    let automatic: Vec<String> = daemon
+        .store()
+        .list()
+        .iter()
+        .filter(|c| c.policy == tunnel_config::ConnectionPolicy::Automatic)
+        .map(|c| c.name.clone())
+        .collect();
+    for name in automatic {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let r = handle(
+                &d,
+                Request::Connect {
+                    name: Some(name.clone()),
+                    url: None,
+                    credentials: Box::default(),
+                    timeout_secs: None,
+                },
+            )
+            .await;
+            if r.code != code::OK {
+                warn!(connection = %name, "automatic connection: {}", r.message);
+            }
+        });
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -180,21 +276,15 @@ pub async fn run(
         let _ = h.task.await;
     }
     let _ = std::fs::remove_file(&config.socket);
-    emit.event(2, &[]);
+    emit.event(EventKind::ServiceStopped);
     Ok(())
 }
 
-/// The peer's uid, from SO_PEERCRED.
-fn peer_uid(stream: &UnixStream) -> Option<u32> {
-    stream.peer_cred().ok().map(|c| c.uid())
-}
-
 async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
-    let uid = peer_uid(&stream);
+    let uid = stream.peer_cred().ok().map(|c| c.uid());
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    let mut reader = BufReader::new(rd);
-    if reader.read_line(&mut line).await.is_err() {
+    if BufReader::new(rd).read_line(&mut line).await.is_err() {
         return;
     }
     let response = if uid != Some(0) {
@@ -211,48 +301,172 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
     let _ = wr.write_all(out.as_bytes()).await;
 }
 
-/// Parses `https://host[:port][/path]`, a bare host or an IP literal.
-pub fn parse_gateway(url: &str) -> Result<Gateway, String> {
-    let rest = url.trim();
-    let rest = match rest.split_once("://") {
-        Some(("https", r)) => r,
-        Some((scheme, _)) => {
-            return Err(format!(
-                "'{url}': only https:// gateways are supported, not {scheme}://"
-            ));
-        }
-        None => rest,
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].to_string()),
-        None => (rest, "/".to_string()),
-    };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("'{url}': unclosed '[' in the address"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("'{url}': '{p}' is not a port"))?,
-            None if after.is_empty() => 443,
-            None => return Err(format!("'{url}': unexpected '{after}' after the address")),
-        };
-        (h.to_string(), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| format!("'{url}': '{p}' is not a port"))?,
-            ),
-            None => (authority.to_string(), 443),
-        }
-    };
-    if host.is_empty() || port == 0 {
-        return Err(format!("'{url}' names no gateway"));
+fn gateway_of(url: &ServerUrl) -> Gateway {
+    Gateway {
+        host: url.host_name(),
+        port: url.port(),
+        path: url.path().to_string(),
     }
-    Ok(Gateway { host, port, path })
+}
+
+/// The cgroup v2 directory of a per-app scope (a path below the cgroup2 mount, or absolute).
+fn cgroup_dir(path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.starts_with("/sys/fs/cgroup") {
+        return p.to_path_buf();
+    }
+    let root = std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+    root.join(path.trim_start_matches('/'))
+}
+
+/// A connection from a request: the stored one named, or an ad-hoc one for a URL.
+fn resolve_connection(
+    daemon: &Daemon,
+    name: Option<String>,
+    url: Option<String>,
+) -> Result<(Connection, bool), Response> {
+    match (name, url) {
+        (name, Some(url)) => {
+            let url = ServerUrl::parse(&url)
+                .map_err(|e| Response::with(code::BAD_PARAMETER, format!("-url: {e}")))?;
+            let name = name.unwrap_or_else(|| url.host_name());
+            // A stored connection with that name and URL is the same connection.
+            if let Some(stored) = daemon.store().get(&name).filter(|c| c.urls.contains(&url)) {
+                return Ok((stored.clone(), true));
+            }
+            Ok((Connection::new(name, url), false))
+        }
+        (Some(name), None) => match daemon.store().get(&name) {
+            Some(c) => Ok((c.clone(), true)),
+            None => Err(Response::with(
+                code::NO_SUCH_CONNECTION,
+                format!("no connection named '{name}'"),
+            )),
+        },
+        (None, None) => Err(Response::with(
+            code::BAD_PARAMETER,
+            "connect needs a connection name or -url",
+        )),
+    }
+}
+
+/// Builds what a connection needs to run from its stored settings and the request.
+fn spec_for(
+    daemon: &Daemon,
+    conn: &Connection,
+    stored: bool,
+    creds: &Credentials,
+) -> Result<ConnectSpec, Response> {
+    let kvps = if creds.kvps.is_empty() {
+        conn.kvps.clone()
+    } else {
+        conn.kvps
+            .updated(&creds.kvps, &[] as &[&str])
+            .map_err(|e| {
+                Response::with(
+                    code::BAD_PARAMETER,
+                    format!("invalid key-value pairs, nothing applied: {e}"),
+                )
+            })?
+    };
+    let app_dir = match (&creds.app_cgroup, &conn.scope) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Scope::PerApp { cgroup }) => Some(cgroup_dir(cgroup)),
+        (None, Scope::DeviceLevel) => None,
+    };
+    let app_cgroup = match app_dir {
+        Some(path) => match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Some(std::os::unix::fs::MetadataExt::ino(&m)),
+            _ => {
+                return Err(Response::with(
+                    code::BAD_PARAMETER,
+                    format!(
+                        "per-app cgroup {}: not a cgroup v2 directory",
+                        path.display()
+                    ),
+                ));
+            }
+        },
+        None => None,
+    };
+    let order = if stored {
+        let mut rng = rand::rng();
+        conn.url_order(Start::Fresh, &mut rng)
+    } else {
+        (0..conn.urls.len()).collect()
+    };
+    let gateways: Vec<Gateway> = order
+        .iter()
+        .filter_map(|i| conn.urls.get(*i))
+        .map(gateway_of)
+        .collect();
+    let first_host = gateways.first().map(|g| g.host.clone()).unwrap_or_default();
+    let trust = Trust {
+        pin: creds
+            .pin
+            .as_deref()
+            .map(Pin::parse)
+            .transpose()
+            .map_err(|e| Response::with(code::BAD_PARAMETER, e))?,
+        // DisablePinning=true: no learned pin; the CA store decides.
+        learned: (!kvps.disable_pinning())
+            .then(|| {
+                daemon
+                    .pins
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(&first_host).copied())
+            })
+            .flatten(),
+    };
+    let client_cert = match (&creds.cert, &creds.key) {
+        (Some(c), k) => Some(
+            ClientCert::load(c, k.as_deref().unwrap_or(c))
+                .map_err(|e| Response::with(code::CERTIFICATE, e))?,
+        ),
+        (None, _) => None,
+    };
+    let udp_ports = kvps
+        .split_udp_ports()
+        .map(|l| PortList::from_ranges(l.ranges().to_vec()))
+        .transpose()
+        .map_err(|e| Response::with(code::BAD_PARAMETER, format!("SplitUDPPortList: {e}")))?;
+    let id = daemon
+        .free_id()
+        .ok_or_else(|| Response::with(code::GENERAL, "too many connections"))?;
+    Ok(ConnectSpec {
+        name: conn.name.clone(),
+        id,
+        gateways,
+        realm: creds.realm.clone().or_else(|| conn.realm.clone()),
+        user: creds.user.clone().or_else(|| conn.user.clone()),
+        password: creds.password.clone(),
+        cookie: creds.cookie.clone(),
+        trust,
+        client_cert,
+        ip_routes: kvps.configured_ip_routes().map(<[_]>::to_vec),
+        exc_routes: kvps.exc_routes().to_vec(),
+        udp_ports,
+        mtu: kvps.is_set(tunnel_config::Key::MTU).then(|| kvps.mtu()),
+        tun_ip: kvps.tun_ip(),
+        dpd: Dpd {
+            idle: kvps.atp_probe_idle(),
+            interval: kvps.atp_probe_interval(),
+            count: kvps.atp_probe_count(),
+        },
+        disconnect_timeout: kvps.disconnect_timeout(),
+        app_cgroup,
+        esp: true,
+        learn_pin: !kvps.disable_pinning(),
+    })
 }
 
 async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
@@ -280,139 +494,124 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 let cells: Vec<serde_json::Value> = table
                     .nonzero()
                     .into_iter()
-                    .map(|(conn, reason, c)| serde_json::json!({"conn": conn, "reason": reason.name(), "packets": c.packets, "bytes": c.bytes}))
+                    .map(|(conn, reason, c)| {
+                        serde_json::json!({"conn": conn, "reason": reason.name(), "packets": c.packets, "bytes": c.bytes})
+                    })
                     .collect();
                 Response::ok(table.to_string()).data(cells)
             }
             Err(e) => Response::with(code::GENERAL, e.to_string()),
         },
-        Request::Connect {
-            name,
-            url,
-            credentials,
-            timeout_secs,
-        } => {
-            let Some(url) = url.or(name.clone()) else {
+        Request::List => {
+            let store = daemon.store();
+            let list: Vec<&Connection> = store.list().iter().collect();
+            Response::ok(format!("{} stored connection(s)", list.len())).data(&list)
+        }
+        Request::Add { connection } => {
+            let conn: Connection = match serde_json::from_value(connection) {
+                Ok(c) => c,
+                Err(e) => return Response::with(code::BAD_PARAMETER, format!("connection: {e}")),
+            };
+            if !daemon.store().machine().user_connection {
                 return Response::with(
-                    code::BAD_PARAMETER,
-                    "connect needs a connection name or -url",
+                    8,
+                    "user connections are not allowed by the machine settings",
                 );
-            };
-            let gateway = match parse_gateway(&url) {
-                Ok(g) => g,
-                Err(e) => return Response::with(code::BAD_PARAMETER, e),
-            };
-            let name = name.unwrap_or_else(|| gateway.host.clone());
+            }
+            let name = conn.name.clone();
+            match daemon.store().add(conn) {
+                Ok(()) => Response::ok(format!("added '{name}'")),
+                Err(e) => Response::with(code::BAD_PARAMETER, e.to_string()),
+            }
+        }
+        Request::Edit { name, changes } => edit(daemon, &name, changes).await,
+        Request::Delete { name } => {
             if daemon
                 .connections
                 .lock()
                 .map(|c| c.contains_key(&name))
                 .unwrap_or(false)
             {
-                let state = daemon
-                    .connections
-                    .lock()
-                    .ok()
-                    .and_then(|c| c.get(&name).map(|h| h.status().state));
-                if matches!(
-                    state,
-                    Some(State::Connected | State::Connecting | State::Reconnecting)
-                ) {
+                return Response::with(
+                    code::INVALID_STATE,
+                    format!("'{name}' is running: disconnect it first"),
+                );
+            }
+            match daemon.store().delete(&name) {
+                Ok(_) => Response::ok(format!("deleted '{name}'")),
+                Err(tunnel_config::StoreError::NotFound { .. }) => Response::with(
+                    code::NO_SUCH_CONNECTION,
+                    format!("no connection named '{name}'"),
+                ),
+                Err(e) => Response::with(code::GENERAL, e.to_string()),
+            }
+        }
+        Request::Connect {
+            name,
+            url,
+            credentials,
+            timeout_secs,
+        } => {
+            let (conn, stored) = match resolve_connection(daemon, name, url) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            let name = conn.name.clone();
+            let running = daemon
+                .connections
+                .lock()
+                .ok()
+                .and_then(|c| c.get(&name).map(|h| h.status().state));
+            match running {
+                Some(
+                    State::Connected | State::Connecting | State::Reconnecting | State::Suspended,
+                ) => {
                     return Response::with(
                         code::INVALID_STATE,
-                        format!("'{name}' is already connected"),
+                        format!("'{name}' is already running"),
                     );
                 }
-                if let Some(old) = daemon
-                    .connections
-                    .lock()
-                    .ok()
-                    .and_then(|mut c| c.remove(&name))
-                {
-                    old.task.abort();
+                Some(_) => {
+                    if let Some(old) = daemon
+                        .connections
+                        .lock()
+                        .ok()
+                        .and_then(|mut c| c.remove(&name))
+                    {
+                        old.task.abort();
+                    }
+                }
+                None => {}
+            }
+            let spec = match spec_for(daemon, &conn, stored, &credentials) {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            let response = connect(daemon, spec, timeout_secs).await;
+            if response.code == code::OK && stored {
+                // Remember which URL worked, for "most recent" smart connections.
+                let server = response
+                    .data
+                    .get("server")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let mut store = daemon.store();
+                let index = store.get(&name).and_then(|c| {
+                    c.urls
+                        .iter()
+                        .position(|u| server.starts_with(&gateway_of(u).to_string()))
+                });
+                if let Some(i) = index {
+                    let _ = store.record_success(&name, i);
                 }
             }
-            let kvps = match Kvps::parse(&credentials.kvps) {
-                Ok(k) => k,
-                Err(e) => {
-                    return Response::with(
-                        code::BAD_PARAMETER,
-                        format!("invalid key-value pair, nothing applied: {e}"),
-                    );
-                }
-            };
-            let app_cgroup = match &credentials.app_cgroup {
-                Some(path) => match std::fs::metadata(path) {
-                    Ok(m) if m.is_dir() => Some(std::os::unix::fs::MetadataExt::ino(&m)),
-                    _ => {
-                        return Response::with(
-                            code::BAD_PARAMETER,
-                            format!(
-                                "per-app cgroup {}: not a cgroup v2 directory",
-                                path.display()
-                            ),
-                        );
-                    }
-                },
-                None => None,
-            };
-            let trust = Trust {
-                pin: match credentials.pin.as_deref().map(Pin::parse).transpose() {
-                    Ok(p) => p,
-                    Err(e) => return Response::with(code::BAD_PARAMETER, e),
-                },
-                // DisablePinning=true: no learned pin; the CA store decides.
-                learned: (!kvps.disable_pinning)
-                    .then(|| {
-                        daemon
-                            .pins
-                            .lock()
-                            .ok()
-                            .and_then(|p| p.get(&gateway.host).copied())
-                    })
-                    .flatten(),
-            };
-            let client_cert = match (&credentials.cert, &credentials.key) {
-                (Some(c), k) => match ClientCert::load(c, k.as_deref().unwrap_or(c)) {
-                    Ok(cert) => Some(cert),
-                    Err(e) => return Response::with(code::CERTIFICATE, e),
-                },
-                (None, _) => None,
-            };
-            let Some(id) = daemon.free_id() else {
-                return Response::with(code::GENERAL, "too many connections");
-            };
-            let spec = ConnectSpec {
-                name: name.clone(),
-                id,
-                gateways: vec![gateway],
-                realm: credentials.realm.clone(),
-                user: credentials.user.clone(),
-                password: credentials.password.clone(),
-                cookie: credentials.cookie.clone(),
-                trust,
-                client_cert,
-                ip_routes: kvps.ip_routes.clone(),
-                exc_routes: kvps.exc_routes.clone(),
-                udp_ports: kvps.udp_ports.clone(),
-                mtu: kvps.mtu,
-                tun_ip: kvps.tun_ip,
-                dpd: Dpd {
-                    idle: kvps.probe_idle,
-                    interval: kvps.probe_interval,
-                    count: kvps.probe_count,
-                },
-                disconnect_timeout: kvps.disconnect_timeout,
-                app_cgroup,
-                esp: true,
-                learn_pin: !kvps.disable_pinning,
-            };
-            connect(daemon, spec, timeout_secs).await
+            response
         }
-        Request::Disconnect { name } => command(daemon, &name, Command::Disconnect, true).await,
-        Request::Signout { name } => command(daemon, &name, Command::Signout, true).await,
-        Request::Suspend { name } => command(daemon, &name, Command::Suspend, false).await,
-        Request::Resume { name } => command(daemon, &name, Command::Resume, false).await,
+        Request::Disconnect { name } => command(daemon, &name, Command::Disconnect).await,
+        Request::Signout { name } => command(daemon, &name, Command::Signout).await,
+        Request::Suspend { name } => command(daemon, &name, Command::Suspend).await,
+        Request::Resume { name } => command(daemon, &name, Command::Resume).await,
         Request::Stop => {
             let names: Vec<String> = daemon
                 .connections
@@ -420,18 +619,101 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 .map(|c| c.keys().cloned().collect())
                 .unwrap_or_default();
             for n in &names {
-                command(daemon, n, Command::Disconnect, true).await;
+                command(daemon, n, Command::Disconnect).await;
             }
             Response::ok(format!("disconnected {} connection(s)", names.len()))
         }
-        other => Response::with(code::GENERAL, format!("{other:?} is not available yet")),
+        Request::SaveLogs { path } => save_logs(daemon, &path),
+        other => Response::with(
+            code::GENERAL,
+            format!("{other:?} is not available in this build"),
+        ),
+    }
+}
+
+/// Applies a JSON patch of stored fields (`urls`, `realm`, `user`, `kvps`, `url_mode`,
+/// `scope`, `policy`, `lock_down`) to a stored connection; a running connection is
+/// disconnected first (event 108), as the seed says.
+async fn edit(daemon: &Arc<Daemon>, name: &str, changes: serde_json::Value) -> Response {
+    let Some(current) = daemon.store().get(name).cloned() else {
+        return Response::with(
+            code::NO_SUCH_CONNECTION,
+            format!("no connection named '{name}'"),
+        );
+    };
+    let mut value = match serde_json::to_value(&current) {
+        Ok(v) => v,
+        Err(e) => return Response::with(code::GENERAL, e.to_string()),
+    };
+    let (Some(obj), Some(patch)) = (value.as_object_mut(), changes.as_object()) else {
+        return Response::with(
+            code::BAD_PARAMETER,
+            "changes must be a JSON object of fields",
+        );
+    };
+    for (k, v) in patch {
+        obj.insert(k.clone(), v.clone());
+    }
+    let edited: Connection = match serde_json::from_value(value) {
+        Ok(c) => c,
+        Err(e) => return Response::with(code::BAD_PARAMETER, format!("edit: {e}")),
+    };
+    if daemon
+        .connections
+        .lock()
+        .map(|c| c.contains_key(name))
+        .unwrap_or(false)
+    {
+        daemon.emit.event(EventKind::ModifiedDisconnect {
+            connection: name.to_string(),
+        });
+        command(daemon, name, Command::Disconnect).await;
+    }
+    match daemon.store().edit(name, |c| *c = edited) {
+        Ok(c) => Response::ok(format!("edited '{}'", c.name)),
+        Err(e) => Response::with(code::BAD_PARAMETER, e.to_string()),
+    }
+}
+
+/// Writes a diagnostics bundle: status, counters, the store (without secrets: it holds none),
+/// uplinks and the event logs.
+fn save_logs(daemon: &Arc<Daemon>, path: &Path) -> Response {
+    let status: Vec<_> = daemon
+        .connections
+        .lock()
+        .map(|c| c.values().map(Handle::status).collect())
+        .unwrap_or_default();
+    let counters = daemon
+        .plane
+        .counters()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let store: Vec<Connection> = daemon.store().list().to_vec();
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let log = daemon.log.lock().unwrap_or_else(|e| e.into_inner());
+    let bundle = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uplinks": daemon.plane.uplinks(),
+        "status": status,
+        "counters": counters,
+        "connections": store,
+        "log_old": read(log.file.old_path().to_path_buf()),
+        "log": read(log.file.path().to_path_buf()),
+    });
+    drop(log);
+    let text = serde_json::to_string_pretty(&bundle).unwrap_or_default();
+    match std::fs::write(path, text) {
+        Ok(()) => Response::ok(format!("diagnostics written to {}", path.display())),
+        Err(e) => Response::with(code::GENERAL, format!("{}: {e}", path.display())),
     }
 }
 
 /// Starts a connection and waits for its first login to finish (or `timeout_secs`).
 async fn connect(daemon: &Arc<Daemon>, spec: ConnectSpec, timeout_secs: Option<u64>) -> Response {
     let name = spec.name.clone();
-    daemon.emit.event(100, &[&name]);
+    daemon.emit.event(EventKind::UserStart {
+        connection: name.clone(),
+    });
     let (handle, first) = connection::spawn(spec, daemon.plane.clone(), daemon.emit.clone());
     if let Ok(mut c) = daemon.connections.lock() {
         c.insert(name.clone(), handle);
@@ -479,21 +761,21 @@ async fn connect(daemon: &Arc<Daemon>, spec: ConnectSpec, timeout_secs: Option<u
     }
 }
 
-async fn command(daemon: &Arc<Daemon>, name: &str, cmd: Command, remove: bool) -> Response {
-    let state = daemon
+async fn command(daemon: &Arc<Daemon>, name: &str, cmd: Command) -> Response {
+    let found = daemon
         .connections
         .lock()
         .ok()
-        .and_then(|c| c.get(name).map(|h| h.status().state));
-    let Some(state) = state else {
+        .and_then(|c| c.get(name).map(|h| (h.status().state, h.commands_clone())));
+    let Some((state, tx)) = found else {
         return Response::with(
             code::NO_SUCH_CONNECTION,
             format!("no connection named '{name}'"),
         );
     };
     let allowed = match cmd {
-        Command::Suspend => matches!(state, State::Connected),
-        Command::Resume => matches!(state, State::Suspended),
+        Command::Suspend => state == State::Connected,
+        Command::Resume => state == State::Suspended,
         Command::Disconnect | Command::Signout => true,
     };
     if !allowed {
@@ -503,38 +785,24 @@ async fn command(daemon: &Arc<Daemon>, name: &str, cmd: Command, remove: bool) -
         );
     }
     let label = format!("{cmd:?}");
-    match cmd {
-        Command::Disconnect | Command::Signout => daemon.emit.event(101, &[name]),
-        _ => {}
+    let ends = matches!(cmd, Command::Disconnect | Command::Signout);
+    if ends {
+        daemon.emit.event(EventKind::UserStop {
+            connection: name.to_string(),
+        });
     }
-    let handle = if remove {
-        daemon
+    let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+    if tx.send((cmd, ack_tx)).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), ack_rx).await;
+    }
+    if ends
+        && let Some(h) = daemon
             .connections
             .lock()
             .ok()
             .and_then(|mut c| c.remove(name))
-    } else {
-        None
-    };
-    match handle {
-        Some(h) => {
-            h.command(cmd).await;
-            let _ = tokio::time::timeout(Duration::from_secs(10), h.task).await;
-        }
-        None => {
-            let sent = {
-                let conns = daemon.connections.lock().ok();
-                conns
-                    .as_ref()
-                    .and_then(|c| c.get(name))
-                    .map(|h| (h.commands_clone(), h.name.clone()))
-            };
-            if let Some((tx, _)) = sent {
-                let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-                let _ = tx.send((cmd, ack_tx));
-                let _ = ack_rx.await;
-            }
-        }
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(10), h.task).await;
     }
     Response::ok(format!("{label} '{name}': done"))
 }

@@ -13,20 +13,18 @@
 //! - `policy`: the shared kernel data path and the policy built from live connections;
 //! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;
 //! - `control`: the request/response protocol of the control socket;
-//! - `kvp`: the Ivanti Tunnel key-value pairs, validated as a batch;
 //! - `daemon`: `tunneld` itself.
 
 pub mod connection;
 pub mod control;
 pub mod daemon;
-pub mod kvp;
 pub mod policy;
 pub mod tls;
 
 use std::sync::Arc;
 
-/// Receives an event ID and its arguments.
-type EventSink = Arc<dyn Fn(u16, &[&str]) + Send + Sync>;
+/// Receives the events of the seed's catalogue.
+type EventSink = Arc<dyn Fn(tunnel_config::EventKind) + Send + Sync>;
 /// Receives (connection, gateway host, pin) of a trusted gateway.
 type PinSink = Arc<dyn Fn(&str, &str, tls::Pin) + Send + Sync>;
 
@@ -39,7 +37,7 @@ pub struct Emit {
 
 impl Emit {
     pub fn new(
-        event: impl Fn(u16, &[&str]) + Send + Sync + 'static,
+        event: impl Fn(tunnel_config::EventKind) + Send + Sync + 'static,
         pin: impl Fn(&str, &str, tls::Pin) + Send + Sync + 'static,
     ) -> Emit {
         Emit {
@@ -48,9 +46,9 @@ impl Emit {
         }
     }
 
-    /// Reports event `id` with its arguments, in the order of the message's placeholders.
-    pub fn event(&self, id: u16, args: &[&str]) {
-        (self.event)(id, args);
+    /// Reports an event of the seed's catalogue.
+    pub fn event(&self, event: tunnel_config::EventKind) {
+        (self.event)(event);
     }
 
     /// Reports the pin of a gateway that was trusted, for pinning on later connections.
