@@ -352,7 +352,7 @@ pub enum EventError {
 }
 
 /// Renders catalogue event `id` from named arguments.
-pub fn render(id: u16, args: &[(&str, &str)]) -> Result<Event, EventError> {
+pub fn render_event(id: u16, args: &[(&str, &str)]) -> Result<Event, EventError> {
     EventSpec::by_id(id)
         .ok_or(EventError::UnknownId { id })?
         .render_named(args)
@@ -601,8 +601,16 @@ mod tests {
             "The Ivanti service version <ID> has successfully started.",
         ),
         (2, "informational", "The Ivanti service has stopped."),
-        (100, "informational", "User requested connection <ID> to start."),
-        (101, "informational", "User requested connection <ID> to stop."),
+        (
+            100,
+            "informational",
+            "User requested connection <ID> to start.",
+        ),
+        (
+            101,
+            "informational",
+            "User requested connection <ID> to stop.",
+        ),
         (
             102,
             "informational",
@@ -638,8 +646,16 @@ mod tests {
             "informational",
             "Connection <ID> is disconnected because it was modified.",
         ),
-        (109, "informational", "User requested connection <ID> to suspend."),
-        (110, "informational", "User requested connection <ID> to resume."),
+        (
+            109,
+            "informational",
+            "User requested connection <ID> to suspend.",
+        ),
+        (
+            110,
+            "informational",
+            "User requested connection <ID> to resume.",
+        ),
         (
             300,
             "informational",
@@ -650,7 +666,11 @@ mod tests {
             "informational",
             "The connection <ID> was established successfully to address <ID>.",
         ),
-        (302, "informational", "The connection <ID> was disconnected."),
+        (
+            302,
+            "informational",
+            "The connection <ID> was disconnected.",
+        ),
         (
             303,
             "error",
@@ -819,9 +839,13 @@ mod tests {
 
     #[test]
     fn named_arguments_fill_in_order() {
-        let e = render(
+        let e = render_event(
             304,
-            &[("to", "10.0.0.2"), ("connection", "corp"), ("from", "10.0.0.1")],
+            &[
+                ("to", "10.0.0.2"),
+                ("connection", "corp"),
+                ("from", "10.0.0.1"),
+            ],
         )
         .unwrap();
         assert_eq!(
@@ -829,12 +853,12 @@ mod tests {
             "The connection corp was disconnected due to change in routing table. Interface address changed from 10.0.0.1 to 10.0.0.2."
         );
         assert_eq!(e.level, Level::Error);
-        let e = render(102, &[("connection", "c"), ("policy", "automatic")]).unwrap();
+        let e = render_event(102, &[("connection", "c"), ("policy", "automatic")]).unwrap();
         assert_eq!(
             e.message,
             "Connection c is starting because its policy requirements have been met. Connection Policy: automatic."
         );
-        let e = render(103, &[("connection", "c"), ("policy", "p")]).unwrap();
+        let e = render_event(103, &[("connection", "c"), ("policy", "p")]).unwrap();
         assert_eq!(
             e.message,
             "Connection c) is stopping because of its policy requirements. Connection Policy: p."
@@ -843,8 +867,11 @@ mod tests {
 
     #[test]
     fn named_argument_errors_name_the_problem() {
-        assert_eq!(render(999, &[]), Err(EventError::UnknownId { id: 999 }));
-        let err = render(301, &[("connection", "c")]).unwrap_err();
+        assert_eq!(
+            render_event(999, &[]),
+            Err(EventError::UnknownId { id: 999 })
+        );
+        let err = render_event(301, &[("connection", "c")]).unwrap_err();
         assert_eq!(
             err,
             EventError::MissingArgument {
@@ -853,9 +880,9 @@ mod tests {
             }
         );
         assert_eq!(err.to_string(), "event 301 needs the argument 'address'");
-        let err = render(302, &[("connection", "c"), ("peer", "p")]).unwrap_err();
+        let err = render_event(302, &[("connection", "c"), ("peer", "p")]).unwrap_err();
         assert_eq!(err.to_string(), "event 302 has no argument 'peer'");
-        let err = render(302, &[("connection", "c"), ("connection", "d")]).unwrap_err();
+        let err = render_event(302, &[("connection", "c"), ("connection", "d")]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "event 302: argument 'connection' is given more than once"

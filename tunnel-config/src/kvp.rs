@@ -215,7 +215,7 @@ impl fmt::Display for PortList {
 }
 
 impl FromStr for PortList {
-    type Err = Problem;
+    type Err = ValueProblem;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ranges = list_entries(s)?
@@ -223,7 +223,7 @@ impl FromStr for PortList {
             .map(|entry| {
                 let port = |t: &str| match t.trim().parse::<u16>() {
                     Ok(p) if p > 0 && t.trim().bytes().all(|b| b.is_ascii_digit()) => Ok(p),
-                    _ => Err(Problem::BadPort {
+                    _ => Err(ValueProblem::BadPort {
                         entry: entry.to_string(),
                     }),
                 };
@@ -231,7 +231,7 @@ impl FromStr for PortList {
                     Some((a, b)) => {
                         let (a, b) = (port(a)?, port(b)?);
                         if a > b {
-                            return Err(Problem::BackwardsRange {
+                            return Err(ValueProblem::BackwardsRange {
                                 entry: entry.to_string(),
                             });
                         }
@@ -248,7 +248,7 @@ impl FromStr for PortList {
 /// What is wrong with a value, beyond its key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Problem {
+pub enum ValueProblem {
     NotANumber,
     OutOfRange,
     NotABool,
@@ -268,34 +268,40 @@ pub enum Problem {
     BackwardsRange { entry: String },
 }
 
-impl fmt::Display for Problem {
+impl fmt::Display for ValueProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::NotANumber => f.write_str("not a whole number"),
-            Problem::OutOfRange => f.write_str("out of range"),
-            Problem::NotABool => f.write_str("not a boolean"),
-            Problem::UnknownLevel => f.write_str("not a log level"),
-            Problem::NotAnEmail => f.write_str("not an email address"),
-            Problem::NotAnIpv4Address => f.write_str("not an IPv4 address"),
-            Problem::NotUnicast => f.write_str("not a unicast address"),
-            Problem::NotAnIpv6Prefix => f.write_str("not an IPv6 prefix"),
-            Problem::NotUla => f.write_str("not inside the ULA range fc00::/7"),
-            Problem::PrefixLength { length } => write!(f, "prefix length /{length} not allowed"),
-            Problem::HostBitsSet { network } => {
+            ValueProblem::NotANumber => f.write_str("not a whole number"),
+            ValueProblem::OutOfRange => f.write_str("out of range"),
+            ValueProblem::NotABool => f.write_str("not a boolean"),
+            ValueProblem::UnknownLevel => f.write_str("not a log level"),
+            ValueProblem::NotAnEmail => f.write_str("not an email address"),
+            ValueProblem::NotAnIpv4Address => f.write_str("not an IPv4 address"),
+            ValueProblem::NotUnicast => f.write_str("not a unicast address"),
+            ValueProblem::NotAnIpv6Prefix => f.write_str("not an IPv6 prefix"),
+            ValueProblem::NotUla => f.write_str("not inside the ULA range fc00::/7"),
+            ValueProblem::PrefixLength { length } => {
+                write!(f, "prefix length /{length} not allowed")
+            }
+            ValueProblem::HostBitsSet { network } => {
                 write!(f, "host bits are set (did you mean {network}?)")
             }
-            Problem::EmptyList => f.write_str("the list is empty"),
-            Problem::EmptyEntry { index } => {
+            ValueProblem::EmptyList => f.write_str("the list is empty"),
+            ValueProblem::EmptyEntry { index } => {
                 write!(f, "entry {} of the list is empty (stray ';'?)", index + 1)
             }
-            Problem::BadRoute { entry } => write!(f, "{} is not a CIDR or address", Shown(entry)),
-            Problem::RouteHostBits { entry, network } => write!(
+            ValueProblem::BadRoute { entry } => {
+                write!(f, "{} is not a CIDR or address", Shown(entry))
+            }
+            ValueProblem::RouteHostBits { entry, network } => write!(
                 f,
                 "{} has host bits set (did you mean {network}?)",
                 Shown(entry)
             ),
-            Problem::BadPort { entry } => write!(f, "{} is not a port 1-65535", Shown(entry)),
-            Problem::BackwardsRange { entry } => write!(f, "range {} runs backwards", Shown(entry)),
+            ValueProblem::BadPort { entry } => write!(f, "{} is not a port 1-65535", Shown(entry)),
+            ValueProblem::BackwardsRange { entry } => {
+                write!(f, "range {} runs backwards", Shown(entry))
+            }
         }
     }
 }
@@ -315,7 +321,7 @@ pub enum KvpError {
     Invalid {
         key: Key,
         value: String,
-        problem: Problem,
+        problem: ValueProblem,
     },
     #[error("{} is not a KVP: expected KEY=VALUE", Shown(.text))]
     NotAPair { text: String },
@@ -545,10 +551,7 @@ impl Kvps {
     pub fn ip_routes(&self) -> Vec<IpNet> {
         match self.configured_ip_routes() {
             Some(r) => r.to_vec(),
-            None => vec![
-                IpNet::V4(Ipv4Net::default()),
-                IpNet::V6(Ipv6Net::default()),
-            ],
+            None => vec![IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())],
         }
     }
 
@@ -627,7 +630,7 @@ fn unknown(name: &str) -> KvpError {
 }
 
 /// Surrounding whitespace is not part of a value: MDM forms and shell quoting add it.
-fn parse_value(key: Key, raw: &str) -> Result<Value, Problem> {
+fn parse_value(key: Key, raw: &str) -> Result<Value, ValueProblem> {
     let v = raw.trim();
     match key {
         Key::DisconnectTimeoutInSeconds => {
@@ -635,7 +638,7 @@ fn parse_value(key: Key, raw: &str) -> Result<Value, Problem> {
             if n == 0 || DISCONNECT.contains(&n) {
                 Ok(Value::Seconds(n))
             } else {
-                Err(Problem::OutOfRange)
+                Err(ValueProblem::OutOfRange)
             }
         }
         Key::TcpIdleTmoMs => ranged(v, &TCP_IDLE).map(Value::Millis),
@@ -648,7 +651,7 @@ fn parse_value(key: Key, raw: &str) -> Result<Value, Problem> {
         Key::IPRoutes | Key::ExcRoutes => routes(v).map(Value::Routes),
         Key::SplitUDPPortList => v.parse().map(Value::Ports),
         Key::MTU => ranged(v, &MTU)
-            .and_then(|m| u16::try_from(m).map_err(|_| Problem::OutOfRange))
+            .and_then(|m| u16::try_from(m).map_err(|_| ValueProblem::OutOfRange))
             .map(Value::Mtu),
         Key::TunIP => unicast_v4(v).map(Value::Ipv4),
         Key::AtpProbeIdleSec => ranged(v, &ATP_IDLE).map(Value::Seconds),
@@ -659,45 +662,45 @@ fn parse_value(key: Key, raw: &str) -> Result<Value, Problem> {
 
 /// Decimal digits only: no sign, no spaces inside, no hex. A number too large for `u32` is
 /// out of range rather than "not a number".
-fn number(v: &str) -> Result<u32, Problem> {
+fn number(v: &str) -> Result<u32, ValueProblem> {
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Problem::NotANumber);
+        return Err(ValueProblem::NotANumber);
     }
-    v.parse().map_err(|_| Problem::OutOfRange)
+    v.parse().map_err(|_| ValueProblem::OutOfRange)
 }
 
-fn ranged(v: &str, range: &RangeInclusive<u32>) -> Result<u32, Problem> {
+fn ranged(v: &str, range: &RangeInclusive<u32>) -> Result<u32, ValueProblem> {
     let n = number(v)?;
     if range.contains(&n) {
         Ok(n)
     } else {
-        Err(Problem::OutOfRange)
+        Err(ValueProblem::OutOfRange)
     }
 }
 
 /// `true`/`false` in any ASCII case: the seed writes them lower-case, MDM consoles often
 /// capitalise them.
-fn boolean(v: &str) -> Result<bool, Problem> {
+fn boolean(v: &str) -> Result<bool, ValueProblem> {
     if v.eq_ignore_ascii_case("true") {
         Ok(true)
     } else if v.eq_ignore_ascii_case("false") {
         Ok(false)
     } else {
-        Err(Problem::NotABool)
+        Err(ValueProblem::NotABool)
     }
 }
 
 /// A level name; the seed's instruction "Enter debug <Log Level>" is also accepted
 /// literally, as `debug info` meaning `info`.
-fn level(v: &str) -> Result<Level, Problem> {
+fn level(v: &str) -> Result<Level, ValueProblem> {
     let name = match v.split_once(char::is_whitespace) {
         Some((first, rest)) if first.eq_ignore_ascii_case("debug") => rest.trim(),
         _ => v,
     };
-    name.parse().map_err(|_| Problem::UnknownLevel)
+    name.parse().map_err(|_| ValueProblem::UnknownLevel)
 }
 
-fn email(v: &str) -> Result<(), Problem> {
+fn email(v: &str) -> Result<(), ValueProblem> {
     let ok = v.len() <= 254
         && !v.chars().any(|c| c.is_whitespace() || c.is_control())
         && match v.split_once('@') {
@@ -710,49 +713,53 @@ fn email(v: &str) -> Result<(), Problem> {
             }
             None => false,
         };
-    if ok { Ok(()) } else { Err(Problem::NotAnEmail) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ValueProblem::NotAnEmail)
+    }
 }
 
-fn ula(v: &str) -> Result<Ipv6Net, Problem> {
-    let net: Ipv6Net = v.parse().map_err(|_| Problem::NotAnIpv6Prefix)?;
+fn ula(v: &str) -> Result<Ipv6Net, ValueProblem> {
+    let net: Ipv6Net = v.parse().map_err(|_| ValueProblem::NotAnIpv6Prefix)?;
     let ula_range = Ipv6Net::new(std::net::Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7)
-        .map_err(|_| Problem::NotUla)?;
+        .map_err(|_| ValueProblem::NotUla)?;
     if !ula_range.contains(&net.network()) {
-        return Err(Problem::NotUla);
+        return Err(ValueProblem::NotUla);
     }
     if !ULA_LENGTHS.contains(&net.prefix_len()) {
-        return Err(Problem::PrefixLength {
+        return Err(ValueProblem::PrefixLength {
             length: net.prefix_len(),
         });
     }
     if net.trunc() != net {
-        return Err(Problem::HostBitsSet {
+        return Err(ValueProblem::HostBitsSet {
             network: net.trunc().to_string(),
         });
     }
     Ok(net)
 }
 
-fn unicast_v4(v: &str) -> Result<Ipv4Addr, Problem> {
-    let a: Ipv4Addr = v.parse().map_err(|_| Problem::NotAnIpv4Address)?;
+fn unicast_v4(v: &str) -> Result<Ipv4Addr, ValueProblem> {
+    let a: Ipv4Addr = v.parse().map_err(|_| ValueProblem::NotAnIpv4Address)?;
     if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
-        return Err(Problem::NotUnicast);
+        return Err(ValueProblem::NotUnicast);
     }
     Ok(a)
 }
 
 /// The entries of a `;`-separated list, trimmed. Empty entries are refused rather than
 /// skipped: `10.0.0.0/8;;` usually means something was lost in an edit.
-fn list_entries(v: &str) -> Result<Vec<&str>, Problem> {
+fn list_entries(v: &str) -> Result<Vec<&str>, ValueProblem> {
     if v.trim().is_empty() {
-        return Err(Problem::EmptyList);
+        return Err(ValueProblem::EmptyList);
     }
     v.split(';')
         .enumerate()
         .map(|(index, e)| {
             let e = e.trim();
             if e.is_empty() {
-                Err(Problem::EmptyEntry { index })
+                Err(ValueProblem::EmptyEntry { index })
             } else {
                 Ok(e)
             }
@@ -762,17 +769,17 @@ fn list_entries(v: &str) -> Result<Vec<&str>, Problem> {
 
 /// A route is a CIDR or a bare address (a host route). A CIDR with host bits set is refused:
 /// `192.168.1.1/24` may mean the /24 or the host, and guessing wrong tunnels the wrong thing.
-fn routes(v: &str) -> Result<Vec<IpNet>, Problem> {
+fn routes(v: &str) -> Result<Vec<IpNet>, ValueProblem> {
     list_entries(v)?
         .into_iter()
         .map(|entry| {
-            let bad = || Problem::BadRoute {
+            let bad = || ValueProblem::BadRoute {
                 entry: entry.to_string(),
             };
             if entry.contains('/') {
                 let net: IpNet = entry.parse().map_err(|_| bad())?;
                 if net.trunc() != net {
-                    return Err(Problem::RouteHostBits {
+                    return Err(ValueProblem::RouteHostBits {
                         entry: entry.to_string(),
                         network: net.trunc().to_string(),
                     });
@@ -868,7 +875,12 @@ mod tests {
 
     #[test]
     fn disconnect_timeout_is_zero_or_5_to_18000() {
-        assert_eq!(one("disconnectTimeoutInSeconds", "0").unwrap().disconnect_timeout(), None);
+        assert_eq!(
+            one("disconnectTimeoutInSeconds", "0")
+                .unwrap()
+                .disconnect_timeout(),
+            None
+        );
         for ok in ["5", "18000", "300"] {
             let k = one("disconnectTimeoutInSeconds", ok).unwrap();
             assert_eq!(k.disconnect_timeout_secs().to_string(), ok);
@@ -911,7 +923,10 @@ mod tests {
             assert_eq!(one("LogLevel", l.as_str()).unwrap().log_level(), l);
         }
         assert_eq!(one("LogLevel", "Debug").unwrap().log_level(), Level::Debug);
-        assert_eq!(one("LogLevel", "debug packet").unwrap().log_level(), Level::Packet);
+        assert_eq!(
+            one("LogLevel", "debug packet").unwrap().log_level(),
+            Level::Packet
+        );
         assert_eq!(
             err("LogLevel", "verbose"),
             "KVP LogLevel=\"verbose\": not a log level; allowed: error, warning, info, debug, session or packet"
@@ -921,7 +936,11 @@ mod tests {
 
     #[test]
     fn booleans() {
-        assert!(!one("AnalyticsEnabled", "false").unwrap().analytics_enabled());
+        assert!(
+            !one("AnalyticsEnabled", "false")
+                .unwrap()
+                .analytics_enabled()
+        );
         assert!(one("DisablePinning", "TRUE").unwrap().disable_pinning());
         assert!(one("DirectLocalhost", " true ").unwrap().direct_localhost());
         assert_eq!(
@@ -935,7 +954,10 @@ mod tests {
     #[test]
     fn ipv6_prefix_must_be_a_ula_network() {
         let k = one("IPv6NetworkPrefix", "fd00:1234::/48").unwrap();
-        assert_eq!(k.ipv6_network_prefix(), Some("fd00:1234::/48".parse().unwrap()));
+        assert_eq!(
+            k.ipv6_network_prefix(),
+            Some("fd00:1234::/48".parse().unwrap())
+        );
         assert!(one("IPv6NetworkPrefix", "fc00::/64").is_ok());
         let m = err("IPv6NetworkPrefix", "2001:db8::/48");
         assert!(m.starts_with("KVP IPv6NetworkPrefix=\"2001:db8::/48\": not inside the ULA range fc00::/7; allowed: an IPv6 ULA prefix"), "{m}");
@@ -952,11 +974,17 @@ mod tests {
         let k = one("IPRoutes", "10.0.0.0/8;172.16.0.0/16").unwrap();
         assert_eq!(
             k.configured_ip_routes().unwrap(),
-            &["10.0.0.0/8".parse::<IpNet>().unwrap(), "172.16.0.0/16".parse().unwrap()]
+            &[
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "172.16.0.0/16".parse().unwrap()
+            ]
         );
         assert_eq!(k.ip_routes().len(), 2);
         let k = one("ExcRoutes", "10.10.10.10/32").unwrap();
-        assert_eq!(k.exc_routes(), &["10.10.10.10/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            k.exc_routes(),
+            &["10.10.10.10/32".parse::<IpNet>().unwrap()]
+        );
         // Bare addresses are host routes; IPv6 is fine; spaces around entries are ignored.
         let k = one("ExcRoutes", " 192.0.2.7 ; 2001:db8::/32 ;fd00::1").unwrap();
         assert_eq!(
@@ -972,7 +1000,9 @@ mod tests {
         );
         assert!(err("IPRoutes", "10.0.0.0/8;").contains("entry 2 of the list is empty"));
         assert!(err("ExcRoutes", "").contains("the list is empty"));
-        assert!(err("IPRoutes", "10.0.0.0/33").contains("\"10.0.0.0/33\" is not a CIDR or address"));
+        assert!(
+            err("IPRoutes", "10.0.0.0/33").contains("\"10.0.0.0/33\" is not a CIDR or address")
+        );
         assert!(err("IPRoutes", "corp.example").contains("is not a CIDR or address"));
         assert!(
             err("IPRoutes", "192.168.1.1/24")
@@ -1011,7 +1041,11 @@ mod tests {
         assert!(err("SplitUDPPortList", "+53").contains("is not a port"));
         assert!(err("SplitUDPPortList", "dns").contains("is not a port"));
         assert_eq!(
-            one("SplitUDPPortList", "65535;1-1").unwrap().split_udp_ports().unwrap().ranges(),
+            one("SplitUDPPortList", "65535;1-1")
+                .unwrap()
+                .split_udp_ports()
+                .unwrap()
+                .ranges(),
             &[65535..=65535, 1..=1]
         );
     }
@@ -1074,10 +1108,19 @@ mod tests {
     #[test]
     fn debug_info_recipient_is_an_email_address() {
         assert_eq!(
-            one("debugInfoRecipient", "ops@example.com").unwrap().debug_info_recipient(),
+            one("debugInfoRecipient", "ops@example.com")
+                .unwrap()
+                .debug_info_recipient(),
             Some("ops@example.com")
         );
-        for bad in ["ops", "ops@", "@example.com", "a@b@c.d", "ops@example", "o ps@example.com"] {
+        for bad in [
+            "ops",
+            "ops@",
+            "@example.com",
+            "a@b@c.d",
+            "ops@example",
+            "o ps@example.com",
+        ] {
             let m = err("debugInfoRecipient", bad);
             assert!(m.contains("not an email address"), "{m}");
         }
@@ -1097,7 +1140,10 @@ mod tests {
             err("atpprobeldlesec", "1"),
             "unknown KVP key \"atpprobeldlesec\" (did you mean AtpProbeIdleSec?)"
         );
-        assert_eq!(err("MTU ", "1400"), "unknown KVP key \"MTU \" (did you mean MTU?)");
+        assert_eq!(
+            err("MTU ", "1400"),
+            "unknown KVP key \"MTU \" (did you mean MTU?)"
+        );
         assert_eq!(
             err("AtpProbeCont", "5"),
             "unknown KVP key \"AtpProbeCont\" (did you mean AtpProbeCount?)"
@@ -1117,7 +1163,12 @@ mod tests {
         let base = one("MTU", "1300").unwrap();
         let e = base
             .updated(
-                &[("LogLevel", "debug"), ("MTU", "99"), ("Bogus", "1"), ("TunIP", "x")],
+                &[
+                    ("LogLevel", "debug"),
+                    ("MTU", "99"),
+                    ("Bogus", "1"),
+                    ("TunIP", "x"),
+                ],
                 &[] as &[&str],
             )
             .unwrap_err();
@@ -1188,7 +1239,10 @@ mod tests {
         }
         assert_eq!(Kvps::parse(&back).unwrap(), k);
         let json = serde_json::to_string(&k).unwrap();
-        assert!(json.starts_with("{\"disconnectTimeoutInSeconds\":\"0\""), "{json}");
+        assert!(
+            json.starts_with("{\"disconnectTimeoutInSeconds\":\"0\""),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<Kvps>(&json).unwrap(), k);
         let e = serde_json::from_str::<Kvps>("{\"MTU\":\"1\"}").unwrap_err();
         assert!(e.to_string().contains("KVP MTU=\"1\": out of range"), "{e}");

@@ -76,10 +76,16 @@ impl fmt::Display for EncodingProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EncodingProblem::BadEscape { at } => {
-                write!(f, "'%' at position {} is not followed by two hex digits", at + 1)
+                write!(
+                    f,
+                    "'%' at position {} is not followed by two hex digits",
+                    at + 1
+                )
             }
             EncodingProblem::NotUtf8 => f.write_str("the decoded value is not UTF-8"),
-            EncodingProblem::Control => f.write_str("the decoded value contains control characters"),
+            EncodingProblem::Control => {
+                f.write_str("the decoded value contains control characters")
+            }
         }
     }
 }
@@ -146,7 +152,11 @@ fn decode(value: &str) -> Result<String, EncodingProblem> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let pair = bytes.get(i + 1).copied().and_then(hex).zip(bytes.get(i + 2).copied().and_then(hex));
+            let pair = bytes
+                .get(i + 1)
+                .copied()
+                .and_then(hex)
+                .zip(bytes.get(i + 2).copied().and_then(hex));
             match pair {
                 Some((hi, lo)) => out.push(hi << 4 | lo),
                 None => return Err(EncodingProblem::BadEscape { at: i }),
@@ -236,9 +246,11 @@ impl LaunchRequest {
         }
         let mut values: [Option<String>; 5] = Default::default();
         for part in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, raw) = part.split_once('=').ok_or_else(|| LaunchError::NotAParameter {
-                part: part.to_string(),
-            })?;
+            let (name, raw) = part
+                .split_once('=')
+                .ok_or_else(|| LaunchError::NotAParameter {
+                    part: part.to_string(),
+                })?;
             let (slot, param) = Param::ALL
                 .iter()
                 .enumerate()
@@ -306,7 +318,10 @@ pub enum LaunchOutcome {
     Added(Connection),
     /// A connection of that name and server was already there; `updated` if the URL's
     /// realm or user name changed it (persisted only when the URL says `store=true`).
-    Existing { connection: Connection, updated: bool },
+    Existing {
+        connection: Connection,
+        updated: bool,
+    },
     /// `store=false` and no such connection: this connection is for this run only and is
     /// not in the store; the caller runs it and forgets it.
     Temporary(Connection),
@@ -324,7 +339,10 @@ impl LaunchOutcome {
 }
 
 /// Applies a launch URL to the store, as the seed describes (see the module documentation).
-pub fn apply_launch(store: &mut Store, request: &LaunchRequest) -> Result<LaunchOutcome, LaunchError> {
+pub fn apply_launch(
+    store: &mut Store,
+    request: &LaunchRequest,
+) -> Result<LaunchOutcome, LaunchError> {
     let name = request.connection_name();
     let unspaced = format!("{}{AUTO_LAUNCH_SUFFIX_UNSPACED}", request.name);
     if let Some(existing) = store.get(&name).or_else(|| store.get(&unspaced)).cloned() {
@@ -411,25 +429,39 @@ mod tests {
         assert!(r.store);
         assert_eq!(r.connection_name(), "Test Connection (Auto Launch)");
         // The same with the space percent-encoded, as a browser sends it.
-        assert_eq!(parse(&SEED_URL.replace("Test Connection", "Test%20Connection")), r);
+        assert_eq!(
+            parse(&SEED_URL.replace("Test Connection", "Test%20Connection")),
+            r
+        );
     }
 
     #[test]
     fn decoding_plus_case_and_defaults() {
-        let r = parse("PulseSecureClient://Connect/?NAME=a%2Bb+c&Server=10.0.0.1&username=al%C3%ADce+x");
+        let r = parse(
+            "PulseSecureClient://Connect/?NAME=a%2Bb+c&Server=10.0.0.1&username=al%C3%ADce+x",
+        );
         assert_eq!(r.name, "a+b+c", "+ is a plus sign");
         assert_eq!(r.user.as_deref(), Some("alíce+x"));
         assert_eq!(r.server.to_string(), "https://10.0.0.1/");
         assert!(r.store, "store defaults to true");
         assert_eq!(r.realm, None);
         for (v, want) in [("TRUE", true), ("False", false), ("false", false)] {
-            assert_eq!(parse(&format!("pulsesecureclient://connect?name=n&server=h.example&store={v}")).store, want);
+            assert_eq!(
+                parse(&format!(
+                    "pulsesecureclient://connect?name=n&server=h.example&store={v}"
+                ))
+                .store,
+                want
+            );
         }
         // Empty optional values are absent; stray '&' are ignored.
         let r = parse("pulsesecureclient://connect?&name=n&&server=[2001:db8::1]:8443&userrealm=&");
         assert_eq!(r.realm, None);
         assert_eq!(r.server.port(), 8443);
-        assert_eq!(parse("pulsesecureclient://connect?name=%20n%20&server=h.example").name, "n");
+        assert_eq!(
+            parse("pulsesecureclient://connect?name=%20n%20&server=h.example").name,
+            "n"
+        );
     }
 
     #[test]
@@ -438,7 +470,9 @@ mod tests {
             err("https://vpn.example.com"),
             "\"https://vpn.example.com\" is not a launch URL: it must start with pulsesecureclient://"
         );
-        assert!(err("pulsesecureclient:connect?name=a&server=b.example").contains("not a launch URL"));
+        assert!(
+            err("pulsesecureclient:connect?name=a&server=b.example").contains("not a launch URL")
+        );
         assert_eq!(
             err("pulsesecureclient://disconnect?name=a&server=b.example"),
             "launch URL action \"disconnect\" is not supported: the only action is connect"
@@ -463,8 +497,14 @@ mod tests {
             err("pulsesecureclient://connect?name=%20&server=b.example"),
             "the launch URL needs a name parameter"
         );
-        assert_eq!(err("pulsesecureclient://connect?name=a"), "the launch URL needs a server parameter");
-        assert_eq!(err("pulsesecureclient://connect"), "the launch URL needs a name parameter");
+        assert_eq!(
+            err("pulsesecureclient://connect?name=a"),
+            "the launch URL needs a server parameter"
+        );
+        assert_eq!(
+            err("pulsesecureclient://connect"),
+            "the launch URL needs a name parameter"
+        );
         assert_eq!(
             err("pulsesecureclient://connect?name=a&server=http://b.example"),
             "launch URL parameter server: server URL \"http://b.example\": plain http:// is refused; the gateway is reached over https://"
@@ -477,7 +517,9 @@ mod tests {
             err("pulsesecureclient://connect?name=a%2&server=b.example"),
             "launch URL parameter name: '%' at position 2 is not followed by two hex digits"
         );
-        assert!(err("pulsesecureclient://connect?name=a%zz&server=b.example").contains("position 2"));
+        assert!(
+            err("pulsesecureclient://connect?name=a%zz&server=b.example").contains("position 2")
+        );
         assert_eq!(
             err("pulsesecureclient://connect?name=a%FF&server=b.example"),
             "launch URL parameter name: the decoded value is not UTF-8"
@@ -490,7 +532,13 @@ mod tests {
             err("pulsesecureclient://connect?name=a&server=b.example#x"),
             "a launch URL has no #fragment"
         );
-        assert!(err(&format!("pulsesecureclient://connect?name={}", "a".repeat(9000))).contains("at most 8192"));
+        assert!(
+            err(&format!(
+                "pulsesecureclient://connect?name={}",
+                "a".repeat(9000)
+            ))
+            .contains("at most 8192")
+        );
     }
 
     #[test]
@@ -545,7 +593,10 @@ mod tests {
         assert!(store.get(&c.name).is_none());
         assert!(!dir.path().join("c.json").exists());
         // The next launch creates a new one again.
-        assert!(matches!(apply_launch(&mut store, &r).unwrap(), LaunchOutcome::Temporary(_)));
+        assert!(matches!(
+            apply_launch(&mut store, &r).unwrap(),
+            LaunchOutcome::Temporary(_)
+        ));
     }
 
     #[test]
@@ -559,11 +610,24 @@ mod tests {
             "a connection named \"Test Connection (Auto Launch)\" already exists for server https://pcssamlpcs.psecure.net/, not https://other.example/"
         );
         // The same server written differently is the same server.
-        let same = parse(&SEED_URL.replace("https://pcssamlpcs.psecure.net/", "PCSSAMLPCS.psecure.net:443"));
-        assert!(matches!(apply_launch(&mut store, &same).unwrap(), LaunchOutcome::Existing { .. }));
+        let same = parse(&SEED_URL.replace(
+            "https://pcssamlpcs.psecure.net/",
+            "PCSSAMLPCS.psecure.net:443",
+        ));
+        assert!(matches!(
+            apply_launch(&mut store, &same).unwrap(),
+            LaunchOutcome::Existing { .. }
+        ));
         // Names are case-sensitive: connection1 is not Connection1.
-        let lower = parse(&SEED_URL.replace("Test Connection", "test connection").replace("pcssamlpcs.psecure.net", "other.example"));
-        assert!(matches!(apply_launch(&mut store, &lower).unwrap(), LaunchOutcome::Added(_)));
+        let lower = parse(
+            &SEED_URL
+                .replace("Test Connection", "test connection")
+                .replace("pcssamlpcs.psecure.net", "other.example"),
+        );
+        assert!(matches!(
+            apply_launch(&mut store, &lower).unwrap(),
+            LaunchOutcome::Added(_)
+        ));
     }
 
     #[test]
@@ -573,37 +637,69 @@ mod tests {
         let mut c = Connection::new("Test Connection(Auto Launch)", url);
         c.source = Source::AutoLaunch;
         store.add(c).unwrap();
-        let r = parse("pulsesecureclient://connect?name=Test%20Connection&server=h.example&username=bob");
+        let r = parse(
+            "pulsesecureclient://connect?name=Test%20Connection&server=h.example&username=bob",
+        );
         let outcome = apply_launch(&mut store, &r).unwrap();
-        let LaunchOutcome::Existing { connection, updated } = outcome else {
+        let LaunchOutcome::Existing {
+            connection,
+            updated,
+        } = outcome
+        else {
             panic!("{outcome:?}")
         };
         assert!(updated);
         assert_eq!(connection.name, "Test Connection(Auto Launch)");
-        assert_eq!(store.get("Test Connection(Auto Launch)").unwrap().user.as_deref(), Some("bob"));
+        assert_eq!(
+            store
+                .get("Test Connection(Auto Launch)")
+                .unwrap()
+                .user
+                .as_deref(),
+            Some("bob")
+        );
         let other = parse("pulsesecureclient://connect?name=Test%20Connection&server=x.example");
-        assert!(matches!(apply_launch(&mut store, &other), Err(LaunchError::NameConflict { .. })));
+        assert!(matches!(
+            apply_launch(&mut store, &other),
+            Err(LaunchError::NameConflict { .. })
+        ));
     }
 
     #[test]
     fn url_values_update_an_existing_connection_only_when_stored() {
         let (_dir, mut store) = store();
         apply_launch(&mut store, &parse(SEED_URL)).unwrap();
-        let r = parse(&SEED_URL.replace("test_user", "other_user").replace("store=true", "store=false"));
-        let LaunchOutcome::Existing { connection, updated } = apply_launch(&mut store, &r).unwrap() else {
+        let r = parse(
+            &SEED_URL
+                .replace("test_user", "other_user")
+                .replace("store=true", "store=false"),
+        );
+        let LaunchOutcome::Existing {
+            connection,
+            updated,
+        } = apply_launch(&mut store, &r).unwrap()
+        else {
             panic!()
         };
         assert!(updated);
         assert_eq!(connection.user.as_deref(), Some("other_user"));
         assert_eq!(
-            store.get("Test Connection (Auto Launch)").unwrap().user.as_deref(),
+            store
+                .get("Test Connection (Auto Launch)")
+                .unwrap()
+                .user
+                .as_deref(),
             Some("test_user"),
             "store=false leaves the stored connection alone"
         );
         let r = parse(&SEED_URL.replace("test_user", "other_user"));
         apply_launch(&mut store, &r).unwrap();
         assert_eq!(
-            store.get("Test Connection (Auto Launch)").unwrap().user.as_deref(),
+            store
+                .get("Test Connection (Auto Launch)")
+                .unwrap()
+                .user
+                .as_deref(),
             Some("other_user")
         );
     }
@@ -616,16 +712,29 @@ mod tests {
         store.set_machine(m).unwrap();
         let e = apply_launch(&mut store, &parse(SEED_URL)).unwrap_err();
         assert!(matches!(e, LaunchError::UserConnectionsNotAllowed));
-        assert_eq!(e.to_string(), "the machine settings do not allow user connections");
-        let e = apply_launch(&mut store, &parse(&SEED_URL.replace("store=true", "store=false"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the machine settings do not allow user connections"
+        );
+        let e = apply_launch(
+            &mut store,
+            &parse(&SEED_URL.replace("store=true", "store=false")),
+        )
+        .unwrap_err();
         assert!(matches!(e, LaunchError::UserConnectionsNotAllowed));
     }
 
     #[test]
     fn an_over_long_name_is_refused_by_the_store_rules() {
         let (_dir, mut store) = store();
-        let r = parse(&format!("pulsesecureclient://connect?name={}&server=h.example", "n".repeat(190)));
+        let r = parse(&format!(
+            "pulsesecureclient://connect?name={}&server=h.example",
+            "n".repeat(190)
+        ));
         let e = apply_launch(&mut store, &r).unwrap_err();
-        assert_eq!(e.to_string(), "a connection name has at most 200 characters; this one has 204");
+        assert_eq!(
+            e.to_string(),
+            "a connection name has at most 200 characters; this one has 204"
+        );
     }
 }

@@ -58,14 +58,14 @@ pub struct Preconfig {
     /// The `ive` sections that make connections.
     pub connections: Vec<Connection>,
     /// Sections that were not imported, and why.
-    pub skipped: Vec<Skipped>,
+    pub skipped: Vec<SkippedSection>,
     /// Keys and sections that were ignored, and other things worth telling the admin.
-    pub warnings: Vec<Warning>,
+    pub warnings: Vec<PreconfigWarning>,
 }
 
 /// A section that was not imported.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Skipped {
+pub struct SkippedSection {
     /// The section kind, e.g. `8021x`.
     pub kind: String,
     /// The section's quoted ID, if it had one.
@@ -74,7 +74,7 @@ pub struct Skipped {
     pub reason: SkipReason,
 }
 
-impl fmt::Display for Skipped {
+impl fmt::Display for SkippedSection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: section {}", self.position, self.kind)?;
         if let Some(id) = &self.id {
@@ -96,24 +96,36 @@ pub enum SkipReason {
     /// GUID.
     Duplicate,
     /// Another `ive` section already uses the name.
-    NameTaken { name: String },
+    NameTaken {
+        name: String,
+    },
     /// `use-for-connect: "false"`: the connection is not for VPN access.
     NotForConnect,
     MissingName,
     NoUrl,
     BadUrl(UrlError),
-    InvalidValue { key: String, value: String, allowed: &'static str },
+    InvalidValue {
+        key: String,
+        value: String,
+        allowed: &'static str,
+    },
     Invalid(ConnectionError),
 }
 
 impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SkipReason::NotOnLinux => f.write_str("this kind of connection is not supported on Linux"),
+            SkipReason::NotOnLinux => {
+                f.write_str("this kind of connection is not supported on Linux")
+            }
             SkipReason::UnknownKind => f.write_str("unknown section kind"),
             SkipReason::Duplicate => f.write_str("a section like it came earlier"),
             SkipReason::NameTaken { name } => {
-                write!(f, "the name {} is used by an earlier connection", Shown(name))
+                write!(
+                    f,
+                    "the name {} is used by an earlier connection",
+                    Shown(name)
+                )
             }
             SkipReason::NotForConnect => f.write_str("use-for-connect is false"),
             SkipReason::MissingName => f.write_str("no friendly-name"),
@@ -131,14 +143,14 @@ impl fmt::Display for SkipReason {
 
 /// Something ignored or doubtful, that did not stop a section from being used.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Warning {
+pub struct PreconfigWarning {
     pub position: Position,
     /// The section it was found in (`machine settings`, `ive`...), empty at top level.
     pub section: String,
     pub kind: WarningKind,
 }
 
-impl Warning {
+impl PreconfigWarning {
     /// How much an admin should care: unknown and doubtful things are warnings, settings
     /// that only matter on other platforms are information.
     pub fn level(&self) -> Level {
@@ -149,7 +161,7 @@ impl Warning {
     }
 }
 
-impl fmt::Display for Warning {
+impl fmt::Display for PreconfigWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.position)?;
         if !self.section.is_empty() {
@@ -159,7 +171,7 @@ impl fmt::Display for Warning {
     }
 }
 
-/// What a [`Warning`] is about.
+/// What a [`PreconfigWarning`] is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WarningKind {
@@ -204,7 +216,9 @@ impl fmt::Display for WarningKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SyntaxProblem {
-    UnexpectedCharacter { ch: char },
+    UnexpectedCharacter {
+        ch: char,
+    },
     UnterminatedString,
     /// Found `found` where `expected` should be.
     Expected {
@@ -212,8 +226,12 @@ pub enum SyntaxProblem {
         found: String,
     },
     UnmatchedCloseBrace,
-    UnclosedSection { kind: String },
-    TooDeep { max: usize },
+    UnclosedSection {
+        kind: String,
+    },
+    TooDeep {
+        max: usize,
+    },
 }
 
 impl fmt::Display for SyntaxProblem {
@@ -333,7 +351,11 @@ fn tokenize(text: &str) -> Result<Vec<(Token, Position)>, PreconfigError> {
                 loop {
                     match chars.next() {
                         None | Some('\n') => {
-                            return Err(syntax(here.line, here.column, SyntaxProblem::UnterminatedString));
+                            return Err(syntax(
+                                here.line,
+                                here.column,
+                                SyntaxProblem::UnterminatedString,
+                            ));
                         }
                         Some('"') => {
                             column += 1;
@@ -371,7 +393,11 @@ fn tokenize(text: &str) -> Result<Vec<(Token, Position)>, PreconfigError> {
                 tokens.push((Token::Word(w), here));
             }
             other => {
-                return Err(syntax(line, column, SyntaxProblem::UnexpectedCharacter { ch: other }));
+                return Err(syntax(
+                    line,
+                    column,
+                    SyntaxProblem::UnexpectedCharacter { ch: other },
+                ));
             }
         }
     }
@@ -631,7 +657,7 @@ impl Preconfig {
         };
         let mut guids: Vec<String> = Vec::new();
         for section in sections {
-            let skip = |reason| Skipped {
+            let skip = |reason| SkippedSection {
                 kind: section.kind.clone(),
                 id: section.id.clone(),
                 position: section.position,
@@ -663,7 +689,8 @@ impl Preconfig {
                             guids.push(g.clone());
                         }
                         if pre.connections.iter().any(|o| o.name == c.name) {
-                            pre.skipped.push(skip(SkipReason::NameTaken { name: c.name }));
+                            pre.skipped
+                                .push(skip(SkipReason::NameTaken { name: c.name }));
                             continue;
                         }
                         pre.connections.push(c);
@@ -674,7 +701,7 @@ impl Preconfig {
             }
         }
         if pre.schema_version.is_none() {
-            pre.warnings.push(Warning {
+            pre.warnings.push(PreconfigWarning {
                 position: Position { line: 1, column: 1 },
                 section: String::new(),
                 kind: WarningKind::NoSchemaVersion,
@@ -703,16 +730,16 @@ impl Preconfig {
     }
 
     /// The warnings about keys this parser does not know.
-    pub fn unknown_keys(&self) -> impl Iterator<Item = &Warning> {
+    pub fn unknown_keys(&self) -> impl Iterator<Item = &PreconfigWarning> {
         self.warnings
             .iter()
             .filter(|w| matches!(w.kind, WarningKind::UnknownKey { .. }))
     }
 }
 
-fn nested_warnings(section: &Section, warnings: &mut Vec<Warning>) {
+fn nested_warnings(section: &Section, warnings: &mut Vec<PreconfigWarning>) {
     for child in &section.children {
-        warnings.push(Warning {
+        warnings.push(PreconfigWarning {
             position: child.position,
             section: section.kind.clone(),
             kind: WarningKind::NestedSection {
@@ -727,14 +754,14 @@ fn nested_warnings(section: &Section, warnings: &mut Vec<Warning>) {
 fn entries<'a>(
     section: &'a Section,
     repeatable: &[&str],
-    warnings: &mut Vec<Warning>,
+    warnings: &mut Vec<PreconfigWarning>,
 ) -> Vec<&'a Entry> {
     let mut out: Vec<&Entry> = Vec::new();
     for e in &section.entries {
         if !repeatable.contains(&e.key.as_str())
             && let Some(i) = out.iter().position(|o| o.key == e.key)
         {
-            warnings.push(Warning {
+            warnings.push(PreconfigWarning {
                 position: e.position,
                 section: section.kind.clone(),
                 kind: WarningKind::RepeatedKey { key: e.key.clone() },
@@ -746,7 +773,10 @@ fn entries<'a>(
     out
 }
 
-fn schema(section: &Section, warnings: &mut Vec<Warning>) -> Result<String, PreconfigError> {
+fn schema(
+    section: &Section,
+    warnings: &mut Vec<PreconfigWarning>,
+) -> Result<String, PreconfigError> {
     nested_warnings(section, warnings);
     let mut version = None;
     for e in entries(section, &[], warnings) {
@@ -765,16 +795,16 @@ fn schema(section: &Section, warnings: &mut Vec<Warning>) -> Result<String, Prec
     Ok(version.unwrap_or_else(|| SCHEMA_VERSION.to_string()))
 }
 
-fn unknown_key(section: &Section, e: &Entry) -> Warning {
-    Warning {
+fn unknown_key(section: &Section, e: &Entry) -> PreconfigWarning {
+    PreconfigWarning {
         position: e.position,
         section: section.kind.clone(),
         kind: WarningKind::UnknownKey { key: e.key.clone() },
     }
 }
 
-fn not_on_linux(section: &Section, e: &Entry) -> Warning {
-    Warning {
+fn not_on_linux(section: &Section, e: &Entry) -> PreconfigWarning {
+    PreconfigWarning {
         position: e.position,
         section: section.kind.clone(),
         kind: WarningKind::NotOnLinux { key: e.key.clone() },
@@ -783,7 +813,10 @@ fn not_on_linux(section: &Section, e: &Entry) -> Warning {
 
 /// The client-wide settings. An invalid value here fails the file: importing with a
 /// misread trust or lock-down setting is worse than not importing.
-fn machine(section: &Section, warnings: &mut Vec<Warning>) -> Result<MachineSettings, PreconfigError> {
+fn machine(
+    section: &Section,
+    warnings: &mut Vec<PreconfigWarning>,
+) -> Result<MachineSettings, PreconfigError> {
     nested_warnings(section, warnings);
     let mut m = MachineSettings::default();
     let invalid = |e: &Entry, allowed| PreconfigError::MachineSetting {
@@ -830,7 +863,10 @@ fn non_empty(v: &str) -> Option<String> {
 }
 
 /// One `ive` section as a connection, or why it is skipped.
-fn connection(section: &Section, warnings: &mut Vec<Warning>) -> Result<Connection, SkipReason> {
+fn connection(
+    section: &Section,
+    warnings: &mut Vec<PreconfigWarning>,
+) -> Result<Connection, SkipReason> {
     nested_warnings(section, warnings);
     let invalid = |e: &Entry, allowed| SkipReason::InvalidValue {
         key: e.key.clone(),
@@ -904,7 +940,7 @@ fn connection(section: &Section, warnings: &mut Vec<Warning>) -> Result<Connecti
     }
     let first = urls.first().cloned().ok_or(SkipReason::NoUrl)?;
     if most_recent && random {
-        warnings.push(Warning {
+        warnings.push(PreconfigWarning {
             position: mode_position,
             section: section.kind.clone(),
             kind: WarningKind::UrlModeConflict,
@@ -942,7 +978,7 @@ pub struct ImportReport {
     /// Names of connections replaced (same GUID as a stored one).
     pub updated: Vec<String>,
     /// Connections not imported: name and reason.
-    pub refused: Vec<(String, Refusal)>,
+    pub refused: Vec<(String, ImportRefusal)>,
 }
 
 /// What happened to the file's machine settings.
@@ -953,19 +989,22 @@ pub enum MachineOutcome {
     Absent,
     Applied,
     /// The client is bound to another server; the seed: "If the server-id does not match,
-    /// [the client] ignores the update."
+    /// the client ignores the update."
     OtherServer {
         bound_to: String,
         offered: Option<String>,
     },
     /// The same server, but an older configuration version than the one in force.
-    Older { have: u32, offered: u32 },
+    Older {
+        have: u32,
+        offered: u32,
+    },
 }
 
 /// Why a connection of the file was not imported.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Refusal {
+pub enum ImportRefusal {
     /// A stored connection that is not this one (another GUID) has the name.
     NameTaken,
     /// The stored connection with this GUID belongs to the binding server, and the file
@@ -976,16 +1015,16 @@ pub enum Refusal {
     DynamicConnectionsOff,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for ImportRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::NameTaken => f.write_str("another connection already has this name"),
-            Refusal::OtherServer { bound_to } => write!(
+            ImportRefusal::NameTaken => f.write_str("another connection already has this name"),
+            ImportRefusal::OtherServer { bound_to } => write!(
                 f,
                 "it belongs to the binding server {} and the file comes from another",
                 Shown(bound_to)
             ),
-            Refusal::DynamicConnectionsOff => f.write_str(
+            ImportRefusal::DynamicConnectionsOff => f.write_str(
                 "the file comes from another server and dynamic connections are not allowed",
             ),
         }
@@ -1048,12 +1087,14 @@ impl Store {
                     if !same_server {
                         report.refused.push((
                             new.name.clone(),
-                            Refusal::OtherServer {
+                            ImportRefusal::OtherServer {
                                 bound_to: bound.clone().unwrap_or_default(),
                             },
                         ));
                     } else if name_taken(Some(i)) {
-                        report.refused.push((new.name.clone(), Refusal::NameTaken));
+                        report
+                            .refused
+                            .push((new.name.clone(), ImportRefusal::NameTaken));
                     } else {
                         let old = &connections[i];
                         let mut merged = new.clone();
@@ -1073,9 +1114,11 @@ impl Store {
                     if !same_server && !self.machine().dynamic_connection {
                         report
                             .refused
-                            .push((new.name.clone(), Refusal::DynamicConnectionsOff));
+                            .push((new.name.clone(), ImportRefusal::DynamicConnectionsOff));
                     } else if name_taken(None) {
-                        report.refused.push((new.name.clone(), Refusal::NameTaken));
+                        report
+                            .refused
+                            .push((new.name.clone(), ImportRefusal::NameTaken));
                     } else {
                         connections.push(new.clone());
                         report.added.push(new.name.clone());
@@ -1173,16 +1216,22 @@ ive "8211f09f-6674-4bdb-a44a-e6fa8b7402eb" {
         assert_eq!(c.identity, Identity::User);
         assert_eq!(c.source, Source::Preconfig);
         assert_eq!(c.url_mode, UrlMode::Top);
-        assert_eq!(c.guid.as_deref(), Some("8211f09f-6674-4bdb-a44a-e6fa8b7402eb"));
+        assert_eq!(
+            c.guid.as_deref(),
+            Some("8211f09f-6674-4bdb-a44a-e6fa8b7402eb")
+        );
         assert_eq!(c.server_id.as_deref(), Some("0241ML82AOPRD1VR"));
         assert!(c.store);
 
         assert_eq!(
             p.skipped,
-            vec![Skipped {
+            vec![SkippedSection {
                 kind: "8021x".into(),
                 id: Some("06cc1f68-3714-4871-9abf-458f1c0ef4b0".into()),
-                position: Position { line: 35, column: 1 },
+                position: Position {
+                    line: 35,
+                    column: 1
+                },
                 reason: SkipReason::NotOnLinux,
             }]
         );
@@ -1224,13 +1273,21 @@ ive "8211f09f-6674-4bdb-a44a-e6fa8b7402eb" {
         let urls: Vec<String> = c.urls.iter().map(ToString::to_string).collect();
         assert_eq!(
             urls,
-            ["https://a.example/x", "https://b.example/", "https://c.example/"]
+            [
+                "https://a.example/x",
+                "https://b.example/",
+                "https://c.example/"
+            ]
         );
         assert_eq!(c.url_mode, UrlMode::MostRecent);
         assert!(c.lock_down);
         assert_eq!(c.identity, Identity::Machine);
         assert_eq!(c.policy, ConnectionPolicy::Manual);
-        assert_eq!(c.guid.as_deref(), Some("g1"), "the section ID stands in for a guid key");
+        assert_eq!(
+            c.guid.as_deref(),
+            Some("g1"),
+            "the section ID stands in for a guid key"
+        );
         assert_eq!(p.unknown_keys().count(), 0, "{:?}", p.warnings);
     }
 
@@ -1246,7 +1303,11 @@ ive "8211f09f-6674-4bdb-a44a-e6fa8b7402eb" {
             r#"ive "x" { friendly-name: "R" uri: "a.example" uri-list-randomize: "true" uri-list-use-last-connected: "TRUE" }"#,
         );
         assert_eq!(p.connections[0].url_mode, UrlMode::MostRecent);
-        assert!(p.warnings.iter().any(|w| w.kind == WarningKind::UrlModeConflict));
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.kind == WarningKind::UrlModeConflict)
+        );
     }
 
     #[test]
@@ -1259,7 +1320,10 @@ ive "a" { friendly-name: "A" uri: "a.example" odd-key: "x" inner { k: "v" } }
 "#,
         );
         assert_eq!(p.connections.len(), 1);
-        assert!(p.machine.as_ref().unwrap().allow_save, "the last value wins");
+        assert!(
+            p.machine.as_ref().unwrap().allow_save,
+            "the last value wins"
+        );
         assert_eq!(p.skipped.len(), 1);
         assert_eq!(p.skipped[0].reason, SkipReason::UnknownKind);
         assert_eq!(p.skipped[0].kind, "sdp");
@@ -1355,7 +1419,10 @@ ive "10" { friendly-name: " padded " uri: "a.example" }
             "line 1, column 1: section \"ive\" is not closed with '}'"
         );
         assert_eq!(err("}"), "line 1, column 1: '}' without a section to close");
-        assert_eq!(err("ive \"a\" { = }"), "line 1, column 11: unexpected character '='");
+        assert_eq!(
+            err("ive \"a\" { = }"),
+            "line 1, column 11: unexpected character '='"
+        );
         assert_eq!(
             err("\"stray\" { }"),
             "line 1, column 1: expected a section name, found string \"stray\""
@@ -1402,7 +1469,9 @@ ive "10" { friendly-name: " padded " uri: "a.example" }
         assert!(p.connections.is_empty());
         let p = parse("schema version { }");
         assert_eq!(p.schema_version.as_deref(), Some("1"));
-        let p = parse("schema version { version: \"1\" }\nschema version { version: \"1\" }\nmachine settings {}\nmachine settings {}");
+        let p = parse(
+            "schema version { version: \"1\" }\nschema version { version: \"1\" }\nmachine settings {}\nmachine settings {}",
+        );
         assert_eq!(p.skipped.len(), 2);
         assert!(p.skipped.iter().all(|s| s.reason == SkipReason::Duplicate));
     }
@@ -1420,9 +1489,15 @@ ive "10" { friendly-name: " padded " uri: "a.example" }
         let report = store.import(&parse(SEED_EXAMPLE)).unwrap();
         assert_eq!(report.machine, MachineOutcome::Applied);
         assert_eq!(report.added, ["SA"]);
-        assert_eq!(store.machine().server_id.as_deref(), Some("0241ML82AOPRD1VR"));
+        assert_eq!(
+            store.machine().server_id.as_deref(),
+            Some("0241ML82AOPRD1VR")
+        );
         let (reopened, _) = Store::open(dir.path().join("c.json")).unwrap();
-        assert_eq!(reopened.get("SA").unwrap().policy, ConnectionPolicy::Automatic);
+        assert_eq!(
+            reopened.get("SA").unwrap().policy,
+            ConnectionPolicy::Automatic
+        );
         assert_eq!(reopened.machine(), store.machine());
     }
 
@@ -1485,25 +1560,33 @@ ive "new" { friendly-name: "Lab" uri: "lab.example" }
             report.refused,
             [(
                 "SA".to_string(),
-                Refusal::OtherServer {
+                ImportRefusal::OtherServer {
                     bound_to: "0241ML82AOPRD1VR".into()
                 }
             )]
         );
-        assert!(store.machine().dynamic_trust, "not changed by the other server");
-        assert_eq!(store.get("SA").unwrap().urls[0].to_string(), "https://10.64.78.34/");
+        assert!(
+            store.machine().dynamic_trust,
+            "not changed by the other server"
+        );
+        assert_eq!(
+            store.get("SA").unwrap().urls[0].to_string(),
+            "https://10.64.78.34/"
+        );
 
         // With dynamic connections off, the other server cannot add either.
         let mut m = store.machine().clone();
         m.dynamic_connection = false;
         store.set_machine(m).unwrap();
         let report = store
-            .import(&parse(r#"ive "n2" { friendly-name: "Lab2" uri: "lab2.example" }"#))
+            .import(&parse(
+                r#"ive "n2" { friendly-name: "Lab2" uri: "lab2.example" }"#,
+            ))
             .unwrap();
         assert_eq!(report.machine, MachineOutcome::Absent);
         assert_eq!(
             report.refused,
-            [("Lab2".to_string(), Refusal::DynamicConnectionsOff)]
+            [("Lab2".to_string(), ImportRefusal::DynamicConnectionsOff)]
         );
         assert!(store.get("Lab2").is_none());
     }
@@ -1512,13 +1595,19 @@ ive "new" { friendly-name: "Lab" uri: "lab.example" }
     fn a_user_connection_with_the_same_name_is_never_overwritten() {
         let (_dir, mut store) = store();
         store
-            .add(Connection::new("SA", ServerUrl::parse("mine.example").unwrap()))
+            .add(Connection::new(
+                "SA",
+                ServerUrl::parse("mine.example").unwrap(),
+            ))
             .unwrap();
         let report = store.import(&parse(SEED_EXAMPLE)).unwrap();
-        assert_eq!(report.refused, [("SA".to_string(), Refusal::NameTaken)]);
+        assert_eq!(
+            report.refused,
+            [("SA".to_string(), ImportRefusal::NameTaken)]
+        );
         assert_eq!(store.get("SA").unwrap().source, Source::User);
         assert_eq!(
-            Refusal::NameTaken.to_string(),
+            ImportRefusal::NameTaken.to_string(),
             "another connection already has this name"
         );
     }

@@ -252,8 +252,8 @@ mod tests {
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        write!(log, "abcd\n").unwrap();
-        write!(log, "efgh\n").unwrap();
+        log.write_all(b"abcd\n").unwrap();
+        log.write_all(b"efgh\n").unwrap();
         log.flush().unwrap();
         assert_eq!(read(&path), "efgh\n");
         assert_eq!(read(log.old_path()), "abcd\n");

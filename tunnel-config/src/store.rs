@@ -69,7 +69,7 @@ pub enum Start {
     /// The connection starts from a disconnected state: the list's [`UrlMode`] decides.
     Fresh,
     /// An established connection was lost: the seed says the client "always tries to
-    /// connect to the most recently connected URL. If that connection fails, [it] uses the
+    /// connect to the most recently connected URL. If that connection fails, it uses the
     /// server list."
     Reconnect,
 }
@@ -229,10 +229,16 @@ impl Connection {
         for (field, value) in fields {
             if let Some(v) = value {
                 if v.is_empty() {
-                    return Err(ConnectionError::EmptyField { name: name(), field });
+                    return Err(ConnectionError::EmptyField {
+                        name: name(),
+                        field,
+                    });
                 }
                 if has_control(v) {
-                    return Err(ConnectionError::Control { name: name(), field });
+                    return Err(ConnectionError::Control {
+                        name: name(),
+                        field,
+                    });
                 }
             }
         }
@@ -536,7 +542,10 @@ impl Store {
         Store::open_at(path.into(), SystemTime::now())
     }
 
-    fn open_at(path: PathBuf, now: SystemTime) -> Result<(Store, Option<CorruptStore>), StoreError> {
+    fn open_at(
+        path: PathBuf,
+        now: SystemTime,
+    ) -> Result<(Store, Option<CorruptStore>), StoreError> {
         let format = FileFormat::for_path(&path);
         let empty = |path: PathBuf| Store {
             path,
@@ -729,7 +738,11 @@ impl Store {
     }
 
     fn replace_connections(&mut self, next: Vec<Connection>) -> Result<(), StoreError> {
-        let wrote = self.connections.iter().filter(|c| c.store).ne(next.iter().filter(|c| c.store));
+        let wrote = self
+            .connections
+            .iter()
+            .filter(|c| c.store)
+            .ne(next.iter().filter(|c| c.store));
         if wrote {
             self.commit(&self.machine, &next)?;
         }
@@ -738,7 +751,11 @@ impl Store {
     }
 
     /// Writes `machine` and the stored ones of `connections` to the file, atomically.
-    fn commit(&self, machine: &MachineSettings, connections: &[Connection]) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        machine: &MachineSettings,
+        connections: &[Connection],
+    ) -> Result<(), StoreError> {
         let out = StoreFileOut {
             format: STORE_FORMAT,
             machine,
@@ -835,14 +852,20 @@ fn decode(bytes: &[u8], format: FileFormat) -> Decoded {
     Decoded::Ok(file)
 }
 
-fn parse_as<T: for<'de> Deserialize<'de>>(text: &str, format: FileFormat) -> Result<T, CorruptReason> {
+fn parse_as<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    format: FileFormat,
+) -> Result<T, CorruptReason> {
     match format {
         FileFormat::Json => serde_json::from_str(text).map_err(|e| {
             // serde_json appends the position to its message; it is reported separately.
             let message = e.to_string();
             let suffix = format!(" at line {} column {}", e.line(), e.column());
             CorruptReason {
-                message: message.strip_suffix(&suffix).unwrap_or(&message).to_string(),
+                message: message
+                    .strip_suffix(&suffix)
+                    .unwrap_or(&message)
+                    .to_string(),
                 position: (e.line() > 0).then(|| Position {
                     line: e.line(),
                     column: e.column(),
@@ -991,7 +1014,8 @@ mod tests {
         let mut store = open(&path);
         let mut c = conn("corp", &["vpn.example.com", "vpn2.example.com:8443/usr"]);
         c.realm = Some("Users".into());
-        c.kvps = Kvps::parse(&[("MTU", "1300"), ("SplitUDPPortList", "53;161-162;200-1024")]).unwrap();
+        c.kvps =
+            Kvps::parse(&[("MTU", "1300"), ("SplitUDPPortList", "53;161-162;200-1024")]).unwrap();
         c.scope = Scope::PerApp {
             cgroup: "/user.slice/app.scope".into(),
         };
@@ -1000,15 +1024,26 @@ mod tests {
         assert_eq!(store.get("corp"), Some(&c));
         assert_eq!(store.get("Corp"), None, "names are case-sensitive");
         assert_eq!(
-            store.list().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            store
+                .list()
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
             ["corp", "lab"]
         );
         // The directory was created owner-only and the file is 0600.
         assert_eq!(
-            fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o700
         );
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
 
         let reopened = open(&path);
         assert_eq!(reopened.list(), store.list());
@@ -1093,13 +1128,21 @@ mod tests {
         store.add(conn("Corp", &["b.example"])).unwrap();
         for blank in ["", "   ", "\t"] {
             let e = store.add(conn(blank, &["a.example"])).unwrap_err();
-            assert_eq!(e.to_string(), "a connection name may not be empty or only whitespace");
+            assert_eq!(
+                e.to_string(),
+                "a connection name may not be empty or only whitespace"
+            );
         }
         let e = store.add(conn(" corp2", &["a.example"])).unwrap_err();
-        assert_eq!(e.to_string(), "connection name \" corp2\" starts or ends with whitespace");
+        assert_eq!(
+            e.to_string(),
+            "connection name \" corp2\" starts or ends with whitespace"
+        );
         let e = store.add(conn("a\nb", &["a.example"])).unwrap_err();
         assert!(e.to_string().contains("control characters"), "{e}");
-        let e = store.add(conn(&"n".repeat(201), &["a.example"])).unwrap_err();
+        let e = store
+            .add(conn(&"n".repeat(201), &["a.example"]))
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "a connection name has at most 200 characters; this one has 201"
@@ -1136,7 +1179,12 @@ mod tests {
             "connection \"c\": realm is empty (leave it unset instead)"
         );
         c.realm = Some("a\u{7}".into());
-        assert!(c.validate().unwrap_err().to_string().contains("realm contains control"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("realm contains control")
+        );
         for (cgroup, problem) in [
             ("user.slice", "absolute path"),
             ("/", "root cgroup"),
@@ -1172,7 +1220,11 @@ mod tests {
         let p = corrupt.reason.position.unwrap();
         assert_eq!(p.line, 3);
         assert!(corrupt.to_string().contains("line 3, column"), "{corrupt}");
-        assert!(corrupt.to_string().contains("connections.json.corrupt-1700000000"));
+        assert!(
+            corrupt
+                .to_string()
+                .contains("connections.json.corrupt-1700000000")
+        );
 
         // A second corrupt file in the same second does not replace the first.
         fs::write(&path, "garbage").unwrap();
@@ -1221,7 +1273,11 @@ mod tests {
             let (store, corrupt) = Store::open(&path).unwrap();
             assert!(store.list().is_empty());
             let corrupt = corrupt.unwrap_or_else(|| panic!("{text} accepted"));
-            assert!(corrupt.reason.to_string().contains(wanted), "{text}: {}", corrupt.reason);
+            assert!(
+                corrupt.reason.to_string().contains(wanted),
+                "{text}: {}",
+                corrupt.reason
+            );
             assert!(corrupt.kept_at.exists());
         }
         // Not UTF-8.
@@ -1229,7 +1285,13 @@ mod tests {
         let (_, corrupt) = Store::open(&path).unwrap();
         let reason = corrupt.unwrap().reason;
         assert_eq!(reason.message, "the file is not UTF-8 text");
-        assert_eq!(reason.position, Some(Position { line: 2, column: 11 }));
+        assert_eq!(
+            reason.position,
+            Some(Position {
+                line: 2,
+                column: 11
+            })
+        );
     }
 
     #[test]
@@ -1240,8 +1302,19 @@ mod tests {
         assert!(open(&path).list().is_empty());
         fs::write(&path, r#"{"format": 2, "whatever": true}"#).unwrap();
         let e = Store::open(&path).unwrap_err();
-        assert!(matches!(e, StoreError::NewerFormat { found: 2, supported: 1, .. }));
-        assert!(e.to_string().contains("has format 2; this tunnel reads format 1"), "{e}");
+        assert!(matches!(
+            e,
+            StoreError::NewerFormat {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ));
+        assert!(
+            e.to_string()
+                .contains("has format 2; this tunnel reads format 1"),
+            "{e}"
+        );
         // Left exactly where it was.
         assert_eq!(files_in(dir.path()), ["c.json"]);
     }
@@ -1293,7 +1366,10 @@ mod tests {
         t.store = false;
         store.add(t).unwrap();
         assert!(store.get("temp").is_some());
-        assert!(!path.exists(), "adding only a temporary connection writes nothing");
+        assert!(
+            !path.exists(),
+            "adding only a temporary connection writes nothing"
+        );
         store.add(conn("kept", &["a.example"])).unwrap();
         let reopened = open(&path);
         assert!(reopened.get("temp").is_none());
@@ -1304,9 +1380,13 @@ mod tests {
     fn top_mode_walks_the_list_in_order_and_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir.path().join("c.json"));
-        store.add(conn("c", &["a.example", "b.example", "c.example"])).unwrap();
+        store
+            .add(conn("c", &["a.example", "b.example", "c.example"]))
+            .unwrap();
         let mut rng = StdRng::seed_from_u64(1);
-        let walk: Vec<usize> = (0..7).map(|_| store.next_url("c", &mut rng).unwrap().0).collect();
+        let walk: Vec<usize> = (0..7)
+            .map(|_| store.next_url("c", &mut rng).unwrap().0)
+            .collect();
         assert_eq!(walk, [0, 1, 2, 0, 1, 2, 0]);
         let (i, u) = store.next_url("c", &mut rng).unwrap();
         assert_eq!((i, u.to_string()), (1, "https://b.example/".to_string()));
@@ -1331,23 +1411,32 @@ mod tests {
         // Persisted: after a restart the walk starts at c.example, then the rest in order.
         let mut store = open(&path);
         assert_eq!(store.get("c").unwrap().last_url, Some(2));
-        let walk: Vec<usize> = (0..3).map(|_| store.next_url("c", &mut rng).unwrap().0).collect();
+        let walk: Vec<usize> = (0..3)
+            .map(|_| store.next_url("c", &mut rng).unwrap().0)
+            .collect();
         assert_eq!(walk, [2, 0, 1]);
         let e = store.record_success("c", 3).unwrap_err();
-        assert_eq!(e.to_string(), "connection \"c\" has no URL number 3 (it has 3)");
+        assert_eq!(
+            e.to_string(),
+            "connection \"c\" has no URL number 3 (it has 3)"
+        );
     }
 
     #[test]
     fn a_lost_connection_retries_its_last_url_first_in_every_mode() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir.path().join("c.json"));
-        store.add(conn("c", &["a.example", "b.example", "c.example"])).unwrap();
+        store
+            .add(conn("c", &["a.example", "b.example", "c.example"]))
+            .unwrap();
         let mut rng = StdRng::seed_from_u64(7);
         assert_eq!(store.next_url("c", &mut rng).unwrap().0, 0);
         assert_eq!(store.next_url("c", &mut rng).unwrap().0, 1);
         store.record_success("c", 1).unwrap();
         // The connection drops: b first, then the server list (Top) without b.
-        let walk: Vec<usize> = (0..4).map(|_| store.next_url("c", &mut rng).unwrap().0).collect();
+        let walk: Vec<usize> = (0..4)
+            .map(|_| store.next_url("c", &mut rng).unwrap().0)
+            .collect();
         assert_eq!(walk, [1, 0, 2, 0]);
         // A user's fresh start uses the mode again.
         store.reset_attempts("c");
@@ -1395,7 +1484,10 @@ mod tests {
         assert_eq!(store.get("c").unwrap().last_url, None);
         // An invalid edit is refused and changes nothing.
         let e = store.edit("c", |c| c.urls.clear()).unwrap_err();
-        assert!(matches!(e, StoreError::Invalid(ConnectionError::NoUrls { .. })));
+        assert!(matches!(
+            e,
+            StoreError::Invalid(ConnectionError::NoUrls { .. })
+        ));
         assert_eq!(store.get("c").unwrap().urls.len(), 2);
     }
 

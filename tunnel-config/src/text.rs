@@ -89,7 +89,10 @@ mod tests {
         let shown = Shown(&long).to_string();
         assert_eq!(shown.chars().count(), SHOWN_CHARS + 3);
         assert!(shown.ends_with("…\""));
-        assert_eq!(Shown(&"y".repeat(SHOWN_CHARS)).to_string().chars().count(), SHOWN_CHARS + 2);
+        assert_eq!(
+            Shown(&"y".repeat(SHOWN_CHARS)).to_string().chars().count(),
+            SHOWN_CHARS + 2
+        );
     }
 
     #[test]

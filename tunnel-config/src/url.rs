@@ -71,7 +71,9 @@ impl fmt::Display for HostProblem {
             }
             HostProblem::BadIpv4 => f.write_str("not a valid IPv4 address"),
             HostProblem::BadIpv6 => f.write_str("not a valid IPv6 address"),
-            HostProblem::LabelLength => f.write_str("each dot-separated label must be 1-63 characters"),
+            HostProblem::LabelLength => {
+                f.write_str("each dot-separated label must be 1-63 characters")
+            }
             HostProblem::LabelCharacter { ch } => write!(
                 f,
                 "{:?} is not allowed in a host name (letters, digits and '-' only)",
@@ -348,19 +350,28 @@ mod tests {
     fn bare_hosts_and_literals_mean_https_on_443() {
         assert_eq!(ok("vpn.example.com"), ok("https://vpn.example.com:443/"));
         assert_eq!(ok("vpn.example.com."), ok("https://vpn.example.com/"));
-        assert_eq!(ok("  vpn.example.com  ").to_string(), "https://vpn.example.com/");
+        assert_eq!(
+            ok("  vpn.example.com  ").to_string(),
+            "https://vpn.example.com/"
+        );
         // The seed's preconfig example, and the path form real preconfig files use.
         let u = ok("10.64.78.34");
         assert_eq!(u.host(), &Host::Ipv4(Ipv4Addr::new(10, 64, 78, 34)));
         assert_eq!(u.to_string(), "https://10.64.78.34/");
-        assert_eq!(ok("ssl.example.se/nexer").to_string(), "https://ssl.example.se/nexer");
+        assert_eq!(
+            ok("ssl.example.se/nexer").to_string(),
+            "https://ssl.example.se/nexer"
+        );
         assert_eq!(ok("vpn:10443").port(), 10443);
         // IPv6: bare, bracketed, with a port.
         let u = ok("2001:db8::1");
         assert_eq!(u.host(), &Host::Ipv6("2001:db8::1".parse().unwrap()));
         assert_eq!(u.to_string(), "https://[2001:db8::1]/");
         assert_eq!(u.host_name(), "2001:db8::1");
-        assert_eq!(ok("[2001:db8::1]:8443/x").to_string(), "https://[2001:db8::1]:8443/x");
+        assert_eq!(
+            ok("[2001:db8::1]:8443/x").to_string(),
+            "https://[2001:db8::1]:8443/x"
+        );
         assert_eq!(ok("https://[::1]").port(), 443);
         assert_eq!(ok("localhost").host_name(), "localhost");
     }
