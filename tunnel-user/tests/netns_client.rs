@@ -88,6 +88,33 @@ fn client_connects_splits_traffic_and_survives_a_gateway_restart() {
         w.status()[0]["transport"] == "esp"
     });
 
+    // Suspend keeps the session at the gateway but takes the tunnel down; resume brings the
+    // same session (same address) back.
+    let out = w.tunnel(&["suspend", GATEWAY], "");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(w.status()[0]["state"], "suspended");
+    assert_eq!(
+        w.seen_as(CORP).as_deref(),
+        Some("192.168.70.2"),
+        "no tunnel while suspended"
+    );
+    assert_eq!(
+        code(&w.tunnel(&["suspend", GATEWAY], "")),
+        25,
+        "suspending twice"
+    );
+    let out = w.tunnel(&["resume", GATEWAY], "");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the resumed tunnel", Duration::from_secs(20), || {
+        w.seen_as(CORP).as_deref() == Some(tunnel_addr.as_str())
+    });
+    assert!(
+        fs::read_to_string(w.dir.join("gateway.log"))
+            .unwrap_or_default()
+            .contains("resumed=true"),
+        "resumed with the cookie, not a new login"
+    );
+
     // The gateway dies and comes back: traffic resumes with no user action.
     gw.stop();
     let restarted = Instant::now();

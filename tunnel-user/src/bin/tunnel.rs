@@ -319,6 +319,23 @@ fn main() -> ExitCode {
         }
     };
     match control::call(&cli.socket, &request, wait) {
+        Ok(response) if response.code == code::CERTIFICATE => match trust_prompt(&response) {
+            Some(pin) => {
+                let Request::Connect { name, url, mut credentials, timeout_secs } = request else {
+                    return show(&request, &response, json);
+                };
+                credentials.pin = Some(pin);
+                let retry = Request::Connect { name, url, credentials, timeout_secs };
+                match control::call(&cli.socket, &retry, wait) {
+                    Ok(r) => show(&retry, &r, json),
+                    Err(e) => {
+                        eprintln!("tunnel: {e}");
+                        exit(code::GENERAL)
+                    }
+                }
+            }
+            None => show(&request, &response, json),
+        },
         Ok(response) => show(&request, &response, json),
         Err(control::ControlError::NotRunning { path }) => {
             eprintln!("tunnel: tunneld is not running (no socket at {path})");
@@ -329,6 +346,23 @@ fn main() -> ExitCode {
             exit(code::GENERAL)
         }
     }
+}
+
+/// The dynamic trust prompt: when the gateway's certificate is not trusted, the machine
+/// settings allow users to trust certificates, and someone is at the terminal, ask. Returns
+/// the pin to retry with.
+fn trust_prompt(r: &Response) -> Option<String> {
+    let pin = r.data.get("detail")?.get("pin")?.as_str()?.to_string();
+    if r.data.get("dynamic_trust").and_then(|v| v.as_bool()) != Some(true) {
+        return None;
+    }
+    let mut tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").ok()?;
+    writeln!(tty, "tunnel: {}", r.message).ok()?;
+    write!(tty, "Trust this gateway certificate ({pin}) from now on? [y/N] ").ok()?;
+    tty.flush().ok()?;
+    let mut answer = String::new();
+    io::BufReader::new(tty).read_line(&mut answer).ok()?;
+    matches!(answer.trim(), "y" | "Y" | "yes").then_some(pin)
 }
 
 fn show(request: &Request, r: &Response, json: bool) -> ExitCode {
@@ -366,6 +400,7 @@ fn show(request: &Request, r: &Response, json: bool) -> ExitCode {
                     "packets_in",
                     "reconnects",
                     "last_error",
+                    "classifier",
                 ] {
                     let v = f(k);
                     if !v.is_empty() && v != "null" {

@@ -200,6 +200,8 @@ pub struct Status {
     pub uptime_secs: Option<u64>,
     pub last_error: Option<Failure>,
     pub reconnects: u64,
+    /// The kernel classifier's counters for this connection: reason name to packets.
+    pub classifier: std::collections::BTreeMap<String, u64>,
 }
 
 /// Counters the packet threads update.
@@ -308,6 +310,7 @@ pub fn spawn(
             uptime_secs: None,
             last_error: None,
             reconnects: 0,
+            classifier: std::collections::BTreeMap::new(),
         }),
         traffic: Traffic::default(),
         last_inbound: Mutex::new(Instant::now()),

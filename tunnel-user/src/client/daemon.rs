@@ -473,11 +473,23 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
     match request {
         Request::Version => Response::ok(format!("tunneld {}", env!("CARGO_PKG_VERSION"))),
         Request::Status { name } => {
+            let table = daemon.plane.counters().ok();
             let conns = daemon.connections.lock().unwrap_or_else(|e| e.into_inner());
             let all: Vec<_> = conns
                 .values()
                 .filter(|h| name.as_ref().is_none_or(|n| &h.name == n))
-                .map(Handle::status)
+                .map(|h| {
+                    let mut s = h.status();
+                    if let Some(t) = &table {
+                        for reason in tunnel_common::Reason::ALL {
+                            let c = t.get(u32::from(h.id), reason);
+                            if c.packets > 0 {
+                                s.classifier.insert(reason.name().to_string(), c.packets);
+                            }
+                        }
+                    }
+                    s
+                })
                 .collect();
             if let Some(n) = name
                 && all.is_empty()
@@ -587,7 +599,13 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 Ok(s) => s,
                 Err(r) => return r,
             };
-            let response = connect(daemon, spec, timeout_secs).await;
+            let mut response = connect(daemon, spec, timeout_secs).await;
+            if response.code == code::CERTIFICATE
+                && let Some(obj) = response.data.as_object_mut()
+            {
+                // The CLI may ask the user to trust the certificate, if the machine allows it.
+                obj.insert("dynamic_trust".into(), serde_json::json!(daemon.store().machine().dynamic_trust));
+            }
             if response.code == code::OK && stored {
                 // Remember which URL worked, for "most recent" smart connections.
                 let server = response
