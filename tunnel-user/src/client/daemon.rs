@@ -98,10 +98,10 @@ struct Log {
 impl Log {
     fn event(&mut self, event: &EventKind) {
         let e = event.event();
-        if let Some(line) = self.format.line(SystemTime::now(), &e) {
-            if let Err(err) = self.file.write_line(&line) {
-                warn!(error = %err, "writing the event log failed");
-            }
+        if let Some(line) = self.format.line(SystemTime::now(), &e)
+            && let Err(err) = self.file.write_line(&line)
+        {
+            warn!(error = %err, "writing the event log failed");
         }
         info!(event = e.id, "{}", e.message);
     }
