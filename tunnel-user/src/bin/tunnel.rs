@@ -24,10 +24,6 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once per run; clap derive wants the fields inline"
-)]
 enum Cmd {
     /// Connect a stored connection, or a gateway URL.
     Connect {
