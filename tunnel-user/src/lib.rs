@@ -11,4 +11,5 @@ pub mod tun;
 pub use datapath::{Datapath, DatapathError, Policy};
 
 /// The eBPF object built by `build.rs`, embedded.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tunnel"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tunnel-ebpf"));

@@ -89,6 +89,22 @@ enum Cmd {
     Edit(ConnArgs),
     /// Remove a stored connection.
     Delete { name: String },
+    /// Import a .pulsepreconfig file (machine settings and connections).
+    Import { file: PathBuf },
+    /// Open a pulsesecureclient:// launch URL: add the "(Auto Launch)" connection and connect.
+    Open {
+        url: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        servercert: Option<String>,
+    },
+    /// pulselauncher compatibility: -url -u -p -r -d -cert -signout -suspend -resume -t -stop
+    /// -version -help -L, with its exit codes. `-p -` reads the password from stdin.
+    Launcher {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Diagnostics.
     Logs {
         #[command(subcommand)]
@@ -307,6 +323,19 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Delete { name } => (Request::Delete { name }, Duration::from_secs(5)),
+        Cmd::Import { file } => match std::fs::read_to_string(&file) {
+            Ok(text) => (Request::Import { text }, Duration::from_secs(10)),
+            Err(e) => {
+                eprintln!("tunnel: {}: {e}", file.display());
+                return exit(code::BAD_PARAMETER);
+            }
+        },
+        Cmd::Open {
+            url,
+            password_stdin,
+            servercert,
+        } => return open(&cli.socket, &url, password_stdin, servercert),
+        Cmd::Launcher { args } => return launcher(&cli.socket, &args),
         Cmd::Logs {
             what: LogsCmd::Save { file },
         } => {
@@ -317,11 +346,22 @@ fn main() -> ExitCode {
     match control::call(&cli.socket, &request, wait) {
         Ok(response) if response.code == code::CERTIFICATE => match trust_prompt(&response) {
             Some(pin) => {
-                let Request::Connect { name, url, mut credentials, timeout_secs } = request else {
+                let Request::Connect {
+                    name,
+                    url,
+                    mut credentials,
+                    timeout_secs,
+                } = request
+                else {
                     return show(&request, &response, json);
                 };
                 credentials.pin = Some(pin);
-                let retry = Request::Connect { name, url, credentials, timeout_secs };
+                let retry = Request::Connect {
+                    name,
+                    url,
+                    credentials,
+                    timeout_secs,
+                };
                 match control::call(&cli.socket, &retry, wait) {
                     Ok(r) => show(&retry, &r, json),
                     Err(e) => {
@@ -344,6 +384,193 @@ fn main() -> ExitCode {
     }
 }
 
+fn call_and_show(socket: &std::path::Path, request: Request, wait: Duration) -> ExitCode {
+    match control::call(socket, &request, wait) {
+        Ok(r) => show(&request, &r, false),
+        Err(control::ControlError::NotRunning { path }) => {
+            eprintln!("tunnel: tunneld is not running (no socket at {path})");
+            exit(-1)
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            exit(code::GENERAL)
+        }
+    }
+}
+
+/// `tunnel open URL`: the daemon adds (or finds) the connection; then it is connected, asking
+/// for the password the URL does not carry.
+fn open(
+    socket: &std::path::Path,
+    url: &str,
+    password_stdin: bool,
+    pin: Option<String>,
+) -> ExitCode {
+    let request = Request::Open {
+        url: url.to_string(),
+    };
+    let r = match control::call(socket, &request, Duration::from_secs(5)) {
+        Ok(r) if r.code == code::OK => r,
+        Ok(r) => return show(&request, &r, false),
+        Err(control::ControlError::NotRunning { path }) => {
+            eprintln!("tunnel: tunneld is not running (no socket at {path})");
+            return exit(-1);
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            return exit(code::GENERAL);
+        }
+    };
+    println!("{}", r.message);
+    let name = r.data["name"].as_str().map(String::from);
+    let temporary = r.data["temporary"].as_bool().unwrap_or(false);
+    let password = match read_password(password_stdin) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tunnel: reading the password: {e}");
+            return exit(code::BAD_PARAMETER);
+        }
+    };
+    let credentials = Credentials {
+        password,
+        pin,
+        ..Default::default()
+    };
+    let url = temporary.then(|| r.data["url"].as_str().unwrap_or_default().to_string());
+    call_and_show(
+        socket,
+        Request::Connect {
+            name,
+            url,
+            credentials: Box::new(credentials),
+            timeout_secs: Some(45),
+        },
+        Duration::from_secs(50),
+    )
+}
+
+/// `tunnel launcher ...`: pulselauncher's arguments and exit codes.
+fn launcher(socket: &std::path::Path, args: &[String]) -> ExitCode {
+    use tunnel_config::{LauncherAction, LauncherAuth, parse_launcher_args};
+    let action = match parse_launcher_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tunnel launcher: {e}");
+            return exit(e.exit_code().code());
+        }
+    };
+    let wait = |t: Duration| t + Duration::from_secs(5);
+    match action {
+        LauncherAction::Version => {
+            println!("tunnel launcher {}", env!("CARGO_PKG_VERSION"));
+            exit(code::OK)
+        }
+        LauncherAction::Help => {
+            print!("{}", tunnel_config::LAUNCHER_USAGE);
+            exit(code::OK)
+        }
+        LauncherAction::Stop => call_and_show(socket, Request::Stop, Duration::from_secs(30)),
+        LauncherAction::SetLogLevel(level) => call_and_show(
+            socket,
+            Request::LogLevel {
+                detailed: level.number() == 5,
+            },
+            Duration::from_secs(5),
+        ),
+        LauncherAction::Connect(c) => {
+            let mut creds = Credentials {
+                realm: c.realm.clone(),
+                ..Default::default()
+            };
+            match c.auth {
+                LauncherAuth::Prompt { user } => {
+                    creds.password = match read_password(false) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            eprintln!("tunnel launcher: reading the password: {e}");
+                            return exit(code::BAD_PARAMETER);
+                        }
+                    };
+                    creds.user = user;
+                }
+                LauncherAuth::Password { user, password } => {
+                    creds.user = Some(user);
+                    creds.password = if password.expose() == "-" {
+                        match read_password(true) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                eprintln!("tunnel launcher: reading the password: {e}");
+                                return exit(code::BAD_PARAMETER);
+                            }
+                        }
+                    } else {
+                        Some(password.expose().to_string())
+                    };
+                }
+                LauncherAuth::Cookie(cookie) => creds.cookie = Some(cookie.expose().to_string()),
+                LauncherAuth::Certificate { issued_to, user } => {
+                    // Client certificates live in /etc/tunnel/certs as <issued-to>.pem and .key.
+                    let dir = std::path::Path::new("/etc/tunnel/certs");
+                    let (cert, key) = (
+                        dir.join(format!("{issued_to}.pem")),
+                        dir.join(format!("{issued_to}.key")),
+                    );
+                    if !cert.exists() {
+                        eprintln!(
+                            "tunnel launcher: no client certificate issued to '{issued_to}' in {}",
+                            dir.display()
+                        );
+                        return exit(6);
+                    }
+                    creds.cert = Some(cert);
+                    creds.key = key.exists().then_some(key);
+                    creds.user = user;
+                }
+                _ => {
+                    eprintln!("tunnel launcher: this sign-in method is not supported");
+                    return exit(code::BAD_PARAMETER);
+                }
+            }
+            let secs = c.timeout.as_secs();
+            call_and_show(
+                socket,
+                Request::Connect {
+                    name: None,
+                    url: Some(c.url.to_string()),
+                    credentials: Box::new(creds),
+                    timeout_secs: Some(secs),
+                },
+                wait(c.timeout),
+            )
+        }
+        LauncherAction::SignOut(u) => call_and_show(
+            socket,
+            Request::Signout {
+                name: u.url.host_name(),
+            },
+            wait(u.timeout),
+        ),
+        LauncherAction::Suspend(u) => call_and_show(
+            socket,
+            Request::Suspend {
+                name: u.url.host_name(),
+            },
+            wait(u.timeout),
+        ),
+        LauncherAction::Resume(u) => call_and_show(
+            socket,
+            Request::Resume {
+                name: u.url.host_name(),
+            },
+            wait(u.timeout),
+        ),
+        _ => {
+            eprintln!("tunnel launcher: unsupported action");
+            exit(code::BAD_PARAMETER)
+        }
+    }
+}
+
 /// The dynamic trust prompt: when the gateway's certificate is not trusted, the machine
 /// settings allow users to trust certificates, and someone is at the terminal, ask. Returns
 /// the pin to retry with.
@@ -352,9 +579,17 @@ fn trust_prompt(r: &Response) -> Option<String> {
     if r.data.get("dynamic_trust").and_then(|v| v.as_bool()) != Some(true) {
         return None;
     }
-    let mut tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").ok()?;
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .ok()?;
     writeln!(tty, "tunnel: {}", r.message).ok()?;
-    write!(tty, "Trust this gateway certificate ({pin}) from now on? [y/N] ").ok()?;
+    write!(
+        tty,
+        "Trust this gateway certificate ({pin}) from now on? [y/N] "
+    )
+    .ok()?;
     tty.flush().ok()?;
     let mut answer = String::new();
     io::BufReader::new(tty).read_line(&mut answer).ok()?;

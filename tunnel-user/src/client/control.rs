@@ -110,6 +110,10 @@ pub enum Request {
     Open {
         url: String,
     },
+    /// Switch the event log between normal and detailed (launcher `-loglevel`).
+    LogLevel {
+        detailed: bool,
+    },
     /// Write a diagnostics bundle to `path`.
     SaveLogs {
         path: PathBuf,

@@ -604,7 +604,10 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 && let Some(obj) = response.data.as_object_mut()
             {
                 // The CLI may ask the user to trust the certificate, if the machine allows it.
-                obj.insert("dynamic_trust".into(), serde_json::json!(daemon.store().machine().dynamic_trust));
+                obj.insert(
+                    "dynamic_trust".into(),
+                    serde_json::json!(daemon.store().machine().dynamic_trust),
+                );
             }
             if response.code == code::OK && stored {
                 // Remember which URL worked, for "most recent" smart connections.
@@ -642,10 +645,13 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
             Response::ok(format!("disconnected {} connection(s)", names.len()))
         }
         Request::SaveLogs { path } => save_logs(daemon, &path),
-        other => Response::with(
-            code::GENERAL,
-            format!("{other:?} is not available in this build"),
-        ),
+        Request::Import { text } => import(daemon, &text),
+        Request::LogLevel { detailed } => {
+            let level = if detailed { Level::Debug } else { Level::Info };
+            daemon.log.lock().unwrap_or_else(|e| e.into_inner()).format = EventLog::new(level);
+            Response::ok(format!("log level {level}"))
+        }
+        Request::Open { url } => open(daemon, &url),
     }
 }
 
@@ -691,6 +697,80 @@ async fn edit(daemon: &Arc<Daemon>, name: &str, changes: serde_json::Value) -> R
         Ok(c) => Response::ok(format!("edited '{}'", c.name)),
         Err(e) => Response::with(code::BAD_PARAMETER, e.to_string()),
     }
+}
+
+/// Imports a `.pulsepreconfig` file: machine settings (when the binding server agrees) and
+/// its connections; unknown sections are reported and skipped.
+fn import(daemon: &Arc<Daemon>, text: &str) -> Response {
+    let pre = match tunnel_config::Preconfig::parse(text) {
+        Ok(p) => p,
+        Err(e) => return Response::with(code::BAD_PARAMETER, format!("preconfig: {e}")),
+    };
+    let report = match daemon.store().import(&pre) {
+        Ok(r) => r,
+        Err(e) => return Response::with(code::GENERAL, format!("preconfig: {e}")),
+    };
+    let lockdown = daemon.store().machine().vpn_only_access;
+    if let Err(e) = daemon.plane.set_lockdown(lockdown) {
+        return Response::with(code::GENERAL, format!("applying VPN only access: {e}"));
+    }
+    let mut lines = vec![format!("machine settings: {:?}", report.machine)];
+    lines.extend(
+        report
+            .added
+            .iter()
+            .map(|n| format!("added connection '{n}'")),
+    );
+    lines.extend(
+        report
+            .updated
+            .iter()
+            .map(|n| format!("updated connection '{n}'")),
+    );
+    lines.extend(
+        report
+            .refused
+            .iter()
+            .map(|(n, why)| format!("not imported '{n}': {why}")),
+    );
+    lines.extend(pre.skipped.iter().map(|s| format!("skipped: {s}")));
+    lines.extend(pre.warnings.iter().map(|w| format!("note: {w}")));
+    Response::ok(lines.join("\n")).data(serde_json::json!({
+        "added": report.added,
+        "updated": report.updated,
+        "skipped": pre.skipped.len(),
+        "vpn_only_access": lockdown,
+    }))
+}
+
+/// A `pulsesecureclient://connect?...` launch URL: adds (or finds) the "(Auto Launch)"
+/// connection and returns it for the CLI to connect; `store=false` gives a connection for
+/// this run only.
+fn open(daemon: &Arc<Daemon>, url: &str) -> Response {
+    let request = match tunnel_config::LaunchRequest::parse(url) {
+        Ok(r) => r,
+        Err(e) => return Response::with(code::BAD_PARAMETER, format!("launch URL: {e}")),
+    };
+    let outcome = tunnel_config::apply_launch(&mut daemon.store(), &request);
+    let (conn, temporary) = match outcome {
+        Ok(tunnel_config::LaunchOutcome::Added(c)) => (c, false),
+        Ok(tunnel_config::LaunchOutcome::Existing { connection, .. }) => (connection, false),
+        Ok(tunnel_config::LaunchOutcome::Temporary(c)) => (c, true),
+        Ok(other) => {
+            return Response::with(
+                code::GENERAL,
+                format!("launch URL: unexpected outcome {other:?}"),
+            );
+        }
+        Err(e) => return Response::with(code::BAD_PARAMETER, format!("launch URL: {e}")),
+    };
+    let url = conn
+        .primary_url()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    Response::ok(format!("connection '{}'{}", conn.name, if temporary { " (not stored)" } else { "" })).data(
+        serde_json::json!({"name": conn.name, "url": url, "user": conn.user, "realm": conn.realm, "temporary": temporary}),
+    )
 }
 
 /// Writes a diagnostics bundle: status, counters, the store (without secrets: it holds none),
@@ -780,6 +860,25 @@ async fn connect(daemon: &Arc<Daemon>, spec: ConnectSpec, timeout_secs: Option<u
 }
 
 async fn command(daemon: &Arc<Daemon>, name: &str, cmd: Command) -> Response {
+    // A name, or (as the launcher's -url gives) a gateway host a connection is using.
+    let name = daemon
+        .connections
+        .lock()
+        .ok()
+        .and_then(|c| {
+            if c.contains_key(name) {
+                return Some(name.to_string());
+            }
+            c.values()
+                .find(|h| {
+                    h.status().server.is_some_and(|s| {
+                        s.contains(&format!("//{name}:")) || s.contains(&format!("//[{name}]:"))
+                    })
+                })
+                .map(|h| h.name.clone())
+        })
+        .unwrap_or_else(|| name.to_string());
+    let name = name.as_str();
     let found = daemon
         .connections
         .lock()
