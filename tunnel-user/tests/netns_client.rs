@@ -436,3 +436,154 @@ fn stored_connections_events_and_a_corrupt_store() {
     }
     assert!(!diag.contains("s3cret"), "no password in the diagnostics");
 }
+
+#[test]
+fn preconfig_import_launch_urls_and_the_launcher() {
+    if !root() {
+        return;
+    }
+    let w = world("i");
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    let url = format!("https://{GATEWAY}:8443");
+
+    // A .pulsepreconfig in the seed's shape: the 802.1x section is skipped, not fatal.
+    let preconfig = w.dir.join("corp.pulsepreconfig");
+    fs::write(
+        &preconfig,
+        format!(
+            r#"schema version {{
+  version: "1"
+}}
+
+machine settings {{
+  version: "14"
+  guid: "bf4801a3-527f-4f98-9ea3-7dcb7e271bc9"
+  connection-source: "preconfig"
+  server-id: "0241ML82AOPRD1VR"
+  allow-save: "true"
+  user-connection: "true"
+  dynamic-trust: "false"
+  dynamic-connection: "true"
+}}
+
+ive "8211f09f-6674-4bdb-a44a-e6fa8b7402eb" {{
+  friendly-name: "HQ"
+  version: "2"
+  guid: "8211f09f-6674-4bdb-a44a-e6fa8b7402eb"
+  server-id: "0241ML82AOPRD1VR"
+  connection-source: "preconfig"
+  uri: "{url}"
+  connection-identity: "user"
+  connection-policy: "manual"
+}}
+
+8021x "06cc1f68-3714-4871-9abf-458f1c0ef4b0" {{
+  friendly-name: "MachAuthCnrxn"
+  version: "2"
+  guid: "06cc1f68-3714-4871-9abf-458f1c0ef4b0"
+  adapter-type: "wireless"
+  connection-identity: "machine-only"
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let out = w.tunnel(&["import", &preconfig.display().to_string()], "");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        code(&out),
+        0,
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("added connection 'HQ'"), "{said}");
+    assert!(
+        said.contains("skipped"),
+        "the 802.1x section is reported: {said}"
+    );
+    // A broken file changes nothing and names the line.
+    let broken = w.dir.join("broken.pulsepreconfig");
+    fs::write(&broken, "ive \"x\" {\n  friendly-name \"no colon\"\n}\n").unwrap();
+    let out = w.tunnel(&["import", &broken.display().to_string()], "");
+    assert_eq!(code(&out), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&w.tunnel(&["list"], "").stdout).into_owned();
+    assert!(
+        listed.contains("HQ") && !listed.contains("\"x\""),
+        "{listed}"
+    );
+    let out = w.tunnel(
+        &[
+            "connect",
+            "HQ",
+            "-u",
+            "alice",
+            "--password-stdin",
+            "--servercert",
+            &w.pin,
+        ],
+        "s3cret\n",
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(code(&w.tunnel(&["disconnect", "HQ"], "")), 0);
+
+    // A launch URL adds "<name> (Auto Launch)" and connects it.
+    let launch = format!(
+        "pulsesecureclient://connect?name=Lab&server={url}&userrealm=Users&username=alice&store=true"
+    );
+    let out = w.tunnel(
+        &["open", &launch, "--password-stdin", "--servercert", &w.pin],
+        "s3cret\n",
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(w.status()[0]["name"], "Lab (Auto Launch)");
+    let listed = String::from_utf8_lossy(&w.tunnel(&["list"], "").stdout).into_owned();
+    assert!(listed.contains("Lab (Auto Launch)"), "{listed}");
+    assert_eq!(code(&w.tunnel(&["disconnect", "Lab (Auto Launch)"], "")), 0);
+    // The same name for another server is refused, naming the conflict.
+    let other = "pulsesecureclient://connect?name=Lab&server=https://192.168.70.9&store=true";
+    let out = w.tunnel(&["open", other, "--password-stdin"], "s3cret\n");
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = w.tunnel(
+        &["open", "https://not-a-launch-url", "--password-stdin"],
+        "",
+    );
+    assert_eq!(code(&out), 1);
+
+    // pulselauncher's arguments: -version, a bad parameter, connect, signout, -stop.
+    let out = w.tunnel(&["launcher", "-version"], "");
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tunnel launcher"));
+    let out = w.tunnel(&["launcher", "-url", &url, "-bogus"], "");
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    // The pin learned when HQ connected (same gateway host) is trusted for the ad-hoc URL.
+    let out = w.tunnel(
+        &[
+            "launcher", "-url", &url, "-u", "alice", "-p", "wrong", "-r", "Users",
+        ],
+        "",
+    );
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = w.tunnel(
+        &[
+            "launcher", "-url", &url, "-u", "alice", "-p", "-", "-r", "Users",
+        ],
+        "s3cret\n",
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(w.status()[0]["state"], "connected", "{}", w.status());
+    let out = w.tunnel(&["launcher", "-signout", "-url", &url], "");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(w.status(), serde_json::json!([]));
+    let out = w.tunnel(&["launcher", "-stop"], "");
+    assert_eq!(code(&out), 0, "nothing to stop is still success");
+    assert_eq!(code(&w.connect()), 0);
+    let out = w.tunnel(&["launcher", "-stop"], "");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(w.status(), serde_json::json!([]));
+}
