@@ -804,6 +804,35 @@ impl Serialize for Kvps {
     }
 }
 
+/// A KVP value in a store file: a string, or (for hand-written TOML such as `MTU = 1300`)
+/// an integer or a boolean, validated as its text.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, integer or boolean KVP value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for Kvps {
     /// A map from key to value, validated like [`Kvps::parse`]: a stored value that the
     /// rules no longer accept is an error, not silently dropped.
@@ -816,8 +845,8 @@ impl<'de> Deserialize<'de> for Kvps {
             }
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut pairs = Vec::new();
-                while let Some(pair) = map.next_entry::<String, String>()? {
-                    pairs.push(pair);
+                while let Some((k, Scalar(v))) = map.next_entry::<String, Scalar>()? {
+                    pairs.push((k, v));
                 }
                 Ok(pairs)
             }
@@ -1246,5 +1275,20 @@ mod tests {
         assert_eq!(serde_json::from_str::<Kvps>(&json).unwrap(), k);
         let e = serde_json::from_str::<Kvps>("{\"MTU\":\"1\"}").unwrap_err();
         assert!(e.to_string().contains("KVP MTU=\"1\": out of range"), "{e}");
+        // Hand-written numbers and booleans are read as their text and validated the same.
+        let k: Kvps = toml::from_str("MTU = 1300\nDisablePinning = true\n").unwrap();
+        assert_eq!(k.mtu(), 1300);
+        assert!(k.disable_pinning());
+        let e = toml::from_str::<Kvps>("MTU = 99\n").unwrap_err();
+        assert!(
+            e.to_string().contains("KVP MTU=\"99\": out of range"),
+            "{e}"
+        );
+        let e = serde_json::from_str::<Kvps>("{\"MTU\":1.5}").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected a string, integer or boolean"),
+            "{e}"
+        );
     }
 }

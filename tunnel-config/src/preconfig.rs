@@ -27,7 +27,10 @@
 //!   [`UrlMode::MostRecent`], `uri-list-randomize: "true"` [`UrlMode::Random`] (both: most
 //!   recent, with a warning).
 
-use std::fmt;
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+};
 
 use crate::{
     events::Level,
@@ -655,7 +658,10 @@ impl Preconfig {
             skipped: Vec::new(),
             warnings: Vec::new(),
         };
-        let mut guids: Vec<String> = Vec::new();
+        // Sets, not scans: a 4 MiB file holds tens of thousands of sections, and every
+        // lookup below must stay constant-time for parsing to stay linear.
+        let mut guids: HashSet<String> = HashSet::new();
+        let mut names: HashSet<String> = HashSet::new();
         for section in sections {
             let skip = |reason| SkippedSection {
                 kind: section.kind.clone(),
@@ -686,9 +692,9 @@ impl Preconfig {
                                 pre.skipped.push(skip(SkipReason::Duplicate));
                                 continue;
                             }
-                            guids.push(g.clone());
+                            guids.insert(g.clone());
                         }
-                        if pre.connections.iter().any(|o| o.name == c.name) {
+                        if !names.insert(c.name.clone()) {
                             pre.skipped
                                 .push(skip(SkipReason::NameTaken { name: c.name }));
                             continue;
@@ -756,21 +762,22 @@ fn entries<'a>(
     repeatable: &[&str],
     warnings: &mut Vec<PreconfigWarning>,
 ) -> Vec<&'a Entry> {
-    let mut out: Vec<&Entry> = Vec::new();
+    let mut out: Vec<Option<&Entry>> = Vec::with_capacity(section.entries.len());
+    let mut last: HashMap<&str, usize> = HashMap::new();
     for e in &section.entries {
         if !repeatable.contains(&e.key.as_str())
-            && let Some(i) = out.iter().position(|o| o.key == e.key)
+            && let Some(i) = last.insert(e.key.as_str(), out.len())
         {
             warnings.push(PreconfigWarning {
                 position: e.position,
                 section: section.kind.clone(),
                 kind: WarningKind::RepeatedKey { key: e.key.clone() },
             });
-            out.remove(i);
+            out[i] = None;
         }
-        out.push(e);
+        out.push(Some(e));
     }
-    out
+    out.into_iter().flatten().collect()
 }
 
 fn schema(
@@ -932,9 +939,10 @@ fn connection(
     }
     let name = name.ok_or(SkipReason::MissingName)?;
     let mut urls: Vec<ServerUrl> = Vec::new();
+    let mut seen: HashSet<ServerUrl> = HashSet::new();
     for text in uris.into_iter().chain(list) {
         let url = ServerUrl::parse(text).map_err(SkipReason::BadUrl)?;
-        if !urls.contains(&url) {
+        if seen.insert(url.clone()) {
             urls.push(url);
         }
     }
@@ -1071,17 +1079,19 @@ impl Store {
             updated: Vec::new(),
             refused: Vec::new(),
         };
+        // Indexes instead of scans, so that importing a large file stays linear.
+        let mut by_guid: HashMap<String, usize> = HashMap::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (i, c) in connections.iter().enumerate() {
+            if let Some(g) = &c.guid {
+                by_guid.entry(g.clone()).or_insert(i);
+            }
+            by_name.insert(c.name.clone(), i);
+        }
         for new in &pre.connections {
-            let existing = new
-                .guid
-                .as_ref()
-                .and_then(|g| connections.iter().position(|c| c.guid.as_ref() == Some(g)));
-            let name_taken = |except: Option<usize>| {
-                connections
-                    .iter()
-                    .enumerate()
-                    .any(|(i, c)| Some(i) != except && c.name == new.name)
-            };
+            let existing = new.guid.as_ref().and_then(|g| by_guid.get(g).copied());
+            let name_taken =
+                |except: Option<usize>| by_name.get(&new.name).is_some_and(|i| Some(*i) != except);
             match existing {
                 Some(i) => {
                     if !same_server {
@@ -1106,6 +1116,8 @@ impl Store {
                             .last_url
                             .and_then(|l| old.urls.get(l))
                             .and_then(|u| merged.urls.iter().position(|x| x == u));
+                        by_name.remove(&connections[i].name);
+                        by_name.insert(merged.name.clone(), i);
                         connections[i] = merged;
                         report.updated.push(new.name.clone());
                     }
@@ -1120,6 +1132,10 @@ impl Store {
                             .refused
                             .push((new.name.clone(), ImportRefusal::NameTaken));
                     } else {
+                        if let Some(g) = &new.guid {
+                            by_guid.insert(g.clone(), connections.len());
+                        }
+                        by_name.insert(new.name.clone(), connections.len());
                         connections.push(new.clone());
                         report.added.push(new.name.clone());
                     }

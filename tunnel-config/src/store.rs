@@ -203,8 +203,10 @@ impl Connection {
         if self.urls.is_empty() {
             return Err(ConnectionError::NoUrls { name: name() });
         }
-        for (i, u) in self.urls.iter().enumerate() {
-            if self.urls[..i].contains(u) {
+        // A set, not a scan of the list so far: an imported list can be long.
+        let mut seen = std::collections::HashSet::with_capacity(self.urls.len());
+        for u in &self.urls {
+            if !seen.insert(u) {
                 return Err(ConnectionError::DuplicateUrl {
                     name: name(),
                     url: u.to_string(),
@@ -1116,6 +1118,46 @@ mod tests {
         let (_, corrupt) = Store::open(&path).unwrap();
         let corrupt = corrupt.unwrap();
         assert_eq!(corrupt.reason.position.map(|p| p.line), Some(3));
+    }
+
+    #[test]
+    fn a_hand_written_toml_store_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("connections.toml");
+        let text = r#"
+format = 1
+
+[machine]
+vpn_only_access = true
+
+[[connections]]
+name = "corp"
+urls = ["vpn.example.com", "vpn2.example.com:8443/usr"]
+url_mode = "most-recent"
+scope = { kind = "per-app", cgroup = "/user.slice/app.scope" }
+
+[connections.kvps]
+MTU = 1300
+DisablePinning = true
+SplitUDPPortList = "53;161-162;200-1024"
+"#;
+        fs::write(&path, text).unwrap();
+        let store = open(&path);
+        let m = store.machine();
+        assert!(m.vpn_only_access);
+        assert!(m.allow_save, "keys left out take the seed defaults");
+        let c = store.get("corp").unwrap();
+        assert_eq!(c.urls[1].to_string(), "https://vpn2.example.com:8443/usr");
+        assert_eq!(c.url_mode, UrlMode::MostRecent);
+        assert_eq!(c.kvps.mtu(), 1300);
+        assert!(c.kvps.disable_pinning());
+        assert_eq!(
+            c.scope,
+            Scope::PerApp {
+                cgroup: "/user.slice/app.scope".into()
+            }
+        );
+        assert_eq!(c.policy, ConnectionPolicy::Manual);
     }
 
     #[test]
