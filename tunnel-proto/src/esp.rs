@@ -223,6 +223,36 @@ pub struct EspSuite {
 }
 
 impl EspSuite {
+    /// Every suite this implementation speaks.
+    pub const ALL: [EspSuite; 4] = [
+        EspSuite {
+            cipher: EspCipher::Aes128Cbc,
+            mac: EspMac::HmacSha1_96,
+        },
+        EspSuite {
+            cipher: EspCipher::Aes256Cbc,
+            mac: EspMac::HmacSha1_96,
+        },
+        EspSuite {
+            cipher: EspCipher::Aes128Cbc,
+            mac: EspMac::HmacSha256_128,
+        },
+        EspSuite {
+            cipher: EspCipher::Aes256Cbc,
+            mac: EspMac::HmacSha256_128,
+        },
+    ];
+
+    /// A short name: `aes128-cbc-sha1`, `aes256-cbc-sha256`, ...
+    pub fn name(self) -> &'static str {
+        match (self.cipher, self.mac) {
+            (EspCipher::Aes128Cbc, EspMac::HmacSha1_96) => "aes128-cbc-sha1",
+            (EspCipher::Aes256Cbc, EspMac::HmacSha1_96) => "aes256-cbc-sha1",
+            (EspCipher::Aes128Cbc, EspMac::HmacSha256_128) => "aes128-cbc-sha256",
+            (EspCipher::Aes256Cbc, EspMac::HmacSha256_128) => "aes256-cbc-sha256",
+        }
+    }
+
     /// Bytes of key material: encryption key then HMAC key.
     pub fn key_material_len(self) -> usize {
         self.cipher.key_len() + self.mac.key_len()
