@@ -1,58 +1,163 @@
 //! `cargo xtask bench`: measurements of tunnel against baselines measured in the same run.
-//! Results go to `target/bench/` as markdown and JSON.
+//!
+//! ```text
+//! cargo xtask bench                      # everything: classifier + every tunnel system
+//! cargo xtask bench classifier           # the eBPF classifier alone
+//! cargo xtask bench tunnels [--systems ours-esp,wireguard-go]
+//!     --repeats N (default 3)   --quick (1 repeat, 1 s runs)
+//! ```
+//!
+//! Output in `target/bench/`: `report.md` + `report.json` (full run), `tunnels.*` or
+//! `classifier.*` (one part), and `throughput.png`, `latency.png`, `cpu.png`.
+//!
+//! # The tunnel comparison
+//!
+//! Systems, in one run: `bare` (routed veth, no tunnel: the ceiling); `ours-esp` and
+//! `ours-tls` (tunneld + tunnel-gateway from this tree's release build); `oc-pulse-esp` and
+//! `oc-pulse-tls` (openconnect `--protocol=pulse` against our gateway); `ocserv-dtls` and
+//! `ocserv-tls` (openconnect `--protocol=anyconnect` against ocserv); `wireguard-go`
+//! (Debian) and `boringtun` (boringtun-cli from crates.io). The harness installs what is
+//! missing (apt-get, cargo install into `target/bench/tools`); a system that cannot be
+//! installed or set up is reported with the reason. `systems::all` lists them; another ESP
+//! suite of ours is one more line there.
+//!
+//! Topology (namespaces `bn<pid>c/g/x/e`, built once, see `world.rs`):
+//!
+//! ```text
+//!  ┌─── client ───────────┐      ┌──────── gateway ───────────┐      ┌──── corp ─────────┐
+//!  │ c0 192.168.70.2 ─────┼─veth─┼─ g0 192.168.70.1            │      │ 172.20.0.2         │
+//!  │ 198.51.100.0/24      │      │   tunnel-gateway :8443/4500 │      │ iperf3 -s, whoami  │
+//!  │   via 192.168.70.1   │      │   ocserv :8444, wg :51820   │      │ default via gw     │
+//!  │ tunnel device        │      │ gx0 172.20.0.1 ─────────────┼─veth─┼─ x0                │
+//!  │ (no route to corp    │      │ ge0 198.51.100.1 ──┐        │      └────────────────────┘
+//!  │  but the tunnel's)   │      └────────────────────┼────────┘      ┌─── excluded ──────┐
+//!  └──────────────────────┘                           └──────veth─────┼─ e0 198.51.100.10  │
+//!                                                                     │ iperf3 -s          │
+//!                                                                     └────────────────────┘
+//! ```
+//!
+//! The client has no route to corp except through a tunnel (the bare system adds a plain
+//! one), so every figure of a tunnel system was carried by that tunnel; and the harness
+//! checks the transport (ESP, DTLS, TLS, WireGuard handshake) before measuring.
+//!
+//! Flow per system: prepare (install, version) -> start the gateway -> start the client and
+//! time the login (to the first TCP connection that reaches corp and shows a tunnel address)
+//! -> check the transport -> `repeats` rounds of every test (TCP 1 and 4 streams up and down,
+//! UDP 64 and 1400-byte packets, RTT idle and under load, the excluded path for ours), each
+//! run bracketed by CPU (/proc/PID/stat of the process trees, /proc/stat) and UDP-drop
+//! (/proc/net/snmp per namespace) snapshots -> peak RSS of every tunnel process -> more
+//! logins -> gateway SIGKILL + restart, timed to the first packet through -> teardown.
+//! Results are median and spread (`stats.rs`); runs that fail are counted and listed.
 
+mod chart;
 mod classifier;
+mod parse;
+mod probe;
+mod report;
 mod stats;
+mod systems;
+mod tunnels;
+mod world;
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(about = "tunnel benchmark harness")]
 struct Cli {
-    /// Repeats of every measurement (median and spread are reported).
-    #[arg(long, default_value_t = 3, global = true)]
-    repeats: usize,
+    /// Repeats of every measurement (median and spread are reported); default 3, 1 with
+    /// --quick.
+    #[arg(long, global = true)]
+    repeats: Option<usize>,
     /// Shorter runs, for a quick look.
     #[arg(long, global = true)]
     quick: bool,
+    /// Where tunnel-gateway, tunneld and tunnel are (default: next to this program).
+    #[arg(long, global = true)]
+    bin_dir: Option<PathBuf>,
     #[command(subcommand)]
-    what: What,
+    what: Option<What>,
 }
 
 #[derive(Subcommand)]
 enum What {
     /// ns/packet of the eBPF classifier and the excluded-path throughput ratio.
     Classifier,
+    /// The tunnel comparison (all systems, or those named).
+    Tunnels {
+        /// Comma-separated system names (see --list).
+        #[arg(long, value_delimiter = ',')]
+        systems: Vec<String>,
+        /// List the systems and exit.
+        #[arg(long)]
+        list: bool,
+    },
 }
 
 fn out_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
 }
 
+fn revision() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let rev = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty { format!("{rev}+changes") } else { rev }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    fs::write(dir.join(name), text).with_context(|| format!("writing {name}"))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let repeats = if cli.quick {
-        cli.repeats.min(2)
-    } else {
-        cli.repeats
-    }
-    .max(1);
+    let repeats = cli.repeats.unwrap_or(if cli.quick { 1 } else { 3 }).max(1);
     let dir = out_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let bin_dir = match cli.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("program directory")?
+            .to_path_buf(),
+    };
+    let ctx = systems::Ctx {
+        bin_dir,
+        tools: dir.join("tools"),
+        revision: revision(),
+    };
+    tunnels::catch_signals();
+    let copts = classifier::Options {
+        repeats,
+        quick: cli.quick,
+    };
     match cli.what {
-        What::Classifier => {
-            let report = classifier::run(&classifier::Options {
-                repeats,
-                quick: cli.quick,
-            })?;
+        Some(What::Classifier) => {
+            let report = classifier::run(&copts)?;
             let md = classifier::markdown(&report);
-            fs::write(dir.join("classifier.md"), &md)?;
-            fs::write(
-                dir.join("classifier.json"),
-                serde_json::to_string_pretty(&report)?,
+            write(&dir, "classifier.md", &md)?;
+            write(
+                &dir,
+                "classifier.json",
+                &serde_json::to_string_pretty(&report)?,
             )?;
             println!("{md}");
             println!(
@@ -60,6 +165,95 @@ fn main() -> Result<()> {
                 dir.display()
             );
         }
+        Some(What::Tunnels { systems, list }) => {
+            let all = systems::all();
+            if list {
+                for s in &all {
+                    println!("{:14} {}", s.name(), s.about());
+                }
+                return Ok(());
+            }
+            let chosen = choose(all, &systems)?;
+            let report = tunnels::run(&ctx, chosen, &tunnels::Options::new(repeats, cli.quick))?;
+            let mut md = report::markdown(&report);
+            md.push_str(&charts(&report, &dir));
+            write(&dir, "tunnels.md", &md)?;
+            write(
+                &dir,
+                "tunnels.json",
+                &serde_json::to_string_pretty(&report)?,
+            )?;
+            println!("{md}");
+            println!("written: {}/tunnels.md, tunnels.json", dir.display());
+        }
+        None => {
+            let tunnels = tunnels::run(
+                &ctx,
+                systems::all(),
+                &tunnels::Options::new(repeats, cli.quick),
+            )?;
+            eprintln!("== classifier");
+            let classifier = classifier::run(&copts);
+            let mut md = String::from("# Benchmark report\n\n");
+            md.push_str(&report::markdown(&tunnels));
+            md.push_str(&charts(&tunnels, &dir));
+            md.push('\n');
+            let classifier_json = match &classifier {
+                Ok(c) => {
+                    md.push_str(&classifier::markdown(c));
+                    serde_json::to_value(c)?
+                }
+                Err(e) => {
+                    md.push_str(&format!("## Classifier\n\nCould not be measured: {e:#}\n"));
+                    serde_json::json!({ "error": format!("{e:#}") })
+                }
+            };
+            write(&dir, "report.md", &md)?;
+            write(
+                &dir,
+                "report.json",
+                &serde_json::to_string_pretty(&serde_json::json!({
+                    "tunnels": tunnels,
+                    "classifier": classifier_json,
+                }))?,
+            )?;
+            println!("{md}");
+            println!("written: {}/report.md, report.json", dir.display());
+        }
     }
     Ok(())
+}
+
+/// The systems named, in the order of `systems::all`; unknown names are an error.
+fn choose(
+    all: Vec<Box<dyn systems::System>>,
+    names: &[String],
+) -> Result<Vec<Box<dyn systems::System>>> {
+    if names.is_empty() {
+        return Ok(all);
+    }
+    let known: Vec<String> = all.iter().map(|s| s.name().to_string()).collect();
+    for n in names {
+        if !known.contains(n) {
+            bail!("unknown system {n:?}; known: {}", known.join(", "));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|s| names.iter().any(|n| n == s.name()))
+        .collect())
+}
+
+/// Draws the charts; the markdown that shows them (or says why they are missing).
+fn charts(report: &tunnels::Report, dir: &Path) -> String {
+    match chart::draw_all(report, dir) {
+        Ok(files) => {
+            let mut s = String::from("\n### Charts\n\n");
+            for f in files {
+                s.push_str(&format!("![{f}]({f})\n"));
+            }
+            s
+        }
+        Err(e) => format!("\nCharts could not be drawn: {e:#}\n"),
+    }
 }

@@ -44,6 +44,21 @@ pub const CLIENT_LAN: &str = "192.168.70.2";
 pub struct Proc(Child, &'static str);
 
 impl Proc {
+    /// Takes charge of a spawned child; `name` is used in messages.
+    pub fn new(child: Child, name: &'static str) -> Proc {
+        Proc(child, name)
+    }
+
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+
     /// Stops it: SIGTERM, and SIGKILL after ten seconds.
     pub fn stop(&mut self) {
         // SAFETY: kill(2) on our own child.

@@ -1,0 +1,192 @@
+//! Running the measuring tools and reading the kernel's counters: iperf3 and ping inside the
+//! client namespace with a wall-clock limit, CPU time of process trees, peak memory, UDP
+//! receive-buffer drops per namespace, and the machine's busy time.
+
+use std::{
+    fs,
+    io::Read as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use tunnel_user::testbed::Netns;
+
+use crate::parse;
+
+/// Runs `cmd`, killing it after `limit`; returns its stdout. Fails with the start of its
+/// output when it fails or runs too long.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    // Pipes are drained on threads so a chatty child never blocks on a full pipe.
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    match status {
+        None => bail!(
+            "{} ran longer than {limit:?}",
+            cmd.get_program().to_string_lossy()
+        ),
+        Some(s) if !s.success() && out.trim().is_empty() => {
+            bail!("{s}: {}", first_line(&err))
+        }
+        // iperf3 -J reports its errors in the JSON (and exits 1): the caller parses it.
+        Some(_) => Ok(out),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// What an iperf3 run asks for.
+#[derive(Clone, Copy, Debug)]
+pub enum Iperf {
+    Tcp { streams: u32, reverse: bool },
+    Udp { payload: u32 },
+}
+
+/// Runs iperf3 from the client namespace against `server` for `seconds`.
+pub fn iperf(client: &Netns, server: &str, kind: Iperf, seconds: u32) -> Result<String> {
+    let mut cmd = client.command("iperf3");
+    cmd.args(["-c", server, "-p", &crate::world::IPERF_PORT.to_string()])
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ]);
+    match kind {
+        Iperf::Tcp { streams, reverse } => {
+            cmd.args(["-P", &streams.to_string()]);
+            if reverse {
+                cmd.arg("-R");
+            }
+        }
+        Iperf::Udp { payload } => {
+            // -b 0: as fast as the sender can; what arrives is the measurement.
+            cmd.args(["-u", "-b", "0", "-l", &payload.to_string()]);
+        }
+    }
+    output_within(&mut cmd, Duration::from_secs(u64::from(seconds) + 20))
+}
+
+/// `count` ICMP echoes 10 ms apart from the client to `dst`; ping's output.
+pub fn ping(client: &Netns, dst: &str, count: u32) -> Result<String> {
+    let mut cmd = client.command("ping");
+    cmd.args(["-n", "-i", "0.01", "-W", "1", "-c", &count.to_string(), dst]);
+    output_within(&mut cmd, Duration::from_secs(u64::from(count) / 50 + 15))
+}
+
+/// `pid` and all its descendants (servers that fork workers are measured as a whole).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(s) = fs::read_to_string(format!("/proc/{p}/stat"))
+                && let Ok(st) = parse::pid_stat(&s)
+            {
+                parents.push((p, st.ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// User + system CPU seconds of these processes (and their threads) so far.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| parse::pid_stat(&s).ok())
+        .map(|s| s.cpu_ticks)
+        .sum();
+    ticks as f64 / clock_ticks_per_second()
+}
+
+/// Busy CPU seconds of the whole machine so far (all cores, kernel included).
+pub fn machine_busy_seconds() -> Result<f64> {
+    let (busy, _) = parse::proc_stat_cpu(&fs::read_to_string("/proc/stat")?)?;
+    Ok(busy as f64 / clock_ticks_per_second())
+}
+
+/// Peak resident memory of a process in KiB.
+pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    parse::status_vm_hwm_kib(&fs::read_to_string(format!("/proc/{pid}/status"))?)
+}
+
+/// The process's command name.
+pub fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| pid.to_string())
+}
+
+/// UDP receive-buffer drops (IPv4 + IPv6) counted in namespace `ns` so far.
+pub fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
+    let v4 = ns.sh("cat /proc/net/snmp")?;
+    let v6 = ns.sh("cat /proc/net/snmp6 2>/dev/null || true")?;
+    Ok(parse::snmp_udp_rcvbuf_errors(&v4)? + parse::snmp6_udp_rcvbuf_errors(&v6)?)
+}
+
+/// The MTU of `iface` in `ns`, if it exists.
+pub fn mtu(ns: &Netns, iface: &str) -> Option<u32> {
+    // Not /sys/class/net: nsenter keeps the host's sysfs, which shows the host's devices.
+    let line = ns.sh(&format!("ip -o link show dev {iface}")).ok()?;
+    let mut f = line.split_whitespace();
+    f.find(|w| *w == "mtu")?;
+    f.next()?.parse().ok()
+}
