@@ -350,6 +350,12 @@ impl Client {
         self.events.pop_front()
     }
 
+    /// Whether [`Self::poll_event`] has something: packet threads wake the session's task
+    /// only then.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     fn wrong(&self, call: &'static str) -> SessionError {
         SessionError::WrongState {
             call,

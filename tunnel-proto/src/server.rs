@@ -259,6 +259,12 @@ impl Server {
         self.events.pop_front()
     }
 
+    /// Whether [`Self::poll_event`] has something: packet threads wake the session's task
+    /// only then.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The SPI the client's ESP packets for this session carry, once keys were sent.
     pub fn esp_spi(&self) -> Option<u32> {
         self.esp.as_ref().map(|e| e.pair.inbound.spi())

@@ -5,8 +5,10 @@ pub mod datapath;
 pub mod gateway;
 pub mod netconf;
 pub mod packet_io;
+pub mod pump;
 pub mod testbed;
 pub mod tun;
+pub mod udp_gso;
 
 pub use datapath::{Datapath, DatapathError, Policy};
 

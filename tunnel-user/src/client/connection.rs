@@ -16,7 +16,6 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::{AsFd, AsRawFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -46,8 +45,10 @@ use super::{
 use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
     netconf::{Netlink, Route, Via, sysctl},
-    packet_io::{ip_endpoints, readable},
+    packet_io::ip_endpoints,
+    pump::{IDLE_WAIT, Train, TunSink, TunSource, wait},
     tun::Tun,
+    udp_gso,
 };
 
 /// A gateway URL: `https://host[:port][/sign-in-page]`.
@@ -768,7 +769,7 @@ async fn session(
                             .traffic
                             .bytes_in
                             .fetch_add(p.len() as u64, Ordering::Relaxed);
-                        let _ = t.tun.send(&p);
+                        let _ = t.tun.send_packet(&p);
                     }
                 }
                 ClientEvent::EspUp => {
@@ -993,7 +994,9 @@ fn configure(
         // A new address: rebuild.
         teardown(tunnel, plane, spec.id);
         let name = format!("tun{}", spec.id);
-        let tun = Arc::new(Tun::create(&name).map_err(|e| fail("creating the TUN device", &e))?);
+        let tun = Arc::new(
+            Tun::create_offloaded(&name).map_err(|e| fail("creating the TUN device", &e))?,
+        );
         let index = crate::datapath::ifindex(&name).map_err(|e| fail("TUN device", &e))?;
         let mut nl = Netlink::open().map_err(|e| fail("netlink", &e))?;
         // Replies arrive on the TUN with remote sources routed via the uplink: loose mode.
@@ -1109,11 +1112,17 @@ fn esp_socket(gateway: SocketAddr) -> io::Result<UdpSocket> {
     let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     sock.set_mark(OWN_SOCKET_MARK)?;
     sock.connect(&gateway.into())?;
-    Ok(sock.into())
+    sock.set_nonblocking(true)?;
+    let sock: UdpSocket = sock.into();
+    udp_gso::tune(&sock);
+    Ok(sock)
 }
 
 fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
     let mut threads = Vec::new();
+    if let Err(e) = t.tun.set_nonblocking() {
+        warn!(error = %e, "TUN device stays blocking");
+    }
     {
         let (tun, udp, stop, session, shared) = (
             t.tun.clone(),
@@ -1140,7 +1149,8 @@ fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Ve
     threads
 }
 
-/// Packets the classifier redirected into the TUN device: to the gateway over ESP or TLS.
+/// Packets the classifier redirected into the TUN device: to the gateway over ESP (sealed
+/// into one UDP GSO train per batch) or TLS. See `docs/fastpath.md`.
 fn tun_to_gateway(
     tun: &Tun,
     udp: Option<&UdpSocket>,
@@ -1148,69 +1158,125 @@ fn tun_to_gateway(
     session: &Session,
     shared: &Shared,
 ) {
-    let mut buf = vec![0u8; 65_536];
-    let mut esp = vec![0u8; 65_536 + tunnel_proto::MAX_OVERHEAD];
-    let fd = tun.as_fd().as_raw_fd();
+    let mut source = TunSource::new();
+    let mut train = Train::new();
+    let gso = AtomicBool::new(true);
+    let (mut packets, mut bytes) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
-        if !readable(fd, Duration::from_millis(100)) {
-            continue;
-        }
-        let Ok(n) = tun.recv(&mut buf) else { continue };
-        if ip_endpoints(&buf[..n]).is_none() {
-            continue;
-        }
-        let sent = match session.proto.lock() {
-            Ok(mut c) => c.send_packet(&buf[..n], Instant::now(), &mut esp),
-            Err(_) => continue,
+        let Ok(mut c) = session.proto.lock() else {
+            return;
         };
-        shared.traffic.packets_out.fetch_add(1, Ordering::Relaxed);
-        shared
-            .traffic
-            .bytes_out
-            .fetch_add(n as u64, Ordering::Relaxed);
-        match sent {
-            Ok(Transmit::Esp(len)) => {
-                if let Some(udp) = udp {
-                    let _ = udp.send(&esp[..len]);
-                }
+        let mut to_tls = false;
+        let now = Instant::now();
+        let read = source.read(tun, |p| {
+            if ip_endpoints(p).is_none() {
+                return;
             }
-            Ok(Transmit::Tls) => session.wake.notify_one(),
-            Err(e) => debug!(error = %e, "packet to the gateway dropped"),
+            packets += 1;
+            bytes += p.len() as u64;
+            match c.send_packet(p, now, train.slot()) {
+                Ok(Transmit::Esp(len)) => {
+                    if train.commit(len)
+                        && let Some(udp) = udp
+                    {
+                        let _ = train.flush(udp, None, &gso);
+                    }
+                }
+                Ok(Transmit::Tls) => to_tls = true,
+                Err(e) => debug!(error = %e, "packet to the gateway dropped"),
+            }
+        });
+        drop(c);
+        if let Some(udp) = udp {
+            if let Err(e) = train.flush(udp, None, &gso) {
+                debug!(error = %e, "sending ESP");
+            }
+        } else {
+            train.clear();
+        }
+        if to_tls {
+            session.wake.notify_one();
+        }
+        if packets > 0 {
+            shared
+                .traffic
+                .packets_out
+                .fetch_add(packets, Ordering::Relaxed);
+            shared.traffic.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            (packets, bytes) = (0, 0);
+        }
+        if let Err(e) = read {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                wait(tun);
+            } else {
+                debug!(error = %e, "reading the TUN device");
+                std::thread::sleep(IDLE_WAIT);
+            }
         }
     }
 }
 
-/// ESP datagrams from the gateway: decrypt into the TUN device.
+/// ESP datagrams from the gateway, many per receive with UDP GRO: open them and write the
+/// packets into the TUN device, joined where possible.
 fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, shared: &Shared) {
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = vec![0u8; tunnel_packet::MAX_PACKET];
+    let mut sink = TunSink::new();
+    // Receives between flushes of the sink while datagrams keep coming.
+    const BATCH: usize = 16;
+    let mut batched = 0;
     while !stop.load(Ordering::Relaxed) {
-        if !readable(udp.as_raw_fd(), Duration::from_millis(100)) {
-            continue;
-        }
-        let Ok(n) = udp.recv(&mut buf) else { continue };
-        let Ok(mut c) = session.proto.lock() else {
-            continue;
+        let r = match udp_gso::recv(udp, &mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                sink.flush(tun);
+                batched = 0;
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    wait(udp);
+                } else {
+                    debug!(error = %e, "receiving ESP");
+                    std::thread::sleep(IDLE_WAIT);
+                }
+                continue;
+            }
         };
-        let result = c.handle_esp(&mut buf[..n], Instant::now());
-        if result.is_ok() {
+        let Ok(mut c) = session.proto.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let (mut packets, mut bytes, mut ok) = (0u64, 0u64, false);
+        for datagram in buf[..r.len].chunks_mut(r.size) {
+            match c.handle_esp(datagram, now) {
+                Ok(EspInput::Packet(p)) => {
+                    ok = true;
+                    packets += 1;
+                    bytes += p.len() as u64;
+                    sink.push(tun, p);
+                }
+                Ok(_) => ok = true,
+                Err(e) => debug!(error = %e, "ESP datagram dropped"),
+            }
+        }
+        // EspUp and similar events are picked up by the TLS task.
+        let events = c.has_events();
+        drop(c);
+        if events {
+            session.wake.notify_one();
+        }
+        if ok {
             *shared
                 .last_inbound
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                .unwrap_or_else(|e| e.into_inner()) = now;
         }
-        match result {
-            Ok(EspInput::Packet(p)) => {
-                shared.traffic.packets_in.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .traffic
-                    .bytes_in
-                    .fetch_add(p.len() as u64, Ordering::Relaxed);
-                let _ = tun.send(p);
-            }
-            Ok(_) => {}
-            Err(e) => debug!(error = %e, "ESP datagram dropped"),
+        shared
+            .traffic
+            .packets_in
+            .fetch_add(packets, Ordering::Relaxed);
+        shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        batched += 1;
+        if batched == BATCH {
+            sink.flush(tun);
+            batched = 0;
         }
-        // EspUp and similar events are picked up by the TLS task.
-        session.wake.notify_one();
     }
 }

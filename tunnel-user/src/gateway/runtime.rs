@@ -5,7 +5,6 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -35,8 +34,10 @@ use super::{
 use crate::{
     datapath::ifindex,
     netconf::{NetconfError, Netlink, sysctl},
-    packet_io::{ip_endpoints, readable},
+    packet_io::ip_endpoints,
+    pump::{IDLE_WAIT, Train, TunSink, TunSource, wait},
     tun::Tun,
+    udp_gso,
 };
 
 /// Why the gateway could not start or stopped.
@@ -86,7 +87,7 @@ impl Gateway {
         let tls = tls::server_config(&config.tls)?;
         let users = UsersFile::load(&config.auth.users_file)?;
         info!(users = users.len(), "users file loaded");
-        let tun = Tun::create(&config.tun_name)
+        let tun = Tun::create_offloaded(&config.tun_name)
             .map_err(io_err(format!("creating TUN {}", config.tun_name)))?;
         configure_tun(&config, &tun)?;
         let listener = TcpListener::bind(config.listen)
@@ -95,6 +96,11 @@ impl Gateway {
         let udp = if config.esp.enabled {
             let at = SocketAddr::new(config.listen.ip(), config.esp.port);
             let sock = UdpSocket::bind(at).map_err(io_err(format!("ESP socket on {at}")))?;
+            sock.set_nonblocking(true)
+                .map_err(io_err("making the ESP socket non-blocking"))?;
+            if !udp_gso::tune(&sock) {
+                warn!("UDP GRO is not available: one ESP datagram per receive");
+            }
             Some(sock)
         } else {
             None
@@ -208,9 +214,6 @@ fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> 
     Ok(())
 }
 
-/// Largest datagram or packet handled.
-const BUF: usize = 65_536;
-
 fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError> {
     let mut threads = Vec::new();
     let c = ctx.clone();
@@ -232,88 +235,159 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
     Ok(threads)
 }
 
-/// Packets from the corp side: to the session that owns the destination, over ESP or TLS.
+/// Packets from the corp side: to the session that owns the destination, over ESP (one UDP
+/// GSO train per TUN read) or TLS. See `docs/fastpath.md`.
 fn tun_reader(ctx: &Ctx) {
-    let mut buf = vec![0u8; BUF];
-    let mut esp = vec![0u8; BUF + tunnel_proto::MAX_OVERHEAD];
-    let fd = std::os::fd::AsFd::as_fd(&ctx.tun).as_raw_fd();
+    let mut source = TunSource::new();
+    let mut train = Train::new();
+    let gso = AtomicBool::new(true);
+    if let Err(e) = ctx.tun.set_nonblocking() {
+        warn!(error = %e, "the gateway's TUN device stays blocking");
+    }
     while !ctx.stop.load(Ordering::Relaxed) {
-        if !readable(fd, Duration::from_millis(100)) {
-            continue;
-        }
-        let Ok(n) = ctx.tun.recv(&mut buf) else {
-            continue;
-        };
-        let packet = &buf[..n];
-        let Some((_, dst)) = ip_endpoints(packet) else {
-            continue;
-        };
-        let Some(session) = ctx.table.by_addr(dst) else {
-            ctx.dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let sent = match session.proto.lock() {
-            Ok(mut p) => p.send_packet(packet, Instant::now(), &mut esp),
-            Err(_) => continue,
-        };
-        match sent {
-            Ok(Transmit::Esp(len)) => {
-                let peer = session.esp_peer.lock().ok().and_then(|p| *p);
-                if let (Some(peer), Some(udp)) = (peer, &ctx.udp) {
-                    let _ = udp.send_to(&esp[..len], peer);
+        // A GSO packet is one flow: every segment goes to the same session.
+        let mut current: Option<(Arc<Session>, Option<SocketAddr>)> = None;
+        let mut to_tls = false;
+        let now = Instant::now();
+        let read = source.read(&ctx.tun, |packet| {
+            let Some((_, dst)) = ip_endpoints(packet) else {
+                return;
+            };
+            if current.as_ref().is_none_or(|(s, _)| !s.owns(dst)) {
+                if let (Some((_, Some(peer))), Some(udp)) = (&current, &ctx.udp) {
+                    let _ = train.flush(udp, Some(*peer), &gso);
                 }
+                current = ctx.table.by_addr(dst).map(|s| {
+                    let peer = s.esp_peer.lock().ok().and_then(|p| *p);
+                    (s, peer)
+                });
             }
-            Ok(Transmit::Tls) => session.wake.notify_one(),
-            Err(e) => debug!(session = session.id, error = %e, "packet to client dropped"),
+            let Some((session, peer)) = &current else {
+                ctx.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let sent = match session.proto.lock() {
+                Ok(mut p) => p.send_packet(packet, now, train.slot()),
+                Err(_) => return,
+            };
+            match sent {
+                Ok(Transmit::Esp(len)) => {
+                    if train.commit(len) {
+                        if let (Some(peer), Some(udp)) = (peer, &ctx.udp) {
+                            let _ = train.flush(udp, Some(*peer), &gso);
+                        } else {
+                            train.clear();
+                        }
+                    }
+                }
+                Ok(Transmit::Tls) => to_tls = true,
+                Err(e) => debug!(session = session.id, error = %e, "packet to client dropped"),
+            }
+        });
+        if let Some((session, peer)) = &current {
+            match (peer, &ctx.udp) {
+                (Some(peer), Some(udp)) => {
+                    if let Err(e) = train.flush(udp, Some(*peer), &gso) {
+                        debug!(session = session.id, error = %e, "sending ESP");
+                    }
+                }
+                _ => train.clear(),
+            }
+            if to_tls {
+                session.wake.notify_one();
+            }
+        }
+        if let Err(e) = read {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                wait(&ctx.tun);
+            } else {
+                debug!(error = %e, "reading the TUN device");
+                std::thread::sleep(IDLE_WAIT);
+            }
         }
     }
 }
 
-/// ESP datagrams from clients: decrypt, check the source, write to the TUN device.
+/// ESP datagrams from clients, many per receive with UDP GRO: open them, check the source
+/// address, write them into the TUN device joined where possible.
 fn esp_reader(ctx: &Ctx) {
     let Some(udp) = &ctx.udp else { return };
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; tunnel_packet::MAX_PACKET];
     let mut reply = vec![0u8; 512];
+    let mut sink = TunSink::new();
+    // Receives between flushes of the sink while datagrams keep coming.
+    const BATCH: usize = 16;
+    let mut batched = 0;
     while !ctx.stop.load(Ordering::Relaxed) {
-        if !readable(udp.as_raw_fd(), Duration::from_millis(100)) {
-            continue;
-        }
-        let Ok((n, from)) = udp.recv_from(&mut buf) else {
-            continue;
-        };
-        let spi = peek_spi(&buf[..n]);
-        let Some(session) = spi.and_then(|spi| ctx.table.by_spi(spi)) else {
-            ctx.dropped.fetch_add(1, Ordering::Relaxed);
-            debug!(%from, spi = ?spi.map(|s| format!("{s:#010x}")), "ESP datagram for no session");
-            continue;
-        };
-        let Ok(mut proto) = session.proto.lock() else {
-            continue;
-        };
-        match proto.handle_esp(&mut buf[..n], Instant::now(), &mut reply) {
-            Ok(input) => {
-                // Authenticated: this is where the client's ESP comes from now.
-                if let Ok(mut p) = session.esp_peer.lock() {
-                    *p = Some(from);
+        let r = match udp_gso::recv(udp, &mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                sink.flush(&ctx.tun);
+                batched = 0;
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    wait(udp);
+                } else {
+                    debug!(error = %e, "receiving ESP");
+                    std::thread::sleep(IDLE_WAIT);
                 }
-                match input {
-                    EspInput::Packet(p) => forward_from_client(ctx, &session, p),
-                    EspInput::ProbeReply(len) => {
-                        let _ = udp.send_to(&reply[..len], from);
-                    }
-                    _ => {}
-                }
+                continue;
             }
-            Err(e) => debug!(session = session.id, error = %e, "ESP datagram dropped"),
+        };
+        let from = r.from;
+        // Datagrams of one receive come from one peer: usually one session.
+        let mut current: Option<(u32, Arc<Session>)> = None;
+        for datagram in buf[..r.len].chunks_mut(r.size) {
+            let spi = peek_spi(datagram);
+            if current.as_ref().map(|(s, _)| *s) != spi {
+                current = spi.and_then(|spi| ctx.table.by_spi(spi).map(|s| (spi, s)));
+            }
+            let Some((_, session)) = &current else {
+                ctx.dropped.fetch_add(1, Ordering::Relaxed);
+                debug!(%from, spi = ?spi.map(|s| format!("{s:#010x}")), "ESP datagram for no session");
+                continue;
+            };
+            let Ok(mut proto) = session.proto.lock() else {
+                continue;
+            };
+            match proto.handle_esp(datagram, Instant::now(), &mut reply) {
+                Ok(input) => {
+                    // Authenticated: this is where the client's ESP comes from now.
+                    if let Ok(mut p) = session.esp_peer.lock()
+                        && *p != Some(from)
+                    {
+                        *p = Some(from);
+                    }
+                    match input {
+                        EspInput::Packet(p) => match ip_endpoints(p) {
+                            Some((src, _)) if session.owns(src) => sink.push(&ctx.tun, p),
+                            other => {
+                                ctx.dropped.fetch_add(1, Ordering::Relaxed);
+                                debug!(session = session.id, src = ?other.map(|(s, _)| s), "spoofed source dropped");
+                            }
+                        },
+                        EspInput::ProbeReply(len) => {
+                            let _ = udp.send_to(&reply[..len], from);
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => debug!(session = session.id, error = %e, "ESP datagram dropped"),
+            }
+        }
+        batched += 1;
+        if batched == BATCH {
+            sink.flush(&ctx.tun);
+            batched = 0;
         }
     }
 }
 
-/// Writes a packet a client sent into the TUN device if its source belongs to the client.
+/// Writes a packet a client sent over TLS into the TUN device if its source belongs to the
+/// client.
 fn forward_from_client(ctx: &Ctx, session: &Session, packet: &[u8]) {
     match ip_endpoints(packet) {
         Some((src, _)) if session.owns(src) => {
-            let _ = ctx.tun.send(packet);
+            let _ = ctx.tun.send_packet(packet);
         }
         other => {
             ctx.dropped.fetch_add(1, Ordering::Relaxed);

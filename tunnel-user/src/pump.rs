@@ -1,0 +1,258 @@
+//! The pieces both ends' packet threads are made of (see `docs/fastpath.md`): reading GSO
+//! packets from the TUN device as wire-size packets ([`TunSource`]), collecting sealed ESP
+//! datagrams for one UDP GSO send ([`Train`]), and writing decrypted packets into the TUN
+//! device joined where possible ([`TunSink`]). The loops themselves, which own the locking
+//! of the protocol state, live with the client and the gateway.
+
+use std::{
+    io,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsFd, AsRawFd},
+    sync::atomic::AtomicBool,
+    time::Duration,
+};
+
+use tracing::debug;
+use tunnel_packet::{Coalescer, MAX_PACKET, VnetHdr, segment};
+
+use crate::{packet_io::readable, tun::Tun, udp_gso};
+
+/// How long an idle packet thread waits before it looks at its stop flag again.
+pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// Waits until `fd` is readable or [`IDLE_WAIT`] passed.
+pub fn wait(fd: &impl AsFd) -> bool {
+    readable(fd.as_fd().as_raw_fd(), IDLE_WAIT)
+}
+
+/// Reads from a TUN device and hands out wire-size IP packets.
+pub struct TunSource {
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    /// Packets the TUN device handed out that could not be split.
+    pub malformed: u64,
+}
+
+impl Default for TunSource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TunSource {
+    pub fn new() -> Self {
+        TunSource {
+            buf: vec![0u8; MAX_PACKET],
+            scratch: vec![0u8; MAX_PACKET],
+            malformed: 0,
+        }
+    }
+
+    /// Reads one packet (a GSO packet on an offloading device) and calls `f` with each
+    /// wire-size IP packet in it. Returns how many; `WouldBlock` when nothing is queued.
+    pub fn read(&mut self, tun: &Tun, mut f: impl FnMut(&[u8])) -> io::Result<usize> {
+        if !tun.has_vnet_hdr() {
+            let n = tun.recv(&mut self.buf)?;
+            f(&self.buf[..n]);
+            return Ok(1);
+        }
+        let (hdr, n) = tun.recv_vnet(&mut self.buf)?;
+        match segment(&hdr, &mut self.buf[..n], &mut self.scratch, &mut f) {
+            Ok(count) => Ok(count),
+            Err(e) => {
+                self.malformed += 1;
+                debug!(error = %e, ?hdr, "packet from the TUN device dropped");
+                Ok(0)
+            }
+        }
+    }
+}
+
+/// Sealed ESP datagrams for one peer, sent together with UDP GSO: all the same size except
+/// possibly the last.
+pub struct Train {
+    buf: Vec<u8>,
+    used: usize,
+    size: usize,
+    count: usize,
+    /// The last datagram was shorter: nothing more may join.
+    closed: bool,
+    /// A datagram that could not join sits at `buf[used..used + spill]`.
+    spill: usize,
+}
+
+impl Default for Train {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Train {
+    pub fn new() -> Self {
+        Train {
+            buf: vec![0u8; udp_gso::MAX_GSO_BYTES + MAX_PACKET + tunnel_proto::MAX_OVERHEAD],
+            used: 0,
+            size: 0,
+            count: 0,
+            closed: false,
+            spill: 0,
+        }
+    }
+
+    /// Where the next datagram is to be sealed.
+    pub fn slot(&mut self) -> &mut [u8] {
+        &mut self.buf[self.used..]
+    }
+
+    /// Takes the `len`-byte datagram just sealed into [`Self::slot`]. Returns true when the
+    /// train must be sent before the next one is sealed.
+    pub fn commit(&mut self, len: usize) -> bool {
+        if self.count == 0 {
+            self.size = len;
+        } else if self.closed || len > self.size {
+            self.spill = len;
+            return true;
+        }
+        self.used += len;
+        self.count += 1;
+        self.closed = len < self.size;
+        self.closed
+            || self.count == udp_gso::MAX_GSO_SEGMENTS
+            || self.used + self.size > udp_gso::MAX_GSO_BYTES
+    }
+
+    /// Datagrams waiting.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Sends what is waiting to `to` (or the connected peer).
+    pub fn flush(
+        &mut self,
+        sock: &UdpSocket,
+        to: Option<SocketAddr>,
+        gso: &AtomicBool,
+    ) -> io::Result<()> {
+        let r = if self.count > 0 {
+            udp_gso::send(sock, &self.buf[..self.used], self.size, to, gso)
+        } else {
+            Ok(())
+        };
+        let spill = std::mem::take(&mut self.spill);
+        self.buf.copy_within(self.used..self.used + spill, 0);
+        self.used = 0;
+        self.count = 0;
+        self.closed = false;
+        if spill > 0 {
+            self.commit(spill);
+        }
+        r
+    }
+
+    /// Forgets what is waiting (the peer went away).
+    pub fn clear(&mut self) {
+        self.used = 0;
+        self.count = 0;
+        self.closed = false;
+        self.spill = 0;
+    }
+}
+
+/// Writes IP packets into a TUN device, joining TCP segments on an offloading device.
+#[derive(Default)]
+pub struct TunSink {
+    coalescer: Coalescer,
+    /// Writes the device refused.
+    pub write_errors: u64,
+}
+
+impl TunSink {
+    pub fn new() -> Self {
+        TunSink::default()
+    }
+
+    /// Takes one packet; it is written now or at the latest by [`Self::flush`].
+    pub fn push(&mut self, tun: &Tun, packet: &[u8]) {
+        if tun.has_vnet_hdr() {
+            let errors = &mut self.write_errors;
+            self.coalescer.push(packet, &mut |h: &VnetHdr, p: &[u8]| {
+                if tun.send_vnet(h, p).is_err() {
+                    *errors += 1;
+                }
+            });
+        } else if tun.send(packet).is_err() {
+            self.write_errors += 1;
+        }
+    }
+
+    /// Writes everything held.
+    pub fn flush(&mut self, tun: &Tun) {
+        let errors = &mut self.write_errors;
+        self.coalescer.flush(&mut |h: &VnetHdr, p: &[u8]| {
+            if tun.send_vnet(h, p).is_err() {
+                *errors += 1;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// Datagrams of one size travel together; a shorter one closes the train; a longer one
+    /// waits for the next; every byte arrives once and in order.
+    #[test]
+    fn trains_keep_datagrams_whole_and_in_order() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp_gso::tune(&rx);
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let gso = AtomicBool::new(true);
+        let mut train = Train::new();
+        let lens = [1000, 1000, 1000, 600, 1000, 1200, 1200, 1300];
+        let mut sent = Vec::new();
+        let mut sends = 0;
+        for (i, &len) in lens.iter().enumerate() {
+            let d: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+            train.slot()[..len].copy_from_slice(&d);
+            sent.push(d);
+            if train.commit(len) {
+                train.flush(&tx, Some(to), &gso).unwrap();
+                sends += 1;
+            }
+        }
+        train.flush(&tx, Some(to), &gso).unwrap();
+        sends += 1;
+        assert!(train.is_empty());
+        assert_eq!(
+            sends, 4,
+            "600 closes one train; 1200 and 1300 do not join the one before"
+        );
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        while got.len() < sent.len() {
+            let r = udp_gso::recv(&rx, &mut buf).unwrap();
+            got.extend(buf[..r.len].chunks(r.size).map(<[u8]>::to_vec));
+        }
+        assert_eq!(got, sent);
+        assert!(gso.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_full_train_asks_to_be_sent() {
+        let mut train = Train::new();
+        let mut n = 0;
+        while !train.commit(1400) {
+            n += 1;
+        }
+        assert_eq!(n + 1, udp_gso::MAX_GSO_BYTES / 1400);
+        assert!(train.len() * 1400 <= udp_gso::MAX_GSO_BYTES);
+    }
+}

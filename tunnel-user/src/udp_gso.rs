@@ -1,0 +1,316 @@
+//! Batched UDP for ESP (see `docs/fastpath.md`): large socket buffers, sends of many
+//! same-size datagrams in one `sendmsg` (UDP GSO, `UDP_SEGMENT`), and receives of many
+//! datagrams in one `recvmsg` (UDP GRO). Falls back to one datagram per call where the kernel
+//! refuses.
+
+use std::{
+    io,
+    mem::MaybeUninit,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+
+/// Socket buffer size asked for (root may exceed `net.core.rmem_max`).
+pub const SOCKET_BUFFER: usize = 8 << 20;
+/// Most bytes of datagrams in one GSO send (the kernel's limit is one IP datagram's worth).
+pub const MAX_GSO_BYTES: usize = 65_000;
+/// Most datagrams in one GSO send (`UDP_MAX_SEGMENTS` is 64 on older kernels).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+fn setsockopt(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: an int option of the right size on our own socket.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Large buffers (forced as root, else as large as allowed) and UDP GRO. Returns whether
+/// GRO is on; failures of the buffer options are not fatal.
+pub fn tune(sock: &UdpSocket) -> bool {
+    let size = SOCKET_BUFFER as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt(sock, libc::SOL_SOCKET, force, size).is_err() {
+            let _ = setsockopt(sock, libc::SOL_SOCKET, plain, size);
+        }
+    }
+    setsockopt(sock, SOL_UDP, UDP_GRO, 1).is_ok()
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let sa: socket2::SockAddr = addr.into();
+    // SAFETY: SockAddr holds a sockaddr_storage-sized, initialised address.
+    let storage = unsafe { std::ptr::read(sa.as_ptr().cast::<libc::sockaddr_storage>()) };
+    (storage, sa.len())
+}
+
+/// Sends `datagrams` (consecutive datagrams of `size` bytes each, the last possibly shorter)
+/// to `to` (or the connected peer), in as few calls as UDP GSO allows. `gso` says whether the
+/// kernel takes GSO sends; it is cleared the first time it refuses one.
+pub fn send(
+    sock: &UdpSocket,
+    datagrams: &[u8],
+    size: usize,
+    to: Option<SocketAddr>,
+    gso: &AtomicBool,
+) -> io::Result<()> {
+    if size == 0 || datagrams.is_empty() {
+        return Ok(());
+    }
+    let per_call = if gso.load(Ordering::Relaxed) {
+        (MAX_GSO_BYTES / size).clamp(1, MAX_GSO_SEGMENTS) * size
+    } else {
+        size
+    };
+    for chunk in datagrams.chunks(per_call) {
+        if chunk.len() <= size {
+            send_one(sock, chunk, to, None)?;
+            continue;
+        }
+        match send_one(sock, chunk, to, Some(size as u16)) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                ) =>
+            {
+                gso.store(false, Ordering::Relaxed);
+                for d in chunk.chunks(size) {
+                    send_one(sock, d, to, None)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn send_one(
+    sock: &UdpSocket,
+    data: &[u8],
+    to: Option<SocketAddr>,
+    segment: Option<u16>,
+) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let mut addr = to.map(sockaddr);
+    if let Some((storage, len)) = &mut addr {
+        msg.msg_name = (storage as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = *len;
+    }
+    // Room for one cmsg carrying a u16, aligned as cmsghdr needs.
+    let mut control = [0u64; 4];
+    if let Some(seg) = segment {
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        // SAFETY: msg_control points at `control`, which is large enough for one cmsg
+        // of CMSG_SPACE(2) bytes; CMSG_FIRSTHDR and CMSG_DATA stay inside it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+        }
+    }
+    loop {
+        // SAFETY: msg points at live buffers set up above.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // A full send buffer on a non-blocking socket: wait until it drains.
+            Some(libc::EAGAIN) => {
+                wait_writable(sock.as_raw_fd());
+                continue;
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The IP address in a `sockaddr_storage`.
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                a.sin_addr.s_addr.to_ne_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn wait_writable(fd: i32) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, 100) };
+}
+
+/// One receive: `len` bytes of datagrams in `buf`, each `size` bytes (the last possibly
+/// shorter), from `from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub len: usize,
+    pub size: usize,
+    pub from: SocketAddr,
+}
+
+/// Receives what is queued: several datagrams at once when UDP GRO joined them. Returns
+/// `WouldBlock` on a non-blocking socket with nothing queued.
+pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    let n = loop {
+        // SAFETY: msg points at live buffers set up above.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    };
+    let mut size = n;
+    // SAFETY: walking the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let s = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                if s > 0 {
+                    size = s as usize;
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    // SAFETY: the kernel wrote an address of msg_namelen bytes into `name` (zeroed first).
+    let name = unsafe { name.assume_init() };
+    let from = socket_addr(&name).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
+    })?;
+    Ok(Received {
+        len: n,
+        size: size.max(1),
+        from,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A GSO send arrives as separate datagrams of the right sizes; a GRO receive hands
+    /// several back at once with their size; nothing is lost or changed.
+    #[test]
+    fn gso_sends_and_gro_receives_on_loopback() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gro = tune(&rx);
+        tune(&tx);
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let size = 1200;
+        let mut data = Vec::new();
+        for i in 0..100u32 {
+            let len = if i == 99 { 500 } else { size };
+            data.extend((0..len).map(|j| (i as usize + j) as u8));
+        }
+        let gso = AtomicBool::new(true);
+        send(&tx, &data, size, Some(to), &gso).unwrap();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        while got.len() < data.len() {
+            let r = recv(&rx, &mut buf).unwrap();
+            assert_eq!(r.from, tx.local_addr().unwrap());
+            for d in buf[..r.len].chunks(r.size) {
+                sizes.push(d.len());
+            }
+            got.extend_from_slice(&buf[..r.len]);
+        }
+        assert_eq!(got, data);
+        assert_eq!(sizes.len(), 100, "datagram boundaries are kept");
+        assert!(sizes[..99].iter().all(|&s| s == size) && sizes[99] == 500);
+        eprintln!("gso={} gro={gro}", gso.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_single_datagram_and_an_empty_send() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        let gso = AtomicBool::new(true);
+        send(&tx, &[], 100, None, &gso).unwrap();
+        send(&tx, b"one", 100, None, &gso).unwrap();
+        let mut buf = [0u8; 100];
+        let r = recv(&rx, &mut buf).unwrap();
+        assert_eq!((&buf[..r.len], r.size), (&b"one"[..], 3));
+    }
+}
