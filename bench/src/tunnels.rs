@@ -437,7 +437,9 @@ fn login(sys: &mut dyn System, w: &World, timeout: Duration) -> Result<f64> {
             other => bail!("corp saw {other:?}, not the client's LAN address"),
         }
     }
-    w.wait_tunnelled(timeout)?;
+    if let Err(e) = w.wait_tunnelled(timeout, || sys.client_gone()) {
+        bail!("{e:#}; client: {}", sys.client_state(w));
+    }
     Ok(began.elapsed().as_secs_f64())
 }
 
@@ -446,7 +448,9 @@ fn reconnect(sys: &mut dyn System, w: &World, timeout: Duration) -> Result<f64> 
     sys.kill_gateway(w).context("killing the gateway")?;
     let began = Instant::now();
     sys.start_gateway(w).context("restarting the gateway")?;
-    w.wait_tunnelled(timeout)?;
+    if let Err(e) = w.wait_tunnelled(timeout, || sys.client_gone()) {
+        bail!("{e:#}; client: {}", sys.client_state(w));
+    }
     Ok(began.elapsed().as_secs_f64())
 }
 

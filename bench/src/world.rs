@@ -147,14 +147,25 @@ impl World {
     }
 
     /// Waits until a TCP connection from the client reaches corp through a tunnel (corp sees
-    /// an address other than the client's LAN address); returns how long that took.
-    pub fn wait_tunnelled(&self, timeout: Duration) -> Result<Duration> {
+    /// an address other than the client's LAN address); returns how long that took. Gives
+    /// up early when `gone` says the client has ended.
+    pub fn wait_tunnelled(
+        &self,
+        timeout: Duration,
+        mut gone: impl FnMut() -> bool,
+    ) -> Result<Duration> {
         let start = Instant::now();
         let mut last = None;
         while start.elapsed() < timeout {
             match self.corp_sees(Duration::from_millis(300)) {
                 Some(a) if a != CLIENT_LAN => return Ok(start.elapsed()),
                 other => last = other,
+            }
+            if gone() {
+                bail!(
+                    "the client ended after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -42,7 +42,8 @@ enum Task {
         #[arg(long, default_value = "/etc/systemd/system")]
         unit_dir: std::path::PathBuf,
     },
-    /// Run the benchmark harness (`cargo xtask bench classifier`, ...).
+    /// The benchmark harness: `cargo xtask bench` runs everything (about 15-20 minutes);
+    /// `bench classifier`, `bench tunnels [--systems a,b]`, `--repeats N`, `--quick`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -71,6 +72,11 @@ fn main() -> Result<()> {
         }
         Task::Bench { args } => {
             setup::run()?;
+            // The harness runs our binaries from its own directory.
+            cargo(
+                &root,
+                &["build", "--release", "-p", "tunnel-user", "--bins"],
+            )?;
             let mut a = vec!["run", "--release", "-p", "bench", "--"];
             a.extend(args.iter().map(String::as_str));
             cargo(&root, &a)

@@ -24,6 +24,11 @@ const APT_PACKAGES: &[&str] = &[
     // Interop peers.
     "openconnect",
     "ocserv",
+    // Benchmark baselines (boringtun comes from crates.io, installed by the harness), and
+    // the font of its charts.
+    "wireguard-go",
+    "wireguard-tools",
+    "fonts-dejavu-core",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

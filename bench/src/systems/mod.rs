@@ -56,6 +56,10 @@ pub trait Client {
     /// The client's tunnel device, for its MTU.
     fn device(&self, w: &World) -> Option<String>;
     fn pids(&self) -> Vec<u32>;
+    /// What the client says about itself (for failure reports): exit status, log tail.
+    fn state(&mut self, w: &World) -> String;
+    /// Whether the client has ended (then waiting for it is pointless).
+    fn gone(&mut self) -> bool;
 }
 
 /// What the runner needs of a system.
@@ -72,6 +76,10 @@ pub trait System {
     fn stop_client(&mut self, w: &World);
     fn transport(&mut self, w: &World) -> Result<String>;
     fn device(&self, w: &World) -> Option<String>;
+    /// The client's own account of its state, for failure reports.
+    fn client_state(&mut self, w: &World) -> String;
+    /// Whether the client process has ended.
+    fn client_gone(&mut self) -> bool;
     fn client_pids(&self) -> Vec<u32>;
     fn gateway_pids(&self) -> Vec<u32>;
     /// Whether there is a tunnel at all (login, reconnect and CPU apply).
@@ -125,6 +133,12 @@ impl<G: Gateway, C: Client> System for Tunnel<G, C> {
     }
     fn device(&self, w: &World) -> Option<String> {
         self.client.device(w)
+    }
+    fn client_state(&mut self, w: &World) -> String {
+        self.client.state(w)
+    }
+    fn client_gone(&mut self) -> bool {
+        self.client.gone()
     }
     fn client_pids(&self) -> Vec<u32> {
         self.client.pids()
@@ -191,6 +205,12 @@ impl System for Bare {
     }
     fn device(&self, _: &World) -> Option<String> {
         Some("c0".into())
+    }
+    fn client_state(&mut self, _: &World) -> String {
+        String::new()
+    }
+    fn client_gone(&mut self) -> bool {
+        false
     }
     fn client_pids(&self) -> Vec<u32> {
         Vec::new()

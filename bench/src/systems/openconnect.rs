@@ -162,7 +162,8 @@ impl Client for Openconnect {
                         "ESP".to_string()
                     } else {
                         // "Established DTLS connection (using GnuTLS). Ciphersuite (DTLS1.2)-..."
-                        let suite = l.split("Ciphersuite ").nth(1).unwrap_or("").trim();
+                        let suite = l.split("Ciphersuite ").nth(1).unwrap_or("");
+                        let suite = suite.trim().trim_end_matches('.');
                         format!("DTLS {suite}").trim().to_string()
                     }
                 }))
@@ -173,6 +174,18 @@ impl Client for Openconnect {
 
     fn device(&self, _: &World) -> Option<String> {
         Some(DEVICE.into())
+    }
+
+    fn gone(&mut self) -> bool {
+        self.proc.as_mut().is_none_or(|p| p.exited().is_some())
+    }
+
+    fn state(&mut self, w: &World) -> String {
+        let tail = w.log_tail(&self.log_name(), 3);
+        match self.proc.as_mut().and_then(Proc::exited) {
+            Some(s) => format!("openconnect exited ({s}): {tail}"),
+            None => format!("openconnect running: {tail}"),
+        }
     }
 
     fn pids(&self) -> Vec<u32> {

@@ -293,6 +293,21 @@ impl Client for Tunneld {
         .with_context(|| format!("tunnel status: {}", self.status(w)))
     }
 
+    fn gone(&mut self) -> bool {
+        self.proc.as_mut().is_none_or(|p| p.exited().is_some())
+    }
+
+    fn state(&mut self, w: &World) -> String {
+        if let Some(s) = self.proc.as_mut().and_then(Proc::exited) {
+            return format!("tunneld exited ({s}): {}", w.log_tail("tunneld.log", 3));
+        }
+        let st = &self.status(w)[0];
+        format!(
+            "tunnel status: state {}, transport {}, reconnects {}, last error {}",
+            st["state"], st["transport"], st["reconnects"], st["last_error"]
+        )
+    }
+
     fn device(&self, w: &World) -> Option<String> {
         self.status(w)[0]["tun"].as_str().map(str::to_string)
     }

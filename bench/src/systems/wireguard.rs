@@ -52,7 +52,7 @@ impl Wg {
         }
     }
 
-    fn device(&self) -> String {
+    fn dev_name(&self) -> String {
         let end = if self.gateway { 'g' } else { 'c' };
         match self.imp {
             Impl::Go => format!("bnwg{end}"),
@@ -98,7 +98,7 @@ impl Wg {
     }
 
     fn start_end(&mut self, w: &World) -> Result<()> {
-        let dev = self.device();
+        let dev = self.dev_name();
         let ns = self.ns(w);
         // A socket left by a killed instance would make the new one fail to listen.
         let _ = fs::remove_file(format!("/var/run/wireguard/{dev}.sock"));
@@ -257,20 +257,39 @@ impl Client for Wg {
         }
     }
     fn transport(&mut self, w: &World) -> Result<String> {
-        let dev = self.device();
-        let out = self.ns(w).sh(&format!("wg show {dev} latest-handshakes"))?;
-        let handshake: u64 = out
+        let dev = self.dev_name();
+        // "PEER\tRX\tTX": bytes received from the peer prove the tunnel carries traffic.
+        let out = self.ns(w).sh(&format!("wg show {dev} transfer"))?;
+        let rx: u64 = out
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        if handshake == 0 {
-            bail!("no WireGuard handshake on {dev}");
+        if rx == 0 {
+            bail!("nothing received over WireGuard on {dev}: {}", out.trim());
         }
         Ok("WireGuard UDP".into())
     }
+
+    fn gone(&mut self) -> bool {
+        self.proc.as_mut().is_none_or(|p| p.exited().is_some())
+    }
+
+    fn state(&mut self, w: &World) -> String {
+        let dev = self.dev_name();
+        if let Some(s) = self.proc.as_mut().and_then(Proc::exited) {
+            return format!(
+                "{dev} exited ({s}): {}",
+                w.log_tail(&format!("{dev}.log"), 3)
+            );
+        }
+        self.ns(w)
+            .sh(&format!("wg show {dev}"))
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    }
     fn device(&self, _: &World) -> Option<String> {
-        Some(self.device())
+        Some(self.dev_name())
     }
     fn pids(&self) -> Vec<u32> {
         self.proc.iter().map(Proc::id).collect()
