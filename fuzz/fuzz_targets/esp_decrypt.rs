@@ -1,4 +1,4 @@
-//! ESP decapsulation of arbitrary datagrams, for every suite; and encapsulate/decapsulate of
+//! ESP decapsulation of arbitrary datagrams, for every suite (AES-GCM included); and encapsulate/decapsulate of
 //! arbitrary payloads.
 #![no_main]
 
@@ -18,17 +18,22 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let suite = EspSuite {
-        cipher: if sel & 1 == 0 {
-            EspCipher::Aes128Cbc
-        } else {
-            EspCipher::Aes256Cbc
-        },
-        mac: if sel & 2 == 0 {
-            EspMac::HmacSha1_96
-        } else {
-            EspMac::HmacSha256_128
-        },
+    // Bits 0-1 pick a CBC suite; bit 5 picks AES-256-GCM instead.
+    let suite = if sel & 32 != 0 {
+        EspSuite::AES256_GCM
+    } else {
+        EspSuite {
+            cipher: if sel & 1 == 0 {
+                EspCipher::Aes128Cbc
+            } else {
+                EspCipher::Aes256Cbc
+            },
+            mac: if sel & 2 == 0 {
+                EspMac::HmacSha1_96
+            } else {
+                EspMac::HmacSha256_128
+            },
+        }
     };
     let enc = vec![0x11; suite.cipher.key_len()];
     let mac = vec![0x22; suite.mac.key_len()];

@@ -49,7 +49,9 @@ mod programs {
         crate::tc::try_tun_ingress(&ctx)
     }
 
-    #[xdp]
+    /// Multi-buffer aware (`xdp.frags`): the headers it reads are in the first buffer, and a
+    /// veth peer keeps its GSO only when the program takes multi-buffer packets.
+    #[xdp(frags)]
     pub fn tunnel_uplink_xdp(ctx: XdpContext) -> u32 {
         crate::xdp::try_uplink_xdp(&ctx)
     }
@@ -60,8 +62,8 @@ mod programs {
         TC_ACT_OK
     }
 
-    /// Benchmark baseline: same program type, no work.
-    #[xdp]
+    /// Benchmark baseline: same program type (multi-buffer aware too), no work.
+    #[xdp(frags)]
     pub fn tunnel_noop_xdp(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
     }

@@ -3,7 +3,9 @@
 //! reply would be tunnelled, the packet claims a source the tunnel owns and is dropped; if
 //! lock-down would drop the reply, the packet is dropped too.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext,
+};
 use tunnel_common::{CONN_NONE, Reason, VerdictKind, slot_flags};
 
 use crate::{
@@ -15,7 +17,9 @@ use crate::{
 
 #[inline(always)]
 pub fn try_uplink_xdp(ctx: &XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u32;
+    // The whole packet, all buffers of a multi-buffer one.
+    // SAFETY: the helper only reads the context it is given.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as u32;
     let Some((slot, scfg)) = active_slot() else {
         return xdp_action::XDP_PASS;
     };

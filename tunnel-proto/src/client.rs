@@ -38,7 +38,7 @@ use crate::eap::{
     JUNIPER_SUBTYPE_AVPS, JUNIPER_SUBTYPE_HOST_CHECKER, PasswordMessage, PasswordResponse, RawAvp,
     encode_juniper_avps,
 };
-use crate::esp::{EspCipher, EspError, EspMac, EspSuite, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
+use crate::esp::{EspError, EspSuite, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use crate::ift::{
     ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder, IFT_VERSION_MAX,
     IFT_VERSION_MIN, Message, build_upgrade_request, parse_upgrade_response,
@@ -88,6 +88,10 @@ pub struct ClientConfig {
     /// Dead-peer detection on ESP. None: openconnect's behaviour (probe every fallback period,
     /// five probes a second per attempt, an attempt a minute).
     pub esp_dpd: Option<EspDpd>,
+    /// Offer AES-256-GCM ESP (tunnel's own suite) in the upgrade request
+    /// (`X-Tunnel-ESP: aes256-gcm`); a gateway that does not know the header ignores it.
+    /// Without the offer, a config naming AES-GCM disables ESP.
+    pub offer_aes_gcm: bool,
 }
 
 /// Dead-peer detection on ESP, as Ivanti Tunnel's `AtpProbe*` settings describe it: after
@@ -117,6 +121,7 @@ impl ClientConfig {
             enable_esp: true,
             udp_ipv6: false,
             esp_dpd: None,
+            offer_aes_gcm: false,
         }
     }
 }
@@ -300,7 +305,12 @@ impl Client {
         if !matches!(self.state, State::Idle) {
             return Err(self.wrong("start"));
         }
-        let req = build_upgrade_request(&self.cfg.host, &self.cfg.path, &self.cfg.user_agent);
+        let req = build_upgrade_request(
+            &self.cfg.host,
+            &self.cfg.path,
+            &self.cfg.user_agent,
+            self.cfg.offer_aes_gcm,
+        );
         self.out.raw(req.as_bytes());
         self.state = State::AwaitUpgrade { head: Vec::new() };
         Ok(())
@@ -702,10 +712,9 @@ impl Client {
             .map(|c| c.esp.clone())
             .unwrap_or_default();
         let suite = match (settings.cipher, settings.hmac) {
-            (Some(c), Some(m)) => match (EspCipher::from_code(c), EspMac::from_code(m)) {
-                (Ok(cipher), Ok(mac)) => Some(EspSuite { cipher, mac }),
-                _ => None,
-            },
+            (Some(c), Some(m)) => EspSuite::from_codes(c, m)
+                .ok()
+                .filter(|s| !s.is_aead() || self.cfg.offer_aes_gcm),
             _ => None,
         };
         // Like openconnect, an ESP offer we cannot use disables ESP instead of the session.

@@ -1,6 +1,7 @@
 //! ESP-in-UDP (RFC 4303 tunnel mode payloads) as Pulse uses it.
 //!
-//! Owns: the cipher suites (AES-128/256-CBC with HMAC-SHA1-96 or HMAC-SHA256-128), the
+//! Owns: the cipher suites (AES-128/256-CBC with HMAC-SHA1-96 or HMAC-SHA256-128, and
+//! AES-256-GCM, which only tunnel's own client and gateway negotiate), the
 //! outbound SA (SPI, 32-bit sequence numbers that refuse to wrap, random IV per packet,
 //! encryption straight into the caller's buffer), the inbound SA (SPI check, constant-time ICV
 //! check, 64-packet replay window, in-place decryption, padding check) and probes.
@@ -13,6 +14,14 @@
 //! |<------------------------- authenticated by HMAC ----------------------------------->|
 //! ```
 //!
+//! AES-256-GCM (RFC 4106) instead carries an 8-byte IV (the sequence number, unique per key),
+//! pads to 4 bytes and authenticates SPI and sequence number as associated data with a
+//! 16-byte tag; its key material is the 32-byte key followed by a 4-byte salt.
+//!
+//! ```text
+//! | SPI (4) | seq (4) | IV (8) | AES-GCM( IP packet | 1 2 .. pad | pad len | next hdr ) | tag (16) |
+//! ```
+//!
 //! Probes are the one-byte payload `0x00`. openconnect (oncp.c `oncp_esp_send_probes`) sends
 //! them with next header 4 or 41 chosen by the family of the UDP socket, not 0; the receiver
 //! recognises a probe by its payload alone.
@@ -20,9 +29,11 @@
 use crate::rng::RandomSource;
 use aes::cipher::block_padding::NoPadding;
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::Sha256;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// ESP header: SPI and sequence number.
@@ -45,16 +56,27 @@ pub const MAX_OVERHEAD: usize = ESP_HEADER_LEN + IV_LEN + BLOCK + 1 + 16;
 #[non_exhaustive]
 pub enum EspError {
     /// Cipher code from the config that we do not implement.
-    #[error("unsupported ESP cipher {code} (supported: 2 AES-128-CBC, 5 AES-256-CBC)")]
+    #[error(
+        "unsupported ESP cipher {code} (supported: 2 AES-128-CBC, 5 AES-256-CBC, 20 AES-256-GCM)"
+    )]
     UnsupportedCipher {
         /// Wire code.
         code: u16,
     },
     /// HMAC code from the config that we do not implement.
-    #[error("unsupported ESP HMAC {code} (supported: 2 SHA1-96, 3 SHA256-128)")]
+    #[error("unsupported ESP HMAC {code} (supported: 2 SHA1-96, 3 SHA256-128, 0 with AES-GCM)")]
     UnsupportedMac {
         /// Wire code.
         code: u16,
+    },
+    /// A cipher and an integrity algorithm that do not go together (AES-GCM needs integrity
+    /// code 0; CBC needs an HMAC).
+    #[error("ESP cipher {cipher} cannot be used with integrity algorithm {mac}")]
+    MismatchedSuite {
+        /// Cipher wire code.
+        cipher: u16,
+        /// Integrity wire code.
+        mac: u16,
     },
     /// A key has the wrong length for the suite.
     #[error("{what} key is {got} bytes, suite needs {expected}")]
@@ -91,8 +113,8 @@ pub enum EspError {
         /// Minimum length.
         min: usize,
     },
-    /// The ciphertext is not a whole number of blocks.
-    #[error("ESP ciphertext of {len} bytes is not a multiple of 16")]
+    /// The ciphertext is not a whole number of blocks (16 bytes for CBC, 4 for GCM).
+    #[error("ESP ciphertext of {len} bytes is not aligned to the cipher's block size")]
     Misaligned {
         /// Ciphertext length.
         len: usize,
@@ -105,6 +127,9 @@ pub enum EspError {
         /// The datagram's SPI.
         got: u32,
     },
+    /// The AEAD cipher refused to seal (input too long for it).
+    #[error("ESP sealing failed")]
+    SealFailed,
     /// This sequence number was already received.
     #[error("ESP sequence number {seq} is a replay")]
     Replayed {
@@ -140,6 +165,9 @@ pub enum EspCipher {
     Aes128Cbc,
     /// AES-256-CBC, wire code 5.
     Aes256Cbc,
+    /// AES-256-GCM with a 16-byte tag (RFC 4106), wire code 20 (its IKEv2 transform id);
+    /// only between tunnel's own client and gateway.
+    Aes256Gcm,
 }
 
 impl EspCipher {
@@ -148,6 +176,8 @@ impl EspCipher {
         match self {
             Self::Aes128Cbc => 16,
             Self::Aes256Cbc => 32,
+            // Key and 4-byte salt.
+            Self::Aes256Gcm => 36,
         }
     }
 
@@ -156,6 +186,7 @@ impl EspCipher {
         match self {
             Self::Aes128Cbc => 2,
             Self::Aes256Cbc => 5,
+            Self::Aes256Gcm => 20,
         }
     }
 
@@ -164,6 +195,7 @@ impl EspCipher {
         match code {
             2 => Ok(Self::Aes128Cbc),
             5 => Ok(Self::Aes256Cbc),
+            20 => Ok(Self::Aes256Gcm),
             code => Err(EspError::UnsupportedCipher { code }),
         }
     }
@@ -176,6 +208,8 @@ pub enum EspMac {
     HmacSha1_96,
     /// HMAC-SHA256-128 (RFC 4868), wire code 3; offered only to IF-T version 2 clients.
     HmacSha256_128,
+    /// None besides the AEAD cipher's own tag (16 bytes), wire code 0.
+    Aead,
 }
 
 impl EspMac {
@@ -184,6 +218,7 @@ impl EspMac {
         match self {
             Self::HmacSha1_96 => 20,
             Self::HmacSha256_128 => 32,
+            Self::Aead => 0,
         }
     }
 
@@ -191,7 +226,7 @@ impl EspMac {
     pub fn icv_len(self) -> usize {
         match self {
             Self::HmacSha1_96 => 12,
-            Self::HmacSha256_128 => 16,
+            Self::HmacSha256_128 | Self::Aead => 16,
         }
     }
 
@@ -200,12 +235,14 @@ impl EspMac {
         match self {
             Self::HmacSha1_96 => 2,
             Self::HmacSha256_128 => 3,
+            Self::Aead => 0,
         }
     }
 
     /// From the config TLV 0x4011 code (1, MD5, is not supported).
     pub fn from_code(code: u16) -> Result<Self, EspError> {
         match code {
+            0 => Ok(Self::Aead),
             2 => Ok(Self::HmacSha1_96),
             3 => Ok(Self::HmacSha256_128),
             code => Err(EspError::UnsupportedMac { code }),
@@ -223,8 +260,32 @@ pub struct EspSuite {
 }
 
 impl EspSuite {
+    /// AES-256-GCM, tunnel's own suite.
+    pub const AES256_GCM: EspSuite = EspSuite {
+        cipher: EspCipher::Aes256Gcm,
+        mac: EspMac::Aead,
+    };
+
+    /// A suite from the config's wire codes (TLV 0x4010 and 0x4011), refusing pairs that do
+    /// not go together.
+    pub fn from_codes(cipher: u16, mac: u16) -> Result<EspSuite, EspError> {
+        let suite = EspSuite {
+            cipher: EspCipher::from_code(cipher)?,
+            mac: EspMac::from_code(mac)?,
+        };
+        if suite.is_aead() != (suite.mac == EspMac::Aead) {
+            return Err(EspError::MismatchedSuite { cipher, mac });
+        }
+        Ok(suite)
+    }
+
+    /// Whether the cipher authenticates by itself (AES-GCM).
+    pub fn is_aead(self) -> bool {
+        self.cipher == EspCipher::Aes256Gcm
+    }
+
     /// Every suite this implementation speaks.
-    pub const ALL: [EspSuite; 4] = [
+    pub const ALL: [EspSuite; 5] = [
         EspSuite {
             cipher: EspCipher::Aes128Cbc,
             mac: EspMac::HmacSha1_96,
@@ -241,6 +302,7 @@ impl EspSuite {
             cipher: EspCipher::Aes256Cbc,
             mac: EspMac::HmacSha256_128,
         },
+        EspSuite::AES256_GCM,
     ];
 
     /// A short name: `aes128-cbc-sha1`, `aes256-cbc-sha256`, ...
@@ -250,6 +312,8 @@ impl EspSuite {
             (EspCipher::Aes256Cbc, EspMac::HmacSha1_96) => "aes256-cbc-sha1",
             (EspCipher::Aes128Cbc, EspMac::HmacSha256_128) => "aes128-cbc-sha256",
             (EspCipher::Aes256Cbc, EspMac::HmacSha256_128) => "aes256-cbc-sha256",
+            (EspCipher::Aes256Gcm, _) => "aes256-gcm",
+            (_, EspMac::Aead) => "invalid",
         }
     }
 
@@ -260,12 +324,69 @@ impl EspSuite {
 
     /// Length of the datagram carrying `payload_len` bytes.
     pub fn encapsulated_len(self, payload_len: usize) -> usize {
-        ESP_HEADER_LEN + IV_LEN + padded_len(payload_len) + self.mac.icv_len()
+        ESP_HEADER_LEN + self.iv_len() + self.padded_len(payload_len) + self.mac.icv_len()
+    }
+
+    fn iv_len(self) -> usize {
+        if self.is_aead() { GCM_IV_LEN } else { IV_LEN }
+    }
+
+    /// Payload plus padding and the two trailer bytes, aligned as the cipher needs.
+    fn padded_len(self, payload_len: usize) -> usize {
+        (payload_len + 2).next_multiple_of(if self.is_aead() { 4 } else { BLOCK })
     }
 }
 
-fn padded_len(payload_len: usize) -> usize {
-    (payload_len + 2).next_multiple_of(BLOCK)
+/// IV bytes of AES-GCM (RFC 4106).
+const GCM_IV_LEN: usize = 8;
+
+/// The cryptographic state of one SA.
+#[derive(Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per SA, long-lived; boxing would add a pointer chase per packet"
+)]
+enum SaCrypto {
+    Cbc {
+        cipher: BlockCipher,
+        mac: MacKey,
+    },
+    Gcm {
+        key: Arc<LessSafeKey>,
+        salt: [u8; 4],
+    },
+}
+
+impl SaCrypto {
+    fn new(suite: EspSuite, enc_key: &[u8], mac_key: &[u8]) -> Result<Self, EspError> {
+        check_material(suite, enc_key, mac_key)?;
+        if suite.is_aead() {
+            let (key, salt) = enc_key.split_at(32);
+            let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| EspError::KeyLength {
+                what: "encryption",
+                expected: 36,
+                got: enc_key.len(),
+            })?;
+            let mut s = [0u8; 4];
+            s.copy_from_slice(salt);
+            Ok(SaCrypto::Gcm {
+                key: Arc::new(LessSafeKey::new(key)),
+                salt: s,
+            })
+        } else {
+            Ok(SaCrypto::Cbc {
+                cipher: BlockCipher::new(suite.cipher, enc_key)?,
+                mac: MacKey::new(suite.mac, mac_key)?,
+            })
+        }
+    }
+}
+
+fn gcm_nonce(salt: &[u8; 4], iv: &[u8]) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(salt);
+    n[4..].copy_from_slice(iv);
+    Nonce::assume_unique_for_key(n)
 }
 
 #[derive(Clone)]
@@ -292,6 +413,7 @@ impl BlockCipher {
             EspCipher::Aes256Cbc => {
                 Self::Aes256(aes::Aes256::new_from_slice(key).map_err(|_| err)?)
             }
+            EspCipher::Aes256Gcm => return Err(err),
         })
     }
 
@@ -352,6 +474,7 @@ impl MacKey {
             EspMac::HmacSha256_128 => {
                 Self::Sha256(<Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| err)?)
             }
+            EspMac::Aead => return Err(err),
         })
     }
 
@@ -416,8 +539,7 @@ pub struct OutboundSa {
     suite: EspSuite,
     // u64 so that "all 2^32 used" is representable without wrapping.
     next_seq: u64,
-    cipher: BlockCipher,
-    mac: MacKey,
+    crypto: SaCrypto,
 }
 
 impl std::fmt::Debug for OutboundSa {
@@ -445,8 +567,7 @@ impl OutboundSa {
             // openconnect starts both directions at 0 (esp.c `openconnect_setup_esp_keys`),
             // and Pulse gateways accept it; RFC 4303 would start at 1.
             next_seq: 0,
-            cipher: BlockCipher::new(suite.cipher, enc_key)?,
-            mac: MacKey::new(suite.mac, mac_key)?,
+            crypto: SaCrypto::new(suite, enc_key, mac_key)?,
         })
     }
 
@@ -517,16 +638,12 @@ impl OutboundSa {
             });
         }
         let seq = u32::try_from(self.next_seq).map_err(|_| EspError::SequenceExhausted)?;
-        let body = padded_len(payload.len());
-        let ct_start = ESP_HEADER_LEN + IV_LEN;
+        let body = self.suite.padded_len(payload.len());
+        let ct_start = ESP_HEADER_LEN + self.suite.iv_len();
         let ct_end = ct_start + body;
 
         out[0..4].copy_from_slice(&self.spi.to_be_bytes());
         out[4..8].copy_from_slice(&seq.to_be_bytes());
-        let mut iv = [0u8; IV_LEN];
-        rng.fill(&mut iv);
-        out[ESP_HEADER_LEN..ct_start].copy_from_slice(&iv);
-
         let pt_end = ct_start + payload.len();
         out[ct_start..pt_end].copy_from_slice(payload);
         let pad_len = body - payload.len() - 2;
@@ -536,12 +653,32 @@ impl OutboundSa {
         }
         out[ct_end - 2] = pad_len as u8;
         out[ct_end - 1] = next_header;
-        self.cipher.encrypt(&iv, &mut out[ct_start..ct_end])?;
-
-        let mut tag = [0u8; 32];
-        self.mac.compute(&out[..ct_end], &mut tag);
-        let icv = self.suite.mac.icv_len();
-        out[ct_end..ct_end + icv].copy_from_slice(&tag[..icv]);
+        match &self.crypto {
+            SaCrypto::Cbc { cipher, mac } => {
+                let mut iv = [0u8; IV_LEN];
+                rng.fill(&mut iv);
+                out[ESP_HEADER_LEN..ct_start].copy_from_slice(&iv);
+                cipher.encrypt(&iv, &mut out[ct_start..ct_end])?;
+                let mut tag = [0u8; 32];
+                mac.compute(&out[..ct_end], &mut tag);
+                let icv = self.suite.mac.icv_len();
+                out[ct_end..ct_end + icv].copy_from_slice(&tag[..icv]);
+            }
+            SaCrypto::Gcm { key, salt } => {
+                // The sequence number never repeats under one key, so neither does the IV.
+                let iv = u64::from(seq).to_be_bytes();
+                out[ESP_HEADER_LEN..ct_start].copy_from_slice(&iv);
+                let (head, rest) = out.split_at_mut(ct_start);
+                let tag = key
+                    .seal_in_place_separate_tag(
+                        gcm_nonce(salt, &iv),
+                        Aad::from(&head[..ESP_HEADER_LEN]),
+                        &mut rest[..body],
+                    )
+                    .map_err(|_| EspError::SealFailed)?;
+                rest[body..body + 16].copy_from_slice(tag.as_ref());
+            }
+        }
         self.next_seq += 1;
         Ok(need)
     }
@@ -638,8 +775,7 @@ pub struct InboundSa {
     suite: EspSuite,
     window: ReplayWindow,
     replay_protection: bool,
-    cipher: BlockCipher,
-    mac: MacKey,
+    crypto: SaCrypto,
 }
 
 impl std::fmt::Debug for InboundSa {
@@ -666,8 +802,7 @@ impl InboundSa {
             suite,
             window: ReplayWindow::new(),
             replay_protection: true,
-            cipher: BlockCipher::new(suite.cipher, enc_key)?,
-            mac: MacKey::new(suite.mac, mac_key)?,
+            crypto: SaCrypto::new(suite, enc_key, mac_key)?,
         })
     }
 
@@ -695,16 +830,17 @@ impl InboundSa {
     /// for packets whose ICV verified.
     pub fn decapsulate<'a>(&mut self, datagram: &'a mut [u8]) -> Result<EspPayload<'a>, EspError> {
         let icv = self.suite.mac.icv_len();
-        let min = ESP_HEADER_LEN + IV_LEN + BLOCK + icv;
+        let align = if self.suite.is_aead() { 4 } else { BLOCK };
+        let ct_start = ESP_HEADER_LEN + self.suite.iv_len();
+        let min = ct_start + align + icv;
         if datagram.len() < min {
             return Err(EspError::TooShort {
                 len: datagram.len(),
                 min,
             });
         }
-        let ct_start = ESP_HEADER_LEN + IV_LEN;
         let ct_end = datagram.len() - icv;
-        if !(ct_end - ct_start).is_multiple_of(BLOCK) {
+        if !(ct_end - ct_start).is_multiple_of(align) {
             return Err(EspError::Misaligned {
                 len: ct_end - ct_start,
             });
@@ -720,17 +856,29 @@ impl InboundSa {
         if self.replay_protection {
             self.window.check(seq)?;
         }
-        let mut tag = [0u8; 32];
-        self.mac.compute(&datagram[..ct_end], &mut tag);
-        if !bool::from(tag[..icv].ct_eq(&datagram[ct_end..])) {
-            return Err(EspError::AuthenticationFailed);
+        match &self.crypto {
+            SaCrypto::Cbc { cipher, mac } => {
+                let mut tag = [0u8; 32];
+                mac.compute(&datagram[..ct_end], &mut tag);
+                if !bool::from(tag[..icv].ct_eq(&datagram[ct_end..])) {
+                    return Err(EspError::AuthenticationFailed);
+                }
+                self.window.accept(seq);
+                let mut iv = [0u8; IV_LEN];
+                iv.copy_from_slice(&datagram[ESP_HEADER_LEN..ct_start]);
+                cipher.decrypt(&iv, &mut datagram[ct_start..ct_end])?;
+            }
+            SaCrypto::Gcm { key, salt } => {
+                let (head, rest) = datagram.split_at_mut(ct_start);
+                key.open_in_place(
+                    gcm_nonce(salt, &head[ESP_HEADER_LEN..]),
+                    Aad::from(&head[..ESP_HEADER_LEN]),
+                    rest,
+                )
+                .map_err(|_| EspError::AuthenticationFailed)?;
+                self.window.accept(seq);
+            }
         }
-        self.window.accept(seq);
-
-        let mut iv = [0u8; IV_LEN];
-        iv.copy_from_slice(&datagram[ESP_HEADER_LEN..ct_start]);
-        let body = &mut datagram[ct_start..ct_end];
-        self.cipher.decrypt(&iv, body)?;
         let body = &datagram[ct_start..ct_end];
         let next_header = body[body.len() - 1];
         let pad_len = usize::from(body[body.len() - 2]);
@@ -781,7 +929,7 @@ mod tests {
         }
     }
 
-    const SUITES: [EspSuite; 4] = [
+    const SUITES: [EspSuite; 5] = [
         EspSuite {
             cipher: EspCipher::Aes128Cbc,
             mac: EspMac::HmacSha1_96,
@@ -798,6 +946,7 @@ mod tests {
             cipher: EspCipher::Aes256Cbc,
             mac: EspMac::HmacSha256_128,
         },
+        EspSuite::AES256_GCM,
     ];
 
     fn pair(suite: EspSuite) -> (OutboundSa, InboundSa) {
@@ -883,6 +1032,9 @@ mod tests {
         payload: &[u8],
         next_header: u8,
     ) -> Vec<u8> {
+        if suite.is_aead() {
+            return reference_gcm_packet(enc, (spi, seq), payload, next_header);
+        }
         let mut plain = payload.to_vec();
         let mut pad = 1u8;
         while !(plain.len() + 2).is_multiple_of(16) {
@@ -909,6 +1061,7 @@ mod tests {
                     .expect("aligned");
                 buf
             }
+            EspCipher::Aes256Gcm => unreachable!("handled above"),
         };
         let mut pkt = spi.to_be_bytes().to_vec();
         pkt.extend_from_slice(&seq.to_be_bytes());
@@ -925,8 +1078,47 @@ mod tests {
                 m.update(&pkt);
                 m.finalize().into_bytes()[..16].to_vec()
             }
+            EspMac::Aead => unreachable!("handled above"),
         };
         pkt.extend_from_slice(&tag);
+        pkt
+    }
+
+    /// RFC 4106 built with the RustCrypto `aes-gcm` crate, an implementation independent of
+    /// the AWS-LC one the SA uses.
+    fn reference_gcm_packet(
+        key: &[u8],
+        (spi, seq): (u32, u32),
+        payload: &[u8],
+        next_header: u8,
+    ) -> Vec<u8> {
+        use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
+        let mut plain = payload.to_vec();
+        let mut pad = 1u8;
+        while !(plain.len() + 2).is_multiple_of(4) {
+            plain.push(pad);
+            pad += 1;
+        }
+        plain.push(pad - 1);
+        plain.push(next_header);
+        let mut head = spi.to_be_bytes().to_vec();
+        head.extend_from_slice(&seq.to_be_bytes());
+        let iv = u64::from(seq).to_be_bytes();
+        let mut nonce = key[32..36].to_vec();
+        nonce.extend_from_slice(&iv);
+        let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key[..32]).expect("key");
+        let sealed = cipher
+            .encrypt(
+                aes_gcm::Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &head,
+                },
+            )
+            .expect("seal");
+        let mut pkt = head;
+        pkt.extend_from_slice(&iv);
+        pkt.extend_from_slice(&sealed);
         pkt
     }
 
@@ -1210,6 +1402,18 @@ mod tests {
             Err(EspError::KeyLength { .. })
         ));
         assert_eq!(EspCipher::from_code(5), Ok(EspCipher::Aes256Cbc));
+        // AES-GCM: 36 bytes of key and salt, no HMAC key; only with integrity code 0.
+        let (e, m) = split_secrets(EspSuite::AES256_GCM, &secrets).expect("split");
+        assert_eq!((e, m.len()), (&secrets[..36], 0));
+        assert_eq!(EspSuite::from_codes(20, 0), Ok(EspSuite::AES256_GCM));
+        assert_eq!(
+            EspSuite::from_codes(20, 2),
+            Err(EspError::MismatchedSuite { cipher: 20, mac: 2 })
+        );
+        assert_eq!(
+            EspSuite::from_codes(2, 0),
+            Err(EspError::MismatchedSuite { cipher: 2, mac: 0 })
+        );
         assert_eq!(
             EspMac::from_code(1),
             Err(EspError::UnsupportedMac { code: 1 })

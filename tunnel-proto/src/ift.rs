@@ -854,7 +854,12 @@ pub struct UpgradeRequest {
     pub host: Option<String>,
     /// `User-Agent` header, if present.
     pub user_agent: Option<String>,
+    /// The client offered AES-256-GCM ESP (`X-Tunnel-ESP: aes256-gcm`, tunnel's own header).
+    pub offers_aes_gcm: bool,
 }
+
+/// The header in which tunnel's client offers its own ESP suites.
+pub const ESP_OFFER_HEADER: &str = "X-Tunnel-ESP";
 
 /// What the client learned from the server's upgrade answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -863,11 +868,21 @@ pub struct UpgradeResponse {
     pub upgrade: Option<String>,
 }
 
-/// Builds the client's upgrade request, as openconnect sends it.
-pub fn build_upgrade_request(host: &str, path: &str, user_agent: &str) -> String {
+/// Builds the client's upgrade request, as openconnect sends it, plus the AES-GCM offer.
+pub fn build_upgrade_request(
+    host: &str,
+    path: &str,
+    user_agent: &str,
+    offer_aes_gcm: bool,
+) -> String {
     let path = path.trim_start_matches('/');
+    let offer = if offer_aes_gcm {
+        format!("{ESP_OFFER_HEADER}: aes256-gcm\r\n")
+    } else {
+        String::new()
+    };
     format!(
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\n\
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\n{offer}\
          Content-Type: EAP\r\nUpgrade: IF-T/TLS 1.0\r\nContent-Length: 0\r\n\r\n"
     )
 }
@@ -971,6 +986,10 @@ pub fn parse_upgrade_request(buf: &[u8]) -> Result<Option<(UpgradeRequest, usize
             path: path.to_owned(),
             host: head.header("Host").map(str::to_owned),
             user_agent: head.header("User-Agent").map(str::to_owned),
+            offers_aes_gcm: head.header(ESP_OFFER_HEADER).is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("aes256-gcm"))
+            }),
         },
         head.consumed,
     )))
@@ -1248,7 +1267,7 @@ mod tests {
 
     #[test]
     fn upgrade_round_trip() {
-        let req = build_upgrade_request("vpn.example.com", "/", "tunnel/0.1");
+        let req = build_upgrade_request("vpn.example.com", "/", "tunnel/0.1", false);
         assert!(req.starts_with("GET / HTTP/1.1\r\n"));
         let mut bytes = req.clone().into_bytes();
         bytes.extend_from_slice(&[0, 0, 0x55, 0x97]);

@@ -14,7 +14,7 @@ use crate::eap::{
     AuthRequest, AuthResponse, EapBody, EapCode, EapPacket, InnerRequest, J2_PASSWORD_REQUEST,
     J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, PasswordMessage, encode_juniper_avps,
 };
-use crate::esp::{EspCipher, EspError, EspMac, EspSuite};
+use crate::esp::{EspError, EspSuite};
 use crate::ift::{
     ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder, IFT_VERSION_MAX,
     IFT_VERSION_MIN, Message, UpgradeRequest, build_http_error, build_upgrade_response,
@@ -626,10 +626,7 @@ impl Server {
             return Err(self.wrong("send_config"));
         }
         let suite = match (config.esp.cipher, config.esp.hmac) {
-            (Some(c), Some(m)) => Some(EspSuite {
-                cipher: EspCipher::from_code(c)?,
-                mac: EspMac::from_code(m)?,
-            }),
+            (Some(c), Some(m)) => Some(EspSuite::from_codes(c, m)?),
             _ => None,
         };
         let mut payload = Vec::new();

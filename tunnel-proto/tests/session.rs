@@ -884,7 +884,7 @@ fn out_of_order_message_is_a_typed_error() {
     assert!(client.is_closed());
 
     let mut server = Server::with_rng(ServerConfig::default(), Box::new(TestRng(6)), now);
-    let mut bytes = build_upgrade_request("gw", "/", "ua").into_bytes();
+    let mut bytes = build_upgrade_request("gw", "/", "ua", false).into_bytes();
     Message::VersionRequest {
         min: 3,
         max: 4,
@@ -1087,4 +1087,73 @@ fn transcripts_have_the_shapes_pulse_c_checks() {
     // The second block echoes the gateway's block byte for byte.
     assert_eq!(&reply[0x7a..0xc0], &esp[0x34..0x7a]);
     assert_eq!(&c2s[8][16..], b"ncmo=1\n\0");
+}
+
+#[test]
+fn aes_gcm_is_used_only_by_a_client_that_offered_it() {
+    let mut gcm = tunnel_config(true);
+    gcm.esp.cipher = Some(20);
+    gcm.esp.hmac = Some(0);
+
+    // Offered: the upgrade request says so, and ESP runs AES-256-GCM both ways.
+    let mut cfg = ClientConfig::new("gw");
+    cfg.offer_aes_gcm = true;
+    let mut h = Harness::new(cfg, ServerConfig::default());
+    h.establish(&gcm);
+    assert!(matches!(
+        h.take_server_events().first(),
+        Some(ServerEvent::Upgraded(req)) if req.offers_aes_gcm
+    ));
+    h.take_client_events();
+    let (mut udp, mut reply) = ([0u8; 2048], [0u8; 2048]);
+    let n = h
+        .client
+        .poll_timers(h.now, &mut udp)
+        .expect("timers")
+        .expect("probe");
+    let Ok(EspInput::ProbeReply(m)) = h.server.handle_esp(&mut udp[..n], h.now, &mut reply) else {
+        panic!("no probe reply");
+    };
+    assert_eq!(
+        h.client.handle_esp(&mut reply[..m], h.now),
+        Ok(EspInput::Probe)
+    );
+    let up = ipv4_packet(1201, 2);
+    let Transmit::Esp(n) = h.client.send_packet(&up, h.now, &mut udp).expect("send") else {
+        panic!("client did not use ESP");
+    };
+    // SPI, sequence, 8-byte IV, payload + trailer padded to 4, 16-byte tag.
+    assert_eq!(n, 8 + 8 + 1204 + 16);
+    assert_eq!(
+        h.server.handle_esp(&mut udp[..n], h.now, &mut reply),
+        Ok(EspInput::Packet(&up[..]))
+    );
+    let down = ipv4_packet(300, 3);
+    let Transmit::Esp(n) = h.server.send_packet(&down, h.now, &mut udp).expect("send") else {
+        panic!("server did not use ESP");
+    };
+    udp[20] ^= 1;
+    assert_eq!(
+        h.client.handle_esp(&mut udp[..n].to_vec(), h.now),
+        Err(SessionError::Esp(EspError::AuthenticationFailed)),
+        "a flipped bit fails the tag"
+    );
+    udp[20] ^= 1;
+    assert_eq!(
+        h.client.handle_esp(&mut udp[..n], h.now),
+        Ok(EspInput::Packet(&down[..]))
+    );
+
+    // Not offered (openconnect, or a client configured so): the same config leaves ESP off.
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&gcm);
+    assert!(matches!(
+        h.take_server_events().first(),
+        Some(ServerEvent::Upgraded(req)) if !req.offers_aes_gcm
+    ));
+    assert_eq!(h.client.next_timer(), None, "no ESP probes");
+    assert_eq!(
+        h.client.send_packet(&ipv4_packet(40, 1), h.now, &mut udp),
+        Ok(Transmit::Tls)
+    );
 }

@@ -56,6 +56,14 @@ fn main() {
     let _ = server.kill();
     let _ = server.wait();
     println!("{}", w.counters());
+    if std::env::var_os("IPERF_STATS").is_some() {
+        for (name, ns) in [("client", &w.client), ("gateway", &w.gw)] {
+            let stats = ns
+                .sh("grep -A1 '^Udp:' /proc/net/snmp; ip -s -s link")
+                .unwrap_or_default();
+            println!("--- {name}\n{stats}");
+        }
+    }
     println!(
         "{}",
         String::from_utf8_lossy(&w.tunnel(&["status"], "").stdout)

@@ -58,6 +58,8 @@ fn client_connects_splits_traffic_and_survives_a_gateway_restart() {
     let status = w.status();
     let me = &status[0];
     assert_eq!(me["state"], "connected", "{status}");
+    // Our gateway gives our client its own suite (openconnect gets a Pulse one).
+    assert_eq!(me["cipher"], "aes256-gcm", "{status}");
     let tunnel_addr = me["ipv4"].as_str().unwrap().to_string();
     assert!(tunnel_addr.starts_with("10.77.0."), "{status}");
 

@@ -639,6 +639,8 @@ async fn session(
     cfg.cookie = cookie.clone();
     cfg.enable_esp = spec.esp;
     cfg.udp_ipv6 = addr.is_ipv6();
+    // Our own gateway then picks AES-256-GCM; Pulse gateways ignore the offer.
+    cfg.offer_aes_gcm = true;
     // ESP dead-peer detection follows the AtpProbe* settings; a recovery attempt every idle
     // period brings ESP back once it answers again.
     cfg.esp_dpd = Some(tunnel_proto::EspDpd {
@@ -1090,11 +1092,9 @@ fn configure(
         s.include = include.iter().map(ToString::to_string).collect();
         s.exclude = exclude.iter().map(ToString::to_string).collect();
         s.cipher = match (config.esp.cipher, config.esp.hmac) {
-            (Some(c), Some(m)) => Some(format!(
-                "{}-{}",
-                if c == 5 { "aes256-cbc" } else { "aes128-cbc" },
-                if m == 3 { "sha256" } else { "sha1" }
-            )),
+            (Some(c), Some(m)) => tunnel_proto::EspSuite::from_codes(c, m)
+                .ok()
+                .map(|suite| suite.name().to_string()),
             _ => None,
         };
         s.server = Some(gw.to_string());

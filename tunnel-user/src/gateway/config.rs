@@ -179,7 +179,8 @@ pub struct EspConfig {
     pub key_lifetime_bytes: Option<NonZeroU32>,
 }
 
-/// An ESP cipher suite: AES-CBC with an HMAC, as Pulse negotiates them.
+/// An ESP cipher suite: AES-CBC with an HMAC, as Pulse negotiates them, or AES-256-GCM,
+/// which only tunnel's own client offers (others get the next suite in the list).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum EspCipher {
@@ -191,15 +192,18 @@ pub enum EspCipher {
     Aes128Sha256,
     /// AES-256-CBC with HMAC-SHA256-128.
     Aes256Sha256,
+    /// AES-256-GCM, for clients that offer it (tunnel's own).
+    Aes256Gcm,
 }
 
 impl EspCipher {
     /// Every cipher, in the order the docs list them.
-    pub const ALL: [EspCipher; 4] = [
+    pub const ALL: [EspCipher; 5] = [
         EspCipher::Aes128Sha1,
         EspCipher::Aes256Sha1,
         EspCipher::Aes128Sha256,
         EspCipher::Aes256Sha256,
+        EspCipher::Aes256Gcm,
     ];
 
     /// The name used in the config file.
@@ -209,6 +213,7 @@ impl EspCipher {
             EspCipher::Aes256Sha1 => "aes256-sha1",
             EspCipher::Aes128Sha256 => "aes128-sha256",
             EspCipher::Aes256Sha256 => "aes256-sha256",
+            EspCipher::Aes256Gcm => "aes256-gcm",
         }
     }
 }
@@ -229,7 +234,7 @@ impl FromStr for EspCipher {
 
 /// What `esp.ciphers` takes; the tests check it lists every [`EspCipher::ALL`].
 const CIPHER_RULE: &str =
-    "a cipher (one of aes128-sha1, aes256-sha1, aes128-sha256, aes256-sha256)";
+    "a cipher (one of aes128-sha1, aes256-sha1, aes128-sha256, aes256-sha256, aes256-gcm)";
 
 /// Why a config was refused. Exactly one is reported (the first the checks meet: syntax and
 /// types first, then the keys in a fixed order), and it names the dotted key (`esp.port`,
@@ -935,7 +940,7 @@ impl RawEsp {
         let enabled = self.enabled.unwrap_or(true);
         let port = port(self.port, "esp.port", defaults::ESP_PORT)?;
         let ciphers = match self.ciphers {
-            None => vec![EspCipher::Aes128Sha1],
+            None => vec![EspCipher::Aes256Gcm, EspCipher::Aes128Sha1],
             Some(names) => names
                 .iter()
                 .enumerate()
@@ -1207,7 +1212,11 @@ ipv4 = "10.10.0.0/24"
         assert_eq!(c.esp.port, 4500);
         assert_eq!(
             c.esp.ciphers,
-            [EspCipher::Aes256Sha256, EspCipher::Aes128Sha1]
+            [
+                EspCipher::Aes256Gcm,
+                EspCipher::Aes256Sha256,
+                EspCipher::Aes128Sha1
+            ]
         );
         assert_eq!(c.esp.fallback, Some(Duration::from_secs(15)));
         assert_eq!(c.esp.key_lifetime, Duration::from_secs(1200));
@@ -1236,7 +1245,10 @@ ipv4 = "10.10.0.0/24"
         assert_eq!(minimal.pool.gateway_ipv4, full.pool.gateway_ipv4);
         // And the defaults the docs state for lists.
         assert_eq!(minimal.auth.realms, ["Users"]);
-        assert_eq!(minimal.esp.ciphers, [EspCipher::Aes128Sha1]);
+        assert_eq!(
+            minimal.esp.ciphers,
+            [EspCipher::Aes256Gcm, EspCipher::Aes128Sha1]
+        );
         assert!(minimal.dns.is_empty() && minimal.search_domains.is_empty());
         assert!(minimal.routes.include.is_empty() && minimal.routes.exclude.is_empty());
         assert_eq!(minimal.tls.client_ca, None);

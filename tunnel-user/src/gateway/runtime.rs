@@ -418,7 +418,7 @@ fn new_cookie() -> String {
 }
 
 /// The configuration pushed to a client holding `lease`.
-fn client_config(cfg: &GatewayConfig, lease: &Lease) -> Config {
+fn client_config(cfg: &GatewayConfig, lease: &Lease, offers_aes_gcm: bool) -> Config {
     let mut c = Config {
         ipv4_address: Some(lease.ipv4),
         ipv4_netmask: Some(cfg.pool.ipv4.netmask()),
@@ -454,15 +454,19 @@ fn client_config(cfg: &GatewayConfig, lease: &Lease) -> Config {
                 .collect();
         }
     }
+    // The first suite in the operator's order that this client can use.
+    let usable = |c: &&EspCipher| **c != EspCipher::Aes256Gcm || offers_aes_gcm;
     if cfg.esp.enabled
-        && let Some(cipher) = cfg.esp.ciphers.first()
+        && let Some(cipher) = cfg.esp.ciphers.iter().find(usable)
     {
-        // Wire codes: 0x4010 cipher 2 AES-128-CBC / 5 AES-256-CBC; 0x4011 HMAC 2 SHA1 / 3 SHA256.
+        // Wire codes: 0x4010 cipher 2 AES-128-CBC / 5 AES-256-CBC / 20 AES-256-GCM; 0x4011
+        // HMAC 2 SHA1 / 3 SHA256 / 0 none (AEAD).
         let (enc, mac) = match cipher {
             EspCipher::Aes128Sha1 => (2, 2),
             EspCipher::Aes256Sha1 => (5, 2),
             EspCipher::Aes128Sha256 => (2, 3),
             EspCipher::Aes256Sha256 => (5, 3),
+            EspCipher::Aes256Gcm => (20, 0),
         };
         let secs = |d: Option<Duration>| d.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
         c.esp = EspSettings {
@@ -503,6 +507,8 @@ struct Conn {
     /// A session being resumed with its cookie, between ResumeRequested and Authenticated.
     resuming: Option<Resumable>,
     known_spi: Option<u32>,
+    /// The client offered AES-256-GCM ESP in its upgrade request.
+    offers_aes_gcm: bool,
 }
 
 impl Conn {
@@ -573,6 +579,7 @@ async fn serve(
         session: None,
         resuming: None,
         known_spi: None,
+        offers_aes_gcm: false,
     };
     let mut buf = vec![0u8; 65_536];
     let ending = 'conn: loop {
@@ -710,7 +717,14 @@ async fn write_frames<W: AsyncWriteExt + Unpin>(wr: &mut W, mut out: &[u8]) -> i
 async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Option<Ending> {
     let now = Instant::now();
     match event {
-        ServerEvent::Upgraded(_) => debug!("IF-T upgrade accepted"),
+        ServerEvent::Upgraded(req) => {
+            conn.offers_aes_gcm = req.offers_aes_gcm;
+            debug!(
+                user_agent = ?req.user_agent,
+                aes_gcm = req.offers_aes_gcm,
+                "IF-T upgrade accepted"
+            );
+        }
         ServerEvent::ClientInfo(info) => debug!(?info, "client info"),
         ServerEvent::ResumeRequested { cookie } => {
             conn.resuming = ctx.table.unpark(&cookie, now).or_else(|| {
@@ -828,7 +842,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 }
             };
             let mut proto = conn.pending.take()?;
-            let config = client_config(&ctx.config, &lease);
+            let config = client_config(&ctx.config, &lease, conn.offers_aes_gcm);
             if let Err(e) = proto.send_config(&config, now) {
                 warn!(error = %e, "sending the configuration failed");
                 if let Ok(mut pool) = ctx.pool.lock() {
