@@ -86,8 +86,8 @@ pub trait System {
     fn tunnelled(&self) -> bool {
         true
     }
-    /// Whether the excluded server is excluded by this system's split-tunnel policy (then
-    /// its path is measured too).
+    /// Whether the path to the excluded server is measured: for systems whose split-tunnel
+    /// policy excludes it, and for the bare veth as their baseline.
     fn splits(&self) -> bool {
         false
     }
@@ -220,6 +220,9 @@ impl System for Bare {
     }
     fn tunnelled(&self) -> bool {
         false
+    }
+    fn splits(&self) -> bool {
+        true
     }
     fn teardown(&mut self, w: &World) {
         self.stop_client(w);
