@@ -4,7 +4,7 @@
 //! cargo xtask bench                      # everything: classifier + every tunnel system
 //! cargo xtask bench classifier           # the eBPF classifier alone
 //! cargo xtask bench tunnels [--systems ours-esp,wireguard-go]
-//!     --repeats N (default 3)   --quick (1 repeat, 1 s runs)
+//!     --repeats N (default 3, 3 s runs)   --quick (1 repeat, 1 s runs)
 //! ```
 //!
 //! Output in `target/bench/`: `report.md` + `report.json` (full run), `tunnels.*` or
@@ -12,8 +12,9 @@
 //!
 //! # The tunnel comparison
 //!
-//! Systems, in one run: `bare` (routed veth, no tunnel: the ceiling); `ours-esp` and
-//! `ours-tls` (tunneld + tunnel-gateway from this tree's release build); `oc-pulse-esp` and
+//! Systems, in one run: `bare` (routed veth, no tunnel: the ceiling); `ours-esp`
+//! (AES-128-CBC + HMAC-SHA1, the suite openconnect gets too), `ours-esp-gcm` (AES-256-GCM)
+//! and `ours-tls` (tunneld + tunnel-gateway from this tree's release build); `oc-pulse-esp` and
 //! `oc-pulse-tls` (openconnect `--protocol=pulse` against our gateway); `ocserv-dtls` and
 //! `ocserv-tls` (openconnect `--protocol=anyconnect` against ocserv); `wireguard-go`
 //! (Debian) and `boringtun` (boringtun-cli from crates.io). The harness installs what is

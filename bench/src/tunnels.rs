@@ -62,7 +62,7 @@ impl Options {
         Options {
             repeats,
             quick,
-            seconds: if quick { 1 } else { 4 },
+            seconds: if quick { 1 } else { 3 },
             pings: if quick { 50 } else { 200 },
             connect_timeout_secs: if quick { 20 } else { 40 },
         }

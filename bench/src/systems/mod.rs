@@ -245,6 +245,7 @@ pub fn all() -> Vec<Box<dyn System>> {
     vec![
         Box::new(Bare),
         ours_esp("ours-esp", "aes128-sha1"),
+        ours_esp("ours-esp-gcm", "aes256-gcm"),
         Box::new(Tunnel {
             name: "ours-tls".into(),
             about: "tunneld + tunnel-gateway, IF-T over TLS (ESP off)".into(),
