@@ -3,12 +3,13 @@
 //! ```text
 //! cargo xtask bench                      # everything: classifier + every tunnel system
 //! cargo xtask bench classifier           # the eBPF classifier alone
+//! cargo xtask bench crypto               # the single-core crypto ceiling of our ESP suites
 //! cargo xtask bench tunnels [--systems ours-esp,wireguard-go]
 //!     --repeats N (default 3, 3 s runs)   --quick (1 repeat, 1 s runs)
 //! ```
 //!
-//! Output in `target/bench/`: `report.md` + `report.json` (full run), `tunnels.*` or
-//! `classifier.*` (one part), and `throughput.png`, `latency.png`, `cpu.png`.
+//! Output in `target/bench/`: `report.md` + `report.json` (full run), `tunnels.*`,
+//! `classifier.*` or `crypto.*` (one part), and `throughput.png`, `latency.png`, `cpu.png`.
 //!
 //! # The tunnel comparison
 //!
@@ -52,6 +53,7 @@
 
 mod chart;
 mod classifier;
+mod crypto;
 mod parse;
 mod probe;
 mod report;
@@ -90,6 +92,8 @@ struct Cli {
 enum What {
     /// ns/packet of the eBPF classifier and the excluded-path throughput ratio.
     Classifier,
+    /// Gbit/s one core seals and opens with each of our ESP suites (no I/O).
+    Crypto,
     /// The tunnel comparison (all systems, or those named).
     Tunnels {
         /// Comma-separated system names (see --list).
@@ -166,6 +170,17 @@ fn main() -> Result<()> {
                 dir.display()
             );
         }
+        Some(What::Crypto) => {
+            let report = crypto::run(&crypto::Options {
+                repeats,
+                quick: cli.quick,
+            })?;
+            let md = crypto::markdown(&report);
+            write(&dir, "crypto.md", &md)?;
+            write(&dir, "crypto.json", &serde_json::to_string_pretty(&report)?)?;
+            println!("{md}");
+            println!("written: {}/crypto.md and crypto.json", dir.display());
+        }
         Some(What::Tunnels { systems, list }) => {
             let all = systems::all();
             if list {
@@ -195,10 +210,28 @@ fn main() -> Result<()> {
             )?;
             eprintln!("== classifier");
             let classifier = classifier::run(&copts);
+            eprintln!("== crypto");
+            let crypto = crypto::run(&crypto::Options {
+                repeats,
+                quick: cli.quick,
+            });
             let mut md = String::from("# Benchmark report\n\n");
             md.push_str(&report::markdown(&tunnels));
             md.push_str(&charts(&tunnels, &dir));
             md.push('\n');
+            let crypto_json = match &crypto {
+                Ok(c) => {
+                    md.push_str(&crypto::markdown(c));
+                    md.push('\n');
+                    serde_json::to_value(c)?
+                }
+                Err(e) => {
+                    md.push_str(&format!(
+                        "## Crypto ceiling\n\nCould not be measured: {e:#}\n\n"
+                    ));
+                    serde_json::json!({ "error": format!("{e:#}") })
+                }
+            };
             let classifier_json = match &classifier {
                 Ok(c) => {
                     md.push_str(&classifier::markdown(c));
@@ -216,6 +249,7 @@ fn main() -> Result<()> {
                 &serde_json::to_string_pretty(&serde_json::json!({
                     "tunnels": tunnels,
                     "classifier": classifier_json,
+                    "crypto": crypto_json,
                 }))?,
             )?;
             println!("{md}");

@@ -459,7 +459,9 @@ struct Measured {
     value: f64,
     p99: Option<f64>,
     loss: Option<f64>,
-    cpu: Option<[f64; 3]>,
+    /// CPU s/GB: client processes, gateway processes, whole machine (None without payload
+    /// or, for the first two, without tunnel processes).
+    cpu: [Option<f64>; 3],
     drops: [u64; 3],
     retransmits: u64,
 }
@@ -484,10 +486,8 @@ impl Acc {
         self.values.push(m.value);
         self.p99.extend(m.p99);
         self.loss.extend(m.loss);
-        if let Some(c) = m.cpu {
-            for (v, x) in self.cpu.iter_mut().zip(c) {
-                v.push(x);
-            }
+        for (v, x) in self.cpu.iter_mut().zip(m.cpu) {
+            v.extend(x);
         }
         for (d, x) in self.drops.iter_mut().zip(m.drops) {
             *d += x;
@@ -617,14 +617,13 @@ fn measure(sys: &dyn System, w: &World, test: Test, opts: &Options) -> Result<Me
         }
     };
     let after = snapshot(sys, w)?;
-    let cpu = (bytes > 0).then(|| {
-        let gb = bytes as f64 / 1e9;
-        [
-            (after.client_cpu - before.client_cpu) / gb,
-            (after.gateway_cpu - before.gateway_cpu) / gb,
-            (after.machine - before.machine) / gb,
-        ]
-    });
+    let gb = bytes as f64 / 1e9;
+    let per_gb = |d: f64, has_processes: bool| (bytes > 0 && has_processes).then(|| d / gb);
+    let cpu = [
+        per_gb(after.client_cpu - before.client_cpu, sys.tunnelled()),
+        per_gb(after.gateway_cpu - before.gateway_cpu, sys.tunnelled()),
+        per_gb(after.machine - before.machine, true),
+    ];
     let mut drops = [0; 3];
     for (i, d) in drops.iter_mut().enumerate() {
         *d = after.drops[i].saturating_sub(before.drops[i]);
@@ -633,7 +632,7 @@ fn measure(sys: &dyn System, w: &World, test: Test, opts: &Options) -> Result<Me
         value,
         p99,
         loss,
-        cpu: cpu.filter(|_| sys.tunnelled() || test != Test::LatencyIdle),
+        cpu,
         drops,
         retransmits,
     })
@@ -650,4 +649,61 @@ fn latency(w: &World, count: u32) -> Result<(f64, f64, f64)> {
     let p99 = rtts[((rtts.len() as f64 * 0.99).ceil() as usize).clamp(1, rtts.len()) - 1];
     let loss = 1.0 - rtts.len() as f64 / sent.max(1) as f64;
     Ok((crate::stats::median(&rtts), p99, loss))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn have(program: &str) -> bool {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// The whole pipeline on the bare veth with 1 s runs: world, iperf3, ping, counters,
+    /// report data, teardown (about 15 s). Needs root, iperf3 and ping; skipped otherwise.
+    #[test]
+    fn bare_smoke() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !have("iperf3") || !have("ping") {
+            eprintln!("skipped: needs root, iperf3 and ping");
+            return;
+        }
+        let ctx = Ctx {
+            bin_dir: std::path::PathBuf::new(),
+            tools: std::path::PathBuf::new(),
+            revision: "test".into(),
+        };
+        let opts = Options {
+            repeats: 1,
+            quick: true,
+            seconds: 1,
+            pings: 10,
+            connect_timeout_secs: 5,
+        };
+        let report = run(&ctx, vec![Box::new(crate::systems::Bare)], &opts).unwrap();
+        let bare = &report.systems[0];
+        assert!(matches!(bare.outcome, Outcome::Measured), "{bare:?}");
+        assert_eq!(bare.tests.len(), tests(true).len());
+        for t in &bare.tests {
+            assert!(t.errors.is_empty(), "{t:?}");
+            assert!(t.value.is_some_and(|v| v.median > 0.0), "{t:?}");
+        }
+        let tcp = bare.test("tcp-1-up").unwrap();
+        assert!(tcp.cpu_machine_s_per_gb.is_some() && tcp.cpu_client_s_per_gb.is_none());
+        // Nothing is left behind.
+        let list = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap();
+        let prefix = format!("bn{}", std::process::id());
+        assert!(
+            !String::from_utf8_lossy(&list.stdout)
+                .lines()
+                .any(|l| l.starts_with(&prefix)),
+            "namespaces left behind"
+        );
+    }
 }

@@ -17,6 +17,9 @@ use tunnel_packet::{Coalescer, MAX_PACKET, VnetHdr, segment};
 
 use crate::{packet_io::readable, tun::Tun, udp_gso};
 
+/// Messages per `recvmmsg` on the ESP socket (each up to 64 KB with UDP GRO).
+pub const RECV_BATCH: usize = 32;
+
 /// How long an idle packet thread waits before it looks at its stop flag again.
 pub const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -236,10 +239,12 @@ mod tests {
             "600 closes one train; 1200 and 1300 do not join the one before"
         );
         let mut got = Vec::new();
-        let mut buf = vec![0u8; 65_536];
+        let mut batch = udp_gso::RecvBatch::new(8, 65_536);
         while got.len() < sent.len() {
-            let r = udp_gso::recv(&rx, &mut buf).unwrap();
-            got.extend(buf[..r.len].chunks(r.size).map(<[u8]>::to_vec));
+            batch.recv(&rx).unwrap();
+            for (r, bytes) in batch.messages() {
+                got.extend(bytes.chunks(r.size).map(<[u8]>::to_vec));
+            }
         }
         assert_eq!(got, sent);
         assert!(gso.load(Ordering::Relaxed));

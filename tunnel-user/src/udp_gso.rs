@@ -5,7 +5,6 @@
 
 use std::{
     io,
-    mem::MaybeUninit,
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::atomic::{AtomicBool, Ordering},
@@ -198,8 +197,8 @@ fn wait_writable(fd: i32) {
     unsafe { libc::poll(&mut pfd, 1, 100) };
 }
 
-/// One receive: `len` bytes of datagrams in `buf`, each `size` bytes (the last possibly
-/// shorter), from `from`.
+/// One message of a [`RecvBatch`]: `len` bytes of datagrams, each `size` bytes (the last
+/// possibly shorter), from `from`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Received {
     pub len: usize,
@@ -207,58 +206,129 @@ pub struct Received {
     pub from: SocketAddr,
 }
 
-/// Receives what is queued: several datagrams at once when UDP GRO joined them. Returns
-/// `WouldBlock` on a non-blocking socket with nothing queued.
-pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut control = [0u64; 8];
-    // SAFETY: an all-zero msghdr is a valid empty message.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_name = name.as_mut_ptr().cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control);
-    let n = loop {
-        // SAFETY: msg points at live buffers set up above.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
-    };
-    let mut size = n;
-    // SAFETY: walking the control messages the kernel wrote into `control`.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
-                let s = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                if s > 0 {
-                    size = s as usize;
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+/// Receives many messages per system call (`recvmmsg`), each of which may hold several
+/// datagrams joined by UDP GRO.
+pub struct RecvBatch {
+    slot: usize,
+    buf: Vec<u8>,
+    names: Vec<libc::sockaddr_storage>,
+    /// One aligned control area per message, room for the UDP_GRO cmsg.
+    controls: Vec<[u64; 4]>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    /// The messages of the last receive: which slot of `buf` each is in, and what it holds.
+    got: Vec<(usize, Received)>,
+}
+
+// SAFETY: the raw pointers inside `iovs` and `msgs` point into the batch's own buffers, are
+// rebuilt before every receive and never shared.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    /// Room for `messages` messages of up to `slot` bytes each.
+    pub fn new(messages: usize, slot: usize) -> RecvBatch {
+        let messages = messages.max(1);
+        RecvBatch {
+            slot,
+            buf: vec![0u8; messages * slot],
+            // SAFETY: sockaddr_storage is plain data; all zeros is valid.
+            names: vec![unsafe { std::mem::zeroed() }; messages],
+            controls: vec![[0u64; 4]; messages],
+            iovs: Vec::with_capacity(messages),
+            // SAFETY: mmsghdr is plain data; all zeros is a valid empty message.
+            msgs: vec![unsafe { std::mem::zeroed() }; messages],
+            got: Vec::with_capacity(messages),
         }
     }
-    // SAFETY: the kernel wrote an address of msg_namelen bytes into `name` (zeroed first).
-    let name = unsafe { name.assume_init() };
-    let from = socket_addr(&name).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
-    })?;
-    Ok(Received {
-        len: n,
-        size: size.max(1),
-        from,
-    })
+
+    /// Receives what is queued, up to the batch's size; returns how many messages.
+    /// `WouldBlock` on a non-blocking socket with nothing queued.
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        let n = self.msgs.len();
+        self.iovs.clear();
+        for chunk in self.buf.chunks_mut(self.slot) {
+            self.iovs.push(libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: chunk.len(),
+            });
+        }
+        for i in 0..n {
+            let h = &mut self.msgs[i].msg_hdr;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_control = self.controls[i].as_mut_ptr().cast();
+            h.msg_controllen = size_of::<[u64; 4]>();
+            h.msg_flags = 0;
+            self.msgs[i].msg_len = 0;
+        }
+        let got = loop {
+            // SAFETY: every msghdr points at live buffers of this batch set up above.
+            let r = unsafe {
+                libc::recvmmsg(
+                    sock.as_raw_fd(),
+                    self.msgs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    // Waits (on a blocking socket) for the first message only, then takes
+                    // what is queued: without it a blocking receive waits for `n` messages.
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        };
+        self.got.clear();
+        for i in 0..got {
+            let len = self.msgs[i].msg_len as usize;
+            let h = &self.msgs[i].msg_hdr;
+            let mut size = len;
+            // SAFETY: walking the control messages the kernel wrote into this message's area.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(h);
+                while !c.is_null() {
+                    if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                        let s = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                        if s > 0 {
+                            size = s as usize;
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(h, c);
+                }
+            }
+            // A datagram from a non-IP address cannot be ESP from a peer: skipped, and the
+            // slot index keeps the others paired with their bytes.
+            let Some(from) = socket_addr(&self.names[i]) else {
+                continue;
+            };
+            self.got.push((
+                i,
+                Received {
+                    len,
+                    size: size.max(1),
+                    from,
+                },
+            ));
+        }
+        Ok(self.got.len())
+    }
+
+    /// The messages of the last receive with their bytes, for in-place work.
+    pub fn messages(&mut self) -> impl Iterator<Item = (Received, &mut [u8])> {
+        let slot = self.slot;
+        let mut chunks = self.buf.chunks_mut(slot).enumerate();
+        self.got.iter().filter_map(move |&(i, r)| {
+            chunks
+                .find(|(j, _)| *j == i)
+                .map(|(_, chunk)| (r, &mut chunk[..r.len]))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -286,19 +356,55 @@ mod tests {
         send(&tx, &data, size, Some(to), &gso).unwrap();
         let mut got = Vec::new();
         let mut sizes = Vec::new();
-        let mut buf = vec![0u8; 65_536];
+        let mut batch = RecvBatch::new(4, 65_536);
         while got.len() < data.len() {
-            let r = recv(&rx, &mut buf).unwrap();
-            assert_eq!(r.from, tx.local_addr().unwrap());
-            for d in buf[..r.len].chunks(r.size) {
-                sizes.push(d.len());
+            batch.recv(&rx).unwrap();
+            for (r, bytes) in batch.messages() {
+                assert_eq!(r.from, tx.local_addr().unwrap());
+                for d in bytes.chunks(r.size) {
+                    sizes.push(d.len());
+                }
+                got.extend_from_slice(bytes);
             }
-            got.extend_from_slice(&buf[..r.len]);
         }
         assert_eq!(got, data);
         assert_eq!(sizes.len(), 100, "datagram boundaries are kept");
         assert!(sizes[..99].iter().all(|&s| s == size) && sizes[99] == 500);
         eprintln!("gso={} gro={gro}", gso.load(Ordering::Relaxed));
+    }
+
+    /// One receive takes the messages of several peers (without GRO, which would join
+    /// one peer's); each keeps its own bytes and source, in arrival order.
+    #[test]
+    fn a_batch_keeps_each_message_with_its_source() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let peers: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut sent = Vec::new();
+        for round in 0..4u8 {
+            for (i, p) in peers.iter().enumerate() {
+                let d = vec![round * 16 + i as u8; 100 + i * 10 + round as usize];
+                p.send_to(&d, to).unwrap();
+                sent.push((p.local_addr().unwrap(), d));
+            }
+        }
+        let mut batch = RecvBatch::new(5, 2048);
+        let mut got = Vec::new();
+        let mut receives = 0;
+        while got.len() < sent.len() {
+            let n = batch.recv(&rx).unwrap();
+            assert!((1..=5).contains(&n));
+            receives += 1;
+            for (r, bytes) in batch.messages() {
+                assert_eq!(r.size, r.len, "no GRO: one datagram per message");
+                got.push((r.from, bytes.to_vec()));
+            }
+        }
+        assert_eq!(got, sent);
+        assert!(receives < sent.len(), "several messages per receive");
     }
 
     #[test]
@@ -309,8 +415,9 @@ mod tests {
         let gso = AtomicBool::new(true);
         send(&tx, &[], 100, None, &gso).unwrap();
         send(&tx, b"one", 100, None, &gso).unwrap();
-        let mut buf = [0u8; 100];
-        let r = recv(&rx, &mut buf).unwrap();
-        assert_eq!((&buf[..r.len], r.size), (&b"one"[..], 3));
+        let mut batch = RecvBatch::new(2, 100);
+        assert_eq!(batch.recv(&rx).unwrap(), 1);
+        let (r, bytes) = batch.messages().next().unwrap();
+        assert_eq!((&*bytes, r.size), (&b"one"[..], 3));
     }
 }

@@ -46,9 +46,9 @@ use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
     netconf::{Netlink, Route, Via, sysctl},
     packet_io::ip_endpoints,
-    pump::{IDLE_WAIT, Train, TunSink, TunSource, wait},
+    pump::{IDLE_WAIT, RECV_BATCH, Train, TunSink, TunSource, wait},
     tun::Tun,
-    udp_gso,
+    udp_gso::{self, RecvBatch},
 };
 
 /// A gateway URL: `https://host[:port][/sign-in-page]`.
@@ -1216,49 +1216,45 @@ fn tun_to_gateway(
     }
 }
 
-/// ESP datagrams from the gateway, many per receive with UDP GRO: open them and write the
-/// packets into the TUN device, joined where possible.
+/// ESP datagrams from the gateway, many per system call (`recvmmsg`, and UDP GRO where the
+/// kernel joins them): open them and write the packets into the TUN device, joined where
+/// possible.
 fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, shared: &Shared) {
-    let mut buf = vec![0u8; tunnel_packet::MAX_PACKET];
+    let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
     let mut sink = TunSink::new();
-    // Receives between flushes of the sink while datagrams keep coming.
-    const BATCH: usize = 16;
-    let mut batched = 0;
     while !stop.load(Ordering::Relaxed) {
-        let r = match udp_gso::recv(udp, &mut buf) {
-            Ok(r) => r,
-            Err(e) => {
-                sink.flush(tun);
-                batched = 0;
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    wait(udp);
-                } else {
-                    debug!(error = %e, "receiving ESP");
-                    std::thread::sleep(IDLE_WAIT);
-                }
-                continue;
+        if let Err(e) = batch.recv(udp) {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                wait(udp);
+            } else {
+                debug!(error = %e, "receiving ESP");
+                std::thread::sleep(IDLE_WAIT);
             }
-        };
+            continue;
+        }
         let Ok(mut c) = session.proto.lock() else {
             return;
         };
         let now = Instant::now();
         let (mut packets, mut bytes, mut ok) = (0u64, 0u64, false);
-        for datagram in buf[..r.len].chunks_mut(r.size) {
-            match c.handle_esp(datagram, now) {
-                Ok(EspInput::Packet(p)) => {
-                    ok = true;
-                    packets += 1;
-                    bytes += p.len() as u64;
-                    sink.push(tun, p);
+        for (r, message) in batch.messages() {
+            for datagram in message.chunks_mut(r.size) {
+                match c.handle_esp(datagram, now) {
+                    Ok(EspInput::Packet(p)) => {
+                        ok = true;
+                        packets += 1;
+                        bytes += p.len() as u64;
+                        sink.push(tun, p);
+                    }
+                    Ok(_) => ok = true,
+                    Err(e) => debug!(error = %e, "ESP datagram dropped"),
                 }
-                Ok(_) => ok = true,
-                Err(e) => debug!(error = %e, "ESP datagram dropped"),
             }
         }
         // EspUp and similar events are picked up by the TLS task.
         let events = c.has_events();
         drop(c);
+        sink.flush(tun);
         if events {
             session.wake.notify_one();
         }
@@ -1273,10 +1269,5 @@ fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, 
             .packets_in
             .fetch_add(packets, Ordering::Relaxed);
         shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-        batched += 1;
-        if batched == BATCH {
-            sink.flush(tun);
-            batched = 0;
-        }
     }
 }

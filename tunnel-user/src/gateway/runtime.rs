@@ -35,9 +35,9 @@ use crate::{
     datapath::ifindex,
     netconf::{NetconfError, Netlink, sysctl},
     packet_io::ip_endpoints,
-    pump::{IDLE_WAIT, Train, TunSink, TunSource, wait},
+    pump::{IDLE_WAIT, RECV_BATCH, Train, TunSink, TunSource, wait},
     tun::Tun,
-    udp_gso,
+    udp_gso::{self, RecvBatch},
 };
 
 /// Why the gateway could not start or stopped.
@@ -308,77 +308,68 @@ fn tun_reader(ctx: &Ctx) {
     }
 }
 
-/// ESP datagrams from clients, many per receive with UDP GRO: open them, check the source
-/// address, write them into the TUN device joined where possible.
+/// ESP datagrams from clients, many per system call (`recvmmsg`, and UDP GRO where the
+/// kernel joins them): open them, check the source address, write them into the TUN device
+/// joined where possible.
 fn esp_reader(ctx: &Ctx) {
     let Some(udp) = &ctx.udp else { return };
-    let mut buf = vec![0u8; tunnel_packet::MAX_PACKET];
+    let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
     let mut reply = vec![0u8; 512];
     let mut sink = TunSink::new();
-    // Receives between flushes of the sink while datagrams keep coming.
-    const BATCH: usize = 16;
-    let mut batched = 0;
     while !ctx.stop.load(Ordering::Relaxed) {
-        let r = match udp_gso::recv(udp, &mut buf) {
-            Ok(r) => r,
-            Err(e) => {
-                sink.flush(&ctx.tun);
-                batched = 0;
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    wait(udp);
-                } else {
-                    debug!(error = %e, "receiving ESP");
-                    std::thread::sleep(IDLE_WAIT);
-                }
-                continue;
+        if let Err(e) = batch.recv(udp) {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                wait(udp);
+            } else {
+                debug!(error = %e, "receiving ESP");
+                std::thread::sleep(IDLE_WAIT);
             }
-        };
-        let from = r.from;
-        // Datagrams of one receive come from one peer: usually one session.
+            continue;
+        }
+        // Datagrams of one message come from one peer: usually one session.
         let mut current: Option<(u32, Arc<Session>)> = None;
-        for datagram in buf[..r.len].chunks_mut(r.size) {
-            let spi = peek_spi(datagram);
-            if current.as_ref().map(|(s, _)| *s) != spi {
-                current = spi.and_then(|spi| ctx.table.by_spi(spi).map(|s| (spi, s)));
-            }
-            let Some((_, session)) = &current else {
-                ctx.dropped.fetch_add(1, Ordering::Relaxed);
-                debug!(%from, spi = ?spi.map(|s| format!("{s:#010x}")), "ESP datagram for no session");
-                continue;
-            };
-            let Ok(mut proto) = session.proto.lock() else {
-                continue;
-            };
-            match proto.handle_esp(datagram, Instant::now(), &mut reply) {
-                Ok(input) => {
-                    // Authenticated: this is where the client's ESP comes from now.
-                    if let Ok(mut p) = session.esp_peer.lock()
-                        && *p != Some(from)
-                    {
-                        *p = Some(from);
-                    }
-                    match input {
-                        EspInput::Packet(p) => match ip_endpoints(p) {
-                            Some((src, _)) if session.owns(src) => sink.push(&ctx.tun, p),
-                            other => {
-                                ctx.dropped.fetch_add(1, Ordering::Relaxed);
-                                debug!(session = session.id, src = ?other.map(|(s, _)| s), "spoofed source dropped");
-                            }
-                        },
-                        EspInput::ProbeReply(len) => {
-                            let _ = udp.send_to(&reply[..len], from);
-                        }
-                        _ => {}
-                    }
+        for (r, message) in batch.messages() {
+            let from = r.from;
+            for datagram in message.chunks_mut(r.size) {
+                let spi = peek_spi(datagram);
+                if current.as_ref().map(|(s, _)| *s) != spi {
+                    current = spi.and_then(|spi| ctx.table.by_spi(spi).map(|s| (spi, s)));
                 }
-                Err(e) => debug!(session = session.id, error = %e, "ESP datagram dropped"),
+                let Some((_, session)) = &current else {
+                    ctx.dropped.fetch_add(1, Ordering::Relaxed);
+                    debug!(%from, spi = ?spi.map(|s| format!("{s:#010x}")), "ESP datagram for no session");
+                    continue;
+                };
+                let Ok(mut proto) = session.proto.lock() else {
+                    continue;
+                };
+                match proto.handle_esp(datagram, Instant::now(), &mut reply) {
+                    Ok(input) => {
+                        // Authenticated: this is where the client's ESP comes from now.
+                        if let Ok(mut p) = session.esp_peer.lock()
+                            && *p != Some(from)
+                        {
+                            *p = Some(from);
+                        }
+                        match input {
+                            EspInput::Packet(p) => match ip_endpoints(p) {
+                                Some((src, _)) if session.owns(src) => sink.push(&ctx.tun, p),
+                                other => {
+                                    ctx.dropped.fetch_add(1, Ordering::Relaxed);
+                                    debug!(session = session.id, src = ?other.map(|(s, _)| s), "spoofed source dropped");
+                                }
+                            },
+                            EspInput::ProbeReply(len) => {
+                                let _ = udp.send_to(&reply[..len], from);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Err(e) => debug!(session = session.id, error = %e, "ESP datagram dropped"),
+                }
             }
         }
-        batched += 1;
-        if batched == BATCH {
-            sink.flush(&ctx.tun);
-            batched = 0;
-        }
+        sink.flush(&ctx.tun);
     }
 }
 
