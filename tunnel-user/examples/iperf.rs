@@ -1,8 +1,10 @@
 //! A developer's quick throughput check of our client and gateway: builds the client world,
-//! connects (ESP, or TLS with `tls` as the first argument) and runs iperf3 from the client to
-//! corp, printing iperf3's summary. The full comparison is `cargo xtask bench`.
+//! connects (ESP with the gateway's default suite; `tls` for TLS only, or an ESP suite name
+//! such as `aes128-sha1` as the first argument) and runs iperf3 from the client to corp,
+//! printing iperf3's summary. With `PERF=file` set, `perf record -a -g` samples the whole
+//! machine during the run into that file. The full comparison is `cargo xtask bench`.
 //!
-//! `cargo build --release -p tunnel-user --bins && cargo run --release -p tunnel-user --example iperf [tls] [-- iperf3 args]`
+//! `cargo build --release -p tunnel-user --bins && cargo run --release -p tunnel-user --example iperf [tls|SUITE] [-- iperf3 args]`
 
 use std::{path::PathBuf, time::Duration};
 
@@ -10,7 +12,8 @@ use tunnel_user::testbed::client_world::{Binaries, CORP, ClientWorld};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tls = args.first().is_some_and(|a| a == "tls");
+    let mode = args.first().filter(|a| *a != "--").cloned();
+    let tls = mode.as_deref() == Some("tls");
     let extra: Vec<String> = args
         .iter()
         .skip_while(|a| *a != "--")
@@ -30,6 +33,11 @@ fn main() {
         let conf = w.dir.join("gateway.toml");
         let text = std::fs::read_to_string(&conf).unwrap();
         std::fs::write(&conf, text.replace("[esp]\n", "[esp]\nenabled = false\n")).unwrap();
+    } else if let Some(suite) = &mode {
+        let conf = w.dir.join("gateway.toml");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        let with = format!("[esp]\nciphers = [\"{suite}\"]\n");
+        std::fs::write(&conf, text.replace("[esp]\n", &with)).unwrap();
     }
     let _gw = w.start_gateway();
     let _td = w.start_tunneld();
@@ -45,6 +53,23 @@ fn main() {
     );
     let mut server = w.corp.command("iperf3").args(["-s", "-1"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    let perf = std::env::var("PERF").ok().map(|file| {
+        std::process::Command::new("perf")
+            .args([
+                "record",
+                "-a",
+                "-g",
+                "-e",
+                "cpu-clock",
+                "-o",
+                &file,
+                "--",
+                "sleep",
+                "4",
+            ])
+            .spawn()
+            .unwrap()
+    });
     let out = w
         .client
         .command("iperf3")
@@ -53,6 +78,9 @@ fn main() {
         .output()
         .unwrap();
     println!("{}", String::from_utf8_lossy(&out.stdout));
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
     let _ = server.kill();
     let _ = server.wait();
     println!("{}", w.counters());
