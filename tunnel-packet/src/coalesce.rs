@@ -248,10 +248,9 @@ mod tests {
     /// Splits written packets again, as the kernel would.
     fn resegment(written: &[(VnetHdr, Vec<u8>)]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        let mut scratch = vec![0u8; 70_000];
         for (h, p) in written {
             let mut p = p.clone();
-            segment(h, &mut p, &mut scratch, |s| out.push(s.to_vec())).unwrap();
+            segment(h, &mut p, |s| out.push(s.to_vec())).unwrap();
         }
         out
     }

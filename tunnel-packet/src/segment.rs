@@ -37,8 +37,6 @@ pub enum SegmentError {
         offset: usize,
         len: usize,
     },
-    #[error("scratch buffer of {have} bytes, a segment needs {need}")]
-    ScratchTooSmall { need: usize, have: usize },
 }
 
 /// Where the transport header starts and which protocol it is.
@@ -121,13 +119,19 @@ impl L3 {
     }
 }
 
+/// The longest IP plus TCP header (60 + 60 bytes).
+const MAX_HEADERS: usize = 120;
+
 /// Splits `packet` as `hdr` describes and calls `emit` with each wire-ready IP packet, in
-/// order; returns how many. Segments are built in `scratch`, which must hold the headers plus
-/// `gso_size` bytes; a packet that needs no splitting is finished in place.
+/// order; returns how many.
+///
+/// The split is done in place, with no copy of the payload: segment `i`'s headers are
+/// written just in front of its payload, over the end of the payload of the segments
+/// before it, which `emit` has had already. So `packet` is not the GSO packet any more
+/// afterwards, and `emit` must be done with a segment when it returns.
 pub fn segment(
     hdr: &VnetHdr,
     packet: &mut [u8],
-    scratch: &mut [u8],
     mut emit: impl FnMut(&[u8]),
 ) -> Result<usize, SegmentError> {
     let gso = hdr.gso_type & !vnet::GSO_ECN;
@@ -187,14 +191,9 @@ pub fn segment(
         emit(packet);
         return Ok(1);
     }
-    let need = hlen + size;
-    if scratch.len() < need {
-        return Err(SegmentError::ScratchTooSmall {
-            need,
-            have: scratch.len(),
-        });
-    }
-    let (headers, payload) = packet.split_at(hlen);
+    let mut headers = [0u8; MAX_HEADERS];
+    headers[..hlen].copy_from_slice(&packet[..hlen]);
+    let headers = &headers[..hlen];
     let id = u16::from_be_bytes([headers[4], headers[5]]);
     let seq = u32::from_be_bytes([
         headers[l3.l4 + 4],
@@ -203,10 +202,11 @@ pub fn segment(
         headers[l3.l4 + 7],
     ]);
     let count = payload_len.div_ceil(size);
-    for (i, chunk) in payload.chunks(size).enumerate() {
-        let seg = &mut scratch[..hlen + chunk.len()];
+    for i in 0..count {
+        // Segment i's payload is at hlen + i * size; its headers go right before it.
+        let end = (hlen + (i + 1) * size).min(packet.len());
+        let seg = &mut packet[i * size..end];
         seg[..hlen].copy_from_slice(headers);
-        seg[hlen..].copy_from_slice(chunk);
         l3.set_len(seg, (!l3.v6).then(|| id.wrapping_add(i as u16)));
         if want == TCP {
             let s = seq.wrapping_add((i * size) as u32);
@@ -312,9 +312,8 @@ pub(crate) mod tests {
 
     fn split(hdr: &VnetHdr, p: &[u8]) -> Result<Vec<Vec<u8>>, SegmentError> {
         let mut p = p.to_vec();
-        let mut scratch = vec![0u8; 70_000];
         let mut out = Vec::new();
-        segment(hdr, &mut p, &mut scratch, |s| out.push(s.to_vec()))?;
+        segment(hdr, &mut p, |s| out.push(s.to_vec()))?;
         Ok(out)
     }
 
@@ -478,15 +477,6 @@ pub(crate) mod tests {
                 gso_type: vnet::GSO_UDP
             })
         );
-        let mut p = ok.clone();
-        let mut small = vec![0u8; 100];
-        assert_eq!(
-            segment(&tso(false, 1400), &mut p, &mut small, |_| {}),
-            Err(SegmentError::ScratchTooSmall {
-                need: 1440,
-                have: 100
-            })
-        );
     }
 
     proptest! {
@@ -510,8 +500,7 @@ pub(crate) mod tests {
         fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), hdr in proptest::collection::vec(any::<u8>(), 10)) {
             let h = VnetHdr::parse(&hdr).unwrap();
             let mut p = bytes;
-            let mut scratch = vec![0u8; 4000];
-            let _ = segment(&h, &mut p, &mut scratch, |_| {});
+            let _ = segment(&h, &mut p, |_| {});
         }
     }
 }

@@ -805,8 +805,40 @@ impl Client {
     pub fn send_packet(
         &mut self,
         ip_packet: &[u8],
+        now: Instant,
+        esp_out: &mut [u8],
+    ) -> Result<Transmit, SessionError> {
+        self.route_packet(ip_packet, now, esp_out, false)
+    }
+
+    /// Like [`Self::send_packet`], but an ESP datagram is only staged into `esp_out` as the
+    /// next datagram of a train, which [`Self::seal_train`] then seals at once.
+    pub fn stage_packet(
+        &mut self,
+        ip_packet: &[u8],
+        now: Instant,
+        esp_out: &mut [u8],
+    ) -> Result<Transmit, SessionError> {
+        self.route_packet(ip_packet, now, esp_out, true)
+    }
+
+    /// Seals a train of datagrams staged by [`Self::stage_packet`] (`size` bytes each, the
+    /// last possibly shorter); see [`OutboundSa::seal_train`](crate::OutboundSa::seal_train).
+    /// Fails, sealing nothing, when the outbound SA changed since they were staged.
+    pub fn seal_train(&mut self, train: &mut [u8], size: usize) -> Result<(), SessionError> {
+        match self.esp.as_ref().and_then(|p| p.outbound.as_ref()) {
+            Some(out) => Ok(out.seal_train(train, size)?),
+            None if train.is_empty() => Ok(()),
+            None => Err(self.wrong("seal_train")),
+        }
+    }
+
+    fn route_packet(
+        &mut self,
+        ip_packet: &[u8],
         _now: Instant,
         esp_out: &mut [u8],
+        stage: bool,
     ) -> Result<Transmit, SessionError> {
         if !matches!(self.state, State::Established) {
             return Err(self.wrong("send_packet"));
@@ -823,7 +855,12 @@ impl Client {
             if (allow_other || v6 == self.cfg.udp_ipv6)
                 && let Some(out) = &mut pair.outbound
             {
-                match out.encapsulate(ip_packet, esp_out, &mut *self.rng) {
+                let r = if stage {
+                    out.stage(ip_packet, esp_out, &mut *self.rng)
+                } else {
+                    out.encapsulate(ip_packet, esp_out, &mut *self.rng)
+                };
+                match r {
                     Ok(n) => return Ok(Transmit::Esp(n)),
                     Err(EspError::SequenceExhausted) => {
                         // Without a rekey there is no ESP any more; TLS carries on.
@@ -836,6 +873,45 @@ impl Client {
         }
         self.out.send_data(ip_packet)?;
         Ok(Transmit::Tls)
+    }
+
+    /// Handles a train of ESP datagrams from the gateway (`size` bytes each, the last
+    /// possibly shorter: one GRO receive), decrypting them in place: `f` gets what each one
+    /// was, in order, as [`Self::handle_esp`] would return it.
+    pub fn handle_esp_train(
+        &mut self,
+        train: &mut [u8],
+        size: usize,
+        now: Instant,
+        mut f: impl FnMut(Result<EspInput<'_>, SessionError>),
+    ) {
+        if self.is_closed() {
+            return f(Err(SessionError::Closed));
+        }
+        let Some(pair) = &mut self.esp else {
+            return f(Err(self.wrong("handle_esp")));
+        };
+        let mut heard = false;
+        pair.decapsulate_train(train, size, now, |r| match r {
+            Ok(p) => {
+                heard = true;
+                f(Ok(if p.is_probe() {
+                    EspInput::Probe
+                } else {
+                    EspInput::Packet(p.payload)
+                }))
+            }
+            Err(e) => f(Err(e.into())),
+        });
+        if heard {
+            if !matches!(self.link, EspLink::Up { .. }) {
+                self.events.push_back(ClientEvent::EspUp);
+            }
+            self.link = EspLink::Up {
+                last_rx: now,
+                last_probe: None,
+            };
+        }
     }
 
     /// Handles one ESP datagram from the gateway, decrypting it in place. Errors concern only

@@ -677,9 +677,10 @@ impl Server {
         Ok(())
     }
 
-    /// The reply to a probe that arrived before the client's ESP keys, once the keys are
-    /// there: an ESP datagram written into `out` (its length returned), to be sent to where
-    /// that probe came from. None when there is nothing to send.
+    /// The reply to a probe not answered yet (one that arrived before the client's ESP
+    /// keys, once the keys are there, or one that came in a train): an ESP datagram written
+    /// into `out` (its length returned), to be sent to where that probe came from. None when
+    /// there is nothing to send.
     pub fn poll_esp_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, SessionError> {
         let Some(esp) = &mut self.esp else {
             return Ok(None);
@@ -736,6 +737,38 @@ impl Server {
         now: Instant,
         esp_out: &mut [u8],
     ) -> Result<Transmit, SessionError> {
+        self.route_packet(ip_packet, now, esp_out, false)
+    }
+
+    /// Like [`Self::send_packet`], but an ESP datagram is only staged into `esp_out` as the
+    /// next datagram of a train, which [`Self::seal_train`] then seals at once.
+    pub fn stage_packet(
+        &mut self,
+        ip_packet: &[u8],
+        now: Instant,
+        esp_out: &mut [u8],
+    ) -> Result<Transmit, SessionError> {
+        self.route_packet(ip_packet, now, esp_out, true)
+    }
+
+    /// Seals a train of datagrams staged by [`Self::stage_packet`] (`size` bytes each, the
+    /// last possibly shorter); see [`OutboundSa::seal_train`](crate::OutboundSa::seal_train).
+    /// Fails, sealing nothing, when the outbound SA changed since they were staged.
+    pub fn seal_train(&mut self, train: &mut [u8], size: usize) -> Result<(), SessionError> {
+        match self.esp.as_ref().and_then(|e| e.pair.outbound.as_ref()) {
+            Some(out) => Ok(out.seal_train(train, size)?),
+            None if train.is_empty() => Ok(()),
+            None => Err(self.wrong("seal_train")),
+        }
+    }
+
+    fn route_packet(
+        &mut self,
+        ip_packet: &[u8],
+        now: Instant,
+        esp_out: &mut [u8],
+        stage: bool,
+    ) -> Result<Transmit, SessionError> {
         if !matches!(self.state, State::Established) {
             return Err(self.wrong("send_packet"));
         }
@@ -743,7 +776,12 @@ impl Server {
         if self.esp_usable(now)
             && let Some(out) = self.esp.as_mut().and_then(|e| e.pair.outbound.as_mut())
         {
-            match out.encapsulate(ip_packet, esp_out, &mut *self.rng) {
+            let r = if stage {
+                out.stage(ip_packet, esp_out, &mut *self.rng)
+            } else {
+                out.encapsulate(ip_packet, esp_out, &mut *self.rng)
+            };
+            match r {
                 Ok(n) => return Ok(Transmit::Esp(n)),
                 // No rekey came in time: TLS carries the traffic.
                 Err(EspError::SequenceExhausted) => {}
@@ -752,6 +790,48 @@ impl Server {
         }
         self.out.send_data(ip_packet)?;
         Ok(Transmit::Tls)
+    }
+
+    /// Handles a train of ESP datagrams from the client (`size` bytes each, the last
+    /// possibly shorter: one GRO receive), decrypting them in place: `f` gets what each one
+    /// was, in order. A probe comes out as [`EspInput::Probe`]; its answer is then waiting
+    /// in [`Self::poll_esp_transmit`].
+    pub fn handle_esp_train(
+        &mut self,
+        train: &mut [u8],
+        size: usize,
+        now: Instant,
+        mut f: impl FnMut(Result<EspInput<'_>, SessionError>),
+    ) {
+        if !matches!(self.state, State::Established) {
+            return f(Err(self.wrong("handle_esp")));
+        }
+        let Some(esp) = &mut self.esp else {
+            return f(Err(self.wrong("handle_esp")));
+        };
+        let (mut heard, mut data, mut probe) = (false, false, None);
+        esp.pair.decapsulate_train(train, size, now, |r| match r {
+            Ok(p) if p.is_probe() => {
+                heard = true;
+                probe = Some(p.next_header);
+                f(Ok(EspInput::Probe))
+            }
+            Ok(p) => {
+                heard = true;
+                data = true;
+                f(Ok(EspInput::Packet(p.payload)))
+            }
+            Err(e) => f(Err(e.into())),
+        });
+        if heard {
+            esp.last_rx = Some(now);
+        }
+        if probe.is_some() {
+            esp.unanswered_probe = probe;
+        }
+        if data {
+            self.last_activity = now;
+        }
     }
 
     /// Handles one ESP datagram from the client. Probes are answered into `reply`.

@@ -276,6 +276,29 @@ impl EspPair {
         }
         self.inbound.decapsulate(datagram)
     }
+
+    /// Opens a train (see [`InboundSa::decapsulate_train`]): at once when every datagram
+    /// is for the current SA, the usual case; one by one around a rekey.
+    pub(crate) fn decapsulate_train(
+        &mut self,
+        train: &mut [u8],
+        size: usize,
+        now: Instant,
+        mut f: impl FnMut(Result<EspPayload<'_>, EspError>),
+    ) {
+        let current = Some(self.inbound.spi());
+        if size == 0
+            || train
+                .chunks(size)
+                .all(|d| crate::esp::peek_spi(d) == current)
+        {
+            self.inbound.decapsulate_train(train, size, f);
+        } else {
+            for d in train.chunks_mut(size) {
+                f(self.decapsulate(d, now));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -555,6 +555,131 @@ fn esp_probe_handshake_then_data_both_ways() {
     assert!(!h.client.is_closed());
 }
 
+/// The fast path's trains between the two state machines: packets staged into one buffer,
+/// sealed at once, opened at once, in order; a probe inside a train is answered through
+/// `poll_esp_transmit`; a train staged before a rekey is not sealed with the new keys.
+#[test]
+fn esp_trains_both_ways() {
+    for gcm in [false, true] {
+        let mut client_cfg = ClientConfig::new("gw");
+        client_cfg.offer_aes_gcm = gcm;
+        let mut h = Harness::new(client_cfg, ServerConfig::default());
+        let mut config = tunnel_config(true);
+        if gcm {
+            config.esp.cipher = Some(20);
+            config.esp.hmac = Some(0);
+        }
+        h.establish(&config);
+        let mut udp = [0u8; 2048];
+        let mut reply = [0u8; 2048];
+        // Bring ESP up.
+        let n = h
+            .client
+            .poll_timers(h.now, &mut udp)
+            .expect("timers")
+            .expect("probe");
+        let Ok(EspInput::ProbeReply(m)) = h.server.handle_esp(&mut udp[..n], h.now, &mut reply)
+        else {
+            panic!("no probe reply");
+        };
+        h.client.handle_esp(&mut reply[..m], h.now).expect("reply");
+        assert!(h.client.esp_up());
+        let packets: Vec<Vec<u8>> = (0..20)
+            .map(|i| ipv4_packet(if i == 19 { 500 } else { 1300 }, i as u8))
+            .collect();
+        // Client to server, with a probe as datagram 7 of the train.
+        let mut train = Vec::new();
+        let mut size = 0;
+        for (i, p) in packets.iter().enumerate() {
+            let mut d = [0u8; 2048];
+            let Transmit::Esp(n) = h.client.stage_packet(p, h.now, &mut d).expect("stage") else {
+                panic!("not ESP");
+            };
+            size = size.max(n);
+            train.extend_from_slice(&d[..n]);
+            if i == 6 {
+                // A probe is a complete datagram of another size: it travels alone.
+                h.client.seal_train(&mut train, size).expect("seal");
+                let mut got = Vec::new();
+                h.server
+                    .handle_esp_train(&mut train, size, h.now, |r| got.push(format!("{r:?}")));
+                assert_eq!(got.len(), 7);
+                train.clear();
+                let n = h
+                    .client
+                    .poll_timers(h.now + Duration::from_secs(3600), &mut udp);
+                let Ok(Some(n)) = n else {
+                    panic!("no DPD probe: {n:?}");
+                };
+                {
+                    let mut seen = Vec::new();
+                    h.server
+                        .handle_esp_train(&mut udp[..n], n, h.now, |r| seen.push(format!("{r:?}")));
+                    assert_eq!(seen, ["Ok(Probe)"]);
+                    let m = h
+                        .server
+                        .poll_esp_transmit(&mut reply)
+                        .expect("poll")
+                        .expect("answer");
+                    assert_eq!(
+                        h.client.handle_esp(&mut reply[..m], h.now),
+                        Ok(EspInput::Probe)
+                    );
+                }
+            }
+        }
+        h.client.seal_train(&mut train, size).expect("seal");
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        h.server
+            .handle_esp_train(&mut train, size, h.now, |r| match r {
+                Ok(EspInput::Packet(p)) => got.push(p.to_vec()),
+                other => panic!("{other:?}"),
+            });
+        assert_eq!(got, packets[7..], "gcm {gcm}");
+        // Server to client.
+        let mut train = Vec::new();
+        let mut size = 0;
+        for p in &packets {
+            let mut d = [0u8; 2048];
+            let Transmit::Esp(n) = h.server.stage_packet(p, h.now, &mut d).expect("stage") else {
+                panic!("not ESP");
+            };
+            size = size.max(n);
+            train.extend_from_slice(&d[..n]);
+        }
+        h.server.seal_train(&mut train, size).expect("seal");
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        h.client
+            .handle_esp_train(&mut train, size, h.now, |r| match r {
+                Ok(EspInput::Packet(p)) => got.push(p.to_vec()),
+                other => panic!("{other:?}"),
+            });
+        assert_eq!(got, packets, "gcm {gcm}");
+        // Staged, then the server rekeys and the client installs new keys: not sealed.
+        let mut d = [0u8; 2048];
+        let Transmit::Esp(n) = h
+            .client
+            .stage_packet(&packets[0], h.now, &mut d)
+            .expect("stage")
+        else {
+            panic!("not ESP");
+        };
+        h.server.rekey_esp(h.now).expect("rekey");
+        h.pump();
+        let staged = d[..n].to_vec();
+        if gcm {
+            // Sealed when staged: nothing left to do, and nothing is changed.
+            assert!(h.client.seal_train(&mut d[..n], n).is_ok());
+        } else {
+            assert!(matches!(
+                h.client.seal_train(&mut d[..n], n),
+                Err(SessionError::Esp(EspError::SpiMismatch { .. }))
+            ));
+        }
+        assert_eq!(d[..n], staged[..]);
+    }
+}
+
 #[test]
 fn esp_dead_peer_detection_falls_back_to_tls_and_retries() {
     let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());

@@ -31,7 +31,9 @@ pub fn wait(fd: &impl AsFd) -> bool {
 /// Reads from a TUN device and hands out wire-size IP packets.
 pub struct TunSource {
     buf: Vec<u8>,
-    scratch: Vec<u8>,
+    /// What the last [`Self::recv`] read: the virtio-net header (None on a plain device)
+    /// and the packet's length in `buf`.
+    read: Option<(Option<VnetHdr>, usize)>,
     /// Packets the TUN device handed out that could not be split.
     pub malformed: u64,
 }
@@ -46,27 +48,55 @@ impl TunSource {
     pub fn new() -> Self {
         TunSource {
             buf: vec![0u8; MAX_PACKET],
-            scratch: vec![0u8; MAX_PACKET],
+            read: None,
             malformed: 0,
         }
     }
 
     /// Reads one packet (a GSO packet on an offloading device) and calls `f` with each
     /// wire-size IP packet in it. Returns how many; `WouldBlock` when nothing is queued.
-    pub fn read(&mut self, tun: &Tun, mut f: impl FnMut(&[u8])) -> io::Result<usize> {
-        if !tun.has_vnet_hdr() {
-            let n = tun.recv(&mut self.buf)?;
-            f(&self.buf[..n]);
-            return Ok(1);
-        }
-        let (hdr, n) = tun.recv_vnet(&mut self.buf)?;
-        match segment(&hdr, &mut self.buf[..n], &mut self.scratch, &mut f) {
-            Ok(count) => Ok(count),
-            Err(e) => {
-                self.malformed += 1;
-                debug!(error = %e, ?hdr, "packet from the TUN device dropped");
-                Ok(0)
+    pub fn read(&mut self, tun: &Tun, f: impl FnMut(&[u8])) -> io::Result<usize> {
+        self.recv(tun)?;
+        Ok(self.split(f))
+    }
+
+    /// Reads one packet (a GSO packet on an offloading device); [`Self::packet`] shows it
+    /// and [`Self::split`] hands out its wire-size packets. `WouldBlock` when nothing is
+    /// queued.
+    pub fn recv(&mut self, tun: &Tun) -> io::Result<()> {
+        self.read = None;
+        self.read = Some(if tun.has_vnet_hdr() {
+            let (hdr, n) = tun.recv_vnet(&mut self.buf)?;
+            (Some(hdr), n)
+        } else {
+            (None, tun.recv(&mut self.buf)?)
+        });
+        Ok(())
+    }
+
+    /// The packet [`Self::recv`] read, as it came (every segment of a GSO packet has its
+    /// addresses), or empty.
+    pub fn packet(&self) -> &[u8] {
+        self.read.map_or(&[], |(_, n)| &self.buf[..n])
+    }
+
+    /// Calls `f` with each wire-size IP packet of what [`Self::recv`] read, splitting a GSO
+    /// packet in place; returns how many. Once only: the packet is used up.
+    pub fn split(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        match self.read.take() {
+            None => 0,
+            Some((None, n)) => {
+                f(&self.buf[..n]);
+                1
             }
+            Some((Some(hdr), n)) => match segment(&hdr, &mut self.buf[..n], &mut f) {
+                Ok(count) => count,
+                Err(e) => {
+                    self.malformed += 1;
+                    debug!(error = %e, ?hdr, "packet from the TUN device dropped");
+                    0
+                }
+            },
         }
     }
 }
@@ -124,6 +154,12 @@ impl Train {
             || self.used + self.size > udp_gso::MAX_GSO_BYTES
     }
 
+    /// The datagrams waiting to be sent, for sealing in place, and their size (the last may
+    /// be shorter).
+    pub fn pending_mut(&mut self) -> (&mut [u8], usize) {
+        (&mut self.buf[..self.used], self.size)
+    }
+
     /// Datagrams waiting.
     pub fn len(&self) -> usize {
         self.count
@@ -145,6 +181,13 @@ impl Train {
         } else {
             Ok(())
         };
+        self.drop_pending();
+        r
+    }
+
+    /// Forgets the datagrams waiting to be sent; a datagram that could not join them
+    /// becomes the start of the next train.
+    pub fn drop_pending(&mut self) {
         let spill = std::mem::take(&mut self.spill);
         self.buf.copy_within(self.used..self.used + spill, 0);
         self.used = 0;
@@ -153,7 +196,6 @@ impl Train {
         if spill > 0 {
             self.commit(spill);
         }
-        r
     }
 
     /// Forgets what is waiting (the peer went away).

@@ -319,6 +319,13 @@ impl RecvBatch {
         Ok(self.got.len())
     }
 
+    /// Message `i` of the last receive (as [`Self::messages`] numbers them).
+    pub fn message(&self, i: usize) -> &[u8] {
+        self.got.get(i).map_or(&[], |&(slot, r)| {
+            &self.buf[slot * self.slot..slot * self.slot + r.len]
+        })
+    }
+
     /// The messages of the last receive with their bytes, for in-place work.
     pub fn messages(&mut self) -> impl Iterator<Item = (Received, &mut [u8])> {
         let slot = self.slot;

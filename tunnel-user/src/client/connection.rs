@@ -1149,8 +1149,8 @@ fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Ve
     threads
 }
 
-/// Packets the classifier redirected into the TUN device: to the gateway over ESP (sealed
-/// into one UDP GSO train per batch) or TLS. See `docs/fastpath.md`.
+/// Packets the classifier redirected into the TUN device: to the gateway over ESP (staged
+/// into one UDP GSO train per batch and sealed at once) or TLS. See `docs/fastpath.md`.
 fn tun_to_gateway(
     tun: &Tun,
     udp: Option<&UdpSocket>,
@@ -1163,37 +1163,38 @@ fn tun_to_gateway(
     let gso = AtomicBool::new(true);
     let (mut packets, mut bytes) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = source.recv(tun) {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                wait(tun);
+            } else {
+                debug!(error = %e, "reading the TUN device");
+                std::thread::sleep(IDLE_WAIT);
+            }
+            continue;
+        }
         let Ok(mut c) = session.proto.lock() else {
             return;
         };
         let mut to_tls = false;
         let now = Instant::now();
-        let read = source.read(tun, |p| {
+        source.split(|p| {
             if ip_endpoints(p).is_none() {
                 return;
             }
             packets += 1;
             bytes += p.len() as u64;
-            match c.send_packet(p, now, train.slot()) {
+            match c.stage_packet(p, now, train.slot()) {
                 Ok(Transmit::Esp(len)) => {
-                    if train.commit(len)
-                        && let Some(udp) = udp
-                    {
-                        let _ = train.flush(udp, None, &gso);
+                    if train.commit(len) {
+                        send_train(&mut c, &mut train, udp, &gso);
                     }
                 }
                 Ok(Transmit::Tls) => to_tls = true,
                 Err(e) => debug!(error = %e, "packet to the gateway dropped"),
             }
         });
+        send_train(&mut c, &mut train, udp, &gso);
         drop(c);
-        if let Some(udp) = udp {
-            if let Err(e) = train.flush(udp, None, &gso) {
-                debug!(error = %e, "sending ESP");
-            }
-        } else {
-            train.clear();
-        }
         if to_tls {
             session.wake.notify_one();
         }
@@ -1205,14 +1206,27 @@ fn tun_to_gateway(
             shared.traffic.bytes_out.fetch_add(bytes, Ordering::Relaxed);
             (packets, bytes) = (0, 0);
         }
-        if let Err(e) = read {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                wait(tun);
-            } else {
-                debug!(error = %e, "reading the TUN device");
-                std::thread::sleep(IDLE_WAIT);
-            }
-        }
+    }
+}
+
+/// Seals the train's waiting datagrams and sends them (or forgets them without a socket,
+/// or when the keys changed since they were staged).
+fn send_train(
+    c: &mut tunnel_proto::Client,
+    train: &mut Train,
+    udp: Option<&UdpSocket>,
+    gso: &AtomicBool,
+) {
+    let (pending, size) = train.pending_mut();
+    let Some(udp) = udp else {
+        return train.clear();
+    };
+    if let Err(e) = c.seal_train(pending, size) {
+        debug!(error = %e, "ESP train dropped");
+        return train.drop_pending();
+    }
+    if let Err(e) = train.flush(udp, None, gso) {
+        debug!(error = %e, "sending ESP");
     }
 }
 
@@ -1222,6 +1236,10 @@ fn tun_to_gateway(
 fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, shared: &Shared) {
     let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
     let mut sink = TunSink::new();
+    // Where the opened packets are in `batch`: (message, offset, length). They are written
+    // into the TUN device after the state machine's lock is released, so the sending thread
+    // never waits for TUN writes.
+    let mut opened: Vec<(usize, usize, usize)> = Vec::with_capacity(RECV_BATCH * 64);
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = batch.recv(udp) {
             if e.kind() == io::ErrorKind::WouldBlock {
@@ -1236,24 +1254,27 @@ fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, 
             return;
         };
         let now = Instant::now();
-        let (mut packets, mut bytes, mut ok) = (0u64, 0u64, false);
-        for (r, message) in batch.messages() {
-            for datagram in message.chunks_mut(r.size) {
-                match c.handle_esp(datagram, now) {
-                    Ok(EspInput::Packet(p)) => {
-                        ok = true;
-                        packets += 1;
-                        bytes += p.len() as u64;
-                        sink.push(tun, p);
-                    }
-                    Ok(_) => ok = true,
-                    Err(e) => debug!(error = %e, "ESP datagram dropped"),
+        let mut ok = false;
+        opened.clear();
+        for (i, (r, message)) in batch.messages().enumerate() {
+            let base = message.as_ptr() as usize;
+            c.handle_esp_train(message, r.size, now, |input| match input {
+                Ok(EspInput::Packet(p)) => {
+                    ok = true;
+                    opened.push((i, p.as_ptr() as usize - base, p.len()));
                 }
-            }
+                Ok(_) => ok = true,
+                Err(e) => debug!(error = %e, "ESP datagram dropped"),
+            });
         }
         // EspUp and similar events are picked up by the TLS task.
         let events = c.has_events();
         drop(c);
+        let mut bytes = 0u64;
+        for &(i, at, len) in &opened {
+            sink.push(tun, &batch.message(i)[at..at + len]);
+            bytes += len as u64;
+        }
         sink.flush(tun);
         if events {
             session.wake.notify_one();
@@ -1267,7 +1288,7 @@ fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, 
         shared
             .traffic
             .packets_in
-            .fetch_add(packets, Ordering::Relaxed);
+            .fetch_add(opened.len() as u64, Ordering::Relaxed);
         shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
     }
 }

@@ -235,8 +235,9 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
     Ok(threads)
 }
 
-/// Packets from the corp side: to the session that owns the destination, over ESP (one UDP
-/// GSO train per TUN read) or TLS. See `docs/fastpath.md`.
+/// Packets from the corp side: to the session that owns the destination, over ESP (staged
+/// into one UDP GSO train per TUN read, sealed at once) or TLS. A GSO packet is one flow, so
+/// the session is looked up and locked once per read. See `docs/fastpath.md`.
 fn tun_reader(ctx: &Ctx) {
     let mut source = TunSource::new();
     let mut train = Train::new();
@@ -245,77 +246,83 @@ fn tun_reader(ctx: &Ctx) {
         warn!(error = %e, "the gateway's TUN device stays blocking");
     }
     while !ctx.stop.load(Ordering::Relaxed) {
-        // A GSO packet is one flow: every segment goes to the same session.
-        let mut current: Option<(Arc<Session>, Option<SocketAddr>)> = None;
-        let mut to_tls = false;
-        let now = Instant::now();
-        let read = source.read(&ctx.tun, |packet| {
-            let Some((_, dst)) = ip_endpoints(packet) else {
-                return;
-            };
-            if current.as_ref().is_none_or(|(s, _)| !s.owns(dst)) {
-                if let (Some((_, Some(peer))), Some(udp)) = (&current, &ctx.udp) {
-                    let _ = train.flush(udp, Some(*peer), &gso);
-                }
-                current = ctx.table.by_addr(dst).map(|s| {
-                    let peer = s.esp_peer.lock().ok().and_then(|p| *p);
-                    (s, peer)
-                });
-            }
-            let Some((session, peer)) = &current else {
-                ctx.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            let sent = match session.proto.lock() {
-                Ok(mut p) => p.send_packet(packet, now, train.slot()),
-                Err(_) => return,
-            };
-            match sent {
-                Ok(Transmit::Esp(len)) => {
-                    if train.commit(len) {
-                        if let (Some(peer), Some(udp)) = (peer, &ctx.udp) {
-                            let _ = train.flush(udp, Some(*peer), &gso);
-                        } else {
-                            train.clear();
-                        }
-                    }
-                }
-                Ok(Transmit::Tls) => to_tls = true,
-                Err(e) => debug!(session = session.id, error = %e, "packet to client dropped"),
-            }
-        });
-        if let Some((session, peer)) = &current {
-            match (peer, &ctx.udp) {
-                (Some(peer), Some(udp)) => {
-                    if let Err(e) = train.flush(udp, Some(*peer), &gso) {
-                        debug!(session = session.id, error = %e, "sending ESP");
-                    }
-                }
-                _ => train.clear(),
-            }
-            if to_tls {
-                session.wake.notify_one();
-            }
-        }
-        if let Err(e) = read {
+        if let Err(e) = source.recv(&ctx.tun) {
             if e.kind() == io::ErrorKind::WouldBlock {
                 wait(&ctx.tun);
             } else {
                 debug!(error = %e, "reading the TUN device");
                 std::thread::sleep(IDLE_WAIT);
             }
+            continue;
+        }
+        let session = ip_endpoints(source.packet()).and_then(|(_, dst)| ctx.table.by_addr(dst));
+        let Some(session) = session else {
+            ctx.dropped
+                .fetch_add(source.split(|_| {}) as u64, Ordering::Relaxed);
+            continue;
+        };
+        let peer = session.esp_peer.lock().ok().and_then(|p| *p);
+        let Ok(mut proto) = session.proto.lock() else {
+            continue;
+        };
+        let mut to_tls = false;
+        let now = Instant::now();
+        source.split(|packet| {
+            // Every segment has the GSO packet's addresses; a plain packet was looked up.
+            match proto.stage_packet(packet, now, train.slot()) {
+                Ok(Transmit::Esp(len)) => {
+                    if train.commit(len) {
+                        send_train(ctx, &mut proto, &mut train, peer, &gso, session.id);
+                    }
+                }
+                Ok(Transmit::Tls) => to_tls = true,
+                Err(e) => debug!(session = session.id, error = %e, "packet to client dropped"),
+            }
+        });
+        send_train(ctx, &mut proto, &mut train, peer, &gso, session.id);
+        drop(proto);
+        if to_tls {
+            session.wake.notify_one();
         }
     }
 }
 
+/// Seals the train's waiting datagrams and sends them to `peer` (or forgets them with no
+/// peer, no socket, or keys that changed since they were staged).
+fn send_train(
+    ctx: &Ctx,
+    proto: &mut Server,
+    train: &mut Train,
+    peer: Option<SocketAddr>,
+    gso: &AtomicBool,
+    session: u64,
+) {
+    let (pending, size) = train.pending_mut();
+    let (Some(peer), Some(udp)) = (peer, &ctx.udp) else {
+        return train.clear();
+    };
+    if let Err(e) = proto.seal_train(pending, size) {
+        debug!(session, error = %e, "ESP train dropped");
+        return train.drop_pending();
+    }
+    if let Err(e) = train.flush(udp, Some(peer), gso) {
+        debug!(session, error = %e, "sending ESP");
+    }
+}
+
 /// ESP datagrams from clients, many per system call (`recvmmsg`, and UDP GRO where the
-/// kernel joins them): open them, check the source address, write them into the TUN device
-/// joined where possible.
+/// kernel joins them): each run of datagrams with one SPI is opened as one train under its
+/// session's lock; then, with no lock held, the packets whose source the session owns are
+/// written into the TUN device, joined where possible.
 fn esp_reader(ctx: &Ctx) {
     let Some(udp) = &ctx.udp else { return };
     let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
     let mut reply = vec![0u8; 512];
     let mut sink = TunSink::new();
+    // The runs of this receive: the session and where its datagrams came from.
+    let mut runs: Vec<(Arc<Session>, SocketAddr)> = Vec::with_capacity(RECV_BATCH);
+    // Opened packets: (run, message, offset, length) in `batch`.
+    let mut opened: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(RECV_BATCH * 64);
     while !ctx.stop.load(Ordering::Relaxed) {
         if let Err(e) = batch.recv(udp) {
             if e.kind() == io::ErrorKind::WouldBlock {
@@ -326,46 +333,66 @@ fn esp_reader(ctx: &Ctx) {
             }
             continue;
         }
-        // Datagrams of one message come from one peer: usually one session.
-        let mut current: Option<(u32, Arc<Session>)> = None;
-        for (r, message) in batch.messages() {
+        let now = Instant::now();
+        runs.clear();
+        opened.clear();
+        for (i, (r, message)) in batch.messages().enumerate() {
+            let base = message.as_ptr() as usize;
             let from = r.from;
-            for datagram in message.chunks_mut(r.size) {
-                let spi = peek_spi(datagram);
-                if current.as_ref().map(|(s, _)| *s) != spi {
-                    current = spi.and_then(|spi| ctx.table.by_spi(spi).map(|s| (spi, s)));
+            let mut rest = &mut message[..];
+            while !rest.is_empty() {
+                // The datagrams from here on that carry the same SPI.
+                let spi = peek_spi(rest);
+                let mut end = 0;
+                while end < rest.len() && peek_spi(&rest[end..]) == spi {
+                    end = (end + r.size).min(rest.len());
                 }
-                let Some((_, session)) = &current else {
-                    ctx.dropped.fetch_add(1, Ordering::Relaxed);
-                    debug!(%from, spi = ?spi.map(|s| format!("{s:#010x}")), "ESP datagram for no session");
+                let (run, tail) = rest.split_at_mut(end);
+                rest = tail;
+                let count = run.len().div_ceil(r.size);
+                let Some(session) = spi.and_then(|spi| ctx.table.by_spi(spi)) else {
+                    ctx.dropped.fetch_add(count as u64, Ordering::Relaxed);
+                    debug!(%from, spi = ?spi.map(|s| format!("{s:#010x}")), count, "ESP datagrams for no session");
                     continue;
                 };
                 let Ok(mut proto) = session.proto.lock() else {
                     continue;
                 };
-                match proto.handle_esp(datagram, Instant::now(), &mut reply) {
-                    Ok(input) => {
-                        // Authenticated: this is where the client's ESP comes from now.
-                        if let Ok(mut p) = session.esp_peer.lock()
-                            && *p != Some(from)
-                        {
-                            *p = Some(from);
-                        }
-                        match input {
-                            EspInput::Packet(p) => match ip_endpoints(p) {
-                                Some((src, _)) if session.owns(src) => sink.push(&ctx.tun, p),
-                                other => {
-                                    ctx.dropped.fetch_add(1, Ordering::Relaxed);
-                                    debug!(session = session.id, src = ?other.map(|(s, _)| s), "spoofed source dropped");
-                                }
-                            },
-                            EspInput::ProbeReply(len) => {
-                                let _ = udp.send_to(&reply[..len], from);
-                            }
-                            _ => {}
-                        }
+                let index = runs.len();
+                let mut heard = false;
+                proto.handle_esp_train(run, r.size, now, |input| match input {
+                    Ok(EspInput::Packet(p)) => {
+                        heard = true;
+                        opened.push((index, i, p.as_ptr() as usize - base, p.len()));
                     }
+                    Ok(_) => heard = true,
                     Err(e) => debug!(session = session.id, error = %e, "ESP datagram dropped"),
+                });
+                // A probe in the train: its answer.
+                let answer = proto.poll_esp_transmit(&mut reply);
+                drop(proto);
+                if let Ok(Some(n)) = answer {
+                    let _ = udp.send_to(&reply[..n], from);
+                }
+                if heard {
+                    // Authenticated: this is where the client's ESP comes from now.
+                    if let Ok(mut p) = session.esp_peer.lock()
+                        && *p != Some(from)
+                    {
+                        *p = Some(from);
+                    }
+                }
+                runs.push((session, from));
+            }
+        }
+        for &(run, i, at, len) in &opened {
+            let packet = &batch.message(i)[at..at + len];
+            let session = &runs[run].0;
+            match ip_endpoints(packet) {
+                Some((src, _)) if session.owns(src) => sink.push(&ctx.tun, packet),
+                other => {
+                    ctx.dropped.fetch_add(1, Ordering::Relaxed);
+                    debug!(session = session.id, src = ?other.map(|(s, _)| s), "spoofed source dropped");
                 }
             }
         }
