@@ -83,8 +83,12 @@ pub mod programs {
     pub const TUN_EGRESS: &str = "tunnel_tun_egress";
     /// TC ingress on a TUN device: reverse NAT from the flow table.
     pub const TUN_INGRESS: &str = "tunnel_tun_ingress";
-    /// XDP on an Ethernet uplink: lock-down and anti-spoofing.
+    /// XDP on an Ethernet uplink: the guard (lock-down and anti-spoofing).
     pub const UPLINK_XDP: &str = "tunnel_uplink_xdp";
+    /// TC ingress on an Ethernet uplink: the same guard where XDP would cost a copy.
+    pub const UPLINK_INGRESS_ETH: &str = "tunnel_uplink_ingress_eth";
+    /// TC ingress on a raw-IP uplink: the guard.
+    pub const UPLINK_INGRESS_IP: &str = "tunnel_uplink_ingress_ip";
     /// A classifier that only returns "continue": the benchmark baseline.
     pub const NOOP_TC: &str = "tunnel_noop_tc";
     /// An XDP program that only returns "pass": the benchmark baseline.

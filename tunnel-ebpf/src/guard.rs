@@ -1,10 +1,17 @@
-//! XDP on an uplink: lock-down enforcement and anti-spoofing for packets arriving from outside.
-//! A packet is classified as the reply it is, i.e. as if we were sending to its source: if that
-//! reply would be tunnelled, the packet claims a source the tunnel owns and is dropped; if
-//! lock-down would drop the reply, the packet is dropped too.
+//! The uplink guard: lock-down enforcement and anti-spoofing for packets arriving from
+//! outside. A packet is classified as the reply it is, i.e. as if we were sending to its
+//! source: if that reply would be tunnelled, the packet claims a source the tunnel owns and
+//! is dropped; if lock-down would drop the reply, the packet is dropped too.
+//!
+//! One decision, two hooks: XDP on uplinks whose driver runs XDP on its own receive buffers
+//! (drops before any skb exists), TC ingress elsewhere (veth and drivers without native XDP,
+//! where an XDP program costs a copy of every packet and the peer's GSO). Userspace picks the
+//! hook per uplink (`datapath::GuardHook`).
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::generated::bpf_xdp_get_buff_len,
+    programs::{TcContext, XdpContext},
 };
 use tunnel_common::{CONN_NONE, Reason, VerdictKind, slot_flags};
 
@@ -13,57 +20,81 @@ use crate::{
     counters::count,
     maps::OWN_PEERS,
     packet::{Parsed, parse_eth},
+    tc::{Link, parse},
 };
 
+/// Whether a packet of `len` bytes (the whole packet, all buffers or segments) may pass;
+/// `parsed` is only computed when a guard is on.
 #[inline(always)]
-pub fn try_uplink_xdp(ctx: &XdpContext) -> u32 {
-    // The whole packet, all buffers of a multi-buffer one.
-    // SAFETY: the helper only reads the context it is given.
-    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as u32;
+fn may_pass(len: u32, parsed: impl FnOnce() -> Parsed) -> bool {
     let Some((slot, scfg)) = active_slot() else {
-        return xdp_action::XDP_PASS;
+        return true;
     };
     let guarded = scfg.flags & (slot_flags::LOCKDOWN | slot_flags::ANTI_SPOOF) != 0;
     if !guarded {
-        return xdp_action::XDP_PASS;
+        return true;
     }
     let lockdown = scfg.flags & slot_flags::LOCKDOWN != 0;
-    let pkt = match parse_eth(ctx.data(), ctx.data_end()) {
+    let pkt = match parsed() {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp => {
             count(CONN_NONE, Reason::BypassNotIp, len);
-            return xdp_action::XDP_PASS;
+            return true;
         }
         Parsed::Malformed if lockdown => {
             count(CONN_NONE, Reason::DropLockdown, len);
-            return xdp_action::XDP_DROP;
+            return false;
         }
         Parsed::Malformed => {
             count(CONN_NONE, Reason::Malformed, len);
-            return xdp_action::XDP_PASS;
+            return true;
         }
     };
     // SAFETY: presence test only.
     if unsafe { OWN_PEERS.get(pkt.src) }.is_some() {
         count(CONN_NONE, Reason::BypassOwnSocket, len);
-        return xdp_action::XDP_PASS;
+        return true;
     }
     let view = View::inbound(&pkt);
     let mut d = classify(&view, slot, scfg, 0, Owner::Device);
-    let verdict = match d.reason.verdict() {
+    let pass = match d.reason.verdict() {
         VerdictKind::Tunnel if scfg.flags & slot_flags::ANTI_SPOOF != 0 => {
             d.reason = Reason::DropSpoofed;
-            xdp_action::XDP_DROP
+            false
         }
-        VerdictKind::Drop => xdp_action::XDP_DROP,
+        VerdictKind::Drop => false,
         _ => {
             d.reason = match d.reason {
                 Reason::BypassGateway | Reason::BypassLinkControl => d.reason,
                 _ => Reason::IngressPass,
             };
-            xdp_action::XDP_PASS
+            true
         }
     };
     count(d.conn, d.reason, len);
-    verdict
+    pass
+}
+
+/// XDP on an Ethernet uplink.
+#[inline(always)]
+pub fn try_uplink_xdp(ctx: &XdpContext) -> u32 {
+    // The whole packet, all buffers of a multi-buffer one.
+    // SAFETY: the helper only reads the context it is given.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as u32;
+    if may_pass(len, || parse_eth(ctx.data(), ctx.data_end())) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+/// TC ingress on an uplink. A GSO packet (one the sender's stack or GRO built) is one flow,
+/// so its first header decides for every segment in it.
+#[inline(always)]
+pub fn try_uplink_ingress(ctx: &TcContext, link: Link) -> i32 {
+    if may_pass(ctx.len(), || parse(ctx, link)) {
+        TC_ACT_OK
+    } else {
+        TC_ACT_SHOT
+    }
 }

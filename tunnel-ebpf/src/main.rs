@@ -1,5 +1,5 @@
 //! tunnel's kernel programs. Entry points are thin: each calls a `try_*` function in the module
-//! that owns the logic (`tc`, `xdp`), which parse with `packet`, decide with `classify`, rewrite
+//! that owns the logic (`tc`, `guard`), which parse with `packet`, decide with `classify`, rewrite
 //! with `nat` and count with `counters`. No panics: every fallible step returns early.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -9,6 +9,8 @@ mod classify;
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod guard;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
@@ -16,8 +18,6 @@ mod nat;
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod tc;
-#[cfg(target_arch = "bpf")]
-mod xdp;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
@@ -49,11 +49,20 @@ mod programs {
         crate::tc::try_tun_ingress(&ctx)
     }
 
-    /// Multi-buffer aware (`xdp.frags`): the headers it reads are in the first buffer, and a
-    /// veth peer keeps its GSO only when the program takes multi-buffer packets.
+    /// Multi-buffer aware (`xdp.frags`): the headers it reads are in the first buffer.
     #[xdp(frags)]
     pub fn tunnel_uplink_xdp(ctx: XdpContext) -> u32 {
-        crate::xdp::try_uplink_xdp(&ctx)
+        crate::guard::try_uplink_xdp(&ctx)
+    }
+
+    #[classifier]
+    pub fn tunnel_uplink_ingress_eth(ctx: TcContext) -> i32 {
+        crate::guard::try_uplink_ingress(&ctx, Link::Ethernet)
+    }
+
+    #[classifier]
+    pub fn tunnel_uplink_ingress_ip(ctx: TcContext) -> i32 {
+        crate::guard::try_uplink_ingress(&ctx, Link::RawIp)
     }
 
     /// Benchmark baseline: same program type, no work.

@@ -30,7 +30,7 @@ pub enum Link {
 }
 
 #[inline(always)]
-fn parse(ctx: &TcContext, link: Link) -> Parsed {
+pub fn parse(ctx: &TcContext, link: Link) -> Parsed {
     let linear = (ctx.data_end() - ctx.data()) as u32;
     let want = HEADROOM_NEEDED.min(ctx.len());
     if linear < want {

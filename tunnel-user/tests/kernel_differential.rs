@@ -261,7 +261,7 @@ fn xdp_action(o: &Outcome) -> u32 {
     }
 }
 
-/// Whether the XDP program counts this outcome (unguarded traffic passes uncounted).
+/// Whether the guard counts this outcome (unguarded traffic passes uncounted).
 fn xdp_counts(policy: &Policy) -> bool {
     policy.lockdown || policy.device_conn.is_some()
 }
@@ -281,7 +281,7 @@ fn kernel_matches_reference_on_random_policies_and_packets() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(rand::random);
     eprintln!(
-        "differential: {policies} policies x {PACKETS_PER_POLICY} packets x 2 hooks, seed {seed}"
+        "differential: {policies} policies x {PACKETS_PER_POLICY} packets x 3 hooks, seed {seed}"
     );
     let mut rng = StdRng::seed_from_u64(seed);
     let cgroups = own_cgroup_ids();
@@ -345,20 +345,23 @@ fn kernel_matches_reference_on_random_policies_and_packets() {
             *by_reason.entry(want.reason.name()).or_default() += 1;
             families[usize::from(frame.get(12..14) == Some(&[0x86, 0xdd][..]))] += 1;
 
+            // The same inbound frame through the guard on both of its hooks; each counts it.
             let frame = rand_frame(&mut rng, &policy, true);
             let want = model.uplink_xdp(&policy, &frame);
-            let got = xdp(&mut dp, &frame);
-            assert_eq!(
-                got,
-                xdp_action(&want),
-                "xdp action differs\nframe {frame:02x?}\nmodel {want:?}\npolicy {policy:#?}\nseed {seed} round {round}"
-            );
-            if xdp_counts(&policy) {
-                *expected
-                    .entry((want.conn.map_or(CONN_NONE, u32::from), want.reason))
-                    .or_default() += 1;
+            for hook in GUARD_HOOKS {
+                let got = guard(&mut dp, hook, &frame);
+                assert_eq!(
+                    got,
+                    xdp_action(&want),
+                    "guard ({hook:?}) action differs\nframe {frame:02x?}\nmodel {want:?}\npolicy {policy:#?}\nseed {seed} round {round}"
+                );
+                if xdp_counts(&policy) {
+                    *expected
+                        .entry((want.conn.map_or(CONN_NONE, u32::from), want.reason))
+                        .or_default() += 1;
+                }
             }
-            compared += 2;
+            compared += 3;
         }
         let delta = counters(&dp).since(&before);
         let got: BTreeMap<(u32, Reason), u64> = delta

@@ -325,20 +325,22 @@ fn lockdown_drops_what_would_bypass_for_lack_of_a_rule() {
         0,
         Reason::Tunnel,
     );
-    // XDP: with lock-down, traffic from nowhere is dropped, from the gateway and from peers
-    // of our own sockets it is let in.
-    assert_eq!(xdp(&mut dp, &tcp(ip("172.16.0.99"), l4)), XDP_DROP);
-    assert_eq!(xdp(&mut dp, &tcp(ip("10.5.5.5"), l4)), XDP_PASS);
-    assert_eq!(
-        xdp(&mut dp, &tcp(ip("172.16.0.1"), l4)),
-        XDP_PASS,
-        "a peer of our own socket"
-    );
-    assert_eq!(
-        xdp(&mut dp, &tcp(ip("10.9.0.1"), l4)),
-        XDP_PASS,
-        "exclude routes stay open"
-    );
+    // The guard (XDP or TC ingress): with lock-down, traffic from nowhere is dropped, from
+    // the gateway and from peers of our own sockets it is let in.
+    for hook in GUARD_HOOKS {
+        assert_eq!(guard(&mut dp, hook, &tcp(ip("172.16.0.99"), l4)), XDP_DROP);
+        assert_eq!(guard(&mut dp, hook, &tcp(ip("10.5.5.5"), l4)), XDP_PASS);
+        assert_eq!(
+            guard(&mut dp, hook, &tcp(ip("172.16.0.1"), l4)),
+            XDP_PASS,
+            "a peer of our own socket ({hook:?})"
+        );
+        assert_eq!(
+            guard(&mut dp, hook, &tcp(ip("10.9.0.1"), l4)),
+            XDP_PASS,
+            "exclude routes stay open ({hook:?})"
+        );
+    }
 }
 
 #[test]
@@ -346,60 +348,66 @@ fn anti_spoofing_drops_sources_the_tunnel_owns() {
     let Some(mut dp) = load_or_skip("anti_spoofing_drops_sources_the_tunnel_owns") else {
         return;
     };
-    dp.apply(&policy()).unwrap();
-    let l4 = IpAddr::V4(LOCAL_V4);
-    let before = counters(&dp);
-    assert_eq!(
-        xdp(&mut dp, &tcp(ip("10.1.2.3"), l4)),
-        XDP_DROP,
-        "claims a tunnelled source"
-    );
-    assert_eq!(
-        xdp(&mut dp, &tcp(ip("2001:db8:100:1::3"), IpAddr::V6(LOCAL_V6))),
-        XDP_DROP
-    );
-    assert_eq!(
-        xdp(&mut dp, &tcp(ip("10.9.2.3"), l4)),
-        XDP_PASS,
-        "excluded source"
-    );
-    assert_eq!(
-        xdp(&mut dp, &tcp(ip("172.16.2.3"), l4)),
-        XDP_PASS,
-        "outside the tunnel"
-    );
-    assert_eq!(
-        xdp(&mut dp, &tcp(ip("10.5.5.5"), l4)),
-        XDP_PASS,
-        "the gateway"
-    );
-    let d = counters(&dp).since(&before);
-    assert_eq!(d.get(0, Reason::DropSpoofed).packets, 2);
-    assert_eq!(d.get(CONN_NONE, Reason::BypassGateway).packets, 1);
-    assert_eq!(d.get(0, Reason::IngressPass).packets, 2);
-    // Replies from UDP ports that bypass the tunnel are not spoofed.
-    let mut p = policy();
-    p.conns[0].udp_ports = Some("53".parse().unwrap());
-    dp.apply(&p).unwrap();
-    let reply = |sport| {
-        Frame::new(
-            ip("10.1.2.3"),
-            l4,
-            L4::Udp {
-                sport,
-                dport: 40000,
-                zero_checksum: false,
-            },
-        )
-        .build()
-    };
-    assert_eq!(xdp(&mut dp, &reply(53)), XDP_DROP);
-    assert_eq!(xdp(&mut dp, &reply(123)), XDP_PASS);
-    // No device-level connection: no anti-spoofing.
-    let mut p = policy();
-    p.device_conn = None;
-    dp.apply(&p).unwrap();
-    assert_eq!(xdp(&mut dp, &tcp(ip("10.1.2.3"), l4)), XDP_PASS);
+    for hook in GUARD_HOOKS {
+        dp.apply(&policy()).unwrap();
+        let l4 = IpAddr::V4(LOCAL_V4);
+        let before = counters(&dp);
+        assert_eq!(
+            guard(&mut dp, hook, &tcp(ip("10.1.2.3"), l4)),
+            XDP_DROP,
+            "claims a tunnelled source"
+        );
+        assert_eq!(
+            guard(
+                &mut dp,
+                hook,
+                &tcp(ip("2001:db8:100:1::3"), IpAddr::V6(LOCAL_V6))
+            ),
+            XDP_DROP
+        );
+        assert_eq!(
+            guard(&mut dp, hook, &tcp(ip("10.9.2.3"), l4)),
+            XDP_PASS,
+            "excluded source"
+        );
+        assert_eq!(
+            guard(&mut dp, hook, &tcp(ip("172.16.2.3"), l4)),
+            XDP_PASS,
+            "outside the tunnel"
+        );
+        assert_eq!(
+            guard(&mut dp, hook, &tcp(ip("10.5.5.5"), l4)),
+            XDP_PASS,
+            "the gateway"
+        );
+        let d = counters(&dp).since(&before);
+        assert_eq!(d.get(0, Reason::DropSpoofed).packets, 2);
+        assert_eq!(d.get(CONN_NONE, Reason::BypassGateway).packets, 1);
+        assert_eq!(d.get(0, Reason::IngressPass).packets, 2);
+        // Replies from UDP ports that bypass the tunnel are not spoofed.
+        let mut p = policy();
+        p.conns[0].udp_ports = Some("53".parse().unwrap());
+        dp.apply(&p).unwrap();
+        let reply = |sport| {
+            Frame::new(
+                ip("10.1.2.3"),
+                l4,
+                L4::Udp {
+                    sport,
+                    dport: 40000,
+                    zero_checksum: false,
+                },
+            )
+            .build()
+        };
+        assert_eq!(guard(&mut dp, hook, &reply(53)), XDP_DROP);
+        assert_eq!(guard(&mut dp, hook, &reply(123)), XDP_PASS);
+        // No device-level connection: no anti-spoofing.
+        let mut p = policy();
+        p.device_conn = None;
+        dp.apply(&p).unwrap();
+        assert_eq!(guard(&mut dp, hook, &tcp(ip("10.1.2.3"), l4)), XDP_PASS);
+    }
 }
 
 #[test]

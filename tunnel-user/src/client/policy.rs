@@ -44,8 +44,9 @@ impl DataPlane {
         let mut dp = Datapath::load()?;
         let mut attached = Vec::new();
         for ifname in uplinks {
-            attached.push(dp.attach_uplink(ifname)?);
-            info!(uplink = %ifname, "classifier attached");
+            let a = dp.attach_uplink(ifname)?;
+            info!(uplink = %ifname, guard = a.guard_hook().name(), "classifier and guard attached");
+            attached.push(a);
         }
         let inner = Inner {
             dp,

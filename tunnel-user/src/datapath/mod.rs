@@ -7,8 +7,12 @@
 //!  app socket ─▶ routing ─▶ uplink TC egress ──TUNNEL(conn)──▶ TUN ─▶ tunneld (encrypt)
 //!                                   │ BYPASS ─▶ wire          DROP ─▶ ✗
 //!  tunneld (decrypt) ─▶ TUN ─▶ TC ingress (reverse NAT) ─▶ app socket
-//!  wire ─▶ uplink XDP (lock-down, anti-spoofing) ─▶ stack
+//!  wire ─▶ uplink guard (lock-down, anti-spoofing): XDP or TC ingress ─▶ stack
 //! ```
+//!
+//! The guard's hook is chosen per uplink ([`GuardHook`]): XDP where the driver runs it on its
+//! own receive buffers, TC ingress on veth and drivers without native XDP, where an XDP
+//! program would copy every arriving packet and take GSO away from the peer.
 //!
 //! [`Datapath`] owns the loaded object and the maps; [`UplinkAttachment`] and
 //! [`TunAttachment`] own the links they created and detach exactly those when dropped, in
@@ -152,6 +156,8 @@ impl Datapath {
         for name in [
             programs::UPLINK_EGRESS_ETH,
             programs::UPLINK_EGRESS_IP,
+            programs::UPLINK_INGRESS_ETH,
+            programs::UPLINK_INGRESS_IP,
             programs::TUN_EGRESS,
             programs::TUN_INGRESS,
             programs::NOOP_TC,
@@ -214,11 +220,30 @@ impl Datapath {
         self.maps.flow_count()
     }
 
-    /// Attaches the classifier (TC egress) and, on Ethernet, the XDP guard to an uplink.
+    /// Attaches the classifier (TC egress) and the guard to an uplink, the guard on the hook
+    /// [`GuardHook::for_uplink`] chooses.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<UplinkAttachment, DatapathError> {
-        let (egress, with_xdp) = match link_type(ifname)? {
-            ARPHRD_ETHER => (programs::UPLINK_EGRESS_ETH, true),
-            ARPHRD_NONE => (programs::UPLINK_EGRESS_IP, false),
+        self.attach_uplink_with(ifname, GuardHook::for_uplink(ifname))
+    }
+
+    /// Attaches the classifier and the guard on the given hook. XDP is only for Ethernet
+    /// uplinks; a raw-IP uplink gets TC ingress whatever is asked.
+    pub fn attach_uplink_with(
+        &mut self,
+        ifname: &str,
+        hook: GuardHook,
+    ) -> Result<UplinkAttachment, DatapathError> {
+        let (egress, ingress, hook) = match link_type(ifname)? {
+            ARPHRD_ETHER => (
+                programs::UPLINK_EGRESS_ETH,
+                programs::UPLINK_INGRESS_ETH,
+                hook,
+            ),
+            ARPHRD_NONE => (
+                programs::UPLINK_EGRESS_IP,
+                programs::UPLINK_INGRESS_IP,
+                GuardHook::TcIngress,
+            ),
             link_type => {
                 return Err(DatapathError::UnsupportedLink {
                     ifname: ifname.into(),
@@ -227,15 +252,19 @@ impl Datapath {
             }
         };
         let tc = attach_tc(&mut self.ebpf, egress, ifname, TcAttachType::Egress)?;
-        let xdp = if with_xdp {
-            Some(attach_xdp(&mut self.ebpf, programs::UPLINK_XDP, ifname)?)
-        } else {
-            None
+        let guard = match hook {
+            GuardHook::Xdp => Guard::Xdp {
+                _link: attach_xdp(&mut self.ebpf, programs::UPLINK_XDP, ifname)?,
+            },
+            GuardHook::TcIngress => Guard::Tc {
+                _link: attach_tc(&mut self.ebpf, ingress, ifname, TcAttachType::Ingress)?,
+            },
         };
-        // Field order is drop order: XDP (attached last) goes first.
+        // Field order is drop order: the guard (attached last) goes first.
         Ok(UplinkAttachment {
             ifname: ifname.into(),
-            _xdp: xdp,
+            hook,
+            _guard: guard,
             _tc: tc,
         })
     }
@@ -312,16 +341,101 @@ fn attach_xdp(
     prog.take_link(id).map_err(err)
 }
 
+/// Where an uplink's guard (lock-down, anti-spoofing) runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardHook {
+    /// XDP: drops before the kernel builds an skb. Cheap where the driver runs XDP on its own
+    /// receive buffers.
+    Xdp,
+    /// TC ingress: after the skb exists, before the stack. No copy on any device, and a GSO
+    /// packet is judged once.
+    TcIngress,
+}
+
+impl GuardHook {
+    /// XDP for an uplink whose driver runs it natively on its own buffers; TC ingress for
+    /// veth (an XDP program there copies every packet that arrives from the peer, and the
+    /// peer segments its GSO packets in software), for virtual devices without a driver
+    /// name, and when the driver cannot be asked.
+    pub fn for_uplink(ifname: &str) -> GuardHook {
+        match driver_name(ifname).as_deref() {
+            Some("veth") | Some("bridge") | Some("tun") | None => GuardHook::TcIngress,
+            Some(_) => GuardHook::Xdp,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GuardHook::Xdp => "xdp",
+            GuardHook::TcIngress => "tc-ingress",
+        }
+    }
+}
+
+/// The driver behind an interface (`ETHTOOL_GDRVINFO`), in this network namespace.
+fn driver_name(ifname: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    // struct ethtool_drvinfo: cmd, then driver[32], version[32], fw_version[32],
+    // bus_info[32], erom_version[32], reserved2[12] and five u32 counts.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 32 * 4 + 12 + 5 * 4],
+    }
+    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: plain socket(2).
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 32 * 4 + 12 + 5 * 4],
+    };
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO fills `info`, which outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) } < 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    let name = String::from_utf8_lossy(&info.driver[..end]).into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+/// A guard's link, held for its `Drop` (which detaches it).
+enum Guard {
+    Xdp { _link: XdpLink },
+    Tc { _link: SchedClassifierLink },
+}
+
 /// The programs attached to one uplink; dropping it detaches them.
 pub struct UplinkAttachment {
     ifname: String,
-    _xdp: Option<XdpLink>,
+    hook: GuardHook,
+    _guard: Guard,
     _tc: SchedClassifierLink,
 }
 
 impl UplinkAttachment {
     pub fn ifname(&self) -> &str {
         &self.ifname
+    }
+
+    /// Where this uplink's guard runs.
+    pub fn guard_hook(&self) -> GuardHook {
+        self.hook
     }
 }
 

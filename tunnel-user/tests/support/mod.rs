@@ -57,17 +57,46 @@ pub fn egress(dp: &mut Datapath, frame: &[u8], mark: u32) -> TcRun {
     }
 }
 
-/// Runs `frame` through the uplink XDP guard.
-pub fn xdp(dp: &mut Datapath, frame: &[u8]) -> u32 {
-    let prog = dp.xdp(programs::UPLINK_XDP).expect("xdp");
+/// The two hooks the uplink guard runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    TcIngress,
+}
+
+pub const GUARD_HOOKS: [Hook; 2] = [Hook::Xdp, Hook::TcIngress];
+
+/// Runs `frame` through the uplink guard on `hook`: `XDP_PASS` or `XDP_DROP` whichever hook
+/// ran (TC ingress's OK and SHOT are mapped to them).
+pub fn guard(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> u32 {
     let mut out = vec![0u8; frame.len() + 256];
-    prog.test_run(TestRunOptions {
+    let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
         ..TestRunOptions::new()
-    })
-    .expect("BPF_PROG_TEST_RUN on the XDP guard")
-    .return_value
+    };
+    match hook {
+        Hook::Xdp => {
+            dp.xdp(programs::UPLINK_XDP)
+                .expect("xdp")
+                .test_run(opts)
+                .expect("BPF_PROG_TEST_RUN on the XDP guard")
+                .return_value
+        }
+        Hook::TcIngress => {
+            let action = dp
+                .classifier(programs::UPLINK_INGRESS_ETH)
+                .expect("ingress guard")
+                .test_run(opts)
+                .expect("BPF_PROG_TEST_RUN on the TC ingress guard")
+                .return_value;
+            match action {
+                TC_ACT_OK => XDP_PASS,
+                TC_ACT_SHOT => XDP_DROP,
+                other => panic!("the TC ingress guard returned {other}"),
+            }
+        }
+    }
 }
 
 /// Counters now.
