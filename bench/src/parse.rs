@@ -137,33 +137,34 @@ pub fn ping(output: &str) -> Result<(Vec<f64>, u64)> {
     Ok((rtts, transmitted))
 }
 
-/// `RcvbufErrors` of `Udp` in /proc/net/snmp.
-pub fn snmp_udp_rcvbuf_errors(snmp: &str) -> Result<u64> {
+/// The column `name` (`InDatagrams`, `RcvbufErrors`, ...) of `Udp` in /proc/net/snmp.
+pub fn snmp_udp(snmp: &str, name: &str) -> Result<u64> {
     let mut lines = snmp.lines().filter(|l| l.starts_with("Udp: "));
     let header = lines.next().context("no Udp header in /proc/net/snmp")?;
     let values = lines.next().context("no Udp values in /proc/net/snmp")?;
     let col = header
         .split_whitespace()
-        .position(|f| f == "RcvbufErrors")
-        .context("no RcvbufErrors column")?;
+        .position(|f| f == name)
+        .with_context(|| format!("no {name} column"))?;
     values
         .split_whitespace()
         .nth(col)
         .context("short Udp line")?
         .parse()
-        .context("RcvbufErrors value")
+        .with_context(|| format!("{name} value"))
 }
 
-/// `Udp6RcvbufErrors` in /proc/net/snmp6 (0 when IPv6 is off and the line absent).
-pub fn snmp6_udp_rcvbuf_errors(snmp6: &str) -> Result<u64> {
+/// The counter `name` (`Udp6InDatagrams`, `Udp6RcvbufErrors`, ...) in /proc/net/snmp6 (0
+/// when IPv6 is off and the line absent).
+pub fn snmp6_udp(snmp6: &str, name: &str) -> Result<u64> {
     for line in snmp6.lines() {
         let mut f = line.split_whitespace();
-        if f.next() == Some("Udp6RcvbufErrors") {
+        if f.next() == Some(name) {
             return f
                 .next()
-                .context("Udp6RcvbufErrors without value")?
+                .with_context(|| format!("{name} without value"))?
                 .parse()
-                .context("Udp6RcvbufErrors value");
+                .with_context(|| format!("{name} value"));
         }
     }
     Ok(0)
@@ -280,20 +281,17 @@ mod tests {
 
     #[test]
     fn snmp_samples() {
-        assert_eq!(
-            snmp_udp_rcvbuf_errors(include_str!("../testdata/proc-net-snmp")).unwrap(),
-            50_948
-        );
-        assert_eq!(
-            snmp6_udp_rcvbuf_errors(include_str!("../testdata/proc-net-snmp6")).unwrap(),
-            0
-        );
-        assert_eq!(
-            snmp6_udp_rcvbuf_errors("Udp6InDatagrams 5\nUdp6RcvbufErrors 17\n").unwrap(),
-            17
-        );
-        assert_eq!(snmp6_udp_rcvbuf_errors("").unwrap(), 0);
-        assert!(snmp_udp_rcvbuf_errors("Ip: Forwarding\nIp: 1\n").is_err());
+        let snmp = include_str!("../testdata/proc-net-snmp");
+        assert_eq!(snmp_udp(snmp, "RcvbufErrors").unwrap(), 50_948);
+        assert_eq!(snmp_udp(snmp, "InDatagrams").unwrap(), 15_064);
+        let snmp6 = include_str!("../testdata/proc-net-snmp6");
+        assert_eq!(snmp6_udp(snmp6, "Udp6RcvbufErrors").unwrap(), 0);
+        let two = "Udp6InDatagrams 5\nUdp6RcvbufErrors 17\n";
+        assert_eq!(snmp6_udp(two, "Udp6RcvbufErrors").unwrap(), 17);
+        assert_eq!(snmp6_udp(two, "Udp6InDatagrams").unwrap(), 5);
+        assert_eq!(snmp6_udp("", "Udp6RcvbufErrors").unwrap(), 0);
+        assert!(snmp_udp("Ip: Forwarding\nIp: 1\n", "RcvbufErrors").is_err());
+        assert!(snmp_udp(snmp, "NoSuchColumn").is_err());
     }
 
     #[test]

@@ -175,11 +175,23 @@ pub fn comm(pid: u32) -> String {
         .unwrap_or_else(|_| pid.to_string())
 }
 
-/// UDP receive-buffer drops (IPv4 + IPv6) counted in namespace `ns` so far.
-pub fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
+/// UDP datagrams delivered to sockets and dropped for want of receive buffer, in a
+/// namespace (IPv4 and IPv6 together).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpCounters {
+    pub delivered: u64,
+    pub rcvbuf_drops: u64,
+}
+
+/// The namespace's [`UdpCounters`] now.
+pub fn udp_counters(ns: &Netns) -> Result<UdpCounters> {
     let v4 = ns.sh("cat /proc/net/snmp")?;
     let v6 = ns.sh("cat /proc/net/snmp6 2>/dev/null || true")?;
-    Ok(parse::snmp_udp_rcvbuf_errors(&v4)? + parse::snmp6_udp_rcvbuf_errors(&v6)?)
+    Ok(UdpCounters {
+        delivered: parse::snmp_udp(&v4, "InDatagrams")? + parse::snmp6_udp(&v6, "Udp6InDatagrams")?,
+        rcvbuf_drops: parse::snmp_udp(&v4, "RcvbufErrors")?
+            + parse::snmp6_udp(&v6, "Udp6RcvbufErrors")?,
+    })
 }
 
 /// The MTU of `iface` in `ns`, if it exists.

@@ -159,7 +159,7 @@ pub fn markdown(report: &Report) -> String {
         );
     }
 
-    s.push_str("\n### Cost\n\nCPU seconds (user + system, from /proc/PID/stat, all threads and child processes) per GB of payload moved in the TCP 1 runs, by the tunnel's client-side and gateway-side processes; *machine* is all busy CPU time of the machine (kernel, softirq and iperf3 included) per GB. UDP drops: `UdpRcvbufErrors` + `Udp6RcvbufErrors` counted during all runs, client / gateway / corp namespace. Peak RSS: `VmHWM` of every tunnel process.\n\n| system | client s/GB up | gateway s/GB up | client s/GB down | gateway s/GB down | machine s/GB up | UDP drops | peak RSS |\n|---|---:|---:|---:|---:|---:|---|---|\n");
+    s.push_str("\n### Cost\n\nCPU seconds (user + system, from /proc/PID/stat, all threads and child processes) per GB of payload moved in the TCP 1 runs, by the tunnel's client-side and gateway-side processes; *machine* is all busy CPU time of the machine (kernel, softirq and iperf3 included) per GB. UDP drops: `UdpRcvbufErrors` + `Udp6RcvbufErrors` counted during all runs, client / gateway / corp namespace, and in brackets the share of what the tunnel's own sockets (client and gateway namespaces) received that they dropped (datagrams, or GRO batches where the kernel joins them: the kernel counts both the same way). Peak RSS: `VmHWM` of every tunnel process.\n\n| system | client s/GB up | gateway s/GB up | client s/GB down | gateway s/GB down | machine s/GB up | UDP drops | peak RSS |\n|---|---:|---:|---:|---:|---:|---|---|\n");
     for r in &measured {
         let cpu =
             |id: &str, f: fn(&TestResult) -> Option<Summary>| cell(r.test(id).and_then(f).as_ref());
@@ -170,6 +170,9 @@ pub fn markdown(report: &Report) -> String {
                 a[2] + t.drops_corp,
             ]
         });
+        let share = tunnel_drop_share(r)
+            .map(|v| format!(" ({})", pct(v)))
+            .unwrap_or_default();
         let mut mem: Vec<String> = r
             .memory
             .iter()
@@ -186,7 +189,7 @@ pub fn markdown(report: &Report) -> String {
         }
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} / {}{share} | {} |",
             r.name,
             cpu("tcp-1-up", |t| t.cpu_client_s_per_gb),
             cpu("tcp-1-up", |t| t.cpu_gateway_s_per_gb),
@@ -256,6 +259,8 @@ pub fn markdown(report: &Report) -> String {
         }
     }
 
+    s.push_str(&targets_markdown(report));
+
     let mut failures = String::new();
     for r in &report.systems {
         for t in &r.tests {
@@ -267,6 +272,164 @@ pub fn markdown(report: &Report) -> String {
     if !failures.is_empty() {
         s.push_str("\n### Failed runs\n\n");
         s.push_str(&failures);
+    }
+    s
+}
+
+/// Of what the tunnel's own sockets (client and gateway namespaces) received over all runs,
+/// the share they dropped for want of buffer; None when they received nothing.
+pub fn tunnel_drop_share(r: &SystemResult) -> Option<f64> {
+    let (dropped, delivered) = r.tests.iter().fold((0u64, 0u64), |(d, v), t| {
+        (
+            d + t.drops_client + t.drops_gateway,
+            v + t.delivered_client + t.delivered_gateway,
+        )
+    });
+    (dropped + delivered > 0).then(|| dropped as f64 / (dropped + delivered) as f64)
+}
+
+/// The systems ours is compared with, and which of them carry IP over TLS.
+const OTHERS: [(&str, bool); 6] = [
+    ("wireguard-go", false),
+    ("boringtun", false),
+    ("oc-pulse-esp", false),
+    ("oc-pulse-tls", true),
+    ("ocserv-dtls", false),
+    ("ocserv-tls", true),
+];
+
+/// One of the benchmark's targets, judged on this run.
+#[derive(Debug, serde::Serialize)]
+pub struct Target {
+    pub what: String,
+    pub ours: Option<f64>,
+    /// The baseline's value and name.
+    pub against: Option<(f64, String)>,
+    /// ours / against (a ratio), or ours itself for a share.
+    pub value: Option<f64>,
+    pub wanted: String,
+    pub met: Option<bool>,
+}
+
+fn measured<'a>(report: &'a Report, name: &str) -> Option<&'a SystemResult> {
+    report
+        .systems
+        .iter()
+        .find(|r| r.name == name && matches!(r.outcome, Outcome::Measured))
+}
+
+/// The fastest of `names` in TCP 1 up, with its value.
+fn fastest(report: &Report, names: &[&str]) -> Option<(f64, String)> {
+    names
+        .iter()
+        .filter_map(|n| {
+            Some((
+                median(measured(report, n)?.test("tcp-1-up"))?,
+                n.to_string(),
+            ))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// The targets of the benchmark issue, each judged from this run's figures (or unjudged
+/// when a system in it was not measured).
+pub fn targets(report: &Report) -> Vec<Target> {
+    let all: Vec<&str> = OTHERS.iter().map(|(n, _)| *n).collect();
+    let tls: Vec<&str> = OTHERS.iter().filter(|(_, t)| *t).map(|(n, _)| *n).collect();
+    let up = |name: &str| measured(report, name).and_then(|r| median(r.test("tcp-1-up")));
+    let mut v = Vec::new();
+    let mut ratio = |what: &str, ours: &str, against: Option<(f64, String)>, min: f64| {
+        let o = up(ours);
+        let value = match (o, &against) {
+            (Some(o), Some((a, _))) if *a > 0.0 => Some(o / a),
+            _ => None,
+        };
+        v.push(Target {
+            what: what.into(),
+            ours: o,
+            against,
+            value,
+            wanted: format!(">= {min}x"),
+            met: value.map(|r| r >= min),
+        });
+    };
+    ratio(
+        "ours-esp (Pulse suite, AES-128-CBC + HMAC-SHA1) against the fastest other, TCP 1 up",
+        "ours-esp",
+        fastest(report, &all),
+        3.0,
+    );
+    ratio(
+        "ours-esp-gcm (AES-256-GCM) against the fastest other, TCP 1 up",
+        "ours-esp-gcm",
+        fastest(report, &all),
+        5.0,
+    );
+    ratio(
+        "ours-tls against the fastest other over TLS, TCP 1 up",
+        "ours-tls",
+        fastest(report, &tls),
+        2.0,
+    );
+    let idle = |name: &str| measured(report, name).and_then(|r| median(r.test("latency-idle")));
+    for ours in ["ours-esp", "ours-esp-gcm"] {
+        let (o, b) = (idle(ours), idle("boringtun"));
+        let value = o.zip(b).map(|(o, b)| o / b);
+        v.push(Target {
+            what: format!("{ours} idle RTT against boringtun's (ms)"),
+            ours: o,
+            against: b.map(|b| (b, "boringtun".to_string())),
+            value,
+            wanted: "<= 1x".into(),
+            met: value.map(|r| r <= 1.0),
+        });
+    }
+    for ours in ["ours-esp", "ours-esp-gcm"] {
+        let share = measured(report, ours).and_then(tunnel_drop_share);
+        v.push(Target {
+            what: format!(
+                "{ours}: UDP receive drops of the tunnel's sockets, share of what they received"
+            ),
+            ours: share,
+            against: None,
+            value: share,
+            wanted: "< 1%".into(),
+            met: share.map(|s| s < 0.01),
+        });
+    }
+    v
+}
+
+fn targets_markdown(report: &Report) -> String {
+    let mut s = String::from(
+        "\n### Targets\n\nThe benchmark issue's targets, judged on this run. *fastest other*: the fastest in TCP 1 up of wireguard-go, boringtun, openconnect (pulse ESP and TLS, through our gateway) and ocserv (DTLS and TLS); *over TLS*: of openconnect pulse TLS and ocserv TLS.\n\n| target | ours | against | ratio | wanted | met |\n|---|---:|---|---:|---|---|\n",
+    );
+    for t in targets(report) {
+        let share = t.wanted.ends_with('%');
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            t.what,
+            match (t.ours, share) {
+                (Some(v), true) => pct(v),
+                (Some(v), false) => num(v),
+                (None, _) => "not measured".into(),
+            },
+            t.against
+                .as_ref()
+                .map(|(v, n)| format!("{} ({n})", num(*v)))
+                .unwrap_or("–".into()),
+            match (t.value, share) {
+                (Some(_), true) | (None, _) => "–".into(),
+                (Some(v), false) => format!("{v:.2}x"),
+            },
+            t.wanted,
+            match t.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            }
+        );
     }
     s
 }
@@ -308,6 +471,7 @@ pub mod tests {
                 TestResult {
                     loss: Some(Summary::of(&[0.25])),
                     drops_gateway: 7,
+                    delivered_gateway: 693,
                     ..t("udp-64", "kpps", &[120.0])
                 },
                 TestResult {
@@ -379,7 +543,7 @@ pub mod tests {
         // Cost: CPU cells, drops, memory; the bare veth has no tunnel processes.
         assert!(
             md.contains(
-                "| ours-esp | 2.50 ±0.500 | 1.00 | – | – | 4.00 | 0 / 7 / 0 | tunneld 10.0 MiB |"
+                "| ours-esp | 2.50 ±0.500 | 1.00 | – | – | 4.00 | 0 / 7 / 0 (1.0%) | tunneld 10.0 MiB |"
             ),
             "{md}"
         );
@@ -393,6 +557,46 @@ pub mod tests {
         // The excluded path against the bare veth's excluded path.
         assert!(md.contains("| bare | 10.0 | 1.000 |"), "{md}");
         assert!(md.contains("| ours-esp | 0.250 | 0.025 |"), "{md}");
+    }
+
+    /// Each target is judged against the right baseline of the same run; one whose systems
+    /// were not measured is not judged.
+    #[test]
+    fn targets_are_judged_on_the_run() {
+        let mut r = sample();
+        r.systems.retain(|s| s.name != "boringtun");
+        r.systems.push(sys("ours-esp-gcm", 6.0));
+        r.systems.push(sys("ours-tls", 2.0));
+        r.systems.push(sys("wireguard-go", 1.0));
+        r.systems.push(sys("oc-pulse-tls", 1.2));
+        let t = targets(&r);
+        let by = |what: &str| t.iter().find(|t| t.what.starts_with(what)).unwrap();
+        let esp = by("ours-esp (Pulse");
+        assert_eq!(
+            esp.against.as_ref().unwrap().1,
+            "oc-pulse-tls",
+            "the fastest other"
+        );
+        assert!((esp.value.unwrap() - 0.5 / 1.2).abs() < 1e-9);
+        assert_eq!(esp.met, Some(false));
+        let gcm = by("ours-esp-gcm (AES");
+        assert!((gcm.value.unwrap() - 5.0).abs() < 1e-9);
+        assert_eq!(gcm.met, Some(true), "5x is met");
+        let tls = by("ours-tls");
+        assert_eq!(tls.against.as_ref().unwrap().1, "oc-pulse-tls");
+        assert_eq!(tls.met, Some(false), "2.0 / 1.2 < 2");
+        assert_eq!(by("ours-esp idle").met, None, "boringtun not measured");
+        let drops = by("ours-esp: UDP");
+        assert!((drops.value.unwrap() - 0.01).abs() < 1e-9);
+        assert_eq!(drops.met, Some(false), "1% is not under 1%");
+        let md = markdown(&r);
+        assert!(md.contains("| 5.00x | >= 5x | yes |"), "{md}");
+        assert!(
+            md.contains(
+                "| ours-esp idle RTT against boringtun's (ms) | 0.120 | – | – | <= 1x | – |"
+            ),
+            "unjudged without boringtun: {md}"
+        );
     }
 
     #[test]

@@ -163,6 +163,12 @@ pub struct TestResult {
     pub drops_client: u64,
     pub drops_gateway: u64,
     pub drops_corp: u64,
+    /// UDP datagrams (or GRO batches: the kernel counts what one receive hands over)
+    /// delivered to sockets during the runs, per namespace; the drops are counted in the
+    /// same units.
+    pub delivered_client: u64,
+    pub delivered_gateway: u64,
+    pub delivered_corp: u64,
     pub tcp_retransmits: u64,
 }
 
@@ -462,7 +468,8 @@ struct Measured {
     /// CPU s/GB: client processes, gateway processes, whole machine (None without payload
     /// or, for the first two, without tunnel processes).
     cpu: [Option<f64>; 3],
-    drops: [u64; 3],
+    /// UDP counters' growth per namespace: client, gateway, corp.
+    udp: [probe::UdpCounters; 3],
     retransmits: u64,
 }
 
@@ -472,7 +479,7 @@ struct Acc {
     p99: Vec<f64>,
     loss: Vec<f64>,
     cpu: [Vec<f64>; 3],
-    drops: [u64; 3],
+    udp: [probe::UdpCounters; 3],
     retransmits: u64,
     errors: Vec<String>,
 }
@@ -489,8 +496,9 @@ impl Acc {
         for (v, x) in self.cpu.iter_mut().zip(m.cpu) {
             v.extend(x);
         }
-        for (d, x) in self.drops.iter_mut().zip(m.drops) {
-            *d += x;
+        for (d, x) in self.udp.iter_mut().zip(m.udp) {
+            d.delivered += x.delivered;
+            d.rcvbuf_drops += x.rcvbuf_drops;
         }
         self.retransmits += m.retransmits;
     }
@@ -507,9 +515,12 @@ impl Acc {
             cpu_client_s_per_gb: summary(&self.cpu[0]),
             cpu_gateway_s_per_gb: summary(&self.cpu[1]),
             cpu_machine_s_per_gb: summary(&self.cpu[2]),
-            drops_client: self.drops[0],
-            drops_gateway: self.drops[1],
-            drops_corp: self.drops[2],
+            drops_client: self.udp[0].rcvbuf_drops,
+            drops_gateway: self.udp[1].rcvbuf_drops,
+            drops_corp: self.udp[2].rcvbuf_drops,
+            delivered_client: self.udp[0].delivered,
+            delivered_gateway: self.udp[1].delivered,
+            delivered_corp: self.udp[2].delivered,
             tcp_retransmits: self.retransmits,
         }
     }
@@ -520,7 +531,7 @@ struct Snapshot {
     client_cpu: f64,
     gateway_cpu: f64,
     machine: f64,
-    drops: [u64; 3],
+    udp: [probe::UdpCounters; 3],
 }
 
 fn snapshot(sys: &dyn System, w: &World) -> Result<Snapshot> {
@@ -530,10 +541,10 @@ fn snapshot(sys: &dyn System, w: &World) -> Result<Snapshot> {
         client_cpu: probe::cpu_seconds(&tree(sys.client_pids())),
         gateway_cpu: probe::cpu_seconds(&tree(sys.gateway_pids())),
         machine: probe::machine_busy_seconds()?,
-        drops: [
-            probe::udp_rcvbuf_errors(&w.client)?,
-            probe::udp_rcvbuf_errors(&w.gw)?,
-            probe::udp_rcvbuf_errors(&w.corp)?,
+        udp: [
+            probe::udp_counters(&w.client)?,
+            probe::udp_counters(&w.gw)?,
+            probe::udp_counters(&w.corp)?,
         ],
     })
 }
@@ -624,16 +635,21 @@ fn measure(sys: &dyn System, w: &World, test: Test, opts: &Options) -> Result<Me
         per_gb(after.gateway_cpu - before.gateway_cpu, sys.tunnelled()),
         per_gb(after.machine - before.machine, true),
     ];
-    let mut drops = [0; 3];
-    for (i, d) in drops.iter_mut().enumerate() {
-        *d = after.drops[i].saturating_sub(before.drops[i]);
+    let mut udp = [probe::UdpCounters::default(); 3];
+    for (i, d) in udp.iter_mut().enumerate() {
+        d.delivered = after.udp[i]
+            .delivered
+            .saturating_sub(before.udp[i].delivered);
+        d.rcvbuf_drops = after.udp[i]
+            .rcvbuf_drops
+            .saturating_sub(before.udp[i].rcvbuf_drops);
     }
     Ok(Measured {
         value,
         p99,
         loss,
         cpu,
-        drops,
+        udp,
         retransmits,
     })
 }

@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let mut server = Server::with_rng(ServerConfig::default(), Box::new(Zero), now);
-    let _ = server.handle_tls_bytes(build_upgrade_request("gw", "/", "f", false).as_bytes(), now);
+    let _ = server.handle_tls_bytes(build_upgrade_request("gw", "/", "f", false, false).as_bytes(), now);
     for piece in rest.chunks(chunk) {
         if server.handle_tls_bytes(piece, now).is_err() {
             break;

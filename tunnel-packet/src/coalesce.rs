@@ -101,9 +101,9 @@ impl Coalescer {
     pub fn new() -> Self {
         Coalescer {
             pending: Vec::with_capacity(MAX_FLOWS),
-            spare: (0..MAX_FLOWS)
-                .map(|_| Vec::with_capacity(MAX_PACKET))
-                .collect(),
+            // Buffers are made when a flow first needs one and kept for reuse: a coalescer
+            // that never joins anything costs nothing.
+            spare: Vec::new(),
         }
     }
 
@@ -130,7 +130,10 @@ impl Coalescer {
         if self.pending.len() == MAX_FLOWS {
             self.flush_one(0, write);
         }
-        let mut buf = self.spare.pop().unwrap_or_default();
+        let mut buf = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(MAX_PACKET));
         buf.clear();
         buf.extend_from_slice(packet);
         let size = packet.len() - c.hlen;

@@ -45,8 +45,8 @@ use crate::ift::{
 };
 use crate::rng::{OsRandom, RandomSource};
 use crate::session::{
-    AuthFailure, EspInput, EspPair, SessionError, TlsOut, Transmit, after, generate_inbound,
-    outbound_from,
+    AuthFailure, EspInput, EspPair, PacketSink, SessionError, TlsOut, Transmit, after,
+    generate_inbound, outbound_from,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -92,6 +92,9 @@ pub struct ClientConfig {
     /// (`X-Tunnel-ESP: aes256-gcm`); a gateway that does not know the header ignores it.
     /// Without the offer, a config naming AES-GCM disables ESP.
     pub offer_aes_gcm: bool,
+    /// Say in the upgrade request that several IF-T frames may share a TLS record
+    /// (`X-Tunnel-Records: stream`): tunnel's gateway then batches what it sends.
+    pub stream_records: bool,
 }
 
 /// Dead-peer detection on ESP, as Ivanti Tunnel's `AtpProbe*` settings describe it: after
@@ -122,6 +125,7 @@ impl ClientConfig {
             udp_ipv6: false,
             esp_dpd: None,
             offer_aes_gcm: false,
+            stream_records: false,
         }
     }
 }
@@ -310,6 +314,7 @@ impl Client {
             &self.cfg.path,
             &self.cfg.user_agent,
             self.cfg.offer_aes_gcm,
+            self.cfg.stream_records,
         );
         self.out.raw(req.as_bytes());
         self.state = State::AwaitUpgrade { head: Vec::new() };
@@ -355,6 +360,12 @@ impl Client {
         self.out.consume(n);
     }
 
+    /// Moves every pending TLS byte into `into` (emptied first) without copying: the two
+    /// buffers trade places, so `into`'s allocation is reused for what comes next.
+    pub fn take_tls(&mut self, into: &mut Vec<u8>) {
+        self.out.take(into);
+    }
+
     /// Next event for the caller.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
@@ -378,19 +389,45 @@ impl Client {
         self.link = EspLink::Off;
     }
 
-    /// Feeds bytes read from the TLS connection. Any error closes the session.
+    /// Feeds bytes read from the TLS connection. Any error closes the session. Data
+    /// packets come out as [`ClientEvent::Packet`].
     pub fn handle_tls_bytes(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+        self.handle_tls(data, now, None)
+    }
+
+    /// Like [`Self::handle_tls_bytes`], but each data packet goes to `packets` as it is
+    /// parsed, with no copy and no event (the fast path's TLS receive).
+    pub fn handle_tls_bytes_with(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        packets: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), SessionError> {
+        self.handle_tls(data, now, Some(packets))
+    }
+
+    fn handle_tls(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        mut packets: Option<PacketSink<'_>>,
+    ) -> Result<(), SessionError> {
         if self.is_closed() {
             return Err(SessionError::Closed);
         }
-        let r = self.handle_tls_inner(data, now);
+        let r = self.handle_tls_inner(data, now, &mut packets);
         if r.is_err() {
             self.close();
         }
         r
     }
 
-    fn handle_tls_inner(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+    fn handle_tls_inner(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        packets: &mut Option<PacketSink<'_>>,
+    ) -> Result<(), SessionError> {
         if let State::AwaitUpgrade { head } = &mut self.state {
             head.extend_from_slice(data);
             let Some((_, used)) = parse_upgrade_response(head)? else {
@@ -416,7 +453,7 @@ impl Client {
                 let Some(frame) = decoder.next_frame()? else {
                     break;
                 };
-                self.handle_frame(frame, now)?;
+                self.handle_frame(frame, now, packets)?;
             }
             Ok(())
         })();
@@ -424,7 +461,12 @@ impl Client {
         r
     }
 
-    fn handle_frame(&mut self, frame: Frame<'_>, now: Instant) -> Result<(), SessionError> {
+    fn handle_frame(
+        &mut self,
+        frame: Frame<'_>,
+        now: Instant,
+        packets: &mut Option<PacketSink<'_>>,
+    ) -> Result<(), SessionError> {
         let msg = frame.message()?;
         // Messages that mean the same in every state.
         match &msg {
@@ -521,9 +563,10 @@ impl Client {
                 ConfigPacket::Esp(x) => self.install_esp(x, now, true)?,
             },
             (State::Configuring, Message::EndOfConfig) => self.finish_config()?,
-            (State::Established, Message::Data(packet)) => {
-                self.events.push_back(ClientEvent::Packet(packet.to_vec()));
-            }
+            (State::Established, Message::Data(packet)) => match packets {
+                Some(f) => f(packet),
+                None => self.events.push_back(ClientEvent::Packet(packet.to_vec())),
+            },
             (State::Established, Message::Config(payload)) => match ConfigPacket::parse(payload)? {
                 ConfigPacket::Esp(x) => self.install_esp(x, now, false)?,
                 ConfigPacket::Main(cfg) => {

@@ -856,10 +856,17 @@ pub struct UpgradeRequest {
     pub user_agent: Option<String>,
     /// The client offered AES-256-GCM ESP (`X-Tunnel-ESP: aes256-gcm`, tunnel's own header).
     pub offers_aes_gcm: bool,
+    /// The client reads IF-T as a byte stream, so several frames may share a TLS record
+    /// (`X-Tunnel-Records: stream`, tunnel's own header). openconnect does not: it reads one
+    /// record at a time and expects exactly one frame in it.
+    pub stream_records: bool,
 }
 
 /// The header in which tunnel's client offers its own ESP suites.
 pub const ESP_OFFER_HEADER: &str = "X-Tunnel-ESP";
+
+/// The header in which tunnel's client says it takes several IF-T frames per TLS record.
+pub const RECORDS_HEADER: &str = "X-Tunnel-Records";
 
 /// What the client learned from the server's upgrade answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -868,19 +875,23 @@ pub struct UpgradeResponse {
     pub upgrade: Option<String>,
 }
 
-/// Builds the client's upgrade request, as openconnect sends it, plus the AES-GCM offer.
+/// Builds the client's upgrade request, as openconnect sends it, plus tunnel's own headers:
+/// the AES-GCM offer and the stream-records capability.
 pub fn build_upgrade_request(
     host: &str,
     path: &str,
     user_agent: &str,
     offer_aes_gcm: bool,
+    stream_records: bool,
 ) -> String {
     let path = path.trim_start_matches('/');
-    let offer = if offer_aes_gcm {
-        format!("{ESP_OFFER_HEADER}: aes256-gcm\r\n")
-    } else {
-        String::new()
-    };
+    let mut offer = String::new();
+    if offer_aes_gcm {
+        offer.push_str(&format!("{ESP_OFFER_HEADER}: aes256-gcm\r\n"));
+    }
+    if stream_records {
+        offer.push_str(&format!("{RECORDS_HEADER}: stream\r\n"));
+    }
     format!(
         "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\n{offer}\
          Content-Type: EAP\r\nUpgrade: IF-T/TLS 1.0\r\nContent-Length: 0\r\n\r\n"
@@ -990,6 +1001,9 @@ pub fn parse_upgrade_request(buf: &[u8]) -> Result<Option<(UpgradeRequest, usize
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("aes256-gcm"))
             }),
+            stream_records: head
+                .header(RECORDS_HEADER)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("stream")),
         },
         head.consumed,
     )))
@@ -1267,7 +1281,7 @@ mod tests {
 
     #[test]
     fn upgrade_round_trip() {
-        let req = build_upgrade_request("vpn.example.com", "/", "tunnel/0.1", false);
+        let req = build_upgrade_request("vpn.example.com", "/", "tunnel/0.1", false, false);
         assert!(req.starts_with("GET / HTTP/1.1\r\n"));
         let mut bytes = req.clone().into_bytes();
         bytes.extend_from_slice(&[0, 0, 0x55, 0x97]);
@@ -1278,7 +1292,31 @@ mod tests {
         assert_eq!(parsed.path, "/");
         assert_eq!(parsed.host.as_deref(), Some("vpn.example.com"));
         assert_eq!(parsed.user_agent.as_deref(), Some("tunnel/0.1"));
+        assert!(!parsed.offers_aes_gcm && !parsed.stream_records);
         assert_eq!(parse_upgrade_request(&bytes[..20]), Ok(None));
+        // tunnel's own headers, and only those values.
+        for (gcm, stream) in [(true, false), (false, true), (true, true)] {
+            let req = build_upgrade_request("gw", "/", "tunnel/0.1", gcm, stream);
+            let (parsed, _) = parse_upgrade_request(req.as_bytes())
+                .expect("valid")
+                .expect("complete");
+            assert_eq!(
+                (parsed.offers_aes_gcm, parsed.stream_records),
+                (gcm, stream)
+            );
+        }
+        let odd = build_upgrade_request("gw", "/", "x", false, false).replacen(
+            "Host:",
+            "X-Tunnel-Records: datagram\r\nHost:",
+            1,
+        );
+        let (parsed, _) = parse_upgrade_request(odd.as_bytes())
+            .expect("valid")
+            .expect("complete");
+        assert!(
+            !parsed.stream_records,
+            "an unknown value is not the capability"
+        );
 
         let resp = build_upgrade_response();
         let (parsed, used) = parse_upgrade_response(resp)

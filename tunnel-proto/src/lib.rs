@@ -108,5 +108,6 @@ pub use ift::{
 pub use rng::{OsRandom, RandomSource};
 pub use server::{CloseReason, Server, ServerConfig, ServerEvent};
 pub use session::{
-    AuthFailure, AuthRejection, EspInput, Password, REKEY_OVERLAP, SessionError, Transmit,
+    AuthFailure, AuthRejection, EspInput, MAX_TLS_BACKLOG, Password, REKEY_OVERLAP, SessionError,
+    Transmit,
 };

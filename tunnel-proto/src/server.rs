@@ -22,7 +22,7 @@ use crate::ift::{
 };
 use crate::rng::{OsRandom, RandomSource};
 use crate::session::{
-    AuthRejection, EspInput, EspPair, Password, SessionError, TlsOut, Transmit, after,
+    AuthRejection, EspInput, EspPair, PacketSink, Password, SessionError, TlsOut, Transmit, after,
     generate_inbound, outbound_from,
 };
 use std::collections::VecDeque;
@@ -254,6 +254,12 @@ impl Server {
         self.out.consume(n);
     }
 
+    /// Moves every pending TLS byte into `into` (emptied first) without copying: the two
+    /// buffers trade places, so `into`'s allocation is reused for what comes next.
+    pub fn take_tls(&mut self, into: &mut Vec<u8>) {
+        self.out.take(into);
+    }
+
     /// Next event for the caller.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.events.pop_front()
@@ -291,17 +297,42 @@ impl Server {
     /// Feeds bytes read from the TLS connection. Any error closes the session (after a
     /// rejected upgrade an HTTP 400 is queued first).
     pub fn handle_tls_bytes(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+        self.handle_tls(data, now, None)
+    }
+
+    /// Like [`Self::handle_tls_bytes`], but each data packet goes to `packets` as it is
+    /// parsed, with no copy and no event (the fast path's TLS receive).
+    pub fn handle_tls_bytes_with(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        packets: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), SessionError> {
+        self.handle_tls(data, now, Some(packets))
+    }
+
+    fn handle_tls(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        mut packets: Option<PacketSink<'_>>,
+    ) -> Result<(), SessionError> {
         if self.is_closed() {
             return Err(SessionError::Closed);
         }
-        let r = self.handle_tls_inner(data, now);
+        let r = self.handle_tls_inner(data, now, &mut packets);
         if r.is_err() {
             self.state = State::Closed;
         }
         r
     }
 
-    fn handle_tls_inner(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+    fn handle_tls_inner(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        packets: &mut Option<PacketSink<'_>>,
+    ) -> Result<(), SessionError> {
         if let State::AwaitUpgrade { head } = &mut self.state {
             head.extend_from_slice(data);
             let parsed = match parse_upgrade_request(head) {
@@ -328,7 +359,7 @@ impl Server {
                 let Some(frame) = decoder.next_frame()? else {
                     break;
                 };
-                self.handle_frame(frame, now)?;
+                self.handle_frame(frame, now, packets)?;
             }
             Ok(())
         })();
@@ -356,7 +387,12 @@ impl Server {
         Ok(AuthResponse::parse(avps)?)
     }
 
-    fn handle_frame(&mut self, frame: Frame<'_>, now: Instant) -> Result<(), SessionError> {
+    fn handle_frame(
+        &mut self,
+        frame: Frame<'_>,
+        now: Instant,
+        packets: &mut Option<PacketSink<'_>>,
+    ) -> Result<(), SessionError> {
         let msg = frame.message()?;
         if let Message::Logout = msg {
             self.close(CloseReason::LoggedOut);
@@ -497,7 +533,10 @@ impl Server {
             }
             (State::Established, Message::Data(packet)) => {
                 self.last_activity = now;
-                self.events.push_back(ServerEvent::Packet(packet.to_vec()));
+                match packets {
+                    Some(f) => f(packet),
+                    None => self.events.push_back(ServerEvent::Packet(packet.to_vec())),
+                }
             }
             (State::Established, Message::Config(payload)) => match ConfigPacket::parse(payload)? {
                 ConfigPacket::Esp(x) => self.install_client_keys(x)?,

@@ -93,6 +93,13 @@ pub enum SessionError {
     /// The session is closed; nothing more can be done with it.
     #[error("session is closed")]
     Closed,
+    /// A data packet was dropped: this many bytes are already waiting for the TLS
+    /// connection ([`MAX_TLS_BACKLOG`]).
+    #[error("TLS backlog full ({pending} bytes waiting): data packet dropped")]
+    Backlogged {
+        /// Bytes waiting.
+        pending: usize,
+    },
 }
 
 /// A password: compared and passed on, never printed.
@@ -142,6 +149,9 @@ pub enum AuthRejection {
     Code(u32),
 }
 
+/// Where `handle_tls_bytes_with` hands each data packet.
+pub(crate) type PacketSink<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// Where [`send_packet`](crate::Client::send_packet) put an outgoing IP packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transmit {
@@ -163,6 +173,13 @@ pub enum EspInput<'a> {
     ProbeReply(usize),
 }
 
+/// Most bytes of data frames waiting to be written to TLS. Past it a data packet is dropped
+/// (as a full interface queue drops it) instead of queueing without bound when the TLS
+/// connection is slower than the packets coming in; control messages always queue. 1 MiB
+/// holds a few milliseconds at multi-gigabit rates, which is what the writer needs to wake
+/// up; the TCP connection's own buffers carry the bandwidth-delay product.
+pub const MAX_TLS_BACKLOG: usize = 1 << 20;
+
 /// Outgoing TLS bytes and the IF-T sequence counter of our side.
 #[derive(Debug, Default)]
 pub(crate) struct TlsOut {
@@ -181,9 +198,13 @@ impl TlsOut {
         Ok(())
     }
 
-    /// Appends a data frame without an intermediate buffer.
+    /// Appends a data frame without an intermediate buffer; refuses it past
+    /// [`MAX_TLS_BACKLOG`].
     pub(crate) fn send_data(&mut self, packet: &[u8]) -> Result<(), SessionError> {
         let start = self.buf.len();
+        if start + packet.len() > MAX_TLS_BACKLOG {
+            return Err(SessionError::Backlogged { pending: start });
+        }
         self.buf.resize(start + HEADER_LEN, 0);
         if let Err(e) = encode_header(
             FrameKind::Data,
@@ -205,6 +226,11 @@ impl TlsOut {
 
     pub(crate) fn consume(&mut self, n: usize) {
         self.buf.drain(..n.min(self.buf.len()));
+    }
+
+    pub(crate) fn take(&mut self, into: &mut Vec<u8>) {
+        into.clear();
+        std::mem::swap(&mut self.buf, into);
     }
 }
 
@@ -310,6 +336,35 @@ mod tests {
     #[test]
     fn password_debug_is_redacted() {
         assert_eq!(format!("{:?}", Password::new("hunter2")), "Password(***)");
+    }
+
+    #[test]
+    fn the_data_backlog_is_bounded_and_control_still_queues() {
+        let mut out = TlsOut::default();
+        let packet = vec![0x45u8; 1400];
+        let mut queued = 0;
+        while out.send_data(&packet).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, MAX_TLS_BACKLOG / (1400 + HEADER_LEN));
+        assert!(matches!(
+            out.send_data(&packet),
+            Err(SessionError::Backlogged { .. })
+        ));
+        let seq_before = out.seq;
+        out.send(&Message::Logout)
+            .expect("control messages are not limited");
+        assert_eq!(
+            out.seq,
+            seq_before + 1,
+            "a refused packet takes no sequence number"
+        );
+        let mut taken = vec![1, 2, 3];
+        let len = out.pending().len();
+        out.take(&mut taken);
+        assert_eq!(taken.len(), len);
+        assert!(out.pending().is_empty());
+        out.send_data(&packet).expect("room again");
     }
 
     #[test]

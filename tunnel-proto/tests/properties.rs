@@ -335,7 +335,7 @@ proptest! {
         input.extend_from_slice(&data);
         let _ = client.handle_tls_bytes(&input, now);
         let mut server = Server::with_rng(ServerConfig::default(), Box::new(TestRng(2)), now);
-        let mut input = if prefix { build_upgrade_request("gw", "/", "x", prefix).into_bytes() } else { Vec::new() };
+        let mut input = if prefix { build_upgrade_request("gw", "/", "x", prefix, prefix).into_bytes() } else { Vec::new() };
         input.extend_from_slice(&data);
         let _ = server.handle_tls_bytes(&input, now);
         let _ = server.poll_timers(now);

@@ -1009,7 +1009,7 @@ fn out_of_order_message_is_a_typed_error() {
     assert!(client.is_closed());
 
     let mut server = Server::with_rng(ServerConfig::default(), Box::new(TestRng(6)), now);
-    let mut bytes = build_upgrade_request("gw", "/", "ua", false).into_bytes();
+    let mut bytes = build_upgrade_request("gw", "/", "ua", false, false).into_bytes();
     Message::VersionRequest {
         min: 3,
         max: 4,

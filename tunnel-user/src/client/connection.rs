@@ -641,6 +641,8 @@ async fn session(
     cfg.udp_ipv6 = addr.is_ipv6();
     // Our own gateway then picks AES-256-GCM; Pulse gateways ignore the offer.
     cfg.offer_aes_gcm = true;
+    // And it batches TLS records for us; Pulse gateways ignore the header too.
+    cfg.stream_records = true;
     // ESP dead-peer detection follows the AtpProbe* settings; a recovery attempt every idle
     // period brings ESP back once it answers again.
     cfg.esp_dpd = Some(tunnel_proto::EspDpd {
@@ -657,8 +659,12 @@ async fn session(
         proto: Mutex::new(client),
         wake: Notify::new(),
     });
-    let (mut rd, mut wr) = tokio::io::split(tls);
+    let mut tls = tls;
+    crate::tls_io::unlimited_buffer(tls.get_mut().1);
     let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::new();
+    // Packets the gateway sent over TLS, joined for the TUN device.
+    let mut sink = TunSink::new();
     let mut esp_out = vec![0u8; 2048];
     let mut probes_sent = 0u32;
     let mut quiet_since = Instant::now();
@@ -668,17 +674,16 @@ async fn session(
         .unwrap_or_else(|e| e.into_inner()) = quiet_since;
     loop {
         // Flush what the state machine queued; act on its events.
-        let (out, events, next_timer, probes) = {
+        let (events, next_timer, probes) = {
             let mut c = session.proto.lock().unwrap_or_else(|e| e.into_inner());
-            let out = c.pending_tls().to_vec();
-            c.consume_tls(out.len());
+            c.take_tls(&mut out);
             let events: Vec<ClientEvent> = std::iter::from_fn(|| c.poll_event()).collect();
             let mut probes = Vec::new();
             let now = Instant::now();
             while let Ok(Some(n)) = c.poll_timers(now, &mut esp_out) {
                 probes.push(esp_out[..n].to_vec());
             }
-            (out, events, c.next_timer(), probes)
+            (events, c.next_timer(), probes)
         };
         if let (Some(t), false) = (tunnel.as_ref(), probes.is_empty())
             && let Some(udp) = &t.udp
@@ -687,7 +692,10 @@ async fn session(
                 let _ = udp.send(p);
             }
         }
-        if !out.is_empty() && wr.write_all(&out).await.is_err() {
+        if crate::tls_io::write_frames(&mut tls, &out, false)
+            .await
+            .is_err()
+        {
             return Outcome::Lost("the gateway closed the connection".into());
         }
         let progressed = !events.is_empty();
@@ -709,7 +717,7 @@ async fn session(
                 }
                 ClientEvent::CredentialsRequired { retry, .. } => {
                     if retry {
-                        let _ = wr.shutdown().await;
+                        let _ = tls.shutdown().await;
                         emit.event(EventKind::LoginErrorDisconnect {
                             connection: spec.name.clone(),
                         });
@@ -825,14 +833,29 @@ async fn session(
         let timer = next_timer.map_or(dpd_deadline, |t| t.min(dpd_deadline));
         let route_check = tokio::time::sleep(Duration::from_secs(2));
         tokio::select! {
-            read = rd.read(&mut buf) => {
+            read = tls.read(&mut buf) => {
                 let n = match read {
                     Ok(0) => return Outcome::Lost("the gateway closed the connection".into()),
                     Err(e) => return Outcome::Lost(format!("reading from the gateway: {e}")),
                     Ok(n) => n,
                 };
                 *shared.last_inbound.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                let r = session.proto.lock().map(|mut c| c.handle_tls_bytes(&buf[..n], Instant::now()));
+                let (mut packets, mut bytes) = (0u64, 0u64);
+                let r = session.proto.lock().map(|mut c| {
+                    c.handle_tls_bytes_with(&buf[..n], Instant::now(), &mut |p| {
+                        if let Some(t) = tunnel.as_ref() {
+                            packets += 1;
+                            bytes += p.len() as u64;
+                            sink.push(&t.tun, p);
+                        }
+                    })
+                });
+                // Written once the state machine is free again.
+                if let Some(t) = tunnel.as_ref() {
+                    sink.flush(&t.tun);
+                }
+                shared.traffic.packets_in.fetch_add(packets, Ordering::Relaxed);
+                shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
                 if let Ok(Err(e)) = r {
                     let still_open = session.proto.lock().map(|c| !c.is_closed()).unwrap_or(false);
                     if !still_open {
@@ -873,20 +896,22 @@ async fn session(
                 let Some((cmd, ack)) = cmd else { return Outcome::Done };
                 let outcome = match cmd {
                     Command::Signout => {
-                        let _ = session.proto.lock().map(|mut c| c.logout());
-                        let out = session.proto.lock().map(|c| c.pending_tls().to_vec()).unwrap_or_default();
-                        let _ = wr.write_all(&out).await;
-                        let _ = wr.shutdown().await;
+                        let _ = session.proto.lock().map(|mut c| {
+                            let _ = c.logout();
+                            c.take_tls(&mut out);
+                        });
+                        let _ = crate::tls_io::write_frames(&mut tls, &out, false).await;
+                        let _ = tls.shutdown().await;
                         *cookie = None;
                         Outcome::Done
                     }
                     Command::Disconnect => {
-                        let _ = wr.shutdown().await;
+                        let _ = tls.shutdown().await;
                         Outcome::Done
                     }
                     Command::Suspend => {
                         emit.event(EventKind::UserSuspend { connection: spec.name.clone() });
-                        let _ = wr.shutdown().await;
+                        let _ = tls.shutdown().await;
                         Outcome::Suspended
                     }
                     Command::Resume => {

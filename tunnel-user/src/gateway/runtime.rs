@@ -19,6 +19,8 @@ use tokio::{
     sync::broadcast,
 };
 use tokio_rustls::TlsAcceptor;
+
+use crate::tls_io::write_frames;
 use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel_proto::{
     AuthRejection, Config, EspInput, EspSettings, FatalErrorKind, Server, ServerConfig,
@@ -400,16 +402,15 @@ fn esp_reader(ctx: &Ctx) {
     }
 }
 
-/// Writes a packet a client sent over TLS into the TUN device if its source belongs to the
-/// client.
-fn forward_from_client(ctx: &Ctx, session: &Session, packet: &[u8]) {
-    match ip_endpoints(packet) {
-        Some((src, _)) if session.owns(src) => {
-            let _ = ctx.tun.send_packet(packet);
-        }
-        other => {
-            ctx.dropped.fetch_add(1, Ordering::Relaxed);
-            debug!(session = session.id, src = ?other.map(|(s, _)| s), "spoofed source dropped");
+/// Whether a packet a client sent over TLS has a source that belongs to the client;
+/// counts and logs it when not.
+fn sent_by_owner(dropped: &AtomicU64, session: Option<&Session>, packet: &[u8]) -> bool {
+    match (session, ip_endpoints(packet)) {
+        (Some(s), Some((src, _))) if s.owns(src) => true,
+        (s, other) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            debug!(session = s.map(|s| s.id), src = ?other.map(|(s, _)| s), "spoofed source dropped");
+            false
         }
     }
 }
@@ -527,6 +528,9 @@ struct Conn {
     known_spi: Option<u32>,
     /// The client offered AES-256-GCM ESP in its upgrade request.
     offers_aes_gcm: bool,
+    /// The client takes several IF-T frames per TLS record (tunnel's client does;
+    /// openconnect needs one frame per record).
+    stream_records: bool,
 }
 
 impl Conn {
@@ -539,14 +543,11 @@ impl Conn {
         }
     }
 
-    /// Bytes the state machine wants sent.
-    fn take_tls(&mut self) -> Vec<u8> {
-        self.with_proto(|p| {
-            let out = p.pending_tls().to_vec();
-            p.consume_tls(out.len());
-            out
-        })
-        .unwrap_or_default()
+    /// Bytes the state machine wants sent, moved into `out`.
+    fn take_tls(&mut self, out: &mut Vec<u8>) {
+        if self.with_proto(|p| p.take_tls(out)).is_none() {
+            out.clear();
+        }
     }
 
     fn dropped(&self) -> Ending {
@@ -578,7 +579,8 @@ async fn serve(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(tls::client_name);
-    let (mut rd, mut wr) = tokio::io::split(tls);
+    let mut tls = tls;
+    crate::tls_io::unlimited_buffer(tls.get_mut().1);
     let cfg = &ctx.config;
     let proto = Server::new(
         ServerConfig {
@@ -598,31 +600,37 @@ async fn serve(
         resuming: None,
         known_spi: None,
         offers_aes_gcm: false,
+        stream_records: false,
     };
     let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::new();
+    // Packets the client sent over TLS, joined for the TUN device.
+    let mut sink = TunSink::new();
     let ending = 'conn: loop {
         // Drain what the state machine has to send and to say.
-        let Some((out, events, next_timer)) = conn.with_proto(|p| {
-            let out = p.pending_tls().to_vec();
-            p.consume_tls(out.len());
+        let Some((events, next_timer)) = conn.with_proto(|p| {
+            p.take_tls(&mut out);
             let events: Vec<ServerEvent> = std::iter::from_fn(|| p.poll_event()).collect();
-            (out, events, p.next_timer())
+            (events, p.next_timer())
         }) else {
             break conn.dropped();
         };
         if let Some(s) = &conn.session {
             esp_housekeeping(&ctx, s, &mut conn.known_spi);
         }
-        if write_frames(&mut wr, &out).await.is_err() {
+        if write_frames(&mut tls, &out, !conn.stream_records)
+            .await
+            .is_err()
+        {
             break conn.dropped();
         }
         let progressed = !events.is_empty();
         for event in events {
             if let Some(ending) = handle_event(&ctx, &mut conn, event).await {
                 // Flush the final frames before closing.
-                let out = conn.take_tls();
-                let _ = write_frames(&mut wr, &out).await;
-                let _ = wr.shutdown().await;
+                conn.take_tls(&mut out);
+                let _ = write_frames(&mut tls, &out, true).await;
+                let _ = tls.shutdown().await;
                 break 'conn ending;
             }
         }
@@ -650,12 +658,23 @@ async fn serve(
             }
         };
         tokio::select! {
-            read = rd.read(&mut buf) => {
+            read = tls.read(&mut buf) => {
                 let n = match read {
                     Ok(0) | Err(_) => break conn.dropped(),
                     Ok(n) => n,
                 };
-                let result = conn.with_proto(|p| p.handle_tls_bytes(&buf[..n], Instant::now()));
+                let owner = conn.session.clone();
+                let tun = &ctx.tun;
+                let dropped = &ctx.dropped;
+                let result = conn.with_proto(|p| {
+                    p.handle_tls_bytes_with(&buf[..n], Instant::now(), &mut |packet| {
+                        if sent_by_owner(dropped, owner.as_deref(), packet) {
+                            sink.push(tun, packet);
+                        }
+                    })
+                });
+                // Written once the state machine is free again.
+                sink.flush(tun);
                 if let Some(Err(e)) = result {
                     // The state machine queued what it has to say, and a Closed event.
                     debug!(error = %e, "protocol error");
@@ -669,9 +688,9 @@ async fn serve(
                 let _ = conn.with_proto(|p| {
                     p.terminate(FatalErrorKind::SessionTerminated, "The gateway is shutting down")
                 });
-                let out = conn.take_tls();
-                let _ = write_frames(&mut wr, &out).await;
-                let _ = wr.shutdown().await;
+                conn.take_tls(&mut out);
+                let _ = write_frames(&mut tls, &out, true).await;
+                let _ = tls.shutdown().await;
                 break Ending::Finished;
             }
         }
@@ -707,36 +726,13 @@ fn esp_housekeeping(ctx: &Ctx, s: &Arc<Session>, known_spi: &mut Option<u32>) {
     }
 }
 
-/// Writes queued TLS bytes one IF-T frame per write, so each frame travels in TLS records of
-/// its own: openconnect reads one record at a time and expects it to hold exactly one frame
-/// while it receives the configuration. (An HTTP response at the start goes out whole.)
-async fn write_frames<W: AsyncWriteExt + Unpin>(wr: &mut W, mut out: &[u8]) -> io::Result<()> {
-    if out.starts_with(b"HTTP/") {
-        let end = out
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(out.len(), |p| p + 4);
-        wr.write_all(&out[..end]).await?;
-        out = &out[end..];
-    }
-    while !out.is_empty() {
-        let len = out
-            .get(8..12)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .filter(|&l| l >= tunnel_proto::HEADER_LEN && l <= out.len())
-            .unwrap_or(out.len());
-        wr.write_all(&out[..len]).await?;
-        out = &out[len..];
-    }
-    wr.flush().await
-}
-
 /// Acts on one event; Some(ending) ends the connection.
 async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Option<Ending> {
     let now = Instant::now();
     match event {
         ServerEvent::Upgraded(req) => {
             conn.offers_aes_gcm = req.offers_aes_gcm;
+            conn.stream_records = req.stream_records;
             debug!(
                 user_agent = ?req.user_agent,
                 aes_gcm = req.offers_aes_gcm,
@@ -887,8 +883,9 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
         }
         ServerEvent::EspKeysInstalled => debug!("client ESP keys installed"),
         ServerEvent::Packet(p) => {
-            if let Some(s) = &conn.session {
-                forward_from_client(ctx, s, &p);
+            // `serve` takes data packets straight from the parser; this is for completeness.
+            if sent_by_owner(&ctx.dropped, conn.session.as_deref(), &p) {
+                let _ = ctx.tun.send_packet(&p);
             }
         }
         ServerEvent::Closed(reason) => {
