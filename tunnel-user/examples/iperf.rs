@@ -2,7 +2,9 @@
 //! connects (ESP with the gateway's default suite; `tls` for TLS only, or an ESP suite name
 //! such as `aes128-sha1` as the first argument) and runs iperf3 from the client to corp,
 //! printing iperf3's summary. With `PERF=file` set, `perf record -a -g` samples the whole
-//! machine during the run into that file. The full comparison is `cargo xtask bench`.
+//! machine during the run into that file; with `PINGS=n`, n pings 10 ms apart go to corp
+//! first and ping's summary is printed; with `HOLD=s` the idle tunnel stays up s seconds
+//! before that. The full comparison is `cargo xtask bench`.
 //!
 //! `cargo build --release -p tunnel-user --bins && cargo run --release -p tunnel-user --example iperf [tls|SUITE] [-- iperf3 args]`
 
@@ -51,6 +53,19 @@ fn main() {
         "{}",
         String::from_utf8_lossy(&w.tunnel(&["status"], "").stdout)
     );
+    // HOLD=secs: keep the tunnel up and idle that long first (to look at it from outside).
+    if let Some(s) = std::env::var("HOLD").ok().and_then(|n| n.parse::<u64>().ok()) {
+        std::thread::sleep(Duration::from_secs(s));
+    }
+    if let Some(n) = std::env::var("PINGS").ok().and_then(|n| n.parse::<u32>().ok()) {
+        let out = w
+            .client
+            .command("ping")
+            .args(["-q", "-c", &n.to_string(), "-i", "0.01", CORP])
+            .output()
+            .unwrap();
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+    }
     let mut server = w.corp.command("iperf3").args(["-s", "-1"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let perf = std::env::var("PERF").ok().map(|file| {
