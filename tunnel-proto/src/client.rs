@@ -360,6 +360,12 @@ impl Client {
         self.out.consume(n);
     }
 
+    /// Bytes waiting to be written to TLS (data frames are refused past
+    /// [`MAX_TLS_BACKLOG`](crate::MAX_TLS_BACKLOG)).
+    pub fn tls_backlog(&self) -> usize {
+        self.out.pending().len()
+    }
+
     /// Moves every pending TLS byte into `into` (emptied first) without copying: the two
     /// buffers trade places, so `into`'s allocation is reused for what comes next.
     pub fn take_tls(&mut self, into: &mut Vec<u8>) {

@@ -22,7 +22,10 @@ fn main() {
         .skip(1)
         .cloned()
         .collect();
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+    // BIN_DIR: another build's binaries (to compare two trees in the same world).
+    let bin = std::env::var_os("BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
     let w = ClientWorld::build(
         "p",
         Binaries {
@@ -54,10 +57,16 @@ fn main() {
         String::from_utf8_lossy(&w.tunnel(&["status"], "").stdout)
     );
     // HOLD=secs: keep the tunnel up and idle that long first (to look at it from outside).
-    if let Some(s) = std::env::var("HOLD").ok().and_then(|n| n.parse::<u64>().ok()) {
+    if let Some(s) = std::env::var("HOLD")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+    {
         std::thread::sleep(Duration::from_secs(s));
     }
-    if let Some(n) = std::env::var("PINGS").ok().and_then(|n| n.parse::<u32>().ok()) {
+    if let Some(n) = std::env::var("PINGS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+    {
         let out = w
             .client
             .command("ping")

@@ -1188,6 +1188,16 @@ fn tun_to_gateway(
     let gso = AtomicBool::new(true);
     let (mut packets, mut bytes) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
+        // Over TLS, a host can push back instead of dropping: while the TLS connection has
+        // half the backlog limit queued, the TUN device is not read, its queue fills and the
+        // kernel throttles the sending sockets (TCP small queues), which costs the inner TCP
+        // no losses. (The gateway, a router for many clients, drops at the limit instead.)
+        let backlog = session.proto.lock().map(|c| c.tls_backlog()).unwrap_or(0);
+        if backlog >= tunnel_proto::MAX_TLS_BACKLOG / 2 {
+            session.wake.notify_one();
+            std::thread::sleep(TLS_DRAIN_WAIT);
+            continue;
+        }
         if let Err(e) = source.recv(tun) {
             if e.kind() == io::ErrorKind::WouldBlock {
                 wait(tun);
@@ -1233,6 +1243,10 @@ fn tun_to_gateway(
         }
     }
 }
+
+/// How long the TUN reader waits for the TLS connection to drain its backlog before it looks
+/// again: a few hundred kilobytes at multi-gigabit rates.
+const TLS_DRAIN_WAIT: Duration = Duration::from_micros(200);
 
 /// Seals the train's waiting datagrams and sends them (or forgets them without a socket,
 /// or when the keys changed since they were staged).
