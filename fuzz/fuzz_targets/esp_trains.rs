@@ -82,6 +82,21 @@ fuzz_target!(|data: &[u8]| {
     let mut batch = inb;
     let mut got = Vec::new();
     batch.decapsulate_train(&mut train, size, |r| got.push(r.map(|p| p.payload.to_vec())));
-    assert_eq!(got, expected, "opened train differs from one-by-one");
+    let kinds = |v: &[Result<Vec<u8>, EspError>]| -> Vec<String> {
+        v.iter()
+            .map(|r| match r {
+                Ok(p) => format!("ok({})", p.len()),
+                Err(e) => format!("{e:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(
+        got,
+        expected,
+        "opened train differs from one-by-one: train {:?}, one by one {:?} (size {size}, {} bytes)",
+        kinds(&got),
+        kinds(&expected),
+        train.len()
+    );
     assert_eq!(batch.window(), one.window());
 });

@@ -115,6 +115,26 @@ impl Harness {
         self.pump();
     }
 
+    /// The client's first probe, the server's answer: ESP is up on the client.
+    fn bring_up_esp(&mut self) {
+        let (mut udp, mut reply) = ([0u8; 2048], [0u8; 2048]);
+        let n = self
+            .client
+            .poll_timers(self.now, &mut udp)
+            .expect("timers")
+            .expect("first probe");
+        let Ok(EspInput::ProbeReply(m)) =
+            self.server.handle_esp(&mut udp[..n], self.now, &mut reply)
+        else {
+            panic!("the server did not answer the probe");
+        };
+        assert_eq!(
+            self.client.handle_esp(&mut reply[..m], self.now),
+            Ok(EspInput::Probe)
+        );
+        assert!(self.client.esp_up());
+    }
+
     fn establish(&mut self, config: &Config) {
         self.login_until_decision(None, "alice", "correct horse");
         self.server.accept("DSID-1").expect("accept");
@@ -570,20 +590,9 @@ fn esp_trains_both_ways() {
             config.esp.hmac = Some(0);
         }
         h.establish(&config);
+        h.bring_up_esp();
         let mut udp = [0u8; 2048];
         let mut reply = [0u8; 2048];
-        // Bring ESP up.
-        let n = h
-            .client
-            .poll_timers(h.now, &mut udp)
-            .expect("timers")
-            .expect("probe");
-        let Ok(EspInput::ProbeReply(m)) = h.server.handle_esp(&mut udp[..n], h.now, &mut reply)
-        else {
-            panic!("no probe reply");
-        };
-        h.client.handle_esp(&mut reply[..m], h.now).expect("reply");
-        assert!(h.client.esp_up());
         let packets: Vec<Vec<u8>> = (0..20)
             .map(|i| ipv4_packet(if i == 19 { 500 } else { 1300 }, i as u8))
             .collect();
@@ -684,22 +693,8 @@ fn esp_trains_both_ways() {
 fn esp_dead_peer_detection_falls_back_to_tls_and_retries() {
     let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
     h.establish(&tunnel_config(true));
+    h.bring_up_esp();
     let mut udp = [0u8; 2048];
-    let mut reply = [0u8; 2048];
-    let n = h
-        .client
-        .poll_timers(h.now, &mut udp)
-        .expect("t")
-        .expect("probe");
-    let EspInput::ProbeReply(m) = h
-        .server
-        .handle_esp(&mut udp[..n], h.now, &mut reply)
-        .expect("esp")
-    else {
-        panic!("no reply");
-    };
-    h.client.handle_esp(&mut reply[..m], h.now).expect("esp");
-    assert!(h.client.esp_up());
     // Fallback is 15 s: a DPD probe at 15 s, dead at 30 s.
     let dpd = h.now + Duration::from_secs(15);
     assert_eq!(h.client.next_timer(), Some(dpd));
@@ -752,21 +747,9 @@ fn configured_esp_dead_peer_detection() {
     cfg.esp_dpd = Some(dpd);
     let mut h = Harness::new(cfg, ServerConfig::default());
     h.establish(&tunnel_config(true));
+    h.bring_up_esp();
     let mut udp = [0u8; 2048];
     let mut reply = [0u8; 2048];
-    let n = h
-        .client
-        .poll_timers(h.now, &mut udp)
-        .expect("t")
-        .expect("probe");
-    let EspInput::ProbeReply(m) = h
-        .server
-        .handle_esp(&mut udp[..n], h.now, &mut reply)
-        .expect("esp")
-    else {
-        panic!("no reply");
-    };
-    h.client.handle_esp(&mut reply[..m], h.now).expect("esp");
     assert!(h.client.esp_up());
     while h.client.poll_event().is_some() {}
     let t0 = h.now;
@@ -836,21 +819,9 @@ fn configured_esp_dead_peer_detection() {
 fn esp_rekey_keeps_traffic_flowing() {
     let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
     h.establish(&tunnel_config(true));
+    h.bring_up_esp();
     let mut udp = [0u8; 2048];
     let mut reply = [0u8; 2048];
-    let n = h
-        .client
-        .poll_timers(h.now, &mut udp)
-        .expect("t")
-        .expect("probe");
-    let EspInput::ProbeReply(m) = h
-        .server
-        .handle_esp(&mut udp[..n], h.now, &mut reply)
-        .expect("esp")
-    else {
-        panic!("no reply");
-    };
-    h.client.handle_esp(&mut reply[..m], h.now).expect("esp");
     h.take_client_events();
     h.take_server_events();
     while h.client.poll_event().is_some() {}

@@ -28,6 +28,17 @@ pub fn wait(fd: &impl AsFd) -> bool {
     readable(fd.as_fd().as_raw_fd(), IDLE_WAIT)
 }
 
+/// What a packet thread does after a read from `fd` failed: with nothing queued, waits for
+/// more; after a real error (logged as `what`), backs off for [`IDLE_WAIT`].
+pub fn after_failed_read(e: &io::Error, fd: &impl AsFd, what: &str) {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        wait(fd);
+    } else {
+        debug!(error = %e, "{what}");
+        std::thread::sleep(IDLE_WAIT);
+    }
+}
+
 /// Reads from a TUN device and hands out wire-size IP packets.
 pub struct TunSource {
     buf: Vec<u8>,

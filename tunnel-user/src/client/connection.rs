@@ -46,7 +46,7 @@ use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
     netconf::{Netlink, Route, Via, sysctl},
     packet_io::ip_endpoints,
-    pump::{IDLE_WAIT, RECV_BATCH, Train, TunSink, TunSource, wait},
+    pump::{RECV_BATCH, Train, TunSink, TunSource, after_failed_read},
     tun::Tun,
     udp_gso::{self, RecvBatch},
 };
@@ -1199,12 +1199,7 @@ fn tun_to_gateway(
             continue;
         }
         if let Err(e) = source.recv(tun) {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                wait(tun);
-            } else {
-                debug!(error = %e, "reading the TUN device");
-                std::thread::sleep(IDLE_WAIT);
-            }
+            after_failed_read(&e, tun, "reading the TUN device");
             continue;
         }
         let Ok(mut c) = session.proto.lock() else {
@@ -1281,12 +1276,7 @@ fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, 
     let mut opened: Vec<(usize, usize, usize)> = Vec::with_capacity(RECV_BATCH * 64);
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = batch.recv(udp) {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                wait(udp);
-            } else {
-                debug!(error = %e, "receiving ESP");
-                std::thread::sleep(IDLE_WAIT);
-            }
+            after_failed_read(&e, udp, "receiving ESP");
             continue;
         }
         let Ok(mut c) = session.proto.lock() else {

@@ -37,7 +37,7 @@ use crate::{
     datapath::ifindex,
     netconf::{NetconfError, Netlink, sysctl},
     packet_io::ip_endpoints,
-    pump::{IDLE_WAIT, RECV_BATCH, Train, TunSink, TunSource, wait},
+    pump::{RECV_BATCH, Train, TunSink, TunSource, after_failed_read},
     tun::Tun,
     udp_gso::{self, RecvBatch},
 };
@@ -249,12 +249,7 @@ fn tun_reader(ctx: &Ctx) {
     }
     while !ctx.stop.load(Ordering::Relaxed) {
         if let Err(e) = source.recv(&ctx.tun) {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                wait(&ctx.tun);
-            } else {
-                debug!(error = %e, "reading the TUN device");
-                std::thread::sleep(IDLE_WAIT);
-            }
+            after_failed_read(&e, &ctx.tun, "reading the TUN device");
             continue;
         }
         let session = ip_endpoints(source.packet()).and_then(|(_, dst)| ctx.table.by_addr(dst));
@@ -327,12 +322,7 @@ fn esp_reader(ctx: &Ctx) {
     let mut opened: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(RECV_BATCH * 64);
     while !ctx.stop.load(Ordering::Relaxed) {
         if let Err(e) = batch.recv(udp) {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                wait(udp);
-            } else {
-                debug!(error = %e, "receiving ESP");
-                std::thread::sleep(IDLE_WAIT);
-            }
+            after_failed_read(&e, udp, "receiving ESP");
             continue;
         }
         let now = Instant::now();
