@@ -98,6 +98,8 @@ pub fn markdown(report: &Report) -> String {
         .find(|r| r.name == "bare")
         .and_then(|b| median(b.test("tcp-1-up")));
 
+    s.push_str(&summary(report));
+
     s.push_str("### Systems\n\n| system | what | version | status | transport | MTU |\n|---|---|---|---|---|---:|\n");
     for r in &report.systems {
         let _ = writeln!(
@@ -273,6 +275,69 @@ pub fn markdown(report: &Report) -> String {
         s.push_str("\n### Failed runs\n\n");
         s.push_str(&failures);
     }
+    s
+}
+
+/// One line a system with the figures a reader compares first (the README shows this
+/// table): TCP 1 stream both ways and 4 up, the ratio to the bare veth, UDP 64-byte packets
+/// per second, RTT idle and loaded, CPU s/GB of the tunnel's processes (client + gateway,
+/// TCP 1 up), their peak RSS (client / gateway, all processes of a side added up), login and
+/// reconnect time.
+pub fn summary(report: &Report) -> String {
+    let bare = measured(report, "bare").and_then(|b| median(b.test("tcp-1-up")));
+    let mut s = String::from(
+        "### Summary\n\n| system | TCP 1 up Gbit/s | TCP 1 down | TCP 4 up | vs bare | UDP 64 B kpps | RTT idle / loaded ms | CPU s/GB | peak RSS MiB | login s | reconnect s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in report
+        .systems
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Measured))
+    {
+        let m = |id: &str| median(r.test(id)).map(num).unwrap_or("–".into());
+        let up = r.test("tcp-1-up");
+        let ratio = match (bare, median(up)) {
+            (Some(b), Some(v)) if b > 0.0 => format!("{:.3}", v / b),
+            _ => "–".into(),
+        };
+        let cpu = match up.map(|t| (t.cpu_client_s_per_gb, t.cpu_gateway_s_per_gb)) {
+            Some((Some(c), Some(g))) => format!("{} + {}", num(c.median), num(g.median)),
+            _ => "–".into(),
+        };
+        let rss = |side: &str| -> Option<f64> {
+            let kib: u64 = r
+                .memory
+                .iter()
+                .filter(|m| m.side == side)
+                .map(|m| m.peak_rss_kib)
+                .sum();
+            (kib > 0).then(|| kib as f64 / 1024.0)
+        };
+        let mem = match (rss("client"), rss("gateway")) {
+            (Some(c), Some(g)) => format!("{c:.1} / {g:.1}"),
+            _ => "–".into(),
+        };
+        let reconnect = match (&r.reconnect_s, r.reconnect_errors.is_empty()) {
+            (Some(s), true) => num(s.median),
+            (_, false) => "failed".into(),
+            (None, true) => "–".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {ratio} | {} | {} / {} | {cpu} | {mem} | {} | {reconnect} |",
+            r.name,
+            cell(up.and_then(|t| t.value.as_ref())),
+            m("tcp-1-down"),
+            m("tcp-4-up"),
+            m("udp-64"),
+            m("latency-idle"),
+            m("latency-loaded"),
+            r.login_s
+                .as_ref()
+                .map(|l| num(l.median))
+                .unwrap_or("–".into()),
+        );
+    }
+    s.push('\n');
     s
 }
 
@@ -596,6 +661,23 @@ pub mod tests {
                 "| ours-esp idle RTT against boringtun's (ms) | 0.120 | – | – | <= 1x | – |"
             ),
             "unjudged without boringtun: {md}"
+        );
+    }
+
+    #[test]
+    fn the_summary_has_a_line_per_measured_system() {
+        let md = summary(&sample());
+        // Memory needs both sides: the sample has only the client's.
+        assert!(
+            md.contains(
+                "| ours-esp | 0.500 ±0.050 | 0.500 | – | 0.025 | 120 | 0.120 / – | 2.50 + 1.00 | – | 0.400 | failed |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| bare | 20.0 ±2.00 |"), "{md}");
+        assert!(
+            !md.contains("| boringtun"),
+            "not measured, not summarised: {md}"
         );
     }
 
