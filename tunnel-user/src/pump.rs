@@ -209,12 +209,124 @@ impl Train {
         }
     }
 
+    /// Forgets the datagrams waiting (sealing them failed); a datagram that could not join
+    /// them stays apart, for [`Trains::next`] to move into the next train.
+    pub fn forget_sealed(&mut self) {
+        self.buf.copy_within(self.used..self.used + self.spill, 0);
+        self.used = 0;
+        self.count = 0;
+        self.closed = false;
+    }
+
     /// Forgets what is waiting (the peer went away).
     pub fn clear(&mut self) {
         self.used = 0;
         self.count = 0;
         self.closed = false;
         self.spill = 0;
+    }
+}
+
+/// Trains filled and sealed while the state machine is locked and sent once it is released.
+/// A GSO packet from the TUN device can fill more than one train, and a UDP send (which on
+/// a veth also runs the receiving side's stack) takes too long to hold the lock that the
+/// thread of the other direction needs for every packet it opens.
+///
+/// The caller stages into [`Self::slot`]; when [`Self::commit`] says the current train is
+/// complete it seals [`Self::current`]'s pending datagrams and calls [`Self::next`]; at the
+/// end of a batch it seals the current train, releases the lock and calls [`Self::send`].
+pub struct Trains {
+    trains: Vec<Train>,
+    current: usize,
+}
+
+impl Default for Trains {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Trains {
+    pub fn new() -> Self {
+        Trains {
+            trains: vec![Train::new()],
+            current: 0,
+        }
+    }
+
+    /// Where the next datagram is to be staged.
+    pub fn slot(&mut self) -> &mut [u8] {
+        self.trains[self.current].slot()
+    }
+
+    /// Takes the `len`-byte datagram staged into [`Self::slot`]; true when the current train
+    /// is complete.
+    pub fn commit(&mut self, len: usize) -> bool {
+        self.trains[self.current].commit(len)
+    }
+
+    /// The train being filled.
+    pub fn current(&mut self) -> &mut Train {
+        &mut self.trains[self.current]
+    }
+
+    /// Forgets the current train's datagrams (sealing them failed): nothing staged in it is
+    /// ever sent; a datagram that did not fit it still moves into the next train.
+    pub fn forget_current(&mut self) {
+        self.trains[self.current].forget_sealed();
+    }
+
+    /// Starts the next train (made on first use, kept for reuse); a datagram that did not
+    /// fit the complete one moves into it.
+    pub fn next(&mut self) {
+        if self.current + 1 == self.trains.len() {
+            self.trains.push(Train::new());
+        }
+        let (done, rest) = self.trains.split_at_mut(self.current + 1);
+        let (done, next) = (&mut done[self.current], &mut rest[0]);
+        next.clear();
+        let spill = std::mem::take(&mut done.spill);
+        if spill > 0 {
+            next.buf[..spill].copy_from_slice(&done.buf[done.used..done.used + spill]);
+            next.commit(spill);
+        }
+        self.current += 1;
+    }
+
+    /// Datagrams in all trains.
+    pub fn len(&self) -> usize {
+        self.trains[..=self.current].iter().map(Train::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends every train, in order, to `to` (or the connected peer); the set is empty
+    /// afterwards. The first error is returned, after the other trains went out.
+    pub fn send(
+        &mut self,
+        sock: &UdpSocket,
+        to: Option<SocketAddr>,
+        gso: &AtomicBool,
+    ) -> io::Result<()> {
+        let mut result = Ok(());
+        for t in &mut self.trains[..=self.current] {
+            let r = t.flush(sock, to, gso);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        self.current = 0;
+        result
+    }
+
+    /// Forgets every train (no peer, no socket).
+    pub fn clear(&mut self) {
+        for t in &mut self.trains[..=self.current] {
+            t.clear();
+        }
+        self.current = 0;
     }
 }
 
@@ -301,6 +413,78 @@ mod tests {
         }
         assert_eq!(got, sent);
         assert!(gso.load(Ordering::Relaxed));
+    }
+
+    /// A batch that fills several trains keeps every datagram once and in order, the one
+    /// that did not fit a complete train included, and an emptied set starts over.
+    #[test]
+    fn a_set_of_trains_keeps_order_across_trains() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp_gso::tune(&rx);
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let gso = AtomicBool::new(true);
+        let mut set = Trains::new();
+        let mut sent = Vec::new();
+        let mut trains = 1;
+        // 70 full datagrams (more than one train holds), a short one, then longer ones.
+        let lens: Vec<usize> = (0..70).map(|_| 1000).chain([400, 1200, 1200]).collect();
+        for (i, &len) in lens.iter().enumerate() {
+            let d: Vec<u8> = (0..len).map(|j| (i * 7 + j) as u8).collect();
+            set.slot()[..len].copy_from_slice(&d);
+            sent.push(d);
+            if set.commit(len) {
+                set.next();
+                trains += 1;
+            }
+        }
+        assert_eq!(set.len(), lens.len());
+        assert!(trains >= 3, "{trains} trains");
+        set.send(&tx, Some(to), &gso).unwrap();
+        assert!(set.is_empty());
+        let mut got = Vec::new();
+        let mut batch = udp_gso::RecvBatch::new(16, 65_536);
+        while got.len() < sent.len() {
+            batch.recv(&rx).unwrap();
+            for (r, bytes) in batch.messages() {
+                got.extend(bytes.chunks(r.size).map(<[u8]>::to_vec));
+            }
+        }
+        assert_eq!(got, sent);
+        // Reused: one more datagram goes out alone.
+        set.slot()[..3].copy_from_slice(b"one");
+        set.commit(3);
+        set.send(&tx, Some(to), &gso).unwrap();
+        batch.recv(&rx).unwrap();
+        assert_eq!(batch.message(0), b"one");
+    }
+
+    /// A train whose sealing failed sends nothing; the datagram that did not fit it is
+    /// neither lost nor left behind in it.
+    #[test]
+    fn a_forgotten_train_sends_nothing_but_keeps_the_one_that_did_not_fit() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let gso = AtomicBool::new(true);
+        let mut set = Trains::new();
+        for _ in 0..3 {
+            set.slot()[..1000].fill(b'f');
+            assert!(!set.commit(1000));
+        }
+        set.slot()[..1200].fill(b'k');
+        assert!(set.commit(1200), "a longer datagram completes the train");
+        set.forget_current();
+        set.next();
+        assert_eq!(set.len(), 1);
+        set.send(&tx, Some(to), &gso).unwrap();
+        let mut batch = udp_gso::RecvBatch::new(8, 65_536);
+        assert_eq!(batch.recv(&rx).unwrap(), 1);
+        assert_eq!(batch.message(0), &[b'k'; 1200][..]);
+        rx.set_nonblocking(true).unwrap();
+        assert!(batch.recv(&rx).is_err(), "nothing else was sent");
     }
 
     #[test]

@@ -46,7 +46,7 @@ use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
     netconf::{Netlink, Route, Via, sysctl},
     packet_io::ip_endpoints,
-    pump::{RECV_BATCH, Train, TunSink, TunSource, after_failed_read},
+    pump::{RECV_BATCH, Trains, TunSink, TunSource, after_failed_read},
     tun::Tun,
     udp_gso::{self, RecvBatch},
 };
@@ -1184,7 +1184,7 @@ fn tun_to_gateway(
     shared: &Shared,
 ) {
     let mut source = TunSource::new();
-    let mut train = Train::new();
+    let mut trains = Trains::new();
     let gso = AtomicBool::new(true);
     let (mut packets, mut bytes) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
@@ -1213,18 +1213,28 @@ fn tun_to_gateway(
             }
             packets += 1;
             bytes += p.len() as u64;
-            match c.stage_packet(p, now, train.slot()) {
+            match c.stage_packet(p, now, trains.slot()) {
                 Ok(Transmit::Esp(len)) => {
-                    if train.commit(len) {
-                        send_train(&mut c, &mut train, udp, &gso);
+                    if trains.commit(len) {
+                        seal_current(&mut c, &mut trains);
+                        trains.next();
                     }
                 }
                 Ok(Transmit::Tls) => to_tls = true,
                 Err(e) => debug!(error = %e, "packet to the gateway dropped"),
             }
         });
-        send_train(&mut c, &mut train, udp, &gso);
+        seal_current(&mut c, &mut trains);
         drop(c);
+        // Sent with the lock released: the receiving thread opens packets meanwhile.
+        match udp {
+            Some(udp) if !trains.is_empty() => {
+                if let Err(e) = trains.send(udp, None, &gso) {
+                    debug!(error = %e, "sending ESP");
+                }
+            }
+            _ => trains.clear(),
+        }
         if to_tls {
             session.wake.notify_one();
         }
@@ -1243,24 +1253,13 @@ fn tun_to_gateway(
 /// again: a few hundred kilobytes at multi-gigabit rates.
 const TLS_DRAIN_WAIT: Duration = Duration::from_micros(200);
 
-/// Seals the train's waiting datagrams and sends them (or forgets them without a socket,
-/// or when the keys changed since they were staged).
-fn send_train(
-    c: &mut tunnel_proto::Client,
-    train: &mut Train,
-    udp: Option<&UdpSocket>,
-    gso: &AtomicBool,
-) {
-    let (pending, size) = train.pending_mut();
-    let Some(udp) = udp else {
-        return train.clear();
-    };
+/// Seals the current train's staged datagrams (or forgets them when the keys changed since
+/// they were staged).
+fn seal_current(c: &mut tunnel_proto::Client, trains: &mut Trains) {
+    let (pending, size) = trains.current().pending_mut();
     if let Err(e) = c.seal_train(pending, size) {
         debug!(error = %e, "ESP train dropped");
-        return train.drop_pending();
-    }
-    if let Err(e) = train.flush(udp, None, gso) {
-        debug!(error = %e, "sending ESP");
+        trains.forget_current();
     }
 }
 

@@ -37,7 +37,7 @@ use crate::{
     datapath::ifindex,
     netconf::{NetconfError, Netlink, sysctl},
     packet_io::ip_endpoints,
-    pump::{RECV_BATCH, Train, TunSink, TunSource, after_failed_read},
+    pump::{RECV_BATCH, Trains, TunSink, TunSource, after_failed_read},
     tun::Tun,
     udp_gso::{self, RecvBatch},
 };
@@ -242,7 +242,7 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
 /// the session is looked up and locked once per read. See `docs/fastpath.md`.
 fn tun_reader(ctx: &Ctx) {
     let mut source = TunSource::new();
-    let mut train = Train::new();
+    let mut trains = Trains::new();
     let gso = AtomicBool::new(true);
     if let Err(e) = ctx.tun.set_nonblocking() {
         warn!(error = %e, "the gateway's TUN device stays blocking");
@@ -266,44 +266,41 @@ fn tun_reader(ctx: &Ctx) {
         let now = Instant::now();
         source.split(|packet| {
             // Every segment has the GSO packet's addresses; a plain packet was looked up.
-            match proto.stage_packet(packet, now, train.slot()) {
+            match proto.stage_packet(packet, now, trains.slot()) {
                 Ok(Transmit::Esp(len)) => {
-                    if train.commit(len) {
-                        send_train(ctx, &mut proto, &mut train, peer, &gso, session.id);
+                    if trains.commit(len) {
+                        seal_current(&mut proto, &mut trains, session.id);
+                        trains.next();
                     }
                 }
                 Ok(Transmit::Tls) => to_tls = true,
                 Err(e) => debug!(session = session.id, error = %e, "packet to client dropped"),
             }
         });
-        send_train(ctx, &mut proto, &mut train, peer, &gso, session.id);
+        seal_current(&mut proto, &mut trains, session.id);
         drop(proto);
+        // Sent with the lock released: the ESP reader opens this session's packets meanwhile.
+        match (peer, &ctx.udp) {
+            (Some(peer), Some(udp)) if !trains.is_empty() => {
+                if let Err(e) = trains.send(udp, Some(peer), &gso) {
+                    debug!(session = session.id, error = %e, "sending ESP");
+                }
+            }
+            _ => trains.clear(),
+        }
         if to_tls {
             session.wake.notify_one();
         }
     }
 }
 
-/// Seals the train's waiting datagrams and sends them to `peer` (or forgets them with no
-/// peer, no socket, or keys that changed since they were staged).
-fn send_train(
-    ctx: &Ctx,
-    proto: &mut Server,
-    train: &mut Train,
-    peer: Option<SocketAddr>,
-    gso: &AtomicBool,
-    session: u64,
-) {
-    let (pending, size) = train.pending_mut();
-    let (Some(peer), Some(udp)) = (peer, &ctx.udp) else {
-        return train.clear();
-    };
+/// Seals the current train's staged datagrams (or forgets them when the keys changed since
+/// they were staged).
+fn seal_current(proto: &mut Server, trains: &mut Trains, session: u64) {
+    let (pending, size) = trains.current().pending_mut();
     if let Err(e) = proto.seal_train(pending, size) {
         debug!(session, error = %e, "ESP train dropped");
-        return train.drop_pending();
-    }
-    if let Err(e) = train.flush(udp, Some(peer), gso) {
-        debug!(session, error = %e, "sending ESP");
+        trains.forget_current();
     }
 }
 
