@@ -1,6 +1,7 @@
 //! The fast path's packet work on arbitrary input: a virtio-net header and packet as a TUN
 //! device might hand them out go through `segment`; the segments, and the raw packets, go
-//! through the coalescer; what the coalescer writes must split again without error.
+//! through the coalescer (TCP only, and TCP with UDP); what it writes must split again
+//! without error.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,12 +17,13 @@ fuzz_target!(|data: &[u8]| {
     let mut segments = Vec::new();
     let _ = segment(&hdr, &mut packet, |s| segments.push(s.to_vec()));
     segments.push(rest.to_vec());
-    let mut c = Coalescer::new();
     let mut written = Vec::new();
-    for s in &segments {
-        c.push(s, &mut |h, p| written.push((*h, p.to_vec())));
+    for mut c in [Coalescer::new(), Coalescer::with_udp()] {
+        for s in &segments {
+            c.push(s, &mut |h, p| written.push((*h, p.to_vec())));
+        }
+        c.flush(&mut |h, p| written.push((*h, p.to_vec())));
     }
-    c.flush(&mut |h, p| written.push((*h, p.to_vec())));
     for (h, p) in &mut written {
         if h.gso_type != 0 {
             // Joined packets are always well formed.

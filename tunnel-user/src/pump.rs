@@ -15,7 +15,11 @@ use std::{
 use tracing::debug;
 use tunnel_packet::{Coalescer, MAX_PACKET, VnetHdr, segment};
 
-use crate::{packet_io::readable, tun::Tun, udp_gso};
+use crate::{
+    packet_io::readable,
+    tun::{Offload, Tun},
+    udp_gso,
+};
 
 /// Messages per `recvmmsg` on the ESP socket (each up to 64 KB with UDP GRO).
 pub const RECV_BATCH: usize = 32;
@@ -330,8 +334,8 @@ impl Trains {
     }
 }
 
-/// Writes IP packets into a TUN device, joining TCP segments on an offloading device.
-#[derive(Default)]
+/// Writes IP packets into a TUN device, joining TCP segments on an offloading device, and
+/// UDP datagrams too where its kernel takes USO packets.
 pub struct TunSink {
     coalescer: Coalescer,
     /// Writes the device refused.
@@ -339,8 +343,16 @@ pub struct TunSink {
 }
 
 impl TunSink {
-    pub fn new() -> Self {
-        TunSink::default()
+    /// A sink for `tun` (joining what its offloads allow).
+    pub fn new(tun: &Tun) -> Self {
+        TunSink {
+            coalescer: if tun.offload() == Offload::TsoUso {
+                Coalescer::with_udp()
+            } else {
+                Coalescer::new()
+            },
+            write_errors: 0,
+        }
     }
 
     /// Takes one packet; it is written now or at the latest by [`Self::flush`].

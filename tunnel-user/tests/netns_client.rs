@@ -159,6 +159,33 @@ fn client_connects_splits_traffic_and_survives_a_gateway_restart() {
     assert_eq!(st, serde_json::json!([]), "the connection is gone: {st}");
 }
 
+/// Bursts of UDP datagrams both ways through ESP: the receiving ends join them into USO
+/// writes where the kernel takes them, and every datagram comes back once and intact.
+#[test]
+fn udp_bursts_cross_the_tunnel_intact() {
+    if !root() {
+        return;
+    }
+    let w = world("b");
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    let out = w.connect();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("ESP", Duration::from_secs(10), || {
+        w.status()[0]["transport"] == "esp"
+    });
+    for (count, size) in [(300u16, 1200usize), (300, 64), (40, 1372)] {
+        let (intact, all) = w.udp_burst(count, size);
+        assert_eq!(all, usize::from(count), "{count} x {size} B: all came back");
+        assert_eq!(
+            intact,
+            (0..count).collect::<Vec<_>>(),
+            "{count} x {size} B: intact"
+        );
+    }
+    assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+}
+
 #[test]
 fn exit_codes_follow_the_launcher() {
     if !root() {

@@ -664,7 +664,8 @@ async fn session(
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::new();
     // Packets the gateway sent over TLS, joined for the TUN device.
-    let mut sink = TunSink::new();
+    // Made with the tunnel's device (the offloads it has decide what is joined).
+    let mut sink: Option<TunSink> = None;
     let mut esp_out = vec![0u8; 2048];
     let mut probes_sent = 0u32;
     let mut quiet_since = Instant::now();
@@ -846,12 +847,12 @@ async fn session(
                         if let Some(t) = tunnel.as_ref() {
                             packets += 1;
                             bytes += p.len() as u64;
-                            sink.push(&t.tun, p);
+                            sink.get_or_insert_with(|| TunSink::new(&t.tun)).push(&t.tun, p);
                         }
                     })
                 });
                 // Written once the state machine is free again.
-                if let Some(t) = tunnel.as_ref() {
+                if let (Some(t), Some(sink)) = (tunnel.as_ref(), sink.as_mut()) {
                     sink.flush(&t.tun);
                 }
                 shared.traffic.packets_in.fetch_add(packets, Ordering::Relaxed);
@@ -1268,7 +1269,7 @@ fn seal_current(c: &mut tunnel_proto::Client, trains: &mut Trains) {
 /// possible.
 fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, shared: &Shared) {
     let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
-    let mut sink = TunSink::new();
+    let mut sink = TunSink::new(tun);
     // Where the opened packets are in `batch`: (message, offset, length). They are written
     // into the TUN device after the state machine's lock is released, so the sending thread
     // never waits for TUN writes.

@@ -312,7 +312,7 @@ fn esp_reader(ctx: &Ctx) {
     let Some(udp) = &ctx.udp else { return };
     let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
     let mut reply = vec![0u8; 512];
-    let mut sink = TunSink::new();
+    let mut sink = TunSink::new(&ctx.tun);
     // The runs of this receive: the session and where its datagrams came from.
     let mut runs: Vec<(Arc<Session>, SocketAddr)> = Vec::with_capacity(RECV_BATCH);
     // Opened packets: (run, message, offset, length) in `batch`.
@@ -592,7 +592,7 @@ async fn serve(
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::new();
     // Packets the client sent over TLS, joined for the TUN device.
-    let mut sink = TunSink::new();
+    let mut sink = TunSink::new(&ctx.tun);
     let ending = 'conn: loop {
         // Drain what the state machine has to send and to say.
         let Some((events, next_timer)) = conn.with_proto(|p| {

@@ -37,6 +37,8 @@ pub const CORP: &str = "172.20.0.2";
 pub const EXCLUDED: &str = "198.51.100.10";
 /// TCP port of the servers that answer with the address they saw.
 pub const PORT: u16 = 9000;
+/// Corp's UDP echo (every datagram back as it came).
+pub const UDP_ECHO_PORT: u16 = 5002;
 /// The client's LAN address.
 pub const CLIENT_LAN: &str = "192.168.70.2";
 
@@ -134,6 +136,21 @@ fn udp_peer_echo(ns: &Netns, port: u16) {
     });
 }
 
+/// A UDP server that sends every datagram back as it came.
+fn udp_echo(ns: &Netns, port: u16) {
+    let sock = ns
+        .enter(move || std::net::UdpSocket::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 << 20);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], peer);
+        }
+    });
+}
+
 /// Where the binaries are.
 #[derive(Clone, Debug)]
 pub struct Binaries {
@@ -176,6 +193,7 @@ impl ClientWorld {
         peer_echo(&gw, EXCLUDED);
         udp_peer_echo(&corp, 5000);
         udp_peer_echo(&corp, 7000);
+        udp_echo(&corp, UDP_ECHO_PORT);
         gw.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
@@ -343,6 +361,44 @@ fallback_secs = 5
                 let mut buf = [0u8; 64];
                 let n = s.recv(&mut buf).ok()?;
                 Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .unwrap()
+    }
+
+    /// Sends `count` datagrams of `size` bytes to corp's UDP echo at once (each numbered,
+    /// its bytes following from the number) and returns, sorted, those that came back
+    /// exactly as sent, and how many came back in all.
+    pub fn udp_burst(&self, count: u16, size: usize) -> (Vec<u16>, usize) {
+        let datagram = move |i: u16| -> Vec<u8> {
+            let mut d: Vec<u8> = (0..size)
+                .map(|j| (j as u16 ^ i.wrapping_mul(31)) as u8)
+                .collect();
+            d[..2].copy_from_slice(&i.to_be_bytes());
+            d
+        };
+        self.client
+            .enter(move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
+                s.connect((CORP, UDP_ECHO_PORT)).unwrap();
+                for i in 0..count {
+                    s.send(&datagram(i)).unwrap();
+                }
+                s.set_read_timeout(Some(Duration::from_millis(1500)))
+                    .unwrap();
+                let (mut intact, mut all) = (Vec::new(), 0);
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n) = s.recv(&mut buf) {
+                    all += 1;
+                    if n >= 2 {
+                        let i = u16::from_be_bytes([buf[0], buf[1]]);
+                        if buf[..n] == datagram(i)[..] {
+                            intact.push(i);
+                        }
+                    }
+                }
+                intact.sort_unstable();
+                (intact, all)
             })
             .unwrap()
     }
