@@ -73,6 +73,7 @@ struct Ctx {
     stop: AtomicBool,
     /// Packets dropped because no session owns their destination, or spoofed sources.
     dropped: AtomicU64,
+    tun_side: Mutex<TunSide>,
 }
 
 /// A gateway bound to its sockets and TUN device, ready to [`run`](Gateway::run).
@@ -120,6 +121,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            tun_side: Mutex::new(TunSide::new()),
             config,
         });
         Ok(Gateway {
@@ -239,28 +241,68 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
 
 /// Packets from the corp side: to the session that owns the destination, over ESP (staged
 /// into one UDP GSO train per TUN read, sealed at once) or TLS. A GSO packet is one flow, so
-/// the session is looked up and locked once per read. See `docs/fastpath.md`.
+/// the session is looked up and locked once per read. The ESP reader forwards too, right
+/// after its own TUN writes ([`TunSide`]). See `docs/fastpath.md`.
 fn tun_reader(ctx: &Ctx) {
-    let mut source = TunSource::new();
-    let mut trains = Trains::new();
-    let gso = AtomicBool::new(true);
     if let Err(e) = ctx.tun.set_nonblocking() {
         warn!(error = %e, "the gateway's TUN device stays blocking");
     }
     while !ctx.stop.load(Ordering::Relaxed) {
-        if let Err(e) = source.recv(&ctx.tun) {
+        let Ok(mut side) = ctx.tun_side.lock() else {
+            return;
+        };
+        let r = side.forward(ctx);
+        drop(side);
+        if let Err(e) = r {
             after_failed_read(&e, &ctx.tun, "reading the TUN device");
-            continue;
         }
+    }
+}
+
+/// The TUN-to-ESP direction's buffers. Whoever holds them reads the TUN device and sends
+/// what it read before the next read, so packets leave in the order the device gave them:
+/// the TUN reader, or the ESP reader right after its TUN writes. A packet written into the
+/// TUN device is routed, and a corp host's answer to it (an ICMP echo reply, a TCP ACK)
+/// made, within the write; the ESP reader finds it queued and sends it at once, which saves
+/// the round trip a wake-up of the TUN reader's thread (on an idle vCPU, often on the other
+/// core) would cost.
+struct TunSide {
+    source: TunSource,
+    trains: Trains,
+    gso: AtomicBool,
+}
+
+/// TUN reads the ESP reader makes after its writes, at most (it has ESP to receive).
+const FORWARD_AFTER_WRITES: usize = 8;
+
+impl TunSide {
+    fn new() -> TunSide {
+        TunSide {
+            source: TunSource::new(),
+            trains: Trains::new(),
+            gso: AtomicBool::new(true),
+        }
+    }
+
+    /// Reads one packet (or GSO packet) from the TUN device and forwards it; the read's
+    /// error (`WouldBlock` with nothing queued) otherwise.
+    fn forward(&mut self, ctx: &Ctx) -> io::Result<()> {
+        let TunSide {
+            source,
+            trains,
+            gso,
+        } = self;
+        source.recv(&ctx.tun)?;
         let session = ip_endpoints(source.packet()).and_then(|(_, dst)| ctx.table.by_addr(dst));
         let Some(session) = session else {
             ctx.dropped
                 .fetch_add(source.split(|_| {}) as u64, Ordering::Relaxed);
-            continue;
+            return Ok(());
         };
         let peer = session.esp_peer.lock().ok().and_then(|p| *p);
         let Ok(mut proto) = session.proto.lock() else {
-            continue;
+            source.split(|_| {});
+            return Ok(());
         };
         let mut to_tls = false;
         let now = Instant::now();
@@ -269,7 +311,7 @@ fn tun_reader(ctx: &Ctx) {
             match proto.stage_packet(packet, now, trains.slot()) {
                 Ok(Transmit::Esp(len)) => {
                     if trains.commit(len) {
-                        seal_current(&mut proto, &mut trains, session.id);
+                        seal_current(&mut proto, trains, session.id);
                         trains.next();
                     }
                 }
@@ -277,12 +319,12 @@ fn tun_reader(ctx: &Ctx) {
                 Err(e) => debug!(session = session.id, error = %e, "packet to client dropped"),
             }
         });
-        seal_current(&mut proto, &mut trains, session.id);
+        seal_current(&mut proto, trains, session.id);
         drop(proto);
         // Sent with the lock released: the ESP reader opens this session's packets meanwhile.
         match (peer, &ctx.udp) {
             (Some(peer), Some(udp)) if !trains.is_empty() => {
-                if let Err(e) = trains.send(udp, Some(peer), &gso) {
+                if let Err(e) = trains.send(udp, Some(peer), gso) {
                     debug!(session = session.id, error = %e, "sending ESP");
                 }
             }
@@ -291,6 +333,7 @@ fn tun_reader(ctx: &Ctx) {
         if to_tls {
             session.wake.notify_one();
         }
+        Ok(())
     }
 }
 
@@ -386,6 +429,17 @@ fn esp_reader(ctx: &Ctx) {
             }
         }
         sink.flush(&ctx.tun);
+        // What those writes made the corp side answer is queued already: sent from here
+        // unless the TUN reader is at it.
+        if !opened.is_empty()
+            && let Ok(mut side) = ctx.tun_side.try_lock()
+        {
+            for _ in 0..FORWARD_AFTER_WRITES {
+                if side.forward(ctx).is_err() {
+                    break;
+                }
+            }
+        }
     }
 }
 
