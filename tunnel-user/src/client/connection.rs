@@ -1149,16 +1149,17 @@ fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Ve
     if let Err(e) = t.tun.set_nonblocking() {
         warn!(error = %e, "TUN device stays blocking");
     }
+    let outbound = Arc::new(Mutex::new(Outbound::new(shared.clone())));
     {
-        let (tun, udp, stop, session, shared) = (
+        let (tun, udp, stop, session, outbound) = (
             t.tun.clone(),
             t.udp.clone(),
             t.stop.clone(),
             session.clone(),
-            shared.clone(),
+            outbound.clone(),
         );
         threads.push(std::thread::spawn(move || {
-            tun_to_gateway(&tun, udp.as_deref(), &stop, &session, &shared)
+            tun_to_gateway(&tun, udp.as_deref(), &stop, &session, &outbound)
         }));
     }
     if let Some(udp) = t.udp.clone() {
@@ -1169,43 +1170,96 @@ fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Ve
             shared.clone(),
         );
         threads.push(std::thread::spawn(move || {
-            esp_to_tun(&tun, &udp, &stop, &session, &shared)
+            esp_to_tun(&tun, &udp, &stop, &session, &shared, &outbound)
         }));
     }
     threads
 }
 
 /// Packets the classifier redirected into the TUN device: to the gateway over ESP (staged
-/// into one UDP GSO train per batch and sealed at once) or TLS. See `docs/fastpath.md`.
+/// into one UDP GSO train per batch and sealed at once) or TLS. The ESP thread forwards too,
+/// right after its own TUN writes ([`Outbound`]). See `docs/fastpath.md`.
 fn tun_to_gateway(
     tun: &Tun,
     udp: Option<&UdpSocket>,
     stop: &AtomicBool,
     session: &Session,
-    shared: &Shared,
+    outbound: &Mutex<Outbound>,
 ) {
-    let mut source = TunSource::new();
-    let mut trains = Trains::new();
-    let gso = AtomicBool::new(true);
-    let (mut packets, mut bytes) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         // Over TLS, a host can push back instead of dropping: while the TLS connection has
         // half the backlog limit queued, the TUN device is not read, its queue fills and the
         // kernel throttles the sending sockets (TCP small queues), which costs the inner TCP
         // no losses. (The gateway, a router for many clients, drops at the limit instead.)
-        let backlog = session.proto.lock().map(|c| c.tls_backlog()).unwrap_or(0);
-        if backlog >= tunnel_proto::MAX_TLS_BACKLOG / 2 {
+        if tls_backed_up(session) {
             session.wake.notify_one();
             std::thread::sleep(TLS_DRAIN_WAIT);
             continue;
         }
-        if let Err(e) = source.recv(tun) {
-            after_failed_read(&e, tun, "reading the TUN device");
-            continue;
-        }
-        let Ok(mut c) = session.proto.lock() else {
+        let Ok(mut out) = outbound.lock() else {
             return;
         };
+        let r = out.forward(tun, udp, session);
+        drop(out);
+        match r {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => after_failed_read(&e, tun, "reading the TUN device"),
+        }
+    }
+}
+
+fn tls_backed_up(session: &Session) -> bool {
+    let backlog = session.proto.lock().map(|c| c.tls_backlog()).unwrap_or(0);
+    backlog >= tunnel_proto::MAX_TLS_BACKLOG / 2
+}
+
+/// The TUN-to-gateway direction's buffers. Whoever holds them reads the TUN device and
+/// sends what it read before the next read, so packets leave in the order the device gave
+/// them: the TUN thread, or the ESP thread right after its TUN writes. A packet written into
+/// the TUN device reaches its socket within the write, and what the application's stack
+/// answers at once (a TCP ACK) is queued by then; the ESP thread sends it without a wake-up
+/// of the TUN thread.
+struct Outbound {
+    source: TunSource,
+    trains: Trains,
+    gso: AtomicBool,
+    shared: Arc<Shared>,
+}
+
+/// TUN reads the ESP thread makes after its writes, at most (it has ESP to receive).
+const FORWARD_AFTER_WRITES: usize = 8;
+
+impl Outbound {
+    fn new(shared: Arc<Shared>) -> Outbound {
+        Outbound {
+            source: TunSource::new(),
+            trains: Trains::new(),
+            gso: AtomicBool::new(true),
+            shared,
+        }
+    }
+
+    /// Reads one packet (or GSO packet) from the TUN device and forwards it. False when the
+    /// session's state machine is gone (it panicked); the read's error (`WouldBlock` with
+    /// nothing queued) otherwise.
+    fn forward(
+        &mut self,
+        tun: &Tun,
+        udp: Option<&UdpSocket>,
+        session: &Session,
+    ) -> io::Result<bool> {
+        let Outbound {
+            source,
+            trains,
+            gso,
+            shared,
+        } = self;
+        source.recv(tun)?;
+        let Ok(mut c) = session.proto.lock() else {
+            return Ok(false);
+        };
+        let (mut packets, mut bytes) = (0u64, 0u64);
         let mut to_tls = false;
         let now = Instant::now();
         source.split(|p| {
@@ -1217,7 +1271,7 @@ fn tun_to_gateway(
             match c.stage_packet(p, now, trains.slot()) {
                 Ok(Transmit::Esp(len)) => {
                     if trains.commit(len) {
-                        seal_current(&mut c, &mut trains);
+                        seal_current(&mut c, trains);
                         trains.next();
                     }
                 }
@@ -1225,12 +1279,12 @@ fn tun_to_gateway(
                 Err(e) => debug!(error = %e, "packet to the gateway dropped"),
             }
         });
-        seal_current(&mut c, &mut trains);
+        seal_current(&mut c, trains);
         drop(c);
         // Sent with the lock released: the receiving thread opens packets meanwhile.
         match udp {
             Some(udp) if !trains.is_empty() => {
-                if let Err(e) = trains.send(udp, None, &gso) {
+                if let Err(e) = trains.send(udp, None, gso) {
                     debug!(error = %e, "sending ESP");
                 }
             }
@@ -1245,8 +1299,8 @@ fn tun_to_gateway(
                 .packets_out
                 .fetch_add(packets, Ordering::Relaxed);
             shared.traffic.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-            (packets, bytes) = (0, 0);
         }
+        Ok(true)
     }
 }
 
@@ -1267,7 +1321,14 @@ fn seal_current(c: &mut tunnel_proto::Client, trains: &mut Trains) {
 /// ESP datagrams from the gateway, many per system call (`recvmmsg`, and UDP GRO where the
 /// kernel joins them): open them and write the packets into the TUN device, joined where
 /// possible.
-fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, shared: &Shared) {
+fn esp_to_tun(
+    tun: &Tun,
+    udp: &UdpSocket,
+    stop: &AtomicBool,
+    session: &Session,
+    shared: &Shared,
+    outbound: &Mutex<Outbound>,
+) {
     let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
     let mut sink = TunSink::new(tun);
     // Where the opened packets are in `batch`: (message, offset, length). They are written
@@ -1305,6 +1366,18 @@ fn esp_to_tun(tun: &Tun, udp: &UdpSocket, stop: &AtomicBool, session: &Session, 
             bytes += len as u64;
         }
         sink.flush(tun);
+        // What those writes made the applications answer is queued already: sent from here
+        // unless the TUN thread is at it (or TLS is backed up; the TUN thread waits then).
+        if !opened.is_empty()
+            && let Ok(mut out) = outbound.try_lock()
+            && !tls_backed_up(session)
+        {
+            for _ in 0..FORWARD_AFTER_WRITES {
+                if !matches!(out.forward(tun, Some(udp), session), Ok(true)) {
+                    break;
+                }
+            }
+        }
         if events {
             session.wake.notify_one();
         }
