@@ -1146,9 +1146,15 @@ fn esp_socket(gateway: SocketAddr) -> io::Result<UdpSocket> {
 
 fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
     let mut threads = Vec::new();
-    if let Err(e) = t.tun.set_nonblocking() {
-        warn!(error = %e, "TUN device stays blocking");
-    }
+    // Only a non-blocking device may be read by the ESP thread after its writes: a blocking
+    // read there would stall ESP until the next packet from an application.
+    let nonblocking = match t.tun.set_nonblocking() {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "TUN device stays blocking");
+            false
+        }
+    };
     let outbound = Arc::new(Mutex::new(Outbound::new(shared.clone())));
     {
         let (tun, udp, stop, session, outbound) = (
@@ -1170,7 +1176,8 @@ fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Ve
             shared.clone(),
         );
         threads.push(std::thread::spawn(move || {
-            esp_to_tun(&tun, &udp, &stop, &session, &shared, &outbound)
+            let outbound = nonblocking.then_some(&*outbound);
+            esp_to_tun(&tun, &udp, &stop, &session, &shared, outbound)
         }));
     }
     threads
@@ -1327,7 +1334,7 @@ fn esp_to_tun(
     stop: &AtomicBool,
     session: &Session,
     shared: &Shared,
-    outbound: &Mutex<Outbound>,
+    outbound: Option<&Mutex<Outbound>>,
 ) {
     let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
     let mut sink = TunSink::new(tun);
@@ -1369,6 +1376,7 @@ fn esp_to_tun(
         // What those writes made the applications answer is queued already: sent from here
         // unless the TUN thread is at it (or TLS is backed up; the TUN thread waits then).
         if !opened.is_empty()
+            && let Some(outbound) = outbound
             && let Ok(mut out) = outbound.try_lock()
             && !tls_backed_up(session)
         {

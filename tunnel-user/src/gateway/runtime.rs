@@ -220,6 +220,15 @@ fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> 
 
 fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError> {
     let mut threads = Vec::new();
+    // Only a non-blocking device may be read by the ESP reader after its writes: a blocking
+    // read there would stall ESP until the next packet from corp.
+    let nonblocking = match ctx.tun.set_nonblocking() {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "the gateway's TUN device stays blocking");
+            false
+        }
+    };
     let c = ctx.clone();
     threads.push(
         std::thread::Builder::new()
@@ -232,7 +241,7 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
         threads.push(
             std::thread::Builder::new()
                 .name("gw-esp".into())
-                .spawn(move || esp_reader(&c))
+                .spawn(move || esp_reader(&c, nonblocking))
                 .map_err(io_err("starting the ESP reader"))?,
         );
     }
@@ -244,9 +253,6 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
 /// the session is looked up and locked once per read. The ESP reader forwards too, right
 /// after its own TUN writes ([`TunSide`]). See `docs/fastpath.md`.
 fn tun_reader(ctx: &Ctx) {
-    if let Err(e) = ctx.tun.set_nonblocking() {
-        warn!(error = %e, "the gateway's TUN device stays blocking");
-    }
     while !ctx.stop.load(Ordering::Relaxed) {
         let Ok(mut side) = ctx.tun_side.lock() else {
             return;
@@ -351,7 +357,7 @@ fn seal_current(proto: &mut Server, trains: &mut Trains, session: u64) {
 /// kernel joins them): each run of datagrams with one SPI is opened as one train under its
 /// session's lock; then, with no lock held, the packets whose source the session owns are
 /// written into the TUN device, joined where possible.
-fn esp_reader(ctx: &Ctx) {
+fn esp_reader(ctx: &Ctx, forward_after_writes: bool) {
     let Some(udp) = &ctx.udp else { return };
     let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
     let mut reply = vec![0u8; 512];
@@ -431,7 +437,8 @@ fn esp_reader(ctx: &Ctx) {
         sink.flush(&ctx.tun);
         // What those writes made the corp side answer is queued already: sent from here
         // unless the TUN reader is at it.
-        if !opened.is_empty()
+        if forward_after_writes
+            && !opened.is_empty()
             && let Ok(mut side) = ctx.tun_side.try_lock()
         {
             for _ in 0..FORWARD_AFTER_WRITES {
