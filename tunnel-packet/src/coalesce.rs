@@ -306,9 +306,18 @@ mod tests {
     };
     use proptest::prelude::*;
 
-    /// Runs packets through a coalescer, flushing at the end; returns what was written.
+    /// Runs packets through a coalescer of TCP segments, flushing at the end; returns what
+    /// was written.
     fn run(packets: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
-        let mut c = Coalescer::new();
+        run_through(Coalescer::new(), packets)
+    }
+
+    /// The same through a coalescer of TCP segments and UDP datagrams.
+    fn run_udp(packets: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
+        run_through(Coalescer::with_udp(), packets)
+    }
+
+    fn run_through(mut c: Coalescer, packets: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
         let mut out = Vec::new();
         let mut w = |h: &VnetHdr, p: &[u8]| out.push((*h, p.to_vec()));
         for p in packets {
@@ -392,17 +401,6 @@ mod tests {
                 p
             })
             .collect()
-    }
-
-    fn run_udp(packets: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
-        let mut c = Coalescer::with_udp();
-        let mut out = Vec::new();
-        let mut w = |h: &VnetHdr, p: &[u8]| out.push((*h, p.to_vec()));
-        for p in packets {
-            c.push(p, &mut w);
-        }
-        c.flush(&mut w);
-        out
     }
 
     #[test]

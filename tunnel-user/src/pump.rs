@@ -203,11 +203,8 @@ impl Train {
     /// Forgets the datagrams waiting to be sent; a datagram that could not join them
     /// becomes the start of the next train.
     pub fn drop_pending(&mut self) {
+        self.forget_sealed();
         let spill = std::mem::take(&mut self.spill);
-        self.buf.copy_within(self.used..self.used + spill, 0);
-        self.used = 0;
-        self.count = 0;
-        self.closed = false;
         if spill > 0 {
             self.commit(spill);
         }
@@ -237,11 +234,13 @@ impl Train {
 /// thread of the other direction needs for every packet it opens.
 ///
 /// The caller stages into [`Self::slot`]; when [`Self::commit`] says the current train is
-/// complete it seals [`Self::current`]'s pending datagrams and calls [`Self::next`]; at the
-/// end of a batch it seals the current train, releases the lock and calls [`Self::send`].
+/// complete it calls [`Self::seal_current`] and [`Self::next`]; at the end of a batch it
+/// seals the current train, releases the lock and calls [`Self::send`].
 pub struct Trains {
     trains: Vec<Train>,
     current: usize,
+    /// Whether the kernel takes GSO sends (cleared the first time it refuses one).
+    gso: AtomicBool,
 }
 
 impl Default for Trains {
@@ -255,6 +254,7 @@ impl Trains {
         Trains {
             trains: vec![Train::new()],
             current: 0,
+            gso: AtomicBool::new(true),
         }
     }
 
@@ -269,15 +269,21 @@ impl Trains {
         self.trains[self.current].commit(len)
     }
 
-    /// The train being filled.
-    pub fn current(&mut self) -> &mut Train {
-        &mut self.trains[self.current]
-    }
-
-    /// Forgets the current train's datagrams (sealing them failed): nothing staged in it is
-    /// ever sent; a datagram that did not fit it still moves into the next train.
-    pub fn forget_current(&mut self) {
-        self.trains[self.current].forget_sealed();
+    /// Seals the current train's staged datagrams in place with `seal` (given them and
+    /// their size). When it fails (the keys changed since they were staged) nothing staged
+    /// in that train is ever sent, and a datagram that did not fit it still moves into the
+    /// next train.
+    pub fn seal_current<E>(
+        &mut self,
+        seal: impl FnOnce(&mut [u8], usize) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let train = &mut self.trains[self.current];
+        let (pending, size) = train.pending_mut();
+        let r = seal(pending, size);
+        if r.is_err() {
+            train.forget_sealed();
+        }
+        r
     }
 
     /// Starts the next train (made on first use, kept for reuse); a datagram that did not
@@ -308,15 +314,10 @@ impl Trains {
 
     /// Sends every train, in order, to `to` (or the connected peer); the set is empty
     /// afterwards. The first error is returned, after the other trains went out.
-    pub fn send(
-        &mut self,
-        sock: &UdpSocket,
-        to: Option<SocketAddr>,
-        gso: &AtomicBool,
-    ) -> io::Result<()> {
+    pub fn send(&mut self, sock: &UdpSocket, to: Option<SocketAddr>) -> io::Result<()> {
         let mut result = Ok(());
         for t in &mut self.trains[..=self.current] {
-            let r = t.flush(sock, to, gso);
+            let r = t.flush(sock, to, &self.gso);
             if result.is_ok() {
                 result = r;
             }
@@ -385,15 +386,22 @@ mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
-    /// Datagrams of one size travel together; a shorter one closes the train; a longer one
-    /// waits for the next; every byte arrives once and in order.
-    #[test]
-    fn trains_keep_datagrams_whole_and_in_order() {
+    /// A receiving socket (large buffers, UDP GRO, reads time out after 2 s), a sending one,
+    /// and the receiver's address.
+    fn loopback() -> (UdpSocket, UdpSocket, SocketAddr) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         udp_gso::tune(&rx);
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let to = rx.local_addr().unwrap();
+        (rx, tx, to)
+    }
+
+    /// Datagrams of one size travel together; a shorter one closes the train; a longer one
+    /// waits for the next; every byte arrives once and in order.
+    #[test]
+    fn trains_keep_datagrams_whole_and_in_order() {
+        let (rx, tx, to) = loopback();
         let gso = AtomicBool::new(true);
         let mut train = Train::new();
         let lens = [1000, 1000, 1000, 600, 1000, 1200, 1200, 1300];
@@ -431,12 +439,7 @@ mod tests {
     /// that did not fit a complete train included, and an emptied set starts over.
     #[test]
     fn a_set_of_trains_keeps_order_across_trains() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        udp_gso::tune(&rx);
-        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let to = rx.local_addr().unwrap();
-        let gso = AtomicBool::new(true);
+        let (rx, tx, to) = loopback();
         let mut set = Trains::new();
         let mut sent = Vec::new();
         let mut trains = 1;
@@ -453,7 +456,7 @@ mod tests {
         }
         assert_eq!(set.len(), lens.len());
         assert!(trains >= 3, "{trains} trains");
-        set.send(&tx, Some(to), &gso).unwrap();
+        set.send(&tx, Some(to)).unwrap();
         assert!(set.is_empty());
         let mut got = Vec::new();
         let mut batch = udp_gso::RecvBatch::new(16, 65_536);
@@ -467,7 +470,7 @@ mod tests {
         // Reused: one more datagram goes out alone.
         set.slot()[..3].copy_from_slice(b"one");
         set.commit(3);
-        set.send(&tx, Some(to), &gso).unwrap();
+        set.send(&tx, Some(to)).unwrap();
         batch.recv(&rx).unwrap();
         assert_eq!(batch.message(0), b"one");
     }
@@ -476,11 +479,7 @@ mod tests {
     /// neither lost nor left behind in it.
     #[test]
     fn a_forgotten_train_sends_nothing_but_keeps_the_one_that_did_not_fit() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let to = rx.local_addr().unwrap();
-        let gso = AtomicBool::new(true);
+        let (rx, tx, to) = loopback();
         let mut set = Trains::new();
         for _ in 0..3 {
             set.slot()[..1000].fill(b'f');
@@ -488,10 +487,13 @@ mod tests {
         }
         set.slot()[..1200].fill(b'k');
         assert!(set.commit(1200), "a longer datagram completes the train");
-        set.forget_current();
+        assert_eq!(
+            set.seal_current(|_, _| Err("keys changed")),
+            Err("keys changed")
+        );
         set.next();
         assert_eq!(set.len(), 1);
-        set.send(&tx, Some(to), &gso).unwrap();
+        set.send(&tx, Some(to)).unwrap();
         let mut batch = udp_gso::RecvBatch::new(8, 65_536);
         assert_eq!(batch.recv(&rx).unwrap(), 1);
         assert_eq!(batch.message(0), &[b'k'; 1200][..]);

@@ -1230,7 +1230,6 @@ fn tls_backed_up(session: &Session) -> bool {
 struct Outbound {
     source: TunSource,
     trains: Trains,
-    gso: AtomicBool,
     shared: Arc<Shared>,
 }
 
@@ -1242,7 +1241,6 @@ impl Outbound {
         Outbound {
             source: TunSource::new(),
             trains: Trains::new(),
-            gso: AtomicBool::new(true),
             shared,
         }
     }
@@ -1259,7 +1257,6 @@ impl Outbound {
         let Outbound {
             source,
             trains,
-            gso,
             shared,
         } = self;
         source.recv(tun)?;
@@ -1291,7 +1288,7 @@ impl Outbound {
         // Sent with the lock released: the receiving thread opens packets meanwhile.
         match udp {
             Some(udp) if !trains.is_empty() => {
-                if let Err(e) = trains.send(udp, None, gso) {
+                if let Err(e) = trains.send(udp, None) {
                     debug!(error = %e, "sending ESP");
                 }
             }
@@ -1318,10 +1315,8 @@ const TLS_DRAIN_WAIT: Duration = Duration::from_micros(200);
 /// Seals the current train's staged datagrams (or forgets them when the keys changed since
 /// they were staged).
 fn seal_current(c: &mut tunnel_proto::Client, trains: &mut Trains) {
-    let (pending, size) = trains.current().pending_mut();
-    if let Err(e) = c.seal_train(pending, size) {
+    if let Err(e) = trains.seal_current(|pending, size| c.seal_train(pending, size)) {
         debug!(error = %e, "ESP train dropped");
-        trains.forget_current();
     }
 }
 

@@ -275,7 +275,6 @@ fn tun_reader(ctx: &Ctx) {
 struct TunSide {
     source: TunSource,
     trains: Trains,
-    gso: AtomicBool,
 }
 
 /// TUN reads the ESP reader makes after its writes, at most (it has ESP to receive).
@@ -286,18 +285,13 @@ impl TunSide {
         TunSide {
             source: TunSource::new(),
             trains: Trains::new(),
-            gso: AtomicBool::new(true),
         }
     }
 
     /// Reads one packet (or GSO packet) from the TUN device and forwards it; the read's
     /// error (`WouldBlock` with nothing queued) otherwise.
     fn forward(&mut self, ctx: &Ctx) -> io::Result<()> {
-        let TunSide {
-            source,
-            trains,
-            gso,
-        } = self;
+        let TunSide { source, trains } = self;
         source.recv(&ctx.tun)?;
         let session = ip_endpoints(source.packet()).and_then(|(_, dst)| ctx.table.by_addr(dst));
         let Some(session) = session else {
@@ -307,7 +301,6 @@ impl TunSide {
         };
         let peer = session.esp_peer.lock().ok().and_then(|p| *p);
         let Ok(mut proto) = session.proto.lock() else {
-            source.split(|_| {});
             return Ok(());
         };
         let mut to_tls = false;
@@ -330,7 +323,7 @@ impl TunSide {
         // Sent with the lock released: the ESP reader opens this session's packets meanwhile.
         match (peer, &ctx.udp) {
             (Some(peer), Some(udp)) if !trains.is_empty() => {
-                if let Err(e) = trains.send(udp, Some(peer), gso) {
+                if let Err(e) = trains.send(udp, Some(peer)) {
                     debug!(session = session.id, error = %e, "sending ESP");
                 }
             }
@@ -346,10 +339,8 @@ impl TunSide {
 /// Seals the current train's staged datagrams (or forgets them when the keys changed since
 /// they were staged).
 fn seal_current(proto: &mut Server, trains: &mut Trains, session: u64) {
-    let (pending, size) = trains.current().pending_mut();
-    if let Err(e) = proto.seal_train(pending, size) {
+    if let Err(e) = trains.seal_current(|pending, size| proto.seal_train(pending, size)) {
         debug!(session, error = %e, "ESP train dropped");
-        trains.forget_current();
     }
 }
 
