@@ -1,22 +1,7 @@
-//! Small pieces both ends of the tunnel use on their packet threads: waiting for a descriptor
-//! with a timeout (so threads notice a stop flag), and the addresses of an IP packet.
+//! Small pieces both ends of the tunnel use on their packet threads: the addresses of an IP
+//! packet.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
-};
-
-/// Whether `fd` becomes readable within `timeout`.
-pub fn readable(fd: i32, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-    n > 0 && pfd.revents & libc::POLLIN != 0
-}
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Source and destination of an IPv4 or IPv6 packet, or None if it is too short.
 pub fn ip_endpoints(p: &[u8]) -> Option<(IpAddr, IpAddr)> {

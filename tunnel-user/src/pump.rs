@@ -1,14 +1,15 @@
 //! The pieces both ends' packet threads are made of (see `docs/fastpath.md`): reading GSO
 //! packets from the TUN device as wire-size packets ([`TunSource`]), collecting sealed ESP
 //! datagrams for one UDP GSO send ([`Train`]), and writing decrypted packets into the TUN
-//! device joined where possible ([`TunSink`]). The loops themselves, which own the locking
-//! of the protocol state, live with the client and the gateway.
+//! device joined where possible ([`TunSink`]), and waiting for a descriptor or a stop
+//! signal ([`Stop`]). The loops themselves, which own the locking of the protocol state,
+//! live with the client and the gateway.
 
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsFd, AsRawFd},
-    sync::atomic::AtomicBool,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -16,7 +17,6 @@ use tracing::debug;
 use tunnel_packet::{Coalescer, MAX_PACKET, VnetHdr, segment};
 
 use crate::{
-    packet_io::readable,
     tun::{Offload, Tun},
     udp_gso,
 };
@@ -24,22 +24,89 @@ use crate::{
 /// Messages per `recvmmsg` on the ESP socket (each up to 64 KB with UDP GRO).
 pub const RECV_BATCH: usize = 32;
 
-/// How long an idle packet thread waits before it looks at its stop flag again.
-pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long a packet thread backs off after a read failed with a real error.
+pub const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Waits until `fd` is readable or [`IDLE_WAIT`] passed.
-pub fn wait(fd: &impl AsFd) -> bool {
-    readable(fd.as_fd().as_raw_fd(), IDLE_WAIT)
+/// The stop signal of a set of packet threads: a flag they look at between batches, and an
+/// eventfd in every wait. An idle thread therefore sleeps in `poll` with no timeout (no
+/// periodic wake-ups, no timer armed per sleep) and still leaves at once when stopped.
+#[derive(Debug)]
+pub struct Stop {
+    flag: AtomicBool,
+    event: OwnedFd,
+}
+
+impl Stop {
+    pub fn new() -> io::Result<Stop> {
+        // SAFETY: eventfd has no memory arguments; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Stop {
+            flag: AtomicBool::new(false),
+            // SAFETY: fd is a new descriptor that nothing else owns.
+            event: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Whether the threads should leave.
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Tells the threads to leave and wakes every one that waits.
+    pub fn set(&self) {
+        self.flag.store(true, Ordering::Release);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer. A full counter (EAGAIN) is already
+        // readable, which is all a waiter needs.
+        unsafe { libc::write(self.event.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Makes the signal reusable once the threads it stopped have been joined.
+    pub fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer; EAGAIN when nothing was set.
+        unsafe {
+            libc::read(
+                self.event.as_raw_fd(),
+                count.as_mut_ptr().cast(),
+                count.len(),
+            )
+        };
+        self.flag.store(false, Ordering::Release);
+    }
+
+    /// Waits until `fd` is readable or the signal is set. Returns whether `fd` is readable.
+    pub fn wait(&self, fd: &impl AsFd) -> bool {
+        let mut fds = [
+            libc::pollfd {
+                fd: fd.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.event.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        n > 0 && fds[0].revents & libc::POLLIN != 0
+    }
 }
 
 /// What a packet thread does after a read from `fd` failed: with nothing queued, waits for
-/// more; after a real error (logged as `what`), backs off for [`IDLE_WAIT`].
-pub fn after_failed_read(e: &io::Error, fd: &impl AsFd, what: &str) {
+/// more (or for `stop`); after a real error (logged as `what`), backs off for
+/// [`ERROR_BACKOFF`].
+pub fn after_failed_read(e: &io::Error, fd: &impl AsFd, stop: &Stop, what: &str) {
     if e.kind() == io::ErrorKind::WouldBlock {
-        wait(fd);
+        stop.wait(fd);
     } else {
         debug!(error = %e, "{what}");
-        std::thread::sleep(IDLE_WAIT);
+        std::thread::sleep(ERROR_BACKOFF);
     }
 }
 
@@ -384,7 +451,44 @@ impl TunSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
+
+    /// A waiting thread wakes for its descriptor, and for the stop signal when nothing
+    /// arrives; cleared, the signal lets the next wait sleep again.
+    #[test]
+    fn stop_wakes_an_idle_wait_and_can_be_reused() {
+        let (rx, tx, to) = loopback();
+        rx.set_nonblocking(true).unwrap();
+        let stop = Stop::new().unwrap();
+        tx.send_to(b"x", to).unwrap();
+        assert!(
+            stop.wait(&rx),
+            "a queued datagram makes the socket readable"
+        );
+        rx.recv(&mut [0u8; 8]).unwrap();
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                stop.set();
+            });
+            assert!(!stop.wait(&rx), "woken by the stop signal, nothing to read");
+        });
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        assert!(stop.is_set());
+        stop.clear();
+        assert!(!stop.is_set());
+        // Cleared: a wait sleeps until the descriptor has something again.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                tx.send_to(b"y", to).unwrap();
+            });
+            assert!(
+                stop.wait(&rx),
+                "the signal was cleared; the datagram woke the wait"
+            );
+        });
+    }
 
     /// A receiving socket (large buffers, UDP GRO, reads time out after 2 s), a sending one,
     /// and the receiver's address.

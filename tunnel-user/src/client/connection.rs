@@ -18,7 +18,7 @@ use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -46,7 +46,7 @@ use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
     netconf::{Netlink, Route, Via, sysctl},
     packet_io::ip_endpoints,
-    pump::{RECV_BATCH, Trains, TunSink, TunSource, after_failed_read},
+    pump::{RECV_BATCH, Stop, Trains, TunSink, TunSource, after_failed_read},
     tun::Tun,
     udp_gso::{self, RecvBatch},
 };
@@ -351,7 +351,7 @@ struct Tunnel {
     tun: Arc<Tun>,
     routes: Vec<Route>,
     udp: Option<Arc<UdpSocket>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     threads: Vec<JoinHandle<()>>,
     ipv4: Option<std::net::Ipv4Addr>,
     /// The gateway's address inside the tunnel: the target of keepalive probes.
@@ -362,11 +362,11 @@ struct Tunnel {
 
 impl Tunnel {
     fn stop_threads(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.stop.store(false, Ordering::Relaxed);
+        self.stop.clear();
     }
 }
 
@@ -1064,7 +1064,7 @@ fn configure(
             tun,
             routes,
             udp: None,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(Stop::new().map_err(|e| fail("the packet threads' stop signal", &e))?),
             threads: Vec::new(),
             ipv4,
             internal_gateway: config.internal_gateway,
@@ -1189,11 +1189,11 @@ fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Ve
 fn tun_to_gateway(
     tun: &Tun,
     udp: Option<&UdpSocket>,
-    stop: &AtomicBool,
+    stop: &Stop,
     session: &Session,
     outbound: &Mutex<Outbound>,
 ) {
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_set() {
         // Over TLS, a host can push back instead of dropping: while the TLS connection has
         // half the backlog limit queued, the TUN device is not read, its queue fills and the
         // kernel throttles the sending sockets (TCP small queues), which costs the inner TCP
@@ -1211,7 +1211,7 @@ fn tun_to_gateway(
         match r {
             Ok(true) => {}
             Ok(false) => return,
-            Err(e) => after_failed_read(&e, tun, "reading the TUN device"),
+            Err(e) => after_failed_read(&e, tun, stop, "reading the TUN device"),
         }
     }
 }
@@ -1326,7 +1326,7 @@ fn seal_current(c: &mut tunnel_proto::Client, trains: &mut Trains) {
 fn esp_to_tun(
     tun: &Tun,
     udp: &UdpSocket,
-    stop: &AtomicBool,
+    stop: &Stop,
     session: &Session,
     shared: &Shared,
     outbound: Option<&Mutex<Outbound>>,
@@ -1337,9 +1337,9 @@ fn esp_to_tun(
     // into the TUN device after the state machine's lock is released, so the sending thread
     // never waits for TUN writes.
     let mut opened: Vec<(usize, usize, usize)> = Vec::with_capacity(RECV_BATCH * 64);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_set() {
         if let Err(e) = batch.recv(udp) {
-            after_failed_read(&e, udp, "receiving ESP");
+            after_failed_read(&e, udp, stop, "receiving ESP");
             continue;
         }
         let Ok(mut c) = session.proto.lock() else {

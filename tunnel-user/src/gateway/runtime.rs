@@ -37,7 +37,7 @@ use crate::{
     datapath::ifindex,
     netconf::{NetconfError, Netlink, sysctl},
     packet_io::ip_endpoints,
-    pump::{RECV_BATCH, Trains, TunSink, TunSource, after_failed_read},
+    pump::{RECV_BATCH, Stop, Trains, TunSink, TunSource, after_failed_read},
     tun::Tun,
     udp_gso::{self, RecvBatch},
 };
@@ -70,7 +70,8 @@ struct Ctx {
     tun: Tun,
     udp: Option<UdpSocket>,
     next_id: AtomicU64,
-    stop: AtomicBool,
+    /// Stops the packet threads.
+    stop: Stop,
     /// Packets dropped because no session owns their destination, or spoofed sources.
     dropped: AtomicU64,
     tun_side: Mutex<TunSide>,
@@ -119,7 +120,7 @@ impl Gateway {
             tun,
             udp,
             next_id: AtomicU64::new(1),
-            stop: AtomicBool::new(false),
+            stop: Stop::new().map_err(io_err("the packet threads' stop signal"))?,
             dropped: AtomicU64::new(0),
             tun_side: Mutex::new(TunSide::new()),
             config,
@@ -182,7 +183,7 @@ impl Gateway {
             }
         }
         janitor.abort();
-        ctx.stop.store(true, Ordering::Relaxed);
+        ctx.stop.set();
         for t in threads {
             let _ = t.join();
         }
@@ -253,14 +254,14 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
 /// the session is looked up and locked once per read. The ESP reader forwards too, right
 /// after its own TUN writes ([`TunSide`]). See `docs/fastpath.md`.
 fn tun_reader(ctx: &Ctx) {
-    while !ctx.stop.load(Ordering::Relaxed) {
+    while !ctx.stop.is_set() {
         let Ok(mut side) = ctx.tun_side.lock() else {
             return;
         };
         let r = side.forward(ctx);
         drop(side);
         if let Err(e) = r {
-            after_failed_read(&e, &ctx.tun, "reading the TUN device");
+            after_failed_read(&e, &ctx.tun, &ctx.stop, "reading the TUN device");
         }
     }
 }
@@ -357,9 +358,9 @@ fn esp_reader(ctx: &Ctx, forward_after_writes: bool) {
     let mut runs: Vec<(Arc<Session>, SocketAddr)> = Vec::with_capacity(RECV_BATCH);
     // Opened packets: (run, message, offset, length) in `batch`.
     let mut opened: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(RECV_BATCH * 64);
-    while !ctx.stop.load(Ordering::Relaxed) {
+    while !ctx.stop.is_set() {
         if let Err(e) = batch.recv(udp) {
-            after_failed_read(&e, udp, "receiving ESP");
+            after_failed_read(&e, udp, &ctx.stop, "receiving ESP");
             continue;
         }
         let now = Instant::now();
