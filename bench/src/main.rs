@@ -55,8 +55,9 @@
 //! question, and ends with the benchmark's targets judged on the run's own figures (ours
 //! against the fastest of the baselines: wireguard-go, boringtun and openconnect
 //! through ocserv; idle RTT against boringtun; the tunnel's UDP receive drops), our client
-//! against openconnect's Pulse client through our gateway (not a target), the single-core crypto ceiling of each ESP suite (`crypto.rs`: our ESP code one
-//! packet at a time and in trains) and the classifier micro-benchmark (`classifier.rs`).
+//! against openconnect's Pulse client through our gateway (not a target), the single-core
+//! crypto ceiling of each ESP suite (`crypto.rs`: our ESP code one packet at a time and in
+//! trains) and the classifier micro-benchmark (`classifier.rs`).
 
 mod chart;
 mod classifier;

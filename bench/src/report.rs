@@ -284,7 +284,7 @@ pub fn markdown(report: &Report) -> String {
 /// TCP 1 up), their peak RSS (client / gateway, all processes of a side added up), login and
 /// reconnect time.
 pub fn summary(report: &Report) -> String {
-    let bare = measured(report, "bare").and_then(|b| median(b.test("tcp-1-up")));
+    let bare = tcp_1_up(report, "bare");
     let mut s = String::from(
         "### Summary\n\n| system | TCP 1 up Gbit/s | TCP 1 down | TCP 4 up | vs bare | UDP 64 B kpps | RTT idle / loaded ms | CPU s/GB | peak RSS MiB | login s | reconnect s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
@@ -367,14 +367,13 @@ const OTHERS: [(&str, bool); 4] = [
 /// Our client against openconnect's Pulse client, both through our gateway with the same
 /// transport, TCP 1 up: (ours, openconnect's, ours / openconnect's) where both were measured.
 pub fn against_openconnect_pulse(report: &Report) -> Vec<(&'static str, &'static str, f64, f64)> {
-    let up = |name: &str| measured(report, name).and_then(|r| median(r.test("tcp-1-up")));
     [
         ("ours-esp", "oc-pulse-esp"),
         ("ours-esp-gcm", "oc-pulse-esp"),
         ("ours-tls", "oc-pulse-tls"),
     ]
     .into_iter()
-    .filter_map(|(ours, oc)| Some((ours, oc, up(ours)?, up(oc)?)))
+    .filter_map(|(ours, oc)| Some((ours, oc, tcp_1_up(report, ours)?, tcp_1_up(report, oc)?)))
     .collect()
 }
 
@@ -398,16 +397,16 @@ fn measured<'a>(report: &'a Report, name: &str) -> Option<&'a SystemResult> {
         .find(|r| r.name == name && matches!(r.outcome, Outcome::Measured))
 }
 
+/// The median TCP 1 up of a measured system.
+fn tcp_1_up(report: &Report, name: &str) -> Option<f64> {
+    median(measured(report, name)?.test("tcp-1-up"))
+}
+
 /// The fastest of `names` in TCP 1 up, with its value.
 fn fastest(report: &Report, names: &[&str]) -> Option<(f64, String)> {
     names
         .iter()
-        .filter_map(|n| {
-            Some((
-                median(measured(report, n)?.test("tcp-1-up"))?,
-                n.to_string(),
-            ))
-        })
+        .filter_map(|n| Some((tcp_1_up(report, n)?, n.to_string())))
         .max_by(|a, b| a.0.total_cmp(&b.0))
 }
 
@@ -416,10 +415,9 @@ fn fastest(report: &Report, names: &[&str]) -> Option<(f64, String)> {
 pub fn targets(report: &Report) -> Vec<Target> {
     let all: Vec<&str> = OTHERS.iter().map(|(n, _)| *n).collect();
     let tls: Vec<&str> = OTHERS.iter().filter(|(_, t)| *t).map(|(n, _)| *n).collect();
-    let up = |name: &str| measured(report, name).and_then(|r| median(r.test("tcp-1-up")));
     let mut v = Vec::new();
     let mut ratio = |what: &str, ours: &str, against: Option<(f64, String)>, min: f64| {
-        let o = up(ours);
+        let o = tcp_1_up(report, ours);
         let value = match (o, &against) {
             (Some(o), Some((a, _))) if *a > 0.0 => Some(o / a),
             _ => None,
