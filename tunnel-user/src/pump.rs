@@ -1,14 +1,16 @@
 //! The pieces both ends' packet threads are made of (see `docs/fastpath.md`): reading GSO
 //! packets from the TUN device as wire-size packets ([`TunSource`]), collecting sealed ESP
 //! datagrams for one UDP GSO send ([`Train`]), and writing decrypted packets into the TUN
-//! device joined where possible ([`TunSink`]), and waiting for a descriptor or a stop
-//! signal ([`Stop`]). The loops themselves, which own the locking of the protocol state,
-//! live with the client and the gateway.
+//! device joined where possible ([`TunSink`]), and handing the TUN device and the ESP
+//! socket to the packet threads ([`Dispatch`], [`serve`]) until they are stopped
+//! ([`Stop`]). What the threads do with each source, and the locking of the protocol
+//! state, live with the client and the gateway.
 
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    ops::ControlFlow,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -28,7 +30,7 @@ pub const RECV_BATCH: usize = 32;
 pub const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The stop signal of a set of packet threads: a flag they look at between batches, and an
-/// eventfd in every wait. An idle thread therefore sleeps in `poll` with no timeout (no
+/// eventfd in their [`Dispatch`]'s wait. An idle thread therefore sleeps with no timeout (no
 /// periodic wake-ups, no timer armed per sleep) and still leaves at once when stopped.
 #[derive(Debug)]
 pub struct Stop {
@@ -77,34 +79,149 @@ impl Stop {
         };
         self.flag.store(false, Ordering::Release);
     }
+}
 
-    /// Waits until `fd` is readable or the signal is set. Returns whether `fd` is readable.
-    pub fn wait(&self, fd: &impl AsFd) -> bool {
-        let mut fds = [
-            libc::pollfd {
-                fd: fd.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.event.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfds for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        n > 0 && fds[0].revents & libc::POLLIN != 0
+/// A source of packets an end's packet threads serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The TUN device: packets to send through the tunnel.
+    Tun,
+    /// The ESP socket: datagrams to open and write into the TUN device.
+    Esp,
+}
+
+/// Hands an end's sources to its packet threads, one thread per source at a time.
+///
+/// The TUN device and the ESP socket sit in one epoll set, each armed for one readiness
+/// report at a time (`EPOLLONESHOT`), with the stop signal's eventfd. Every packet thread of
+/// the end waits on that set; a source that becomes readable wakes one of them (the one that
+/// went to sleep last), which drains it and gives it back. Both directions are served in
+/// parallel when both are busy, and a thread that has just sent a packet finds the answer
+/// to it ready when it comes back, without a second thread being woken for it. See
+/// `docs/fastpath.md`.
+///
+/// It refers to the descriptors by number: they must stay open as long as it lives.
+#[derive(Debug)]
+pub struct Dispatch {
+    epoll: OwnedFd,
+    tun: RawFd,
+    esp: Option<RawFd>,
+}
+
+const TOKEN_STOP: u64 = 0;
+const TOKEN_TUN: u64 = 1;
+const TOKEN_ESP: u64 = 2;
+
+impl Dispatch {
+    pub fn new(tun: &impl AsFd, esp: Option<&impl AsFd>, stop: &Stop) -> io::Result<Dispatch> {
+        // SAFETY: epoll_create1 has no memory arguments; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let dispatch = Dispatch {
+            // SAFETY: fd is a new descriptor that nothing else owns.
+            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            tun: tun.as_fd().as_raw_fd(),
+            esp: esp.map(|e| e.as_fd().as_raw_fd()),
+        };
+        // The stop signal stays readable once set (level-triggered), so every waiting
+        // thread is handed it in turn.
+        dispatch.ctl(
+            libc::EPOLL_CTL_ADD,
+            stop.event.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_STOP,
+        )?;
+        dispatch.ctl(libc::EPOLL_CTL_ADD, dispatch.tun, ONE_READ, TOKEN_TUN)?;
+        if let Some(esp) = dispatch.esp {
+            dispatch.ctl(libc::EPOLL_CTL_ADD, esp, ONE_READ, TOKEN_ESP)?;
+        }
+        Ok(dispatch)
+    }
+
+    /// How many threads have something to do: one per source.
+    pub fn sources(&self) -> usize {
+        1 + usize::from(self.esp.is_some())
+    }
+
+    /// Waits until a source is readable and hands it to the calling thread: no other thread
+    /// is handed it until the caller gives it back with [`Self::done`]. None once `stop` is
+    /// set.
+    pub fn next(&self, stop: &Stop) -> Option<Source> {
+        loop {
+            if stop.is_set() {
+                return None;
+            }
+            let mut event = libc::epoll_event { events: 0, u64: 0 };
+            // SAFETY: room for one event, which the kernel fills.
+            let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut event, 1, -1) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    debug!(error = %e, "waiting for packets");
+                    std::thread::sleep(ERROR_BACKOFF);
+                }
+                continue;
+            }
+            match event.u64 {
+                TOKEN_TUN if n == 1 => return Some(Source::Tun),
+                TOKEN_ESP if n == 1 => return Some(Source::Esp),
+                _ => {}
+            }
+        }
+    }
+
+    /// Gives `source` back: the next waiting thread is handed it when it is readable, at
+    /// once if it still is.
+    pub fn done(&self, source: Source, stop: &Stop) {
+        let (fd, token) = match (source, self.esp) {
+            (Source::Tun, _) => (self.tun, TOKEN_TUN),
+            (Source::Esp, Some(esp)) => (esp, TOKEN_ESP),
+            (Source::Esp, None) => return,
+        };
+        // Only the kernel running out of memory fails this; until it works nobody is
+        // handed the source, so it is tried again.
+        while let Err(e) = self.ctl(libc::EPOLL_CTL_MOD, fd, ONE_READ, token) {
+            debug!(error = %e, ?source, "re-arming a packet source");
+            if stop.is_set() {
+                return;
+            }
+            std::thread::sleep(ERROR_BACKOFF);
+        }
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: a valid event for the duration of the call.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
-/// What a packet thread does after a read from `fd` failed: with nothing queued, waits for
-/// more (or for `stop`); after a real error (logged as `what`), backs off for
-/// [`ERROR_BACKOFF`].
-pub fn after_failed_read(e: &io::Error, fd: &impl AsFd, stop: &Stop, what: &str) {
-    if e.kind() == io::ErrorKind::WouldBlock {
-        stop.wait(fd);
-    } else {
+/// A source's registration: readable, reported once until re-armed.
+const ONE_READ: u32 = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
+
+/// The loop of one packet thread: drains whichever source `dispatch` hands it with
+/// `drain`, gives it back, and waits for the next, until `stop` is set or `drain` breaks
+/// (the protocol state it needs is gone).
+pub fn serve(dispatch: &Dispatch, stop: &Stop, mut drain: impl FnMut(Source) -> ControlFlow<()>) {
+    while let Some(source) = dispatch.next(stop) {
+        let flow = drain(source);
+        dispatch.done(source, stop);
+        if flow.is_break() {
+            return;
+        }
+    }
+}
+
+/// What a packet thread does after a read from its source failed: nothing when the queue
+/// was just empty (the source goes back); after a real error (logged as `what`), backs off
+/// for [`ERROR_BACKOFF`] first.
+pub fn after_failed_read(e: &io::Error, what: &str) {
+    if e.kind() != io::ErrorKind::WouldBlock {
         debug!(error = %e, "{what}");
         std::thread::sleep(ERROR_BACKOFF);
     }
@@ -452,41 +569,61 @@ impl TunSink {
 mod tests {
     use super::*;
 
-    /// A waiting thread wakes for its descriptor, and for the stop signal when nothing
-    /// arrives; cleared, the signal lets the next wait sleep again.
+    /// A readable source is handed to one thread, and to no other until it is given back
+    /// (then at once, as it is still readable); meanwhile the other source goes to another
+    /// thread.
     #[test]
-    fn stop_wakes_an_idle_wait_and_can_be_reused() {
-        let (rx, tx, to) = loopback();
-        rx.set_nonblocking(true).unwrap();
+    fn dispatch_hands_a_source_to_one_thread_at_a_time() {
+        let (tun, tx, to_tun) = loopback();
+        let (esp, _, to_esp) = loopback();
         let stop = Stop::new().unwrap();
-        tx.send_to(b"x", to).unwrap();
-        assert!(
-            stop.wait(&rx),
-            "a queued datagram makes the socket readable"
-        );
-        rx.recv(&mut [0u8; 8]).unwrap();
+        let d = Dispatch::new(&tun, Some(&esp), &stop).unwrap();
+        assert_eq!(d.sources(), 2);
+        tx.send_to(b"a", to_tun).unwrap();
+        assert_eq!(d.next(&stop), Some(Source::Tun));
+        tx.send_to(b"b", to_tun).unwrap();
+        std::thread::scope(|s| {
+            let other = s.spawn(|| d.next(&stop));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                !other.is_finished(),
+                "the TUN source is taken: nothing to hand out"
+            );
+            tx.send_to(b"c", to_esp).unwrap();
+            assert_eq!(other.join().unwrap(), Some(Source::Esp));
+        });
+        // Given back with two datagrams queued: handed out again at once.
+        d.done(Source::Tun, &stop);
+        assert_eq!(d.next(&stop), Some(Source::Tun));
+    }
+
+    /// The stop signal ends every waiting thread, not only one; cleared, it lets the next
+    /// wait sleep until a source is readable.
+    #[test]
+    fn stop_ends_every_waiting_thread_and_can_be_reused() {
+        let (tun, tx, to_tun) = loopback();
+        let stop = Stop::new().unwrap();
+        let d = Dispatch::new(&tun, None::<&UdpSocket>, &stop).unwrap();
+        assert_eq!(d.sources(), 1);
         let start = std::time::Instant::now();
         std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(50));
-                stop.set();
-            });
-            assert!(!stop.wait(&rx), "woken by the stop signal, nothing to read");
+            let waiters: Vec<_> = (0..3).map(|_| s.spawn(|| d.next(&stop))).collect();
+            std::thread::sleep(Duration::from_millis(50));
+            stop.set();
+            for w in waiters {
+                assert_eq!(w.join().unwrap(), None, "woken by the stop signal");
+            }
         });
         assert!(start.elapsed() >= Duration::from_millis(50));
         assert!(stop.is_set());
         stop.clear();
         assert!(!stop.is_set());
-        // Cleared: a wait sleeps until the descriptor has something again.
         std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(50));
-                tx.send_to(b"y", to).unwrap();
-            });
-            assert!(
-                stop.wait(&rx),
-                "the signal was cleared; the datagram woke the wait"
-            );
+            let waiter = s.spawn(|| d.next(&stop));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "cleared: the wait sleeps");
+            tx.send_to(b"y", to_tun).unwrap();
+            assert_eq!(waiter.join().unwrap(), Some(Source::Tun));
         });
     }
 

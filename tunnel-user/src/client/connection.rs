@@ -16,6 +16,7 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr, UdpSocket},
+    ops::ControlFlow,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -46,7 +47,9 @@ use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
     netconf::{Netlink, Route, Via, sysctl},
     packet_io::ip_endpoints,
-    pump::{RECV_BATCH, Stop, Trains, TunSink, TunSource, after_failed_read},
+    pump::{
+        self, Dispatch, RECV_BATCH, Source, Stop, Trains, TunSink, TunSource, after_failed_read,
+    },
     tun::Tun,
     udp_gso::{self, RecvBatch},
 };
@@ -1108,7 +1111,8 @@ fn configure(
         },
         _ => None,
     };
-    t.threads = start_threads(t, session, shared);
+    t.threads =
+        start_threads(t, session, shared).map_err(|e| fail("starting the packet threads", &e))?;
     if let Ok(mut s) = shared.status.lock() {
         s.ipv4 = ipv4;
         s.ipv6 = ipv6;
@@ -1144,9 +1148,12 @@ fn esp_socket(gateway: SocketAddr) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
-fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
-    let mut threads = Vec::new();
-    // Only a non-blocking device may be read by the ESP thread after its writes: a blocking
+fn start_threads(
+    t: &Tunnel,
+    session: &Arc<Session>,
+    shared: &Arc<Shared>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    // Only a non-blocking device may be read by the ESP side after its writes: a blocking
     // read there would stall ESP until the next packet from an application.
     let nonblocking = match t.tun.set_nonblocking() {
         Ok(()) => true,
@@ -1155,44 +1162,54 @@ fn start_threads(t: &Tunnel, session: &Arc<Session>, shared: &Arc<Shared>) -> Ve
             false
         }
     };
+    let dispatch = Arc::new(Dispatch::new(&*t.tun, t.udp.as_deref(), &t.stop)?);
     let outbound = Arc::new(Mutex::new(Outbound::new(shared.clone())));
-    {
-        let (tun, udp, stop, session, outbound) = (
-            t.tun.clone(),
-            t.udp.clone(),
-            t.stop.clone(),
-            session.clone(),
-            outbound.clone(),
-        );
-        threads.push(std::thread::spawn(move || {
-            tun_to_gateway(&tun, udp.as_deref(), &stop, &session, &outbound)
-        }));
-    }
-    if let Some(udp) = t.udp.clone() {
-        let (tun, stop, session, shared) = (
-            t.tun.clone(),
-            t.stop.clone(),
-            session.clone(),
-            shared.clone(),
-        );
-        threads.push(std::thread::spawn(move || {
-            let outbound = nonblocking.then_some(&*outbound);
-            esp_to_tun(&tun, &udp, &stop, &session, &shared, outbound)
-        }));
-    }
-    threads
+    let inbound = Arc::new(Mutex::new(Inbound::new(&t.tun, shared.clone())));
+    (0..dispatch.sources())
+        .map(|i| {
+            let (tun, udp, stop, session, dispatch, outbound, inbound) = (
+                t.tun.clone(),
+                t.udp.clone(),
+                t.stop.clone(),
+                session.clone(),
+                dispatch.clone(),
+                outbound.clone(),
+                inbound.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("tunnel-packets-{i}"))
+                .spawn(move || {
+                    let udp = udp.as_deref();
+                    pump::serve(&dispatch, &stop, |source| match (source, udp) {
+                        (Source::Tun, _) => drain_tun(&tun, udp, &stop, &session, &outbound),
+                        (Source::Esp, Some(udp)) => {
+                            let Ok(mut inbound) = inbound.lock() else {
+                                return ControlFlow::Break(());
+                            };
+                            let outbound = nonblocking.then_some(&*outbound);
+                            inbound.drain(&tun, udp, &stop, &session, outbound)
+                        }
+                        (Source::Esp, None) => ControlFlow::Continue(()),
+                    })
+                })
+        })
+        .collect()
 }
 
-/// Packets the classifier redirected into the TUN device: to the gateway over ESP (staged
-/// into one UDP GSO train per batch and sealed at once) or TLS. The ESP thread forwards too,
-/// right after its own TUN writes ([`Outbound`]). See `docs/fastpath.md`.
-fn tun_to_gateway(
+/// Packets the classifier redirected into the TUN device, until it has no more: to the
+/// gateway over ESP (staged into one UDP GSO train per read and sealed at once) or TLS. The
+/// ESP side forwards too, right after its own TUN writes ([`Outbound`]). See
+/// `docs/fastpath.md`.
+fn drain_tun(
     tun: &Tun,
     udp: Option<&UdpSocket>,
     stop: &Stop,
     session: &Session,
     outbound: &Mutex<Outbound>,
-) {
+) -> ControlFlow<()> {
+    let Ok(mut out) = outbound.lock() else {
+        return ControlFlow::Break(());
+    };
     while !stop.is_set() {
         // Over TLS, a host can push back instead of dropping: while the TLS connection has
         // half the backlog limit queued, the TUN device is not read, its queue fills and the
@@ -1203,17 +1220,16 @@ fn tun_to_gateway(
             std::thread::sleep(TLS_DRAIN_WAIT);
             continue;
         }
-        let Ok(mut out) = outbound.lock() else {
-            return;
-        };
-        let r = out.forward(tun, udp, session);
-        drop(out);
-        match r {
+        match out.forward(tun, udp, session) {
             Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => after_failed_read(&e, tun, stop, "reading the TUN device"),
+            Ok(false) => return ControlFlow::Break(()),
+            Err(e) => {
+                after_failed_read(&e, "reading the TUN device");
+                break;
+            }
         }
     }
+    ControlFlow::Continue(())
 }
 
 fn tls_backed_up(session: &Session) -> bool {
@@ -1223,17 +1239,18 @@ fn tls_backed_up(session: &Session) -> bool {
 
 /// The TUN-to-gateway direction's buffers. Whoever holds them reads the TUN device and
 /// sends what it read before the next read, so packets leave in the order the device gave
-/// them: the TUN thread, or the ESP thread right after its TUN writes. A packet written into
+/// them: the thread the TUN device was handed to, or the ESP side right after its TUN
+/// writes. A packet written into
 /// the TUN device reaches its socket within the write, and what the application's stack
-/// answers at once (a TCP ACK) is queued by then; the ESP thread sends it without a wake-up
-/// of the TUN thread.
+/// answers at once (a TCP ACK) is queued by then; the ESP side sends it without a wake-up
+/// of another thread.
 struct Outbound {
     source: TunSource,
     trains: Trains,
     shared: Arc<Shared>,
 }
 
-/// TUN reads the ESP thread makes after its writes, at most (it has ESP to receive).
+/// TUN reads the ESP side makes after its writes, at most (it has ESP to receive).
 const FORWARD_AFTER_WRITES: usize = 8;
 
 impl Outbound {
@@ -1320,80 +1337,104 @@ fn seal_current(c: &mut tunnel_proto::Client, trains: &mut Trains) {
     }
 }
 
-/// ESP datagrams from the gateway, many per system call (`recvmmsg`, and UDP GRO where the
-/// kernel joins them): open them and write the packets into the TUN device, joined where
-/// possible.
-fn esp_to_tun(
-    tun: &Tun,
-    udp: &UdpSocket,
-    stop: &Stop,
-    session: &Session,
-    shared: &Shared,
-    outbound: Option<&Mutex<Outbound>>,
-) {
-    let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
-    let mut sink = TunSink::new(tun);
-    // Where the opened packets are in `batch`: (message, offset, length). They are written
-    // into the TUN device after the state machine's lock is released, so the sending thread
-    // never waits for TUN writes.
-    let mut opened: Vec<(usize, usize, usize)> = Vec::with_capacity(RECV_BATCH * 64);
-    while !stop.is_set() {
-        if let Err(e) = batch.recv(udp) {
-            after_failed_read(&e, udp, stop, "receiving ESP");
-            continue;
+/// The gateway-to-TUN direction's buffers: ESP datagrams from the gateway, many per system
+/// call (`recvmmsg`, and UDP GRO where the kernel joins them), opened and written into the
+/// TUN device, joined where possible.
+struct Inbound {
+    batch: RecvBatch,
+    sink: TunSink,
+    /// Where the opened packets are in `batch`: (message, offset, length). They are written
+    /// into the TUN device after the state machine's lock is released, so the sending side
+    /// never waits for TUN writes.
+    opened: Vec<(usize, usize, usize)>,
+    shared: Arc<Shared>,
+}
+
+impl Inbound {
+    fn new(tun: &Tun, shared: Arc<Shared>) -> Inbound {
+        Inbound {
+            batch: RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET),
+            sink: TunSink::new(tun),
+            opened: Vec::with_capacity(RECV_BATCH * 64),
+            shared,
         }
-        let Ok(mut c) = session.proto.lock() else {
-            return;
-        };
-        let now = Instant::now();
-        let mut ok = false;
-        opened.clear();
-        for (i, (r, message)) in batch.messages().enumerate() {
-            let base = message.as_ptr() as usize;
-            c.handle_esp_train(message, r.size, now, |input| match input {
-                Ok(EspInput::Packet(p)) => {
-                    ok = true;
-                    opened.push((i, p.as_ptr() as usize - base, p.len()));
-                }
-                Ok(_) => ok = true,
-                Err(e) => debug!(error = %e, "ESP datagram dropped"),
-            });
-        }
-        // EspUp and similar events are picked up by the TLS task.
-        let events = c.has_events();
-        drop(c);
-        let mut bytes = 0u64;
-        for &(i, at, len) in &opened {
-            sink.push(tun, &batch.message(i)[at..at + len]);
-            bytes += len as u64;
-        }
-        sink.flush(tun);
-        // What those writes made the applications answer is queued already: sent from here
-        // unless the TUN thread is at it (or TLS is backed up; the TUN thread waits then).
-        if !opened.is_empty()
-            && let Some(outbound) = outbound
-            && let Ok(mut out) = outbound.try_lock()
-            && !tls_backed_up(session)
-        {
-            for _ in 0..FORWARD_AFTER_WRITES {
-                if !matches!(out.forward(tun, Some(udp), session), Ok(true)) {
-                    break;
+    }
+
+    /// Receives until the socket has no more; after each batch's writes, sends what the
+    /// applications answered at once through `outbound` (None: the TUN device blocks).
+    fn drain(
+        &mut self,
+        tun: &Tun,
+        udp: &UdpSocket,
+        stop: &Stop,
+        session: &Session,
+        outbound: Option<&Mutex<Outbound>>,
+    ) -> ControlFlow<()> {
+        let Inbound {
+            batch,
+            sink,
+            opened,
+            shared,
+        } = self;
+        while !stop.is_set() {
+            if let Err(e) = batch.recv(udp) {
+                after_failed_read(&e, "receiving ESP");
+                break;
+            }
+            let Ok(mut c) = session.proto.lock() else {
+                return ControlFlow::Break(());
+            };
+            let now = Instant::now();
+            let mut ok = false;
+            opened.clear();
+            for (i, (r, message)) in batch.messages().enumerate() {
+                let base = message.as_ptr() as usize;
+                c.handle_esp_train(message, r.size, now, |input| match input {
+                    Ok(EspInput::Packet(p)) => {
+                        ok = true;
+                        opened.push((i, p.as_ptr() as usize - base, p.len()));
+                    }
+                    Ok(_) => ok = true,
+                    Err(e) => debug!(error = %e, "ESP datagram dropped"),
+                });
+            }
+            // EspUp and similar events are picked up by the TLS task.
+            let events = c.has_events();
+            drop(c);
+            let mut bytes = 0u64;
+            for &(i, at, len) in opened.iter() {
+                sink.push(tun, &batch.message(i)[at..at + len]);
+                bytes += len as u64;
+            }
+            sink.flush(tun);
+            // What those writes made the applications answer is queued already: sent from here
+            // unless the TUN thread is at it (or TLS is backed up; the TUN thread waits then).
+            if !opened.is_empty()
+                && let Some(outbound) = outbound
+                && let Ok(mut out) = outbound.try_lock()
+                && !tls_backed_up(session)
+            {
+                for _ in 0..FORWARD_AFTER_WRITES {
+                    if !matches!(out.forward(tun, Some(udp), session), Ok(true)) {
+                        break;
+                    }
                 }
             }
+            if events {
+                session.wake.notify_one();
+            }
+            if ok {
+                *shared
+                    .last_inbound
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = now;
+            }
+            shared
+                .traffic
+                .packets_in
+                .fetch_add(opened.len() as u64, Ordering::Relaxed);
+            shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
         }
-        if events {
-            session.wake.notify_one();
-        }
-        if ok {
-            *shared
-                .last_inbound
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = now;
-        }
-        shared
-            .traffic
-            .packets_in
-            .fetch_add(opened.len() as u64, Ordering::Relaxed);
-        shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        ControlFlow::Continue(())
     }
 }

@@ -5,6 +5,7 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    ops::ControlFlow,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -37,7 +38,9 @@ use crate::{
     datapath::ifindex,
     netconf::{NetconfError, Netlink, sysctl},
     packet_io::ip_endpoints,
-    pump::{RECV_BATCH, Stop, Trains, TunSink, TunSource, after_failed_read},
+    pump::{
+        self, Dispatch, RECV_BATCH, Source, Stop, Trains, TunSink, TunSource, after_failed_read,
+    },
     tun::Tun,
     udp_gso::{self, RecvBatch},
 };
@@ -72,9 +75,12 @@ struct Ctx {
     next_id: AtomicU64,
     /// Stops the packet threads.
     stop: Stop,
+    /// Hands the TUN device and the ESP socket to the packet threads.
+    dispatch: Dispatch,
     /// Packets dropped because no session owns their destination, or spoofed sources.
     dropped: AtomicU64,
     tun_side: Mutex<TunSide>,
+    esp_side: Mutex<EspSide>,
 }
 
 /// A gateway bound to its sockets and TUN device, ready to [`run`](Gateway::run).
@@ -113,6 +119,10 @@ impl Gateway {
             what: "address pool".into(),
             source: io::Error::other(e.to_string()),
         })?;
+        let stop = Stop::new().map_err(io_err("the packet threads' stop signal"))?;
+        let dispatch = Dispatch::new(&tun, udp.as_ref(), &stop)
+            .map_err(io_err("the packet threads' epoll set"))?;
+        let esp_side = Mutex::new(EspSide::new(&tun));
         let ctx = Arc::new(Ctx {
             pool: Mutex::new(pool),
             limiter: Mutex::new(LoginLimiter::new(RateLimitPolicy::default())),
@@ -120,9 +130,11 @@ impl Gateway {
             tun,
             udp,
             next_id: AtomicU64::new(1),
-            stop: Stop::new().map_err(io_err("the packet threads' stop signal"))?,
+            stop,
+            dispatch,
             dropped: AtomicU64::new(0),
             tun_side: Mutex::new(TunSide::new()),
+            esp_side,
             config,
         });
         Ok(Gateway {
@@ -220,8 +232,7 @@ fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> 
 }
 
 fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError> {
-    let mut threads = Vec::new();
-    // Only a non-blocking device may be read by the ESP reader after its writes: a blocking
+    // Only a non-blocking device may be read by the ESP side after its writes: a blocking
     // read there would stall ESP until the next packet from corp.
     let nonblocking = match ctx.tun.set_nonblocking() {
         Ok(()) => true,
@@ -230,55 +241,67 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
             false
         }
     };
-    let c = ctx.clone();
-    threads.push(
-        std::thread::Builder::new()
-            .name("gw-tun".into())
-            .spawn(move || tun_reader(&c))
-            .map_err(io_err("starting the TUN reader"))?,
-    );
-    if ctx.udp.is_some() {
-        let c = ctx.clone();
-        threads.push(
+    (0..ctx.dispatch.sources())
+        .map(|i| {
+            let c = ctx.clone();
             std::thread::Builder::new()
-                .name("gw-esp".into())
-                .spawn(move || esp_reader(&c, nonblocking))
-                .map_err(io_err("starting the ESP reader"))?,
-        );
-    }
-    Ok(threads)
+                .name(format!("gw-packets-{i}"))
+                .spawn(move || {
+                    pump::serve(&c.dispatch, &c.stop, |source| match source {
+                        Source::Tun => drain_tun(&c),
+                        Source::Esp => drain_esp(&c, nonblocking),
+                    })
+                })
+                .map_err(io_err("starting a packet thread"))
+        })
+        .collect()
 }
 
-/// Packets from the corp side: to the session that owns the destination, over ESP (staged
-/// into one UDP GSO train per TUN read, sealed at once) or TLS. A GSO packet is one flow, so
-/// the session is looked up and locked once per read. The ESP reader forwards too, right
-/// after its own TUN writes ([`TunSide`]). See `docs/fastpath.md`.
-fn tun_reader(ctx: &Ctx) {
+/// Packets from the corp side, until the TUN device has no more: to the session that owns
+/// the destination, over ESP (staged into one UDP GSO train per TUN read, sealed at once)
+/// or TLS. A GSO packet is one flow, so the session is looked up and locked once per read.
+/// The ESP side forwards too, right after its own TUN writes ([`TunSide`]). See
+/// `docs/fastpath.md`.
+fn drain_tun(ctx: &Ctx) -> ControlFlow<()> {
+    let Ok(mut side) = ctx.tun_side.lock() else {
+        return ControlFlow::Break(());
+    };
     while !ctx.stop.is_set() {
-        let Ok(mut side) = ctx.tun_side.lock() else {
-            return;
-        };
-        let r = side.forward(ctx);
-        drop(side);
-        if let Err(e) = r {
-            after_failed_read(&e, &ctx.tun, &ctx.stop, "reading the TUN device");
+        if let Err(e) = side.forward(ctx) {
+            after_failed_read(&e, "reading the TUN device");
+            break;
         }
     }
+    ControlFlow::Continue(())
+}
+
+/// ESP datagrams from clients, until the socket has no more ([`EspSide`]).
+fn drain_esp(ctx: &Ctx, forward_after_writes: bool) -> ControlFlow<()> {
+    let Ok(mut side) = ctx.esp_side.lock() else {
+        return ControlFlow::Break(());
+    };
+    while !ctx.stop.is_set() {
+        if let Err(e) = side.receive(ctx, forward_after_writes) {
+            after_failed_read(&e, "receiving ESP");
+            break;
+        }
+    }
+    ControlFlow::Continue(())
 }
 
 /// The TUN-to-ESP direction's buffers. Whoever holds them reads the TUN device and sends
 /// what it read before the next read, so packets leave in the order the device gave them:
-/// the TUN reader, or the ESP reader right after its TUN writes. A packet written into the
+/// the thread the TUN device was handed to, or the ESP side right after its TUN writes. A packet written into the
 /// TUN device is routed, and a corp host's answer to it (an ICMP echo reply, a TCP ACK)
-/// made, within the write; the ESP reader finds it queued and sends it at once, which saves
-/// the round trip a wake-up of the TUN reader's thread (on an idle vCPU, often on the other
-/// core) would cost.
+/// made, within the write; the ESP side finds it queued and sends it at once, which saves
+/// the round trip a wake-up of another thread (on an idle vCPU, often on the other core)
+/// would cost.
 struct TunSide {
     source: TunSource,
     trains: Trains,
 }
 
-/// TUN reads the ESP reader makes after its writes, at most (it has ESP to receive).
+/// TUN reads the ESP side makes after its writes, at most (it has ESP to receive).
 const FORWARD_AFTER_WRITES: usize = 8;
 
 impl TunSide {
@@ -321,7 +344,7 @@ impl TunSide {
         });
         seal_current(&mut proto, trains, session.id);
         drop(proto);
-        // Sent with the lock released: the ESP reader opens this session's packets meanwhile.
+        // Sent with the lock released: the ESP side opens this session's packets meanwhile.
         match (peer, &ctx.udp) {
             (Some(peer), Some(udp)) if !trains.is_empty() => {
                 if let Err(e) = trains.send(udp, Some(peer)) {
@@ -345,24 +368,46 @@ fn seal_current(proto: &mut Server, trains: &mut Trains, session: u64) {
     }
 }
 
-/// ESP datagrams from clients, many per system call (`recvmmsg`, and UDP GRO where the
-/// kernel joins them): each run of datagrams with one SPI is opened as one train under its
-/// session's lock; then, with no lock held, the packets whose source the session owns are
-/// written into the TUN device, joined where possible.
-fn esp_reader(ctx: &Ctx, forward_after_writes: bool) {
-    let Some(udp) = &ctx.udp else { return };
-    let mut batch = RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET);
-    let mut reply = vec![0u8; 512];
-    let mut sink = TunSink::new(&ctx.tun);
-    // The runs of this receive: the session and where its datagrams came from.
-    let mut runs: Vec<(Arc<Session>, SocketAddr)> = Vec::with_capacity(RECV_BATCH);
-    // Opened packets: (run, message, offset, length) in `batch`.
-    let mut opened: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(RECV_BATCH * 64);
-    while !ctx.stop.is_set() {
-        if let Err(e) = batch.recv(udp) {
-            after_failed_read(&e, udp, &ctx.stop, "receiving ESP");
-            continue;
+/// The ESP-to-TUN direction's buffers: ESP datagrams from clients, many per system call
+/// (`recvmmsg`, and UDP GRO where the kernel joins them). Each run of datagrams with one SPI
+/// is opened as one train under its session's lock; then, with no lock held, the packets
+/// whose source the session owns are written into the TUN device, joined where possible.
+struct EspSide {
+    batch: RecvBatch,
+    reply: Vec<u8>,
+    sink: TunSink,
+    /// The runs of this receive: the session and where its datagrams came from.
+    runs: Vec<(Arc<Session>, SocketAddr)>,
+    /// Opened packets: (run, message, offset, length) in `batch`.
+    opened: Vec<(usize, usize, usize, usize)>,
+}
+
+impl EspSide {
+    fn new(tun: &Tun) -> EspSide {
+        EspSide {
+            batch: RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET),
+            reply: vec![0u8; 512],
+            sink: TunSink::new(tun),
+            runs: Vec::with_capacity(RECV_BATCH),
+            opened: Vec::with_capacity(RECV_BATCH * 64),
         }
+    }
+
+    /// Receives one batch and writes what it opened into the TUN device; then, with
+    /// `forward_after_writes`, sends what the corp side answered at once. The receive's
+    /// error (`WouldBlock` with nothing queued) otherwise.
+    fn receive(&mut self, ctx: &Ctx, forward_after_writes: bool) -> io::Result<()> {
+        let Some(udp) = &ctx.udp else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let EspSide {
+            batch,
+            reply,
+            sink,
+            runs,
+            opened,
+        } = self;
+        batch.recv(udp)?;
         let now = Instant::now();
         runs.clear();
         opened.clear();
@@ -399,7 +444,7 @@ fn esp_reader(ctx: &Ctx, forward_after_writes: bool) {
                     Err(e) => debug!(session = session.id, error = %e, "ESP datagram dropped"),
                 });
                 // A probe in the train: its answer.
-                let answer = proto.poll_esp_transmit(&mut reply);
+                let answer = proto.poll_esp_transmit(reply);
                 drop(proto);
                 if let Ok(Some(n)) = answer {
                     let _ = udp.send_to(&reply[..n], from);
@@ -415,7 +460,7 @@ fn esp_reader(ctx: &Ctx, forward_after_writes: bool) {
                 runs.push((session, from));
             }
         }
-        for &(run, i, at, len) in &opened {
+        for &(run, i, at, len) in opened.iter() {
             let packet = &batch.message(i)[at..at + len];
             let session = &runs[run].0;
             match ip_endpoints(packet) {
@@ -439,6 +484,7 @@ fn esp_reader(ctx: &Ctx, forward_after_writes: bool) {
                 }
             }
         }
+        Ok(())
     }
 }
 
