@@ -1240,10 +1240,9 @@ fn tls_backed_up(session: &Session) -> bool {
 /// The TUN-to-gateway direction's buffers. Whoever holds them reads the TUN device and
 /// sends what it read before the next read, so packets leave in the order the device gave
 /// them: the thread the TUN device was handed to, or the ESP side right after its TUN
-/// writes. A packet written into
-/// the TUN device reaches its socket within the write, and what the application's stack
-/// answers at once (a TCP ACK) is queued by then; the ESP side sends it without a wake-up
-/// of another thread.
+/// writes. A packet written into the TUN device reaches its socket within the write, and
+/// what the application's stack answers at once (a TCP ACK) is queued by then; the ESP side
+/// sends it without a wake-up of another thread.
 struct Outbound {
     source: TunSource,
     trains: Trains,
@@ -1408,7 +1407,8 @@ impl Inbound {
             }
             sink.flush(tun);
             // What those writes made the applications answer is queued already: sent from here
-            // unless the TUN thread is at it (or TLS is backed up; the TUN thread waits then).
+            // unless another thread holds the TUN side (or TLS is backed up; the TUN side
+            // waits then).
             if !opened.is_empty()
                 && let Some(outbound) = outbound
                 && let Ok(mut out) = outbound.try_lock()

@@ -291,9 +291,9 @@ fn drain_esp(ctx: &Ctx, forward_after_writes: bool) -> ControlFlow<()> {
 
 /// The TUN-to-ESP direction's buffers. Whoever holds them reads the TUN device and sends
 /// what it read before the next read, so packets leave in the order the device gave them:
-/// the thread the TUN device was handed to, or the ESP side right after its TUN writes. A packet written into the
-/// TUN device is routed, and a corp host's answer to it (an ICMP echo reply, a TCP ACK)
-/// made, within the write; the ESP side finds it queued and sends it at once, which saves
+/// the thread the TUN device was handed to, or the ESP side right after its TUN writes. A
+/// packet written into the TUN device is routed, and a corp host's answer to it (an ICMP
+/// echo reply, a TCP ACK) made, within the write; the ESP side finds it queued and sends it at once, which saves
 /// the round trip a wake-up of another thread (on an idle vCPU, often on the other core)
 /// would cost.
 struct TunSide {
@@ -473,7 +473,7 @@ impl EspSide {
         }
         sink.flush(&ctx.tun);
         // What those writes made the corp side answer is queued already: sent from here
-        // unless the TUN reader is at it.
+        // unless another thread holds the TUN side.
         if forward_after_writes
             && !opened.is_empty()
             && let Ok(mut side) = ctx.tun_side.try_lock()
