@@ -1324,7 +1324,7 @@ impl Outbound {
     }
 }
 
-/// How long the TUN reader waits for the TLS connection to drain its backlog before it looks
+/// How long the TUN side waits for the TLS connection to drain its backlog before it looks
 /// again: a few hundred kilobytes at multi-gigabit rates.
 const TLS_DRAIN_WAIT: Duration = Duration::from_micros(200);
 

@@ -21,7 +21,7 @@
 //! - `ratelimit`: rate limiting of failed logins per source ([`LoginLimiter`]).
 //!
 //! The runtime builds on them (docs/gateway.md draws it):
-//! - `runtime`: [`Gateway`]: the TLS listener, one task per connection, the TUN and ESP reader
+//! - `runtime`: [`Gateway`]: the TLS listener, one task per connection, the packet
 //!   threads, graceful shutdown;
 //! - `table`: the session table (by address, by SPI, by cookie; resumable sessions);
 //! - `tls`: the rustls server configuration and client-certificate names.

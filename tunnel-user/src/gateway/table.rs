@@ -3,7 +3,7 @@
 //! still be resumed with their DSID cookie.
 //!
 //! A live [`Session`] owns its protocol state machine behind a mutex: the session's TLS task,
-//! the TUN reader and the ESP reader all drive it, each for a moment at a time.
+//! and the packet threads (TUN and ESP side) all drive it, each for a moment at a time.
 
 use std::{
     collections::HashMap,
