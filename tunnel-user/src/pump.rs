@@ -106,6 +106,11 @@ pub struct Dispatch {
     epoll: OwnedFd,
     tun: RawFd,
     esp: Option<RawFd>,
+    /// Whether a thread holds the source (indexed by [`Source`]): handed it by the epoll
+    /// set, or claimed with [`Self::claim`]. Whoever sets the flag gives the source back
+    /// (clears it, then re-arms it); an epoll report of a held source is ignored, so a
+    /// source is never served by two threads at once.
+    held: [AtomicBool; 2],
 }
 
 const TOKEN_STOP: u64 = 0;
@@ -124,6 +129,7 @@ impl Dispatch {
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             tun: tun.as_fd().as_raw_fd(),
             esp: esp.map(|e| e.as_fd().as_raw_fd()),
+            held: [AtomicBool::new(false), AtomicBool::new(false)],
         };
         // The stop signal stays readable once set (level-triggered), so every waiting
         // thread is handed it in turn.
@@ -164,22 +170,66 @@ impl Dispatch {
                 }
                 continue;
             }
+            // A source claimed meanwhile (its report raced the claim) is the claimer's to
+            // give back; this thread waits on.
             match event.u64 {
-                TOKEN_TUN if n == 1 => return Some(Source::Tun),
-                TOKEN_ESP if n == 1 => return Some(Source::Esp),
+                TOKEN_TUN if n == 1 && self.take(Source::Tun) => return Some(Source::Tun),
+                TOKEN_ESP if n == 1 && self.take(Source::Esp) => return Some(Source::Esp),
                 _ => {}
             }
+        }
+    }
+
+    /// Takes `source` for the calling thread unless another holds it.
+    fn take(&self, source: Source) -> bool {
+        self.held[source as usize]
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes `source` for the calling thread, unless another thread holds it, and stops
+    /// its readiness from waking the others until the claim is dropped (which gives it
+    /// back as [`Self::done`] does). A thread that is about to write packets into the TUN
+    /// device claims it first when it means to forward what the writes make the other
+    /// side answer at once: that answer then wakes nobody (see `docs/fastpath.md`).
+    pub fn claim<'a>(&'a self, source: Source, stop: &'a Stop) -> Option<Claim<'a>> {
+        let fd = self.fd(source)?;
+        if !self.take(source) {
+            return None;
+        }
+        // Disarmed: registered with no event of interest. Failing that (the kernel out of
+        // memory), a report wakes a thread that finds the source held and waits on.
+        if let Err(e) = self.ctl(libc::EPOLL_CTL_MOD, fd, libc::EPOLLONESHOT as u32, 0) {
+            debug!(error = %e, ?source, "disarming a claimed packet source");
+        }
+        Some(Claim {
+            dispatch: self,
+            source,
+            stop,
+        })
+    }
+
+    fn fd(&self, source: Source) -> Option<RawFd> {
+        match source {
+            Source::Tun => Some(self.tun),
+            Source::Esp => self.esp,
         }
     }
 
     /// Gives `source` back: the next waiting thread is handed it when it is readable, at
     /// once if it still is.
     pub fn done(&self, source: Source, stop: &Stop) {
-        let (fd, token) = match (source, self.esp) {
-            (Source::Tun, _) => (self.tun, TOKEN_TUN),
-            (Source::Esp, Some(esp)) => (esp, TOKEN_ESP),
-            (Source::Esp, None) => return,
+        let Some(fd) = self.fd(source) else {
+            return;
         };
+        let token = match source {
+            Source::Tun => TOKEN_TUN,
+            Source::Esp => TOKEN_ESP,
+        };
+        // Released before it is re-armed: a report right after the re-arm must find it free.
+        // A thread that claims it in between disarms it; a re-arm landing after that only
+        // lets a report wake a thread that finds the source held.
+        self.held[source as usize].store(false, Ordering::Release);
         // Only the kernel running out of memory fails this; until it works nobody is
         // handed the source, so it is tried again.
         while let Err(e) = self.ctl(libc::EPOLL_CTL_MOD, fd, ONE_READ, token) {
@@ -203,6 +253,20 @@ impl Dispatch {
 
 /// A source's registration: readable, reported once until re-armed.
 const ONE_READ: u32 = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
+
+/// A source claimed with [`Dispatch::claim`]; dropping it gives the source back.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    dispatch: &'a Dispatch,
+    source: Source,
+    stop: &'a Stop,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.dispatch.done(self.source, self.stop);
+    }
+}
 
 /// The loop of one packet thread: drains whichever source `dispatch` hands it with
 /// `drain`, gives it back, and waits for the next, until `stop` is set or `drain` breaks
@@ -623,6 +687,57 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             assert!(!waiter.is_finished(), "cleared: the wait sleeps");
             tx.send_to(b"y", to_tun).unwrap();
+            assert_eq!(waiter.join().unwrap(), Some(Source::Tun));
+        });
+    }
+
+    /// A claimed source wakes no waiting thread while it is claimed, however readable it
+    /// becomes; given back, it is handed out at once. A source another thread holds cannot
+    /// be claimed.
+    #[test]
+    fn a_claimed_source_wakes_nobody_until_it_is_given_back() {
+        let (tun, tx, to_tun) = loopback();
+        let stop = Stop::new().unwrap();
+        let d = Dispatch::new(&tun, None::<&UdpSocket>, &stop).unwrap();
+        std::thread::scope(|s| {
+            let claim = d.claim(Source::Tun, &stop).expect("nobody holds it");
+            let waiter = s.spawn(|| d.next(&stop));
+            tx.send_to(b"answer", to_tun).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "readable, but claimed: nobody woken");
+            assert!(
+                d.claim(Source::Tun, &stop).is_none(),
+                "claimed once at a time"
+            );
+            drop(claim);
+            assert_eq!(waiter.join().unwrap(), Some(Source::Tun));
+        });
+        assert!(
+            d.claim(Source::Tun, &stop).is_none(),
+            "held by the thread it was handed to"
+        );
+        d.done(Source::Tun, &stop);
+        assert!(d.claim(Source::Tun, &stop).is_some());
+    }
+
+    /// A report of a source that another thread holds (armed again while held, as when a
+    /// give-back and a claim cross) is not handed out: the waiter waits on until the holder
+    /// gives the source back.
+    #[test]
+    fn a_report_of_a_held_source_is_not_handed_out() {
+        let (tun, tx, to_tun) = loopback();
+        let stop = Stop::new().unwrap();
+        let d = Dispatch::new(&tun, None::<&UdpSocket>, &stop).unwrap();
+        tx.send_to(b"a", to_tun).unwrap();
+        assert_eq!(d.next(&stop), Some(Source::Tun));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| d.next(&stop));
+            // Armed while this thread still holds it: the report reaches the waiter.
+            d.ctl(libc::EPOLL_CTL_MOD, d.tun, ONE_READ, TOKEN_TUN)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "the source is held: not handed out");
+            d.done(Source::Tun, &stop);
             assert_eq!(waiter.join().unwrap(), Some(Source::Tun));
         });
     }

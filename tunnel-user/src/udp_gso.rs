@@ -216,19 +216,21 @@ pub struct RecvBatch {
     controls: Vec<[u64; 4]>,
     iovs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
+    /// Messages the last receive filled in: their headers are reset before the next one.
+    filled: usize,
     /// The messages of the last receive: which slot of `buf` each is in, and what it holds.
     got: Vec<(usize, Received)>,
 }
 
-// SAFETY: the raw pointers inside `iovs` and `msgs` point into the batch's own buffers, are
-// rebuilt before every receive and never shared.
+// SAFETY: the raw pointers inside `iovs` and `msgs` point into the batch's own heap buffers,
+// which are made once in `new` and never reallocated, and are never shared.
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
     /// Room for `messages` messages of up to `slot` bytes each.
     pub fn new(messages: usize, slot: usize) -> RecvBatch {
         let messages = messages.max(1);
-        RecvBatch {
+        let mut batch = RecvBatch {
             slot,
             buf: vec![0u8; messages * slot],
             // SAFETY: sockaddr_storage is plain data; all zeros is valid.
@@ -237,32 +239,46 @@ impl RecvBatch {
             iovs: Vec::with_capacity(messages),
             // SAFETY: mmsghdr is plain data; all zeros is a valid empty message.
             msgs: vec![unsafe { std::mem::zeroed() }; messages],
+            filled: 0,
             got: Vec::with_capacity(messages),
+        };
+        // The headers point into the buffers once and for all: a receive only resets the
+        // fields the kernel wrote into the messages it filled (an idle tunnel's receive
+        // touches a few cache lines, not every header of the batch).
+        for chunk in batch.buf.chunks_mut(slot) {
+            batch.iovs.push(libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: chunk.len(),
+            });
         }
+        for i in 0..messages {
+            let h = &mut batch.msgs[i].msg_hdr;
+            h.msg_iov = &mut batch.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_name = (&mut batch.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_control = batch.controls[i].as_mut_ptr().cast();
+        }
+        batch.filled = messages;
+        batch.reset_headers();
+        batch
+    }
+
+    /// Gives the messages the last receive filled their full name and control room again.
+    fn reset_headers(&mut self) {
+        for m in &mut self.msgs[..self.filled] {
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_controllen = size_of::<[u64; 4]>();
+            m.msg_hdr.msg_flags = 0;
+            m.msg_len = 0;
+        }
+        self.filled = 0;
     }
 
     /// Receives what is queued, up to the batch's size; returns how many messages.
     /// `WouldBlock` on a non-blocking socket with nothing queued.
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         let n = self.msgs.len();
-        self.iovs.clear();
-        for chunk in self.buf.chunks_mut(self.slot) {
-            self.iovs.push(libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: chunk.len(),
-            });
-        }
-        for i in 0..n {
-            let h = &mut self.msgs[i].msg_hdr;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_control = self.controls[i].as_mut_ptr().cast();
-            h.msg_controllen = size_of::<[u64; 4]>();
-            h.msg_flags = 0;
-            self.msgs[i].msg_len = 0;
-        }
+        self.reset_headers();
         let got = loop {
             // SAFETY: every msghdr points at live buffers of this batch set up above.
             let r = unsafe {
@@ -277,6 +293,7 @@ impl RecvBatch {
                 )
             };
             if r >= 0 {
+                self.filled = r as usize;
                 break r as usize;
             }
             let e = io::Error::last_os_error();
@@ -317,6 +334,12 @@ impl RecvBatch {
             ));
         }
         Ok(self.got.len())
+    }
+
+    /// Whether the last receive filled every slot, so more may be queued. A receive that
+    /// filled fewer found the socket empty (`recvmmsg` stops at the first empty read).
+    pub fn was_full(&self) -> bool {
+        self.filled == self.msgs.len()
     }
 
     /// Message `i` of the last receive (as [`Self::messages`] numbers them).
@@ -412,6 +435,45 @@ mod tests {
         }
         assert_eq!(got, sent);
         assert!(receives < sent.len(), "several messages per receive");
+    }
+
+    /// A receive that fills fewer slots than the batch has found the socket empty; one that
+    /// fills them all may have left more queued. A header the kernel shortened (a lone
+    /// datagram comes with no control message) has its full room again for the next
+    /// receive, which then reports the GRO size of a joined message.
+    #[test]
+    fn a_reused_batch_says_whether_it_was_full_and_keeps_room_for_gro() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gro = tune(&rx);
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut batch = RecvBatch::new(4, 65_536);
+        tx.send_to(b"lone", to).unwrap();
+        assert_eq!(batch.recv(&rx).unwrap(), 1);
+        assert!(!batch.was_full());
+        for i in 0..6u8 {
+            tx.send_to(&[i; 10], to).unwrap();
+        }
+        assert_eq!(batch.recv(&rx).unwrap(), 4);
+        assert!(batch.was_full(), "four slots, four messages: more may wait");
+        assert_eq!(batch.recv(&rx).unwrap(), 2);
+        assert!(!batch.was_full());
+        assert_eq!(batch.message(1), &[5u8; 10][..]);
+        let gso = AtomicBool::new(true);
+        let data = vec![7u8; 10 * 1000];
+        send(&tx, &data, 1000, Some(to), &gso).unwrap();
+        let mut got = 0;
+        while got < data.len() {
+            batch.recv(&rx).unwrap();
+            for (r, bytes) in batch.messages() {
+                if gro && gso.load(Ordering::Relaxed) {
+                    assert_eq!(r.size, 1000, "the GRO size, read from a whole control area");
+                }
+                got += bytes.len();
+            }
+        }
+        assert_eq!(got, data.len());
     }
 
     #[test]

@@ -1187,7 +1187,7 @@ fn start_threads(
                                 return ControlFlow::Break(());
                             };
                             let outbound = nonblocking.then_some(&*outbound);
-                            inbound.drain(&tun, udp, &stop, &session, outbound)
+                            inbound.drain(&tun, udp, &stop, &session, &dispatch, outbound)
                         }
                         (Source::Esp, None) => ControlFlow::Continue(()),
                     })
@@ -1360,13 +1360,15 @@ impl Inbound {
     }
 
     /// Receives until the socket has no more; after each batch's writes, sends what the
-    /// applications answered at once through `outbound` (None: the TUN device blocks).
+    /// applications answered at once through `outbound` (None: the TUN device blocks),
+    /// holding the TUN device (claimed from `dispatch`) from before the writes.
     fn drain(
         &mut self,
         tun: &Tun,
         udp: &UdpSocket,
         stop: &Stop,
         session: &Session,
+        dispatch: &Dispatch,
         outbound: Option<&Mutex<Outbound>>,
     ) -> ControlFlow<()> {
         let Inbound {
@@ -1400,18 +1402,21 @@ impl Inbound {
             // EspUp and similar events are picked up by the TLS task.
             let events = c.has_events();
             drop(c);
+            // What the writes make the applications answer is queued within them: this
+            // thread holds the TUN device meanwhile, so the answer wakes no other thread,
+            // and sends it (unless another thread holds the device and will, or TLS is
+            // backed up; the TUN side waits then).
+            let claim = outbound
+                .filter(|_| !opened.is_empty())
+                .and_then(|outbound| Some((outbound, dispatch.claim(Source::Tun, stop)?)));
             let mut bytes = 0u64;
             for &(i, at, len) in opened.iter() {
                 sink.push(tun, &batch.message(i)[at..at + len]);
                 bytes += len as u64;
             }
             sink.flush(tun);
-            // What those writes made the applications answer is queued already: sent from here
-            // unless another thread holds the TUN side (or TLS is backed up; the TUN side
-            // waits then).
-            if !opened.is_empty()
-                && let Some(outbound) = outbound
-                && let Ok(mut out) = outbound.try_lock()
+            if let Some((outbound, _claim)) = claim
+                && let Ok(mut out) = outbound.lock()
                 && !tls_backed_up(session)
             {
                 for _ in 0..FORWARD_AFTER_WRITES {
@@ -1434,6 +1439,11 @@ impl Inbound {
                 .packets_in
                 .fetch_add(opened.len() as u64, Ordering::Relaxed);
             shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+            // A batch with room to spare emptied the socket: given back without another
+            // receive to find it empty (re-arming reports what arrived since).
+            if !batch.was_full() {
+                break;
+            }
         }
         ControlFlow::Continue(())
     }

@@ -281,9 +281,15 @@ fn drain_esp(ctx: &Ctx, forward_after_writes: bool) -> ControlFlow<()> {
         return ControlFlow::Break(());
     };
     while !ctx.stop.is_set() {
-        if let Err(e) = side.receive(ctx, forward_after_writes) {
-            after_failed_read(&e, "receiving ESP");
-            break;
+        match side.receive(ctx, forward_after_writes) {
+            // A batch with room to spare emptied the socket: given back without another
+            // receive to find it empty (re-arming reports what arrived since).
+            Ok(()) if !side.batch.was_full() => break,
+            Ok(()) => {}
+            Err(e) => {
+                after_failed_read(&e, "receiving ESP");
+                break;
+            }
         }
     }
     ControlFlow::Continue(())
@@ -460,6 +466,12 @@ impl EspSide {
                 runs.push((session, from));
             }
         }
+        // What the writes make the corp side answer is queued within them: this thread
+        // holds the TUN device meanwhile, so the answer wakes no other thread, and sends it
+        // (unless another thread holds the device and will).
+        let claim = (forward_after_writes && !opened.is_empty())
+            .then(|| ctx.dispatch.claim(Source::Tun, &ctx.stop))
+            .flatten();
         for &(run, i, at, len) in opened.iter() {
             let packet = &batch.message(i)[at..at + len];
             let session = &runs[run].0;
@@ -472,11 +484,8 @@ impl EspSide {
             }
         }
         sink.flush(&ctx.tun);
-        // What those writes made the corp side answer is queued already: sent from here
-        // unless another thread holds the TUN side.
-        if forward_after_writes
-            && !opened.is_empty()
-            && let Ok(mut side) = ctx.tun_side.try_lock()
+        if let Some(_claim) = claim
+            && let Ok(mut side) = ctx.tun_side.lock()
         {
             for _ in 0..FORWARD_AFTER_WRITES {
                 if side.forward(ctx).is_err() {
