@@ -43,7 +43,7 @@ use crate::ift::{
     ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder, IFT_VERSION_MAX,
     IFT_VERSION_MIN, Message, build_upgrade_request, parse_upgrade_response,
 };
-use crate::rng::{OsRandom, RandomSource};
+use crate::rng::{RandomSource, SessionRandom};
 use crate::session::{
     AuthFailure, EspInput, EspPair, PacketSink, SessionError, TlsOut, Transmit, after,
     generate_inbound, outbound_from,
@@ -281,9 +281,9 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client drawing ESP keys and IVs from the OS random generator.
+    /// A client drawing ESP keys and IVs from its own OS-seeded generator.
     pub fn new(cfg: ClientConfig) -> Self {
-        Self::with_rng(cfg, Box::new(OsRandom))
+        Self::with_rng(cfg, SessionRandom::boxed())
     }
 
     /// A client with an injected random source (tests use a deterministic one).

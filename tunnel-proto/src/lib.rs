@@ -105,7 +105,7 @@ pub use ift::{
     build_upgrade_request, build_upgrade_response, encode_data_frame, encode_header,
     parse_upgrade_request, parse_upgrade_response,
 };
-pub use rng::{OsRandom, RandomSource};
+pub use rng::{OsRandom, RandomSource, SessionRandom};
 pub use server::{CloseReason, Server, ServerConfig, ServerEvent};
 pub use session::{
     AuthFailure, AuthRejection, EspInput, MAX_TLS_BACKLOG, Password, REKEY_OVERLAP, SessionError,

@@ -20,7 +20,7 @@ use crate::ift::{
     IFT_VERSION_MIN, Message, UpgradeRequest, build_http_error, build_upgrade_response,
     parse_upgrade_request,
 };
-use crate::rng::{OsRandom, RandomSource};
+use crate::rng::{RandomSource, SessionRandom};
 use crate::session::{
     AuthRejection, EspInput, EspPair, PacketSink, Password, SessionError, TlsOut, Transmit, after,
     generate_inbound, outbound_from,
@@ -214,7 +214,7 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// A gateway session for a connection accepted at `now`.
     pub fn new(cfg: ServerConfig, now: Instant) -> Self {
-        Self::with_rng(cfg, Box::new(OsRandom), now)
+        Self::with_rng(cfg, SessionRandom::boxed(), now)
     }
 
     /// Same, with an injected random source.
