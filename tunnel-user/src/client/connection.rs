@@ -1215,7 +1215,7 @@ fn drain_tun(
         // half the backlog limit queued, the TUN device is not read, its queue fills and the
         // kernel throttles the sending sockets (TCP small queues), which costs the inner TCP
         // no losses. (The gateway, a router for many clients, drops at the limit instead.)
-        if tls_backed_up(session) {
+        if out.over_tls && tls_backed_up(session) {
             session.wake.notify_one();
             std::thread::sleep(TLS_DRAIN_WAIT);
             continue;
@@ -1247,6 +1247,10 @@ struct Outbound {
     source: TunSource,
     trains: Trains,
     shared: Arc<Shared>,
+    /// The last packet forwarded went over TLS: only then can the TLS backlog be what
+    /// holds the TUN device back, and only then is it looked at (it takes the state
+    /// machine's lock, a cold one after an idle spell).
+    over_tls: bool,
 }
 
 /// TUN reads the ESP side makes after its writes, at most (it has ESP to receive).
@@ -1258,6 +1262,7 @@ impl Outbound {
             source: TunSource::new(),
             trains: Trains::new(),
             shared,
+            over_tls: false,
         }
     }
 
@@ -1274,6 +1279,7 @@ impl Outbound {
             source,
             trains,
             shared,
+            over_tls,
         } = self;
         source.recv(tun)?;
         let Ok(mut c) = session.proto.lock() else {
@@ -1314,6 +1320,7 @@ impl Outbound {
             session.wake.notify_one();
         }
         if packets > 0 {
+            *over_tls = to_tls;
             shared
                 .traffic
                 .packets_out
@@ -1417,7 +1424,7 @@ impl Inbound {
             sink.flush(tun);
             if let Some((outbound, _claim)) = claim
                 && let Ok(mut out) = outbound.lock()
-                && !tls_backed_up(session)
+                && !(out.over_tls && tls_backed_up(session))
             {
                 for _ in 0..FORWARD_AFTER_WRITES {
                     if !matches!(out.forward(tun, Some(udp), session), Ok(true)) {
