@@ -21,6 +21,9 @@ const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
+const RTM_NEWQDISC: u16 = 36;
+const TCA_KIND: u16 = 1;
+const TC_H_ROOT: u32 = 0xffff_ffff;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -229,6 +232,22 @@ impl Netlink {
             msg.attr(IFLA_MTU, &mtu.to_ne_bytes());
         }
         self.request(&format!("bringing up ifindex {ifindex}"), msg)
+            .map(drop)
+    }
+
+    /// Makes `noqueue` the link's root qdisc. For a TUN device, whose driver never stops its
+    /// queue (a full ring drops), the default `pfifo_fast` only adds an enqueue, a dequeue
+    /// and a lock to every packet routed or redirected into it; `ip link` on veth and
+    /// loopback shows `noqueue` for the same reason. A qdisc an administrator wants there
+    /// can still replace it.
+    pub fn root_qdisc_noqueue(&mut self, ifindex: u32) -> Result<(), NetconfError> {
+        // struct tcmsg: family, pads, ifindex, handle, parent, info.
+        let mut fixed = [0u8; 20];
+        fixed[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        fixed[12..16].copy_from_slice(&TC_H_ROOT.to_ne_bytes());
+        let mut msg = Msg::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, &fixed);
+        msg.attr(TCA_KIND, b"noqueue\0");
+        self.request(&format!("noqueue qdisc on ifindex {ifindex}"), msg)
             .map(drop)
     }
 

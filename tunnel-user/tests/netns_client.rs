@@ -89,6 +89,11 @@ fn client_connects_splits_traffic_and_survives_a_gateway_restart() {
     wait_for("ESP", Duration::from_secs(10), || {
         w.status()[0]["transport"] == "esp"
     });
+    // Neither end queues in front of its TUN device (its ring is the queue).
+    for (ns, dev) in [(&w.client, "tun0"), (&w.gw, "tgw0")] {
+        let qdisc = ns.sh(&format!("tc qdisc show dev {dev} root")).unwrap();
+        assert!(qdisc.contains("noqueue"), "{dev}: {qdisc}");
+    }
 
     // Suspend keeps the session at the gateway but takes the tunnel down; resume brings the
     // same session (same address) back.

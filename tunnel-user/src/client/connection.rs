@@ -1035,6 +1035,9 @@ fn configure(
         if ipv6.is_none() {
             let _ = sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
         }
+        if let Err(e) = nl.root_qdisc_noqueue(index) {
+            warn!(error = %e, "the TUN device keeps its default qdisc");
+        }
         nl.link_up(index, Some(u32::from(mtu)))
             .map_err(|e| fail("bringing up the TUN", &e))?;
         if let Some(a) = ipv4 {

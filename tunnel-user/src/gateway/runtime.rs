@@ -215,6 +215,9 @@ fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> 
         source: io::Error::other(e.to_string()),
     })?;
     let mut nl = Netlink::open()?;
+    if let Err(e) = nl.root_qdisc_noqueue(index) {
+        warn!(error = %e, "the TUN device keeps its default qdisc");
+    }
     nl.link_up(index, Some(u32::from(config.mtu)))?;
     nl.addr_add(
         index,
