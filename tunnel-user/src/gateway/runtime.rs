@@ -31,7 +31,7 @@ use tunnel_proto::{
 use super::{
     AddressPool, EspCipher, GatewayConfig, Lease, LoginLimiter, RateLimitPolicy, UsersFile,
     Verdict,
-    table::{Resumable, Session, SessionTable},
+    table::{LastLookup, Resumable, Session, SessionTable},
     tls::{self, TlsSetupError},
 };
 use crate::{
@@ -308,6 +308,7 @@ fn drain_esp(ctx: &Ctx, forward_after_writes: bool) -> ControlFlow<()> {
 struct TunSide {
     source: TunSource,
     trains: Trains,
+    session: LastLookup<IpAddr>,
 }
 
 /// TUN reads the ESP side makes after its writes, at most (it has ESP to receive).
@@ -318,15 +319,21 @@ impl TunSide {
         TunSide {
             source: TunSource::new(),
             trains: Trains::new(),
+            session: LastLookup::default(),
         }
     }
 
     /// Reads one packet (or GSO packet) from the TUN device and forwards it; the read's
     /// error (`WouldBlock` with nothing queued) otherwise.
     fn forward(&mut self, ctx: &Ctx) -> io::Result<()> {
-        let TunSide { source, trains } = self;
+        let TunSide {
+            source,
+            trains,
+            session,
+        } = self;
         source.recv(&ctx.tun)?;
-        let session = ip_endpoints(source.packet()).and_then(|(_, dst)| ctx.table.by_addr(dst));
+        let session = ip_endpoints(source.packet())
+            .and_then(|(_, dst)| ctx.table.by_addr_since(dst, session));
         let Some(session) = session else {
             ctx.dropped
                 .fetch_add(source.split(|_| {}) as u64, Ordering::Relaxed);
@@ -389,6 +396,7 @@ struct EspSide {
     runs: Vec<(Arc<Session>, SocketAddr)>,
     /// Opened packets: (run, message, offset, length) in `batch`.
     opened: Vec<(usize, usize, usize, usize)>,
+    session: LastLookup<u32>,
 }
 
 impl EspSide {
@@ -399,6 +407,7 @@ impl EspSide {
             sink: TunSink::new(tun),
             runs: Vec::with_capacity(RECV_BATCH),
             opened: Vec::with_capacity(RECV_BATCH * 64),
+            session: LastLookup::default(),
         }
     }
 
@@ -415,6 +424,7 @@ impl EspSide {
             sink,
             runs,
             opened,
+            session: last,
         } = self;
         batch.recv(udp)?;
         let now = Instant::now();
@@ -434,7 +444,7 @@ impl EspSide {
                 let (run, tail) = rest.split_at_mut(end);
                 rest = tail;
                 let count = run.len().div_ceil(r.size);
-                let Some(session) = spi.and_then(|spi| ctx.table.by_spi(spi)) else {
+                let Some(session) = spi.and_then(|spi| ctx.table.by_spi_since(spi, last)) else {
                     ctx.dropped.fetch_add(count as u64, Ordering::Relaxed);
                     debug!(%from, spi = ?spi.map(|s| format!("{s:#010x}")), count, "ESP datagrams for no session");
                     continue;

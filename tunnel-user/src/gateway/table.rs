@@ -4,11 +4,20 @@
 //!
 //! A live [`Session`] owns its protocol state machine behind a mutex: the session's TLS task,
 //! and the packet threads (TUN and ESP side) all drive it, each for a moment at a time.
+//!
+//! The packet threads look sessions up through a [`LastLookup`] of their own: while the
+//! address and SPI indexes have not changed since (the table counts its changes), the last
+//! answer stands, without the index's lock, hash and probe. A small packet after an idle
+//! spell pays for every cold cache line it touches, and one client's packets mostly follow
+//! each other.
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -62,6 +71,21 @@ pub struct SessionTable {
     by_spi: RwLock<HashMap<u32, Arc<Session>>>,
     by_cookie: Mutex<HashMap<String, Arc<Session>>>,
     resumable: Mutex<HashMap<String, Resumable>>,
+    /// Changes made to `by_addr` and `by_spi`, counted after each is made: a
+    /// [`LastLookup`] taken at an older count is looked up again.
+    changes: AtomicU64,
+}
+
+/// A packet thread's last lookup in a [`SessionTable`]: the key, the table's change count
+/// when it was looked up, and the answer (held weakly: it keeps no ended session alive).
+pub struct LastLookup<K> {
+    last: Option<(K, u64, Weak<Session>)>,
+}
+
+impl<K> Default for LastLookup<K> {
+    fn default() -> Self {
+        LastLookup { last: None }
+    }
 }
 
 fn lease_addrs(lease: &Lease) -> impl Iterator<Item = IpAddr> {
@@ -76,6 +100,7 @@ impl SessionTable {
                 m.insert(a, s.clone());
             }
         }
+        self.changed();
         if let Ok(mut m) = self.by_cookie.lock() {
             m.insert(s.cookie.clone(), s.clone());
         }
@@ -87,6 +112,7 @@ impl SessionTable {
         if let Ok(mut m) = self.by_spi.write() {
             m.insert(spi, s.clone());
         }
+        self.changed();
     }
 
     /// Forgets a live session (all its indexes). Only entries that still point at this very
@@ -98,6 +124,7 @@ impl SessionTable {
         if let Ok(mut m) = self.by_spi.write() {
             m.retain(|_, v| !Arc::ptr_eq(v, s));
         }
+        self.changed();
         if let Ok(mut m) = self.by_cookie.lock()
             && m.get(&s.cookie).is_some_and(|v| Arc::ptr_eq(v, s))
         {
@@ -111,6 +138,41 @@ impl SessionTable {
 
     pub fn by_spi(&self, spi: u32) -> Option<Arc<Session>> {
         self.by_spi.read().ok()?.get(&spi).cloned()
+    }
+
+    /// [`Self::by_addr`], answered from `last` while the indexes have not changed.
+    pub fn by_addr_since(&self, a: IpAddr, last: &mut LastLookup<IpAddr>) -> Option<Arc<Session>> {
+        self.look_up(a, last, |a| self.by_addr(a))
+    }
+
+    /// [`Self::by_spi`], answered from `last` while the indexes have not changed.
+    pub fn by_spi_since(&self, spi: u32, last: &mut LastLookup<u32>) -> Option<Arc<Session>> {
+        self.look_up(spi, last, |spi| self.by_spi(spi))
+    }
+
+    fn look_up<K: Copy + Eq>(
+        &self,
+        key: K,
+        last: &mut LastLookup<K>,
+        find: impl FnOnce(K) -> Option<Arc<Session>>,
+    ) -> Option<Arc<Session>> {
+        // Read before the lookup: a change made after it makes the next call look again,
+        // and one counted before it is in what the lookup sees.
+        let changes = self.changes.load(Ordering::Acquire);
+        if let Some((k, seen, s)) = &last.last
+            && *k == key
+            && *seen == changes
+            && let Some(s) = s.upgrade()
+        {
+            return Some(s);
+        }
+        let found = find(key);
+        last.last = found.as_ref().map(|s| (key, changes, Arc::downgrade(s)));
+        found
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// The live session holding `cookie`, if any.
@@ -150,5 +212,74 @@ impl SessionTable {
     /// Number of live sessions.
     pub fn live_count(&self) -> usize {
         self.by_cookie.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use tunnel_proto::ServerConfig;
+
+    fn session(id: u64, ipv4: [u8; 4]) -> Arc<Session> {
+        Arc::new(Session {
+            id,
+            peer: "192.0.2.1:443".parse().unwrap(),
+            user: "alice".into(),
+            realm: "Users".into(),
+            cookie: format!("DSID-{id}"),
+            lease: Lease {
+                ipv4: Ipv4Addr::from(ipv4),
+                ipv6: None,
+            },
+            proto: Mutex::new(Server::new(ServerConfig::default(), Instant::now())),
+            esp_peer: Mutex::new(None),
+            wake: Notify::new(),
+            superseded: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// A remembered lookup answers as the indexes would: the same session while nothing
+    /// changed, nothing once it is removed, its successor once another takes the address
+    /// or SPI; and it keeps no removed session alive.
+    #[test]
+    fn a_remembered_lookup_follows_every_change_of_the_table() {
+        let table = SessionTable::default();
+        let addr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2));
+        let (mut by_addr, mut by_spi) = (LastLookup::default(), LastLookup::default());
+        assert!(table.by_addr_since(addr, &mut by_addr).is_none());
+        let a = session(1, [10, 77, 0, 2]);
+        table.insert(&a);
+        table.index_spi(0x1000, &a);
+        for _ in 0..2 {
+            assert_eq!(table.by_addr_since(addr, &mut by_addr).unwrap().id, 1);
+            assert_eq!(table.by_spi_since(0x1000, &mut by_spi).unwrap().id, 1);
+        }
+        let other = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 3));
+        assert!(
+            table.by_addr_since(other, &mut by_addr).is_none(),
+            "another key"
+        );
+        assert_eq!(table.by_addr_since(addr, &mut by_addr).unwrap().id, 1);
+
+        table.remove(&a);
+        assert!(table.by_addr_since(addr, &mut by_addr).is_none());
+        assert!(table.by_spi_since(0x1000, &mut by_spi).is_none());
+        let weak = Arc::downgrade(&a);
+        drop(a);
+        assert!(
+            weak.upgrade().is_none(),
+            "nothing holds the removed session"
+        );
+
+        let b = session(2, [10, 77, 0, 2]);
+        table.insert(&b);
+        table.index_spi(0x1000, &b);
+        assert_eq!(table.by_addr_since(addr, &mut by_addr).unwrap().id, 2);
+        assert_eq!(table.by_spi_since(0x1000, &mut by_spi).unwrap().id, 2);
+        // A rekey indexes a new SPI: the old one keeps answering, the new one too.
+        table.index_spi(0x2000, &b);
+        assert_eq!(table.by_spi_since(0x1000, &mut by_spi).unwrap().id, 2);
+        assert_eq!(table.by_spi_since(0x2000, &mut by_spi).unwrap().id, 2);
     }
 }
