@@ -46,7 +46,7 @@ use super::{
 use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
     netconf::{Netlink, Route, Via, sysctl},
-    packet_io::ip_endpoints,
+    packet_io::{ip_endpoints, may_be_answered_at_once},
     pump::{
         self, Dispatch, RECV_BATCH, Source, Stop, Trains, TunSink, TunSource, after_failed_read,
     },
@@ -1412,12 +1412,16 @@ impl Inbound {
             // EspUp and similar events are picked up by the TLS task.
             let events = c.has_events();
             drop(c);
-            // What the writes make the applications answer is queued within them: this
-            // thread holds the TUN device meanwhile, so the answer wakes no other thread,
-            // and sends it (unless another thread holds the device and will, or TLS is
-            // backed up; the TUN side waits then).
+            // What the writes make the local stack answer (TCP ACKs) is queued within them:
+            // this thread holds the TUN device meanwhile, so the answer wakes no other
+            // thread, and sends it (unless another thread holds the device and will, or TLS
+            // is backed up; the TUN side waits then). A batch nothing in which is answered
+            // at once (UDP, echo replies) is written without taking the device.
+            let answered = opened
+                .iter()
+                .any(|&(i, at, len)| may_be_answered_at_once(&batch.message(i)[at..at + len]));
             let claim = outbound
-                .filter(|_| !opened.is_empty())
+                .filter(|_| answered)
                 .and_then(|outbound| Some((outbound, dispatch.claim(Source::Tun, stop)?)));
             let mut bytes = 0u64;
             for &(i, at, len) in opened.iter() {
