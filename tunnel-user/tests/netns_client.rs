@@ -89,6 +89,12 @@ fn client_connects_splits_traffic_and_survives_a_gateway_restart() {
     wait_for("ESP", Duration::from_secs(10), || {
         w.status()[0]["transport"] == "esp"
     });
+    // No reverse-path check on the TUN device where the system makes none.
+    let rp = w
+        .client
+        .sh("sysctl -n net.ipv4.conf.tun0.rp_filter")
+        .unwrap();
+    assert_eq!(rp.trim(), "0");
     // Neither end queues in front of its TUN device (its ring is the queue).
     for (ns, dev) in [(&w.client, "tun0"), (&w.gw, "tgw0")] {
         let qdisc = ns.sh(&format!("tc qdisc show dev {dev} root")).unwrap();
@@ -282,6 +288,11 @@ fn udp_port_list_per_app_and_esp_fallback() {
         return;
     }
     let w = world("u");
+    // A machine that filters strictly on reverse paths: the tunnel's replies, whose
+    // sources route via the uplink, must still arrive (the TUN device filters loosely).
+    w.client
+        .sh("sysctl -qw net.ipv4.conf.all.rp_filter=1")
+        .unwrap();
     let _gw = w.start_gateway();
     let _td = w.start_tunneld();
     let out = w.connect_with(&[
@@ -296,6 +307,11 @@ fn udp_port_list_per_app_and_esp_fallback() {
     ]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
+    let rp = w
+        .client
+        .sh("sysctl -n net.ipv4.conf.tun0.rp_filter")
+        .unwrap();
+    assert_eq!(rp.trim(), "2", "loose under a strict system");
     // UDP: the listed port through the tunnel, another port directly.
     assert_eq!(w.udp_seen_as(5000).as_deref(), Some(tunnel_addr.as_str()));
     assert_eq!(w.udp_seen_as(7000).as_deref(), Some("192.168.70.2"));

@@ -1030,8 +1030,18 @@ fn configure(
         );
         let index = crate::datapath::ifindex(&name).map_err(|e| fail("TUN device", &e))?;
         let mut nl = Netlink::open().map_err(|e| fail("netlink", &e))?;
-        // Replies arrive on the TUN with remote sources routed via the uplink: loose mode.
-        let _ = sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "2");
+        // Replies arrive on the TUN with remote sources routed via the uplink, which strict
+        // reverse-path filtering would drop. The kernel applies the stricter of the
+        // system-wide and the device's setting: loose mode where the system filters at all,
+        // none where it does not (a loose check is one more route lookup per packet and, with
+        // a default route, drops nothing).
+        let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter");
+        let mode = if all.is_ok_and(|v| v.trim() == "0") {
+            "0"
+        } else {
+            "2"
+        };
+        let _ = sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), mode);
         if ipv6.is_none() {
             let _ = sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
         }
