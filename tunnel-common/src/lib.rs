@@ -43,9 +43,25 @@ pub const MAX_APPS: u32 = 4096;
 /// `SO_MARK` carried by tunnel's own sockets (control TLS, ESP): such packets always bypass.
 /// The value spells "tunl" so it is recognisable in `ss -e` and nft traces.
 pub const OWN_SOCKET_MARK: u32 = 0x7475_6e6c;
-/// `skb->mark` the uplink classifier sets on a packet it redirects into a TUN device, so the
-/// TUN device's egress program knows the packet was already classified and translated.
-pub const REDIRECTED_MARK: u32 = 0x7475_6e72;
+/// `skb->mark` the uplink classifier sets on a packet it redirects into a TUN device, with
+/// the connection in the low four bits ([`redirected_mark`]), so the TUN device's egress
+/// program knows the packet was already classified and translated, and for which
+/// connection, without a map lookup.
+pub const REDIRECTED_MARK: u32 = 0x7475_6e70;
+
+/// The mark of a packet redirected into connection `conn`'s TUN device.
+pub const fn redirected_mark(conn: u32) -> u32 {
+    REDIRECTED_MARK | (conn & 0xf)
+}
+
+/// The connection a redirected packet's mark names, or None for any other mark.
+pub const fn redirected_conn(mark: u32) -> Option<u32> {
+    if mark & !0xf == REDIRECTED_MARK {
+        Some(mark & 0xf)
+    } else {
+        None
+    }
+}
 
 /// Names of the maps in the eBPF object.
 pub mod maps {
@@ -380,6 +396,12 @@ pub const NUM_UDP_PORT_WORDS: u32 = POLICY_SLOTS * MAX_CONNS * UDP_PORT_WORDS;
 pub const NUM_CONN_CONFIGS: u32 = POLICY_SLOTS * MAX_CONNS;
 
 const _: () = {
+    // A connection index fits the four bits the redirect mark has for it.
+    assert!(MAX_CONNS <= 16);
+    assert!(
+        matches!(redirected_conn(redirected_mark(MAX_CONNS - 1)), Some(c) if c == MAX_CONNS - 1)
+    );
+    assert!(redirected_conn(OWN_SOCKET_MARK).is_none());
     assert!(core::mem::size_of::<SlotConfig>() == 8);
     assert!(core::mem::size_of::<ConnConfig>() == 32);
     assert!(core::mem::size_of::<RouteKeyV4>() == 8);
@@ -412,6 +434,21 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_marks_name_their_connection_and_nothing_else() {
+        for conn in 0..MAX_CONNS {
+            assert_eq!(redirected_conn(redirected_mark(conn)), Some(conn));
+        }
+        for other in [
+            0,
+            OWN_SOCKET_MARK,
+            REDIRECTED_MARK - 1,
+            REDIRECTED_MARK + 16,
+        ] {
+            assert_eq!(redirected_conn(other), None, "{other:#x}");
+        }
+    }
 
     #[test]
     fn reasons_are_in_abi_order() {

@@ -7,7 +7,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tunnel_common::{
-    CONN_NONE, ConnConfig, REDIRECTED_MARK, Reason, VerdictKind, conn_flags, conn_index, mapped_v4,
+    CONN_NONE, ConnConfig, Reason, VerdictKind, conn_flags, conn_index, mapped_v4, redirected_conn,
+    redirected_mark,
 };
 
 use crate::{
@@ -112,7 +113,7 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
             if translate_into_tunnel(ctx, &pkt, &d, cfg).is_err() {
                 return TC_ACT_SHOT;
             }
-            ctx.set_mark(REDIRECTED_MARK);
+            ctx.set_mark(redirected_mark(d.conn));
             // SAFETY: plain helper call with an ifindex from our own config.
             unsafe { bpf_redirect(cfg.tun_ifindex, 0) as i32 }
         }
@@ -148,15 +149,16 @@ fn tun_conn(ctx: &TcContext, slot: u32) -> Option<(u32, &'static ConnConfig)> {
 /// because it has no other route.
 #[inline(always)]
 pub fn try_tun_egress(ctx: &TcContext) -> i32 {
+    // Redirected by the classifier: counted for the connection the mark names, with no
+    // lookup (each costs a cold cache line on a packet after an idle spell).
+    if let Some(conn) = redirected_conn(mark(ctx)) {
+        count(conn, Reason::RedirectSeen, ctx.len());
+        return TC_ACT_OK;
+    }
     let Some((slot, scfg)) = active_slot() else {
         return TC_ACT_OK;
     };
-    let here = tun_conn(ctx, slot);
-    let here_conn = here.map_or(CONN_NONE, |(c, _)| c);
-    if mark(ctx) == REDIRECTED_MARK {
-        count(here_conn, Reason::RedirectSeen, ctx.len());
-        return TC_ACT_OK;
-    }
+    let here_conn = tun_conn(ctx, slot).map_or(CONN_NONE, |(c, _)| c);
     let pkt = match parse(ctx, Link::RawIp) {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp | Parsed::Malformed => {
@@ -178,7 +180,7 @@ pub fn try_tun_egress(ctx: &TcContext) -> i32 {
             if cfg.tun_ifindex == ifindex(ctx) {
                 TC_ACT_OK
             } else {
-                ctx.set_mark(REDIRECTED_MARK);
+                ctx.set_mark(redirected_mark(d.conn));
                 // SAFETY: plain helper call with an ifindex from our own config.
                 unsafe { bpf_redirect(cfg.tun_ifindex, 0) as i32 }
             }
