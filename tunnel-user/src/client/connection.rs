@@ -40,6 +40,7 @@ use tunnel_proto::{Client, ClientConfig, ClientEvent, Config, EspInput, Transmit
 
 use super::{
     Emit,
+    backoff::{AfterLoss, Backoff},
     policy::{ConnEntry, DataPlane},
     tls::{ClientCert, Pin, Trust},
 };
@@ -400,14 +401,13 @@ async fn run(
 ) {
     let mut cookie = spec.cookie.clone();
     let mut tunnel: Option<Tunnel> = None;
-    let mut attempt: u32 = 0;
+    let mut backoff = Backoff::new(spec.disconnect_timeout);
     let mut gateway_index = 0usize;
-    let mut lost_since: Option<Instant> = None;
     loop {
         let gw = spec.gateways[gateway_index % spec.gateways.len().max(1)].clone();
         set_state(
             &shared,
-            if lost_since.is_some() {
+            if backoff.in_outage() {
                 State::Reconnecting
             } else {
                 State::Connecting
@@ -416,6 +416,7 @@ async fn run(
         if let Ok(mut s) = shared.status.lock() {
             s.server = Some(gw.to_string());
         }
+        let began = Instant::now();
         let outcome = session(
             &spec,
             &gw,
@@ -427,6 +428,14 @@ async fn run(
             &mut commands,
         )
         .await;
+        let came_up = shared
+            .established_at
+            .lock()
+            .map(|t| t.is_some_and(|t| t >= began))
+            .unwrap_or(false);
+        if came_up {
+            backoff.start_over();
+        }
         match outcome {
             Outcome::Done => break,
             Outcome::Failed(f) => {
@@ -462,33 +471,30 @@ async fn run(
                         None => return,
                     }
                 }
-                attempt = 0;
+                backoff.start_over();
                 continue;
             }
             Outcome::Lost(why) => {
-                let since = *lost_since.get_or_insert_with(Instant::now);
                 if let Ok(mut s) = shared.status.lock() {
                     s.last_error = Some(Failure::Connect(why.clone()));
                     s.reconnects += 1;
                 }
-                if let Some(limit) = spec.disconnect_timeout
-                    && since.elapsed() >= limit
-                {
-                    let f = Failure::Timeout(format!(
-                        "no gateway reachable for {} s: {why}",
-                        limit.as_secs()
-                    ));
-                    if let Ok(mut s) = shared.status.lock() {
-                        s.last_error = Some(f.clone());
-                        s.state = State::Failed;
-                    }
-                    report_first(&shared, Err(f));
-                    break;
-                }
                 // Exponential back-off, capped; the URL list is walked on every failure.
-                let delay =
-                    Duration::from_millis(250u64 << attempt.min(7)).min(Duration::from_secs(30));
-                attempt += 1;
+                let delay = match backoff.lost(Instant::now()) {
+                    AfterLoss::RetryIn(delay) => delay,
+                    AfterLoss::GiveUp(outage) => {
+                        let f = Failure::Timeout(format!(
+                            "no gateway reachable for {} s: {why}",
+                            outage.as_secs()
+                        ));
+                        if let Ok(mut s) = shared.status.lock() {
+                            s.last_error = Some(f.clone());
+                            s.state = State::Failed;
+                        }
+                        report_first(&shared, Err(f));
+                        break;
+                    }
+                };
                 if spec.gateways.len() > 1 {
                     gateway_index += 1;
                 }
@@ -689,13 +695,6 @@ async fn session(
             }
             (events, c.next_timer(), probes)
         };
-        if let (Some(t), false) = (tunnel.as_ref(), probes.is_empty())
-            && let Some(udp) = &t.udp
-        {
-            for p in &probes {
-                let _ = udp.send(p);
-            }
-        }
         if crate::tls_io::write_frames(&mut tls, &out, false)
             .await
             .is_err()
@@ -815,6 +814,18 @@ async fn session(
                 }
                 ClientEvent::LoggedOut => return Outcome::Done,
                 other => debug!(?other, "client event"),
+            }
+        }
+        // Probes go out after the events are acted on: the configuration that starts ESP
+        // also makes the ESP socket (a new one on every login), and a probe sent through the
+        // previous session's socket would teach the gateway a port nobody reads any more;
+        // it sends its ESP there until a later probe corrects it (a second of lost packets
+        // after every reconnect).
+        if let (Some(t), false) = (tunnel.as_ref(), probes.is_empty())
+            && let Some(udp) = &t.udp
+        {
+            for p in &probes {
+                let _ = udp.send(p);
             }
         }
         if progressed {

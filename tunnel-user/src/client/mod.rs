@@ -11,10 +11,12 @@
 //!
 //! - `connection`: one VPN connection's life ([`connection::spawn`]);
 //! - `policy`: the shared kernel data path and the policy built from live connections;
+//! - `backoff`: when a lost connection tries again, and when it gives up;
 //! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;
 //! - `control`: the request/response protocol of the control socket;
 //! - `daemon`: `tunneld` itself.
 
+mod backoff;
 pub mod connection;
 pub mod control;
 pub mod daemon;
