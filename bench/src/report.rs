@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::{
+    idle_ab,
     stats::Summary,
     tunnels::{Outcome, Report, SystemResult, TestResult},
 };
@@ -261,6 +262,7 @@ pub fn markdown(report: &Report) -> String {
         }
     }
 
+    s.push_str(&idle_ab_markdown(report));
     s.push_str(&targets_markdown(report));
 
     let mut failures = String::new();
@@ -462,6 +464,20 @@ pub fn targets(report: &Report) -> Vec<Target> {
             met: value.map(|r| r <= 1.0),
         });
     }
+    for ours in idle_ab::OURS {
+        let rows = report
+            .idle_ab
+            .as_ref()
+            .and_then(|ab| ab.row(ours).zip(ab.row(&ab.baseline)));
+        v.push(Target {
+            what: format!("{ours} idle RTT against boringtun's, interleaved rounds (ms)"),
+            ours: rows.map(|(o, _)| o.median_ms),
+            against: rows.map(|(_, b)| (b.median_ms, b.name.clone())),
+            value: rows.map(|(o, _)| o.ratio),
+            wanted: "<= 1x".into(),
+            met: rows.map(|(o, _)| o.ratio <= 1.0),
+        });
+    }
     for ours in ["ours-esp", "ours-esp-gcm"] {
         let share = measured(report, ours).and_then(tunnel_drop_share);
         v.push(Target {
@@ -476,6 +492,36 @@ pub fn targets(report: &Report) -> Vec<Target> {
         });
     }
     v
+}
+
+/// The interleaved idle-RTT comparison ([`idle_ab`]), when the run made it.
+fn idle_ab_markdown(report: &Report) -> String {
+    let Some(ab) = &report.idle_ab else {
+        return String::new();
+    };
+    let mut s = format!(
+        "\n### Idle RTT, interleaved\n\nThe systems above are measured one after another, minutes apart, and the idle RTT of one build moves by about ±10 % between such blocks on a shared VM. Here ours and {} were up at once, each in a world of its own, and took turns: {} rounds of {} pings 10 ms apart, round 1 of each system, then round 2 of each, and so on. *ratio*: the median over the rounds of the system's round median divided by {}'s in the same round, with the quartiles.\n\n",
+        ab.baseline, ab.rounds, ab.pings_per_round, ab.baseline
+    );
+    if let Some(e) = &ab.error {
+        let _ = writeln!(s, "Not measured: {}", escape(e));
+        return s;
+    }
+    s.push_str("| system | RTT idle ms | ratio | quartiles | round medians ms |\n|---|---:|---:|---|---|\n");
+    for r in &ab.rows {
+        let rounds: Vec<String> = r.rounds_ms.iter().map(|v| format!("{v:.3}")).collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.3}-{:.3} | {} |",
+            r.name,
+            num(r.median_ms),
+            r.ratio,
+            r.ratio_q1,
+            r.ratio_q3,
+            rounds.join(" ")
+        );
+    }
+    s
 }
 
 fn targets_markdown(report: &Report) -> String {
@@ -596,6 +642,7 @@ pub mod tests {
             revision: "abc123".into(),
             started_unix: 0,
             duration_s: 900.0,
+            idle_ab: None,
             systems: vec![
                 bare,
                 sys("ours-esp", 0.5),
@@ -692,6 +739,68 @@ pub mod tests {
             ),
             "unjudged without boringtun: {md}"
         );
+    }
+
+    /// The interleaved comparison is judged on its per-round ratios, not on the ratio of
+    /// the medians; a system it lacks is not judged; a comparison that failed says why.
+    #[test]
+    fn interleaved_idle_rtt_is_judged_on_its_rounds() {
+        let row = |name: &str, rounds_ms: Vec<f64>, ratio: f64| idle_ab::Row {
+            name: name.into(),
+            median_ms: crate::stats::median(&rounds_ms),
+            rounds_ms,
+            ratio,
+            ratio_q1: ratio - 0.05,
+            ratio_q3: ratio + 0.05,
+        };
+        let mut r = sample();
+        r.idle_ab = Some(idle_ab::IdleAb {
+            rounds: 3,
+            pings_per_round: 100,
+            baseline: "boringtun".into(),
+            rows: vec![
+                row("ours-esp", vec![0.25, 0.26, 0.24], 0.96),
+                row("boringtun", vec![0.26, 0.27, 0.25], 1.0),
+            ],
+            error: None,
+        });
+        let t = targets(&r);
+        let by = |what: &str| t.iter().find(|t| t.what.starts_with(what)).unwrap();
+        let esp = by("ours-esp idle RTT against boringtun's, interleaved");
+        assert_eq!(esp.value, Some(0.96));
+        assert_eq!(esp.met, Some(true));
+        assert_eq!(esp.ours, Some(0.25));
+        assert_eq!(esp.against, Some((0.26, "boringtun".into())));
+        let gcm = by("ours-esp-gcm idle RTT against boringtun's, interleaved");
+        assert_eq!(gcm.met, None, "not in the comparison, not judged");
+        let md = markdown(&r);
+        assert!(
+            md.contains("| ours-esp | 0.250 | 0.960 | 0.910-1.010 | 0.250 0.260 0.240 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ours-esp idle RTT against boringtun's, interleaved rounds (ms) | 0.250 | 0.260 (boringtun) | 0.96x | <= 1x | yes |"),
+            "{md}"
+        );
+        r.idle_ab.as_mut().unwrap().error = Some("boringtun: login: timed out".into());
+        r.idle_ab.as_mut().unwrap().rows.clear();
+        let md = markdown(&r);
+        assert!(
+            md.contains("Not measured: boringtun: login: timed out"),
+            "{md}"
+        );
+        assert_eq!(
+            by_what(
+                &targets(&r),
+                "ours-esp idle RTT against boringtun's, interleaved"
+            )
+            .met,
+            None
+        );
+    }
+
+    fn by_what<'a>(t: &'a [Target], what: &str) -> &'a Target {
+        t.iter().find(|t| t.what.starts_with(what)).unwrap()
     }
 
     #[test]

@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use crate::{
+    idle_ab::{self, IdleAb},
     parse, probe,
     probe::Iperf,
     stats::Summary,
@@ -38,7 +39,7 @@ pub fn catch_signals() {
     }
 }
 
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -221,6 +222,8 @@ pub struct Report {
     pub started_unix: u64,
     pub duration_s: f64,
     pub systems: Vec<SystemResult>,
+    /// Idle RTT of ours against boringtun's, interleaved (when the run measured both).
+    pub idle_ab: Option<IdleAb>,
 }
 
 /// Progress lines on stderr: "[3/24] wireguard-go tcp-1-up run 2/3 ...".
@@ -269,6 +272,17 @@ pub fn run(ctx: &Ctx, systems: Vec<Box<dyn System>>, opts: &Options) -> Result<R
         }
         results.push(r);
     }
+    // The idle-RTT target compared without the drift between the blocks above.
+    let measured = |name: &str| {
+        results
+            .iter()
+            .any(|r| r.name == name && matches!(r.outcome, Outcome::Measured))
+    };
+    let ours: Vec<&str> = idle_ab::OURS.into_iter().filter(|n| measured(n)).collect();
+    let idle_ab = (measured(idle_ab::BASELINE) && !ours.is_empty()).then(|| {
+        drop(world);
+        idle_ab::run(ctx, &ours, opts)
+    });
     Ok(Report {
         options: opts.clone(),
         kernel: crate::systems::kernel_release(),
@@ -279,6 +293,7 @@ pub fn run(ctx: &Ctx, systems: Vec<Box<dyn System>>, opts: &Options) -> Result<R
         started_unix,
         duration_s: start.elapsed().as_secs_f64(),
         systems: results,
+        idle_ab,
     })
 }
 
@@ -435,7 +450,7 @@ fn run_system(
 }
 
 /// Starts the client and waits for the first TCP connection through the tunnel.
-fn login(sys: &mut dyn System, w: &World, timeout: Duration) -> Result<f64> {
+pub(crate) fn login(sys: &mut dyn System, w: &World, timeout: Duration) -> Result<f64> {
     let began = sys.start_client(w)?;
     if !sys.tunnelled() {
         match w.corp_sees(Duration::from_secs(2)) {
@@ -655,7 +670,7 @@ fn measure(sys: &dyn System, w: &World, test: Test, opts: &Options) -> Result<Me
 }
 
 /// (median ms, p99 ms, loss fraction) of `count` pings to corp.
-fn latency(w: &World, count: u32) -> Result<(f64, f64, f64)> {
+pub(crate) fn latency(w: &World, count: u32) -> Result<(f64, f64, f64)> {
     let out = probe::ping(&w.client, CORP, count)?;
     let (mut rtts, sent) = parse::ping(&out)?;
     if rtts.is_empty() {

@@ -51,7 +51,13 @@ pub struct World {
 
 impl World {
     pub fn build() -> Result<World> {
-        let id = std::process::id();
+        Self::build_tagged("")
+    }
+
+    /// Another world beside the first: `tag` goes into its namespace and directory names,
+    /// so several can be up at once (the interleaved idle-RTT comparison).
+    pub fn build_tagged(tag: &str) -> Result<World> {
+        let id = format!("{}{tag}", std::process::id());
         let dir = std::env::temp_dir().join(format!("tunnel-bench-{id}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
