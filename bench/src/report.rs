@@ -765,13 +765,12 @@ pub mod tests {
             error: None,
         });
         let t = targets(&r);
-        let by = |what: &str| t.iter().find(|t| t.what.starts_with(what)).unwrap();
-        let esp = by("ours-esp idle RTT against boringtun's, interleaved");
+        let esp = by_what(&t, "ours-esp idle RTT against boringtun's, interleaved");
         assert_eq!(esp.value, Some(0.96));
         assert_eq!(esp.met, Some(true));
         assert_eq!(esp.ours, Some(0.25));
         assert_eq!(esp.against, Some((0.26, "boringtun".into())));
-        let gcm = by("ours-esp-gcm idle RTT against boringtun's, interleaved");
+        let gcm = by_what(&t, "ours-esp-gcm idle RTT against boringtun's, interleaved");
         assert_eq!(gcm.met, None, "not in the comparison, not judged");
         let md = markdown(&r);
         assert!(
