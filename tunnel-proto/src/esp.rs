@@ -381,18 +381,13 @@ impl SaCrypto {
         check_material(suite, enc_key, mac_key)?;
         if suite.is_aead() {
             let (key, salt) = enc_key.split_at(32);
-            let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| EspError::KeyLength {
+            let wrong_length = || EspError::KeyLength {
                 what: "encryption",
                 expected: 36,
                 got: enc_key.len(),
-            })?;
-            let compact = aes_gcm::Aes256Gcm::new_from_slice(&enc_key[..32]).map_err(|_| {
-                EspError::KeyLength {
-                    what: "encryption",
-                    expected: 36,
-                    got: enc_key.len(),
-                }
-            })?;
+            };
+            let compact = aes_gcm::Aes256Gcm::new_from_slice(key).map_err(|_| wrong_length())?;
+            let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| wrong_length())?;
             let mut s = [0u8; 4];
             s.copy_from_slice(salt);
             Ok(SaCrypto::Gcm {

@@ -19,6 +19,7 @@ use tracing::debug;
 use tunnel_packet::{Coalescer, MAX_PACKET, VnetHdr, segment};
 
 use crate::{
+    packet_io::may_be_answered_at_once,
     tun::{Offload, Tun},
     udp_gso,
 };
@@ -193,7 +194,7 @@ impl Dispatch {
     /// device claims it first when it means to forward what the writes make the other
     /// side answer at once: that answer then wakes nobody (see `docs/fastpath.md`).
     pub fn claim<'a>(&'a self, source: Source, stop: &'a Stop) -> Option<Claim<'a>> {
-        let fd = self.fd(source)?;
+        let (fd, _) = self.registration(source)?;
         if !self.take(source) {
             return None;
         }
@@ -209,22 +210,35 @@ impl Dispatch {
         })
     }
 
-    fn fd(&self, source: Source) -> Option<RawFd> {
+    /// Claims the TUN device for a thread about to write `packets` into it, when one of
+    /// them may be answered within the writes ([`may_be_answered_at_once`]): that answer
+    /// then wakes nobody, and the thread forwards it itself. None when nothing written
+    /// would be answered at once (the device is left to whoever it wakes), or when another
+    /// thread holds the device.
+    pub fn claim_tun_for<'a, 'p>(
+        &'a self,
+        mut packets: impl Iterator<Item = &'p [u8]>,
+        stop: &'a Stop,
+    ) -> Option<Claim<'a>> {
+        if !packets.any(may_be_answered_at_once) {
+            return None;
+        }
+        self.claim(Source::Tun, stop)
+    }
+
+    /// A source's descriptor and its epoll token (None: no ESP socket).
+    fn registration(&self, source: Source) -> Option<(RawFd, u64)> {
         match source {
-            Source::Tun => Some(self.tun),
-            Source::Esp => self.esp,
+            Source::Tun => Some((self.tun, TOKEN_TUN)),
+            Source::Esp => self.esp.map(|fd| (fd, TOKEN_ESP)),
         }
     }
 
     /// Gives `source` back: the next waiting thread is handed it when it is readable, at
     /// once if it still is.
     pub fn done(&self, source: Source, stop: &Stop) {
-        let Some(fd) = self.fd(source) else {
+        let Some((fd, token)) = self.registration(source) else {
             return;
-        };
-        let token = match source {
-            Source::Tun => TOKEN_TUN,
-            Source::Esp => TOKEN_ESP,
         };
         // Released before it is re-armed: a report right after the re-arm must find it free.
         // A thread that claims it in between disarms it; a re-arm landing after that only

@@ -47,7 +47,7 @@ use super::{
 use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
     netconf::{Netlink, Route, Via, sysctl},
-    packet_io::{ip_endpoints, may_be_answered_at_once},
+    packet_io::ip_endpoints,
     pump::{
         self, Dispatch, RECV_BATCH, Source, Stop, Trains, TunSink, TunSource, after_failed_read,
     },
@@ -1239,7 +1239,7 @@ fn drain_tun(
         // half the backlog limit queued, the TUN device is not read, its queue fills and the
         // kernel throttles the sending sockets (TCP small queues), which costs the inner TCP
         // no losses. (The gateway, a router for many clients, drops at the limit instead.)
-        if out.over_tls && tls_backed_up(session) {
+        if out.held_back_by_tls(session) {
             session.wake.notify_one();
             std::thread::sleep(TLS_DRAIN_WAIT);
             continue;
@@ -1254,11 +1254,6 @@ fn drain_tun(
         }
     }
     ControlFlow::Continue(())
-}
-
-fn tls_backed_up(session: &Session) -> bool {
-    let backlog = session.proto.lock().map(|c| c.tls_backlog()).unwrap_or(0);
-    backlog >= tunnel_proto::MAX_TLS_BACKLOG / 2
 }
 
 /// The TUN-to-gateway direction's buffers. Whoever holds them reads the TUN device and
@@ -1288,6 +1283,14 @@ impl Outbound {
             shared,
             over_tls: false,
         }
+    }
+
+    /// Whether the TUN device is to wait for TLS to drain (half the backlog limit queued):
+    /// only while packets go over TLS is the backlog looked at.
+    fn held_back_by_tls(&self, session: &Session) -> bool {
+        self.over_tls
+            && session.proto.lock().map(|c| c.tls_backlog()).unwrap_or(0)
+                >= tunnel_proto::MAX_TLS_BACKLOG / 2
     }
 
     /// Reads one packet (or GSO packet) from the TUN device and forwards it. False when the
@@ -1438,12 +1441,12 @@ impl Inbound {
             // thread, and sends it (unless another thread holds the device and will, or TLS
             // is backed up; the TUN side waits then). A batch nothing in which is answered
             // at once (UDP, echo replies) is written without taking the device.
-            let answered = opened
-                .iter()
-                .any(|&(i, at, len)| may_be_answered_at_once(&batch.message(i)[at..at + len]));
-            let claim = outbound
-                .filter(|_| answered)
-                .and_then(|outbound| Some((outbound, dispatch.claim(Source::Tun, stop)?)));
+            let claim = outbound.and_then(|outbound| {
+                let written = opened
+                    .iter()
+                    .map(|&(i, at, len)| &batch.message(i)[at..at + len]);
+                Some((outbound, dispatch.claim_tun_for(written, stop)?))
+            });
             let mut bytes = 0u64;
             for &(i, at, len) in opened.iter() {
                 sink.push(tun, &batch.message(i)[at..at + len]);
@@ -1452,7 +1455,7 @@ impl Inbound {
             sink.flush(tun);
             if let Some((outbound, _claim)) = claim
                 && let Ok(mut out) = outbound.lock()
-                && !(out.over_tls && tls_backed_up(session))
+                && !out.held_back_by_tls(session)
             {
                 for _ in 0..FORWARD_AFTER_WRITES {
                     if !matches!(out.forward(tun, Some(udp), session), Ok(true)) {

@@ -37,7 +37,7 @@ use super::{
 use crate::{
     datapath::ifindex,
     netconf::{NetconfError, Netlink, sysctl},
-    packet_io::{ip_endpoints, may_be_answered_at_once},
+    packet_io::ip_endpoints,
     pump::{
         self, Dispatch, RECV_BATCH, Source, Stop, Trains, TunSink, TunSource, after_failed_read,
     },
@@ -482,12 +482,14 @@ impl EspSide {
         // What the writes make the corp side answer is queued within them: this thread
         // holds the TUN device meanwhile, so the answer wakes no other thread, and sends it
         // (unless another thread holds the device and will).
-        let answered = opened
-            .iter()
-            .any(|&(_, i, at, len)| may_be_answered_at_once(&batch.message(i)[at..at + len]));
-        let claim = (forward_after_writes && answered)
-            .then(|| ctx.dispatch.claim(Source::Tun, &ctx.stop))
-            .flatten();
+        let claim = if forward_after_writes {
+            let written = opened
+                .iter()
+                .map(|&(_, i, at, len)| &batch.message(i)[at..at + len]);
+            ctx.dispatch.claim_tun_for(written, &ctx.stop)
+        } else {
+            None
+        };
         for &(run, i, at, len) in opened.iter() {
             let packet = &batch.message(i)[at..at + len];
             let session = &runs[run].0;
