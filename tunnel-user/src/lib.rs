@@ -7,7 +7,7 @@ pub mod netconf;
 pub mod packet_io;
 pub mod pump;
 pub mod testbed;
-pub mod tls_io;
+pub mod tls_link;
 pub mod tun;
 pub mod udp_gso;
 

@@ -28,11 +28,12 @@ use std::{
 use ipnet::IpNet;
 use serde::Serialize;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::{Notify, mpsc, oneshot},
 };
 use tokio_rustls::TlsConnector;
+
+use crate::tls_link::TlsLink;
 use tracing::{debug, info, warn};
 use tunnel_common::OWN_SOCKET_MARK;
 use tunnel_config::EventKind;
@@ -377,8 +378,39 @@ impl Tunnel {
 /// The live session of one TLS connection, shared with the packet threads.
 struct Session {
     proto: Mutex<Client>,
-    /// Wakes the TLS task when the packet threads queued TLS bytes.
+    /// The TLS connection; the packet threads send their TLS frames on it themselves.
+    link: TlsLink,
+    /// Wakes the TLS task when the packet threads queued TLS bytes they could not send
+    /// (the socket was full), or ESP brought events.
     wake: Notify,
+}
+
+impl Session {
+    /// Sends the TLS frames the state machine queued, from the calling thread; wakes the
+    /// task when the socket is full (it flushes once it is writable) or the connection
+    /// failed (its next read finds out).
+    fn send_tls_now(&self) {
+        let sent = self.link.send(|out| {
+            if let Ok(mut c) = self.proto.lock() {
+                c.take_tls(out);
+            }
+        });
+        if !matches!(sent, Ok(true)) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Sends everything the state machine queued for TLS, waiting for the socket as long as
+    /// it is full.
+    async fn send_tls(&self) -> io::Result<()> {
+        self.link
+            .send_all(|out| {
+                if let Ok(mut c) = self.proto.lock() {
+                    c.take_tls(out);
+                }
+            })
+            .await
+    }
 }
 
 enum Outcome {
@@ -643,6 +675,8 @@ async fn session(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(Pin::of_certificate);
+    let (tcp, tls) = tls.into_inner();
+    let link = TlsLink::new(tcp, tls, false);
     let mut cfg = ClientConfig::new(gw.host.clone());
     cfg.path = gw.path.clone();
     cfg.cookie = cookie.clone();
@@ -666,12 +700,10 @@ async fn session(
     }
     let session = Arc::new(Session {
         proto: Mutex::new(client),
+        link,
         wake: Notify::new(),
     });
-    let mut tls = tls;
-    crate::tls_io::unlimited_buffer(tls.get_mut().1);
     let mut buf = vec![0u8; 65_536];
-    let mut out = Vec::new();
     // Packets the gateway sent over TLS, joined for the TUN device.
     // Made with the tunnel's device (the offloads it has decide what is joined).
     let mut sink: Option<TunSink> = None;
@@ -686,7 +718,6 @@ async fn session(
         // Flush what the state machine queued; act on its events.
         let (events, next_timer, probes) = {
             let mut c = session.proto.lock().unwrap_or_else(|e| e.into_inner());
-            c.take_tls(&mut out);
             let events: Vec<ClientEvent> = std::iter::from_fn(|| c.poll_event()).collect();
             let mut probes = Vec::new();
             let now = Instant::now();
@@ -695,10 +726,7 @@ async fn session(
             }
             (events, c.next_timer(), probes)
         };
-        if crate::tls_io::write_frames(&mut tls, &out, false)
-            .await
-            .is_err()
-        {
+        if session.send_tls().await.is_err() {
             return Outcome::Lost("the gateway closed the connection".into());
         }
         let progressed = !events.is_empty();
@@ -720,7 +748,7 @@ async fn session(
                 }
                 ClientEvent::CredentialsRequired { retry, .. } => {
                     if retry {
-                        let _ = tls.shutdown().await;
+                        session.link.close();
                         emit.event(EventKind::LoginErrorDisconnect {
                             connection: spec.name.clone(),
                         });
@@ -848,7 +876,7 @@ async fn session(
         let timer = next_timer.map_or(dpd_deadline, |t| t.min(dpd_deadline));
         let route_check = tokio::time::sleep(Duration::from_secs(2));
         tokio::select! {
-            read = tls.read(&mut buf) => {
+            read = session.link.recv(&mut buf) => {
                 let n = match read {
                     Ok(0) => return Outcome::Lost("the gateway closed the connection".into()),
                     Err(e) => return Outcome::Lost(format!("reading from the gateway: {e}")),
@@ -911,22 +939,19 @@ async fn session(
                 let Some((cmd, ack)) = cmd else { return Outcome::Done };
                 let outcome = match cmd {
                     Command::Signout => {
-                        let _ = session.proto.lock().map(|mut c| {
-                            let _ = c.logout();
-                            c.take_tls(&mut out);
-                        });
-                        let _ = crate::tls_io::write_frames(&mut tls, &out, false).await;
-                        let _ = tls.shutdown().await;
+                        let _ = session.proto.lock().map(|mut c| c.logout());
+                        let _ = session.send_tls().await;
+                        session.link.close();
                         *cookie = None;
                         Outcome::Done
                     }
                     Command::Disconnect => {
-                        let _ = tls.shutdown().await;
+                        session.link.close();
                         Outcome::Done
                     }
                     Command::Suspend => {
                         emit.event(EventKind::UserSuspend { connection: spec.name.clone() });
-                        let _ = tls.shutdown().await;
+                        session.link.close();
                         Outcome::Suspended
                     }
                     Command::Resume => {
@@ -1344,7 +1369,7 @@ impl Outbound {
             _ => trains.clear(),
         }
         if to_tls {
-            session.wake.notify_one();
+            session.send_tls_now();
         }
         if packets > 0 {
             *over_tls = to_tls;

@@ -15,13 +15,11 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::broadcast,
 };
 use tokio_rustls::TlsAcceptor;
 
-use crate::tls_io::write_frames;
 use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel_proto::{
     AuthRejection, Config, EspInput, EspSettings, FatalErrorKind, Server, ServerConfig,
@@ -41,6 +39,7 @@ use crate::{
     pump::{
         self, Dispatch, RECV_BATCH, Source, Stop, Trains, TunSink, TunSource, after_failed_read,
     },
+    tls_link::TlsLink,
     tun::Tun,
     udp_gso::{self, RecvBatch},
 };
@@ -370,7 +369,7 @@ impl TunSide {
             _ => trains.clear(),
         }
         if to_tls {
-            session.wake.notify_one();
+            session.send_tls_now();
         }
         Ok(())
     }
@@ -502,16 +501,22 @@ impl EspSide {
             }
         }
         sink.flush(&ctx.tun);
-        if let Some(_claim) = claim
-            && let Ok(mut side) = ctx.tun_side.lock()
-        {
-            for _ in 0..FORWARD_AFTER_WRITES {
-                if side.forward(ctx).is_err() {
-                    break;
-                }
-            }
+        if let Some(_claim) = claim {
+            forward_answers(ctx);
         }
         Ok(())
+    }
+}
+
+/// Forwards what the corp side answered within the calling thread's TUN writes, which it
+/// made holding the TUN device (claimed): at most [`FORWARD_AFTER_WRITES`] reads.
+fn forward_answers(ctx: &Ctx) {
+    if let Ok(mut side) = ctx.tun_side.lock() {
+        for _ in 0..FORWARD_AFTER_WRITES {
+            if side.forward(ctx).is_err() {
+                break;
+            }
+        }
     }
 }
 
@@ -641,9 +646,9 @@ struct Conn {
     known_spi: Option<u32>,
     /// The client offered AES-256-GCM ESP in its upgrade request.
     offers_aes_gcm: bool,
-    /// The client takes several IF-T frames per TLS record (tunnel's client does;
-    /// openconnect needs one frame per record).
-    stream_records: bool,
+    /// The TLS connection (a record per frame until the client says it reads a stream of
+    /// them, as tunnel's client does; openconnect needs one frame per record).
+    link: Arc<TlsLink>,
 }
 
 impl Conn {
@@ -692,8 +697,9 @@ async fn serve(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(tls::client_name);
-    let mut tls = tls;
-    crate::tls_io::unlimited_buffer(tls.get_mut().1);
+    let (tcp, tls) = tls.into_inner();
+    // openconnect needs a record per frame; the client says when it does not.
+    let link = Arc::new(TlsLink::new(tcp, tls, true));
     let cfg = &ctx.config;
     let proto = Server::new(
         ServerConfig {
@@ -713,16 +719,14 @@ async fn serve(
         resuming: None,
         known_spi: None,
         offers_aes_gcm: false,
-        stream_records: false,
+        link: link.clone(),
     };
     let mut buf = vec![0u8; 65_536];
-    let mut out = Vec::new();
     // Packets the client sent over TLS, joined for the TUN device.
     let mut sink = TunSink::new(&ctx.tun);
     let ending = 'conn: loop {
         // Drain what the state machine has to send and to say.
         let Some((events, next_timer)) = conn.with_proto(|p| {
-            p.take_tls(&mut out);
             let events: Vec<ServerEvent> = std::iter::from_fn(|| p.poll_event()).collect();
             (events, p.next_timer())
         }) else {
@@ -731,19 +735,16 @@ async fn serve(
         if let Some(s) = &conn.session {
             esp_housekeeping(&ctx, s, &mut conn.known_spi);
         }
-        if write_frames(&mut tls, &out, !conn.stream_records)
-            .await
-            .is_err()
-        {
+        if link.send_all(|out| conn.take_tls(out)).await.is_err() {
             break conn.dropped();
         }
         let progressed = !events.is_empty();
         for event in events {
             if let Some(ending) = handle_event(&ctx, &mut conn, event).await {
                 // Flush the final frames before closing.
-                conn.take_tls(&mut out);
-                let _ = write_frames(&mut tls, &out, true).await;
-                let _ = tls.shutdown().await;
+                link.set_record_per_frame(true);
+                let _ = link.send_all(|out| conn.take_tls(out)).await;
+                link.close();
                 break 'conn ending;
             }
         }
@@ -771,7 +772,7 @@ async fn serve(
             }
         };
         tokio::select! {
-            read = tls.read(&mut buf) => {
+            read = link.recv(&mut buf) => {
                 let n = match read {
                     Ok(0) | Err(_) => break conn.dropped(),
                     Ok(n) => n,
@@ -779,15 +780,24 @@ async fn serve(
                 let owner = conn.session.clone();
                 let tun = &ctx.tun;
                 let dropped = &ctx.dropped;
+                // As on the ESP side: the TUN device is claimed before a packet that may be
+                // answered at once is written, and the answer forwarded from here.
+                let mut claim = None;
                 let result = conn.with_proto(|p| {
                     p.handle_tls_bytes_with(&buf[..n], Instant::now(), &mut |packet| {
                         if sent_by_owner(dropped, owner.as_deref(), packet) {
+                            if claim.is_none() {
+                                claim = ctx.dispatch.claim_tun_for(std::iter::once(packet), &ctx.stop);
+                            }
                             sink.push(tun, packet);
                         }
                     })
                 });
                 // Written once the state machine is free again.
                 sink.flush(tun);
+                if let Some(_claim) = claim {
+                    forward_answers(&ctx);
+                }
                 if let Some(Err(e)) = result {
                     // The state machine queued what it has to say, and a Closed event.
                     debug!(error = %e, "protocol error");
@@ -801,9 +811,9 @@ async fn serve(
                 let _ = conn.with_proto(|p| {
                     p.terminate(FatalErrorKind::SessionTerminated, "The gateway is shutting down")
                 });
-                conn.take_tls(&mut out);
-                let _ = write_frames(&mut tls, &out, true).await;
-                let _ = tls.shutdown().await;
+                link.set_record_per_frame(true);
+                let _ = link.send_all(|out| conn.take_tls(out)).await;
+                link.close();
                 break Ending::Finished;
             }
         }
@@ -845,7 +855,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
     match event {
         ServerEvent::Upgraded(req) => {
             conn.offers_aes_gcm = req.offers_aes_gcm;
-            conn.stream_records = req.stream_records;
+            conn.link.set_record_per_frame(!req.stream_records);
             debug!(
                 user_agent = ?req.user_agent,
                 aes_gcm = req.offers_aes_gcm,
@@ -988,6 +998,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 lease,
                 proto: Mutex::new(proto),
                 esp_peer: Mutex::new(None),
+                link: Arc::downgrade(&conn.link),
                 wake: tokio::sync::Notify::new(),
                 superseded: AtomicBool::new(false),
             });

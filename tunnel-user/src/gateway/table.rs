@@ -24,6 +24,8 @@ use std::{
 use tokio::sync::Notify;
 use tunnel_proto::Server;
 
+use crate::tls_link::TlsLink;
+
 use super::Lease;
 
 /// One connected client.
@@ -39,13 +41,34 @@ pub struct Session {
     pub proto: Mutex<Server>,
     /// Where the client's ESP packets come from (learned from authenticated datagrams).
     pub esp_peer: Mutex<Option<SocketAddr>>,
-    /// Wakes the session's TLS task when the data path queued TLS bytes.
+    /// The connection's TLS link (its task owns it): the packet threads send the session's
+    /// TLS frames on it themselves. Gone once the connection ended.
+    pub link: Weak<TlsLink>,
+    /// Wakes the session's TLS task when the data path queued TLS bytes it could not send
+    /// (the socket was full).
     pub wake: Notify,
     /// Set when another connection resumed this session: the old task ends quietly.
     pub superseded: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
+    /// Sends the TLS frames the state machine queued, from the calling thread; wakes the
+    /// task when the socket is full (it flushes once it is writable) or the connection
+    /// failed (its next read finds out). Without a connection the frames stay queued.
+    pub fn send_tls_now(&self) {
+        let Some(link) = self.link.upgrade() else {
+            return;
+        };
+        let sent = link.send(|out| {
+            if let Ok(mut p) = self.proto.lock() {
+                p.take_tls(out);
+            }
+        });
+        if !matches!(sent, Ok(true)) {
+            self.wake.notify_one();
+        }
+    }
+
     /// Whether `src` is an address this session may send from.
     pub fn owns(&self, src: IpAddr) -> bool {
         match src {
@@ -234,6 +257,7 @@ mod tests {
             },
             proto: Mutex::new(Server::new(ServerConfig::default(), Instant::now())),
             esp_peer: Mutex::new(None),
+            link: Weak::new(),
             wake: Notify::new(),
             superseded: std::sync::atomic::AtomicBool::new(false),
         })
