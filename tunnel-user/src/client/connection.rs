@@ -1278,6 +1278,7 @@ fn drain_tun(
             }
         }
     }
+    out.send_tls(session);
     ControlFlow::Continue(())
 }
 
@@ -1295,7 +1296,14 @@ struct Outbound {
     /// holds the TUN device back, and only then is it looked at (it takes the state
     /// machine's lock, a cold one after an idle spell).
     over_tls: bool,
+    /// Packets whose TLS frames are queued and not sent yet: a flood of small packets goes
+    /// out a batch of records per `writev`, not one each.
+    tls_queued: usize,
 }
+
+/// Packets queued for TLS before they are sent, at most (the TUN device usually runs dry
+/// first, which sends them too).
+const TLS_BATCH: usize = 32;
 
 /// TUN reads the ESP side makes after its writes, at most (it has ESP to receive).
 const FORWARD_AFTER_WRITES: usize = 8;
@@ -1307,6 +1315,15 @@ impl Outbound {
             trains: Trains::new(),
             shared,
             over_tls: false,
+            tls_queued: 0,
+        }
+    }
+
+    /// Sends the TLS frames the reads so far queued.
+    fn send_tls(&mut self, session: &Session) {
+        if self.tls_queued > 0 {
+            self.tls_queued = 0;
+            session.send_tls_now();
         }
     }
 
@@ -1332,13 +1349,14 @@ impl Outbound {
             trains,
             shared,
             over_tls,
+            tls_queued,
         } = self;
         source.recv(tun)?;
         let Ok(mut c) = session.proto.lock() else {
             return Ok(false);
         };
         let (mut packets, mut bytes) = (0u64, 0u64);
-        let mut to_tls = false;
+        let mut to_tls = 0;
         let now = Instant::now();
         source.split(|p| {
             if ip_endpoints(p).is_none() {
@@ -1353,7 +1371,7 @@ impl Outbound {
                         trains.next();
                     }
                 }
-                Ok(Transmit::Tls) => to_tls = true,
+                Ok(Transmit::Tls) => to_tls += 1,
                 Err(e) => debug!(error = %e, "packet to the gateway dropped"),
             }
         });
@@ -1368,11 +1386,13 @@ impl Outbound {
             }
             _ => trains.clear(),
         }
-        if to_tls {
+        *tls_queued += to_tls;
+        if *tls_queued >= TLS_BATCH {
+            *tls_queued = 0;
             session.send_tls_now();
         }
         if packets > 0 {
-            *over_tls = to_tls;
+            *over_tls = to_tls > 0;
             shared
                 .traffic
                 .packets_out
@@ -1487,6 +1507,7 @@ impl Inbound {
                         break;
                     }
                 }
+                out.send_tls(session);
             }
             if events {
                 session.wake.notify_one();

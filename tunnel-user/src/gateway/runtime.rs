@@ -274,6 +274,7 @@ fn drain_tun(ctx: &Ctx) -> ControlFlow<()> {
             break;
         }
     }
+    side.send_tls();
     ControlFlow::Continue(())
 }
 
@@ -308,7 +309,14 @@ struct TunSide {
     source: TunSource,
     trains: Trains,
     session: LastLookup<IpAddr>,
+    /// The session whose TLS frames are queued and not sent yet, and how many packets they
+    /// hold: a flood of small packets goes out a batch of records per `writev`, not one.
+    tls_pending: Option<(Arc<Session>, usize)>,
 }
+
+/// Packets queued for one session's TLS connection before they are sent, at most (the
+/// TUN device usually runs dry first, which sends them too).
+const TLS_BATCH: usize = 32;
 
 /// TUN reads the ESP side makes after its writes, at most (it has ESP to receive).
 const FORWARD_AFTER_WRITES: usize = 8;
@@ -319,6 +327,33 @@ impl TunSide {
             source: TunSource::new(),
             trains: Trains::new(),
             session: LastLookup::default(),
+            tls_pending: None,
+        }
+    }
+
+    /// Sends the TLS frames queued by the reads so far.
+    fn send_tls(&mut self) {
+        if let Some((session, _)) = self.tls_pending.take() {
+            session.send_tls_now();
+        }
+    }
+
+    /// Notes that `session` queued TLS frames for `packets` packets; the frames of another
+    /// session queued before go out now, and these once [`TLS_BATCH`] packets are queued.
+    fn queued_tls(&mut self, session: &Arc<Session>, packets: usize) {
+        match &mut self.tls_pending {
+            Some((s, n)) if Arc::ptr_eq(s, session) => *n += packets,
+            _ => {
+                self.send_tls();
+                self.tls_pending = Some((session.clone(), packets));
+            }
+        }
+        if self
+            .tls_pending
+            .as_ref()
+            .is_some_and(|(_, n)| *n >= TLS_BATCH)
+        {
+            self.send_tls();
         }
     }
 
@@ -329,6 +364,7 @@ impl TunSide {
             source,
             trains,
             session,
+            ..
         } = self;
         source.recv(&ctx.tun)?;
         let session = ip_endpoints(source.packet())
@@ -342,7 +378,7 @@ impl TunSide {
         let Ok(mut proto) = session.proto.lock() else {
             return Ok(());
         };
-        let mut to_tls = false;
+        let mut to_tls = 0;
         let now = Instant::now();
         source.split(|packet| {
             // Every segment has the GSO packet's addresses; a plain packet was looked up.
@@ -353,7 +389,7 @@ impl TunSide {
                         trains.next();
                     }
                 }
-                Ok(Transmit::Tls) => to_tls = true,
+                Ok(Transmit::Tls) => to_tls += 1,
                 Err(e) => debug!(session = session.id, error = %e, "packet to client dropped"),
             }
         });
@@ -368,8 +404,8 @@ impl TunSide {
             }
             _ => trains.clear(),
         }
-        if to_tls {
-            session.send_tls_now();
+        if to_tls > 0 {
+            self.queued_tls(&session, to_tls);
         }
         Ok(())
     }
@@ -517,6 +553,7 @@ fn forward_answers(ctx: &Ctx) {
                 break;
             }
         }
+        side.send_tls();
     }
 }
 
