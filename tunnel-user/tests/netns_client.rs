@@ -659,3 +659,61 @@ ive "8211f09f-6674-4bdb-a44a-e6fa8b7402eb" {{
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(w.status(), serde_json::json!([]));
 }
+
+/// A change of the route to the gateway ends the session once, with event 304, even while
+/// packets keep arriving over TLS; the client comes back over the new route and stays.
+/// (The check's timer used to be made anew on every pass of the connection's loop, so a busy
+/// connection never noticed; and a reconnect that kept the TUN device kept the old route
+/// too, so every later check found the same change and the client reconnected every 2 s.)
+#[test]
+fn a_route_change_under_traffic_reconnects_once() {
+    if !root() {
+        return;
+    }
+    let w = world("r");
+    let conf = w.dir.join("gateway.toml");
+    let text = fs::read_to_string(&conf).unwrap();
+    fs::write(&conf, text.replace("[esp]\n", "[esp]\nenabled = false\n")).unwrap();
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    let out = w.connect();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(w.status()[0]["transport"], "tls");
+    // Pings every 5 ms for 12 s: the connection reads from the gateway all the while.
+    let mut ping = w
+        .client
+        .command("ping")
+        .args(["-q", "-i", "0.005", "-w", "12", CORP])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // The gateway now reached from another source address of the same uplink.
+    w.client
+        .sh(&format!(
+            "ip addr add 192.168.70.3/24 dev c0; ip route add {GATEWAY}/32 dev c0 src 192.168.70.3"
+        ))
+        .unwrap();
+    let events = |n: &str| {
+        fs::read_to_string(w.dir.join("tunneld.log"))
+            .unwrap()
+            .matches(&format!("event={n}"))
+            .count()
+    };
+    let noticed = wait_for("event 304", Duration::from_secs(4), || events("304") >= 1);
+    assert!(
+        noticed <= Duration::from_secs(3),
+        "noticed after {noticed:?}"
+    );
+    wait_for("connected again", Duration::from_secs(10), || {
+        w.status()[0]["state"] == "connected"
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = ping.wait();
+    let st = w.status();
+    assert_eq!(events("304"), 1, "one reconnect for one change: {st}");
+    assert_eq!(st[0]["state"], "connected", "{st}");
+    assert_eq!(st[0]["reconnects"], 1, "{st}");
+    assert!(w.seen_as(CORP).is_some(), "corp reachable again");
+    assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+}

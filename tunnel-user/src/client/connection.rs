@@ -710,6 +710,13 @@ async fn session(
     let mut esp_out = vec![0u8; 2048];
     let mut probes_sent = 0u32;
     let mut quiet_since = Instant::now();
+    // The route to the gateway is looked at every 2 s, however busy the connection: a timer
+    // made anew on every pass of the loop never fired while packets kept arriving over TLS.
+    let mut route_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + ROUTE_CHECK_EVERY,
+        ROUTE_CHECK_EVERY,
+    );
+    route_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     *shared
         .last_inbound
         .lock()
@@ -874,7 +881,6 @@ async fn session(
         }
         let dpd_deadline = quiet_since + spec.dpd.idle + spec.dpd.interval * probes_sent;
         let timer = next_timer.map_or(dpd_deadline, |t| t.min(dpd_deadline));
-        let route_check = tokio::time::sleep(Duration::from_secs(2));
         tokio::select! {
             read = session.link.recv(&mut buf) => {
                 let n = match read {
@@ -927,7 +933,7 @@ async fn session(
                     }
                 }
             }
-            _ = route_check, if tunnel.is_some() => {
+            _ = route_check.tick(), if tunnel.is_some() => {
                 if let Some(t) = tunnel.as_ref()
                     && let Some((was, now)) = route_change(addr.ip(), t)
                 {
@@ -1126,6 +1132,14 @@ fn configure(
     let t = tunnel
         .as_mut()
         .ok_or_else(|| Failure::Connect("no tunnel".into()))?;
+    if reuse {
+        // The route this session came up on: the one a change of routes made it reconnect
+        // over, for one. Kept from before, it made every later check see that same change
+        // again, and the client reconnected every 2 s for as long as it stayed.
+        t.uplink = Netlink::open()
+            .ok()
+            .and_then(|mut nl| nl.route_get(addr.ip()).ok().flatten());
+    }
     t.stop_threads();
     let tun_index = crate::datapath::ifindex(t.tun.name()).map_err(|e| fail("TUN device", &e))?;
     let conn = ConnPolicy {
@@ -1300,6 +1314,10 @@ struct Outbound {
     /// out a batch of records per `writev`, not one each.
     tls_queued: usize,
 }
+
+/// How often a live connection checks that the route to its gateway still leaves through
+/// the uplink it came up on.
+const ROUTE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Packets queued for TLS before they are sent, at most (the TUN device usually runs dry
 /// first, which sends them too).
