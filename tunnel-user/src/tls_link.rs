@@ -133,6 +133,15 @@ impl TlsLink {
         self.write_now(tls)
     }
 
+    /// [`send`](Self::send) from a thread that does not own the connection: when not all
+    /// went out (the socket is full, or the connection failed), `owner` is woken to flush,
+    /// or to find the failure on its next read.
+    pub fn send_or_wake(&self, take: impl FnOnce(&mut Vec<u8>), owner: &tokio::sync::Notify) {
+        if !matches!(self.send(take), Ok(true)) {
+            owner.notify_one();
+        }
+    }
+
     /// Writes what rustls holds until the socket is full (`Ok(false)`, `blocked` set) or
     /// nothing is left (`Ok(true)`).
     fn write_now(&self, tls: &mut rustls::Connection) -> io::Result<bool> {

@@ -390,14 +390,14 @@ impl Session {
     /// task when the socket is full (it flushes once it is writable) or the connection
     /// failed (its next read finds out).
     fn send_tls_now(&self) {
-        let sent = self.link.send(|out| {
-            if let Ok(mut c) = self.proto.lock() {
-                c.take_tls(out);
-            }
-        });
-        if !matches!(sent, Ok(true)) {
-            self.wake.notify_one();
-        }
+        self.link.send_or_wake(
+            |out| {
+                if let Ok(mut c) = self.proto.lock() {
+                    c.take_tls(out);
+                }
+            },
+            &self.wake,
+        );
     }
 
     /// Sends everything the state machine queued for TLS, waiting for the socket as long as

@@ -59,14 +59,14 @@ impl Session {
         let Some(link) = self.link.upgrade() else {
             return;
         };
-        let sent = link.send(|out| {
-            if let Ok(mut p) = self.proto.lock() {
-                p.take_tls(out);
-            }
-        });
-        if !matches!(sent, Ok(true)) {
-            self.wake.notify_one();
-        }
+        link.send_or_wake(
+            |out| {
+                if let Ok(mut p) = self.proto.lock() {
+                    p.take_tls(out);
+                }
+            },
+            &self.wake,
+        );
     }
 
     /// Whether `src` is an address this session may send from.
