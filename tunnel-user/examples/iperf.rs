@@ -109,7 +109,7 @@ fn main() {
     let _ = server.wait();
     println!("{}", w.counters());
     if std::env::var_os("IPERF_STATS").is_some() {
-        for (name, ns) in [("client", &w.client), ("gateway", &w.gw)] {
+        for (name, ns) in [("client", &w.client), ("gateway", &w.gw), ("corp", &w.corp)] {
             let stats = ns
                 .sh("grep -A1 '^Udp:' /proc/net/snmp; ip -s -s link")
                 .unwrap_or_default();

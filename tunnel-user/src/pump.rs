@@ -385,6 +385,10 @@ pub struct Train {
     used: usize,
     size: usize,
     count: usize,
+    /// The first `sealed` bytes (`sealed_count` datagrams) are sealed: a train that is held
+    /// across TUN reads is sealed a read at a time, each under that read's lock.
+    sealed: usize,
+    sealed_count: usize,
     /// The last datagram was shorter: nothing more may join.
     closed: bool,
     /// A datagram that could not join sits at `buf[used..used + spill]`.
@@ -404,6 +408,8 @@ impl Train {
             used: 0,
             size: 0,
             count: 0,
+            sealed: 0,
+            sealed_count: 0,
             closed: false,
             spill: 0,
         }
@@ -431,10 +437,16 @@ impl Train {
             || self.used + self.size > udp_gso::MAX_GSO_BYTES
     }
 
-    /// The datagrams waiting to be sent, for sealing in place, and their size (the last may
-    /// be shorter).
-    pub fn pending_mut(&mut self) -> (&mut [u8], usize) {
-        (&mut self.buf[..self.used], self.size)
+    /// The datagrams staged since the train was last sealed, for sealing in place, and their
+    /// size (the last may be shorter).
+    pub fn unsealed_mut(&mut self) -> (&mut [u8], usize) {
+        (&mut self.buf[self.sealed..self.used], self.size)
+    }
+
+    /// Notes that everything staged so far is sealed.
+    pub fn mark_sealed(&mut self) {
+        self.sealed = self.used;
+        self.sealed_count = self.count;
     }
 
     /// Datagrams waiting.
@@ -465,28 +477,65 @@ impl Train {
     /// Forgets the datagrams waiting to be sent; a datagram that could not join them
     /// becomes the start of the next train.
     pub fn drop_pending(&mut self) {
-        self.forget_sealed();
+        self.sealed = 0;
+        self.sealed_count = 0;
+        self.forget_unsealed();
         let spill = std::mem::take(&mut self.spill);
         if spill > 0 {
             self.commit(spill);
         }
     }
 
-    /// Forgets the datagrams waiting (sealing them failed); a datagram that could not join
-    /// them stays apart, for [`Trains::next`] to move into the next train.
-    pub fn forget_sealed(&mut self) {
-        self.buf.copy_within(self.used..self.used + self.spill, 0);
-        self.used = 0;
-        self.count = 0;
-        self.closed = false;
+    /// Forgets the datagrams staged since the train was last sealed (sealing them failed);
+    /// the sealed ones stay, and a datagram that could not join stays apart, for
+    /// [`Trains::next`] to move into the next train.
+    pub fn forget_unsealed(&mut self) {
+        self.buf
+            .copy_within(self.used..self.used + self.spill, self.sealed);
+        self.used = self.sealed;
+        self.count = self.sealed_count;
+        // The sealed datagrams are all of one size unless the last is shorter.
+        self.closed = self.sealed != self.sealed_count * self.size;
     }
 
     /// Forgets what is waiting (the peer went away).
     pub fn clear(&mut self) {
         self.used = 0;
         self.count = 0;
+        self.sealed = 0;
+        self.sealed_count = 0;
         self.closed = false;
         self.spill = 0;
+    }
+}
+
+/// Datagrams (or packets over TLS) a TUN side holds across reads before it sends them. One
+/// send per packet cost a flood of small packets most of its rate: on a veth the send also
+/// runs the receiving side's stack, once per datagram instead of once per batch.
+pub const SEND_BATCH: usize = 32;
+
+/// Trains held across reads, at most: each size change starts another, and each is 64 KB.
+const MAX_TRAINS_HELD: usize = 4;
+
+/// Where a TUN side is in a drain of the device (the reads until it runs dry). The ESP
+/// datagrams of the first read go out at once: after an idle spell it is usually the only
+/// packet, and holding it for the read that finds the device empty would delay it. What
+/// later reads give is held until [`SEND_BATCH`] packets are, or the device runs dry.
+#[derive(Default)]
+pub struct DrainReads {
+    reads: usize,
+}
+
+impl DrainReads {
+    /// Counts a read; true for the first of the drain.
+    pub fn read(&mut self) -> bool {
+        self.reads += 1;
+        self.reads == 1
+    }
+
+    /// The drain ended (everything held was sent): the next read starts another.
+    pub fn ended(&mut self) {
+        self.reads = 0;
     }
 }
 
@@ -531,19 +580,23 @@ impl Trains {
         self.trains[self.current].commit(len)
     }
 
-    /// Seals the current train's staged datagrams in place with `seal` (given them and
-    /// their size). When it fails (the keys changed since they were staged) nothing staged
-    /// in that train is ever sent, and a datagram that did not fit it still moves into the
-    /// next train.
+    /// Seals the datagrams staged into the current train since it was last sealed, in place
+    /// with `seal` (given them and their size); nothing to seal, nothing called. When it
+    /// fails (the keys changed since they were staged) none of them is ever sent, and a
+    /// datagram that did not fit the train still moves into the next one.
     pub fn seal_current<E>(
         &mut self,
         seal: impl FnOnce(&mut [u8], usize) -> Result<(), E>,
     ) -> Result<(), E> {
         let train = &mut self.trains[self.current];
-        let (pending, size) = train.pending_mut();
-        let r = seal(pending, size);
-        if r.is_err() {
-            train.forget_sealed();
+        let (unsealed, size) = train.unsealed_mut();
+        if unsealed.is_empty() {
+            return Ok(());
+        }
+        let r = seal(unsealed, size);
+        match r {
+            Ok(()) => train.mark_sealed(),
+            Err(_) => train.forget_unsealed(),
         }
         r
     }
@@ -563,6 +616,12 @@ impl Trains {
             next.commit(spill);
         }
         self.current += 1;
+    }
+
+    /// Whether the trains are to be sent before more is staged: [`SEND_BATCH`] datagrams
+    /// held, or as many trains as are held at most.
+    pub fn full(&self) -> bool {
+        self.current + 1 >= MAX_TRAINS_HELD || self.len() >= SEND_BATCH
     }
 
     /// Datagrams in all trains.
@@ -869,6 +928,98 @@ mod tests {
         assert_eq!(batch.message(0), &[b'k'; 1200][..]);
         rx.set_nonblocking(true).unwrap();
         assert!(batch.recv(&rx).is_err(), "nothing else was sent");
+    }
+
+    /// A train held across reads is sealed a read at a time: each seal sees only what was
+    /// staged since the last, so every datagram is sealed exactly once; a failed seal
+    /// forgets only its own datagrams, and the one that did not fit still moves on.
+    #[test]
+    fn a_train_held_across_reads_is_sealed_a_read_at_a_time() {
+        let (rx, tx, to) = loopback();
+        let mut set = Trains::new();
+        // "Sealing" adds 1 to every byte: twice would show.
+        let seal = |ok: bool| {
+            move |d: &mut [u8], _size: usize| {
+                d.iter_mut().for_each(|b| *b += 1);
+                if ok { Ok(()) } else { Err("keys changed") }
+            }
+        };
+        let stage = |set: &mut Trains, byte: u8, len: usize| {
+            set.slot()[..len].fill(byte);
+            set.commit(len)
+        };
+        // Read 1: two datagrams; read 2: one.
+        assert!(!stage(&mut set, 10, 100) && !stage(&mut set, 20, 100));
+        assert_eq!(set.seal_current(seal(true)), Ok(()));
+        assert!(!stage(&mut set, 30, 100));
+        let mut seen = 0;
+        set.seal_current(|d, size| {
+            seen = d.len();
+            assert_eq!(size, 100);
+            seal(true)(d, size)
+        })
+        .unwrap();
+        assert_eq!(seen, 100, "only the datagram staged since the last seal");
+        // Read 3: its seal fails; read 4 stages a longer datagram, which completes the train.
+        assert!(!stage(&mut set, 40, 100));
+        assert_eq!(set.seal_current(seal(false)), Err("keys changed"));
+        assert_eq!(set.len(), 3, "the sealed ones stay");
+        assert!(
+            stage(&mut set, 50, 200),
+            "a longer datagram completes the train"
+        );
+        // Nothing unsealed is left in the complete train: the seal is not called.
+        set.seal_current(|_, _| -> Result<(), &str> { panic!("nothing to seal") })
+            .unwrap();
+        set.next();
+        set.seal_current(seal(true)).unwrap();
+        assert_eq!(set.len(), 4);
+        set.send(&tx, Some(to)).unwrap();
+        let mut got = Vec::new();
+        let mut batch = udp_gso::RecvBatch::new(8, 65_536);
+        while got.len() < 4 {
+            batch.recv(&rx).unwrap();
+            for (r, bytes) in batch.messages() {
+                got.extend(bytes.chunks(r.size).map(<[u8]>::to_vec));
+            }
+        }
+        let want: Vec<Vec<u8>> = [(11, 100), (21, 100), (31, 100), (51, 200)]
+            .iter()
+            .map(|&(b, n)| vec![b; n])
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    /// Trains held across reads go out at [`SEND_BATCH`] datagrams, or when as many trains
+    /// as are held have been started (sizes keep changing).
+    #[test]
+    fn held_trains_are_full_at_a_batch_or_at_the_train_limit() {
+        let mut set = Trains::new();
+        for i in 0..SEND_BATCH {
+            assert!(!set.full(), "{i} datagrams held");
+            set.slot()[..80].fill(1);
+            assert!(!set.commit(80));
+        }
+        assert!(set.full());
+        set.clear();
+        for len in [100, 200, 300, 400] {
+            assert!(!set.full());
+            set.slot()[..len].fill(1);
+            if set.commit(len) {
+                set.next();
+            }
+        }
+        assert_eq!(set.len(), 4);
+        assert!(set.full(), "four trains held");
+    }
+
+    #[test]
+    fn a_drain_sends_its_first_read_at_once() {
+        let mut reads = DrainReads::default();
+        assert!(reads.read());
+        assert!(!reads.read() && !reads.read());
+        reads.ended();
+        assert!(reads.read(), "the next drain starts over");
     }
 
     #[test]

@@ -50,7 +50,8 @@ use crate::{
     netconf::{Netlink, Route, Via, sysctl},
     packet_io::ip_endpoints,
     pump::{
-        self, Dispatch, RECV_BATCH, Source, Stop, Trains, TunSink, TunSource, after_failed_read,
+        self, Dispatch, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains, TunSink,
+        TunSource, after_failed_read,
     },
     tun::Tun,
     udp_gso::{self, RecvBatch},
@@ -1260,7 +1261,7 @@ fn start_threads(
 }
 
 /// Packets the classifier redirected into the TUN device, until it has no more: to the
-/// gateway over ESP (staged into one UDP GSO train per read and sealed at once) or TLS. The
+/// gateway over ESP (staged into UDP GSO trains, sealed a read at a time, sent in batches) or TLS. The
 /// ESP side forwards too, right after its own TUN writes ([`Outbound`]). See
 /// `docs/fastpath.md`.
 fn drain_tun(
@@ -1279,6 +1280,7 @@ fn drain_tun(
         // kernel throttles the sending sockets (TCP small queues), which costs the inner TCP
         // no losses. (The gateway, a router for many clients, drops at the limit instead.)
         if out.held_back_by_tls(session) {
+            out.send_pending(udp, session);
             session.wake.notify_one();
             std::thread::sleep(TLS_DRAIN_WAIT);
             continue;
@@ -1292,7 +1294,7 @@ fn drain_tun(
             }
         }
     }
-    out.send_tls(session);
+    out.send_pending(udp, session);
     ControlFlow::Continue(())
 }
 
@@ -1301,10 +1303,13 @@ fn drain_tun(
 /// them: the thread the TUN device was handed to, or the ESP side right after its TUN
 /// writes. A packet written into the TUN device reaches its socket within the write, and
 /// what the application's stack answers at once (a TCP ACK) is queued by then; the ESP side
-/// sends it without a wake-up of another thread.
+/// sends it without a wake-up of another thread. Within a drain of the device, what the
+/// reads after the first give is held and sent in batches ([`DrainReads`]); whoever holds
+/// the buffers sends what they hold before letting go of them.
 struct Outbound {
     source: TunSource,
     trains: Trains,
+    reads: DrainReads,
     shared: Arc<Shared>,
     /// The last packet forwarded went over TLS: only then can the TLS backlog be what
     /// holds the TUN device back, and only then is it looked at (it takes the state
@@ -1319,10 +1324,6 @@ struct Outbound {
 /// the uplink it came up on.
 const ROUTE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// Packets queued for TLS before they are sent, at most (the TUN device usually runs dry
-/// first, which sends them too).
-const TLS_BATCH: usize = 32;
-
 /// TUN reads the ESP side makes after its writes, at most (it has ESP to receive).
 const FORWARD_AFTER_WRITES: usize = 8;
 
@@ -1331,18 +1332,21 @@ impl Outbound {
         Outbound {
             source: TunSource::new(),
             trains: Trains::new(),
+            reads: DrainReads::default(),
             shared,
             over_tls: false,
             tls_queued: 0,
         }
     }
 
-    /// Sends the TLS frames the reads so far queued.
-    fn send_tls(&mut self, session: &Session) {
+    /// Sends what the reads so far left held, ESP and TLS; the drain ends.
+    fn send_pending(&mut self, udp: Option<&UdpSocket>, session: &Session) {
+        send_trains(&mut self.trains, udp);
         if self.tls_queued > 0 {
             self.tls_queued = 0;
             session.send_tls_now();
         }
+        self.reads.ended();
     }
 
     /// Whether the TUN device is to wait for TLS to drain (half the backlog limit queued):
@@ -1365,6 +1369,7 @@ impl Outbound {
         let Outbound {
             source,
             trains,
+            reads,
             shared,
             over_tls,
             tls_queued,
@@ -1396,16 +1401,14 @@ impl Outbound {
         seal_current(&mut c, trains);
         drop(c);
         // Sent with the lock released: the receiving thread opens packets meanwhile.
-        match udp {
-            Some(udp) if !trains.is_empty() => {
-                if let Err(e) = trains.send(udp, None) {
-                    debug!(error = %e, "sending ESP");
-                }
-            }
-            _ => trains.clear(),
+        let first = reads.read();
+        if first || trains.full() || udp.is_none() {
+            send_trains(trains, udp);
         }
         *tls_queued += to_tls;
-        if *tls_queued >= TLS_BATCH {
+        // TLS frames wait for the drain's end even from its first read: one `writev` more
+        // per drain cost TCP over TLS several per cent (its ACKs come in drains of a few).
+        if *tls_queued >= SEND_BATCH {
             *tls_queued = 0;
             session.send_tls_now();
         }
@@ -1418,6 +1421,18 @@ impl Outbound {
             shared.traffic.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         }
         Ok(true)
+    }
+}
+
+/// Sends the sealed trains to the gateway (forgets them when there is no ESP socket).
+fn send_trains(trains: &mut Trains, udp: Option<&UdpSocket>) {
+    match udp {
+        Some(udp) if !trains.is_empty() => {
+            if let Err(e) = trains.send(udp, None) {
+                debug!(error = %e, "sending ESP");
+            }
+        }
+        _ => trains.clear(),
     }
 }
 
@@ -1525,7 +1540,7 @@ impl Inbound {
                         break;
                     }
                 }
-                out.send_tls(session);
+                out.send_pending(Some(udp), session);
             }
             if events {
                 session.wake.notify_one();

@@ -37,7 +37,8 @@ use crate::{
     netconf::{NetconfError, Netlink, sysctl},
     packet_io::ip_endpoints,
     pump::{
-        self, Dispatch, RECV_BATCH, Source, Stop, Trains, TunSink, TunSource, after_failed_read,
+        self, Dispatch, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains, TunSink,
+        TunSource, after_failed_read,
     },
     tls_link::TlsLink,
     tun::Tun,
@@ -260,8 +261,8 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
 }
 
 /// Packets from the corp side, until the TUN device has no more: to the session that owns
-/// the destination, over ESP (staged into one UDP GSO train per TUN read, sealed at once)
-/// or TLS. A GSO packet is one flow, so the session is looked up and locked once per read.
+/// the destination, over ESP (staged into UDP GSO trains, sealed a read at a time, sent in
+/// batches) or TLS. A GSO packet is one flow, so the session is looked up and locked once per read.
 /// The ESP side forwards too, right after its own TUN writes ([`TunSide`]). See
 /// `docs/fastpath.md`.
 fn drain_tun(ctx: &Ctx) -> ControlFlow<()> {
@@ -274,7 +275,7 @@ fn drain_tun(ctx: &Ctx) -> ControlFlow<()> {
             break;
         }
     }
-    side.send_tls();
+    side.send_pending(ctx);
     ControlFlow::Continue(())
 }
 
@@ -308,15 +309,16 @@ fn drain_esp(ctx: &Ctx, forward_after_writes: bool) -> ControlFlow<()> {
 struct TunSide {
     source: TunSource,
     trains: Trains,
+    /// The session the trains hold datagrams of, and where they go: within a drain of the
+    /// device, what the reads after the first give is held and sent in batches
+    /// ([`DrainReads`]), one session's at a time.
+    esp_held: Option<(Arc<Session>, SocketAddr)>,
+    reads: DrainReads,
     session: LastLookup<IpAddr>,
     /// The session whose TLS frames are queued and not sent yet, and how many packets they
     /// hold: a flood of small packets goes out a batch of records per `writev`, not one.
     tls_pending: Option<(Arc<Session>, usize)>,
 }
-
-/// Packets queued for one session's TLS connection before they are sent, at most (the
-/// TUN device usually runs dry first, which sends them too).
-const TLS_BATCH: usize = 32;
 
 /// TUN reads the ESP side makes after its writes, at most (it has ESP to receive).
 const FORWARD_AFTER_WRITES: usize = 8;
@@ -326,8 +328,30 @@ impl TunSide {
         TunSide {
             source: TunSource::new(),
             trains: Trains::new(),
+            esp_held: None,
+            reads: DrainReads::default(),
             session: LastLookup::default(),
             tls_pending: None,
+        }
+    }
+
+    /// Sends what the reads so far left held, ESP and TLS; the drain ends.
+    fn send_pending(&mut self, ctx: &Ctx) {
+        self.send_esp(ctx);
+        self.send_tls();
+        self.reads.ended();
+    }
+
+    /// Sends the datagrams the trains hold.
+    fn send_esp(&mut self, ctx: &Ctx) {
+        let held = self.esp_held.take();
+        match (held, &ctx.udp) {
+            (Some((session, peer)), Some(udp)) if !self.trains.is_empty() => {
+                if let Err(e) = self.trains.send(udp, Some(peer)) {
+                    debug!(session = session.id, error = %e, "sending ESP");
+                }
+            }
+            _ => self.trains.clear(),
         }
     }
 
@@ -339,7 +363,7 @@ impl TunSide {
     }
 
     /// Notes that `session` queued TLS frames for `packets` packets; the frames of another
-    /// session queued before go out now, and these once [`TLS_BATCH`] packets are queued.
+    /// session queued before go out now, and these once [`SEND_BATCH`] packets are queued.
     fn queued_tls(&mut self, session: &Arc<Session>, packets: usize) {
         match &mut self.tls_pending {
             Some((s, n)) if Arc::ptr_eq(s, session) => *n += packets,
@@ -351,7 +375,7 @@ impl TunSide {
         if self
             .tls_pending
             .as_ref()
-            .is_some_and(|(_, n)| *n >= TLS_BATCH)
+            .is_some_and(|(_, n)| *n >= SEND_BATCH)
         {
             self.send_tls();
         }
@@ -360,21 +384,25 @@ impl TunSide {
     /// Reads one packet (or GSO packet) from the TUN device and forwards it; the read's
     /// error (`WouldBlock` with nothing queued) otherwise.
     fn forward(&mut self, ctx: &Ctx) -> io::Result<()> {
-        let TunSide {
-            source,
-            trains,
-            session,
-            ..
-        } = self;
-        source.recv(&ctx.tun)?;
-        let session = ip_endpoints(source.packet())
-            .and_then(|(_, dst)| ctx.table.by_addr_since(dst, session));
+        self.source.recv(&ctx.tun)?;
+        let first = self.reads.read();
+        let session = ip_endpoints(self.source.packet())
+            .and_then(|(_, dst)| ctx.table.by_addr_since(dst, &mut self.session));
         let Some(session) = session else {
             ctx.dropped
-                .fetch_add(source.split(|_| {}) as u64, Ordering::Relaxed);
+                .fetch_add(self.source.split(|_| {}) as u64, Ordering::Relaxed);
             return Ok(());
         };
         let peer = session.esp_peer.lock().ok().and_then(|p| *p);
+        // The trains hold one session's datagrams, for one address: others' go first.
+        if self
+            .esp_held
+            .as_ref()
+            .is_some_and(|(s, to)| !Arc::ptr_eq(s, &session) || peer != Some(*to))
+        {
+            self.send_esp(ctx);
+        }
+        let TunSide { source, trains, .. } = self;
         let Ok(mut proto) = session.proto.lock() else {
             return Ok(());
         };
@@ -396,13 +424,15 @@ impl TunSide {
         seal_current(&mut proto, trains, session.id);
         drop(proto);
         // Sent with the lock released: the ESP side opens this session's packets meanwhile.
-        match (peer, &ctx.udp) {
-            (Some(peer), Some(udp)) if !trains.is_empty() => {
-                if let Err(e) = trains.send(udp, Some(peer)) {
-                    debug!(session = session.id, error = %e, "sending ESP");
+        let full = trains.full();
+        match peer {
+            Some(peer) if !trains.is_empty() => {
+                self.esp_held = Some((session.clone(), peer));
+                if first || full {
+                    self.send_esp(ctx);
                 }
             }
-            _ => trains.clear(),
+            _ => self.trains.clear(),
         }
         if to_tls > 0 {
             self.queued_tls(&session, to_tls);
@@ -553,7 +583,7 @@ fn forward_answers(ctx: &Ctx) {
                 break;
             }
         }
-        side.send_tls();
+        side.send_pending(ctx);
     }
 }
 
