@@ -1261,8 +1261,8 @@ fn start_threads(
 }
 
 /// Packets the classifier redirected into the TUN device, until it has no more: to the
-/// gateway over ESP (staged into UDP GSO trains, sealed a read at a time, sent in batches) or TLS. The
-/// ESP side forwards too, right after its own TUN writes ([`Outbound`]). See
+/// gateway over ESP (staged into UDP GSO trains, sealed a read at a time, sent in batches)
+/// or TLS. The ESP side forwards too, right after its own TUN writes ([`Outbound`]). See
 /// `docs/fastpath.md`.
 fn drain_tun(
     tun: &Tun,

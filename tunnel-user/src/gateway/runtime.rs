@@ -262,8 +262,8 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
 
 /// Packets from the corp side, until the TUN device has no more: to the session that owns
 /// the destination, over ESP (staged into UDP GSO trains, sealed a read at a time, sent in
-/// batches) or TLS. A GSO packet is one flow, so the session is looked up and locked once per read.
-/// The ESP side forwards too, right after its own TUN writes ([`TunSide`]). See
+/// batches) or TLS. A GSO packet is one flow, so the session is looked up and locked once
+/// per read. The ESP side forwards too, right after its own TUN writes ([`TunSide`]). See
 /// `docs/fastpath.md`.
 fn drain_tun(ctx: &Ctx) -> ControlFlow<()> {
     let Ok(mut side) = ctx.tun_side.lock() else {
