@@ -111,7 +111,7 @@ fn main() {
     if std::env::var_os("IPERF_STATS").is_some() {
         for (name, ns) in [("client", &w.client), ("gateway", &w.gw), ("corp", &w.corp)] {
             let stats = ns
-                .sh("grep -A1 '^Udp:' /proc/net/snmp; ip -s -s link")
+                .sh("grep -A1 '^Udp:' /proc/net/snmp; ss -uamn; ip -s -s link")
                 .unwrap_or_default();
             println!("--- {name}\n{stats}");
         }
