@@ -385,10 +385,9 @@ pub struct Train {
     used: usize,
     size: usize,
     count: usize,
-    /// The first `sealed` bytes (`sealed_count` datagrams) are sealed: a train that is held
-    /// across TUN reads is sealed a read at a time, each under that read's lock.
+    /// The first `sealed` bytes are sealed: a train that is held across TUN reads is sealed
+    /// a read at a time, each under that read's lock.
     sealed: usize,
-    sealed_count: usize,
     /// The last datagram was shorter: nothing more may join.
     closed: bool,
     /// A datagram that could not join sits at `buf[used..used + spill]`.
@@ -409,7 +408,6 @@ impl Train {
             size: 0,
             count: 0,
             sealed: 0,
-            sealed_count: 0,
             closed: false,
             spill: 0,
         }
@@ -446,7 +444,6 @@ impl Train {
     /// Notes that everything staged so far is sealed.
     pub fn mark_sealed(&mut self) {
         self.sealed = self.used;
-        self.sealed_count = self.count;
     }
 
     /// Datagrams waiting.
@@ -478,7 +475,6 @@ impl Train {
     /// becomes the start of the next train.
     pub fn drop_pending(&mut self) {
         self.sealed = 0;
-        self.sealed_count = 0;
         self.forget_unsealed();
         let spill = std::mem::take(&mut self.spill);
         if spill > 0 {
@@ -493,9 +489,15 @@ impl Train {
         self.buf
             .copy_within(self.used..self.used + self.spill, self.sealed);
         self.used = self.sealed;
-        self.count = self.sealed_count;
-        // The sealed datagrams are all of one size unless the last is shorter.
-        self.closed = self.sealed != self.sealed_count * self.size;
+        // The sealed datagrams are all of one size unless the last is shorter (which closed
+        // the train).
+        (self.count, self.closed) = match self.size {
+            0 => (0, false),
+            size => (
+                self.sealed.div_ceil(size),
+                !self.sealed.is_multiple_of(size),
+            ),
+        };
     }
 
     /// Forgets what is waiting (the peer went away).
@@ -503,7 +505,6 @@ impl Train {
         self.used = 0;
         self.count = 0;
         self.sealed = 0;
-        self.sealed_count = 0;
         self.closed = false;
         self.spill = 0;
     }
@@ -523,19 +524,18 @@ const MAX_TRAINS_HELD: usize = 4;
 /// later reads give is held until [`SEND_BATCH`] packets are, or the device runs dry.
 #[derive(Default)]
 pub struct DrainReads {
-    reads: usize,
+    started: bool,
 }
 
 impl DrainReads {
-    /// Counts a read; true for the first of the drain.
+    /// Notes a read; true for the first of the drain.
     pub fn read(&mut self) -> bool {
-        self.reads += 1;
-        self.reads == 1
+        !std::mem::replace(&mut self.started, true)
     }
 
     /// The drain ended (everything held was sent): the next read starts another.
     pub fn ended(&mut self) {
-        self.reads = 0;
+        self.started = false;
     }
 }
 
@@ -645,6 +645,22 @@ impl Trains {
         }
         self.current = 0;
         result
+    }
+
+    /// Sends every train to `to` (or the connected peer) through `sock`, or forgets them when
+    /// there is no socket; the set is empty afterwards.
+    pub fn send_or_forget(
+        &mut self,
+        sock: Option<&UdpSocket>,
+        to: Option<SocketAddr>,
+    ) -> io::Result<()> {
+        match sock {
+            Some(sock) => self.send(sock, to),
+            None => {
+                self.clear();
+                Ok(())
+            }
+        }
     }
 
     /// Forgets every train (no peer, no socket).

@@ -1426,13 +1426,8 @@ impl Outbound {
 
 /// Sends the sealed trains to the gateway (forgets them when there is no ESP socket).
 fn send_trains(trains: &mut Trains, udp: Option<&UdpSocket>) {
-    match udp {
-        Some(udp) if !trains.is_empty() => {
-            if let Err(e) = trains.send(udp, None) {
-                debug!(error = %e, "sending ESP");
-            }
-        }
-        _ => trains.clear(),
+    if let Err(e) = trains.send_or_forget(udp, None) {
+        debug!(error = %e, "sending ESP");
     }
 }
 

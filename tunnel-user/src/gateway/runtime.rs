@@ -344,14 +344,12 @@ impl TunSide {
 
     /// Sends the datagrams the trains hold.
     fn send_esp(&mut self, ctx: &Ctx) {
-        let held = self.esp_held.take();
-        match (held, &ctx.udp) {
-            (Some((session, peer)), Some(udp)) if !self.trains.is_empty() => {
-                if let Err(e) = self.trains.send(udp, Some(peer)) {
-                    debug!(session = session.id, error = %e, "sending ESP");
-                }
-            }
-            _ => self.trains.clear(),
+        let Some((session, peer)) = self.esp_held.take() else {
+            self.trains.clear();
+            return;
+        };
+        if let Err(e) = self.trains.send_or_forget(ctx.udp.as_ref(), Some(peer)) {
+            debug!(session = session.id, error = %e, "sending ESP");
         }
     }
 
