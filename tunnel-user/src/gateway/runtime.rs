@@ -174,6 +174,12 @@ impl Gateway {
                         Ok(a) => a,
                         Err(e) => { warn!(error = %e, "accept failed"); continue; }
                     };
+                    // Tunnelled packets go out as TLS records as soon as they are sealed: a
+                    // small one must not wait for the ACK of the last (Nagle), as the
+                    // client's socket does not either.
+                    if let Err(e) = conn.set_nodelay(true) {
+                        debug!(error = %e, %peer, "TCP_NODELAY on an accepted connection");
+                    }
                     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
                     let span = info_span!("session", id, %peer);
                     tasks.spawn(serve(ctx.clone(), acceptor.clone(), conn, peer, id, stop_tx.subscribe()).instrument(span));
