@@ -14,6 +14,13 @@
 //!  world B: ours-esp-gcm  ping×N  ├ round 1├─ ping×N  ├ round 2 ...   ratio_i = A_i / C_i
 //!  world C: boringtun     ping×N ─┘        └─ ping×N ─┘
 //! ```
+//!
+//! Then the same rounds once more with every thread of every tunnel process, and ping, on
+//! one CPU (the last). On the VMs this runs on the scheduler already puts each wake-up of an
+//! idle ping's path on the waker's CPU, so a round trip is one CPU working through ping,
+//! client, gateway, client, ping; pinned, where the threads happen to sit no longer moves
+//! the figures, and what is left is the work each tunnel does per round trip and the order
+//! the scheduler runs it in (see `docs/fastpath.md`).
 
 use std::time::Duration;
 
@@ -21,6 +28,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use crate::{
+    probe,
     stats::median,
     systems::{self, Ctx, System},
     tunnels::{self, Options},
@@ -54,9 +62,27 @@ pub struct IdleAb {
     /// Ours first, the baseline last (its ratios are 1).
     pub rows: Vec<Row>,
     pub error: Option<String>,
+    /// The same rounds on one CPU; None when the free rounds failed or the machine has one
+    /// CPU (then the free rounds were on one CPU already).
+    pub one_cpu: Option<OneCpu>,
 }
 
 impl IdleAb {
+    pub fn row(&self, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.name == name)
+    }
+}
+
+/// The rounds with every tunnel process and ping on CPU `cpu`.
+#[derive(Clone, Debug, Serialize)]
+pub struct OneCpu {
+    pub cpu: usize,
+    /// As [`IdleAb::rows`].
+    pub rows: Vec<Row>,
+    pub error: Option<String>,
+}
+
+impl OneCpu {
     pub fn row(&self, name: &str) -> Option<&Row> {
         self.rows.iter().find(|r| r.name == name)
     }
@@ -77,31 +103,38 @@ pub fn run(ctx: &Ctx, names: &[&str], opts: &Options) -> IdleAb {
         baseline: BASELINE.into(),
         rows: Vec::new(),
         error: None,
+        one_cpu: None,
     };
+    let order: Vec<&str> = names.iter().copied().chain([BASELINE]).collect();
     let mut up: Vec<(World, Box<dyn System>)> = Vec::new();
-    let result = compare(ctx, names, opts, rounds, pings, &mut up);
+    let free = start(ctx, &order, opts, &mut up)
+        .and_then(|()| take_turns(&up, &order, rounds, pings, None));
+    match free {
+        Ok(rows) => {
+            ab.rows = rows;
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if cpus > 1 {
+                ab.one_cpu = Some(on_one_cpu(&up, &order, rounds, pings, cpus - 1));
+            }
+        }
+        Err(e) => ab.error = Some(format!("{e:#}")),
+    }
     // Clients and gateways go before their namespaces.
     for (w, mut sys) in up.drain(..) {
         sys.teardown(&w);
         drop(sys);
         drop(w);
     }
-    match result {
-        Ok(rows) => ab.rows = rows,
-        Err(e) => ab.error = Some(format!("{e:#}")),
-    }
     ab
 }
 
-fn compare(
+/// Starts each system of `order` in a world of its own, logged in, into `up`.
+fn start(
     ctx: &Ctx,
-    names: &[&str],
+    order: &[&str],
     opts: &Options,
-    rounds: usize,
-    pings: u32,
     up: &mut Vec<(World, Box<dyn System>)>,
-) -> Result<Vec<Row>> {
-    let order: Vec<&str> = names.iter().copied().chain([BASELINE]).collect();
+) -> Result<()> {
     let timeout = Duration::from_secs(opts.connect_timeout_secs);
     for (i, name) in order.iter().enumerate() {
         let mut sys = systems::all()
@@ -122,12 +155,53 @@ fn compare(
         sys.transport(w)
             .with_context(|| format!("{name}: transport"))?;
     }
+    Ok(())
+}
+
+/// The rounds on CPU `cpu`: every thread of the systems' processes is put there first and
+/// back on every CPU after. Never fails: what went wrong is in `error`.
+fn on_one_cpu(
+    up: &[(World, Box<dyn System>)],
+    order: &[&str],
+    rounds: usize,
+    pings: u32,
+    cpu: usize,
+) -> OneCpu {
+    let pids: Vec<u32> = up
+        .iter()
+        .flat_map(|(_, s)| s.client_pids().into_iter().chain(s.gateway_pids()))
+        .collect();
+    let result = probe::pin_processes(&pids, Some(cpu))
+        .and_then(|()| take_turns(up, order, rounds, pings, Some(cpu)));
+    let restored = probe::pin_processes(&pids, None);
+    let mut one = OneCpu {
+        cpu,
+        rows: Vec::new(),
+        error: None,
+    };
+    match result.and_then(|rows| restored.map(|()| rows)) {
+        Ok(rows) => one.rows = rows,
+        Err(e) => one.error = Some(format!("{e:#}")),
+    }
+    one
+}
+
+/// `rounds` rounds of `pings` pings in each world in turn (ping on `cpu` when given); a
+/// row per system of `order`, the baseline's last.
+fn take_turns(
+    up: &[(World, Box<dyn System>)],
+    order: &[&str],
+    rounds: usize,
+    pings: u32,
+    cpu: Option<usize>,
+) -> Result<Vec<Row>> {
+    let how = cpu.map_or("interleaved".to_string(), |c| format!("on CPU {c}"));
     let mut per_system: Vec<Vec<f64>> = vec![Vec::new(); order.len()];
     for round in 1..=rounds {
         tunnels::check_interrupted()?;
-        eprint!("== idle RTT, interleaved: round {round}/{rounds}:");
+        eprint!("== idle RTT, {how}: round {round}/{rounds}:");
         for (i, (w, _)) in up.iter().enumerate() {
-            let (m, _, _) = tunnels::latency(w, pings)
+            let (m, _, _) = tunnels::latency(w, pings, cpu)
                 .with_context(|| format!("{}: round {round}", order[i]))?;
             eprint!(" {} {m:.3}", order[i]);
             per_system[i].push(m);

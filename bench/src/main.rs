@@ -54,12 +54,14 @@
 //! After the systems, when the run measured boringtun and ours over ESP, their idle RTT is
 //! measured once more interleaved (`idle_ab.rs`): all of them up at once, each in a world of
 //! its own (`World::build_tagged`), taking turns in rounds of pings, so the drift between
-//! the sequential blocks does not decide the "no worse than boringtun" comparison.
+//! the sequential blocks does not decide the "no worse than boringtun" comparison; then the
+//! same rounds with every tunnel process and ping on one CPU, where thread placement no
+//! longer moves the figures and the ratio is the work per round trip.
 //!
 //! The report opens with a summary table (the one the README shows), then a table per
 //! question, and ends with the benchmark's targets judged on the run's own figures (ours
 //! against the fastest of the baselines: wireguard-go, boringtun and openconnect
-//! through ocserv; idle RTT against boringtun, sequential and interleaved; the tunnel's UDP
+//! through ocserv; idle RTT against boringtun, sequential, interleaved and on one CPU; the tunnel's UDP
 //! receive drops), our client
 //! against openconnect's Pulse client through our gateway (not a target), the single-core
 //! crypto ceiling of each ESP suite (`crypto.rs`: our ESP code one packet at a time and in

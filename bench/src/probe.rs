@@ -103,11 +103,62 @@ pub fn iperf(client: &Netns, server: &str, kind: Iperf, seconds: u32) -> Result<
     output_within(&mut cmd, Duration::from_secs(u64::from(seconds) + 20))
 }
 
-/// `count` ICMP echoes 10 ms apart from the client to `dst`; ping's output.
-pub fn ping(client: &Netns, dst: &str, count: u32) -> Result<String> {
+/// `count` ICMP echoes 10 ms apart from the client to `dst`; ping's output. With `cpu`,
+/// ping runs on that CPU alone.
+pub fn ping(client: &Netns, dst: &str, count: u32, cpu: Option<usize>) -> Result<String> {
     let mut cmd = client.command("ping");
     cmd.args(["-n", "-i", "0.01", "-W", "1", "-c", &count.to_string(), dst]);
+    if let Some(cpu) = cpu {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: between fork and exec the closure only makes one system call on a set
+        // built on its own stack.
+        unsafe {
+            cmd.pre_exec(move || {
+                set_affinity(0, Some(cpu)).map_err(|e| std::io::Error::other(e.to_string()))
+            });
+        }
+    }
     output_within(&mut cmd, Duration::from_secs(u64::from(count) / 50 + 15))
+}
+
+/// Puts every thread of `pids` and of their descendants on `cpu` alone, or (None) back on
+/// every CPU. Threads they start later inherit it from the thread that starts them.
+pub fn pin_processes(pids: &[u32], cpu: Option<usize>) -> Result<()> {
+    for &pid in pids {
+        for p in process_tree(pid) {
+            let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+                continue; // gone meanwhile
+            };
+            for t in tasks.flatten() {
+                if let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
+                    // A thread that ended meanwhile (ESRCH) needs no CPU.
+                    match set_affinity(tid, cpu) {
+                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                        r => r.with_context(|| format!("CPU affinity of thread {tid} of {p}"))?,
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `sched_setaffinity` of thread `tid` (0: the caller) to `cpu` alone, or (None) to every
+/// CPU the machine has.
+fn set_affinity(tid: i32, cpu: Option<usize>) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; all zeros is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for c in cpu.map_or(0..all, |c| c..c + 1) {
+        // SAFETY: c is below CPU_SETSIZE on any machine this runs on (checked by the kernel
+        // too: a CPU it does not have is refused with EINVAL).
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: a valid set of the size passed.
+    if unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `pid` and all its descendants (servers that fork workers are measured as a whole).

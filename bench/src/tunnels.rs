@@ -611,7 +611,7 @@ fn measure(sys: &dyn System, w: &World, test: Test, opts: &Options) -> Result<Me
             )
         }
         Test::LatencyIdle => {
-            let (median, p99, loss) = latency(w, opts.pings)?;
+            let (median, p99, loss) = latency(w, opts.pings, None)?;
             (median, 0, Some(p99), Some(loss), 0)
         }
         Test::LatencyLoaded => {
@@ -631,7 +631,7 @@ fn measure(sys: &dyn System, w: &World, test: Test, opts: &Options) -> Result<Me
                     )
                 });
                 std::thread::sleep(Duration::from_millis(700));
-                let lat = latency(w, opts.pings);
+                let lat = latency(w, opts.pings, None);
                 (lat, load.join())
             });
             let load = load
@@ -669,9 +669,9 @@ fn measure(sys: &dyn System, w: &World, test: Test, opts: &Options) -> Result<Me
     })
 }
 
-/// (median ms, p99 ms, loss fraction) of `count` pings to corp.
-pub(crate) fn latency(w: &World, count: u32) -> Result<(f64, f64, f64)> {
-    let out = probe::ping(&w.client, CORP, count)?;
+/// (median ms, p99 ms, loss fraction) of `count` pings to corp, ping on `cpu` when given.
+pub(crate) fn latency(w: &World, count: u32, cpu: Option<usize>) -> Result<(f64, f64, f64)> {
+    let out = probe::ping(&w.client, CORP, count, cpu)?;
     let (mut rtts, sent) = parse::ping(&out)?;
     if rtts.is_empty() {
         bail!("no ping reply out of {sent}");
