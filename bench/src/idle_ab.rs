@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Then the same rounds once more with every thread of every tunnel process, and ping, on
-//! one CPU (the last). On the VMs this runs on the scheduler already puts each wake-up of an
+//! one CPU (the last the harness may use). On the VMs this runs on the scheduler already puts each wake-up of an
 //! idle ping's path on the waker's CPU, so a round trip is one CPU working through ping,
 //! client, gateway, client, ping; pinned, where the threads happen to sit no longer moves
 //! the figures, and what is left is the work each tunnel does per round trip and the order
@@ -62,8 +62,8 @@ pub struct IdleAb {
     /// Ours first, the baseline last (its ratios are 1).
     pub rows: Vec<Row>,
     pub error: Option<String>,
-    /// The same rounds on one CPU; None when the free rounds failed or the machine has one
-    /// CPU (then the free rounds were on one CPU already).
+    /// The same rounds on one CPU; None when the free rounds failed or the harness may use
+    /// one CPU only (then the free rounds were on one CPU already).
     pub one_cpu: Option<OneCpu>,
 }
 
@@ -112,9 +112,9 @@ pub fn run(ctx: &Ctx, names: &[&str], opts: &Options) -> IdleAb {
     match free {
         Ok(rows) => {
             ab.rows = rows;
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            if cpus > 1 {
-                ab.one_cpu = Some(on_one_cpu(&up, &order, rounds, pings, cpus - 1));
+            let cpus = probe::allowed_cpus();
+            if let (true, Some(&last)) = (cpus.len() > 1, cpus.last()) {
+                ab.one_cpu = Some(on_one_cpu(&up, &order, rounds, pings, last));
             }
         }
         Err(e) => ab.error = Some(format!("{e:#}")),

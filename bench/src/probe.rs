@@ -122,7 +122,8 @@ pub fn ping(client: &Netns, dst: &str, count: u32, cpu: Option<usize>) -> Result
 }
 
 /// Puts every thread of `pids` and of their descendants on `cpu` alone, or (None) back on
-/// every CPU. Threads they start later inherit it from the thread that starts them.
+/// every CPU the harness may use. Threads they start later inherit it from the thread that
+/// starts them.
 pub fn pin_processes(pids: &[u32], cpu: Option<usize>) -> Result<()> {
     for &pid in pids {
         for p in process_tree(pid) {
@@ -143,15 +144,28 @@ pub fn pin_processes(pids: &[u32], cpu: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// The CPUs the harness may run on (its own affinity), in increasing order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; all zeros is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel fills a set of the size passed.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } < 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: c is below CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
 /// `sched_setaffinity` of thread `tid` (0: the caller) to `cpu` alone, or (None) to every
-/// CPU the machine has.
+/// CPU the harness may run on.
 fn set_affinity(tid: i32, cpu: Option<usize>) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; all zeros is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for c in cpu.map_or(0..all, |c| c..c + 1) {
-        // SAFETY: c is below CPU_SETSIZE on any machine this runs on (checked by the kernel
-        // too: a CPU it does not have is refused with EINVAL).
+    let cpus = cpu.map_or_else(allowed_cpus, |c| vec![c]);
+    for c in cpus.into_iter().filter(|&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: c is below CPU_SETSIZE (a CPU the machine lacks is refused with EINVAL).
         unsafe { libc::CPU_SET(c, &mut set) };
     }
     // SAFETY: a valid set of the size passed.
@@ -252,4 +266,35 @@ pub fn mtu(ns: &Netns, iface: &str) -> Option<u32> {
     let mut f = line.split_whitespace();
     f.find(|w| *w == "mtu")?;
     f.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process pinned to one CPU runs there alone, and is given every CPU back after; a
+    /// thread that does not exist is refused.
+    #[test]
+    fn pinning_a_process_and_giving_it_back() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let cpus_of = |pid: u32| {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let last = *cpus.last().unwrap();
+        pin_processes(&[child.id()], Some(last)).unwrap();
+        assert_eq!(cpus_of(child.id()), last.to_string());
+        pin_processes(&[child.id()], None).unwrap();
+        assert_eq!(cpus_of(child.id()), cpus_of(std::process::id()));
+        assert!(set_affinity(i32::MAX, Some(last)).is_err());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }
