@@ -16,11 +16,11 @@
 //! ```
 //!
 //! Then the same rounds once more with every thread of every tunnel process, and ping, on
-//! one CPU (the last the harness may use). On the VMs this runs on the scheduler already puts each wake-up of an
-//! idle ping's path on the waker's CPU, so a round trip is one CPU working through ping,
-//! client, gateway, client, ping; pinned, where the threads happen to sit no longer moves
-//! the figures, and what is left is the work each tunnel does per round trip and the order
-//! the scheduler runs it in (see `docs/fastpath.md`).
+//! one CPU (the last the harness may use). On the VMs this runs on, the scheduler already
+//! puts each wake-up of an idle ping's path on the waker's CPU, so a round trip is one CPU
+//! working through ping, client, gateway, client, ping; pinned, where the threads happen to
+//! sit no longer moves the figures, and what is left is the work each tunnel does per round
+//! trip and the order the scheduler runs it in (see `docs/fastpath.md`).
 
 use std::time::Duration;
 
@@ -69,8 +69,12 @@ pub struct IdleAb {
 
 impl IdleAb {
     pub fn row(&self, name: &str) -> Option<&Row> {
-        self.rows.iter().find(|r| r.name == name)
+        row_of(&self.rows, name)
     }
+}
+
+fn row_of<'a>(rows: &'a [Row], name: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.name == name)
 }
 
 /// The rounds with every tunnel process and ping on CPU `cpu`.
@@ -84,7 +88,7 @@ pub struct OneCpu {
 
 impl OneCpu {
     pub fn row(&self, name: &str) -> Option<&Row> {
-        self.rows.iter().find(|r| r.name == name)
+        row_of(&self.rows, name)
     }
 }
 
