@@ -379,17 +379,17 @@ impl TunSource {
 }
 
 /// Sealed ESP datagrams for one peer, sent together with UDP GSO: all the same size except
-/// possibly the last.
+/// possibly the last. How many there are, and whether the last was shorter (then nothing
+/// more may join), follow from the bytes used and the size.
 pub struct Train {
     buf: Vec<u8>,
+    /// Bytes of the datagrams in `buf` (none is empty: each carries an ESP header).
     used: usize,
+    /// The first datagram's length, which the others have but the last.
     size: usize,
-    count: usize,
     /// The first `sealed` bytes are sealed: a train that is held across TUN reads is sealed
     /// a read at a time, each under that read's lock.
     sealed: usize,
-    /// The last datagram was shorter: nothing more may join.
-    closed: bool,
     /// A datagram that could not join sits at `buf[used..used + spill]`.
     spill: usize,
 }
@@ -406,9 +406,7 @@ impl Train {
             buf: vec![0u8; udp_gso::MAX_GSO_BYTES + MAX_PACKET + tunnel_proto::MAX_OVERHEAD],
             used: 0,
             size: 0,
-            count: 0,
             sealed: 0,
-            closed: false,
             spill: 0,
         }
     }
@@ -421,18 +419,21 @@ impl Train {
     /// Takes the `len`-byte datagram just sealed into [`Self::slot`]. Returns true when the
     /// train must be sent before the next one is sealed.
     pub fn commit(&mut self, len: usize) -> bool {
-        if self.count == 0 {
+        if self.used == 0 {
             self.size = len;
-        } else if self.closed || len > self.size {
+        } else if self.closed() || len > self.size {
             self.spill = len;
             return true;
         }
         self.used += len;
-        self.count += 1;
-        self.closed = len < self.size;
-        self.closed
-            || self.count == udp_gso::MAX_GSO_SEGMENTS
+        self.closed()
+            || self.len() == udp_gso::MAX_GSO_SEGMENTS
             || self.used + self.size > udp_gso::MAX_GSO_BYTES
+    }
+
+    /// The last datagram was shorter than the others: nothing more may join.
+    fn closed(&self) -> bool {
+        self.size > 0 && !self.used.is_multiple_of(self.size)
     }
 
     /// The datagrams staged since the train was last sealed, for sealing in place, and their
@@ -448,11 +449,15 @@ impl Train {
 
     /// Datagrams waiting.
     pub fn len(&self) -> usize {
-        self.count
+        if self.size == 0 {
+            0
+        } else {
+            self.used.div_ceil(self.size)
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.used == 0
     }
 
     /// Sends what is waiting to `to` (or the connected peer).
@@ -462,7 +467,7 @@ impl Train {
         to: Option<SocketAddr>,
         gso: &AtomicBool,
     ) -> io::Result<()> {
-        let r = if self.count > 0 {
+        let r = if self.used > 0 {
             udp_gso::send(sock, &self.buf[..self.used], self.size, to, gso)
         } else {
             Ok(())
@@ -489,23 +494,12 @@ impl Train {
         self.buf
             .copy_within(self.used..self.used + self.spill, self.sealed);
         self.used = self.sealed;
-        // The sealed datagrams are all of one size unless the last is shorter (which closed
-        // the train).
-        (self.count, self.closed) = match self.size {
-            0 => (0, false),
-            size => (
-                self.sealed.div_ceil(size),
-                !self.sealed.is_multiple_of(size),
-            ),
-        };
     }
 
     /// Forgets what is waiting (the peer went away).
     pub fn clear(&mut self) {
         self.used = 0;
-        self.count = 0;
         self.sealed = 0;
-        self.closed = false;
         self.spill = 0;
     }
 }
