@@ -110,12 +110,11 @@ pub fn ping(client: &Netns, dst: &str, count: u32, cpu: Option<usize>) -> Result
     cmd.args(["-n", "-i", "0.01", "-W", "1", "-c", &count.to_string(), dst]);
     if let Some(cpu) = cpu {
         use std::os::unix::process::CommandExt as _;
-        // SAFETY: between fork and exec the closure only makes one system call on a set
-        // built on its own stack.
+        let set = cpu_set(Some(cpu));
+        // SAFETY: between fork and exec the closure makes one system call on a set built
+        // before the fork; it allocates nothing.
         unsafe {
-            cmd.pre_exec(move || {
-                set_affinity(0, Some(cpu)).map_err(|e| std::io::Error::other(e.to_string()))
-            });
+            cmd.pre_exec(move || set_affinity(0, &set));
         }
     }
     output_within(&mut cmd, Duration::from_secs(u64::from(count) / 50 + 15))
@@ -125,6 +124,7 @@ pub fn ping(client: &Netns, dst: &str, count: u32, cpu: Option<usize>) -> Result
 /// every CPU the harness may use. Threads they start later inherit it from the thread that
 /// starts them.
 pub fn pin_processes(pids: &[u32], cpu: Option<usize>) -> Result<()> {
+    let set = cpu_set(cpu);
     for &pid in pids {
         for p in process_tree(pid) {
             let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
@@ -133,7 +133,7 @@ pub fn pin_processes(pids: &[u32], cpu: Option<usize>) -> Result<()> {
             for t in tasks.flatten() {
                 if let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
                     // A thread that ended meanwhile (ESRCH) needs no CPU.
-                    match set_affinity(tid, cpu) {
+                    match set_affinity(tid, &set) {
                         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
                         r => r.with_context(|| format!("CPU affinity of thread {tid} of {p}"))?,
                     }
@@ -146,30 +146,38 @@ pub fn pin_processes(pids: &[u32], cpu: Option<usize>) -> Result<()> {
 
 /// The CPUs the harness may run on (its own affinity), in increasing order.
 pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; all zeros is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the kernel fills a set of the size passed.
-    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } < 0 {
-        return Vec::new();
-    }
+    let set = cpu_set(None);
     (0..libc::CPU_SETSIZE as usize)
         // SAFETY: c is below CPU_SETSIZE.
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
         .collect()
 }
 
-/// `sched_setaffinity` of thread `tid` (0: the caller) to `cpu` alone, or (None) to every
-/// CPU the harness may run on.
-fn set_affinity(tid: i32, cpu: Option<usize>) -> std::io::Result<()> {
+/// The set of `cpu` alone, or (None) of every CPU the harness may run on. A CPU beyond the
+/// set's size, or an affinity that cannot be read, gives the empty set, which
+/// `sched_setaffinity` refuses (EINVAL).
+fn cpu_set(cpu: Option<usize>) -> libc::cpu_set_t {
     // SAFETY: cpu_set_t is plain data; all zeros is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let cpus = cpu.map_or_else(allowed_cpus, |c| vec![c]);
-    for c in cpus.into_iter().filter(|&c| c < libc::CPU_SETSIZE as usize) {
-        // SAFETY: c is below CPU_SETSIZE (a CPU the machine lacks is refused with EINVAL).
-        unsafe { libc::CPU_SET(c, &mut set) };
+    match cpu {
+        None => {
+            // SAFETY: the kernel fills a set of the size passed; on failure it stays empty.
+            if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } < 0 {
+                // SAFETY: as above.
+                set = unsafe { std::mem::zeroed() };
+            }
+        }
+        // SAFETY: c is below CPU_SETSIZE.
+        Some(c) if c < libc::CPU_SETSIZE as usize => unsafe { libc::CPU_SET(c, &mut set) },
+        Some(_) => {}
     }
+    set
+}
+
+/// `sched_setaffinity` of thread `tid` (0: the caller) to `set`.
+fn set_affinity(tid: i32, set: &libc::cpu_set_t) -> std::io::Result<()> {
     // SAFETY: a valid set of the size passed.
-    if unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) } < 0 {
+    if unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), set) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -293,7 +301,7 @@ mod tests {
         assert_eq!(cpus_of(child.id()), last.to_string());
         pin_processes(&[child.id()], None).unwrap();
         assert_eq!(cpus_of(child.id()), cpus_of(std::process::id()));
-        assert!(set_affinity(i32::MAX, Some(last)).is_err());
+        assert!(set_affinity(i32::MAX, &cpu_set(Some(last))).is_err());
         child.kill().unwrap();
         child.wait().unwrap();
     }
