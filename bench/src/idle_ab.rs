@@ -67,13 +67,8 @@ pub struct IdleAb {
     pub one_cpu: Option<OneCpu>,
 }
 
-impl IdleAb {
-    pub fn row(&self, name: &str) -> Option<&Row> {
-        row_of(&self.rows, name)
-    }
-}
-
-fn row_of<'a>(rows: &'a [Row], name: &str) -> Option<&'a Row> {
+/// The row of system `name` among `rows`.
+pub fn row_of<'a>(rows: &'a [Row], name: &str) -> Option<&'a Row> {
     rows.iter().find(|r| r.name == name)
 }
 
@@ -84,12 +79,6 @@ pub struct OneCpu {
     /// As [`IdleAb::rows`].
     pub rows: Vec<Row>,
     pub error: Option<String>,
-}
-
-impl OneCpu {
-    pub fn row(&self, name: &str) -> Option<&Row> {
-        row_of(&self.rows, name)
-    }
 }
 
 /// Rounds and pings per round for these options: about as many pings per system as the

@@ -464,36 +464,28 @@ pub fn targets(report: &Report) -> Vec<Target> {
             met: value.map(|r| r <= 1.0),
         });
     }
-    for ours in idle_ab::OURS {
-        let rows = report
-            .idle_ab
-            .as_ref()
-            .and_then(|ab| ab.row(ours).zip(ab.row(&ab.baseline)));
-        v.push(Target {
-            what: format!("{ours} idle RTT against boringtun's, interleaved rounds (ms)"),
-            ours: rows.map(|(o, _)| o.median_ms),
-            against: rows.map(|(_, b)| (b.median_ms, b.name.clone())),
-            value: rows.map(|(o, _)| o.ratio),
-            wanted: "<= 1x".into(),
-            met: rows.map(|(o, _)| o.ratio <= 1.0),
-        });
-    }
-    for ours in idle_ab::OURS {
-        let rows = report
-            .idle_ab
-            .as_ref()
-            .and_then(|ab| ab.one_cpu.as_ref().zip(Some(&ab.baseline)))
-            .and_then(|(one, base)| one.row(ours).zip(one.row(base)));
-        v.push(Target {
-            what: format!(
-                "{ours} idle RTT against boringtun's, interleaved rounds on one CPU (ms)"
-            ),
-            ours: rows.map(|(o, _)| o.median_ms),
-            against: rows.map(|(_, b)| (b.median_ms, b.name.clone())),
-            value: rows.map(|(o, _)| o.ratio),
-            wanted: "<= 1x".into(),
-            met: rows.map(|(o, _)| o.ratio <= 1.0),
-        });
+    let ab = report.idle_ab.as_ref();
+    for (how, rows) in [
+        ("", ab.map(|ab| &ab.rows[..])),
+        (
+            " on one CPU",
+            ab.and_then(|ab| ab.one_cpu.as_ref())
+                .map(|one| &one.rows[..]),
+        ),
+    ] {
+        for ours in idle_ab::OURS {
+            let pair = ab.zip(rows).and_then(|(ab, rows)| {
+                idle_ab::row_of(rows, ours).zip(idle_ab::row_of(rows, &ab.baseline))
+            });
+            v.push(Target {
+                what: format!("{ours} idle RTT against boringtun's, interleaved rounds{how} (ms)"),
+                ours: pair.map(|(o, _)| o.median_ms),
+                against: pair.map(|(_, b)| (b.median_ms, b.name.clone())),
+                value: pair.map(|(o, _)| o.ratio),
+                wanted: "<= 1x".into(),
+                met: pair.map(|(o, _)| o.ratio <= 1.0),
+            });
+        }
     }
     for ours in ["ours-esp", "ours-esp-gcm"] {
         let share = measured(report, ours).and_then(tunnel_drop_share);
