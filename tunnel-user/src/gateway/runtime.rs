@@ -431,7 +431,10 @@ impl TunSide {
         let full = trains.full();
         match peer {
             Some(peer) if !trains.is_empty() => {
-                self.esp_held = Some((session.clone(), peer));
+                // Held trains are this session's, for this peer (others' were sent above).
+                if self.esp_held.is_none() {
+                    self.esp_held = Some((session.clone(), peer));
+                }
                 if first || full {
                     self.send_esp(ctx);
                 }
