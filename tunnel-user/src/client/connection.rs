@@ -50,8 +50,8 @@ use crate::{
     netconf::{Netlink, Route, Via, sysctl},
     packet_io::ip_endpoints,
     pump::{
-        self, Dispatch, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains, TunSink,
-        TunSource, after_failed_read,
+        self, Dispatch, DrainRead, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains,
+        TunSink, TunSource, after_failed_read,
     },
     tun::Tun,
     udp_gso::{self, RecvBatch},
@@ -1286,8 +1286,9 @@ fn drain_tun(
             continue;
         }
         match out.forward(tun, udp, session) {
-            Ok(true) => {}
-            Ok(false) => return ControlFlow::Break(()),
+            Ok(Some(read)) if read.last => break,
+            Ok(Some(_)) => {}
+            Ok(None) => return ControlFlow::Break(()),
             Err(e) => {
                 after_failed_read(&e, "reading the TUN device");
                 break;
@@ -1357,15 +1358,15 @@ impl Outbound {
                 >= tunnel_proto::MAX_TLS_BACKLOG / 2
     }
 
-    /// Reads one packet (or GSO packet) from the TUN device and forwards it. False when the
-    /// session's state machine is gone (it panicked); the read's error (`WouldBlock` with
-    /// nothing queued) otherwise.
+    /// Reads one packet (or GSO packet) from the TUN device, forwards it, and says where the
+    /// read leaves the drain ([`DrainReads`]). None when the session's state machine is gone
+    /// (it panicked); the read's error (`WouldBlock` with nothing queued) otherwise.
     fn forward(
         &mut self,
         tun: &Tun,
         udp: Option<&UdpSocket>,
         session: &Session,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Option<DrainRead>> {
         let Outbound {
             source,
             trains,
@@ -1376,7 +1377,7 @@ impl Outbound {
         } = self;
         source.recv(tun)?;
         let Ok(mut c) = session.proto.lock() else {
-            return Ok(false);
+            return Ok(None);
         };
         let (mut packets, mut bytes) = (0u64, 0u64);
         let mut to_tls = 0;
@@ -1401,8 +1402,8 @@ impl Outbound {
         seal_current(&mut c, trains);
         drop(c);
         // Sent with the lock released: the receiving thread opens packets meanwhile.
-        let first = reads.read();
-        if first || trains.full() || udp.is_none() {
+        let read = reads.read(packets as usize, now);
+        if read.first || trains.full() || udp.is_none() {
             send_trains(trains, udp);
         }
         *tls_queued += to_tls;
@@ -1420,7 +1421,7 @@ impl Outbound {
                 .fetch_add(packets, Ordering::Relaxed);
             shared.traffic.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         }
-        Ok(true)
+        Ok(Some(read))
     }
 }
 
@@ -1531,8 +1532,9 @@ impl Inbound {
                 && !out.held_back_by_tls(session)
             {
                 for _ in 0..FORWARD_AFTER_WRITES {
-                    if !matches!(out.forward(tun, Some(udp), session), Ok(true)) {
-                        break;
+                    match out.forward(tun, Some(udp), session) {
+                        Ok(Some(read)) if !read.last => {}
+                        _ => break,
                     }
                 }
                 out.send_pending(Some(udp), session);

@@ -37,8 +37,8 @@ use crate::{
     netconf::{NetconfError, Netlink, sysctl},
     packet_io::ip_endpoints,
     pump::{
-        self, Dispatch, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains, TunSink,
-        TunSource, after_failed_read,
+        self, Dispatch, DrainRead, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains,
+        TunSink, TunSource, after_failed_read,
     },
     tls_link::TlsLink,
     tun::Tun,
@@ -276,9 +276,13 @@ fn drain_tun(ctx: &Ctx) -> ControlFlow<()> {
         return ControlFlow::Break(());
     };
     while !ctx.stop.is_set() {
-        if let Err(e) = side.forward(ctx) {
-            after_failed_read(&e, "reading the TUN device");
-            break;
+        match side.forward(ctx) {
+            Ok(read) if read.last => break,
+            Ok(_) => {}
+            Err(e) => {
+                after_failed_read(&e, "reading the TUN device");
+                break;
+            }
         }
     }
     side.send_pending(ctx);
@@ -385,17 +389,18 @@ impl TunSide {
         }
     }
 
-    /// Reads one packet (or GSO packet) from the TUN device and forwards it; the read's
-    /// error (`WouldBlock` with nothing queued) otherwise.
-    fn forward(&mut self, ctx: &Ctx) -> io::Result<()> {
+    /// Reads one packet (or GSO packet) from the TUN device and forwards it, and says where
+    /// the read leaves the drain ([`DrainReads`]); the read's error (`WouldBlock` with
+    /// nothing queued) otherwise.
+    fn forward(&mut self, ctx: &Ctx) -> io::Result<DrainRead> {
         self.source.recv(&ctx.tun)?;
-        let first = self.reads.read();
+        let now = Instant::now();
         let session = ip_endpoints(self.source.packet())
             .and_then(|(_, dst)| ctx.table.by_addr_since(dst, &mut self.session));
         let Some(session) = session else {
-            ctx.dropped
-                .fetch_add(self.source.split(|_| {}) as u64, Ordering::Relaxed);
-            return Ok(());
+            let dropped = self.source.split(|_| {});
+            ctx.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+            return Ok(self.reads.read(dropped, now));
         };
         let peer = session.esp_peer.lock().ok().and_then(|p| *p);
         // The trains hold one session's datagrams, for one address: others' go first.
@@ -408,11 +413,10 @@ impl TunSide {
         }
         let TunSide { source, trains, .. } = self;
         let Ok(mut proto) = session.proto.lock() else {
-            return Ok(());
+            return Ok(self.reads.read(0, now));
         };
         let mut to_tls = 0;
-        let now = Instant::now();
-        source.split(|packet| {
+        let packets = source.split(|packet| {
             // Every segment has the GSO packet's addresses; a plain packet was looked up.
             match proto.stage_packet(packet, now, trains.slot()) {
                 Ok(Transmit::Esp(len)) => {
@@ -427,6 +431,7 @@ impl TunSide {
         });
         seal_current(&mut proto, trains, session.id);
         drop(proto);
+        let read = self.reads.read(packets, now);
         // Sent with the lock released: the ESP side opens this session's packets meanwhile.
         let full = trains.full();
         match peer {
@@ -435,7 +440,7 @@ impl TunSide {
                 if self.esp_held.is_none() {
                     self.esp_held = Some((session.clone(), peer));
                 }
-                if first || full {
+                if read.first || full {
                     self.send_esp(ctx);
                 }
             }
@@ -444,7 +449,7 @@ impl TunSide {
         if to_tls > 0 {
             self.queued_tls(&session, to_tls);
         }
-        Ok(())
+        Ok(read)
     }
 }
 
@@ -586,8 +591,9 @@ impl EspSide {
 fn forward_answers(ctx: &Ctx) {
     if let Ok(mut side) = ctx.tun_side.lock() {
         for _ in 0..FORWARD_AFTER_WRITES {
-            if side.forward(ctx).is_err() {
-                break;
+            match side.forward(ctx) {
+                Ok(read) if !read.last => {}
+                _ => break,
             }
         }
         side.send_pending(ctx);
