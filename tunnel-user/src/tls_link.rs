@@ -17,7 +17,16 @@
 //!  task: TlsLink::recv ─▶ records read and opened under the link lock, the plaintext handed
 //!    back with the lock released (the state machine parses it and the packets go to the
 //!    TUN device without the link held)
+//!  or, once the client's packet threads receive too (`TlsLink::read_by_threads`):
+//!  packet thread: the socket in their epoll set ─▶ TlsLink::try_recv, as the task would
 //! ```
+//!
+//! The socket is registered with tokio's reactor for both directions while the task reads
+//! it. Handed to the packet threads, it stays registered for writability only: a readable
+//! socket in two epoll sets would wake a thread in each, and a tokio worker woken only to
+//! note readiness nobody awaits costs the round trip as much as the wake-up it saves.
+//! Writability is reported only after a write found the socket full, which the task still
+//! flushes.
 //!
 //! Frames leave in the order the state machine queued them: the link lock is taken before
 //! the frames are, and held until they are written or handed to rustls. Lock order: link,
@@ -33,17 +42,23 @@
 use std::{
     io::{self, IoSlice, Read, Write},
     net::Shutdown,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     sync::{
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
 };
 
-use tokio::net::TcpStream;
+use tokio::io::{Interest, unix::AsyncFd};
 
 /// The TLS side of one connection. See the module docs.
 pub struct TlsLink {
-    tcp: TcpStream,
+    /// The socket's registration with tokio's reactor (read and write, or write only once
+    /// the packet threads read): taken out (an `Arc` clone) to wait on, never held across
+    /// a wait. Declared before `tcp`, so it is deregistered before the socket closes.
+    reactor: Mutex<Option<Arc<AsyncFd<Fd>>>>,
+    /// Non-blocking; every read and write goes straight to it.
+    tcp: std::net::TcpStream,
     state: Mutex<State>,
     /// A write found the socket full. What rustls holds waits for [`TlsLink::flush`];
     /// senders leave their frames queued until then.
@@ -57,23 +72,41 @@ struct State {
     frames: Vec<u8>,
 }
 
-/// The socket as rustls sees it: non-blocking reads and writes through tokio's readiness
-/// (a `WouldBlock` clears it, so the task's next wait is a real one).
-struct Socket<'a>(&'a TcpStream);
+/// The socket's descriptor as tokio's reactor registers it; the socket itself is owned by
+/// the link.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Registers the link's socket with tokio's reactor.
+fn register(tcp: &std::net::TcpStream, interest: Interest) -> io::Result<AsyncFd<Fd>> {
+    // SAFETY: the descriptor is the link's socket, which the link closes only after its
+    // registrations are gone (`reactor` is declared before `tcp`, and a registration taken
+    // out to wait on lives only as long as a wait borrowing the link).
+    Ok(unsafe { AsyncFd::register_with_interest(Fd(tcp.as_raw_fd()), interest) }?)
+}
+
+/// The socket as rustls sees it: plain non-blocking reads and writes. A waiter clears
+/// tokio's readiness before it reads again ([`TlsLink::recv`], [`TlsLink::flush`]).
+struct Socket<'a>(&'a std::net::TcpStream);
 
 impl Read for Socket<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        (&mut &*self.0).read(buf)
     }
 }
 
 impl Write for Socket<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
+        (&mut &*self.0).write(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
+        (&mut &*self.0).write_vectored(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -86,10 +119,23 @@ impl TlsLink {
     /// queued TLS bytes (64 KB by default) is lifted, so a batch is queued whole and
     /// flushed at once; the state machine bounds what a batch can hold
     /// ([`tunnel_proto::MAX_TLS_BACKLOG`]).
-    pub fn new(tcp: TcpStream, tls: impl Into<rustls::Connection>, record_per_frame: bool) -> Self {
+    ///
+    /// Needs tokio's reactor (call it from the runtime).
+    pub fn new(
+        tcp: tokio::net::TcpStream,
+        tls: impl Into<rustls::Connection>,
+        record_per_frame: bool,
+    ) -> io::Result<Self> {
         let mut tls = tls.into();
         tls.set_buffer_limit(None);
-        TlsLink {
+        // Out of tokio's stream (which deregisters it) into a plain non-blocking socket
+        // registered anew, so that the registration can change when the packet threads
+        // take over reading.
+        let tcp = tcp.into_std()?;
+        tcp.set_nonblocking(true)?;
+        let reactor = register(&tcp, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(TlsLink {
+            reactor: Mutex::new(Some(Arc::new(reactor))),
             tcp,
             state: Mutex::new(State {
                 tls,
@@ -97,7 +143,31 @@ impl TlsLink {
             }),
             blocked: AtomicBool::new(false),
             record_per_frame: AtomicBool::new(record_per_frame),
-        }
+        })
+    }
+
+    /// From now on the socket is read by threads that wait on it themselves (the client's
+    /// packet threads, through [`Self::try_recv`]); tokio's reactor keeps watching it for
+    /// writability only, for [`Self::flush`]. [`Self::recv`] must not be called any more.
+    /// Needs tokio's reactor (call it from the runtime).
+    pub fn read_by_threads(&self) -> io::Result<()> {
+        let mut reactor = self.reactor.lock().unwrap_or_else(|e| e.into_inner());
+        // The old registration goes before the new one is made: one descriptor cannot be
+        // in tokio's epoll set twice. Only the task that calls this waits on it, so no
+        // clone of it is alive now.
+        drop(reactor.take());
+        *reactor = Some(Arc::new(register(&self.tcp, Interest::WRITABLE)?));
+        Ok(())
+    }
+
+    /// The registration to wait on; an error when making it failed in
+    /// [`Self::read_by_threads`].
+    fn reactor(&self) -> io::Result<Arc<AsyncFd<Fd>>> {
+        self.reactor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| io::Error::other("the TLS socket is not registered with the runtime"))
     }
 
     /// Whether each frame goes in a TLS record of its own (from the next send on).
@@ -166,7 +236,7 @@ impl TlsLink {
                 self.blocked.store(false, Ordering::Release);
                 return Ok(());
             }
-            self.tcp.writable().await?;
+            self.reactor()?.writable().await?.clear_ready();
         }
     }
 
@@ -185,50 +255,54 @@ impl TlsLink {
     /// socket brings next (waiting for it). `Ok(0)`: the peer closed the connection (with
     /// `close_notify` or not). Cancel-safe: bytes read stay in rustls for the next call.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.try_recv(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            self.reactor()?.readable().await?.clear_ready();
+        }
+    }
+
+    /// [`Self::recv`] without the wait: `WouldBlock` when the socket has nothing and the
+    /// records read so far hold no more plaintext.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
+        let mut state = self.lock();
+        let tls = &mut state.tls;
         loop {
-            {
-                let mut state = self.lock();
-                let tls = &mut state.tls;
-                let mut filled = 0;
-                let mut closed = false;
-                while filled < buf.len() {
-                    match tls.reader().read(&mut buf[filled..]) {
-                        Ok(0) => {
-                            closed = true;
-                            break;
-                        }
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                            closed = true;
-                            break;
-                        }
-                        Err(e) => return Err(e),
+            let mut filled = 0;
+            let mut closed = false;
+            while filled < buf.len() {
+                match tls.reader().read(&mut buf[filled..]) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
                     }
-                }
-                if filled > 0 || closed {
-                    return Ok(filled);
-                }
-                match tls.read_tls(&mut Socket(&self.tcp)) {
-                    // End of stream: processed below; the reader then reports it.
-                    Ok(_) => {
-                        let processed = tls.process_new_packets();
-                        // Alerts, key updates, session tickets: best effort (a full
-                        // socket leaves them for the next flush).
-                        let _ = self.write_now(tls);
-                        if let Err(e) = processed {
-                            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                        }
-                        continue;
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        closed = true;
+                        break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
             }
-            self.tcp.readable().await?;
+            if filled > 0 || closed {
+                return Ok(filled);
+            }
+            // End of stream reads as `Ok(0)` here and is processed below; the reader
+            // then reports it. `WouldBlock` and real errors go to the caller.
+            tls.read_tls(&mut Socket(&self.tcp))?;
+            let processed = tls.process_new_packets();
+            // Alerts, key updates, session tickets: best effort (a full socket leaves
+            // them for the next flush).
+            let _ = self.write_now(tls);
+            if let Err(e) = processed {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
         }
     }
 
@@ -239,6 +313,13 @@ impl TlsLink {
         state.tls.send_close_notify();
         let _ = self.write_now(&mut state.tls);
         let _ = socket2::SockRef::from(&self.tcp).shutdown(Shutdown::Write);
+    }
+}
+
+/// The socket, for an epoll set of threads that read it ([`TlsLink::read_by_threads`]).
+impl AsFd for TlsLink {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tcp.as_fd()
     }
 }
 
@@ -277,10 +358,7 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use rustls::{ClientConfig, RootCertStore, ServerConfig, pki_types::ServerName};
-    use tokio::{
-        io::AsyncReadExt,
-        net::{TcpListener, TcpStream},
-    };
+    use tokio::net::{TcpListener, TcpStream};
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
@@ -319,7 +397,7 @@ mod tests {
             let (tcp, _) = listener.accept().await.unwrap();
             let tls = TlsAcceptor::from(server_cfg).accept(tcp).await.unwrap();
             let (tcp, conn) = tls.into_inner();
-            TlsLink::new(tcp, conn, false)
+            TlsLink::new(tcp, conn, false).unwrap()
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("gw.test").unwrap();
@@ -329,7 +407,7 @@ mod tests {
             .unwrap();
         let (tcp, conn) = tls.into_inner();
         (
-            TlsLink::new(tcp, conn, record_per_frame),
+            TlsLink::new(tcp, conn, record_per_frame).unwrap(),
             accept.await.unwrap(),
         )
     }
@@ -416,13 +494,13 @@ mod tests {
             assert!(client.send(|out| out.extend_from_slice(&batch)).unwrap());
             let mut wire = vec![0u8; 4096];
             let mut got = 0;
-            let mut raw = server.tcp;
+            // The batch is in the kernel already: read it raw, blocking.
+            let mut raw = &server.tcp;
+            raw.set_nonblocking(false).unwrap();
+            raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             // Until the batch's bytes are in: 500 of frames plus each record's overhead.
             while got < 500 + want * 22 {
-                let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut wire[got..]))
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let n = raw.read(&mut wire[got..]).unwrap();
                 assert!(n > 0);
                 got += n;
             }

@@ -677,7 +677,10 @@ async fn session(
         .and_then(|c| c.first())
         .and_then(Pin::of_certificate);
     let (tcp, tls) = tls.into_inner();
-    let link = TlsLink::new(tcp, tls, false);
+    let link = match TlsLink::new(tcp, tls, false) {
+        Ok(link) => link,
+        Err(e) => return Outcome::Lost(format!("registering the TLS connection: {e}")),
+    };
     let mut cfg = ClientConfig::new(gw.host.clone());
     cfg.path = gw.path.clone();
     cfg.cookie = cookie.clone();

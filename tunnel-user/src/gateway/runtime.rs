@@ -779,7 +779,10 @@ async fn serve(
         .and_then(tls::client_name);
     let (tcp, tls) = tls.into_inner();
     // openconnect needs a record per frame; the client says when it does not.
-    let link = Arc::new(TlsLink::new(tcp, tls, true));
+    let link = match TlsLink::new(tcp, tls, true) {
+        Ok(link) => Arc::new(link),
+        Err(e) => return debug!(error = %e, "registering the TLS connection"),
+    };
     let cfg = &ctx.config;
     let proto = Server::new(
         ServerConfig {
