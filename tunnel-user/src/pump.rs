@@ -89,12 +89,16 @@ pub enum Source {
     Tun,
     /// The ESP socket: datagrams to open and write into the TUN device.
     Esp,
+    /// The TLS connection, where an end's packet threads read it (the client's): records
+    /// to open, packets to write into the TUN device, control frames for the session.
+    Tls,
 }
 
 /// Hands an end's sources to its packet threads, one thread per source at a time.
 ///
-/// The TUN device and the ESP socket sit in one epoll set, each armed for one readiness
-/// report at a time (`EPOLLONESHOT`), with the stop signal's eventfd. Every packet thread of
+/// The TUN device, the ESP socket and (at the client) the TLS connection sit in one epoll
+/// set, each armed for one readiness report at a time (`EPOLLONESHOT`), with the stop
+/// signal's eventfd. Every packet thread of
 /// the end waits on that set; a source that becomes readable wakes one of them (the one that
 /// went to sleep last), which drains it and gives it back. Both directions are served in
 /// parallel when both are busy, and a thread that has just sent a packet finds the answer
@@ -107,16 +111,20 @@ pub struct Dispatch {
     epoll: OwnedFd,
     tun: RawFd,
     esp: Option<RawFd>,
+    tls: Option<RawFd>,
     /// Whether a thread holds the source (indexed by [`Source`]): handed it by the epoll
     /// set, or claimed with [`Self::claim`]. Whoever sets the flag gives the source back
     /// (clears it, then re-arms it); an epoll report of a held source is ignored, so a
     /// source is never served by two threads at once.
-    held: [AtomicBool; 2],
+    held: [AtomicBool; 3],
+    /// Sources that are given back without being re-armed ([`Self::retire`]).
+    retired: [AtomicBool; 3],
 }
 
 const TOKEN_STOP: u64 = 0;
 const TOKEN_TUN: u64 = 1;
 const TOKEN_ESP: u64 = 2;
+const TOKEN_TLS: u64 = 3;
 
 impl Dispatch {
     pub fn new(tun: &impl AsFd, esp: Option<&impl AsFd>, stop: &Stop) -> io::Result<Dispatch> {
@@ -130,7 +138,9 @@ impl Dispatch {
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             tun: tun.as_fd().as_raw_fd(),
             esp: esp.map(|e| e.as_fd().as_raw_fd()),
-            held: [AtomicBool::new(false), AtomicBool::new(false)],
+            tls: None,
+            held: Default::default(),
+            retired: Default::default(),
         };
         // The stop signal stays readable once set (level-triggered), so every waiting
         // thread is handed it in turn.
@@ -147,9 +157,17 @@ impl Dispatch {
         Ok(dispatch)
     }
 
+    /// Adds the TLS connection, for packet threads that read it themselves.
+    pub fn add_tls(&mut self, tls: &impl AsFd) -> io::Result<()> {
+        let fd = tls.as_fd().as_raw_fd();
+        self.ctl(libc::EPOLL_CTL_ADD, fd, ONE_READ, TOKEN_TLS)?;
+        self.tls = Some(fd);
+        Ok(())
+    }
+
     /// How many threads have something to do: one per source.
     pub fn sources(&self) -> usize {
-        1 + usize::from(self.esp.is_some())
+        1 + usize::from(self.esp.is_some()) + usize::from(self.tls.is_some())
     }
 
     /// Waits until a source is readable and hands it to the calling thread: no other thread
@@ -176,6 +194,7 @@ impl Dispatch {
             match event.u64 {
                 TOKEN_TUN if n == 1 && self.take(Source::Tun) => return Some(Source::Tun),
                 TOKEN_ESP if n == 1 && self.take(Source::Esp) => return Some(Source::Esp),
+                TOKEN_TLS if n == 1 && self.take(Source::Tls) => return Some(Source::Tls),
                 _ => {}
             }
         }
@@ -231,7 +250,15 @@ impl Dispatch {
         match source {
             Source::Tun => Some((self.tun, TOKEN_TUN)),
             Source::Esp => self.esp.map(|fd| (fd, TOKEN_ESP)),
+            Source::Tls => self.tls.map(|fd| (fd, TOKEN_TLS)),
         }
+    }
+
+    /// Stops handing out `source` once its holder gives it back: it is not re-armed. For a
+    /// source that will never have anything again but stays readable (a closed
+    /// connection), which would otherwise be handed out again at once, for ever.
+    pub fn retire(&self, source: Source) {
+        self.retired[source as usize].store(true, Ordering::Release);
     }
 
     /// Gives `source` back: the next waiting thread is handed it when it is readable, at
@@ -244,6 +271,9 @@ impl Dispatch {
         // A thread that claims it in between disarms it; a re-arm landing after that only
         // lets a report wake a thread that finds the source held.
         self.held[source as usize].store(false, Ordering::Release);
+        if self.retired[source as usize].load(Ordering::Acquire) {
+            return;
+        }
         // Only the kernel running out of memory fails this; until it works nobody is
         // handed the source, so it is tried again.
         while let Err(e) = self.ctl(libc::EPOLL_CTL_MOD, fd, ONE_READ, token) {
@@ -852,6 +882,38 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             assert!(!waiter.is_finished(), "the source is held: not handed out");
             d.done(Source::Tun, &stop);
+            assert_eq!(waiter.join().unwrap(), Some(Source::Tun));
+        });
+    }
+
+    /// The TLS connection is a third source; retired (its connection closed, so readable for
+    /// ever), it is not handed out again once given back, while the others still are.
+    #[test]
+    fn a_retired_source_is_not_handed_out_again() {
+        let (tun, tx, to_tun) = loopback();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tls, _) = listener.accept().unwrap();
+        let stop = Stop::new().unwrap();
+        let mut d = Dispatch::new(&tun, None::<&UdpSocket>, &stop).unwrap();
+        d.add_tls(&tls).unwrap();
+        assert_eq!(d.sources(), 2);
+        std::io::Write::write_all(&mut peer, b"record").unwrap();
+        assert_eq!(d.next(&stop), Some(Source::Tls));
+        // Given back unread: handed out again at once.
+        d.done(Source::Tls, &stop);
+        assert_eq!(d.next(&stop), Some(Source::Tls));
+        drop(peer);
+        d.retire(Source::Tls);
+        d.done(Source::Tls, &stop);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| d.next(&stop));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                !waiter.is_finished(),
+                "retired: readable, but not handed out"
+            );
+            tx.send_to(b"a", to_tun).unwrap();
             assert_eq!(waiter.join().unwrap(), Some(Source::Tun));
         });
     }

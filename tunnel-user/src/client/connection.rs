@@ -19,7 +19,7 @@ use std::{
     ops::ControlFlow,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -379,14 +379,44 @@ impl Tunnel {
 /// The live session of one TLS connection, shared with the packet threads.
 struct Session {
     proto: Mutex<Client>,
-    /// The TLS connection; the packet threads send their TLS frames on it themselves.
+    /// The TLS connection; the packet threads send their TLS frames on it themselves, and
+    /// once the tunnel is up they read it too.
     link: TlsLink,
     /// Wakes the TLS task when the packet threads queued TLS bytes they could not send
-    /// (the socket was full), or ESP brought events.
+    /// (the socket was full), brought events (over ESP or TLS), or found the connection
+    /// over.
     wake: Notify,
+    /// The packet threads read the TLS connection (the task no longer does).
+    read_by_threads: AtomicBool,
+    /// Why the packet threads found the connection over, for the task to act on.
+    ended: Mutex<Option<String>>,
 }
 
 impl Session {
+    fn new(proto: Client, link: TlsLink) -> Session {
+        Session {
+            proto: Mutex::new(proto),
+            link,
+            wake: Notify::new(),
+            read_by_threads: AtomicBool::new(false),
+            ended: Mutex::new(None),
+        }
+    }
+
+    /// Records that the connection is over (the first reason counts) and wakes the task.
+    fn end(&self, why: String) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+        self.wake.notify_one();
+    }
+
+    /// Why the packet threads found the connection over, if they did.
+    fn ended(&self) -> Option<String> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Sends the TLS frames the state machine queued, from the calling thread; wakes the
     /// task when the socket is full (it flushes once it is writable) or the connection
     /// failed (its next read finds out).
@@ -702,11 +732,7 @@ async fn session(
     if let Err(e) = client.start() {
         return Outcome::Failed(Failure::Connect(e.to_string()));
     }
-    let session = Arc::new(Session {
-        proto: Mutex::new(client),
-        link,
-        wake: Notify::new(),
-    });
+    let session = Arc::new(Session::new(client, link));
     let mut buf = vec![0u8; 65_536];
     // Packets the gateway sent over TLS, joined for the TUN device.
     // Made with the tunnel's device (the offloads it has decide what is joined).
@@ -867,6 +893,9 @@ async fn session(
                 let _ = udp.send(p);
             }
         }
+        if let Some(why) = session.ended() {
+            return Outcome::Lost(why);
+        }
         if progressed {
             continue;
         }
@@ -886,35 +915,15 @@ async fn session(
         let dpd_deadline = quiet_since + spec.dpd.idle + spec.dpd.interval * probes_sent;
         let timer = next_timer.map_or(dpd_deadline, |t| t.min(dpd_deadline));
         tokio::select! {
-            read = session.link.recv(&mut buf) => {
+            read = session.link.recv(&mut buf), if !session.read_by_threads.load(Ordering::Acquire) => {
                 let n = match read {
                     Ok(0) => return Outcome::Lost("the gateway closed the connection".into()),
                     Err(e) => return Outcome::Lost(format!("reading from the gateway: {e}")),
                     Ok(n) => n,
                 };
-                *shared.last_inbound.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                let (mut packets, mut bytes) = (0u64, 0u64);
-                let r = session.proto.lock().map(|mut c| {
-                    c.handle_tls_bytes_with(&buf[..n], Instant::now(), &mut |p| {
-                        if let Some(t) = tunnel.as_ref() {
-                            packets += 1;
-                            bytes += p.len() as u64;
-                            sink.get_or_insert_with(|| TunSink::new(&t.tun)).push(&t.tun, p);
-                        }
-                    })
-                });
-                // Written once the state machine is free again.
-                if let (Some(t), Some(sink)) = (tunnel.as_ref(), sink.as_mut()) {
-                    sink.flush(&t.tun);
-                }
-                shared.traffic.packets_in.fetch_add(packets, Ordering::Relaxed);
-                shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-                if let Ok(Err(e)) = r {
-                    let still_open = session.proto.lock().map(|c| !c.is_closed()).unwrap_or(false);
-                    if !still_open {
-                        return Outcome::Lost(format!("protocol error: {e}"));
-                    }
-                    debug!(error = %e, "protocol error");
+                let tun = tunnel.as_ref().map(|t| &*t.tun);
+                if let Err(why) = take_tls_bytes(&session, shared, tun, &mut sink, &buf[..n]) {
+                    return Outcome::Lost(why);
                 }
             }
             _ = session.wake.notified() => {}
@@ -973,6 +982,55 @@ async fn session(
                 return outcome;
             }
         }
+    }
+}
+
+/// Hands plaintext that arrived over TLS to the state machine: its packets go into the
+/// TUN device (`tun`, joined in `sink`; dropped while there is no tunnel), the rest becomes
+/// the session's events. Whoever reads the connection calls it, the task or a packet
+/// thread. `Ok(true)`: the task has something to act on (events, or frames to send).
+/// `Err`: a protocol error closed the session.
+fn take_tls_bytes(
+    session: &Session,
+    shared: &Shared,
+    tun: Option<&Tun>,
+    sink: &mut Option<TunSink>,
+    data: &[u8],
+) -> Result<bool, String> {
+    *shared
+        .last_inbound
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    let handled = session.proto.lock().map(|mut c| {
+        let r = c.handle_tls_bytes_with(data, Instant::now(), &mut |p| {
+            if let Some(tun) = tun {
+                packets += 1;
+                bytes += p.len() as u64;
+                sink.get_or_insert_with(|| TunSink::new(tun)).push(tun, p);
+            }
+        });
+        let attention = c.has_events() || c.tls_backlog() > 0;
+        (r, attention, c.is_closed())
+    });
+    // Written once the state machine is free again.
+    if let (Some(tun), Some(sink)) = (tun, sink.as_mut()) {
+        sink.flush(tun);
+    }
+    shared
+        .traffic
+        .packets_in
+        .fetch_add(packets, Ordering::Relaxed);
+    shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    match handled {
+        Ok((Err(e), _, true)) => Err(format!("protocol error: {e}")),
+        Ok((Err(e), attention, false)) => {
+            debug!(error = %e, "protocol error");
+            Ok(attention)
+        }
+        Ok((Ok(()), attention, _)) => Ok(attention),
+        // The state machine panicked: the task finds out when it next takes it.
+        Err(_) => Ok(true),
     }
 }
 
@@ -1229,12 +1287,18 @@ fn start_threads(
             false
         }
     };
-    let dispatch = Arc::new(Dispatch::new(&*t.tun, t.udp.as_deref(), &t.stop)?);
+    let mut dispatch = Dispatch::new(&*t.tun, t.udp.as_deref(), &t.stop)?;
+    // The TLS connection is read here from now on, not by the task (see `tls_link`).
+    dispatch.add_tls(&session.link)?;
+    session.link.read_by_threads()?;
+    session.read_by_threads.store(true, Ordering::Release);
+    let dispatch = Arc::new(dispatch);
     let outbound = Arc::new(Mutex::new(Outbound::new(shared.clone())));
     let inbound = Arc::new(Mutex::new(Inbound::new(&t.tun, shared.clone())));
-    (0..dispatch.sources())
+    let tls_inbound = Arc::new(Mutex::new(TlsInbound::new(&t.tun)));
+    let threads = (0..dispatch.sources())
         .map(|i| {
-            let (tun, udp, stop, session, dispatch, outbound, inbound) = (
+            let (tun, udp, stop, session, dispatch, outbound, inbound, tls_inbound, shared) = (
                 t.tun.clone(),
                 t.udp.clone(),
                 t.stop.clone(),
@@ -1242,6 +1306,8 @@ fn start_threads(
                 dispatch.clone(),
                 outbound.clone(),
                 inbound.clone(),
+                tls_inbound.clone(),
+                shared.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("tunnel-packets-{i}"))
@@ -1257,10 +1323,75 @@ fn start_threads(
                             inbound.drain(&tun, udp, &stop, &session, &dispatch, outbound)
                         }
                         (Source::Esp, None) => ControlFlow::Continue(()),
+                        (Source::Tls, _) => {
+                            drain_tls(&tls_inbound, &tun, &stop, &session, &shared, &dispatch)
+                        }
                     })
                 })
         })
-        .collect()
+        .collect::<io::Result<Vec<_>>>()?;
+    // Plaintext rustls already holds (beyond what the task's last read took) makes the
+    // socket report nothing: it is taken now.
+    if let Some(_claim) = dispatch.claim(Source::Tls, &t.stop) {
+        let _ = drain_tls(&tls_inbound, &t.tun, &t.stop, session, shared, &dispatch);
+    }
+    Ok(threads)
+}
+
+/// The TLS connection's receiving side, once the packet threads read it: records opened
+/// and handed to the state machine, its packets written into the TUN device, joined where
+/// possible. Reading it here rather than in the task saves the round trip the wake-up of a
+/// tokio worker and its scheduling (about 20 us at each end on the benchmark's VM,
+/// `docs/fastpath.md`).
+struct TlsInbound {
+    buf: Vec<u8>,
+    sink: Option<TunSink>,
+}
+
+impl TlsInbound {
+    fn new(tun: &Tun) -> TlsInbound {
+        TlsInbound {
+            buf: vec![0u8; 65_536],
+            sink: Some(TunSink::new(tun)),
+        }
+    }
+}
+
+/// Reads the TLS connection until the socket has no more ([`TlsInbound`]). A closed
+/// connection, a read error or a protocol error ends the session: recorded for the task,
+/// and the connection is no longer handed out (it would read as closed for ever).
+fn drain_tls(
+    inbound: &Mutex<TlsInbound>,
+    tun: &Tun,
+    stop: &Stop,
+    session: &Session,
+    shared: &Shared,
+    dispatch: &Dispatch,
+) -> ControlFlow<()> {
+    let Ok(mut this) = inbound.lock() else {
+        return ControlFlow::Break(());
+    };
+    let TlsInbound { buf, sink } = &mut *this;
+    while !stop.is_set() {
+        let why = match session.link.try_recv(buf) {
+            Ok(0) => "the gateway closed the connection".to_string(),
+            Ok(n) => match take_tls_bytes(session, shared, Some(tun), sink, &buf[..n]) {
+                Ok(attention) => {
+                    if attention {
+                        session.wake.notify_one();
+                    }
+                    continue;
+                }
+                Err(why) => why,
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => format!("reading from the gateway: {e}"),
+        };
+        dispatch.retire(Source::Tls);
+        session.end(why);
+        break;
+    }
+    ControlFlow::Continue(())
 }
 
 /// Packets the classifier redirected into the TUN device, until it has no more: to the

@@ -259,6 +259,8 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
                     pump::serve(&c.dispatch, &c.stop, |source| match source {
                         Source::Tun => drain_tun(&c),
                         Source::Esp => drain_esp(&c, nonblocking),
+                        // Each session's task reads its own TLS connection.
+                        Source::Tls => ControlFlow::Continue(()),
                     })
                 })
                 .map_err(io_err("starting a packet thread"))
