@@ -98,9 +98,9 @@ pub enum Source {
 ///
 /// The TUN device, the ESP socket and (at the client) the TLS connection sit in one epoll
 /// set, each armed for one readiness report at a time (`EPOLLONESHOT`), with the stop
-/// signal's eventfd. Every packet thread of
-/// the end waits on that set; a source that becomes readable wakes one of them (the one that
-/// went to sleep last), which drains it and gives it back. Both directions are served in
+/// signal's eventfd. Every packet thread of the end waits on that set; a source that becomes
+/// readable wakes one of them (the one that went to sleep last), which drains it and gives
+/// it back. Both directions are served in
 /// parallel when both are busy, and a thread that has just sent a packet finds the answer
 /// to it ready when it comes back, without a second thread being woken for it. See
 /// `docs/fastpath.md`.
@@ -556,7 +556,7 @@ const MAX_TRAINS_HELD: usize = 4;
 #[derive(Default)]
 pub struct DrainReads {
     started: bool,
-    /// When the last read that gave a packet was made.
+    /// When the last read was made.
     last: Option<Instant>,
 }
 
