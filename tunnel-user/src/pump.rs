@@ -790,16 +790,15 @@ mod tests {
         tx.send_to(b"a", to_tun).unwrap();
         assert_eq!(d.next(&stop), Some(Source::Tun));
         tx.send_to(b"b", to_tun).unwrap();
-        std::thread::scope(|s| {
-            let other = s.spawn(|| d.next(&stop));
-            std::thread::sleep(Duration::from_millis(50));
-            assert!(
-                !other.is_finished(),
-                "the TUN source is taken: nothing to hand out"
-            );
-            tx.send_to(b"c", to_esp).unwrap();
-            assert_eq!(other.join().unwrap(), Some(Source::Esp));
-        });
+        let other = waits_until(
+            &d,
+            &stop,
+            "the TUN source is taken: nothing to hand out",
+            || {
+                tx.send_to(b"c", to_esp).unwrap();
+            },
+        );
+        assert_eq!(other, Some(Source::Esp));
         // Given back with two datagrams queued: handed out again at once.
         d.done(Source::Tun, &stop);
         assert_eq!(d.next(&stop), Some(Source::Tun));
@@ -826,13 +825,10 @@ mod tests {
         assert!(stop.is_set());
         stop.clear();
         assert!(!stop.is_set());
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| d.next(&stop));
-            std::thread::sleep(Duration::from_millis(50));
-            assert!(!waiter.is_finished(), "cleared: the wait sleeps");
+        let waiter = waits_until(&d, &stop, "cleared: the wait sleeps", || {
             tx.send_to(b"y", to_tun).unwrap();
-            assert_eq!(waiter.join().unwrap(), Some(Source::Tun));
         });
+        assert_eq!(waiter, Some(Source::Tun));
     }
 
     /// A claimed source wakes no waiting thread while it is claimed, however readable it
@@ -906,16 +902,22 @@ mod tests {
         drop(peer);
         d.retire(Source::Tls);
         d.done(Source::Tls, &stop);
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| d.next(&stop));
-            std::thread::sleep(Duration::from_millis(50));
-            assert!(
-                !waiter.is_finished(),
-                "retired: readable, but not handed out"
-            );
+        let waiter = waits_until(&d, &stop, "retired: readable, but not handed out", || {
             tx.send_to(b"a", to_tun).unwrap();
-            assert_eq!(waiter.join().unwrap(), Some(Source::Tun));
         });
+        assert_eq!(waiter, Some(Source::Tun));
+    }
+
+    /// What a thread waiting on `d` is handed once `wake` has run; asserts that it was
+    /// still waiting 50 ms in, before `wake` (`why` says why it should be).
+    fn waits_until(d: &Dispatch, stop: &Stop, why: &str, wake: impl FnOnce()) -> Option<Source> {
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| d.next(stop));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "{why}");
+            wake();
+            waiter.join().unwrap()
+        })
     }
 
     /// A receiving socket (large buffers, UDP GRO, reads time out after 2 s), a sending one,
