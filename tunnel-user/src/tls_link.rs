@@ -40,7 +40,7 @@
 //! large as it likes. The framing rules come from `tunnel-proto`.
 
 use std::{
-    io::{self, IoSlice, Read, Write},
+    io::{self, Read, Write},
     net::Shutdown,
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     sync::{
@@ -88,30 +88,6 @@ fn register(tcp: &std::net::TcpStream, interest: Interest) -> io::Result<AsyncFd
     // registrations are gone (`reactor` is declared before `tcp`, and a registration taken
     // out to wait on lives only as long as a wait borrowing the link).
     Ok(unsafe { AsyncFd::register_with_interest(Fd(tcp.as_raw_fd()), interest) }?)
-}
-
-/// The socket as rustls sees it: plain non-blocking reads and writes. A waiter clears
-/// tokio's readiness before it reads again ([`TlsLink::recv`], [`TlsLink::flush`]).
-struct Socket<'a>(&'a std::net::TcpStream);
-
-impl Read for Socket<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&mut &*self.0).read(buf)
-    }
-}
-
-impl Write for Socket<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&mut &*self.0).write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        (&mut &*self.0).write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl TlsLink {
@@ -216,7 +192,7 @@ impl TlsLink {
     /// nothing is left (`Ok(true)`).
     fn write_now(&self, tls: &mut rustls::Connection) -> io::Result<bool> {
         while tls.wants_write() {
-            match tls.write_tls(&mut Socket(&self.tcp)) {
+            match tls.write_tls(&mut &self.tcp) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -295,7 +271,7 @@ impl TlsLink {
             }
             // End of stream reads as `Ok(0)` here and is processed below; the reader
             // then reports it. `WouldBlock` and real errors go to the caller.
-            tls.read_tls(&mut Socket(&self.tcp))?;
+            tls.read_tls(&mut &self.tcp)?;
             let processed = tls.process_new_packets();
             // Alerts, key updates, session tickets: best effort (a full socket leaves
             // them for the next flush).

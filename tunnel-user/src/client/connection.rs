@@ -997,13 +997,14 @@ fn take_tls_bytes(
     sink: &mut Option<TunSink>,
     data: &[u8],
 ) -> Result<bool, String> {
+    let now = Instant::now();
     *shared
         .last_inbound
         .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        .unwrap_or_else(|e| e.into_inner()) = now;
     let (mut packets, mut bytes) = (0u64, 0u64);
     let handled = session.proto.lock().map(|mut c| {
-        let r = c.handle_tls_bytes_with(data, Instant::now(), &mut |p| {
+        let r = c.handle_tls_bytes_with(data, now, &mut |p| {
             if let Some(tun) = tun {
                 packets += 1;
                 bytes += p.len() as u64;
@@ -1295,7 +1296,7 @@ fn start_threads(
     let dispatch = Arc::new(dispatch);
     let outbound = Arc::new(Mutex::new(Outbound::new(shared.clone())));
     let inbound = Arc::new(Mutex::new(Inbound::new(&t.tun, shared.clone())));
-    let tls_inbound = Arc::new(Mutex::new(TlsInbound::new(&t.tun)));
+    let tls_inbound = Arc::new(Mutex::new(TlsInbound::new()));
     let threads = (0..dispatch.sources())
         .map(|i| {
             let (tun, udp, stop, session, dispatch, outbound, inbound, tls_inbound, shared) = (
@@ -1345,14 +1346,15 @@ fn start_threads(
 /// `docs/fastpath.md`).
 struct TlsInbound {
     buf: Vec<u8>,
+    /// Made by the first packet ([`take_tls_bytes`]).
     sink: Option<TunSink>,
 }
 
 impl TlsInbound {
-    fn new(tun: &Tun) -> TlsInbound {
+    fn new() -> TlsInbound {
         TlsInbound {
             buf: vec![0u8; 65_536],
-            sink: Some(TunSink::new(tun)),
+            sink: None,
         }
     }
 }
