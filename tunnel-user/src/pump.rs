@@ -100,10 +100,9 @@ pub enum Source {
 /// set, each armed for one readiness report at a time (`EPOLLONESHOT`), with the stop
 /// signal's eventfd. Every packet thread of the end waits on that set; a source that becomes
 /// readable wakes one of them (the one that went to sleep last), which drains it and gives
-/// it back. Both directions are served in
-/// parallel when both are busy, and a thread that has just sent a packet finds the answer
-/// to it ready when it comes back, without a second thread being woken for it. See
-/// `docs/fastpath.md`.
+/// it back. Both directions are served in parallel when both are busy, and a thread that
+/// has just sent a packet finds the answer to it ready when it comes back, without a second
+/// thread being woken for it. See `docs/fastpath.md`.
 ///
 /// It refers to the descriptors by number: they must stay open as long as it lives.
 #[derive(Debug)]
