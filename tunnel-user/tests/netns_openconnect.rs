@@ -421,6 +421,28 @@ fn openconnect_over_esp_and_tls_and_a_wrong_password() {
         established + 1
     );
 
+    // A client that dies without a word over TLS: the packet thread reading established
+    // sessions' connections finds it closed, and the session is kept for a resume (not
+    // released, as a logout would).
+    let mut oc = start_openconnect(&w, "correct horse", &["--no-dtls"], "oc-killed.log");
+    wait_for("a ping through the tunnel", Duration::from_secs(20), || {
+        w.client.sh(&format!("ping -c 1 -W 1 {CORP}")).is_ok()
+    });
+    let released = gateway_log(&w).matches("address released").count();
+    let _ = oc.child.kill();
+    let _ = oc.child.wait();
+    wait_for(
+        "the gateway to notice the dropped connection",
+        Duration::from_secs(5),
+        || gateway_log(&w).contains("connection lost; session resumable"),
+    );
+    assert_eq!(
+        gateway_log(&w).matches("address released").count(),
+        released,
+        "a dropped connection keeps its address for a resume"
+    );
+    let _ = fs::remove_file(w.dir.join("env-connect"));
+
     // A wrong password: openconnect fails, and no session is created.
     let before = gateway_log(&w).matches("session established").count();
     let mut oc = start_openconnect(&w, "wrong", &[], "oc-wrong.log");

@@ -32,6 +32,7 @@ mod ratelimit;
 mod runtime;
 mod table;
 mod tls;
+mod tls_readers;
 mod users;
 
 pub use config::{

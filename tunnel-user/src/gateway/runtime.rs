@@ -31,13 +31,14 @@ use super::{
     Verdict,
     table::{LastLookup, Resumable, Session, SessionTable},
     tls::{self, TlsSetupError},
+    tls_readers::{READY_BATCH, TlsReader, TlsReaders},
 };
 use crate::{
     datapath::ifindex,
     netconf::{NetconfError, Netlink, sysctl},
     packet_io::ip_endpoints,
     pump::{
-        self, Dispatch, DrainRead, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains,
+        self, Claim, Dispatch, DrainRead, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains,
         TunSink, TunSource, after_failed_read,
     },
     tls_link::TlsLink,
@@ -75,8 +76,13 @@ struct Ctx {
     next_id: AtomicU64,
     /// Stops the packet threads.
     stop: Stop,
-    /// Hands the TUN device and the ESP socket to the packet threads.
+    /// Hands the TUN device, the ESP socket and the established sessions' TLS connections
+    /// (`tls_readers`) to the packet threads.
     dispatch: Dispatch,
+    tls_readers: TlsReaders,
+    /// What the thread reading the TLS connections reads into; taken by whoever holds
+    /// `Source::Tls`.
+    tls_scratch: Mutex<TlsScratch>,
     /// Packets dropped because no session owns their destination, or spoofed sources.
     dropped: AtomicU64,
     tun_side: Mutex<TunSide>,
@@ -120,8 +126,13 @@ impl Gateway {
             source: io::Error::other(e.to_string()),
         })?;
         let stop = Stop::new().map_err(io_err("the packet threads' stop signal"))?;
-        let dispatch = Dispatch::new(&tun, udp.as_ref(), &stop)
+        let mut dispatch = Dispatch::new(&tun, udp.as_ref(), &stop)
             .map_err(io_err("the packet threads' epoll set"))?;
+        let tls_readers = TlsReaders::new().map_err(io_err("the TLS connections' epoll set"))?;
+        dispatch
+            .add_tls(&tls_readers)
+            .map_err(io_err("the packet threads' epoll set"))?;
+        let tls_scratch = Mutex::new(TlsScratch::new(&tun));
         let esp_side = Mutex::new(EspSide::new(&tun));
         let ctx = Arc::new(Ctx {
             pool: Mutex::new(pool),
@@ -132,6 +143,8 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             stop,
             dispatch,
+            tls_readers,
+            tls_scratch,
             dropped: AtomicU64::new(0),
             tun_side: Mutex::new(TunSide::new()),
             esp_side,
@@ -259,8 +272,7 @@ fn start_data_plane(ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, GatewayError>
                     pump::serve(&c.dispatch, &c.stop, |source| match source {
                         Source::Tun => drain_tun(&c),
                         Source::Esp => drain_esp(&c, nonblocking),
-                        // Each session's task reads its own TLS connection.
-                        Source::Tls => ControlFlow::Continue(()),
+                        Source::Tls => drain_tls(&c),
                     })
                 })
                 .map_err(io_err("starting a packet thread"))
@@ -309,6 +321,124 @@ fn drain_esp(ctx: &Ctx, forward_after_writes: bool) -> ControlFlow<()> {
         }
     }
     ControlFlow::Continue(())
+}
+
+/// Established sessions' TLS connections with something to read, each until it has no
+/// more (`tls_readers`).
+fn drain_tls(ctx: &Ctx) -> ControlFlow<()> {
+    let Ok(mut scratch) = ctx.tls_scratch.lock() else {
+        return ControlFlow::Break(());
+    };
+    let scratch = &mut *scratch;
+    while !ctx.stop.is_set() {
+        let reported = ctx.tls_readers.ready(&mut scratch.ready);
+        let ready = std::mem::take(&mut scratch.ready);
+        for (token, reader) in &ready {
+            read_tls_connection(ctx, *token, reader, &mut scratch.buf, &mut scratch.sink);
+        }
+        scratch.ready = ready;
+        scratch.ready.clear();
+        if reported < READY_BATCH {
+            break;
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+/// The buffers of the thread that reads the TLS connections.
+struct TlsScratch {
+    buf: Vec<u8>,
+    sink: TunSink,
+    ready: Vec<(u64, Arc<TlsReader>)>,
+}
+
+impl TlsScratch {
+    fn new(tun: &Tun) -> TlsScratch {
+        TlsScratch {
+            buf: vec![0u8; 65_536],
+            sink: TunSink::new(tun),
+            ready: Vec::with_capacity(READY_BATCH),
+        }
+    }
+}
+
+/// Reads one established session's TLS connection until it has no more, as its task did
+/// before ([`take_client_bytes`]); wakes the task when the state machine has something
+/// for it. A closed or failed connection is taken out of the set and marked `closed` for
+/// the task, which ends it.
+fn read_tls_connection(
+    ctx: &Ctx,
+    token: u64,
+    reader: &TlsReader,
+    buf: &mut [u8],
+    sink: &mut TunSink,
+) {
+    let session = &reader.session;
+    loop {
+        match reader.link.try_recv(buf) {
+            Ok(0) => debug!(session = session.id, "the client closed the TLS connection"),
+            Ok(n) => {
+                let mut claim = None;
+                let attention = session
+                    .proto
+                    .lock()
+                    .map(|mut p| {
+                        take_client_bytes(ctx, &mut p, Some(session), sink, &mut claim, &buf[..n])
+                    })
+                    .unwrap_or(true);
+                flush_client_packets(ctx, sink, claim);
+                if attention {
+                    session.wake.notify_one();
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => debug!(session = session.id, error = %e, "reading the TLS connection"),
+        }
+        ctx.tls_readers.remove(token);
+        reader.closed.store(true, Ordering::Release);
+        session.wake.notify_one();
+        return;
+    }
+}
+
+/// Runs bytes a client sent over TLS through its state machine `p`: the packets in them
+/// go to `sink` (written by [`flush_client_packets`] once `p` is free again), the TUN
+/// device claimed into `claim` before one that may be answered at once, as on the ESP
+/// side. Whether the connection's task has work now: events, frames to send, or the
+/// session closed.
+fn take_client_bytes<'c>(
+    ctx: &'c Ctx,
+    p: &mut Server,
+    owner: Option<&Session>,
+    sink: &mut TunSink,
+    claim: &mut Option<Claim<'c>>,
+    data: &[u8],
+) -> bool {
+    let result = p.handle_tls_bytes_with(data, Instant::now(), &mut |packet| {
+        if sent_by_owner(&ctx.dropped, owner, packet) {
+            if claim.is_none() {
+                *claim = ctx
+                    .dispatch
+                    .claim_tun_for(std::iter::once(packet), &ctx.stop);
+            }
+            sink.push(&ctx.tun, packet);
+        }
+    });
+    if let Err(e) = result {
+        // The state machine queued what it has to say, and a Closed event.
+        debug!(error = %e, "protocol error");
+    }
+    p.has_events() || !p.pending_tls().is_empty() || p.is_closed()
+}
+
+/// Writes what [`take_client_bytes`] left in `sink` into the TUN device, then forwards
+/// what the corp side answered within the writes when the device was claimed for them.
+fn flush_client_packets(ctx: &Ctx, sink: &mut TunSink, claim: Option<Claim<'_>>) {
+    sink.flush(&ctx.tun);
+    if let Some(_claim) = claim {
+        forward_answers(ctx);
+    }
 }
 
 /// The TUN-to-ESP direction's buffers. Whoever holds them reads the TUN device and sends
@@ -809,6 +939,9 @@ async fn serve(
     let mut buf = vec![0u8; 65_536];
     // Packets the client sent over TLS, joined for the TUN device.
     let mut sink = TunSink::new(&ctx.tun);
+    // Once the session is established, the packet threads read the connection (see
+    // `tls_readers`).
+    let mut reader: Option<Arc<TlsReader>> = None;
     let ending = 'conn: loop {
         // Drain what the state machine has to send and to say.
         let Some((events, next_timer)) = conn.with_proto(|p| {
@@ -829,6 +962,7 @@ async fn serve(
                 // Flush the final frames before closing.
                 link.set_record_per_frame(true);
                 let _ = link.send_all(|out| conn.take_tls(out)).await;
+                ctx.tls_readers.remove(conn.id);
                 link.close();
                 break 'conn ending;
             }
@@ -842,6 +976,38 @@ async fn serve(
             .is_some_and(|s| s.superseded.load(Ordering::Relaxed))
         {
             break Ending::Superseded;
+        }
+        if reader
+            .as_ref()
+            .is_some_and(|r| r.closed.load(Ordering::Acquire))
+        {
+            break conn.dropped();
+        }
+        if reader.is_none()
+            && let Some(s) = &conn.session
+        {
+            // What rustls and the socket hold now is read here; then the socket goes into
+            // the packet threads' set, which reports anything that arrives after.
+            let r = Arc::new(TlsReader {
+                session: s.clone(),
+                link: link.clone(),
+                closed: AtomicBool::new(false),
+            });
+            if let Err(e) = link.read_by_threads() {
+                debug!(error = %e, "handing the TLS connection to the packet threads");
+                break conn.dropped();
+            }
+            read_tls_connection(&ctx, conn.id, &r, &mut buf, &mut sink);
+            if r.closed.load(Ordering::Acquire) {
+                break conn.dropped();
+            }
+            if let Err(e) = ctx.tls_readers.add(conn.id, r.clone()) {
+                debug!(error = %e, "handing the TLS connection to the packet threads");
+                break conn.dropped();
+            }
+            reader = Some(r);
+            // The bytes read may have made events.
+            continue;
         }
         let timer = async {
             match next_timer {
@@ -857,36 +1023,17 @@ async fn serve(
             }
         };
         tokio::select! {
-            read = link.recv(&mut buf) => {
+            read = link.recv(&mut buf), if reader.is_none() => {
                 let n = match read {
                     Ok(0) | Err(_) => break conn.dropped(),
                     Ok(n) => n,
                 };
                 let owner = conn.session.clone();
-                let tun = &ctx.tun;
-                let dropped = &ctx.dropped;
-                // As on the ESP side: the TUN device is claimed before a packet that may be
-                // answered at once is written, and the answer forwarded from here.
                 let mut claim = None;
-                let result = conn.with_proto(|p| {
-                    p.handle_tls_bytes_with(&buf[..n], Instant::now(), &mut |packet| {
-                        if sent_by_owner(dropped, owner.as_deref(), packet) {
-                            if claim.is_none() {
-                                claim = ctx.dispatch.claim_tun_for(std::iter::once(packet), &ctx.stop);
-                            }
-                            sink.push(tun, packet);
-                        }
-                    })
+                conn.with_proto(|p| {
+                    take_client_bytes(&ctx, p, owner.as_deref(), &mut sink, &mut claim, &buf[..n])
                 });
-                // Written once the state machine is free again.
-                sink.flush(tun);
-                if let Some(_claim) = claim {
-                    forward_answers(&ctx);
-                }
-                if let Some(Err(e)) = result {
-                    // The state machine queued what it has to say, and a Closed event.
-                    debug!(error = %e, "protocol error");
-                }
+                flush_client_packets(&ctx, &mut sink, claim);
             }
             _ = wake => {}
             _ = timer => {
@@ -898,11 +1045,13 @@ async fn serve(
                 });
                 link.set_record_per_frame(true);
                 let _ = link.send_all(|out| conn.take_tls(out)).await;
+                ctx.tls_readers.remove(conn.id);
                 link.close();
                 break Ending::Finished;
             }
         }
     };
+    ctx.tls_readers.remove(conn.id);
     finish(&ctx, conn.session, ending);
 }
 

@@ -1,0 +1,134 @@
+//! Established sessions' TLS connections, read by the gateway's packet threads instead of
+//! their tasks.
+//!
+//! A connection's task used to read its socket: each packet a client sent over TLS woke a
+//! tokio worker, which then woke nobody else but paid for its own wake-up and the
+//! runtime's scheduling (29-40 us per packet on the benchmark's VM from the worker's
+//! `epoll_wait` to its `recvfrom`). The packet threads already wait on one epoll set
+//! (`pump::Dispatch`) with three fixed slots; the TLS slot holds this module's own epoll
+//! set, in which every established session's socket is registered, level-triggered. An
+//! epoll descriptor is readable while any socket in it is, so the thread handed the slot
+//! asks the inner set which sockets are ready (without waiting) and reads each until it
+//! has no more, the way the task did:
+//!
+//! ```text
+//!  task: session established ─▶ reads what rustls and the socket hold ─▶ add() ─▶ waits
+//!        for events, timers and the wake-up only
+//!  packet thread handed Source::Tls ─▶ ready() ─▶ per connection: TlsLink::try_recv until
+//!        it would block ─▶ state machine ─▶ TUN device; wakes the task when the state
+//!        machine has events or frames to send
+//!  closed or failed connection ─▶ remove(), `closed` set, task woken: it ends the
+//!        connection as it did when its own read found it closed
+//!  task ends (any reason) ─▶ remove() before it closes the link
+//! ```
+//!
+//! One thread at a time holds the slot, so a connection is never read by two threads at
+//! once; the task stops reading before it registers the socket.
+
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    sync::{Arc, Mutex, atomic::AtomicBool},
+};
+
+use super::table::Session;
+use crate::tls_link::TlsLink;
+
+/// One established session's connection, as the packet threads read it.
+pub struct TlsReader {
+    pub session: Arc<Session>,
+    pub link: Arc<TlsLink>,
+    /// Set by the thread that found the connection closed or failed; the task ends it.
+    pub closed: AtomicBool,
+}
+
+/// The inner epoll set and what its tokens stand for. See the module docs.
+pub struct TlsReaders {
+    epoll: OwnedFd,
+    by_token: Mutex<HashMap<u64, Arc<TlsReader>>>,
+}
+
+/// How many ready connections one look at the inner set takes.
+pub const READY_BATCH: usize = 32;
+
+impl TlsReaders {
+    pub fn new() -> io::Result<TlsReaders> {
+        // SAFETY: epoll_create1 has no memory arguments; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TlsReaders {
+            // SAFETY: fd is a new descriptor that nothing else owns.
+            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            by_token: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Registers `reader` under `token` (the connection's id): from now on its socket is
+    /// reported to the packet threads.
+    pub fn add(&self, token: u64, reader: Arc<TlsReader>) -> io::Result<()> {
+        let fd = reader.link.as_fd().as_raw_fd();
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(token, reader);
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: a valid event for the duration of the call.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) }
+            < 0
+        {
+            map.remove(&token);
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Stops reporting the connection registered under `token`; nothing when it is not
+    /// (any more).
+    pub fn remove(&self, token: u64) {
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(reader) = map.remove(&token) else {
+            return;
+        };
+        let fd = reader.link.as_fd().as_raw_fd();
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: a valid event for the duration of the call. The socket is still open:
+        // `reader` holds its link.
+        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
+    }
+
+    /// The connections with something to read now (at most [`READY_BATCH`]), without
+    /// waiting. Fewer than [`READY_BATCH`] means no more were ready.
+    pub fn ready(&self, out: &mut Vec<(u64, Arc<TlsReader>)>) -> usize {
+        out.clear();
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; READY_BATCH];
+        // SAFETY: room for READY_BATCH events, which the kernel fills.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                READY_BATCH as i32,
+                0,
+            )
+        };
+        let n = usize::try_from(n).unwrap_or(0);
+        let map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        for e in &events[..n] {
+            let token = e.u64;
+            if let Some(r) = map.get(&token) {
+                out.push((token, r.clone()));
+            }
+        }
+        n
+    }
+}
+
+/// The inner set, for the packet threads' own epoll set.
+impl AsFd for TlsReaders {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.epoll.as_fd()
+    }
+}
