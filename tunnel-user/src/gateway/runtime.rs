@@ -1,6 +1,7 @@
-//! The running gateway: the TLS listener and one task per connection, the TUN device and the
-//! ESP socket with a reader thread each, the session table tying them together, and graceful
-//! shutdown. docs/gateway.md draws the data flow.
+//! The running gateway: the TLS listener and one task per connection, the packet threads
+//! that read the TUN device, the ESP socket and the established sessions' TLS connections
+//! (`tls_readers`), the session table tying them together, and graceful shutdown.
+//! docs/gateway.md draws the data flow.
 
 use std::{
     io,
