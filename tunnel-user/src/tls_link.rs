@@ -17,7 +17,8 @@
 //!  task: TlsLink::recv ─▶ records read and opened under the link lock, the plaintext handed
 //!    back with the lock released (the state machine parses it and the packets go to the
 //!    TUN device without the link held)
-//!  or, once the client's packet threads receive too (`TlsLink::read_by_threads`):
+//!  or, once the packet threads receive too (`TlsLink::read_by_threads`; the client's, and
+//!  the gateway's for an established session):
 //!  packet thread: the socket in their epoll set ─▶ TlsLink::try_recv, as the task would
 //! ```
 //!
@@ -122,8 +123,8 @@ impl TlsLink {
         })
     }
 
-    /// From now on the socket is read by threads that wait on it themselves (the client's
-    /// packet threads, through [`Self::try_recv`]); tokio's reactor keeps watching it for
+    /// From now on the socket is read by threads that wait on it themselves (the packet
+    /// threads, through [`Self::try_recv`]); tokio's reactor keeps watching it for
     /// writability only, for [`Self::flush`]. [`Self::recv`] must not be called any more.
     /// Needs tokio's reactor (call it from the runtime).
     pub fn read_by_threads(&self) -> io::Result<()> {
