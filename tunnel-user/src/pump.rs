@@ -10,7 +10,7 @@ use std::{
     io,
     net::{SocketAddr, UdpSocket},
     ops::ControlFlow,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -89,14 +89,57 @@ pub enum Source {
     Tun,
     /// The ESP socket: datagrams to open and write into the TUN device.
     Esp,
-    /// The TLS connection, where an end's packet threads read it (the client's): records
-    /// to open, packets to write into the TUN device, control frames for the session.
+    /// The TLS side, where an end's packet threads read it: the client's connection, or
+    /// the gateway's set of established sessions' connections. Records to open, packets to
+    /// write into the TUN device, control frames for the session.
     Tls,
+}
+
+/// An epoll set, owned: [`Dispatch`]'s, and the gateway's set of TLS connections.
+#[derive(Debug)]
+pub struct Epoll(OwnedFd);
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 has no memory arguments; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// `epoll_ctl(op)` for descriptor `fd`, reported with `token`.
+    pub fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: a valid event for the duration of the call.
+        if unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` (-1: for ever, 0: not at all) for reports into `events`;
+    /// how many came.
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        let room = i32::try_from(events.len()).unwrap_or(i32::MAX);
+        // SAFETY: room for `room` events, which the kernel fills.
+        let n =
+            unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), room, timeout_ms) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+}
+
+impl AsFd for Epoll {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 /// Hands an end's sources to its packet threads, one thread per source at a time.
 ///
-/// The TUN device, the ESP socket and (at the client) the TLS connection sit in one epoll
+/// The TUN device, the ESP socket and the TLS side (where there is one) sit in one epoll
 /// set, each armed for one readiness report at a time (`EPOLLONESHOT`), with the stop
 /// signal's eventfd. Every packet thread of the end waits on that set; a source that becomes
 /// readable wakes one of them (the one that went to sleep last), which drains it and gives
@@ -107,7 +150,7 @@ pub enum Source {
 /// It refers to the descriptors by number: they must stay open as long as it lives.
 #[derive(Debug)]
 pub struct Dispatch {
-    epoll: OwnedFd,
+    epoll: Epoll,
     tun: RawFd,
     esp: Option<RawFd>,
     tls: Option<RawFd>,
@@ -127,14 +170,8 @@ const TOKEN_TLS: u64 = 3;
 
 impl Dispatch {
     pub fn new(tun: &impl AsFd, esp: Option<&impl AsFd>, stop: &Stop) -> io::Result<Dispatch> {
-        // SAFETY: epoll_create1 has no memory arguments; the result is checked before use.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         let dispatch = Dispatch {
-            // SAFETY: fd is a new descriptor that nothing else owns.
-            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            epoll: Epoll::new()?,
             tun: tun.as_fd().as_raw_fd(),
             esp: esp.map(|e| e.as_fd().as_raw_fd()),
             tls: None,
@@ -177,20 +214,20 @@ impl Dispatch {
             if stop.is_set() {
                 return None;
             }
-            let mut event = libc::epoll_event { events: 0, u64: 0 };
-            // SAFETY: room for one event, which the kernel fills.
-            let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut event, 1, -1) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    debug!(error = %e, "waiting for packets");
-                    std::thread::sleep(ERROR_BACKOFF);
+            let mut event = [libc::epoll_event { events: 0, u64: 0 }];
+            let n = match self.epoll.wait(&mut event, -1) {
+                Ok(n) => n,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        debug!(error = %e, "waiting for packets");
+                        std::thread::sleep(ERROR_BACKOFF);
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             // A source claimed meanwhile (its report raced the claim) is the claimer's to
             // give back; this thread waits on.
-            match event.u64 {
+            match event[0].u64 {
                 TOKEN_TUN if n == 1 && self.take(Source::Tun) => return Some(Source::Tun),
                 TOKEN_ESP if n == 1 && self.take(Source::Esp) => return Some(Source::Esp),
                 TOKEN_TLS if n == 1 && self.take(Source::Tls) => return Some(Source::Tls),
@@ -285,12 +322,7 @@ impl Dispatch {
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event { events, u64: token };
-        // SAFETY: a valid event for the duration of the call.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.epoll.ctl(op, fd, events, token)
     }
 }
 

@@ -330,19 +330,18 @@ fn drain_tls(ctx: &Ctx) -> ControlFlow<()> {
     let Ok(mut scratch) = ctx.tls_scratch.lock() else {
         return ControlFlow::Break(());
     };
-    let scratch = &mut *scratch;
+    let TlsScratch { buf, sink, ready } = &mut *scratch;
     while !ctx.stop.is_set() {
-        let reported = ctx.tls_readers.ready(&mut scratch.ready);
-        let ready = std::mem::take(&mut scratch.ready);
-        for (token, reader) in &ready {
-            read_tls_connection(ctx, *token, reader, &mut scratch.buf, &mut scratch.sink);
+        let reported = ctx.tls_readers.ready(ready);
+        for (token, reader) in ready.iter() {
+            read_tls_connection(ctx, *token, reader, buf, sink);
         }
-        scratch.ready = ready;
-        scratch.ready.clear();
         if reported < READY_BATCH {
             break;
         }
     }
+    // No connection is kept alive by the list until the next drain.
+    ready.clear();
     ControlFlow::Continue(())
 }
 

@@ -28,12 +28,12 @@
 use std::{
     collections::HashMap,
     io,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd},
     sync::{Arc, Mutex, atomic::AtomicBool},
 };
 
 use super::table::Session;
-use crate::tls_link::TlsLink;
+use crate::{pump::Epoll, tls_link::TlsLink};
 
 /// One established session's connection, as the packet threads read it.
 pub struct TlsReader {
@@ -45,7 +45,7 @@ pub struct TlsReader {
 
 /// The inner epoll set and what its tokens stand for. See the module docs.
 pub struct TlsReaders {
-    epoll: OwnedFd,
+    epoll: Epoll,
     by_token: Mutex<HashMap<u64, Arc<TlsReader>>>,
 }
 
@@ -54,14 +54,8 @@ pub const READY_BATCH: usize = 32;
 
 impl TlsReaders {
     pub fn new() -> io::Result<TlsReaders> {
-        // SAFETY: epoll_create1 has no memory arguments; the result is checked before use.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(TlsReaders {
-            // SAFETY: fd is a new descriptor that nothing else owns.
-            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            epoll: Epoll::new()?,
             by_token: Mutex::new(HashMap::new()),
         })
     }
@@ -71,18 +65,9 @@ impl TlsReaders {
     pub fn add(&self, token: u64, reader: Arc<TlsReader>) -> io::Result<()> {
         let fd = reader.link.as_fd().as_raw_fd();
         let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoll
+            .ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)?;
         map.insert(token, reader);
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: a valid event for the duration of the call.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) }
-            < 0
-        {
-            map.remove(&token);
-            return Err(io::Error::last_os_error());
-        }
         Ok(())
     }
 
@@ -93,11 +78,9 @@ impl TlsReaders {
         let Some(reader) = map.remove(&token) else {
             return;
         };
+        // The socket is still open: `reader` holds its link.
         let fd = reader.link.as_fd().as_raw_fd();
-        let mut event = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: a valid event for the duration of the call. The socket is still open:
-        // `reader` holds its link.
-        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
+        let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
     }
 
     /// The connections with something to read now (at most [`READY_BATCH`]), without
@@ -105,16 +88,8 @@ impl TlsReaders {
     pub fn ready(&self, out: &mut Vec<(u64, Arc<TlsReader>)>) -> usize {
         out.clear();
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; READY_BATCH];
-        // SAFETY: room for READY_BATCH events, which the kernel fills.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.epoll.as_raw_fd(),
-                events.as_mut_ptr(),
-                READY_BATCH as i32,
-                0,
-            )
-        };
-        let n = usize::try_from(n).unwrap_or(0);
+        // A failed look (interrupted) finds nothing this time; the set stays readable.
+        let n = self.epoll.wait(&mut events, 0).unwrap_or(0);
         let map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
         for e in &events[..n] {
             let token = e.u64;
