@@ -880,6 +880,17 @@ impl Conn {
         }
     }
 
+    /// Sends the state machine's final frames, a record each, and closes the connection.
+    /// The packet threads stop reading it first: the client's answering close is the end
+    /// of a connection being finished here, not a lost one.
+    async fn close(&mut self, ctx: &Ctx) {
+        let link = self.link.clone();
+        link.set_record_per_frame(true);
+        let _ = link.send_all(|out| self.take_tls(out)).await;
+        ctx.tls_readers.remove(self.id);
+        link.close();
+    }
+
     fn dropped(&self) -> Ending {
         if self.session.is_some() {
             Ending::Dropped
@@ -959,11 +970,7 @@ async fn serve(
         let progressed = !events.is_empty();
         for event in events {
             if let Some(ending) = handle_event(&ctx, &mut conn, event).await {
-                // Flush the final frames before closing.
-                link.set_record_per_frame(true);
-                let _ = link.send_all(|out| conn.take_tls(out)).await;
-                ctx.tls_readers.remove(conn.id);
-                link.close();
+                conn.close(&ctx).await;
                 break 'conn ending;
             }
         }
@@ -1043,10 +1050,7 @@ async fn serve(
                 let _ = conn.with_proto(|p| {
                     p.terminate(FatalErrorKind::SessionTerminated, "The gateway is shutting down")
                 });
-                link.set_record_per_frame(true);
-                let _ = link.send_all(|out| conn.take_tls(out)).await;
-                ctx.tls_readers.remove(conn.id);
-                link.close();
+                conn.close(&ctx).await;
                 break Ending::Finished;
             }
         }
