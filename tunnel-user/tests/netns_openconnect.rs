@@ -429,12 +429,20 @@ fn openconnect_over_esp_and_tls_and_a_wrong_password() {
         w.client.sh(&format!("ping -c 1 -W 1 {CORP}")).is_ok()
     });
     let released = gateway_log(&w).matches("address released").count();
+    let lost = gateway_log(&w)
+        .matches("connection lost; session resumable")
+        .count();
     let _ = oc.child.kill();
     let _ = oc.child.wait();
     wait_for(
         "the gateway to notice the dropped connection",
         Duration::from_secs(5),
-        || gateway_log(&w).contains("connection lost; session resumable"),
+        || {
+            gateway_log(&w)
+                .matches("connection lost; session resumable")
+                .count()
+                > lost
+        },
     );
     assert_eq!(
         gateway_log(&w).matches("address released").count(),
