@@ -11,7 +11,7 @@ mod support;
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::atomic::Ordering,
+    sync::{Mutex, atomic::Ordering},
     time::Duration,
 };
 
@@ -23,6 +23,12 @@ use tunnel_user::{
         split::{CLIENT, CORP, CORP6, GATEWAY, TCP_PORT, TUN_V4, TUN_V6},
     },
 };
+
+/// Held by each test for its whole run: the tests check kernel-wide state (no program of
+/// ours still loaded, nothing left on an interface after the drop), and a process one test
+/// forks holds copies of every descriptor of the test binary, the other test's bpf links
+/// among them, until it execs; the other test's detach then happens only after its check.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn counters(dp: &Datapath) -> tunnel_user::datapath::CounterTable {
     dp.counters().unwrap()
@@ -107,6 +113,7 @@ fn guard_checks(w: &SplitWorld, dp: &mut Datapath, device: &Policy) {
 /// ingress: the same drops, and nothing left behind.
 #[test]
 fn the_guard_on_xdp() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIP the_guard_on_xdp: needs root");
@@ -143,6 +150,7 @@ fn the_guard_on_xdp() {
 
 #[test]
 fn datapath_end_to_end_in_namespaces() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIP datapath_end_to_end_in_namespaces: needs root");
