@@ -24,10 +24,11 @@ use tunnel_user::{
     },
 };
 
-/// Held by each test for its whole run: the tests check kernel-wide state (no program of
-/// ours still loaded, nothing left on an interface after the drop), and a process one test
-/// forks holds copies of every descriptor of the test binary, the other test's bpf links
-/// among them, until it execs; the other test's detach then happens only after its check.
+/// Held by each test for its whole run. Both tests check kernel-wide state after they drop
+/// the data path (nothing left on an interface, no program of ours still loaded). A process
+/// spawned by one test holds copies of all the binary's descriptors, the other test's bpf
+/// links included, until it execs: side by side, a test's detach could complete only after
+/// its own check.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn counters(dp: &Datapath) -> tunnel_user::datapath::CounterTable {
