@@ -243,6 +243,11 @@ fn gateway_log(w: &World) -> String {
     fs::read_to_string(w.dir.join("gateway.log")).unwrap_or_default()
 }
 
+/// How many times `what` appears in the gateway's log so far.
+fn gateway_log_count(w: &World, what: &str) -> usize {
+    gateway_log(w).matches(what).count()
+}
+
 fn start_openconnect(w: &World, password: &str, extra: &[&str], log_name: &str) -> Proc {
     openconnect(w, password, extra, log_name, true)
 }
@@ -414,10 +419,10 @@ fn openconnect_over_esp_and_tls_and_a_wrong_password() {
     let w = build_world("a");
     let _gw = start_gateway(&w, 600);
     connect_and_use(&w, &[], "oc-esp.log", true);
-    let established = gateway_log(&w).matches("session established").count();
+    let established = gateway_log_count(&w, "session established");
     connect_and_use(&w, &["--no-dtls"], "oc-tls.log", false);
     assert_eq!(
-        gateway_log(&w).matches("session established").count(),
+        gateway_log_count(&w, "session established"),
         established + 1
     );
 
@@ -428,31 +433,25 @@ fn openconnect_over_esp_and_tls_and_a_wrong_password() {
     wait_for("a ping through the tunnel", Duration::from_secs(20), || {
         w.client.sh(&format!("ping -c 1 -W 1 {CORP}")).is_ok()
     });
-    let released = gateway_log(&w).matches("address released").count();
-    let lost = gateway_log(&w)
-        .matches("connection lost; session resumable")
-        .count();
+    const LOST: &str = "connection lost; session resumable";
+    let released = gateway_log_count(&w, "address released");
+    let lost = gateway_log_count(&w, LOST);
     let _ = oc.child.kill();
     let _ = oc.child.wait();
     wait_for(
         "the gateway to notice the dropped connection",
         Duration::from_secs(5),
-        || {
-            gateway_log(&w)
-                .matches("connection lost; session resumable")
-                .count()
-                > lost
-        },
+        || gateway_log_count(&w, LOST) > lost,
     );
     assert_eq!(
-        gateway_log(&w).matches("address released").count(),
+        gateway_log_count(&w, "address released"),
         released,
         "a dropped connection keeps its address for a resume"
     );
     let _ = fs::remove_file(w.dir.join("env-connect"));
 
     // A wrong password: openconnect fails, and no session is created.
-    let before = gateway_log(&w).matches("session established").count();
+    let before = gateway_log_count(&w, "session established");
     let mut oc = start_openconnect(&w, "wrong", &[], "oc-wrong.log");
     let status = {
         let deadline = Instant::now() + Duration::from_secs(20);
