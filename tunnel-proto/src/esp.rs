@@ -908,6 +908,10 @@ impl ReplayWindow {
 pub struct EspPayload<'a> {
     /// Sequence number.
     pub seq: u32,
+    /// No datagram of this SA with a sequence number this high or higher was accepted
+    /// before: the datagram is not a delayed or replayed copy of an older one, so it may
+    /// move where the peer is sent to (a roaming client), an older one may not.
+    pub newest: bool,
     /// Next header (4 IPv4, 41 IPv6; any for a probe).
     pub next_header: u8,
     /// The IP packet, or `[0]` for a probe.
@@ -1097,6 +1101,7 @@ impl InboundSa {
         if self.replay_protection {
             self.window.check(seq)?;
         }
+        let newest = self.window.highest().is_none_or(|h| seq > h);
         match &self.crypto {
             SaCrypto::Cbc { cipher, mac } => {
                 let mut own = [0u8; 32];
@@ -1150,6 +1155,7 @@ impl InboundSa {
         }
         Ok(EspPayload {
             seq,
+            newest,
             next_header,
             payload,
         })

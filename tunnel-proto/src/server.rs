@@ -182,6 +182,11 @@ struct ServerEsp {
     last_rx: Option<Instant>,
     fallback: Option<Duration>,
     lifetime: Option<Duration>,
+    /// The client answered `sent` with its keys. An answer installs a fresh outbound SA
+    /// whose sequence numbers start again at 1: a second answer to the same keys would, with
+    /// the same key material, reuse every nonce (AES-GCM) and IV sequence the first SA
+    /// used, so only one answer per key exchange of ours is taken.
+    answered: bool,
     /// Next header of a probe that arrived before the client's keys: the client sends its
     /// keys over TLS and starts probing over UDP at once, so its first probe can overtake its
     /// keys. The reply goes out as soon as the keys are installed ([`Server::poll_esp_transmit`]).
@@ -689,6 +694,7 @@ impl Server {
                 last_rx: None,
                 fallback: secs(config.esp.fallback_seconds),
                 lifetime: secs(config.esp.lifetime_seconds),
+                answered: false,
                 unanswered_probe: None,
             });
         }
@@ -708,8 +714,12 @@ impl Server {
         if x.echo.as_ref() != Some(&esp.sent) {
             return Err(SessionError::EspEchoMismatch);
         }
+        if esp.answered {
+            return Err(SessionError::EspKeysRepeated);
+        }
         let first = esp.pair.outbound.is_none();
         esp.pair.outbound = Some(outbound_from(esp.pair.suite, &x.keys)?);
+        esp.answered = true;
         if first {
             self.events.push_back(ServerEvent::EspKeysInstalled);
         }
@@ -748,6 +758,7 @@ impl Server {
         let (inbound, keys) = generate_inbound(esp.pair.suite, &mut *self.rng)?;
         esp.pair.rotate_inbound(inbound, now);
         esp.sent = keys.clone();
+        esp.answered = false;
         esp.keys_at = now;
         let mut payload = Vec::new();
         EspKeyExchange { keys, echo: None }.encode(&mut payload)?;
@@ -835,28 +846,39 @@ impl Server {
     /// possibly shorter: one GRO receive), decrypting them in place: `f` gets what each one
     /// was, in order. A probe comes out as [`EspInput::Probe`]; its answer is then waiting
     /// in [`Self::poll_esp_transmit`].
+    ///
+    /// Returns whether a datagram of the train was authenticated with a sequence number
+    /// beyond any its SA accepted before ([`EspPayload::newest`](crate::EspPayload::newest)): only
+    /// then may the caller take the train's source address as the client's ESP endpoint. A
+    /// replayed or delayed datagram, which anyone on the path can send from anywhere, is
+    /// opened (when the replay window still allows it) but moves nothing.
+    #[must_use = "only a train with a newest datagram may move the client's ESP endpoint"]
     pub fn handle_esp_train(
         &mut self,
         train: &mut [u8],
         size: usize,
         now: Instant,
         mut f: impl FnMut(Result<EspInput<'_>, SessionError>),
-    ) {
+    ) -> bool {
         if !matches!(self.state, State::Established) {
-            return f(Err(self.wrong("handle_esp")));
+            f(Err(self.wrong("handle_esp")));
+            return false;
         }
         let Some(esp) = &mut self.esp else {
-            return f(Err(self.wrong("handle_esp")));
+            f(Err(self.wrong("handle_esp")));
+            return false;
         };
-        let (mut heard, mut data, mut probe) = (false, false, None);
+        let (mut heard, mut newest, mut data, mut probe) = (false, false, false, None);
         esp.pair.decapsulate_train(train, size, now, |r| match r {
             Ok(p) if p.is_probe() => {
                 heard = true;
+                newest |= p.newest;
                 probe = Some(p.next_header);
                 f(Ok(EspInput::Probe))
             }
             Ok(p) => {
                 heard = true;
+                newest |= p.newest;
                 data = true;
                 f(Ok(EspInput::Packet(p.payload)))
             }
@@ -871,6 +893,7 @@ impl Server {
         if data {
             self.last_activity = now;
         }
+        newest
     }
 
     /// Handles one ESP datagram from the client. Probes are answered into `reply`.

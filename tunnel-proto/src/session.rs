@@ -82,6 +82,10 @@ pub enum SessionError {
     /// The client's ESP reply does not echo the keys we sent.
     #[error("ESP key reply does not echo the keys we sent")]
     EspEchoMismatch,
+    /// The client answered the same key exchange of ours a second time: installing it
+    /// would restart an outbound SA's sequence numbers under keys already used.
+    #[error("ESP key reply repeats an answer to keys already answered")]
+    EspKeysRepeated,
     /// A method was called in a state where it makes no sense.
     #[error("{call} is not valid while {state}")]
     WrongState {

@@ -610,9 +610,11 @@ fn esp_trains_both_ways() {
                 // A probe is a complete datagram of another size: it travels alone.
                 h.client.seal_train(&mut train, size).expect("seal");
                 let mut got = Vec::new();
-                h.server
+                let newest = h
+                    .server
                     .handle_esp_train(&mut train, size, h.now, |r| got.push(format!("{r:?}")));
                 assert_eq!(got.len(), 7);
+                assert!(newest, "fresh datagrams are the newest of their SA");
                 train.clear();
                 let n = h
                     .client
@@ -622,9 +624,11 @@ fn esp_trains_both_ways() {
                 };
                 {
                     let mut seen = Vec::new();
-                    h.server
+                    let newest = h
+                        .server
                         .handle_esp_train(&mut udp[..n], n, h.now, |r| seen.push(format!("{r:?}")));
                     assert_eq!(seen, ["Ok(Probe)"]);
+                    assert!(newest);
                     let m = h
                         .server
                         .poll_esp_transmit(&mut reply)
@@ -639,11 +643,13 @@ fn esp_trains_both_ways() {
         }
         h.client.seal_train(&mut train, size).expect("seal");
         let mut got: Vec<Vec<u8>> = Vec::new();
-        h.server
+        let newest = h
+            .server
             .handle_esp_train(&mut train, size, h.now, |r| match r {
                 Ok(EspInput::Packet(p)) => got.push(p.to_vec()),
                 other => panic!("{other:?}"),
             });
+        assert!(newest);
         assert_eq!(got, packets[7..], "gcm {gcm}");
         // Server to client.
         let mut train = Vec::new();
@@ -1251,5 +1257,82 @@ fn aes_gcm_is_used_only_by_a_client_that_offered_it() {
     assert_eq!(
         h.client.send_packet(&ipv4_packet(40, 1), h.now, &mut udp),
         Ok(Transmit::Tls)
+    );
+}
+
+/// A datagram the client sent before the newest one the gateway accepted (delayed, or held
+/// back by someone on the path) still opens while the replay window allows it, but it is not
+/// the newest of its SA, so it must not move the client's ESP endpoint: whoever replays it
+/// from their own address would otherwise get the session's downstream traffic.
+#[test]
+fn only_the_newest_datagram_of_an_sa_may_move_the_esp_endpoint() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&tunnel_config(true));
+    h.bring_up_esp();
+    let seal = |h: &mut Harness, tag: u8| {
+        let mut udp = [0u8; 2048];
+        let Transmit::Esp(n) = h
+            .client
+            .send_packet(&ipv4_packet(100, tag), h.now, &mut udp)
+            .expect("send")
+        else {
+            panic!("not ESP");
+        };
+        udp[..n].to_vec()
+    };
+    let (mut held_back, mut fresh, mut later) = (seal(&mut h, 1), seal(&mut h, 2), seal(&mut h, 3));
+    let open = |h: &mut Harness, d: &mut Vec<u8>| {
+        let len = d.len();
+        let mut got = Vec::new();
+        let newest = h.server.handle_esp_train(d, len, h.now, |r| {
+            got.push(r.map(|i| format!("{i:?}")).map_err(|e| e.to_string()))
+        });
+        (newest, got)
+    };
+    let (newest, got) = open(&mut h, &mut fresh);
+    assert!(newest, "{got:?}");
+    let (newest, got) = open(&mut h, &mut held_back);
+    assert!(got[0].is_ok(), "inside the window it still opens: {got:?}");
+    assert!(!newest, "an older datagram moves nothing");
+    let mut replay = fresh.clone();
+    let (newest, got) = open(&mut h, &mut replay);
+    assert!(got[0].is_err() && !newest, "a replay: {got:?}");
+    let (newest, _) = open(&mut h, &mut later);
+    assert!(newest);
+}
+
+/// The client's key reply installs the gateway's outbound SA. Installing a second reply to
+/// the same key exchange would start that SA's sequence numbers again under the same keys
+/// (with AES-GCM: the same nonces). The gateway refuses it and ends the session; after a
+/// rekey of its own, one new reply is taken again.
+#[test]
+fn a_repeated_client_key_reply_is_refused() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&tunnel_config(true));
+    let key_reply = |log: &[u8]| {
+        frames(log)
+            .into_iter()
+            .rfind(|f| be32(f, 0) == 0x0a4c && be32(f, 4) == 1)
+            .expect("the client's key reply")
+    };
+    let first = key_reply(&h.c2s_log);
+    // After a rekey the client answers the new keys once: taken.
+    h.server.rekey_esp(h.now).expect("rekey");
+    h.pump();
+    assert!(!h.server.is_closed());
+    let second = key_reply(&h.c2s_log);
+    assert_ne!(first, second, "a new reply for new keys");
+    // The same reply again.
+    assert_eq!(
+        h.server.handle_tls_bytes(&second, h.now),
+        Err(SessionError::EspKeysRepeated)
+    );
+    assert!(h.server.is_closed());
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.establish(&tunnel_config(true));
+    let first = key_reply(&h.c2s_log);
+    assert_eq!(
+        h.server.handle_tls_bytes(&first, h.now),
+        Err(SessionError::EspKeysRepeated)
     );
 }

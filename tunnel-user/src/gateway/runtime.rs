@@ -662,13 +662,11 @@ impl EspSide {
                     continue;
                 };
                 let index = runs.len();
-                let mut heard = false;
-                proto.handle_esp_train(run, r.size, now, |input| match input {
+                let newest = proto.handle_esp_train(run, r.size, now, |input| match input {
                     Ok(EspInput::Packet(p)) => {
-                        heard = true;
                         opened.push((index, i, p.as_ptr() as usize - base, p.len()));
                     }
-                    Ok(_) => heard = true,
+                    Ok(_) => {}
                     Err(e) => debug!(session = session.id, error = %e, "ESP datagram dropped"),
                 });
                 // A probe in the train: its answer.
@@ -677,8 +675,9 @@ impl EspSide {
                 if let Ok(Some(n)) = answer {
                     let _ = udp.send_to(&reply[..n], from);
                 }
-                if heard {
-                    // Authenticated: this is where the client's ESP comes from now.
+                if newest {
+                    // Authenticated and not a replay of an older datagram: this is where
+                    // the client's ESP comes from now.
                     if let Ok(mut p) = session.esp_peer.lock()
                         && *p != Some(from)
                     {
