@@ -106,8 +106,8 @@ pub use ift::{
     parse_upgrade_request, parse_upgrade_response,
 };
 pub use rng::{OsRandom, RandomSource, SessionRandom};
-pub use server::{CloseReason, Server, ServerConfig, ServerEvent};
+pub use server::{CloseReason, Server, ServerConfig, ServerEvent, SpiAllocator};
 pub use session::{
-    AuthFailure, AuthRejection, EspInput, MAX_TLS_BACKLOG, Password, REKEY_OVERLAP, SessionError,
-    Transmit,
+    AuthFailure, AuthRejection, EspInput, MAX_TLS_BACKLOG, MIN_SPI, Password, REKEY_OVERLAP,
+    SessionError, Transmit, random_spi,
 };

@@ -23,10 +23,24 @@ use crate::ift::{
 use crate::rng::{RandomSource, SessionRandom};
 use crate::session::{
     AuthRejection, EspInput, EspPair, PacketSink, Password, SessionError, TlsOut, Transmit, after,
-    generate_inbound, outbound_from,
+    generate_inbound_with, outbound_from, random_spi,
 };
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Where a gateway's inbound SPIs come from. An ESP datagram finds its session by its SPI
+/// alone, so every inbound SA that any session of one gateway may still open needs an SPI
+/// no other holds. A [`Server`] given an allocator ([`Server::with_spi_allocator`]) reserves
+/// the SPI of each inbound SA it makes and releases it when the SA can open nothing more
+/// (after a rekey's overlap, or when the server is dropped). Without one, SPIs are random.
+pub trait SpiAllocator: Send + Sync {
+    /// An SPI (at least [`MIN_SPI`](crate::MIN_SPI)) that no other SA holds, reserved until
+    /// released; None when none could be found.
+    fn reserve(&self, rng: &mut dyn RandomSource) -> Option<u32>;
+    /// Gives back an SPI reserved before.
+    fn release(&self, spi: u32);
+}
 
 /// What the gateway session is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +53,9 @@ pub struct ServerConfig {
     pub auth_timeout: Option<Duration>,
     /// No data in either direction for this long ends the session with fatal error 8.
     pub idle_timeout: Option<Duration>,
-    /// Announced to the client as the authentication lifetime (AVP 0xd5c).
+    /// How long a login lasts, from the creation of the session that logged in, whatever
+    /// the traffic: announced to the client (AVP 0xd5c) and enforced (fatal error, then
+    /// closed). A resumed login keeps its original end ([`Server::set_session_end`]).
     pub session_lifetime: Option<Duration>,
 }
 
@@ -69,6 +85,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// [`Server::terminate`] was called; fatal error was sent.
     Terminated,
+    /// The login's lifetime ended; fatal error was sent.
+    LifetimeExpired,
 }
 
 /// What the gateway session tells its caller.
@@ -182,6 +200,10 @@ struct ServerEsp {
     last_rx: Option<Instant>,
     fallback: Option<Duration>,
     lifetime: Option<Duration>,
+    /// Replace the keys once this many bytes of IP packets went through them, either way.
+    lifetime_bytes: Option<u64>,
+    /// Bytes of IP packets sealed and opened since `keys_at`.
+    bytes: u64,
     /// The client answered `sent` with its keys. An answer installs a fresh outbound SA
     /// whose sequence numbers start again at 1: a second answer to the same keys would, with
     /// the same key material, reuse every nonce (AES-GCM) and IV sequence the first SA
@@ -191,6 +213,22 @@ struct ServerEsp {
     /// keys over TLS and starts probing over UDP at once, so its first probe can overtake its
     /// keys. The reply goes out as soon as the keys are installed ([`Server::poll_esp_transmit`]).
     unanswered_probe: Option<u8>,
+}
+
+impl ServerEsp {
+    /// The keys carried their byte lifetime.
+    fn bytes_spent(&self) -> bool {
+        self.lifetime_bytes.is_some_and(|limit| self.bytes >= limit)
+    }
+
+    /// When the keys' time lifetime ends.
+    fn rekey_at(&self) -> Option<Instant> {
+        self.lifetime.and_then(|l| after(self.keys_at, l))
+    }
+}
+
+fn cfg_session_end(now: Instant, lifetime: Option<Duration>) -> Option<Instant> {
+    lifetime.and_then(|l| after(now, l))
 }
 
 /// The gateway state machine for one client connection.
@@ -205,6 +243,19 @@ pub struct Server {
     last_activity: Instant,
     next_ident: u8,
     esp: Option<ServerEsp>,
+    spis: Option<Arc<dyn SpiAllocator>>,
+    /// When the login ends, whatever the traffic.
+    session_end: Option<Instant>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let (Some(spis), Some(esp)) = (&self.spis, &self.esp) {
+            for spi in esp.pair.inbound_spis() {
+                spis.release(spi);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -225,6 +276,7 @@ impl Server {
     /// Same, with an injected random source.
     pub fn with_rng(cfg: ServerConfig, rng: Box<dyn RandomSource + Send>, now: Instant) -> Self {
         let decoder = FrameDecoder::new(cfg.max_frame_len);
+        let lifetime = cfg.session_lifetime;
         Self {
             cfg,
             rng,
@@ -236,7 +288,57 @@ impl Server {
             last_activity: now,
             next_ident: 1,
             esp: None,
+            spis: None,
+            session_end: cfg_session_end(now, lifetime),
         }
+    }
+
+    /// Takes inbound SPIs from `spis` (see [`SpiAllocator`]).
+    pub fn with_spi_allocator(mut self, spis: Arc<dyn SpiAllocator>) -> Self {
+        self.spis = Some(spis);
+        self
+    }
+
+    /// Ends the login at `end` at the latest: a resumed login keeps the end of the login it
+    /// resumes. Only an earlier end than the one in force is taken.
+    pub fn set_session_end(&mut self, end: Instant) {
+        self.session_end = Some(self.session_end.map_or(end, |e| e.min(end)));
+    }
+
+    /// When the login ends, whatever the traffic (None: never).
+    pub fn session_end(&self) -> Option<Instant> {
+        self.session_end
+    }
+
+    /// The SPIs the client's datagrams may carry now: the current inbound SA's, and the
+    /// previous one's during a rekey's overlap. The caller's index by SPI follows this.
+    pub fn esp_spis(&self) -> impl Iterator<Item = u32> + '_ {
+        self.esp.iter().flat_map(|e| e.pair.inbound_spis())
+    }
+
+    /// Whether [`Self::poll_timers`] has work now that the packet path made (a key byte
+    /// lifetime reached): the caller's timer task should run it soon.
+    pub fn timers_due(&self) -> bool {
+        self.esp.as_ref().is_some_and(ServerEsp::bytes_spent)
+    }
+
+    /// A new inbound SA and the keys for the client, its SPI reserved when an allocator is
+    /// set.
+    fn new_inbound(
+        &mut self,
+        suite: EspSuite,
+    ) -> Result<(crate::InboundSa, crate::config::EspKeys), SessionError> {
+        let spi = match &self.spis {
+            Some(spis) => spis.reserve(&mut *self.rng).ok_or(SessionError::NoSpi)?,
+            None => random_spi(&mut *self.rng),
+        };
+        let made = generate_inbound_with(suite, spi, &mut *self.rng);
+        if made.is_err()
+            && let Some(spis) = &self.spis
+        {
+            spis.release(spi);
+        }
+        made
     }
 
     /// True once closed.
@@ -624,12 +726,13 @@ impl Server {
             _ => return Err(self.wrong("accept")),
         };
         let ident = self.ident();
+        // What is left of the login (all of it for a new one), from the last thing heard.
+        let remaining = self
+            .session_end
+            .map(|end| end.saturating_duration_since(self.last_activity));
         let req = AuthRequest {
             cookie: Some(cookie.to_owned()),
-            auth_expiration: self
-                .cfg
-                .session_lifetime
-                .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+            auth_expiration: remaining.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
             idle_timeout: self
                 .cfg
                 .idle_timeout
@@ -677,7 +780,7 @@ impl Server {
         config.encode(&mut payload)?;
         self.out.send(&Message::Config(&payload))?;
         if let Some(suite) = suite {
-            let (mut inbound, keys) = generate_inbound(suite, &mut *self.rng)?;
+            let (mut inbound, keys) = self.new_inbound(suite)?;
             inbound.set_replay_protection(config.esp.replay_protection.unwrap_or(true));
             let mut payload = Vec::new();
             EspKeyExchange {
@@ -694,6 +797,8 @@ impl Server {
                 last_rx: None,
                 fallback: secs(config.esp.fallback_seconds),
                 lifetime: secs(config.esp.lifetime_seconds),
+                lifetime_bytes: config.esp.lifetime_bytes.filter(|&b| b > 0).map(u64::from),
+                bytes: 0,
                 answered: false,
                 unanswered_probe: None,
             });
@@ -752,14 +857,20 @@ impl Server {
         if !matches!(self.state, State::Established) {
             return Err(self.wrong("rekey_esp"));
         }
+        let Some(suite) = self.esp.as_ref().map(|e| e.pair.suite) else {
+            return Err(self.wrong("rekey_esp"));
+        };
+        let (inbound, keys) = self.new_inbound(suite)?;
         let Some(esp) = &mut self.esp else {
             return Err(self.wrong("rekey_esp"));
         };
-        let (inbound, keys) = generate_inbound(esp.pair.suite, &mut *self.rng)?;
-        esp.pair.rotate_inbound(inbound, now);
+        if let (Some(gone), Some(spis)) = (esp.pair.rotate_inbound(inbound, now), &self.spis) {
+            spis.release(gone);
+        }
         esp.sent = keys.clone();
         esp.answered = false;
         esp.keys_at = now;
+        esp.bytes = 0;
         let mut payload = Vec::new();
         EspKeyExchange { keys, echo: None }.encode(&mut payload)?;
         self.out.send(&Message::Config(&payload))
@@ -832,7 +943,12 @@ impl Server {
                 out.encapsulate(ip_packet, esp_out, &mut *self.rng)
             };
             match r {
-                Ok(n) => return Ok(Transmit::Esp(n)),
+                Ok(n) => {
+                    if let Some(esp) = &mut self.esp {
+                        esp.bytes = esp.bytes.saturating_add(ip_packet.len() as u64);
+                    }
+                    return Ok(Transmit::Esp(n));
+                }
                 // No rekey came in time: TLS carries the traffic.
                 Err(EspError::SequenceExhausted) => {}
                 Err(e) => return Err(e.into()),
@@ -869,6 +985,7 @@ impl Server {
             return false;
         };
         let (mut heard, mut newest, mut data, mut probe) = (false, false, false, None);
+        let mut bytes = 0u64;
         esp.pair.decapsulate_train(train, size, now, |r| match r {
             Ok(p) if p.is_probe() => {
                 heard = true;
@@ -880,10 +997,12 @@ impl Server {
                 heard = true;
                 newest |= p.newest;
                 data = true;
+                bytes += p.payload.len() as u64;
                 f(Ok(EspInput::Packet(p.payload)))
             }
             Err(e) => f(Err(e.into())),
         });
+        esp.bytes = esp.bytes.saturating_add(bytes);
         if heard {
             esp.last_rx = Some(now);
         }
@@ -927,6 +1046,7 @@ impl Server {
                 }
             });
         }
+        esp.bytes = esp.bytes.saturating_add(payload.payload.len() as u64);
         self.last_activity = now;
         Ok(EspInput::Packet(payload.payload))
     }
@@ -957,6 +1077,14 @@ impl Server {
             }
             return Ok(());
         }
+        if self.session_end.is_some_and(|end| now >= end) {
+            self.out.send(&Message::FatalError {
+                kind: FatalErrorKind::SessionTerminated,
+                message: "The session's lifetime ended: sign in again".into(),
+            })?;
+            self.close(CloseReason::LifetimeExpired);
+            return Ok(());
+        }
         if !matches!(self.state, State::Established) {
             return Ok(());
         }
@@ -970,11 +1098,14 @@ impl Server {
             self.close(CloseReason::IdleTimeout);
             return Ok(());
         }
+        if let Some(esp) = &mut self.esp
+            && let Some(gone) = esp.pair.retire_previous(now)
+            && let Some(spis) = &self.spis
+        {
+            spis.release(gone);
+        }
         if let Some(esp) = &self.esp
-            && esp
-                .lifetime
-                .and_then(|l| after(esp.keys_at, l))
-                .is_some_and(|d| now >= d)
+            && (esp.rekey_at().is_some_and(|d| now >= d) || esp.bytes_spent())
         {
             self.rekey_esp(now)?;
         }
@@ -990,20 +1121,26 @@ impl Server {
             return self.cfg.auth_timeout.and_then(|t| after(self.created, t));
         }
         if !matches!(self.state, State::Established) {
-            return None;
+            return self.session_end;
         }
         let idle = self
             .cfg
             .idle_timeout
             .and_then(|t| after(self.last_activity, t));
-        let rekey = self
-            .esp
-            .as_ref()
-            .and_then(|e| e.lifetime.and_then(|l| after(e.keys_at, l)));
-        match (idle, rekey) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let esp = self.esp.as_ref();
+        // Spent keys are due at once: any instant not in the future does.
+        let rekey = esp.and_then(|e| {
+            if e.bytes_spent() {
+                Some(e.keys_at)
+            } else {
+                e.rekey_at()
+            }
+        });
+        let retire = esp.and_then(|e| e.pair.previous_until());
+        [idle, rekey, retire, self.session_end]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

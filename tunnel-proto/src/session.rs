@@ -97,6 +97,9 @@ pub enum SessionError {
     /// The session is closed; nothing more can be done with it.
     #[error("session is closed")]
     Closed,
+    /// No SPI could be reserved for a new inbound SA.
+    #[error("no free ESP SPI")]
+    NoSpi,
     /// A data packet was dropped: this many bytes are already waiting for the TLS
     /// connection ([`MAX_TLS_BACKLOG`]).
     #[error("TLS backlog full ({pending} bytes waiting): data packet dropped")]
@@ -243,12 +246,33 @@ pub(crate) fn generate_inbound(
     suite: EspSuite,
     rng: &mut dyn RandomSource,
 ) -> Result<(InboundSa, EspKeys), SessionError> {
-    let mut spi = [0u8; 4];
-    while u32::from_be_bytes(spi) == 0 {
+    generate_inbound_with(suite, random_spi(rng), rng)
+}
+
+/// The lowest SPI a peer may be given: 0 is reserved for local use and 1-255 by IANA
+/// (RFC 4303 section 2.1).
+pub const MIN_SPI: u32 = 256;
+
+/// A random SPI of the range peers may be given.
+pub fn random_spi(rng: &mut dyn RandomSource) -> u32 {
+    loop {
+        let mut spi = [0u8; 4];
         rng.fill(&mut spi);
+        let spi = u32::from_be_bytes(spi);
+        if spi >= MIN_SPI {
+            return spi;
+        }
     }
+}
+
+/// An inbound SA with `spi` and fresh keys, and the keys to send the peer.
+pub(crate) fn generate_inbound_with(
+    suite: EspSuite,
+    spi: u32,
+    rng: &mut dyn RandomSource,
+) -> Result<(InboundSa, EspKeys), SessionError> {
     let mut keys = EspKeys {
-        spi: u32::from_be_bytes(spi),
+        spi,
         secrets: [0; ESP_SECRETS_LEN],
     };
     rng.fill(&mut keys.secrets[..suite.key_material_len()]);
@@ -283,10 +307,36 @@ impl EspPair {
         }
     }
 
-    /// Replaces the inbound SA, keeping the old one until `now + REKEY_OVERLAP`.
-    pub(crate) fn rotate_inbound(&mut self, inbound: InboundSa, now: Instant) {
+    /// Replaces the inbound SA, keeping the old one until `now + REKEY_OVERLAP`; returns the
+    /// SPI of the one kept before, which no datagram opens any more.
+    pub(crate) fn rotate_inbound(&mut self, inbound: InboundSa, now: Instant) -> Option<u32> {
         let old = std::mem::replace(&mut self.inbound, inbound);
+        let gone = self.previous.take().map(|(sa, _)| sa.spi());
         self.previous = Some((old, after(now, REKEY_OVERLAP).unwrap_or(now)));
+        gone
+    }
+
+    /// Drops the previous inbound SA once its overlap is over; returns its SPI then.
+    pub(crate) fn retire_previous(&mut self, now: Instant) -> Option<u32> {
+        match &self.previous {
+            Some((sa, until)) if now > *until => {
+                let spi = sa.spi();
+                self.previous = None;
+                Some(spi)
+            }
+            _ => None,
+        }
+    }
+
+    /// When the previous inbound SA stops opening datagrams.
+    pub(crate) fn previous_until(&self) -> Option<Instant> {
+        self.previous.as_ref().map(|(_, until)| *until)
+    }
+
+    /// The SPIs datagrams may carry now: the current inbound SA's, and the previous one's
+    /// during its overlap.
+    pub(crate) fn inbound_spis(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(self.inbound.spi()).chain(self.previous.as_ref().map(|(sa, _)| sa.spi()))
     }
 
     pub(crate) fn decapsulate<'a>(
@@ -298,11 +348,9 @@ impl EspPair {
         if let Some((old, until)) = &mut self.previous
             && Some(old.spi()) == spi
             && spi != Some(self.inbound.spi())
+            && now <= *until
         {
-            if now <= *until {
-                return old.decapsulate(datagram);
-            }
-            self.previous = None;
+            return old.decapsulate(datagram);
         }
         self.inbound.decapsulate(datagram)
     }

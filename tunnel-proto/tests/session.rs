@@ -1336,3 +1336,174 @@ fn a_repeated_client_key_reply_is_refused() {
         Err(SessionError::EspKeysRepeated)
     );
 }
+
+/// A login lasts `session_lifetime` whatever the traffic: the client is told what is left,
+/// and at the end the session gets a fatal error and closes. A resumed login keeps the end
+/// of the login it resumes, and is told only what is left of it.
+#[test]
+fn the_session_lifetime_is_enforced_and_a_resume_keeps_the_first_end() {
+    let lifetime = Duration::from_secs(3600);
+    let cfg = ServerConfig {
+        session_lifetime: Some(lifetime),
+        idle_timeout: None,
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(ClientConfig::new("gw"), cfg.clone());
+    h.establish(&tunnel_config(false));
+    assert!(h.take_client_events().iter().any(|e| matches!(
+        e,
+        ClientEvent::CookieReceived { auth_expiration: Some(d), .. } if *d == lifetime
+    )));
+    let end = h.now + lifetime;
+    assert_eq!(h.server.session_end(), Some(end));
+    assert_eq!(h.server.next_timer(), Some(end));
+    // Traffic does not move the end.
+    let mut buf = [0u8; 256];
+    h.client
+        .send_packet(&ipv4_packet(40, 1), h.now, &mut buf)
+        .expect("send");
+    h.now += Duration::from_secs(1800);
+    h.pump();
+    assert_eq!(h.server.next_timer(), Some(end));
+    h.server
+        .poll_timers(end - Duration::from_secs(1))
+        .expect("timers");
+    assert!(!h.server.is_closed());
+    h.server.poll_timers(end).expect("timers");
+    h.pump();
+    assert!(matches!(
+        h.take_server_events().last(),
+        Some(ServerEvent::Closed(CloseReason::LifetimeExpired))
+    ));
+    assert!(matches!(
+        h.take_client_events()[..],
+        [ClientEvent::Terminated {
+            kind: FatalErrorKind::SessionTerminated,
+            ..
+        }]
+    ));
+
+    // A resume 50 minutes into the login: 10 minutes are left, not a new hour.
+    let mut client = ClientConfig::new("gw");
+    client.cookie = Some("DSID-old".into());
+    let mut h = Harness::new(client, cfg);
+    let first_login = h.now - Duration::from_secs(3000);
+    h.pump();
+    h.server.set_session_end(first_login + lifetime);
+    h.server.accept("DSID-old").expect("accept");
+    h.pump();
+    assert!(h.take_client_events().iter().any(|e| matches!(
+        e,
+        ClientEvent::CookieReceived { auth_expiration: Some(d), .. } if *d == Duration::from_secs(600)
+    )));
+    h.server
+        .send_config(&tunnel_config(false), h.now)
+        .expect("cfg");
+    h.pump();
+    assert_eq!(h.server.next_timer(), Some(first_login + lifetime));
+    // A later end than the one in force is not taken.
+    h.server.set_session_end(h.now + lifetime);
+    assert_eq!(h.server.session_end(), Some(first_login + lifetime));
+}
+
+/// `lifetime_bytes` replaces the keys once that many bytes went through them, either way.
+#[test]
+fn the_esp_byte_lifetime_rekeys() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    let mut cfg = tunnel_config(true);
+    cfg.esp.lifetime_bytes = Some(10_000);
+    h.establish(&cfg);
+    h.bring_up_esp();
+    let spi = h.server.esp_spi();
+    let mut udp = [0u8; 2048];
+    let mut reply = [0u8; 2048];
+    for i in 0..9 {
+        let Transmit::Esp(n) = h
+            .client
+            .send_packet(&ipv4_packet(1000, 1), h.now, &mut udp)
+            .expect("send")
+        else {
+            panic!("not ESP");
+        };
+        h.server
+            .handle_esp(&mut udp[..n], h.now, &mut reply)
+            .expect("open");
+        assert!(!h.server.timers_due(), "{i}");
+    }
+    let Transmit::Esp(_) = h
+        .server
+        .send_packet(&ipv4_packet(1000, 2), h.now, &mut udp)
+        .expect("send")
+    else {
+        panic!("not ESP");
+    };
+    assert!(h.server.timers_due(), "10,000 bytes went through the keys");
+    assert!(h.server.next_timer().is_some_and(|t| t <= h.now));
+    h.server.poll_timers(h.now).expect("timers");
+    h.pump();
+    assert_ne!(h.server.esp_spi(), spi);
+    assert!(!h.server.timers_due());
+    assert!(h.take_client_events().contains(&ClientEvent::EspRekeyed));
+}
+
+/// An allocator that hands out SPIs from a set and records what is reserved.
+#[derive(Default)]
+struct CountingSpis(std::sync::Mutex<(u32, std::collections::BTreeSet<u32>)>);
+
+impl SpiAllocator for CountingSpis {
+    fn reserve(&self, _rng: &mut dyn RandomSource) -> Option<u32> {
+        let mut g = self.0.lock().unwrap();
+        g.0 += 1;
+        let spi = MIN_SPI + g.0;
+        g.1.insert(spi);
+        Some(spi)
+    }
+    fn release(&self, spi: u32) {
+        assert!(
+            self.0.lock().unwrap().1.remove(&spi),
+            "{spi} released twice"
+        );
+    }
+}
+
+impl CountingSpis {
+    fn held(&self) -> Vec<u32> {
+        self.0.lock().unwrap().1.iter().copied().collect()
+    }
+}
+
+/// With an allocator, every inbound SA's SPI is reserved while datagrams may carry it and
+/// released after: the previous SA's at the end of a rekey's overlap (or at the next rekey),
+/// all of them when the session is dropped.
+#[test]
+fn inbound_spis_are_reserved_while_they_open_datagrams() {
+    let spis = std::sync::Arc::new(CountingSpis::default());
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.server = Server::with_rng(ServerConfig::default(), Box::new(TestRng(2)), h.now)
+        .with_spi_allocator(spis.clone());
+    h.establish(&tunnel_config(true));
+    let first = h.server.esp_spi().expect("spi");
+    assert_eq!(spis.held(), [first]);
+    assert_eq!(h.server.esp_spis().collect::<Vec<_>>(), [first]);
+    h.server.rekey_esp(h.now).expect("rekey");
+    h.pump();
+    let second = h.server.esp_spi().expect("spi");
+    assert_eq!(spis.held(), [first, second]);
+    assert_eq!(h.server.esp_spis().collect::<Vec<_>>(), [second, first]);
+    // The overlap ends: the first is retired at the timer.
+    let until = h.now + REKEY_OVERLAP;
+    assert!(h.server.next_timer().is_some_and(|t| t <= until));
+    h.server
+        .poll_timers(until + Duration::from_millis(1))
+        .expect("timers");
+    assert_eq!(spis.held(), [second]);
+    assert_eq!(h.server.esp_spis().collect::<Vec<_>>(), [second]);
+    // Two rekeys within one overlap: the SA displaced by the second is released at once.
+    h.server.rekey_esp(h.now).expect("rekey");
+    h.pump();
+    h.server.rekey_esp(h.now).expect("rekey");
+    h.pump();
+    assert_eq!(spis.held().len(), 2);
+    drop(h);
+    assert!(spis.held().is_empty(), "all released with the session");
+}

@@ -30,7 +30,7 @@ use tunnel_proto::{
 use super::{
     AddressPool, EspCipher, GatewayConfig, Lease, LoginLimiter, RateLimitPolicy, UsersFile,
     Verdict,
-    table::{LastLookup, Resumable, Session, SessionTable},
+    table::{LastLookup, Resumable, Session, SessionTable, SpiRegistry},
     tls::{self, TlsSetupError},
     tls_readers::{READY_BATCH, TlsReader, TlsReaders},
 };
@@ -72,6 +72,8 @@ struct Ctx {
     pool: Mutex<AddressPool>,
     limiter: Mutex<LoginLimiter>,
     table: SessionTable,
+    /// The inbound SPIs every session's state machine takes its SAs' from.
+    spis: Arc<SpiRegistry>,
     tun: Tun,
     udp: Option<UdpSocket>,
     next_id: AtomicU64,
@@ -139,6 +141,7 @@ impl Gateway {
             pool: Mutex::new(pool),
             limiter: Mutex::new(LoginLimiter::new(RateLimitPolicy::default())),
             table: SessionTable::default(),
+            spis: Arc::default(),
             tun,
             udp,
             next_id: AtomicU64::new(1),
@@ -562,7 +565,12 @@ impl TunSide {
             }
         });
         seal_current(&mut proto, trains, session.id);
+        let timers_due = proto.timers_due();
         drop(proto);
+        if timers_due {
+            // The keys carried their byte lifetime: the task rekeys.
+            session.wake.notify_one();
+        }
         let read = self.reads.read(packets, now);
         // Sent with the lock released: the ESP side opens this session's packets meanwhile.
         let full = trains.full();
@@ -671,7 +679,12 @@ impl EspSide {
                 });
                 // A probe in the train: its answer.
                 let answer = proto.poll_esp_transmit(reply);
+                let timers_due = proto.timers_due();
                 drop(proto);
+                if timers_due {
+                    // The keys carried their byte lifetime: the task rekeys.
+                    session.wake.notify_one();
+                }
                 if let Ok(Some(n)) = answer {
                     let _ = udp.send_to(&reply[..n], from);
                 }
@@ -742,6 +755,13 @@ fn sent_by_owner(dropped: &AtomicU64, session: Option<&Session>, packet: &[u8]) 
             false
         }
     }
+}
+
+/// How long a session that lost its connection at `now` stays resumable: the idle timeout
+/// (no traffic can flow without a connection), or the session lifetime when there is none;
+/// never past the end of its login ([`Resumable::of`]).
+fn parked_until(config: &GatewayConfig, now: Instant) -> Instant {
+    now + config.idle_timeout.unwrap_or(config.session_lifetime)
 }
 
 /// Releases the addresses of parked sessions nobody resumed.
@@ -853,8 +873,9 @@ struct Conn {
     pending: Option<Server>,
     session: Option<Arc<Session>>,
     /// A session being resumed with its cookie, between ResumeRequested and Authenticated.
-    resuming: Option<Resumable>,
-    known_spi: Option<u32>,
+    resuming: Option<(String, Resumable)>,
+    /// The inbound SPIs the table indexes for this session.
+    known_spis: Vec<u32>,
     /// The client offered AES-256-GCM ESP in its upgrade request.
     offers_aes_gcm: bool,
     /// The TLS connection (a record per frame until the client says it reads a stream of
@@ -934,7 +955,8 @@ async fn serve(
             ..ServerConfig::default()
         },
         Instant::now(),
-    );
+    )
+    .with_spi_allocator(ctx.spis.clone());
     let mut conn = Conn {
         peer,
         id,
@@ -942,7 +964,7 @@ async fn serve(
         pending: Some(proto),
         session: None,
         resuming: None,
-        known_spi: None,
+        known_spis: Vec::new(),
         offers_aes_gcm: false,
         link: link.clone(),
     };
@@ -961,7 +983,7 @@ async fn serve(
             break conn.dropped();
         };
         if let Some(s) = &conn.session {
-            esp_housekeeping(&ctx, s, &mut conn.known_spi);
+            esp_housekeeping(&ctx, s, &mut conn.known_spis);
         }
         if link.send_all(|out| conn.take_tls(out)).await.is_err() {
             break conn.dropped();
@@ -1055,23 +1077,36 @@ async fn serve(
         }
     };
     ctx.tls_readers.remove(conn.id);
+    if let Some((cookie, r)) = conn.resuming.take() {
+        // The connection ended in the middle of a resume: the session stays resumable as it
+        // was (its address stays leased to it), until it would have expired anyway.
+        debug!(user = %r.user, "resume not completed; session resumable again");
+        ctx.table.park(cookie, r);
+    }
     finish(&ctx, conn.session, ending);
 }
 
-/// After the state machine ran: index a new inbound SPI, and send the answer to a probe that
-/// arrived before the client's ESP keys (now that they are in).
-fn esp_housekeeping(ctx: &Ctx, s: &Arc<Session>, known_spi: &mut Option<u32>) {
+/// After the state machine ran: index the inbound SPIs it opens now (a new one after a
+/// rekey, none of a retired one), and send the answer to a probe that arrived before the
+/// client's ESP keys (now that they are in).
+fn esp_housekeeping(ctx: &Ctx, s: &Arc<Session>, known_spis: &mut Vec<u32>) {
     let mut out = [0u8; 256];
-    let (spi, probe) = match s.proto.lock() {
-        Ok(mut p) => (p.esp_spi(), p.poll_esp_transmit(&mut out)),
+    let mut spis = [0u32; 2];
+    let (count, probe) = match s.proto.lock() {
+        Ok(mut p) => {
+            let count = spis
+                .iter_mut()
+                .zip(p.esp_spis())
+                .map(|(o, i)| *o = i)
+                .count();
+            (count, p.poll_esp_transmit(&mut out))
+        }
         Err(_) => return,
     };
-    if let Some(spi) = spi
-        && *known_spi != Some(spi)
-    {
-        ctx.table.index_spi(spi, s);
-        *known_spi = Some(spi);
-        debug!(spi = format!("{spi:#010x}"), "ESP SPI indexed");
+    if known_spis[..] != spis[..count] {
+        ctx.table.index_spis(s, &spis[..count]);
+        *known_spis = spis[..count].to_vec();
+        debug!(spis = ?known_spis, "ESP SPIs indexed");
     }
     match probe {
         Ok(Some(n)) => {
@@ -1101,26 +1136,33 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
         }
         ServerEvent::ClientInfo(info) => debug!(?info, "client info"),
         ServerEvent::ResumeRequested { cookie } => {
-            conn.resuming = ctx.table.unpark(&cookie, now).or_else(|| {
+            let resumable = ctx.table.unpark(&cookie, now).or_else(|| {
                 // The old connection may still be up (the client reconnected before the gateway
-                // noticed the loss): take its session over.
-                let live = ctx.table.live_by_cookie(&cookie)?;
+                // noticed the loss): take its session over, if its login has not ended.
+                let live = ctx
+                    .table
+                    .live_by_cookie(&cookie)
+                    .filter(|live| live.ends.is_none_or(|end| end > now))?;
                 live.superseded.store(true, Ordering::Relaxed);
                 live.wake.notify_one();
                 ctx.table.remove(&live);
-                Some(Resumable {
-                    user: live.user.clone(),
-                    realm: live.realm.clone(),
-                    lease: live.lease,
-                    expires: now + ctx.config.session_lifetime,
-                })
+                Some(Resumable::of(&live, parked_until(&ctx.config, now)))
             });
             let p = conn.pending.as_mut()?;
-            if conn.resuming.is_some() {
-                let _ = p.accept(&cookie);
-            } else {
-                info!("unknown or expired cookie: asking for credentials");
-                let _ = p.reject(AuthRejection::Retry);
+            match resumable {
+                Some(r) => {
+                    if let Some(end) = r.ends {
+                        p.set_session_end(end);
+                    }
+                    let _ = p.accept(&cookie);
+                    // Until the resumed session is established, the connection holds it: if
+                    // the connection ends first, it is parked again (`finish`).
+                    conn.resuming = Some((cookie, r));
+                }
+                None => {
+                    info!("unknown or expired cookie: asking for credentials");
+                    let _ = p.reject(AuthRejection::Retry);
+                }
             }
         }
         ServerEvent::Authenticate {
@@ -1192,9 +1234,15 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             cookie,
             resumed,
         } => {
-            let (user, realm, lease) = match conn.resuming.take() {
-                Some(r) if resumed => (r.user, r.realm, r.lease),
-                _ => {
+            let resumed_session = conn.resuming.take();
+            let (user, realm, lease) = match resumed_session {
+                Some((_, r)) if resumed => (r.user, r.realm, r.lease),
+                other => {
+                    if let Some((cookie, r)) = other {
+                        // A resume the state machine did not complete keeps its session
+                        // resumable (it cannot happen: accept() was called for it).
+                        ctx.table.park(cookie, r);
+                    }
                     let lease = match ctx.pool.lock().map(|mut p| p.allocate()) {
                         Ok(Ok(lease)) => lease,
                         _ => {
@@ -1233,6 +1281,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 realm,
                 cookie,
                 lease,
+                ends: proto.session_end(),
                 proto: Mutex::new(proto),
                 esp_peer: Mutex::new(None),
                 link: Arc::downgrade(&conn.link),
@@ -1274,21 +1323,9 @@ fn finish(ctx: &Ctx, session: Option<Arc<Session>>, ending: Ending) {
             info!(user = %s.user, peer = %s.peer, ipv4 = %s.lease.ipv4, "session ended, address released");
         }
         Ending::Dropped => {
-            let expires = Instant::now()
-                + ctx
-                    .config
-                    .idle_timeout
-                    .unwrap_or(ctx.config.session_lifetime);
             info!(user = %s.user, "connection lost; session resumable with its cookie");
-            ctx.table.park(
-                s.cookie.clone(),
-                Resumable {
-                    user: s.user.clone(),
-                    realm: s.realm.clone(),
-                    lease: s.lease,
-                    expires,
-                },
-            );
+            let r = Resumable::of(&s, parked_until(&ctx.config, Instant::now()));
+            ctx.table.park(s.cookie.clone(), r);
         }
         Ending::Superseded => info!(user = %s.user, "session taken over by a new connection"),
     }

@@ -12,7 +12,7 @@
 //! each other.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, RwLock, Weak,
@@ -22,7 +22,7 @@ use std::{
 };
 
 use tokio::sync::Notify;
-use tunnel_proto::Server;
+use tunnel_proto::{RandomSource, Server, SpiAllocator, random_spi};
 
 use crate::tls_link::TlsLink;
 
@@ -37,6 +37,9 @@ pub struct Session {
     pub realm: String,
     pub cookie: String,
     pub lease: Lease,
+    /// When the login ends, whatever the traffic (`session_lifetime_secs` after the login
+    /// this session is or resumed); a resume keeps it.
+    pub ends: Option<Instant>,
     /// The protocol state machine.
     pub proto: Mutex<Server>,
     /// Where the client's ESP packets come from (learned from authenticated datagrams).
@@ -78,13 +81,54 @@ impl Session {
     }
 }
 
-/// A session without a connection, resumable until `expires`.
+/// A session without a connection, resumable until `expires` (which is never later than
+/// `ends`, the end of its login).
 #[derive(Clone, Debug)]
 pub struct Resumable {
     pub user: String,
     pub realm: String,
     pub lease: Lease,
+    pub ends: Option<Instant>,
     pub expires: Instant,
+}
+
+impl Resumable {
+    /// `session`'s state for resuming it until `expires` at the latest.
+    pub fn of(session: &Session, expires: Instant) -> Resumable {
+        Resumable {
+            user: session.user.clone(),
+            realm: session.realm.clone(),
+            lease: session.lease,
+            ends: session.ends,
+            expires: session.ends.map_or(expires, |end| end.min(expires)),
+        }
+    }
+}
+
+/// The gateway's inbound SPIs: each is held by one inbound SA of one session at a time
+/// (see [`SpiAllocator`]), so an ESP datagram's SPI names exactly one session.
+#[derive(Default)]
+pub struct SpiRegistry {
+    held: Mutex<HashSet<u32>>,
+}
+
+/// Random draws before giving up on a free SPI: with even a million SPIs held, 16 draws all
+/// hitting held ones has a chance of about 1e-46.
+const SPI_DRAWS: usize = 16;
+
+impl SpiAllocator for SpiRegistry {
+    fn reserve(&self, rng: &mut dyn RandomSource) -> Option<u32> {
+        let mut held = self.held.lock().ok()?;
+        (0..SPI_DRAWS)
+            .map(|_| random_spi(rng))
+            .find(|&spi| held.insert(spi))
+    }
+
+    fn release(&self, spi: u32) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&spi);
+        }
+    }
 }
 
 /// See the module docs.
@@ -129,11 +173,17 @@ impl SessionTable {
         }
     }
 
-    /// Makes a session reachable by an inbound SPI (called again after each rekey; older SPIs
-    /// keep pointing at the session until it is removed).
-    pub fn index_spi(&self, spi: u32, s: &Arc<Session>) {
+    /// Makes a session reachable by exactly the inbound SPIs in `spis` (its state machine's
+    /// [`Server::esp_spis`], after each change): SPIs it no longer opens are forgotten.
+    /// Every SPI comes from the [`SpiRegistry`], which gives an SPI to one SA at a time, so
+    /// an entry of another session for one of them is stale (that session's SA let it go
+    /// and its next call here would drop it): it is replaced.
+    pub fn index_spis(&self, s: &Arc<Session>, spis: &[u32]) {
         if let Ok(mut m) = self.by_spi.write() {
-            m.insert(spi, s.clone());
+            m.retain(|spi, v| !Arc::ptr_eq(v, s) || spis.contains(spi));
+            for &spi in spis {
+                m.insert(spi, s.clone());
+            }
         }
         self.changed();
     }
@@ -255,6 +305,7 @@ mod tests {
                 ipv4: Ipv4Addr::from(ipv4),
                 ipv6: None,
             },
+            ends: None,
             proto: Mutex::new(Server::new(ServerConfig::default(), Instant::now())),
             esp_peer: Mutex::new(None),
             link: Weak::new(),
@@ -274,7 +325,7 @@ mod tests {
         assert!(table.by_addr_since(addr, &mut by_addr).is_none());
         let a = session(1, [10, 77, 0, 2]);
         table.insert(&a);
-        table.index_spi(0x1000, &a);
+        table.index_spis(&a, &[0x1000]);
         for _ in 0..2 {
             assert_eq!(table.by_addr_since(addr, &mut by_addr).unwrap().id, 1);
             assert_eq!(table.by_spi_since(0x1000, &mut by_spi).unwrap().id, 1);
@@ -298,12 +349,64 @@ mod tests {
 
         let b = session(2, [10, 77, 0, 2]);
         table.insert(&b);
-        table.index_spi(0x1000, &b);
+        table.index_spis(&b, &[0x1000]);
         assert_eq!(table.by_addr_since(addr, &mut by_addr).unwrap().id, 2);
         assert_eq!(table.by_spi_since(0x1000, &mut by_spi).unwrap().id, 2);
-        // A rekey indexes a new SPI: the old one keeps answering, the new one too.
-        table.index_spi(0x2000, &b);
+        // A rekey indexes a new SPI: during the overlap the old one keeps answering, the
+        // new one too; after it, only the new one.
+        table.index_spis(&b, &[0x2000, 0x1000]);
         assert_eq!(table.by_spi_since(0x1000, &mut by_spi).unwrap().id, 2);
         assert_eq!(table.by_spi_since(0x2000, &mut by_spi).unwrap().id, 2);
+        table.index_spis(&b, &[0x2000]);
+        assert!(table.by_spi_since(0x1000, &mut by_spi).is_none());
+        assert_eq!(table.by_spi_since(0x2000, &mut by_spi).unwrap().id, 2);
+    }
+
+    /// The registry gives an SPI to one holder at a time, from the range peers may be given,
+    /// however the random source falls; an SPI given back can be given again.
+    #[test]
+    fn the_spi_registry_never_gives_one_spi_twice() {
+        /// A source that repeats 250, 251, ..., 289: draws collide all the time, and six
+        /// values in each round are below the SPIs peers may be given.
+        struct Cycle(u32);
+        impl RandomSource for Cycle {
+            fn fill(&mut self, buf: &mut [u8]) {
+                self.0 = (self.0 + 1) % 40;
+                let v = 250 + self.0;
+                buf.copy_from_slice(&v.to_be_bytes()[..buf.len()]);
+            }
+        }
+        let registry = SpiRegistry::default();
+        let mut rng = Cycle(0);
+        let mut held = HashSet::new();
+        while let Some(spi) = registry.reserve(&mut rng) {
+            assert!(spi >= tunnel_proto::MIN_SPI, "{spi}");
+            assert!(held.insert(spi), "{spi} given twice");
+        }
+        assert_eq!(held.len(), 34, "256..=289, each once");
+        registry.release(280);
+        assert_eq!(registry.reserve(&mut rng), Some(280));
+    }
+
+    /// A session's index entries follow what it opens; one that lets an SPI go leaves the
+    /// SPI to the session the registry gives it to next, in whichever order the two index.
+    #[test]
+    fn an_spi_index_entry_follows_the_registry() {
+        let table = SessionTable::default();
+        let (a, b) = (session(1, [10, 77, 0, 2]), session(2, [10, 77, 0, 3]));
+        table.index_spis(&a, &[0x1000, 0x2000]);
+        // A retired 0x1000 and the registry gave it to B, which indexes first.
+        table.index_spis(&b, &[0x1000]);
+        assert_eq!(table.by_spi(0x1000).unwrap().id, 2);
+        table.index_spis(&a, &[0x2000]);
+        assert_eq!(
+            table.by_spi(0x1000).unwrap().id,
+            2,
+            "A's sync leaves B's entry"
+        );
+        assert_eq!(table.by_spi(0x2000).unwrap().id, 1);
+        table.remove(&a);
+        assert!(table.by_spi(0x2000).is_none());
+        assert_eq!(table.by_spi(0x1000).unwrap().id, 2);
     }
 }
