@@ -389,6 +389,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Refuses frames longer than `max_len` bytes from now on (a server takes larger frames
+    /// once the client has logged in).
+    pub fn set_max_len(&mut self, max_len: u32) {
+        self.max_len = max_len.max(HEADER_LEN as u32);
+    }
+
     /// Appends received bytes.
     pub fn push(&mut self, data: &[u8]) {
         if self.start > 0 && (self.start == self.buf.len() || self.start >= 4096) {

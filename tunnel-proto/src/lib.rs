@@ -106,7 +106,9 @@ pub use ift::{
     parse_upgrade_request, parse_upgrade_response,
 };
 pub use rng::{OsRandom, RandomSource, SessionRandom};
-pub use server::{CloseReason, Server, ServerConfig, ServerEvent, SpiAllocator};
+pub use server::{
+    CloseReason, DEFAULT_LOGIN_MAX_FRAME_LEN, Server, ServerConfig, ServerEvent, SpiAllocator,
+};
 pub use session::{
     AuthFailure, AuthRejection, EspInput, MAX_TLS_BACKLOG, MIN_SPI, Password, REKEY_OVERLAP,
     SessionError, Transmit, random_spi,

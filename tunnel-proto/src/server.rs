@@ -47,10 +47,19 @@ pub trait SpiAllocator: Send + Sync {
 pub struct ServerConfig {
     /// Realms offered. With more than one the client must choose; with one it is implied.
     pub realms: Vec<String>,
-    /// Largest IF-T frame accepted.
+    /// Largest IF-T frame accepted once the client has logged in.
     pub max_frame_len: u32,
+    /// Largest IF-T frame accepted before: the login's messages are small, and whoever
+    /// sends them has proved nothing yet, so what they can make the gateway buffer is too.
+    pub login_max_frame_len: u32,
     /// Time from creation to authenticated before the session is dropped.
     pub auth_timeout: Option<Duration>,
+    /// Time the client has for each login step it answers without its user (the upgrade
+    /// request, version, client info, identity, hello, cookie acknowledgement).
+    pub protocol_step_timeout: Option<Duration>,
+    /// Time the client has for each login step its user may have to answer (the realm, the
+    /// credentials).
+    pub user_step_timeout: Option<Duration>,
     /// No data in either direction for this long ends the session with fatal error 8.
     pub idle_timeout: Option<Duration>,
     /// How long a login lasts, from the creation of the session that logged in, whatever
@@ -64,12 +73,20 @@ impl Default for ServerConfig {
         Self {
             realms: vec!["Users".into()],
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            login_max_frame_len: DEFAULT_LOGIN_MAX_FRAME_LEN,
             auth_timeout: Some(Duration::from_secs(120)),
+            protocol_step_timeout: Some(Duration::from_secs(10)),
+            user_step_timeout: Some(Duration::from_secs(60)),
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             session_lifetime: None,
         }
     }
 }
+
+/// The default [`ServerConfig::login_max_frame_len`]: the largest login message a Pulse
+/// client sends (client information, EAP with a username, password or cookie) is a few
+/// hundred bytes.
+pub const DEFAULT_LOGIN_MAX_FRAME_LEN: u32 = 16 * 1024;
 
 /// Why a gateway session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +98,12 @@ pub enum CloseReason {
     AuthRejected,
     /// Authentication did not finish within `auth_timeout`.
     AuthTimeout,
+    /// The client did not answer a login step within its time
+    /// ([`ServerConfig::protocol_step_timeout`], [`ServerConfig::user_step_timeout`]).
+    StepTimeout {
+        /// What the gateway was waiting for.
+        waiting_for: &'static str,
+    },
     /// No traffic within `idle_timeout`; fatal error 8 was sent.
     IdleTimeout,
     /// [`Server::terminate`] was called; fatal error was sent.
@@ -190,6 +213,25 @@ impl State {
     fn authenticated(&self) -> bool {
         matches!(self, Self::Authenticated | Self::Established)
     }
+
+    /// How long the client has to answer in this state; None when the client is not the
+    /// one to act (the caller decides, or the login is over).
+    fn step_timeout(&self, cfg: &ServerConfig) -> Option<Duration> {
+        match self {
+            Self::AwaitUpgrade { .. }
+            | Self::AwaitVersion
+            | Self::AwaitClientInfo
+            | Self::AwaitIdentity
+            | Self::AwaitHello { .. }
+            | Self::AwaitCookieAck { .. } => cfg.protocol_step_timeout,
+            Self::AwaitRealm { .. } | Self::AwaitCredentials { .. } => cfg.user_step_timeout,
+            Self::AwaitResumeDecision
+            | Self::AwaitDecision { .. }
+            | Self::Authenticated
+            | Self::Established
+            | Self::Closed => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -241,6 +283,10 @@ pub struct Server {
     events: VecDeque<ServerEvent>,
     created: Instant,
     last_activity: Instant,
+    /// The latest time the caller passed in.
+    clock: Instant,
+    /// When the current login step began: the client has its step timeout from here.
+    step_started: Instant,
     next_ident: u8,
     esp: Option<ServerEsp>,
     spis: Option<Arc<dyn SpiAllocator>>,
@@ -275,7 +321,7 @@ impl Server {
 
     /// Same, with an injected random source.
     pub fn with_rng(cfg: ServerConfig, rng: Box<dyn RandomSource + Send>, now: Instant) -> Self {
-        let decoder = FrameDecoder::new(cfg.max_frame_len);
+        let decoder = FrameDecoder::new(cfg.login_max_frame_len.min(cfg.max_frame_len));
         let lifetime = cfg.session_lifetime;
         Self {
             cfg,
@@ -286,6 +332,8 @@ impl Server {
             events: VecDeque::new(),
             created: now,
             last_activity: now,
+            clock: now,
+            step_started: now,
             next_ident: 1,
             esp: None,
             spis: None,
@@ -427,9 +475,13 @@ impl Server {
         if self.is_closed() {
             return Err(SessionError::Closed);
         }
+        self.clock = self.clock.max(now);
+        let step = self.state.name();
         let r = self.handle_tls_inner(data, now, &mut packets);
         if r.is_err() {
             self.state = State::Closed;
+        } else if self.state.name() != step {
+            self.step_started = now;
         }
         r
     }
@@ -725,6 +777,7 @@ impl Server {
             State::AwaitResumeDecision => (None, None, true),
             _ => return Err(self.wrong("accept")),
         };
+        self.step_started = self.clock;
         let ident = self.ident();
         // What is left of the login (all of it for a new one), from the last thing heard.
         let remaining = self
@@ -752,6 +805,7 @@ impl Server {
 
     /// Refuses the pending login or cookie resume; see [`AuthRejection`].
     pub fn reject(&mut self, why: AuthRejection) -> Result<(), SessionError> {
+        self.step_started = self.clock;
         match (&self.state, why) {
             (State::AwaitDecision { realm, .. }, AuthRejection::Retry) => {
                 let realm = realm.clone();
@@ -805,6 +859,7 @@ impl Server {
         }
         self.out.send(&Message::EndOfConfig)?;
         self.state = State::Established;
+        self.decoder.set_max_len(self.cfg.max_frame_len);
         self.last_activity = now;
         Ok(())
     }
@@ -1069,11 +1124,15 @@ impl Server {
         if self.is_closed() {
             return Ok(());
         }
+        self.clock = self.clock.max(now);
         if !self.state.authenticated() {
             if let Some(t) = self.cfg.auth_timeout
                 && after(self.created, t).is_some_and(|d| now >= d)
             {
                 self.close(CloseReason::AuthTimeout);
+            } else if self.step_deadline().is_some_and(|d| now >= d) {
+                let waiting_for = self.state.name();
+                self.close(CloseReason::StepTimeout { waiting_for });
             }
             return Ok(());
         }
@@ -1112,13 +1171,21 @@ impl Server {
         Ok(())
     }
 
+    /// When the client's time for the current login step is up.
+    fn step_deadline(&self) -> Option<Instant> {
+        self.state
+            .step_timeout(&self.cfg)
+            .and_then(|t| after(self.step_started, t))
+    }
+
     /// When [`Self::poll_timers`] next has something to do.
     pub fn next_timer(&self) -> Option<Instant> {
         if self.is_closed() {
             return None;
         }
         if !self.state.authenticated() {
-            return self.cfg.auth_timeout.and_then(|t| after(self.created, t));
+            let login = self.cfg.auth_timeout.and_then(|t| after(self.created, t));
+            return [login, self.step_deadline()].into_iter().flatten().min();
         }
         if !matches!(self.state, State::Established) {
             return self.session_end;
@@ -1166,7 +1233,11 @@ mod tests {
     #[test]
     fn auth_timeout_closes_before_login() {
         let now = Instant::now();
-        let mut s = Server::new(ServerConfig::default(), now);
+        let cfg = ServerConfig {
+            protocol_step_timeout: None,
+            ..ServerConfig::default()
+        };
+        let mut s = Server::new(cfg, now);
         assert_eq!(s.next_timer(), Some(now + Duration::from_secs(120)));
         s.poll_timers(now + Duration::from_secs(119))
             .expect("timers");
@@ -1177,6 +1248,70 @@ mod tests {
             s.poll_event(),
             Some(ServerEvent::Closed(CloseReason::AuthTimeout))
         );
+        assert!(s.is_closed());
+    }
+
+    /// A client that stops answering mid-login is closed after its step's time, however
+    /// much of the overall login time is left; each answer starts the next step's time.
+    #[test]
+    fn each_login_step_has_its_own_deadline() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut s = Server::new(ServerConfig::default(), t0);
+        assert_eq!(s.next_timer(), Some(t0 + secs(10)), "the upgrade request");
+        let t1 = t0 + secs(9);
+        s.handle_tls_bytes(b"GET /dana/js?prot=1&svc=4 HTTP/1.1\r\nHost: gw\r\n", t1)
+            .expect("part of the request");
+        assert_eq!(
+            s.next_timer(),
+            Some(t0 + secs(10)),
+            "a partial request is no answer"
+        );
+        s.handle_tls_bytes(
+            b"Upgrade: IF-T/TLS 1.0\r\nContent-Type: EAP\r\n\r\n",
+            t1 + secs(0),
+        )
+        .expect("the rest");
+        assert_eq!(s.next_timer(), Some(t1 + secs(10)), "the version request");
+        s.poll_timers(t1 + secs(10)).expect("timers");
+        assert_eq!(
+            s.poll_event(),
+            Some(ServerEvent::Upgraded(
+                parse_upgrade_request(
+                    b"GET /dana/js?prot=1&svc=4 HTTP/1.1\r\nHost: gw\r\nUpgrade: IF-T/TLS 1.0\r\nContent-Type: EAP\r\n\r\n"
+                )
+                .expect("parse")
+                .expect("whole")
+                .0
+            ))
+        );
+        assert_eq!(
+            s.poll_event(),
+            Some(ServerEvent::Closed(CloseReason::StepTimeout {
+                waiting_for: "waiting for the version request"
+            }))
+        );
+    }
+
+    /// Before the login, frames are small; what the gateway buffers for a client that has
+    /// proved nothing is bounded by that.
+    #[test]
+    fn a_large_frame_before_the_login_is_refused() {
+        let now = Instant::now();
+        let mut s = Server::new(ServerConfig::default(), now);
+        s.handle_tls_bytes(
+            b"GET / HTTP/1.1\r\nHost: gw\r\nUpgrade: IF-T/TLS 1.0\r\nContent-Type: EAP\r\n\r\n",
+            now,
+        )
+        .expect("upgrade");
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&0x5597u32.to_be_bytes());
+        header[4..8].copy_from_slice(&1u32.to_be_bytes());
+        header[8..12].copy_from_slice(&(DEFAULT_LOGIN_MAX_FRAME_LEN + 1).to_be_bytes());
+        assert!(matches!(
+            s.handle_tls_bytes(&header, now),
+            Err(SessionError::Ift(_))
+        ));
         assert!(s.is_closed());
     }
 

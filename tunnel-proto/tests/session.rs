@@ -452,6 +452,16 @@ fn data_frames_both_ways_over_tls() {
     h.pump();
     assert_eq!(h.take_server_events(), [ServerEvent::Packet(up)]);
     assert_eq!(h.take_client_events(), [ClientEvent::Packet(down)]);
+    // Once logged in, frames larger than any login message are taken (a 64 KiB packet).
+    let big = ipv4_packet(65_535, 2);
+    let mut buf = vec![0u8; 70_000];
+    const { assert!(DEFAULT_LOGIN_MAX_FRAME_LEN < 65_535) };
+    assert_eq!(
+        h.client.send_packet(&big, h.now, &mut buf),
+        Ok(Transmit::Tls)
+    );
+    h.pump();
+    assert_eq!(h.take_server_events(), [ServerEvent::Packet(big)]);
 }
 
 /// The client sends its ESP keys over TLS and probes over UDP at once; the first probe can

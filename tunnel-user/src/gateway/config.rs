@@ -61,6 +61,25 @@ pub mod defaults {
     pub const ESP_KEY_LIFETIME_SECS: u32 = 1200;
     /// `esp.key_lifetime_bytes`: 0, no byte-based rekeying, as Ivanti ships.
     pub const ESP_KEY_LIFETIME_BYTES: u32 = 0;
+    /// `limits.login_connections`: a login takes a few kilobytes of memory and one
+    /// descriptor; a thousand at once is more than a busy morning's logins, and far below the
+    /// descriptor limit the service unit sets.
+    pub const LOGIN_CONNECTIONS: u32 = 1024;
+    /// `limits.login_connections_per_source`: room for an office behind one NAT address
+    /// logging in at once, while one host cannot take the global cap alone.
+    pub const LOGIN_CONNECTIONS_PER_SOURCE: u32 = 32;
+    /// `limits.tls_handshake_secs`: a TLS handshake takes two round trips.
+    pub const TLS_HANDSHAKE_SECS: u32 = 10;
+    /// `limits.login_step_secs`: each login step a client answers by itself is one round
+    /// trip.
+    pub const LOGIN_STEP_SECS: u32 = 10;
+    /// `limits.user_step_secs`: openconnect asks its user for the realm and the password
+    /// only when the gateway asks for them.
+    pub const USER_STEP_SECS: u32 = 60;
+    /// `limits.login_secs`: a whole login, the user's typing included.
+    pub const LOGIN_SECS: u32 = 120;
+    /// `limits.login_frame_bytes`: see `tunnel_proto::DEFAULT_LOGIN_MAX_FRAME_LEN`.
+    pub const LOGIN_FRAME_BYTES: u32 = tunnel_proto::DEFAULT_LOGIN_MAX_FRAME_LEN;
 }
 
 /// The validated configuration of one gateway. Built only by [`GatewayConfig::load`] or
@@ -100,6 +119,52 @@ pub struct GatewayConfig {
     /// `tun_name`: the gateway's TUN device, 1-15 bytes, no '/', ':' or whitespace. Default
     /// `tgw0`.
     pub tun_name: String,
+    /// `[limits]`: what a client that has not logged in yet may cost the gateway.
+    pub limits: LimitsConfig,
+    /// `[access]`: where logged-in clients may send packets beyond their routes.
+    pub access: AccessConfig,
+}
+
+/// `[access]`: a client reaches what its routes include (and the pushed DNS servers on port
+/// 53); these open what is off by default, whatever the routes say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AccessConfig {
+    /// `access.client_to_client`: clients may reach other clients' tunnel addresses.
+    /// Default false.
+    pub client_to_client: bool,
+    /// `access.gateway`: clients may reach the gateway host itself (its tunnel addresses,
+    /// every address of its interfaces). Default false.
+    pub gateway: bool,
+}
+
+/// `[limits]`: bounds on connections that have not logged in yet. Whoever opens one has proved
+/// nothing, so each is refused or closed as soon as it exceeds its share, before the gateway
+/// spends more on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitsConfig {
+    /// `limits.login_connections`: connections not logged in yet, all sources together; a
+    /// connection over it is closed as soon as it is accepted. 1-1000000, default 1024.
+    pub login_connections: u32,
+    /// `limits.login_connections_per_source`: the same, per source (an IPv4 address or an
+    /// IPv6 /64). 1-1000000, default 32.
+    pub login_connections_per_source: u32,
+    /// `limits.tls_handshake_secs`: time for the TLS handshake. 1-300, default 10.
+    pub tls_handshake: Duration,
+    /// `limits.login_step_secs`: time for each login step the client answers by itself (the
+    /// upgrade request, IF-T version, client information, EAP identity, the cookie's
+    /// acknowledgement). 1-300, default 10.
+    pub login_step: Duration,
+    /// `limits.user_step_secs`: time for each login step the client's user may have to answer
+    /// (the realm, the credentials). 1-3600, default 60.
+    pub user_step: Duration,
+    /// `limits.login_secs`: time for the whole login, from the TCP connection to the
+    /// configuration. 1-3600, default 120.
+    pub login: Duration,
+    /// `limits.login_frame_bytes`: the largest IF-T frame taken before the login; once
+    /// logged in, a client may send frames of up to 1 MiB. 1024-1048576, default 16384.
+    pub login_frame_bytes: u32,
 }
 
 /// `[tls]`.
@@ -368,6 +433,79 @@ struct RawConfig {
     dpd_interval_secs: Option<i64>,
     session_lifetime_secs: Option<i64>,
     tun_name: Option<String>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    access: RawAccess,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    client_to_client: Option<bool>,
+    gateway: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    login_connections: Option<i64>,
+    login_connections_per_source: Option<i64>,
+    tls_handshake_secs: Option<i64>,
+    login_step_secs: Option<i64>,
+    user_step_secs: Option<i64>,
+    login_secs: Option<i64>,
+    login_frame_bytes: Option<i64>,
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<LimitsConfig, ConfigError> {
+        let count = |v, k, d: u32| int(v, k, 1, 1_000_000, d.into()).map(|n| n as u32);
+        let time = |v, k, max, d: u32| int(v, k, 1, max, d.into()).map(secs);
+        Ok(LimitsConfig {
+            login_connections: count(
+                self.login_connections,
+                "limits.login_connections",
+                defaults::LOGIN_CONNECTIONS,
+            )?,
+            login_connections_per_source: count(
+                self.login_connections_per_source,
+                "limits.login_connections_per_source",
+                defaults::LOGIN_CONNECTIONS_PER_SOURCE,
+            )?,
+            tls_handshake: time(
+                self.tls_handshake_secs,
+                "limits.tls_handshake_secs",
+                300,
+                defaults::TLS_HANDSHAKE_SECS,
+            )?,
+            login_step: time(
+                self.login_step_secs,
+                "limits.login_step_secs",
+                300,
+                defaults::LOGIN_STEP_SECS,
+            )?,
+            user_step: time(
+                self.user_step_secs,
+                "limits.user_step_secs",
+                3600,
+                defaults::USER_STEP_SECS,
+            )?,
+            login: time(
+                self.login_secs,
+                "limits.login_secs",
+                3600,
+                defaults::LOGIN_SECS,
+            )?,
+            login_frame_bytes: int(
+                self.login_frame_bytes,
+                "limits.login_frame_bytes",
+                1024,
+                i64::from(tunnel_proto::DEFAULT_MAX_FRAME_LEN),
+                defaults::LOGIN_FRAME_BYTES.into(),
+            )? as u32,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -805,6 +943,8 @@ impl RawConfig {
             });
         }
 
+        let limits = self.limits.validate()?;
+
         Ok(GatewayConfig {
             listen,
             tls,
@@ -819,6 +959,11 @@ impl RawConfig {
             dpd_interval: secs(dpd),
             session_lifetime: secs(lifetime),
             tun_name,
+            limits,
+            access: AccessConfig {
+                client_to_client: self.access.client_to_client.unwrap_or(false),
+                gateway: self.access.gateway.unwrap_or(false),
+            },
         })
     }
 }
@@ -1082,7 +1227,49 @@ impl fmt::Display for GatewayConfig {
             "session_lifetime_secs  {} s",
             self.session_lifetime.as_secs()
         )?;
-        write!(f, "tun_name               {}", self.tun_name)
+        writeln!(f, "tun_name               {}", self.tun_name)?;
+        let l = &self.limits;
+        writeln!(
+            f,
+            "limits.login_connections            {}",
+            l.login_connections
+        )?;
+        writeln!(
+            f,
+            "limits.login_connections_per_source {}",
+            l.login_connections_per_source
+        )?;
+        writeln!(
+            f,
+            "limits.tls_handshake_secs           {} s",
+            l.tls_handshake.as_secs()
+        )?;
+        writeln!(
+            f,
+            "limits.login_step_secs              {} s",
+            l.login_step.as_secs()
+        )?;
+        writeln!(
+            f,
+            "limits.user_step_secs               {} s",
+            l.user_step.as_secs()
+        )?;
+        writeln!(
+            f,
+            "limits.login_secs                   {} s",
+            l.login.as_secs()
+        )?;
+        writeln!(
+            f,
+            "limits.login_frame_bytes            {}",
+            l.login_frame_bytes
+        )?;
+        writeln!(
+            f,
+            "access.client_to_client {}",
+            self.access.client_to_client
+        )?;
+        write!(f, "access.gateway          {}", self.access.gateway)
     }
 }
 

@@ -23,9 +23,15 @@
 //! The runtime builds on them (docs/gateway.md draws it):
 //! - `runtime`: [`Gateway`]: the TLS listener, one task per connection, the packet
 //!   threads, graceful shutdown;
+//! - `access`: where logged-in clients' packets may go (routes, DNS, other clients, the
+//!   gateway host);
+//! - `admission`: the caps on connections that have not logged in yet, and log lines that
+//!   stay bounded under a flood;
 //! - `table`: the session table (by address, by SPI, by cookie; resumable sessions);
 //! - `tls`: the rustls server configuration and client-certificate names.
 
+mod access;
+mod admission;
 mod config;
 mod pool;
 mod ratelimit;
@@ -36,8 +42,8 @@ mod tls_readers;
 mod users;
 
 pub use config::{
-    AuthConfig, ConfigError, EspCipher, EspConfig, GatewayConfig, MTU_RANGE, PoolConfig,
-    RoutesConfig, TlsConfig, defaults,
+    AccessConfig, AuthConfig, ConfigError, EspCipher, EspConfig, GatewayConfig, LimitsConfig,
+    MTU_RANGE, PoolConfig, RoutesConfig, TlsConfig, defaults,
 };
 pub use pool::{AddressPool, Lease, PoolError};
 pub use ratelimit::{LoginLimiter, RateLimitPolicy, Verdict};

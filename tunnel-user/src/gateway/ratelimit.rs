@@ -60,7 +60,7 @@ pub enum Verdict {
 
 /// What failures are counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
+pub(crate) enum Source {
     V4(Ipv4Addr),
     /// The upper 64 bits of an IPv6 address.
     V6Prefix(u64),

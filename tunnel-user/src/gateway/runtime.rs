@@ -30,6 +30,8 @@ use tunnel_proto::{
 use super::{
     AddressPool, EspCipher, GatewayConfig, Lease, LoginLimiter, RateLimitPolicy, UsersFile,
     Verdict,
+    access::{AccessCache, AccessControl, AccessPolicy, Refused, local_addresses},
+    admission::{Admission, LogThrottle, LoginSlot, Refusal},
     table::{LastLookup, Resumable, Session, SessionTable, SpiRegistry},
     tls::{self, TlsSetupError},
     tls_readers::{READY_BATCH, TlsReader, TlsReaders},
@@ -66,9 +68,27 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> GatewayError {
     move |source| GatewayError::Io { what, source }
 }
 
+/// The interval of the log lines about connections the gateway refuses or cannot accept.
+const FLOOD_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The first pause after `accept()` failed; each failure in a row doubles it, up to
+/// [`ACCEPT_BACKOFF_MAX`]. A failing accept (out of descriptors: EMFILE, ENFILE, ENOBUFS)
+/// leaves the connection queued and the listener readable, so retrying at once would spin.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Each connection task reads into a buffer this big until its session is established
+/// (the packet threads read it afterwards): one TLS record's plaintext.
+const LOGIN_READ_BUF: usize = 16 * 1024;
+
 /// What every task and thread shares.
 struct Ctx {
     config: GatewayConfig,
+    /// Connections not logged in yet ([`Admission`]).
+    admission: Arc<Admission>,
+    /// Connections refused at a cap.
+    refused: AtomicU64,
+    refused_log: LogThrottle,
     pool: Mutex<AddressPool>,
     limiter: Mutex<LoginLimiter>,
     table: SessionTable,
@@ -88,6 +108,9 @@ struct Ctx {
     tls_scratch: Mutex<TlsScratch>,
     /// Packets dropped because no session owns their destination, or spoofed sources.
     dropped: AtomicU64,
+    /// Where clients' packets may go ([`AccessPolicy`]), and how many it stopped.
+    access: AccessControl,
+    forbidden: AtomicU64,
     tun_side: Mutex<TunSide>,
     esp_side: Mutex<EspSide>,
 }
@@ -109,6 +132,8 @@ impl Gateway {
         let tun = Tun::create_offloaded(&config.tun_name)
             .map_err(io_err(format!("creating TUN {}", config.tun_name)))?;
         configure_tun(&config, &tun)?;
+        let local = local_addresses().map_err(io_err("listing the host's addresses"))?;
+        let access = AccessControl::new(AccessPolicy::new(&config, &local));
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(io_err(format!("listening on {}", config.listen)))?;
@@ -138,6 +163,12 @@ impl Gateway {
         let tls_scratch = Mutex::new(TlsScratch::new(&tun));
         let esp_side = Mutex::new(EspSide::new(&tun));
         let ctx = Arc::new(Ctx {
+            admission: Admission::new(
+                config.limits.login_connections,
+                config.limits.login_connections_per_source,
+            ),
+            refused: AtomicU64::new(0),
+            refused_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
             pool: Mutex::new(pool),
             limiter: Mutex::new(LoginLimiter::new(RateLimitPolicy::default())),
             table: SessionTable::default(),
@@ -150,6 +181,8 @@ impl Gateway {
             tls_readers,
             tls_scratch,
             dropped: AtomicU64::new(0),
+            access,
+            forbidden: AtomicU64::new(0),
             tun_side: Mutex::new(TunSide::new()),
             esp_side,
             config,
@@ -180,16 +213,37 @@ impl Gateway {
         let threads = start_data_plane(&ctx)?;
         let (stop_tx, _) = broadcast::channel::<()>(1);
         let mut tasks = tokio::task::JoinSet::new();
-        let janitor = tokio::spawn(expire_parked(ctx.clone(), stop_tx.subscribe()));
+        let janitor = tokio::spawn(janitor(ctx.clone(), stop_tx.subscribe()));
         tokio::pin!(shutdown);
         info!(listen = %listener.local_addr().map_err(io_err("listener address"))?, "gateway running");
+        let accept_log = LogThrottle::new(FLOOD_LOG_INTERVAL);
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => {
                     let (conn, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                        Ok(a) => {
+                            backoff = ACCEPT_BACKOFF_MIN;
+                            a
+                        }
+                        Err(e) => {
+                            if let Some(held) = accept_log.event(Instant::now()) {
+                                warn!(error = %e, more = held, pause_ms = backoff.as_millis() as u64, "accept failed");
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                            continue;
+                        }
+                    };
+                    // The caps come before any work on the connection.
+                    let slot = match ctx.admission.admit(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(refusal) => {
+                            drop(conn);
+                            refused(&ctx, peer, refusal);
+                            continue;
+                        }
                     };
                     // Tunnelled packets go out as TLS records as soon as they are sealed: a
                     // small one must not wait for the ACK of the last (Nagle), as the
@@ -199,7 +253,7 @@ impl Gateway {
                     }
                     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
                     let span = info_span!("session", id, %peer);
-                    tasks.spawn(serve(ctx.clone(), acceptor.clone(), conn, peer, id, stop_tx.subscribe()).instrument(span));
+                    tasks.spawn(serve(ctx.clone(), acceptor.clone(), conn, peer, id, slot, stop_tx.subscribe()).instrument(span));
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -224,9 +278,36 @@ impl Gateway {
         }
         info!(
             dropped = ctx.dropped.load(Ordering::Relaxed),
+            forbidden = ctx.forbidden.load(Ordering::Relaxed),
+            refused = ctx.refused.load(Ordering::Relaxed),
             "gateway stopped"
         );
         Ok(())
+    }
+}
+
+/// Counts a connection refused at a cap, and logs it within the flood log's bounds.
+fn refused(ctx: &Ctx, peer: SocketAddr, refusal: Refusal) {
+    ctx.refused.fetch_add(1, Ordering::Relaxed);
+    if let Some(held) = ctx.refused_log.event(Instant::now()) {
+        let limits = &ctx.config.limits;
+        let logging_in = ctx.admission.logging_in();
+        match refusal {
+            Refusal::Global => warn!(
+                %peer,
+                more = held,
+                logging_in,
+                cap = limits.login_connections,
+                "connection refused: limits.login_connections are logging in"
+            ),
+            Refusal::PerSource => warn!(
+                %peer,
+                more = held,
+                logging_in,
+                cap = limits.login_connections_per_source,
+                "connection refused: limits.login_connections_per_source from this source are logging in"
+            ),
+        }
     }
 }
 
@@ -333,11 +414,16 @@ fn drain_tls(ctx: &Ctx) -> ControlFlow<()> {
     let Ok(mut scratch) = ctx.tls_scratch.lock() else {
         return ControlFlow::Break(());
     };
-    let TlsScratch { buf, sink, ready } = &mut *scratch;
+    let TlsScratch {
+        buf,
+        sink,
+        ready,
+        access,
+    } = &mut *scratch;
     while !ctx.stop.is_set() {
         let reported = ctx.tls_readers.ready(ready);
         for (token, reader) in ready.iter() {
-            read_tls_connection(ctx, *token, reader, buf, sink);
+            read_tls_connection(ctx, *token, reader, buf, sink, access);
         }
         if reported < READY_BATCH {
             break;
@@ -353,6 +439,7 @@ struct TlsScratch {
     buf: Vec<u8>,
     sink: TunSink,
     ready: Vec<(u64, Arc<TlsReader>)>,
+    access: AccessCache,
 }
 
 impl TlsScratch {
@@ -361,6 +448,7 @@ impl TlsScratch {
             buf: vec![0u8; 65_536],
             sink: TunSink::new(tun),
             ready: Vec::with_capacity(READY_BATCH),
+            access: AccessCache::default(),
         }
     }
 }
@@ -375,6 +463,7 @@ fn read_tls_connection(
     reader: &TlsReader,
     buf: &mut [u8],
     sink: &mut TunSink,
+    access: &mut AccessCache,
 ) {
     let session = &reader.session;
     loop {
@@ -386,7 +475,16 @@ fn read_tls_connection(
                     .proto
                     .lock()
                     .map(|mut p| {
-                        take_client_bytes(ctx, &mut p, Some(session), sink, &mut claim, &buf[..n])
+                        let bytes = &buf[..n];
+                        take_client_bytes(
+                            ctx,
+                            &mut p,
+                            Some(session),
+                            sink,
+                            access,
+                            &mut claim,
+                            bytes,
+                        )
                     })
                     .unwrap_or(true);
                 flush_client_packets(ctx, sink, claim);
@@ -415,11 +513,12 @@ fn take_client_bytes<'c>(
     p: &mut Server,
     owner: Option<&Session>,
     sink: &mut TunSink,
+    access: &mut AccessCache,
     claim: &mut Option<Claim<'c>>,
     data: &[u8],
 ) -> bool {
     let result = p.handle_tls_bytes_with(data, Instant::now(), &mut |packet| {
-        if sent_by_owner(&ctx.dropped, owner, packet) {
+        if forwardable(ctx, owner, packet, access) {
             if claim.is_none() {
                 *claim = ctx
                     .dispatch
@@ -614,6 +713,7 @@ struct EspSide {
     /// Opened packets: (run, message, offset, length) in `batch`.
     opened: Vec<(usize, usize, usize, usize)>,
     session: LastLookup<u32>,
+    access: AccessCache,
 }
 
 impl EspSide {
@@ -625,6 +725,7 @@ impl EspSide {
             runs: Vec::with_capacity(RECV_BATCH),
             opened: Vec::with_capacity(RECV_BATCH * 64),
             session: LastLookup::default(),
+            access: AccessCache::default(),
         }
     }
 
@@ -642,6 +743,7 @@ impl EspSide {
             runs,
             opened,
             session: last,
+            access,
         } = self;
         batch.recv(udp)?;
         let now = Instant::now();
@@ -713,13 +815,8 @@ impl EspSide {
         };
         for &(run, i, at, len) in opened.iter() {
             let packet = &batch.message(i)[at..at + len];
-            let session = &runs[run].0;
-            match ip_endpoints(packet) {
-                Some((src, _)) if session.owns(src) => sink.push(&ctx.tun, packet),
-                other => {
-                    ctx.dropped.fetch_add(1, Ordering::Relaxed);
-                    debug!(session = session.id, src = ?other.map(|(s, _)| s), "spoofed source dropped");
-                }
+            if forwardable(ctx, Some(&runs[run].0), packet, access) {
+                sink.push(&ctx.tun, packet);
             }
         }
         sink.flush(&ctx.tun);
@@ -744,17 +841,38 @@ fn forward_answers(ctx: &Ctx) {
     }
 }
 
-/// Whether a packet a client sent over TLS has a source that belongs to the client;
-/// counts and logs it when not.
-fn sent_by_owner(dropped: &AtomicU64, session: Option<&Session>, packet: &[u8]) -> bool {
+/// Whether a packet a client sent (over TLS or ESP) may be forwarded: its source is one of
+/// the client's addresses, and its destination one the access policy lets clients reach.
+/// Counts and logs it when not.
+fn forwardable(
+    ctx: &Ctx,
+    session: Option<&Session>,
+    packet: &[u8],
+    access: &mut AccessCache,
+) -> bool {
     match (session, ip_endpoints(packet)) {
-        (Some(s), Some((src, _))) if s.owns(src) => true,
+        (Some(s), Some((src, _))) if s.owns(src) => {}
         (s, other) => {
-            dropped.fetch_add(1, Ordering::Relaxed);
+            ctx.dropped.fetch_add(1, Ordering::Relaxed);
             debug!(session = s.map(|s| s.id), src = ?other.map(|(s, _)| s), "spoofed source dropped");
-            false
+            return false;
         }
     }
+    let verdict = ctx
+        .access
+        .policy(access)
+        .map_or(Err(Refused::Unreadable), |p| p.check(packet));
+    if let Err(why) = verdict {
+        ctx.forbidden.fetch_add(1, Ordering::Relaxed);
+        debug!(
+            session = session.map(|s| s.id),
+            dst = ?ip_endpoints(packet).map(|(_, d)| d),
+            ?why,
+            "destination not allowed: dropped"
+        );
+        return false;
+    }
+    true
 }
 
 /// How long a session that lost its connection at `now` stays resumable: the idle timeout
@@ -764,21 +882,43 @@ fn parked_until(config: &GatewayConfig, now: Instant) -> Instant {
     now + config.idle_timeout.unwrap_or(config.session_lifetime)
 }
 
-/// Releases the addresses of parked sessions nobody resumed.
-async fn expire_parked(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<()>) {
+/// The housekeeping of the gateway, once a second: releases the addresses of parked
+/// sessions nobody resumed, and every [`ADDRESS_REFRESH`] puts the host's current addresses
+/// into the access policy (an interface may have come up or got a new address).
+async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<()>) {
+    let mut last_refresh = Instant::now();
     loop {
         tokio::select! {
             _ = stop.recv() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        for (_, r) in ctx.table.expire_parked(Instant::now()) {
+        let now = Instant::now();
+        for (_, r) in ctx.table.expire_parked(now) {
             if let Ok(mut pool) = ctx.pool.lock() {
                 pool.release(&r.lease);
             }
             info!(user = %r.user, "parked session expired, address released");
         }
+        if now.duration_since(last_refresh) >= ADDRESS_REFRESH {
+            last_refresh = now;
+            match local_addresses() {
+                Ok(local) => {
+                    if ctx.access.replace(AccessPolicy::new(&ctx.config, &local)) {
+                        info!(
+                            addresses = local.len(),
+                            "the host's addresses changed: access policy updated"
+                        );
+                    }
+                }
+                // The policy in force keeps the addresses it knew.
+                Err(e) => warn!(error = %e, "listing the host's addresses"),
+            }
+        }
     }
 }
+
+/// How often the host's addresses are read again for the access policy.
+const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
 
 fn new_cookie() -> String {
     let bytes: [u8; 16] = rand::random();
@@ -881,6 +1021,8 @@ struct Conn {
     /// The TLS connection (a record per frame until the client says it reads a stream of
     /// them, as tunnel's client does; openconnect needs one frame per record).
     link: Arc<TlsLink>,
+    /// The connection's place among those logging in, given back once it has.
+    login_slot: Option<LoginSlot>,
 }
 
 impl Conn {
@@ -927,9 +1069,11 @@ async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
+    login_slot: LoginSlot,
     mut stop: broadcast::Receiver<()>,
 ) {
-    let tls = match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
+    let limits = &ctx.config.limits;
+    let tls = match tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
         Err(_) => return debug!("TLS handshake timed out"),
@@ -952,6 +1096,10 @@ async fn serve(
             realms: cfg.auth.realms.clone(),
             idle_timeout: cfg.idle_timeout,
             session_lifetime: Some(cfg.session_lifetime),
+            login_max_frame_len: limits.login_frame_bytes,
+            auth_timeout: Some(limits.login),
+            protocol_step_timeout: Some(limits.login_step),
+            user_step_timeout: Some(limits.user_step),
             ..ServerConfig::default()
         },
         Instant::now(),
@@ -967,10 +1115,12 @@ async fn serve(
         known_spis: Vec::new(),
         offers_aes_gcm: false,
         link: link.clone(),
+        login_slot: Some(login_slot),
     };
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = vec![0u8; LOGIN_READ_BUF];
     // Packets the client sent over TLS, joined for the TUN device.
     let mut sink = TunSink::new(&ctx.tun);
+    let mut access = AccessCache::default();
     // Once the session is established, the packet threads read the connection (see
     // `tls_readers`).
     let mut reader: Option<Arc<TlsReader>> = None;
@@ -1025,7 +1175,7 @@ async fn serve(
                 debug!(error = %e, "handing the TLS connection to the packet threads");
                 break conn.dropped();
             }
-            read_tls_connection(&ctx, conn.id, &r, &mut buf, &mut sink);
+            read_tls_connection(&ctx, conn.id, &r, &mut buf, &mut sink, &mut access);
             if r.closed.load(Ordering::Acquire) {
                 break conn.dropped();
             }
@@ -1034,6 +1184,9 @@ async fn serve(
                 break conn.dropped();
             }
             reader = Some(r);
+            // The packet threads read from here on: the task's buffers go.
+            buf = Vec::new();
+            sink = TunSink::new(&ctx.tun);
             // The bytes read may have made events.
             continue;
         }
@@ -1059,7 +1212,8 @@ async fn serve(
                 let owner = conn.session.clone();
                 let mut claim = None;
                 conn.with_proto(|p| {
-                    take_client_bytes(&ctx, p, owner.as_deref(), &mut sink, &mut claim, &buf[..n])
+                    let bytes = &buf[..n];
+                    take_client_bytes(&ctx, p, owner.as_deref(), &mut sink, &mut access, &mut claim, bytes)
                 });
                 flush_client_packets(&ctx, &mut sink, claim);
             }
@@ -1160,7 +1314,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     conn.resuming = Some((cookie, r));
                 }
                 None => {
-                    info!("unknown or expired cookie: asking for credentials");
+                    debug!("unknown or expired cookie: asking for credentials");
                     let _ = p.reject(AuthRejection::Retry);
                 }
             }
@@ -1290,19 +1444,27 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             });
             ctx.table.insert(&s);
             conn.session = Some(s);
+            conn.login_slot = None;
         }
         ServerEvent::EspKeysInstalled => debug!("client ESP keys installed"),
         ServerEvent::Packet(p) => {
             // `serve` takes data packets straight from the parser; this is for completeness.
-            if sent_by_owner(&ctx.dropped, conn.session.as_deref(), &p) {
+            if forwardable(
+                ctx,
+                conn.session.as_deref(),
+                &p,
+                &mut AccessCache::default(),
+            ) {
                 let _ = ctx.tun.send_packet(&p);
             }
         }
         ServerEvent::Closed(reason) => {
-            info!(?reason, "session closed");
             return Some(if conn.session.is_some() {
+                info!(?reason, "session closed");
                 Ending::Finished
             } else {
+                // Before the login, one line per connection would let a flood grow the log.
+                debug!(?reason, "connection closed before the login");
                 Ending::Unauthenticated
             });
         }
