@@ -98,8 +98,8 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> D
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-/// An echo server that first writes the peer address it saw.
-fn peer_echo(ns: &Netns, addr: &str) {
+/// An echo server on `addr`:[`PORT`] in `ns` that first writes the peer address it saw.
+pub fn peer_echo(ns: &Netns, addr: &str) {
     let bind: SocketAddr = format!("{addr}:{PORT}").parse().unwrap();
     let listener = ns.enter(move || TcpListener::bind(bind)).unwrap().unwrap();
     std::thread::spawn(move || {
