@@ -110,6 +110,9 @@ pub enum CloseReason {
     Terminated,
     /// The login's lifetime ended; fatal error was sent.
     LifetimeExpired,
+    /// The client sent what the protocol does not allow (the error was returned by the
+    /// call that fed it); the connection is to be closed.
+    ProtocolError,
 }
 
 /// What the gateway session tells its caller.
@@ -449,8 +452,9 @@ impl Server {
         i
     }
 
-    /// Feeds bytes read from the TLS connection. Any error closes the session (after a
-    /// rejected upgrade an HTTP 400 is queued first).
+    /// Feeds bytes read from the TLS connection. Any error closes the session, with a
+    /// [`CloseReason::ProtocolError`] event (after a rejected upgrade an HTTP 400 is queued
+    /// first).
     pub fn handle_tls_bytes(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
         self.handle_tls(data, now, None)
     }
@@ -479,7 +483,9 @@ impl Server {
         let step = self.state.name();
         let r = self.handle_tls_inner(data, now, &mut packets);
         if r.is_err() {
-            self.state = State::Closed;
+            if !self.is_closed() {
+                self.close(CloseReason::ProtocolError);
+            }
         } else if self.state.name() != step {
             self.step_started = now;
         }
@@ -1228,6 +1234,11 @@ mod tests {
         );
         assert!(s.pending_tls().starts_with(b"HTTP/1.1 400 "));
         assert!(s.is_closed());
+        assert_eq!(
+            s.poll_event(),
+            Some(ServerEvent::Closed(CloseReason::ProtocolError)),
+            "the caller is told, so it closes the connection"
+        );
     }
 
     #[test]

@@ -1338,6 +1338,10 @@ fn a_repeated_client_key_reply_is_refused() {
         Err(SessionError::EspKeysRepeated)
     );
     assert!(h.server.is_closed());
+    assert_eq!(
+        h.server.poll_event(),
+        Some(ServerEvent::Closed(CloseReason::ProtocolError))
+    );
     let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
     h.establish(&tunnel_config(true));
     let first = key_reply(&h.c2s_log);
