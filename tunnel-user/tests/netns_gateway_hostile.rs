@@ -6,13 +6,15 @@
 
 use std::{
     fs,
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     process::Output,
     time::{Duration, Instant},
 };
 
-use tunnel_user::testbed::client_world::{
-    Binaries, CORP, ClientWorld, GATEWAY, PORT, Proc, peer_echo, wait_for,
+use tunnel_proto::{ClientConfig, ClientEvent, FrameDecoder, VENDOR_JUNIPER};
+use tunnel_user::testbed::{
+    client_world::{Binaries, CORP, ClientWorld, GATEWAY, PORT, Proc, peer_echo, wait_for},
+    pulse_peer::{PeerError, PulsePeer, echo_request},
 };
 
 fn world(tag: &str) -> ClientWorld {
@@ -263,4 +265,314 @@ fn a_client_reaches_its_routes_but_not_the_gateway_host() {
         w.seen_as(CORP).as_deref() == Some("10.77.0.2")
     });
     assert_eq!(w.seen_as("172.20.0.1").as_deref(), Some("10.77.0.2"));
+}
+
+/// Rewrites the gateway's config file: `from` becomes `to`.
+fn edit_gateway_config(w: &ClientWorld, from: &str, to: &str) {
+    let path = w.dir.join("gateway.toml");
+    let config = fs::read_to_string(&path).unwrap();
+    assert!(config.contains(from), "{from:?} in {config}");
+    fs::write(path, config.replacen(from, to, 1)).unwrap();
+}
+
+/// A test client connected to the gateway from the client namespace (from `source`, an
+/// address of it, when given).
+fn peer(w: &ClientWorld, source: Option<&str>, cookie: Option<&str>) -> PulsePeer {
+    let to: SocketAddr = format!("{GATEWAY}:8443").parse().unwrap();
+    let from: Option<SocketAddr> = source.map(|s| format!("{s}:0").parse().unwrap());
+    let mut cfg = ClientConfig::new(GATEWAY);
+    cfg.cookie = cookie.map(str::to_string);
+    cfg.offer_aes_gcm = true;
+    let pin = w.pin.clone();
+    w.client
+        .enter(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            if let Some(from) = from {
+                s.bind(&from.into())?;
+            }
+            s.connect_timeout(&to.into(), Duration::from_secs(5))?;
+            PulsePeer::over(TcpStream::from(s), &pin, cfg)
+        })
+        .unwrap()
+        .unwrap()
+}
+
+/// A UDP socket in the client namespace on `source`, connected to the gateway's ESP port.
+fn esp_socket(w: &ClientWorld, source: &str) -> UdpSocket {
+    let from = format!("{source}:0");
+    w.client
+        .enter(move || {
+            let s = UdpSocket::bind(from)?;
+            s.connect((GATEWAY, 4500))?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .unwrap()
+        .unwrap()
+}
+
+/// The IPv4 address the gateway gave a peer.
+fn tunnel_address(p: &PulsePeer) -> Ipv4Addr {
+    p.events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::Configured(c) => c.ipv4_address,
+            _ => None,
+        })
+        .expect("configured")
+}
+
+/// A session whose connection dropped is parked with its address. Resuming it and dropping
+/// the connection before the resume completes used to lose the session and its address for
+/// good: five such aborts used up a /29 pool, and fresh logins got "No address available".
+/// Now the session is parked again as it was: it can be resumed, and its address comes back
+/// to the pool when it expires.
+#[test]
+fn an_aborted_resume_keeps_the_session_and_its_address() {
+    if !root() {
+        return;
+    }
+    let w = world("resume");
+    // Five addresses for clients; a parked session lasts the idle timeout.
+    edit_gateway_config(&w, "ipv4 = \"10.77.0.0/24\"", "ipv4 = \"10.77.0.0/29\"");
+    edit_gateway_config(&w, "idle_timeout_secs = 600", "idle_timeout_secs = 10");
+    let _gw = w.start_gateway();
+    let started = Instant::now();
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        let mut p = peer(&w, None, None);
+        let cookie = p.login("alice", "s3cret").expect("login");
+        sessions.push((cookie, tunnel_address(&p)));
+    }
+    // Every address is taken; the connections drop, the sessions are parked.
+    let mut full = peer(&w, None, None);
+    assert!(full.login("alice", "s3cret").is_err(), "the pool is full");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}: the logins were too slow for the test",
+        started.elapsed()
+    );
+    for (cookie, _) in &sessions {
+        // Resume, and drop the connection once the gateway accepted the cookie, before
+        // the client acknowledged it.
+        let mut p = peer(&w, None, Some(cookie));
+        p.until(Duration::from_secs(10), |e| {
+            matches!(e, ClientEvent::CookieReceived { .. })
+        })
+        .expect("the gateway accepts the cookie");
+    }
+    // The first session resumes with its address.
+    let (cookie, address) = &sessions[0];
+    let mut p = peer(&w, None, Some(cookie));
+    assert_eq!(&p.login("alice", "wrong").expect("resumed"), cookie);
+    assert!(
+        !p.events.contains(&ClientEvent::ResumeRejected),
+        "{:?}",
+        p.events
+    );
+    assert_eq!(tunnel_address(&p), *address);
+    drop(p);
+    // Parked sessions expire (10 s after they were parked) and give their addresses back.
+    std::thread::sleep(Duration::from_secs(22).saturating_sub(started.elapsed()));
+    for _ in 0..5 {
+        let mut p = peer(&w, None, None);
+        p.login("alice", "s3cret")
+            .expect("a fresh login gets an address");
+    }
+}
+
+/// A login lasts session_lifetime_secs, whatever the traffic and however often it is
+/// resumed. Before, the lifetime was only announced: a session stayed up, and its cookie
+/// resumed, for as long as it was not idle.
+#[test]
+fn a_login_ends_at_its_lifetime_and_cannot_be_resumed_past_it() {
+    if !root() {
+        return;
+    }
+    let w = world("lifetime");
+    edit_gateway_config(
+        &w,
+        "idle_timeout_secs = 600",
+        "idle_timeout_secs = 600\nsession_lifetime_secs = 8",
+    );
+    let _gw = w.start_gateway();
+    let started = Instant::now();
+    let mut live = peer(&w, None, None);
+    live.login("alice", "s3cret").expect("login");
+    let mut parked = peer(&w, None, None);
+    let cookie = parked.login("alice", "s3cret").expect("login");
+    drop(parked);
+    // Within the lifetime, the cookie resumes.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}: the logins were too slow for the test",
+        started.elapsed()
+    );
+    let mut p = peer(&w, None, Some(&cookie));
+    p.login("alice", "wrong")
+        .expect("resumed within the lifetime");
+    assert!(!p.events.contains(&ClientEvent::ResumeRejected));
+    drop(p);
+    // The live session ends at its lifetime.
+    let end = live.until(Duration::from_secs(12), |e| {
+        matches!(e, ClientEvent::Terminated { .. })
+    });
+    assert!(end.is_ok(), "{end:?} after {:?}", started.elapsed());
+    let at = started.elapsed();
+    assert!(
+        at >= Duration::from_secs(7),
+        "ended after {at:?}, before its lifetime"
+    );
+    // Past the lifetime, the cookie no longer resumes: the gateway asks for credentials.
+    std::thread::sleep(Duration::from_secs(9).saturating_sub(started.elapsed()));
+    let mut p = peer(&w, None, Some(&cookie));
+    p.until(Duration::from_secs(10), |e| {
+        matches!(e, ClientEvent::CredentialsRequired { .. })
+    })
+    .expect("asked for credentials");
+    assert!(
+        p.events.contains(&ClientEvent::ResumeRejected),
+        "{:?}",
+        p.events
+    );
+}
+
+/// Sends `datagram` from `from` and returns the ICMP echo reply sequence numbers that come
+/// back as ESP to `to_real` and to `to_attacker` within a second.
+fn replies(p: &mut PulsePeer, real: &UdpSocket, attacker: &UdpSocket) -> (Vec<u16>, usize) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    real.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if let Ok(n) = real.recv(&mut buf)
+            && let Ok(Some(ip)) = p.open(&mut buf[..n])
+            && ip.len() >= 28
+            && ip[20] == 0
+        {
+            got.push(u16::from_be_bytes([ip[26], ip[27]]));
+        }
+    }
+    attacker.set_nonblocking(true).unwrap();
+    let mut stolen = 0;
+    while attacker.recv(&mut buf).is_ok() {
+        stolen += 1;
+    }
+    (got, stolen)
+}
+
+/// Someone on the path holds back one of a client's ESP datagrams and sends it later from
+/// its own address. It is authentic and inside the replay window, so it still opens; but
+/// it is older than what the gateway has seen since, so it must not move where the
+/// gateway sends the session's ESP. Before, it did: the replies went to the attacker.
+#[test]
+fn a_held_back_esp_datagram_replayed_from_elsewhere_moves_nothing() {
+    if !root() {
+        return;
+    }
+    let w = world("replay");
+    w.client.sh("ip addr add 192.168.70.3/24 dev c0").unwrap();
+    let _gw = w.start_gateway();
+    let mut p = peer(&w, None, None);
+    p.login("alice", "s3cret").expect("login");
+    let me = tunnel_address(&p).octets();
+    let real = esp_socket(&w, "192.168.70.2");
+    let attacker = esp_socket(&w, "192.168.70.3");
+    p.esp_up(&real, Duration::from_secs(10)).expect("ESP up");
+    let corp: Ipv4Addr = CORP.parse().unwrap();
+    let held_back = p.seal(&echo_request(me, corp.octets(), 7, 1)).unwrap();
+    let later = p.seal(&echo_request(me, corp.octets(), 7, 2)).unwrap();
+    real.send(&later).unwrap();
+    assert_eq!(
+        replies(&mut p, &real, &attacker),
+        (vec![2], 0),
+        "positive control"
+    );
+    attacker.send(&held_back).unwrap();
+    let (to_client, to_attacker) = replies(&mut p, &real, &attacker);
+    assert_eq!(to_attacker, 0, "the session's ESP went to the attacker");
+    assert_eq!(
+        to_client,
+        vec![1],
+        "the replayed request is answered to the client"
+    );
+}
+
+/// The client's key reply installs the gateway's outbound SA. Sending the same reply again
+/// used to install it again, at sequence number 1 under the same keys: with AES-GCM, every
+/// nonce the gateway had used was used again. Now the session ends instead.
+#[test]
+fn a_repeated_key_reply_ends_the_session_instead_of_reusing_nonces() {
+    if !root() {
+        return;
+    }
+    let w = world("rekeyreply");
+    w.client.sh("ip addr add 192.168.70.3/24 dev c0").unwrap();
+    let _gw = w.start_gateway();
+    let mut p = peer(&w, None, None);
+    p.login("alice", "s3cret").expect("login");
+    let me = tunnel_address(&p).octets();
+    let real = esp_socket(&w, "192.168.70.2");
+    let spare = esp_socket(&w, "192.168.70.3");
+    p.esp_up(&real, Duration::from_secs(10)).expect("ESP up");
+    let corp: Ipv4Addr = CORP.parse().unwrap();
+    for seq in 1..=3 {
+        let d = p.seal(&echo_request(me, corp.octets(), 9, seq)).unwrap();
+        real.send(&d).unwrap();
+    }
+    let (answered, _) = replies(&mut p, &real, &spare);
+    assert_eq!(answered, vec![1, 2, 3], "positive control");
+    // The client's key reply: the last Juniper config frame it sent.
+    let head = p.sent.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut frames = FrameDecoder::default();
+    frames.push(&p.sent[head..]);
+    let mut key_reply = None;
+    while let Some(f) = frames.next_frame().unwrap() {
+        if f.header.vendor == VENDOR_JUNIPER && f.header.msg_type == 1 {
+            let mut bytes = Vec::new();
+            f.message()
+                .unwrap()
+                .encode_to_vec(f.header.seq, &mut bytes)
+                .unwrap();
+            key_reply = Some(bytes);
+        }
+    }
+    p.send_raw(&key_reply.expect("the key reply")).unwrap();
+    let end = p.until(Duration::from_secs(5), |e| {
+        matches!(e, ClientEvent::Terminated { .. })
+    });
+    assert!(
+        matches!(end, Err(PeerError::Closed) | Ok(_)),
+        "the session goes on: {end:?}"
+    );
+    // Nothing sealed under the reinstalled SA reaches the client.
+    let d = p.seal(&echo_request(me, corp.octets(), 9, 4)).unwrap();
+    real.send(&d).unwrap();
+    let (answered, _) = replies(&mut p, &real, &spare);
+    assert!(answered.is_empty(), "{answered:?}");
+}
+
+/// Garbage where the upgrade request belongs gets an HTTP 400 and the connection closed at
+/// once. Before, the state machine closed but nothing told the connection's task, which
+/// kept the connection (and its slot) open with no timer left to end it.
+#[test]
+fn garbage_before_the_login_closes_the_connection_at_once() {
+    if !root() {
+        return;
+    }
+    let w = world("garbage");
+    let _gw = w.start_gateway();
+    let mut p = peer(&w, None, None);
+    p.send_raw(b"BREW /pot HTCPCP/1.0\r\n\r\n").unwrap();
+    let started = Instant::now();
+    // The gateway's answer (HTTP 400), then the end of the connection.
+    let answer = p.until(Duration::from_secs(5), |_| false);
+    assert!(matches!(answer, Err(PeerError::Protocol(_))), "{answer:?}");
+    let end = p.until(Duration::from_secs(5), |_| false);
+    assert!(matches!(end, Err(PeerError::Closed)), "{end:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
