@@ -9,7 +9,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use tunnel_user::gateway::{AuthError, UsersFile};
+use tunnel_user::gateway::{AuthError, HashLimits, UsersFile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tunnel-gateway");
 
@@ -86,7 +86,7 @@ fn adduser_creates_replaces_and_verifies() {
     );
     assert_success(&out);
 
-    let file = UsersFile::load(&users).unwrap();
+    let file = UsersFile::load(&users, &HashLimits::default()).unwrap();
     assert_eq!(file.len(), 2);
     // The trailing newline was not part of the password.
     file.verify("Users", "alice", b"correct horse").unwrap();
@@ -111,7 +111,7 @@ fn adduser_creates_replaces_and_verifies() {
         "{}",
         text(&out.stdout)
     );
-    let file = UsersFile::load(&users).unwrap();
+    let file = UsersFile::load(&users, &HashLimits::default()).unwrap();
     assert_eq!(file.len(), 2);
     file.verify("Users", "alice", b"battery staple").unwrap();
     assert!(file.verify("Users", "alice", b"correct horse").is_err());
