@@ -951,7 +951,7 @@ fn measure_login_memory() {
             (
                 "60 wrong passwords at once from 60 sources, one account",
                 (0..60)
-                    .map(|i| Attempt::new(source(60 + i), "alice", "guess"))
+                    .map(|i| Attempt::new(source(60 + i), "bob", "guess"))
                     .collect(),
             ),
             (

@@ -112,7 +112,8 @@ pub struct TlsConfig {
     /// `tls.key`: PEM file with the certificate's private key. Required.
     pub key: PathBuf,
     /// `tls.client_ca`: PEM file with the CA(s) that sign client certificates. When set,
-    /// clients may log in with a certificate; when absent, certificate login is off.
+    /// clients may present a certificate, and `[auth.certificate]` says what it grants; when
+    /// absent, certificate login is off.
     pub client_ca: Option<PathBuf>,
 }
 
