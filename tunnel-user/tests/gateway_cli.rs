@@ -234,8 +234,8 @@ fn check_config_refuses_a_users_file_hash_beyond_the_cost_bound() {
     assert_success(&out);
     let stdout = text(&out.stdout);
     for line in [
-        "auth.limits.source_failures     5",
-        "auth.limits.hash_max_memory_kib 65536",
+        "auth.passwords.source_failures     5",
+        "auth.passwords.hash_max_memory_kib 65536",
         "auth.certificate.login     password",
     ] {
         assert!(stdout.contains(line), "{line:?} missing: {stdout}");
@@ -257,7 +257,8 @@ fn check_config_refuses_a_users_file_hash_beyond_the_cost_bound() {
     // Allowed by a larger bound (up to 1 GiB): not this one.
     fs::write(
         &config,
-        fs::read_to_string(&config).unwrap() + "\n[auth.limits]\nhash_max_memory_kib = 1048576\n",
+        fs::read_to_string(&config).unwrap()
+            + "\n[auth.passwords]\nhash_max_memory_kib = 1048576\n",
     )
     .unwrap();
     let out = run(&["--check-config", config.to_str().unwrap()], b"");

@@ -121,7 +121,7 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
     let config = GatewayConfig::load(&path).map_err(anyhow::Error::msg)?;
     let users = UsersFile::load(
         &config.auth.users_file,
-        &HashLimits::from(&config.auth.limits),
+        &HashLimits::from(&config.auth.passwords),
     )
     .map_err(anyhow::Error::msg)?;
     println!("{}: OK", path.display());

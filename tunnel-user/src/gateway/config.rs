@@ -126,8 +126,8 @@ pub struct AuthConfig {
     /// `auth.realms`: the realms offered to clients, in order; a user may log in to a realm
     /// only if the users file lists it for them. Default `["Users"]`.
     pub realms: Vec<String>,
-    /// `[auth.limits]`: login rate limits and password hashing.
-    pub limits: LoginLimits,
+    /// `[auth.passwords]`: how fast passwords may be guessed, and what checking them costs.
+    pub passwords: PasswordLimits,
     /// `[auth.certificate]`: what a client certificate names and grants.
     pub certificate: CertificateConfig,
 }
@@ -393,7 +393,7 @@ struct RawAuth {
     users_file: PathBuf,
     realms: Option<Vec<String>>,
     #[serde(default)]
-    limits: RawLimits,
+    passwords: RawPasswords,
     certificate: Option<RawCertificate>,
 }
 
@@ -737,7 +737,7 @@ impl RawConfig {
         }
         no_duplicates(&realms, "auth.realms")?;
         let users_file = path(self.auth.users_file, "auth.users_file")?;
-        let limits = self.auth.limits.validate()?;
+        let passwords = self.auth.passwords.validate()?;
         let certificate = match self.auth.certificate {
             None => CertificateConfig::default(),
             Some(raw) => raw.validate(&realms, tls.client_ca.is_some())?,
@@ -745,7 +745,7 @@ impl RawConfig {
         let auth = AuthConfig {
             users_file,
             realms,
-            limits,
+            passwords,
             certificate,
         };
 
@@ -1018,44 +1018,44 @@ impl RawEsp {
     }
 }
 
-// ---- [auth.limits] and [auth.certificate]: login limits and certificate login ----
+// ---- [auth.passwords] and [auth.certificate]: password limits and certificate login ----
 
-/// `[auth.limits]`: how fast passwords may be guessed, and how much password hashing may cost.
+/// `[auth.passwords]`: how fast passwords may be guessed, and how much password hashing may cost.
 /// The rules are in `super::ratelimit` and `super::hasher`; docs/gateway-config.md has them
 /// for operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct LoginLimits {
-    /// `auth.limits.source_failures`: password attempts not yet proven right allowed from one
+pub struct PasswordLimits {
+    /// `auth.passwords.source_failures`: password attempts not yet proven right allowed from one
     /// source (IPv4 address or IPv6 /64) within `source_window`. 1-1000, default 5.
     pub source_failures: u32,
-    /// `auth.limits.source_window_secs`: 1-86400, default 60.
+    /// `auth.passwords.source_window_secs`: 1-86400, default 60.
     pub source_window: Duration,
-    /// `auth.limits.account_failures`: the same per typed user name, all sources together.
+    /// `auth.passwords.account_failures`: the same per typed user name, all sources together.
     /// 1-1000, default 10.
     pub account_failures: u32,
-    /// `auth.limits.account_window_secs`: 1-86400, default 300.
+    /// `auth.passwords.account_window_secs`: 1-86400, default 300.
     pub account_window: Duration,
-    /// `auth.limits.known_source_secs`: a source that logged in to an account within this long
+    /// `auth.passwords.known_source_secs`: a source that logged in to an account within this long
     /// is exempt from that account's window. 0 (no exemption) - 31536000, default 604800.
     pub known_source: Duration,
-    /// `auth.limits.hash_workers`: password hashes computed at once. 0 in the file (here
+    /// `auth.passwords.hash_workers`: password hashes computed at once. 0 in the file (here
     /// `None`) means one per CPU core, at most 8. 0-256, default 0.
     pub hash_workers: Option<u32>,
-    /// `auth.limits.hash_queue`: logins that may wait for a hashing worker. 1-100000,
+    /// `auth.passwords.hash_queue`: logins that may wait for a hashing worker. 1-100000,
     /// default 64.
     pub hash_queue: u32,
-    /// `auth.limits.hash_wait_ms`: how long a login waits for a hashing worker before it is
+    /// `auth.passwords.hash_wait_ms`: how long a login waits for a hashing worker before it is
     /// refused as busy. 10-60000, default 5000.
     pub hash_wait: Duration,
-    /// `auth.limits.hash_max_memory_kib`: the largest argon2 memory cost a users file may use.
+    /// `auth.passwords.hash_max_memory_kib`: the largest argon2 memory cost a users file may use.
     /// 19456-1048576, default 65536.
     pub hash_max_memory_kib: u32,
 }
 
-impl Default for LoginLimits {
+impl Default for PasswordLimits {
     fn default() -> Self {
-        LoginLimits {
+        PasswordLimits {
             source_failures: 5,
             source_window: Duration::from_secs(60),
             account_failures: 10,
@@ -1069,7 +1069,7 @@ impl Default for LoginLimits {
     }
 }
 
-impl LoginLimits {
+impl PasswordLimits {
     /// `hash_workers = 0` takes one worker per core up to this many: each holds up to
     /// `hash_max_memory_kib` of memory, and more workers than cores only share the same CPUs.
     pub const AUTO_WORKERS_MAX: u32 = 8;
@@ -1078,13 +1078,13 @@ impl LoginLimits {
     pub const MEMORY_KIB_RANGE: std::ops::RangeInclusive<u32> = 19_456..=(1 << 20);
 
     /// The number of hashing workers: `hash_workers`, or one per core (at most
-    /// [`LoginLimits::AUTO_WORKERS_MAX`]).
+    /// [`PasswordLimits::AUTO_WORKERS_MAX`]).
     pub fn workers(&self) -> usize {
         match self.hash_workers {
             Some(n) => n as usize,
             None => std::thread::available_parallelism()
                 .map_or(1, usize::from)
-                .min(LoginLimits::AUTO_WORKERS_MAX as usize),
+                .min(PasswordLimits::AUTO_WORKERS_MAX as usize),
         }
     }
 }
@@ -1209,7 +1209,7 @@ impl CertificateConfig {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawLimits {
+struct RawPasswords {
     source_failures: Option<i64>,
     source_window_secs: Option<i64>,
     account_failures: Option<i64>,
@@ -1236,9 +1236,9 @@ const CERTIFICATE_NAME_RULE: &str = "a certificate name (one of cn, email, upn)"
 const CERTIFICATE_LOGIN_RULE: &str =
     "a certificate login (one of password, certificate-and-password, certificate)";
 
-impl RawLimits {
-    fn validate(self) -> Result<LoginLimits, ConfigError> {
-        let d = LoginLimits::default();
+impl RawPasswords {
+    fn validate(self) -> Result<PasswordLimits, ConfigError> {
+        let d = PasswordLimits::default();
         let count = |v, name, max: i64, default: u32| -> Result<u32, ConfigError> {
             int(v, name, 1, max, default.into()).map(|v| u32::try_from(v).unwrap_or(default))
         };
@@ -1254,56 +1254,56 @@ impl RawLimits {
         };
         let source_failures = count(
             self.source_failures,
-            "auth.limits.source_failures",
+            "auth.passwords.source_failures",
             1000,
             d.source_failures,
         )?;
         let source_window = window(
             self.source_window_secs,
-            "auth.limits.source_window_secs",
+            "auth.passwords.source_window_secs",
             d.source_window,
         )?;
         let account_failures = count(
             self.account_failures,
-            "auth.limits.account_failures",
+            "auth.passwords.account_failures",
             1000,
             d.account_failures,
         )?;
         let account_window = window(
             self.account_window_secs,
-            "auth.limits.account_window_secs",
+            "auth.passwords.account_window_secs",
             d.account_window,
         )?;
         let known_source = int(
             self.known_source_secs,
-            "auth.limits.known_source_secs",
+            "auth.passwords.known_source_secs",
             0,
             MAX_SECS,
             d.known_source.as_secs().try_into().unwrap_or(0),
         )
         .map(secs)?;
-        let workers = int(self.hash_workers, "auth.limits.hash_workers", 0, 256, 0)?;
+        let workers = int(self.hash_workers, "auth.passwords.hash_workers", 0, 256, 0)?;
         let hash_queue = count(
             self.hash_queue,
-            "auth.limits.hash_queue",
+            "auth.passwords.hash_queue",
             100_000,
             d.hash_queue,
         )?;
         let wait_ms = int(
             self.hash_wait_ms,
-            "auth.limits.hash_wait_ms",
+            "auth.passwords.hash_wait_ms",
             10,
             60_000,
             d.hash_wait.as_millis().try_into().unwrap_or(5000),
         )?;
         let memory = int(
             self.hash_max_memory_kib,
-            "auth.limits.hash_max_memory_kib",
-            (*LoginLimits::MEMORY_KIB_RANGE.start()).into(),
-            (*LoginLimits::MEMORY_KIB_RANGE.end()).into(),
+            "auth.passwords.hash_max_memory_kib",
+            (*PasswordLimits::MEMORY_KIB_RANGE.start()).into(),
+            (*PasswordLimits::MEMORY_KIB_RANGE.end()).into(),
             d.hash_max_memory_kib.into(),
         )?;
-        Ok(LoginLimits {
+        Ok(PasswordLimits {
             source_failures,
             source_window,
             account_failures,
@@ -1393,10 +1393,10 @@ impl CertificateConfig {
     }
 }
 
-impl fmt::Display for LoginLimits {
+impl fmt::Display for PasswordLimits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let line = |f: &mut fmt::Formatter<'_>, key: &str, value: String| {
-            writeln!(f, "auth.limits.{key:<19} {value}")
+            writeln!(f, "auth.passwords.{key:<19} {value}")
         };
         line(f, "source_failures", self.source_failures.to_string())?;
         line(
@@ -1425,7 +1425,7 @@ impl fmt::Display for LoginLimits {
                 Some(n) => n.to_string(),
                 None => format!(
                     "0 (one per core, at most {}: {} here)",
-                    LoginLimits::AUTO_WORKERS_MAX,
+                    PasswordLimits::AUTO_WORKERS_MAX,
                     self.workers()
                 ),
             },
@@ -1510,7 +1510,7 @@ impl fmt::Display for GatewayConfig {
             self.auth.users_file.display()
         )?;
         writeln!(f, "auth.realms            {}", list(&self.auth.realms))?;
-        write!(f, "{}", self.auth.limits)?;
+        write!(f, "{}", self.auth.passwords)?;
         write!(f, "{}", self.auth.certificate)?;
         writeln!(f, "pool.ipv4              {}", self.pool.ipv4)?;
         writeln!(f, "pool.gateway_ipv4      {}", self.pool.gateway_ipv4)?;
@@ -1700,7 +1700,7 @@ ipv4 = "10.10.0.0/24"
         assert_eq!(c.esp.fallback, Some(Duration::from_secs(15)));
         assert_eq!(c.esp.key_lifetime, Duration::from_secs(1200));
         assert_eq!(c.esp.key_lifetime_bytes, None);
-        assert_eq!(c.auth.limits, LoginLimits::default());
+        assert_eq!(c.auth.passwords, PasswordLimits::default());
         assert_eq!(c.auth.certificate.user, CertificateName::CommonName);
         assert_eq!(c.auth.certificate.login, CertificateLogin::Password);
         assert_eq!(
@@ -1748,7 +1748,7 @@ ipv4 = "10.10.0.0/24"
         assert_eq!(minimal.tls.client_ca, None);
         assert_eq!((minimal.pool.ipv6, minimal.pool.gateway_ipv6), (None, None));
         // The full example spells out every limit at its default.
-        assert_eq!(minimal.auth.limits, full.auth.limits);
+        assert_eq!(minimal.auth.passwords, full.auth.passwords);
         assert_eq!(minimal.auth.certificate.user, full.auth.certificate.user);
         assert_eq!(minimal.auth.certificate.login, full.auth.certificate.login);
         assert!(minimal.auth.certificate.realms.is_empty());
@@ -1782,7 +1782,7 @@ ipv4 = "10.10.0.0/24"
             toml::from_str::<toml::Table>(&doc_toml_blocks()[0]).unwrap(),
             &mut keys,
         );
-        assert!(keys.contains(&"auth.limits.hash_workers".to_string()));
+        assert!(keys.contains(&"auth.passwords.hash_workers".to_string()));
         for key in keys {
             table.push_str(&key);
             assert!(
@@ -2343,72 +2343,73 @@ ipv4 = "10.10.0.0/24"
     }
 
     #[test]
-    fn login_limits_ranges() {
+    fn password_limits_ranges() {
         let limits = |line: &str| {
-            GatewayConfig::from_str(&with_table(BASE, "auth.limits", line)).map(|c| c.auth.limits)
+            GatewayConfig::from_str(&with_table(BASE, "auth.passwords", line))
+                .map(|c| c.auth.passwords)
         };
         for (line, key, part) in [
             (
                 "source_failures = 0",
-                "auth.limits.source_failures",
+                "auth.passwords.source_failures",
                 "0 is outside 1-1000",
             ),
             (
                 "source_failures = 1001",
-                "auth.limits.source_failures",
+                "auth.passwords.source_failures",
                 "outside 1-1000",
             ),
             (
                 "source_window_secs = 0",
-                "auth.limits.source_window_secs",
+                "auth.passwords.source_window_secs",
                 "outside 1-86400",
             ),
             (
                 "account_failures = 0",
-                "auth.limits.account_failures",
+                "auth.passwords.account_failures",
                 "outside 1-1000",
             ),
             (
                 "account_window_secs = 86401",
-                "auth.limits.account_window_secs",
+                "auth.passwords.account_window_secs",
                 "outside 1-86400",
             ),
             (
                 "known_source_secs = -1",
-                "auth.limits.known_source_secs",
+                "auth.passwords.known_source_secs",
                 "outside 0-31536000",
             ),
             (
                 "hash_workers = 257",
-                "auth.limits.hash_workers",
+                "auth.passwords.hash_workers",
                 "outside 0-256",
             ),
             (
                 "hash_queue = 0",
-                "auth.limits.hash_queue",
+                "auth.passwords.hash_queue",
                 "outside 1-100000",
             ),
             (
                 "hash_wait_ms = 9",
-                "auth.limits.hash_wait_ms",
+                "auth.passwords.hash_wait_ms",
                 "outside 10-60000",
             ),
             (
                 "hash_max_memory_kib = 19455",
-                "auth.limits.hash_max_memory_kib",
+                "auth.passwords.hash_max_memory_kib",
                 "outside 19456-1048576",
             ),
             (
                 "hash_max_memory_kib = 1048577",
-                "auth.limits.hash_max_memory_kib",
+                "auth.passwords.hash_max_memory_kib",
                 "outside 19456-1048576",
             ),
         ] {
-            expect_err(&with_table(BASE, "auth.limits", line), key, part);
+            expect_err(&with_table(BASE, "auth.passwords", line), key, part);
         }
         expect_err(
-            &with_table(BASE, "auth.limits", "hash_wrkers = 2"),
-            "auth.limits.hash_wrkers",
+            &with_table(BASE, "auth.passwords", "hash_wrkers = 2"),
+            "auth.passwords.hash_wrkers",
             "unknown field `hash_wrkers`",
         );
         let l = limits(
@@ -2419,7 +2420,7 @@ ipv4 = "10.10.0.0/24"
         .unwrap();
         assert_eq!(
             l,
-            LoginLimits {
+            PasswordLimits {
                 source_failures: 3,
                 source_window: Duration::from_secs(30),
                 account_failures: 20,

@@ -35,7 +35,7 @@ use argon2::{
     password_hash::{self, Output},
 };
 
-use super::LoginLimits;
+use super::PasswordLimits;
 
 /// The most argon2 passes (t) a stored hash may ask for. OWASP's recommended settings use 1-5;
 /// a check's time grows with t times m.
@@ -94,9 +94,9 @@ impl HashLimits {
     }
 }
 
-impl From<&LoginLimits> for HashLimits {
-    /// The bound `auth.limits.hash_max_memory_kib` sets.
-    fn from(limits: &LoginLimits) -> HashLimits {
+impl From<&PasswordLimits> for HashLimits {
+    /// The bound `auth.passwords.hash_max_memory_kib` sets.
+    fn from(limits: &PasswordLimits) -> HashLimits {
         HashLimits {
             max_memory_kib: limits.hash_max_memory_kib,
         }
@@ -138,6 +138,8 @@ pub struct HashMemory {
     blocks: Vec<Block>,
     limits: HashLimits,
     hashes: Arc<AtomicU64>,
+    /// Bytes held in `blocks`, for [`HashStats`].
+    held: Arc<AtomicU64>,
 }
 
 impl HashMemory {
@@ -147,6 +149,7 @@ impl HashMemory {
             blocks: Vec::new(),
             limits,
             hashes: Arc::new(AtomicU64::new(0)),
+            held: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -171,6 +174,7 @@ impl HashMemory {
         if self.blocks.len() < needed {
             // Within the limits (checked above), once per worker and cost.
             self.blocks.resize(needed, Block::default());
+            self.held.store(self.held_bytes() as u64, Ordering::Relaxed);
         }
         let mut out = [0u8; Output::MAX_LENGTH];
         let out = &mut out[..expected.len()];
@@ -243,7 +247,8 @@ struct Shared {
     refused_deadline: AtomicU64,
     running: AtomicU64,
     peak_running: AtomicU64,
-    memory: Vec<AtomicU64>,
+    /// Each worker's [`HashMemory::held`].
+    memory: Vec<Arc<AtomicU64>>,
 }
 
 /// A fixed set of hashing threads with a bounded queue. See the module docs.
@@ -270,7 +275,7 @@ impl HashPool {
             refused_deadline: AtomicU64::new(0),
             running: AtomicU64::new(0),
             peak_running: AtomicU64::new(0),
-            memory: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            memory: (0..workers).map(|_| Arc::new(AtomicU64::new(0))).collect(),
         });
         let mut pool = HashPool {
             shared,
@@ -282,10 +287,11 @@ impl HashPool {
                 blocks: Vec::new(),
                 limits,
                 hashes: hashes.clone(),
+                held: pool.shared.memory[i].clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("gw-hash-{i}"))
-                .spawn(move || work(&shared, i, memory))?;
+                .spawn(move || work(&shared, memory))?;
             pool.threads.push(thread);
         }
         Ok(pool)
@@ -337,6 +343,12 @@ impl HashPool {
         rx.await.map_err(|_| Busy::Deadline)
     }
 
+    /// Jobs waiting for a worker now.
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.shared.queue.lock().map_or(0, |q| q.jobs.len())
+    }
+
     /// The counters now.
     pub fn stats(&self) -> HashStats {
         let s = &self.shared;
@@ -372,7 +384,7 @@ fn give_up(state: &AtomicU8) -> bool {
 }
 
 /// A worker: takes jobs until the pool stops, skipping those whose deadline has passed.
-fn work(shared: &Shared, index: usize, mut memory: HashMemory) {
+fn work(shared: &Shared, mut memory: HashMemory) {
     loop {
         let job = {
             let Ok(mut queue) = shared.queue.lock() else {
@@ -409,7 +421,6 @@ fn work(shared: &Shared, index: usize, mut memory: HashMemory) {
         shared.peak_running.fetch_max(running, Ordering::Relaxed);
         (job.work)(&mut memory);
         shared.running.fetch_sub(1, Ordering::Relaxed);
-        shared.memory[index].store(memory.held_bytes() as u64, Ordering::Relaxed);
     }
 }
 
@@ -600,7 +611,9 @@ mod tests {
                 let pool = pool.clone();
                 async move { pool.run(far, |_| 7).await }
             });
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            while pool.queued() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             // A third finds the queue full.
             assert_eq!(pool.run(far, |_| ()).await, Err(Busy::QueueFull));
             // The short deadline passes while the worker is held: refused, not left hanging.

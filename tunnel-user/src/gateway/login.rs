@@ -39,8 +39,8 @@ use tracing::{info, warn};
 use tunnel_proto::{AuthRejection, Password};
 
 use super::{
-    AuthError, CertificateConfig, LoginLimiter, LoginLimits, RateLimitPolicy, UserId, UsersError,
-    UsersFile,
+    AuthError, CertificateConfig, LoginLimiter, PasswordLimits, RateLimitPolicy, UserId,
+    UsersError, UsersFile,
     client_cert::CertNameError,
     hasher::{Busy, HashLimits, HashPool},
     ratelimit::{Refusal, Scope, WindowPolicy},
@@ -209,7 +209,7 @@ impl Logins {
     /// by the caller at start-up).
     pub fn new(
         users_file: PathBuf,
-        limits: &LoginLimits,
+        limits: &PasswordLimits,
         certificates: CertificateConfig,
     ) -> io::Result<Logins> {
         let hash_limits = HashLimits::from(limits);
@@ -406,7 +406,7 @@ mod tests {
         logins: Arc<Logins>,
     }
 
-    fn bed(limits: LoginLimits, certificates: CertificateConfig, users: &str) -> Bed {
+    fn bed(limits: PasswordLimits, certificates: CertificateConfig, users: &str) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users");
         fs::write(&path, users).unwrap();
@@ -490,7 +490,7 @@ mod tests {
         // The race of the old code: the limiter was asked before the hash and told after it,
         // so attempts in flight all passed (34 of 60 were hashed).
         let b = bed(
-            LoginLimits::default(),
+            PasswordLimits::default(),
             CertificateConfig::default(),
             &alice_and_bob(),
         );
@@ -517,7 +517,7 @@ mod tests {
     #[test]
     fn an_account_attacked_from_many_sources_gets_its_limit_of_hashes() {
         let b = bed(
-            LoginLimits::default(),
+            PasswordLimits::default(),
             CertificateConfig::default(),
             &alice_and_bob(),
         );
@@ -545,7 +545,7 @@ mod tests {
     #[test]
     fn honest_logins_never_fill_a_window() {
         let b = bed(
-            LoginLimits::default(),
+            PasswordLimits::default(),
             CertificateConfig::default(),
             &alice_and_bob(),
         );
@@ -560,40 +560,62 @@ mod tests {
 
     #[test]
     fn hashes_beyond_the_workers_wait_and_past_the_deadline_are_refused_as_busy() {
-        // One worker, 10 ms of patience, and a hash that takes far longer (the default cost;
-        // tens of ms even in an optimised build): most of a burst is refused as busy, counted,
-        // and nothing waits past its deadline.
+        // One worker, 200 ms of patience, and a hash that takes far longer (64 MiB, 8 passes:
+        // about half a second optimised): while the worker is on it, everyone else is refused
+        // as busy, counted, and nothing waits past its deadline.
         let mut text = alice_and_bob();
         let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
-        let slow = argon2::Argon2::default()
-            .hash_password(b"slow", &salt)
-            .unwrap();
+        let slow = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(65_536, 8, 1, None).unwrap(),
+        )
+        .hash_password(b"slow", &salt)
+        .unwrap();
         writeln!(text, "carol:Users:{slow}").unwrap();
-        let limits = LoginLimits {
+        let limits = PasswordLimits {
             hash_workers: Some(1),
-            hash_wait: Duration::from_millis(10),
-            ..LoginLimits::default()
+            hash_queue: 4,
+            hash_wait: Duration::from_millis(200),
+            ..PasswordLimits::default()
         };
         let b = bed(limits, CertificateConfig::default(), &text);
-        let outcomes = storm(&b, 8, |i| format!("203.0.113.{i}"), "carol", "guess");
-        let busy = count(&outcomes, |o| *o == LoginOutcome::Refused(Refused::Busy)) as u64;
-        let failed = count(&outcomes, |o| {
-            *o == LoginOutcome::Refused(Refused::Credentials)
+        let rt = runtime();
+        let (first, outcomes) = rt.block_on(async {
+            let logins = b.logins.clone();
+            let first = tokio::spawn(async move {
+                login(&logins, "203.0.113.200", "Users", "carol", "guess", None).await
+            });
+            while b.logins.hash_stats().peak_running == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..12 {
+                let logins = b.logins.clone();
+                tasks.spawn(async move {
+                    let (peer, user) = (format!("203.0.113.{i}"), format!("user{i}"));
+                    let started = Instant::now();
+                    let outcome = login(&logins, &peer, "Users", &user, "guess", None).await;
+                    (outcome, started.elapsed())
+                });
+            }
+            (first.await.unwrap(), tasks.join_all().await)
         });
-        assert!(busy >= 6, "{outcomes:?}");
-        assert_eq!(busy + failed as u64, 8, "{outcomes:?}");
-        // Every busy refusal is counted, and what was refused is never hashed later.
-        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(first, LoginOutcome::Refused(Refused::Credentials));
+        for (outcome, took) in &outcomes {
+            assert_eq!(*outcome, LoginOutcome::Refused(Refused::Busy));
+            assert!(*took < Duration::from_secs(2), "waited {took:?}");
+        }
+        // 4 waited in the queue until their deadline, 8 found it full.
         let stats = b.logins.hash_stats();
         assert_eq!(
-            stats.refused_deadline + stats.refused_full,
-            busy,
+            (stats.refused_deadline, stats.refused_full),
+            (4, 8),
             "{stats:?}"
         );
-        assert_eq!(stats.hashes, failed as u64, "{stats:?}");
-        assert_eq!(stats.peak_running, 1);
-        // One worker's memory at the default cost: what the workers hold, however many came.
-        assert_eq!(stats.memory_bytes, u64::from(Params::DEFAULT_M_COST) * 1024);
+        assert_eq!((stats.hashes, stats.peak_running), (1, 1), "{stats:?}");
+        // One worker's memory at that hash's cost: what the workers hold, however many came.
+        assert_eq!(stats.memory_bytes, 65_536 * 1024);
     }
 
     fn cert(user: &str) -> Result<String, CertNameError> {
@@ -614,7 +636,7 @@ mod tests {
     #[test]
     fn by_default_a_certificate_does_not_replace_the_password() {
         let b = bed(
-            LoginLimits::default(),
+            PasswordLimits::default(),
             CertificateConfig::default(),
             &alice_and_bob(),
         );
@@ -681,7 +703,7 @@ mod tests {
         );
         let users = user_line("alice", "Users,Admins,Devices", "right")
             + &user_line("bob", "Users", "bobs");
-        let b = bed(LoginLimits::default(), certificates, &users);
+        let b = bed(PasswordLimits::default(), certificates, &users);
         let rt = runtime();
         let l = &b.logins;
         let (alice, bob) = (cert("alice"), cert("bob"));
@@ -740,7 +762,7 @@ mod tests {
     #[test]
     fn the_users_file_is_re_read_when_it_changes() {
         let b = bed(
-            LoginLimits::default(),
+            PasswordLimits::default(),
             CertificateConfig::default(),
             &alice_and_bob(),
         );

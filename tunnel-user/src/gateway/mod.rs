@@ -47,7 +47,7 @@ mod users;
 pub use client_cert::{CertNameError, CrlError};
 pub use config::{
     AuthConfig, CertificateConfig, CertificateLogin, CertificateName, ConfigError, EspCipher,
-    EspConfig, GatewayConfig, LoginLimits, MTU_RANGE, PoolConfig, RoutesConfig, TlsConfig,
+    EspConfig, GatewayConfig, MTU_RANGE, PasswordLimits, PoolConfig, RoutesConfig, TlsConfig,
     defaults,
 };
 pub use hasher::{HashError, HashLimits, HashMemory};

@@ -106,11 +106,11 @@ impl Gateway {
         let tls = tls::server_config(&config.tls, &config.auth.certificate)?;
         let users = UsersFile::load(
             &config.auth.users_file,
-            &HashLimits::from(&config.auth.limits),
+            &HashLimits::from(&config.auth.passwords),
         )?;
         let logins = Logins::new(
             config.auth.users_file.clone(),
-            &config.auth.limits,
+            &config.auth.passwords,
             config.auth.certificate.clone(),
         )
         .map_err(io_err("starting the password hashing workers"))?;

@@ -22,7 +22,7 @@
 //!   spaces are allowed, as Ivanti allows them);
 //! - an argon2id hash in PHC string format; its parameters are read from the string, so hashes
 //!   made with other argon2id parameters still verify, up to the bound the gateway is
-//!   configured with ([`HashLimits`]: m at most `auth.limits.hash_max_memory_kib` KiB, t at
+//!   configured with ([`HashLimits`]: m at most `auth.passwords.hash_max_memory_kib` KiB, t at
 //!   most 10, p at most 16). A hash beyond it is refused when the file is read, never
 //!   allocated for.
 //!
