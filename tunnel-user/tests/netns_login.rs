@@ -450,7 +450,12 @@ fn sixty_wrong_passwords_at_once_from_one_source_get_five_checks() {
     // The old gateway checked 34 of them (the limiter was told of failures after the hash).
     assert_eq!(checked, 5, "{outcomes:?}");
     assert_eq!(count(&outcomes, |o| *o == Outcome::AskedAgain), 5);
-    assert_eq!(count(&outcomes, |o| o.refused_with(TOO_MANY)), 55);
+    // The rest are refused as too many, or (with a cap on one source's connections that have
+    // not logged in) closed before they could ask.
+    let too_many = count(&outcomes, |o| o.refused_with(TOO_MANY));
+    let closed = count(&outcomes, |o| matches!(o, Outcome::Other(_)));
+    assert!(too_many >= 1, "{outcomes:?}");
+    assert_eq!(too_many + closed, 55, "{outcomes:?}");
     // Positive control: the same account from another source, with the password.
     assert_eq!(
         one(&w, Attempt::new(source(1), "alice", "correct horse")),
