@@ -9,7 +9,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use tunnel_user::gateway::{AuthError, UsersFile};
+use tunnel_user::gateway::{AuthError, HashLimits, UsersFile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tunnel-gateway");
 
@@ -86,7 +86,7 @@ fn adduser_creates_replaces_and_verifies() {
     );
     assert_success(&out);
 
-    let file = UsersFile::load(&users).unwrap();
+    let file = UsersFile::load(&users, &HashLimits::default()).unwrap();
     assert_eq!(file.len(), 2);
     // The trailing newline was not part of the password.
     file.verify("Users", "alice", b"correct horse").unwrap();
@@ -111,7 +111,7 @@ fn adduser_creates_replaces_and_verifies() {
         "{}",
         text(&out.stdout)
     );
-    let file = UsersFile::load(&users).unwrap();
+    let file = UsersFile::load(&users, &HashLimits::default()).unwrap();
     assert_eq!(file.len(), 2);
     file.verify("Users", "alice", b"battery staple").unwrap();
     assert!(file.verify("Users", "alice", b"correct horse").is_err());
@@ -210,6 +210,61 @@ ipv4 = \"10.20.0.0/24\"
             config.display()
         )
     );
+}
+
+#[test]
+fn check_config_refuses_a_users_file_hash_beyond_the_cost_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    for name in ["server.pem", "server.key"] {
+        fs::write(dir.path().join(name), "placeholder\n").unwrap();
+    }
+    let users = dir.path().join("users");
+    assert_success(&run(
+        &["adduser", "--users", users.to_str().unwrap(), "alice"],
+        b"pw\n",
+    ));
+    fs::write(
+        &config,
+        "[tls]\ncertificate = \"server.pem\"\nkey = \"server.key\"\n\n[auth]\n\
+         users_file = \"users\"\n\n[pool]\nipv4 = \"10.20.0.0/24\"\n",
+    )
+    .unwrap();
+    let out = run(&["--check-config", config.to_str().unwrap()], b"");
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    for line in [
+        "auth.passwords.source_failures     5",
+        "auth.passwords.hash_max_memory_kib 65536",
+        "auth.certificate.login     password",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing: {stdout}");
+    }
+    // A hash asking for 4 GiB of memory: refused when the file is read (the gateway used to
+    // start, then allocate it at the login).
+    let text_before = fs::read_to_string(&users).unwrap();
+    fs::write(&users, text_before.replace("m=19456", "m=4194304")).unwrap();
+    let out = run(&["--check-config", config.to_str().unwrap()], b"");
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "line 3: the hash cannot be checked: the hash asks for argon2 m=4194304, more than \
+             the 65536 allowed"
+        ),
+        "{stderr}"
+    );
+    // Allowed by a larger bound (up to 1 GiB): not this one.
+    fs::write(
+        &config,
+        fs::read_to_string(&config).unwrap()
+            + "\n[auth.passwords]\nhash_max_memory_kib = 1048576\n",
+    )
+    .unwrap();
+    let out = run(&["--check-config", config.to_str().unwrap()], b"");
+    assert!(!out.status.success());
+    fs::write(&users, text_before.replace("m=19456", "m=1048576")).unwrap();
+    assert_success(&run(&["--check-config", config.to_str().unwrap()], b""));
 }
 
 #[test]

@@ -605,10 +605,29 @@ fn cookie_resume_certificate_login_and_graceful_shutdown() {
     resumed.stop();
     let _ = fs::remove_file(w.dir.join("env-connect"));
 
-    // A client certificate from the configured CA logs alice in; the password is not checked.
-    let mut cert = start_openconnect(
+    // A client certificate from the configured CA does not replace alice's password (the
+    // default `auth.certificate.login = "password"`): with a wrong one she is refused...
+    let mut wrong = start_openconnect(
         &w,
         "not her password",
+        &[
+            "--certificate",
+            &w.dir.join("alice.pem").display().to_string(),
+            "--sslkey",
+            &w.dir.join("alice.key").display().to_string(),
+        ],
+        "oc-cert-wrong.log",
+    );
+    assert!(
+        !exit_status(&mut wrong, Duration::from_secs(20)).success(),
+        "{}",
+        oc_log(&w, "oc-cert-wrong.log")
+    );
+    assert!(!script_ran(&w));
+    // ... and with hers she is in.
+    let mut cert = start_openconnect(
+        &w,
+        "correct horse",
         &[
             "--certificate",
             &w.dir.join("alice.pem").display().to_string(),
@@ -622,7 +641,7 @@ fn cookie_resume_certificate_login_and_graceful_shutdown() {
         Duration::from_secs(20),
         || script_ran(&w),
     );
-    assert!(gateway_log(&w).contains("authenticated by client certificate"));
+    assert!(gateway_log(&w).contains("authenticated by password and client certificate"));
     w.client
         .sh(&format!("ping -c 1 -W 2 {CORP}"))
         .expect("ping with a certificate login");

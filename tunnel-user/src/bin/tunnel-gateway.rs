@@ -21,7 +21,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tunnel_user::gateway::{AddOutcome, Gateway, GatewayConfig, UsersFile, add_user, defaults};
+use tunnel_user::gateway::{
+    AddOutcome, Gateway, GatewayConfig, HashLimits, UsersFile, add_user, defaults,
+};
 
 #[derive(Parser)]
 #[command(
@@ -117,7 +119,11 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {
     let config = GatewayConfig::load(&path).map_err(anyhow::Error::msg)?;
-    let users = UsersFile::load(&config.auth.users_file).map_err(anyhow::Error::msg)?;
+    let users = UsersFile::load(
+        &config.auth.users_file,
+        &HashLimits::from(&config.auth.passwords),
+    )
+    .map_err(anyhow::Error::msg)?;
     println!("{}: OK", path.display());
     println!("{config}");
     println!(

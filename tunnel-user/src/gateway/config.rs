@@ -177,7 +177,8 @@ pub struct TlsConfig {
     /// `tls.key`: PEM file with the certificate's private key. Required.
     pub key: PathBuf,
     /// `tls.client_ca`: PEM file with the CA(s) that sign client certificates. When set,
-    /// clients may log in with a certificate; when absent, certificate login is off.
+    /// clients may present a certificate, and `[auth.certificate]` says what it grants; when
+    /// absent, certificate login is off.
     pub client_ca: Option<PathBuf>,
 }
 
@@ -190,6 +191,10 @@ pub struct AuthConfig {
     /// `auth.realms`: the realms offered to clients, in order; a user may log in to a realm
     /// only if the users file lists it for them. Default `["Users"]`.
     pub realms: Vec<String>,
+    /// `[auth.passwords]`: how fast passwords may be guessed, and what checking them costs.
+    pub passwords: PasswordLimits,
+    /// `[auth.certificate]`: what a client certificate names and grants.
+    pub certificate: CertificateConfig,
 }
 
 /// `[pool]`. Invariant (checked when loading): `gateway_ipv6` is `Some` exactly when `ipv6` is.
@@ -383,6 +388,9 @@ pub enum ConfigError {
     /// A file the config names is a directory or a device.
     #[error("{key}: {} is not a regular file", path.display())]
     NotAFile { key: String, path: PathBuf },
+    /// A certificate setting while certificate login is off.
+    #[error("{key}: needs tls.client_ca, which is not set (certificate login is off)")]
+    NeedsClientCa { key: String },
 }
 
 fn key_prefix(key: &Option<String>) -> String {
@@ -406,7 +414,8 @@ impl ConfigError {
             | ConfigError::Empty { key }
             | ConfigError::Duplicate { key, .. }
             | ConfigError::File { key, .. }
-            | ConfigError::NotAFile { key, .. } => Some(key),
+            | ConfigError::NotAFile { key, .. }
+            | ConfigError::NeedsClientCa { key } => Some(key),
         }
     }
 }
@@ -521,6 +530,9 @@ struct RawTls {
 struct RawAuth {
     users_file: PathBuf,
     realms: Option<Vec<String>>,
+    #[serde(default)]
+    passwords: RawPasswords,
+    certificate: Option<RawCertificate>,
 }
 
 #[derive(Deserialize)]
@@ -606,33 +618,39 @@ impl GatewayConfig {
             resolve(ca);
         }
         resolve(&mut self.auth.users_file);
+        for crl in &mut self.auth.certificate.crl_files {
+            resolve(crl);
+        }
     }
 
     /// Checks that every file the config names is a regular file this process can open, so a
     /// typo in a path stops the gateway with the key's name rather than at the first login.
     pub fn check_files(&self) -> Result<(), ConfigError> {
         let mut files = vec![
-            ("tls.certificate", &self.tls.certificate),
-            ("tls.key", &self.tls.key),
+            (key("tls.certificate"), &self.tls.certificate),
+            (key("tls.key"), &self.tls.key),
         ];
         if let Some(ca) = &self.tls.client_ca {
-            files.push(("tls.client_ca", ca));
+            files.push((key("tls.client_ca"), ca));
         }
-        files.push(("auth.users_file", &self.auth.users_file));
-        for (key, path) in files {
+        files.push((key("auth.users_file"), &self.auth.users_file));
+        for (i, crl) in self.auth.certificate.crl_files.iter().enumerate() {
+            files.push((indexed("auth.certificate.crl_files", i), crl));
+        }
+        for (name, path) in files {
             let file = fs::File::open(path).map_err(|source| ConfigError::File {
-                key: key.to_string(),
+                key: name.clone(),
                 path: path.clone(),
                 source,
             })?;
             let meta = file.metadata().map_err(|source| ConfigError::File {
-                key: key.to_string(),
+                key: name.clone(),
                 path: path.clone(),
                 source,
             })?;
             if !meta.is_file() {
                 return Err(ConfigError::NotAFile {
-                    key: key.to_string(),
+                    key: name,
                     path: path.clone(),
                 });
             }
@@ -856,9 +874,17 @@ impl RawConfig {
             }
         }
         no_duplicates(&realms, "auth.realms")?;
+        let users_file = path(self.auth.users_file, "auth.users_file")?;
+        let passwords = self.auth.passwords.validate()?;
+        let certificate = match self.auth.certificate {
+            None => CertificateConfig::default(),
+            Some(raw) => raw.validate(&realms, tls.client_ca.is_some())?,
+        };
         let auth = AuthConfig {
-            users_file: path(self.auth.users_file, "auth.users_file")?,
+            users_file,
             realms,
+            passwords,
+            certificate,
         };
 
         let pool = self.pool.validate()?;
@@ -1137,6 +1163,457 @@ impl RawEsp {
     }
 }
 
+// ---- [auth.passwords] and [auth.certificate]: password limits and certificate login ----
+
+/// `[auth.passwords]`: how fast passwords may be guessed, and how much password hashing may cost.
+/// The rules are in `super::ratelimit` and `super::hasher`; docs/gateway-config.md has them
+/// for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PasswordLimits {
+    /// `auth.passwords.source_failures`: password attempts not yet proven right allowed from one
+    /// source (IPv4 address or IPv6 /64) within `source_window`. 1-1000, default 5.
+    pub source_failures: u32,
+    /// `auth.passwords.source_window_secs`: 1-86400, default 60.
+    pub source_window: Duration,
+    /// `auth.passwords.account_failures`: the same per typed user name, all sources together.
+    /// 1-1000, default 10.
+    pub account_failures: u32,
+    /// `auth.passwords.account_window_secs`: 1-86400, default 300.
+    pub account_window: Duration,
+    /// `auth.passwords.known_source_secs`: a source that logged in to an account within this long
+    /// is exempt from that account's window. 0 (no exemption) - 31536000, default 604800.
+    pub known_source: Duration,
+    /// `auth.passwords.hash_workers`: password hashes computed at once. 0 in the file (here
+    /// `None`) means one per CPU core, at most 8. 0-256, default 0.
+    pub hash_workers: Option<u32>,
+    /// `auth.passwords.hash_queue`: logins that may wait for a hashing worker. 1-100000,
+    /// default 64.
+    pub hash_queue: u32,
+    /// `auth.passwords.hash_wait_ms`: how long a login waits for a hashing worker before it is
+    /// refused as busy. 10-60000, default 5000.
+    pub hash_wait: Duration,
+    /// `auth.passwords.hash_max_memory_kib`: the largest argon2 memory cost a users file may use.
+    /// 19456-1048576, default 65536.
+    pub hash_max_memory_kib: u32,
+}
+
+impl Default for PasswordLimits {
+    fn default() -> Self {
+        PasswordLimits {
+            source_failures: 5,
+            source_window: Duration::from_secs(60),
+            account_failures: 10,
+            account_window: Duration::from_secs(300),
+            known_source: Duration::from_secs(7 * 24 * 3600),
+            hash_workers: None,
+            hash_queue: 64,
+            hash_wait: Duration::from_secs(5),
+            hash_max_memory_kib: 64 * 1024,
+        }
+    }
+}
+
+impl PasswordLimits {
+    /// `hash_workers = 0` takes one worker per core up to this many: each holds up to
+    /// `hash_max_memory_kib` of memory, and more workers than cores only share the same CPUs.
+    pub const AUTO_WORKERS_MAX: u32 = 8;
+    /// The accepted range of `hash_max_memory_kib`: from the cost `adduser` writes (argon2's
+    /// default, also the cost of the dummy hash unknown users are checked against) to 1 GiB.
+    pub const MEMORY_KIB_RANGE: std::ops::RangeInclusive<u32> = 19_456..=(1 << 20);
+
+    /// The number of hashing workers: `hash_workers`, or one per core (at most
+    /// [`PasswordLimits::AUTO_WORKERS_MAX`]).
+    pub fn workers(&self) -> usize {
+        match self.hash_workers {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(PasswordLimits::AUTO_WORKERS_MAX as usize),
+        }
+    }
+}
+
+/// `auth.certificate.user`: which name in a client certificate is the user's name in the
+/// users file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertificateName {
+    /// `"cn"`: the subject's common name (exactly one).
+    CommonName,
+    /// `"email"`: the subject alternative name of type rfc822Name (exactly one).
+    Email,
+    /// `"upn"`: the Microsoft user principal name, a subject alternative name of type
+    /// otherName 1.3.6.1.4.1.311.20.2.3 (exactly one).
+    Upn,
+}
+
+impl CertificateName {
+    const ALL: [CertificateName; 3] = [
+        CertificateName::CommonName,
+        CertificateName::Email,
+        CertificateName::Upn,
+    ];
+
+    /// The name used in the config file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CertificateName::CommonName => "cn",
+            CertificateName::Email => "email",
+            CertificateName::Upn => "upn",
+        }
+    }
+}
+
+impl fmt::Display for CertificateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a client certificate grants in a realm (`auth.certificate.login` and
+/// `auth.certificate.realms`). In every mode a certificate that is presented must name the
+/// user who logs in, and that user must be in the users file and a member of the realm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertificateLogin {
+    /// `"password"`: the password is checked; a certificate is optional.
+    Password,
+    /// `"certificate-and-password"`: both a certificate and the password are required.
+    CertificateAndPassword,
+    /// `"certificate"`: a certificate is required and replaces the password (not checked).
+    Certificate,
+}
+
+impl CertificateLogin {
+    const ALL: [CertificateLogin; 3] = [
+        CertificateLogin::Password,
+        CertificateLogin::CertificateAndPassword,
+        CertificateLogin::Certificate,
+    ];
+
+    /// The name used in the config file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CertificateLogin::Password => "password",
+            CertificateLogin::CertificateAndPassword => "certificate-and-password",
+            CertificateLogin::Certificate => "certificate",
+        }
+    }
+
+    /// Whether a login without a certificate is refused.
+    pub const fn needs_certificate(self) -> bool {
+        !matches!(self, CertificateLogin::Password)
+    }
+
+    /// Whether the password is checked.
+    pub const fn needs_password(self) -> bool {
+        !matches!(self, CertificateLogin::Certificate)
+    }
+}
+
+impl fmt::Display for CertificateLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `[auth.certificate]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CertificateConfig {
+    /// `auth.certificate.user`: default `"cn"`.
+    pub user: CertificateName,
+    /// `auth.certificate.login`: what a certificate grants in realms not in `realms`. Default
+    /// `"password"` (it does not replace the password).
+    pub login: CertificateLogin,
+    /// `auth.certificate.realms`: what a certificate grants, per realm of `auth.realms`.
+    pub realms: BTreeMap<String, CertificateLogin>,
+    /// `auth.certificate.crl_files`: certificate revocation lists (PEM or DER), checked for
+    /// the client certificate during the TLS handshake, re-read when they change.
+    pub crl_files: Vec<PathBuf>,
+}
+
+impl Default for CertificateConfig {
+    fn default() -> Self {
+        CertificateConfig {
+            user: CertificateName::CommonName,
+            login: CertificateLogin::Password,
+            realms: BTreeMap::new(),
+            crl_files: Vec::new(),
+        }
+    }
+}
+
+impl CertificateConfig {
+    /// What a certificate grants in `realm`.
+    pub fn login_for(&self, realm: &str) -> CertificateLogin {
+        self.realms.get(realm).copied().unwrap_or(self.login)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPasswords {
+    source_failures: Option<i64>,
+    source_window_secs: Option<i64>,
+    account_failures: Option<i64>,
+    account_window_secs: Option<i64>,
+    known_source_secs: Option<i64>,
+    hash_workers: Option<i64>,
+    hash_queue: Option<i64>,
+    hash_wait_ms: Option<i64>,
+    hash_max_memory_kib: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    user: Option<String>,
+    login: Option<String>,
+    #[serde(default)]
+    realms: BTreeMap<String, String>,
+    #[serde(default)]
+    crl_files: Vec<PathBuf>,
+}
+
+const CERTIFICATE_NAME_RULE: &str = "a certificate name (one of cn, email, upn)";
+const CERTIFICATE_LOGIN_RULE: &str =
+    "a certificate login (one of password, certificate-and-password, certificate)";
+
+impl RawPasswords {
+    fn validate(self) -> Result<PasswordLimits, ConfigError> {
+        let d = PasswordLimits::default();
+        let count = |v, name, max: i64, default: u32| -> Result<u32, ConfigError> {
+            int(v, name, 1, max, default.into()).map(|v| u32::try_from(v).unwrap_or(default))
+        };
+        let window = |v, name, default: Duration| {
+            int(
+                v,
+                name,
+                1,
+                86_400,
+                default.as_secs().try_into().unwrap_or(60),
+            )
+            .map(secs)
+        };
+        let source_failures = count(
+            self.source_failures,
+            "auth.passwords.source_failures",
+            1000,
+            d.source_failures,
+        )?;
+        let source_window = window(
+            self.source_window_secs,
+            "auth.passwords.source_window_secs",
+            d.source_window,
+        )?;
+        let account_failures = count(
+            self.account_failures,
+            "auth.passwords.account_failures",
+            1000,
+            d.account_failures,
+        )?;
+        let account_window = window(
+            self.account_window_secs,
+            "auth.passwords.account_window_secs",
+            d.account_window,
+        )?;
+        let known_source = int(
+            self.known_source_secs,
+            "auth.passwords.known_source_secs",
+            0,
+            MAX_SECS,
+            d.known_source.as_secs().try_into().unwrap_or(0),
+        )
+        .map(secs)?;
+        let workers = int(self.hash_workers, "auth.passwords.hash_workers", 0, 256, 0)?;
+        let hash_queue = count(
+            self.hash_queue,
+            "auth.passwords.hash_queue",
+            100_000,
+            d.hash_queue,
+        )?;
+        let wait_ms = int(
+            self.hash_wait_ms,
+            "auth.passwords.hash_wait_ms",
+            10,
+            60_000,
+            d.hash_wait.as_millis().try_into().unwrap_or(5000),
+        )?;
+        let memory = int(
+            self.hash_max_memory_kib,
+            "auth.passwords.hash_max_memory_kib",
+            (*PasswordLimits::MEMORY_KIB_RANGE.start()).into(),
+            (*PasswordLimits::MEMORY_KIB_RANGE.end()).into(),
+            d.hash_max_memory_kib.into(),
+        )?;
+        Ok(PasswordLimits {
+            source_failures,
+            source_window,
+            account_failures,
+            account_window,
+            known_source,
+            hash_workers: u32::try_from(workers).ok().filter(|w| *w != 0),
+            hash_queue,
+            hash_wait: Duration::from_millis(wait_ms.unsigned_abs()),
+            hash_max_memory_kib: u32::try_from(memory).unwrap_or(d.hash_max_memory_kib),
+        })
+    }
+}
+
+impl RawCertificate {
+    /// `realms` are `auth.realms`; `client_ca` says whether certificate login is on at all.
+    fn validate(
+        self,
+        realms: &[String],
+        client_ca: bool,
+    ) -> Result<CertificateConfig, ConfigError> {
+        // Every key here is about certificates: without a CA none of them could take effect.
+        if !client_ca {
+            let set = [
+                ("user", self.user.is_some()),
+                ("login", self.login.is_some()),
+                ("realms", !self.realms.is_empty()),
+                ("crl_files", !self.crl_files.is_empty()),
+            ];
+            if let Some((name, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::NeedsClientCa {
+                    key: format!("auth.certificate.{name}"),
+                });
+            }
+        }
+        let mut config = CertificateConfig::default();
+        if let Some(text) = self.user {
+            config.user = CertificateName::ALL
+                .into_iter()
+                .find(|n| n.name() == text)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: key("auth.certificate.user"),
+                    value: text.clone(),
+                    expected: CERTIFICATE_NAME_RULE,
+                })?;
+        }
+        let login = |text: &str, name: String| {
+            CertificateLogin::ALL
+                .into_iter()
+                .find(|l| l.name() == text)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: name,
+                    value: text.to_string(),
+                    expected: CERTIFICATE_LOGIN_RULE,
+                })
+        };
+        if let Some(text) = self.login {
+            config.login = login(&text, key("auth.certificate.login"))?;
+        }
+        for (realm, text) in self.realms {
+            let name = format!("auth.certificate.realms.{realm}");
+            if !realms.contains(&realm) {
+                return Err(ConfigError::Invalid {
+                    key: name,
+                    value: realm,
+                    expected: "a realm listed in auth.realms",
+                });
+            }
+            let mode = login(&text, name)?;
+            config.realms.insert(realm, mode);
+        }
+        for (i, p) in self.crl_files.into_iter().enumerate() {
+            config
+                .crl_files
+                .push(path(p, &indexed("auth.certificate.crl_files", i))?);
+        }
+        no_duplicates(&config.crl_files_display(), "auth.certificate.crl_files")?;
+        Ok(config)
+    }
+}
+
+impl CertificateConfig {
+    fn crl_files_display(&self) -> Vec<String> {
+        self.crl_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+}
+
+impl fmt::Display for PasswordLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let line = |f: &mut fmt::Formatter<'_>, key: &str, value: String| {
+            writeln!(f, "auth.passwords.{key:<19} {value}")
+        };
+        line(f, "source_failures", self.source_failures.to_string())?;
+        line(
+            f,
+            "source_window_secs",
+            format!("{} s", self.source_window.as_secs()),
+        )?;
+        line(f, "account_failures", self.account_failures.to_string())?;
+        line(
+            f,
+            "account_window_secs",
+            format!("{} s", self.account_window.as_secs()),
+        )?;
+        line(
+            f,
+            "known_source_secs",
+            match self.known_source.as_secs() {
+                0 => "0 (no exemption)".to_string(),
+                n => format!("{n} s"),
+            },
+        )?;
+        line(
+            f,
+            "hash_workers",
+            match self.hash_workers {
+                Some(n) => n.to_string(),
+                None => format!(
+                    "0 (one per core, at most {}: {} here)",
+                    PasswordLimits::AUTO_WORKERS_MAX,
+                    self.workers()
+                ),
+            },
+        )?;
+        line(f, "hash_queue", self.hash_queue.to_string())?;
+        line(
+            f,
+            "hash_wait_ms",
+            format!("{} ms", self.hash_wait.as_millis()),
+        )?;
+        line(
+            f,
+            "hash_max_memory_kib",
+            self.hash_max_memory_kib.to_string(),
+        )
+    }
+}
+
+impl fmt::Display for CertificateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let realms = self
+            .realms
+            .iter()
+            .map(|(r, m)| format!("{r}={m}"))
+            .collect::<Vec<_>>();
+        let or_none = |v: Vec<String>| {
+            if v.is_empty() {
+                "(none)".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        writeln!(f, "auth.certificate.user      {}", self.user)?;
+        writeln!(f, "auth.certificate.login     {}", self.login)?;
+        writeln!(f, "auth.certificate.realms    {}", or_none(realms))?;
+        writeln!(
+            f,
+            "auth.certificate.crl_files {}",
+            or_none(self.crl_files_display())
+        )
+    }
+}
+
 /// The effective configuration, one key per line, defaults filled in: what
 /// `tunnel-gateway --check-config` prints and what the runtime can log at start-up.
 impl fmt::Display for GatewayConfig {
@@ -1178,6 +1655,8 @@ impl fmt::Display for GatewayConfig {
             self.auth.users_file.display()
         )?;
         writeln!(f, "auth.realms            {}", list(&self.auth.realms))?;
+        write!(f, "{}", self.auth.passwords)?;
+        write!(f, "{}", self.auth.certificate)?;
         writeln!(f, "pool.ipv4              {}", self.pool.ipv4)?;
         writeln!(f, "pool.gateway_ipv4      {}", self.pool.gateway_ipv4)?;
         match (self.pool.ipv6, self.pool.gateway_ipv6) {
@@ -1408,6 +1887,21 @@ ipv4 = "10.10.0.0/24"
         assert_eq!(c.esp.fallback, Some(Duration::from_secs(15)));
         assert_eq!(c.esp.key_lifetime, Duration::from_secs(1200));
         assert_eq!(c.esp.key_lifetime_bytes, None);
+        assert_eq!(c.auth.passwords, PasswordLimits::default());
+        assert_eq!(c.auth.certificate.user, CertificateName::CommonName);
+        assert_eq!(c.auth.certificate.login, CertificateLogin::Password);
+        assert_eq!(
+            c.auth.certificate.login_for("Admins"),
+            CertificateLogin::CertificateAndPassword
+        );
+        assert_eq!(
+            c.auth.certificate.login_for("Users"),
+            CertificateLogin::Password
+        );
+        assert_eq!(
+            c.auth.certificate.crl_files,
+            [Path::new("/etc/tunnel-gateway/client-ca.crl")]
+        );
     }
 
     #[test]
@@ -1440,6 +1934,12 @@ ipv4 = "10.10.0.0/24"
         assert!(minimal.routes.include.is_empty() && minimal.routes.exclude.is_empty());
         assert_eq!(minimal.tls.client_ca, None);
         assert_eq!((minimal.pool.ipv6, minimal.pool.gateway_ipv6), (None, None));
+        // The full example spells out every limit at its default.
+        assert_eq!(minimal.auth.passwords, full.auth.passwords);
+        assert_eq!(minimal.auth.certificate.user, full.auth.certificate.user);
+        assert_eq!(minimal.auth.certificate.login, full.auth.certificate.login);
+        assert!(minimal.auth.certificate.realms.is_empty());
+        assert!(minimal.auth.certificate.crl_files.is_empty());
     }
 
     #[test]
@@ -1447,22 +1947,39 @@ ipv4 = "10.10.0.0/24"
         let full = GatewayConfig::from_str(&doc_toml_blocks()[0]).unwrap();
         let summary = full.to_string();
         let mut table = String::new();
-        for (section, value) in toml::from_str::<toml::Table>(&doc_toml_blocks()[0]).unwrap() {
-            let keys: Vec<String> = match value {
-                toml::Value::Table(t) => t.keys().map(|k| format!("{section}.{k}")).collect(),
-                _ => vec![section.clone()],
-            };
-            for key in keys {
-                table.push_str(&key);
-                assert!(
-                    DOC.contains(&format!("| `{key}` |")),
-                    "{key} missing from the table"
-                );
-                assert!(
-                    summary.contains(&format!("{key} ")),
-                    "{key} missing from the summary"
-                );
+        // Dotted keys, into sub-tables, except the tables that are values (keyed by realm).
+        fn flatten(prefix: &str, table: toml::Table, out: &mut Vec<String>) {
+            for (name, value) in table {
+                let key = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                match value {
+                    toml::Value::Table(t) if key != "auth.certificate.realms" => {
+                        flatten(&key, t, out)
+                    }
+                    _ => out.push(key),
+                }
             }
+        }
+        let mut keys = Vec::new();
+        flatten(
+            "",
+            toml::from_str::<toml::Table>(&doc_toml_blocks()[0]).unwrap(),
+            &mut keys,
+        );
+        assert!(keys.contains(&"auth.passwords.hash_workers".to_string()));
+        for key in keys {
+            table.push_str(&key);
+            assert!(
+                DOC.contains(&format!("| `{key}` |")),
+                "{key} missing from the table"
+            );
+            assert!(
+                summary.contains(&format!("{key} ")),
+                "{key} missing from the summary"
+            );
         }
         assert!(!table.is_empty());
     }
@@ -2001,5 +2518,236 @@ ipv4 = "10.10.0.0/24"
             assert!(CIPHER_RULE.contains(c.name()));
         }
         assert_eq!("AES128-SHA1".parse::<EspCipher>(), Err(()));
+    }
+
+    /// `text` with `[table]` and `lines` appended.
+    fn with_table(text: &str, table: &str, lines: &str) -> String {
+        format!("{text}\n[{table}]\n{lines}\n")
+    }
+
+    fn with_client_ca() -> String {
+        with("tls", r#"client_ca = "ca.pem""#)
+    }
+
+    #[test]
+    fn password_limits_ranges() {
+        let limits = |line: &str| {
+            GatewayConfig::from_str(&with_table(BASE, "auth.passwords", line))
+                .map(|c| c.auth.passwords)
+        };
+        for (line, key, part) in [
+            (
+                "source_failures = 0",
+                "auth.passwords.source_failures",
+                "0 is outside 1-1000",
+            ),
+            (
+                "source_failures = 1001",
+                "auth.passwords.source_failures",
+                "outside 1-1000",
+            ),
+            (
+                "source_window_secs = 0",
+                "auth.passwords.source_window_secs",
+                "outside 1-86400",
+            ),
+            (
+                "account_failures = 0",
+                "auth.passwords.account_failures",
+                "outside 1-1000",
+            ),
+            (
+                "account_window_secs = 86401",
+                "auth.passwords.account_window_secs",
+                "outside 1-86400",
+            ),
+            (
+                "known_source_secs = -1",
+                "auth.passwords.known_source_secs",
+                "outside 0-31536000",
+            ),
+            (
+                "hash_workers = 257",
+                "auth.passwords.hash_workers",
+                "outside 0-256",
+            ),
+            (
+                "hash_queue = 0",
+                "auth.passwords.hash_queue",
+                "outside 1-100000",
+            ),
+            (
+                "hash_wait_ms = 9",
+                "auth.passwords.hash_wait_ms",
+                "outside 10-60000",
+            ),
+            (
+                "hash_max_memory_kib = 19455",
+                "auth.passwords.hash_max_memory_kib",
+                "outside 19456-1048576",
+            ),
+            (
+                "hash_max_memory_kib = 1048577",
+                "auth.passwords.hash_max_memory_kib",
+                "outside 19456-1048576",
+            ),
+        ] {
+            expect_err(&with_table(BASE, "auth.passwords", line), key, part);
+        }
+        expect_err(
+            &with_table(BASE, "auth.passwords", "hash_wrkers = 2"),
+            "auth.passwords.hash_wrkers",
+            "unknown field `hash_wrkers`",
+        );
+        let l = limits(
+            "source_failures = 3\nsource_window_secs = 30\naccount_failures = 20\n\
+             account_window_secs = 600\nknown_source_secs = 0\nhash_workers = 3\n\
+             hash_queue = 1\nhash_wait_ms = 10\nhash_max_memory_kib = 1048576",
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            PasswordLimits {
+                source_failures: 3,
+                source_window: Duration::from_secs(30),
+                account_failures: 20,
+                account_window: Duration::from_secs(600),
+                known_source: Duration::ZERO,
+                hash_workers: Some(3),
+                hash_queue: 1,
+                hash_wait: Duration::from_millis(10),
+                hash_max_memory_kib: 1 << 20,
+            }
+        );
+        assert_eq!(l.workers(), 3);
+        let auto = limits("hash_workers = 0").unwrap();
+        assert_eq!(auto.hash_workers, None);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(auto.workers(), cores.min(8));
+    }
+
+    #[test]
+    fn certificate_settings_need_a_client_ca() {
+        for (line, key) in [
+            (r#"user = "email""#, "auth.certificate.user"),
+            (r#"login = "certificate""#, "auth.certificate.login"),
+            (
+                r#"realms = { Users = "password" }"#,
+                "auth.certificate.realms",
+            ),
+            (r#"crl_files = ["ca.crl"]"#, "auth.certificate.crl_files"),
+        ] {
+            expect_err(
+                &with_table(BASE, "auth.certificate", line),
+                key,
+                "needs tls.client_ca, which is not set",
+            );
+            GatewayConfig::from_str(&with_table(&with_client_ca(), "auth.certificate", line))
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn certificate_names_logins_and_realms_must_be_known() {
+        let text = |line: &str| with_table(&with_client_ca(), "auth.certificate", line);
+        expect_err(
+            &text(r#"user = "dn""#),
+            "auth.certificate.user",
+            "one of cn, email, upn",
+        );
+        expect_err(
+            &text(r#"login = "cert""#),
+            "auth.certificate.login",
+            "one of password, certificate-and-password, certificate",
+        );
+        expect_err(
+            &text(r#"realms = { Admins = "certificate" }"#),
+            "auth.certificate.realms.Admins",
+            "is not a realm listed in auth.realms",
+        );
+        expect_err(
+            &text(r#"realms = { Users = "both" }"#),
+            "auth.certificate.realms.Users",
+            "is not a certificate login",
+        );
+        expect_err(
+            &text(r#"crl_files = ["a.crl", "a.crl"]"#),
+            "auth.certificate.crl_files[1]",
+            "already listed as auth.certificate.crl_files[0]",
+        );
+        expect_err(
+            &text(r#"crl_files = [""]"#),
+            "auth.certificate.crl_files[0]",
+            "must not be empty",
+        );
+        for (name, field) in [
+            ("cn", CertificateName::CommonName),
+            ("email", CertificateName::Email),
+            ("upn", CertificateName::Upn),
+        ] {
+            let c = GatewayConfig::from_str(&text(&format!("user = \"{name}\""))).unwrap();
+            assert_eq!(c.auth.certificate.user, field);
+            assert!(
+                c.to_string()
+                    .contains(&format!("auth.certificate.user      {name}"))
+            );
+        }
+        let c = GatewayConfig::from_str(&text(
+            r#"login = "certificate"
+realms = { Users = "certificate-and-password" }"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            c.auth.certificate.login_for("Users"),
+            CertificateLogin::CertificateAndPassword
+        );
+        assert_eq!(
+            c.auth.certificate.login_for("Other"),
+            CertificateLogin::Certificate
+        );
+        assert!(CertificateLogin::Certificate.needs_certificate());
+        assert!(!CertificateLogin::Certificate.needs_password());
+        assert!(!CertificateLogin::Password.needs_certificate());
+        assert!(
+            CertificateLogin::CertificateAndPassword.needs_certificate()
+                && CertificateLogin::CertificateAndPassword.needs_password()
+        );
+    }
+
+    #[test]
+    fn crl_files_are_resolved_and_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.toml");
+        let text = with_table(
+            &with_client_ca(),
+            "auth.certificate",
+            r#"crl_files = ["crl/one.crl", "/nonexistent/two.crl"]"#,
+        );
+        fs::write(&config_path, text).unwrap();
+        fs::create_dir(dir.path().join("crl")).unwrap();
+        write_files(
+            dir.path(),
+            &["server.pem", "server.key", "users", "ca.pem", "crl/one.crl"],
+        );
+        let err = GatewayConfig::load(&config_path).unwrap_err();
+        assert_eq!(err.key(), Some("auth.certificate.crl_files[1]"));
+        assert!(
+            err.to_string().contains("cannot open /nonexistent/two.crl"),
+            "{err}"
+        );
+        fs::write(
+            &config_path,
+            with_table(
+                &with_client_ca(),
+                "auth.certificate",
+                r#"crl_files = ["crl/one.crl"]"#,
+            ),
+        )
+        .unwrap();
+        let c = GatewayConfig::load(&config_path).unwrap();
+        assert_eq!(
+            c.auth.certificate.crl_files,
+            [dir.path().join("crl/one.crl")]
+        );
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!   config file ──GatewayConfig::load──▶ GatewayConfig ──▶ runtime (TLS listener, sessions,
-//!   users file ──UsersFile::load──▶ UsersFile::verify ◀──┤   ESP, forwarding to the TUN device)
-//!                        LoginLimiter::check / record ◀──┤
+//!   users file ──UsersCache──▶ Logins::authenticate ◀───┤   ESP, forwarding to the TUN device)
+//!     LoginLimiter::begin / succeeded, HashPool::run ◀──┤
 //!                    AddressPool::allocate / release ◀───┘
 //! ```
 //!
@@ -18,7 +18,10 @@
 //! - `users`: the users file, password verification and `adduser`'s atomic update
 //!   ([`UsersFile`], [`add_user`]);
 //! - `pool`: the IPv4/IPv6 address pools ([`AddressPool`]);
-//! - `ratelimit`: rate limiting of failed logins per source ([`LoginLimiter`]).
+//! - `ratelimit`: rate limiting of password logins per source and per account
+//!   ([`LoginLimiter`]);
+//! - `hasher`: argon2 on a fixed set of workers, each with its own memory, with a bounded
+//!   queue and deadline ([`HashPool`], [`HashMemory`], [`HashLimits`]).
 //!
 //! The runtime builds on them (docs/gateway.md draws it):
 //! - `runtime`: [`Gateway`]: the TLS listener, one task per connection, the packet
@@ -28,11 +31,17 @@
 //! - `admission`: the caps on connections that have not logged in yet, and log lines that
 //!   stay bounded under a flood;
 //! - `table`: the session table (by address, by SPI, by cookie; resumable sessions);
-//! - `tls`: the rustls server configuration and client-certificate names.
+//! - `login`: the order of a login's checks (certificate rules, rate limits, hashing) and
+//!   the users file as logins see it, re-read when it changes;
+//! - `tls`: the rustls server configuration; `client_cert`: the client-certificate verifier
+//!   (client CA, CRLs re-read when they change) and the user a certificate names.
 
 mod access;
 mod admission;
+mod client_cert;
 mod config;
+mod hasher;
+mod login;
 mod pool;
 mod ratelimit;
 mod runtime;
@@ -41,12 +50,15 @@ mod tls;
 mod tls_readers;
 mod users;
 
+pub use client_cert::{CertNameError, CrlError};
 pub use config::{
-    AccessConfig, AuthConfig, ConfigError, EspCipher, EspConfig, GatewayConfig, LimitsConfig,
-    MTU_RANGE, PoolConfig, RoutesConfig, TlsConfig, defaults,
+    AccessConfig, AuthConfig, CertificateConfig, CertificateLogin, CertificateName, ConfigError,
+    EspCipher, EspConfig, GatewayConfig, LimitsConfig, MTU_RANGE, PasswordLimits, PoolConfig,
+    RoutesConfig, TlsConfig, defaults,
 };
+pub use hasher::{HashError, HashLimits, HashMemory};
 pub use pool::{AddressPool, Lease, PoolError};
-pub use ratelimit::{LoginLimiter, RateLimitPolicy, Verdict};
+pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
 pub use runtime::{Gateway, GatewayError};
 pub use tls::TlsSetupError;
 pub use users::{

@@ -28,10 +28,11 @@ use tunnel_proto::{
 };
 
 use super::{
-    AddressPool, EspCipher, GatewayConfig, Lease, LoginLimiter, RateLimitPolicy, UsersFile,
-    Verdict,
+    AddressPool, EspCipher, GatewayConfig, HashLimits, Lease, UsersFile,
     access::{AccessCache, AccessControl, AccessPolicy, Refused, local_addresses},
     admission::{Admission, LogThrottle, LoginSlot, Refusal},
+    client_cert::{self, CertNameError},
+    login::{LoginRequest, Logins},
     table::{LastLookup, Resumable, Session, SessionTable, SpiRegistry},
     tls::{self, TlsSetupError},
     tls_readers::{READY_BATCH, TlsReader, TlsReaders},
@@ -90,7 +91,8 @@ struct Ctx {
     refused: AtomicU64,
     refused_log: LogThrottle,
     pool: Mutex<AddressPool>,
-    limiter: Mutex<LoginLimiter>,
+    /// Password and certificate logins: rate limits, hashing workers, the users file.
+    logins: Logins,
     table: SessionTable,
     /// The inbound SPIs every session's state machine takes its SAs' from.
     spis: Arc<SpiRegistry>,
@@ -126,9 +128,22 @@ impl Gateway {
     /// Sets everything up: TLS, the users file (checked once here), the TUN device with the
     /// gateway's tunnel addresses, forwarding, the TCP listener and the ESP socket.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
-        let tls = tls::server_config(&config.tls)?;
-        let users = UsersFile::load(&config.auth.users_file)?;
-        info!(users = users.len(), "users file loaded");
+        let tls = tls::server_config(&config.tls, &config.auth.certificate)?;
+        let users = UsersFile::load(
+            &config.auth.users_file,
+            &HashLimits::from(&config.auth.passwords),
+        )?;
+        let logins = Logins::new(
+            config.auth.users_file.clone(),
+            &config.auth.passwords,
+            config.auth.certificate.clone(),
+        )
+        .map_err(io_err("starting the password hashing workers"))?;
+        info!(
+            users = users.len(),
+            hash_workers = logins.hash_workers(),
+            "users file loaded"
+        );
         let tun = Tun::create_offloaded(&config.tun_name)
             .map_err(io_err(format!("creating TUN {}", config.tun_name)))?;
         configure_tun(&config, &tun)?;
@@ -170,7 +185,7 @@ impl Gateway {
             refused: AtomicU64::new(0),
             refused_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
             pool: Mutex::new(pool),
-            limiter: Mutex::new(LoginLimiter::new(RateLimitPolicy::default())),
+            logins,
             table: SessionTable::default(),
             spis: Arc::default(),
             tun,
@@ -1007,8 +1022,9 @@ enum Ending {
 struct Conn {
     peer: SocketAddr,
     id: u64,
-    /// The subject name of a verified client certificate.
-    cert_user: Option<String>,
+    /// The user a verified client certificate names (`auth.certificate.user`), or why it
+    /// names none; `None` without a certificate.
+    cert_user: Option<Result<String, CertNameError>>,
     /// The state machine until the session is established; afterwards it lives in `session`.
     pending: Option<Server>,
     session: Option<Arc<Session>>,
@@ -1078,12 +1094,13 @@ async fn serve(
         Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
         Err(_) => return debug!("TLS handshake timed out"),
     };
+    // Verified by the handshake (client CA, CRLs); whose it is decides nothing yet.
     let cert_user = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(tls::client_name);
+        .map(|c| client_cert::certificate_user(c, ctx.config.auth.certificate.user));
     let (tcp, tls) = tls.into_inner();
     // openconnect needs a record per frame; the client says when it does not.
     let link = match TlsLink::new(tcp, tls, true) {
@@ -1327,60 +1344,21 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             let realm = realm
                 .or_else(|| ctx.config.auth.realms.first().cloned())
                 .unwrap_or_default();
-            let peer = conn.peer;
-            let refused = ctx
-                .limiter
-                .lock()
-                .ok()
-                .and_then(|l| match l.check(peer.ip(), now) {
-                    Verdict::Refuse { retry_after } => Some(retry_after),
-                    Verdict::Allow => None,
-                });
-            if let Some(retry_after) = refused {
-                warn!(%peer, "login refused: too many failed attempts from this source");
-                let message = format!(
-                    "Too many failed logins. Try again in {} seconds.",
-                    retry_after.as_secs().max(1)
-                );
-                let _ = conn
-                    .pending
-                    .as_mut()?
-                    .reject(AuthRejection::Failure(message));
-                return None;
-            }
-            let ok = if conn.cert_user.as_deref() == Some(username.as_str()) {
-                info!(user = %username, "authenticated by client certificate");
-                true
-            } else {
-                let path = ctx.config.auth.users_file.clone();
-                let (r, u) = (realm.clone(), username.clone());
-                // The users file is read again for every login, so `adduser` takes effect
-                // without a restart; argon2 is slow on purpose, so it runs off the async threads.
-                let verdict = tokio::task::spawn_blocking(move || {
-                    let users = UsersFile::load(&path).map_err(|e| e.to_string())?;
-                    users
-                        .verify(&r, &u, password.expose().as_bytes())
-                        .map_err(|e| e.to_string())
+            let outcome = ctx
+                .logins
+                .authenticate(LoginRequest {
+                    peer: conn.peer.ip(),
+                    realm: &realm,
+                    username: &username,
+                    password,
+                    certificate: conn.cert_user.as_ref(),
                 })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-                match verdict {
-                    Ok(_) => true,
-                    Err(e) => {
-                        warn!(%peer, %realm, error = %e, "login failed");
-                        false
-                    }
-                }
-            };
+                .await;
             let p = conn.pending.as_mut()?;
-            if ok {
-                let _ = p.accept(&new_cookie());
-            } else {
-                if let Ok(mut limiter) = ctx.limiter.lock() {
-                    limiter.record_failure(peer.ip(), now);
-                }
-                let _ = p.reject(AuthRejection::Retry);
-            }
+            let _ = match outcome.rejection() {
+                None => p.accept(&new_cookie()),
+                Some(why) => p.reject(why),
+            };
         }
         ServerEvent::Authenticated {
             username,

@@ -1,12 +1,16 @@
 //! The gateway's TLS server configuration: certificate chain and key from PEM files, and,
-//! when a client CA is configured, optional client certificates verified against it.
+//! when a client CA is configured, optional client certificates verified against it and the
+//! configured CRLs (`super::client_cert`).
 
 use std::{path::Path, sync::Arc};
 
-use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use super::TlsConfig;
+use super::{
+    CertificateConfig, TlsConfig,
+    client_cert::{ClientVerifier, CrlError},
+};
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +24,8 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
     #[error("client CA {path}: {what}")]
     ClientCa { path: String, what: String },
+    #[error(transparent)]
+    Crl(#[from] CrlError),
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
@@ -40,8 +46,11 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     Ok(certs)
 }
 
-/// Builds the rustls server configuration.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsSetupError> {
+/// Builds the rustls server configuration; `certificates` names the CRLs.
+pub fn server_config(
+    tls: &TlsConfig,
+    certificates: &CertificateConfig,
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let chain = certs(&tls.certificate)?;
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| TlsSetupError::Pem {
         path: tls.key.display().to_string(),
@@ -57,27 +66,14 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsSetupError
                     what: e.to_string(),
                 })?;
             }
-            // Certificates are optional: users without one log in with a password.
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsSetupError::ClientCa {
-                    path: ca.display().to_string(),
-                    what: e.to_string(),
-                })?;
+            // Certificates are optional here: what a login needs is decided after the
+            // handshake, per realm (`auth.certificate`).
+            let verifier = ClientVerifier::new(roots, &certificates.crl_files)?;
             builder
-                .with_client_cert_verifier(verifier)
+                .with_client_cert_verifier(Arc::new(verifier))
                 .with_single_cert(chain, key)?
         }
         None => builder.with_no_client_auth().with_single_cert(chain, key)?,
     };
     Ok(Arc::new(config))
-}
-
-/// The subject common name of a verified client certificate, the name the certificate logs
-/// in as.
-pub fn client_name(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_string)
 }

@@ -21,7 +21,10 @@
 //!   empty, no ':' or ',', no control characters, no leading or trailing whitespace; inner
 //!   spaces are allowed, as Ivanti allows them);
 //! - an argon2id hash in PHC string format; its parameters are read from the string, so hashes
-//!   made with other argon2id parameters still verify.
+//!   made with other argon2id parameters still verify, up to the bound the gateway is
+//!   configured with ([`HashLimits`]: m at most `auth.passwords.hash_max_memory_kib` KiB, t at
+//!   most 10, p at most 16). A hash beyond it is refused when the file is read, never
+//!   allocated for.
 //!
 //! A line that breaks any rule, or a user listed twice, makes the whole file unusable: the
 //! error names the line, and [`add_user`] refuses to rewrite such a file rather than guess.
@@ -37,9 +40,11 @@ use std::{
 };
 
 use argon2::{
-    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
+    Argon2, PasswordHash, PasswordHasher,
     password_hash::{self, SaltString},
 };
+
+use super::hasher::{HashError, HashLimits, HashMemory};
 
 /// The file mode of the users file: hashes can be attacked offline, so only the owner reads.
 pub const USERS_FILE_MODE: u32 = 0o600;
@@ -109,10 +114,7 @@ pub enum AuthError {
     RealmNotAllowed { name: String, realm: String },
     /// The stored hash could not be checked (argon2 refused its parameters).
     #[error("checking the password of user {name:?} failed: {source}")]
-    Hash {
-        name: String,
-        source: password_hash::Error,
-    },
+    Hash { name: String, source: HashError },
 }
 
 /// What is wrong with one line of a users file.
@@ -129,6 +131,9 @@ pub enum LineError {
     BadHash { reason: String },
     #[error("the hash uses {algorithm}, not argon2id")]
     NotArgon2id { algorithm: String },
+    /// The hash's parameters are beyond the gateway's bound, or argon2 cannot use them.
+    #[error("the hash cannot be checked: {source}")]
+    Unusable { source: HashError },
     #[error("user {name:?} is already defined on line {first_line}")]
     Duplicate { name: String, first_line: usize },
 }
@@ -172,6 +177,7 @@ struct Entry {
 /// A loaded users file.
 pub struct UsersFile {
     users: BTreeMap<String, Entry>,
+    limits: HashLimits,
 }
 
 // Hand-written so that hashes stay out of logs and panics.
@@ -192,8 +198,13 @@ pub enum AddOutcome {
     Replaced,
 }
 
-/// Parses the file's text. `path` is only for error messages.
-fn parse(text: &str, path: &Path) -> Result<BTreeMap<String, Entry>, UsersError> {
+/// Parses the file's text, with every hash within `limits`. `path` is only for error
+/// messages.
+fn parse(
+    text: &str,
+    path: &Path,
+    limits: &HashLimits,
+) -> Result<BTreeMap<String, Entry>, UsersError> {
     let mut users: BTreeMap<String, Entry> = BTreeMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -221,7 +232,7 @@ fn parse(text: &str, path: &Path) -> Result<BTreeMap<String, Entry>, UsersError>
         if let Some(bad) = realms.iter().find(|r| !realm_name_ok(r)) {
             return Err(corrupt(LineError::BadRealm { realm: bad.clone() }));
         }
-        check_hash(hash).map_err(corrupt)?;
+        check_hash(hash, limits).map_err(corrupt)?;
         if let Some(first) = users.get(name) {
             return Err(corrupt(LineError::Duplicate {
                 name: name.to_string(),
@@ -240,7 +251,7 @@ fn parse(text: &str, path: &Path) -> Result<BTreeMap<String, Entry>, UsersError>
     Ok(users)
 }
 
-fn check_hash(hash: &str) -> Result<(), LineError> {
+fn check_hash(hash: &str, limits: &HashLimits) -> Result<(), LineError> {
     let parsed = PasswordHash::new(hash).map_err(|e| LineError::BadHash {
         reason: e.to_string(),
     })?;
@@ -249,11 +260,14 @@ fn check_hash(hash: &str) -> Result<(), LineError> {
             algorithm: parsed.algorithm.to_string(),
         });
     }
-    if parsed.hash.is_none() {
+    if parsed.hash.is_none() || parsed.salt.is_none() {
         return Err(LineError::BadHash {
-            reason: "no hash output".to_string(),
+            reason: "no salt or no hash output".to_string(),
         });
     }
+    limits
+        .check(&parsed)
+        .map_err(|source| LineError::Unusable { source })?;
     Ok(())
 }
 
@@ -278,18 +292,22 @@ fn dummy_hash() -> &'static str {
 }
 
 impl UsersFile {
-    /// Reads and checks the whole file. A missing file is an error: a gateway with no users
-    /// file would refuse everyone, which is better said at start-up.
-    pub fn load(path: &Path) -> Result<UsersFile, UsersError> {
+    /// Reads and checks the whole file, every hash within `limits`. A missing file is an
+    /// error: a gateway with no users file would refuse everyone, which is better said at
+    /// start-up.
+    pub fn load(path: &Path, limits: &HashLimits) -> Result<UsersFile, UsersError> {
         let text = fs::read_to_string(path).map_err(|source| UsersError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let users = parse(&text, path)?;
+        let users = parse(&text, path, limits)?;
         // Pay for the dummy hash now rather than during the first unknown-user login, whose
         // extra delay would otherwise reveal that the user does not exist.
         dummy_hash();
-        Ok(UsersFile { users })
+        Ok(UsersFile {
+            users,
+            limits: *limits,
+        })
     }
 
     /// The number of users.
@@ -307,10 +325,23 @@ impl UsersFile {
         self.users.get(name).map(|e| e.realms.as_slice())
     }
 
-    /// Checks a login. The argon2 check runs whether or not the user exists (against a dummy
-    /// hash when not) and before the realm is looked at, so the time taken says nothing about
-    /// which names exist or which realms they have. argon2 compares in constant time.
+    /// Checks a login with memory of its own, allocated for this one check. The gateway uses
+    /// [`UsersFile::verify_with`] and its hashing workers' memory instead.
     pub fn verify(&self, realm: &str, name: &str, password: &[u8]) -> Result<UserId, AuthError> {
+        self.verify_with(&mut HashMemory::new(self.limits), realm, name, password)
+    }
+
+    /// Checks a login, hashing into `memory`. The argon2 check runs whether or not the user
+    /// exists (against a dummy hash when not) and before the realm is looked at, so the time
+    /// taken says nothing about which names exist or which realms they have. The comparison
+    /// is constant-time.
+    pub fn verify_with(
+        &self,
+        memory: &mut HashMemory,
+        realm: &str,
+        name: &str,
+        password: &[u8],
+    ) -> Result<UserId, AuthError> {
         let entry = self.users.get(name);
         let stored: &str = match entry {
             Some(e) => &e.hash,
@@ -320,12 +351,8 @@ impl UsersFile {
             name: name.to_string(),
             source,
         };
-        let hash = PasswordHash::new(stored).map_err(hash_error)?;
-        let matches = match Argon2::default().verify_password(password, &hash) {
-            Ok(()) => true,
-            Err(password_hash::Error::Password) => false,
-            Err(e) => return Err(hash_error(e)),
-        };
+        let hash = PasswordHash::new(stored).map_err(|e| hash_error(HashError::Phc(e)))?;
+        let matches = memory.verify(&hash, password).map_err(hash_error)?;
         let Some(entry) = entry else {
             return Err(AuthError::UnknownUser);
         };
@@ -334,6 +361,21 @@ impl UsersFile {
                 name: name.to_string(),
             });
         }
+        if !entry.realms.iter().any(|r| r == realm) {
+            return Err(AuthError::RealmNotAllowed {
+                name: name.to_string(),
+                realm: realm.to_string(),
+            });
+        }
+        Ok(UserId {
+            name: name.to_string(),
+        })
+    }
+
+    /// Checks that `name` exists and may log in to `realm`, without a password: for logins
+    /// whose proof is a client certificate.
+    pub fn member(&self, realm: &str, name: &str) -> Result<UserId, AuthError> {
+        let entry = self.users.get(name).ok_or(AuthError::UnknownUser)?;
         if !entry.realms.iter().any(|r| r == realm) {
             return Err(AuthError::RealmNotAllowed {
                 name: name.to_string(),
@@ -404,7 +446,8 @@ pub fn add_user(
     let (text, outcome) = match &existing {
         None => (format!("{HEADER}{new_line}\n"), AddOutcome::Added),
         Some(text) => {
-            let users = parse(text, &path)?;
+            // Any hash some gateway configuration could accept is kept as it is.
+            let users = parse(text, &path, &HashLimits::CEILING)?;
             match users.get(name) {
                 Some(entry) => {
                     let mut out = String::with_capacity(text.len() + new_line.len());
@@ -503,6 +546,10 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    fn load(path: &Path) -> Result<UsersFile, UsersError> {
+        UsersFile::load(path, &HashLimits::default())
+    }
+
     fn users_path(dir: &tempfile::TempDir) -> PathBuf {
         dir.path().join("users")
     }
@@ -526,7 +573,7 @@ mod tests {
         let path = users_path(&dir);
         let outcome = add_user(&path, "alice", &realms(&["Users"]), b"s3cret").unwrap();
         assert_eq!(outcome, AddOutcome::Added);
-        let users = UsersFile::load(&path).unwrap();
+        let users = load(&path).unwrap();
         assert_eq!(users.len(), 1);
         let id = users.verify("Users", "alice", b"s3cret").unwrap();
         assert_eq!(id.name(), "alice");
@@ -543,7 +590,7 @@ mod tests {
         let path = users_path(&dir);
         add_user(&path, "alice", &realms(&["Users", "Admin Users"]), b"pw-a").unwrap();
         add_user(&path, "bob", &realms(&["Users"]), b"pw-b").unwrap();
-        let users = UsersFile::load(&path).unwrap();
+        let users = load(&path).unwrap();
         assert_eq!(users.len(), 2);
 
         match users.verify("Users", "alice", b"pw-b") {
@@ -595,7 +642,7 @@ mod tests {
 
         let outcome = add_user(&path, "alice", &realms(&["Admins"]), b"new").unwrap();
         assert_eq!(outcome, AddOutcome::Replaced);
-        let users = UsersFile::load(&path).unwrap();
+        let users = load(&path).unwrap();
         assert_eq!(users.len(), 2);
         assert!(matches!(
             users.verify("Admins", "alice", b"old"),
@@ -659,7 +706,7 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
-        assert_eq!(UsersFile::load(&real).unwrap().len(), 2);
+        assert_eq!(load(&real).unwrap().len(), 2);
     }
 
     #[test]
@@ -751,7 +798,7 @@ mod tests {
             let text = format!("# header\n\n{body}\n");
             fs::write(&path, &text).unwrap();
             let expected_line = 2 + body.lines().count();
-            let err = UsersFile::load(&path).unwrap_err();
+            let err = load(&path).unwrap_err();
             match &err {
                 UsersError::Corrupt { line, reason, .. } => {
                     assert_eq!(*line, expected_line, "{body:?}: {err}");
@@ -783,7 +830,7 @@ mod tests {
     #[test]
     fn missing_file_is_an_error_on_load() {
         let dir = tempfile::tempdir().unwrap();
-        let err = UsersFile::load(&users_path(&dir)).unwrap_err();
+        let err = load(&users_path(&dir)).unwrap_err();
         assert!(matches!(err, UsersError::Read { .. }), "{err:?}");
         assert!(err.to_string().contains("users"), "{err}");
     }
@@ -793,7 +840,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = users_path(&dir);
         add_user(&path, "alice", &realms(&["Users"]), b"pw").unwrap();
-        let users = UsersFile::load(&path).unwrap();
+        let users = load(&path).unwrap();
         let debug = format!("{users:?}");
         assert!(
             debug.contains("alice") && !debug.contains("argon2"),
@@ -808,7 +855,7 @@ mod tests {
         // Equal cost is what hides whether a user exists; compare the parameters rather than
         // wall-clock time, which would make a flaky test.
         let dummy = PasswordHash::new(dummy_hash()).unwrap();
-        check_hash(dummy_hash()).unwrap();
+        check_hash(dummy_hash(), &HashLimits::default()).unwrap();
         let real_text = hash_password(b"pw").unwrap();
         let real = PasswordHash::new(&real_text).unwrap();
         assert_eq!(dummy.algorithm, real.algorithm);
@@ -828,9 +875,107 @@ mod tests {
         add_user(&path, "alice", &realms(&["Users"]), b"pw").unwrap();
         let crlf = fs::read_to_string(&path).unwrap().replace('\n', "\r\n");
         fs::write(&path, crlf).unwrap();
-        UsersFile::load(&path)
+        load(&path)
             .unwrap()
             .verify("Users", "alice", b"pw")
             .unwrap();
+    }
+
+    /// A hash line with `params` (and a valid-looking salt and output).
+    fn line_with_params(name: &str, params: &str) -> String {
+        format!(
+            "{name}:Users:$argon2id$v=19${params}$c2l4dGVlbiBieXRlIHNsdA$\
+             AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        )
+    }
+
+    #[test]
+    fn hashes_beyond_the_cost_bound_make_the_file_unusable_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_path(&dir);
+        add_user(&path, "alice", &realms(&["Users"]), b"pw").unwrap();
+        // 4 TiB: never allocated, refused when the file is read.
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str(&line_with_params("mallory", "m=4294967295,t=1,p=1"));
+        text.push('\n');
+        fs::write(&path, &text).unwrap();
+        let err = load(&path).unwrap_err();
+        match &err {
+            UsersError::Corrupt {
+                line,
+                reason: LineError::Unusable { source },
+                ..
+            } => {
+                assert_eq!(*line, 4);
+                assert_eq!(
+                    *source,
+                    HashError::TooCostly {
+                        param: "m",
+                        value: u32::MAX,
+                        max: HashLimits::DEFAULT_MEMORY_KIB
+                    }
+                );
+            }
+            other => panic!("expected a refused hash, got {other:?}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "users file {} line 4: the hash cannot be checked: the hash asks for argon2 \
+                 m=4294967295, more than the 65536 allowed",
+                path.display()
+            )
+        );
+        // A gateway configured for more accepts a costlier hash; adduser keeps any line some
+        // configuration could accept, and refuses to rewrite one none could.
+        let roomy = HashLimits {
+            max_memory_kib: HashLimits::MAX_MEMORY_KIB,
+        };
+        text = text.replace("m=4294967295", "m=1048576");
+        fs::write(&path, &text).unwrap();
+        assert!(load(&path).is_err());
+        assert_eq!(UsersFile::load(&path, &roomy).unwrap().len(), 2);
+        add_user(&path, "bob", &realms(&["Users"]), b"pw").unwrap();
+        assert!(fs::read_to_string(&path).unwrap().contains("m=1048576"));
+        let huge = text.replace("m=1048576", "m=1048577");
+        fs::write(&path, &huge).unwrap();
+        assert!(matches!(
+            add_user(&path, "carol", &realms(&["Users"]), b"pw"),
+            Err(UsersError::Corrupt {
+                reason: LineError::Unusable { .. },
+                ..
+            })
+        ));
+        for params in ["m=19456,t=11,p=1", "m=19456,t=2,p=17"] {
+            let body = format!("{}\n", line_with_params("mallory", params));
+            fs::write(&path, &body).unwrap();
+            assert!(
+                matches!(
+                    load(&path),
+                    Err(UsersError::Corrupt {
+                        reason: LineError::Unusable { .. },
+                        ..
+                    })
+                ),
+                "{params}"
+            );
+        }
+    }
+
+    #[test]
+    fn member_checks_the_user_and_realm_without_a_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_path(&dir);
+        add_user(&path, "alice", &realms(&["Users", "Admins"]), b"pw").unwrap();
+        let users = load(&path).unwrap();
+        assert_eq!(users.member("Admins", "alice").unwrap().name(), "alice");
+        assert!(matches!(
+            users.member("Devices", "alice"),
+            Err(AuthError::RealmNotAllowed { .. })
+        ));
+        assert!(matches!(
+            users.member("Users", "bob"),
+            Err(AuthError::UnknownUser)
+        ));
     }
 }

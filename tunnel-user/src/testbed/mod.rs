@@ -22,6 +22,7 @@ use std::{
 use crate::tun::Tun;
 
 pub mod client_world;
+pub mod pki;
 pub mod pulse_peer;
 mod world;
 pub use world::SplitWorld;
