@@ -103,6 +103,10 @@ impl Drop for LoginSlot {
     }
 }
 
+/// The interval of the log lines about what a flood makes the gateway refuse: connections
+/// it cannot accept or admit, logins refused for the limiter or for busy hashing workers.
+pub(crate) const FLOOD_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Lets one log line through per `interval` for one kind of event, and counts the ones it
 /// held back so the next line can say how many it stands for.
 #[derive(Debug)]

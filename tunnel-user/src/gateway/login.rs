@@ -41,6 +41,7 @@ use tunnel_proto::{AuthRejection, Password};
 use super::{
     AuthError, CertificateConfig, LoginLimiter, PasswordLimits, RateLimitPolicy, UserId,
     UsersError, UsersFile,
+    admission::{FLOOD_LOG_INTERVAL, LogThrottle},
     client_cert::CertNameError,
     hasher::{Busy, HashLimits, HashPool},
     ratelimit::{Refusal, Scope, WindowPolicy},
@@ -202,6 +203,10 @@ pub struct Logins {
     users: Arc<UsersCache>,
     certificates: CertificateConfig,
     hash_wait: Duration,
+    /// Refusals by the limiter and for busy workers come at the attacker's pace: logged
+    /// within bounds. Wrong passwords are logged each, as the limiter bounds them.
+    rate_limited_log: LogThrottle,
+    busy_log: LogThrottle,
 }
 
 impl Logins {
@@ -232,6 +237,8 @@ impl Logins {
             users: Arc::new(UsersCache::new(users_file, hash_limits)),
             certificates,
             hash_wait: limits.hash_wait,
+            rate_limited_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
+            busy_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
         })
     }
 
@@ -331,7 +338,9 @@ impl Logins {
                 Scope::Source => "this source",
                 Scope::Account => "this account",
             };
-            warn!(%peer, %realm, retry_after = refusal.retry_after.as_secs(), "login refused: too many failed attempts from {whom}");
+            if let Some(more) = self.rate_limited_log.event(Instant::now()) {
+                warn!(%peer, %realm, more, retry_after = refusal.retry_after.as_secs(), "login refused: too many failed attempts from {whom}");
+            }
             return refused(Refused::RateLimited(refusal));
         };
 
@@ -374,7 +383,9 @@ impl Logins {
                     Busy::Deadline => "no hashing worker was free in time",
                 };
                 let stats = self.hasher.stats();
-                warn!(%peer, %realm, refused_full = stats.refused_full, refused_late = stats.refused_deadline, "login refused: the gateway is busy ({why})");
+                if let Some(more) = self.busy_log.event(Instant::now()) {
+                    warn!(%peer, %realm, more, refused_full = stats.refused_full, refused_late = stats.refused_deadline, "login refused: the gateway is busy ({why})");
+                }
                 refused(Refused::Busy)
             }
         }

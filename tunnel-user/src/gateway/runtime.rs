@@ -30,7 +30,7 @@ use tunnel_proto::{
 use super::{
     AddressPool, EspCipher, GatewayConfig, HashLimits, Lease, UsersFile,
     access::{AccessCache, AccessControl, AccessPolicy, Refused, local_addresses},
-    admission::{Admission, LogThrottle, LoginSlot, Refusal},
+    admission::{Admission, FLOOD_LOG_INTERVAL, LogThrottle, LoginSlot, Refusal},
     client_cert::{self, CertNameError},
     login::{LoginRequest, Logins},
     table::{LastLookup, Resumable, Session, SessionTable, SpiRegistry},
@@ -68,9 +68,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> GatewayError {
     let what = what.into();
     move |source| GatewayError::Io { what, source }
 }
-
-/// The interval of the log lines about connections the gateway refuses or cannot accept.
-const FLOOD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The first pause after `accept()` failed; each failure in a row doubles it, up to
 /// [`ACCEPT_BACKOFF_MAX`]. A failing accept (out of descriptors: EMFILE, ENFILE, ENOBUFS)
