@@ -585,7 +585,12 @@ fn past_the_hash_wait_logins_are_refused_as_busy() {
     assert_eq!(busy + checked, 30, "{outcomes:?}");
     assert!(busy >= 1 && checked >= 1, "{outcomes:?}");
     // One line stands for them all (it says how many more).
-    assert_eq!(w.count("login refused: the gateway is busy"), 1, "{}", w.log());
+    assert_eq!(
+        w.count("login refused: the gateway is busy"),
+        1,
+        "{}",
+        w.log()
+    );
     assert_eq!(w.count(CHECKED_WRONG), checked);
     // Positive control: one at a time gets through.
     assert_eq!(

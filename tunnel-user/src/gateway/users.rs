@@ -353,23 +353,15 @@ impl UsersFile {
         };
         let hash = PasswordHash::new(stored).map_err(|e| hash_error(HashError::Phc(e)))?;
         let matches = memory.verify(&hash, password).map_err(hash_error)?;
-        let Some(entry) = entry else {
+        if entry.is_none() {
             return Err(AuthError::UnknownUser);
-        };
+        }
         if !matches {
             return Err(AuthError::WrongPassword {
                 name: name.to_string(),
             });
         }
-        if !entry.realms.iter().any(|r| r == realm) {
-            return Err(AuthError::RealmNotAllowed {
-                name: name.to_string(),
-                realm: realm.to_string(),
-            });
-        }
-        Ok(UserId {
-            name: name.to_string(),
-        })
+        self.member(realm, name)
     }
 
     /// Checks that `name` exists and may log in to `realm`, without a password: for logins
