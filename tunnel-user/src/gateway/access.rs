@@ -501,4 +501,69 @@ mod tests {
             Err(Refused::Gateway)
         );
     }
+
+    /// What the check costs a forwarded packet, on a policy the size of a large deployment's
+    /// (500 include routes, 200 excludes, each family). Run with
+    /// `cargo test --release -p tunnel-user --lib measure_check_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement: run with --ignored --nocapture"]
+    fn measure_check_cost() {
+        let mut include = Vec::new();
+        let mut exclude = Vec::new();
+        for i in 0..500u32 {
+            include.push(format!("\"10.{}.{}.0/24\"", 20 + i / 256, i % 256));
+            include.push(format!("\"fd00:{:x}::/48\"", 0x100 + i));
+        }
+        for i in 0..200u32 {
+            exclude.push(format!("\"10.{}.{}.128/25\"", 20 + i / 256, i % 256));
+            exclude.push(format!("\"fd00:{:x}:1::/64\"", 0x100 + i));
+        }
+        let dir = std::env::temp_dir().join(format!("tunnel-access-m-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["server.pem", "server.key", "users"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let text = format!(
+            "dns = [\"10.10.0.1\"]\n[tls]\ncertificate = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\n\
+             [auth]\nusers_file = \"{d}/users\"\n\
+             [pool]\nipv4 = \"10.10.0.0/24\"\nipv6 = \"fd00:10::/64\"\n\
+             [routes]\ninclude = [{}]\nexclude = [{}]\n",
+            include.join(", "),
+            exclude.join(", "),
+            d = dir.display()
+        );
+        let policy = AccessPolicy::new(&text.parse().unwrap(), &host());
+        // Every 4th packet is to an excluded half, every 7th to another client.
+        let packets: Vec<Vec<u8>> = (0..1024u32)
+            .map(|i| {
+                let j = i % 500;
+                if i % 7 == 0 {
+                    udp(&format!("10.10.0.{}", 2 + i % 200), 443)
+                } else if i % 2 == 0 {
+                    let host = if i % 4 == 0 { 200 } else { 7 };
+                    udp(&format!("10.{}.{}.{host}", 20 + j / 256, j % 256), 443)
+                } else {
+                    let sub = if i % 4 == 1 { "1" } else { "2" };
+                    udp(&format!("fd00:{:x}:{sub}::9", 0x100 + j), 443)
+                }
+            })
+            .collect();
+        let expected = packets.iter().filter(|p| policy.check(p).is_ok()).count();
+        let rounds = 10_000;
+        let start = std::time::Instant::now();
+        let mut allowed = 0;
+        for _ in 0..rounds {
+            for p in &packets {
+                allowed += usize::from(std::hint::black_box(&policy).check(p).is_ok());
+            }
+        }
+        let per = start.elapsed().as_nanos() as f64 / (rounds * packets.len()) as f64;
+        eprintln!(
+            "access check: {per:.1} ns/packet over {} packets ({expected} of {} allowed)",
+            rounds * packets.len(),
+            packets.len()
+        );
+        assert_eq!(allowed, expected * rounds);
+        assert!(expected > 0 && expected < packets.len());
+    }
 }
