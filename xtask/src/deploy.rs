@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{cargo, exec};
+use crate::exec;
 
 const BINARIES: [&str; 3] = ["tunneld", "tunnel", "tunnel-gateway"];
 
@@ -78,7 +78,7 @@ fn install(src: &Path, dst: &Path, mode: u32) -> Result<()> {
 }
 
 pub fn run(root: &Path, prefix: &Path, unit_dir: &Path) -> Result<()> {
-    cargo(root, &["build", "--release", "-p", "tunnel-user", "--bins"])?;
+    crate::build_release_binaries(root)?;
     let bin = prefix.join("bin");
     fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     let built = root.join("target/release");

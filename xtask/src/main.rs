@@ -57,6 +57,9 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Demo => {
             setup::run()?;
+            // The demo runs the three binaries from the build directory; `cargo run
+            // --example` builds only the example itself.
+            build_release_binaries(&root)?;
             cargo(
                 &root,
                 &["run", "--release", "-p", "tunnel-user", "--example", "demo"],
@@ -73,10 +76,7 @@ fn main() -> Result<()> {
         Task::Bench { args } => {
             setup::run()?;
             // The harness runs our binaries from its own directory.
-            cargo(
-                &root,
-                &["build", "--release", "-p", "tunnel-user", "--bins"],
-            )?;
+            build_release_binaries(&root)?;
             let mut a = vec!["run", "--release", "-p", "bench", "--"];
             a.extend(args.iter().map(String::as_str));
             cargo(&root, &a)
@@ -89,6 +89,11 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
+}
+
+/// Builds `tunneld`, `tunnel` and `tunnel-gateway` into `target/release`.
+pub fn build_release_binaries(root: &Path) -> Result<()> {
+    cargo(root, &["build", "--release", "-p", "tunnel-user", "--bins"])
 }
 
 /// Runs cargo with `args` in `root`; fails if it fails.
