@@ -509,6 +509,102 @@ fn stored_connections_events_and_a_corrupt_store() {
     assert!(!diag.contains("s3cret"), "no password in the diagnostics");
 }
 
+/// `tunnel logs save FILE` writes a new owner-only file and nothing else: a link planted at
+/// the path is not followed (the root-owned file it points at keeps its contents), an
+/// existing file is not overwritten, and the bundle holds none of the secrets a running
+/// connection used (password, cookie, pin, client certificate and key).
+#[test]
+fn logs_save_writes_only_a_new_private_file_without_secrets() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    use tunnel_user::client::control::{self, Credentials, Request};
+    if !root() {
+        return;
+    }
+    let w = world("l");
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+
+    // A connection that used every kind of secret: a cookie the gateway does not know (so
+    // it asks for the password), the password, an explicit pin and a client certificate
+    // (offered only if asked for; ours does not ask).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["alice".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (
+        w.dir.join("alice-cert-4e1d.pem"),
+        w.dir.join("alice-key-9b7c.pem"),
+    );
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    let cookie = "DSID=c0ffee5ecret0cookie0d5id";
+    let connect = Request::Connect {
+        name: None,
+        url: Some(format!("https://{GATEWAY}:8443")),
+        credentials: Box::new(Credentials {
+            user: Some("alice".into()),
+            password: Some("s3cret".into()),
+            cookie: Some(cookie.into()),
+            pin: Some(w.pin.clone()),
+            cert: Some(cert_path.clone()),
+            key: Some(key_path.clone()),
+            ..Default::default()
+        }),
+        timeout_secs: Some(45),
+    };
+    let r = control::call(&w.socket(), &connect, Duration::from_secs(50)).unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(w.status()[0]["state"], "connected");
+
+    // A root-owned file and an attacker's link to it at the path the bundle is asked for.
+    let victim = w.dir.join("victim");
+    fs::write(&victim, "root's file\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+    let link = w.dir.join("diag-link.json");
+    symlink(&victim, &link).unwrap();
+    let out = w.tunnel(&["logs", "save", &link.display().to_string()], "");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "a link at the path is refused: {said}");
+    assert!(said.contains("already there"), "{said}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "root's file\n");
+    assert_eq!(fs::metadata(&victim).unwrap().mode() & 0o7777, 0o644);
+    assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+
+    // An existing file is not overwritten.
+    let existing = w.dir.join("existing.json");
+    fs::write(&existing, "keep me").unwrap();
+    let out = w.tunnel(&["logs", "save", &existing.display().to_string()], "");
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read_to_string(&existing).unwrap(), "keep me");
+
+    // A new path: written, owner-only, with the live connection and no secret.
+    let bundle = w.dir.join("diag.json");
+    let out = w.tunnel(&["logs", "save", &bundle.display().to_string()], "");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::metadata(&bundle).unwrap().mode() & 0o7777, 0o600);
+    let diag = fs::read_to_string(&bundle).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&diag).unwrap();
+    assert_eq!(parsed["status"][0]["state"], "connected", "{diag}");
+    let pin_b64 = w.pin.trim_start_matches("pin-sha256:");
+    let key_pem = key.serialize_pem();
+    let key_line = key_pem.lines().nth(1).unwrap();
+    let cert_line = cert.pem().lines().nth(1).unwrap().to_string();
+    for secret in [
+        "s3cret",
+        cookie,
+        "c0ffee5ecret0cookie0d5id",
+        pin_b64,
+        "alice-cert-4e1d",
+        "alice-key-9b7c",
+        key_line,
+        &cert_line,
+    ] {
+        assert!(!diag.contains(secret), "'{secret}' in the bundle: {diag}");
+    }
+    assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+}
+
 #[test]
 fn preconfig_import_launch_urls_and_the_launcher() {
     if !root() {

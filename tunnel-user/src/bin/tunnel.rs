@@ -114,7 +114,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum LogsCmd {
-    /// Write a diagnostics bundle (status, counters, connections, event log) to FILE.
+    /// Write a diagnostics bundle (status, counters, connections, event log) to FILE, a new
+    /// file (mode 0600; an existing file or link there is refused).
     Save { file: PathBuf },
 }
 
@@ -338,10 +339,7 @@ fn main() -> ExitCode {
         Cmd::Launcher { args } => return launcher(&cli.socket, &args),
         Cmd::Logs {
             what: LogsCmd::Save { file },
-        } => {
-            let file = std::path::absolute(&file).unwrap_or(file);
-            (Request::SaveLogs { path: file }, Duration::from_secs(10))
-        }
+        } => return save_logs(&cli.socket, &file),
     };
     match control::call(&cli.socket, &request, wait) {
         Ok(response) if response.code == code::CERTIFICATE => match trust_prompt(&response) {
@@ -390,6 +388,57 @@ fn call_and_show(socket: &std::path::Path, request: Request, wait: Duration) -> 
         Err(control::ControlError::NotRunning { path }) => {
             eprintln!("tunnel: tunneld is not running (no socket at {path})");
             exit(-1)
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            exit(code::GENERAL)
+        }
+    }
+}
+
+/// `tunnel logs save FILE`: this process creates FILE (exclusively, 0600, not through a link
+/// at that path) before it asks, and writes what tunneld answers; tunneld never writes where
+/// a request points (`client::diagnostics`).
+fn save_logs(socket: &std::path::Path, file: &std::path::Path) -> ExitCode {
+    use tunnel_user::client::diagnostics::{NewFile, SaveError};
+    let new = match NewFile::create(file) {
+        Ok(f) => f,
+        Err(e @ SaveError::Exists { .. }) => {
+            eprintln!("tunnel: {e}");
+            return exit(code::BAD_PARAMETER);
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            return exit(code::GENERAL);
+        }
+    };
+    let response = match control::call(socket, &Request::Diagnostics, Duration::from_secs(10)) {
+        Ok(r) if r.code == code::OK => r,
+        Ok(r) => {
+            eprintln!("tunnel: {}", r.message);
+            return exit(r.code);
+        }
+        Err(control::ControlError::NotRunning { path }) => {
+            eprintln!("tunnel: tunneld is not running (no socket at {path})");
+            return exit(-1);
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            return exit(code::GENERAL);
+        }
+    };
+    let mut text = match serde_json::to_string_pretty(&response.data) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tunnel: the diagnostics bundle: {e}");
+            return exit(code::GENERAL);
+        }
+    };
+    text.push('\n');
+    match new.write(text.as_bytes()) {
+        Ok(()) => {
+            println!("diagnostics written to {}", file.display());
+            exit(code::OK)
         }
         Err(e) => {
             eprintln!("tunnel: {e}");

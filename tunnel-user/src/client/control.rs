@@ -114,10 +114,9 @@ pub enum Request {
     LogLevel {
         detailed: bool,
     },
-    /// Write a diagnostics bundle to `path`.
-    SaveLogs {
-        path: PathBuf,
-    },
+    /// The diagnostics bundle, as the response's data; the caller writes it
+    /// (`super::diagnostics`).
+    Diagnostics,
     Version,
 }
 

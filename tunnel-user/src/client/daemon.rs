@@ -644,7 +644,7 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
             }
             Response::ok(format!("disconnected {} connection(s)", names.len()))
         }
-        Request::SaveLogs { path } => save_logs(daemon, &path),
+        Request::Diagnostics => diagnostics(daemon),
         Request::Import { text } => import(daemon, &text),
         Request::LogLevel { detailed } => {
             let level = if detailed { Level::Debug } else { Level::Info };
@@ -773,9 +773,10 @@ fn open(daemon: &Arc<Daemon>, url: &str) -> Response {
     )
 }
 
-/// Writes a diagnostics bundle: status, counters, the store (without secrets: it holds none),
-/// uplinks and the event logs.
-fn save_logs(daemon: &Arc<Daemon>, path: &Path) -> Response {
+/// The diagnostics bundle (`tunnel logs save`): status, counters, the stored connections and
+/// machine settings, uplinks and the event logs. It goes back to the caller, which writes it
+/// (`super::diagnostics`); it holds no secrets, as nothing it is built from does.
+fn diagnostics(daemon: &Arc<Daemon>) -> Response {
     let status: Vec<_> = daemon
         .connections
         .lock()
@@ -786,24 +787,24 @@ fn save_logs(daemon: &Arc<Daemon>, path: &Path) -> Response {
         .counters()
         .map(|t| t.to_string())
         .unwrap_or_default();
-    let store: Vec<Connection> = daemon.store().list().to_vec();
-    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let (store, machine) = {
+        let store = daemon.store();
+        (store.list().to_vec(), store.machine().clone())
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let log = daemon.log.lock().unwrap_or_else(|e| e.into_inner());
     let bundle = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uplinks": daemon.plane.uplinks(),
         "status": status,
         "counters": counters,
+        "machine": machine,
         "connections": store,
-        "log_old": read(log.file.old_path().to_path_buf()),
-        "log": read(log.file.path().to_path_buf()),
+        "log_old": read(log.file.old_path()),
+        "log": read(log.file.path()),
     });
     drop(log);
-    let text = serde_json::to_string_pretty(&bundle).unwrap_or_default();
-    match std::fs::write(path, text) {
-        Ok(()) => Response::ok(format!("diagnostics written to {}", path.display())),
-        Err(e) => Response::with(code::GENERAL, format!("{}: {e}", path.display())),
-    }
+    Response::ok("diagnostics").data(bundle)
 }
 
 /// Starts a connection and waits for its first login to finish (or `timeout_secs`).
