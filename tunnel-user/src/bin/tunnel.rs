@@ -1,7 +1,8 @@
 //! `tunnel`: the command line of the client. It asks `tunneld` over the control socket and
 //! exits with the launcher's exit codes (0 success, 1 bad parameter, 2 connect failed,
-//! 4 no such connection, 6 certificate error, 7 timeout, 25 invalid action for the state,
-//! 100 general error, and 255 (-1) when tunneld is not running).
+//! 4 no such connection, 6 certificate error, 7 timeout, 8 user connections not allowed,
+//! 25 invalid action for the state, 100 general error, and 255 (-1) when tunneld is not
+//! running).
 
 use std::{
     io::{self, BufRead, IsTerminal, Write},
@@ -634,9 +635,15 @@ fn trust_prompt(r: &Response) -> Option<String> {
         .open("/dev/tty")
         .ok()?;
     writeln!(tty, "tunnel: {}", r.message).ok()?;
+    // allow-save false: the daemon keeps the pin for this connection only.
+    let how_long = if r.data.get("allow_save").and_then(|v| v.as_bool()) == Some(false) {
+        "for this connection"
+    } else {
+        "from now on"
+    };
     write!(
         tty,
-        "Trust this gateway certificate ({pin}) from now on? [y/N] "
+        "Trust this gateway certificate ({pin}) {how_long}? [y/N] "
     )
     .ok()?;
     tty.flush().ok()?;

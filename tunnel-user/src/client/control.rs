@@ -4,7 +4,8 @@
 //!
 //! Every response carries a launcher exit code (`code`, the pulselauncher table: 0 success,
 //! 1 bad parameter, 2 connect failed, 4 no such connection, 6 certificate error, 7 timeout,
-//! 25 invalid action for the current state, 100 general error), so `tunnel` and
+//! 8 user connections not allowed, 25 invalid action for the current state, 100 general
+//! error), so `tunnel` and
 //! `tunnel launcher` exit with the same numbers.
 
 use std::{
@@ -27,6 +28,8 @@ pub mod code {
     pub const NO_SUCH_CONNECTION: i32 = 4;
     pub const CERTIFICATE: i32 = 6;
     pub const TIMEOUT: i32 = 7;
+    /// The machine settings do not allow user connections (`user-connection: "false"`).
+    pub const USER_CONNECTION_NOT_ALLOWED: i32 = 8;
     pub const INVALID_STATE: i32 = 25;
     pub const GENERAL: i32 = 100;
 }

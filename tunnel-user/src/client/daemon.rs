@@ -327,7 +327,38 @@ fn cgroup_dir(path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
-/// A connection from a request: the stored one named, or an ad-hoc one for a URL.
+/// Refuses what the machine settings reserve to the administrator: with `user-connection:
+/// "false"` the stored connections are the admin's, and no request adds, changes, removes
+/// or bypasses them with a URL of its own.
+fn user_connections_allowed(daemon: &Daemon) -> Result<(), Response> {
+    if daemon.store().machine().user_connection {
+        return Ok(());
+    }
+    Err(Response::with(
+        code::USER_CONNECTION_NOT_ALLOWED,
+        "the machine settings do not allow user connections: only the stored connections may be used (tunnel list)",
+    ))
+}
+
+/// With VPN only access on, a locked-down connection stays as the administrator made it: it
+/// is what lets traffic flow (seed 004: "User is allowed to delete a connection if the
+/// connection is not locked down").
+fn unlocked(daemon: &Daemon, name: &str) -> Result<(), Response> {
+    let store = daemon.store();
+    if store.machine().vpn_only_access && store.get(name).is_some_and(|c| c.lock_down) {
+        return Err(Response::with(
+            code::INVALID_STATE,
+            format!(
+                "'{name}' is a locked-down connection and VPN only access is on: it cannot be changed or deleted"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A connection from a request: the stored one named, or an ad-hoc one for a URL. When the
+/// machine settings forbid user connections, a URL alone selects the stored connection that
+/// lists it, and a URL no stored connection lists is refused.
 fn resolve_connection(
     daemon: &Daemon,
     name: Option<String>,
@@ -337,10 +368,23 @@ fn resolve_connection(
         (name, Some(url)) => {
             let url = ServerUrl::parse(&url)
                 .map_err(|e| Response::with(code::BAD_PARAMETER, format!("-url: {e}")))?;
+            let named = name.is_some();
             let name = name.unwrap_or_else(|| url.host_name());
             // A stored connection with that name and URL is the same connection.
             if let Some(stored) = daemon.store().get(&name).filter(|c| c.urls.contains(&url)) {
                 return Ok((stored.clone(), true));
+            }
+            if let Err(refused) = user_connections_allowed(daemon) {
+                let admins = daemon
+                    .store()
+                    .list()
+                    .iter()
+                    .find(|c| c.urls.contains(&url))
+                    .cloned();
+                return match admins {
+                    Some(c) if !named => Ok((c, true)),
+                    _ => Err(refused),
+                };
             }
             Ok((Connection::new(name, url), false))
         }
@@ -409,6 +453,7 @@ fn spec_for(
         .map(gateway_of)
         .collect();
     let first_host = gateways.first().map(|g| g.host.clone()).unwrap_or_default();
+    let machine = daemon.store().machine().clone();
     let trust = Trust {
         pin: creds
             .pin
@@ -426,6 +471,8 @@ fn spec_for(
                     .and_then(|p| p.get(&first_host).copied())
             })
             .flatten(),
+        // dynamic-trust false: no pin, from the request or learned, stands in for the CAs.
+        ca_required: !machine.dynamic_trust,
     };
     let client_cert = match (&creds.cert, &creds.key) {
         (Some(c), k) => Some(
@@ -465,7 +512,9 @@ fn spec_for(
         disconnect_timeout: kvps.disconnect_timeout(),
         app_cgroup,
         esp: true,
-        learn_pin: !kvps.disable_pinning(),
+        // allow-save false: a pin the request brought (the user's trust decision) holds for
+        // this connection only; pins of gateways the CAs vouched for are still learned.
+        learn_pin: !kvps.disable_pinning() && (machine.allow_save || creds.pin.is_none()),
     })
 }
 
@@ -524,11 +573,8 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 Ok(c) => c,
                 Err(e) => return Response::with(code::BAD_PARAMETER, format!("connection: {e}")),
             };
-            if !daemon.store().machine().user_connection {
-                return Response::with(
-                    8,
-                    "user connections are not allowed by the machine settings",
-                );
+            if let Err(refused) = user_connections_allowed(daemon) {
+                return refused;
             }
             let name = conn.name.clone();
             match daemon.store().add(conn) {
@@ -536,8 +582,16 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 Err(e) => Response::with(code::BAD_PARAMETER, e.to_string()),
             }
         }
-        Request::Edit { name, changes } => edit(daemon, &name, changes).await,
+        Request::Edit { name, changes } => {
+            if let Err(refused) = user_connections_allowed(daemon).and(unlocked(daemon, &name)) {
+                return refused;
+            }
+            edit(daemon, &name, changes).await
+        }
         Request::Delete { name } => {
+            if let Err(refused) = user_connections_allowed(daemon).and(unlocked(daemon, &name)) {
+                return refused;
+            }
             if daemon
                 .connections
                 .lock()
@@ -603,11 +657,14 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
             if response.code == code::CERTIFICATE
                 && let Some(obj) = response.data.as_object_mut()
             {
-                // The CLI may ask the user to trust the certificate, if the machine allows it.
+                // The CLI may ask the user to trust the certificate, if the machine allows it
+                // (and say whether the answer is kept).
+                let machine = daemon.store().machine().clone();
                 obj.insert(
                     "dynamic_trust".into(),
-                    serde_json::json!(daemon.store().machine().dynamic_trust),
+                    serde_json::json!(machine.dynamic_trust),
                 );
+                obj.insert("allow_save".into(), serde_json::json!(machine.allow_save));
             }
             if response.code == code::OK && stored {
                 // Remember which URL worked, for "most recent" smart connections.
@@ -760,6 +817,12 @@ fn open(daemon: &Arc<Daemon>, url: &str) -> Response {
             return Response::with(
                 code::GENERAL,
                 format!("launch URL: unexpected outcome {other:?}"),
+            );
+        }
+        Err(e @ tunnel_config::LaunchError::UserConnectionsNotAllowed) => {
+            return Response::with(
+                code::USER_CONNECTION_NOT_ALLOWED,
+                format!("launch URL: {e}"),
             );
         }
         Err(e) => return Response::with(code::BAD_PARAMETER, format!("launch URL: {e}")),

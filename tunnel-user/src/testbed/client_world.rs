@@ -285,10 +285,17 @@ fallback_secs = 5
     }
 
     pub fn start_tunneld(&self) -> Proc {
+        self.start_tunneld_with(&[])
+    }
+
+    /// Starts `tunneld` with these environment variables added (e.g. `SSL_CERT_FILE`, the CA
+    /// certificates it trusts).
+    pub fn start_tunneld_with(&self, env: &[(&str, &Path)]) -> Proc {
         let log = fs::File::create(self.dir.join("tunneld.log")).unwrap();
         let child = self
             .client
             .command(&self.bin.tunneld.to_string_lossy())
+            .envs(env.iter().copied())
             .arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
