@@ -516,7 +516,7 @@ fn stored_connections_events_and_a_corrupt_store() {
 #[test]
 fn logs_save_writes_only_a_new_private_file_without_secrets() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-    use tunnel_user::client::control::{self, Credentials, Request};
+    use tunnel_user::client::control::{self, ClientCertPem, Credentials, Request};
     if !root() {
         return;
     }
@@ -547,8 +547,7 @@ fn logs_save_writes_only_a_new_private_file_without_secrets() {
             password: Some("s3cret".into()),
             cookie: Some(cookie.into()),
             pin: Some(w.pin.clone()),
-            cert: Some(cert_path.clone()),
-            key: Some(key_path.clone()),
+            client_cert: Some(ClientCertPem::read(&cert_path, Some(&key_path)).unwrap()),
             ..Default::default()
         }),
         timeout_secs: Some(45),

@@ -12,7 +12,9 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use tunnel_user::client::control::{self, Credentials, DEFAULT_SOCKET, Request, Response, code};
+use tunnel_user::client::control::{
+    self, ClientCertPem, Credentials, DEFAULT_SOCKET, Request, Response, code,
+};
 
 #[derive(Parser)]
 #[command(name = "tunnel", about = "tunnel VPN client", version)]
@@ -46,7 +48,8 @@ enum Cmd {
         /// Resume with a DSID cookie obtained elsewhere.
         #[arg(long)]
         cookie: Option<String>,
-        /// Client certificate (PEM) and key (PEM; default: the certificate file).
+        /// Client certificate (PEM) and key (PEM; default: the certificate file), read by
+        /// this command and sent to tunneld.
         #[arg(long)]
         cert: Option<PathBuf>,
         #[arg(long)]
@@ -250,7 +253,10 @@ fn main() -> ExitCode {
                 eprintln!("tunnel: --timeout {timeout} is outside 45-600 seconds");
                 return exit(code::BAD_PARAMETER);
             }
-            let password = if user.is_some() && cookie.is_none() && cert.is_none() {
+            // A certificate login asks for no password, unless one is given on stdin too
+            // (gateways that check both).
+            let wants_password = cert.is_none() || password_stdin;
+            let password = if user.is_some() && cookie.is_none() && wants_password {
                 match read_password(password_stdin) {
                     Ok(p) => p,
                     Err(e) => {
@@ -261,14 +267,21 @@ fn main() -> ExitCode {
             } else {
                 None
             };
+            let client_cert = match cert.map(|c| ClientCertPem::read(&c, key.as_deref())) {
+                Some(Ok(pem)) => Some(pem),
+                Some(Err(e)) => {
+                    eprintln!("tunnel: {e}");
+                    return exit(code::CERTIFICATE);
+                }
+                None => None,
+            };
             let credentials = Credentials {
                 user,
                 password,
                 realm,
                 cookie,
                 pin: servercert,
-                cert,
-                key,
+                client_cert,
                 kvps: pairs,
                 app_cgroup: per_app,
             };
@@ -572,8 +585,14 @@ fn launcher(socket: &std::path::Path, args: &[String]) -> ExitCode {
                         );
                         return exit(6);
                     }
-                    creds.cert = Some(cert);
-                    creds.key = key.exists().then_some(key);
+                    let key = key.exists().then_some(key);
+                    match ClientCertPem::read(&cert, key.as_deref()) {
+                        Ok(pem) => creds.client_cert = Some(pem),
+                        Err(e) => {
+                            eprintln!("tunnel launcher: {e}");
+                            return exit(code::CERTIFICATE);
+                        }
+                    }
                     creds.user = user;
                 }
                 _ => {

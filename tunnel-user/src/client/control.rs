@@ -45,15 +45,61 @@ pub struct Credentials {
     pub cookie: Option<String>,
     /// `pin-sha256:...` to trust for this connection (also learned for later ones).
     pub pin: Option<String>,
-    /// Client certificate and key (PEM paths).
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
+    /// Client certificate and key, read by the caller (tunneld opens no path a request
+    /// names: it may not be allowed to, and it must not act on the caller's behalf where the
+    /// caller could not).
+    pub client_cert: Option<ClientCertPem>,
     /// Ivanti Tunnel key-value pairs for this connection (`IPRoutes`, `SplitUDPPortList`...).
     #[serde(default)]
     pub kvps: Vec<(String, String)>,
     /// Per-app: the cgroup (v2 directory) whose processes use this connection; None for a
     /// device-level connection.
     pub app_cgroup: Option<PathBuf>,
+}
+
+/// A client certificate chain and its private key, PEM text. Its `Debug` leaves the key out.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientCertPem {
+    pub cert: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for ClientCertPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertPem")
+            .field("cert_bytes", &self.cert.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Larger than any certificate chain or key file; a bound on what is read and sent.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+impl ClientCertPem {
+    /// Reads the certificate chain from `cert` and the key from `key` (default: the same
+    /// file), with the caller's own rights.
+    pub fn read(cert: &Path, key: Option<&Path>) -> Result<ClientCertPem, String> {
+        let read = |what: &str, path: &Path| -> Result<String, String> {
+            use std::io::Read as _;
+            let file =
+                std::fs::File::open(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+            let mut text = String::new();
+            file.take(MAX_PEM_BYTES + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+            if text.len() as u64 > MAX_PEM_BYTES {
+                return Err(format!(
+                    "{what} {}: larger than {MAX_PEM_BYTES} bytes, not a PEM file",
+                    path.display()
+                ));
+            }
+            Ok(text)
+        };
+        Ok(ClientCertPem {
+            cert: read("client certificate", cert)?,
+            key: read("client key", key.unwrap_or(cert))?,
+        })
+    }
 }
 
 /// What the CLI asks of the daemon.

@@ -474,13 +474,12 @@ fn spec_for(
         // dynamic-trust false: no pin, from the request or learned, stands in for the CAs.
         ca_required: !machine.dynamic_trust,
     };
-    let client_cert = match (&creds.cert, &creds.key) {
-        (Some(c), k) => Some(
-            ClientCert::load(c, k.as_deref().unwrap_or(c))
-                .map_err(|e| Response::with(code::CERTIFICATE, e))?,
-        ),
-        (None, _) => None,
-    };
+    let client_cert = creds
+        .client_cert
+        .as_ref()
+        .map(|pem| ClientCert::from_pem(&pem.cert, &pem.key))
+        .transpose()
+        .map_err(|e| Response::with(code::CERTIFICATE, e))?;
     let udp_ports = kvps
         .split_udp_ports()
         .map(|l| PortList::from_ranges(l.ranges().to_vec()))

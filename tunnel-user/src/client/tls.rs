@@ -1,6 +1,6 @@
 //! The client's TLS trust decisions: the system CA store, an explicit `pin-sha256:` pin (like
 //! openconnect's `--servercert`), SPKI pins learned after the first trusted connection (unless
-//! `DisablePinning=true`), and client certificates from PEM files.
+//! `DisablePinning=true`), and client certificates from PEM text.
 //!
 //! Order of decision for the gateway's certificate:
 //! 1. an explicit pin: the leaf's SPKI must hash to it; the CA chain is not consulted;
@@ -16,7 +16,7 @@
 //! A failure names the certificate's pin, so a user can decide to trust it (the dynamic trust
 //! prompt of the CLI, where the machine settings allow it) and connect again with that pin.
 
-use std::{fmt, path::Path, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use rustls::{
     ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
@@ -91,19 +91,17 @@ pub struct ClientCert {
 }
 
 impl ClientCert {
-    /// Loads a certificate chain and its key from PEM files (the key may be in the same file).
-    pub fn load(cert: &Path, key: &Path) -> Result<ClientCert, String> {
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("client certificate {}: {e}", cert.display()))?;
+    /// Parses a certificate chain and its key from PEM text (the key may follow the chain
+    /// in the same text).
+    pub fn from_pem(cert: &str, key: &str) -> Result<ClientCert, String> {
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("client certificate: {e}"))?;
         if chain.is_empty() {
-            return Err(format!(
-                "client certificate {}: no certificate in the file",
-                cert.display()
-            ));
+            return Err("client certificate: no certificate in the file".into());
         }
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("client key {}: {e}", key.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| format!("client key: {e}"))?;
         Ok(ClientCert {
             chain,
             key: Arc::new(key),
