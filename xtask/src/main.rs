@@ -33,7 +33,7 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Build release binaries and install them with systemd units.
+    /// Build release binaries and install them with systemd units and their system users.
     Deploy {
         /// Installation prefix (binaries go to PREFIX/bin).
         #[arg(long, default_value = "/usr/local")]
@@ -41,6 +41,9 @@ enum Task {
         /// Where the systemd units go.
         #[arg(long, default_value = "/etc/systemd/system")]
         unit_dir: std::path::PathBuf,
+        /// Only write the units into --unit-dir: no build, no binaries, no users.
+        #[arg(long)]
+        units_only: bool,
     },
     /// The benchmark harness: `cargo xtask bench` runs everything (about 15-20 minutes);
     /// `bench classifier`, `bench tunnels [--systems a,b]`, `--repeats N`, `--quick`.
@@ -69,9 +72,15 @@ fn main() -> Result<()> {
             setup::run()?;
             test(&root, &args)
         }
-        Task::Deploy { prefix, unit_dir } => {
-            setup::run()?;
-            deploy::run(&root, &prefix, &unit_dir)
+        Task::Deploy {
+            prefix,
+            unit_dir,
+            units_only,
+        } => {
+            if !units_only {
+                setup::run()?;
+            }
+            deploy::run(&root, &prefix, &unit_dir, units_only)
         }
         Task::Bench { args } => {
             setup::run()?;
