@@ -5,6 +5,12 @@
 //! State on disk, under the state directory: `connections.json` (the store; a corrupt file is
 //! kept aside and reported, never discarded), `pins.json` (gateway pins learned after a
 //! trusted connection), `tunneld.log` (the event log, rotated at 10 MB keeping one old file).
+//! Besides the control socket, those are the only files it creates. It reads or writes no
+//! file a request names (a per-app cgroup directory is only looked up): the caller reads its
+//! client certificate and writes its diagnostics bundle itself.
+//!
+//! The machine settings of the store are enforced here, for every request, not in the CLI
+//! (docs/client.md, "Machine settings").
 
 use std::{
     collections::BTreeMap,
