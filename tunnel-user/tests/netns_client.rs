@@ -512,7 +512,7 @@ fn stored_connections_events_and_a_corrupt_store() {
 /// `tunnel logs save FILE` writes a new owner-only file and nothing else: a link planted at
 /// the path is not followed (the root-owned file it points at keeps its contents), an
 /// existing file is not overwritten, and the bundle holds none of the secrets a running
-/// connection used (password, cookie, pin, client certificate and key).
+/// connection used (password, its live DSID cookie, pin, client certificate and key).
 #[test]
 fn logs_save_writes_only_a_new_private_file_without_secrets() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -524,9 +524,9 @@ fn logs_save_writes_only_a_new_private_file_without_secrets() {
     let _gw = w.start_gateway();
     let _td = w.start_tunneld();
 
-    // A connection that used every kind of secret: a cookie the gateway does not know (so
-    // it asks for the password), the password, an explicit pin and a client certificate
-    // (offered only if asked for; ours does not ask).
+    // A connection that used every kind of secret: a live DSID (issued by the gateway to a
+    // login of openconnect's; tunneld resumes that session with it), the password, an
+    // explicit pin and a client certificate (offered only if asked for; ours does not ask).
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["alice".to_string()])
         .unwrap()
@@ -538,14 +538,14 @@ fn logs_save_writes_only_a_new_private_file_without_secrets() {
     );
     fs::write(&cert_path, cert.pem()).unwrap();
     fs::write(&key_path, key.serialize_pem()).unwrap();
-    let cookie = "DSID=c0ffee5ecret0cookie0d5id";
+    let cookie = dsid_from_openconnect(&w);
     let connect = Request::Connect {
         name: None,
         url: Some(format!("https://{GATEWAY}:8443")),
         credentials: Box::new(Credentials {
             user: Some("alice".into()),
             password: Some("s3cret".into()),
-            cookie: Some(cookie.into()),
+            cookie: Some(cookie.clone()),
             pin: Some(w.pin.clone()),
             client_cert: Some(ClientCertPem::read(&cert_path, Some(&key_path)).unwrap()),
             ..Default::default()
@@ -555,6 +555,12 @@ fn logs_save_writes_only_a_new_private_file_without_secrets() {
     let r = control::call(&w.socket(), &connect, Duration::from_secs(50)).unwrap();
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(w.status()[0]["state"], "connected");
+    assert!(
+        fs::read_to_string(w.dir.join("gateway.log"))
+            .unwrap_or_default()
+            .contains("resumed=true"),
+        "tunneld holds the live DSID: it resumed the session with it"
+    );
 
     // A root-owned file and an attacker's link to it at the path the bundle is asked for.
     let victim = w.dir.join("victim");
@@ -591,8 +597,7 @@ fn logs_save_writes_only_a_new_private_file_without_secrets() {
     let cert_line = cert.pem().lines().nth(1).unwrap().to_string();
     for secret in [
         "s3cret",
-        cookie,
-        "c0ffee5ecret0cookie0d5id",
+        &cookie,
         pin_b64,
         "alice-cert-4e1d",
         "alice-key-9b7c",
@@ -602,6 +607,48 @@ fn logs_save_writes_only_a_new_private_file_without_secrets() {
         assert!(!diag.contains(secret), "'{secret}' in the bundle: {diag}");
     }
     assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+}
+
+/// Logs alice in with openconnect's `--authenticate`, which prints the DSID cookie the
+/// gateway issued (returned here without its `DSID=`) and leaves; the gateway keeps the
+/// session for a resume with that cookie.
+fn dsid_from_openconnect(w: &ClientWorld) -> String {
+    use std::io::Write as _;
+    let mut child = w
+        .client
+        .command("openconnect")
+        .args([
+            "--protocol=pulse",
+            "--authenticate",
+            "--non-inter",
+            "--user",
+            "alice",
+            "--passwd-on-stdin",
+        ])
+        .arg(format!("--servercert={}", w.pin))
+        .arg(format!("https://{GATEWAY}:8443/"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openconnect (cargo xtask setup installs it)");
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cookie = said
+        .lines()
+        .find_map(|l| l.strip_prefix("COOKIE="))
+        // openconnect writes it as the HTTP cookie, `DSID=<value>`; the protocol carries the
+        // value.
+        .map(|c| c.trim_matches('\'').trim_start_matches("DSID=").to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "no COOKIE from openconnect --authenticate: {said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(cookie.len() >= 16, "a DSID: {cookie}");
+    cookie
 }
 
 /// Asks tunneld on the control socket, as an attacker with access to it would, bypassing
