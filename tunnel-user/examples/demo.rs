@@ -28,7 +28,7 @@ fn binaries() -> Result<Binaries> {
     for p in [&bin.gateway, &bin.tunneld, &bin.tunnel] {
         if !p.exists() {
             bail!(
-                "{} is missing: build with `cargo build --release -p tunnel-user --bins`",
+                "{} is missing: `cargo xtask demo` builds it (or `cargo build --release -p tunnel-user --bins`)",
                 p.display()
             );
         }

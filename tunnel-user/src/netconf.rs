@@ -414,6 +414,13 @@ fn ip_from(data: &[u8]) -> Option<IpAddr> {
 
 /// Sets a sysctl under /proc/sys (e.g. `net/ipv4/conf/tun0/rp_filter`). /proc/sys/net shows
 /// the network namespace of the process, so call it from a process in the right namespace.
+/// A sysctl that already has the value is not written: a sandboxed daemon whose tunables
+/// are read-only (systemd's `ProtectKernelTunables=`) then works where the administrator
+/// set it beforehand.
 pub fn sysctl(path: &str, value: &str) -> io::Result<()> {
-    std::fs::write(format!("/proc/sys/{path}"), value)
+    let path = format!("/proc/sys/{path}");
+    if std::fs::read_to_string(&path).is_ok_and(|now| now.trim() == value.trim()) {
+        return Ok(());
+    }
+    std::fs::write(path, value)
 }

@@ -509,6 +509,371 @@ fn stored_connections_events_and_a_corrupt_store() {
     assert!(!diag.contains("s3cret"), "no password in the diagnostics");
 }
 
+/// `tunnel logs save FILE` writes a new owner-only file and nothing else: a link planted at
+/// the path is not followed (the root-owned file it points at keeps its contents), an
+/// existing file is not overwritten, and the bundle holds none of the secrets a running
+/// connection used (password, its live DSID cookie, pin, client certificate and key).
+#[test]
+fn logs_save_writes_only_a_new_private_file_without_secrets() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    use tunnel_user::client::control::{self, ClientCertPem, Credentials, Request};
+    if !root() {
+        return;
+    }
+    let w = world("l");
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+
+    // A connection that used every kind of secret: a live DSID (issued by the gateway to a
+    // login of openconnect's; tunneld resumes that session with it), the password, an
+    // explicit pin and a client certificate (offered only if asked for; ours does not ask).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["alice".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (
+        w.dir.join("alice-cert-4e1d.pem"),
+        w.dir.join("alice-key-9b7c.pem"),
+    );
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    let cookie = dsid_from_openconnect(&w);
+    let connect = Request::Connect {
+        name: None,
+        url: Some(format!("https://{GATEWAY}:8443")),
+        credentials: Box::new(Credentials {
+            user: Some("alice".into()),
+            password: Some("s3cret".into()),
+            cookie: Some(cookie.clone()),
+            pin: Some(w.pin.clone()),
+            client_cert: Some(ClientCertPem::read(&cert_path, Some(&key_path)).unwrap()),
+            ..Default::default()
+        }),
+        timeout_secs: Some(45),
+    };
+    let r = control::call(&w.socket(), &connect, Duration::from_secs(50)).unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(w.status()[0]["state"], "connected");
+    assert!(
+        fs::read_to_string(w.dir.join("gateway.log"))
+            .unwrap_or_default()
+            .contains("resumed=true"),
+        "tunneld holds the live DSID: it resumed the session with it"
+    );
+
+    // A root-owned file and an attacker's link to it at the path the bundle is asked for.
+    let victim = w.dir.join("victim");
+    fs::write(&victim, "root's file\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+    let link = w.dir.join("diag-link.json");
+    symlink(&victim, &link).unwrap();
+    let out = w.tunnel(&["logs", "save", &link.display().to_string()], "");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "a link at the path is refused: {said}");
+    assert!(said.contains("already there"), "{said}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "root's file\n");
+    assert_eq!(fs::metadata(&victim).unwrap().mode() & 0o7777, 0o644);
+    assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+
+    // An existing file is not overwritten.
+    let existing = w.dir.join("existing.json");
+    fs::write(&existing, "keep me").unwrap();
+    let out = w.tunnel(&["logs", "save", &existing.display().to_string()], "");
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read_to_string(&existing).unwrap(), "keep me");
+
+    // A new path: written, owner-only, with the live connection and no secret.
+    let bundle = w.dir.join("diag.json");
+    let out = w.tunnel(&["logs", "save", &bundle.display().to_string()], "");
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::metadata(&bundle).unwrap().mode() & 0o7777, 0o600);
+    let diag = fs::read_to_string(&bundle).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&diag).unwrap();
+    assert_eq!(parsed["status"][0]["state"], "connected", "{diag}");
+    let pin_b64 = w.pin.trim_start_matches("pin-sha256:");
+    let key_pem = key.serialize_pem();
+    let key_line = key_pem.lines().nth(1).unwrap();
+    let cert_line = cert.pem().lines().nth(1).unwrap().to_string();
+    for secret in [
+        "s3cret",
+        &cookie,
+        pin_b64,
+        "alice-cert-4e1d",
+        "alice-key-9b7c",
+        key_line,
+        &cert_line,
+    ] {
+        assert!(!diag.contains(secret), "'{secret}' in the bundle: {diag}");
+    }
+    assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+}
+
+/// Logs alice in with openconnect's `--authenticate`, which prints the DSID cookie the
+/// gateway issued (returned here without its `DSID=`) and leaves; the gateway keeps the
+/// session for a resume with that cookie.
+fn dsid_from_openconnect(w: &ClientWorld) -> String {
+    use std::io::Write as _;
+    let mut child = w
+        .client
+        .command("openconnect")
+        .args([
+            "--protocol=pulse",
+            "--authenticate",
+            "--non-inter",
+            "--user",
+            "alice",
+            "--passwd-on-stdin",
+        ])
+        .arg(format!("--servercert={}", w.pin))
+        .arg(format!("https://{GATEWAY}:8443/"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openconnect (cargo xtask setup installs it)");
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cookie = said
+        .lines()
+        .find_map(|l| l.strip_prefix("COOKIE="))
+        // openconnect writes it as the HTTP cookie, `DSID=<value>`; the protocol carries the
+        // value.
+        .map(|c| c.trim_matches('\'').trim_start_matches("DSID=").to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "no COOKIE from openconnect --authenticate: {said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(cookie.len() >= 16, "a DSID: {cookie}");
+    cookie
+}
+
+/// Asks tunneld on the control socket, as an attacker with access to it would, bypassing
+/// whatever the CLI checks.
+fn ask(w: &ClientWorld, request: tunnel_user::client::control::Request) -> serde_json::Value {
+    let r = tunnel_user::client::control::call(&w.socket(), &request, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{request:?}: {e}"));
+    serde_json::json!({"code": r.code, "message": r.message, "data": r.data})
+}
+
+/// A connect request for our gateway's URL as alice, with `pin` if given.
+fn connect_request(
+    name: Option<&str>,
+    url: &str,
+    pin: Option<&str>,
+    timeout_secs: u64,
+) -> tunnel_user::client::control::Request {
+    tunnel_user::client::control::Request::Connect {
+        name: name.map(String::from),
+        url: Some(url.to_string()),
+        credentials: Box::new(tunnel_user::client::control::Credentials {
+            user: Some("alice".into()),
+            password: Some("s3cret".into()),
+            pin: pin.map(String::from),
+            ..Default::default()
+        }),
+        timeout_secs: Some(timeout_secs),
+    }
+}
+
+/// `dynamic-trust: "false"`: tunneld itself refuses a pin in place of the CA store, whoever
+/// sends it; a pin only narrows what the CAs allow, and a learned pin does not stand in for
+/// them either. (The CLI's prompt used to be the only thing that honoured the setting.)
+#[test]
+fn dynamic_trust_off_no_pin_replaces_the_ca_store() {
+    use tunnel_user::client::control::Request;
+    if !root() {
+        return;
+    }
+    let w = world("t");
+    let _gw = w.start_gateway();
+    let url = format!("https://{GATEWAY}:8443");
+    let other_pin = "pin-sha256:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+    // The system's CAs do not know the gateway's self-signed certificate.
+    let mut td = w.start_tunneld();
+    let r = ask(
+        &w,
+        Request::Import {
+            text: "machine settings {\n  dynamic-trust: \"false\"\n}\n".into(),
+        },
+    );
+    assert_eq!(r["code"], 0, "{r}");
+    let r = ask(&w, connect_request(None, &url, Some(&w.pin), 45));
+    assert_eq!(r["code"], 6, "the right pin does not replace the CAs: {r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("dynamic trust is off"),
+        "{r}"
+    );
+    assert_eq!(
+        r["data"]["dynamic_trust"], false,
+        "the CLI is told not to ask: {r}"
+    );
+    assert_eq!(w.status(), serde_json::json!([]));
+    td.stop();
+
+    // Positive control: with the certificate among its CAs, tunneld connects, with no pin or
+    // the right one; a wrong pin still refuses a certificate the CAs vouch for.
+    let mut td = w.start_tunneld_with(&[("SSL_CERT_FILE", &w.dir.join("cert.pem"))]);
+    for pin in [None, Some(w.pin.as_str())] {
+        let r = ask(&w, connect_request(None, &url, pin, 45));
+        assert_eq!(r["code"], 0, "pin {pin:?}: {r}");
+        assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+    }
+    let r = ask(&w, connect_request(None, &url, Some(other_pin), 45));
+    assert_eq!(r["code"], 6, "{r}");
+    td.stop();
+    let pins = fs::read_to_string(w.dir.join("state/pins.json")).unwrap();
+    assert!(
+        pins.contains(&w.pin),
+        "learned after a trusted connection: {pins}"
+    );
+
+    // The learned pin does not make the certificate trusted once the CAs no longer do.
+    let _td = w.start_tunneld();
+    let r = ask(&w, connect_request(None, &url, None, 45));
+    assert_eq!(r["code"], 6, "a learned pin does not replace the CAs: {r}");
+    assert_eq!(w.status(), serde_json::json!([]));
+}
+
+/// `user-connection: "false"` and `allow-save: "false"`, enforced by tunneld for any
+/// caller: no connection is added, changed, removed or made up from a URL of the request's
+/// own (exit code 8), a URL alone selects the admin's connection that lists it, and a pin the
+/// request brought is used for that connection only, never saved.
+#[test]
+fn user_connection_and_allow_save_are_enforced_by_tunneld() {
+    use tunnel_user::client::control::Request;
+    if !root() {
+        return;
+    }
+    let w = world("u");
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    let url = format!("https://{GATEWAY}:8443");
+    let elsewhere = format!("https://{GATEWAY}:9443");
+    let r = ask(
+        &w,
+        Request::Import {
+            text: format!(
+                "machine settings {{\n  allow-save: \"false\"\n  user-connection: \"false\"\n}}\n\
+                 ive \"9a1b7c55-3f0e-4c1e-9a43-6f1f3f5c0001\" {{\n  friendly-name: \"HQ\"\n  uri: \"{url}\"\n}}\n\
+                 ive \"9a1b7c55-3f0e-4c1e-9a43-6f1f3f5c0002\" {{\n  friendly-name: \"Lab\"\n  uri: \"{elsewhere}\"\n}}\n"
+            ),
+        },
+    );
+    assert_eq!(r["code"], 0, "{r}");
+
+    let refused = |what: &str, r: serde_json::Value| {
+        assert_eq!(r["code"], 8, "{what}: {r}");
+    };
+    refused(
+        "a connection of the request's own to the admin's gateway",
+        ask(&w, connect_request(Some("mine"), &url, Some(&w.pin), 45)),
+    );
+    refused(
+        "a URL no stored connection lists",
+        ask(
+            &w,
+            connect_request(None, &format!("https://{GATEWAY}:7443"), None, 5),
+        ),
+    );
+    refused(
+        "adding",
+        ask(
+            &w,
+            Request::Add {
+                connection: serde_json::json!({"name": "mine", "urls": [url]}),
+            },
+        ),
+    );
+    refused(
+        "editing",
+        ask(
+            &w,
+            Request::Edit {
+                name: "Lab".into(),
+                changes: serde_json::json!({"urls": ["https://192.168.70.9"]}),
+            },
+        ),
+    );
+    refused("deleting", ask(&w, Request::Delete { name: "Lab".into() }));
+    refused(
+        "a launch URL",
+        ask(
+            &w,
+            Request::Open {
+                url: "pulsesecureclient://connect?name=Mine&server=https://192.168.70.9&store=true"
+                    .into(),
+            },
+        ),
+    );
+    assert_eq!(
+        ask(&w, Request::List)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        ["HQ", "Lab"],
+        "the admin's connections, unchanged"
+    );
+
+    // The admin's URL alone is the admin's connection; the pin trusts it for this connection.
+    let r = ask(&w, connect_request(None, &url, Some(&w.pin), 45));
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(w.status()[0]["name"], "HQ");
+    assert_eq!(code(&w.tunnel(&["disconnect", "HQ"], "")), 0);
+    let pins = fs::read_to_string(w.dir.join("state/pins.json")).unwrap_or_default();
+    assert!(!pins.contains(&w.pin), "the pin was saved: {pins}");
+    // Not saved, so the next connection has to be trusted again.
+    let r = ask(
+        &w,
+        Request::Connect {
+            name: Some("HQ".into()),
+            url: None,
+            credentials: Box::new(tunnel_user::client::control::Credentials {
+                user: Some("alice".into()),
+                password: Some("s3cret".into()),
+                ..Default::default()
+            }),
+            timeout_secs: Some(45),
+        },
+    );
+    assert_eq!(r["code"], 6, "{r}");
+    assert_eq!(r["data"]["allow_save"], false, "{r}");
+
+    // VPN only access: a locked-down connection stays as the administrator made it; the
+    // others may change again now that user connections are allowed.
+    let r = ask(
+        &w,
+        Request::Import {
+            text: format!(
+                "machine settings {{\n  user-connection: \"true\"\n  lock-down: \"true\"\n}}\n\
+                 ive \"9a1b7c55-3f0e-4c1e-9a43-6f1f3f5c0002\" {{\n  friendly-name: \"Lab\"\n  uri: \"{elsewhere}\"\n  connection-lock-down: \"true\"\n}}\n"
+            ),
+        },
+    );
+    assert_eq!(r["code"], 0, "{r}");
+    let r = ask(
+        &w,
+        Request::Edit {
+            name: "Lab".into(),
+            changes: serde_json::json!({"lock_down": false}),
+        },
+    );
+    assert_eq!(r["code"], 25, "{r}");
+    let r = ask(&w, Request::Delete { name: "Lab".into() });
+    assert_eq!(r["code"], 25, "{r}");
+    let r = ask(&w, Request::Delete { name: "HQ".into() });
+    assert_eq!(r["code"], 0, "{r}");
+}
+
 #[test]
 fn preconfig_import_launch_urls_and_the_launcher() {
     if !root() {
@@ -516,7 +881,9 @@ fn preconfig_import_launch_urls_and_the_launcher() {
     }
     let w = world("i");
     let _gw = w.start_gateway();
-    let _td = w.start_tunneld();
+    // The file turns dynamic trust off: the gateway's certificate must be among tunneld's
+    // CAs (the pins below only narrow them).
+    let _td = w.start_tunneld_with(&[("SSL_CERT_FILE", &w.dir.join("cert.pem"))]);
     let url = format!("https://{GATEWAY}:8443");
 
     // A .pulsepreconfig in the seed's shape: the 802.1x section is skipped, not fatal.

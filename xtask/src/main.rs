@@ -33,7 +33,7 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Build release binaries and install them with systemd units.
+    /// Build release binaries and install them with systemd units and their system users.
     Deploy {
         /// Installation prefix (binaries go to PREFIX/bin).
         #[arg(long, default_value = "/usr/local")]
@@ -41,6 +41,9 @@ enum Task {
         /// Where the systemd units go.
         #[arg(long, default_value = "/etc/systemd/system")]
         unit_dir: std::path::PathBuf,
+        /// Only write the units into --unit-dir: no build, no binaries, no users.
+        #[arg(long)]
+        units_only: bool,
     },
     /// The benchmark harness: `cargo xtask bench` runs everything (about 15-20 minutes);
     /// `bench classifier`, `bench tunnels [--systems a,b]`, `--repeats N`, `--quick`.
@@ -57,6 +60,9 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Demo => {
             setup::run()?;
+            // The demo runs the three binaries from the build directory; `cargo run
+            // --example` builds only the example itself.
+            build_release_binaries(&root)?;
             cargo(
                 &root,
                 &["run", "--release", "-p", "tunnel-user", "--example", "demo"],
@@ -66,17 +72,20 @@ fn main() -> Result<()> {
             setup::run()?;
             test(&root, &args)
         }
-        Task::Deploy { prefix, unit_dir } => {
-            setup::run()?;
-            deploy::run(&root, &prefix, &unit_dir)
+        Task::Deploy {
+            prefix,
+            unit_dir,
+            units_only,
+        } => {
+            if !units_only {
+                setup::run()?;
+            }
+            deploy::run(&root, &prefix, &unit_dir, units_only)
         }
         Task::Bench { args } => {
             setup::run()?;
             // The harness runs our binaries from its own directory.
-            cargo(
-                &root,
-                &["build", "--release", "-p", "tunnel-user", "--bins"],
-            )?;
+            build_release_binaries(&root)?;
             let mut a = vec!["run", "--release", "-p", "bench", "--"];
             a.extend(args.iter().map(String::as_str));
             cargo(&root, &a)
@@ -89,6 +98,11 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
+}
+
+/// Builds `tunneld`, `tunnel` and `tunnel-gateway` into `target/release`.
+pub fn build_release_binaries(root: &Path) -> Result<()> {
+    cargo(root, &["build", "--release", "-p", "tunnel-user", "--bins"])
 }
 
 /// Runs cargo with `args` in `root`; fails if it fails.

@@ -1,7 +1,8 @@
 //! `tunnel`: the command line of the client. It asks `tunneld` over the control socket and
 //! exits with the launcher's exit codes (0 success, 1 bad parameter, 2 connect failed,
-//! 4 no such connection, 6 certificate error, 7 timeout, 25 invalid action for the state,
-//! 100 general error, and 255 (-1) when tunneld is not running).
+//! 4 no such connection, 6 certificate error, 7 timeout, 8 user connections not allowed,
+//! 25 invalid action for the state, 100 general error, and 255 (-1) when tunneld is not
+//! running).
 
 use std::{
     io::{self, BufRead, IsTerminal, Write},
@@ -11,7 +12,9 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use tunnel_user::client::control::{self, Credentials, DEFAULT_SOCKET, Request, Response, code};
+use tunnel_user::client::control::{
+    self, ClientCertPem, Credentials, DEFAULT_SOCKET, Request, Response, code,
+};
 
 #[derive(Parser)]
 #[command(name = "tunnel", about = "tunnel VPN client", version)]
@@ -45,7 +48,8 @@ enum Cmd {
         /// Resume with a DSID cookie obtained elsewhere.
         #[arg(long)]
         cookie: Option<String>,
-        /// Client certificate (PEM) and key (PEM; default: the certificate file).
+        /// Client certificate (PEM) and key (PEM; default: the certificate file), read by
+        /// this command and sent to tunneld.
         #[arg(long)]
         cert: Option<PathBuf>,
         #[arg(long)]
@@ -114,7 +118,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum LogsCmd {
-    /// Write a diagnostics bundle (status, counters, connections, event log) to FILE.
+    /// Write a diagnostics bundle (status, counters, connections, event log) to FILE, a new
+    /// file (mode 0600; an existing file or link there is refused).
     Save { file: PathBuf },
 }
 
@@ -248,7 +253,10 @@ fn main() -> ExitCode {
                 eprintln!("tunnel: --timeout {timeout} is outside 45-600 seconds");
                 return exit(code::BAD_PARAMETER);
             }
-            let password = if user.is_some() && cookie.is_none() && cert.is_none() {
+            // A certificate login asks for no password, unless one is given on stdin too
+            // (gateways that check both).
+            let wants_password = cert.is_none() || password_stdin;
+            let password = if user.is_some() && cookie.is_none() && wants_password {
                 match read_password(password_stdin) {
                     Ok(p) => p,
                     Err(e) => {
@@ -259,14 +267,21 @@ fn main() -> ExitCode {
             } else {
                 None
             };
+            let client_cert = match cert.map(|c| ClientCertPem::read(&c, key.as_deref())) {
+                Some(Ok(pem)) => Some(pem),
+                Some(Err(e)) => {
+                    eprintln!("tunnel: {e}");
+                    return exit(code::CERTIFICATE);
+                }
+                None => None,
+            };
             let credentials = Credentials {
                 user,
                 password,
                 realm,
                 cookie,
                 pin: servercert,
-                cert,
-                key,
+                client_cert,
                 kvps: pairs,
                 app_cgroup: per_app,
             };
@@ -338,10 +353,7 @@ fn main() -> ExitCode {
         Cmd::Launcher { args } => return launcher(&cli.socket, &args),
         Cmd::Logs {
             what: LogsCmd::Save { file },
-        } => {
-            let file = std::path::absolute(&file).unwrap_or(file);
-            (Request::SaveLogs { path: file }, Duration::from_secs(10))
-        }
+        } => return save_logs(&cli.socket, &file),
     };
     match control::call(&cli.socket, &request, wait) {
         Ok(response) if response.code == code::CERTIFICATE => match trust_prompt(&response) {
@@ -390,6 +402,57 @@ fn call_and_show(socket: &std::path::Path, request: Request, wait: Duration) -> 
         Err(control::ControlError::NotRunning { path }) => {
             eprintln!("tunnel: tunneld is not running (no socket at {path})");
             exit(-1)
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            exit(code::GENERAL)
+        }
+    }
+}
+
+/// `tunnel logs save FILE`: this process creates FILE (exclusively, 0600, not through a link
+/// at that path) before it asks, and writes what tunneld answers; tunneld never writes where
+/// a request points (`client::diagnostics`).
+fn save_logs(socket: &std::path::Path, file: &std::path::Path) -> ExitCode {
+    use tunnel_user::client::diagnostics::{NewFile, SaveError};
+    let new = match NewFile::create(file) {
+        Ok(f) => f,
+        Err(e @ SaveError::Exists { .. }) => {
+            eprintln!("tunnel: {e}");
+            return exit(code::BAD_PARAMETER);
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            return exit(code::GENERAL);
+        }
+    };
+    let response = match control::call(socket, &Request::Diagnostics, Duration::from_secs(10)) {
+        Ok(r) if r.code == code::OK => r,
+        Ok(r) => {
+            eprintln!("tunnel: {}", r.message);
+            return exit(r.code);
+        }
+        Err(control::ControlError::NotRunning { path }) => {
+            eprintln!("tunnel: tunneld is not running (no socket at {path})");
+            return exit(-1);
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            return exit(code::GENERAL);
+        }
+    };
+    let mut text = match serde_json::to_string_pretty(&response.data) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tunnel: the diagnostics bundle: {e}");
+            return exit(code::GENERAL);
+        }
+    };
+    text.push('\n');
+    match new.write(text.as_bytes()) {
+        Ok(()) => {
+            println!("diagnostics written to {}", file.display());
+            exit(code::OK)
         }
         Err(e) => {
             eprintln!("tunnel: {e}");
@@ -522,8 +585,14 @@ fn launcher(socket: &std::path::Path, args: &[String]) -> ExitCode {
                         );
                         return exit(6);
                     }
-                    creds.cert = Some(cert);
-                    creds.key = key.exists().then_some(key);
+                    let key = key.exists().then_some(key);
+                    match ClientCertPem::read(&cert, key.as_deref()) {
+                        Ok(pem) => creds.client_cert = Some(pem),
+                        Err(e) => {
+                            eprintln!("tunnel launcher: {e}");
+                            return exit(code::CERTIFICATE);
+                        }
+                    }
                     creds.user = user;
                 }
                 _ => {
@@ -585,9 +654,15 @@ fn trust_prompt(r: &Response) -> Option<String> {
         .open("/dev/tty")
         .ok()?;
     writeln!(tty, "tunnel: {}", r.message).ok()?;
+    // allow-save false: the daemon keeps the pin for this connection only.
+    let how_long = if r.data.get("allow_save").and_then(|v| v.as_bool()) == Some(false) {
+        "for this connection"
+    } else {
+        "from now on"
+    };
     write!(
         tty,
-        "Trust this gateway certificate ({pin}) from now on? [y/N] "
+        "Trust this gateway certificate ({pin}) {how_long}? [y/N] "
     )
     .ok()?;
     tty.flush().ok()?;

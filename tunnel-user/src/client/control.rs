@@ -4,8 +4,8 @@
 //!
 //! Every response carries a launcher exit code (`code`, the pulselauncher table: 0 success,
 //! 1 bad parameter, 2 connect failed, 4 no such connection, 6 certificate error, 7 timeout,
-//! 25 invalid action for the current state, 100 general error), so `tunnel` and
-//! `tunnel launcher` exit with the same numbers.
+//! 8 user connections not allowed, 25 invalid action for the current state, 100 general
+//! error), so `tunnel` and `tunnel launcher` exit with the same numbers.
 
 use std::{
     io::{self, BufRead, BufReader, Write},
@@ -27,6 +27,8 @@ pub mod code {
     pub const NO_SUCH_CONNECTION: i32 = 4;
     pub const CERTIFICATE: i32 = 6;
     pub const TIMEOUT: i32 = 7;
+    /// The machine settings do not allow user connections (`user-connection: "false"`).
+    pub const USER_CONNECTION_NOT_ALLOWED: i32 = 8;
     pub const INVALID_STATE: i32 = 25;
     pub const GENERAL: i32 = 100;
 }
@@ -40,17 +42,89 @@ pub struct Credentials {
     pub realm: Option<String>,
     /// A DSID cookie from another authentication (launcher `-d`).
     pub cookie: Option<String>,
-    /// `pin-sha256:...` to trust for this connection (also learned for later ones).
+    /// `pin-sha256:...` to trust for this connection (learned for later ones too, unless
+    /// the machine settings forbid saving; it never replaces the CAs when they forbid
+    /// dynamic trust).
     pub pin: Option<String>,
-    /// Client certificate and key (PEM paths).
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
+    /// Client certificate and key, read by the caller (tunneld opens no path a request
+    /// names: it may not be allowed to, and it must not act on the caller's behalf where the
+    /// caller could not).
+    pub client_cert: Option<ClientCertPem>,
     /// Ivanti Tunnel key-value pairs for this connection (`IPRoutes`, `SplitUDPPortList`...).
     #[serde(default)]
     pub kvps: Vec<(String, String)>,
     /// Per-app: the cgroup (v2 directory) whose processes use this connection; None for a
     /// device-level connection.
     pub app_cgroup: Option<PathBuf>,
+}
+
+/// A client certificate chain and its private key, PEM text. Its `Debug` leaves the key out.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientCertPem {
+    pub cert: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for ClientCertPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertPem")
+            .field("cert_bytes", &self.cert.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Larger than any certificate chain or key file; a bound on what is read and sent.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// Why a client certificate or key file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertFileError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{what} {}: larger than {max} bytes, not a PEM file", path.display())]
+    TooLarge {
+        what: &'static str,
+        path: PathBuf,
+        max: u64,
+    },
+}
+
+impl ClientCertPem {
+    /// Reads the certificate chain from `cert` and the key from `key` (default: the same
+    /// file), with the caller's own rights.
+    pub fn read(cert: &Path, key: Option<&Path>) -> Result<ClientCertPem, CertFileError> {
+        fn read(what: &'static str, path: &Path) -> Result<String, CertFileError> {
+            use std::io::Read as _;
+            let io = |source| CertFileError::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            };
+            let mut text = String::new();
+            std::fs::File::open(path)
+                .map_err(io)?
+                .take(MAX_PEM_BYTES + 1)
+                .read_to_string(&mut text)
+                .map_err(io)?;
+            if text.len() as u64 > MAX_PEM_BYTES {
+                return Err(CertFileError::TooLarge {
+                    what,
+                    path: path.to_path_buf(),
+                    max: MAX_PEM_BYTES,
+                });
+            }
+            Ok(text)
+        }
+        Ok(ClientCertPem {
+            cert: read("client certificate", cert)?,
+            key: read("client key", key.unwrap_or(cert))?,
+        })
+    }
 }
 
 /// What the CLI asks of the daemon.
@@ -114,10 +188,9 @@ pub enum Request {
     LogLevel {
         detailed: bool,
     },
-    /// Write a diagnostics bundle to `path`.
-    SaveLogs {
-        path: PathBuf,
-    },
+    /// The diagnostics bundle, as the response's data; the caller writes it
+    /// (`super::diagnostics`).
+    Diagnostics,
     Version,
 }
 
@@ -198,6 +271,41 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_certificate_is_read_whole_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = dir.path().join("both.pem");
+        std::fs::write(&both, "CERT\nKEY\n").unwrap();
+        let pem = ClientCertPem::read(&both, None).unwrap();
+        assert_eq!(
+            (pem.cert.as_str(), pem.key.as_str()),
+            ("CERT\nKEY\n", "CERT\nKEY\n")
+        );
+        assert!(
+            !format!("{pem:?}").contains("KEY"),
+            "Debug leaves the key out"
+        );
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "KEY\n").unwrap();
+        assert_eq!(ClientCertPem::read(&both, Some(&key)).unwrap().key, "KEY\n");
+        assert!(matches!(
+            ClientCertPem::read(&dir.path().join("missing"), None),
+            Err(CertFileError::Io {
+                what: "client certificate",
+                ..
+            })
+        ));
+        let huge = dir.path().join("huge");
+        std::fs::write(&huge, vec![b'a'; MAX_PEM_BYTES as usize + 1]).unwrap();
+        assert!(matches!(
+            ClientCertPem::read(&both, Some(&huge)),
+            Err(CertFileError::TooLarge {
+                what: "client key",
+                ..
+            })
+        ));
+    }
 
     #[test]
     fn requests_round_trip_as_tagged_json() {

@@ -5,6 +5,12 @@
 //! State on disk, under the state directory: `connections.json` (the store; a corrupt file is
 //! kept aside and reported, never discarded), `pins.json` (gateway pins learned after a
 //! trusted connection), `tunneld.log` (the event log, rotated at 10 MB keeping one old file).
+//! Besides the control socket, those are the only files it creates. It reads or writes no
+//! file a request names (a per-app cgroup directory is only looked up): the caller reads its
+//! client certificate and writes its diagnostics bundle itself.
+//!
+//! The machine settings of the store are enforced here, for every request, not in the CLI
+//! (docs/client.md, "Machine settings").
 
 use std::{
     collections::BTreeMap,
@@ -327,7 +333,38 @@ fn cgroup_dir(path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
-/// A connection from a request: the stored one named, or an ad-hoc one for a URL.
+/// Refuses what the machine settings reserve to the administrator: with `user-connection:
+/// "false"` the stored connections are the admin's, and no request adds, changes, removes
+/// or bypasses them with a URL of its own.
+fn user_connections_allowed(daemon: &Daemon) -> Result<(), Response> {
+    if daemon.store().machine().user_connection {
+        return Ok(());
+    }
+    Err(Response::with(
+        code::USER_CONNECTION_NOT_ALLOWED,
+        "the machine settings do not allow user connections: only the stored connections may be used (tunnel list)",
+    ))
+}
+
+/// With VPN only access on, a locked-down connection stays as the administrator made it: it
+/// is what lets traffic flow (seed 004: "User is allowed to delete a connection if the
+/// connection is not locked down").
+fn unlocked(daemon: &Daemon, name: &str) -> Result<(), Response> {
+    let store = daemon.store();
+    if store.machine().vpn_only_access && store.get(name).is_some_and(|c| c.lock_down) {
+        return Err(Response::with(
+            code::INVALID_STATE,
+            format!(
+                "'{name}' is a locked-down connection and VPN only access is on: it cannot be changed or deleted"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A connection from a request: the stored one named, or an ad-hoc one for a URL. When the
+/// machine settings forbid user connections, a URL alone selects the stored connection that
+/// lists it, and a URL no stored connection lists is refused.
 fn resolve_connection(
     daemon: &Daemon,
     name: Option<String>,
@@ -337,10 +374,23 @@ fn resolve_connection(
         (name, Some(url)) => {
             let url = ServerUrl::parse(&url)
                 .map_err(|e| Response::with(code::BAD_PARAMETER, format!("-url: {e}")))?;
+            let named = name.is_some();
             let name = name.unwrap_or_else(|| url.host_name());
             // A stored connection with that name and URL is the same connection.
             if let Some(stored) = daemon.store().get(&name).filter(|c| c.urls.contains(&url)) {
                 return Ok((stored.clone(), true));
+            }
+            if let Err(refused) = user_connections_allowed(daemon) {
+                let admins = daemon
+                    .store()
+                    .list()
+                    .iter()
+                    .find(|c| c.urls.contains(&url))
+                    .cloned();
+                return match admins {
+                    Some(c) if !named => Ok((c, true)),
+                    _ => Err(refused),
+                };
             }
             Ok((Connection::new(name, url), false))
         }
@@ -409,6 +459,7 @@ fn spec_for(
         .map(gateway_of)
         .collect();
     let first_host = gateways.first().map(|g| g.host.clone()).unwrap_or_default();
+    let machine = daemon.store().machine().clone();
     let trust = Trust {
         pin: creds
             .pin
@@ -426,14 +477,15 @@ fn spec_for(
                     .and_then(|p| p.get(&first_host).copied())
             })
             .flatten(),
+        // dynamic-trust false: no pin, from the request or learned, stands in for the CAs.
+        ca_required: !machine.dynamic_trust,
     };
-    let client_cert = match (&creds.cert, &creds.key) {
-        (Some(c), k) => Some(
-            ClientCert::load(c, k.as_deref().unwrap_or(c))
-                .map_err(|e| Response::with(code::CERTIFICATE, e))?,
-        ),
-        (None, _) => None,
-    };
+    let client_cert = creds
+        .client_cert
+        .as_ref()
+        .map(|pem| ClientCert::from_pem(&pem.cert, &pem.key))
+        .transpose()
+        .map_err(|e| Response::with(code::CERTIFICATE, e))?;
     let udp_ports = kvps
         .split_udp_ports()
         .map(|l| PortList::from_ranges(l.ranges().to_vec()))
@@ -465,7 +517,9 @@ fn spec_for(
         disconnect_timeout: kvps.disconnect_timeout(),
         app_cgroup,
         esp: true,
-        learn_pin: !kvps.disable_pinning(),
+        // allow-save false: a pin the request brought (the user's trust decision) holds for
+        // this connection only; pins of gateways the CAs vouched for are still learned.
+        learn_pin: !kvps.disable_pinning() && (machine.allow_save || creds.pin.is_none()),
     })
 }
 
@@ -524,11 +578,8 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 Ok(c) => c,
                 Err(e) => return Response::with(code::BAD_PARAMETER, format!("connection: {e}")),
             };
-            if !daemon.store().machine().user_connection {
-                return Response::with(
-                    8,
-                    "user connections are not allowed by the machine settings",
-                );
+            if let Err(refused) = user_connections_allowed(daemon) {
+                return refused;
             }
             let name = conn.name.clone();
             match daemon.store().add(conn) {
@@ -536,8 +587,16 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 Err(e) => Response::with(code::BAD_PARAMETER, e.to_string()),
             }
         }
-        Request::Edit { name, changes } => edit(daemon, &name, changes).await,
+        Request::Edit { name, changes } => {
+            if let Err(refused) = user_connections_allowed(daemon).and(unlocked(daemon, &name)) {
+                return refused;
+            }
+            edit(daemon, &name, changes).await
+        }
         Request::Delete { name } => {
+            if let Err(refused) = user_connections_allowed(daemon).and(unlocked(daemon, &name)) {
+                return refused;
+            }
             if daemon
                 .connections
                 .lock()
@@ -603,11 +662,14 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
             if response.code == code::CERTIFICATE
                 && let Some(obj) = response.data.as_object_mut()
             {
-                // The CLI may ask the user to trust the certificate, if the machine allows it.
+                // The CLI may ask the user to trust the certificate, if the machine allows it
+                // (and say whether the answer is kept).
+                let machine = daemon.store().machine().clone();
                 obj.insert(
                     "dynamic_trust".into(),
-                    serde_json::json!(daemon.store().machine().dynamic_trust),
+                    serde_json::json!(machine.dynamic_trust),
                 );
+                obj.insert("allow_save".into(), serde_json::json!(machine.allow_save));
             }
             if response.code == code::OK && stored {
                 // Remember which URL worked, for "most recent" smart connections.
@@ -644,7 +706,7 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
             }
             Response::ok(format!("disconnected {} connection(s)", names.len()))
         }
-        Request::SaveLogs { path } => save_logs(daemon, &path),
+        Request::Diagnostics => diagnostics(daemon),
         Request::Import { text } => import(daemon, &text),
         Request::LogLevel { detailed } => {
             let level = if detailed { Level::Debug } else { Level::Info };
@@ -762,6 +824,12 @@ fn open(daemon: &Arc<Daemon>, url: &str) -> Response {
                 format!("launch URL: unexpected outcome {other:?}"),
             );
         }
+        Err(e @ tunnel_config::LaunchError::UserConnectionsNotAllowed) => {
+            return Response::with(
+                code::USER_CONNECTION_NOT_ALLOWED,
+                format!("launch URL: {e}"),
+            );
+        }
         Err(e) => return Response::with(code::BAD_PARAMETER, format!("launch URL: {e}")),
     };
     let url = conn
@@ -773,9 +841,10 @@ fn open(daemon: &Arc<Daemon>, url: &str) -> Response {
     )
 }
 
-/// Writes a diagnostics bundle: status, counters, the store (without secrets: it holds none),
-/// uplinks and the event logs.
-fn save_logs(daemon: &Arc<Daemon>, path: &Path) -> Response {
+/// The diagnostics bundle (`tunnel logs save`): status, counters, the stored connections and
+/// machine settings, uplinks and the event logs. It goes back to the caller, which writes it
+/// (`super::diagnostics`); it holds no secrets, as nothing it is built from does.
+fn diagnostics(daemon: &Arc<Daemon>) -> Response {
     let status: Vec<_> = daemon
         .connections
         .lock()
@@ -786,24 +855,24 @@ fn save_logs(daemon: &Arc<Daemon>, path: &Path) -> Response {
         .counters()
         .map(|t| t.to_string())
         .unwrap_or_default();
-    let store: Vec<Connection> = daemon.store().list().to_vec();
-    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let (store, machine) = {
+        let store = daemon.store();
+        (store.list().to_vec(), store.machine().clone())
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let log = daemon.log.lock().unwrap_or_else(|e| e.into_inner());
     let bundle = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uplinks": daemon.plane.uplinks(),
         "status": status,
         "counters": counters,
+        "machine": machine,
         "connections": store,
-        "log_old": read(log.file.old_path().to_path_buf()),
-        "log": read(log.file.path().to_path_buf()),
+        "log_old": read(log.file.old_path()),
+        "log": read(log.file.path()),
     });
     drop(log);
-    let text = serde_json::to_string_pretty(&bundle).unwrap_or_default();
-    match std::fs::write(path, text) {
-        Ok(()) => Response::ok(format!("diagnostics written to {}", path.display())),
-        Err(e) => Response::with(code::GENERAL, format!("{}: {e}", path.display())),
-    }
+    Response::ok("diagnostics").data(bundle)
 }
 
 /// Starts a connection and waits for its first login to finish (or `timeout_secs`).

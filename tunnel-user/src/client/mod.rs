@@ -14,12 +14,14 @@
 //! - `backoff`: when a lost connection tries again, and when it gives up;
 //! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;
 //! - `control`: the request/response protocol of the control socket;
+//! - `diagnostics`: the bundle of `tunnel logs save`, and how the caller writes it;
 //! - `daemon`: `tunneld` itself.
 
 mod backoff;
 pub mod connection;
 pub mod control;
 pub mod daemon;
+pub mod diagnostics;
 pub mod policy;
 pub mod tls;
 

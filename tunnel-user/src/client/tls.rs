@@ -1,16 +1,22 @@
 //! The client's TLS trust decisions: the system CA store, an explicit `pin-sha256:` pin (like
 //! openconnect's `--servercert`), SPKI pins learned after the first trusted connection (unless
-//! `DisablePinning=true`), and client certificates from PEM files.
+//! `DisablePinning=true`), and client certificates from PEM text.
 //!
 //! Order of decision for the gateway's certificate:
 //! 1. an explicit pin: the leaf's SPKI must hash to it; the CA chain is not consulted;
 //! 2. a learned pin for this host: the leaf's SPKI must hash to it;
 //! 3. otherwise the system CA store must verify the chain and the name.
 //!
+//! When the machine settings turn dynamic trust off ([`Trust::ca_required`]), a pin never
+//! replaces the CA store: the chain and the name must verify, and a pin, explicit or
+//! learned, must match as well. A pin can then only narrow what the CAs allow, so neither a
+//! request to the daemon nor a pin learned while dynamic trust was on makes an unknown
+//! certificate trusted.
+//!
 //! A failure names the certificate's pin, so a user can decide to trust it (the dynamic trust
-//! prompt of the CLI) and connect again with that pin.
+//! prompt of the CLI, where the machine settings allow it) and connect again with that pin.
 
-use std::{fmt, path::Path, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use rustls::{
     ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
@@ -72,6 +78,9 @@ pub struct Trust {
     pub pin: Option<Pin>,
     /// A pin learned on an earlier connection to this host.
     pub learned: Option<Pin>,
+    /// Dynamic trust is off (`dynamic-trust: "false"` in the machine settings): the CA store
+    /// must verify the certificate whatever the pins say; they only add a condition.
+    pub ca_required: bool,
 }
 
 /// Client certificate and key, PEM.
@@ -82,19 +91,17 @@ pub struct ClientCert {
 }
 
 impl ClientCert {
-    /// Loads a certificate chain and its key from PEM files (the key may be in the same file).
-    pub fn load(cert: &Path, key: &Path) -> Result<ClientCert, String> {
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("client certificate {}: {e}", cert.display()))?;
+    /// Parses a certificate chain and its key from PEM text (the key may follow the chain
+    /// in the same text).
+    pub fn from_pem(cert: &str, key: &str) -> Result<ClientCert, String> {
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("client certificate: {e}"))?;
         if chain.is_empty() {
-            return Err(format!(
-                "client certificate {}: no certificate in the file",
-                cert.display()
-            ));
+            return Err("client certificate: no certificate in the file".into());
         }
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("client key {}: {e}", key.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| format!("client key: {e}"))?;
         Ok(ClientCert {
             chain,
             key: Arc::new(key),
@@ -122,25 +129,33 @@ impl ServerCertVerifier for PinningVerifier {
         let seen = Pin::of_certificate(end_entity).ok_or(Error::InvalidCertificate(
             rustls::CertificateError::BadEncoding,
         ))?;
-        if let Some(pin) = self.trust.pin.or(self.trust.learned) {
-            return if seen == pin {
-                Ok(ServerCertVerified::assertion())
-            } else {
-                Err(Error::General(format!(
+        let pin = self.trust.pin.or(self.trust.learned);
+        if let Some(pin) = pin {
+            if seen != pin {
+                return Err(Error::General(format!(
                     "the gateway's certificate {seen} does not match the pin {pin}"
-                )))
-            };
+                )));
+            }
+            if !self.trust.ca_required {
+                return Ok(ServerCertVerified::assertion());
+            }
         }
+        // A pin that matched but cannot stand in for the CAs says so in the refusal.
+        let why_not_the_pin = if pin.is_some() {
+            " (dynamic trust is off in the machine settings: a pin does not replace the CA check)"
+        } else {
+            ""
+        };
         match &self.webpki {
             Some(v) => v
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
                 .map_err(|e| {
                     Error::General(format!(
-                        "the gateway's certificate {seen} is not trusted: {e}"
+                        "the gateway's certificate {seen} is not trusted: {e}{why_not_the_pin}"
                     ))
                 }),
             None => Err(Error::General(format!(
-                "the gateway's certificate {seen} is not trusted: no CA certificates on this system"
+                "the gateway's certificate {seen} is not trusted: no CA certificates on this system{why_not_the_pin}"
             ))),
         }
     }
@@ -250,6 +265,99 @@ mod tests {
                 .unwrap_err()
                 .contains("not a pin-sha256")
         );
+    }
+
+    /// A CA-less certificate for `gw.test`, its pin, and a verifier for `trust` with
+    /// `roots` (the certificate itself when `trusted_by_ca`).
+    fn verify(trust: impl FnOnce(Pin) -> Trust, trusted_by_ca: bool) -> Result<(), String> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gw.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let pin = Pin::of_certificate(cert.der()).unwrap();
+        let mut roots = RootCertStore::empty();
+        if trusted_by_ca {
+            roots.add(cert.der().clone()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let webpki = (!roots.is_empty()).then(|| {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .unwrap()
+        });
+        let verifier = PinningVerifier {
+            trust: trust(pin),
+            webpki,
+            provider,
+        };
+        verifier
+            .verify_server_cert(
+                cert.der(),
+                &[],
+                &ServerName::try_from("gw.test").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn other_pin() -> Pin {
+        Pin([7; 32])
+    }
+
+    #[test]
+    fn with_dynamic_trust_a_pin_replaces_the_ca_store() {
+        let explicit = |pin| Trust {
+            pin: Some(pin),
+            ..Trust::default()
+        };
+        let learned = |pin| Trust {
+            learned: Some(pin),
+            ..Trust::default()
+        };
+        assert_eq!(verify(explicit, false), Ok(()));
+        assert_eq!(verify(learned, false), Ok(()));
+        assert!(verify(|_| Trust::default(), false).is_err());
+        assert_eq!(verify(|_| Trust::default(), true), Ok(()));
+    }
+
+    #[test]
+    fn without_dynamic_trust_a_pin_only_narrows_the_ca_store() {
+        let explicit = |pin| Trust {
+            pin: Some(pin),
+            ca_required: true,
+            ..Trust::default()
+        };
+        let learned = |pin| Trust {
+            learned: Some(pin),
+            ca_required: true,
+            ..Trust::default()
+        };
+        // The right pin on a certificate no CA vouches for: refused, saying why.
+        let refused = verify(explicit, false).unwrap_err();
+        assert!(refused.contains("dynamic trust is off"), "{refused}");
+        assert!(verify(learned, false).is_err());
+        // A certificate the CAs vouch for: trusted, and a pin still has to match.
+        assert_eq!(verify(explicit, true), Ok(()));
+        assert_eq!(verify(learned, true), Ok(()));
+        let wrong = |_| Trust {
+            pin: Some(other_pin()),
+            ca_required: true,
+            ..Trust::default()
+        };
+        assert!(
+            verify(wrong, true)
+                .unwrap_err()
+                .contains("does not match the pin")
+        );
+        let none = |_| Trust {
+            ca_required: true,
+            ..Trust::default()
+        };
+        assert_eq!(verify(none, true), Ok(()));
+        assert!(verify(none, false).is_err());
     }
 
     #[test]

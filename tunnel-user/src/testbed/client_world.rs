@@ -151,6 +151,17 @@ fn udp_echo(ns: &Netns, port: u16) {
     });
 }
 
+/// A command in `ns` that runs `program` through `wrapper` (its first word is run, the rest
+/// and then `program` are its arguments), or directly when `wrapper` is empty.
+fn wrapped(ns: &Netns, wrapper: &[String], program: &Path) -> std::process::Command {
+    let program = program.to_string_lossy().into_owned();
+    let mut argv: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    argv.push(&program);
+    let mut command = ns.command(argv[0]);
+    command.args(&argv[1..]);
+    command
+}
+
 /// Where the binaries are.
 #[derive(Clone, Debug)]
 pub struct Binaries {
@@ -256,14 +267,18 @@ fallback_secs = 5
     }
 
     pub fn start_gateway(&self) -> Proc {
+        self.start_gateway_via(&[])
+    }
+
+    /// Starts the gateway through `wrapper` (a command that runs the rest of its arguments,
+    /// such as `setpriv ... --`); empty: directly.
+    pub fn start_gateway_via(&self, wrapper: &[String]) -> Proc {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("gateway.log"))
             .unwrap();
-        let child = self
-            .gw
-            .command(&self.bin.gateway.to_string_lossy())
+        let child = wrapped(&self.gw, wrapper, &self.bin.gateway)
             .arg("--config")
             .arg(self.dir.join("gateway.toml"))
             .env("NO_COLOR", "1")
@@ -285,10 +300,21 @@ fallback_secs = 5
     }
 
     pub fn start_tunneld(&self) -> Proc {
+        self.start_tunneld_with(&[])
+    }
+
+    /// Starts `tunneld` with these environment variables added (e.g. `SSL_CERT_FILE`, the CA
+    /// certificates it trusts).
+    pub fn start_tunneld_with(&self, env: &[(&str, &Path)]) -> Proc {
+        self.start_tunneld_via(&[], env)
+    }
+
+    /// Starts `tunneld` through `wrapper` (as [`ClientWorld::start_gateway_via`]) with `env`
+    /// added.
+    pub fn start_tunneld_via(&self, wrapper: &[String], env: &[(&str, &Path)]) -> Proc {
         let log = fs::File::create(self.dir.join("tunneld.log")).unwrap();
-        let child = self
-            .client
-            .command(&self.bin.tunneld.to_string_lossy())
+        let child = wrapped(&self.client, wrapper, &self.bin.tunneld)
+            .envs(env.iter().copied())
             .arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")

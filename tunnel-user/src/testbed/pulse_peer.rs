@@ -61,7 +61,7 @@ impl PulsePeer {
         tcp.set_nodelay(true)?;
         let trust = Trust {
             pin: Some(Pin::parse(pin).map_err(io::Error::other)?),
-            learned: None,
+            ..Trust::default()
         };
         let tls =
             client_config(trust, rustls::RootCertStore::empty(), None).map_err(io::Error::other)?;
