@@ -8,9 +8,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use tunnel_common::{
-    AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, NUM_REASONS, POLICY_SLOTS,
-    ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_index, counter_index,
-    maps as names, udp_port_word,
+    AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, FragKey, FragVerdict, NUM_REASONS,
+    POLICY_SLOTS, ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_index,
+    counter_index, maps as names, udp_port_word,
 };
 
 use super::{
@@ -30,6 +30,7 @@ pub struct Maps {
     udp_ports: Array<MapData, u64>,
     tun_ifaces: HashMap<MapData, u32, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    frags: HashMap<MapData, FragKey, FragVerdict>,
     counters: PerCpuArray<MapData, Counter>,
 }
 
@@ -59,6 +60,7 @@ impl Maps {
             udp_ports: take(ebpf, names::UDP_PORTS)?,
             tun_ifaces: take(ebpf, names::TUN_IFACES)?,
             flows: take(ebpf, names::FLOWS)?,
+            frags: take(ebpf, names::FRAGS)?,
             counters: take(ebpf, names::COUNTERS)?,
         })
     }
@@ -245,6 +247,11 @@ impl Maps {
     /// Number of entries in the NAT flow table.
     pub fn flow_count(&self) -> usize {
         self.flows.keys().filter(Result::is_ok).count()
+    }
+
+    /// Fragmented datagrams whose first fragment's verdict is kept for the rest.
+    pub fn frag_count(&self) -> usize {
+        self.frags.keys().filter(Result::is_ok).count()
     }
 }
 
