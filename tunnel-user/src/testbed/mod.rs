@@ -22,6 +22,7 @@ use std::{
 use crate::tun::Tun;
 
 pub mod client_world;
+pub mod wire;
 mod world;
 pub use world::SplitWorld;
 /// Addresses and ports of [`SplitWorld`].
