@@ -54,7 +54,7 @@ impl Capture {
                             &mut from_len,
                         )
                     };
-                    if n < 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                    if n < 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                         continue;
                     }
                     if let Ok(mut f) = frames.lock() {
