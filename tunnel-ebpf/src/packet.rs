@@ -185,11 +185,16 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
     if vihl >> 4 != 4 || ihl < 20 {
         return Parsed::Malformed;
     }
-    let frag = match (frag & IP_OFFSET != 0, frag & IP_MF != 0) {
-        (false, false) => Frag::Whole,
-        (false, true) => Frag::First,
-        (true, true) => Frag::Middle,
-        (true, false) => Frag::Last,
+    // A whole datagram (the common case) decides with one test and carries no identification.
+    let (frag, frag_id) = if frag & (IP_OFFSET | IP_MF) == 0 {
+        (Frag::Whole, 0)
+    } else {
+        let at = match (frag & IP_OFFSET != 0, frag & IP_MF != 0) {
+            (false, _) => Frag::First,
+            (true, true) => Frag::Middle,
+            (true, false) => Frag::Last,
+        };
+        (at, id as u32)
     };
     let mut p = Packet {
         v6: false,
@@ -202,7 +207,7 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
         l4_off: l3 + ihl,
         transport: Transport::InFirstFragment,
         frag,
-        frag_id: id as u32,
+        frag_id,
         tcp_syn: false,
         icmp_type: 0,
     };

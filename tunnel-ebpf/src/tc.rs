@@ -170,24 +170,27 @@ fn classify_outbound(
         d.reason = Reason::DropUnroutable;
     }
     count(d.conn, d.reason, ctx.len());
-    let mut first = FragVerdict {
-        cell: counter_index(d.conn, d.reason),
-        ifindex: ifindex(ctx),
-        addr: pkt.src,
-    };
-    let action = match (d.reason.verdict(), d.cfg) {
+    let (action, tunnelled) = match (d.reason.verdict(), d.cfg) {
         (VerdictKind::Tunnel, Some(cfg)) => {
             if translate_into_tunnel(ctx, pkt, &d, cfg).is_err() {
                 return TC_ACT_SHOT;
             }
-            first.addr = tunnel_addr(pkt, cfg);
-            first.ifindex = cfg.tun_ifindex;
-            into_tunnel(ctx, egress, d.conn, cfg.tun_ifindex)
+            (into_tunnel(ctx, egress, d.conn, cfg.tun_ifindex), Some(cfg))
         }
-        (VerdictKind::Drop, _) | (VerdictKind::Tunnel, None) => TC_ACT_SHOT,
-        (VerdictKind::Bypass, _) => TC_ACT_OK,
+        (VerdictKind::Drop, _) | (VerdictKind::Tunnel, None) => (TC_ACT_SHOT, None),
+        (VerdictKind::Bypass, _) => (TC_ACT_OK, None),
     };
+    // Only a first fragment pays for the record.
     if pkt.frag == Frag::First {
+        let (ifindex, addr) = match tunnelled {
+            Some(cfg) => (cfg.tun_ifindex, tunnel_addr(pkt, cfg)),
+            None => (ifindex(ctx), pkt.src),
+        };
+        let first = FragVerdict {
+            cell: counter_index(d.conn, d.reason),
+            ifindex,
+            addr,
+        };
         record(pkt, frag_dir::OUT, &first);
     }
     action

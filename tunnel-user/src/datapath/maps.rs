@@ -358,3 +358,30 @@ impl std::fmt::Display for CounterTable {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_every_reason_it_counts() {
+        let mut rows = vec![[Counter::default(); NUM_REASONS as usize]; CONN_NONE as usize + 1];
+        for (i, reason) in Reason::ALL.into_iter().enumerate() {
+            rows[CONN_NONE as usize][reason as usize] = Counter {
+                packets: i as u64 + 1,
+                bytes: 100,
+            };
+        }
+        let table = CounterTable { rows };
+        let shown = table.to_string();
+        for reason in Reason::ALL {
+            assert!(
+                shown.contains(reason.name()),
+                "{reason:?} missing:\n{shown}"
+            );
+            assert_eq!(table.get(CONN_NONE, reason).packets, reason as u64 + 1);
+        }
+        assert!(shown.contains("drop_unparsed") && shown.contains("drop_fragment"));
+        assert_eq!(table.nonzero().len(), Reason::ALL.len());
+    }
+}
