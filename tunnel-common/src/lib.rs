@@ -432,18 +432,21 @@ pub mod frag_dir {
     pub const IN: u8 = 1;
 }
 
-/// Identity of a fragmented datagram, as its fragments carry it (RFC 791 / RFC 8200): source,
-/// destination, identification and protocol (for IPv6 the fragment header's next header),
-/// plus the family (`v6` 0 or 1) and the direction ([`frag_dir`]). IPv4 addresses are
-/// `::ffff:a.b.c.d` and its 16-bit identification is widened. Source and destination are as
-/// the packet arrives at the hook, before any translation.
+/// Identity of a fragmented datagram, as its fragments carry it: source, destination,
+/// identification and, for IPv4, the protocol (RFC 791; IPv6 names no protocol in the
+/// identity, RFC 8200, and its first fragment may carry extension headers the later ones
+/// do not, so `proto` is 0), plus the family (`v6` 0 or 1), the direction ([`frag_dir`])
+/// and the policy slot the first fragment was judged under: a later fragment follows its
+/// first only under the same policy (userspace removes a slot's entries once it is
+/// retired). IPv4 addresses are `::ffff:a.b.c.d` and its 16-bit identification is widened.
+/// Source and destination are as the packet arrives at the hook, before any translation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
     pub proto: u8,
     pub v6: u8,
     pub dir: u8,
-    pub _pad: u8,
+    pub slot: u8,
     pub id: u32,
     pub src: [u32; 4],
     pub dst: [u32; 4],

@@ -4,7 +4,9 @@
 //! [`FRAGS`], keyed by the datagram's identity; a later fragment that finds it gets the
 //! same counter cell, the same action and the same address rewrite (the IP header only:
 //! the transport checksum, which covers the whole datagram, was fixed in the first
-//! fragment). The last fragment removes the entry. A later fragment that finds nothing is
+//! fragment). The last fragment removes the entry; a policy swap retires the old slot's
+//! entries, so a verdict never outlives the policy that gave it (a datagram in flight
+//! across a swap falls back to the address rule). A later fragment that finds nothing is
 //! classified by its addresses (`classify`), which never sends it in clear where the ports
 //! would have decided.
 //!
@@ -21,12 +23,12 @@ use crate::{
 };
 
 #[inline(always)]
-fn key(pkt: &Packet, dir: u8) -> FragKey {
+fn key(pkt: &Packet, dir: u8, slot: u32) -> FragKey {
     FragKey {
-        proto: pkt.proto,
+        proto: if pkt.v6 { 0 } else { pkt.proto },
         v6: pkt.v6 as u8,
         dir,
-        _pad: 0,
+        slot: slot as u8,
         id: pkt.frag_id,
         src: pkt.src,
         dst: pkt.dst,
@@ -34,10 +36,10 @@ fn key(pkt: &Packet, dir: u8) -> FragKey {
 }
 
 /// The verdict recorded for the datagram of a later fragment, if its first fragment was
-/// seen. The last fragment takes the entry out.
+/// seen under policy slot `slot`. The last fragment takes the entry out.
 #[inline(always)]
-pub fn first_verdict(pkt: &Packet, dir: u8) -> Option<FragVerdict> {
-    let key = key(pkt, dir);
+pub fn first_verdict(pkt: &Packet, dir: u8, slot: u32) -> Option<FragVerdict> {
+    let key = key(pkt, dir, slot);
     // SAFETY: the value is copied out at once; LRU values are written whole.
     let found = unsafe { FRAGS.get(key) }.copied();
     if found.is_some() && pkt.frag == Frag::Last {
@@ -46,9 +48,9 @@ pub fn first_verdict(pkt: &Packet, dir: u8) -> Option<FragVerdict> {
     found
 }
 
-/// Records what a first fragment got. A full table evicts the least recently used datagram,
-/// whose later fragments then fall back to the address rule.
+/// Records what a first fragment got under policy slot `slot`. A full table evicts the
+/// least recently used datagram, whose later fragments then fall back to the address rule.
 #[inline(always)]
-pub fn record(pkt: &Packet, dir: u8, verdict: &FragVerdict) {
-    let _ = FRAGS.insert(key(pkt, dir), *verdict, 0);
+pub fn record(pkt: &Packet, dir: u8, slot: u32, verdict: &FragVerdict) {
+    let _ = FRAGS.insert(key(pkt, dir, slot), *verdict, 0);
 }

@@ -160,7 +160,7 @@ fn classify_outbound(
     egress: Egress,
 ) -> i32 {
     if pkt.is_later_fragment()
-        && let Some(first) = first_verdict(pkt, frag_dir::OUT)
+        && let Some(first) = first_verdict(pkt, frag_dir::OUT, slot)
     {
         return follow_first(ctx, pkt, &first, egress);
     }
@@ -191,7 +191,7 @@ fn classify_outbound(
             ifindex,
             addr,
         };
-        record(pkt, frag_dir::OUT, &first);
+        record(pkt, frag_dir::OUT, slot, &first);
     }
     action
 }
@@ -288,7 +288,7 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
         }
     };
     if pkt.is_later_fragment() {
-        let Some(first) = first_verdict(&pkt, frag_dir::IN) else {
+        let Some(first) = first_verdict(&pkt, frag_dir::IN, slot) else {
             count(conn, Reason::ReplyNoFlow, ctx.len());
             return TC_ACT_OK;
         };
@@ -317,7 +317,7 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
             ifindex: ifindex(ctx),
             addr: restored,
         };
-        record(&pkt, frag_dir::IN, &first);
+        record(&pkt, frag_dir::IN, slot, &first);
     }
     count(conn, Reason::ReplyRestored, ctx.len());
     TC_ACT_OK

@@ -231,11 +231,20 @@ fn rand_frame(
             }
             frame = frame.fragment(id, 0, true);
         }
-        6..=13 => {
-            // A later fragment, mostly of a datagram whose first fragment was sent.
-            let (base, id) = match datagrams.choose(rng) {
-                Some(first) if rng.random_bool(0.7) => first.clone(),
-                _ => (frame, id),
+        6..=15 => {
+            // A later fragment, mostly of a datagram whose first fragment was sent: often
+            // one of the last few (under this policy, whose verdict is kept), else an
+            // older one (under a retired policy, whose verdict is not).
+            let n = datagrams.len();
+            let (base, id) = if n > 0 && rng.random_bool(0.8) {
+                let at = if rng.random_bool(0.6) {
+                    n - 1 - rng.random_range(0..n.min(3))
+                } else {
+                    rng.random_range(0..n)
+                };
+                datagrams[at].clone()
+            } else {
+                (frame, id)
             };
             let more = rng.random_bool(0.6);
             frame = base.fragment(id, rng.random_range(1..200), more);
@@ -331,6 +340,7 @@ fn kernel_matches_reference_on_random_policies_and_packets() {
         dp.apply(&policy).unwrap_or_else(|e| {
             panic!("seed {seed} round {round}: apply failed: {e}\n{policy:#?}")
         });
+        model.policy_applied();
         let origin = Origin {
             mark: 0,
             cgroups: cgroups.clone(),

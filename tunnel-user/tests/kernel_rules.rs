@@ -1201,40 +1201,119 @@ fn the_guard_judges_later_fragments_by_address_and_reassembly_by_the_first() {
     else {
         return;
     };
-    let l4 = IpAddr::V4(LOCAL_V4);
-    let corp = ip("10.1.2.3");
-    for hook in GUARD_HOOKS {
+    for (corp, local) in [
+        (ip("10.1.2.3"), IpAddr::V4(LOCAL_V4)),
+        (ip(INCLUDED_V6), IpAddr::V6(LOCAL_V6)),
+    ] {
+        for hook in GUARD_HOOKS {
+            dp.apply(&port_53()).unwrap();
+            // From a source the tunnel owns, under a port list: the first fragment is judged
+            // by its ports (53 is tunnelled, so arriving on the uplink it is spoofed); later
+            // ones pass, since the stack reassembles nothing without the first.
+            let first = |sport| {
+                udp_frame(corp, local, sport, 40000)
+                    .fragment(41, 0, true)
+                    .build()
+            };
+            expect_guard(&mut dp, hook, &first(53), XDP_DROP, 0, Reason::DropSpoofed);
+            expect_guard(
+                &mut dp,
+                hook,
+                &first(5353),
+                XDP_PASS,
+                0,
+                Reason::IngressPass,
+            );
+            let later = udp_frame(corp, local, 53, 40000)
+                .fragment(41, 100, false)
+                .build();
+            expect_guard(&mut dp, hook, &later, XDP_PASS, 0, Reason::IngressPass);
+            // Lock-down: either way the datagram is not let in.
+            dp.apply(&Policy {
+                lockdown: true,
+                ..port_53()
+            })
+            .unwrap();
+            expect_guard(&mut dp, hook, &later, XDP_DROP, 0, Reason::DropFragment);
+            // Without a port list the address alone says it is spoofed.
+            dp.apply(&policy()).unwrap();
+            expect_guard(&mut dp, hook, &later, XDP_DROP, 0, Reason::DropSpoofed);
+        }
+    }
+}
+
+#[test]
+fn a_later_fragment_never_follows_a_verdict_of_a_retired_policy() {
+    let Some(mut dp) = load_or_skip("a_later_fragment_never_follows_a_verdict_of_a_retired_policy")
+    else {
+        return;
+    };
+    let lockdown = Policy {
+        lockdown: true,
+        ..port_53()
+    };
+    for (src, dst) in [
+        (IpAddr::V4(LOCAL_V4), ip("10.1.2.3")),
+        (IpAddr::V6(LOCAL_V6), ip(INCLUDED_V6)),
+    ] {
         dp.apply(&port_53()).unwrap();
-        // From a source the tunnel owns, under a port list: the first fragment is judged by
-        // its ports (53 is tunnelled, so arriving on the uplink it is spoofed); later ones
-        // pass, since the stack reassembles nothing without the first.
-        let first = |sport| {
-            udp_frame(corp, l4, sport, 40000)
-                .fragment(41, 0, true)
-                .build()
-        };
-        expect_guard(&mut dp, hook, &first(53), XDP_DROP, 0, Reason::DropSpoofed);
-        expect_guard(
+        // An unlisted port: the first fragment bypasses, and its verdict is kept...
+        let other = udp_frame(src, dst, 40000, 5353);
+        let first = other.clone().fragment(51, 0, true).build();
+        expect(&mut dp, &first, 0, TC_ACT_OK, 0, Reason::BypassUdpPort);
+        assert_eq!(dp.frag_count(), 1, "the datagram is remembered");
+        // ...until lock-down comes on: the rest of the datagram meets the new policy, and
+        // a datagram whose last fragment never came leaves nothing behind to follow.
+        dp.apply(&lockdown).unwrap();
+        assert_eq!(dp.frag_count(), 0, "the old policy's verdicts are retired");
+        let later = |offset| other.clone().fragment(51, offset, true).build();
+        expect(
             &mut dp,
-            hook,
-            &first(5353),
-            XDP_PASS,
+            &later(100),
             0,
-            Reason::IngressPass,
+            TC_ACT_SHOT,
+            0,
+            Reason::DropFragment,
         );
-        let later = udp_frame(corp, l4, 53, 40000)
-            .fragment(41, 100, false)
-            .build();
-        expect_guard(&mut dp, hook, &later, XDP_PASS, 0, Reason::IngressPass);
-        // Lock-down: either way the datagram is not let in.
-        dp.apply(&Policy {
-            lockdown: true,
-            ..port_53()
-        })
-        .unwrap();
-        expect_guard(&mut dp, hook, &later, XDP_DROP, 0, Reason::DropFragment);
-        // Without a port list the address alone says it is spoofed.
-        dp.apply(&policy()).unwrap();
-        expect_guard(&mut dp, hook, &later, XDP_DROP, 0, Reason::DropSpoofed);
+        // Back in the slot the verdict was given in, still nothing to follow.
+        dp.apply(&lockdown).unwrap();
+        expect(
+            &mut dp,
+            &later(200),
+            0,
+            TC_ACT_SHOT,
+            0,
+            Reason::DropFragment,
+        );
+    }
+}
+
+#[test]
+fn ipv6_later_fragments_find_a_first_fragment_with_more_headers() {
+    let Some(mut dp) = load_or_skip("ipv6_later_fragments_find_a_first_fragment_with_more_headers")
+    else {
+        return;
+    };
+    dp.apply(&port_53()).unwrap();
+    // Destination options for the final destination travel behind the fragment header, in
+    // the first fragment only: the later fragments' header names them, not UDP.
+    for (id, dport, action, reason) in [
+        (61, 53, TC_ACT_REDIRECT, Reason::Tunnel),
+        (62, 5353, TC_ACT_OK, Reason::BypassUdpPort),
+    ] {
+        let mut dgram = udp_frame(IpAddr::V6(LOCAL_V6), ip(INCLUDED_V6), 40000, dport);
+        dgram.ext = vec![Ext::Options { kind: 60, units: 0 }];
+        for (offset, more) in [(0, true), (100, true), (200, false)] {
+            let f = dgram.clone().fragment(id, offset, more);
+            assert!(matches!(f.ext[0], Ext::Fragment(_)), "{:?}", f.ext);
+            let run = expect(&mut dp, &f.build(), 0, action, 0, reason);
+            let want = if reason == Reason::Tunnel {
+                from(&f, IpAddr::V6(TUN_V6))
+            } else {
+                f.build()
+            };
+            assert_eq!(run.out, want, "fragment at {offset}");
+        }
+        assert_eq!(dp.frag_count(), 0, "the last fragment forgets the datagram");
     }
 }

@@ -100,11 +100,25 @@ impl Frame {
     }
 
     /// Makes this frame a fragment: the IPv4 header's fields, or an IPv6 fragment header
-    /// after the other extension headers.
+    /// where Linux puts it (`ip6_find_1stfragopt`): after the part every hop reads
+    /// (hop-by-hop options, routing headers and destination options before a routing
+    /// header), so that destination options for the final destination, an authentication
+    /// header and the transport header travel in the first fragment only.
     pub fn fragment(mut self, id: u32, offset: u16, more: bool) -> Self {
         let f = Fragment { id, offset, more };
         if self.dst.is_ipv6() {
-            self.ext.push(Ext::Fragment(f));
+            let last_routing = self.ext.iter().rposition(|e| e.kind() == 43);
+            let unfragmentable = self
+                .ext
+                .iter()
+                .enumerate()
+                .take_while(|(i, e)| match e.kind() {
+                    0 | 43 => true,
+                    60 => last_routing.is_some_and(|r| *i < r),
+                    _ => false,
+                })
+                .count();
+            self.ext.insert(unfragmentable, Ext::Fragment(f));
         } else {
             self.ipv4_fragment = Some(f);
         }

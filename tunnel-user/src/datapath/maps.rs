@@ -1,6 +1,6 @@
 //! Typed handles over every map of the eBPF object, and the atomic policy swap on top of them:
 //! write the inactive slot, flip [`tunnel_common::maps::ACTIVE_SLOT`], wait for an RCU grace
-//! period, clear the old slot. A failure while writing removes what was written and leaves the
+//! period, clear the old slot and the fragment verdicts given under it. A failure while writing removes what was written and leaves the
 //! active slot untouched, so a policy is applied whole or not at all.
 
 use aya::{
@@ -8,9 +8,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use tunnel_common::{
-    AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, FragKey, FragVerdict, NUM_REASONS,
-    POLICY_SLOTS, ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_index,
-    counter_index, maps as names, udp_port_word,
+    AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, FragKey, FragVerdict,
+    MAX_FRAG_DATAGRAMS, NUM_REASONS, POLICY_SLOTS, ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4,
+    RouteKeyV6, SlotConfig, conn_index, counter_index, maps as names, udp_port_word,
 };
 
 use super::{
@@ -220,7 +220,36 @@ impl Maps {
             }
             self.clear_slot(old, current)?;
         }
+        self.retire_frags(old)?;
         Ok(new)
+    }
+
+    /// Removes the fragment verdicts given under `slot`'s policy. Called once no program
+    /// reads that slot any more, so none can be added behind it: a later fragment never
+    /// follows a verdict of a retired policy (lock-down turned on, a connection gone).
+    fn retire_frags(&mut self, slot: u32) -> Result<(), DatapathError> {
+        let stale: Vec<FragKey> = self
+            .frags
+            .keys()
+            // A key removed under the walk restarts it from the first; the bound keeps
+            // that from going on while the programs churn the table.
+            .take(2 * MAX_FRAG_DATAGRAMS as usize)
+            .filter_map(Result::ok)
+            .filter(|k| u32::from(k.slot) == slot)
+            .collect();
+        for key in stale {
+            match self.frags.remove(&key) {
+                // The LRU may have evicted it, or its last fragment taken it out, meanwhile.
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(DatapathError::Map {
+                        name: names::FRAGS,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sums the per-CPU counters into a table.

@@ -43,13 +43,15 @@ struct FirstFragment {
     tunnel_src: Option<IpAddr>,
 }
 
-/// A fragmented datagram's identity: source, destination, identification, protocol.
+/// A fragmented datagram's identity: source, destination, identification and, for IPv4,
+/// protocol (IPv6 names none: its first fragment may carry extension headers the later
+/// ones do not).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Datagram {
     src: IpAddr,
     dst: IpAddr,
     id: u32,
-    proto: u8,
+    proto: Option<u8>,
 }
 
 impl Datagram {
@@ -58,7 +60,7 @@ impl Datagram {
             src: p.src,
             dst: p.dst,
             id: p.frag_id,
-            proto: p.proto,
+            proto: (!p.v6).then_some(p.proto),
         }
     }
 }
@@ -407,6 +409,12 @@ fn enforces(policy: &Policy) -> bool {
 }
 
 impl Model {
+    /// A new policy is in force: no later fragment follows a verdict given under the old
+    /// one (the data path retires them with the old slot).
+    pub fn policy_applied(&mut self) {
+        self.first_fragments.clear();
+    }
+
     /// How many later fragments so far found their first fragment's verdict.
     pub fn fragments_followed(&self) -> usize {
         self.followed
