@@ -415,7 +415,8 @@ fn fragment_to(frame: &[u8], dst: IpAddr) -> bool {
 /// (which any socket may set, and which puts the transport header past what the classifier
 /// reads), and UDP datagrams larger than the MTU under a UDP port list (whose later
 /// fragments carry no ports). The same packets to an excluded destination are captured:
-/// the capture would have seen them.
+/// the capture would have seen them. To a destination the policy does not include they
+/// are captured without lock-down and not with it.
 #[test]
 fn unprivileged_senders_get_nothing_to_a_tunnelled_destination_in_clear() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -452,6 +453,12 @@ fn unprivileged_senders_get_nothing_to_a_tunnelled_destination_in_clear() {
         "172.31.9.1".parse().unwrap(),
         "fd00:100::9:1".parse().unwrap(),
     );
+    // Neither included nor excluded: outside the tunnel, reached by the default route.
+    let (out4, out6): (IpAddr, IpAddr) = (
+        "172.16.0.1".parse().unwrap(),
+        "fd00:300::1".parse().unwrap(),
+    );
+    let outside_v6: ipnet::IpNet = "fd00:300::/64".parse().unwrap();
     let routed = |dst: IpAddr| Datagram {
         to: SocketAddr::new(dst, 5000),
         len: 64,
@@ -483,6 +490,10 @@ fn unprivileged_senders_get_nothing_to_a_tunnelled_destination_in_clear() {
                 routed(lan6),
                 large(lan4),
                 large(lan6),
+                // Outside the tunnel: lock-down's business.
+                routed(out6),
+                large(out4),
+                large(out6),
             ],
         )
         .unwrap();
@@ -514,6 +525,25 @@ fn unprivileged_senders_get_nothing_to_a_tunnelled_destination_in_clear() {
         assert_eq!(capture.count(|f| routed_v6_to(f, &excluded_v6)), 1, "{ctx}");
         assert!(capture.count(|f| fragment_to(f, lan4)) >= 3, "{ctx}");
         assert!(capture.count(|f| fragment_to(f, lan6)) >= 3, "{ctx}");
+        let outside = [
+            capture.count(|f| routed_v6_to(f, &outside_v6)),
+            capture.count(|f| fragment_to(f, out4)),
+            capture.count(|f| fragment_to(f, out6)),
+        ];
+        if lockdown {
+            assert_eq!(
+                outside,
+                [0, 0, 0],
+                "outside the tunnel under lock-down ({ctx})"
+            );
+            // (The guard counts its own lock-down drops in the same cell.)
+            assert!(d.get(0, Reason::DropLockdown).packets >= 1 + 3 + 3, "{ctx}");
+        } else {
+            assert!(
+                outside[0] == 1 && outside[1] >= 3 && outside[2] >= 3,
+                "outside the tunnel without lock-down: {outside:?} ({ctx})"
+            );
+        }
     }
     // Every fragment of a datagram to a listed port goes through the tunnel, so the corp
     // server gets the whole datagram and answers.
