@@ -39,6 +39,10 @@ pub const MAX_OWN_PEERS: u32 = 4096;
 pub const MAX_GATEWAYS: u32 = 128;
 /// Capacity of the per-app table (both slots).
 pub const MAX_APPS: u32 = 4096;
+/// Capacity of the table of fragmented datagrams in flight (LRU). The fragments of one
+/// datagram pass a hook back to back, so an entry is needed for microseconds; the capacity
+/// covers many interleaved datagrams of forwarded traffic.
+pub const MAX_FRAG_DATAGRAMS: u32 = 4096;
 
 /// `SO_MARK` carried by tunnel's own sockets (control TLS, ESP): such packets always bypass.
 /// The value spells "tunl" so it is recognisable in `ss -e` and nft traces.
@@ -85,6 +89,9 @@ pub mod maps {
     pub const FLOWS: &str = "FLOWS";
     /// `LruHashMap<[u32; 4], u64>`: remote peers of our own sockets (lock-down lets them in).
     pub const OWN_PEERS: &str = "OWN_PEERS";
+    /// `LruHashMap<FragKey, FragVerdict>`: the verdict of each fragmented datagram's first
+    /// fragment, which its later fragments follow.
+    pub const FRAGS: &str = "FRAGS";
     /// `PerCpuArray<Counter>`, index [`super::counter_index`].
     pub const COUNTERS: &str = "COUNTERS";
 }
@@ -196,12 +203,21 @@ pub enum Reason {
     IngressPass = 15,
     /// Already classified on the uplink, seen again on the TUN device's egress.
     RedirectSeen = 16,
-    /// Headers could not be parsed (truncated): passed to the kernel, which will drop it.
+    /// Headers could not be parsed where no policy is in force (no connection, no
+    /// lock-down), or a reply on a TUN device's ingress that could not be parsed: passed
+    /// unchanged.
     Malformed = 17,
+    /// Headers the policy needs could not be read (no addresses; or a truncated transport
+    /// header, an IPv6 extension chain too long or too deep) where the policy could have
+    /// tunnelled or dropped the packet: dropped, never sent in clear.
+    DropUnparsed = 18,
+    /// A later fragment whose first fragment was not seen, where only the ports (in the first
+    /// fragment) could tell whether it is tunnelled: dropped, never sent in clear.
+    DropFragment = 19,
 }
 
 /// Number of [`Reason`] values (columns of the counter table).
-pub const NUM_REASONS: u32 = 18;
+pub const NUM_REASONS: u32 = 20;
 
 impl Reason {
     /// Every reason, in ABI order.
@@ -224,7 +240,38 @@ impl Reason {
         Reason::IngressPass,
         Reason::RedirectSeen,
         Reason::Malformed,
+        Reason::DropUnparsed,
+        Reason::DropFragment,
     ];
+
+    /// The reason with ABI number `n`. A `match` rather than an index into [`Reason::ALL`]:
+    /// it compiles to a range check, where an index into a table is a load the verifier
+    /// cannot bound.
+    pub const fn from_u32(n: u32) -> Option<Reason> {
+        Some(match n {
+            0 => Reason::Tunnel,
+            1 => Reason::BypassExcluded,
+            2 => Reason::BypassNotIncluded,
+            3 => Reason::BypassUdpPort,
+            4 => Reason::BypassOwnSocket,
+            5 => Reason::BypassGateway,
+            6 => Reason::BypassNoConnection,
+            7 => Reason::BypassNoFamily,
+            8 => Reason::BypassNotIp,
+            9 => Reason::BypassLinkControl,
+            10 => Reason::DropLockdown,
+            11 => Reason::DropSpoofed,
+            12 => Reason::DropUnroutable,
+            13 => Reason::ReplyRestored,
+            14 => Reason::ReplyNoFlow,
+            15 => Reason::IngressPass,
+            16 => Reason::RedirectSeen,
+            17 => Reason::Malformed,
+            18 => Reason::DropUnparsed,
+            19 => Reason::DropFragment,
+            _ => return None,
+        })
+    }
 
     /// A short stable name, used in counters output and JSON.
     pub const fn name(self) -> &'static str {
@@ -247,6 +294,8 @@ impl Reason {
             Reason::IngressPass => "ingress_pass",
             Reason::RedirectSeen => "redirect_seen",
             Reason::Malformed => "malformed",
+            Reason::DropUnparsed => "drop_unparsed",
+            Reason::DropFragment => "drop_fragment",
         }
     }
 
@@ -254,9 +303,11 @@ impl Reason {
     pub const fn verdict(self) -> VerdictKind {
         match self {
             Reason::Tunnel => VerdictKind::Tunnel,
-            Reason::DropLockdown | Reason::DropSpoofed | Reason::DropUnroutable => {
-                VerdictKind::Drop
-            }
+            Reason::DropLockdown
+            | Reason::DropSpoofed
+            | Reason::DropUnroutable
+            | Reason::DropUnparsed
+            | Reason::DropFragment => VerdictKind::Drop,
             _ => VerdictKind::Bypass,
         }
     }
@@ -293,6 +344,16 @@ pub enum VerdictKind {
 pub struct SlotConfig {
     pub flags: u32,
     pub device_conn: u32,
+}
+
+impl SlotConfig {
+    /// Whether any policy is in force: lock-down, a device-level connection or a per-app
+    /// rule. Without one every packet bypasses, so one whose headers cannot be read may too.
+    /// (An empty slot holds `device_conn` 0 with an inactive connection, so the flags decide,
+    /// not `device_conn`.)
+    pub const fn enforces(&self) -> bool {
+        self.flags & (slot_flags::LOCKDOWN | slot_flags::HAS_APPS | slot_flags::ANTI_SPOOF) != 0
+    }
 }
 
 /// Per-connection settings in one slot. `flags` holds [`conn_flags`]; `mtu` is the tunnel MTU
@@ -362,6 +423,51 @@ pub struct FlowValue {
     pub local: [u32; 4],
 }
 
+/// Which way a fragmented datagram passes the hook that keys it: the same addresses are
+/// a different datagram in the other direction.
+pub mod frag_dir {
+    /// Leaving: the uplink classifier and the TUN device's egress.
+    pub const OUT: u8 = 0;
+    /// Arriving from the tunnel: the TUN device's ingress.
+    pub const IN: u8 = 1;
+}
+
+/// Identity of a fragmented datagram, as its fragments carry it: source, destination,
+/// identification and, for IPv4, the protocol (RFC 791; IPv6 names no protocol in the
+/// identity, RFC 8200, and its first fragment may carry extension headers the later ones
+/// do not, so `proto` is 0), plus the family (`v6` 0 or 1), the direction ([`frag_dir`])
+/// and the policy slot the first fragment was judged under: a later fragment follows its
+/// first only under the same policy (userspace removes a slot's entries once it is
+/// retired). IPv4 addresses are `::ffff:a.b.c.d` and its 16-bit identification is widened.
+/// Source and destination are as the packet arrives at the hook, before any translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub proto: u8,
+    pub v6: u8,
+    pub dir: u8,
+    pub slot: u8,
+    pub id: u32,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// What the first fragment of a datagram got, for its later fragments to repeat: its
+/// counter cell ([`counter_index`], which names the connection and the [`Reason`]), the
+/// device it went to (the TUN device when tunnelled, else the hook's own) and its address
+/// after translation (the source on egress, the destination on a TUN device's ingress; the
+/// packet's own where nothing was translated).
+///
+/// Every field is written from a run-time value: constant neighbours would let LLVM merge
+/// their stores into one misaligned stack store, which the verifier refuses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragVerdict {
+    pub cell: u32,
+    pub ifindex: u32,
+    pub addr: [u32; 4],
+}
+
 /// One counter cell.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -388,6 +494,12 @@ pub const fn counter_index(conn: u32, reason: Reason) -> u32 {
     conn * NUM_REASONS + reason as u32
 }
 
+/// The connection (or [`CONN_NONE`]) and reason of a counter cell.
+#[inline(always)]
+pub const fn counter_cell(index: u32) -> (u32, Option<Reason>) {
+    (index / NUM_REASONS, Reason::from_u32(index % NUM_REASONS))
+}
+
 /// Number of cells in [`maps::COUNTERS`].
 pub const NUM_COUNTERS: u32 = (MAX_CONNS + 1) * NUM_REASONS;
 /// Number of words in [`maps::UDP_PORTS`].
@@ -410,6 +522,8 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 24);
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
+    assert!(core::mem::size_of::<FragKey>() == 40);
+    assert!(core::mem::size_of::<FragVerdict>() == 24);
     assert!(Reason::ALL.len() == NUM_REASONS as usize);
     // ROUTES_GLOBAL must fit the `conn` byte of the route keys.
     assert!(MAX_CONNS < u8::MAX as u32);
@@ -429,6 +543,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragVerdict {}
 }
 
 #[cfg(test)]
@@ -454,12 +570,26 @@ mod tests {
     fn reasons_are_in_abi_order() {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{r:?} is out of place");
+            assert_eq!(Reason::from_u32(i as u32), Some(*r));
+        }
+        assert_eq!(Reason::from_u32(NUM_REASONS), None);
+    }
+
+    #[test]
+    fn counter_cells_name_their_connection_and_reason() {
+        for conn in 0..=CONN_NONE {
+            for reason in Reason::ALL {
+                assert_eq!(
+                    counter_cell(counter_index(conn, reason)),
+                    (conn, Some(reason))
+                );
+            }
         }
     }
 
     #[test]
     fn indexes_stay_in_bounds() {
-        assert!(counter_index(CONN_NONE, Reason::Malformed) < NUM_COUNTERS);
+        assert!(counter_index(CONN_NONE, Reason::DropFragment) < NUM_COUNTERS);
         assert!(udp_port_word(POLICY_SLOTS - 1, MAX_CONNS - 1, u16::MAX) < NUM_UDP_PORT_WORDS);
         assert!(conn_index(POLICY_SLOTS - 1, MAX_CONNS - 1) < NUM_CONN_CONFIGS);
     }

@@ -3,6 +3,13 @@
 //! decision order (DESIGN.md): own sockets, link control, per-app before device-level, then one
 //! route lookup that answers gateway before exclude before include, then the UDP port list, and
 //! lock-down last.
+//!
+//! A packet whose transport header is missing (a later fragment) or unreadable is decided by
+//! its addresses wherever they suffice. Where the destination is included and the ports are
+//! needed, it is never bypassed: an unreadable one is dropped ([`Reason::DropUnparsed`]: it
+//! cannot be translated either), a later fragment is dropped when the UDP port list would
+//! decide ([`Reason::DropFragment`]) and tunnelled otherwise. Later fragments whose first
+//! fragment was seen follow its verdict before they get here (`frags`).
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -17,7 +24,7 @@ use tunnel_common::{
 
 use crate::{
     maps::{ACTIVE_SLOT, APPS, CONN_CONFIG, ROUTES_V4, ROUTES_V6, SLOT_CONFIG, UDP_PORTS},
-    packet::{IPPROTO_ICMPV6, IPPROTO_UDP, Packet},
+    packet::{IPPROTO_ICMPV6, IPPROTO_UDP, Packet, Transport},
 };
 
 /// The policy slot in force for this packet, read once.
@@ -146,11 +153,22 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
         Some(route::INCLUDE) => {}
         _ => return with(Reason::BypassNotIncluded),
     }
-    if pkt.proto == IPPROTO_UDP
-        && cfg.flags & conn_flags::UDP_PORTS_LISTED != 0
-        && !udp_port_listed(slot, conn, view.remote_port)
-    {
-        return with(Reason::BypassUdpPort);
+    let ports_listed = cfg.flags & conn_flags::UDP_PORTS_LISTED != 0;
+    match pkt.transport {
+        Transport::Read => {
+            if ports_listed
+                && pkt.proto == IPPROTO_UDP
+                && !udp_port_listed(slot, conn, view.remote_port)
+            {
+                return with(Reason::BypassUdpPort);
+            }
+        }
+        Transport::InFirstFragment => {
+            if ports_listed && pkt.may_be_udp() {
+                return with(Reason::DropFragment);
+            }
+        }
+        Transport::Unreadable => return with(Reason::DropUnparsed),
     }
     with(Reason::Tunnel)
 }
@@ -160,10 +178,13 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
 #[inline(always)]
 fn is_link_control(view: &View) -> bool {
     let pkt = view.pkt;
-    if pkt.proto == IPPROTO_UDP && pkt.has_l4 {
+    if !pkt.has_l4() {
+        return false;
+    }
+    if pkt.proto == IPPROTO_UDP {
         return matches!((view.remote_port, view.local_port), (67, 68) | (547, 546));
     }
-    pkt.v6 && pkt.proto == IPPROTO_ICMPV6 && pkt.has_l4 && (133..=137).contains(&pkt.icmp_type)
+    pkt.v6 && pkt.proto == IPPROTO_ICMPV6 && (133..=137).contains(&pkt.icmp_type)
 }
 
 /// The connection of the deepest cgroup (the socket's own, then its ancestors) with a rule.

@@ -3,6 +3,12 @@
 //! source: if that reply would be tunnelled, the packet claims a source the tunnel owns and
 //! is dropped; if lock-down would drop the reply, the packet is dropped too.
 //!
+//! What cannot be parsed is dropped whenever a guard is on: without addresses nothing can be
+//! told; with addresses but no readable transport header from a source the tunnel owns, it
+//! could be spoofed. Later fragments are judged by their addresses; where only the ports
+//! could tell (a UDP port list), they pass unless lock-down is on: the stack reassembles a
+//! datagram only with its first fragment, which was judged with its ports.
+//!
 //! One decision, two hooks: XDP on uplinks whose driver runs XDP on its own receive buffers
 //! (drops before any skb exists), TC ingress elsewhere (veth and drivers without native XDP,
 //! where an XDP program costs a copy of every packet and the peer's GSO). Userspace picks the
@@ -34,20 +40,15 @@ fn may_pass(len: u32, parsed: impl FnOnce() -> Parsed) -> bool {
     if !guarded {
         return true;
     }
-    let lockdown = scfg.flags & slot_flags::LOCKDOWN != 0;
     let pkt = match parsed() {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp => {
             count(CONN_NONE, Reason::BypassNotIp, len);
             return true;
         }
-        Parsed::Malformed if lockdown => {
-            count(CONN_NONE, Reason::DropLockdown, len);
-            return false;
-        }
         Parsed::Malformed => {
-            count(CONN_NONE, Reason::Malformed, len);
-            return true;
+            count(CONN_NONE, Reason::DropUnparsed, len);
+            return false;
         }
     };
     // SAFETY: presence test only.
@@ -61,6 +62,12 @@ fn may_pass(len: u32, parsed: impl FnOnce() -> Parsed) -> bool {
         VerdictKind::Tunnel if scfg.flags & slot_flags::ANTI_SPOOF != 0 => {
             d.reason = Reason::DropSpoofed;
             false
+        }
+        VerdictKind::Drop
+            if d.reason == Reason::DropFragment && scfg.flags & slot_flags::LOCKDOWN == 0 =>
+        {
+            d.reason = Reason::IngressPass;
+            true
         }
         VerdictKind::Drop => false,
         _ => {

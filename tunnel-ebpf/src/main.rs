@@ -1,6 +1,7 @@
 //! tunnel's kernel programs. Entry points are thin: each calls a `try_*` function in the module
 //! that owns the logic (`tc`, `guard`), which parse with `packet`, decide with `classify`, rewrite
-//! with `nat` and count with `counters`. No panics: every fallible step returns early.
+//! with `nat`, let later fragments follow their first with `frags` and count with `counters`.
+//! No panics: every fallible step returns early.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -8,6 +9,8 @@
 mod classify;
 #[cfg(target_arch = "bpf")]
 mod counters;
+#[cfg(target_arch = "bpf")]
+mod frags;
 #[cfg(target_arch = "bpf")]
 mod guard;
 #[cfg(target_arch = "bpf")]

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use tunnel_common::{
-    AppKey, ConnConfig, Counter, FlowKey, FlowValue, MAX_APPS, MAX_FLOWS, MAX_OWN_PEERS,
-    MAX_ROUTES, NUM_CONN_CONFIGS, NUM_COUNTERS, NUM_UDP_PORT_WORDS, POLICY_SLOTS, RouteKeyV4,
-    RouteKeyV6, SlotConfig,
+    AppKey, ConnConfig, Counter, FlowKey, FlowValue, FragKey, FragVerdict, MAX_APPS, MAX_FLOWS,
+    MAX_FRAG_DATAGRAMS, MAX_OWN_PEERS, MAX_ROUTES, NUM_CONN_CONFIGS, NUM_COUNTERS,
+    NUM_UDP_PORT_WORDS, POLICY_SLOTS, RouteKeyV4, RouteKeyV6, SlotConfig,
 };
 
 #[map]
@@ -40,6 +40,10 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 
 #[map]
 pub static OWN_PEERS: LruHashMap<[u32; 4], u64> = LruHashMap::with_max_entries(MAX_OWN_PEERS, 0);
+
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragVerdict> =
+    LruHashMap::with_max_entries(MAX_FRAG_DATAGRAMS, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);

@@ -35,7 +35,7 @@ impl From<i64> for RewriteFailed {
 /// checksum covers the addresses.
 #[inline(always)]
 fn l4_csum(pkt: &Packet) -> Option<(usize, u64)> {
-    if !pkt.has_l4 {
+    if !pkt.has_l4() {
         return None;
     }
     match pkt.proto {
@@ -98,7 +98,7 @@ const MAX_OPTIONS_SCANNED: usize = 8;
 /// On a SYN, lowers the MSS option to what fits in `mtu` (IP and TCP headers without options).
 #[inline(always)]
 pub fn clamp_mss(ctx: &TcContext, pkt: &Packet, mtu: u32) -> Result<(), RewriteFailed> {
-    if pkt.proto != IPPROTO_TCP || !pkt.tcp_syn || !pkt.has_l4 {
+    if pkt.proto != IPPROTO_TCP || !pkt.tcp_syn || !pkt.has_l4() {
         return Ok(());
     }
     let headers = if pkt.v6 { 60 } else { 40 };

@@ -15,7 +15,8 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Largest offset we follow into a packet; keeps every variable offset bounded for the verifier.
-const MAX_HEADER_OFF: usize = 256;
+/// A transport header beyond it is unreadable.
+pub const MAX_HEADER_OFF: usize = 256;
 
 /// Returns a pointer to a `T` at `off` bytes past `start` if the whole `T` lies before `end`.
 #[inline(always)]
@@ -51,19 +52,46 @@ fn be16(start: usize, end: usize, off: usize) -> Option<u16> {
 
 /// What the parser found.
 pub enum Parsed {
-    /// An IPv4 or IPv6 packet.
+    /// An IPv4 or IPv6 packet whose addresses could be read; [`Packet::transport`] says
+    /// whether the rest could.
     Ip(Packet),
     /// Not IP (ARP, LLDP, ...).
     NotIp,
-    /// IP, but the headers are truncated or inconsistent.
+    /// IP, but not even the addresses could be read (truncated or inconsistent IP header).
     Malformed,
+}
+
+/// Whether the transport header (ports, flags) was read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Read: ports and flags are valid (0 for protocols without them).
+    Read,
+    /// A later fragment: the transport header is in the datagram's first fragment.
+    InFirstFragment,
+    /// Could not be read: truncated, behind an IPv6 extension chain longer than
+    /// [`MAX_EXT_HEADERS`] or reaching past [`MAX_HEADER_OFF`]. `proto` is meaningless.
+    Unreadable,
+}
+
+/// Where a packet stands in its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not fragmented.
+    Whole,
+    /// Offset 0 with more fragments to come: carries the transport header.
+    First,
+    /// A later fragment with more to come.
+    Middle,
+    /// The last fragment.
+    Last,
 }
 
 /// The parts of an IP packet the classifier and the translators need.
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub v6: bool,
-    /// Transport protocol (after IPv6 extension headers).
+    /// Transport protocol (after IPv6 extension headers); for an IPv6 later fragment the
+    /// fragment header's next header, which may be another extension header.
     pub proto: u8,
     /// Addresses as network-order words, IPv4 as `::ffff:a.b.c.d` (the last word).
     pub src: [u32; 4],
@@ -75,12 +103,36 @@ pub struct Packet {
     /// Offset of the IP header and of the transport header from `data`.
     pub l3_off: usize,
     pub l4_off: usize,
-    /// The transport header is present (false for non-first fragments).
-    pub has_l4: bool,
+    pub transport: Transport,
+    pub frag: Frag,
+    /// The datagram's identification when fragmented (IPv4: 16 bits).
+    pub frag_id: u32,
     /// TCP SYN flag set.
     pub tcp_syn: bool,
     /// ICMP / ICMPv6 type, 0 otherwise.
     pub icmp_type: u8,
+}
+
+impl Packet {
+    /// The transport header was read.
+    #[inline(always)]
+    pub fn has_l4(&self) -> bool {
+        self.transport == Transport::Read
+    }
+
+    /// A later fragment (no transport header of its own).
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        matches!(self.frag, Frag::Middle | Frag::Last)
+    }
+
+    /// Whether a packet without a readable transport header may be UDP: IPv4 says so in its
+    /// header; an IPv6 later fragment whose fragment header names another extension header
+    /// may carry UDP behind it.
+    #[inline(always)]
+    pub fn may_be_udp(&self) -> bool {
+        self.proto == IPPROTO_UDP || (self.v6 && is_ext_header(self.proto))
+    }
 }
 
 /// Parses a frame that starts with an Ethernet header.
@@ -94,17 +146,22 @@ pub fn parse_eth(start: usize, end: usize) -> Parsed {
     }
 }
 
-/// Parses a packet that starts with the IP header (TUN devices, raw-IP uplinks).
+/// Parses a packet that starts with the IP header (TUN devices, raw-IP uplinks). Such a link
+/// carries nothing but IP, so a version other than 4 or 6 is a malformed packet, not another
+/// protocol.
 #[inline(always)]
 pub fn parse_raw_ip(start: usize, end: usize) -> Parsed {
     // Shorter than an IPv4 header means it cannot be a valid IP packet of either family.
     match bytes::<20>(start, end, 0).map(|b| b[0] >> 4) {
         Some(4) => parse_ipv4(start, end, 0),
         Some(6) => parse_ipv6(start, end, 0),
-        Some(_) => Parsed::NotIp,
-        None => Parsed::Malformed,
+        _ => Parsed::Malformed,
     }
 }
+
+/// IPv4 header flag: more fragments follow.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
 
 #[inline(always)]
 fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
@@ -113,15 +170,32 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
     };
     let at = hdr as usize;
     // SAFETY: ptr_at checked the 20 bytes are inside the packet.
-    let (vihl, frag_hi, frag_lo, proto, src, dst) = unsafe {
+    let (vihl, id, frag, proto, src, dst) = unsafe {
         let h = &*hdr;
-        (h[0], h[6], h[7], h[9], word_at(at + 12), word_at(at + 16))
+        (
+            h[0],
+            u16::from_be_bytes([h[4], h[5]]),
+            u16::from_be_bytes([h[6], h[7]]),
+            h[9],
+            word_at(at + 12),
+            word_at(at + 16),
+        )
     };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < 20 {
         return Parsed::Malformed;
     }
-    let frag_off = u16::from_be_bytes([frag_hi, frag_lo]) & 0x1fff;
+    // A whole datagram (the common case) decides with one test and carries no identification.
+    let (frag, frag_id) = if frag & (IP_OFFSET | IP_MF) == 0 {
+        (Frag::Whole, 0)
+    } else {
+        let at = match (frag & IP_OFFSET != 0, frag & IP_MF != 0) {
+            (false, _) => Frag::First,
+            (true, true) => Frag::Middle,
+            (true, false) => Frag::Last,
+        };
+        (at, id as u32)
+    };
     let mut p = Packet {
         v6: false,
         proto,
@@ -131,24 +205,36 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
         dport: 0,
         l3_off: l3,
         l4_off: l3 + ihl,
-        has_l4: frag_off == 0,
+        transport: Transport::InFirstFragment,
+        frag,
+        frag_id,
         tcp_syn: false,
         icmp_type: 0,
     };
-    if p.has_l4 && !parse_l4(start, end, &mut p) {
-        return Parsed::Malformed;
+    if !p.is_later_fragment() {
+        p.transport = parse_l4(start, end, &mut p);
     }
     Parsed::Ip(p)
 }
 
-/// IPv6 extension headers we step over; anything else ends the chain.
+/// IPv6 extension headers we step over (Linux's `ipv6_ext_hdr`, without "no next header",
+/// which ends the chain like a transport would); anything else ends the chain.
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
-/// At most this many extension headers are followed.
-const MAX_EXT_HEADERS: usize = 6;
+/// At most this many extension headers are followed; a longer chain is unreadable.
+pub const MAX_EXT_HEADERS: usize = 6;
+
+/// Whether `proto` is an IPv6 extension header the parser steps over.
+#[inline(always)]
+pub fn is_ext_header(proto: u8) -> bool {
+    matches!(
+        proto,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_AUTH | NEXTHDR_DEST
+    )
+}
 
 #[inline(always)]
 fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
@@ -170,41 +256,6 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
     if version != 6 {
         return Parsed::Malformed;
     }
-    let mut off = l3 + 40;
-    let mut has_l4 = true;
-    for _ in 0..MAX_EXT_HEADERS {
-        match next {
-            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let Some([nh, len]) = bytes::<2>(start, end, off) else {
-                    return Parsed::Malformed;
-                };
-                next = nh;
-                off += (len as usize + 1) * 8;
-            }
-            NEXTHDR_AUTH => {
-                let Some([nh, len]) = bytes::<2>(start, end, off) else {
-                    return Parsed::Malformed;
-                };
-                next = nh;
-                off += (len as usize + 2) * 4;
-            }
-            NEXTHDR_FRAGMENT => {
-                let Some([nh, _, frag_hi, frag_lo]) = bytes::<4>(start, end, off) else {
-                    return Parsed::Malformed;
-                };
-                let frag = u16::from_be_bytes([frag_hi, frag_lo]);
-                next = nh;
-                off += 8;
-                if frag & 0xfff8 != 0 {
-                    has_l4 = false;
-                }
-            }
-            _ => break,
-        }
-        if off > MAX_HEADER_OFF {
-            return Parsed::Malformed;
-        }
-    }
     let mut p = Packet {
         v6: true,
         proto: next,
@@ -213,14 +264,65 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
         sport: 0,
         dport: 0,
         l3_off: l3,
-        l4_off: off,
-        has_l4,
+        l4_off: l3 + 40,
+        transport: Transport::Unreadable,
+        frag: Frag::Whole,
+        frag_id: 0,
         tcp_syn: false,
         icmp_type: 0,
     };
-    if p.has_l4 && !parse_l4(start, end, &mut p) {
-        return Parsed::Malformed;
+    let mut off = l3 + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let Some([nh, len]) = bytes::<2>(start, end, off) else {
+                    return Parsed::Ip(p);
+                };
+                next = nh;
+                off += (len as usize + 1) * 8;
+            }
+            NEXTHDR_AUTH => {
+                let Some([nh, len]) = bytes::<2>(start, end, off) else {
+                    return Parsed::Ip(p);
+                };
+                next = nh;
+                off += (len as usize + 2) * 4;
+            }
+            NEXTHDR_FRAGMENT => {
+                let Some(h) = bytes::<8>(start, end, off) else {
+                    return Parsed::Ip(p);
+                };
+                let frag = u16::from_be_bytes([h[2], h[3]]);
+                next = h[0];
+                off += 8;
+                p.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                p.frag = match (frag & 0xfff8 != 0, frag & 1 != 0) {
+                    (false, false) => Frag::Whole,
+                    (false, true) => Frag::First,
+                    (true, true) => Frag::Middle,
+                    (true, false) => Frag::Last,
+                };
+                if p.is_later_fragment() {
+                    // What follows is the middle of the datagram, not headers.
+                    p.proto = next;
+                    p.l4_off = off;
+                    p.transport = Transport::InFirstFragment;
+                    return Parsed::Ip(p);
+                }
+            }
+            _ => break,
+        }
+        if off > MAX_HEADER_OFF {
+            return Parsed::Ip(p);
+        }
     }
+    if is_ext_header(next) {
+        // The chain goes on past MAX_EXT_HEADERS: whatever transport follows is unknown.
+        return Parsed::Ip(p);
+    }
+    p.proto = next;
+    p.l4_off = off;
+    p.transport = parse_l4(start, end, &mut p);
     Parsed::Ip(p)
 }
 
@@ -230,14 +332,14 @@ pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
-/// Fills ports and flags; false when the transport header is truncated.
+/// Fills ports and flags; [`Transport::Unreadable`] when the transport header is truncated.
 #[inline(always)]
-fn parse_l4(start: usize, end: usize, p: &mut Packet) -> bool {
+fn parse_l4(start: usize, end: usize, p: &mut Packet) -> Transport {
     let off = p.l4_off;
     match p.proto {
         IPPROTO_TCP => {
             let Some(h) = ptr_at::<[u8; 20]>(start, end, off) else {
-                return false;
+                return Transport::Unreadable;
             };
             // SAFETY: ptr_at checked the 20 bytes are inside the packet.
             let h = unsafe { &*h };
@@ -247,7 +349,7 @@ fn parse_l4(start: usize, end: usize, p: &mut Packet) -> bool {
         }
         IPPROTO_UDP => {
             let Some(h) = ptr_at::<[u8; 8]>(start, end, off) else {
-                return false;
+                return Transport::Unreadable;
             };
             // SAFETY: ptr_at checked the 8 bytes are inside the packet.
             let h = unsafe { &*h };
@@ -256,7 +358,7 @@ fn parse_l4(start: usize, end: usize, p: &mut Packet) -> bool {
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 if (p.proto == IPPROTO_ICMPV6) == p.v6 => {
             let Some(h) = ptr_at::<[u8; 8]>(start, end, off) else {
-                return false;
+                return Transport::Unreadable;
             };
             // SAFETY: ptr_at checked the 8 bytes are inside the packet.
             let h = unsafe { &*h };
@@ -270,5 +372,5 @@ fn parse_l4(start: usize, end: usize, p: &mut Packet) -> bool {
         }
         _ => {}
     }
-    true
+    Transport::Read
 }

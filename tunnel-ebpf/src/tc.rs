@@ -1,5 +1,6 @@
 //! The TC programs: the uplink egress classifier, and the TUN device's egress guard and ingress
-//! reverse NAT. Each `try_*` function parses, asks [`crate::classify`], counts, and acts.
+//! reverse NAT. Each `try_*` function parses, asks [`crate::classify`] (or, for a later
+//! fragment, [`crate::frags`] what its first fragment got), counts, and acts.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -7,16 +8,18 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tunnel_common::{
-    CONN_NONE, ConnConfig, OWN_SOCKET_MARK, Reason, VerdictKind, conn_flags, conn_index, mapped_v4,
-    redirected_conn, redirected_mark,
+    CONN_NONE, ConnConfig, FragVerdict, OWN_SOCKET_MARK, Reason, SlotConfig, VerdictKind,
+    conn_flags, conn_index, counter_cell, counter_index, frag_dir, mapped_v4, redirected_conn,
+    redirected_mark,
 };
 
 use crate::{
     classify::{Decision, Owner, View, active_slot, classify},
     counters::count,
+    frags::{first_verdict, record},
     maps::{CONN_CONFIG, OWN_PEERS, TUN_IFACES},
     nat::{Field, RewriteFailed, clamp_mss, record_flow, reply_destination, rewrite_addr},
-    packet::{Packet, Parsed, parse_eth, parse_raw_ip},
+    packet::{Frag, Packet, Parsed, Transport, parse_eth, parse_raw_ip},
 };
 
 /// How many bytes of headers must be in the linear part of the skb for direct access: link
@@ -71,8 +74,8 @@ fn tunnel_addr(pkt: &Packet, cfg: &ConnConfig) -> [u32; 4] {
     }
 }
 
-/// Source-NATs a packet to the connection's tunnel address (recording the flow) and clamps the
-/// MSS of SYNs to the tunnel MTU.
+/// Source-NATs a packet to the connection's tunnel address (recording the flow of a packet
+/// with a transport header) and clamps the MSS of SYNs to the tunnel MTU.
 #[inline(always)]
 fn translate_into_tunnel(
     ctx: &TcContext,
@@ -82,10 +85,115 @@ fn translate_into_tunnel(
 ) -> Result<(), RewriteFailed> {
     let tun = tunnel_addr(pkt, cfg);
     if pkt.src != tun {
-        record_flow(d.conn, pkt);
+        if pkt.has_l4() {
+            record_flow(d.conn, pkt);
+        }
         rewrite_addr(ctx, pkt, Field::Src, &tun)?;
     }
     clamp_mss(ctx, pkt, cfg.mtu)
+}
+
+/// A packet whose addresses cannot be read: dropped where a policy is in force (it could
+/// have been one to tunnel or to drop), passed where none is.
+#[inline(always)]
+fn unparsed(ctx: &TcContext, scfg: Option<&SlotConfig>) -> i32 {
+    if scfg.is_none_or(SlotConfig::enforces) {
+        count(CONN_NONE, Reason::DropUnparsed, ctx.len());
+        TC_ACT_SHOT
+    } else {
+        count(CONN_NONE, Reason::Malformed, ctx.len());
+        TC_ACT_OK
+    }
+}
+
+/// The two egress hooks, which differ in what "into the tunnel" means for them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Egress {
+    /// An uplink: tunnelled packets are redirected into the connection's TUN device.
+    Uplink,
+    /// A TUN device: a packet for this device's connection continues here, one for another
+    /// connection is redirected.
+    Tun,
+}
+
+/// Sends a translated packet to connection `conn`'s TUN device `tun_ifindex`.
+#[inline(always)]
+fn into_tunnel(ctx: &TcContext, egress: Egress, conn: u32, tun_ifindex: u32) -> i32 {
+    if egress == Egress::Tun && tun_ifindex == ifindex(ctx) {
+        return TC_ACT_OK;
+    }
+    ctx.set_mark(redirected_mark(conn));
+    // SAFETY: plain helper call with an ifindex from our own config.
+    unsafe { bpf_redirect(tun_ifindex, 0) as i32 }
+}
+
+/// A later fragment does what its first fragment got: same counter cell, same action, the
+/// same source address in the tunnel.
+#[inline(always)]
+fn follow_first(ctx: &TcContext, pkt: &Packet, first: &FragVerdict, egress: Egress) -> i32 {
+    let (conn, Some(reason)) = counter_cell(first.cell) else {
+        return TC_ACT_SHOT;
+    };
+    count(conn, reason, ctx.len());
+    match reason.verdict() {
+        VerdictKind::Tunnel => {
+            if pkt.src != first.addr && rewrite_addr(ctx, pkt, Field::Src, &first.addr).is_err() {
+                return TC_ACT_SHOT;
+            }
+            into_tunnel(ctx, egress, conn, first.ifindex)
+        }
+        VerdictKind::Drop => TC_ACT_SHOT,
+        VerdictKind::Bypass => TC_ACT_OK,
+    }
+}
+
+/// Classifies an outbound packet on `egress`, acts on the decision and, for a first
+/// fragment, records what it got for the rest of its datagram. A later fragment whose first
+/// was seen does what that got instead. On a TUN device a bypass becomes a drop: the packet
+/// has no other route.
+#[inline(always)]
+fn classify_outbound(
+    ctx: &TcContext,
+    pkt: &Packet,
+    slot: u32,
+    scfg: &SlotConfig,
+    egress: Egress,
+) -> i32 {
+    if pkt.is_later_fragment()
+        && let Some(first) = first_verdict(pkt, frag_dir::OUT, slot)
+    {
+        return follow_first(ctx, pkt, &first, egress);
+    }
+    let view = View::outbound(pkt);
+    let mut d = classify(&view, slot, scfg, mark(ctx), Owner::Socket(skb_ptr(ctx)));
+    if egress == Egress::Tun && d.reason.verdict() == VerdictKind::Bypass {
+        d.reason = Reason::DropUnroutable;
+    }
+    count(d.conn, d.reason, ctx.len());
+    let (action, tunnelled) = match (d.reason.verdict(), d.cfg) {
+        (VerdictKind::Tunnel, Some(cfg)) => {
+            if translate_into_tunnel(ctx, pkt, &d, cfg).is_err() {
+                return TC_ACT_SHOT;
+            }
+            (into_tunnel(ctx, egress, d.conn, cfg.tun_ifindex), Some(cfg))
+        }
+        (VerdictKind::Drop, _) | (VerdictKind::Tunnel, None) => (TC_ACT_SHOT, None),
+        (VerdictKind::Bypass, _) => (TC_ACT_OK, None),
+    };
+    // Only a first fragment pays for the record.
+    if pkt.frag == Frag::First {
+        let (ifindex, addr) = match tunnelled {
+            Some(cfg) => (cfg.tun_ifindex, tunnel_addr(pkt, cfg)),
+            None => (ifindex(ctx), pkt.src),
+        };
+        let first = FragVerdict {
+            cell: counter_index(d.conn, d.reason),
+            ifindex,
+            addr,
+        };
+        record(pkt, frag_dir::OUT, slot, &first);
+    }
+    action
 }
 
 /// TC egress on an uplink.
@@ -97,10 +205,7 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
             count(CONN_NONE, Reason::BypassNotIp, ctx.len());
             return TC_ACT_OK;
         }
-        Parsed::Malformed => {
-            count(CONN_NONE, Reason::Malformed, ctx.len());
-            return TC_ACT_OK;
-        }
+        Parsed::Malformed => return unparsed(ctx, active_slot().map(|(_, s)| s)),
     };
     // Our own sockets (control TLS, ESP) bypass whatever the policy says, so they are let
     // through before any policy is read (two cold cache lines per datagram after an idle
@@ -113,21 +218,7 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
     let Some((slot, scfg)) = active_slot() else {
         return TC_ACT_OK;
     };
-    let view = View::outbound(&pkt);
-    let d = classify(&view, slot, scfg, mark(ctx), Owner::Socket(skb_ptr(ctx)));
-    count(d.conn, d.reason, ctx.len());
-    match (d.reason.verdict(), d.cfg) {
-        (VerdictKind::Tunnel, Some(cfg)) => {
-            if translate_into_tunnel(ctx, &pkt, &d, cfg).is_err() {
-                return TC_ACT_SHOT;
-            }
-            ctx.set_mark(redirected_mark(d.conn));
-            // SAFETY: plain helper call with an ifindex from our own config.
-            unsafe { bpf_redirect(cfg.tun_ifindex, 0) as i32 }
-        }
-        (VerdictKind::Drop, _) | (VerdictKind::Tunnel, None) => TC_ACT_SHOT,
-        (VerdictKind::Bypass, _) => TC_ACT_OK,
-    }
+    classify_outbound(ctx, &pkt, slot, scfg, Egress::Uplink)
 }
 
 /// Lets replies from a peer of our own sockets in under lock-down (see the guard). A lookup
@@ -168,38 +259,19 @@ pub fn try_tun_egress(ctx: &TcContext) -> i32 {
     let Some((slot, scfg)) = active_slot() else {
         return TC_ACT_OK;
     };
-    let here_conn = tun_conn(ctx, slot).map_or(CONN_NONE, |(c, _)| c);
     let pkt = match parse(ctx, Link::RawIp) {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp | Parsed::Malformed => {
-            count(here_conn, Reason::DropUnroutable, ctx.len());
+            let here_conn = tun_conn(ctx, slot).map_or(CONN_NONE, |(c, _)| c);
+            count(here_conn, Reason::DropUnparsed, ctx.len());
             return TC_ACT_SHOT;
         }
     };
-    let view = View::outbound(&pkt);
-    let mut d = classify(&view, slot, scfg, mark(ctx), Owner::Socket(skb_ptr(ctx)));
-    if d.reason.verdict() == VerdictKind::Bypass {
-        d.reason = Reason::DropUnroutable;
-    }
-    count(d.conn, d.reason, ctx.len());
-    match (d.reason.verdict(), d.cfg) {
-        (VerdictKind::Tunnel, Some(cfg)) => {
-            if translate_into_tunnel(ctx, &pkt, &d, cfg).is_err() {
-                return TC_ACT_SHOT;
-            }
-            if cfg.tun_ifindex == ifindex(ctx) {
-                TC_ACT_OK
-            } else {
-                ctx.set_mark(redirected_mark(d.conn));
-                // SAFETY: plain helper call with an ifindex from our own config.
-                unsafe { bpf_redirect(cfg.tun_ifindex, 0) as i32 }
-            }
-        }
-        _ => TC_ACT_SHOT,
-    }
+    classify_outbound(ctx, &pkt, slot, scfg, Egress::Tun)
 }
 
-/// TC ingress on a TUN device: replies get their original destination back.
+/// TC ingress on a TUN device: replies get their original destination back; the later
+/// fragments of a reply get the destination its first fragment got.
 #[inline(always)]
 pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
     let Some((slot, _)) = active_slot() else {
@@ -209,12 +281,23 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let pkt = match parse(ctx, Link::RawIp) {
-        Parsed::Ip(pkt) => pkt,
-        Parsed::NotIp | Parsed::Malformed => {
+        Parsed::Ip(pkt) if pkt.transport != Transport::Unreadable => pkt,
+        Parsed::Ip(_) | Parsed::NotIp | Parsed::Malformed => {
             count(conn, Reason::Malformed, ctx.len());
             return TC_ACT_OK;
         }
     };
+    if pkt.is_later_fragment() {
+        let Some(first) = first_verdict(&pkt, frag_dir::IN, slot) else {
+            count(conn, Reason::ReplyNoFlow, ctx.len());
+            return TC_ACT_OK;
+        };
+        if rewrite_addr(ctx, &pkt, Field::Dst, &first.addr).is_err() {
+            return TC_ACT_SHOT;
+        }
+        count(conn, Reason::ReplyRestored, ctx.len());
+        return TC_ACT_OK;
+    }
     let tun = tunnel_addr(&pkt, cfg);
     let restored = match reply_destination(conn, &pkt) {
         Some(local) if pkt.dst == tun => local,
@@ -227,6 +310,14 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
         || clamp_mss(ctx, &pkt, cfg.mtu).is_err()
     {
         return TC_ACT_SHOT;
+    }
+    if pkt.frag == Frag::First {
+        let first = FragVerdict {
+            cell: counter_index(conn, Reason::ReplyRestored),
+            ifindex: ifindex(ctx),
+            addr: restored,
+        };
+        record(&pkt, frag_dir::IN, slot, &first);
     }
     count(conn, Reason::ReplyRestored, ctx.len());
     TC_ACT_OK

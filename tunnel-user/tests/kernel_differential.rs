@@ -1,6 +1,9 @@
 //! The kernel programs against the plain Rust model (`datapath::reference`) on random policies
 //! and random packets, IPv4 and IPv6: same action, same reason and connection (via the
-//! counters), same output bytes, valid checksums.
+//! counters), same output bytes, valid checksums. The packets include IPv6 extension chains
+//! longer and deeper than the kernel reads, headers cut short, IP headers without readable
+//! addresses, and fragments: first fragments, later fragments of datagrams whose first
+//! fragment was sent, and later fragments of datagrams never seen.
 //!
 //! `TUNNEL_DIFF_POLICIES` sets the number of policies (default 400, each with 32 packets through
 //! the egress classifier and 32 through XDP); `TUNNEL_DIFF_SEED` replays a failing run.
@@ -18,8 +21,8 @@ use support::*;
 use tunnel_common::{CONN_NONE, OWN_SOCKET_MARK, Reason, VerdictKind};
 use tunnel_user::datapath::{
     AppRule, ConnPolicy, Policy, PortList,
-    frames::{Frame, L4},
-    reference::{Model, Origin, Outcome, checksums_valid},
+    frames::{Ext, Frame, L4},
+    reference::{Model, Origin, Outcome, checksum_fields, checksums_valid, finish_checksums},
 };
 
 const PACKETS_PER_POLICY: usize = 32;
@@ -135,7 +138,30 @@ fn rand_policy(rng: &mut StdRng, cgroups: &[u64]) -> Policy {
     }
 }
 
-fn rand_frame(rng: &mut StdRng, policy: &Policy, inbound: bool) -> Vec<u8> {
+/// A random IPv6 extension header: options or routing headers and authentication headers,
+/// mostly short, sometimes long enough to push the transport header past what the kernel
+/// reads.
+fn rand_ext(rng: &mut StdRng) -> Ext {
+    let units = *[0u8, 0, 0, 1, 2, 20, 31].choose(rng).unwrap();
+    if rng.random_bool(0.2) {
+        Ext::Auth { units }
+    } else {
+        Ext::Options {
+            kind: *[0u8, 43, 60].choose(rng).unwrap(),
+            units,
+        }
+    }
+}
+
+/// A random frame. `datagrams` holds the recent first fragments (the frame before it was
+/// made a fragment, and the identification), so that later fragments of the same datagrams
+/// come along.
+fn rand_frame(
+    rng: &mut StdRng,
+    policy: &Policy,
+    inbound: bool,
+    datagrams: &mut Vec<(Frame, u32)>,
+) -> Vec<u8> {
     if rng.random_bool(0.02) {
         let mut arp = vec![0xffu8; 42];
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
@@ -189,16 +215,62 @@ fn rand_frame(rng: &mut StdRng, policy: &Policy, inbound: bool) -> Vec<u8> {
     let (src, dst) = if inbound { (far, near) } else { (near, far) };
     let mut frame = Frame::new(src, dst, l4);
     frame.hop_by_hop = v6 && rng.random_bool(0.2);
-    let mut bytes = frame.build();
-    if rng.random_bool(0.03) {
-        // Cut inside the transport header: the classifier must call it malformed.
-        let l4 = 14
-            + if v6 {
-                40 + if frame.hop_by_hop { 8 } else { 0 }
+    if v6 && rng.random_bool(0.08) {
+        // Extension chains, up to longer than the kernel follows.
+        frame.ext = (0..rng.random_range(1..=8))
+            .map(|_| rand_ext(rng))
+            .collect();
+    }
+    // Fragments: a few identifications, so datagrams collide now and then.
+    let id = rng.random_range(0..4u32);
+    match rng.random_range(0..100) {
+        0..=5 => {
+            datagrams.push((frame.clone(), id));
+            if datagrams.len() > 16 {
+                datagrams.remove(0);
+            }
+            frame = frame.fragment(id, 0, true);
+        }
+        6..=15 => {
+            // A later fragment, mostly of a datagram whose first fragment was sent: often
+            // one of the last few (under this policy, whose verdict is kept), else an
+            // older one (under a retired policy, whose verdict is not).
+            let n = datagrams.len();
+            let (base, id) = if n > 0 && rng.random_bool(0.8) {
+                let at = if rng.random_bool(0.6) {
+                    n - 1 - rng.random_range(0..n.min(3))
+                } else {
+                    rng.random_range(0..n)
+                };
+                datagrams[at].clone()
             } else {
-                20
+                (frame, id)
             };
-        bytes.truncate(l4 + rng.random_range(1..8));
+            let more = rng.random_bool(0.6);
+            frame = base.fragment(id, rng.random_range(1..200), more);
+        }
+        _ => {}
+    }
+    // A later fragment may belong to a datagram of the other family.
+    let v6 = frame.dst.is_ipv6();
+    let mut bytes = frame.build();
+    match rng.random_range(0..100) {
+        // Cut after the fixed IP header, in the extension chain or the transport header.
+        0..=3 => {
+            let min = 14 + if v6 { 40 } else { 20 };
+            let headers_end = bytes.len() - frame.payload.len();
+            if headers_end > min {
+                bytes.truncate(rng.random_range(min..headers_end));
+                // A cut among TCP options leaves the header readable: its checksum must
+                // still verify for the output comparison to mean anything.
+                finish_checksums(&mut bytes);
+            }
+        }
+        // An IP header the parser cannot read addresses from: the wrong version or (IPv4) a
+        // header length under 20 bytes.
+        4 => bytes[14] = (bytes[14] & 0x0f) | if v6 { 0x40 } else { 0x60 },
+        5 if !v6 => bytes[14] = 0x44,
+        _ => {}
     }
     bytes
 }
@@ -209,39 +281,11 @@ fn same_packet(kernel: &[u8], model: &[u8]) -> bool {
     kernel.len() == model.len() && checksums_valid(kernel) && {
         let mut k = kernel.to_vec();
         let mut m = model.to_vec();
-        zero_checksums(&mut k);
-        zero_checksums(&mut m);
+        for at in checksum_fields(model) {
+            k[at..at + 2].copy_from_slice(&[0xee, 0xee]);
+            m[at..at + 2].copy_from_slice(&[0xee, 0xee]);
+        }
         k == m
-    }
-}
-
-fn zero_checksums(f: &mut [u8]) {
-    let v6 = f[12..14] == [0x86, 0xdd];
-    let (l4, proto) = if v6 {
-        let mut off = 14 + 40;
-        let mut next = f[14 + 6];
-        if next == 0 {
-            next = f[off];
-            off += (usize::from(f[off + 1]) + 1) * 8;
-        }
-        (off, next)
-    } else {
-        f[14 + 10] = 0;
-        f[14 + 11] = 0;
-        (14 + usize::from(f[14] & 0xf) * 4, f[14 + 9])
-    };
-    let at = match proto {
-        6 => l4 + 16,
-        17 => l4 + 6,
-        58 => l4 + 2,
-        _ => return,
-    };
-    if at + 2 <= f.len() {
-        // A zero UDP checksum is meaningful (none); keep it distinguishable.
-        if !(proto == 17 && f[at] == 0 && f[at + 1] == 0) {
-            f[at] = 0xee;
-            f[at + 1] = 0xee;
-        }
     }
 }
 
@@ -289,11 +333,14 @@ fn kernel_matches_reference_on_random_policies_and_packets() {
     let mut compared = 0usize;
     let mut by_reason = BTreeMap::<&'static str, usize>::new();
     let mut families = [0usize; 2];
+    // First fragments sent and received so far, for later fragments to follow.
+    let (mut sent, mut received) = (Vec::new(), Vec::new());
     for round in 0..policies {
         let policy = rand_policy(&mut rng, &cgroups);
         dp.apply(&policy).unwrap_or_else(|e| {
             panic!("seed {seed} round {round}: apply failed: {e}\n{policy:#?}")
         });
+        model.policy_applied();
         let origin = Origin {
             mark: 0,
             cgroups: cgroups.clone(),
@@ -301,7 +348,7 @@ fn kernel_matches_reference_on_random_policies_and_packets() {
         let mut expected = BTreeMap::<(u32, Reason), u64>::new();
         let before = counters(&dp);
         for i in 0..PACKETS_PER_POLICY {
-            let frame = rand_frame(&mut rng, &policy, false);
+            let frame = rand_frame(&mut rng, &policy, false, &mut sent);
             let mark = if rng.random_bool(0.05) {
                 OWN_SOCKET_MARK
             } else {
@@ -346,7 +393,7 @@ fn kernel_matches_reference_on_random_policies_and_packets() {
             families[usize::from(frame.get(12..14) == Some(&[0x86, 0xdd][..]))] += 1;
 
             // The same inbound frame through the guard on both of its hooks; each counts it.
-            let frame = rand_frame(&mut rng, &policy, true);
+            let frame = rand_frame(&mut rng, &policy, true, &mut received);
             let want = model.uplink_xdp(&policy, &frame);
             for hook in GUARD_HOOKS {
                 let got = guard(&mut dp, hook, &frame);
@@ -389,10 +436,21 @@ fn kernel_matches_reference_on_random_policies_and_packets() {
         "bypass_udp_port",
         "drop_lockdown",
         "bypass_gateway",
+        "malformed",
+        "drop_unparsed",
+        "drop_fragment",
     ] {
         assert!(
             by_reason.get(reason).copied().unwrap_or(0) > 0 || policies < 50,
             "the random policies never produced {reason}"
         );
     }
+    eprintln!(
+        "later fragments that followed their first: {}",
+        model.fragments_followed()
+    );
+    assert!(
+        model.fragments_followed() > 0 || policies < 50,
+        "no later fragment found its first fragment's verdict"
+    );
 }

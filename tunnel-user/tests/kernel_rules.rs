@@ -5,10 +5,10 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use support::*;
-use tunnel_common::{CONN_NONE, OWN_SOCKET_MARK, Reason};
+use tunnel_common::{CONN_NONE, OWN_SOCKET_MARK, Reason, programs};
 use tunnel_user::datapath::{
     ConnPolicy, Datapath, Policy,
-    frames::{Frame, L4},
+    frames::{Ext, Fragment, Frame, L4},
     reference::checksums_valid,
 };
 
@@ -73,7 +73,8 @@ fn udp(src: IpAddr, dst: IpAddr, dport: u16) -> Vec<u8> {
     .build()
 }
 
-/// Runs one frame and checks action and the single counter it must bump.
+/// Runs one frame through the uplink egress classifier and checks action and the single
+/// counter it must bump.
 fn expect(
     dp: &mut Datapath,
     frame: &[u8],
@@ -82,10 +83,32 @@ fn expect(
     conn: u32,
     reason: Reason,
 ) -> TcRun {
+    expect_on(
+        dp,
+        programs::UPLINK_EGRESS_ETH,
+        frame,
+        mark,
+        action,
+        conn,
+        reason,
+    )
+}
+
+/// Runs one packet through the TC program `program` and checks action and the single
+/// counter it must bump.
+fn expect_on(
+    dp: &mut Datapath,
+    program: &'static str,
+    frame: &[u8],
+    mark: u32,
+    action: u32,
+    conn: u32,
+    reason: Reason,
+) -> TcRun {
     let before = counters(dp);
-    let run = egress(dp, frame, mark);
+    let run = tc_run(dp, program, frame, mark);
     let delta = counters(dp).since(&before);
-    assert_eq!(run.action, action, "action for {reason:?}");
+    assert_eq!(run.action, action, "{program}: action for {reason:?}");
     let cells = delta.nonzero();
     assert_eq!(cells.len(), 1, "exactly one counter moves, got {cells:?}");
     let (c, r, counter) = cells[0];
@@ -202,11 +225,6 @@ fn excludes_gateway_own_socket_and_unrouted_bypass() {
     arp[12] = 0x08;
     arp[13] = 0x06;
     expect(&mut dp, &arp, 0, TC_ACT_OK, CONN_NONE, Reason::BypassNotIp);
-    // A TCP header cut short (the kernel's test runner refuses frames with a truncated IP
-    // header before our program sees them).
-    let mut short = tcp(l4, ip("10.1.1.1"));
-    short.truncate(14 + 20 + 10);
-    expect(&mut dp, &short, 0, TC_ACT_OK, CONN_NONE, Reason::Malformed);
 }
 
 #[test]
@@ -643,4 +661,659 @@ fn a_refused_policy_changes_nothing() {
         0,
         Reason::Tunnel,
     );
+}
+
+// What the classifier cannot read, and fragments: never in clear where the policy could have
+// tunnelled or dropped the packet.
+
+const INCLUDED_V6: &str = "2001:db8:100:1::3";
+const EXCLUDED_V6: &str = "2001:db8:100:9::1";
+const OUTSIDE_V6: &str = "2001:db8:200::1";
+
+fn udp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Frame {
+    Frame::new(
+        src,
+        dst,
+        L4::Udp {
+            sport,
+            dport,
+            zero_checksum: false,
+        },
+    )
+}
+
+/// An IPv6 UDP frame behind `n` destination-options headers of 8 bytes.
+fn chain(src: IpAddr, dst: IpAddr, n: usize) -> Frame {
+    let mut f = udp_frame(src, dst, 40000, 53);
+    f.ext = vec![Ext::Options { kind: 60, units: 0 }; n];
+    f
+}
+
+/// An IPv6 UDP frame behind a routing header of 248 bytes, the kind an unprivileged socket
+/// may set (a segment routing header with 15 segments): the transport header starts past
+/// what the kernel reads.
+fn long_routing_header(src: IpAddr, dst: IpAddr) -> Frame {
+    let mut f = udp_frame(src, dst, 40000, 53);
+    f.ext = vec![Ext::Options {
+        kind: 43,
+        units: 30,
+    }];
+    f
+}
+
+/// The same frame with another source address.
+fn from(f: &Frame, src: IpAddr) -> Vec<u8> {
+    Frame { src, ..f.clone() }.build()
+}
+
+/// The same frame with another destination address.
+fn to(f: &Frame, dst: IpAddr) -> Vec<u8> {
+    Frame { dst, ..f.clone() }.build()
+}
+
+/// An IP header without readable addresses: IPv4 with a header length of 16 bytes, IPv6
+/// whose version field says 4.
+fn unreadable_ip_headers() -> [Vec<u8>; 2] {
+    let mut v4 = tcp(IpAddr::V4(LOCAL_V4), ip("10.1.2.3"));
+    v4[14] = 0x44;
+    let mut v6 = tcp(IpAddr::V6(LOCAL_V6), ip(INCLUDED_V6));
+    v6[14] = 0x40 | (v6[14] & 0x0f);
+    [v4, v6]
+}
+
+/// Runs `frame` through the guard on `hook` and checks its action and the one counter.
+fn expect_guard(
+    dp: &mut Datapath,
+    hook: Hook,
+    frame: &[u8],
+    action: u32,
+    conn: u32,
+    reason: Reason,
+) {
+    let before = counters(dp);
+    let got = guard(dp, hook, frame);
+    let cells = counters(dp).since(&before).nonzero();
+    assert_eq!(got, action, "{hook:?}: {reason:?}, counted {cells:?}");
+    assert_eq!(cells.len(), 1, "{hook:?}: one counter moves, got {cells:?}");
+    assert_eq!(
+        (cells[0].0.unwrap_or(CONN_NONE), cells[0].1),
+        (conn, reason),
+        "{hook:?}: counter cell"
+    );
+}
+
+#[test]
+fn without_readable_addresses_a_packet_is_dropped_while_a_policy_is_in_force() {
+    let Some(mut dp) =
+        load_or_skip("without_readable_addresses_a_packet_is_dropped_while_a_policy_is_in_force")
+    else {
+        return;
+    };
+    // A raw-IP link carries nothing but IP: another version is a broken IP packet.
+    let mut raw = raw_ip(&tcp(IpAddr::V4(LOCAL_V4), ip("10.1.2.3")));
+    raw[0] = 0x55;
+    // No connection and no lock-down: nothing to protect, the packet passes.
+    dp.apply(&Policy::default()).unwrap();
+    for f in unreadable_ip_headers() {
+        expect(&mut dp, &f, 0, TC_ACT_OK, CONN_NONE, Reason::Malformed);
+    }
+    expect_on(
+        &mut dp,
+        programs::UPLINK_EGRESS_IP,
+        &raw,
+        0,
+        TC_ACT_OK,
+        CONN_NONE,
+        Reason::Malformed,
+    );
+    // A device-level connection, lock-down alone, or a per-app rule alone: it could have been
+    // a packet to tunnel or to drop.
+    let lockdown_only = Policy {
+        lockdown: true,
+        ..Default::default()
+    };
+    let per_app_only = Policy {
+        device_conn: None,
+        apps: vec![tunnel_user::datapath::AppRule {
+            cgroup_id: u64::MAX - 1,
+            conn: 0,
+        }],
+        ..policy()
+    };
+    for p in [policy(), lockdown_only, per_app_only] {
+        dp.apply(&p).unwrap();
+        for f in unreadable_ip_headers() {
+            expect(&mut dp, &f, 0, TC_ACT_SHOT, CONN_NONE, Reason::DropUnparsed);
+            expect(
+                &mut dp,
+                &f,
+                OWN_SOCKET_MARK,
+                TC_ACT_SHOT,
+                CONN_NONE,
+                Reason::DropUnparsed,
+            );
+        }
+        expect_on(
+            &mut dp,
+            programs::UPLINK_EGRESS_IP,
+            &raw,
+            0,
+            TC_ACT_SHOT,
+            CONN_NONE,
+            Reason::DropUnparsed,
+        );
+    }
+    // The guard, anti-spoofing alone (no lock-down): what it cannot read might claim a
+    // tunnelled source.
+    dp.apply(&policy()).unwrap();
+    for hook in GUARD_HOOKS {
+        for f in unreadable_ip_headers() {
+            expect_guard(&mut dp, hook, &f, XDP_DROP, CONN_NONE, Reason::DropUnparsed);
+        }
+    }
+}
+
+#[test]
+fn an_unreadable_transport_header_never_leaves_in_clear_for_a_tunnelled_destination() {
+    let Some(mut dp) = load_or_skip(
+        "an_unreadable_transport_header_never_leaves_in_clear_for_a_tunnelled_destination",
+    ) else {
+        return;
+    };
+    let (l4, l6) = (IpAddr::V4(LOCAL_V4), IpAddr::V6(LOCAL_V6));
+    let seven = chain(l6, ip(INCLUDED_V6), 7);
+    let routing = long_routing_header(l6, ip(INCLUDED_V6));
+    let mut short_tcp = tcp(l4, ip("10.1.2.3"));
+    short_tcp.truncate(14 + 20 + 10);
+    let mut short_chain = chain(l6, ip(INCLUDED_V6), 2).build();
+    short_chain.truncate(14 + 40 + 8 + 1);
+    for p in [policy(), port_53()] {
+        dp.apply(&p).unwrap();
+        // Included: it can neither be translated nor checked against a port list. (Seven
+        // extension headers, a 248-byte routing header, a TCP header cut short, an extension
+        // header cut short.)
+        for f in [
+            seven.build(),
+            routing.build(),
+            short_tcp.clone(),
+            short_chain.clone(),
+        ] {
+            expect(&mut dp, &f, 0, TC_ACT_SHOT, 0, Reason::DropUnparsed);
+        }
+        // Six extension headers are read through: the packet is classified as usual.
+        expect(
+            &mut dp,
+            &chain(l6, ip(INCLUDED_V6), 6).build(),
+            0,
+            TC_ACT_REDIRECT,
+            0,
+            Reason::Tunnel,
+        );
+        // Where the address alone decides, it does: excluded, not included, the gateway, our
+        // own sockets.
+        for f in [&seven, &routing] {
+            let excluded = to(f, ip(EXCLUDED_V6));
+            let run = expect(&mut dp, &excluded, 0, TC_ACT_OK, 0, Reason::BypassExcluded);
+            assert_eq!(run.out, excluded, "bypassed untouched");
+            expect(
+                &mut dp,
+                &to(f, ip(OUTSIDE_V6)),
+                0,
+                TC_ACT_OK,
+                0,
+                Reason::BypassNotIncluded,
+            );
+            expect(
+                &mut dp,
+                &to(f, ip("2001:db8:100::5")),
+                0,
+                TC_ACT_OK,
+                CONN_NONE,
+                Reason::BypassGateway,
+            );
+            // (Another peer: its replies would be let in from now on.)
+            expect(
+                &mut dp,
+                &to(f, ip("2001:db8:100:2::1")),
+                OWN_SOCKET_MARK,
+                TC_ACT_OK,
+                CONN_NONE,
+                Reason::BypassOwnSocket,
+            );
+        }
+    }
+    // Lock-down: not included is dropped, excluded stays open.
+    dp.apply(&Policy {
+        lockdown: true,
+        ..policy()
+    })
+    .unwrap();
+    for f in [&seven, &routing] {
+        expect(
+            &mut dp,
+            &to(f, ip(OUTSIDE_V6)),
+            0,
+            TC_ACT_SHOT,
+            0,
+            Reason::DropLockdown,
+        );
+        expect(
+            &mut dp,
+            &to(f, ip(EXCLUDED_V6)),
+            0,
+            TC_ACT_OK,
+            0,
+            Reason::BypassExcluded,
+        );
+        expect(&mut dp, &f.build(), 0, TC_ACT_SHOT, 0, Reason::DropUnparsed);
+    }
+    // The guard (anti-spoofing, then lock-down too): from a source the tunnel owns it might be
+    // spoofed; from outside the tunnel it is judged by its source.
+    for p in [
+        policy(),
+        Policy {
+            lockdown: true,
+            ..policy()
+        },
+    ] {
+        dp.apply(&p).unwrap();
+        for hook in GUARD_HOOKS {
+            for f in [&seven, &routing] {
+                let spoofed = Frame {
+                    src: ip(INCLUDED_V6),
+                    dst: l6,
+                    ..f.clone()
+                };
+                expect_guard(
+                    &mut dp,
+                    hook,
+                    &spoofed.build(),
+                    XDP_DROP,
+                    0,
+                    Reason::DropUnparsed,
+                );
+                let outside = from(&spoofed, ip(OUTSIDE_V6));
+                if p.lockdown {
+                    expect_guard(&mut dp, hook, &outside, XDP_DROP, 0, Reason::DropLockdown);
+                } else {
+                    expect_guard(&mut dp, hook, &outside, XDP_PASS, 0, Reason::IngressPass);
+                }
+                let excluded = from(&spoofed, ip(EXCLUDED_V6));
+                expect_guard(&mut dp, hook, &excluded, XDP_PASS, 0, Reason::IngressPass);
+            }
+        }
+    }
+}
+
+/// Policy of the fragment cases: the connection's UDP port list is just 53.
+fn port_53() -> Policy {
+    let mut p = policy();
+    p.conns[0].udp_ports = Some("53".parse().unwrap());
+    p
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let Some(mut dp) = load_or_skip("later_fragments_follow_their_first_fragment") else {
+        return;
+    };
+    dp.apply(&port_53()).unwrap();
+    for (src, dst, tun) in [
+        (IpAddr::V4(LOCAL_V4), ip("10.1.2.3"), IpAddr::V4(TUN_V4)),
+        (IpAddr::V6(LOCAL_V6), ip(INCLUDED_V6), IpAddr::V6(TUN_V6)),
+    ] {
+        // A listed port: the first fragment is tunnelled, and so is every later one, with the
+        // same source address (its IP header alone is rewritten).
+        let dns = udp_frame(src, dst, 40000, 53);
+        let frags = dp.frag_count();
+        for (offset, more) in [(0, true), (100, true), (200, false)] {
+            let f = dns.clone().fragment(7, offset, more);
+            let run = expect(&mut dp, &f.build(), 0, TC_ACT_REDIRECT, 0, Reason::Tunnel);
+            assert_eq!(run.out, from(&f, tun), "fragment at {offset} in the tunnel");
+            assert!(checksums_valid(&run.out));
+            if more {
+                assert_eq!(dp.frag_count(), frags + 1, "the datagram is remembered");
+            }
+        }
+        assert_eq!(dp.frag_count(), frags, "the last fragment forgets it");
+        // An unlisted port: every fragment bypasses, untouched.
+        let other = udp_frame(src, dst, 40000, 5353);
+        for (offset, more) in [(0, true), (100, true), (200, false)] {
+            let f = other.clone().fragment(8, offset, more).build();
+            let run = expect(&mut dp, &f, 0, TC_ACT_OK, 0, Reason::BypassUdpPort);
+            assert_eq!(run.out, f);
+        }
+    }
+    // Lock-down: a datagram whose first fragment is dropped is dropped whole.
+    dp.apply(&Policy {
+        lockdown: true,
+        ..port_53()
+    })
+    .unwrap();
+    let blocked = udp_frame(IpAddr::V4(LOCAL_V4), ip("10.1.2.3"), 40000, 5353);
+    for (offset, more) in [(0, true), (100, false)] {
+        let f = blocked.clone().fragment(9, offset, more).build();
+        expect(&mut dp, &f, 0, TC_ACT_SHOT, 0, Reason::DropLockdown);
+    }
+}
+
+#[test]
+fn later_fragments_without_their_first_never_leave_in_clear() {
+    let Some(mut dp) = load_or_skip("later_fragments_without_their_first_never_leave_in_clear")
+    else {
+        return;
+    };
+    let (l4, l6) = (IpAddr::V4(LOCAL_V4), IpAddr::V6(LOCAL_V6));
+    dp.apply(&port_53()).unwrap();
+    // Under a UDP port list only the ports could tell, and they are in the first fragment.
+    let mut behind_options = udp_frame(l6, ip(INCLUDED_V6), 40000, 53);
+    behind_options.ext = vec![
+        Ext::Fragment(Fragment {
+            id: 11,
+            offset: 50,
+            more: true,
+        }),
+        Ext::Options { kind: 60, units: 0 },
+    ];
+    for f in [
+        udp_frame(l4, ip("10.1.2.3"), 40000, 53).fragment(10, 50, true),
+        udp_frame(l6, ip(INCLUDED_V6), 40000, 53).fragment(10, 50, false),
+        behind_options,
+    ] {
+        expect(&mut dp, &f.build(), 0, TC_ACT_SHOT, 0, Reason::DropFragment);
+    }
+    // TCP is not subject to the port list: tunnelled, its IP header translated.
+    let tcp_frag = Frame::new(
+        l4,
+        ip("10.1.2.3"),
+        L4::Tcp {
+            sport: 40000,
+            dport: 443,
+            flags: 0x10,
+            mss: None,
+        },
+    )
+    .fragment(12, 50, true);
+    let run = expect(
+        &mut dp,
+        &tcp_frag.build(),
+        0,
+        TC_ACT_REDIRECT,
+        0,
+        Reason::Tunnel,
+    );
+    assert_eq!(run.out, from(&tcp_frag, IpAddr::V4(TUN_V4)));
+    // Not included: the address decides.
+    let outside = udp_frame(l4, ip("172.16.0.1"), 40000, 53).fragment(13, 50, true);
+    expect(
+        &mut dp,
+        &outside.build(),
+        0,
+        TC_ACT_OK,
+        0,
+        Reason::BypassNotIncluded,
+    );
+    // Without a port list every fragment to an included destination is tunnelled.
+    dp.apply(&policy()).unwrap();
+    for (f, tun) in [
+        (
+            udp_frame(l4, ip("10.1.2.3"), 40000, 53).fragment(14, 50, true),
+            IpAddr::V4(TUN_V4),
+        ),
+        (
+            udp_frame(l6, ip(INCLUDED_V6), 40000, 53).fragment(14, 50, true),
+            IpAddr::V6(TUN_V6),
+        ),
+    ] {
+        let run = expect(&mut dp, &f.build(), 0, TC_ACT_REDIRECT, 0, Reason::Tunnel);
+        assert_eq!(run.out, from(&f, tun));
+        assert!(checksums_valid(&run.out));
+    }
+    assert_eq!(
+        dp.flow_count(),
+        0,
+        "a fragment without ports records no flow"
+    );
+    // Lock-down: not included is dropped.
+    dp.apply(&Policy {
+        lockdown: true,
+        ..port_53()
+    })
+    .unwrap();
+    expect(
+        &mut dp,
+        &outside.build(),
+        0,
+        TC_ACT_SHOT,
+        0,
+        Reason::DropLockdown,
+    );
+}
+
+/// The policy of the TUN device cases: the test runner's device (loopback) is connection
+/// 0's TUN device.
+fn on_test_device(mut p: Policy) -> Policy {
+    p.conns[0].tun_ifindex = TEST_RUN_IFINDEX;
+    p
+}
+
+#[test]
+fn tun_egress_applies_the_same_rules_to_what_is_routed_into_it() {
+    let Some(mut dp) = load_or_skip("tun_egress_applies_the_same_rules_to_what_is_routed_into_it")
+    else {
+        return;
+    };
+    dp.apply(&on_test_device(port_53())).unwrap();
+    let tun_egress = |dp: &mut Datapath, f: &[u8], action, reason| {
+        expect_on(dp, programs::TUN_EGRESS, &raw_ip(f), 0, action, 0, reason)
+    };
+    for (src, dst, tun) in [
+        (IpAddr::V4(LOCAL_V4), ip("10.1.2.3"), IpAddr::V4(TUN_V4)),
+        (IpAddr::V6(LOCAL_V6), ip(INCLUDED_V6), IpAddr::V6(TUN_V6)),
+    ] {
+        // A listed port: every fragment continues into this device, translated.
+        let dns = udp_frame(src, dst, 40000, 53);
+        for (offset, more) in [(0, true), (100, true), (200, false)] {
+            let f = dns.clone().fragment(21, offset, more);
+            let run = tun_egress(&mut dp, &f.build(), TC_ACT_OK, Reason::Tunnel);
+            assert_eq!(run.out, raw_ip(&from(&f, tun)), "fragment at {offset}");
+        }
+        // An unlisted port has no other route: every fragment is dropped.
+        let other = udp_frame(src, dst, 40000, 5353);
+        for (offset, more) in [(0, true), (100, false)] {
+            let f = other.clone().fragment(22, offset, more).build();
+            tun_egress(&mut dp, &f, TC_ACT_SHOT, Reason::DropUnroutable);
+        }
+        // A later fragment of a datagram never seen.
+        let orphan = dns.clone().fragment(23, 50, true).build();
+        tun_egress(&mut dp, &orphan, TC_ACT_SHOT, Reason::DropFragment);
+    }
+    let l6 = IpAddr::V6(LOCAL_V6);
+    for f in [
+        chain(l6, ip(INCLUDED_V6), 7),
+        long_routing_header(l6, ip(INCLUDED_V6)),
+    ] {
+        tun_egress(&mut dp, &f.build(), TC_ACT_SHOT, Reason::DropUnparsed);
+    }
+    let mut bad = raw_ip(&tcp(IpAddr::V4(LOCAL_V4), ip("10.1.2.3")));
+    bad[0] = 0x44;
+    expect_on(
+        &mut dp,
+        programs::TUN_EGRESS,
+        &bad,
+        0,
+        TC_ACT_SHOT,
+        0,
+        Reason::DropUnparsed,
+    );
+}
+
+#[test]
+fn tun_ingress_restores_every_fragment_of_a_reply() {
+    let Some(mut dp) = load_or_skip("tun_ingress_restores_every_fragment_of_a_reply") else {
+        return;
+    };
+    dp.apply(&on_test_device(policy())).unwrap();
+    let tun_ingress = |dp: &mut Datapath, f: &[u8], reason| {
+        expect_on(
+            dp,
+            programs::TUN_INGRESS,
+            &raw_ip(f),
+            0,
+            TC_ACT_OK,
+            0,
+            reason,
+        )
+    };
+    for (local, remote, tun) in [
+        (IpAddr::V4(LOCAL_V4), ip("10.1.2.3"), IpAddr::V4(TUN_V4)),
+        (IpAddr::V6(LOCAL_V6), ip(INCLUDED_V6), IpAddr::V6(TUN_V6)),
+    ] {
+        // The request records the flow.
+        let request = udp_frame(local, remote, 40000, 53).build();
+        expect(&mut dp, &request, 0, TC_ACT_REDIRECT, 0, Reason::Tunnel);
+        // Every fragment of the reply gets the original local address back.
+        let reply = udp_frame(remote, tun, 53, 40000);
+        for (offset, more) in [(0, true), (100, true), (200, false)] {
+            let f = reply.clone().fragment(31, offset, more);
+            let run = tun_ingress(&mut dp, &f.build(), Reason::ReplyRestored);
+            let restored = Frame {
+                dst: local,
+                ..f.clone()
+            };
+            assert_eq!(run.out, raw_ip(&restored.build()), "fragment at {offset}");
+        }
+        // A later fragment of a reply never seen is delivered as addressed.
+        let orphan = reply.clone().fragment(32, 100, false).build();
+        let run = tun_ingress(&mut dp, &orphan, Reason::ReplyNoFlow);
+        assert_eq!(run.out, raw_ip(&orphan));
+    }
+    // A reply whose transport header cannot be read is delivered as addressed.
+    let unreadable = chain(ip(INCLUDED_V6), IpAddr::V6(TUN_V6), 7).build();
+    let run = tun_ingress(&mut dp, &unreadable, Reason::Malformed);
+    assert_eq!(run.out, raw_ip(&unreadable));
+}
+
+#[test]
+fn the_guard_judges_later_fragments_by_address_and_reassembly_by_the_first() {
+    let Some(mut dp) =
+        load_or_skip("the_guard_judges_later_fragments_by_address_and_reassembly_by_the_first")
+    else {
+        return;
+    };
+    for (corp, local) in [
+        (ip("10.1.2.3"), IpAddr::V4(LOCAL_V4)),
+        (ip(INCLUDED_V6), IpAddr::V6(LOCAL_V6)),
+    ] {
+        for hook in GUARD_HOOKS {
+            dp.apply(&port_53()).unwrap();
+            // From a source the tunnel owns, under a port list: the first fragment is judged
+            // by its ports (53 is tunnelled, so arriving on the uplink it is spoofed); later
+            // ones pass, since the stack reassembles nothing without the first.
+            let first = |sport| {
+                udp_frame(corp, local, sport, 40000)
+                    .fragment(41, 0, true)
+                    .build()
+            };
+            expect_guard(&mut dp, hook, &first(53), XDP_DROP, 0, Reason::DropSpoofed);
+            expect_guard(
+                &mut dp,
+                hook,
+                &first(5353),
+                XDP_PASS,
+                0,
+                Reason::IngressPass,
+            );
+            let later = udp_frame(corp, local, 53, 40000)
+                .fragment(41, 100, false)
+                .build();
+            expect_guard(&mut dp, hook, &later, XDP_PASS, 0, Reason::IngressPass);
+            // Lock-down: either way the datagram is not let in.
+            dp.apply(&Policy {
+                lockdown: true,
+                ..port_53()
+            })
+            .unwrap();
+            expect_guard(&mut dp, hook, &later, XDP_DROP, 0, Reason::DropFragment);
+            // Without a port list the address alone says it is spoofed.
+            dp.apply(&policy()).unwrap();
+            expect_guard(&mut dp, hook, &later, XDP_DROP, 0, Reason::DropSpoofed);
+        }
+    }
+}
+
+#[test]
+fn a_later_fragment_never_follows_a_verdict_of_a_retired_policy() {
+    let Some(mut dp) = load_or_skip("a_later_fragment_never_follows_a_verdict_of_a_retired_policy")
+    else {
+        return;
+    };
+    let lockdown = Policy {
+        lockdown: true,
+        ..port_53()
+    };
+    for (src, dst) in [
+        (IpAddr::V4(LOCAL_V4), ip("10.1.2.3")),
+        (IpAddr::V6(LOCAL_V6), ip(INCLUDED_V6)),
+    ] {
+        dp.apply(&port_53()).unwrap();
+        // An unlisted port: the first fragment bypasses, and its verdict is kept...
+        let other = udp_frame(src, dst, 40000, 5353);
+        let first = other.clone().fragment(51, 0, true).build();
+        expect(&mut dp, &first, 0, TC_ACT_OK, 0, Reason::BypassUdpPort);
+        assert_eq!(dp.frag_count(), 1, "the datagram is remembered");
+        // ...until lock-down comes on: the rest of the datagram meets the new policy, and
+        // a datagram whose last fragment never came leaves nothing behind to follow.
+        dp.apply(&lockdown).unwrap();
+        assert_eq!(dp.frag_count(), 0, "the old policy's verdicts are retired");
+        let later = |offset| other.clone().fragment(51, offset, true).build();
+        expect(
+            &mut dp,
+            &later(100),
+            0,
+            TC_ACT_SHOT,
+            0,
+            Reason::DropFragment,
+        );
+        // Back in the slot the verdict was given in, still nothing to follow.
+        dp.apply(&lockdown).unwrap();
+        expect(
+            &mut dp,
+            &later(200),
+            0,
+            TC_ACT_SHOT,
+            0,
+            Reason::DropFragment,
+        );
+    }
+}
+
+#[test]
+fn ipv6_later_fragments_find_a_first_fragment_with_more_headers() {
+    let Some(mut dp) = load_or_skip("ipv6_later_fragments_find_a_first_fragment_with_more_headers")
+    else {
+        return;
+    };
+    dp.apply(&port_53()).unwrap();
+    // Destination options for the final destination travel behind the fragment header, in
+    // the first fragment only: the later fragments' header names them, not UDP.
+    for (id, dport, action, reason) in [
+        (61, 53, TC_ACT_REDIRECT, Reason::Tunnel),
+        (62, 5353, TC_ACT_OK, Reason::BypassUdpPort),
+    ] {
+        let mut dgram = udp_frame(IpAddr::V6(LOCAL_V6), ip(INCLUDED_V6), 40000, dport);
+        dgram.ext = vec![Ext::Options { kind: 60, units: 0 }];
+        for (offset, more) in [(0, true), (100, true), (200, false)] {
+            let f = dgram.clone().fragment(id, offset, more);
+            assert!(matches!(f.ext[0], Ext::Fragment(_)), "{:?}", f.ext);
+            let run = expect(&mut dp, &f.build(), 0, action, 0, reason);
+            let want = if reason == Reason::Tunnel {
+                from(&f, IpAddr::V6(TUN_V6))
+            } else {
+                f.build()
+            };
+            assert_eq!(run.out, want, "fragment at {offset}");
+        }
+        assert_eq!(dp.frag_count(), 0, "the last fragment forgets the datagram");
+    }
 }

@@ -10,7 +10,7 @@ mod support;
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Mutex, atomic::Ordering},
     time::Duration,
 };
@@ -21,10 +21,11 @@ use tunnel_user::{
     testbed::{
         SplitWorld,
         split::{CLIENT, CORP, CORP6, GATEWAY, TCP_PORT, TUN_V4, TUN_V6},
+        wire::{Capture, Datagram, NOBODY, segment_routing_header, send_unprivileged},
     },
 };
 
-/// Held by each test for its whole run. Both tests check kernel-wide state after they drop
+/// Held by each test for its whole run. Two tests check kernel-wide state after they drop
 /// the data path (nothing left on an interface, no program of ours still loaded). A process
 /// spawned by one test holds copies of all the binary's descriptors, the other test's bpf
 /// links included, until it execs: side by side, a test's detach could complete only after
@@ -377,4 +378,182 @@ fn datapath_end_to_end_in_namespaces() {
         assert!(pinned.is_empty(), "pinned objects left: {pinned:?}");
     }
     drop(w);
+}
+
+/// An IPv6 frame carrying a routing header, to an address in `net`.
+fn routed_v6_to(frame: &[u8], net: &ipnet::IpNet) -> bool {
+    frame.len() >= 14 + 40
+        && frame[12..14] == [0x86, 0xdd]
+        && frame[14 + 6] == 43
+        && net.contains(&IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&frame[14 + 24..14 + 40]).unwrap(),
+        )))
+}
+
+/// A fragment (IPv4 header fields, or an IPv6 fragment header right after the fixed one) of
+/// a datagram to `dst`.
+fn fragment_to(frame: &[u8], dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V4(d) => {
+            frame.len() >= 14 + 20
+                && frame[12..14] == [0x08, 0x00]
+                && frame[14 + 16..14 + 20] == d.octets()
+                && u16::from_be_bytes([frame[14 + 6], frame[14 + 7]]) & 0x3fff != 0
+        }
+        IpAddr::V6(d) => {
+            frame.len() >= 14 + 40
+                && frame[12..14] == [0x86, 0xdd]
+                && frame[14 + 6] == 44
+                && frame[14 + 24..14 + 40] == d.octets()
+        }
+    }
+}
+
+/// An unprivileged user (nobody, no capabilities) tries to get packets to tunnelled
+/// destinations onto the uplink in clear, and a capture on the far end of the uplink shows
+/// none arrive, with and without lock-down: UDP behind a 248-byte segment routing header
+/// (which any socket may set, and which puts the transport header past what the classifier
+/// reads), and UDP datagrams larger than the MTU under a UDP port list (whose later
+/// fragments carry no ports). The same packets to an excluded destination are captured:
+/// the capture would have seen them. To a destination the policy does not include they
+/// are captured without lock-down and not with it.
+#[test]
+fn unprivileged_senders_get_nothing_to_a_tunnelled_destination_in_clear() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIP unprivileged_senders_get_nothing_to_a_tunnelled_destination_in_clear: needs root"
+        );
+        return;
+    }
+    let w = SplitWorld::build(&format!("tdu{}", std::process::id())).unwrap();
+    let mut dp = Datapath::load().unwrap();
+    let (_uplink, _tun, tun_ifindex) = w
+        .client
+        .enter(|| {
+            let up = dp.attach_uplink("up0")?;
+            let tun = dp.attach_tun("tun0")?;
+            Ok::<_, tunnel_user::DatapathError>((up, tun, tunnel_user::datapath::ifindex("tun0")?))
+        })
+        .unwrap()
+        .unwrap();
+    let excluded_v6: ipnet::IpNet = "fd00:100::9:0/112".parse().unwrap();
+    let mut conn = tunnelled(tun_ifindex);
+    conn.exclude.push(excluded_v6);
+    let device = Policy {
+        gateways: vec![GATEWAY.parse().unwrap()],
+        device_conn: Some(0),
+        conns: vec![conn],
+        ..Default::default()
+    };
+    let corp_v6: ipnet::IpNet = "fd00:100::/64".parse().unwrap();
+    let (corp4, corp6): (IpAddr, IpAddr) = (CORP.parse().unwrap(), CORP6.parse().unwrap());
+    let (lan4, lan6): (IpAddr, IpAddr) = (
+        "172.31.9.1".parse().unwrap(),
+        "fd00:100::9:1".parse().unwrap(),
+    );
+    // Neither included nor excluded: outside the tunnel, reached by the default route.
+    let (out4, out6): (IpAddr, IpAddr) = (
+        "172.16.0.1".parse().unwrap(),
+        "fd00:300::1".parse().unwrap(),
+    );
+    let outside_v6: ipnet::IpNet = "fd00:300::/64".parse().unwrap();
+    let routed = |dst: IpAddr| Datagram {
+        to: SocketAddr::new(dst, 5000),
+        len: 64,
+        ipv6_rthdr: match dst {
+            IpAddr::V6(a) => Some(segment_routing_header(a, 15)),
+            IpAddr::V4(_) => None,
+        },
+    };
+    let large = |dst: IpAddr| Datagram {
+        to: SocketAddr::new(dst, 5000),
+        len: 3000,
+        ipv6_rthdr: None,
+    };
+    for lockdown in [true, false] {
+        dp.apply(&Policy {
+            lockdown,
+            ..device.clone()
+        })
+        .unwrap();
+        let capture = Capture::start(&w.lan, "lan0").unwrap();
+        let before = counters(&dp);
+        let uid = send_unprivileged(
+            &w.client,
+            &[
+                routed(corp6),
+                large(corp4),
+                large(corp6),
+                // The controls: the same kinds of packet to excluded destinations.
+                routed(lan6),
+                large(lan4),
+                large(lan6),
+                // Outside the tunnel: lock-down's business.
+                routed(out6),
+                large(out4),
+                large(out6),
+            ],
+        )
+        .unwrap();
+        assert_eq!(uid, NOBODY.to_string(), "sent by nobody");
+        std::thread::sleep(Duration::from_millis(800));
+        let d = counters(&dp).since(&before);
+        let ctx = format!("lock-down {lockdown}: {:?}", d.nonzero());
+        assert_eq!(
+            capture.count(|f| routed_v6_to(f, &corp_v6) && !routed_v6_to(f, &excluded_v6)),
+            0,
+            "routing-header packets to a tunnelled destination on the wire ({ctx})"
+        );
+        assert_eq!(
+            capture.count(|f| fragment_to(f, corp4)),
+            0,
+            "IPv4 fragments to a tunnelled destination on the wire ({ctx})"
+        );
+        assert_eq!(
+            capture.count(|f| fragment_to(f, corp6)),
+            0,
+            "IPv6 fragments to a tunnelled destination on the wire ({ctx})"
+        );
+        assert_eq!(
+            d.get(0, Reason::DropUnparsed).packets,
+            1,
+            "the routing-header packet was dropped ({ctx})"
+        );
+        // The controls reached the wire: the capture would have seen the others.
+        assert_eq!(capture.count(|f| routed_v6_to(f, &excluded_v6)), 1, "{ctx}");
+        assert!(capture.count(|f| fragment_to(f, lan4)) >= 3, "{ctx}");
+        assert!(capture.count(|f| fragment_to(f, lan6)) >= 3, "{ctx}");
+        let outside = [
+            capture.count(|f| routed_v6_to(f, &outside_v6)),
+            capture.count(|f| fragment_to(f, out4)),
+            capture.count(|f| fragment_to(f, out6)),
+        ];
+        if lockdown {
+            assert_eq!(
+                outside,
+                [0, 0, 0],
+                "outside the tunnel under lock-down ({ctx})"
+            );
+            // (The guard counts its own lock-down drops in the same cell.)
+            assert!(d.get(0, Reason::DropLockdown).packets >= 1 + 3 + 3, "{ctx}");
+        } else {
+            assert!(
+                outside[0] == 1 && outside[1] >= 3 && outside[2] >= 3,
+                "outside the tunnel without lock-down: {outside:?} ({ctx})"
+            );
+        }
+    }
+    // Every fragment of a datagram to a listed port goes through the tunnel, so the corp
+    // server gets the whole datagram and answers.
+    dp.apply(&device).unwrap();
+    assert_eq!(
+        w.who_answers_udp_sized(CORP, 5000, 3000).as_deref(),
+        Some("corp")
+    );
+    assert_eq!(
+        w.who_answers_udp_sized(CORP6, 5000, 3000).as_deref(),
+        Some("corp")
+    );
 }

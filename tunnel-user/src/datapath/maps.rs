@@ -1,6 +1,6 @@
 //! Typed handles over every map of the eBPF object, and the atomic policy swap on top of them:
 //! write the inactive slot, flip [`tunnel_common::maps::ACTIVE_SLOT`], wait for an RCU grace
-//! period, clear the old slot. A failure while writing removes what was written and leaves the
+//! period, clear the old slot and the fragment verdicts given under it. A failure while writing removes what was written and leaves the
 //! active slot untouched, so a policy is applied whole or not at all.
 
 use aya::{
@@ -8,9 +8,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use tunnel_common::{
-    AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, NUM_REASONS, POLICY_SLOTS,
-    ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4, RouteKeyV6, SlotConfig, conn_index, counter_index,
-    maps as names, udp_port_word,
+    AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, FragKey, FragVerdict,
+    MAX_FRAG_DATAGRAMS, NUM_REASONS, POLICY_SLOTS, ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4,
+    RouteKeyV6, SlotConfig, conn_index, counter_index, maps as names, udp_port_word,
 };
 
 use super::{
@@ -30,6 +30,7 @@ pub struct Maps {
     udp_ports: Array<MapData, u64>,
     tun_ifaces: HashMap<MapData, u32, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    frags: HashMap<MapData, FragKey, FragVerdict>,
     counters: PerCpuArray<MapData, Counter>,
 }
 
@@ -59,6 +60,7 @@ impl Maps {
             udp_ports: take(ebpf, names::UDP_PORTS)?,
             tun_ifaces: take(ebpf, names::TUN_IFACES)?,
             flows: take(ebpf, names::FLOWS)?,
+            frags: take(ebpf, names::FRAGS)?,
             counters: take(ebpf, names::COUNTERS)?,
         })
     }
@@ -218,7 +220,36 @@ impl Maps {
             }
             self.clear_slot(old, current)?;
         }
+        self.retire_frags(old)?;
         Ok(new)
+    }
+
+    /// Removes the fragment verdicts given under `slot`'s policy. Called once no program
+    /// reads that slot any more, so none can be added behind it: a later fragment never
+    /// follows a verdict of a retired policy (lock-down turned on, a connection gone).
+    fn retire_frags(&mut self, slot: u32) -> Result<(), DatapathError> {
+        let stale: Vec<FragKey> = self
+            .frags
+            .keys()
+            // A key removed under the walk restarts it from the first; the bound keeps
+            // that from going on while the programs churn the table.
+            .take(2 * MAX_FRAG_DATAGRAMS as usize)
+            .filter_map(Result::ok)
+            .filter(|k| u32::from(k.slot) == slot)
+            .collect();
+        for key in stale {
+            match self.frags.remove(&key) {
+                // The LRU may have evicted it, or its last fragment taken it out, meanwhile.
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(DatapathError::Map {
+                        name: names::FRAGS,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sums the per-CPU counters into a table.
@@ -245,6 +276,11 @@ impl Maps {
     /// Number of entries in the NAT flow table.
     pub fn flow_count(&self) -> usize {
         self.flows.keys().filter(Result::is_ok).count()
+    }
+
+    /// Fragmented datagrams whose first fragment's verdict is kept for the rest.
+    pub fn frag_count(&self) -> usize {
+        self.frags.keys().filter(Result::is_ok).count()
     }
 }
 
@@ -349,5 +385,32 @@ impl std::fmt::Display for CounterTable {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_every_reason_it_counts() {
+        let mut rows = vec![[Counter::default(); NUM_REASONS as usize]; CONN_NONE as usize + 1];
+        for (i, reason) in Reason::ALL.into_iter().enumerate() {
+            rows[CONN_NONE as usize][reason as usize] = Counter {
+                packets: i as u64 + 1,
+                bytes: 100,
+            };
+        }
+        let table = CounterTable { rows };
+        let shown = table.to_string();
+        for reason in Reason::ALL {
+            assert!(
+                shown.contains(reason.name()),
+                "{reason:?} missing:\n{shown}"
+            );
+            assert_eq!(table.get(CONN_NONE, reason).packets, reason as u64 + 1);
+        }
+        assert!(shown.contains("drop_unparsed") && shown.contains("drop_fragment"));
+        assert_eq!(table.nonzero().len(), Reason::ALL.len());
     }
 }

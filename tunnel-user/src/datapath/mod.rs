@@ -220,6 +220,11 @@ impl Datapath {
         self.maps.flow_count()
     }
 
+    /// Fragmented datagrams in flight: first fragments whose verdict waits for the rest.
+    pub fn frag_count(&self) -> usize {
+        self.maps.frag_count()
+    }
+
     /// Attaches the classifier (TC egress) and the guard to an uplink, the guard on the hook
     /// [`GuardHook::for_uplink`] chooses.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<UplinkAttachment, DatapathError> {

@@ -4,10 +4,11 @@
 //! through both and require the same verdict, reason, connection and output bytes.
 //!
 //! Covered hooks: the uplink egress classifier (Ethernet) and the uplink XDP guard. The model
-//! keeps the one piece of state those hooks share: the peers of our own sockets.
+//! keeps the state those hooks keep: the peers of our own sockets, and the verdict of each
+//! fragmented datagram's first fragment, which its later fragments follow.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -26,10 +27,42 @@ pub struct Outcome {
     pub redirect_ifindex: Option<u32>,
 }
 
-/// The model's state: peers our own sockets sent to (lock-down lets their replies in).
+/// The model's state: peers our own sockets sent to (lock-down lets their replies in), and
+/// what the first fragment of each fragmented datagram got on egress.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     own_peers: HashSet<IpAddr>,
+    first_fragments: HashMap<Datagram, FirstFragment>,
+    followed: usize,
+}
+
+/// What a first fragment got, and the tunnel address it was translated to.
+#[derive(Clone, Debug)]
+struct FirstFragment {
+    out: Outcome,
+    tunnel_src: Option<IpAddr>,
+}
+
+/// A fragmented datagram's identity: source, destination, identification and, for IPv4,
+/// protocol (IPv6 names none: its first fragment may carry extension headers the later
+/// ones do not).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Datagram {
+    src: IpAddr,
+    dst: IpAddr,
+    id: u32,
+    proto: Option<u8>,
+}
+
+impl Datagram {
+    fn of(p: &Parsed) -> Datagram {
+        Datagram {
+            src: p.src,
+            dst: p.dst,
+            id: p.frag_id,
+            proto: (!p.v6).then_some(p.proto),
+        }
+    }
 }
 
 /// Where a packet's socket sits: its cgroup id and its ancestors, deepest first.
@@ -37,6 +70,38 @@ pub struct Model {
 pub struct Origin {
     pub mark: u32,
     pub cgroups: Vec<u64>,
+}
+
+/// Whether the transport header was read (the kernel's `packet::Transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Read,
+    InFirstFragment,
+    Unreadable,
+}
+
+/// Where a packet stands in its datagram (the kernel's `packet::Frag`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Frag {
+    Whole,
+    First,
+    Middle,
+    Last,
+}
+
+impl Frag {
+    fn of(offset_nonzero: bool, more: bool) -> Frag {
+        match (offset_nonzero, more) {
+            (false, false) => Frag::Whole,
+            (false, true) => Frag::First,
+            (true, true) => Frag::Middle,
+            (true, false) => Frag::Last,
+        }
+    }
+
+    fn is_later(self) -> bool {
+        matches!(self, Frag::Middle | Frag::Last)
+    }
 }
 
 struct Parsed {
@@ -48,9 +113,22 @@ struct Parsed {
     dst: IpAddr,
     sport: u16,
     dport: u16,
-    has_l4: bool,
+    transport: Transport,
+    frag: Frag,
+    frag_id: u32,
     syn: bool,
     icmp_type: u8,
+}
+
+impl Parsed {
+    fn has_l4(&self) -> bool {
+        self.transport == Transport::Read
+    }
+
+    /// UDP, or an IPv6 later fragment whose fragment header names another extension header.
+    fn may_be_udp(&self) -> bool {
+        self.proto == UDP || (self.v6 && is_ext_header(self.proto))
+    }
 }
 
 enum Parse {
@@ -63,6 +141,14 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
+/// The kernel follows at most this many IPv6 extension headers...
+const MAX_EXT_HEADERS: usize = 6;
+/// ...and reads no header that starts past this offset into the frame.
+const MAX_HEADER_OFF: usize = 256;
+
+fn is_ext_header(proto: u8) -> bool {
+    matches!(proto, 0 | 43 | 44 | 51 | 60)
+}
 
 fn parse_frame(frame: &[u8]) -> Parse {
     if frame.len() < 14 {
@@ -83,7 +169,8 @@ fn parse_v4(f: &[u8], l3: usize) -> Parse {
     if h[0] >> 4 != 4 || ihl < 20 {
         return Parse::Malformed;
     }
-    let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    let flags = u16::from_be_bytes([h[6], h[7]]);
+    let frag = Frag::of(flags & 0x1fff != 0, flags & 0x2000 != 0);
     let mut p = Parsed {
         l3,
         l4: l3 + ihl,
@@ -93,12 +180,14 @@ fn parse_v4(f: &[u8], l3: usize) -> Parse {
         dst: IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
         sport: 0,
         dport: 0,
-        has_l4: frag_offset == 0,
+        transport: Transport::InFirstFragment,
+        frag,
+        frag_id: u32::from(u16::from_be_bytes([h[4], h[5]])),
         syn: false,
         icmp_type: 0,
     };
-    if p.has_l4 && !parse_l4(f, &mut p) {
-        return Parse::Malformed;
+    if !frag.is_later() {
+        p.transport = parse_l4(f, &mut p);
     }
     Parse::Ip(p)
 }
@@ -110,76 +199,86 @@ fn parse_v6(f: &[u8], l3: usize) -> Parse {
     if h[0] >> 4 != 6 {
         return Parse::Malformed;
     }
-    let src = IpAddr::V6(Ipv6Addr::from(
-        <[u8; 16]>::try_from(&h[8..24]).unwrap_or_default(),
-    ));
-    let dst = IpAddr::V6(Ipv6Addr::from(
-        <[u8; 16]>::try_from(&h[24..40]).unwrap_or_default(),
-    ));
-    let mut next = h[6];
-    let mut off = l3 + 40;
-    let mut has_l4 = true;
-    // The kernel follows at most 6 extension headers and never past offset 256.
-    for _ in 0..6 {
-        let len = match next {
-            0 | 43 | 60 => match f.get(off..off + 2) {
-                Some(x) => (usize::from(x[1]) + 1) * 8,
-                None => return Parse::Malformed,
-            },
-            51 => match f.get(off..off + 2) {
-                Some(x) => (usize::from(x[1]) + 2) * 4,
-                None => return Parse::Malformed,
-            },
-            44 => match f.get(off..off + 4) {
-                Some(x) => {
-                    if u16::from_be_bytes([x[2], x[3]]) & 0xfff8 != 0 {
-                        has_l4 = false;
-                    }
-                    8
-                }
-                None => return Parse::Malformed,
-            },
-            _ => break,
-        };
-        next = f[off];
-        off += len;
-        if off > 256 {
-            return Parse::Malformed;
-        }
-    }
+    let addr = |at: usize| {
+        IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&h[at..at + 16]).unwrap_or_default(),
+        ))
+    };
     let mut p = Parsed {
         l3,
-        l4: off,
+        l4: l3 + 40,
         v6: true,
-        proto: next,
-        src,
-        dst,
+        proto: h[6],
+        src: addr(8),
+        dst: addr(24),
         sport: 0,
         dport: 0,
-        has_l4,
+        transport: Transport::Unreadable,
+        frag: Frag::Whole,
+        frag_id: 0,
         syn: false,
         icmp_type: 0,
     };
-    if p.has_l4 && !parse_l4(f, &mut p) {
-        return Parse::Malformed;
+    let mut next = h[6];
+    let mut off = l3 + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            0 | 43 | 60 | 51 => {
+                let Some(x) = f.get(off..off + 2) else {
+                    return Parse::Ip(p);
+                };
+                let len = if next == 51 {
+                    (usize::from(x[1]) + 2) * 4
+                } else {
+                    (usize::from(x[1]) + 1) * 8
+                };
+                next = x[0];
+                off += len;
+            }
+            44 => {
+                let Some(x) = f.get(off..off + 8) else {
+                    return Parse::Ip(p);
+                };
+                let field = u16::from_be_bytes([x[2], x[3]]);
+                next = x[0];
+                off += 8;
+                p.frag_id = u32::from_be_bytes([x[4], x[5], x[6], x[7]]);
+                p.frag = Frag::of(field & 0xfff8 != 0, field & 1 != 0);
+                if p.frag.is_later() {
+                    p.proto = next;
+                    p.l4 = off;
+                    p.transport = Transport::InFirstFragment;
+                    return Parse::Ip(p);
+                }
+            }
+            _ => break,
+        }
+        if off > MAX_HEADER_OFF {
+            return Parse::Ip(p);
+        }
     }
+    if is_ext_header(next) {
+        return Parse::Ip(p);
+    }
+    p.proto = next;
+    p.l4 = off;
+    p.transport = parse_l4(f, &mut p);
     Parse::Ip(p)
 }
 
-fn parse_l4(f: &[u8], p: &mut Parsed) -> bool {
+fn parse_l4(f: &[u8], p: &mut Parsed) -> Transport {
     let need = match p.proto {
         TCP => 20,
         UDP => 8,
         ICMP if !p.v6 => 8,
         ICMPV6 if p.v6 => 8,
-        _ => return true,
+        _ => return Transport::Read,
     };
-    // The kernel never reads past offset 256 + header size.
-    if p.l4 > 256 {
-        return false;
+    if p.l4 > MAX_HEADER_OFF {
+        return Transport::Unreadable;
     }
     let Some(h) = f.get(p.l4..p.l4 + need) else {
-        return false;
+        return Transport::Unreadable;
     };
     match p.proto {
         TCP | UDP => {
@@ -197,7 +296,7 @@ fn parse_l4(f: &[u8], p: &mut Parsed) -> bool {
             }
         }
     }
-    true
+    Transport::Read
 }
 
 /// The far end, its port and our port, whichever way the packet goes.
@@ -208,10 +307,13 @@ struct Oriented {
 }
 
 fn link_control(p: &Parsed, o: &Oriented) -> bool {
-    if p.proto == UDP && p.has_l4 {
+    if !p.has_l4() {
+        return false;
+    }
+    if p.proto == UDP {
         return matches!((o.remote_port, o.local_port), (67, 68) | (547, 546));
     }
-    p.v6 && p.proto == ICMPV6 && p.has_l4 && (133..=137).contains(&p.icmp_type)
+    p.v6 && p.proto == ICMPV6 && (133..=137).contains(&p.icmp_type)
 }
 
 fn family_matches(net: &ipnet::IpNet, addr: &IpAddr) -> bool {
@@ -268,11 +370,23 @@ fn decide<'a>(
     {
         return (Reason::BypassNotIncluded, Some(conn));
     }
-    if p.proto == UDP
-        && let Some(ports) = &conn.udp_ports
-        && !ports.contains(o.remote_port)
-    {
-        return (Reason::BypassUdpPort, Some(conn));
+    match p.transport {
+        Transport::Read => {
+            if p.proto == UDP
+                && let Some(ports) = &conn.udp_ports
+                && !ports.contains(o.remote_port)
+            {
+                return (Reason::BypassUdpPort, Some(conn));
+            }
+        }
+        // Only the ports in the first fragment could tell: never in clear.
+        Transport::InFirstFragment => {
+            if conn.udp_ports.is_some() && p.may_be_udp() {
+                return (Reason::DropFragment, Some(conn));
+            }
+        }
+        // Included, but neither translatable nor checkable against the port list.
+        Transport::Unreadable => return (Reason::DropUnparsed, Some(conn)),
     }
     (Reason::Tunnel, Some(conn))
 }
@@ -289,14 +403,44 @@ fn with_lockdown(policy: &Policy, reason: Reason) -> Reason {
     }
 }
 
+/// Whether any policy is in force (the kernel's `SlotConfig::enforces`).
+fn enforces(policy: &Policy) -> bool {
+    policy.lockdown || policy.device_conn.is_some() || !policy.apps.is_empty()
+}
+
 impl Model {
+    /// A new policy is in force: no later fragment follows a verdict given under the old
+    /// one (the data path retires them with the old slot).
+    pub fn policy_applied(&mut self) {
+        self.first_fragments.clear();
+    }
+
+    /// How many later fragments so far found their first fragment's verdict.
+    pub fn fragments_followed(&self) -> usize {
+        self.followed
+    }
+
     /// The uplink TC egress classifier on an Ethernet frame.
     pub fn uplink_egress(&mut self, policy: &Policy, frame: &[u8], origin: &Origin) -> Outcome {
         let p = match parse_frame(frame) {
             Parse::Ip(p) => p,
             Parse::NotIp => return outcome(Reason::BypassNotIp, None),
+            Parse::Malformed if enforces(policy) => return outcome(Reason::DropUnparsed, None),
             Parse::Malformed => return outcome(Reason::Malformed, None),
         };
+        if origin.mark == OWN_SOCKET_MARK {
+            self.own_peers.insert(p.dst);
+            return outcome(Reason::BypassOwnSocket, None);
+        }
+        if p.frag.is_later()
+            && let Some(first) = self.first_fragments.get(&Datagram::of(&p)).cloned()
+        {
+            if p.frag == Frag::Last {
+                self.first_fragments.remove(&Datagram::of(&p));
+            }
+            self.followed += 1;
+            return follow(frame, &p, first);
+        }
         let o = Oriented {
             remote: p.dst,
             remote_port: p.dport,
@@ -305,13 +449,20 @@ impl Model {
         let cgroups = (!policy.apps.is_empty()).then_some(origin.cgroups.as_slice());
         let (reason, conn) = decide(policy, &p, &o, origin.mark, cgroups);
         let reason = with_lockdown(policy, reason);
-        if reason == Reason::BypassOwnSocket {
-            self.own_peers.insert(p.dst);
-        }
         let mut out = outcome(reason, conn.map(|c| c.id));
+        let mut tunnel_src = None;
         if let (Reason::Tunnel, Some(conn)) = (reason, conn) {
-            out.rewritten = Some(translate(frame, &p, conn));
+            let src = tunnel_addr(&p, conn);
+            out.rewritten = Some(translate(frame, &p, src, conn.mtu));
             out.redirect_ifindex = Some(conn.tun_ifindex);
+            tunnel_src = Some(src);
+        }
+        if p.frag == Frag::First {
+            let first = FirstFragment {
+                out: out.clone(),
+                tunnel_src,
+            };
+            self.first_fragments.insert(Datagram::of(&p), first);
         }
         out
     }
@@ -327,8 +478,7 @@ impl Model {
         let p = match parse_frame(frame) {
             Parse::Ip(p) => p,
             Parse::NotIp => return outcome(Reason::BypassNotIp, None),
-            Parse::Malformed if lockdown => return outcome(Reason::DropLockdown, None),
-            Parse::Malformed => return outcome(Reason::Malformed, None),
+            Parse::Malformed => return outcome(Reason::DropUnparsed, None),
         };
         if self.own_peers.contains(&p.src) {
             return outcome(Reason::BypassOwnSocket, None);
@@ -343,6 +493,8 @@ impl Model {
         let conn = conn.map(|c| c.id);
         let reason = match reason.verdict() {
             VerdictKind::Tunnel => Reason::DropSpoofed,
+            // Reassembly needs the first fragment, which was judged with its ports.
+            VerdictKind::Drop if reason == Reason::DropFragment && !lockdown => Reason::IngressPass,
             VerdictKind::Drop => reason,
             VerdictKind::Bypass => match reason {
                 Reason::BypassGateway | Reason::BypassLinkControl => reason,
@@ -351,6 +503,18 @@ impl Model {
         };
         outcome(reason, conn)
     }
+}
+
+/// A later fragment gets what its first fragment got: the same counter cell and action, and
+/// the same source address in the tunnel.
+fn follow(frame: &[u8], p: &Parsed, first: FirstFragment) -> Outcome {
+    let mut out = outcome(first.out.reason, first.out.conn);
+    if let Some(src) = first.tunnel_src {
+        // No transport header, so no MSS to clamp.
+        out.rewritten = Some(translate(frame, p, src, 0));
+        out.redirect_ifindex = first.out.redirect_ifindex;
+    }
+    out
 }
 
 fn outcome(reason: Reason, conn: Option<ConnId>) -> Outcome {
@@ -362,23 +526,27 @@ fn outcome(reason: Reason, conn: Option<ConnId>) -> Outcome {
     }
 }
 
-/// The frame with its source replaced by the tunnel address, the MSS clamped, and every
-/// checksum recomputed from scratch.
-fn translate(frame: &[u8], p: &Parsed, conn: &ConnPolicy) -> Vec<u8> {
-    let mut f = frame.to_vec();
-    let new_src: IpAddr = if p.v6 {
+/// The connection's tunnel address of the packet's family.
+fn tunnel_addr(p: &Parsed, conn: &ConnPolicy) -> IpAddr {
+    if p.v6 {
         IpAddr::V6(conn.tun_v6.unwrap_or(Ipv6Addr::UNSPECIFIED))
     } else {
         IpAddr::V4(conn.tun_v4.unwrap_or(Ipv4Addr::UNSPECIFIED))
-    };
+    }
+}
+
+/// The frame with its source replaced by `new_src`, the MSS clamped to `mtu`, and every
+/// checksum recomputed from scratch (a later fragment has only the IPv4 header's).
+fn translate(frame: &[u8], p: &Parsed, new_src: IpAddr, mtu: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
     let src_changed = !same_addr(&new_src, &p.src);
     match new_src {
         IpAddr::V4(a) => f[p.l3 + 12..p.l3 + 16].copy_from_slice(&a.octets()),
         IpAddr::V6(a) => f[p.l3 + 8..p.l3 + 24].copy_from_slice(&a.octets()),
     }
     let mut mss_changed = false;
-    if p.proto == TCP && p.syn && p.has_l4 {
-        mss_changed = clamp_mss(&mut f, p, u32::from(conn.mtu));
+    if p.proto == TCP && p.syn && p.has_l4() {
+        mss_changed = clamp_mss(&mut f, p, u32::from(mtu));
     }
     if !src_changed && !mss_changed {
         return frame.to_vec();
@@ -386,7 +554,7 @@ fn translate(frame: &[u8], p: &Parsed, conn: &ConnPolicy) -> Vec<u8> {
     if !p.v6 {
         fix_ipv4_header_checksum(&mut f, p.l3);
     }
-    if p.has_l4 {
+    if p.has_l4() {
         fix_l4_checksum(&mut f, p, src_changed);
     }
     f
@@ -543,7 +711,7 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
             return false;
         }
     }
-    if !p.has_l4 {
+    if !p.has_l4() {
         return true;
     }
     let csum_at = match p.proto {
@@ -574,7 +742,7 @@ pub fn finish_checksums(frame: &mut [u8]) {
     if !p.v6 {
         fix_ipv4_header_checksum(frame, p.l3);
     }
-    if !p.has_l4 {
+    if !p.has_l4() {
         return;
     }
     let csum_at = match p.proto {
@@ -601,4 +769,32 @@ pub fn finish_checksums(frame: &mut [u8]) {
         c = 0xffff;
     }
     frame[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Offsets of the checksum fields in a frame that a translation rewrites: the IPv4 header's,
+/// and the transport header's where it was read (not IPv4 UDP's zero, "no checksum"). Used
+/// to compare kernel and model output apart from how each computed its checksums.
+pub fn checksum_fields(frame: &[u8]) -> Vec<usize> {
+    let Parse::Ip(p) = parse_frame(frame) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if !p.v6 {
+        out.push(p.l3 + 10);
+    }
+    if p.has_l4() {
+        let at = match p.proto {
+            TCP => Some(p.l4 + 16),
+            UDP => Some(p.l4 + 6),
+            ICMPV6 if p.v6 => Some(p.l4 + 2),
+            _ => None,
+        };
+        if let Some(at) = at
+            && at + 2 <= frame.len()
+            && !(p.proto == UDP && !p.v6 && frame[at..at + 2] == [0, 0])
+        {
+            out.push(at);
+        }
+    }
+    out
 }

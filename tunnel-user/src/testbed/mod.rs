@@ -24,6 +24,7 @@ use crate::tun::Tun;
 pub mod client_world;
 pub mod pki;
 pub mod pulse_peer;
+pub mod wire;
 mod world;
 pub use world::SplitWorld;
 /// Addresses and ports of [`SplitWorld`].

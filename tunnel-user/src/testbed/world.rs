@@ -14,7 +14,8 @@
 //!
 //! 10.1.2.3 (and fd00:100::3) exist twice, in `corp` behind the tunnel and in `lan` on the
 //! wire, so every answer says which way the packets went. TCP servers listen on
-//! [`TCP_PORT`] and write their label, then echo; UDP servers on [`UDP_PORTS`] answer with it.
+//! [`TCP_PORT`] and write their label, then echo; UDP servers on [`UDP_PORTS`] (both
+//! families) answer with it.
 
 use std::{
     io::{self, Read, Write},
@@ -117,12 +118,19 @@ impl SplitWorld {
 
     /// Sends one UDP datagram from the client and returns who answered, or None.
     pub fn who_answers_udp(&self, dst: &str, port: u16) -> Option<String> {
-        let dst = dst.to_string();
+        self.who_answers_udp_sized(dst, port, 5)
+    }
+
+    /// Sends one UDP datagram of `len` bytes (more than the MTU: the client fragments it)
+    /// from the client and returns who answered, or None.
+    pub fn who_answers_udp_sized(&self, dst: &str, port: u16, len: usize) -> Option<String> {
+        let dst: std::net::IpAddr = dst.parse().ok()?;
         self.client
             .enter(move || {
-                let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+                let any = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+                let s = UdpSocket::bind(any).ok()?;
                 s.set_read_timeout(Some(Duration::from_millis(1500))).ok()?;
-                s.send_to(b"hello", (dst.as_str(), port)).ok()?;
+                s.send_to(&vec![b'x'; len], (dst, port)).ok()?;
                 let mut buf = [0u8; 16];
                 let n = s.recv(&mut buf).ok()?;
                 Some(String::from_utf8_lossy(&buf[..n]).into_owned())
@@ -226,14 +234,34 @@ fn tcp_server(
     Ok(())
 }
 
-/// Answers every UDP datagram on `port` with `label`.
+/// Answers every UDP datagram on `port`, over both families, with `label`.
 fn udp_server(ns: &Netns, port: u16, label: &'static str) -> io::Result<()> {
-    let sock = ns.enter(move || UdpSocket::bind(("0.0.0.0", port)))??;
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((_, peer)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(label.as_bytes(), peer);
-        }
-    });
+    for v6 in [false, true] {
+        let sock = ns.enter(move || {
+            let (domain, addr) = if v6 {
+                (
+                    socket2::Domain::IPV6,
+                    SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+                )
+            } else {
+                (
+                    socket2::Domain::IPV4,
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                )
+            };
+            let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
+            if v6 {
+                s.set_only_v6(true)?;
+            }
+            s.bind(&addr.into())?;
+            Ok::<_, io::Error>(UdpSocket::from(s))
+        })??;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(label.as_bytes(), peer);
+            }
+        });
+    }
     Ok(())
 }

@@ -35,26 +35,39 @@ pub struct TcRun {
 
 /// Runs `frame` through the uplink egress classifier with `skb->mark = mark`.
 pub fn egress(dp: &mut Datapath, frame: &[u8], mark: u32) -> TcRun {
-    let prog = dp
-        .classifier(programs::UPLINK_EGRESS_ETH)
-        .expect("classifier");
+    tc_run(dp, programs::UPLINK_EGRESS_ETH, frame, mark)
+}
+
+/// Runs `data` through the TC program `program` with `skb->mark = mark`. The skb's device
+/// is the test namespace's loopback (ifindex 1); programs for raw-IP devices get `data` as
+/// their packet, IP header first (the runner's Ethernet handling only sets metadata).
+pub fn tc_run(dp: &mut Datapath, program: &'static str, data: &[u8], mark: u32) -> TcRun {
+    let prog = dp.classifier(program).expect("classifier");
     // The leading fields of `struct __sk_buff`: len, pkt_type, mark. The kernel takes a prefix.
     let mut ctx = [0u8; 12];
     ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
-    let mut out = vec![0u8; frame.len() + 256];
+    let mut out = vec![0u8; data.len() + 256];
     let res = prog
         .test_run(TestRunOptions {
-            data_in: Some(frame),
+            data_in: Some(data),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
             ..TestRunOptions::new()
         })
-        .expect("BPF_PROG_TEST_RUN on the egress classifier");
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {program}: {e}"));
     out.truncate(res.data_size_out as usize);
     TcRun {
         action: res.return_value,
         out,
     }
+}
+
+/// The ifindex the test runner gives an skb: the loopback device's.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// An Ethernet frame's IP packet (what a raw-IP device carries).
+pub fn raw_ip(frame: &[u8]) -> Vec<u8> {
+    frame[14..].to_vec()
 }
 
 /// The two hooks the uplink guard runs on.
@@ -80,7 +93,9 @@ pub fn guard(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> u32 {
             dp.xdp(programs::UPLINK_XDP)
                 .expect("xdp")
                 .test_run(opts)
-                .expect("BPF_PROG_TEST_RUN on the XDP guard")
+                .unwrap_or_else(|e| {
+                    panic!("BPF_PROG_TEST_RUN on the XDP guard: {e}\nframe {frame:02x?}")
+                })
                 .return_value
         }
         Hook::TcIngress => {
@@ -88,7 +103,9 @@ pub fn guard(dp: &mut Datapath, hook: Hook, frame: &[u8]) -> u32 {
                 .classifier(programs::UPLINK_INGRESS_ETH)
                 .expect("ingress guard")
                 .test_run(opts)
-                .expect("BPF_PROG_TEST_RUN on the TC ingress guard")
+                .unwrap_or_else(|e| {
+                    panic!("BPF_PROG_TEST_RUN on the TC ingress guard: {e}\nframe {frame:02x?}")
+                })
                 .return_value;
             match action {
                 TC_ACT_OK => XDP_PASS,
