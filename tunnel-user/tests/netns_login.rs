@@ -592,10 +592,21 @@ fn past_the_hash_wait_logins_are_refused_as_busy() {
         w.log()
     );
     assert_eq!(w.count(CHECKED_WRONG), checked);
-    // Positive control: one at a time gets through.
-    assert_eq!(
-        one(&w, Attempt::new(source(199), "alice", "correct horse")),
-        Outcome::Accepted
+    // Positive control: one at a time gets through. A 10 ms wait is short enough for a loaded
+    // machine to miss it now and then (the worker thread not scheduled in time): a few tries.
+    let tries: Vec<Outcome> = (0..10)
+        .map(|_| one(&w, Attempt::new(source(199), "alice", "correct horse")))
+        .take_while(|o| {
+            let again = *o != Outcome::Accepted;
+            if again {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            again
+        })
+        .collect();
+    assert!(
+        tries.len() < 10 && tries.iter().all(|o| o.refused_with("The gateway is busy")),
+        "{tries:?}"
     );
 }
 
