@@ -234,17 +234,17 @@ fn oversized_and_garbage_frames_close_the_connection_at_once() {
     assert!(grew < 16 * 1024, "RSS grew {grew} KiB: {g:?}");
     assert!(g.log_lines <= 8, "{} log lines", g.log_lines);
 
-    // Garbage where the upgrade request belongs is answered and closed at once; a frame the
-    // gateway does not know is ignored, and the connection ends at the step deadline (2 s).
+    // More garbage than an HTTP head may hold where the upgrade request belongs, or a frame
+    // the gateway does not know before the login: closed at once, either way.
     let (t, g, ()) = bed.attack(
         &Attack::Garbage,
-        params(32, 200.0, 3.5, sources(8)),
+        params(32, 200.0, 1.5, sources(8)),
         Duration::ZERO,
         || (),
     );
     assert!(t.ended("closed") >= 32, "{t:?}");
-    assert!(t.ended("closed after a garbage frame") >= 16, "{t:?}");
-    assert!(t.ended_after_ms_max < 3200, "{t:?}");
+    assert!(t.ended("closed after a garbage frame") >= 32, "{t:?}");
+    assert!(t.ended_after_ms_max < 1000, "{t:?}");
     assert!(g.peak_connections <= 32, "{g:?}");
     assert!(g.log_lines <= 8, "{} log lines", g.log_lines);
     assert_eq!(bed.login(), Outcome::Accepted);

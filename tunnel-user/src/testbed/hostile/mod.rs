@@ -9,7 +9,7 @@
 //! | [`Attack::TlsPartial`] | half a TLS ClientHello, then nothing |
 //! | [`Attack::TlsSilent`] | a complete TLS handshake, then nothing |
 //! | [`Attack::BigFrame`] | the upgrade request, then an IF-T frame whose header claims `claim` bytes, and its body |
-//! | [`Attack::Garbage`] | random bytes where the upgrade request belongs, or the upgrade and a frame of random vendor, type and payload |
+//! | [`Attack::Garbage`] | random bytes where the upgrade request belongs (more than an HTTP head may hold), or the upgrade and a frame of random vendor, type and payload |
 //! | [`Attack::StormOneSource`] | a wrong password for one account, all from the first source |
 //! | [`Attack::StormOneAccount`] | a wrong password for one account, the sources taken in turn |
 //! | [`Attack::StormManyAccounts`] | a wrong password for `user0`, `user1`, ..., the sources in turn |

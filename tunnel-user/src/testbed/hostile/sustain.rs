@@ -170,10 +170,10 @@ impl Job {
                 let Some(mut tls) = self.tls(tcp).await else {
                     return Ok("closed");
                 };
-                // Half the connections: garbage where the upgrade request belongs; the other
-                // half a proper upgrade and a garbage frame.
+                // Half the connections: more garbage than an HTTP head may hold where the
+                // upgrade request belongs; the other half a proper upgrade and a garbage frame.
                 let (bytes, how) = if self.i.is_multiple_of(2) {
-                    (wire::garbage(4096), "closed")
+                    (wire::garbage(tunnel_proto::MAX_HTTP_HEAD + 4096), "closed")
                 } else {
                     let mut b = wire::upgrade_request(self.to.ip());
                     b.extend_from_slice(&wire::garbage_frame());
