@@ -6,10 +6,14 @@
 //! cargo xtask bench crypto               # the single-core crypto ceiling of our ESP suites
 //! cargo xtask bench tunnels [--systems ours-esp,wireguard-go]
 //!     --repeats N (default 3, 3 s runs)   --quick (1 repeat, 1 s runs)
+//! cargo xtask bench attacks [--only half-open,garbage] [--gateway-nofile N] [--tag T]
+//!     what each hostile-peer attack costs the gateway, and a real login's time during it
+//!     (10 s per attack, 3 s with --quick; not part of the full run)
 //! ```
 //!
 //! Output in `target/bench/`: `report.md` + `report.json` (full run), `tunnels.*`,
-//! `classifier.*` or `crypto.*` (one part), and `throughput.png`, `latency.png`, `cpu.png`.
+//! `classifier.*`, `crypto.*` or `attacks[-T].*` (one part), and `throughput.png`,
+//! `latency.png`, `cpu.png`.
 //!
 //! # The tunnel comparison
 //!
@@ -67,6 +71,7 @@
 //! crypto ceiling of each ESP suite (`crypto.rs`: our ESP code one packet at a time and in
 //! trains) and the classifier micro-benchmark (`classifier.rs`).
 
+mod attacks;
 mod chart;
 mod classifier;
 mod crypto;
@@ -111,6 +116,18 @@ enum What {
     Classifier,
     /// Gbit/s one core seals and opens with each of our ESP suites (no I/O).
     Crypto,
+    /// What each hostile-peer attack costs the gateway (`--bin-dir` picks the gateway).
+    Attacks {
+        /// Comma-separated attack names (default: all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Set the gateway's descriptor limit (prlimit) after it starts.
+        #[arg(long)]
+        gateway_nofile: Option<u64>,
+        /// Output files are attacks-TAG.md and .json (default attacks.md, .json).
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// The tunnel comparison (all systems, or those named).
     Tunnels {
         /// Comma-separated system names (see --list).
@@ -197,6 +214,31 @@ fn main() -> Result<()> {
             write(&dir, "crypto.json", &serde_json::to_string_pretty(&report)?)?;
             println!("{md}");
             println!("written: {}/crypto.md and crypto.json", dir.display());
+        }
+        Some(What::Attacks {
+            only,
+            gateway_nofile,
+            tag,
+        }) => {
+            let report = attacks::run(
+                &attacks::Options {
+                    quick: cli.quick,
+                    gateway: attacks::gateway_in(&ctx.bin_dir),
+                    nofile: gateway_nofile,
+                    only,
+                },
+                &ctx.revision,
+            )?;
+            let md = attacks::markdown(&report);
+            let name = tag.map_or_else(|| "attacks".to_string(), |t| format!("attacks-{t}"));
+            write(&dir, &format!("{name}.md"), &md)?;
+            write(
+                &dir,
+                &format!("{name}.json"),
+                &serde_json::to_string_pretty(&report)?,
+            )?;
+            println!("{md}");
+            println!("written: {}/{name}.md and {name}.json", dir.display());
         }
         Some(What::Tunnels { systems, list }) => {
             let all = systems::all();

@@ -14,6 +14,7 @@ use std::{
 use tunnel_proto::{ClientConfig, ClientEvent, FrameDecoder, VENDOR_JUNIPER};
 use tunnel_user::testbed::{
     client_world::{Binaries, CORP, ClientWorld, GATEWAY, PORT, Proc, peer_echo, wait_for},
+    gauge,
     pulse_peer::{PeerError, PulsePeer, echo_request},
 };
 
@@ -49,15 +50,8 @@ fn connected(out: &Output) -> bool {
     ok
 }
 
-/// CPU seconds (user + system) a process has used.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
+    gauge::cpu_secs(pid).unwrap()
 }
 
 fn log_lines(w: &ClientWorld) -> usize {

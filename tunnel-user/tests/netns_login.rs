@@ -10,8 +10,9 @@
 //!  └─────────────────────────┘        └───────────────────────┘
 //! ```
 //!
-//! The driver is the project's own client state machine (`tunnel_proto::Client`) over
-//! rustls, one connection per attempt, each bound to a chosen source address. Checks are
+//! The driver is the hostile-peer tool's login (`testbed::hostile::attempts`: the project's
+//! own client state machine over rustls), one connection per attempt, each bound to a chosen
+//! source address. Checks are
 //! counted in the gateway's log: one "login failed" line per wrong password checked. Set
 //! `TUNNEL_GATEWAY_BIN` to run the tests against another build of the gateway (an older one,
 //! to see them fail). `measure_login_memory` (ignored) prints the figures of docs/gateway.md.
@@ -22,17 +23,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tunnel_proto::{AuthFailure, Client, ClientConfig, ClientEvent};
+use tunnel_user::client::tls::Pin;
 use tunnel_user::testbed::{
     Netns,
-    pki::{ClientCert, ClientNames, TestCa},
+    hostile::{self, Attempt, Outcome},
+    pki::{ClientNames, TestCa},
     veth,
 };
 
@@ -63,9 +61,7 @@ struct World {
     dir: PathBuf,
     client: Netns,
     gw: Netns,
-    /// The gateway's certificate, the only root the driver trusts.
-    roots: Arc<RootCertStore>,
-    /// Its pin, for openconnect.
+    /// Its pin, for the driver and openconnect.
     pin: String,
     ca: TestCa,
 }
@@ -95,8 +91,6 @@ fn build_world(tag: &str) -> World {
     let cert = params.self_signed(&key).unwrap();
     fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
     fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
     let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
     let pin = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki));
 
@@ -107,7 +101,6 @@ fn build_world(tag: &str) -> World {
         dir,
         client,
         gw,
-        roots: Arc::new(roots),
         pin,
         ca,
     }
@@ -250,167 +243,12 @@ fn start_gateway(w: &World, setup: &Setup<'_>) -> Gateway {
     gateway
 }
 
-/// What became of one login, as the client saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    /// Configured: the session was established (then logged out).
-    Accepted,
-    /// Asked for the password again: the credentials were wrong.
-    AskedAgain,
-    /// Refused with this message.
-    Refused(String),
-    /// Anything else: the TLS handshake failed, the connection closed, ...
-    Other(String),
-}
-
-impl Outcome {
-    fn refused_with(&self, part: &str) -> bool {
-        matches!(self, Outcome::Refused(m) if m.contains(part))
-    }
-}
-
-/// One login attempt.
-#[derive(Clone)]
-struct Attempt {
-    source: IpAddr,
-    user: String,
-    password: String,
-    realm: Option<String>,
-    cert: Option<ClientCert>,
-}
-
-impl Attempt {
-    fn new(source: IpAddr, user: &str, password: &str) -> Attempt {
-        Attempt {
-            source,
-            user: user.to_string(),
-            password: password.to_string(),
-            realm: None,
-            cert: None,
-        }
-    }
-
-    fn realm(mut self, realm: &str) -> Attempt {
-        self.realm = Some(realm.to_string());
-        self
-    }
-
-    fn cert(mut self, cert: &ClientCert) -> Attempt {
-        self.cert = Some(cert.clone());
-        self
-    }
-}
-
-async fn drive(roots: Arc<RootCertStore>, a: Attempt) -> Outcome {
-    match drive_inner(roots, a).await {
-        Ok(outcome) => outcome,
-        Err(e) => Outcome::Other(e),
-    }
-}
-
-async fn drive_inner(roots: Arc<RootCertStore>, a: Attempt) -> Result<Outcome, String> {
-    let e = |what: &str| {
-        let what = what.to_string();
-        move |err: std::io::Error| format!("{what}: {err}")
-    };
-    let socket = tokio::net::TcpSocket::new_v4().map_err(e("socket"))?;
-    socket
-        .bind(SocketAddr::new(a.source, 0))
-        .map_err(e("bind"))?;
-    let tcp = socket
-        .connect(SocketAddr::new(IpAddr::V4(GATEWAY), PORT))
-        .await
-        .map_err(e("connect"))?;
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = match &a.cert {
-        None => builder.with_no_client_auth(),
-        Some(c) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
-            )
-            .map_err(|err| format!("client certificate: {err}"))?,
-    };
-    let name = ServerName::IpAddress(IpAddr::V4(GATEWAY).into());
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(e("TLS"))?;
-    let mut client = Client::new(ClientConfig {
-        enable_esp: false,
-        ..ClientConfig::new(GATEWAY.to_string())
-    });
-    client.start().map_err(|err| err.to_string())?;
-    let mut buf = vec![0u8; 65_536];
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        while let Some(event) = client.poll_event() {
-            let answered = match event {
-                ClientEvent::RealmRequired { realms } => {
-                    let realm = a.realm.clone().unwrap_or_else(|| realms[0].clone());
-                    client.choose_realm(&realm)
-                }
-                ClientEvent::CredentialsRequired { retry: false, .. } => {
-                    client.provide_credentials(&a.user, &a.password)
-                }
-                ClientEvent::CredentialsRequired { retry: true, .. } => {
-                    return Ok(Outcome::AskedAgain);
-                }
-                ClientEvent::AuthFailed(AuthFailure::Message(m)) => return Ok(Outcome::Refused(m)),
-                ClientEvent::AuthFailed(other) => return Ok(Outcome::Other(format!("{other:?}"))),
-                ClientEvent::Terminated { message, .. } => return Ok(Outcome::Other(message)),
-                ClientEvent::Configured(_) => {
-                    let _ = client.logout();
-                    client.take_tls(&mut out);
-                    let _ = tls.write_all(&out).await;
-                    let _ = tls.shutdown().await;
-                    return Ok(Outcome::Accepted);
-                }
-                _ => Ok(()),
-            };
-            answered.map_err(|err| err.to_string())?;
-        }
-        out.clear();
-        client.take_tls(&mut out);
-        if !out.is_empty() {
-            tls.write_all(&out).await.map_err(e("write"))?;
-            tls.flush().await.map_err(e("flush"))?;
-        }
-        let n = tokio::time::timeout_at(deadline.into(), tls.read(&mut buf))
-            .await
-            .map_err(|_| "no answer within 60 s".to_string())?
-            .map_err(e("read"))?;
-        if n == 0 {
-            return Ok(Outcome::Other("the gateway closed the connection".into()));
-        }
-        client
-            .handle_tls_bytes(&buf[..n], Instant::now())
-            .map_err(|err| err.to_string())?;
-    }
-}
-
 /// Runs `attempts` at once from the client namespace, in order of the results' indexes.
 fn run(w: &World, attempts: Vec<Attempt>) -> Vec<Outcome> {
-    let roots = w.roots.clone();
+    let pin = Pin::parse(&w.pin).unwrap();
     w.client
-        .enter(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let tasks: Vec<_> = attempts
-                        .into_iter()
-                        .map(|a| tokio::spawn(drive(roots.clone(), a)))
-                        .collect();
-                    let mut outcomes = Vec::new();
-                    for t in tasks {
-                        outcomes.push(t.await.unwrap());
-                    }
-                    outcomes
-                })
-        })
+        .enter(move || hostile::attempts(SocketAddr::new(IpAddr::V4(GATEWAY), PORT), pin, attempts))
+        .unwrap()
         .unwrap()
 }
 
@@ -685,17 +523,23 @@ fn a_certificate_is_the_typed_users_and_does_not_replace_the_password_by_default
     let from = source(0);
     // The old gateway logged alice in with any password, and carol (not a user) too.
     assert_eq!(
-        one(&w, Attempt::new(from, "alice", "not hers").cert(&alice)),
+        one(
+            &w,
+            Attempt::new(from, "alice", "not hers").cert(alice.for_tls())
+        ),
         Outcome::AskedAgain
     );
     assert_eq!(
-        one(&w, Attempt::new(from, "carol", "").cert(&carol)),
+        one(&w, Attempt::new(from, "carol", "").cert(carol.for_tls())),
         Outcome::AskedAgain
     );
     // Alice's certificate does not let her in as bob, even with bob's password.
     assert!(
-        one(&w, Attempt::new(from, "bob", "bobs password").cert(&alice))
-            .refused_with("not for this user")
+        one(
+            &w,
+            Attempt::new(from, "bob", "bobs password").cert(alice.for_tls())
+        )
+        .refused_with("not for this user")
     );
     // A realm she is not a member of: refused like a wrong password (the old gateway: in).
     assert_eq!(
@@ -703,7 +547,7 @@ fn a_certificate_is_the_typed_users_and_does_not_replace_the_password_by_default
             &w,
             Attempt::new(from, "alice", "correct horse")
                 .realm("Admins")
-                .cert(&alice)
+                .cert(alice.for_tls())
         ),
         Outcome::AskedAgain
     );
@@ -711,7 +555,7 @@ fn a_certificate_is_the_typed_users_and_does_not_replace_the_password_by_default
     assert_eq!(
         one(
             &w,
-            Attempt::new(from, "alice", "correct horse").cert(&alice)
+            Attempt::new(from, "alice", "correct horse").cert(alice.for_tls())
         ),
         Outcome::Accepted
     );
@@ -766,7 +610,7 @@ fn per_realm_certificate_logins_the_users_file_and_revocation() {
         login(
             Attempt::new(from, "bob", "wrong")
                 .realm("Admins")
-                .cert(&bob)
+                .cert(bob.for_tls())
         ),
         Outcome::AskedAgain
     );
@@ -774,7 +618,7 @@ fn per_realm_certificate_logins_the_users_file_and_revocation() {
         login(
             Attempt::new(from, "bob", "bobs password")
                 .realm("Admins")
-                .cert(&bob)
+                .cert(bob.for_tls())
         ),
         Outcome::Accepted
     );
@@ -783,20 +627,24 @@ fn per_realm_certificate_logins_the_users_file_and_revocation() {
         login(
             Attempt::new(from, "alice", "anything")
                 .realm("Devices")
-                .cert(&alice)
+                .cert(alice.for_tls())
         ),
         Outcome::Accepted
     );
     assert!(
-        login(Attempt::new(from, "bob", "").realm("Devices").cert(&bob))
-            .refused_with("does not give access to this realm")
+        login(
+            Attempt::new(from, "bob", "")
+                .realm("Devices")
+                .cert(bob.for_tls())
+        )
+        .refused_with("does not give access to this realm")
     );
     // Users: the password, as by default.
     assert_eq!(
         login(
             Attempt::new(from, "alice", "wrong")
                 .realm("Users")
-                .cert(&alice)
+                .cert(alice.for_tls())
         ),
         Outcome::AskedAgain
     );
@@ -804,7 +652,7 @@ fn per_realm_certificate_logins_the_users_file_and_revocation() {
     // alert after its side of the handshake).
     let revoked_alert =
         |o: &Outcome| matches!(o, Outcome::Other(e) if e.contains("CertificateRevoked"));
-    let refused = login(Attempt::new(from, "alice", "correct horse").cert(&revoked));
+    let refused = login(Attempt::new(from, "alice", "correct horse").cert(revoked.for_tls()));
     assert!(revoked_alert(&refused), "{refused:?}");
     // Removed from the users file: refused at once, certificate or not.
     fs::write(
@@ -821,19 +669,27 @@ fn per_realm_certificate_logins_the_users_file_and_revocation() {
         login(
             Attempt::new(from, "alice", "")
                 .realm("Devices")
-                .cert(&alice)
+                .cert(alice.for_tls())
         )
         .refused_with("does not give access to this realm")
     );
     // A new CRL revoking dave takes effect at his next handshake, without a restart.
     assert_eq!(
-        login(Attempt::new(from, "dave", "").realm("Devices").cert(&dave)),
+        login(
+            Attempt::new(from, "dave", "")
+                .realm("Devices")
+                .cert(dave.for_tls())
+        ),
         Outcome::Accepted
     );
     let crl = w.dir.join("ca.crl.new");
     fs::write(&crl, w.ca.crl(&[revoked.serial, dave.serial], (2100, 1, 1))).unwrap();
     fs::rename(&crl, w.dir.join("ca.crl")).unwrap();
-    let refused = login(Attempt::new(from, "dave", "").realm("Devices").cert(&dave));
+    let refused = login(
+        Attempt::new(from, "dave", "")
+            .realm("Devices")
+            .cert(dave.for_tls()),
+    );
     assert!(revoked_alert(&refused), "{refused:?}");
 }
 
@@ -860,15 +716,21 @@ fn a_certificate_can_name_its_user_by_email() {
     );
     let from = source(0);
     assert_eq!(
-        one(&w, Attempt::new(from, "alice@corp.example", "").cert(&cert)),
+        one(
+            &w,
+            Attempt::new(from, "alice@corp.example", "").cert(cert.for_tls())
+        ),
         Outcome::Accepted
     );
     // The common name is not what names the user here.
-    assert!(one(&w, Attempt::new(from, "alice", "").cert(&cert)).refused_with("not for this user"));
+    assert!(
+        one(&w, Attempt::new(from, "alice", "").cert(cert.for_tls()))
+            .refused_with("not for this user")
+    );
     assert!(
         one(
             &w,
-            Attempt::new(from, "alice@corp.example", "").cert(&cn_only)
+            Attempt::new(from, "alice@corp.example", "").cert(cn_only.for_tls())
         )
         .refused_with("not for this user")
     );

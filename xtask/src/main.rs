@@ -46,7 +46,8 @@ enum Task {
         units_only: bool,
     },
     /// The benchmark harness: `cargo xtask bench` runs everything (about 15-20 minutes);
-    /// `bench classifier`, `bench tunnels [--systems a,b]`, `--repeats N`, `--quick`.
+    /// `bench classifier`, `bench tunnels [--systems a,b]`, `bench attacks` (hostile peers
+    /// against the gateway, docs/hostile.md), `--repeats N`, `--quick`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

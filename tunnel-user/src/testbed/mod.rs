@@ -21,7 +21,10 @@ use std::{
 
 use crate::tun::Tun;
 
+pub mod attack_world;
 pub mod client_world;
+pub mod gauge;
+pub mod hostile;
 pub mod pki;
 pub mod pulse_peer;
 pub mod wire;

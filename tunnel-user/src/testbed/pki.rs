@@ -145,3 +145,17 @@ impl TestCa {
             .expect("CRL PEM")
     }
 }
+
+impl ClientCert {
+    /// The certificate and key as the client's TLS configuration takes them.
+    pub fn for_tls(&self) -> crate::client::tls::ClientCert {
+        use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+        crate::client::tls::ClientCert {
+            chain: vec![self.der.clone()],
+            key: std::sync::Arc::new(
+                PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+                    .expect("the test CA writes its keys as PEM"),
+            ),
+        }
+    }
+}
