@@ -131,7 +131,7 @@ async fn login(tcp: TcpStream, to: SocketAddr, pin: Pin, a: &Attempt) -> Result<
     let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
     let trust = Trust {
         pin: Some(pin),
-        learned: None,
+        ..Trust::default()
     };
     let config = client_config(trust, RootCertStore::empty(), a.cert.as_ref())?;
     let name = ServerName::IpAddress(to.ip().into());

@@ -208,7 +208,7 @@ impl Job {
     async fn tls(&self, tcp: TcpStream) -> Option<TlsStream<TcpStream>> {
         let trust = Trust {
             pin: self.pin,
-            learned: None,
+            ..Trust::default()
         };
         let config = client_config(trust, RootCertStore::empty(), None).ok()?;
         tokio_rustls::TlsConnector::from(config)
