@@ -1086,10 +1086,15 @@ async fn serve(
     mut stop: broadcast::Receiver<()>,
 ) {
     let limits = &ctx.config.limits;
-    let tls = match tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
-        Err(_) => return debug!("TLS handshake timed out"),
+    let evicted = login_slot.eviction();
+    let handshake = tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+            Err(_) => return debug!("TLS handshake timed out"),
+        },
+        _ = evicted.notified() => return debug!("closed in the TLS handshake to make room (limits.login_connections)"),
     };
     // Verified by the handshake (client CA, CRLs); whose it is decides nothing yet.
     let cert_user = tls
@@ -1217,6 +1222,13 @@ async fn serve(
                 None => std::future::pending().await,
             }
         };
+        let logging_in = conn.login_slot.as_ref().map(LoginSlot::eviction);
+        let evicted = async {
+            match &logging_in {
+                Some(e) => e.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             read = link.recv(&mut buf), if reader.is_none() => {
                 let n = match read {
@@ -1232,6 +1244,10 @@ async fn serve(
                 flush_client_packets(&ctx, &mut sink, claim);
             }
             _ = wake => {}
+            _ = evicted => {
+                debug!("closed before its login to make room (limits.login_connections)");
+                break conn.dropped();
+            }
             _ = timer => {
                 let _ = conn.with_proto(|p| p.poll_timers(Instant::now()));
             }
