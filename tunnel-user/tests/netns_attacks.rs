@@ -26,12 +26,7 @@ const LIMITS: &str = "\n[limits]\nlogin_connections = 64\nlogin_connections_per_
                       tls_handshake_secs = 2\nlogin_step_secs = 2\n";
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIP: needs root (network namespaces, a TUN device)");
-    }
-    root
+    tunnel_user::testbed::root_or_skip()
 }
 
 fn gateway_bin() -> PathBuf {

@@ -13,29 +13,17 @@ use std::{
 
 use tunnel_proto::{ClientConfig, ClientEvent, FrameDecoder, VENDOR_JUNIPER};
 use tunnel_user::testbed::{
-    client_world::{Binaries, CORP, ClientWorld, GATEWAY, PORT, Proc, peer_echo, wait_for},
+    client_world::{CORP, ClientWorld, GATEWAY, PORT, Proc, peer_echo, wait_for},
     gauge,
     pulse_peer::{PeerError, PulsePeer, echo_request},
 };
 
 fn world(tag: &str) -> ClientWorld {
-    ClientWorld::build(
-        tag,
-        Binaries {
-            gateway: env!("CARGO_BIN_EXE_tunnel-gateway").into(),
-            tunneld: env!("CARGO_BIN_EXE_tunneld").into(),
-            tunnel: env!("CARGO_BIN_EXE_tunnel").into(),
-        },
-    )
+    ClientWorld::build(tag, tunnel_user::this_crates_binaries!())
 }
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIP: needs root");
-    }
-    root
+    tunnel_user::testbed::root_or_skip()
 }
 
 fn connected(out: &Output) -> bool {

@@ -49,12 +49,7 @@ fn source(i: usize) -> IpAddr {
 }
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIP: needs root (network namespaces, a TUN device)");
-    }
-    root
+    tunnel_user::testbed::root_or_skip()
 }
 
 struct World {

@@ -18,7 +18,7 @@ use std::{
 
 use tunnel_user::{
     client::control::{self, Credentials, Request},
-    testbed::client_world::{Binaries, CORP, ClientWorld, GATEWAY, wait_for},
+    testbed::client_world::{CORP, ClientWorld, GATEWAY, wait_for},
 };
 
 const GATEWAY_UNIT: &str = include_str!("../../xtask/units/tunnel-gateway.service");
@@ -39,23 +39,11 @@ const CAPS: [(&str, u32); 5] = [
 ];
 
 fn world(tag: &str) -> ClientWorld {
-    ClientWorld::build(
-        tag,
-        Binaries {
-            gateway: env!("CARGO_BIN_EXE_tunnel-gateway").into(),
-            tunneld: env!("CARGO_BIN_EXE_tunneld").into(),
-            tunnel: env!("CARGO_BIN_EXE_tunnel").into(),
-        },
-    )
+    ClientWorld::build(tag, tunnel_user::this_crates_binaries!())
 }
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIP: needs root");
-    }
-    root
+    tunnel_user::testbed::root_or_skip()
 }
 
 /// Every value of `key` in a unit's text (assignments may repeat; values are split on

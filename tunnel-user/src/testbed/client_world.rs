@@ -170,6 +170,18 @@ pub struct Binaries {
     pub tunnel: PathBuf,
 }
 
+/// The [`Binaries`] cargo built for the integration test this expands in.
+#[macro_export]
+macro_rules! this_crates_binaries {
+    () => {
+        $crate::testbed::client_world::Binaries {
+            gateway: env!("CARGO_BIN_EXE_tunnel-gateway").into(),
+            tunneld: env!("CARGO_BIN_EXE_tunneld").into(),
+            tunnel: env!("CARGO_BIN_EXE_tunnel").into(),
+        }
+    };
+}
+
 /// The namespaces, servers and files of the world (drawn in the module docs).
 pub struct ClientWorld {
     pub dir: PathBuf,

@@ -35,6 +35,17 @@ pub mod split {
     pub use super::world::{CLIENT, CORP, CORP6, GATEWAY, TCP_PORT, TUN_V4, TUN_V6, UDP_PORTS};
 }
 
+/// Whether the test runs as root, as namespace tests need (network namespaces, TUN devices,
+/// eBPF); says the test is skipped when not.
+pub fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIP: needs root (network namespaces, a TUN device)");
+    }
+    root
+}
+
 /// A network namespace that is deleted when dropped.
 #[derive(Debug)]
 pub struct Netns {
