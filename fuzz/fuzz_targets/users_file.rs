@@ -2,6 +2,11 @@
 //! exactly its user lines, each with its realms; a refusal names a line of the file and never
 //! shows a hash.
 //!
+//! A well-formed PHC string is hard to come by at random, so when the first byte's low bit
+//! is set, every `name:realms` line of the rest gets a hash appended, the first byte picking
+//! it from a few (argon2id, argon2id with other parameters, argon2i, no hash output, broken),
+//! so that names, realms, comments and repeats are explored around hashes that pass.
+//!
 //! The loader reads a real file, so each input is written to a file on tmpfs where there
 //! is one, removed again before the next input. Passwords are not verified here: argon2
 //! with the file's parameters costs milliseconds to seconds per input.
@@ -25,7 +30,38 @@ fn path() -> &'static PathBuf {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
+/// Hashes for the structured inputs: only their syntax matters to the loader.
+const HASHES: [&str; 5] = [
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "$argon2id$v=19$m=65536,t=3,p=4$YW5vdGhlcnNhbHQ$QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo",
+    "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0",
+    "$argon2id$v=19$m=19456,t=2,p=1$!!$AAAA",
+];
+
+fuzz_target!(|input: &[u8]| {
+    let structured;
+    let data = match input.split_first() {
+        Some((&sel, rest)) if sel & 1 == 1 => {
+            let hash = HASHES[usize::from(sel >> 1) % HASHES.len()].as_bytes();
+            let mut out = Vec::with_capacity(rest.len() * 2);
+            for line in rest.split_inclusive(|&b| b == b'\n') {
+                let (body, end) = match line.strip_suffix(b"\n") {
+                    Some(body) => (body, &b"\n"[..]),
+                    None => (line, &b""[..]),
+                };
+                out.extend_from_slice(body);
+                if body.iter().filter(|&&b| b == b':').count() == 1 {
+                    out.push(b':');
+                    out.extend_from_slice(hash);
+                }
+                out.extend_from_slice(end);
+            }
+            structured = out;
+            &structured[..]
+        }
+        _ => input,
+    };
     let path = path();
     fs::write(path, data).expect("write the users file");
     let loaded = UsersFile::load(path);
