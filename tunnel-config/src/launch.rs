@@ -26,6 +26,11 @@
 //!   stored one.
 //! - Opening a launch URL creates a connection, so it is refused when the machine settings
 //!   forbid user connections (launcher exit code 8).
+//! - The length limit is a browser's, and browsers measure a URL percent-encoded: a
+//!   launch URL is refused when the text given is over it (checked first, so hostile input
+//!   costs little) and when the URL [`LaunchRequest::to_url`] prints for it is, so that an
+//!   accepted URL typed with raw spaces or non-ASCII characters, which percent-encoding makes
+//!   up to three times longer, still prints to one that parses back.
 
 use std::fmt;
 
@@ -41,7 +46,8 @@ pub const LAUNCH_SCHEME: &str = "pulsesecureclient";
 pub const AUTO_LAUNCH_SUFFIX: &str = " (Auto Launch)";
 /// The seed's other spelling of the suffix, recognised on existing connections.
 const AUTO_LAUNCH_SUFFIX_UNSPACED: &str = "(Auto Launch)";
-/// Browsers cap URLs near this; longer is not a launch URL.
+/// Browsers cap URLs near this; longer is not a launch URL. In bytes, of the URL as given
+/// and of the URL `to_url` prints for it.
 const MAX_LAUNCH_URL_LEN: usize = 8192;
 
 /// A parsed launch URL.
@@ -94,8 +100,10 @@ impl fmt::Display for EncodingProblem {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LaunchError {
-    #[error("the launch URL is {len} characters long; at most {max} are accepted")]
+    #[error("the launch URL is {len} bytes long; at most {max} are accepted")]
     TooLong { len: usize, max: usize },
+    #[error("the launch URL is {len} bytes long once percent-encoded; at most {max} are accepted")]
+    EncodedTooLong { len: usize, max: usize },
     #[error("{} is not a launch URL: it must start with pulsesecureclient://", Shown(.url))]
     Scheme { url: String },
     #[error("launch URL action {} is not supported: the only action is connect", Shown(.action))]
@@ -278,13 +286,21 @@ impl LaunchRequest {
             Some(v) if v.trim().eq_ignore_ascii_case("false") => false,
             Some(value) => return Err(LaunchError::StoreValue { value }),
         };
-        Ok(LaunchRequest {
+        let request = LaunchRequest {
             name,
             server,
             realm: present(realm),
             user: present(user),
             store,
-        })
+        };
+        let len = request.to_url().len();
+        if len > MAX_LAUNCH_URL_LEN {
+            return Err(LaunchError::EncodedTooLong {
+                len,
+                max: MAX_LAUNCH_URL_LEN,
+            });
+        }
+        Ok(request)
     }
 
     /// The name of the connection the URL opens: `<name> (Auto Launch)`.
@@ -292,7 +308,9 @@ impl LaunchRequest {
         format!("{}{AUTO_LAUNCH_SUFFIX}", self.name)
     }
 
-    /// The launch URL for this request (for admins to hand out); parses back to `self`.
+    /// The launch URL for this request (for admins to hand out), percent-encoded. For a
+    /// request [`LaunchRequest::parse`] returned, it is within the length limit and parses
+    /// back to `self`; fields changed afterwards are not checked again.
     pub fn to_url(&self) -> String {
         let mut url = format!(
             "{LAUNCH_SCHEME}://connect?name={}&server={}",
@@ -552,6 +570,66 @@ mod tests {
         r.user = None;
         r.store = false;
         assert_eq!(parse(&r.to_url()), r);
+    }
+
+    /// Parses `text`; if that succeeds, the URL it prints must parse back to the same request.
+    fn parse_round_trip(text: &str) -> Result<LaunchRequest, LaunchError> {
+        let r = LaunchRequest::parse(text)?;
+        let url = r.to_url();
+        match LaunchRequest::parse(&url) {
+            Ok(again) => assert_eq!(again, r, "{url}"),
+            Err(e) => panic!("accepted, but the URL it prints does not parse: {e}"),
+        }
+        Ok(r)
+    }
+
+    /// Fuzz finding (launch_url): a launch URL whose server has a long path of non-ASCII
+    /// characters parsed, but the URL `to_url` printed for it did not. The server's limit
+    /// held for the server as given (`l/...`), not for its normal form (`https://l/...`),
+    /// which is what the printed URL carries. Such a server is refused now.
+    #[test]
+    fn regression_a_long_non_ascii_server_path_prints_a_url_that_parses() {
+        // The fuzz target's third form, with the fuzzer's input cut to its essence: `l/` and
+        // 680 bytes that are not UTF-8, each of which the target turns into U+FFFD.
+        let mut input = b"l/".to_vec();
+        input.extend([0x83; 680]);
+        let text = format!(
+            "pulsesecureclient://connect?name=n&server={}",
+            String::from_utf8_lossy(&input)
+        );
+        assert!(parse_round_trip(&text).is_err());
+        assert!(
+            err(&text).ends_with(
+                "written in full (https://host[:port]/path) it is 2050 bytes long; at most 2048 are allowed"
+            ),
+            "{}",
+            err(&text)
+        );
+        // Two characters fewer, the server fits written in full, and the URL round-trips.
+        let fits = text.replacen('\u{FFFD}', "", 2);
+        assert_eq!(
+            parse_round_trip(&fits).unwrap().server.to_string().len(),
+            2044
+        );
+    }
+
+    /// The launch URL's own limit, in both directions: a name of raw non-ASCII characters
+    /// fits as given but not percent-encoded ('é' is two bytes, six once encoded).
+    #[test]
+    fn the_length_limit_holds_for_the_printed_url_too() {
+        let url = |name: &str| format!("pulsesecureclient://connect?name={name}&server=h.example");
+        let text = url(&"é".repeat(2000));
+        assert_eq!(text.len(), 4050, "under the limit as given");
+        assert!(parse_round_trip(&text).is_err());
+        assert_eq!(
+            err(&text),
+            "the launch URL is 12070 bytes long once percent-encoded; at most 8192 are accepted"
+        );
+        // At the limit exactly: accepted, printed in 8192 bytes, parsed back.
+        let name = format!("abcd{}", "é".repeat(1353));
+        let r = parse_round_trip(&url(&name)).unwrap();
+        assert_eq!(r.to_url().len(), MAX_LAUNCH_URL_LEN);
+        assert!(err(&url(&format!("{name}e"))).contains("8193 bytes long once percent-encoded"));
     }
 
     #[test]

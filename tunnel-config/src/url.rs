@@ -3,6 +3,12 @@
 //!
 //! This module owns the syntax and the normal form (lower-case host, port 443 implied,
 //! path `/` when none). It does not resolve names or touch the network.
+//!
+//! The length limit holds for the URL as given (checked first, so hostile input costs
+//! little) and for its normal form, which is what the store writes and what is shown and
+//! handed on: the normal form adds `https://` and `/` to a bare `host/path`, so a URL that
+//! fits as typed may not fit written out. Every accepted URL's normal form therefore parses
+//! again, to the same URL.
 
 use std::{
     fmt,
@@ -17,7 +23,8 @@ use crate::text::Shown;
 /// The port a URL without one uses.
 pub const HTTPS_PORT: u16 = 443;
 
-/// Longer than any sign-in URL; bounds the work on hostile input.
+/// Longer than any sign-in URL; bounds the work on hostile input. In bytes, of the URL as
+/// given and of its normal form.
 const MAX_URL_LEN: usize = 2048;
 
 /// A gateway's host.
@@ -94,8 +101,10 @@ impl fmt::Display for HostProblem {
 pub enum UrlError {
     #[error("the server URL is empty")]
     Empty,
-    #[error("the server URL is {len} characters long; at most {max} are allowed")]
+    #[error("the server URL is {len} bytes long; at most {max} are allowed")]
     TooLong { len: usize, max: usize },
+    #[error("server URL {}: written in full (https://host[:port]/path) it is {len} bytes long; at most {max} are allowed", Shown(.url))]
+    NormalFormTooLong { url: String, len: usize, max: usize },
     #[error("server URL {}: {ch:?} is not allowed in a URL (spaces and control characters must be percent-encoded)", Shown(.url))]
     Character { url: String, ch: char },
     #[error("server URL {}: scheme {} is not supported; use https://", Shown(.url), Shown(.scheme))]
@@ -164,7 +173,16 @@ impl ServerUrl {
             p if p.starts_with('?') => format!("/{p}"),
             p => p.to_string(),
         };
-        Ok(ServerUrl { host, port, path })
+        let parsed = ServerUrl { host, port, path };
+        let len = parsed.to_string().len();
+        if len > MAX_URL_LEN {
+            return Err(UrlError::NormalFormTooLong {
+                url: url(),
+                len,
+                max: MAX_URL_LEN,
+            });
+        }
+        Ok(parsed)
     }
 
     /// The host.
@@ -426,7 +444,10 @@ mod tests {
         assert!(err("fe80::1%eth0").contains("not a valid IPv6 address"));
         assert!(err("a:b:c").contains("not a valid IPv6 address"));
         let long = format!("https://vpn/{}", "a".repeat(MAX_URL_LEN));
-        assert!(err(&long).contains("at most 2048 are allowed"));
+        assert_eq!(
+            err(&long),
+            "the server URL is 2060 bytes long; at most 2048 are allowed"
+        );
         let labels = vec!["abcdefghij"; 24].join(".");
         assert!(err(&labels).contains("at most 253 characters"));
     }
@@ -444,6 +465,44 @@ mod tests {
             let u = ok(s);
             assert_eq!(ok(&u.to_string()), u, "{s}");
         }
+    }
+
+    /// Fuzz finding (launch_url): the limit held for the URL as typed only, so a bare
+    /// `host/path` just under it was accepted while its normal form, eight bytes longer, was
+    /// refused: the store would write a URL it cannot read back, and a launch URL printed by
+    /// `LaunchRequest::to_url` did not parse.
+    #[test]
+    fn regression_an_accepted_url_has_a_normal_form_that_parses() {
+        // The fuzzer's server, to its essence: a non-ASCII path (U+FFFD, three bytes each).
+        let typed = format!("l/{}", "\u{FFFD}".repeat(680));
+        assert_eq!(typed.len(), 2042, "under the limit as typed");
+        match ServerUrl::parse(&typed) {
+            Err(UrlError::NormalFormTooLong { len, max, .. }) => {
+                assert_eq!((len, max), (2050, MAX_URL_LEN));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            err(&typed).ends_with(
+                "written in full (https://host[:port]/path) it is 2050 bytes long; at most 2048 are allowed"
+            ),
+            "{}",
+            err(&typed)
+        );
+        // Exactly at the limit written in full: accepted, and the normal form parses back,
+        // in the store's serde form too.
+        let fits = ok(&format!("l/{}", "é".repeat(1019)));
+        let printed = fits.to_string();
+        assert_eq!(printed.len(), MAX_URL_LEN);
+        assert_eq!(ok(&printed), fits);
+        let json = serde_json::to_string(&fits).unwrap();
+        assert_eq!(serde_json::from_str::<ServerUrl>(&json).unwrap(), fits);
+        // The limit holds for what was typed too (it bounds the work before parsing): a
+        // spelt-out port that the normal form drops still counts.
+        assert_eq!(
+            err(&format!("https://l:00443/{}", "é".repeat(1019))),
+            "the server URL is 2054 bytes long; at most 2048 are allowed"
+        );
     }
 
     #[test]

@@ -33,10 +33,10 @@
 
 use crate::config::{Config, ConfigPacket, EspKeyExchange};
 use crate::eap::{
-    AVP_FLAG_VENDOR, AVP_VENDOR_JUNIPER, AuthRequest, AuthResponse, EAP_TYPE_TTLS, EapBody,
-    EapCode, EapPacket, InnerRequest, J2_PASSWORD_CHANGE, J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY,
-    JUNIPER_SUBTYPE_AVPS, JUNIPER_SUBTYPE_HOST_CHECKER, PasswordMessage, PasswordResponse, RawAvp,
-    encode_juniper_avps,
+    AVP_FLAG_VENDOR, AVP_VENDOR_JUNIPER, AuthRequest, AuthResponse, EAP_TYPE_TTLS,
+    EAP_VENDOR_JUNIPER, EapBody, EapCode, EapPacket, InnerRequest, J2_PASSWORD_CHANGE,
+    J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, JUNIPER_SUBTYPE_HOST_CHECKER,
+    PasswordMessage, PasswordResponse, RawAvp, encode_juniper_avps,
 };
 use crate::esp::{EspError, EspSuite, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use crate::ift::{
@@ -677,8 +677,9 @@ impl Client {
             Some(InnerRequest::TokenCode { .. }) => Err(SessionError::UnsupportedAuth {
                 what: "token code (EAP-GTC)",
             }),
-            Some(InnerRequest::Other {
-                eap_type: JUNIPER_SUBTYPE_HOST_CHECKER,
+            Some(InnerRequest::Expanded {
+                vendor: EAP_VENDOR_JUNIPER,
+                subtype: JUNIPER_SUBTYPE_HOST_CHECKER,
                 ..
             }) => Err(SessionError::UnsupportedAuth {
                 what: "host checker",

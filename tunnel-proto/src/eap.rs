@@ -174,6 +174,14 @@ pub enum EapError {
         /// What was wrong.
         what: &'static str,
     },
+    /// An [`InnerRequest`] to encode holds what would parse back as another variant.
+    #[error("InnerRequest::{variant} cannot hold {what}")]
+    InnerVariant {
+        /// The variant.
+        variant: &'static str,
+        /// What it held.
+        what: &'static str,
+    },
     /// A value is too long for its length field.
     #[error("{what} is {len} bytes, at most {max} fit")]
     TooLong {
@@ -746,12 +754,24 @@ pub enum InnerRequest {
         /// Prompt text.
         prompt: String,
     },
-    /// Any other nested EAP type (host checker, EAP-TLS …).
+    /// Any other plain nested EAP type (identity, EAP-TLS …). Never GTC or expanded: those
+    /// are [`InnerRequest::TokenCode`] and [`InnerRequest::Expanded`].
     Other {
         /// Nested identifier.
         identifier: u8,
-        /// EAP type, or the expanded subtype for Juniper expanded packets.
-        eap_type: u32,
+        /// EAP type.
+        eap_type: u8,
+    },
+    /// A nested expanded EAP type other than Juniper's password dialogue: Juniper's host
+    /// checker (subtype 3), or another vendor's. The vendor is kept, as a subtype means
+    /// nothing without it.
+    Expanded {
+        /// Nested identifier.
+        identifier: u8,
+        /// 24-bit vendor id.
+        vendor: u32,
+        /// Vendor type.
+        subtype: u32,
     },
 }
 
@@ -865,47 +885,82 @@ impl AuthRequest {
                 identifier,
                 message,
             }) => message.append_as_avp(*identifier, out)?,
-            Some(InnerRequest::TokenCode { identifier, prompt }) => {
-                let mut eap = Vec::new();
-                EapPacket {
-                    code: EapCode::Request,
-                    identifier: *identifier,
-                    body: EapBody::Other {
-                        eap_type: EAP_TYPE_GTC,
-                        data: prompt.as_bytes(),
-                    },
-                }
-                .encode(&mut eap)?;
-                append_avp(out, AVP_EAP_MESSAGE, None, true, &eap)?;
-            }
+            Some(InnerRequest::TokenCode { identifier, prompt }) => append_inner(
+                out,
+                *identifier,
+                EapBody::Other {
+                    eap_type: EAP_TYPE_GTC,
+                    data: prompt.as_bytes(),
+                },
+            )?,
             Some(InnerRequest::Other {
                 identifier,
                 eap_type,
             }) => {
-                let mut eap = Vec::new();
-                let body = match u8::try_from(*eap_type) {
-                    Ok(t) if t != EAP_TYPE_EXPANDED && t != EAP_TYPE_IDENTITY => EapBody::Other {
-                        eap_type: t,
-                        data: &[],
-                    },
-                    _ => EapBody::Expanded {
-                        vendor: EAP_VENDOR_JUNIPER,
-                        subtype: *eap_type,
-                        data: &[],
-                    },
+                let what = match *eap_type {
+                    EAP_TYPE_GTC => Some("EAP type 6 (GTC)"),
+                    EAP_TYPE_EXPANDED => Some("EAP type 254 (expanded)"),
+                    _ => None,
                 };
-                EapPacket {
-                    code: EapCode::Request,
-                    identifier: *identifier,
-                    body,
+                if let Some(what) = what {
+                    return Err(EapError::InnerVariant {
+                        variant: "Other",
+                        what,
+                    });
                 }
-                .encode(&mut eap)?;
-                append_avp(out, AVP_EAP_MESSAGE, None, true, &eap)?;
+                append_inner(
+                    out,
+                    *identifier,
+                    EapBody::Other {
+                        eap_type: *eap_type,
+                        data: &[],
+                    },
+                )?;
+            }
+            Some(InnerRequest::Expanded {
+                identifier,
+                vendor,
+                subtype,
+            }) => {
+                let what = match (*vendor, *subtype) {
+                    (v, _) if v > 0x00ff_ffff => Some("a vendor id over 24 bits"),
+                    (EAP_VENDOR_JUNIPER, JUNIPER_SUBTYPE_PASSWORD) => {
+                        Some("Juniper's password dialogue")
+                    }
+                    _ => None,
+                };
+                if let Some(what) = what {
+                    return Err(EapError::InnerVariant {
+                        variant: "Expanded",
+                        what,
+                    });
+                }
+                append_inner(
+                    out,
+                    *identifier,
+                    EapBody::Expanded {
+                        vendor: *vendor,
+                        subtype: *subtype,
+                        data: &[],
+                    },
+                )?;
             }
             None => {}
         }
         Ok(())
     }
+}
+
+/// Appends an EAP-Message AVP holding a nested request with `body`.
+fn append_inner(out: &mut Vec<u8>, identifier: u8, body: EapBody<'_>) -> Result<(), EapError> {
+    let mut eap = Vec::new();
+    EapPacket {
+        code: EapCode::Request,
+        identifier,
+        body,
+    }
+    .encode(&mut eap)?;
+    append_avp(out, AVP_EAP_MESSAGE, None, true, &eap)
 }
 
 fn parse_inner_request(data: &[u8]) -> Result<InnerRequest, EapError> {
@@ -933,17 +988,20 @@ fn parse_inner_request(data: &[u8]) -> Result<InnerRequest, EapError> {
             identifier,
             prompt: String::from_utf8_lossy(data).into_owned(),
         },
-        EapBody::Expanded { subtype, .. } => InnerRequest::Other {
+        EapBody::Expanded {
+            vendor, subtype, ..
+        } => InnerRequest::Expanded {
             identifier,
-            eap_type: subtype,
+            vendor,
+            subtype,
         },
         EapBody::Other { eap_type, .. } => InnerRequest::Other {
             identifier,
-            eap_type: u32::from(eap_type),
+            eap_type,
         },
         EapBody::Identity(_) | EapBody::Empty => InnerRequest::Other {
             identifier,
-            eap_type: u32::from(EAP_TYPE_IDENTITY),
+            eap_type: EAP_TYPE_IDENTITY,
         },
     })
 }
@@ -1287,6 +1345,113 @@ mod tests {
         let mut out = Vec::new();
         resp.encode(&mut out).expect("encode");
         assert_eq!(out, input);
+    }
+
+    /// Fuzz finding (eap_avp): a nested expanded request of another vendor with subtype 6
+    /// was kept as a bare type number, without its vendor, and re-encoded as plain EAP type
+    /// 6, which is GTC: parse, encode, parse turned it into a token-code request.
+    #[test]
+    fn regression_a_nested_expanded_request_keeps_its_vendor() {
+        // EAP-Message AVP (79, mandatory, 20 bytes) holding a Request, identifier 0xac,
+        // 12 bytes, expanded (0xfe), vendor 0x060000, subtype 6.
+        let input = [
+            0, 0, 0, 0x4f, 0x40, 0, 0, 20, 1, 0xac, 0, 12, 0xfe, 6, 0, 0, 0, 0, 0, 6,
+        ];
+        let req = AuthRequest::parse(&input).expect("parse");
+        assert_eq!(
+            req.inner,
+            Some(InnerRequest::Expanded {
+                identifier: 0xac,
+                vendor: 0x06_0000,
+                subtype: 6
+            })
+        );
+        let mut out = Vec::new();
+        req.encode(&mut out).expect("encode");
+        assert_eq!(out, input);
+        assert_eq!(AuthRequest::parse(&out), Ok(req));
+    }
+
+    /// The host checker is Juniper's expanded subtype 3, not plain EAP type 3 (Nak), which
+    /// the bare type number used to confuse it with.
+    #[test]
+    fn nested_host_checker_is_junipers_expanded_subtype_3() {
+        let nested = |eap: &[u8]| {
+            let mut avps = Vec::new();
+            append_avp(&mut avps, AVP_EAP_MESSAGE, None, true, eap).expect("avp");
+            AuthRequest::parse(&avps).expect("parse").inner
+        };
+        assert_eq!(
+            nested(&[1, 7, 0, 12, 0xfe, 0, 0x0a, 0x4c, 0, 0, 0, 3]),
+            Some(InnerRequest::Expanded {
+                identifier: 7,
+                vendor: EAP_VENDOR_JUNIPER,
+                subtype: JUNIPER_SUBTYPE_HOST_CHECKER
+            })
+        );
+        assert_eq!(
+            nested(&[1, 7, 0, 5, 3]),
+            Some(InnerRequest::Other {
+                identifier: 7,
+                eap_type: 3
+            })
+        );
+    }
+
+    /// What would parse back as another variant is refused, not encoded.
+    #[test]
+    fn inner_requests_that_would_change_variant_are_not_encoded() {
+        let refused = [
+            InnerRequest::Other {
+                identifier: 1,
+                eap_type: EAP_TYPE_GTC,
+            },
+            InnerRequest::Other {
+                identifier: 1,
+                eap_type: EAP_TYPE_EXPANDED,
+            },
+            InnerRequest::Expanded {
+                identifier: 1,
+                vendor: EAP_VENDOR_JUNIPER,
+                subtype: JUNIPER_SUBTYPE_PASSWORD,
+            },
+            InnerRequest::Expanded {
+                identifier: 1,
+                vendor: 0x0100_0000,
+                subtype: 1,
+            },
+        ];
+        for inner in refused {
+            let req = AuthRequest {
+                inner: Some(inner.clone()),
+                ..AuthRequest::default()
+            };
+            let mut out = Vec::new();
+            assert!(
+                matches!(req.encode(&mut out), Err(EapError::InnerVariant { .. })),
+                "{inner:?} encoded to {out:?}"
+            );
+        }
+        // Their neighbours encode and parse back.
+        for inner in [
+            InnerRequest::Other {
+                identifier: 1,
+                eap_type: 5,
+            },
+            InnerRequest::Expanded {
+                identifier: 1,
+                vendor: 0x00ff_ffff,
+                subtype: JUNIPER_SUBTYPE_PASSWORD,
+            },
+        ] {
+            let req = AuthRequest {
+                inner: Some(inner),
+                ..AuthRequest::default()
+            };
+            let mut out = Vec::new();
+            req.encode(&mut out).expect("encode");
+            assert_eq!(AuthRequest::parse(&out), Ok(req));
+        }
     }
 
     #[test]

@@ -165,8 +165,24 @@ fn fuzz_smoke(fuzz: &Path) -> Result<()> {
         .current_dir(fuzz)
         .output()
         .context("cargo fuzz list")?;
+    // An empty list would pass without running anything: a failed listing is an error.
+    if !out.status.success() {
+        bail!(
+            "cargo fuzz list failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     let list = String::from_utf8_lossy(&out.stdout).into_owned();
-    for target in list.lines().map(str::trim).filter(|t| !t.is_empty()) {
+    let targets: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if targets.is_empty() {
+        bail!("cargo fuzz list found no targets in {}", fuzz.display());
+    }
+    for target in targets {
         exec(
             Command::new("cargo")
                 .args([
