@@ -15,7 +15,7 @@
 use std::{fs, path::Path, path::PathBuf, sync::OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use tunnel_user::gateway::{UsersError, UsersFile};
+use tunnel_user::gateway::{HashLimits, UsersError, UsersFile};
 
 fn path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -64,7 +64,7 @@ fuzz_target!(|input: &[u8]| {
     };
     let path = path();
     fs::write(path, data).expect("write the users file");
-    let loaded = UsersFile::load(path);
+    let loaded = UsersFile::load(path, &HashLimits::default());
     fs::remove_file(path).expect("remove the users file");
     let text = match std::str::from_utf8(data) {
         Ok(t) => t,
