@@ -138,12 +138,13 @@ impl Packet {
 /// Parses a frame that starts with an Ethernet header.
 #[inline(always)]
 pub fn parse_eth(start: usize, end: usize) -> Parsed {
-    match be16(start, end, 12) {
+    let ip = match be16(start, end, 12) {
         Some(ETH_P_IPV4) => parse_ipv4(start, end, ETH_HLEN),
         Some(ETH_P_IPV6) => parse_ipv6(start, end, ETH_HLEN),
-        Some(_) => Parsed::NotIp,
-        None => Parsed::Malformed,
-    }
+        Some(_) => return Parsed::NotIp,
+        None => return Parsed::Malformed,
+    };
+    with_transport(start, end, ip)
 }
 
 /// Parses a packet that starts with the IP header (TUN devices, raw-IP uplinks). Such a link
@@ -152,22 +153,38 @@ pub fn parse_eth(start: usize, end: usize) -> Parsed {
 #[inline(always)]
 pub fn parse_raw_ip(start: usize, end: usize) -> Parsed {
     // Shorter than an IPv4 header means it cannot be a valid IP packet of either family.
-    match bytes::<20>(start, end, 0).map(|b| b[0] >> 4) {
+    let ip = match bytes::<20>(start, end, 0).map(|b| b[0] >> 4) {
         Some(4) => parse_ipv4(start, end, 0),
         Some(6) => parse_ipv6(start, end, 0),
-        _ => Parsed::Malformed,
+        _ => return Parsed::Malformed,
+    };
+    with_transport(start, end, ip)
+}
+
+/// Reads the transport header of a packet whose IP headers lead to one
+/// ([`Transport::Read`] from the IP parsers means "read it next"). Done once, after the two
+/// families' parsers have merged, so that a header cut short is one more exit of a small
+/// function rather than of each IP parser: LLVM stores every field of the packet on each
+/// exit it returns from, and hoists those stores onto the common path.
+#[inline(always)]
+fn with_transport(start: usize, end: usize, ip: Option<Packet>) -> Parsed {
+    let Some(mut p) = ip else {
+        return Parsed::Malformed;
+    };
+    if p.transport == Transport::Read {
+        p.transport = parse_l4(start, end, &mut p);
     }
+    Parsed::Ip(p)
 }
 
 /// IPv4 header flag: more fragments follow.
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
+/// The IPv4 header; None when its addresses cannot be read.
 #[inline(always)]
-fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
-    let Some(hdr) = ptr_at::<[u8; 20]>(start, end, l3) else {
-        return Parsed::Malformed;
-    };
+fn parse_ipv4(start: usize, end: usize, l3: usize) -> Option<Packet> {
+    let hdr = ptr_at::<[u8; 20]>(start, end, l3)?;
     let at = hdr as usize;
     // SAFETY: ptr_at checked the 20 bytes are inside the packet.
     let (vihl, id, frag, proto, src, dst) = unsafe {
@@ -183,7 +200,7 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
     };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < 20 {
-        return Parsed::Malformed;
+        return None;
     }
     // A whole datagram (the common case) decides with one test and carries no identification.
     let (frag, frag_id) = if frag & (IP_OFFSET | IP_MF) == 0 {
@@ -196,7 +213,13 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
         };
         (at, id as u32)
     };
-    let mut p = Packet {
+    // A later fragment carries the middle of the datagram where a transport header would be.
+    let transport = if matches!(frag, Frag::Middle | Frag::Last) {
+        Transport::InFirstFragment
+    } else {
+        Transport::Read
+    };
+    Some(Packet {
         v6: false,
         proto,
         src: mapped_v4(src),
@@ -205,16 +228,12 @@ fn parse_ipv4(start: usize, end: usize, l3: usize) -> Parsed {
         dport: 0,
         l3_off: l3,
         l4_off: l3 + ihl,
-        transport: Transport::InFirstFragment,
+        transport,
         frag,
         frag_id,
         tcp_syn: false,
         icmp_type: 0,
-    };
-    if !p.is_later_fragment() {
-        p.transport = parse_l4(start, end, &mut p);
-    }
-    Parsed::Ip(p)
+    })
 }
 
 /// IPv6 extension headers we step over (Linux's `ipv6_ext_hdr`, without "no next header",
@@ -236,11 +255,10 @@ pub fn is_ext_header(proto: u8) -> bool {
     )
 }
 
+/// The IPv6 header and its extension chain; None when the addresses cannot be read.
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
-    let Some(hdr) = ptr_at::<[u8; 40]>(start, end, l3) else {
-        return Parsed::Malformed;
-    };
+fn parse_ipv6(start: usize, end: usize, l3: usize) -> Option<Packet> {
+    let hdr = ptr_at::<[u8; 40]>(start, end, l3)?;
     let at = hdr as usize;
     // SAFETY: ptr_at checked the 40 bytes are inside the packet.
     let (version, mut next, src, dst) = unsafe {
@@ -254,7 +272,7 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
         )
     };
     if version != 6 {
-        return Parsed::Malformed;
+        return None;
     }
     let mut p = Packet {
         v6: true,
@@ -276,21 +294,21 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
                 let Some([nh, len]) = bytes::<2>(start, end, off) else {
-                    return Parsed::Ip(p);
+                    return Some(p);
                 };
                 next = nh;
                 off += (len as usize + 1) * 8;
             }
             NEXTHDR_AUTH => {
                 let Some([nh, len]) = bytes::<2>(start, end, off) else {
-                    return Parsed::Ip(p);
+                    return Some(p);
                 };
                 next = nh;
                 off += (len as usize + 2) * 4;
             }
             NEXTHDR_FRAGMENT => {
                 let Some(h) = bytes::<8>(start, end, off) else {
-                    return Parsed::Ip(p);
+                    return Some(p);
                 };
                 let frag = u16::from_be_bytes([h[2], h[3]]);
                 next = h[0];
@@ -307,23 +325,23 @@ fn parse_ipv6(start: usize, end: usize, l3: usize) -> Parsed {
                     p.proto = next;
                     p.l4_off = off;
                     p.transport = Transport::InFirstFragment;
-                    return Parsed::Ip(p);
+                    return Some(p);
                 }
             }
             _ => break,
         }
         if off > MAX_HEADER_OFF {
-            return Parsed::Ip(p);
+            return Some(p);
         }
     }
     if is_ext_header(next) {
         // The chain goes on past MAX_EXT_HEADERS: whatever transport follows is unknown.
-        return Parsed::Ip(p);
+        return Some(p);
     }
     p.proto = next;
     p.l4_off = off;
-    p.transport = parse_l4(start, end, &mut p);
-    Parsed::Ip(p)
+    p.transport = Transport::Read;
+    Some(p)
 }
 
 /// ICMP echo request/reply types for each family.
@@ -333,44 +351,61 @@ pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// Fills ports and flags; [`Transport::Unreadable`] when the transport header is truncated.
+/// Every protocol yields one tuple, written once: the fields stay in registers until then.
 #[inline(always)]
 fn parse_l4(start: usize, end: usize, p: &mut Packet) -> Transport {
     let off = p.l4_off;
-    match p.proto {
-        IPPROTO_TCP => {
-            let Some(h) = ptr_at::<[u8; 20]>(start, end, off) else {
-                return Transport::Unreadable;
-            };
+    const NONE: (u16, u16, bool, u8, Transport) = (0, 0, false, 0, Transport::Unreadable);
+    let (sport, dport, tcp_syn, icmp_type, transport) = match p.proto {
+        IPPROTO_TCP => match ptr_at::<[u8; 20]>(start, end, off) {
             // SAFETY: ptr_at checked the 20 bytes are inside the packet.
-            let h = unsafe { &*h };
-            p.sport = u16::from_be_bytes([h[0], h[1]]);
-            p.dport = u16::from_be_bytes([h[2], h[3]]);
-            p.tcp_syn = h[13] & 0x02 != 0;
-        }
-        IPPROTO_UDP => {
-            let Some(h) = ptr_at::<[u8; 8]>(start, end, off) else {
-                return Transport::Unreadable;
-            };
+            Some(h) => unsafe {
+                let h = &*h;
+                (
+                    u16::from_be_bytes([h[0], h[1]]),
+                    u16::from_be_bytes([h[2], h[3]]),
+                    h[13] & 0x02 != 0,
+                    0,
+                    Transport::Read,
+                )
+            },
+            None => NONE,
+        },
+        IPPROTO_UDP => match ptr_at::<[u8; 8]>(start, end, off) {
             // SAFETY: ptr_at checked the 8 bytes are inside the packet.
-            let h = unsafe { &*h };
-            p.sport = u16::from_be_bytes([h[0], h[1]]);
-            p.dport = u16::from_be_bytes([h[2], h[3]]);
-        }
+            Some(h) => unsafe {
+                let h = &*h;
+                (
+                    u16::from_be_bytes([h[0], h[1]]),
+                    u16::from_be_bytes([h[2], h[3]]),
+                    false,
+                    0,
+                    Transport::Read,
+                )
+            },
+            None => NONE,
+        },
         IPPROTO_ICMP | IPPROTO_ICMPV6 if (p.proto == IPPROTO_ICMPV6) == p.v6 => {
-            let Some(h) = ptr_at::<[u8; 8]>(start, end, off) else {
-                return Transport::Unreadable;
-            };
-            // SAFETY: ptr_at checked the 8 bytes are inside the packet.
-            let h = unsafe { &*h };
-            p.icmp_type = h[0];
-            let id = u16::from_be_bytes([h[4], h[5]]);
-            match (p.v6, h[0]) {
-                (false, ICMP_ECHO_REQUEST) | (true, ICMPV6_ECHO_REQUEST) => p.sport = id,
-                (false, ICMP_ECHO_REPLY) | (true, ICMPV6_ECHO_REPLY) => p.dport = id,
-                _ => {}
+            match ptr_at::<[u8; 8]>(start, end, off) {
+                Some(h) => {
+                    // SAFETY: ptr_at checked the 8 bytes are inside the packet.
+                    let h = unsafe { &*h };
+                    let id = u16::from_be_bytes([h[4], h[5]]);
+                    let (sport, dport) = match (p.v6, h[0]) {
+                        (false, ICMP_ECHO_REQUEST) | (true, ICMPV6_ECHO_REQUEST) => (id, 0),
+                        (false, ICMP_ECHO_REPLY) | (true, ICMPV6_ECHO_REPLY) => (0, id),
+                        _ => (0, 0),
+                    };
+                    (sport, dport, false, h[0], Transport::Read)
+                }
+                None => NONE,
             }
         }
-        _ => {}
-    }
-    Transport::Read
+        _ => (0, 0, false, 0, Transport::Read),
+    };
+    p.sport = sport;
+    p.dport = dport;
+    p.tcp_syn = tcp_syn;
+    p.icmp_type = icmp_type;
+    transport
 }
