@@ -303,23 +303,20 @@ fn refused(ctx: &Ctx, peer: SocketAddr, refusal: Refusal) {
     ctx.refused.fetch_add(1, Ordering::Relaxed);
     if let Some(held) = ctx.refused_log.event(Instant::now()) {
         let limits = &ctx.config.limits;
-        let logging_in = ctx.admission.logging_in();
-        match refusal {
-            Refusal::Global => warn!(
-                %peer,
-                more = held,
-                logging_in,
-                cap = limits.login_connections,
-                "connection refused: limits.login_connections are logging in"
+        let (key, cap) = match refusal {
+            Refusal::Global => ("limits.login_connections", limits.login_connections),
+            Refusal::PerSource => (
+                "limits.login_connections_per_source",
+                limits.login_connections_per_source,
             ),
-            Refusal::PerSource => warn!(
-                %peer,
-                more = held,
-                logging_in,
-                cap = limits.login_connections_per_source,
-                "connection refused: limits.login_connections_per_source from this source are logging in"
-            ),
-        }
+        };
+        warn!(
+            %peer,
+            more = held,
+            logging_in = ctx.admission.logging_in(),
+            cap,
+            "connection refused: {key} are logging in"
+        );
     }
 }
 
@@ -678,10 +675,7 @@ impl TunSide {
         seal_current(&mut proto, trains, session.id);
         let timers_due = proto.timers_due();
         drop(proto);
-        if timers_due {
-            // The keys carried their byte lifetime: the task rekeys.
-            session.wake.notify_one();
-        }
+        wake_if_timers_due(&session, timers_due);
         let read = self.reads.read(packets, now);
         // Sent with the lock released: the ESP side opens this session's packets meanwhile.
         let full = trains.full();
@@ -795,10 +789,7 @@ impl EspSide {
                 let answer = proto.poll_esp_transmit(reply);
                 let timers_due = proto.timers_due();
                 drop(proto);
-                if timers_due {
-                    // The keys carried their byte lifetime: the task rekeys.
-                    session.wake.notify_one();
-                }
+                wake_if_timers_due(&session, timers_due);
                 if let Ok(Some(n)) = answer {
                     let _ = udp.send_to(&reply[..n], from);
                 }
@@ -850,6 +841,15 @@ fn forward_answers(ctx: &Ctx) {
             }
         }
         side.send_pending(ctx);
+    }
+}
+
+/// After the packet path ran a session's state machine: when that made timer work (the
+/// keys carried their byte lifetime), wakes the session's task, which runs the timers and
+/// rekeys.
+fn wake_if_timers_due(session: &Session, timers_due: bool) {
+    if timers_due {
+        session.wake.notify_one();
     }
 }
 
