@@ -443,6 +443,43 @@ fn replies(p: &mut PulsePeer, real: &UdpSocket, attacker: &UdpSocket) -> (Vec<u1
     (got, stolen)
 }
 
+/// A client logged in, its ESP up from 192.168.70.2, and a second UDP socket at
+/// 192.168.70.3 (someone else on the client's link). Fields drop in order: the client and
+/// its sockets, the gateway, then the world; a test binds every field it keeps, as `..`
+/// would drop the gateway and the world at once.
+struct EspClient {
+    p: PulsePeer,
+    me: [u8; 4],
+    corp: Ipv4Addr,
+    real: UdpSocket,
+    other: UdpSocket,
+    _gw: Proc,
+    _w: ClientWorld,
+}
+
+impl EspClient {
+    fn new(tag: &str) -> EspClient {
+        let w = world(tag);
+        w.client.sh("ip addr add 192.168.70.3/24 dev c0").unwrap();
+        let gw = w.start_gateway();
+        let mut p = peer(&w, None, None);
+        p.login("alice", "s3cret").expect("login");
+        let me = tunnel_address(&p).octets();
+        let real = esp_socket(&w, "192.168.70.2");
+        let other = esp_socket(&w, "192.168.70.3");
+        p.esp_up(&real, Duration::from_secs(10)).expect("ESP up");
+        EspClient {
+            p,
+            me,
+            corp: CORP.parse().unwrap(),
+            real,
+            other,
+            _gw: gw,
+            _w: w,
+        }
+    }
+}
+
 /// Someone on the path holds back one of a client's ESP datagrams and sends it later from
 /// its own address. It is authentic and inside the replay window, so it still opens; but
 /// it is older than what the gateway has seen since, so it must not move where the
@@ -452,16 +489,15 @@ fn a_held_back_esp_datagram_replayed_from_elsewhere_moves_nothing() {
     if !root() {
         return;
     }
-    let w = world("replay");
-    w.client.sh("ip addr add 192.168.70.3/24 dev c0").unwrap();
-    let _gw = w.start_gateway();
-    let mut p = peer(&w, None, None);
-    p.login("alice", "s3cret").expect("login");
-    let me = tunnel_address(&p).octets();
-    let real = esp_socket(&w, "192.168.70.2");
-    let attacker = esp_socket(&w, "192.168.70.3");
-    p.esp_up(&real, Duration::from_secs(10)).expect("ESP up");
-    let corp: Ipv4Addr = CORP.parse().unwrap();
+    let EspClient {
+        mut p,
+        me,
+        real,
+        other: attacker,
+        corp,
+        _gw,
+        _w,
+    } = EspClient::new("replay");
     let held_back = p.seal(&echo_request(me, corp.octets(), 7, 1)).unwrap();
     let later = p.seal(&echo_request(me, corp.octets(), 7, 2)).unwrap();
     real.send(&later).unwrap();
@@ -488,16 +524,15 @@ fn a_repeated_key_reply_ends_the_session_instead_of_reusing_nonces() {
     if !root() {
         return;
     }
-    let w = world("rekeyreply");
-    w.client.sh("ip addr add 192.168.70.3/24 dev c0").unwrap();
-    let _gw = w.start_gateway();
-    let mut p = peer(&w, None, None);
-    p.login("alice", "s3cret").expect("login");
-    let me = tunnel_address(&p).octets();
-    let real = esp_socket(&w, "192.168.70.2");
-    let spare = esp_socket(&w, "192.168.70.3");
-    p.esp_up(&real, Duration::from_secs(10)).expect("ESP up");
-    let corp: Ipv4Addr = CORP.parse().unwrap();
+    let EspClient {
+        mut p,
+        me,
+        real,
+        other: spare,
+        corp,
+        _gw,
+        _w,
+    } = EspClient::new("rekeyreply");
     for seq in 1..=3 {
         let d = p.seal(&echo_request(me, corp.octets(), 9, seq)).unwrap();
         real.send(&d).unwrap();
