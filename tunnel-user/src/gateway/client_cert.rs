@@ -180,8 +180,13 @@ impl ClientVerifier {
         let roots = Arc::new(roots);
         let stamps = stamps(crl_files);
         let verifier = build(&roots, crl_files)?;
+        let base = if crl_files.is_empty() {
+            verifier.clone()
+        } else {
+            build(&roots, &[])?
+        };
         Ok(ClientVerifier {
-            base: build(&roots, &[])?,
+            base,
             hints: roots.subjects(),
             roots,
             crl_files: crl_files.to_vec(),

@@ -242,6 +242,11 @@ impl Logins {
         })
     }
 
+    /// The users file as it is now (read again only when it changed).
+    pub fn users(&self) -> Result<Arc<UsersFile>, UsersError> {
+        self.users.current()
+    }
+
     /// The hashing workers' counters.
     #[cfg(test)]
     pub fn hash_stats(&self) -> super::hasher::HashStats {

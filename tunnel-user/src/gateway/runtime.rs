@@ -28,7 +28,7 @@ use tunnel_proto::{
 };
 
 use super::{
-    AddressPool, EspCipher, GatewayConfig, HashLimits, Lease, UsersFile,
+    AddressPool, EspCipher, GatewayConfig, Lease,
     access::{AccessCache, AccessControl, AccessPolicy, Refused, local_addresses},
     admission::{Admission, FLOOD_LOG_INTERVAL, LogThrottle, LoginSlot, Refusal},
     client_cert::{self, CertNameError},
@@ -126,16 +126,14 @@ impl Gateway {
     /// gateway's tunnel addresses, forwarding, the TCP listener and the ESP socket.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let tls = tls::server_config(&config.tls, &config.auth.certificate)?;
-        let users = UsersFile::load(
-            &config.auth.users_file,
-            &HashLimits::from(&config.auth.passwords),
-        )?;
         let logins = Logins::new(
             config.auth.users_file.clone(),
             &config.auth.passwords,
             config.auth.certificate.clone(),
         )
         .map_err(io_err("starting the password hashing workers"))?;
+        // Checked once here, and kept for the first login.
+        let users = logins.users()?;
         info!(
             users = users.len(),
             hash_workers = logins.hash_workers(),
