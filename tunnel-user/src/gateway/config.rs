@@ -23,7 +23,10 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use super::users::{REALM_NAME_RULE, realm_name_ok};
+use super::{
+    hasher::HashLimits,
+    users::{REALM_NAME_RULE, realm_name_ok},
+};
 
 /// The MTUs the gateway may push. 1280 is the IPv6 minimum (RFC 8200 section 5), which the
 /// tunnel must carry even when only IPv4 is pooled, since clients may run IPv6 over it later;
@@ -1209,7 +1212,7 @@ impl Default for PasswordLimits {
             hash_workers: None,
             hash_queue: 64,
             hash_wait: Duration::from_secs(5),
-            hash_max_memory_kib: 64 * 1024,
+            hash_max_memory_kib: HashLimits::DEFAULT_MEMORY_KIB,
         }
     }
 }
@@ -1220,7 +1223,8 @@ impl PasswordLimits {
     pub const AUTO_WORKERS_MAX: u32 = 8;
     /// The accepted range of `hash_max_memory_kib`: from the cost `adduser` writes (argon2's
     /// default, also the cost of the dummy hash unknown users are checked against) to 1 GiB.
-    pub const MEMORY_KIB_RANGE: std::ops::RangeInclusive<u32> = 19_456..=(1 << 20);
+    pub const MEMORY_KIB_RANGE: std::ops::RangeInclusive<u32> =
+        HashLimits::MIN_MEMORY_KIB..=HashLimits::MAX_MEMORY_KIB;
 
     /// The number of hashing workers: `hash_workers`, or one per core (at most
     /// [`PasswordLimits::AUTO_WORKERS_MAX`]).

@@ -44,7 +44,7 @@ use super::{
     admission::{FLOOD_LOG_INTERVAL, LogThrottle},
     client_cert::CertNameError,
     hasher::{Busy, HashLimits, HashPool},
-    ratelimit::{Refusal, Scope, WindowPolicy},
+    ratelimit::{Refusal, Scope},
 };
 
 /// What identifies a file's contents without reading it: a replaced file (`adduser` renames
@@ -218,18 +218,7 @@ impl Logins {
         certificates: CertificateConfig,
     ) -> io::Result<Logins> {
         let hash_limits = HashLimits::from(limits);
-        let policy = RateLimitPolicy {
-            source: WindowPolicy {
-                max_failures: limits.source_failures,
-                window: limits.source_window,
-            },
-            account: WindowPolicy {
-                max_failures: limits.account_failures,
-                window: limits.account_window,
-            },
-            known_source: limits.known_source,
-            ..RateLimitPolicy::default()
-        };
+        let policy = RateLimitPolicy::from(limits);
         Ok(Logins {
             limiter: Mutex::new(LoginLimiter::new(policy)),
             settled: tokio::sync::Notify::new(),

@@ -52,6 +52,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::PasswordLimits;
+
 /// One sliding window: at most `max_failures` slots per key within `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowPolicy {
@@ -76,22 +78,33 @@ pub struct RateLimitPolicy {
     pub max_keys: usize,
 }
 
-impl Default for RateLimitPolicy {
-    /// 5 failures per 60 s per source, 10 per 300 s per account, known sources remembered for
-    /// 7 days, at most 10 000 keys of each kind (about 3 MiB in all).
-    fn default() -> Self {
+impl RateLimitPolicy {
+    /// How many sources, accounts and known sources are tracked at most, each (about 3 MiB
+    /// in all).
+    pub const MAX_KEYS: usize = 10_000;
+}
+
+impl From<&PasswordLimits> for RateLimitPolicy {
+    fn from(limits: &PasswordLimits) -> Self {
         RateLimitPolicy {
             source: WindowPolicy {
-                max_failures: 5,
-                window: Duration::from_secs(60),
+                max_failures: limits.source_failures,
+                window: limits.source_window,
             },
             account: WindowPolicy {
-                max_failures: 10,
-                window: Duration::from_secs(300),
+                max_failures: limits.account_failures,
+                window: limits.account_window,
             },
-            known_source: Duration::from_secs(7 * 24 * 3600),
-            max_keys: 10_000,
+            known_source: limits.known_source,
+            max_keys: RateLimitPolicy::MAX_KEYS,
         }
+    }
+}
+
+impl Default for RateLimitPolicy {
+    /// The config's defaults (`[auth.passwords]`).
+    fn default() -> Self {
+        RateLimitPolicy::from(&PasswordLimits::default())
     }
 }
 
