@@ -21,8 +21,11 @@
 //! J1: user agent [+ DSID]       ------------->
 //!                               <-------------   J1: realm list            (if several)
 //! J1: realm                     ------------->
-//!                               <-------------   J1: J2 password request
-//! J1: username + J2 password    ------------->
+//!                               <-------------   J1: notice / password request
+//! J1: acceptance / username +   ------------->       (docs/login.md: current or legacy
+//!     password                                        form, then password change, token
+//!                               <-------------        code, session limit, notice)
+//! J1: the answers, one a round  <------------>
 //!                               <-------------   J1: DSID cookie
 //! J1: (empty acknowledgement)   ------------->
 //!                               <-------------   auth success
@@ -33,10 +36,10 @@
 
 use crate::config::{Config, ConfigPacket, EspKeyExchange};
 use crate::eap::{
-    AVP_FLAG_VENDOR, AVP_VENDOR_JUNIPER, AuthRequest, AuthResponse, EAP_TYPE_TTLS,
-    EAP_VENDOR_JUNIPER, EapBody, EapCode, EapPacket, InnerRequest, J2_PASSWORD_CHANGE,
-    J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, JUNIPER_SUBTYPE_HOST_CHECKER,
-    PasswordMessage, PasswordResponse, RawAvp, encode_juniper_avps,
+    ActiveSession, Answer, AuthRequest, AuthResponse, CURRENT_PASSWORD_FIELD, EAP_TYPE_TTLS,
+    EapBody, EapCode, EapPacket, InnerRequest, InnerResponse, J2_MAX_VALUE, J2_PASSWORD_CHANGE,
+    J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, PasswordMessage,
+    encode_juniper_avps,
 };
 use crate::esp::{EspError, EspSuite, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use crate::ift::{
@@ -58,8 +61,6 @@ pub const PROBES_PER_ATTEMPT: u32 = 5;
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Time between ESP attempts, openconnect's default `dtls_attempt_period`.
 pub const ESP_ATTEMPT_PERIOD: Duration = Duration::from_secs(60);
-/// AVP 0xd7c: acknowledgement of a sign-in message (pulse.c sends the word 1).
-const AVP_SIGNIN_ACK: u32 = 0xd7c;
 
 /// What the client is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +149,35 @@ pub enum ClientEvent {
         username_prompt: Option<String>,
         /// Prompt text for the password, if the gateway sent one.
         password_prompt: Option<String>,
+        /// The most bytes of the password the gateway's request form carries: 18 for the
+        /// current form (a longer password is cut, as the official client does), 253 for
+        /// the legacy one (a longer password is refused).
+        max_password_len: usize,
+    },
+    /// The gateway wants a token code (second factor): answer with
+    /// [`Client::provide_token`].
+    TokenRequired {
+        /// The gateway's prompt.
+        prompt: String,
+        /// The previous request was a token code too: the gateway wants the next one.
+        next: bool,
+    },
+    /// The password has expired: answer with [`Client::change_password`].
+    PasswordChangeRequired,
+    /// A sign-in notice. With `needs_acceptance`, the login waits for
+    /// [`Client::accept_notice`] (not accepting means ending the login); without it, the text
+    /// came along with another request and is only to be shown.
+    Notice {
+        /// The notice.
+        text: String,
+        /// The login goes on only once the user accepts it.
+        needs_acceptance: bool,
+    },
+    /// The user is at the gateway's session limit: answer with [`Client::end_session`] naming
+    /// one of these sessions, or end the login.
+    SessionLimit {
+        /// The user's sessions.
+        sessions: Vec<ActiveSession>,
     },
     /// The cookie offered for resumption was not accepted; a normal login follows.
     ResumeRejected,
@@ -206,13 +236,18 @@ pub enum ClientState {
 #[derive(Debug)]
 enum State {
     Idle,
-    AwaitUpgrade { head: Vec<u8> },
+    AwaitUpgrade {
+        head: Vec<u8>,
+    },
     AwaitVersion,
     AwaitAuthStart,
     AwaitServerInfo,
     Authenticating,
-    AwaitRealmChoice { ident: u8 },
-    AwaitCredentials { ident: u8, inner: u8 },
+    /// Waiting for the caller's answer to a prompt of the Juniper/1 request `ident`.
+    AwaitInput {
+        ident: u8,
+        want: Want,
+    },
     AwaitSuccess,
     Configuring,
     Established,
@@ -228,8 +263,7 @@ impl State {
             Self::AwaitAuthStart => "waiting for the first auth challenge",
             Self::AwaitServerInfo => "waiting for the server information request",
             Self::Authenticating => "authenticating",
-            Self::AwaitRealmChoice { .. } => "waiting for the caller's realm choice",
-            Self::AwaitCredentials { .. } => "waiting for the caller's credentials",
+            Self::AwaitInput { want, .. } => want.name(),
             Self::AwaitSuccess => "waiting for auth success",
             Self::Configuring => "receiving configuration",
             Self::Established => "established",
@@ -255,6 +289,30 @@ enum EspLink {
     },
 }
 
+/// What a prompt waits for; the nested identifiers are echoed by the answer.
+#[derive(Debug)]
+enum Want {
+    Realm,
+    Credentials { inner: u8, current_form: bool },
+    Token { inner: u8 },
+    NewPassword { inner: u8 },
+    Notice,
+    SessionChoice { ids: Vec<String> },
+}
+
+impl Want {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Realm => "waiting for the caller's realm choice",
+            Self::Credentials { .. } => "waiting for the caller's credentials",
+            Self::Token { .. } => "waiting for the caller's token code",
+            Self::NewPassword { .. } => "waiting for the caller's new password",
+            Self::Notice => "waiting for the caller to accept the notice",
+            Self::SessionChoice { .. } => "waiting for the caller's choice of a session to end",
+        }
+    }
+}
+
 /// The client state machine. See the module docs for the message order.
 pub struct Client {
     cfg: ClientConfig,
@@ -264,6 +322,11 @@ pub struct Client {
     out: TlsOut,
     events: VecDeque<ClientEvent>,
     resume_reported: bool,
+    /// The last request was a token code: the next one asks for the next code.
+    token_asked: bool,
+    /// Credentials were sent: a current-form request after that means they were wrong (the
+    /// form has no retry code).
+    credentials_given: bool,
     pending_config: Option<Config>,
     config: Option<Config>,
     esp: Option<EspPair>,
@@ -297,6 +360,8 @@ impl Client {
             out: TlsOut::default(),
             events: VecDeque::new(),
             resume_reported: false,
+            token_asked: false,
+            credentials_given: false,
             pending_config: None,
             config: None,
             esp: None,
@@ -325,9 +390,7 @@ impl Client {
     pub fn state(&self) -> ClientState {
         match self.state {
             State::Idle => ClientState::Idle,
-            State::AwaitRealmChoice { .. } | State::AwaitCredentials { .. } => {
-                ClientState::WaitingForInput
-            }
+            State::AwaitInput { .. } => ClientState::WaitingForInput,
             State::Configuring => ClientState::Configuring,
             State::Established => ClientState::Established,
             State::Closed => ClientState::Closed,
@@ -534,8 +597,8 @@ impl Client {
                     ..
                 } = pkt.body
                 {
-                    return Err(SessionError::UnsupportedAuth {
-                        what: "EAP-TTLS (client certificate login)",
+                    return Err(SessionError::UnsupportedRequest {
+                        what: "EAP-TTLS (EAP type 21: client certificate login inside EAP)".into(),
                     });
                 }
                 let avps = pkt.juniper_data(EapCode::Request, JUNIPER_SUBTYPE_AVPS)?;
@@ -622,6 +685,19 @@ impl Client {
             self.fail(AuthFailure::Message(message.clone()));
             return Ok(());
         }
+        // A notice alone waits for acceptance; one that rides on another request is shown.
+        let notice_alone = req.inner.is_none()
+            && req.cookie.is_none()
+            && req.realms.is_empty()
+            && !req.realm_entry
+            && req.regions.is_empty()
+            && req.sessions.is_empty();
+        if let Some(text) = req.signin_prompt.clone() {
+            self.events.push_back(ClientEvent::Notice {
+                text,
+                needs_acceptance: notice_alone,
+            });
+        }
         if let Some(cookie) = req.cookie {
             self.events.push_back(ClientEvent::CookieReceived {
                 cookie,
@@ -643,110 +719,235 @@ impl Client {
             self.resume_reported = true;
             self.events.push_back(ClientEvent::ResumeRejected);
         }
-        if !req.realms.is_empty() || req.realm_entry {
+        let token_asked = std::mem::take(&mut self.token_asked);
+        let want = if !req.realms.is_empty() || req.realm_entry {
             self.events
                 .push_back(ClientEvent::RealmRequired { realms: req.realms });
-            self.state = State::AwaitRealmChoice { ident };
-            return Ok(());
-        }
-        match req.inner {
-            Some(InnerRequest::Password {
-                identifier,
-                message: PasswordMessage::Request { code },
-            }) => match code {
-                J2_PASSWORD_REQUEST | J2_PASSWORD_RETRY => {
+            Want::Realm
+        } else if !req.sessions.is_empty() {
+            let ids = req.sessions.iter().map(|s| s.id.clone()).collect();
+            self.events.push_back(ClientEvent::SessionLimit {
+                sessions: req.sessions,
+            });
+            Want::SessionChoice { ids }
+        } else if let Some(inner) = req.inner {
+            match inner {
+                InnerRequest::Password {
+                    identifier,
+                    message: PasswordMessage::Request { code },
+                } if code == J2_PASSWORD_REQUEST || code == J2_PASSWORD_RETRY => {
                     self.events.push_back(ClientEvent::CredentialsRequired {
                         retry: code == J2_PASSWORD_RETRY,
                         username_prompt: req.username_prompt,
                         password_prompt: req.password_prompt,
+                        max_password_len: J2_MAX_VALUE,
                     });
-                    self.state = State::AwaitCredentials {
-                        ident,
+                    Want::Credentials {
                         inner: identifier,
-                    };
-                    Ok(())
+                        current_form: false,
+                    }
                 }
-                J2_PASSWORD_CHANGE => Err(SessionError::UnsupportedAuth {
-                    what: "password change",
-                }),
-                _ => Err(SessionError::UnexpectedAuth {
-                    state: self.state.name(),
-                    what: format!("J2 password request code {code:#04x}"),
-                }),
-            },
-            Some(InnerRequest::TokenCode { .. }) => Err(SessionError::UnsupportedAuth {
-                what: "token code (EAP-GTC)",
-            }),
-            Some(InnerRequest::Expanded {
-                vendor: EAP_VENDOR_JUNIPER,
-                subtype: JUNIPER_SUBTYPE_HOST_CHECKER,
-                ..
-            }) => Err(SessionError::UnsupportedAuth {
-                what: "host checker",
-            }),
-            Some(other) => Err(SessionError::UnexpectedAuth {
-                state: self.state.name(),
-                what: format!("nested EAP {other:?}"),
-            }),
-            None if !req.regions.is_empty() => Err(SessionError::UnsupportedAuth {
-                what: "region selection",
-            }),
-            None if req.signin_prompt.is_some() => {
-                let ack = AuthResponse {
-                    other: vec![RawAvp {
-                        code: AVP_SIGNIN_ACK,
-                        flags: AVP_FLAG_VENDOR,
-                        vendor: Some(AVP_VENDOR_JUNIPER),
-                        data: 1u32.to_be_bytes().to_vec(),
-                    }],
-                    ..AuthResponse::default()
-                };
-                self.send_j1(ident, &ack)
+                InnerRequest::CurrentPassword { identifier, .. } => {
+                    self.events.push_back(ClientEvent::CredentialsRequired {
+                        retry: self.credentials_given,
+                        username_prompt: req.username_prompt,
+                        password_prompt: req.password_prompt,
+                        max_password_len: CURRENT_PASSWORD_FIELD,
+                    });
+                    Want::Credentials {
+                        inner: identifier,
+                        current_form: true,
+                    }
+                }
+                InnerRequest::Password {
+                    identifier,
+                    message:
+                        PasswordMessage::Request {
+                            code: J2_PASSWORD_CHANGE,
+                        },
+                } => {
+                    self.events.push_back(ClientEvent::PasswordChangeRequired);
+                    Want::NewPassword { inner: identifier }
+                }
+                InnerRequest::TokenCode { identifier, prompt } => {
+                    self.token_asked = true;
+                    self.events.push_back(ClientEvent::TokenRequired {
+                        prompt,
+                        next: token_asked,
+                    });
+                    Want::Token { inner: identifier }
+                }
+                other => {
+                    return Err(SessionError::UnsupportedRequest {
+                        what: other.describe(),
+                    });
+                }
             }
-            None => Err(SessionError::UnexpectedAuth {
-                state: self.state.name(),
-                what: format!("Juniper/1 request without a known prompt: {:?}", req.other),
-            }),
-        }
+        } else if !req.regions.is_empty() {
+            return Err(SessionError::UnsupportedRequest {
+                what: "a region choice (AVP 0xd51)".into(),
+            });
+        } else if req.signin_prompt.is_some() {
+            Want::Notice
+        } else {
+            let avps: Vec<String> = req
+                .other
+                .iter()
+                .map(|a| match a.vendor {
+                    Some(v) => format!("{:#x} (vendor {v:#x})", a.code),
+                    None => format!("{}", a.code),
+                })
+                .collect();
+            return Err(SessionError::UnsupportedRequest {
+                what: format!(
+                    "a Juniper/1 request with no prompt this client knows (AVPs: {})",
+                    if avps.is_empty() {
+                        "none".into()
+                    } else {
+                        avps.join(", ")
+                    }
+                ),
+            });
+        };
+        self.state = State::AwaitInput { ident, want };
+        Ok(())
     }
 
-    /// Answers [`ClientEvent::RealmRequired`].
-    pub fn choose_realm(&mut self, realm: &str) -> Result<(), SessionError> {
-        let State::AwaitRealmChoice { ident } = self.state else {
-            return Err(self.wrong("choose_realm"));
+    /// Sends the answer to the prompt of the pending request; `build` checks that the prompt
+    /// is the one `call` answers and makes the response.
+    fn answer(
+        &mut self,
+        call: &'static str,
+        build: impl FnOnce(&Want) -> Option<Result<AuthResponse, SessionError>>,
+    ) -> Result<(), SessionError> {
+        let State::AwaitInput { ident, want } = &self.state else {
+            return Err(self.wrong(call));
         };
-        let resp = AuthResponse {
-            realm: Some(realm.to_owned()),
-            ..AuthResponse::default()
+        let ident = *ident;
+        let resp = match build(want) {
+            Some(resp) => resp?,
+            None => return Err(self.wrong(call)),
         };
         self.send_j1(ident, &resp)?;
         self.state = State::Authenticating;
         Ok(())
     }
 
-    /// Answers [`ClientEvent::CredentialsRequired`]. A password over 253 bytes is refused and
-    /// the client keeps waiting.
+    /// Answers [`ClientEvent::RealmRequired`].
+    pub fn choose_realm(&mut self, realm: &str) -> Result<(), SessionError> {
+        self.answer("choose_realm", |want| {
+            matches!(want, Want::Realm).then(|| {
+                Ok(AuthResponse {
+                    realm: Some(realm.to_owned()),
+                    ..AuthResponse::default()
+                })
+            })
+        })
+    }
+
+    /// Answers [`ClientEvent::CredentialsRequired`]. In the current form a password longer
+    /// than 18 bytes is cut to 18 (on a character boundary), as the official client does; in
+    /// the legacy form one over 253 bytes is refused and the client keeps waiting.
     pub fn provide_credentials(
         &mut self,
         username: &str,
         password: &str,
     ) -> Result<(), SessionError> {
-        let State::AwaitCredentials { ident, inner } = self.state else {
-            return Err(self.wrong("provide_credentials"));
-        };
-        let resp = AuthResponse {
-            username: Some(username.to_owned()),
-            password: Some(PasswordResponse {
-                identifier: inner,
-                message: PasswordMessage::Response {
+        self.answer("provide_credentials", |want| {
+            let Want::Credentials {
+                inner,
+                current_form,
+            } = want
+            else {
+                return None;
+            };
+            let answer = if *current_form {
+                Answer::CurrentPassword(password.to_owned())
+            } else {
+                Answer::J2(PasswordMessage::Response {
                     password: password.to_owned(),
-                },
-            }),
-            ..AuthResponse::default()
-        };
-        self.send_j1(ident, &resp)?;
-        self.state = State::Authenticating;
+                })
+            };
+            Some(Ok(AuthResponse {
+                username: Some(username.to_owned()),
+                inner: Some(InnerResponse {
+                    identifier: *inner,
+                    answer,
+                }),
+                ..AuthResponse::default()
+            }))
+        })?;
+        self.credentials_given = true;
         Ok(())
+    }
+
+    /// Answers [`ClientEvent::TokenRequired`] with the code.
+    pub fn provide_token(&mut self, code: &str) -> Result<(), SessionError> {
+        self.answer("provide_token", |want| {
+            let Want::Token { inner } = want else {
+                return None;
+            };
+            Some(Ok(AuthResponse {
+                inner: Some(InnerResponse {
+                    identifier: *inner,
+                    answer: Answer::TokenCode(code.to_owned()),
+                }),
+                ..AuthResponse::default()
+            }))
+        })
+    }
+
+    /// Answers [`ClientEvent::PasswordChangeRequired`] with the current and the new password
+    /// (each at most 253 bytes).
+    pub fn change_password(&mut self, old: &str, new: &str) -> Result<(), SessionError> {
+        self.answer("change_password", |want| {
+            let Want::NewPassword { inner } = want else {
+                return None;
+            };
+            Some(Ok(AuthResponse {
+                inner: Some(InnerResponse {
+                    identifier: *inner,
+                    answer: Answer::J2(PasswordMessage::ChangeResponse {
+                        old: old.to_owned(),
+                        new: new.to_owned(),
+                    }),
+                }),
+                ..AuthResponse::default()
+            }))
+        })
+    }
+
+    /// Accepts the notice of [`ClientEvent::Notice`] that needs acceptance.
+    pub fn accept_notice(&mut self) -> Result<(), SessionError> {
+        self.answer("accept_notice", |want| {
+            matches!(want, Want::Notice).then(|| {
+                Ok(AuthResponse {
+                    notice_accepted: Some(1),
+                    ..AuthResponse::default()
+                })
+            })
+        })
+    }
+
+    /// Answers [`ClientEvent::SessionLimit`]: the gateway ends session `id` (one it listed).
+    pub fn end_session(&mut self, id: &str) -> Result<(), SessionError> {
+        let state = self.state.name();
+        self.answer("end_session", |want| {
+            let Want::SessionChoice { ids } = want else {
+                return None;
+            };
+            Some(if ids.iter().any(|i| i == id) {
+                Ok(AuthResponse {
+                    end_session: Some(id.to_owned()),
+                    ..AuthResponse::default()
+                })
+            } else {
+                Err(SessionError::UnexpectedAuth {
+                    state,
+                    what: format!("session '{id}' is not one the gateway listed"),
+                })
+            })
+        })
     }
 
     fn install_esp(

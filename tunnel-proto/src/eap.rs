@@ -37,6 +37,15 @@ pub const JUNIPER_SUBTYPE_AVPS: u32 = 1;
 pub const JUNIPER_SUBTYPE_PASSWORD: u32 = 2;
 /// Expanded subtype 3: host checker (TNCC); not supported.
 pub const JUNIPER_SUBTYPE_HOST_CHECKER: u32 = 3;
+/// Expanded subtype 5: the password request of current Ivanti Connect Secure releases
+/// (openconnect: "code 5"), answered with a fixed-length password field.
+pub const JUNIPER_SUBTYPE_PASSWORD_CURRENT: u32 = 5;
+/// Bytes of the password field in a [`JUNIPER_SUBTYPE_PASSWORD_CURRENT`] answer. A longer
+/// password is cut to this length, as the official client does.
+pub const CURRENT_PASSWORD_FIELD: usize = 18;
+/// Bytes after the code in a [`JUNIPER_SUBTYPE_PASSWORD_CURRENT`] request (meaning unknown;
+/// gateways send zeros).
+const CURRENT_REQUEST_TAIL: usize = 5;
 
 /// AVP flag: a vendor id follows the length.
 pub const AVP_FLAG_VENDOR: u8 = 0x80;
@@ -75,8 +84,16 @@ pub mod avp {
     pub const OS_NAME: u32 = 0xd5e;
     /// Authentication failure code (0x0d locked out, 0x0e client certificate required).
     pub const FAILURE_CODE: u32 = 0xd60;
-    /// One entry of the "too many sessions" list.
+    /// One entry of the "too many sessions" list, holding the three AVPs below.
     pub const SESSION_ENTRY: u32 = 0xd65;
+    /// Inside a session entry: the session's id.
+    pub const SESSION_ID: u32 = 0xd66;
+    /// Inside a session entry: where the session comes from.
+    pub const SESSION_FROM: u32 = 0xd67;
+    /// Inside a session entry: when it started (64-bit big-endian Unix seconds).
+    pub const SESSION_START: u32 = 0xd68;
+    /// The client's choice of the session to end.
+    pub const SESSION_END: u32 = 0xd69;
     /// Username.
     pub const USERNAME: u32 = 0xd6d;
     /// Client user agent.
@@ -85,8 +102,10 @@ pub mod avp {
     pub const PROMPT_FLAGS: u32 = 0xd73;
     /// Idle timeout in seconds.
     pub const IDLE_TIMEOUT: u32 = 0xd75;
-    /// Sign-in message to acknowledge.
+    /// Sign-in notice to show (and to accept, when it comes alone).
     pub const SIGNIN_PROMPT: u32 = 0xd7b;
+    /// The client's acceptance of a sign-in notice (the word 1).
+    pub const SIGNIN_ACK: u32 = 0xd7c;
     /// Primary username prompt text.
     pub const USERNAME_PROMPT: u32 = 0xd80;
     /// Primary password prompt text.
@@ -740,14 +759,23 @@ impl PasswordMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InnerRequest {
-    /// J2 password dialogue.
+    /// J2 password dialogue (expanded subtype 2): the older password request, the password
+    /// change request, a failure message.
     Password {
         /// Identifier of the nested EAP packet (the response must echo it).
         identifier: u8,
         /// The J2 message.
         message: PasswordMessage,
     },
-    /// Generic token card prompt (not supported by this crate's client).
+    /// The password request of current gateways (expanded subtype 5): a code (1: password
+    /// requested) and five bytes of unknown meaning.
+    CurrentPassword {
+        /// Nested identifier.
+        identifier: u8,
+        /// The request code.
+        code: u8,
+    },
+    /// Generic token card prompt (EAP type 6): a token code, or the next one.
     TokenCode {
         /// Nested identifier.
         identifier: u8,
@@ -762,9 +790,9 @@ pub enum InnerRequest {
         /// EAP type.
         eap_type: u8,
     },
-    /// A nested expanded EAP type other than Juniper's password dialogue: Juniper's host
-    /// checker (subtype 3), or another vendor's. The vendor is kept, as a subtype means
-    /// nothing without it.
+    /// A nested expanded EAP type this module does not interpret: Juniper's host checker
+    /// (subtype 3), a subtype 5 request of another form, another vendor's. The vendor is
+    /// kept, as a subtype means nothing without it.
     Expanded {
         /// Nested identifier.
         identifier: u8,
@@ -772,7 +800,97 @@ pub enum InnerRequest {
         vendor: u32,
         /// Vendor type.
         subtype: u32,
+        /// The first data byte (the request code of Juniper's password subtypes), if any.
+        code: Option<u8>,
     },
+}
+
+impl InnerRequest {
+    /// What the request asks, for messages: EAP type, vendor, subtype and code.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Password { message, .. } => match message {
+                PasswordMessage::Request { code } => {
+                    format!("Juniper password request (expanded subtype 2), code {code:#04x}")
+                }
+                other => format!("Juniper password message (expanded subtype 2): {other:?}"),
+            },
+            Self::CurrentPassword { code, .. } => {
+                format!("Juniper password request (expanded subtype 5), code {code:#04x}")
+            }
+            Self::TokenCode { .. } => "token code (EAP type 6, GTC)".into(),
+            Self::Other { eap_type, .. } => format!("EAP type {eap_type}"),
+            Self::Expanded {
+                vendor,
+                subtype,
+                code,
+                ..
+            } => {
+                let what = match (*vendor, *subtype) {
+                    (EAP_VENDOR_JUNIPER, JUNIPER_SUBTYPE_HOST_CHECKER) => " (host checker)",
+                    _ => "",
+                };
+                let code = code.map(|c| format!(", code {c:#04x}")).unwrap_or_default();
+                format!("expanded EAP vendor {vendor:#x} subtype {subtype}{what}{code}")
+            }
+        }
+    }
+}
+
+/// One of the user's sessions, listed when the user is at the realm's session limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveSession {
+    /// The id the client answers with to end this session (AVP 0xd66).
+    pub id: String,
+    /// Where the session comes from, as the gateway shows it (AVP 0xd67).
+    pub from: String,
+    /// When it started, Unix seconds (AVP 0xd68).
+    pub started: u64,
+}
+
+impl ActiveSession {
+    fn parse(data: &[u8]) -> Result<Self, EapError> {
+        let (mut id, mut from, mut started) = (None, None, None);
+        for a in parse_avps(data) {
+            let a = a?;
+            if a.vendor != Some(AVP_VENDOR_JUNIPER) {
+                continue;
+            }
+            match a.code {
+                avp::SESSION_ID => id = Some(a.text("session id")?),
+                avp::SESSION_FROM => from = Some(a.text("session origin")?),
+                avp::SESSION_START => {
+                    started = Some(
+                        <[u8; 8]>::try_from(a.data)
+                            .map(u64::from_be_bytes)
+                            .map_err(|_| EapError::AvpValueLength {
+                                code: a.code,
+                                expected: 8,
+                                got: a.data.len(),
+                            })?,
+                    )
+                }
+                _ => {}
+            }
+        }
+        match (id, from, started) {
+            (Some(id), Some(from), Some(started)) if !id.is_empty() => {
+                Ok(Self { id, from, started })
+            }
+            _ => Err(EapError::Unexpected {
+                expected: "a session entry with an id, an origin and a start time",
+                got: format!("{} bytes without them", data.len()),
+            }),
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), EapError> {
+        let mut inner = Vec::new();
+        append_juniper(&mut inner, avp::SESSION_ID, self.id.as_bytes())?;
+        append_juniper(&mut inner, avp::SESSION_FROM, self.from.as_bytes())?;
+        append_juniper(&mut inner, avp::SESSION_START, &self.started.to_be_bytes())?;
+        append_juniper(out, avp::SESSION_ENTRY, &inner)
+    }
 }
 
 /// Server-to-client Juniper/1 payload, every AVP pulse.c acts on as a typed field.
@@ -800,8 +918,10 @@ pub struct AuthRequest {
     pub username_prompt: Option<String>,
     /// 0xd81: password prompt.
     pub password_prompt: Option<String>,
-    /// 0xd7b: sign-in message.
+    /// 0xd7b: sign-in notice.
     pub signin_prompt: Option<String>,
+    /// 0xd65: the user's sessions, when at the session limit.
+    pub sessions: Vec<ActiveSession>,
     /// AVP 79: nested EAP.
     pub inner: Option<InnerRequest>,
     /// Everything else, in order, for logging.
@@ -835,6 +955,7 @@ impl AuthRequest {
                 avp::USERNAME_PROMPT => r.username_prompt = Some(a.text("username prompt")?),
                 avp::PASSWORD_PROMPT => r.password_prompt = Some(a.text("password prompt")?),
                 avp::SIGNIN_PROMPT => r.signin_prompt = Some(a.text("sign-in prompt")?),
+                avp::SESSION_ENTRY => r.sessions.push(ActiveSession::parse(a.data)?),
                 _ => r.other.push(a.into()),
             }
         }
@@ -877,6 +998,9 @@ impl AuthRequest {
                 append_juniper(out, code, v.as_bytes())?;
             }
         }
+        for session in &self.sessions {
+            session.encode(out)?;
+        }
         for a in &self.other {
             a.encode(out)?;
         }
@@ -885,8 +1009,23 @@ impl AuthRequest {
                 identifier,
                 message,
             }) => message.append_as_avp(*identifier, out)?,
+            Some(InnerRequest::CurrentPassword { identifier, code }) => {
+                let mut data = [0u8; 1 + CURRENT_REQUEST_TAIL];
+                data[0] = *code;
+                append_inner(
+                    out,
+                    EapCode::Request,
+                    *identifier,
+                    EapBody::Expanded {
+                        vendor: EAP_VENDOR_JUNIPER,
+                        subtype: JUNIPER_SUBTYPE_PASSWORD_CURRENT,
+                        data: &data,
+                    },
+                )?
+            }
             Some(InnerRequest::TokenCode { identifier, prompt }) => append_inner(
                 out,
+                EapCode::Request,
                 *identifier,
                 EapBody::Other {
                     eap_type: EAP_TYPE_GTC,
@@ -910,6 +1049,7 @@ impl AuthRequest {
                 }
                 append_inner(
                     out,
+                    EapCode::Request,
                     *identifier,
                     EapBody::Other {
                         eap_type: *eap_type,
@@ -921,6 +1061,7 @@ impl AuthRequest {
                 identifier,
                 vendor,
                 subtype,
+                code,
             }) => {
                 let what = match (*vendor, *subtype) {
                     (v, _) if v > 0x00ff_ffff => Some("a vendor id over 24 bits"),
@@ -935,13 +1076,20 @@ impl AuthRequest {
                         what,
                     });
                 }
+                // Only the code byte is kept; a subtype 5 request of one byte stays apart from
+                // the CurrentPassword form, which has five more.
+                let data: &[u8] = match code {
+                    Some(c) => std::slice::from_ref(c),
+                    None => &[],
+                };
                 append_inner(
                     out,
+                    EapCode::Request,
                     *identifier,
                     EapBody::Expanded {
                         vendor: *vendor,
                         subtype: *subtype,
-                        data: &[],
+                        data,
                     },
                 )?;
             }
@@ -951,11 +1099,16 @@ impl AuthRequest {
     }
 }
 
-/// Appends an EAP-Message AVP holding a nested request with `body`.
-fn append_inner(out: &mut Vec<u8>, identifier: u8, body: EapBody<'_>) -> Result<(), EapError> {
+/// Appends an EAP-Message AVP holding a nested packet with `body`.
+fn append_inner(
+    out: &mut Vec<u8>,
+    code: EapCode,
+    identifier: u8,
+    body: EapBody<'_>,
+) -> Result<(), EapError> {
     let mut eap = Vec::new();
     EapPacket {
-        code: EapCode::Request,
+        code,
         identifier,
         body,
     }
@@ -981,6 +1134,15 @@ fn parse_inner_request(data: &[u8]) -> Result<InnerRequest, EapError> {
             identifier,
             message: PasswordMessage::parse(EapCode::Request, data)?,
         },
+        // pulse.c takes subtype 5 only with code 1 and exactly five more bytes; anything
+        // else stays an unknown request that names its code.
+        EapBody::Expanded {
+            vendor: EAP_VENDOR_JUNIPER,
+            subtype: JUNIPER_SUBTYPE_PASSWORD_CURRENT,
+            data: &[code, ref tail @ ..],
+        } if code == J2_PASSWORD_REQUEST && tail.len() == CURRENT_REQUEST_TAIL => {
+            InnerRequest::CurrentPassword { identifier, code }
+        }
         EapBody::Other {
             eap_type: EAP_TYPE_GTC,
             data,
@@ -989,11 +1151,14 @@ fn parse_inner_request(data: &[u8]) -> Result<InnerRequest, EapError> {
             prompt: String::from_utf8_lossy(data).into_owned(),
         },
         EapBody::Expanded {
-            vendor, subtype, ..
+            vendor,
+            subtype,
+            data,
         } => InnerRequest::Expanded {
             identifier,
             vendor,
             subtype,
+            code: data.first().copied(),
         },
         EapBody::Other { eap_type, .. } => InnerRequest::Other {
             identifier,
@@ -1006,13 +1171,149 @@ fn parse_inner_request(data: &[u8]) -> Result<InnerRequest, EapError> {
     })
 }
 
-/// The client's credentials answer, nested in the EAP-Message AVP.
+/// What the client answers in the nested EAP packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PasswordResponse {
+#[non_exhaustive]
+pub enum Answer {
+    /// A J2 message ([`PasswordMessage::Response`] or [`PasswordMessage::ChangeResponse`]).
+    J2(PasswordMessage),
+    /// The password in the fixed field of the current form (padding removed).
+    CurrentPassword(String),
+    /// An EAP-GTC response: the token code.
+    TokenCode(String),
+}
+
+/// The client's nested EAP answer, in the EAP-Message AVP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InnerResponse {
     /// Identifier echoed from the nested request.
     pub identifier: u8,
-    /// The J2 message ([`PasswordMessage::Response`] or [`PasswordMessage::ChangeResponse`]).
-    pub message: PasswordMessage,
+    /// The answer.
+    pub answer: Answer,
+}
+
+impl InnerResponse {
+    fn parse(data: &[u8]) -> Result<Self, EapError> {
+        let eap = EapPacket::parse(data)?;
+        if eap.code != EapCode::Response {
+            return Err(EapError::Unexpected {
+                expected: "nested EAP response",
+                got: format!("{:?}", eap.code),
+            });
+        }
+        let answer = match eap.body {
+            EapBody::Expanded {
+                vendor: EAP_VENDOR_JUNIPER,
+                subtype: JUNIPER_SUBTYPE_PASSWORD,
+                data,
+            } => Answer::J2(PasswordMessage::parse(EapCode::Response, data)?),
+            EapBody::Expanded {
+                vendor: EAP_VENDOR_JUNIPER,
+                subtype: JUNIPER_SUBTYPE_PASSWORD_CURRENT,
+                data,
+            } => {
+                let field = match data {
+                    [J2_PASSWORD_REQUEST, field @ ..] if field.len() == CURRENT_PASSWORD_FIELD => {
+                        field
+                    }
+                    _ => {
+                        return Err(EapError::J2Malformed {
+                            what: "current-form password answer is not 01 and an 18-byte field",
+                        });
+                    }
+                };
+                let end = field.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                if field[..end].contains(&0) {
+                    return Err(EapError::J2Malformed {
+                        what: "current-form password holds a NUL byte",
+                    });
+                }
+                Answer::CurrentPassword(
+                    std::str::from_utf8(&field[..end])
+                        .map_err(|_| EapError::NotUtf8 {
+                            what: "current-form password",
+                        })?
+                        .to_owned(),
+                )
+            }
+            EapBody::Other {
+                eap_type: EAP_TYPE_GTC,
+                data,
+            } => Answer::TokenCode(
+                std::str::from_utf8(data)
+                    .map_err(|_| EapError::NotUtf8 { what: "token code" })?
+                    .to_owned(),
+            ),
+            other => {
+                return Err(EapError::Unexpected {
+                    expected: "a J2, current-form password or GTC answer",
+                    got: format!("{other:?}"),
+                });
+            }
+        };
+        Ok(Self {
+            identifier: eap.identifier,
+            answer,
+        })
+    }
+
+    fn append_as_avp(&self, out: &mut Vec<u8>) -> Result<(), EapError> {
+        match &self.answer {
+            Answer::J2(message) => message.append_as_avp(self.identifier, out),
+            Answer::CurrentPassword(password) => {
+                let mut data = [0u8; 1 + CURRENT_PASSWORD_FIELD];
+                data[0] = J2_PASSWORD_REQUEST;
+                let cut = truncate_at_char(password, CURRENT_PASSWORD_FIELD);
+                if cut.contains('\0') {
+                    return Err(EapError::J2Malformed {
+                        what: "password holds a NUL byte",
+                    });
+                }
+                data[1..1 + cut.len()].copy_from_slice(cut.as_bytes());
+                append_inner(
+                    out,
+                    EapCode::Response,
+                    self.identifier,
+                    EapBody::Expanded {
+                        vendor: EAP_VENDOR_JUNIPER,
+                        subtype: JUNIPER_SUBTYPE_PASSWORD_CURRENT,
+                        data: &data,
+                    },
+                )
+            }
+            Answer::TokenCode(code) => {
+                if code.len() > J2_MAX_VALUE {
+                    return Err(EapError::TooLong {
+                        what: "token code",
+                        len: code.len(),
+                        max: J2_MAX_VALUE,
+                    });
+                }
+                append_inner(
+                    out,
+                    EapCode::Response,
+                    self.identifier,
+                    EapBody::Other {
+                        eap_type: EAP_TYPE_GTC,
+                        data: code.as_bytes(),
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary: the
+/// current form's field holds 18 bytes, and a cut inside a character would not be UTF-8.
+pub fn truncate_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Client-to-server Juniper/1 payload. All fields empty is the bare acknowledgement the
@@ -1031,8 +1332,12 @@ pub struct AuthResponse {
     pub region: Option<String>,
     /// 0xd6d: username.
     pub username: Option<String>,
-    /// AVP 79: nested password response.
-    pub password: Option<PasswordResponse>,
+    /// 0xd7c: the sign-in notice was accepted (pulse.c sends 1).
+    pub notice_accepted: Option<u32>,
+    /// 0xd69: the session to end, at the session limit.
+    pub end_session: Option<String>,
+    /// AVP 79: nested answer (password, password change, token code).
+    pub inner: Option<InnerResponse>,
     /// Everything else, for logging.
     pub other: Vec<RawAvp>,
 }
@@ -1049,12 +1354,7 @@ impl AuthResponse {
         for a in parse_avps(avps) {
             let a = a?;
             if a.vendor.is_none() && a.code == AVP_EAP_MESSAGE {
-                let eap = EapPacket::parse(a.data)?;
-                let data = eap.juniper_data(EapCode::Response, JUNIPER_SUBTYPE_PASSWORD)?;
-                r.password = Some(PasswordResponse {
-                    identifier: eap.identifier,
-                    message: PasswordMessage::parse(EapCode::Response, data)?,
-                });
+                r.inner = Some(InnerResponse::parse(a.data)?);
                 continue;
             }
             if a.vendor != Some(AVP_VENDOR_JUNIPER) {
@@ -1068,6 +1368,8 @@ impl AuthResponse {
                 avp::REALM_SELECTION => r.realm = Some(a.text("realm")?),
                 avp::REGION_SELECTION => r.region = Some(a.text("region")?),
                 avp::USERNAME => r.username = Some(a.text("username")?),
+                avp::SIGNIN_ACK => r.notice_accepted = Some(a.word()?),
+                avp::SESSION_END => r.end_session = Some(a.text("session to end")?),
                 _ => r.other.push(a.into()),
             }
         }
@@ -1084,17 +1386,21 @@ impl AuthResponse {
             (avp::REALM_SELECTION, &self.realm),
             (avp::REGION_SELECTION, &self.region),
             (avp::USERNAME, &self.username),
+            (avp::SESSION_END, &self.end_session),
         ];
         for (code, value) in texts {
             if let Some(v) = value {
                 append_juniper(out, code, v.as_bytes())?;
             }
         }
+        if let Some(word) = self.notice_accepted {
+            append_juniper(out, avp::SIGNIN_ACK, &word.to_be_bytes())?;
+        }
         for a in &self.other {
             a.encode(out)?;
         }
-        if let Some(p) = &self.password {
-            p.message.append_as_avp(p.identifier, out)?;
+        if let Some(inner) = &self.inner {
+            inner.append_as_avp(out)?;
         }
         Ok(())
     }
@@ -1209,6 +1515,11 @@ mod tests {
             username_prompt: Some("User:".into()),
             password_prompt: Some("Pass:".into()),
             signin_prompt: Some("Welcome".into()),
+            sessions: vec![ActiveSession {
+                id: "sid".into(),
+                from: "192.0.2.1".into(),
+                started: 1,
+            }],
             inner: Some(InnerRequest::Password {
                 identifier: 3,
                 message: PasswordMessage::Request {
@@ -1236,12 +1547,14 @@ mod tests {
             realm: Some("Users".into()),
             region: None,
             username: Some("alice".into()),
-            password: Some(PasswordResponse {
+            notice_accepted: Some(1),
+            end_session: Some("sid-1".into()),
+            inner: Some(InnerResponse {
                 identifier: 9,
-                message: PasswordMessage::ChangeResponse {
+                answer: Answer::J2(PasswordMessage::ChangeResponse {
                     old: "a".into(),
                     new: "b".into(),
-                },
+                }),
             }),
             other: vec![],
         };
@@ -1363,7 +1676,8 @@ mod tests {
             Some(InnerRequest::Expanded {
                 identifier: 0xac,
                 vendor: 0x06_0000,
-                subtype: 6
+                subtype: 6,
+                code: None,
             })
         );
         let mut out = Vec::new();
@@ -1386,7 +1700,8 @@ mod tests {
             Some(InnerRequest::Expanded {
                 identifier: 7,
                 vendor: EAP_VENDOR_JUNIPER,
-                subtype: JUNIPER_SUBTYPE_HOST_CHECKER
+                subtype: JUNIPER_SUBTYPE_HOST_CHECKER,
+                code: None,
             })
         );
         assert_eq!(
@@ -1414,11 +1729,13 @@ mod tests {
                 identifier: 1,
                 vendor: EAP_VENDOR_JUNIPER,
                 subtype: JUNIPER_SUBTYPE_PASSWORD,
+                code: None,
             },
             InnerRequest::Expanded {
                 identifier: 1,
                 vendor: 0x0100_0000,
                 subtype: 1,
+                code: None,
             },
         ];
         for inner in refused {
@@ -1442,6 +1759,7 @@ mod tests {
                 identifier: 1,
                 vendor: 0x00ff_ffff,
                 subtype: JUNIPER_SUBTYPE_PASSWORD,
+                code: None,
             },
         ] {
             let req = AuthRequest {
@@ -1491,5 +1809,192 @@ mod tests {
                 max: 253
             })
         );
+    }
+
+    fn nested(avps: &[u8]) -> Vec<u8> {
+        // The EAP-Message AVP's value: past the 8-byte AVP header, without padding.
+        let len = (u32::from_be_bytes([0, avps[5], avps[6], avps[7]]) - 8) as usize;
+        avps[8..8 + len].to_vec()
+    }
+
+    /// The current form's request and answer, byte for byte as openconnect's test server
+    /// sends and expects them (EAP length 18 and 31, AVP length 39).
+    #[test]
+    fn current_password_request_and_answer_bytes() {
+        let req = AuthRequest {
+            inner: Some(InnerRequest::CurrentPassword {
+                identifier: 3,
+                code: J2_PASSWORD_REQUEST,
+            }),
+            ..AuthRequest::default()
+        };
+        let mut out = Vec::new();
+        req.encode(&mut out).expect("encode");
+        assert_eq!(
+            nested(&out),
+            [
+                1, 3, 0, 18, 0xfe, 0, 0x0a, 0x4c, 0, 0, 0, 5, 1, 0, 0, 0, 0, 0
+            ]
+        );
+        assert_eq!(AuthRequest::parse(&out), Ok(req));
+
+        let resp = AuthResponse {
+            username: Some("alice".into()),
+            inner: Some(InnerResponse {
+                identifier: 3,
+                answer: Answer::CurrentPassword("secret".into()),
+            }),
+            ..AuthResponse::default()
+        };
+        let mut out = Vec::new();
+        resp.encode(&mut out).expect("encode");
+        let avps: Vec<_> = parse_avps(&out).map(|a| a.expect("avp")).collect();
+        assert_eq!(avps.len(), 2);
+        assert_eq!((avps[0].code, avps[0].data), (avp::USERNAME, &b"alice"[..]));
+        assert_eq!(avps[1].code, AVP_EAP_MESSAGE);
+        let mut want = vec![2, 3, 0, 31, 0xfe, 0, 0x0a, 0x4c, 0, 0, 0, 5, 1];
+        want.extend_from_slice(b"secret");
+        want.resize(31, 0);
+        assert_eq!(avps[1].data, &want[..]);
+        assert_eq!(out.len() % 4, 0);
+        assert_eq!(AuthResponse::parse(&out), Ok(resp));
+    }
+
+    /// A password longer than the field is cut to 18 bytes, on a character boundary.
+    #[test]
+    fn current_password_is_cut_to_the_field() {
+        let answer = |pw: &str| {
+            let mut out = Vec::new();
+            InnerResponse {
+                identifier: 1,
+                answer: Answer::CurrentPassword(pw.into()),
+            }
+            .append_as_avp(&mut out)
+            .expect("encode");
+            match AuthResponse::parse(&out).expect("parse").inner {
+                Some(InnerResponse {
+                    answer: Answer::CurrentPassword(p),
+                    ..
+                }) => p,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(answer("0123456789abcdefghij"), "0123456789abcdefgh");
+        assert_eq!(answer("exactly-18-bytes!!"), "exactly-18-bytes!!");
+        // 17 ASCII bytes then a 2-byte character: the character does not fit.
+        assert_eq!(answer("0123456789abcdefgé"), "0123456789abcdefg");
+        assert_eq!(answer(""), "");
+    }
+
+    /// Subtype 5 with another code or length is not a password request: it stays unknown
+    /// and names its code.
+    #[test]
+    fn other_subtype_5_requests_stay_unknown_with_their_code() {
+        let mut avps = Vec::new();
+        let eap = [
+            1, 4, 0, 18, 0xfe, 0, 0x0a, 0x4c, 0, 0, 0, 5, 2, 0, 0, 0, 0, 0,
+        ];
+        append_avp(&mut avps, AVP_EAP_MESSAGE, None, true, &eap).expect("avp");
+        let inner = AuthRequest::parse(&avps)
+            .expect("parse")
+            .inner
+            .expect("inner");
+        assert_eq!(
+            inner,
+            InnerRequest::Expanded {
+                identifier: 4,
+                vendor: EAP_VENDOR_JUNIPER,
+                subtype: JUNIPER_SUBTYPE_PASSWORD_CURRENT,
+                code: Some(2),
+            }
+        );
+        assert_eq!(
+            inner.describe(),
+            "expanded EAP vendor 0xa4c subtype 5, code 0x02"
+        );
+        let short = [1, 4, 0, 13, 0xfe, 0, 0x0a, 0x4c, 0, 0, 0, 5, 1];
+        let mut avps = Vec::new();
+        append_avp(&mut avps, AVP_EAP_MESSAGE, None, true, &short).expect("avp");
+        assert!(matches!(
+            AuthRequest::parse(&avps).expect("parse").inner,
+            Some(InnerRequest::Expanded { code: Some(1), .. })
+        ));
+    }
+
+    #[test]
+    fn token_code_answer_and_session_list_round_trip() {
+        let resp = AuthResponse {
+            username: Some("alice".into()),
+            inner: Some(InnerResponse {
+                identifier: 7,
+                answer: Answer::TokenCode("123456".into()),
+            }),
+            ..AuthResponse::default()
+        };
+        let mut out = Vec::new();
+        resp.encode(&mut out).expect("encode");
+        assert_eq!(AuthResponse::parse(&out), Ok(resp));
+
+        let req = AuthRequest {
+            sessions: vec![
+                ActiveSession {
+                    id: "sid-1".into(),
+                    from: "192.0.2.7".into(),
+                    started: 1_764_000_000,
+                },
+                ActiveSession {
+                    id: "sid-2".into(),
+                    from: "2001:db8::7".into(),
+                    started: 1_764_000_100,
+                },
+            ],
+            ..AuthRequest::default()
+        };
+        let mut out = Vec::new();
+        req.encode(&mut out).expect("encode");
+        assert_eq!(AuthRequest::parse(&out), Ok(req));
+    }
+
+    /// A session entry without its id, origin or start is refused, not shown half-empty.
+    #[test]
+    fn an_incomplete_session_entry_is_refused() {
+        let mut inner = Vec::new();
+        append_juniper(&mut inner, avp::SESSION_ID, b"sid").expect("avp");
+        append_juniper(&mut inner, avp::SESSION_START, &[0; 8]).expect("avp");
+        let mut out = Vec::new();
+        append_juniper(&mut out, avp::SESSION_ENTRY, &inner).expect("avp");
+        assert!(AuthRequest::parse(&out).is_err());
+    }
+
+    #[test]
+    fn unknown_requests_are_described_by_type_vendor_subtype_and_code() {
+        let cases = [
+            (
+                InnerRequest::Other {
+                    identifier: 1,
+                    eap_type: 13,
+                },
+                "EAP type 13",
+            ),
+            (
+                InnerRequest::Expanded {
+                    identifier: 1,
+                    vendor: EAP_VENDOR_JUNIPER,
+                    subtype: JUNIPER_SUBTYPE_HOST_CHECKER,
+                    code: None,
+                },
+                "expanded EAP vendor 0xa4c subtype 3 (host checker)",
+            ),
+            (
+                InnerRequest::Password {
+                    identifier: 1,
+                    message: PasswordMessage::Request { code: 0x02 },
+                },
+                "Juniper password request (expanded subtype 2), code 0x02",
+            ),
+        ];
+        for (req, want) in cases {
+            assert_eq!(req.describe(), want);
+        }
     }
 }

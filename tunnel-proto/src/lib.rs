@@ -87,11 +87,12 @@ pub use config::{
     ROUTE_EXCLUDE, ROUTE_INCLUDE, RawTlv, range_to_prefixes, tlv, tlv_name,
 };
 pub use eap::{
-    AVP_EAP_MESSAGE, AVP_FLAG_MANDATORY, AVP_FLAG_VENDOR, AVP_VENDOR_JUNIPER, AuthRequest,
-    AuthResponse, Avp, AvpIter, EAP_TYPE_EXPANDED, EAP_TYPE_IDENTITY, EAP_VENDOR_JUNIPER, EapBody,
-    EapCode, EapError, EapPacket, InnerRequest, J2_PASSWORD_CHANGE, J2_PASSWORD_FAILURE,
-    J2_PASSWORD_REQUEST, J2_PASSWORD_RESPONSE, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS,
-    JUNIPER_SUBTYPE_PASSWORD, PasswordMessage, PasswordResponse, RawAvp, append_avp, avp,
+    AVP_EAP_MESSAGE, AVP_FLAG_MANDATORY, AVP_FLAG_VENDOR, AVP_VENDOR_JUNIPER, ActiveSession,
+    Answer, AuthRequest, AuthResponse, Avp, AvpIter, CURRENT_PASSWORD_FIELD, EAP_TYPE_EXPANDED,
+    EAP_TYPE_IDENTITY, EAP_VENDOR_JUNIPER, EapBody, EapCode, EapError, EapPacket, InnerRequest,
+    InnerResponse, J2_PASSWORD_CHANGE, J2_PASSWORD_FAILURE, J2_PASSWORD_REQUEST,
+    J2_PASSWORD_RESPONSE, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, JUNIPER_SUBTYPE_PASSWORD,
+    JUNIPER_SUBTYPE_PASSWORD_CURRENT, PasswordMessage, RawAvp, append_avp, avp,
     encode_juniper_avps, parse_avps,
 };
 pub use esp::{
@@ -107,7 +108,8 @@ pub use ift::{
 };
 pub use rng::{OsRandom, RandomSource, SessionRandom};
 pub use server::{
-    CloseReason, DEFAULT_LOGIN_MAX_FRAME_LEN, Server, ServerConfig, ServerEvent, SpiAllocator,
+    CloseReason, DEFAULT_LOGIN_MAX_FRAME_LEN, Notice, PasswordForm, Prompt, PromptAnswer, Server,
+    ServerConfig, ServerEvent, SpiAllocator,
 };
 pub use session::{
     AuthFailure, AuthRejection, EspInput, MAX_TLS_BACKLOG, MIN_SPI, Password, REKEY_OVERLAP,

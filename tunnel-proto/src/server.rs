@@ -11,8 +11,9 @@
 
 use crate::config::{Config, ConfigPacket, EspKeyExchange, EspKeys};
 use crate::eap::{
-    AuthRequest, AuthResponse, EapBody, EapCode, EapPacket, InnerRequest, J2_PASSWORD_REQUEST,
-    J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, PasswordMessage, encode_juniper_avps,
+    ActiveSession, Answer, AuthRequest, AuthResponse, EapBody, EapCode, EapPacket, InnerRequest,
+    InnerResponse, J2_PASSWORD_CHANGE, J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY,
+    JUNIPER_SUBTYPE_AVPS, PasswordMessage, encode_juniper_avps,
 };
 use crate::esp::{EspError, EspSuite};
 use crate::ift::{
@@ -25,7 +26,7 @@ use crate::session::{
     AuthRejection, EspInput, EspPair, PacketSink, Password, SessionError, TlsOut, Transmit, after,
     generate_inbound_with, outbound_from, random_spi,
 };
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,11 +43,77 @@ pub trait SpiAllocator: Send + Sync {
     fn release(&self, spi: u32);
 }
 
+/// How the gateway asks for the password (docs/login.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PasswordForm {
+    /// Expanded Juniper subtype 5, as current Ivanti Connect Secure releases ask: the answer
+    /// carries at most 18 bytes of password.
+    #[default]
+    Current,
+    /// J2 (subtype 2) code 1, as older gateways ask, and all openconnect releases before
+    /// the 2025 one understand.
+    Legacy,
+}
+
+/// A sign-in notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The text shown to the user.
+    pub text: String,
+    /// The login goes on only once the client accepts it; otherwise the text rides on the
+    /// next request and is only shown.
+    pub accept: bool,
+}
+
+/// What the gateway asks after the password, when its caller says so ([`Server::ask`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// The password has expired: the client sends the current and a new one (J2 0x43).
+    PasswordChange,
+    /// A token code (EAP-GTC) with this prompt.
+    TokenCode {
+        /// Shown to the user.
+        prompt: String,
+    },
+    /// A notice the client must accept (AVP 0xd7b alone).
+    Notice {
+        /// The notice.
+        text: String,
+    },
+    /// The user is at the session limit: the client names one of these to end.
+    SessionChoice {
+        /// The user's sessions.
+        sessions: Vec<ActiveSession>,
+    },
+}
+
+/// The client's answer to a [`Prompt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptAnswer {
+    /// To [`Prompt::PasswordChange`].
+    NewPassword {
+        /// What the client says the current password is.
+        old: Password,
+        /// The new one.
+        new: Password,
+    },
+    /// To [`Prompt::TokenCode`].
+    TokenCode(Password),
+    /// To [`Prompt::Notice`].
+    NoticeAccepted,
+    /// To [`Prompt::SessionChoice`]: one of the listed ids.
+    EndSession(String),
+}
+
 /// What the gateway session is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Realms offered. With more than one the client must choose; with one it is implied.
     pub realms: Vec<String>,
+    /// How the password is asked for.
+    pub password_form: PasswordForm,
+    /// Notices shown, per realm, once the realm is known and before the password.
+    pub pre_auth_notices: BTreeMap<String, Notice>,
     /// Largest IF-T frame accepted once the client has logged in.
     pub max_frame_len: u32,
     /// Largest IF-T frame accepted before: the login's messages are small, and whoever
@@ -72,6 +139,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             realms: vec!["Users".into()],
+            password_form: PasswordForm::default(),
+            pre_auth_notices: BTreeMap::new(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             login_max_frame_len: DEFAULT_LOGIN_MAX_FRAME_LEN,
             auth_timeout: Some(Duration::from_secs(120)),
@@ -129,8 +198,8 @@ pub enum ServerEvent {
         /// The cookie.
         cookie: String,
     },
-    /// Check these credentials, then [`Server::accept`] with a new session cookie or
-    /// [`Server::reject`].
+    /// Check these credentials, then [`Server::accept`] with a new session cookie,
+    /// [`Server::ask`] for more, or [`Server::reject`].
     Authenticate {
         /// Realm chosen (or the only one).
         realm: Option<String>,
@@ -138,6 +207,16 @@ pub enum ServerEvent {
         username: String,
         /// Password.
         password: Password,
+    },
+    /// The client answered a [`Prompt`]: decide again ([`Server::accept`], [`Server::ask`],
+    /// [`Server::reject`]).
+    Answered {
+        /// Realm of the login.
+        realm: Option<String>,
+        /// Username of the login.
+        username: String,
+        /// The answer.
+        answer: PromptAnswer,
     },
     /// EAP success was sent; call [`Server::send_config`].
     Authenticated {
@@ -173,10 +252,22 @@ enum State {
     AwaitRealm {
         ident: u8,
     },
+    AwaitPreNotice {
+        ident: u8,
+        realm: Option<String>,
+    },
     AwaitCredentials {
         ident: u8,
         inner: u8,
         realm: Option<String>,
+    },
+    AwaitAnswer {
+        ident: u8,
+        /// The nested identifier, for the prompts answered in a nested EAP packet.
+        inner: u8,
+        prompt: Prompt,
+        realm: Option<String>,
+        username: String,
     },
     AwaitDecision {
         realm: Option<String>,
@@ -204,7 +295,14 @@ impl State {
             Self::AwaitHello { .. } => "waiting for the client's Juniper/1 hello",
             Self::AwaitResumeDecision => "waiting for the caller's resume decision",
             Self::AwaitRealm { .. } => "waiting for the realm",
+            Self::AwaitPreNotice { .. } => "waiting for the notice to be accepted",
             Self::AwaitCredentials { .. } => "waiting for credentials",
+            Self::AwaitAnswer { prompt, .. } => match prompt {
+                Prompt::PasswordChange => "waiting for the new password",
+                Prompt::TokenCode { .. } => "waiting for the token code",
+                Prompt::Notice { .. } => "waiting for the notice to be accepted",
+                Prompt::SessionChoice { .. } => "waiting for the session to end",
+            },
             Self::AwaitDecision { .. } => "waiting for the caller's login decision",
             Self::AwaitCookieAck { .. } => "waiting for the cookie acknowledgement",
             Self::Authenticated => "waiting for the caller's config",
@@ -227,7 +325,10 @@ impl State {
             | Self::AwaitIdentity
             | Self::AwaitHello { .. }
             | Self::AwaitCookieAck { .. } => cfg.protocol_step_timeout,
-            Self::AwaitRealm { .. } | Self::AwaitCredentials { .. } => cfg.user_step_timeout,
+            Self::AwaitRealm { .. }
+            | Self::AwaitPreNotice { .. }
+            | Self::AwaitCredentials { .. }
+            | Self::AwaitAnswer { .. } => cfg.user_step_timeout,
             Self::AwaitResumeDecision
             | Self::AwaitDecision { .. }
             | Self::Authenticated
@@ -272,6 +373,18 @@ impl ServerEsp {
     }
 }
 
+/// The nested answer, for error messages (never its secret).
+fn describe_answer(answer: Option<&InnerResponse>) -> &'static str {
+    match answer.map(|a| &a.answer) {
+        None => "no nested answer",
+        Some(Answer::J2(PasswordMessage::Response { .. })) => "a legacy-form password",
+        Some(Answer::J2(PasswordMessage::ChangeResponse { .. })) => "a password change",
+        Some(Answer::J2(_)) => "another J2 message",
+        Some(Answer::CurrentPassword(_)) => "a current-form password",
+        Some(Answer::TokenCode(_)) => "a token code",
+    }
+}
+
 fn cfg_session_end(now: Instant, lifetime: Option<Duration>) -> Option<Instant> {
     lifetime.and_then(|l| after(now, l))
 }
@@ -295,6 +408,8 @@ pub struct Server {
     spis: Option<Arc<dyn SpiAllocator>>,
     /// When the login ends, whatever the traffic.
     session_end: Option<Instant>,
+    /// A notice that needs no acceptance, shown with the next request sent.
+    notice: Option<String>,
 }
 
 impl Drop for Server {
@@ -341,6 +456,7 @@ impl Server {
             esp: None,
             spis: None,
             session_end: cfg_session_end(now, lifetime),
+            notice: None,
         }
     }
 
@@ -534,7 +650,14 @@ impl Server {
 
     fn send_j1(&mut self, ident: u8, req: &AuthRequest) -> Result<(), SessionError> {
         let mut avps = Vec::new();
-        req.encode(&mut avps)?;
+        match self.notice.take() {
+            Some(text) => AuthRequest {
+                signin_prompt: Some(text),
+                ..req.clone()
+            }
+            .encode(&mut avps)?,
+            None => req.encode(&mut avps)?,
+        }
         let mut eap = Vec::new();
         encode_juniper_avps(EapCode::Request, ident, &avps, &mut eap)?;
         self.out.send(&Message::AuthChallenge { eap: &eap })
@@ -632,7 +755,18 @@ impl Server {
                     )?;
                     return Ok(());
                 }
-                self.ask_password(J2_PASSWORD_REQUEST, Some(realm))?;
+                self.realm_known(Some(realm))?;
+            }
+            (State::AwaitPreNotice { ident, realm }, Message::AuthResponse { eap }) => {
+                let realm = realm.clone();
+                let resp = self.parse_j1(eap, *ident)?;
+                if resp.notice_accepted != Some(1) {
+                    return Err(SessionError::UnexpectedAuth {
+                        state: self.state.name(),
+                        what: "response without the notice's acceptance (0xd7c = 1)".into(),
+                    });
+                }
+                self.ask_password(false, realm)?;
             }
             (
                 State::AwaitCredentials {
@@ -644,20 +778,29 @@ impl Server {
             ) => {
                 let (inner, realm) = (*inner, realm.clone());
                 let resp = self.parse_j1(eap, *ident)?;
-                let password = match resp.password {
-                    Some(p) if p.identifier == inner => match p.message {
-                        PasswordMessage::Response { password } => password,
-                        other => {
-                            return Err(SessionError::UnexpectedAuth {
-                                state: self.state.name(),
-                                what: format!("J2 {other:?}"),
-                            });
-                        }
-                    },
-                    _ => {
+                let form = self.cfg.password_form;
+                let password = match (resp.inner, form) {
+                    (
+                        Some(InnerResponse {
+                            identifier,
+                            answer: Answer::J2(PasswordMessage::Response { password }),
+                        }),
+                        PasswordForm::Legacy,
+                    )
+                    | (
+                        Some(InnerResponse {
+                            identifier,
+                            answer: Answer::CurrentPassword(password),
+                        }),
+                        PasswordForm::Current,
+                    ) if identifier == inner => password,
+                    (other, _) => {
                         return Err(SessionError::UnexpectedAuth {
                             state: self.state.name(),
-                            what: "response without the password for our request".into(),
+                            what: format!(
+                                "{form:?}-form password request answered with {}",
+                                describe_answer(other.as_ref())
+                            ),
                         });
                     }
                 };
@@ -666,6 +809,86 @@ impl Server {
                     realm: realm.clone(),
                     username: username.clone(),
                     password: Password::new(password),
+                });
+                self.state = State::AwaitDecision { realm, username };
+            }
+            (State::AwaitAnswer { ident, .. }, Message::AuthResponse { eap }) => {
+                let ident = *ident;
+                let resp = self.parse_j1(eap, ident)?;
+                let State::AwaitAnswer {
+                    inner,
+                    prompt,
+                    realm,
+                    username,
+                    ..
+                } = std::mem::replace(&mut self.state, State::Closed)
+                else {
+                    return Err(unexpected(&self.state));
+                };
+                let answer = match (&prompt, resp) {
+                    (
+                        Prompt::PasswordChange,
+                        AuthResponse {
+                            inner:
+                                Some(InnerResponse {
+                                    identifier,
+                                    answer: Answer::J2(PasswordMessage::ChangeResponse { old, new }),
+                                }),
+                            ..
+                        },
+                    ) if identifier == inner => PromptAnswer::NewPassword {
+                        old: Password::new(old),
+                        new: Password::new(new),
+                    },
+                    (
+                        Prompt::TokenCode { .. },
+                        AuthResponse {
+                            inner:
+                                Some(InnerResponse {
+                                    identifier,
+                                    answer: Answer::TokenCode(code),
+                                }),
+                            ..
+                        },
+                    ) if identifier == inner => PromptAnswer::TokenCode(Password::new(code)),
+                    (
+                        Prompt::Notice { .. },
+                        AuthResponse {
+                            notice_accepted: Some(1),
+                            ..
+                        },
+                    ) => PromptAnswer::NoticeAccepted,
+                    (
+                        Prompt::SessionChoice { sessions },
+                        AuthResponse {
+                            end_session: Some(id),
+                            ..
+                        },
+                    ) if sessions.iter().any(|s| s.id == id) => PromptAnswer::EndSession(id),
+                    (prompt, resp) => {
+                        self.state = State::AwaitAnswer {
+                            ident,
+                            inner,
+                            prompt: prompt.clone(),
+                            realm,
+                            username,
+                        };
+                        return Err(SessionError::UnexpectedAuth {
+                            state: self.state.name(),
+                            what: format!(
+                                "the answer does not fit the prompt (nested: {}, notice \
+                                 accepted: {:?}, session: {:?})",
+                                describe_answer(resp.inner.as_ref()),
+                                resp.notice_accepted,
+                                resp.end_session
+                            ),
+                        });
+                    }
+                };
+                self.events.push_back(ServerEvent::Answered {
+                    realm: realm.clone(),
+                    username: username.clone(),
+                    answer,
                 });
                 self.state = State::AwaitDecision { realm, username };
             }
@@ -727,21 +950,63 @@ impl Server {
             Ok(())
         } else {
             let realm = self.cfg.realms.first().cloned();
-            self.ask_password(J2_PASSWORD_REQUEST, realm)
+            self.realm_known(realm)
         }
     }
 
-    fn ask_password(&mut self, code: u8, realm: Option<String>) -> Result<(), SessionError> {
+    /// The realm is known: its pre-authentication notice, then the password.
+    fn realm_known(&mut self, realm: Option<String>) -> Result<(), SessionError> {
+        let notice = realm
+            .as_ref()
+            .and_then(|r| self.cfg.pre_auth_notices.get(r))
+            .cloned();
+        match notice {
+            Some(Notice { text, accept: true }) => {
+                let ident = self.ident();
+                let req = AuthRequest {
+                    signin_prompt: Some(text),
+                    ..AuthRequest::default()
+                };
+                self.send_j1(ident, &req)?;
+                self.state = State::AwaitPreNotice { ident, realm };
+                Ok(())
+            }
+            Some(Notice {
+                text,
+                accept: false,
+            }) => {
+                self.notice = Some(text);
+                self.ask_password(false, realm)
+            }
+            None => self.ask_password(false, realm),
+        }
+    }
+
+    fn ask_password(&mut self, retry: bool, realm: Option<String>) -> Result<(), SessionError> {
         let ident = self.ident();
         let inner = self.ident();
         // No prompt-flags AVP (0xd73): without it clients ask for the primary username and
         // password; with value 1 openconnect labels the prompt "secondary credentials".
+        // The current form has no retry code: the request is asked again as it was.
+        let request = match self.cfg.password_form {
+            PasswordForm::Current => InnerRequest::CurrentPassword {
+                identifier: inner,
+                code: J2_PASSWORD_REQUEST,
+            },
+            PasswordForm::Legacy => InnerRequest::Password {
+                identifier: inner,
+                message: PasswordMessage::Request {
+                    code: if retry {
+                        J2_PASSWORD_RETRY
+                    } else {
+                        J2_PASSWORD_REQUEST
+                    },
+                },
+            },
+        };
         let req = AuthRequest {
             prompt_flags: None,
-            inner: Some(InnerRequest::Password {
-                identifier: inner,
-                message: PasswordMessage::Request { code },
-            }),
+            inner: Some(request),
             ..AuthRequest::default()
         };
         self.send_j1(ident, &req)?;
@@ -751,6 +1016,70 @@ impl Server {
             realm,
         };
         Ok(())
+    }
+
+    /// Asks the client for more, after [`ServerEvent::Authenticate`] or
+    /// [`ServerEvent::Answered`]; the answer comes as [`ServerEvent::Answered`].
+    pub fn ask(&mut self, prompt: Prompt) -> Result<(), SessionError> {
+        let State::AwaitDecision { realm, username } = &self.state else {
+            return Err(self.wrong("ask"));
+        };
+        let (realm, username) = (realm.clone(), username.clone());
+        self.step_started = self.clock;
+        let ident = self.ident();
+        let inner = self.ident();
+        let req = match &prompt {
+            Prompt::PasswordChange => AuthRequest {
+                inner: Some(InnerRequest::Password {
+                    identifier: inner,
+                    message: PasswordMessage::Request {
+                        code: J2_PASSWORD_CHANGE,
+                    },
+                }),
+                ..AuthRequest::default()
+            },
+            // Prompt flags 3: the password (here, the code) only, not the username again.
+            Prompt::TokenCode { prompt } => AuthRequest {
+                prompt_flags: Some(3),
+                inner: Some(InnerRequest::TokenCode {
+                    identifier: inner,
+                    prompt: prompt.clone(),
+                }),
+                ..AuthRequest::default()
+            },
+            Prompt::Notice { text } => AuthRequest {
+                signin_prompt: Some(text.clone()),
+                ..AuthRequest::default()
+            },
+            Prompt::SessionChoice { sessions } => {
+                if sessions.is_empty() {
+                    return Err(self.wrong("ask (a session choice without sessions)"));
+                }
+                AuthRequest {
+                    sessions: sessions.clone(),
+                    ..AuthRequest::default()
+                }
+            }
+        };
+        if matches!(prompt, Prompt::Notice { .. }) {
+            // Its own text; a pending one would replace it.
+            self.notice = None;
+        }
+        self.send_j1(ident, &req)?;
+        self.state = State::AwaitAnswer {
+            ident,
+            inner,
+            prompt,
+            realm,
+            username,
+        };
+        Ok(())
+    }
+
+    /// Shows `text` with the next request (the cookie, after [`Server::accept`]): a notice
+    /// that needs no acceptance.
+    pub fn show_notice(&mut self, text: String) {
+        self.notice = Some(text);
     }
 
     fn fail_login(&mut self, ident: u8, why: AuthRejection) -> Result<(), SessionError> {
@@ -815,7 +1144,7 @@ impl Server {
         match (&self.state, why) {
             (State::AwaitDecision { realm, .. }, AuthRejection::Retry) => {
                 let realm = realm.clone();
-                self.ask_password(J2_PASSWORD_RETRY, realm)
+                self.ask_password(true, realm)
             }
             (State::AwaitResumeDecision, AuthRejection::Retry) => self.begin_login(),
             (State::AwaitDecision { .. } | State::AwaitResumeDecision, why) => {

@@ -56,11 +56,12 @@ pub enum SessionError {
         /// What arrived.
         what: String,
     },
-    /// The server asked for an authentication method we do not implement.
-    #[error("unsupported authentication method: {what}")]
-    UnsupportedAuth {
-        /// The method.
-        what: &'static str,
+    /// The gateway asked for something this client does not answer: an EAP type, vendor,
+    /// subtype or code it does not know, or a method it does not implement.
+    #[error("the gateway asked for {what}, which this client does not support")]
+    UnsupportedRequest {
+        /// What was asked: EAP type, vendor, subtype and code.
+        what: String,
     },
     /// No common IF-T version.
     #[error("IF-T version {got} is outside the supported range {min}..={max}")]

@@ -219,7 +219,7 @@ proptest! {
             realm: realms.first().cloned(),
             cookie,
             username: user,
-            password: Some(PasswordResponse { identifier: ident, message: PasswordMessage::Response { password: pw } }),
+            inner: Some(InnerResponse { identifier: ident, answer: Answer::J2(PasswordMessage::Response { password: pw }) }),
             ..AuthResponse::default()
         };
         let mut avps = Vec::new();

@@ -245,7 +245,8 @@ fn full_password_login_with_realm_selection_and_config_push() {
         [ClientEvent::CredentialsRequired {
             retry: false,
             username_prompt: None,
-            password_prompt: None
+            password_prompt: None,
+            max_password_len: CURRENT_PASSWORD_FIELD,
         }]
     );
     assert_eq!(h.client.state(), ClientState::WaitingForInput);
@@ -1520,4 +1521,351 @@ fn inbound_spis_are_reserved_while_they_open_datagrams() {
     assert_eq!(spis.held().len(), 2);
     drop(h);
     assert!(spis.held().is_empty(), "all released with the session");
+}
+
+/// The legacy form: J2 code 1, the password in TLV 2, code 0x81 on a wrong password.
+#[test]
+fn legacy_password_form_end_to_end() {
+    let server_cfg = ServerConfig {
+        password_form: PasswordForm::Legacy,
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(ClientConfig::new("gw"), server_cfg);
+    h.pump();
+    assert!(matches!(
+        h.take_client_events()[..],
+        [ClientEvent::CredentialsRequired {
+            retry: false,
+            max_password_len: 253,
+            ..
+        }]
+    ));
+    let long = "a-password-longer-than-eighteen-bytes";
+    h.client.provide_credentials("alice", long).expect("creds");
+    h.pump();
+    match &h.take_server_events()[..] {
+        [.., ServerEvent::Authenticate { password, .. }] => assert_eq!(password.expose(), long),
+        other => panic!("{other:?}"),
+    }
+    h.server.reject(AuthRejection::Retry).expect("retry");
+    h.pump();
+    assert!(matches!(
+        h.take_client_events()[..],
+        [ClientEvent::CredentialsRequired { retry: true, .. }]
+    ));
+}
+
+/// The current form cuts a long password at 18 bytes; a wrong one is asked again and the
+/// client knows it is a retry.
+#[test]
+fn current_password_form_cuts_at_18_bytes_and_retries() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.pump();
+    assert!(matches!(
+        h.take_client_events()[..],
+        [ClientEvent::CredentialsRequired {
+            retry: false,
+            max_password_len: 18,
+            ..
+        }]
+    ));
+    h.client
+        .provide_credentials("alice", "0123456789abcdefghij")
+        .expect("creds");
+    h.pump();
+    match &h.take_server_events()[..] {
+        [.., ServerEvent::Authenticate { password, .. }] => {
+            assert_eq!(password.expose(), "0123456789abcdefgh")
+        }
+        other => panic!("{other:?}"),
+    }
+    h.server.reject(AuthRejection::Retry).expect("retry");
+    h.pump();
+    assert!(matches!(
+        h.take_client_events()[..],
+        [ClientEvent::CredentialsRequired { retry: true, .. }]
+    ));
+}
+
+fn answered(h: &mut Harness) -> PromptAnswer {
+    match h.take_server_events().pop() {
+        Some(ServerEvent::Answered { answer, .. }) => answer,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every prompt of docs/login.md, in its order: pre-auth notice, password, password change,
+/// token code (twice: the second is "next"), session choice, post-auth notice, then the
+/// cookie with a notice that is only shown.
+#[test]
+fn the_whole_dialogue_in_order() {
+    let mut server_cfg = ServerConfig::default();
+    server_cfg.pre_auth_notices.insert(
+        "Users".into(),
+        Notice {
+            text: "Authorised users only".into(),
+            accept: true,
+        },
+    );
+    let mut h = Harness::new(ClientConfig::new("gw"), server_cfg);
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::Notice {
+            text: "Authorised users only".into(),
+            needs_acceptance: true
+        }]
+    );
+    assert!(h.client.provide_credentials("a", "b").is_err());
+    h.client.accept_notice().expect("accept");
+    h.pump();
+    assert!(matches!(
+        h.take_client_events()[..],
+        [ClientEvent::CredentialsRequired { retry: false, .. }]
+    ));
+    h.client
+        .provide_credentials("alice", "old-pass")
+        .expect("creds");
+    h.pump();
+    assert!(matches!(
+        h.take_server_events()[..],
+        [.., ServerEvent::Authenticate { .. }]
+    ));
+
+    h.server.ask(Prompt::PasswordChange).expect("ask");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::PasswordChangeRequired]
+    );
+    h.client
+        .change_password("old-pass", "new-pass-1")
+        .expect("change");
+    h.pump();
+    match answered(&mut h) {
+        PromptAnswer::NewPassword { old, new } => {
+            assert_eq!((old.expose(), new.expose()), ("old-pass", "new-pass-1"))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    for next in [false, true] {
+        h.server
+            .ask(Prompt::TokenCode {
+                prompt: "Token code:".into(),
+            })
+            .expect("ask");
+        h.pump();
+        assert_eq!(
+            h.take_client_events(),
+            [ClientEvent::TokenRequired {
+                prompt: "Token code:".into(),
+                next
+            }]
+        );
+        h.client.provide_token("123456").expect("token");
+        h.pump();
+        match answered(&mut h) {
+            PromptAnswer::TokenCode(code) => assert_eq!(code.expose(), "123456"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    let sessions = vec![ActiveSession {
+        id: "s-1".into(),
+        from: "192.0.2.9".into(),
+        started: 1_764_000_000,
+    }];
+    h.server
+        .ask(Prompt::SessionChoice {
+            sessions: sessions.clone(),
+        })
+        .expect("ask");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::SessionLimit {
+            sessions: sessions.clone()
+        }]
+    );
+    assert!(h.client.end_session("s-2").is_err(), "not listed");
+    h.client.end_session("s-1").expect("end");
+    h.pump();
+    assert_eq!(answered(&mut h), PromptAnswer::EndSession("s-1".into()));
+
+    h.server
+        .ask(Prompt::Notice {
+            text: "Maintenance on Sunday".into(),
+        })
+        .expect("ask");
+    h.pump();
+    assert_eq!(
+        h.take_client_events(),
+        [ClientEvent::Notice {
+            text: "Maintenance on Sunday".into(),
+            needs_acceptance: true
+        }]
+    );
+    h.client.accept_notice().expect("accept");
+    h.pump();
+    assert_eq!(answered(&mut h), PromptAnswer::NoticeAccepted);
+
+    h.server.show_notice("Welcome back".into());
+    h.server.accept("cookie-1").expect("accept");
+    h.pump();
+    let events = h.take_client_events();
+    assert_eq!(
+        events[0],
+        ClientEvent::Notice {
+            text: "Welcome back".into(),
+            needs_acceptance: false
+        }
+    );
+    assert!(matches!(events[1], ClientEvent::CookieReceived { .. }));
+    assert!(matches!(events[2], ClientEvent::Authenticated));
+}
+
+/// A notice that needs no acceptance rides on the password request.
+#[test]
+fn a_notice_without_acceptance_comes_with_the_password_request() {
+    let mut server_cfg = ServerConfig::default();
+    server_cfg.pre_auth_notices.insert(
+        "Users".into(),
+        Notice {
+            text: "Be nice".into(),
+            accept: false,
+        },
+    );
+    let mut h = Harness::new(ClientConfig::new("gw"), server_cfg);
+    h.pump();
+    let events = h.take_client_events();
+    assert_eq!(
+        events[0],
+        ClientEvent::Notice {
+            text: "Be nice".into(),
+            needs_acceptance: false
+        }
+    );
+    assert!(matches!(
+        events[1..],
+        [ClientEvent::CredentialsRequired { .. }]
+    ));
+}
+
+/// An answer that does not fit the prompt is a protocol error, never taken as another one.
+#[test]
+fn an_answer_to_another_prompt_is_refused() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.login_until_decision(None, "alice", "pw");
+    h.take_server_events();
+    h.server
+        .ask(Prompt::TokenCode {
+            prompt: "Code:".into(),
+        })
+        .expect("ask");
+    h.pump();
+    h.take_client_events();
+    // A notice acceptance sent where a token code is due.
+    let mut avps = Vec::new();
+    AuthResponse {
+        notice_accepted: Some(1),
+        ..AuthResponse::default()
+    }
+    .encode(&mut avps)
+    .expect("encode");
+    let ident = {
+        // The request's identifier is the last J1 request the server sent.
+        let frames = frames(&h.s2c_log);
+        let last = frames.last().expect("a frame");
+        last[0x10 + 4 + 1]
+    };
+    let mut eap = Vec::new();
+    encode_juniper_avps(EapCode::Response, ident, &avps, &mut eap).expect("eap");
+    let mut bytes = Vec::new();
+    Message::AuthResponse { eap: &eap }
+        .encode_to_vec(99, &mut bytes)
+        .expect("encode");
+    assert!(matches!(
+        h.server.handle_tls_bytes(&bytes, h.now),
+        Err(SessionError::UnexpectedAuth { .. })
+    ));
+    assert!(!h.take_server_events().iter().any(|e| matches!(
+        e,
+        ServerEvent::Answered { .. } | ServerEvent::Authenticated { .. }
+    )));
+}
+
+/// A request the client does not know ends the login with an error naming it.
+#[test]
+fn an_unknown_request_is_named() {
+    let now = Instant::now();
+    let j1 = |ident: u8, req: &AuthRequest| {
+        let mut avps = Vec::new();
+        req.encode(&mut avps).expect("avps");
+        let mut eap = Vec::new();
+        encode_juniper_avps(EapCode::Request, ident, &avps, &mut eap).expect("eap");
+        let mut bytes = Vec::new();
+        Message::AuthChallenge { eap: &eap }
+            .encode_to_vec(0, &mut bytes)
+            .expect("frame");
+        bytes
+    };
+    let cases = [
+        (
+            InnerRequest::Other {
+                identifier: 1,
+                eap_type: 13,
+            },
+            "EAP type 13",
+        ),
+        (
+            InnerRequest::Expanded {
+                identifier: 1,
+                vendor: EAP_VENDOR_JUNIPER,
+                subtype: 3,
+                code: None,
+            },
+            "subtype 3 (host checker)",
+        ),
+        (
+            InnerRequest::Expanded {
+                identifier: 1,
+                vendor: EAP_VENDOR_JUNIPER,
+                subtype: JUNIPER_SUBTYPE_PASSWORD_CURRENT,
+                code: Some(2),
+            },
+            "subtype 5, code 0x02",
+        ),
+        (
+            InnerRequest::Password {
+                identifier: 1,
+                message: PasswordMessage::Request { code: 0x07 },
+            },
+            "subtype 2), code 0x07",
+        ),
+    ];
+    for (inner, want) in cases {
+        let mut client = Client::with_rng(ClientConfig::new("gw"), Box::new(TestRng(9)));
+        client.start().expect("start");
+        let mut bytes = build_upgrade_response().to_vec();
+        Message::VersionResponse { version: 2 }
+            .encode_to_vec(0, &mut bytes)
+            .expect("frame");
+        Message::AuthChallenge { eap: &[] }
+            .encode_to_vec(0, &mut bytes)
+            .expect("frame");
+        bytes.extend(j1(2, &AuthRequest::default()));
+        client.handle_tls_bytes(&bytes, now).expect("hello");
+        let req = AuthRequest {
+            inner: Some(inner),
+            ..AuthRequest::default()
+        };
+        match client.handle_tls_bytes(&j1(3, &req), now) {
+            Err(SessionError::UnsupportedRequest { what }) => {
+                assert!(what.contains(want), "{what} lacks {want}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(client.is_closed());
+    }
 }
