@@ -40,6 +40,7 @@ mod access;
 mod admission;
 mod client_cert;
 mod config;
+mod dialogue;
 mod hasher;
 mod login;
 mod pool;

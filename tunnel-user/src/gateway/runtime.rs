@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{
@@ -23,8 +23,8 @@ use tokio_rustls::TlsAcceptor;
 
 use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel_proto::{
-    AuthRejection, Config, EspInput, EspSettings, FatalErrorKind, Server, ServerConfig,
-    ServerEvent, Transmit, peek_spi,
+    ActiveSession, AuthRejection, Config, EspInput, EspSettings, FatalErrorKind, Prompt,
+    PromptAnswer, Server, ServerConfig, ServerEvent, Transmit, peek_spi,
 };
 
 use super::{
@@ -32,8 +32,9 @@ use super::{
     access::{AccessCache, AccessControl, AccessPolicy, Refused, local_addresses},
     admission::{Admission, FLOOD_LOG_INTERVAL, LogThrottle, LoginSlot, Refusal},
     client_cert::{self, CertNameError},
+    dialogue::{Dialogue, RealmLogin, Step},
     login::{LoginRequest, Logins},
-    table::{LastLookup, Resumable, Session, SessionTable, SpiRegistry},
+    table::{LastLookup, Place, Resumable, Session, SessionTable, SpiRegistry},
     tls::{self, TlsSetupError},
     tls_readers::{READY_BATCH, TlsReader, TlsReaders},
 };
@@ -930,6 +931,97 @@ async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<()>) {
 /// How often the host's addresses are read again for the access policy.
 const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
 
+/// What `realm` asks of a login after the password.
+fn realm_login(_cfg: &GatewayConfig, _realm: &str) -> RealmLogin {
+    RealmLogin::default()
+}
+
+/// Asks the next step of the login in `conn`, or accepts it when none is left.
+fn next_login_step(ctx: &Ctx, conn: &mut Conn) {
+    let (Some(login), Some(p)) = (conn.login.as_mut(), conn.pending.as_mut()) else {
+        return;
+    };
+    loop {
+        let prompt = match login.dialogue.next_step() {
+            None => {
+                if let Some(text) = login.dialogue.take_shown_notice() {
+                    p.show_notice(text);
+                }
+                let _ = p.accept(&new_cookie());
+                return;
+            }
+            Some(Step::SessionLimit(max)) => {
+                let sessions = ctx.table.sessions_of(&login.user, &login.realm);
+                if sessions.len() < max as usize {
+                    continue;
+                }
+                info!(user = %login.user, realm = %login.realm, sessions = sessions.len(), max, "at the session limit: asking which session to end");
+                let mut listed = Vec::with_capacity(sessions.len());
+                let shown = sessions
+                    .into_iter()
+                    .map(|s| {
+                        let id = format!("s{}", s.id);
+                        listed.push((id.clone(), s.place));
+                        ActiveSession {
+                            id,
+                            from: s.from.to_string(),
+                            started: s
+                                .logged_in
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                        }
+                    })
+                    .collect();
+                login.listed = listed;
+                login.asked = Some(Step::SessionLimit(max));
+                Prompt::SessionChoice { sessions: shown }
+            }
+            Some(step) => {
+                let prompt = match &step {
+                    Step::AcceptNotice(text) => Prompt::Notice { text: text.clone() },
+                    Step::TokenCode => Prompt::TokenCode {
+                        prompt: "Enter the code from your authenticator app:".into(),
+                    },
+                    Step::ChangePassword => Prompt::PasswordChange,
+                    Step::SessionLimit(_) => unreachable!("matched above"),
+                };
+                login.asked = Some(step);
+                prompt
+            }
+        };
+        if let Err(e) = p.ask(prompt) {
+            debug!(error = %e, "asking the next login step");
+        }
+        return;
+    }
+}
+
+/// Ends one of `user`'s sessions, chosen at the session limit: a live one gets the fatal
+/// error frame and ends as if it timed out; a parked one is dropped and its address released.
+fn end_session(ctx: &Ctx, place: Place, user: &str) {
+    match place {
+        Place::Live(s) => {
+            info!(%user, session = s.id, peer = %s.peer, "ending a session chosen at the session limit");
+            if let Ok(mut p) = s.proto.lock() {
+                let _ = p.terminate(
+                    FatalErrorKind::SessionTerminated,
+                    "Ended by a new login of the same user",
+                );
+            }
+            s.send_tls_now();
+            s.wake.notify_one();
+        }
+        Place::Parked(cookie) => {
+            if let Some(r) = ctx.table.remove_parked(&cookie) {
+                info!(%user, session = r.id, "ending a parked session chosen at the session limit");
+                if let Ok(mut pool) = ctx.pool.lock() {
+                    pool.release(&r.lease);
+                }
+            }
+        }
+    }
+}
+
 fn new_cookie() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -1034,6 +1126,19 @@ struct Conn {
     link: Arc<TlsLink>,
     /// The connection's place among those logging in, given back once it has.
     login_slot: Option<LoginSlot>,
+    /// A login whose password (or certificate) was proven, with the steps it has left.
+    login: Option<LoginSteps>,
+}
+
+/// A login past its password: who, and what is left to ask (`super::dialogue`).
+struct LoginSteps {
+    realm: String,
+    user: String,
+    dialogue: Dialogue,
+    /// The step asked, whose answer is awaited.
+    asked: Option<Step>,
+    /// The sessions listed at the session limit, by the id shown.
+    listed: Vec<(String, Place)>,
 }
 
 impl Conn {
@@ -1133,6 +1238,7 @@ async fn serve(
         offers_aes_gcm: false,
         link: link.clone(),
         login_slot: Some(login_slot),
+        login: None,
     };
     let mut buf = vec![0u8; LOGIN_READ_BUF];
     // Packets the client sent over TLS, joined for the TUN device.
@@ -1365,11 +1471,55 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     certificate: conn.cert_user.as_ref(),
                 })
                 .await;
-            let p = conn.pending.as_mut()?;
-            let _ = match outcome.rejection() {
-                None => p.accept(&new_cookie()),
-                Some(why) => p.reject(why),
+            match outcome.rejection() {
+                None => {
+                    let rules = realm_login(&ctx.config, &realm);
+                    conn.login = Some(LoginSteps {
+                        dialogue: Dialogue::after_password(&rules, false),
+                        realm,
+                        user: username,
+                        asked: None,
+                        listed: Vec::new(),
+                    });
+                    next_login_step(ctx, conn);
+                }
+                Some(why) => {
+                    let _ = conn.pending.as_mut()?.reject(why);
+                }
+            }
+        }
+        ServerEvent::Answered { answer, .. } => {
+            let login = conn.login.as_mut()?;
+            let refusal = match (login.asked.take(), answer) {
+                (Some(Step::AcceptNotice(_)), PromptAnswer::NoticeAccepted) => None,
+                (Some(Step::SessionLimit(max)), PromptAnswer::EndSession(id)) => {
+                    match login.listed.iter().position(|(shown, _)| *shown == id) {
+                        Some(i) => {
+                            let (_, place) = login.listed.swap_remove(i);
+                            end_session(ctx, place, &login.user);
+                            // Still at the limit (it was over it): ask again.
+                            login.dialogue.again(Step::SessionLimit(max));
+                            login.listed.clear();
+                            None
+                        }
+                        None => Some("The session chosen is not one of yours."),
+                    }
+                }
+                (asked, answer) => {
+                    warn!(user = %login.user, ?asked, ?answer, "login refused: an answer to a question not asked");
+                    Some("Unexpected answer.")
+                }
             };
+            match refusal {
+                None => next_login_step(ctx, conn),
+                Some(message) => {
+                    conn.login = None;
+                    let _ = conn
+                        .pending
+                        .as_mut()?
+                        .reject(AuthRejection::Failure(message.into()));
+                }
+            }
         }
         ServerEvent::Authenticated {
             username,
@@ -1377,9 +1527,10 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             cookie,
             resumed,
         } => {
+            conn.login = None;
             let resumed_session = conn.resuming.take();
-            let (user, realm, lease) = match resumed_session {
-                Some((_, r)) if resumed => (r.user, r.realm, r.lease),
+            let (user, realm, lease, logged_in) = match resumed_session {
+                Some((_, r)) if resumed => (r.user, r.realm, r.lease, r.logged_in),
                 other => {
                     if let Some((cookie, r)) = other {
                         // A resume the state machine did not complete keeps its session
@@ -1403,6 +1554,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                         username.unwrap_or_default(),
                         realm.unwrap_or_default(),
                         lease,
+                        SystemTime::now(),
                     )
                 }
             };
@@ -1425,6 +1577,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 cookie,
                 lease,
                 ends: proto.session_end(),
+                logged_in,
                 proto: Mutex::new(proto),
                 esp_peer: Mutex::new(None),
                 link: Arc::downgrade(&conn.link),

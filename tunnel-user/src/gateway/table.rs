@@ -18,7 +18,7 @@ use std::{
         Arc, Mutex, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use tokio::sync::Notify;
@@ -40,6 +40,8 @@ pub struct Session {
     /// When the login ends, whatever the traffic (`session_lifetime_secs` after the login
     /// this session is or resumed); a resume keeps it.
     pub ends: Option<Instant>,
+    /// When the login was made (a resume keeps it): shown in the session-limit list.
+    pub logged_in: SystemTime,
     /// The protocol state machine.
     pub proto: Mutex<Server>,
     /// Where the client's ESP packets come from (learned from authenticated datagrams).
@@ -85,10 +87,13 @@ impl Session {
 /// `ends`, the end of its login).
 #[derive(Clone, Debug)]
 pub struct Resumable {
+    pub id: u64,
+    pub peer: SocketAddr,
     pub user: String,
     pub realm: String,
     pub lease: Lease,
     pub ends: Option<Instant>,
+    pub logged_in: SystemTime,
     pub expires: Instant,
 }
 
@@ -96,10 +101,13 @@ impl Resumable {
     /// `session`'s state for resuming it until `expires` at the latest.
     pub fn of(session: &Session, expires: Instant) -> Resumable {
         Resumable {
+            id: session.id,
+            peer: session.peer,
             user: session.user.clone(),
             realm: session.realm.clone(),
             lease: session.lease,
             ends: session.ends,
+            logged_in: session.logged_in,
             expires: session.ends.map_or(expires, |end| end.min(expires)),
         }
     }
@@ -286,6 +294,62 @@ impl SessionTable {
     pub fn live_count(&self) -> usize {
         self.by_cookie.lock().map(|m| m.len()).unwrap_or(0)
     }
+
+    /// `user`'s sessions in `realm`, live and parked, oldest login first.
+    pub fn sessions_of(&self, user: &str, realm: &str) -> Vec<UserSession> {
+        let mut found: Vec<UserSession> = Vec::new();
+        if let Ok(m) = self.by_cookie.lock() {
+            found.extend(
+                m.values()
+                    .filter(|s| s.user == user && s.realm == realm)
+                    .map(|s| UserSession {
+                        id: s.id,
+                        from: s.peer.ip(),
+                        logged_in: s.logged_in,
+                        place: Place::Live(s.clone()),
+                    }),
+            );
+        }
+        if let Ok(m) = self.resumable.lock() {
+            found.extend(
+                m.iter()
+                    .filter(|(_, r)| r.user == user && r.realm == realm)
+                    .map(|(cookie, r)| UserSession {
+                        id: r.id,
+                        from: r.peer.ip(),
+                        logged_in: r.logged_in,
+                        place: Place::Parked(cookie.clone()),
+                    }),
+            );
+        }
+        found.sort_by_key(|s| (s.logged_in, s.id));
+        found
+    }
+
+    /// Takes a parked session away for good; its lease is the caller's to release.
+    pub fn remove_parked(&self, cookie: &str) -> Option<Resumable> {
+        self.resumable.lock().ok()?.remove(cookie)
+    }
+}
+
+/// One of a user's sessions, for the session limit.
+pub struct UserSession {
+    /// The session's id (the connection id that made it), shown to the client.
+    pub id: u64,
+    /// Where it comes from.
+    pub from: IpAddr,
+    /// When its login was made.
+    pub logged_in: SystemTime,
+    /// Where it is now.
+    pub place: Place,
+}
+
+/// Where a session is.
+pub enum Place {
+    /// Connected.
+    Live(Arc<Session>),
+    /// Waiting to be resumed with this cookie.
+    Parked(String),
 }
 
 #[cfg(test)]
@@ -306,6 +370,7 @@ mod tests {
                 ipv6: None,
             },
             ends: None,
+            logged_in: SystemTime::now(),
             proto: Mutex::new(Server::new(ServerConfig::default(), Instant::now())),
             esp_peer: Mutex::new(None),
             link: Weak::new(),
