@@ -39,6 +39,30 @@ pub enum PeerError {
     Timeout,
     /// The state machine refused the gateway's input.
     Protocol(tunnel_proto::SessionError),
+    /// The gateway asked for something the test gave no answer to.
+    Unanswered(&'static str),
+}
+
+/// A test's answers to the prompts after the password ([`PulsePeer::login_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct Answers {
+    /// Token codes, one per token prompt, in order.
+    pub tokens: Vec<String>,
+    /// The new password, when the gateway asks for a change.
+    pub new_password: Option<String>,
+    /// Accept notices that need it.
+    pub accept_notices: bool,
+    /// Which session to end at the session limit.
+    pub end_session: Option<EndSession>,
+}
+
+/// Which session a test ends at the session limit.
+#[derive(Debug, Clone)]
+pub enum EndSession {
+    /// The first listed (the oldest).
+    Oldest,
+    /// This id.
+    Id(String),
 }
 
 impl From<io::Error> for PeerError {
@@ -143,29 +167,70 @@ impl PulsePeer {
     /// Logs in as `user` (or resumes with the configured cookie, falling back to the
     /// password) up to the configuration: returns the session cookie.
     pub fn login(&mut self, user: &str, password: &str) -> Result<String, PeerError> {
+        self.login_with(user, password, &Answers::default())
+    }
+
+    /// Like [`Self::login`], answering the prompts after the password from `answers`; a
+    /// prompt without an answer there ends the login ([`PeerError::Unanswered`]). The
+    /// gateway's refusal is in [`Self::events`] ([`ClientEvent::AuthFailed`]).
+    pub fn login_with(
+        &mut self,
+        user: &str,
+        password: &str,
+        answers: &Answers,
+    ) -> Result<String, PeerError> {
         let mut cookie = None;
+        let mut tokens = answers.tokens.iter();
         loop {
             let e = self.until(Duration::from_secs(10), |e| {
                 matches!(
                     e,
                     ClientEvent::CredentialsRequired { .. }
+                        | ClientEvent::TokenRequired { .. }
+                        | ClientEvent::PasswordChangeRequired
+                        | ClientEvent::Notice {
+                            needs_acceptance: true,
+                            ..
+                        }
+                        | ClientEvent::SessionLimit { .. }
                         | ClientEvent::CookieReceived { .. }
                         | ClientEvent::Configured(_)
                         | ClientEvent::AuthFailed(_)
                         | ClientEvent::Terminated { .. }
                 )
             })?;
-            match e {
-                ClientEvent::CredentialsRequired { .. } => self
-                    .proto
-                    .provide_credentials(user, password)
-                    .map_err(PeerError::Protocol)?,
-                ClientEvent::CookieReceived { cookie: c, .. } => cookie = Some(c),
-                ClientEvent::Configured(_) => {
-                    return cookie.ok_or(PeerError::Closed);
+            let unanswered = |what: &'static str| Err(PeerError::Unanswered(what));
+            let answered = match e {
+                ClientEvent::CredentialsRequired { .. } => {
+                    self.proto.provide_credentials(user, password)
                 }
+                ClientEvent::TokenRequired { .. } => match tokens.next() {
+                    Some(code) => self.proto.provide_token(code),
+                    None => return unanswered("token code"),
+                },
+                ClientEvent::PasswordChangeRequired => match &answers.new_password {
+                    Some(new) => self.proto.change_password(password, new),
+                    None => return unanswered("new password"),
+                },
+                ClientEvent::Notice { .. } if answers.accept_notices => self.proto.accept_notice(),
+                ClientEvent::Notice { .. } => return unanswered("notice"),
+                ClientEvent::SessionLimit { sessions } => {
+                    match (&answers.end_session, sessions.first()) {
+                        (Some(EndSession::Oldest), Some(oldest)) => {
+                            self.proto.end_session(&oldest.id)
+                        }
+                        (Some(EndSession::Id(id)), _) => self.proto.end_session(id),
+                        _ => return unanswered("session to end"),
+                    }
+                }
+                ClientEvent::CookieReceived { cookie: c, .. } => {
+                    cookie = Some(c);
+                    Ok(())
+                }
+                ClientEvent::Configured(_) => return cookie.ok_or(PeerError::Closed),
                 _ => return Err(PeerError::Closed),
-            }
+            };
+            answered.map_err(PeerError::Protocol)?;
         }
     }
 
