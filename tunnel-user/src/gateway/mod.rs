@@ -48,6 +48,7 @@ mod runtime;
 mod table;
 mod tls;
 mod tls_readers;
+mod totp;
 mod users;
 
 pub use client_cert::{CertNameError, CrlError};
@@ -61,6 +62,7 @@ pub use pool::{AddressPool, Lease, PoolError};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
 pub use runtime::{Gateway, GatewayError};
 pub use tls::TlsSetupError;
+pub use totp::{SecretError, TotpCheck, TotpGuard, TotpSecret};
 pub use users::{
     AddOutcome, AuthError, LineError, USERS_FILE_MODE, UserId, UsersError, UsersFile, add_user,
 };
