@@ -126,6 +126,10 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     /// `[access]`: where logged-in clients may send packets beyond their routes.
     pub access: AccessConfig,
+    /// `[realm.NAME]`: per-realm login steps and session settings, for the realms that have
+    /// a table (each one of `auth.realms`). [`GatewayConfig::realm_policy`] gives a realm's
+    /// effective settings, the global ones filled in.
+    pub realms: BTreeMap<String, RealmConfig>,
 }
 
 /// `[access]`: a client reaches what its routes include (and the pushed DNS servers on port
@@ -198,6 +202,49 @@ pub struct AuthConfig {
     pub passwords: PasswordLimits,
     /// `[auth.certificate]`: what a client certificate names and grants.
     pub certificate: CertificateConfig,
+    /// `auth.password_request`: how the password is asked for. Default `"current"`.
+    pub password_request: PasswordRequest,
+}
+
+/// `auth.password_request`: which password request the gateway sends (docs/login.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PasswordRequest {
+    /// `"current"`: the form of Ivanti Connect Secure 22.x (expanded Juniper subtype 5),
+    /// whose answer carries at most [`PasswordRequest::CURRENT_MAX_BYTES`] bytes of password.
+    Current,
+    /// `"legacy"`: the older J2 form, up to 253 bytes of password.
+    Legacy,
+}
+
+impl PasswordRequest {
+    const ALL: [PasswordRequest; 2] = [PasswordRequest::Current, PasswordRequest::Legacy];
+    /// The fixed password field of the current form's answer.
+    pub const CURRENT_MAX_BYTES: usize = 18;
+    /// The longest password any form carries: a TLV length byte minus its header.
+    pub const MAX_BYTES: usize = 253;
+
+    /// The name used in the config file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PasswordRequest::Current => "current",
+            PasswordRequest::Legacy => "legacy",
+        }
+    }
+
+    /// The longest password the form carries.
+    pub const fn max_bytes(self) -> usize {
+        match self {
+            PasswordRequest::Current => PasswordRequest::CURRENT_MAX_BYTES,
+            PasswordRequest::Legacy => PasswordRequest::MAX_BYTES,
+        }
+    }
+}
+
+impl fmt::Display for PasswordRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// `[pool]`. Invariant (checked when loading): `gateway_ipv6` is `Some` exactly when `ipv6` is.
@@ -394,6 +441,36 @@ pub enum ConfigError {
     /// A certificate setting while certificate login is off.
     #[error("{key}: needs tls.client_ca, which is not set (certificate login is off)")]
     NeedsClientCa { key: String },
+    /// A key that only means something together with another one, which is not set.
+    #[error("{key}: needs {other}, which is not set")]
+    NeedsKey { key: String, other: String },
+    /// A value two settings allow separately but not together.
+    #[error("{key}: {value} is more than {max}, {why}")]
+    Conflict {
+        key: String,
+        value: i64,
+        max: i64,
+        why: &'static str,
+    },
+    /// A text of the wrong length in bytes.
+    #[error("{key}: {len} bytes, must be {min}-{max}")]
+    TextLength {
+        key: String,
+        len: usize,
+        min: usize,
+        max: usize,
+    },
+    /// A text with a NUL character, which the wire's strings cannot carry.
+    #[error("{key}: contains a NUL character")]
+    TextNul { key: String },
+    /// Two address pools that share addresses.
+    #[error("{key}: {net} overlaps {other_key} ({other})")]
+    Overlap {
+        key: String,
+        net: IpNet,
+        other_key: String,
+        other: IpNet,
+    },
 }
 
 fn key_prefix(key: &Option<String>) -> String {
@@ -418,7 +495,12 @@ impl ConfigError {
             | ConfigError::Duplicate { key, .. }
             | ConfigError::File { key, .. }
             | ConfigError::NotAFile { key, .. }
-            | ConfigError::NeedsClientCa { key } => Some(key),
+            | ConfigError::NeedsClientCa { key }
+            | ConfigError::NeedsKey { key, .. }
+            | ConfigError::Conflict { key, .. }
+            | ConfigError::TextLength { key, .. }
+            | ConfigError::TextNul { key }
+            | ConfigError::Overlap { key, .. } => Some(key),
         }
     }
 }
@@ -449,6 +531,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     access: RawAccess,
+    #[serde(default)]
+    realm: BTreeMap<String, RawRealm>,
 }
 
 #[derive(Deserialize, Default)]
@@ -536,6 +620,7 @@ struct RawAuth {
     #[serde(default)]
     passwords: RawPasswords,
     certificate: Option<RawCertificate>,
+    password_request: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -883,51 +968,53 @@ impl RawConfig {
             None => CertificateConfig::default(),
             Some(raw) => raw.validate(&realms, tls.client_ca.is_some())?,
         };
+        let password_request = match self.auth.password_request {
+            None => PasswordRequest::Current,
+            Some(text) => PasswordRequest::ALL
+                .into_iter()
+                .find(|r| r.name() == text)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: key("auth.password_request"),
+                    value: text.clone(),
+                    expected: "a password request form (one of current, legacy)",
+                })?,
+        };
+        // A minimum the request form cannot carry would refuse every new password.
+        if passwords.min_length as usize > password_request.max_bytes() {
+            return Err(ConfigError::Conflict {
+                key: key("auth.passwords.min_length"),
+                value: passwords.min_length.into(),
+                max: password_request.max_bytes() as i64,
+                why: "the bytes of password auth.password_request = \"current\" carries",
+            });
+        }
         let auth = AuthConfig {
             users_file,
             realms,
             passwords,
             certificate,
+            password_request,
         };
 
         let pool = self.pool.validate()?;
 
-        let mut routes = RoutesConfig::default();
-        for (list, texts, out) in [
-            ("routes.include", &self.routes.include, &mut routes.include),
-            ("routes.exclude", &self.routes.exclude, &mut routes.exclude),
-        ] {
-            for (i, text) in texts.iter().enumerate() {
-                let net = prefix(text, indexed(list, i))?;
-                // A client with no IPv6 address cannot use an IPv6 route through the tunnel.
-                if net.addr().is_ipv6() && pool.ipv6.is_none() {
-                    return Err(ConfigError::NeedsIpv6Pool {
-                        key: indexed(list, i),
-                        value: text.clone(),
-                    });
-                }
-                out.push(net);
-            }
-            no_duplicates(out, list)?;
-        }
-
-        let dns = self
-            .dns
-            .iter()
-            .enumerate()
-            .map(|(i, text)| ip(text, indexed("dns", i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        no_duplicates(&dns, "dns")?;
-
-        for (i, domain) in self.search_domains.iter().enumerate() {
-            if !domain_ok(domain) {
-                return Err(ConfigError::Invalid {
-                    key: indexed("search_domains", i),
-                    value: domain.clone(),
-                    expected: DOMAIN_RULE,
-                });
-            }
-        }
+        let has_ipv6 = pool.ipv6.is_some();
+        let routes = RoutesConfig {
+            include: route_list(
+                &self.routes.include,
+                "routes.include",
+                has_ipv6,
+                "pool.ipv6",
+            )?,
+            exclude: route_list(
+                &self.routes.exclude,
+                "routes.exclude",
+                has_ipv6,
+                "pool.ipv6",
+            )?,
+        };
+        let dns = dns_list(&self.dns, "dns")?;
+        domain_list(&self.search_domains, "search_domains")?;
 
         let mtu = int(
             self.mtu,
@@ -974,6 +1061,24 @@ impl RawConfig {
 
         let limits = self.limits.validate()?;
 
+        let mut realm_configs = BTreeMap::new();
+        let mut pools_seen: Vec<(String, IpNet)> =
+            std::iter::once((key("pool.ipv4"), pool.ipv4.into()))
+                .chain(pool.ipv6.map(|n| (key("pool.ipv6"), n.into())))
+                .collect();
+        for (name, raw) in self.realm {
+            let table = format!("realm.{name}");
+            if !auth.realms.contains(&name) {
+                return Err(ConfigError::Invalid {
+                    key: table,
+                    value: name,
+                    expected: "a realm listed in auth.realms",
+                });
+            }
+            let realm = raw.validate(&table, &pool, &mut pools_seen)?;
+            realm_configs.insert(name, realm);
+        }
+
         Ok(GatewayConfig {
             listen,
             tls,
@@ -993,8 +1098,62 @@ impl RawConfig {
                 client_to_client: self.access.client_to_client.unwrap_or(false),
                 gateway: self.access.gateway.unwrap_or(false),
             },
+            realms: realm_configs,
         })
     }
+}
+
+/// Prefixes of a route list, `name[i]`; IPv6 ones only with an IPv6 pool (`pool_key`).
+fn route_list(
+    texts: &[String],
+    name: &str,
+    has_ipv6: bool,
+    pool_key: &str,
+) -> Result<Vec<IpNet>, ConfigError> {
+    let mut out = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let net = prefix(text, indexed(name, i))?;
+        // A client with no IPv6 address cannot use an IPv6 route through the tunnel.
+        if net.addr().is_ipv6() && !has_ipv6 {
+            return Err(if pool_key == "pool.ipv6" {
+                ConfigError::NeedsIpv6Pool {
+                    key: indexed(name, i),
+                    value: text.clone(),
+                }
+            } else {
+                ConfigError::NeedsKey {
+                    key: indexed(name, i),
+                    other: pool_key.to_string(),
+                }
+            });
+        }
+        out.push(net);
+    }
+    no_duplicates(&out, name)?;
+    Ok(out)
+}
+
+fn dns_list(texts: &[String], name: &str) -> Result<Vec<IpAddr>, ConfigError> {
+    let dns = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| ip(text, indexed(name, i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    no_duplicates(&dns, name)?;
+    Ok(dns)
+}
+
+fn domain_list(domains: &[String], name: &str) -> Result<(), ConfigError> {
+    for (i, domain) in domains.iter().enumerate() {
+        if !domain_ok(domain) {
+            return Err(ConfigError::Invalid {
+                key: indexed(name, i),
+                value: domain.clone(),
+                expected: DOMAIN_RULE,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl RawPool {
@@ -1166,6 +1325,338 @@ impl RawEsp {
     }
 }
 
+// ---- [realm.NAME]: per-realm login steps and session settings ----
+
+/// `realm.NAME.second_factor`: what is asked after the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SecondFactor {
+    /// `"none"`: the password (or certificate) is enough.
+    #[default]
+    None,
+    /// `"totp"`: a TOTP code from the user's authenticator (`adduser --totp`).
+    Totp,
+}
+
+impl SecondFactor {
+    const ALL: [SecondFactor; 2] = [SecondFactor::None, SecondFactor::Totp];
+
+    /// The name used in the config file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SecondFactor::None => "none",
+            SecondFactor::Totp => "totp",
+        }
+    }
+}
+
+impl fmt::Display for SecondFactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `realm.NAME.pre_auth_notice` / `post_auth_notice`: a text shown during the login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// `text`: 1-4000 bytes of UTF-8, no NUL.
+    pub text: String,
+    /// `accept`: the user must accept it to go on (default true); false shows it only.
+    pub accept: bool,
+}
+
+impl Notice {
+    /// The longest notice: what fits an AVP with room to spare in a login frame.
+    pub const MAX_BYTES: usize = 4000;
+}
+
+/// A realm's own address pool; the gateway's own addresses stay those of `[pool]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RealmPool {
+    /// `realm.NAME.pool_ipv4`: /30 or shorter (network and broadcast are never handed out).
+    pub ipv4: Ipv4Net,
+    /// `realm.NAME.pool_ipv6`: /126 or shorter. Without it the realm's clients get no IPv6
+    /// address.
+    pub ipv6: Option<Ipv6Net>,
+}
+
+/// `[realm.NAME]` as written: `None` for a key not set, which takes the global value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RealmConfig {
+    /// `second_factor`: default `"none"`.
+    pub second_factor: SecondFactor,
+    /// `max_sessions_per_user`: 0 in the file (here `None`) means unlimited. 0-10000,
+    /// default 0.
+    pub max_sessions_per_user: Option<NonZeroU32>,
+    /// `[realm.NAME.pre_auth_notice]`: shown before the password is asked for.
+    pub pre_auth_notice: Option<Notice>,
+    /// `[realm.NAME.post_auth_notice]`: shown after every check passed, before the session.
+    pub post_auth_notice: Option<Notice>,
+    /// `dns`: instead of the global `dns`.
+    pub dns: Option<Vec<IpAddr>>,
+    /// `search_domains`: instead of the global `search_domains`.
+    pub search_domains: Option<Vec<String>>,
+    /// `routes_include`: instead of `routes.include`.
+    pub routes_include: Option<Vec<IpNet>>,
+    /// `routes_exclude`: instead of `routes.exclude`.
+    pub routes_exclude: Option<Vec<IpNet>>,
+    /// `pool_ipv4` and `pool_ipv6`: instead of `[pool]`'s client addresses.
+    pub pool: Option<RealmPool>,
+}
+
+/// The password rules of `[auth]`, as a login sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordRules {
+    /// `auth.password_request`.
+    pub request: PasswordRequest,
+    /// `auth.passwords.min_length`, in characters.
+    pub min_length: u32,
+    /// `auth.passwords.max_age_days`; `None` for never.
+    pub max_age: Option<Duration>,
+}
+
+/// Which pool a realm's sessions take their addresses from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolChoice {
+    /// `[pool]`.
+    Global,
+    /// The realm's own.
+    Own(RealmPool),
+}
+
+/// What a login to one realm goes through and what its session gets: the realm's table with
+/// the global settings filled in. Built by [`GatewayConfig::realm_policy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RealmPolicy {
+    pub name: String,
+    pub passwords: PasswordRules,
+    pub second_factor: SecondFactor,
+    pub max_sessions_per_user: Option<NonZeroU32>,
+    pub pre_auth_notice: Option<Notice>,
+    pub post_auth_notice: Option<Notice>,
+    pub dns: Vec<IpAddr>,
+    pub search_domains: Vec<String>,
+    pub routes: RoutesConfig,
+    pub pool: PoolChoice,
+}
+
+impl GatewayConfig {
+    /// The password rules of `[auth]`.
+    pub fn password_rules(&self) -> PasswordRules {
+        PasswordRules {
+            request: self.auth.password_request,
+            min_length: self.auth.passwords.min_length,
+            max_age: self.auth.passwords.max_age,
+        }
+    }
+
+    /// The effective settings of `realm`, or `None` if it is not one of `auth.realms`.
+    pub fn realm_policy(&self, realm: &str) -> Option<RealmPolicy> {
+        if !self.auth.realms.iter().any(|r| r == realm) {
+            return None;
+        }
+        let own = self.realms.get(realm).cloned().unwrap_or_default();
+        Some(RealmPolicy {
+            name: realm.to_string(),
+            passwords: self.password_rules(),
+            second_factor: own.second_factor,
+            max_sessions_per_user: own.max_sessions_per_user,
+            pre_auth_notice: own.pre_auth_notice,
+            post_auth_notice: own.post_auth_notice,
+            dns: own.dns.unwrap_or_else(|| self.dns.clone()),
+            search_domains: own
+                .search_domains
+                .unwrap_or_else(|| self.search_domains.clone()),
+            routes: RoutesConfig {
+                include: own
+                    .routes_include
+                    .unwrap_or_else(|| self.routes.include.clone()),
+                exclude: own
+                    .routes_exclude
+                    .unwrap_or_else(|| self.routes.exclude.clone()),
+            },
+            pool: own.pool.map_or(PoolChoice::Global, PoolChoice::Own),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRealm {
+    second_factor: Option<String>,
+    max_sessions_per_user: Option<i64>,
+    pre_auth_notice: Option<RawNotice>,
+    post_auth_notice: Option<RawNotice>,
+    dns: Option<Vec<String>>,
+    search_domains: Option<Vec<String>>,
+    routes_include: Option<Vec<String>>,
+    routes_exclude: Option<Vec<String>>,
+    pool_ipv4: Option<String>,
+    pool_ipv6: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotice {
+    text: String,
+    accept: Option<bool>,
+}
+
+impl RawNotice {
+    fn validate(self, table: &str) -> Result<Notice, ConfigError> {
+        let key = format!("{table}.text");
+        if !(1..=Notice::MAX_BYTES).contains(&self.text.len()) {
+            return Err(ConfigError::TextLength {
+                key,
+                len: self.text.len(),
+                min: 1,
+                max: Notice::MAX_BYTES,
+            });
+        }
+        if self.text.contains('\0') {
+            return Err(ConfigError::TextNul { key });
+        }
+        Ok(Notice {
+            text: self.text,
+            accept: self.accept.unwrap_or(true),
+        })
+    }
+}
+
+impl RawRealm {
+    /// `table` is `realm.NAME`; `global` the validated `[pool]`; `pools` every pool seen so
+    /// far with its key, which this realm's pools must not overlap (and join).
+    fn validate(
+        self,
+        table: &str,
+        global: &PoolConfig,
+        pools: &mut Vec<(String, IpNet)>,
+    ) -> Result<RealmConfig, ConfigError> {
+        let k = |name: &str| format!("{table}.{name}");
+        let second_factor = match self.second_factor {
+            None => SecondFactor::None,
+            Some(text) => SecondFactor::ALL
+                .into_iter()
+                .find(|f| f.name() == text)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: k("second_factor"),
+                    value: text.clone(),
+                    expected: "a second factor (one of none, totp)",
+                })?,
+        };
+        let max_sessions = int(
+            self.max_sessions_per_user,
+            &k("max_sessions_per_user"),
+            0,
+            10_000,
+            0,
+        )?;
+        let pre_auth_notice = self
+            .pre_auth_notice
+            .map(|n| n.validate(&k("pre_auth_notice")))
+            .transpose()?;
+        let post_auth_notice = self
+            .post_auth_notice
+            .map(|n| n.validate(&k("post_auth_notice")))
+            .transpose()?;
+
+        let pool = match (&self.pool_ipv4, &self.pool_ipv6) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::NeedsKey {
+                    key: k("pool_ipv6"),
+                    other: k("pool_ipv4"),
+                });
+            }
+            (Some(v4), v6) => {
+                let ipv4 = match prefix(v4, k("pool_ipv4"))? {
+                    IpNet::V4(net) if net.prefix_len() <= 30 => net,
+                    IpNet::V4(net) => {
+                        return Err(ConfigError::PoolTooSmall {
+                            key: k("pool_ipv4"),
+                            net: net.into(),
+                        });
+                    }
+                    IpNet::V6(_) => {
+                        return Err(ConfigError::Invalid {
+                            key: k("pool_ipv4"),
+                            value: v4.clone(),
+                            expected: "an IPv4 prefix such as 10.20.0.0/24",
+                        });
+                    }
+                };
+                let ipv6 = match v6 {
+                    None => None,
+                    Some(text) => match prefix(text, k("pool_ipv6"))? {
+                        IpNet::V6(net) if net.prefix_len() <= 126 => Some(net),
+                        IpNet::V6(net) => {
+                            return Err(ConfigError::PoolTooSmall {
+                                key: k("pool_ipv6"),
+                                net: net.into(),
+                            });
+                        }
+                        IpNet::V4(_) => {
+                            return Err(ConfigError::Invalid {
+                                key: k("pool_ipv6"),
+                                value: text.clone(),
+                                expected: "an IPv6 prefix such as fd00:20::/64",
+                            });
+                        }
+                    },
+                };
+                let mine = std::iter::once((k("pool_ipv4"), IpNet::from(ipv4)))
+                    .chain(ipv6.map(|n| (k("pool_ipv6"), IpNet::from(n))));
+                for (name, net) in mine {
+                    if let Some((other_key, other)) = pools
+                        .iter()
+                        .find(|(_, o)| o.contains(&net) || net.contains(o))
+                    {
+                        return Err(ConfigError::Overlap {
+                            key: name,
+                            net,
+                            other_key: other_key.clone(),
+                            other: *other,
+                        });
+                    }
+                    pools.push((name, net));
+                }
+                Some(RealmPool { ipv4, ipv6 })
+            }
+        };
+        // IPv6 routes need an IPv6 address for the realm's clients.
+        let (has_ipv6, pool_key) = match &pool {
+            Some(own) => (own.ipv6.is_some(), k("pool_ipv6")),
+            None => (global.ipv6.is_some(), key("pool.ipv6")),
+        };
+        let routes = |list: Option<Vec<String>>, name: &str| {
+            list.map(|texts| route_list(&texts, &k(name), has_ipv6, &pool_key))
+                .transpose()
+        };
+        let routes_include = routes(self.routes_include, "routes_include")?;
+        let routes_exclude = routes(self.routes_exclude, "routes_exclude")?;
+        let dns = self
+            .dns
+            .map(|texts| dns_list(&texts, &k("dns")))
+            .transpose()?;
+        if let Some(domains) = &self.search_domains {
+            domain_list(domains, &k("search_domains"))?;
+        }
+        Ok(RealmConfig {
+            second_factor,
+            max_sessions_per_user: u32::try_from(max_sessions).ok().and_then(NonZeroU32::new),
+            pre_auth_notice,
+            post_auth_notice,
+            dns,
+            search_domains: self.search_domains,
+            routes_include,
+            routes_exclude,
+            pool,
+        })
+    }
+}
+
 // ---- [auth.passwords] and [auth.certificate]: password limits and certificate login ----
 
 /// `[auth.passwords]`: how fast passwords may be guessed, and how much password hashing may cost.
@@ -1199,6 +1690,12 @@ pub struct PasswordLimits {
     /// `auth.passwords.hash_max_memory_kib`: the largest argon2 memory cost a users file may use.
     /// 19456-1048576, default 65536.
     pub hash_max_memory_kib: u32,
+    /// `auth.passwords.min_length`: the fewest characters a new password may have. 1-253
+    /// (1-18 with `auth.password_request = "current"`), default 8.
+    pub min_length: u32,
+    /// `auth.passwords.max_age_days`: a password set longer ago than this must be changed at
+    /// login. 0 in the file (here `None`) means never. 0-3650, default 0.
+    pub max_age: Option<Duration>,
 }
 
 impl Default for PasswordLimits {
@@ -1213,6 +1710,8 @@ impl Default for PasswordLimits {
             hash_queue: 64,
             hash_wait: Duration::from_secs(5),
             hash_max_memory_kib: HashLimits::DEFAULT_MEMORY_KIB,
+            min_length: 8,
+            max_age: None,
         }
     }
 }
@@ -1368,6 +1867,8 @@ struct RawPasswords {
     hash_queue: Option<i64>,
     hash_wait_ms: Option<i64>,
     hash_max_memory_kib: Option<i64>,
+    min_length: Option<i64>,
+    max_age_days: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -1462,6 +1963,16 @@ impl RawPasswords {
             hash_queue,
             hash_wait: Duration::from_millis(wait_ms.unsigned_abs()),
             hash_max_memory_kib: u32::try_from(memory).unwrap_or(d.hash_max_memory_kib),
+            min_length: count(
+                self.min_length,
+                "auth.passwords.min_length",
+                PasswordRequest::MAX_BYTES as i64,
+                d.min_length,
+            )?,
+            max_age: match int(self.max_age_days, "auth.passwords.max_age_days", 0, 3650, 0)? {
+                0 => None,
+                days => Some(secs(days * 86_400)),
+            },
         })
     }
 }
@@ -1589,6 +2100,14 @@ impl fmt::Display for PasswordLimits {
             f,
             "hash_max_memory_kib",
             self.hash_max_memory_kib.to_string(),
+        )?;
+        line(f, "min_length", self.min_length.to_string())?;
+        line(
+            f,
+            "max_age_days",
+            self.max_age.map_or("0 (never)".to_string(), |a| {
+                (a.as_secs() / 86_400).to_string()
+            }),
         )
     }
 }
@@ -1659,6 +2178,7 @@ impl fmt::Display for GatewayConfig {
             self.auth.users_file.display()
         )?;
         writeln!(f, "auth.realms            {}", list(&self.auth.realms))?;
+        writeln!(f, "auth.password_request  {}", self.auth.password_request)?;
         write!(f, "{}", self.auth.passwords)?;
         write!(f, "{}", self.auth.certificate)?;
         writeln!(f, "pool.ipv4              {}", self.pool.ipv4)?;
@@ -1752,7 +2272,95 @@ impl fmt::Display for GatewayConfig {
             "access.client_to_client {}",
             self.access.client_to_client
         )?;
-        write!(f, "access.gateway          {}", self.access.gateway)
+        write!(f, "access.gateway          {}", self.access.gateway)?;
+        for realm in &self.auth.realms {
+            let Some(p) = self.realm_policy(realm) else {
+                continue;
+            };
+            let own = self.realms.get(realm).cloned().unwrap_or_default();
+            // Inherited values are marked, so an override is seen at a glance.
+            let from = |set: bool| if set { "" } else { " (global)" };
+            let line = |f: &mut fmt::Formatter<'_>, name: &str, value: String| {
+                writeln!(f)?;
+                write!(f, "realm.{realm}.{name:<21} {value}")
+            };
+            line(f, "second_factor", p.second_factor.to_string())?;
+            line(
+                f,
+                "max_sessions_per_user",
+                p.max_sessions_per_user
+                    .map_or("0 (unlimited)".to_string(), |n| n.to_string()),
+            )?;
+            for (name, notice) in [
+                ("pre_auth_notice", &p.pre_auth_notice),
+                ("post_auth_notice", &p.post_auth_notice),
+            ] {
+                match notice {
+                    None => line(f, name, "(none)".to_string())?,
+                    Some(n) => {
+                        line(
+                            f,
+                            &format!("{name}.text"),
+                            format!("{} bytes", n.text.len()),
+                        )?;
+                        line(f, &format!("{name}.accept"), n.accept.to_string())?;
+                    }
+                }
+            }
+            line(
+                f,
+                "dns",
+                format!("{}{}", list(&p.dns), from(own.dns.is_some())),
+            )?;
+            line(
+                f,
+                "search_domains",
+                format!(
+                    "{}{}",
+                    list(&p.search_domains),
+                    from(own.search_domains.is_some())
+                ),
+            )?;
+            line(
+                f,
+                "routes_include",
+                format!(
+                    "{}{}",
+                    list(&p.routes.include),
+                    from(own.routes_include.is_some())
+                ),
+            )?;
+            line(
+                f,
+                "routes_exclude",
+                format!(
+                    "{}{}",
+                    list(&p.routes.exclude),
+                    from(own.routes_exclude.is_some())
+                ),
+            )?;
+            match p.pool {
+                PoolChoice::Global => {
+                    line(f, "pool_ipv4", format!("{} (global)", self.pool.ipv4))?;
+                    line(
+                        f,
+                        "pool_ipv6",
+                        self.pool
+                            .ipv6
+                            .map_or("(none)".to_string(), |n| format!("{n} (global)")),
+                    )?;
+                }
+                PoolChoice::Own(own) => {
+                    line(f, "pool_ipv4", own.ipv4.to_string())?;
+                    line(
+                        f,
+                        "pool_ipv6",
+                        own.ipv6.map_or("(none)".to_string(), |n| n.to_string()),
+                    )?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1906,6 +2514,50 @@ ipv4 = "10.10.0.0/24"
             c.auth.certificate.crl_files,
             [Path::new("/etc/tunnel-gateway/client-ca.crl")]
         );
+        assert_eq!(c.auth.password_request, PasswordRequest::Current);
+        assert_eq!(
+            (c.auth.passwords.min_length, c.auth.passwords.max_age),
+            (8, None)
+        );
+        // The Admins realm's own settings, and Users with the global ones.
+        let admins = c.realm_policy("Admins").unwrap();
+        assert_eq!(admins.second_factor, SecondFactor::Totp);
+        assert_eq!(admins.max_sessions_per_user, NonZeroU32::new(1));
+        assert_eq!(
+            admins.pre_auth_notice,
+            Some(Notice {
+                text: "Authorised administrators only. Activity is logged.".into(),
+                accept: true
+            })
+        );
+        assert_eq!(
+            admins.post_auth_notice.as_ref().map(|n| n.accept),
+            Some(false)
+        );
+        assert_eq!(admins.dns, ["10.20.0.53".parse::<IpAddr>().unwrap()]);
+        assert_eq!(admins.search_domains, ["admin.corp.example.com"]);
+        assert_eq!(admins.routes.include, nets(&["10.0.0.0/8", "fd00::/8"]));
+        assert!(admins.routes.exclude.is_empty(), "an empty list overrides");
+        assert_eq!(
+            admins.pool,
+            PoolChoice::Own(RealmPool {
+                ipv4: "10.20.0.0/24".parse().unwrap(),
+                ipv6: Some("fd00:20::/64".parse().unwrap()),
+            })
+        );
+        let users = c.realm_policy("Users").unwrap();
+        assert_eq!(users.second_factor, SecondFactor::None);
+        assert_eq!(users.max_sessions_per_user, None);
+        assert_eq!(
+            (users.pre_auth_notice, users.post_auth_notice),
+            (None, None)
+        );
+        assert_eq!(users.dns, c.dns);
+        assert_eq!(users.search_domains, c.search_domains);
+        assert_eq!(users.routes, c.routes);
+        assert_eq!(users.pool, PoolChoice::Global);
+        assert_eq!(users.passwords, c.password_rules());
+        assert_eq!(c.realm_policy("Guests"), None);
     }
 
     #[test]
@@ -1944,6 +2596,11 @@ ipv4 = "10.10.0.0/24"
         assert_eq!(minimal.auth.certificate.login, full.auth.certificate.login);
         assert!(minimal.auth.certificate.realms.is_empty());
         assert!(minimal.auth.certificate.crl_files.is_empty());
+        assert_eq!(minimal.auth.password_request, full.auth.password_request);
+        assert!(minimal.realms.is_empty());
+        let users = minimal.realm_policy("Users").unwrap();
+        assert_eq!(users.second_factor, SecondFactor::None);
+        assert_eq!(users.max_sessions_per_user, None);
     }
 
     #[test]
@@ -1963,6 +2620,7 @@ ipv4 = "10.10.0.0/24"
                     toml::Value::Table(t) if key != "auth.certificate.realms" => {
                         flatten(&key, t, out)
                     }
+                    // An empty list of a realm's is still a key.
                     _ => out.push(key),
                 }
             }
@@ -1974,11 +2632,17 @@ ipv4 = "10.10.0.0/24"
             &mut keys,
         );
         assert!(keys.contains(&"auth.passwords.hash_workers".to_string()));
+        assert!(keys.contains(&"realm.Admins.pre_auth_notice.accept".to_string()));
         for key in keys {
             table.push_str(&key);
+            // The table documents realm keys once, as realm.NAME.
+            let documented = match key.strip_prefix("realm.Admins.") {
+                Some(rest) => format!("realm.NAME.{rest}"),
+                None => key.clone(),
+            };
             assert!(
-                DOC.contains(&format!("| `{key}` |")),
-                "{key} missing from the table"
+                DOC.contains(&format!("| `{documented}` |")),
+                "{documented} missing from the table"
             );
             assert!(
                 summary.contains(&format!("{key} ")),
@@ -2606,7 +3270,8 @@ ipv4 = "10.10.0.0/24"
         let l = limits(
             "source_failures = 3\nsource_window_secs = 30\naccount_failures = 20\n\
              account_window_secs = 600\nknown_source_secs = 0\nhash_workers = 3\n\
-             hash_queue = 1\nhash_wait_ms = 10\nhash_max_memory_kib = 1048576",
+             hash_queue = 1\nhash_wait_ms = 10\nhash_max_memory_kib = 1048576\n\
+             min_length = 12\nmax_age_days = 3650",
         )
         .unwrap();
         assert_eq!(
@@ -2621,6 +3286,8 @@ ipv4 = "10.10.0.0/24"
                 hash_queue: 1,
                 hash_wait: Duration::from_millis(10),
                 hash_max_memory_kib: 1 << 20,
+                min_length: 12,
+                max_age: Some(Duration::from_secs(3650 * 86_400)),
             }
         );
         assert_eq!(l.workers(), 3);
@@ -2753,5 +3420,221 @@ realms = { Users = "certificate-and-password" }"#,
             c.auth.certificate.crl_files,
             [dir.path().join("crl/one.crl")]
         );
+    }
+
+    fn with_realm(lines: &str) -> String {
+        format!(
+            "{}\n[realm.Admins]\n{lines}\n",
+            with_ipv6("auth", r#"realms = ["Users", "Admins"]"#)
+        )
+    }
+
+    #[test]
+    fn password_request_and_password_rules() {
+        let c = GatewayConfig::from_str(&with("auth", r#"password_request = "legacy""#)).unwrap();
+        assert_eq!(c.auth.password_request, PasswordRequest::Legacy);
+        expect_err(
+            &with("auth", r#"password_request = "modern""#),
+            "auth.password_request",
+            "one of current, legacy",
+        );
+        let rules = |request: &str, line: &str| {
+            let text = with_table(
+                &with("auth", &format!("password_request = \"{request}\"")),
+                "auth.passwords",
+                line,
+            );
+            GatewayConfig::from_str(&text).map(|c| c.password_rules())
+        };
+        assert_eq!(rules("current", "min_length = 18").unwrap().min_length, 18);
+        assert_eq!(rules("legacy", "min_length = 253").unwrap().min_length, 253);
+        expect_err(
+            &with_table(BASE, "auth.passwords", "min_length = 19"),
+            "auth.passwords.min_length",
+            "19 is more than 18",
+        );
+        for (line, part) in [
+            ("min_length = 0", "outside 1-253"),
+            ("min_length = 254", "outside 1-253"),
+        ] {
+            let text = with_table(
+                &with("auth", r#"password_request = "legacy""#),
+                "auth.passwords",
+                line,
+            );
+            expect_err(&text, "auth.passwords.min_length", part);
+        }
+        assert_eq!(
+            rules("current", "max_age_days = 90").unwrap().max_age,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(rules("current", "max_age_days = 0").unwrap().max_age, None);
+        expect_err(
+            &with_table(BASE, "auth.passwords", "max_age_days = 3651"),
+            "auth.passwords.max_age_days",
+            "outside 0-3650",
+        );
+    }
+
+    #[test]
+    fn realm_tables_are_checked_key_by_key() {
+        for (lines, key, part) in [
+            (
+                "second_factor = \"sms\"",
+                "realm.Admins.second_factor",
+                "one of none, totp",
+            ),
+            (
+                "max_sessions_per_user = -1",
+                "realm.Admins.max_sessions_per_user",
+                "outside 0-10000",
+            ),
+            (
+                "dns = [\"ns1\"]",
+                "realm.Admins.dns[0]",
+                "not an IP address",
+            ),
+            (
+                "dns = [\"10.0.0.1\", \"10.0.0.1\"]",
+                "realm.Admins.dns[1]",
+                "already listed",
+            ),
+            (
+                "search_domains = [\"-bad\"]",
+                "realm.Admins.search_domains[0]",
+                "domain name",
+            ),
+            (
+                "routes_include = [\"10.0.0.1/8\"]",
+                "realm.Admins.routes_include[0]",
+                "host bits",
+            ),
+            (
+                "routes_exclude = [\"nope\"]",
+                "realm.Admins.routes_exclude[0]",
+                "CIDR",
+            ),
+            (
+                "pool_ipv4 = \"10.10.0.0/25\"",
+                "realm.Admins.pool_ipv4",
+                "overlaps pool.ipv4 (10.10.0.0/24)",
+            ),
+            (
+                "pool_ipv4 = \"10.0.0.0/8\"",
+                "realm.Admins.pool_ipv4",
+                "overlaps pool.ipv4",
+            ),
+            (
+                "pool_ipv4 = \"10.20.0.0/31\"",
+                "realm.Admins.pool_ipv4",
+                "leaves no address",
+            ),
+            (
+                "pool_ipv4 = \"fd00:30::/64\"",
+                "realm.Admins.pool_ipv4",
+                "IPv4 prefix",
+            ),
+            (
+                "pool_ipv6 = \"fd00:30::/64\"",
+                "realm.Admins.pool_ipv6",
+                "needs realm.Admins.pool_ipv4",
+            ),
+            (
+                "pool_ipv4 = \"10.20.0.0/24\"\npool_ipv6 = \"fd00:10::/80\"",
+                "realm.Admins.pool_ipv6",
+                "overlaps pool.ipv6",
+            ),
+            // Its own IPv4 pool without IPv6: its clients get no IPv6, so no IPv6 route.
+            (
+                "pool_ipv4 = \"10.20.0.0/24\"\nroutes_include = [\"fd00::/8\"]",
+                "realm.Admins.routes_include[0]",
+                "needs realm.Admins.pool_ipv6",
+            ),
+            (
+                "colour = \"blue\"",
+                "realm.Admins.colour",
+                "unknown field `colour`",
+            ),
+        ] {
+            expect_err(&with_realm(lines), key, part);
+        }
+        // Notices.
+        let notice = |table: &str, body: &str| {
+            format!("{}\n[realm.Admins.{table}]\n{body}\n", with_realm(""))
+        };
+        expect_err(
+            &notice("pre_auth_notice", "text = \"\""),
+            "realm.Admins.pre_auth_notice.text",
+            "0 bytes, must be 1-4000",
+        );
+        expect_err(
+            &notice(
+                "post_auth_notice",
+                &format!("text = \"{}\"", "x".repeat(4001)),
+            ),
+            "realm.Admins.post_auth_notice.text",
+            "4001 bytes",
+        );
+        expect_err(
+            &notice("pre_auth_notice", "text = \"a\\u0000b\""),
+            "realm.Admins.pre_auth_notice.text",
+            "NUL",
+        );
+        expect_err(
+            &notice("pre_auth_notice", "accept = true"),
+            "realm.Admins.pre_auth_notice.text",
+            "is required",
+        );
+        let c = GatewayConfig::from_str(&notice(
+            "pre_auth_notice",
+            &format!("text = \"{}\"", "é".repeat(2000)),
+        ))
+        .unwrap();
+        let n = c.realm_policy("Admins").unwrap().pre_auth_notice.unwrap();
+        assert_eq!((n.text.len(), n.accept), (4000, true));
+        // A realm that is not offered.
+        let text = format!("{BASE}\n[realm.Admins]\nsecond_factor = \"totp\"\n");
+        expect_err(&text, "realm.Admins", "a realm listed in auth.realms");
+    }
+
+    #[test]
+    fn realm_pools_must_not_overlap_each_other() {
+        let text = format!(
+            "{}\n[realm.Admins]\npool_ipv4 = \"10.20.0.0/24\"\n[realm.Guests]\npool_ipv4 = \"10.20.0.128/25\"\n",
+            with("auth", r#"realms = ["Users", "Admins", "Guests"]"#)
+        );
+        expect_err(
+            &text,
+            "realm.Guests.pool_ipv4",
+            "overlaps realm.Admins.pool_ipv4",
+        );
+        let ok = text.replace("10.20.0.128/25", "10.30.0.0/24");
+        let c = GatewayConfig::from_str(&ok).unwrap();
+        // The gateway's own address stays the global pool's.
+        assert_eq!(c.pool.gateway_ipv4, Ipv4Addr::new(10, 10, 0, 1));
+        assert_eq!(
+            c.realm_policy("Guests").unwrap().pool,
+            PoolChoice::Own(RealmPool {
+                ipv4: "10.30.0.0/24".parse().unwrap(),
+                ipv6: None
+            })
+        );
+        // A realm using the global pool may have IPv6 routes when [pool] has IPv6.
+        let v6 = with_realm("routes_include = [\"fd00:99::/48\"]");
+        let c = GatewayConfig::from_str(&v6).unwrap();
+        assert_eq!(c.realm_policy("Admins").unwrap().routes.include.len(), 1);
+        // The summary shows each realm's effective values and what is inherited.
+        let summary: Vec<String> = c
+            .to_string()
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        for line in [
+            "realm.Admins.routes_include fd00:99::/48",
+            "realm.Users.routes_include (none) (global)",
+            "realm.Users.pool_ipv4 10.10.0.0/24 (global)",
+        ] {
+            assert!(summary.iter().any(|l| l == line), "{line}: {summary:#?}");
+        }
     }
 }

@@ -15,8 +15,9 @@
 //! This module holds the pure building blocks, which do no network I/O and read no clock:
 //! - `config`: the TOML config file, its defaults and validation ([`GatewayConfig`],
 //!   documented for operators in docs/gateway-config.md);
-//! - `users`: the users file, password verification and `adduser`'s atomic update
-//!   ([`UsersFile`], [`add_user`]);
+//! - `users`: the users file, password verification, and its two atomic writers: `adduser`
+//!   and a user's own password change ([`UsersFile`], [`add_user`], [`change_password`]);
+//! - `totp`: RFC 6238 codes and the replay guard ([`TotpGuard`]);
 //! - `pool`: the IPv4/IPv6 address pools ([`AddressPool`]);
 //! - `ratelimit`: rate limiting of password logins per source and per account
 //!   ([`LoginLimiter`]);
@@ -49,19 +50,23 @@ mod runtime;
 mod table;
 mod tls;
 mod tls_readers;
+mod totp;
 mod users;
 
 pub use client_cert::{CertNameError, CrlError};
 pub use config::{
     AccessConfig, AuthConfig, CertificateConfig, CertificateLogin, CertificateName, ConfigError,
-    EspCipher, EspConfig, GatewayConfig, LimitsConfig, MTU_RANGE, PasswordLimits, PoolConfig,
-    RoutesConfig, TlsConfig, defaults,
+    EspCipher, EspConfig, GatewayConfig, LimitsConfig, MTU_RANGE, Notice, PasswordLimits,
+    PasswordRequest, PasswordRules, PoolChoice, PoolConfig, RealmConfig, RealmPolicy, RealmPool,
+    RoutesConfig, SecondFactor, TlsConfig, defaults,
 };
 pub use hasher::{HashError, HashLimits, HashMemory};
 pub use pool::{AddressPool, Lease, PoolError};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
 pub use runtime::{Gateway, GatewayError};
 pub use tls::TlsSetupError;
+pub use totp::{SecretError, TotpCheck, TotpGuard, TotpSecret};
 pub use users::{
-    AddOutcome, AuthError, LineError, USERS_FILE_MODE, UserId, UsersError, UsersFile, add_user,
+    AddOptions, AddOutcome, AuthError, LineError, USERS_FILE_MODE, UserAttributes, UserId,
+    UsersError, UsersFile, add_user, add_user_with, change_password, unix_now,
 };

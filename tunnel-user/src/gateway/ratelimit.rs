@@ -24,6 +24,12 @@
 //!   (default 7 days) skips the account window (the source window still applies to it). A
 //!   known source is only earned with the right password.
 //!
+//! A second factor asked after the right password (a TOTP code) is not a password check,
+//! but a wrong code is a failed guess all the same: [`LoginLimiter::second_factor_failed`]
+//! counts it in both windows, as a settled failure, after the password's slots were given
+//! back. It also takes back the known-source standing the password had just earned, so a
+//! stolen password does not buy its holder unlimited guesses at the code.
+//!
 //! A refused attempt takes no slot, so a refused source or account is let back in on schedule
 //! however hard it keeps knocking. A refusal says whether some of the window's slots are still
 //! *pending* (their password is being checked): one of those that proves right frees its slot,
@@ -324,6 +330,12 @@ impl KnownSources {
         self.pairs.insert(pair, (now, id));
         self.by_age.insert((now, id), pair);
     }
+
+    fn forget(&mut self, pair: &(u64, Source)) {
+        if let Some(age) = self.pairs.remove(pair) {
+            self.by_age.remove(&age);
+        }
+    }
 }
 
 /// Password-login slots per source and per account. See the module docs for the rule.
@@ -427,6 +439,22 @@ impl LoginLimiter {
         if let Some(id) = attempt.account_slot {
             self.accounts.settle(&attempt.account, id);
         }
+    }
+
+    /// A second factor (a TOTP code) from `source` for `account` was wrong, after the
+    /// password proved right at `now`: a failed attempt in both windows, counted even when a
+    /// window is already full (the oldest slot then makes room), and the source is no longer
+    /// known for the account.
+    pub fn second_factor_failed(&mut self, source: IpAddr, account: &str, now: Instant) {
+        let source = Source::from(source);
+        let account = self.names.hash_one(account);
+        self.known.forget(&(account, source));
+        let source_slot = self.slot_id();
+        self.sources.take(source, now, source_slot);
+        self.sources.settle(&source, source_slot);
+        let account_slot = self.slot_id();
+        self.accounts.take(account, now, account_slot);
+        self.accounts.settle(&account, account_slot);
     }
 
     /// How many sources are tracked.
@@ -771,5 +799,47 @@ mod tests {
         assert_eq!(rl.policy().source.max_failures, 1);
         assert_eq!(rl.policy().account.max_failures, 1);
         assert_eq!(rl.policy().max_keys, 1);
+    }
+
+    #[test]
+    fn wrong_second_factors_fill_the_account_window() {
+        // Each login has the right password (its slot given back) and a wrong code. The codes
+        // come from ever new sources, so only the account window can stop them.
+        let mut rl = LoginLimiter::new(policy(5, 10));
+        let t0 = Instant::now();
+        for i in 0..10 {
+            let peer = ip(&format!("198.51.100.{i}"));
+            let attempt = rl
+                .begin(peer, "alice", t0)
+                .unwrap_or_else(|r| panic!("attempt {i} refused: {r:?}"));
+            rl.succeeded(attempt, t0);
+            rl.second_factor_failed(peer, "alice", t0);
+        }
+        let r = refused(&mut rl, "198.51.100.200", "alice", t0 + secs(1));
+        assert_eq!((r.scope, r.pending), (Scope::Account, false));
+        assert_eq!(r.retry_after, secs(299));
+        // The source that had the right password earned no exemption with a wrong code.
+        let r = refused(&mut rl, "198.51.100.0", "alice", t0 + secs(1));
+        assert_eq!(r.scope, Scope::Account);
+        // Bob is not affected, and the window slides open again.
+        fail(&mut rl, "198.51.100.201", "bob", t0 + secs(1));
+        fail(&mut rl, "198.51.100.202", "alice", t0 + secs(300));
+    }
+
+    #[test]
+    fn wrong_second_factors_from_one_source_fill_its_window() {
+        let mut rl = LoginLimiter::new(policy(5, 10));
+        let t0 = Instant::now();
+        for user in ["a", "b", "c", "d", "e"] {
+            let attempt = rl.begin(ip("192.0.2.9"), user, t0).unwrap();
+            rl.succeeded(attempt, t0);
+            rl.second_factor_failed(ip("192.0.2.9"), user, t0);
+        }
+        let r = refused(&mut rl, "192.0.2.9", "f", t0);
+        assert_eq!((r.scope, r.pending), (Scope::Source, false));
+        // Counted even into a full window (the oldest slot makes room): still full.
+        rl.second_factor_failed(ip("192.0.2.9"), "f", t0 + secs(30));
+        let r = refused(&mut rl, "192.0.2.9", "g", t0 + secs(30));
+        assert_eq!((r.scope, r.retry_after), (Scope::Source, secs(30)));
     }
 }

@@ -1,8 +1,9 @@
 //! The gateway's users file: who may log in, to which realms, and their argon2id hashes.
 //!
-//! This module owns the file format, password verification and the one writer of the file,
-//! [`add_user`] (behind `tunnel-gateway adduser`). It never stores, logs or formats a password;
-//! errors name users and line numbers, not secrets. It does not decide which realms exist
+//! This module owns the file format, password verification and the writers of the file:
+//! [`add_user`] (behind `tunnel-gateway adduser`) and [`change_password`] (a user's own
+//! password change at login). It never stores, logs or formats a password or a TOTP secret;
+//! errors name users, line numbers and attribute names, not secrets. It does not decide which realms exist
 //! (that is `auth.realms` in the config) nor rate-limit attempts (see `super::ratelimit`).
 //!
 //! # Format
@@ -12,7 +13,7 @@
 //! ```text
 //! # comment lines and blank lines are ignored (and kept when the file is rewritten)
 //! alice:Users:$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$...
-//! bob:Users,Admins:$argon2id$v=19$m=19456,t=2,p=1$...
+//! bob:Users,Admins:$argon2id$v=19$m=19456,t=2,p=1$...:totp=GEZDGNBV...,changed=1767225600
 //! ```
 //!
 //! - the user name: not empty, no ':', no whitespace or control characters, not starting
@@ -24,10 +25,25 @@
 //!   made with other argon2id parameters still verify, up to the bound the gateway is
 //!   configured with ([`HashLimits`]: m at most `auth.passwords.hash_max_memory_kib` KiB, t at
 //!   most 10, p at most 16). A hash beyond it is refused when the file is read, never
-//!   allocated for.
+//!   allocated for;
+//! - optionally, a comma-separated list of attributes ([`UserAttributes`]):
+//!   `totp=BASE32SECRET` (the TOTP secret, 16-64 bytes in RFC 4648 base32, upper case, no
+//!   padding), `changed=UNIXSECONDS` (when the password was set) and `must_change` (the next
+//!   login must set a new password). Each at most once; an unknown one is an error. Lines
+//!   without the field (files written before it existed) have none: no TOTP secret, the
+//!   password's age unknown (it never expires), no change required.
 //!
 //! A line that breaks any rule, or a user listed twice, makes the whole file unusable: the
-//! error names the line, and [`add_user`] refuses to rewrite such a file rather than guess.
+//! error names the line (and the attribute, never its value), and the writers refuse to
+//! rewrite such a file rather than guess.
+//!
+//! # Writers
+//!
+//! Both writers re-read the file under an exclusive `flock` on its directory, so concurrent
+//! writers (two `adduser` runs, a password change at login) are serialised and none loses the
+//! others' change, and replace it atomically: a 0600 temporary file in the same directory,
+//! fsynced, renamed over the file, then the directory fsynced. Any error before the rename
+//! leaves the old file as it was.
 
 use std::{
     collections::BTreeMap,
@@ -44,14 +60,17 @@ use argon2::{
     password_hash::{self, SaltString},
 };
 
-use super::hasher::{HashError, HashLimits, HashMemory};
+use super::{
+    hasher::{HashError, HashLimits, HashMemory},
+    totp::TotpSecret,
+};
 
 /// The file mode of the users file: hashes can be attacked offline, so only the owner reads.
 pub const USERS_FILE_MODE: u32 = 0o600;
 
 /// What a new users file starts with.
 const HEADER: &str = "\
-# tunnel-gateway users file: one user per line, name:realm[,realm...]:argon2id-hash
+# tunnel-gateway users file: one user per line, name:realm[,realm...]:argon2id-hash[:attributes]
 # Written by `tunnel-gateway adduser`. Blank lines and lines starting with '#' are ignored.
 ";
 
@@ -136,6 +155,11 @@ pub enum LineError {
     Unusable { source: HashError },
     #[error("user {name:?} is already defined on line {first_line}")]
     Duplicate { name: String, first_line: usize },
+    /// An attribute of the fourth field is unknown, repeated or malformed. `attribute` is its
+    /// name (or a placeholder when the name does not look like one: it may be a secret typed
+    /// without `totp=`); the value is never quoted.
+    #[error("attribute {attribute}: {reason}")]
+    BadAttribute { attribute: String, reason: String },
 }
 
 /// Errors of reading or updating the users file. None of them contains a password or a hash.
@@ -165,11 +189,18 @@ pub enum UsersError {
     Hash { source: password_hash::Error },
     #[error("cannot update users file {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
+    /// [`change_password`] for a user the file does not have (removed since the login).
+    #[error("user {name:?} is not in the users file")]
+    NoSuchUser { name: String },
+    /// [`change_password`] with a hash the file could not hold.
+    #[error("the new hash is unusable: {reason}")]
+    InvalidHash { reason: LineError },
 }
 
 struct Entry {
     realms: Vec<String>,
     hash: String,
+    attributes: UserAttributes,
     /// 1-based line number, for duplicate reports and in-place replacement.
     line: usize,
 }
@@ -187,6 +218,119 @@ impl fmt::Debug for UsersFile {
             .entries(self.users.iter().map(|(n, e)| (n, &e.realms)))
             .finish()
     }
+}
+
+/// The optional fourth field of a users-file line (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserAttributes {
+    /// `totp=`: the user's TOTP secret, asked for in realms with `second_factor = "totp"`.
+    pub totp: Option<TotpSecret>,
+    /// `changed=`: when the password was set, in Unix seconds. `None`: unknown (a line
+    /// written before the attribute existed), which never counts as expired.
+    pub changed: Option<u64>,
+    /// `must_change`: the next login must set a new password before it gets a session.
+    pub must_change: bool,
+}
+
+/// Attribute names as written.
+const ATTR_TOTP: &str = "totp";
+const ATTR_CHANGED: &str = "changed";
+const ATTR_MUST_CHANGE: &str = "must_change";
+
+impl UserAttributes {
+    /// Parses the fourth field.
+    fn parse(field: &str) -> Result<UserAttributes, LineError> {
+        let mut attrs = UserAttributes::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for item in field.split(',') {
+            let (name, value) = match item.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (item, None),
+            };
+            let bad = |reason: &str| LineError::BadAttribute {
+                attribute: shown_attribute(name),
+                reason: reason.to_string(),
+            };
+            if seen.contains(&name) {
+                return Err(bad("given twice"));
+            }
+            match (name, value) {
+                (ATTR_TOTP, Some(v)) => {
+                    attrs.totp = Some(TotpSecret::from_base32(v).map_err(|e| bad(&e.to_string()))?);
+                }
+                (ATTR_CHANGED, Some(v)) => {
+                    let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+                    attrs.changed = Some(
+                        digits
+                            .then(|| v.parse::<u64>().ok())
+                            .flatten()
+                            .ok_or_else(|| bad("not a number of seconds since 1970"))?,
+                    );
+                }
+                (ATTR_MUST_CHANGE, None) => attrs.must_change = true,
+                (ATTR_TOTP | ATTR_CHANGED, None) => return Err(bad("needs a value (name=value)")),
+                (ATTR_MUST_CHANGE, Some(_)) => return Err(bad("takes no value")),
+                ("", _) => return Err(bad("empty")),
+                _ => return Err(bad("unknown (totp, changed and must_change are known)")),
+            }
+            seen.push(name);
+        }
+        Ok(attrs)
+    }
+
+    /// The fourth field, or `None` when there is nothing to write (the line then has three
+    /// fields, as before attributes existed).
+    fn render(&self) -> Option<String> {
+        let mut items = Vec::new();
+        if let Some(secret) = &self.totp {
+            items.push(format!("{ATTR_TOTP}={}", secret.to_base32()));
+        }
+        if let Some(changed) = self.changed {
+            items.push(format!("{ATTR_CHANGED}={changed}"));
+        }
+        if self.must_change {
+            items.push(ATTR_MUST_CHANGE.to_string());
+        }
+        (!items.is_empty()).then(|| items.join(","))
+    }
+
+    /// Whether the password must be changed at `now_unix`: `must_change`, or, with a
+    /// `max_age`, a `changed` time at least that long ago. An unknown `changed` is not
+    /// expired: files from before the attribute would otherwise lock every user out at once.
+    pub fn password_expired(&self, max_age: Option<std::time::Duration>, now_unix: u64) -> bool {
+        if self.must_change {
+            return true;
+        }
+        match (max_age, self.changed) {
+            (Some(age), Some(changed)) => now_unix.saturating_sub(changed) >= age.as_secs(),
+            _ => false,
+        }
+    }
+}
+
+/// An attribute's name for an error message: shown when it looks like a name, else a
+/// placeholder, so that a secret written without `totp=` is not echoed into a log.
+fn shown_attribute(name: &str) -> String {
+    if name.is_empty() {
+        return "(empty)".to_string();
+    }
+    let looks_like_a_name =
+        (1..=16).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if looks_like_a_name {
+        name.to_string()
+    } else {
+        "(name not shown)".to_string()
+    }
+}
+
+/// One users-file line.
+fn render_line(name: &str, realms: &[String], hash: &str, attrs: &UserAttributes) -> String {
+    let mut line = format!("{name}:{}:{hash}", realms.join(","));
+    if let Some(field) = attrs.render() {
+        line.push(':');
+        line.push_str(&field);
+    }
+    line
 }
 
 /// What [`add_user`] did.
@@ -218,11 +362,13 @@ fn parse(
         if content.trim().is_empty() || content.starts_with('#') {
             continue;
         }
-        let mut fields = content.splitn(3, ':');
+        // PHC strings hold no ':', so a fourth ':' starts the attributes.
+        let mut fields = content.splitn(4, ':');
         let (Some(name), Some(realms), Some(hash)) = (fields.next(), fields.next(), fields.next())
         else {
             return Err(corrupt(LineError::MissingField));
         };
+        let attributes = fields.next();
         if !user_name_ok(name) {
             return Err(corrupt(LineError::BadName {
                 name: name.to_string(),
@@ -233,6 +379,11 @@ fn parse(
             return Err(corrupt(LineError::BadRealm { realm: bad.clone() }));
         }
         check_hash(hash, limits).map_err(corrupt)?;
+        let attributes = attributes
+            .map(UserAttributes::parse)
+            .transpose()
+            .map_err(corrupt)?
+            .unwrap_or_default();
         if let Some(first) = users.get(name) {
             return Err(corrupt(LineError::Duplicate {
                 name: name.to_string(),
@@ -244,6 +395,7 @@ fn parse(
             Entry {
                 realms,
                 hash: hash.to_string(),
+                attributes,
                 line,
             },
         );
@@ -325,6 +477,11 @@ impl UsersFile {
         self.users.get(name).map(|e| e.realms.as_slice())
     }
 
+    /// The attributes of `name` (TOTP secret, password age), if the user exists.
+    pub fn attributes(&self, name: &str) -> Option<&UserAttributes> {
+        self.users.get(name).map(|e| &e.attributes)
+    }
+
     /// Checks a login with memory of its own, allocated for this one check. The gateway uses
     /// [`UsersFile::verify_with`] and its hashing workers' memory instead.
     pub fn verify(&self, realm: &str, name: &str, password: &[u8]) -> Result<UserId, AuthError> {
@@ -380,19 +537,52 @@ impl UsersFile {
     }
 }
 
-/// Adds `name` with `realms` and an argon2id hash of `password` to the users file at `path`,
-/// or replaces that user's realms and hash. Creates the file (mode 0600) if it does not exist.
-///
-/// The update is atomic: the new contents go to a 0600 temporary file in the same directory,
-/// which is fsynced and renamed over the old file, and then the directory is fsynced, so a
-/// crash leaves either the old file or the new one. Concurrent `add_user` calls on the same
-/// directory are serialised with an advisory lock on the directory. A corrupt file is never
-/// rewritten. Other lines, comments included, are kept as they are.
+/// What [`add_user_with`] sets besides the realms and the password.
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    /// A new TOTP secret. `None` keeps the secret a replaced user had (resetting a password
+    /// must not silently drop their second factor); a new user then has none.
+    pub totp: Option<TotpSecret>,
+    /// The user must change the password at the next login.
+    pub must_change: bool,
+    /// Now, in Unix seconds: the password's `changed` time.
+    pub now_unix: u64,
+}
+
+/// Now in Unix seconds, for [`AddOptions::now_unix`] and [`change_password`].
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// [`add_user_with`] with the password set now, no new TOTP secret and no forced change.
 pub fn add_user(
     path: &Path,
     name: &str,
     realms: &[String],
     password: &[u8],
+) -> Result<AddOutcome, UsersError> {
+    let options = AddOptions {
+        now_unix: unix_now(),
+        ..AddOptions::default()
+    };
+    add_user_with(path, name, realms, password, &options)
+}
+
+/// Adds `name` with `realms` and an argon2id hash of `password` to the users file at `path`,
+/// or replaces that user's realms and hash. Creates the file (mode 0600) if it does not exist.
+/// The line gets `changed=` (now), `must_change` if asked, and the TOTP secret of `options`
+/// (or keeps the one it had).
+///
+/// The update is atomic and serialised with other writers (see the module docs). A corrupt
+/// file is never rewritten. Other lines, comments included, are kept as they are.
+pub fn add_user_with(
+    path: &Path,
+    name: &str,
+    realms: &[String],
+    password: &[u8],
+    options: &AddOptions,
 ) -> Result<AddOutcome, UsersError> {
     if !user_name_ok(name) {
         return Err(UsersError::InvalidName {
@@ -409,8 +599,88 @@ pub fn add_user(
         return Err(UsersError::EmptyPassword);
     }
     let hash = hash_password(password).map_err(|source| UsersError::Hash { source })?;
-    let new_line = format!("{name}:{}:{hash}", realms.join(","));
+    update(path, |existing| {
+        let new_line = |old: Option<&UserAttributes>| {
+            let attrs = UserAttributes {
+                totp: options
+                    .totp
+                    .clone()
+                    .or_else(|| old.and_then(|a| a.totp.clone())),
+                changed: Some(options.now_unix),
+                must_change: options.must_change,
+            };
+            render_line(name, realms, &hash, &attrs)
+        };
+        Ok(match existing {
+            None => (format!("{HEADER}{}\n", new_line(None)), AddOutcome::Added),
+            Some((text, users)) => match users.get(name) {
+                Some(entry) => (
+                    replace_line(text, entry.line, &new_line(Some(&entry.attributes))),
+                    AddOutcome::Replaced,
+                ),
+                None => {
+                    let mut out = text.to_string();
+                    if !out.is_empty() && !out.ends_with('\n') {
+                        out.push('\n');
+                    }
+                    out.push_str(&new_line(None));
+                    out.push('\n');
+                    (out, AddOutcome::Added)
+                }
+            },
+        })
+    })
+}
 
+/// Replaces the password hash of `name` with `new_hash` (made by the caller, on a hashing
+/// worker), sets `changed` to `now_unix` and clears `must_change`; the realms and the TOTP
+/// secret stay. The file is re-read under the writers' lock, so a change made since the
+/// caller last read it (another user added, this user's realms edited) is kept. Nothing is
+/// written on any error.
+pub fn change_password(
+    path: &Path,
+    name: &str,
+    new_hash: &str,
+    now_unix: u64,
+) -> Result<(), UsersError> {
+    check_hash(new_hash, &HashLimits::CEILING)
+        .map_err(|reason| UsersError::InvalidHash { reason })?;
+    update(path, |existing| {
+        let no_user = || UsersError::NoSuchUser {
+            name: name.to_string(),
+        };
+        let (text, users) = existing.ok_or_else(no_user)?;
+        let entry = users.get(name).ok_or_else(no_user)?;
+        let attrs = UserAttributes {
+            changed: Some(now_unix),
+            must_change: false,
+            ..entry.attributes.clone()
+        };
+        let line = render_line(name, &entry.realms, new_hash, &attrs);
+        Ok((replace_line(text, entry.line, &line), ()))
+    })
+}
+
+/// `text` with line `number` (1-based) replaced by `line`; every line ends with a newline.
+fn replace_line(text: &str, number: usize, line: &str) -> String {
+    let mut out = String::with_capacity(text.len() + line.len());
+    for (i, l) in text.lines().enumerate() {
+        out.push_str(if i + 1 == number { line } else { l });
+        out.push('\n');
+    }
+    out
+}
+
+/// The users file as [`update`] hands it to an edit: its text and its parsed users.
+type Current<'a> = Option<(&'a str, &'a BTreeMap<String, Entry>)>;
+
+/// Read-modify-write of the users file at `path` under the writers' lock: `edit` gets the
+/// current contents (`None` when there is no file yet) and returns the new text, which
+/// replaces the file atomically. A corrupt file is refused before `edit` sees it.
+fn update<T>(
+    path: &Path,
+    edit: impl FnOnce(Current<'_>) -> Result<(String, T), UsersError>,
+) -> Result<T, UsersError> {
     let write_err = |source| UsersError::Write {
         path: path.to_path_buf(),
         source,
@@ -427,7 +697,9 @@ pub fn add_user(
     };
     let dir_handle = File::open(&dir).map_err(write_err)?;
     // Held until the function returns: read-modify-write must not interleave with another
-    // adduser, or one of the two users would be lost.
+    // writer, or one of the two changes would be lost. The directory rather than a lock file
+    // beside the users file: the lock needs no file of its own to create, leave behind or
+    // get permissions wrong on.
     dir_handle.lock().map_err(write_err)?;
 
     let existing = match fs::read_to_string(&path) {
@@ -436,29 +708,11 @@ pub fn add_user(
         Err(source) => return Err(UsersError::Read { path, source }),
     };
     let (text, outcome) = match &existing {
-        None => (format!("{HEADER}{new_line}\n"), AddOutcome::Added),
+        None => edit(None)?,
         Some(text) => {
             // Any hash some gateway configuration could accept is kept as it is.
             let users = parse(text, &path, &HashLimits::CEILING)?;
-            match users.get(name) {
-                Some(entry) => {
-                    let mut out = String::with_capacity(text.len() + new_line.len());
-                    for (i, line) in text.lines().enumerate() {
-                        out.push_str(if i + 1 == entry.line { &new_line } else { line });
-                        out.push('\n');
-                    }
-                    (out, AddOutcome::Replaced)
-                }
-                None => {
-                    let mut out = text.clone();
-                    if !out.is_empty() && !out.ends_with('\n') {
-                        out.push('\n');
-                    }
-                    out.push_str(&new_line);
-                    out.push('\n');
-                    (out, AddOutcome::Added)
-                }
-            }
+            edit(Some((text, &users)))?
         }
     };
     let owner = fs::metadata(&path).ok().map(|m| (m.uid(), m.gid()));
@@ -524,10 +778,35 @@ fn write_atomically(
     file.write_all(contents)?;
     file.sync_all()?;
     drop(file);
+    #[cfg(test)]
+    fault::before_rename()?;
     fs::rename(&tmp_path, path)?;
     tmp.renamed = true;
     // The rename lives in the directory; without this a crash could bring the old file back.
     dir_handle.sync_all()
+}
+
+/// A failure injected into the next write of this thread, for the tests of what a failed
+/// write leaves behind.
+#[cfg(test)]
+mod fault {
+    use std::{cell::Cell, io};
+
+    thread_local! {
+        static BEFORE_RENAME: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Makes this thread's next write fail after the temporary file is complete.
+    pub(super) fn fail_next_rename() {
+        BEFORE_RENAME.with(|f| f.set(true));
+    }
+
+    pub(super) fn before_rename() -> io::Result<()> {
+        if BEFORE_RENAME.with(|f| f.replace(false)) {
+            return Err(io::Error::other("injected failure before the rename"));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -969,5 +1248,267 @@ mod tests {
             users.member("Users", "bob"),
             Err(AuthError::UnknownUser)
         ));
+    }
+
+    fn line_of(path: &Path, name: &str) -> String {
+        fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no line for {name}"))
+            .to_string()
+    }
+
+    #[test]
+    fn attributes_are_written_read_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_path(&dir);
+        let secret = TotpSecret::generate();
+        let options = AddOptions {
+            totp: Some(secret.clone()),
+            must_change: true,
+            now_unix: 1_767_225_600,
+        };
+        add_user_with(&path, "alice", &realms(&["Users"]), b"pw", &options).unwrap();
+        let line = line_of(&path, "alice");
+        assert!(
+            line.ends_with(&format!(
+                ":totp={},changed=1767225600,must_change",
+                secret.to_base32()
+            )),
+            "{line}"
+        );
+        // A three-field line (as written before attributes) stays valid and means none.
+        let mut text = fs::read_to_string(&path).unwrap();
+        let bob_hash = hash_password(b"bob").unwrap();
+        text.push_str(&format!("bob:Users:{bob_hash}\n"));
+        fs::write(&path, &text).unwrap();
+        let users = load(&path).unwrap();
+        let alice = users.attributes("alice").unwrap();
+        assert_eq!(alice.totp.as_ref(), Some(&secret));
+        assert_eq!(
+            (alice.changed, alice.must_change),
+            (Some(1_767_225_600), true)
+        );
+        assert_eq!(users.attributes("bob").unwrap(), &UserAttributes::default());
+        users.verify("Users", "alice", b"pw").unwrap();
+        users.verify("Users", "bob", b"bob").unwrap();
+        // Parse and render are inverse for every combination.
+        for totp in [None, Some(secret.clone())] {
+            for changed in [None, Some(0), Some(u64::MAX)] {
+                for must_change in [false, true] {
+                    let attrs = UserAttributes {
+                        totp: totp.clone(),
+                        changed,
+                        must_change,
+                    };
+                    let parsed = match attrs.render() {
+                        None => UserAttributes::default(),
+                        Some(field) => UserAttributes::parse(&field).unwrap(),
+                    };
+                    assert_eq!(parsed, attrs);
+                }
+            }
+        }
+        // Replacing the user without a new secret keeps it; the flag goes unless asked for.
+        add_user(&path, "alice", &realms(&["Users"]), b"pw2").unwrap();
+        let users = load(&path).unwrap();
+        let alice = users.attributes("alice").unwrap();
+        assert_eq!(alice.totp.as_ref(), Some(&secret));
+        assert!(!alice.must_change);
+        assert!(alice.changed.unwrap() > 1_767_225_600);
+        // Bob's hand-written line is kept byte for byte.
+        assert_eq!(line_of(&path, "bob"), format!("bob:Users:{bob_hash}"));
+    }
+
+    #[test]
+    fn bad_attributes_name_the_line_and_attribute_never_the_secret() {
+        let hash = hash_password(b"pw").unwrap();
+        let secret = TotpSecret::generate().to_base32();
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("bogus".into(), "bogus", "unknown"),
+            (format!("totp={}", &secret[..16]), "totp", "bytes"),
+            ("totp=abc!".into(), "totp", "base32"),
+            ("totp".into(), "totp", "needs a value"),
+            ("changed=yesterday".into(), "changed", "seconds"),
+            ("changed=-5".into(), "changed", "seconds"),
+            (
+                "changed=99999999999999999999999".into(),
+                "changed",
+                "seconds",
+            ),
+            ("must_change=yes".into(), "must_change", "no value"),
+            ("must_change,must_change".into(), "must_change", "twice"),
+            ("changed=1,".into(), "(empty)", "empty"),
+            // A secret pasted without its name must not be echoed.
+            (secret.clone(), "(name not shown)", "unknown"),
+        ];
+        for (field, attribute, reason) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = users_path(&dir);
+            fs::write(&path, format!("# users\nalice:Users:{hash}:{field}\n")).unwrap();
+            let err = load(&path).unwrap_err();
+            match &err {
+                UsersError::Corrupt {
+                    line: 2,
+                    reason:
+                        LineError::BadAttribute {
+                            attribute: a,
+                            reason: r,
+                        },
+                    ..
+                } => {
+                    assert_eq!(a, attribute, "{field}");
+                    assert!(r.contains(reason), "{field}: {r}");
+                }
+                other => panic!("{field}: expected a bad attribute on line 2, got {other:?}"),
+            }
+            let message = err.to_string();
+            assert!(message.contains("line 2: attribute"), "{message}");
+            assert!(!message.contains(&secret[..16]), "{message}");
+            assert!(
+                add_user(&path, "bob", &realms(&["Users"]), b"pw").is_err(),
+                "a file with a bad attribute was rewritten"
+            );
+        }
+    }
+
+    #[test]
+    fn password_expiry_follows_must_change_and_max_age() {
+        let day = std::time::Duration::from_secs(86_400);
+        let now = 1_800_000_000;
+        let attrs = |changed, must_change| UserAttributes {
+            totp: None,
+            changed,
+            must_change,
+        };
+        assert!(attrs(Some(now), true).password_expired(None, now));
+        assert!(!attrs(Some(now - 89 * 86_400), false).password_expired(Some(90 * day), now));
+        assert!(attrs(Some(now - 90 * 86_400), false).password_expired(Some(90 * day), now));
+        assert!(!attrs(Some(0), false).password_expired(None, now));
+        // Unknown age: not expired, whatever the limit.
+        assert!(!attrs(None, false).password_expired(Some(day), now));
+    }
+
+    #[test]
+    fn change_password_replaces_the_hash_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_path(&dir);
+        let secret = TotpSecret::generate();
+        let options = AddOptions {
+            totp: Some(secret.clone()),
+            must_change: true,
+            now_unix: 1000,
+        };
+        add_user_with(
+            &path,
+            "alice",
+            &realms(&["Users", "Admins"]),
+            b"old",
+            &options,
+        )
+        .unwrap();
+        add_user(&path, "bob", &realms(&["Users"]), b"bob").unwrap();
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str("# kept\n");
+        fs::write(&path, &text).unwrap();
+        let bob = line_of(&path, "bob");
+
+        let new_hash = hash_password(b"new").unwrap();
+        change_password(&path, "alice", &new_hash, 2000).unwrap();
+        let users = load(&path).unwrap();
+        users.verify("Admins", "alice", b"new").unwrap();
+        assert!(users.verify("Admins", "alice", b"old").is_err());
+        let alice = users.attributes("alice").unwrap();
+        assert_eq!(alice.totp.as_ref(), Some(&secret));
+        assert_eq!((alice.changed, alice.must_change), (Some(2000), false));
+        let after = fs::read_to_string(&path).unwrap();
+        assert_eq!(line_of(&path, "bob"), bob);
+        assert!(after.ends_with("# kept\n"));
+        assert!(after.find("alice:").unwrap() < after.find("bob:").unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+        assert_only_users_file(&dir);
+    }
+
+    #[test]
+    fn a_failed_password_change_leaves_the_old_file_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_path(&dir);
+        add_user(&path, "alice", &realms(&["Users"]), b"old").unwrap();
+        let before = fs::read_to_string(&path).unwrap();
+        let inode = fs::metadata(&path).unwrap().ino();
+        let new_hash = hash_password(b"new").unwrap();
+        // The write fails after the temporary file is complete, before the rename.
+        fault::fail_next_rename();
+        let err = change_password(&path, "alice", &new_hash, 2000).unwrap_err();
+        assert!(matches!(err, UsersError::Write { .. }), "{err:?}");
+        // A user who is gone, or a hash that is not one, fails before anything is written.
+        assert!(matches!(
+            change_password(&path, "carol", &new_hash, 2000),
+            Err(UsersError::NoSuchUser { .. })
+        ));
+        assert!(matches!(
+            change_password(&path, "alice", "plaintext", 2000),
+            Err(UsersError::InvalidHash { .. })
+        ));
+        assert_eq!(fs::read_to_string(&path).unwrap(), before);
+        assert_eq!(
+            fs::metadata(&path).unwrap().ino(),
+            inode,
+            "the file was replaced"
+        );
+        load(&path)
+            .unwrap()
+            .verify("Users", "alice", b"old")
+            .unwrap();
+        assert_only_users_file(&dir);
+        // And with no file at all, nothing is created.
+        let missing = dir.path().join("missing");
+        assert!(matches!(
+            change_password(&missing, "alice", &new_hash, 2000),
+            Err(UsersError::NoSuchUser { .. })
+        ));
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn concurrent_writers_do_not_lose_each_others_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = users_path(&dir);
+        let names: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
+        for name in &names {
+            add_user(&path, name, &realms(&["Users"]), b"old").unwrap();
+        }
+        // Hashes made up front, so the threads contend on the file rather than on argon2.
+        let hashes: Vec<String> = names
+            .iter()
+            .map(|n| hash_password(format!("new {n}").as_bytes()).unwrap())
+            .collect();
+        let barrier = std::sync::Barrier::new(names.len() + 1);
+        std::thread::scope(|scope| {
+            for (name, hash) in names.iter().zip(&hashes) {
+                let (path, barrier) = (&path, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    change_password(path, name, hash, 5000).unwrap();
+                });
+            }
+            // An adduser at the same time.
+            let (path, barrier) = (&path, &barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                add_user(path, "newcomer", &realms(&["Users"]), b"hello").unwrap();
+            });
+        });
+        let users = load(&path).unwrap();
+        assert_eq!(users.len(), names.len() + 1);
+        for name in &names {
+            users
+                .verify("Users", name, format!("new {name}").as_bytes())
+                .unwrap_or_else(|e| panic!("{name}'s change was lost: {e}"));
+            assert_eq!(users.attributes(name).unwrap().changed, Some(5000));
+        }
+        users.verify("Users", "newcomer", b"hello").unwrap();
+        assert_only_users_file(&dir);
     }
 }
