@@ -196,7 +196,8 @@ fn start_gateway(w: &World, setup: &Setup<'_>) -> Gateway {
         .join(", ");
     let mut config = format!(
         "listen = \"{GATEWAY}:{PORT}\"\ntun_name = \"tgw0\"\n\n[tls]\ncertificate = \"cert.pem\"\n\
-         key = \"key.pem\"\n{}\n[auth]\nusers_file = \"users\"\nrealms = [{realms}]\n",
+         key = \"key.pem\"\n{}\n[auth]\nusers_file = \"users\"\nrealms = [{realms}]\n\
+         password_request = \"legacy\"\n",
         if setup.client_ca {
             "client_ca = \"ca.pem\""
         } else {

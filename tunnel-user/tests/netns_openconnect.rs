@@ -205,6 +205,8 @@ client_ca = "ca.pem"
 
 [auth]
 users_file = "users"
+# Debian's openconnect 9.01 predates the current password request.
+password_request = "legacy"
 
 [pool]
 ipv4 = "10.77.0.0/24"

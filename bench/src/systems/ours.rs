@@ -51,6 +51,8 @@ key = "key.pem"
 
 [auth]
 users_file = "users"
+# Debian's openconnect 9.01 (a peer of the bench) predates the current password request.
+password_request = "legacy"
 
 [pool]
 ipv4 = "10.77.0.0/24"

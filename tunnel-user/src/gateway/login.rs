@@ -45,6 +45,8 @@ use super::{
     client_cert::CertNameError,
     hasher::{Busy, HashLimits, HashPool},
     ratelimit::{Refusal, Scope},
+    totp::{TotpCheck, TotpGuard},
+    users::unix_now,
 };
 
 /// What identifies a file's contents without reading it: a replaced file (`adduser` renames
@@ -185,6 +187,37 @@ impl LoginOutcome {
     }
 }
 
+/// What became of a token code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    Accepted,
+    Wrong,
+    Reused,
+    /// A code of another time, beyond the window: the device's clock is off.
+    OtherTime,
+    /// The user has no TOTP secret.
+    NotEnrolled,
+}
+
+impl TokenCheck {
+    /// What the client is told when the code is refused.
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            TokenCheck::Accepted => None,
+            TokenCheck::Wrong => Some("The token code is wrong."),
+            TokenCheck::Reused => {
+                Some("The token code was used before. Wait for the next one and try again.")
+            }
+            TokenCheck::OtherTime => Some(
+                "The token code is not valid now: check the clock of the device that makes it.",
+            ),
+            TokenCheck::NotEnrolled => {
+                Some("No token is set up for this account. Ask your administrator.")
+            }
+        }
+    }
+}
+
 /// Why the password check could not say yes.
 #[derive(Debug, thiserror::Error)]
 enum CheckError {
@@ -207,6 +240,8 @@ pub struct Logins {
     /// within bounds. Wrong passwords are logged each, as the limiter bounds them.
     rate_limited_log: LogThrottle,
     busy_log: LogThrottle,
+    /// The TOTP steps each user last logged in with: a code is good once.
+    totp: Mutex<TotpGuard>,
 }
 
 impl Logins {
@@ -228,6 +263,7 @@ impl Logins {
             hash_wait: limits.hash_wait,
             rate_limited_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
             busy_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
+            totp: Mutex::new(TotpGuard::new()),
         })
     }
 
@@ -245,6 +281,68 @@ impl Logins {
     /// The number of hashing workers.
     pub fn hash_workers(&self) -> usize {
         self.hasher.workers()
+    }
+
+    /// Checks the second factor of `user`, whose password was right (reads the users file:
+    /// call it off the async threads): the code must be the
+    /// user's TOTP code of a step within the window that it has not logged in with before.
+    /// A refusal counts as a failed attempt for the source and the account, and is logged.
+    pub fn check_token(&self, peer: IpAddr, realm: &str, user: &str, code: &str) -> TokenCheck {
+        let secret = match self
+            .users()
+            .map(|u| u.attributes(user).and_then(|a| a.totp.clone()))
+        {
+            Ok(Some(secret)) => secret,
+            Ok(None) => {
+                warn!(%peer, %realm, %user, "login refused: the realm asks for a token code and the user has no TOTP secret");
+                return TokenCheck::NotEnrolled;
+            }
+            Err(e) => {
+                warn!(%peer, %realm, %user, error = %e, "login refused: reading the users file for the token check failed");
+                return TokenCheck::NotEnrolled;
+            }
+        };
+        let check = match self.totp.lock() {
+            Ok(mut guard) => guard.verify(user, &secret, code, unix_now()),
+            Err(_) => TotpCheck::Wrong,
+        };
+        if !matches!(check, TotpCheck::Accepted { .. }) {
+            if let Ok(mut limiter) = self.limiter.lock() {
+                limiter.second_factor_failed(peer, user, Instant::now());
+            }
+            self.settled.notify_waiters();
+        }
+        match check {
+            TotpCheck::Accepted { .. } => {
+                info!(%user, %realm, "token code accepted");
+                TokenCheck::Accepted
+            }
+            TotpCheck::Wrong => {
+                warn!(%peer, %realm, %user, "login refused: wrong token code");
+                TokenCheck::Wrong
+            }
+            TotpCheck::Reused => {
+                warn!(%peer, %realm, %user, "login refused: token code used before");
+                TokenCheck::Reused
+            }
+            TotpCheck::OtherTime { offset } => {
+                warn!(%peer, %realm, %user, offset_steps = offset, "login refused: token code of another time (the device's clock is off)");
+                TokenCheck::OtherTime
+            }
+        }
+    }
+
+    /// Whether `user` must set a new password before getting a session: flagged, or older
+    /// than `max_age` (reads the users file: call it off the async threads). A users file that cannot be read says no (the password check that
+    /// came before it read the file).
+    pub fn must_change_password(&self, user: &str, max_age: Option<Duration>) -> bool {
+        self.users()
+            .ok()
+            .and_then(|u| {
+                u.attributes(user)
+                    .map(|a| a.password_expired(max_age, unix_now()))
+            })
+            .unwrap_or(false)
     }
 
     /// Decides a login, and logs the decision (never the password).

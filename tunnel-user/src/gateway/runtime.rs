@@ -23,17 +23,17 @@ use tokio_rustls::TlsAcceptor;
 
 use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel_proto::{
-    ActiveSession, AuthRejection, Config, EspInput, EspSettings, FatalErrorKind, Prompt,
-    PromptAnswer, Server, ServerConfig, ServerEvent, Transmit, peek_spi,
+    ActiveSession, AuthRejection, Config, EspInput, EspSettings, FatalErrorKind, PasswordForm,
+    Prompt, PromptAnswer, Server, ServerConfig, ServerEvent, Transmit, peek_spi,
 };
 
 use super::{
-    AddressPool, EspCipher, GatewayConfig, Lease,
+    AddressPool, EspCipher, GatewayConfig, Lease, PasswordRequest, SecondFactor,
     access::{AccessCache, AccessControl, AccessPolicy, Refused, local_addresses},
     admission::{Admission, FLOOD_LOG_INTERVAL, LogThrottle, LoginSlot, Refusal},
     client_cert::{self, CertNameError},
     dialogue::{Dialogue, RealmLogin, Step},
-    login::{LoginRequest, Logins},
+    login::{LoginRequest, Logins, TokenCheck},
     table::{LastLookup, Place, Resumable, Session, SessionTable, SpiRegistry},
     tls::{self, TlsSetupError},
     tls_readers::{READY_BATCH, TlsReader, TlsReaders},
@@ -83,6 +83,8 @@ const LOGIN_READ_BUF: usize = 16 * 1024;
 /// What every task and thread shares.
 struct Ctx {
     config: GatewayConfig,
+    /// What each connection's state machine starts with.
+    server_config: ServerConfig,
     /// Connections not logged in yet ([`Admission`]).
     admission: Arc<Admission>,
     /// Connections refused at a cap.
@@ -174,6 +176,7 @@ impl Gateway {
         let tls_scratch = Mutex::new(TlsScratch::new(&tun));
         let esp_side = Mutex::new(EspSide::new(&tun));
         let ctx = Arc::new(Ctx {
+            server_config: server_config(&config),
             admission: Admission::new(
                 config.limits.login_connections,
                 config.limits.login_connections_per_source,
@@ -932,8 +935,49 @@ async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<()>) {
 const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
 
 /// What `realm` asks of a login after the password.
-fn realm_login(_cfg: &GatewayConfig, _realm: &str) -> RealmLogin {
-    RealmLogin::default()
+fn realm_login(cfg: &GatewayConfig, realm: &str) -> RealmLogin {
+    let Some(policy) = cfg.realm_policy(realm) else {
+        return RealmLogin::default();
+    };
+    RealmLogin {
+        totp: policy.second_factor == SecondFactor::Totp,
+        max_sessions_per_user: policy.max_sessions_per_user.map_or(0, |n| n.get()),
+        post_auth_notice: policy.post_auth_notice.map(|n| (n.text, n.accept)),
+    }
+}
+
+/// What every connection's state machine is configured with.
+fn server_config(cfg: &GatewayConfig) -> ServerConfig {
+    let limits = &cfg.limits;
+    ServerConfig {
+        realms: cfg.auth.realms.clone(),
+        password_form: match cfg.auth.password_request {
+            PasswordRequest::Current => PasswordForm::Current,
+            PasswordRequest::Legacy => PasswordForm::Legacy,
+        },
+        pre_auth_notices: cfg
+            .auth
+            .realms
+            .iter()
+            .filter_map(|realm| {
+                let notice = cfg.realm_policy(realm)?.pre_auth_notice?;
+                Some((
+                    realm.clone(),
+                    tunnel_proto::Notice {
+                        text: notice.text,
+                        accept: notice.accept,
+                    },
+                ))
+            })
+            .collect(),
+        idle_timeout: cfg.idle_timeout,
+        session_lifetime: Some(cfg.session_lifetime),
+        login_max_frame_len: limits.login_frame_bytes,
+        auth_timeout: Some(limits.login),
+        protocol_step_timeout: Some(limits.login_step),
+        user_step_timeout: Some(limits.user_step),
+        ..ServerConfig::default()
+    }
 }
 
 /// Asks the next step of the login in `conn`, or accepts it when none is left.
@@ -1212,21 +1256,8 @@ async fn serve(
         Ok(link) => Arc::new(link),
         Err(e) => return debug!(error = %e, "registering the TLS connection"),
     };
-    let cfg = &ctx.config;
-    let proto = Server::new(
-        ServerConfig {
-            realms: cfg.auth.realms.clone(),
-            idle_timeout: cfg.idle_timeout,
-            session_lifetime: Some(cfg.session_lifetime),
-            login_max_frame_len: limits.login_frame_bytes,
-            auth_timeout: Some(limits.login),
-            protocol_step_timeout: Some(limits.login_step),
-            user_step_timeout: Some(limits.user_step),
-            ..ServerConfig::default()
-        },
-        Instant::now(),
-    )
-    .with_spi_allocator(ctx.spis.clone());
+    let proto =
+        Server::new(ctx.server_config.clone(), Instant::now()).with_spi_allocator(ctx.spis.clone());
     let mut conn = Conn {
         peer,
         id,
@@ -1474,8 +1505,17 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             match outcome.rejection() {
                 None => {
                     let rules = realm_login(&ctx.config, &realm);
+                    let must_change = {
+                        let (ctx, user) = (ctx.clone(), username.clone());
+                        let max_age = ctx.config.password_rules().max_age;
+                        tokio::task::spawn_blocking(move || {
+                            ctx.logins.must_change_password(&user, max_age)
+                        })
+                        .await
+                        .unwrap_or(false)
+                    };
                     conn.login = Some(LoginSteps {
-                        dialogue: Dialogue::after_password(&rules, false),
+                        dialogue: Dialogue::after_password(&rules, must_change),
                         realm,
                         user: username,
                         asked: None,
@@ -1492,6 +1532,16 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             let login = conn.login.as_mut()?;
             let refusal = match (login.asked.take(), answer) {
                 (Some(Step::AcceptNotice(_)), PromptAnswer::NoticeAccepted) => None,
+                (Some(Step::TokenCode), PromptAnswer::TokenCode(code)) => {
+                    let (ctx, peer) = (ctx.clone(), conn.peer.ip());
+                    let (realm, user) = (login.realm.clone(), login.user.clone());
+                    tokio::task::spawn_blocking(move || {
+                        ctx.logins.check_token(peer, &realm, &user, code.expose())
+                    })
+                    .await
+                    .unwrap_or(TokenCheck::Wrong)
+                    .refusal()
+                }
                 (Some(Step::SessionLimit(max)), PromptAnswer::EndSession(id)) => {
                     match login.listed.iter().position(|(shown, _)| *shown == id) {
                         Some(i) => {

@@ -152,7 +152,7 @@ impl AttackWorld {
             format!(
                 "listen = \"{GATEWAY}:{PORT}\"\ntun_name = \"tgw0\"\nidle_timeout_secs = 600\n\n\
                  [tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n\n\
-                 [auth]\nusers_file = \"users\"\n\n\
+                 [auth]\nusers_file = \"users\"\npassword_request = \"legacy\"\n\n\
                  [pool]\nipv4 = \"10.77.0.0/20\"\n\n\
                  [routes]\ninclude = [\"172.20.0.0/24\"]\n\n\
                  [esp]\nenabled = false\n{extra}"
