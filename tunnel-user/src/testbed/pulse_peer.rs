@@ -41,11 +41,15 @@ pub enum PeerError {
     Protocol(tunnel_proto::SessionError),
     /// The gateway asked for something the test gave no answer to.
     Unanswered(&'static str),
+    /// The gateway asked for the password again: it was wrong.
+    WrongPassword,
 }
 
 /// A test's answers to the prompts after the password ([`PulsePeer::login_with`]).
 #[derive(Debug, Clone, Default)]
 pub struct Answers {
+    /// The realm to choose when the gateway offers several.
+    pub realm: Option<String>,
     /// Token codes, one per token prompt, in order.
     pub tokens: Vec<String>,
     /// The new password, when the gateway asks for a change.
@@ -186,6 +190,7 @@ impl PulsePeer {
                 matches!(
                     e,
                     ClientEvent::CredentialsRequired { .. }
+                        | ClientEvent::RealmRequired { .. }
                         | ClientEvent::TokenRequired { .. }
                         | ClientEvent::PasswordChangeRequired
                         | ClientEvent::Notice {
@@ -201,9 +206,16 @@ impl PulsePeer {
             })?;
             let unanswered = |what: &'static str| Err(PeerError::Unanswered(what));
             let answered = match e {
+                ClientEvent::CredentialsRequired { retry: true, .. } => {
+                    return Err(PeerError::WrongPassword);
+                }
                 ClientEvent::CredentialsRequired { .. } => {
                     self.proto.provide_credentials(user, password)
                 }
+                ClientEvent::RealmRequired { .. } => match &answers.realm {
+                    Some(realm) => self.proto.choose_realm(realm),
+                    None => return unanswered("realm"),
+                },
                 ClientEvent::TokenRequired { .. } => match tokens.next() {
                     Some(code) => self.proto.provide_token(code),
                     None => return unanswered("token code"),

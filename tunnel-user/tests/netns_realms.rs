@@ -1,0 +1,477 @@
+//! Sign-in to realms with rules, against the `tunnel-gateway` binary in network namespaces:
+//! second factors (TOTP), password changes, notices, the session limit and what a realm
+//! hands out, with the project's client state machine (`testbed::PulsePeer`, the current
+//! password request) and with Debian's openconnect 9.01 (the legacy one, which it knows).
+//!
+//! ```text
+//!  ┌──────── client ─────────┐        ┌──────── gw ───────────┐
+//!  │ rc0 192.168.71.2/24     │─ veth ─│ rgw0 192.168.71.1/24  │
+//!  │ PulsePeer / openconnect │        │ tunnel-gateway :8443  │
+//!  └─────────────────────────┘        └───────────────────────┘
+//! ```
+//!
+//! Every refusal is checked for its message and for the absence of a session (the
+//! gateway's "session established" log line); every test has its positive control.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use tunnel_proto::{AuthFailure, ClientConfig, ClientEvent};
+use tunnel_user::gateway::{AddOptions, TotpSecret, add_user_with, code_at, step_at, unix_now};
+use tunnel_user::testbed::{
+    Netns,
+    pulse_peer::{Answers, EndSession, PeerError, PulsePeer},
+    veth,
+};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 71, 1);
+const PORT: u16 = 8443;
+const ESTABLISHED: &str = "session established";
+
+fn root() -> bool {
+    tunnel_user::testbed::root_or_skip()
+}
+
+struct World {
+    dir: PathBuf,
+    client: Netns,
+    gw: Netns,
+    pin: String,
+    gateway: Option<Child>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop_gateway();
+    }
+}
+
+fn world(tag: &str) -> World {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("tunnel-realms-{tag}-{id}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let client = Netns::create(&format!("trl{id}-{tag}-c")).unwrap();
+    let gw = Netns::create(&format!("trl{id}-{tag}-g")).unwrap();
+    veth(&client, "rc0", &gw, "rgw0").unwrap();
+    client.sh("ip addr add 192.168.71.2/24 dev rc0").unwrap();
+    gw.sh("ip addr add 192.168.71.1/24 dev rgw0").unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(IpAddr::V4(GATEWAY)));
+    let cert = params.self_signed(&key).unwrap();
+    fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let pin = format!(
+        "pin-sha256:{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki))
+    );
+    World {
+        dir,
+        client,
+        gw,
+        pin,
+        gateway: None,
+    }
+}
+
+impl World {
+    fn users(&self) -> PathBuf {
+        self.dir.join("users")
+    }
+
+    fn add_user(&self, name: &str, realms: &[&str], password: &str, options: &AddOptions) {
+        let realms: Vec<String> = realms.iter().map(|r| r.to_string()).collect();
+        add_user_with(&self.users(), name, &realms, password.as_bytes(), options).unwrap();
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.log().matches(what).count()
+    }
+
+    /// Starts the gateway with `auth` lines in `[auth]` (after the users file) and `rest`
+    /// after the standard sections.
+    fn start_gateway(&mut self, auth: &str, rest: &str) {
+        self.stop_gateway();
+        let config = format!(
+            "listen = \"{GATEWAY}:{PORT}\"\ntun_name = \"trg0\"\ndns = [\"172.20.0.53\"]\n\n\
+             [tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n\n\
+             [auth]\nusers_file = \"users\"\n{auth}\n\n\
+             [pool]\nipv4 = \"10.78.0.0/24\"\n\n\
+             [routes]\ninclude = [\"172.20.0.0/24\"]\n\n\
+             [esp]\nenabled = false\n\n{rest}\n"
+        );
+        let path = self.dir.join("gateway.toml");
+        fs::write(&path, config).unwrap();
+        let log = fs::File::create(self.dir.join("gateway.log")).unwrap();
+        let child = self
+            .gw
+            .command(env!("CARGO_BIN_EXE_tunnel-gateway"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting tunnel-gateway");
+        self.gateway = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log().contains("gateway running") {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop_gateway(&mut self) {
+        if let Some(mut child) = self.gateway.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A connection of the project's client, from the client namespace.
+    fn peer(&self) -> PulsePeer {
+        let cfg = ClientConfig::new(GATEWAY.to_string());
+        let pin = self.pin.clone();
+        self.client
+            .enter(move || {
+                PulsePeer::connect(SocketAddr::new(IpAddr::V4(GATEWAY), PORT), &pin, cfg)
+            })
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Waits until the gateway's log has `n` lines with `what`.
+    fn wait_for(&self, what: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.count(what) < n {
+            assert!(
+                Instant::now() < deadline,
+                "no {n} × '{what}' in: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The gateway's refusal message, from the events of a login that failed.
+fn refusal(p: &PulsePeer) -> String {
+    p.events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::AuthFailed(AuthFailure::Message(m)) => Some(m.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no refusal message in {:?}", p.events))
+}
+
+fn with_totp(secret: &TotpSecret) -> AddOptions {
+    AddOptions {
+        totp: Some(TotpSecret::from_base32(&secret.to_base32()).unwrap()),
+        must_change: false,
+        now_unix: unix_now(),
+    }
+}
+
+/// A six-digit string that is no code of `secret` within ±20 steps of now.
+fn wrong_code(secret: &TotpSecret) -> String {
+    let now = step_at(unix_now());
+    let near: Vec<String> = (now - 20..=now + 20).map(|s| code_at(secret, s)).collect();
+    (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !near.contains(c))
+        .unwrap()
+}
+
+fn tokens(codes: &[&str]) -> Answers {
+    Answers {
+        tokens: codes.iter().map(|c| c.to_string()).collect(),
+        ..Answers::default()
+    }
+}
+
+const TOTP_REALM: &str = "[realm.Users]\nsecond_factor = \"totp\"\n";
+
+#[test]
+fn totp_codes_are_checked_wrong_other_time_reused_and_right() {
+    if !root() {
+        return;
+    }
+    let mut w = world("totp");
+    let secret = TotpSecret::generate();
+    w.add_user("alice", &["Users"], "correct horse", &with_totp(&secret));
+    w.start_gateway("", TOTP_REALM);
+    let now = step_at(unix_now());
+
+    let mut p = w.peer();
+    let wrong = wrong_code(&secret);
+    assert!(
+        p.login_with("alice", "correct horse", &tokens(&[&wrong]))
+            .is_err()
+    );
+    assert_eq!(refusal(&p), "The token code is wrong.");
+
+    let mut p = w.peer();
+    let later = code_at(&secret, now + 5);
+    assert!(
+        p.login_with("alice", "correct horse", &tokens(&[&later]))
+            .is_err()
+    );
+    assert!(refusal(&p).contains("not valid now"), "{}", refusal(&p));
+    assert_eq!(w.count(ESTABLISHED), 0, "{}", w.log());
+
+    // Positive control: the code of now logs in.
+    let code = code_at(&secret, now);
+    let mut p = w.peer();
+    p.login_with("alice", "correct horse", &tokens(&[&code]))
+        .expect("the right code logs in");
+    w.wait_for(ESTABLISHED, 1);
+
+    // The same code again, within its window: refused.
+    let mut q = w.peer();
+    assert!(
+        q.login_with("alice", "correct horse", &tokens(&[&code]))
+            .is_err()
+    );
+    assert!(refusal(&q).contains("used before"), "{}", refusal(&q));
+    assert_eq!(w.count(ESTABLISHED), 1, "{}", w.log());
+
+    // A wrong password is asked again before any code is asked for.
+    let mut r = w.peer();
+    assert!(matches!(
+        r.login_with("alice", "wrong", &tokens(&[&code])),
+        Err(PeerError::WrongPassword)
+    ));
+    assert!(
+        !r.events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::TokenRequired { .. }))
+    );
+    assert_eq!(w.count("token code accepted"), 1, "{}", w.log());
+}
+
+#[test]
+fn a_user_without_a_secret_is_refused_in_a_totp_realm() {
+    if !root() {
+        return;
+    }
+    let mut w = world("noenrol");
+    w.add_user("bob", &["Users"], "battery staple", &AddOptions::default());
+    w.start_gateway("", TOTP_REALM);
+    let mut p = w.peer();
+    assert!(
+        p.login_with("bob", "battery staple", &tokens(&["123456"]))
+            .is_err()
+    );
+    assert!(
+        refusal(&p).contains("No token is set up"),
+        "{}",
+        refusal(&p)
+    );
+    assert_eq!(w.count(ESTABLISHED), 0);
+}
+
+#[test]
+fn notices_before_and_after_the_login() {
+    if !root() {
+        return;
+    }
+    let mut w = world("notice");
+    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
+    w.start_gateway(
+        "",
+        "[realm.Users.pre_auth_notice]\ntext = \"Authorised users only.\"\n\n\
+         [realm.Users.post_auth_notice]\ntext = \"Maintenance on Sunday.\"\naccept = false\n",
+    );
+    // Not accepted: no session.
+    let mut p = w.peer();
+    assert!(matches!(
+        p.login_with("alice", "correct horse", &Answers::default()),
+        Err(PeerError::Unanswered("notice"))
+    ));
+    assert!(
+        !p.events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::CredentialsRequired { .. }))
+    );
+    drop(p);
+    // Accepted: the pre-auth notice first, the post-auth one with the cookie.
+    let mut p = w.peer();
+    let answers = Answers {
+        accept_notices: true,
+        ..Answers::default()
+    };
+    p.login_with("alice", "correct horse", &answers)
+        .expect("login");
+    let notices: Vec<(String, bool)> = p
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Notice {
+                text,
+                needs_acceptance,
+            } => Some((text.clone(), *needs_acceptance)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        notices,
+        [
+            ("Authorised users only.".to_string(), true),
+            ("Maintenance on Sunday.".to_string(), false)
+        ]
+    );
+    w.wait_for(ESTABLISHED, 1);
+}
+
+#[test]
+fn at_the_session_limit_the_user_ends_an_old_session() {
+    if !root() {
+        return;
+    }
+    let mut w = world("limit");
+    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
+    w.start_gateway("", "[realm.Users]\nmax_sessions_per_user = 1\n");
+    let mut first = w.peer();
+    first
+        .login_with("alice", "correct horse", &Answers::default())
+        .expect("first login");
+    w.wait_for(ESTABLISHED, 1);
+
+    // Without an answer there is no second session.
+    let mut p = w.peer();
+    assert!(matches!(
+        p.login_with("alice", "correct horse", &Answers::default()),
+        Err(PeerError::Unanswered("session to end"))
+    ));
+    let listed = p
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::SessionLimit { sessions } => Some(sessions.clone()),
+            _ => None,
+        })
+        .expect("the sessions were listed");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].from, "192.168.71.2");
+    assert!(listed[0].started.abs_diff(unix_now()) < 60, "{listed:?}");
+    drop(p);
+
+    // Ending the oldest: the first session is ended, the new one is made.
+    let mut second = w.peer();
+    let answers = Answers {
+        end_session: Some(EndSession::Oldest),
+        ..Answers::default()
+    };
+    second
+        .login_with("alice", "correct horse", &answers)
+        .expect("second login");
+    w.wait_for(ESTABLISHED, 2);
+    let ended = first.until(Duration::from_secs(5), |e| {
+        matches!(e, ClientEvent::Terminated { .. })
+    });
+    assert!(ended.is_ok(), "{:?}", first.events);
+    w.wait_for("ending a session chosen at the session limit", 1);
+}
+
+/// Debian's openconnect 9.01 asks its user through forms on standard input: the password,
+/// then whatever the gateway asks next.
+fn openconnect(w: &World, user: &str, stdin: &str, extra: &[&str]) -> (bool, String) {
+    let mut child = w
+        .client
+        .command("openconnect")
+        .args(["--protocol=pulse", "--authenticate", "--user", user])
+        .args(extra)
+        .arg(format!("--servercert={}", w.pin))
+        .arg(format!("https://{GATEWAY}:{PORT}/"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openconnect");
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && said.contains("COOKIE="), said)
+}
+
+#[test]
+fn openconnect_passes_totp_and_notices() {
+    if !root() {
+        return;
+    }
+    let mut w = world("octotp");
+    let secret = TotpSecret::generate();
+    w.add_user("alice", &["Users"], "correct horse", &with_totp(&secret));
+    w.start_gateway(
+        "password_request = \"legacy\"",
+        "[realm.Users]\nsecond_factor = \"totp\"\n\n\
+         [realm.Users.pre_auth_notice]\ntext = \"Authorised users only.\"\n\n\
+         [realm.Users.post_auth_notice]\ntext = \"Maintenance on Sunday.\"\n",
+    );
+    let token = format!("--token-secret=base32:{}", secret.to_base32());
+    let (ok, said) = openconnect(
+        &w,
+        "alice",
+        "correct horse\n",
+        &["--passwd-on-stdin", "--token-mode=totp", &token],
+    );
+    assert!(ok, "{said}\n{}", w.log());
+    assert_eq!(w.count("token code accepted"), 1, "{}", w.log());
+    // Positive control: a wrong secret is refused.
+    let wrong = TotpSecret::generate();
+    let token = format!("--token-secret=base32:{}", wrong.to_base32());
+    let (ok, said) = openconnect(
+        &w,
+        "alice",
+        "correct horse\n",
+        &["--passwd-on-stdin", "--token-mode=totp", &token],
+    );
+    assert!(!ok, "{said}");
+    assert_eq!(w.count("login refused: wrong token code"), 1, "{}", w.log());
+}
