@@ -60,7 +60,7 @@ pub use config::{
     RoutesConfig, SecondFactor, TlsConfig, defaults,
 };
 pub use hasher::{HashError, HashLimits, HashMemory};
-pub use pool::{AddressPool, Lease, PoolError};
+pub use pool::{AddressPool, Lease, PoolError, RealmPools};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
 pub use runtime::{Gateway, GatewayError};
 pub use tls::TlsSetupError;
