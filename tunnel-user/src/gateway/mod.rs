@@ -43,6 +43,7 @@ mod client_cert;
 mod config;
 mod hasher;
 mod login;
+mod password_change;
 mod pool;
 mod ratelimit;
 mod runtime;
@@ -60,6 +61,8 @@ pub use config::{
     RoutesConfig, SecondFactor, TlsConfig, defaults,
 };
 pub use hasher::{HashError, HashLimits, HashMemory};
+pub use login::{PasswordChange, TokenRefused};
+pub use password_change::{ChangeRefused, check_new_password};
 pub use pool::{AddressPool, Lease, PoolError, RealmPools};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
 pub use runtime::{Gateway, GatewayError};
