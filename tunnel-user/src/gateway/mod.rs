@@ -67,7 +67,7 @@ pub use pool::{AddressPool, Lease, PoolError, RealmPools};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
 pub use runtime::{Gateway, GatewayError};
 pub use tls::TlsSetupError;
-pub use totp::{SecretError, TotpCheck, TotpGuard, TotpSecret};
+pub use totp::{DEFAULT_ISSUER, SecretError, TotpCheck, TotpGuard, TotpSecret, otpauth_uri};
 pub use users::{
     AddOptions, AddOutcome, AuthError, LineError, USERS_FILE_MODE, UserAttributes, UserId,
     UsersError, UsersFile, add_user, add_user_with, change_password, unix_now,
