@@ -237,6 +237,11 @@ fn check_config_refuses_a_users_file_hash_beyond_the_cost_bound() {
         "auth.passwords.source_failures     5",
         "auth.passwords.hash_max_memory_kib 65536",
         "auth.certificate.login     password",
+        "auth.password_request  current",
+        "auth.passwords.min_length          8",
+        "auth.passwords.max_age_days        0 (never)",
+        "realm.Users.second_factor         none",
+        "realm.Users.pool_ipv4             10.20.0.0/24 (global)",
     ] {
         assert!(stdout.contains(line), "{line:?} missing: {stdout}");
     }
@@ -275,5 +280,155 @@ fn no_arguments_shows_help_and_fails() {
     assert!(
         all.contains("adduser") && all.contains("--check-config"),
         "{all}"
+    );
+}
+
+/// The value of `key` in the query of `uri`.
+fn query_value<'a>(uri: &'a str, key: &str) -> Option<&'a str> {
+    uri.split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+}
+
+#[test]
+fn adduser_totp_prints_the_uri_of_the_stored_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let users_arg = users.to_str().unwrap();
+    let out = run(
+        &[
+            "adduser",
+            "--users",
+            users_arg,
+            "j.doe@corp",
+            "--totp",
+            "--totp-issuer",
+            "ACME VPN",
+        ],
+        b"correct horse\n",
+    );
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    let uri = stdout
+        .lines()
+        .find(|l| l.starts_with("otpauth://"))
+        .unwrap_or_else(|| panic!("no URI: {stdout}"));
+    assert!(
+        uri.starts_with("otpauth://totp/ACME%20VPN:j.doe%40corp?"),
+        "{uri}"
+    );
+    for (key, value) in [
+        ("issuer", "ACME%20VPN"),
+        ("algorithm", "SHA1"),
+        ("digits", "6"),
+        ("period", "30"),
+    ] {
+        assert_eq!(query_value(uri, key), Some(value), "{uri}");
+    }
+    let secret = query_value(uri, "secret").unwrap();
+    assert_eq!(secret.len(), 32, "20 bytes in base32: {uri}");
+    // The stored secret is the printed one, and the password's time is now.
+    let file = UsersFile::load(&users, &HashLimits::default()).unwrap();
+    let attrs = file.attributes("j.doe@corp").unwrap();
+    assert_eq!(attrs.totp.as_ref().unwrap().to_base32(), secret);
+    let now = tunnel_user::gateway::unix_now();
+    let changed = attrs.changed.unwrap();
+    assert!(now.abs_diff(changed) < 60, "changed={changed}, now={now}");
+    assert!(!attrs.must_change);
+    // Nothing about the secret on stderr (logs), and no warning for a short password.
+    assert!(!text(&out.stderr).contains(secret), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Replaced without --totp: the password changes, the secret stays; --must-change sets
+    // the flag.
+    let out = run(
+        &[
+            "adduser",
+            "--users",
+            users_arg,
+            "j.doe@corp",
+            "--must-change",
+        ],
+        b"battery staple\n",
+    );
+    assert_success(&out);
+    assert!(!text(&out.stdout).contains("otpauth://"));
+    assert!(text(&out.stdout).contains("must change the password"));
+    let file = UsersFile::load(&users, &HashLimits::default()).unwrap();
+    let attrs = file.attributes("j.doe@corp").unwrap();
+    assert_eq!(attrs.totp.as_ref().unwrap().to_base32(), secret);
+    assert!(attrs.must_change);
+    file.verify("Users", "j.doe@corp", b"battery staple")
+        .unwrap();
+
+    // A new --totp replaces the secret.
+    let out = run(
+        &["adduser", "--users", users_arg, "j.doe@corp", "--totp"],
+        b"battery staple\n",
+    );
+    assert_success(&out);
+    let uri = text(&out.stdout);
+    assert!(uri.contains("otpauth://totp/tunnel:j.doe%40corp?"), "{uri}");
+    let file = UsersFile::load(&users, &HashLimits::default()).unwrap();
+    assert_ne!(
+        file.attributes("j.doe@corp")
+            .unwrap()
+            .totp
+            .as_ref()
+            .unwrap()
+            .to_base32(),
+        secret
+    );
+    assert_eq!(dir_entries(dir.path()), ["users"]);
+}
+
+#[test]
+fn adduser_warns_about_passwords_current_clients_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let users_arg = users.to_str().unwrap();
+    let out = run(
+        &["adduser", "--users", users_arg, "alice"],
+        b"eighteen bytes!!!!\n",
+    );
+    assert_success(&out);
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &["adduser", "--users", users_arg, "alice"],
+        b"nineteen bytes!!!!!\n",
+    );
+    assert_success(&out);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "warning: the password is 19 bytes long; clients of current Ivanti gateways send \
+             at most 18 bytes"
+        ),
+        "{stderr}"
+    );
+    // Still stored whole: legacy clients send it all.
+    UsersFile::load(&users, &HashLimits::default())
+        .unwrap()
+        .verify("Users", "alice", b"nineteen bytes!!!!!")
+        .unwrap();
+    // --totp-issuer means nothing without --totp.
+    let out = run(
+        &["adduser", "--users", users_arg, "bob", "--totp-issuer", "X"],
+        b"pw\n",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--totp"),
+        "{}",
+        text(&out.stderr)
     );
 }

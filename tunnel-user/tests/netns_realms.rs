@@ -239,7 +239,7 @@ fn totp_codes_are_checked_wrong_other_time_reused_and_right() {
         p.login_with("alice", "correct horse", &tokens(&[&wrong]))
             .is_err()
     );
-    assert_eq!(refusal(&p), "The token code is wrong.");
+    assert_eq!(refusal(&p), "Invalid token code.");
 
     let mut p = w.peer();
     let later = code_at(&secret, now + 5);
@@ -263,7 +263,7 @@ fn totp_codes_are_checked_wrong_other_time_reused_and_right() {
         q.login_with("alice", "correct horse", &tokens(&[&code]))
             .is_err()
     );
-    assert!(refusal(&q).contains("used before"), "{}", refusal(&q));
+    assert!(refusal(&q).contains("already been used"), "{}", refusal(&q));
     assert_eq!(w.count(ESTABLISHED), 1, "{}", w.log());
 
     // A wrong password is asked again before any code is asked for.
@@ -473,5 +473,110 @@ fn openconnect_passes_totp_and_notices() {
         &["--passwd-on-stdin", "--token-mode=totp", &token],
     );
     assert!(!ok, "{said}");
-    assert_eq!(w.count("login refused: wrong token code"), 1, "{}", w.log());
+    assert_eq!(w.count("token code refused"), 1, "{}", w.log());
+}
+
+#[test]
+fn an_expired_password_is_changed_in_the_login_and_kept() {
+    if !root() {
+        return;
+    }
+    let mut w = world("change");
+    let must_change = AddOptions {
+        must_change: true,
+        now_unix: unix_now(),
+        ..AddOptions::default()
+    };
+    w.add_user("alice", &["Users"], "old-pass-1", &must_change);
+    w.start_gateway("[auth.passwords]\nmin_length = 10", "");
+    let before = fs::read_to_string(w.users()).unwrap();
+
+    // Too short: refused with the rule, nothing written, no session.
+    let mut p = w.peer();
+    let short = Answers {
+        new_password: Some("short".into()),
+        ..Answers::default()
+    };
+    assert!(p.login_with("alice", "old-pass-1", &short).is_err());
+    assert!(
+        refusal(&p).contains("at least 10 characters"),
+        "{}",
+        refusal(&p)
+    );
+    assert_eq!(fs::read_to_string(w.users()).unwrap(), before);
+    assert_eq!(w.count(ESTABLISHED), 0);
+
+    // A good one: the session is made and the new password is the one that works.
+    let mut p = w.peer();
+    let good = Answers {
+        new_password: Some("new-pass-12345".into()),
+        ..Answers::default()
+    };
+    p.login_with("alice", "old-pass-1", &good).expect("changed");
+    assert!(p.events.contains(&ClientEvent::PasswordChangeRequired));
+    w.wait_for(ESTABLISHED, 1);
+    let after = fs::read_to_string(w.users()).unwrap();
+    assert_ne!(after, before);
+    assert!(!after.contains("must_change"), "{after}");
+
+    let mut p = w.peer();
+    assert!(matches!(
+        p.login_with("alice", "old-pass-1", &Answers::default()),
+        Err(PeerError::WrongPassword)
+    ));
+    let mut p = w.peer();
+    p.login_with("alice", "new-pass-12345", &Answers::default())
+        .expect("the new password logs in, without a change asked");
+    assert!(!p.events.contains(&ClientEvent::PasswordChangeRequired));
+}
+
+#[test]
+fn a_realm_hands_out_its_own_pool_routes_and_dns() {
+    if !root() {
+        return;
+    }
+    let mut w = world("realm");
+    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
+    w.add_user("bob", &["Admins"], "battery staple", &AddOptions::default());
+    w.start_gateway(
+        "realms = [\"Users\", \"Admins\"]",
+        "[realm.Admins]\npool_ipv4 = \"10.79.0.0/24\"\nroutes_include = [\"172.30.0.0/16\"]\n\
+         dns = [\"172.30.0.53\"]\n",
+    );
+    let login = |user: &str, password: &str, realm: &str| {
+        let mut p = w.peer();
+        let answers = Answers {
+            realm: Some(realm.into()),
+            ..Answers::default()
+        };
+        let result = p.login_with(user, password, &answers);
+        (p, result)
+    };
+    let (bob, result) = login("bob", "battery staple", "Admins");
+    result.expect("bob in Admins");
+    let config = bob.proto.config().expect("configured").clone();
+    let address = config.ipv4_address.unwrap();
+    assert!(address.octets()[..3] == [10, 79, 0], "{address}");
+    assert_eq!(
+        config.include_v4,
+        [tunnel_proto::Ipv4Net::new(Ipv4Addr::new(172, 30, 0, 0), 16).unwrap()]
+    );
+    assert_eq!(config.dns, [IpAddr::V4(Ipv4Addr::new(172, 30, 0, 53))]);
+
+    let (alice, result) = login("alice", "correct horse", "Users");
+    result.expect("alice in Users");
+    let config = alice.proto.config().expect("configured").clone();
+    assert!(config.ipv4_address.unwrap().octets()[..3] == [10, 78, 0]);
+    assert_eq!(
+        config.include_v4,
+        [tunnel_proto::Ipv4Net::new(Ipv4Addr::new(172, 20, 0, 0), 24).unwrap()]
+    );
+
+    // Alice is not a member of Admins.
+    let (_, result) = login("alice", "correct horse", "Admins");
+    assert!(
+        matches!(result, Err(PeerError::WrongPassword)),
+        "{result:?}"
+    );
+    assert_eq!(w.count(ESTABLISHED), 2);
 }

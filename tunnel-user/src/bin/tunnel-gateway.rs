@@ -3,13 +3,15 @@
 //! ```text
 //! tunnel-gateway --config FILE                                   run the gateway
 //! tunnel-gateway --check-config FILE
-//! tunnel-gateway adduser --users FILE NAME [--realm REALM]...   (password on stdin)
+//! tunnel-gateway adduser --users FILE NAME [--realm REALM]... [--totp [--totp-issuer NAME]]
+//!                        [--must-change]                         (password on stdin)
 //! ```
 //!
 //! `--config` validates the config file (docs/gateway-config.md) and runs the gateway until
 //! SIGINT or SIGTERM, when every client is told the session is terminated. `--check-config`
 //! validates, checks the files it names and the users file, and prints the effective
-//! configuration. `adduser` adds or replaces a user in the users file. Logs go to stderr;
+//! configuration. `adduser` adds or replaces a user in the users file; with `--totp` it
+//! also makes the user a TOTP secret and prints the `otpauth://` URI for their authenticator. Logs go to stderr;
 //! `RUST_LOG` (e.g. `RUST_LOG=debug`) sets the level. This binary only parses flags and calls
 //! the library, mini-redis style.
 
@@ -22,7 +24,8 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tunnel_user::gateway::{
-    AddOutcome, Gateway, GatewayConfig, HashLimits, UsersFile, add_user, defaults,
+    AddOptions, AddOutcome, DEFAULT_ISSUER, Gateway, GatewayConfig, HashLimits, PasswordRequest,
+    TotpSecret, UsersFile, add_user_with, defaults, otpauth_uri, unix_now,
 };
 
 #[derive(Parser)]
@@ -58,6 +61,16 @@ enum Command {
         /// A realm the user may log in to; repeat for several. Default: Users.
         #[arg(long = "realm", value_name = "REALM")]
         realms: Vec<String>,
+        /// Make a new TOTP secret for the user and print its otpauth:// URI (without it, a
+        /// replaced user keeps the secret they had).
+        #[arg(long)]
+        totp: bool,
+        /// The issuer the authenticator app shows for the TOTP entry.
+        #[arg(long, value_name = "NAME", requires = "totp", default_value = DEFAULT_ISSUER)]
+        totp_issuer: String,
+        /// The user must change the password at the next login.
+        #[arg(long)]
+        must_change: bool,
     },
 }
 
@@ -84,8 +97,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 users,
                 name,
                 realms,
+                totp,
+                totp_issuer,
+                must_change,
             }),
-        ) => adduser(users, &name, realms),
+        ) => {
+            let totp = totp.then_some(totp_issuer);
+            adduser(users, &name, realms, totp.as_deref(), must_change)
+        }
         // clap refuses both together and shows help for neither.
         _ => bail!("give --config FILE, --check-config FILE or a subcommand"),
     }
@@ -134,7 +153,14 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn adduser(users: PathBuf, name: &str, mut realms: Vec<String>) -> anyhow::Result<()> {
+/// `totp_issuer`: with `--totp`, the issuer of the new secret.
+fn adduser(
+    users: PathBuf,
+    name: &str,
+    mut realms: Vec<String>,
+    totp_issuer: Option<&str>,
+    must_change: bool,
+) -> anyhow::Result<()> {
     if realms.is_empty() {
         realms.push(defaults::REALM.to_string());
     }
@@ -149,7 +175,21 @@ fn adduser(users: PathBuf, name: &str, mut realms: Vec<String>) -> anyhow::Resul
             password.pop();
         }
     }
-    let result = add_user(&users, name, &realms, &password);
+    if password.len() > PasswordRequest::CURRENT_MAX_BYTES {
+        eprintln!(
+            "tunnel-gateway: warning: the password is {} bytes long; clients of current Ivanti \
+             gateways send at most {} bytes",
+            password.len(),
+            PasswordRequest::CURRENT_MAX_BYTES
+        );
+    }
+    let secret = totp_issuer.map(|_| TotpSecret::generate());
+    let options = AddOptions {
+        totp: secret.clone(),
+        must_change,
+        now_unix: unix_now(),
+    };
+    let result = add_user_with(&users, name, &realms, &password, &options);
     // Do not leave the password in freed memory; black_box keeps the wipe from being
     // optimised away as a dead store.
     password.fill(0);
@@ -164,5 +204,13 @@ fn adduser(users: PathBuf, name: &str, mut realms: Vec<String>) -> anyhow::Resul
         realms.join(", "),
         users.display()
     );
+    if must_change {
+        println!("{name} must change the password at the next login");
+    }
+    if let (Some(secret), Some(issuer)) = (&secret, totp_issuer) {
+        // The URI holds the secret: it goes to stdout only, for the user's authenticator.
+        println!("TOTP: add this to the user's authenticator app (e.g. as a QR code):");
+        println!("{}", otpauth_uri(secret, issuer, name));
+    }
     Ok(())
 }

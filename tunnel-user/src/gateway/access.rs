@@ -2,9 +2,11 @@
 //!
 //! A client reaches what its routes include: the prefixes in `routes.include` (everything when
 //! there are none, as the client is told), except those in `routes.exclude`; and the pushed
-//! DNS servers on port 53 (UDP and TCP). Two kinds of destination are off unless configured,
-//! whatever the routes say:
-//! - other clients (`access.client_to_client`): any address of the pools;
+//! DNS servers on port 53 (UDP and TCP). Routes and DNS servers are those of the session's
+//! realm ([`AccessPolicy::check_in`]; `realm.NAME.routes_*` and `dns`, else the global
+//! ones), so a session of one realm does not reach what only another realm is given. Two kinds
+//! of destination are off unless configured, whatever the routes say:
+//! - other clients (`access.client_to_client`): any address of the pools, every realm's;
 //! - the gateway host itself (`access.gateway`): its tunnel addresses, every address of its
 //!   interfaces and their broadcast addresses, and what no router forwards (loopback,
 //!   link-local, multicast, broadcast, unspecified), which would be delivered to it.
@@ -26,7 +28,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use super::GatewayConfig;
+use super::{GatewayConfig, PoolChoice, RoutesConfig};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -171,22 +173,15 @@ pub(crate) enum Refused {
     NotRouted,
 }
 
-/// The destination policy of one gateway (see the module docs).
+/// What one realm's sessions may reach by their routes and DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct AccessPolicy {
+struct RealmRules {
     routed: Ranges,
-    pools: Ranges,
-    gateway: Ranges,
     dns: Vec<IpAddr>,
-    client_to_client: bool,
-    gateway_allowed: bool,
 }
 
-impl AccessPolicy {
-    /// The policy of `config` on a host with addresses `local` (interface addresses and
-    /// their broadcast addresses, [`local_addresses`]).
-    pub(crate) fn new(config: &GatewayConfig, local: &[IpAddr]) -> AccessPolicy {
-        let routes = &config.routes;
+impl RealmRules {
+    fn new(routes: &RoutesConfig, dns: &[IpAddr]) -> RealmRules {
         let everything: [IpNet; 2] = [
             IpNet::V4(ipnet::Ipv4Net::default()),
             IpNet::V6(ipnet::Ipv6Net::default()),
@@ -196,10 +191,50 @@ impl AccessPolicy {
         } else {
             Ranges::of(&routes.include)
         };
+        RealmRules {
+            routed: include.minus(&Ranges::of(&routes.exclude)),
+            dns: dns.to_vec(),
+        }
+    }
+}
+
+/// A realm, as the policy knows it: its position in `auth.realms`. Looked up once per
+/// session ([`AccessPolicy::realm_id`]), so a packet's check costs no string comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct RealmId(usize);
+
+/// The destination policy of one gateway (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AccessPolicy {
+    /// The global routes and DNS servers.
+    global: RealmRules,
+    /// Per realm of `auth.realms`, in order: its routes and DNS servers.
+    realms: Vec<(String, RealmRules)>,
+    pools: Ranges,
+    gateway: Ranges,
+    client_to_client: bool,
+    gateway_allowed: bool,
+}
+
+impl AccessPolicy {
+    /// The policy of `config` on a host with addresses `local` (interface addresses and
+    /// their broadcast addresses, [`local_addresses`]).
+    pub(crate) fn new(config: &GatewayConfig, local: &[IpAddr]) -> AccessPolicy {
         let pool = &config.pool;
-        let pools: Vec<IpNet> = std::iter::once(IpNet::V4(pool.ipv4))
+        let mut pools: Vec<IpNet> = std::iter::once(IpNet::V4(pool.ipv4))
             .chain(pool.ipv6.map(IpNet::V6))
             .collect();
+        let mut realms = Vec::with_capacity(config.auth.realms.len());
+        for realm in &config.auth.realms {
+            let Some(policy) = config.realm_policy(realm) else {
+                continue;
+            };
+            if let PoolChoice::Own(own) = policy.pool {
+                pools.push(IpNet::V4(own.ipv4));
+                pools.extend(own.ipv6.map(IpNet::V6));
+            }
+            realms.push((realm.clone(), RealmRules::new(&policy.routes, &policy.dns)));
+        }
         let mut gateway: Vec<IpNet> = NOT_FORWARDED
             .iter()
             .filter_map(|n| n.parse().ok())
@@ -209,22 +244,47 @@ impl AccessPolicy {
         gateway.extend(pool.gateway_ipv6.map(|a| IpNet::from(IpAddr::V6(a))));
         gateway.push(IpNet::from(IpAddr::V4(Ipv4Addr::BROADCAST)));
         AccessPolicy {
-            routed: include.minus(&Ranges::of(&routes.exclude)),
+            global: RealmRules::new(&config.routes, &config.dns),
+            realms,
             pools: Ranges::of(&pools),
             gateway: Ranges::of(&gateway),
-            dns: config.dns.clone(),
             client_to_client: config.access.client_to_client,
             gateway_allowed: config.access.gateway,
         }
     }
 
-    /// Whether a client may send `packet` (an IP packet) to its destination.
+    /// The id of `realm`, for [`AccessPolicy::check_in`]; `None` for a realm the config does
+    /// not offer.
+    pub(crate) fn realm_id(&self, realm: &str) -> Option<RealmId> {
+        self.realms
+            .iter()
+            .position(|(r, _)| r == realm)
+            .map(RealmId)
+    }
+
+    /// Whether a client with the global routes and DNS servers may send `packet` (an IP
+    /// packet) to its destination. Sessions are checked by their realm ([`Self::check_in`]).
+    #[cfg(test)]
     pub(crate) fn check(&self, packet: &[u8]) -> Result<(), Refused> {
+        self.check_with(&self.global, packet)
+    }
+
+    /// Whether a session of `realm` may send `packet` to its destination: by that realm's
+    /// routes and DNS servers. A realm id from another policy falls back to nothing routed
+    /// rather than the global rules.
+    pub(crate) fn check_in(&self, realm: RealmId, packet: &[u8]) -> Result<(), Refused> {
+        match self.realms.get(realm.0) {
+            Some((_, rules)) => self.check_with(rules, packet),
+            None => Err(Refused::NotRouted),
+        }
+    }
+
+    fn check_with(&self, rules: &RealmRules, packet: &[u8]) -> Result<(), Refused> {
         let Some((dst, l4)) = destination(packet) else {
             return Err(Refused::Unreadable);
         };
         let dns =
-            || matches!(l4, Some((TCP | UDP, DNS_PORT))) && self.dns.contains(&dst.to_canonical());
+            || matches!(l4, Some((TCP | UDP, DNS_PORT))) && rules.dns.contains(&dst.to_canonical());
         if self.gateway.contains(dst) {
             return if self.gateway_allowed || dns() {
                 Ok(())
@@ -239,7 +299,7 @@ impl AccessPolicy {
                 Err(Refused::OtherClient)
             };
         }
-        if self.routed.contains(dst) || dns() {
+        if rules.routed.contains(dst) || dns() {
             Ok(())
         } else {
             Err(Refused::NotRouted)
@@ -340,6 +400,11 @@ mod tests {
     use super::*;
 
     fn config(extra: &str) -> GatewayConfig {
+        config_with(extra, "", "")
+    }
+
+    /// The test config with `extra` at the top, `auth` lines in `[auth]`, `tail` at the end.
+    fn config_with(extra: &str, auth: &str, tail: &str) -> GatewayConfig {
         let dir = std::env::temp_dir().join(format!("tunnel-access-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["server.pem", "server.key", "users"] {
@@ -348,9 +413,10 @@ mod tests {
         let text = format!(
             "dns = [\"10.10.0.1\", \"172.20.0.53\"]\n{extra}\n\
              [tls]\ncertificate = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\n\
-             [auth]\nusers_file = \"{d}/users\"\n\
+             [auth]\nusers_file = \"{d}/users\"\n{auth}\n\
              [pool]\nipv4 = \"10.10.0.0/24\"\nipv6 = \"fd00:10::/64\"\n\
-             [routes]\ninclude = [\"172.20.0.0/16\", \"fd00:20::/48\"]\nexclude = [\"172.20.99.0/24\"]\n",
+             [routes]\ninclude = [\"172.20.0.0/16\", \"fd00:20::/48\"]\nexclude = [\"172.20.99.0/24\"]\n\
+             {tail}",
             d = dir.display()
         );
         text.parse().unwrap()
@@ -565,5 +631,37 @@ mod tests {
         );
         assert_eq!(allowed, expected * rounds);
         assert!(expected > 0 && expected < packets.len());
+    }
+
+    #[test]
+    fn a_session_reaches_its_own_realms_routes_and_dns_only() {
+        let c = config_with(
+            "",
+            "realms = [\"Users\", \"Admins\"]",
+            "[realm.Admins]\nroutes_include = [\"172.30.0.0/16\"]\nroutes_exclude = []\n\
+             dns = [\"172.30.0.53\"]\npool_ipv4 = \"10.20.0.0/24\"\n",
+        );
+        let p = AccessPolicy::new(&c, &host());
+        let (users, admins) = (p.realm_id("Users").unwrap(), p.realm_id("Admins").unwrap());
+        assert_eq!(p.realm_id("Guests"), None);
+        let check = |realm, dst: &str, port| p.check_in(realm, &udp(dst, port));
+        // Admins: their routes, not the global ones.
+        assert_eq!(check(admins, "172.30.1.1", 443), Ok(()));
+        assert_eq!(check(admins, "172.20.0.2", 443), Err(Refused::NotRouted));
+        assert_eq!(check(admins, "172.30.0.53", 53), Ok(()));
+        assert_eq!(check(admins, "172.20.0.53", 53), Err(Refused::NotRouted));
+        // Users: the global ones, not the Admins'.
+        assert_eq!(check(users, "172.20.0.2", 443), Ok(()));
+        assert_eq!(check(users, "172.20.99.2", 443), Err(Refused::NotRouted));
+        assert_eq!(check(users, "172.30.1.1", 443), Err(Refused::NotRouted));
+        assert_eq!(check(users, "172.30.0.53", 53), Err(Refused::NotRouted));
+        assert_eq!(check(users, "172.20.0.53", 53), Ok(()));
+        // The Admins' pool is other clients for everyone; the gateway stays the gateway.
+        assert_eq!(check(users, "10.20.0.7", 80), Err(Refused::OtherClient));
+        assert_eq!(check(admins, "10.10.0.7", 80), Err(Refused::OtherClient));
+        assert_eq!(check(admins, "10.10.0.1", 22), Err(Refused::Gateway));
+        // The global check is the Users' (no realm table).
+        assert_eq!(p.check(&udp("172.30.1.1", 443)), Err(Refused::NotRouted));
+        assert_eq!(p.check(&udp("172.20.0.2", 443)), Ok(()));
     }
 }

@@ -32,7 +32,7 @@ use std::{
 
 use argon2::{
     Algorithm, Argon2, Block, Params, PasswordHash, Version,
-    password_hash::{self, Output},
+    password_hash::{self, Output, SaltString},
 };
 
 use super::PasswordLimits;
@@ -184,6 +184,35 @@ impl HashMemory {
         self.hashes.fetch_add(1, Ordering::Relaxed);
         let computed = Output::new(out).map_err(HashError::Phc)?;
         Ok(computed == *expected)
+    }
+
+    /// A new argon2id hash of `password` as a PHC string, with argon2's default parameters
+    /// (those `adduser` writes) and a fresh 16-byte salt, computed in this memory.
+    pub fn hash(&mut self, password: &[u8]) -> Result<String, HashError> {
+        let params = Params::default();
+        let salt = rand::random::<[u8; 16]>();
+        let needed = params.block_count();
+        if self.blocks.len() < needed {
+            self.blocks.resize(needed, Block::default());
+            self.held.store(self.held_bytes() as u64, Ordering::Relaxed);
+        }
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+            .hash_password_into_with_memory(password, &salt, &mut out, &mut self.blocks[..needed])
+            .map_err(HashError::Argon2)?;
+        self.hashes.fetch_add(1, Ordering::Relaxed);
+        let salt = SaltString::encode_b64(&salt).map_err(HashError::Phc)?;
+        let output = Output::new(&out).map_err(HashError::Phc)?;
+        Ok(format!(
+            "${}$v={}$m={},t={},p={}${}${}",
+            argon2::ARGON2ID_IDENT,
+            u32::from(Version::V0x13),
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost(),
+            salt.as_str(),
+            output
+        ))
     }
 
     /// Bytes of argon2 memory this worker holds.
@@ -638,5 +667,29 @@ mod tests {
             assert_eq!(pool.run(far, |_| 1).await, Ok(1));
         });
         drop(pool);
+    }
+
+    #[test]
+    fn new_hashes_verify_with_the_argon2_crate_and_have_the_default_cost() {
+        use argon2::PasswordVerifier;
+        let mut memory = HashMemory::new(HashLimits::default());
+        let text = memory.hash(b"new password").unwrap();
+        let parsed = PasswordHash::new(&text).unwrap();
+        Argon2::default()
+            .verify_password(b"new password", &parsed)
+            .unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"other", &parsed)
+                .is_err()
+        );
+        assert_eq!(
+            Params::try_from(&parsed).unwrap().m_cost(),
+            Params::DEFAULT_M_COST
+        );
+        // And in the same memory, by our own check.
+        assert!(memory.verify(&parsed, b"new password").unwrap());
+        // A fresh salt each time.
+        assert_ne!(memory.hash(b"new password").unwrap(), text);
     }
 }

@@ -38,15 +38,18 @@ use std::{
 use tracing::{info, warn};
 use tunnel_proto::{AuthRejection, Password};
 
+use subtle::ConstantTimeEq;
+
 use super::{
-    AuthError, CertificateConfig, LoginLimiter, PasswordLimits, RateLimitPolicy, UserId,
-    UsersError, UsersFile,
+    AuthError, CertificateConfig, LoginLimiter, PasswordLimits, PasswordRules, RateLimitPolicy,
+    UserId, UsersError, UsersFile,
     admission::{FLOOD_LOG_INTERVAL, LogThrottle},
     client_cert::CertNameError,
     hasher::{Busy, HashLimits, HashPool},
+    password_change::{ChangeRefused, check_new_password},
     ratelimit::{Refusal, Scope},
     totp::{TotpCheck, TotpGuard},
-    users::unix_now,
+    users::{self, unix_now},
 };
 
 /// What identifies a file's contents without reading it: a replaced file (`adduser` renames
@@ -88,6 +91,11 @@ impl UsersCache {
             limits,
             loaded: Mutex::new(None),
         }
+    }
+
+    /// The users file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The file as it is now. Blocks on the file system: call it off the async threads.
@@ -187,37 +195,6 @@ impl LoginOutcome {
     }
 }
 
-/// What became of a token code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenCheck {
-    Accepted,
-    Wrong,
-    Reused,
-    /// A code of another time, beyond the window: the device's clock is off.
-    OtherTime,
-    /// The user has no TOTP secret.
-    NotEnrolled,
-}
-
-impl TokenCheck {
-    /// What the client is told when the code is refused.
-    pub fn refusal(self) -> Option<&'static str> {
-        match self {
-            TokenCheck::Accepted => None,
-            TokenCheck::Wrong => Some("The token code is wrong."),
-            TokenCheck::Reused => {
-                Some("The token code was used before. Wait for the next one and try again.")
-            }
-            TokenCheck::OtherTime => Some(
-                "The token code is not valid now: check the clock of the device that makes it.",
-            ),
-            TokenCheck::NotEnrolled => {
-                Some("No token is set up for this account. Ask your administrator.")
-            }
-        }
-    }
-}
-
 /// Why the password check could not say yes.
 #[derive(Debug, thiserror::Error)]
 enum CheckError {
@@ -240,8 +217,51 @@ pub struct Logins {
     /// within bounds. Wrong passwords are logged each, as the limiter bounds them.
     rate_limited_log: LogThrottle,
     busy_log: LogThrottle,
-    /// The TOTP steps each user last logged in with: a code is good once.
+    /// The TOTP steps users have logged in with, against replays.
     totp: Mutex<TotpGuard>,
+}
+
+/// A password change a login asks for (docs/login.md: the answer to J2 0x43).
+pub struct PasswordChange<'a> {
+    pub peer: IpAddr,
+    pub username: &'a str,
+    /// The password the login proved.
+    pub verified: &'a Password,
+    /// The current password as given with the change (TLV 2).
+    pub offered_old: &'a Password,
+    /// The new password (TLV 3).
+    pub new: Password,
+}
+
+/// Why a TOTP code was refused. [`TokenRefused::message`] is what the user is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenRefused {
+    /// Not the code of any step near now.
+    Wrong,
+    /// Already used for a login.
+    Reused,
+    /// The code of another time: the device's clock is off by `offset` steps.
+    OtherTime { offset: i64 },
+    /// The user has no TOTP secret in the users file, or is no longer in it.
+    NoSecret,
+    /// The users file could not be read.
+    Unavailable,
+}
+
+impl TokenRefused {
+    /// The message the user sees.
+    pub fn message(&self) -> &'static str {
+        match self {
+            TokenRefused::Wrong => "Invalid token code.",
+            TokenRefused::Reused => "This token code has already been used. Wait for the next one.",
+            TokenRefused::OtherTime { .. } => {
+                "The token code is not valid now. Check the clock of the device that made it."
+            }
+            TokenRefused::NoSecret => "No token is set up for this user.",
+            TokenRefused::Unavailable => "The gateway cannot check token codes now.",
+        }
+    }
 }
 
 impl Logins {
@@ -267,6 +287,123 @@ impl Logins {
         })
     }
 
+    /// Checks a TOTP code of `username` (whose password the login proved) at Unix time
+    /// `now_unix`. Every refusal but an unreadable users file counts as a failed attempt for
+    /// the login limiter; an accepted code's step is used up for the user.
+    pub async fn second_factor(
+        &self,
+        peer: IpAddr,
+        username: &str,
+        code: &str,
+        now_unix: u64,
+    ) -> Result<u64, TokenRefused> {
+        let users = self.users.clone();
+        let name = username.to_string();
+        let secret = tokio::task::spawn_blocking(move || {
+            users
+                .current()
+                .map(|file| file.attributes(&name).and_then(|a| a.totp.clone()))
+        })
+        .await;
+        let verdict = match secret {
+            Ok(Ok(Some(secret))) => match self.totp.lock() {
+                Ok(mut guard) => match guard.verify(username, &secret, code, now_unix) {
+                    TotpCheck::Accepted { step } => Ok(step),
+                    TotpCheck::Wrong => Err(TokenRefused::Wrong),
+                    TotpCheck::Reused => Err(TokenRefused::Reused),
+                    TotpCheck::OtherTime { offset } => Err(TokenRefused::OtherTime { offset }),
+                },
+                Err(_) => Err(TokenRefused::Unavailable),
+            },
+            Ok(Ok(None)) => Err(TokenRefused::NoSecret),
+            Ok(Err(e)) => {
+                warn!(%peer, user = %username, error = %e, "token check failed: the users file cannot be read");
+                Err(TokenRefused::Unavailable)
+            }
+            Err(e) => {
+                warn!(%peer, user = %username, error = %e, "token check failed");
+                Err(TokenRefused::Unavailable)
+            }
+        };
+        match verdict {
+            Ok(step) => info!(%peer, user = %username, step, "token code accepted"),
+            Err(TokenRefused::Unavailable) => {}
+            Err(why) => {
+                warn!(%peer, user = %username, refusal = ?why, "token code refused");
+                if let Ok(mut limiter) = self.limiter.lock() {
+                    limiter.second_factor_failed(peer, username, Instant::now());
+                }
+            }
+        }
+        verdict
+    }
+
+    /// Changes the password of a user whose login proved `change.verified`, by `rules`: the
+    /// new one is checked, hashed on a hashing worker and written to the users file (with
+    /// `changed` now and `must_change` cleared). Logs the outcome, never a password.
+    pub async fn change_password(
+        &self,
+        rules: &PasswordRules,
+        change: PasswordChange<'_>,
+    ) -> Result<(), ChangeRefused> {
+        let PasswordChange {
+            peer,
+            username,
+            verified,
+            offered_old,
+            new,
+        } = change;
+        let refused = |why: ChangeRefused| {
+            warn!(%peer, user = %username, reason = %why, "password change refused");
+            Err(why)
+        };
+        let old_matches: bool = offered_old
+            .expose()
+            .as_bytes()
+            .ct_eq(verified.expose().as_bytes())
+            .into();
+        if !old_matches {
+            return refused(ChangeRefused::WrongOldPassword);
+        }
+        if let Err(why) = check_new_password(rules, username, verified.expose(), new.expose()) {
+            return refused(why);
+        }
+        let deadline = Instant::now() + self.hash_wait;
+        let hashed = self
+            .hasher
+            .run(deadline, move |memory| memory.hash(new.expose().as_bytes()))
+            .await;
+        let hash = match hashed {
+            Ok(Ok(hash)) => hash,
+            Ok(Err(e)) => {
+                warn!(%peer, user = %username, error = %e, "password change failed: hashing");
+                return Err(ChangeRefused::Unavailable);
+            }
+            Err(_) => return refused(ChangeRefused::Busy),
+        };
+        let path = self.users.path().to_path_buf();
+        let name = username.to_string();
+        let written = tokio::task::spawn_blocking(move || {
+            users::change_password(&path, &name, &hash, users::unix_now())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                info!(%peer, user = %username, "password changed");
+                Ok(())
+            }
+            Ok(Err(UsersError::NoSuchUser { .. })) => refused(ChangeRefused::UserGone),
+            Ok(Err(e)) => {
+                warn!(%peer, user = %username, error = %e, "password change failed: the users file");
+                Err(ChangeRefused::Unavailable)
+            }
+            Err(e) => {
+                warn!(%peer, user = %username, error = %e, "password change failed");
+                Err(ChangeRefused::Unavailable)
+            }
+        }
+    }
+
     /// The users file as it is now (read again only when it changed).
     pub fn users(&self) -> Result<Arc<UsersFile>, UsersError> {
         self.users.current()
@@ -281,55 +418,6 @@ impl Logins {
     /// The number of hashing workers.
     pub fn hash_workers(&self) -> usize {
         self.hasher.workers()
-    }
-
-    /// Checks the second factor of `user`, whose password was right (reads the users file:
-    /// call it off the async threads): the code must be the
-    /// user's TOTP code of a step within the window that it has not logged in with before.
-    /// A refusal counts as a failed attempt for the source and the account, and is logged.
-    pub fn check_token(&self, peer: IpAddr, realm: &str, user: &str, code: &str) -> TokenCheck {
-        let secret = match self
-            .users()
-            .map(|u| u.attributes(user).and_then(|a| a.totp.clone()))
-        {
-            Ok(Some(secret)) => secret,
-            Ok(None) => {
-                warn!(%peer, %realm, %user, "login refused: the realm asks for a token code and the user has no TOTP secret");
-                return TokenCheck::NotEnrolled;
-            }
-            Err(e) => {
-                warn!(%peer, %realm, %user, error = %e, "login refused: reading the users file for the token check failed");
-                return TokenCheck::NotEnrolled;
-            }
-        };
-        let check = match self.totp.lock() {
-            Ok(mut guard) => guard.verify(user, &secret, code, unix_now()),
-            Err(_) => TotpCheck::Wrong,
-        };
-        if !matches!(check, TotpCheck::Accepted { .. }) {
-            if let Ok(mut limiter) = self.limiter.lock() {
-                limiter.second_factor_failed(peer, user, Instant::now());
-            }
-            self.settled.notify_waiters();
-        }
-        match check {
-            TotpCheck::Accepted { .. } => {
-                info!(%user, %realm, "token code accepted");
-                TokenCheck::Accepted
-            }
-            TotpCheck::Wrong => {
-                warn!(%peer, %realm, %user, "login refused: wrong token code");
-                TokenCheck::Wrong
-            }
-            TotpCheck::Reused => {
-                warn!(%peer, %realm, %user, "login refused: token code used before");
-                TokenCheck::Reused
-            }
-            TotpCheck::OtherTime { offset } => {
-                warn!(%peer, %realm, %user, offset_steps = offset, "login refused: token code of another time (the device's clock is off)");
-                TokenCheck::OtherTime
-            }
-        }
     }
 
     /// Whether `user` must set a new password before getting a session: flagged, or older
@@ -491,7 +579,7 @@ mod tests {
     use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
 
     use super::*;
-    use crate::gateway::CertificateLogin;
+    use crate::gateway::{CertificateLogin, TotpSecret};
 
     /// A users-file line with a cheap hash (m=64 KiB), so debug-build tests stay fast.
     fn user_line(name: &str, realms: &str, password: &str) -> String {
@@ -917,5 +1005,119 @@ mod tests {
             LoginOutcome::Accepted(Method::Certificate).rejection(),
             None
         );
+    }
+
+    fn totp_line(name: &str, realms: &str, password: &str, secret: &TotpSecret) -> String {
+        let line = user_line(name, realms, password);
+        format!("{}:totp={}\n", line.trim_end(), secret.to_base32())
+    }
+
+    #[test]
+    fn wrong_token_codes_count_as_failed_logins_and_codes_are_used_once() {
+        use crate::gateway::totp::{STEP_SECS, code_at, step_at};
+        let secret = TotpSecret::generate();
+        let users =
+            totp_line("alice", "Users", "right", &secret) + &user_line("bob", "Users", "bobs");
+        let b = bed(
+            PasswordLimits::default(),
+            CertificateConfig::default(),
+            &users,
+        );
+        let rt = runtime();
+        let l = &b.logins;
+        let now = 1_800_000_000;
+        let code = code_at(&secret, step_at(now));
+        let second = |peer: &str, user: &str, code: &str, at: u64| {
+            rt.block_on(l.second_factor(ip(peer), user, code, at))
+        };
+        assert_eq!(second("192.0.2.1", "alice", &code, now), Ok(step_at(now)));
+        assert_eq!(
+            second("192.0.2.1", "alice", &code, now + 1),
+            Err(TokenRefused::Reused)
+        );
+        let far = code_at(&secret, step_at(now) + 5);
+        assert_eq!(
+            second("192.0.2.1", "alice", &far, now),
+            Err(TokenRefused::OtherTime { offset: 5 })
+        );
+        assert_eq!(
+            second("192.0.2.1", "bob", "123456", now),
+            Err(TokenRefused::NoSecret)
+        );
+        // Those three refusals and two more wrong codes fill the source's window of 5: the
+        // right password from there is now refused without a check.
+        for _ in 0..2 {
+            let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+            let _ = second("192.0.2.1", "alice", &wrong, now + STEP_SECS);
+        }
+        let hashes = l.hash_stats().hashes;
+        let after = rt.block_on(login(l, "192.0.2.1", "Users", "alice", "right", None));
+        assert!(rate_limited(&after), "{after:?}");
+        assert_eq!(l.hash_stats().hashes, hashes);
+    }
+
+    #[test]
+    fn a_password_change_is_checked_hashed_on_a_worker_and_written() {
+        use crate::gateway::{PasswordRequest, UserAttributes};
+        let b = bed(
+            PasswordLimits::default(),
+            CertificateConfig::default(),
+            &alice_and_bob(),
+        );
+        let rt = runtime();
+        let l = &b.logins;
+        let rules = PasswordRules {
+            request: PasswordRequest::Current,
+            min_length: 8,
+            max_age: None,
+        };
+        let verified = Password::new("right");
+        let change = |offered: &str, new: &str| {
+            rt.block_on(l.change_password(
+                &rules,
+                PasswordChange {
+                    peer: ip("192.0.2.1"),
+                    username: "alice",
+                    verified: &verified,
+                    offered_old: &Password::new(offered),
+                    new: Password::new(new),
+                },
+            ))
+        };
+        let hashes = l.hash_stats().hashes;
+        assert_eq!(
+            change("wrong", "a fine new one"),
+            Err(ChangeRefused::WrongOldPassword)
+        );
+        assert_eq!(
+            change("right", "short"),
+            Err(ChangeRefused::TooShort { min: 8 })
+        );
+        assert_eq!(
+            change("right", "a password too long for it"),
+            Err(ChangeRefused::TooLong { max: 18 })
+        );
+        assert_eq!(l.hash_stats().hashes, hashes, "refused before hashing");
+        let before = fs::read_to_string(&b.users).unwrap();
+        assert!(before.contains("alice:"));
+        change("right", "n3w-secret!").unwrap();
+        assert_eq!(l.hash_stats().hashes, hashes + 1, "hashed on a worker");
+        // The next login sees the new password, and the line says when it was set.
+        assert_eq!(
+            rt.block_on(login(l, "192.0.2.1", "Users", "alice", "n3w-secret!", None)),
+            LoginOutcome::Accepted(Method::Password)
+        );
+        assert_eq!(
+            rt.block_on(login(l, "192.0.2.1", "Admins", "alice", "right", None)),
+            LoginOutcome::Refused(Refused::Credentials)
+        );
+        let file = l.users().unwrap();
+        let attrs: &UserAttributes = file.attributes("alice").unwrap();
+        assert!(attrs.changed.is_some() && !attrs.must_change);
+        assert_eq!(file.realms("alice").unwrap(), ["Users", "Admins"]);
+        // A user removed meanwhile is not written back.
+        fs::write(&b.users, user_line("bob", "Users", "bobs")).unwrap();
+        assert_eq!(change("right", "an0ther-one"), Err(ChangeRefused::UserGone));
+        assert!(!fs::read_to_string(&b.users).unwrap().contains("alice"));
     }
 }

@@ -44,6 +44,7 @@ mod config;
 mod dialogue;
 mod hasher;
 mod login;
+mod password_change;
 mod pool;
 mod ratelimit;
 mod runtime;
@@ -61,11 +62,15 @@ pub use config::{
     RoutesConfig, SecondFactor, TlsConfig, defaults,
 };
 pub use hasher::{HashError, HashLimits, HashMemory};
-pub use pool::{AddressPool, Lease, PoolError};
+pub use login::{PasswordChange, TokenRefused};
+pub use password_change::{ChangeRefused, check_new_password};
+pub use pool::{AddressPool, Lease, PoolError, RealmPools};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
 pub use runtime::{Gateway, GatewayError};
 pub use tls::TlsSetupError;
-pub use totp::{SecretError, TotpCheck, TotpGuard, TotpSecret, code_at, step_at};
+pub use totp::{
+    DEFAULT_ISSUER, SecretError, TotpCheck, TotpGuard, TotpSecret, code_at, otpauth_uri, step_at,
+};
 pub use users::{
     AddOptions, AddOutcome, AuthError, LineError, USERS_FILE_MODE, UserAttributes, UserId,
     UsersError, UsersFile, add_user, add_user_with, change_password, unix_now,

@@ -8,6 +8,11 @@
 //!
 //! Addresses are kept as offsets from the pool's network address, so IPv4 and IPv6 share one
 //! implementation and a /64 costs memory only for the addresses actually handed out.
+//!
+//! A gateway has one [`AddressPool`] per distinct pool: `[pool]`'s, which holds the gateway's
+//! own tunnel addresses, and one for each realm with a pool of its own (`realm.NAME.pool_*`),
+//! which holds none. [`RealmPools`] picks a realm's pool; realms without one share `[pool]`'s.
+//! Pools never overlap (the config refuses it), so an address names its pool.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,7 +21,7 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::config::PoolConfig;
+use super::config::{GatewayConfig, PoolChoice, PoolConfig, RealmPool};
 
 /// The addresses one session holds: always IPv4, IPv6 when the gateway has an IPv6 pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,8 +59,9 @@ struct Range {
     net: IpNet,
     /// The highest offset a client may get.
     last: u128,
-    /// The gateway's own offset, inside `1..=last`, never handed out.
-    reserved: u128,
+    /// The gateway's own offset, inside `1..=last`, never handed out; `None` in a realm's
+    /// own pool.
+    reserved: Option<u128>,
     /// Free offsets: interval start -> interval end (inclusive), non-adjacent.
     free: BTreeMap<u128, u128>,
     assigned: BTreeSet<u128>,
@@ -63,7 +69,7 @@ struct Range {
 
 impl Range {
     /// `broadcast`: whether the top address is reserved (IPv4) or usable (IPv6).
-    fn new(net: IpNet, gateway: IpAddr, broadcast: bool) -> Result<Range, PoolError> {
+    fn new(net: IpNet, gateway: Option<IpAddr>, broadcast: bool) -> Result<Range, PoolError> {
         let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
         let top = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
         let last = if broadcast {
@@ -71,20 +77,30 @@ impl Range {
         } else {
             top
         };
-        // Offsets 1..=last minus the gateway's: nothing left when last < 2.
-        if last < 2 {
+        // Offsets 1..=last minus the gateway's, if it has one here: nothing may be left.
+        if last < 1 + u128::from(gateway.is_some()) {
             return Err(PoolError::TooSmall { net });
         }
-        let reserved = match offset(net, gateway) {
-            Some(o) if (1..=last).contains(&o) => o,
-            _ => return Err(PoolError::GatewayOutside { addr: gateway, net }),
+        let reserved = match gateway {
+            None => None,
+            Some(addr) => match offset(net, addr) {
+                Some(o) if (1..=last).contains(&o) => Some(o),
+                _ => return Err(PoolError::GatewayOutside { addr, net }),
+            },
         };
         let mut free = BTreeMap::new();
-        if reserved > 1 {
-            free.insert(1, reserved - 1);
-        }
-        if reserved < last {
-            free.insert(reserved + 1, last);
+        match reserved {
+            None => {
+                free.insert(1, last);
+            }
+            Some(r) => {
+                if r > 1 {
+                    free.insert(1, r - 1);
+                }
+                if r < last {
+                    free.insert(r + 1, last);
+                }
+            }
         }
         Ok(Range {
             net,
@@ -131,7 +147,7 @@ impl Range {
 
     /// Whether `o` is an offset this pool hands out to clients.
     fn is_client_offset(&self, o: u128) -> bool {
-        (1..=self.last).contains(&o) && o != self.reserved
+        (1..=self.last).contains(&o) && Some(o) != self.reserved
     }
 
     /// Takes `o` out of the free intervals. `o` must be a client offset not assigned.
@@ -190,12 +206,29 @@ impl AddressPool {
         gateway_ipv4: Ipv4Addr,
         ipv6: Option<(Ipv6Net, Ipv6Addr)>,
     ) -> Result<AddressPool, PoolError> {
+        AddressPool::build(
+            ipv4,
+            Some(gateway_ipv4),
+            ipv6.map(|(net, gw)| (net, Some(gw))),
+        )
+    }
+
+    /// A realm's own pool: every host address goes to clients, the gateway has none here.
+    pub fn without_gateway(ipv4: Ipv4Net, ipv6: Option<Ipv6Net>) -> Result<AddressPool, PoolError> {
+        AddressPool::build(ipv4, None, ipv6.map(|net| (net, None)))
+    }
+
+    fn build(
+        ipv4: Ipv4Net,
+        gateway_ipv4: Option<Ipv4Addr>,
+        ipv6: Option<(Ipv6Net, Option<Ipv6Addr>)>,
+    ) -> Result<AddressPool, PoolError> {
         let ipv4 = ipv4.trunc();
-        let v4 = Range::new(ipv4.into(), gateway_ipv4.into(), true)?;
+        let v4 = Range::new(ipv4.into(), gateway_ipv4.map(IpAddr::V4), true)?;
         let v6 = ipv6
             .map(|(net, gw)| {
                 let net = net.trunc();
-                Range::new(net.into(), gw.into(), false).map(|r| (net, r))
+                Range::new(net.into(), gw.map(IpAddr::V6), false).map(|r| (net, r))
             })
             .transpose()?;
         Ok(AddressPool {
@@ -203,6 +236,14 @@ impl AddressPool {
             v4,
             v6,
         })
+    }
+
+    /// Whether `addr` is inside this pool's prefixes (assigned or not).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.v4_net.contains(&a),
+            IpAddr::V6(a) => self.v6.as_ref().is_some_and(|(net, _)| net.contains(&a)),
+        }
     }
 
     /// Pools as the config describes them.
@@ -309,6 +350,69 @@ impl AddressPool {
     /// How many leases are out (each holds one IPv4 address).
     pub fn assigned_count(&self) -> usize {
         self.v4.assigned.len()
+    }
+}
+
+/// Every pool of a gateway, and which realm takes addresses from which.
+#[derive(Debug)]
+pub struct RealmPools {
+    /// `[pool]`'s, then each realm's own, in realm order.
+    pools: Vec<AddressPool>,
+    /// Realms with their own pool: the index into `pools`.
+    own: BTreeMap<String, usize>,
+}
+
+impl RealmPools {
+    /// The pools of `config`: `[pool]`'s and one per realm with `pool_ipv4`.
+    pub fn from_config(config: &GatewayConfig) -> Result<RealmPools, PoolError> {
+        let mut pools = vec![AddressPool::from_config(&config.pool)?];
+        let mut own = BTreeMap::new();
+        for realm in &config.auth.realms {
+            if let Some(policy) = config.realm_policy(realm)
+                && let PoolChoice::Own(RealmPool { ipv4, ipv6 }) = policy.pool
+            {
+                own.insert(realm.clone(), pools.len());
+                pools.push(AddressPool::without_gateway(ipv4, ipv6)?);
+            }
+        }
+        Ok(RealmPools { pools, own })
+    }
+
+    /// The pool `realm`'s sessions take addresses from (`[pool]`'s for a realm without one
+    /// of its own, or one the config does not know).
+    pub fn pool_for(&self, realm: &str) -> &AddressPool {
+        let i = self.own.get(realm).copied().unwrap_or(0);
+        &self.pools[i]
+    }
+
+    /// The lowest free lease of `realm`'s pool.
+    pub fn allocate(&mut self, realm: &str) -> Result<Lease, PoolError> {
+        let i = self.own.get(realm).copied().unwrap_or(0);
+        self.pools[i].allocate()
+    }
+
+    /// Takes back a lease, into whichever pool holds its IPv4 address.
+    pub fn release(&mut self, lease: &Lease) -> bool {
+        self.pools
+            .iter_mut()
+            .find(|p| p.contains(lease.ipv4.into()))
+            .is_some_and(|p| p.release(lease))
+    }
+
+    /// Marks a specific lease of `realm`'s pool as assigned (see [`AddressPool::claim`]).
+    pub fn claim(&mut self, realm: &str, lease: &Lease) -> Result<(), PoolError> {
+        let i = self.own.get(realm).copied().unwrap_or(0);
+        self.pools[i].claim(lease)
+    }
+
+    /// Whether `addr` is assigned to a session, in any pool.
+    pub fn is_assigned(&self, addr: IpAddr) -> bool {
+        self.pools.iter().any(|p| p.is_assigned(addr))
+    }
+
+    /// Leases out, all pools together.
+    pub fn assigned_count(&self) -> usize {
+        self.pools.iter().map(AddressPool::assigned_count).sum()
     }
 }
 
@@ -616,5 +720,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn realm_pools_have_no_gateway_address_and_realms_share_the_global_one() {
+        let dir = std::env::temp_dir();
+        let text = format!(
+            "[tls]\ncertificate = \"{d}/c\"\nkey = \"{d}/k\"\n\
+             [auth]\nusers_file = \"{d}/u\"\nrealms = [\"Users\", \"Admins\", \"Guests\"]\n\
+             [pool]\nipv4 = \"10.10.0.0/30\"\nipv6 = \"fd00:10::/126\"\n\
+             [realm.Admins]\npool_ipv4 = \"10.20.0.0/30\"\npool_ipv6 = \"fd00:20::/126\"\n",
+            d = dir.display()
+        );
+        let config: GatewayConfig = text.parse().unwrap();
+        let mut pools = RealmPools::from_config(&config).unwrap();
+        // A realm's /30 gives both hosts to clients; [pool]'s /30 keeps one for the gateway.
+        let a1 = pools.allocate("Admins").unwrap();
+        let a2 = pools.allocate("Admins").unwrap();
+        assert_eq!((a1.ipv4, a2.ipv4), (v4("10.20.0.1"), v4("10.20.0.2")));
+        assert_eq!(a1.ipv6, Some(v6("fd00:20::1")));
+        assert!(matches!(
+            pools.allocate("Admins"),
+            Err(PoolError::Exhausted { .. })
+        ));
+        // Users and Guests share [pool]'s one client address.
+        let u = pools.allocate("Users").unwrap();
+        assert_eq!(u.ipv4, v4("10.10.0.2"));
+        assert!(matches!(
+            pools.allocate("Guests"),
+            Err(PoolError::Exhausted { .. })
+        ));
+        assert_eq!(
+            pools.pool_for("Guests").ipv4_net(),
+            "10.10.0.0/30".parse().unwrap()
+        );
+        assert_eq!(
+            pools.pool_for("Admins").ipv4_net(),
+            "10.20.0.0/30".parse().unwrap()
+        );
+        assert_eq!(pools.assigned_count(), 3);
+        assert!(pools.is_assigned(a2.ipv4.into()) && pools.is_assigned(u.ipv4.into()));
+        // A release finds its pool by address.
+        assert!(pools.release(&a1));
+        assert!(!pools.is_assigned(a1.ipv4.into()));
+        assert!(!pools.is_assigned(v6("fd00:20::1").into()));
+        assert_eq!(pools.allocate("Admins").unwrap(), a1);
+        assert!(pools.release(&u));
+        assert!(!pools.release(&u));
+        assert_eq!(pools.allocate("Guests").unwrap().ipv4, v4("10.10.0.2"));
+        // Claims go to the realm's pool.
+        pools.release(&a2);
+        pools.claim("Admins", &a2).unwrap();
+        assert!(matches!(
+            pools.claim("Users", &a2),
+            Err(PoolError::NotInPool { .. })
+        ));
+        // Too small without a gateway address: a /31 has no host.
+        assert!(matches!(
+            AddressPool::without_gateway("10.30.0.0/31".parse().unwrap(), None),
+            Err(PoolError::TooSmall { .. })
+        ));
     }
 }

@@ -23,24 +23,25 @@ use tokio_rustls::TlsAcceptor;
 
 use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel_proto::{
-    ActiveSession, AuthRejection, Config, EspInput, EspSettings, FatalErrorKind, PasswordForm,
-    Prompt, PromptAnswer, Server, ServerConfig, ServerEvent, Transmit, peek_spi,
+    ActiveSession, AuthRejection, Config, EspInput, EspSettings, FatalErrorKind, Password,
+    PasswordForm, Prompt, PromptAnswer, Server, ServerConfig, ServerEvent, Transmit, peek_spi,
 };
 
 use super::{
-    AddressPool, EspCipher, GatewayConfig, Lease, PasswordRequest, SecondFactor,
+    EspCipher, GatewayConfig, Lease, PasswordRequest, PoolChoice, RealmPools, SecondFactor,
     access::{AccessCache, AccessControl, AccessPolicy, Refused, local_addresses},
     admission::{Admission, FLOOD_LOG_INTERVAL, LogThrottle, LoginSlot, Refusal},
     client_cert::{self, CertNameError},
     dialogue::{Dialogue, RealmLogin, Step},
-    login::{LoginRequest, Logins, TokenCheck},
+    login::{LoginRequest, Logins, PasswordChange},
     table::{LastLookup, Place, Resumable, Session, SessionTable, SpiRegistry},
     tls::{self, TlsSetupError},
     tls_readers::{READY_BATCH, TlsReader, TlsReaders},
+    unix_now,
 };
 use crate::{
     datapath::ifindex,
-    netconf::{NetconfError, Netlink, sysctl},
+    netconf::{NetconfError, Netlink, Route, Via, sysctl},
     packet_io::ip_endpoints,
     pump::{
         self, Claim, Dispatch, DrainRead, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains,
@@ -90,7 +91,8 @@ struct Ctx {
     /// Connections refused at a cap.
     refused: AtomicU64,
     refused_log: LogThrottle,
-    pool: Mutex<AddressPool>,
+    /// The address pools: `[pool]`'s and the realms' own.
+    pool: Mutex<RealmPools>,
     /// Password and certificate logins: rate limits, hashing workers, the users file.
     logins: Logins,
     table: SessionTable,
@@ -162,7 +164,7 @@ impl Gateway {
         } else {
             None
         };
-        let pool = AddressPool::from_config(&config.pool).map_err(|e| GatewayError::Io {
+        let pool = RealmPools::from_config(&config).map_err(|e| GatewayError::Io {
             what: "address pool".into(),
             source: io::Error::other(e.to_string()),
         })?;
@@ -341,6 +343,23 @@ fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> 
     )?;
     if let (Some(net), Some(gw)) = (config.pool.ipv6, config.pool.gateway_ipv6) {
         nl.addr_add(index, IpAddr::V6(gw), net.prefix_len())?;
+    }
+    // The realms' own pools are routed to the device too (the gateway's addresses are
+    // `[pool]`'s).
+    for realm in &config.auth.realms {
+        let Some(PoolChoice::Own(own)) = config.realm_policy(realm).map(|p| p.pool) else {
+            continue;
+        };
+        let nets =
+            std::iter::once(ipnet::IpNet::V4(own.ipv4)).chain(own.ipv6.map(ipnet::IpNet::V6));
+        for dst in nets {
+            nl.route_add(&Route {
+                dst,
+                via: Via::Dev(index),
+                metric: None,
+                mtu: None,
+            })?;
+        }
     }
     sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IPv4 forwarding"))?;
     if config.pool.ipv6.is_some() {
@@ -872,10 +891,16 @@ fn forwardable(
             return false;
         }
     }
+    // A session is checked by its realm's routes and DNS; one without a realm the policy
+    // knows reaches nothing.
+    let realm = session.and_then(|s| s.realm_id);
     let verdict = ctx
         .access
         .policy(access)
-        .map_or(Err(Refused::Unreadable), |p| p.check(packet));
+        .map_or(Err(Refused::Unreadable), |p| match realm {
+            Some(id) => p.check_in(id, packet),
+            None => Err(Refused::NotRouted),
+        });
     if let Err(why) = verdict {
         ctx.forbidden.fetch_add(1, Ordering::Relaxed);
         debug!(
@@ -1071,18 +1096,28 @@ fn new_cookie() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The configuration pushed to a client holding `lease`.
-fn client_config(cfg: &GatewayConfig, lease: &Lease, offers_aes_gcm: bool) -> Config {
+/// The configuration pushed to a client of `realm` holding `lease`: the realm's routes, DNS
+/// and pool where it has its own, else the global ones.
+fn client_config(cfg: &GatewayConfig, realm: &str, lease: &Lease, offers_aes_gcm: bool) -> Config {
+    let policy = cfg.realm_policy(realm);
+    let (ipv4_net, ipv6_net) = match policy.as_ref().map(|p| &p.pool) {
+        Some(PoolChoice::Own(own)) => (own.ipv4, own.ipv6),
+        _ => (cfg.pool.ipv4, cfg.pool.ipv6),
+    };
+    let (dns, search_domains, routes) = match &policy {
+        Some(p) => (&p.dns, &p.search_domains, &p.routes),
+        None => (&cfg.dns, &cfg.search_domains, &cfg.routes),
+    };
     let mut c = Config {
         ipv4_address: Some(lease.ipv4),
-        ipv4_netmask: Some(cfg.pool.ipv4.netmask()),
-        dns: cfg.dns.clone(),
-        search_domains: cfg.search_domains.clone(),
+        ipv4_netmask: Some(ipv4_net.netmask()),
+        dns: dns.clone(),
+        search_domains: search_domains.clone(),
         mtu: Some(u32::from(cfg.mtu)),
         internal_gateway: Some(cfg.pool.gateway_ipv4),
         ..Config::default()
     };
-    if let (Some(a), Some(net)) = (lease.ipv6, cfg.pool.ipv6) {
+    if let (Some(a), Some(net)) = (lease.ipv6, ipv6_net) {
         c.ipv6_address = tunnel_proto::Ipv6Net::new(a, net.prefix_len()).ok();
     }
     let v4 = |n: &ipnet::IpNet| match n {
@@ -1093,16 +1128,16 @@ fn client_config(cfg: &GatewayConfig, lease: &Lease, offers_aes_gcm: bool) -> Co
         ipnet::IpNet::V6(n) => tunnel_proto::Ipv6Net::new(n.network(), n.prefix_len()).ok(),
         ipnet::IpNet::V4(_) => None,
     };
-    c.include_v4 = cfg.routes.include.iter().filter_map(v4).collect();
-    c.exclude_v4 = cfg.routes.exclude.iter().filter_map(v4).collect();
-    c.include_v6 = cfg.routes.include.iter().filter_map(v6).collect();
-    c.exclude_v6 = cfg.routes.exclude.iter().filter_map(v6).collect();
+    c.include_v4 = routes.include.iter().filter_map(v4).collect();
+    c.exclude_v4 = routes.exclude.iter().filter_map(v4).collect();
+    c.include_v6 = routes.include.iter().filter_map(v6).collect();
+    c.exclude_v6 = routes.exclude.iter().filter_map(v6).collect();
     if c.include_v4.is_empty() && c.include_v6.is_empty() {
         // No split tunnel configured: everything goes through the tunnel.
         c.include_v4 = tunnel_proto::Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0)
             .into_iter()
             .collect();
-        if cfg.pool.ipv6.is_some() {
+        if ipv6_net.is_some() {
             c.include_v6 = tunnel_proto::Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 0)
                 .into_iter()
                 .collect();
@@ -1178,6 +1213,8 @@ struct Conn {
 struct LoginSteps {
     realm: String,
     user: String,
+    /// The password the login proved (a change must name it).
+    password: Password,
     dialogue: Dialogue,
     /// The step asked, whose answer is awaited.
     asked: Option<Step>,
@@ -1492,6 +1529,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             let realm = realm
                 .or_else(|| ctx.config.auth.realms.first().cloned())
                 .unwrap_or_default();
+            let verified = password.clone();
             let outcome = ctx
                 .logins
                 .authenticate(LoginRequest {
@@ -1516,6 +1554,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     };
                     conn.login = Some(LoginSteps {
                         dialogue: Dialogue::after_password(&rules, must_change),
+                        password: verified,
                         realm,
                         user: username,
                         asked: None,
@@ -1532,15 +1571,31 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             let login = conn.login.as_mut()?;
             let refusal = match (login.asked.take(), answer) {
                 (Some(Step::AcceptNotice(_)), PromptAnswer::NoticeAccepted) => None,
-                (Some(Step::TokenCode), PromptAnswer::TokenCode(code)) => {
-                    let (ctx, peer) = (ctx.clone(), conn.peer.ip());
-                    let (realm, user) = (login.realm.clone(), login.user.clone());
-                    tokio::task::spawn_blocking(move || {
-                        ctx.logins.check_token(peer, &realm, &user, code.expose())
-                    })
+                (Some(Step::TokenCode), PromptAnswer::TokenCode(code)) => ctx
+                    .logins
+                    .second_factor(conn.peer.ip(), &login.user, code.expose(), unix_now())
                     .await
-                    .unwrap_or(TokenCheck::Wrong)
-                    .refusal()
+                    .err()
+                    .map(|why| why.message().to_string()),
+                (Some(Step::ChangePassword), PromptAnswer::NewPassword { old, new }) => {
+                    let change = PasswordChange {
+                        peer: conn.peer.ip(),
+                        username: &login.user,
+                        verified: &login.password,
+                        offered_old: &old,
+                        new: new.clone(),
+                    };
+                    match ctx
+                        .logins
+                        .change_password(&ctx.config.password_rules(), change)
+                        .await
+                    {
+                        Ok(()) => {
+                            login.password = new;
+                            None
+                        }
+                        Err(why) => Some(why.message()),
+                    }
                 }
                 (Some(Step::SessionLimit(max)), PromptAnswer::EndSession(id)) => {
                     match login.listed.iter().position(|(shown, _)| *shown == id) {
@@ -1552,12 +1607,12 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                             login.listed.clear();
                             None
                         }
-                        None => Some("The session chosen is not one of yours."),
+                        None => Some("The session chosen is not one of yours.".to_string()),
                     }
                 }
                 (asked, answer) => {
                     warn!(user = %login.user, ?asked, ?answer, "login refused: an answer to a question not asked");
-                    Some("Unexpected answer.")
+                    Some("Unexpected answer.".to_string())
                 }
             };
             match refusal {
@@ -1567,7 +1622,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     let _ = conn
                         .pending
                         .as_mut()?
-                        .reject(AuthRejection::Failure(message.into()));
+                        .reject(AuthRejection::Failure(message));
                 }
             }
         }
@@ -1587,7 +1642,8 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                         // resumable (it cannot happen: accept() was called for it).
                         ctx.table.park(cookie, r);
                     }
-                    let lease = match ctx.pool.lock().map(|mut p| p.allocate()) {
+                    let realm = realm.unwrap_or_default();
+                    let lease = match ctx.pool.lock().map(|mut p| p.allocate(&realm)) {
                         Ok(Ok(lease)) => lease,
                         _ => {
                             warn!("address pool exhausted");
@@ -1602,14 +1658,14 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     };
                     (
                         username.unwrap_or_default(),
-                        realm.unwrap_or_default(),
+                        realm,
                         lease,
                         SystemTime::now(),
                     )
                 }
             };
             let mut proto = conn.pending.take()?;
-            let config = client_config(&ctx.config, &lease, conn.offers_aes_gcm);
+            let config = client_config(&ctx.config, &realm, &lease, conn.offers_aes_gcm);
             if let Err(e) = proto.send_config(&config, now) {
                 warn!(error = %e, "sending the configuration failed");
                 if let Ok(mut pool) = ctx.pool.lock() {
@@ -1619,11 +1675,16 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 return Some(Ending::Unauthenticated);
             }
             info!(%user, %realm, ipv4 = %lease.ipv4, ipv6 = ?lease.ipv6, resumed, "session established");
+            let realm_id = ctx
+                .access
+                .policy(&mut AccessCache::default())
+                .and_then(|p| p.realm_id(&realm));
             let s = Arc::new(Session {
                 id: conn.id,
                 peer: conn.peer,
                 user,
                 realm,
+                realm_id,
                 cookie,
                 lease,
                 ends: proto.session_end(),

@@ -26,7 +26,7 @@ use tunnel_proto::{RandomSource, Server, SpiAllocator, random_spi};
 
 use crate::tls_link::TlsLink;
 
-use super::Lease;
+use super::{Lease, access::RealmId};
 
 /// One connected client.
 pub struct Session {
@@ -35,6 +35,8 @@ pub struct Session {
     pub peer: SocketAddr,
     pub user: String,
     pub realm: String,
+    /// The realm as the access policy knows it: what its packets may reach.
+    pub realm_id: Option<RealmId>,
     pub cookie: String,
     pub lease: Lease,
     /// When the login ends, whatever the traffic (`session_lifetime_secs` after the login
@@ -364,6 +366,7 @@ mod tests {
             peer: "192.0.2.1:443".parse().unwrap(),
             user: "alice".into(),
             realm: "Users".into(),
+            realm_id: None,
             cookie: format!("DSID-{id}"),
             lease: Lease {
                 ipv4: Ipv4Addr::from(ipv4),

@@ -137,6 +137,35 @@ pub fn code_at(secret: &TotpSecret, step: u64) -> String {
     )
 }
 
+/// The issuer `adduser --totp` names when none is given.
+pub const DEFAULT_ISSUER: &str = "tunnel";
+
+/// The `otpauth://` URI an authenticator app reads (usually as a QR code) to add `secret` for
+/// user `name` of `issuer` ("Key Uri Format" of Google Authenticator, which the others follow):
+/// `otpauth://totp/ISSUER:NAME?secret=...&issuer=ISSUER&algorithm=SHA1&digits=6&period=30`.
+pub fn otpauth_uri(secret: &TotpSecret, issuer: &str, name: &str) -> String {
+    let issuer = percent_encode(issuer);
+    format!(
+        "otpauth://totp/{issuer}:{}?secret={}&issuer={issuer}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECS}",
+        percent_encode(name),
+        secret.to_base32()
+    )
+}
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters, so that a name
+/// with ':', '?', '&', '#', '/', spaces or non-ASCII letters stays one field of the URI.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// What became of a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TotpCheck {
@@ -531,5 +560,21 @@ mod tests {
         // RFC 6238's key in base32.
         let rfc = TotpSecret::from_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap();
         assert_eq!(rfc.bytes(), RFC_KEY);
+    }
+
+    #[test]
+    fn otpauth_uris_encode_names_and_issuers() {
+        let secret = TotpSecret::from_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap();
+        assert_eq!(
+            otpauth_uri(&secret, DEFAULT_ISSUER, "alice"),
+            "otpauth://totp/tunnel:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=tunnel\
+             &algorithm=SHA1&digits=6&period=30"
+        );
+        assert_eq!(
+            otpauth_uri(&secret, "ACME VPN", "j.doe@corp:x?y&z#é"),
+            "otpauth://totp/ACME%20VPN:j.doe%40corp%3Ax%3Fy%26z%23%C3%A9\
+             ?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=ACME%20VPN\
+             &algorithm=SHA1&digits=6&period=30"
+        );
     }
 }
