@@ -140,7 +140,7 @@ pub enum AuthError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LineError {
-    #[error("expected name:realm[,realm...]:argon2id-hash")]
+    #[error("expected name:realm[,realm...]:argon2id-hash[:attributes]")]
     MissingField,
     #[error("user name {name:?} is not allowed")]
     BadName { name: String },
