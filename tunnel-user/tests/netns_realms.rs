@@ -580,3 +580,44 @@ fn a_realm_hands_out_its_own_pool_routes_and_dns() {
     );
     assert_eq!(w.count(ESTABLISHED), 2);
 }
+
+#[test]
+fn openconnect_changes_an_expired_password() {
+    if !root() {
+        return;
+    }
+    let mut w = world("occhange");
+    let must_change = AddOptions {
+        must_change: true,
+        now_unix: unix_now(),
+        ..AddOptions::default()
+    };
+    w.add_user("alice", &["Users"], "old-pass-1", &must_change);
+    w.start_gateway("password_request = \"legacy\"", "");
+    // The password, then the change form: current, new, new again.
+    let (ok, said) = openconnect(
+        &w,
+        "alice",
+        "old-pass-1\nold-pass-1\nnew-pass-12345\nnew-pass-12345\n",
+        &[],
+    );
+    assert!(ok, "{said}\n{}", w.log());
+    assert!(said.contains("Password expired"), "{said}");
+    // Positive control: the old password no longer works, the new one does, with no change
+    // asked.
+    let (ok, said) = openconnect(
+        &w,
+        "alice",
+        "old-pass-1\n",
+        &["--non-inter", "--passwd-on-stdin"],
+    );
+    assert!(!ok, "{said}");
+    let (ok, said) = openconnect(
+        &w,
+        "alice",
+        "new-pass-12345\n",
+        &["--non-inter", "--passwd-on-stdin"],
+    );
+    assert!(ok, "{said}\n{}", w.log());
+    assert!(!said.contains("Password expired"), "{said}");
+}

@@ -33,7 +33,7 @@
 //!   stay bounded under a flood;
 //! - `table`: the session table (by address, by SPI, by cookie; resumable sessions);
 //! - `dialogue`: which login step comes next (notices, password, password change, token
-//!   code, session choice), sans-IO ([`Dialogue`]);
+//!   code, session choice), sans-IO;
 //! - `login`: the order of a login's checks (certificate rules, rate limits, hashing) and
 //!   the users file as logins see it, re-read when it changes;
 //! - `tls`: the rustls server configuration; `client_cert`: the client-certificate verifier
