@@ -12,6 +12,8 @@
 //!
 //! Every refusal is checked for its message and for the absence of a session (the
 //! gateway's "session established" log line); every test has its positive control.
+//! `measure_login_time` (ignored) prints how long a login takes with a TOTP code and
+//! without; set `TUNNEL_GATEWAY_BIN` to measure a release build.
 
 use std::{
     fs,
@@ -119,9 +121,11 @@ impl World {
         let path = self.dir.join("gateway.toml");
         fs::write(&path, config).unwrap();
         let log = fs::File::create(self.dir.join("gateway.log")).unwrap();
+        let bin = std::env::var("TUNNEL_GATEWAY_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tunnel-gateway").to_string());
         let child = self
             .gw
-            .command(env!("CARGO_BIN_EXE_tunnel-gateway"))
+            .command(&bin)
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
@@ -620,4 +624,65 @@ fn openconnect_changes_an_expired_password() {
     );
     assert!(ok, "{said}\n{}", w.log());
     assert!(!said.contains("Password expired"), "{said}");
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Login time, password alone against password and TOTP code, alternated in one run: each
+/// of 40 users logs in to a realm without a second factor and to one with it. Each user has
+/// a secret of its own, as a code is good once.
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn measure_login_time() {
+    if !root() {
+        return;
+    }
+    const USERS: usize = 40;
+    let mut w = world("time");
+    let secrets: Vec<TotpSecret> = (0..USERS).map(|_| TotpSecret::generate()).collect();
+    for (i, secret) in secrets.iter().enumerate() {
+        w.add_user(
+            &format!("user{i}"),
+            &["Plain", "Token"],
+            "correct horse",
+            &with_totp(secret),
+        );
+    }
+    w.start_gateway(
+        "realms = [\"Plain\", \"Token\"]",
+        "[realm.Token]\nsecond_factor = \"totp\"\n",
+    );
+    let (mut plain, mut token) = (Vec::new(), Vec::new());
+    for (i, secret) in secrets.iter().enumerate() {
+        let user = format!("user{i}");
+        for realm in ["Plain", "Token"] {
+            let answers = Answers {
+                realm: Some(realm.into()),
+                tokens: vec![code_at(secret, step_at(unix_now()))],
+                ..Answers::default()
+            };
+            let started = Instant::now();
+            let mut p = w.peer();
+            p.login_with(&user, "correct horse", &answers)
+                .unwrap_or_else(|e| panic!("{user} in {realm}: {e:?} {:?}", p.events));
+            let took = started.elapsed();
+            if realm == "Plain" {
+                plain.push(took);
+            } else {
+                token.push(took);
+            }
+        }
+    }
+    let (p, t) = (median(plain), median(token));
+    eprintln!(
+        "login time, median of {USERS}: password {:.2} ms, password + TOTP {:.2} ms, \
+         ratio {:.3}",
+        p.as_secs_f64() * 1e3,
+        t.as_secs_f64() * 1e3,
+        t.as_secs_f64() / p.as_secs_f64()
+    );
+    assert_eq!(w.count("token code accepted"), USERS);
 }
