@@ -149,11 +149,12 @@ fn adduser_refusals_are_clear_and_change_nothing() {
     assert!(!users.exists());
 
     fs::write(&users, "alice:Users:not-a-hash\n").unwrap();
-    let out = run(&["adduser", "--users", users_arg, "bob"], b"pw\n");
+    // A password no temporary path or message can hold by chance.
+    let out = run(&["adduser", "--users", users_arg, "bob"], b"Zq7-secret\n");
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(stderr.contains("line 1:"), "{stderr}");
-    assert!(!stderr.contains("pw"), "{stderr}");
+    assert!(!stderr.contains("Zq7-secret"), "{stderr}");
     assert_eq!(
         fs::read_to_string(&users).unwrap(),
         "alice:Users:not-a-hash\n"
