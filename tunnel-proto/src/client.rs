@@ -39,7 +39,7 @@ use crate::eap::{
     ActiveSession, Answer, AuthRequest, AuthResponse, CURRENT_PASSWORD_FIELD, EAP_TYPE_TTLS,
     EapBody, EapCode, EapPacket, InnerRequest, InnerResponse, J2_MAX_VALUE, J2_PASSWORD_CHANGE,
     J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, PasswordMessage,
-    encode_juniper_avps,
+    encode_juniper_avps, truncate_at_char,
 };
 use crate::esp::{EspError, EspSuite, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use crate::ift::{
@@ -862,7 +862,11 @@ impl Client {
                 return None;
             };
             let answer = if *current_form {
-                Answer::CurrentPassword(password.to_owned())
+                Answer::CurrentPassword(
+                    truncate_at_char(password, CURRENT_PASSWORD_FIELD)
+                        .as_bytes()
+                        .to_vec(),
+                )
             } else {
                 Answer::J2(PasswordMessage::Response {
                     password: password.to_owned(),

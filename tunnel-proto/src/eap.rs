@@ -1177,8 +1177,10 @@ fn parse_inner_request(data: &[u8]) -> Result<InnerRequest, EapError> {
 pub enum Answer {
     /// A J2 message ([`PasswordMessage::Response`] or [`PasswordMessage::ChangeResponse`]).
     J2(PasswordMessage),
-    /// The password in the fixed field of the current form (padding removed).
-    CurrentPassword(String),
+    /// The password in the fixed field of the current form, padding removed: bytes, as a
+    /// client that cuts a longer password at 18 bytes may cut inside a character (that
+    /// password is then wrong, not malformed).
+    CurrentPassword(Vec<u8>),
     /// An EAP-GTC response: the token code.
     TokenCode(String),
 }
@@ -1228,13 +1230,7 @@ impl InnerResponse {
                         what: "current-form password holds a NUL byte",
                     });
                 }
-                Answer::CurrentPassword(
-                    std::str::from_utf8(&field[..end])
-                        .map_err(|_| EapError::NotUtf8 {
-                            what: "current-form password",
-                        })?
-                        .to_owned(),
-                )
+                Answer::CurrentPassword(field[..end].to_vec())
             }
             EapBody::Other {
                 eap_type: EAP_TYPE_GTC,
@@ -1263,13 +1259,13 @@ impl InnerResponse {
             Answer::CurrentPassword(password) => {
                 let mut data = [0u8; 1 + CURRENT_PASSWORD_FIELD];
                 data[0] = J2_PASSWORD_REQUEST;
-                let cut = truncate_at_char(password, CURRENT_PASSWORD_FIELD);
-                if cut.contains('\0') {
+                let cut = &password[..password.len().min(CURRENT_PASSWORD_FIELD)];
+                if cut.contains(&0) {
                     return Err(EapError::J2Malformed {
                         what: "password holds a NUL byte",
                     });
                 }
-                data[1..1 + cut.len()].copy_from_slice(cut.as_bytes());
+                data[1..1 + cut.len()].copy_from_slice(cut);
                 append_inner(
                     out,
                     EapCode::Response,
@@ -1842,7 +1838,7 @@ mod tests {
             username: Some("alice".into()),
             inner: Some(InnerResponse {
                 identifier: 3,
-                answer: Answer::CurrentPassword("secret".into()),
+                answer: Answer::CurrentPassword(b"secret".to_vec()),
             }),
             ..AuthResponse::default()
         };
@@ -1860,14 +1856,19 @@ mod tests {
         assert_eq!(AuthResponse::parse(&out), Ok(resp));
     }
 
-    /// A password longer than the field is cut to 18 bytes, on a character boundary.
+    /// A password longer than the field is cut to 18 bytes (the client cuts on a character
+    /// boundary before: [`truncate_at_char`]).
     #[test]
     fn current_password_is_cut_to_the_field() {
         let answer = |pw: &str| {
             let mut out = Vec::new();
             InnerResponse {
                 identifier: 1,
-                answer: Answer::CurrentPassword(pw.into()),
+                answer: Answer::CurrentPassword(
+                    truncate_at_char(pw, CURRENT_PASSWORD_FIELD)
+                        .as_bytes()
+                        .to_vec(),
+                ),
             }
             .append_as_avp(&mut out)
             .expect("encode");
@@ -1875,7 +1876,7 @@ mod tests {
                 Some(InnerResponse {
                     answer: Answer::CurrentPassword(p),
                     ..
-                }) => p,
+                }) => String::from_utf8(p).expect("UTF-8"),
                 other => panic!("{other:?}"),
             }
         };
@@ -1884,6 +1885,19 @@ mod tests {
         // 17 ASCII bytes then a 2-byte character: the character does not fit.
         assert_eq!(answer("0123456789abcdefgé"), "0123456789abcdefg");
         assert_eq!(answer(""), "");
+        // Another client's cut inside a character is kept as bytes, for the gateway to find
+        // wrong.
+        let mut field = vec![2, 1, 0, 31, 0xfe, 0, 0x0a, 0x4c, 0, 0, 0, 5, 1];
+        field.extend_from_slice(b"0123456789abcdefg\xc3");
+        let mut avps = Vec::new();
+        append_avp(&mut avps, AVP_EAP_MESSAGE, None, true, &field).expect("avp");
+        assert_eq!(
+            AuthResponse::parse(&avps).expect("parse").inner,
+            Some(InnerResponse {
+                identifier: 1,
+                answer: Answer::CurrentPassword(b"0123456789abcdefg\xc3".to_vec()),
+            })
+        );
     }
 
     /// Subtype 5 with another code or length is not a password request: it stays unknown

@@ -786,14 +786,18 @@ impl Server {
                             answer: Answer::J2(PasswordMessage::Response { password }),
                         }),
                         PasswordForm::Legacy,
-                    )
-                    | (
+                    ) if identifier == inner => password,
+                    // A client that cut a longer password inside a character sent no UTF-8:
+                    // no stored password is that, so it is checked (and found wrong) as any
+                    // other, with the login limits.
+                    (
                         Some(InnerResponse {
                             identifier,
-                            answer: Answer::CurrentPassword(password),
+                            answer: Answer::CurrentPassword(bytes),
                         }),
                         PasswordForm::Current,
-                    ) if identifier == inner => password,
+                    ) if identifier == inner => String::from_utf8(bytes)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
                     (other, _) => {
                         return Err(SessionError::UnexpectedAuth {
                             state: self.state.name(),
@@ -1074,6 +1078,11 @@ impl Server {
             username,
         };
         Ok(())
+    }
+
+    /// The client was asked for its password and has not answered (yet).
+    pub fn awaiting_password(&self) -> bool {
+        matches!(self.state, State::AwaitCredentials { .. })
     }
 
     /// Shows `text` with the next request (the cookie, after [`Server::accept`]): a notice

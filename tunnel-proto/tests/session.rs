@@ -1869,3 +1869,59 @@ fn an_unknown_request_is_named() {
         assert!(client.is_closed());
     }
 }
+
+/// A client that cut a long password inside a character sends no UTF-8: the gateway's
+/// caller gets it to check (and find wrong), not a protocol error.
+#[test]
+fn a_password_cut_inside_a_character_is_checked_not_refused_as_malformed() {
+    let mut h = Harness::new(ClientConfig::new("gw"), ServerConfig::default());
+    h.pump();
+    h.take_client_events();
+    let ident = {
+        let frames = frames(&h.s2c_log);
+        frames.last().expect("a frame")[0x10 + 4 + 1]
+    };
+    // The nested identifier is the one after the J1 request's.
+    let mut field = vec![
+        2,
+        ident.wrapping_add(1),
+        0,
+        31,
+        0xfe,
+        0,
+        0x0a,
+        0x4c,
+        0,
+        0,
+        0,
+        5,
+        1,
+    ];
+    field.extend_from_slice(b"0123456789abcdefg\xc3");
+    let mut avps = Vec::new();
+    append_avp(
+        &mut avps,
+        avp::USERNAME,
+        Some(AVP_VENDOR_JUNIPER),
+        false,
+        b"alice",
+    )
+    .unwrap();
+    append_avp(&mut avps, AVP_EAP_MESSAGE, None, true, &field).unwrap();
+    let mut eap = Vec::new();
+    encode_juniper_avps(EapCode::Response, ident, &avps, &mut eap).unwrap();
+    let mut bytes = Vec::new();
+    Message::AuthResponse { eap: &eap }
+        .encode_to_vec(99, &mut bytes)
+        .unwrap();
+    h.server.handle_tls_bytes(&bytes, h.now).expect("taken");
+    match h.server.poll_event() {
+        Some(ServerEvent::Authenticate {
+            username, password, ..
+        }) => {
+            assert_eq!(username, "alice");
+            assert_eq!(password.expose(), "0123456789abcdefg\u{fffd}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

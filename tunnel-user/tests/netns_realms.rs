@@ -686,3 +686,37 @@ fn measure_login_time() {
     );
     assert_eq!(w.count("token code accepted"), USERS);
 }
+
+/// Debian's openconnect 9.01 predates the current password request: it gives up there
+/// without a word to the gateway, whose log says what to do.
+#[test]
+fn an_old_client_at_the_current_request_leaves_a_hint_in_the_log() {
+    if !root() {
+        return;
+    }
+    let mut w = world("oldoc");
+    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
+    w.start_gateway("", "");
+    let (ok, said) = openconnect(
+        &w,
+        "alice",
+        "correct horse\n",
+        &["--non-inter", "--passwd-on-stdin"],
+    );
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("Unhandled Pulse authentication packet"),
+        "{said}"
+    );
+    w.wait_for("need auth.password_request = \"legacy\"", 1);
+    // Positive control: the same client and user with the legacy request.
+    w.start_gateway("password_request = \"legacy\"", "");
+    let (ok, said) = openconnect(
+        &w,
+        "alice",
+        "correct horse\n",
+        &["--non-inter", "--passwd-on-stdin"],
+    );
+    assert!(ok, "{said}");
+    assert_eq!(w.count("need auth.password_request"), 0);
+}

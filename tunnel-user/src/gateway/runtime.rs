@@ -90,6 +90,8 @@ struct Ctx {
     admission: Arc<Admission>,
     /// Connections refused at a cap.
     refused: AtomicU64,
+    /// Connections that ended at the password request, told at most every 10 s.
+    silent_at_password_log: LogThrottle,
     refused_log: LogThrottle,
     /// The address pools: `[pool]`'s and the realms' own.
     pool: Mutex<RealmPools>,
@@ -184,6 +186,7 @@ impl Gateway {
                 config.limits.login_connections_per_source,
             ),
             refused: AtomicU64::new(0),
+            silent_at_password_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
             refused_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
             pool: Mutex::new(pool),
             logins,
@@ -1438,6 +1441,21 @@ async fn serve(
         // was (its address stays leased to it), until it would have expired anyway.
         debug!(user = %r.user, "resume not completed; session resumable again");
         ctx.table.park(cookie, r);
+    }
+    if matches!(ending, Ending::Unauthenticated)
+        && ctx.config.auth.password_request == PasswordRequest::Current
+        && conn.pending.as_ref().is_some_and(Server::awaiting_password)
+        && let Some(more) = ctx.silent_at_password_log.event(Instant::now())
+    {
+        // Clients that predate the current request close here without a word; the
+        // operator sees why, within bounds (connections before the login are anyone's).
+        info!(
+            peer = %conn.peer,
+            more,
+            "a client closed the connection at the password request: clients that predate \
+             the current request form (openconnect before 2025, older Pulse clients) need \
+             auth.password_request = \"legacy\""
+        );
     }
     finish(&ctx, conn.session, ending);
 }
