@@ -30,6 +30,7 @@ use tunnel_user::client::tls::Pin;
 use tunnel_user::testbed::{
     Netns,
     hostile::{self, Attempt, Outcome},
+    pki::write_gateway_certificate,
     pki::{ClientNames, TestCa},
     veth,
 };
@@ -62,8 +63,6 @@ struct World {
 }
 
 fn build_world(tag: &str) -> World {
-    use base64::Engine as _;
-    use sha2::Digest as _;
     let id = std::process::id();
     let dir = std::env::temp_dir().join(format!("tunnel-login-{tag}-{id}"));
     let _ = fs::remove_dir_all(&dir);
@@ -78,16 +77,9 @@ fn build_world(tag: &str) -> World {
     client.sh(&script).unwrap();
     gw.sh("ip addr add 192.168.70.1/24 dev gwl0").unwrap();
 
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress(IpAddr::V4(GATEWAY)));
-    let cert = params.self_signed(&key).unwrap();
-    fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let pin = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki));
+    let pin = write_gateway_certificate(&dir, IpAddr::V4(GATEWAY)).unwrap();
+    let pin = pin.to_string();
+    let pin = pin.trim_start_matches("pin-sha256:").to_string();
 
     let ca = TestCa::new("tunnel test client CA");
     fs::write(dir.join("ca.pem"), ca.pem()).unwrap();

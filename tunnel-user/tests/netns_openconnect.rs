@@ -24,9 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
-use sha2::Digest as _;
-use tunnel_user::testbed::{Netns, veth};
+use tunnel_user::testbed::{Netns, pki::write_gateway_certificate, veth};
 
 const GATEWAY: &str = "192.168.60.1";
 const CORP: &str = "172.20.0.2";
@@ -116,16 +114,9 @@ fn build_world(tag: &str) -> World {
         }
     });
     // The gateway's certificate, and its pin.
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress(GATEWAY.parse().unwrap()));
-    let cert = params.self_signed(&key).unwrap();
-    fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let pin = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki));
+    let pin = write_gateway_certificate(&dir, GATEWAY.parse().unwrap()).unwrap();
+    let pin = pin.to_string();
+    let pin = pin.trim_start_matches("pin-sha256:").to_string();
     // A client CA and a certificate for alice, for certificate logins.
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

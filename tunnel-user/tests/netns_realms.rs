@@ -28,6 +28,7 @@ use tunnel_proto::{AuthFailure, ClientConfig, ClientEvent};
 use tunnel_user::gateway::{AddOptions, TotpSecret, add_user_with, code_at, step_at, unix_now};
 use tunnel_user::testbed::{
     Netns,
+    pki::write_gateway_certificate,
     pulse_peer::{Answers, EndSession, PeerError, PulsePeer},
     veth,
 };
@@ -55,8 +56,6 @@ impl Drop for World {
 }
 
 fn world(tag: &str) -> World {
-    use base64::Engine as _;
-    use sha2::Digest as _;
     let id = std::process::id();
     let dir = std::env::temp_dir().join(format!("tunnel-realms-{tag}-{id}"));
     let _ = fs::remove_dir_all(&dir);
@@ -66,19 +65,9 @@ fn world(tag: &str) -> World {
     veth(&client, "rc0", &gw, "rgw0").unwrap();
     client.sh("ip addr add 192.168.71.2/24 dev rc0").unwrap();
     gw.sh("ip addr add 192.168.71.1/24 dev rgw0").unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress(IpAddr::V4(GATEWAY)));
-    let cert = params.self_signed(&key).unwrap();
-    fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let pin = format!(
-        "pin-sha256:{}",
-        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki))
-    );
+    let pin = write_gateway_certificate(&dir, IpAddr::V4(GATEWAY))
+        .unwrap()
+        .to_string();
     World {
         dir,
         client,

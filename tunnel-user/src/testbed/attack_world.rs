@@ -102,17 +102,7 @@ impl AttackWorld {
         // Room for the attacker's connections: every source has the whole port range.
         attacker.sh("sysctl -qw net.ipv4.ip_local_port_range='10000 65000'")?;
 
-        let key = rcgen::KeyPair::generate().map_err(io::Error::other)?;
-        let mut params =
-            rcgen::CertificateParams::new(vec!["gw.test".to_string()]).map_err(io::Error::other)?;
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress(IpAddr::V4(GATEWAY)));
-        let cert = params.self_signed(&key).map_err(io::Error::other)?;
-        fs::write(dir.join("cert.pem"), cert.pem())?;
-        fs::write(dir.join("key.pem"), key.serialize_pem())?;
-        let pin = Pin::of_certificate(cert.der())
-            .ok_or_else(|| io::Error::other("the test certificate does not parse"))?;
+        let pin = super::pki::write_gateway_certificate(&dir, IpAddr::V4(GATEWAY))?;
         crate::gateway::add_user(
             &dir.join("users"),
             USER,

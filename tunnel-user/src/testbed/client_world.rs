@@ -24,9 +24,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
-use sha2::Digest as _;
-
 use super::{Netns, run_in_cgroup, veth};
 
 /// The gateway's LAN address.
@@ -218,19 +215,9 @@ impl ClientWorld {
         udp_peer_echo(&corp, 7000);
         udp_echo(&corp, UDP_ECHO_PORT);
         gw.sh("sysctl -qw net.ipv4.ip_forward=1").unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["gw.test".to_string()]).unwrap();
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress(GATEWAY.parse().unwrap()));
-        let cert = params.self_signed(&key).unwrap();
-        fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-        fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-        let pin = format!(
-            "pin-sha256:{}",
-            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki))
-        );
+        let pin = super::pki::write_gateway_certificate(&dir, GATEWAY.parse().unwrap())
+            .unwrap()
+            .to_string();
         crate::gateway::add_user(
             &dir.join("users"),
             "alice",

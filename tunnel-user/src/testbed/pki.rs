@@ -159,3 +159,20 @@ impl ClientCert {
         }
     }
 }
+
+/// Writes a gateway's self-signed certificate for `ip` (and the name gw.test) to
+/// `dir/cert.pem` and its key to `dir/key.pem`; returns its pin.
+pub fn write_gateway_certificate(
+    dir: &std::path::Path,
+    ip: std::net::IpAddr,
+) -> std::io::Result<crate::client::tls::Pin> {
+    let key = KeyPair::generate().map_err(std::io::Error::other)?;
+    let mut params =
+        CertificateParams::new(vec!["gw.test".to_string()]).map_err(std::io::Error::other)?;
+    params.subject_alt_names.push(SanType::IpAddress(ip));
+    let cert = params.self_signed(&key).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("cert.pem"), cert.pem())?;
+    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+    crate::client::tls::Pin::of_certificate(cert.der())
+        .ok_or_else(|| std::io::Error::other("the test certificate does not parse"))
+}
