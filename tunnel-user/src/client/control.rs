@@ -547,4 +547,26 @@ mod tests {
         let (_, answers) = server.join().unwrap();
         assert_eq!(answers, vec![Answer::Cancel]);
     }
+
+    #[test]
+    fn response_codes_are_the_launchers() {
+        use tunnel_config::ExitCode;
+        for (ours, launcher) in [
+            (code::OK, ExitCode::Success),
+            (code::BAD_PARAMETER, ExitCode::BadParameter),
+            (code::CONNECT_FAILED, ExitCode::ConnectFailed),
+            (code::NO_SUCH_CONNECTION, ExitCode::NoSuchConnection),
+            (code::CANCELLED, ExitCode::UserCancelled),
+            (code::CERTIFICATE, ExitCode::CertificateError),
+            (code::TIMEOUT, ExitCode::Timeout),
+            (
+                code::USER_CONNECTION_NOT_ALLOWED,
+                ExitCode::UserConnectionNotAllowed,
+            ),
+            (code::INVALID_STATE, ExitCode::InvalidState),
+            (code::GENERAL, ExitCode::General),
+        ] {
+            assert_eq!(ours, launcher.code(), "{launcher:?}");
+        }
+    }
 }
