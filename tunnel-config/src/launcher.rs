@@ -59,8 +59,13 @@ usage: tunnel launcher [-version|-help|-stop|-L <3|5>] [-sessionselection <conne
                        sign out of, suspend or resume the connection to -url
   -t <seconds>         give up after this long, 45-600 (default 45)
   -sessionselection <connect|cancel>
-                       at the concurrent session limit: end the oldest session and connect,
-                       or cancel
+                       at the concurrent session limit: end the oldest (first listed) session
+                       and connect, or give up (exit code 5); without it the limit fails the
+                       connection (exit code 2)
+
+Nothing is asked after the password: a token code, an expired password or a sign-in notice
+to accept fails the connection (exit code 2), as does a request this client does not
+understand; `tunnel connect` asks for those, or takes them from its options.
 
 exit codes: -1 (255) not running, 0 success, 1 invalid parameter, 2 connect failed,
   3 connected with error, 4 no such connection, 5 cancelled, 6 certificate error, 7 timeout,
@@ -1013,5 +1018,47 @@ mod tests {
         for (_, _, canonical) in FLAGS {
             assert!(LAUNCHER_USAGE.contains(canonical), "{canonical}");
         }
+    }
+
+    #[test]
+    fn session_selection_goes_with_a_connection_only() {
+        // With each way of signing in.
+        for args in [
+            "-url a.example -u bob -p pw -sessionselection connect",
+            "-url a.example -d 12adf234 -sessionselection connect",
+            "-sessionselection connect -url a.example -cert MyCert -r Users",
+        ] {
+            assert_eq!(
+                connect(args).session_selection,
+                Some(SessionSelection::Connect),
+                "{args}"
+            );
+        }
+        assert_eq!(
+            connect("-url a.example -u bob -sessionselection CANCEL -t 60").session_selection,
+            Some(SessionSelection::Cancel)
+        );
+        // Without it the launcher cannot answer the session limit.
+        assert_eq!(connect("-url a.example -u bob").session_selection, None);
+        assert_eq!(
+            err("-sessionselection connect"),
+            "-sessionselection requires -url"
+        );
+        assert_eq!(
+            err("-signout a.example -sessionselection connect"),
+            "-signout cannot be combined with -sessionselection"
+        );
+        assert_eq!(
+            err("-stop -sessionselection cancel"),
+            "-stop cannot be combined with -sessionselection"
+        );
+        assert_eq!(
+            err("-url a.example -sessionselection connect -sessionselection cancel"),
+            "-sessionselection is given twice with different values"
+        );
+        assert!(err("-url a.example -sessionselection").contains("-sessionselection"));
+        // Cancelling at the limit is the table's "user cancelled".
+        assert_eq!(ExitCode::UserCancelled.code(), 5);
+        assert!(LAUNCHER_USAGE.contains("exit code 5"));
     }
 }

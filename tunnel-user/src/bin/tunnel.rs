@@ -1,6 +1,6 @@
 //! `tunnel`: the command line of the client. It asks `tunneld` over the control socket and
 //! exits with the launcher's exit codes (0 success, 1 bad parameter, 2 connect failed,
-//! 4 no such connection, 6 certificate error, 7 timeout, 8 user connections not allowed,
+//! 4 no such connection, 5 cancelled at a sign-in prompt, 6 certificate error, 7 timeout, 8 user connections not allowed,
 //! 25 invalid action for the state, 100 general error, and 255 (-1) when tunneld is not
 //! running).
 
@@ -13,7 +13,8 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use tunnel_user::client::control::{
-    self, ClientCertPem, Credentials, DEFAULT_SOCKET, Request, Response, code,
+    self, Answer, Answers, ClientCertPem, Credentials, DEFAULT_SOCKET, Prompt, Request, Response,
+    SessionChoice, code,
 };
 
 #[derive(Parser)]
@@ -42,6 +43,30 @@ enum Cmd {
         /// Read the password from standard input (otherwise it is asked for on the terminal).
         #[arg(long)]
         password_stdin: bool,
+        /// The token code, when the gateway asks for one (second factor).
+        #[arg(long, value_name = "CODE", conflicts_with = "token_stdin")]
+        token: Option<String>,
+        /// Read the token code from standard input (the line after the password and the new
+        /// password, when those are read from it too).
+        #[arg(long)]
+        token_stdin: bool,
+        /// Read the new password from standard input, for a gateway that says the password
+        /// has expired (the line after the password).
+        #[arg(long)]
+        new_password_stdin: bool,
+        /// Accept the gateway's sign-in notices.
+        #[arg(long)]
+        accept_notice: bool,
+        /// At the session limit, end this session (an id the gateway lists, or `oldest`).
+        #[arg(
+            long,
+            value_name = "ID|oldest",
+            conflicts_with = "cancel_at_session_limit"
+        )]
+        end_session: Option<String>,
+        /// At the session limit, give up (exit code 5).
+        #[arg(long)]
+        cancel_at_session_limit: bool,
         /// Trust the gateway certificate with this pin (pin-sha256:...).
         #[arg(long)]
         servercert: Option<String>,
@@ -104,7 +129,9 @@ enum Cmd {
         servercert: Option<String>,
     },
     /// pulselauncher compatibility: -url -u -p -r -d -cert -signout -suspend -resume -t -stop
-    /// -version -help -L, with its exit codes. `-p -` reads the password from stdin.
+    /// -version -help -L -sessionselection, with its exit codes. `-p -` reads the password
+    /// from stdin. It asks nothing after the password: a token code, a password change or a
+    /// notice to accept fails the connection (exit code 2).
     Launcher {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -193,12 +220,31 @@ fn exit(code: i32) -> ExitCode {
 
 fn read_password(stdin: bool) -> io::Result<Option<String>> {
     if stdin || !io::stdin().is_terminal() {
-        let mut line = String::new();
-        io::stdin().lock().read_line(&mut line)?;
-        let pw = line.trim_end_matches(['\n', '\r']).to_string();
-        return Ok((!pw.is_empty()).then_some(pw));
+        return read_stdin_line();
     }
-    eprint!("Password: ");
+    read_secret("Password: ").map(Some)
+}
+
+/// A line of standard input; None when it is empty.
+fn read_stdin_line() -> io::Result<Option<String>> {
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    let text = line.trim_end_matches(['\n', '\r']).to_string();
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// A line typed on the terminal, shown as typed.
+fn read_typed(label: &str) -> io::Result<String> {
+    eprint!("{label}");
+    io::stderr().flush()?;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+/// A secret typed on the terminal, not echoed.
+fn read_secret(label: &str) -> io::Result<String> {
+    eprint!("{label}");
     io::stderr().flush()?;
     // No echo while typing.
     // SAFETY: termios calls on stdin with a zeroed struct filled by tcgetattr.
@@ -218,7 +264,87 @@ fn read_password(stdin: bool) -> io::Result<Option<String>> {
         eprintln!();
     }
     read?;
-    Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// How many times a new password may be typed twice before the change is given up.
+const NEW_PASSWORD_TRIES: usize = 3;
+
+/// Answers a sign-in prompt at the terminal. Nothing entered (or a read error) gives up.
+fn ask_on_terminal(prompt: &Prompt) -> Answer {
+    let answer = match prompt {
+        Prompt::Token { prompt, next } => {
+            if *next {
+                eprintln!(
+                    "The gateway asks for the next token code (wait for the code to change)."
+                );
+            }
+            let label = if prompt.is_empty() {
+                "Token code"
+            } else {
+                prompt
+            };
+            read_typed(&format!("{label}: ")).map(|code| {
+                if code.is_empty() {
+                    Answer::Cancel
+                } else {
+                    Answer::Token { code }
+                }
+            })
+        }
+        Prompt::NewPassword => (|| {
+            eprintln!("The password has expired: choose a new one.");
+            for _ in 0..NEW_PASSWORD_TRIES {
+                let first = read_secret("New password: ")?;
+                if first.is_empty() {
+                    return Ok(Answer::Cancel);
+                }
+                if read_secret("New password again: ")? == first {
+                    return Ok(Answer::NewPassword { password: first });
+                }
+                eprintln!("The two passwords differ.");
+            }
+            Ok(Answer::Cancel)
+        })(),
+        Prompt::Notice { text } => {
+            eprintln!("Sign-in notice from the gateway:\n{text}");
+            read_typed("Accept it and sign in? [y/N] ").map(|a| {
+                if matches!(a.as_str(), "y" | "Y" | "yes") {
+                    Answer::AcceptNotice
+                } else {
+                    Answer::Cancel
+                }
+            })
+        }
+        Prompt::SessionLimit { sessions } => {
+            eprintln!("You are at the gateway's session limit. Your sessions:");
+            for (i, s) in sessions.iter().enumerate() {
+                let started = std::time::UNIX_EPOCH + Duration::from_secs(s.started);
+                eprintln!(
+                    "  {}) {}  from {}  since {}",
+                    i + 1,
+                    s.id,
+                    s.from,
+                    tunnel_config::utc_timestamp(started)
+                );
+            }
+            read_typed("End which session (number or id; nothing to cancel)? ").map(|a| {
+                let chosen = a
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| sessions.get(n.wrapping_sub(1)))
+                    .or_else(|| sessions.iter().find(|s| s.id == a));
+                match chosen {
+                    Some(s) => Answer::EndSession { id: s.id.clone() },
+                    None => Answer::Cancel,
+                }
+            })
+        }
+    };
+    answer.unwrap_or_else(|e| {
+        eprintln!("tunnel: reading the answer: {e}");
+        Answer::Cancel
+    })
 }
 
 fn main() -> ExitCode {
@@ -231,6 +357,12 @@ fn main() -> ExitCode {
             user,
             realm,
             password_stdin,
+            token,
+            token_stdin,
+            new_password_stdin,
+            accept_notice,
+            end_session,
+            cancel_at_session_limit,
             servercert,
             cookie,
             cert,
@@ -267,6 +399,44 @@ fn main() -> ExitCode {
             } else {
                 None
             };
+            // Standard input holds, in this order, the lines asked for: password, new
+            // password, token code.
+            let stdin_line = |what: &str, wanted: bool| -> Result<Option<String>, ExitCode> {
+                if !wanted {
+                    return Ok(None);
+                }
+                match read_stdin_line() {
+                    Ok(Some(line)) => Ok(Some(line)),
+                    Ok(None) => {
+                        eprintln!("tunnel: no {what} on standard input");
+                        Err(exit(code::BAD_PARAMETER))
+                    }
+                    Err(e) => {
+                        eprintln!("tunnel: reading the {what}: {e}");
+                        Err(exit(code::BAD_PARAMETER))
+                    }
+                }
+            };
+            let new_password = match stdin_line("new password", new_password_stdin) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let token = match stdin_line("token code", token_stdin) {
+                Ok(t) => t.or(token),
+                Err(code) => return code,
+            };
+            let prompts = Answers {
+                token,
+                new_password,
+                accept_notice,
+                at_session_limit: match (end_session, cancel_at_session_limit) {
+                    (Some(id), _) => Some(SessionChoice::parse(&id)),
+                    (None, true) => Some(SessionChoice::Cancel),
+                    (None, false) => None,
+                },
+                // Someone at the terminal answers what was not given up front.
+                interactive: io::stdin().is_terminal(),
+            };
             let client_cert = match cert.map(|c| ClientCertPem::read(&c, key.as_deref())) {
                 Some(Ok(pem)) => Some(pem),
                 Some(Err(e)) => {
@@ -284,6 +454,7 @@ fn main() -> ExitCode {
                 client_cert,
                 kvps: pairs,
                 app_cgroup: per_app,
+                prompts,
             };
             (
                 Request::Connect {
@@ -355,7 +526,7 @@ fn main() -> ExitCode {
             what: LogsCmd::Save { file },
         } => return save_logs(&cli.socket, &file),
     };
-    match control::call(&cli.socket, &request, wait) {
+    match call_connect(&cli.socket, &request, wait) {
         Ok(response) if response.code == code::CERTIFICATE => match trust_prompt(&response) {
             Some(pin) => {
                 let Request::Connect {
@@ -374,7 +545,7 @@ fn main() -> ExitCode {
                     credentials,
                     timeout_secs,
                 };
-                match control::call(&cli.socket, &retry, wait) {
+                match call_connect(&cli.socket, &retry, wait) {
                     Ok(r) => show(&retry, &r, json),
                     Err(e) => {
                         eprintln!("tunnel: {e}");
@@ -394,6 +565,20 @@ fn main() -> ExitCode {
             exit(code::GENERAL)
         }
     }
+}
+
+/// Sends a request; a connect that said someone answers its prompts gets them asked at the
+/// terminal.
+fn call_connect(
+    socket: &std::path::Path,
+    request: &Request,
+    wait: Duration,
+) -> Result<Response, control::ControlError> {
+    let interactive =
+        matches!(request, Request::Connect { credentials, .. } if credentials.prompts.interactive);
+    control::call_answering(socket, request, wait, |p| {
+        interactive.then(|| ask_on_terminal(p))
+    })
 }
 
 fn call_and_show(socket: &std::path::Path, request: Request, wait: Duration) -> ExitCode {
@@ -541,8 +726,18 @@ fn launcher(socket: &std::path::Path, args: &[String]) -> ExitCode {
             Duration::from_secs(5),
         ),
         LauncherAction::Connect(c) => {
+            use tunnel_config::SessionSelection;
+            // The launcher asks nothing after the password: -sessionselection is its only
+            // answer, and without it the session limit fails the connection (exit code 2).
             let mut creds = Credentials {
                 realm: c.realm.clone(),
+                prompts: Answers {
+                    at_session_limit: c.session_selection.map(|s| match s {
+                        SessionSelection::Connect => SessionChoice::Oldest,
+                        SessionSelection::Cancel => SessionChoice::Cancel,
+                    }),
+                    ..Answers::default()
+                },
                 ..Default::default()
             };
             match c.auth {
@@ -711,6 +906,14 @@ fn show(request: &Request, r: &Response, json: bool) -> ExitCode {
                     let v = f(k);
                     if !v.is_empty() && v != "null" {
                         println!("  {k:<12} {v}");
+                    }
+                }
+                for notice in c["notices"].as_array().into_iter().flatten() {
+                    let text = notice.as_str().unwrap_or_default();
+                    let mut lines = text.lines();
+                    println!("  {:<12} {}", "notice", lines.next().unwrap_or_default());
+                    for line in lines {
+                        println!("  {:<12} {line}", "");
                     }
                 }
             }

@@ -37,12 +37,13 @@ use crate::tls_link::TlsLink;
 use tracing::{debug, info, warn};
 use tunnel_common::OWN_SOCKET_MARK;
 use tunnel_config::EventKind;
-use tunnel_proto::{Client, ClientConfig, ClientEvent, Config, EspInput, Transmit};
+use tunnel_proto::{Client, ClientConfig, ClientEvent, Config, EspInput, SessionError, Transmit};
 
 use super::{
     Emit,
     backoff::{AfterLoss, Backoff},
     policy::{ConnEntry, DataPlane},
+    prompts::{self, Prompter},
     tls::{ClientCert, Pin, Trust},
 };
 use crate::{
@@ -109,6 +110,8 @@ pub struct ConnectSpec {
     pub esp: bool,
     /// Remember the gateway's pin after a trusted connection (not with `DisablePinning`).
     pub learn_pin: bool,
+    /// Who answers the login's prompts after the password.
+    pub(crate) prompts: Prompter,
 }
 
 /// Dead-peer detection on the TLS session: after `idle` without anything from the gateway,
@@ -170,6 +173,12 @@ pub enum Failure {
     Connect(String),
     /// Gave up after `disconnectTimeoutInSeconds`.
     Timeout(String),
+    /// A prompt of the login could not be answered.
+    Prompt(String),
+    /// The user gave up at a prompt (launcher exit code 5).
+    Cancelled(String),
+    /// The gateway asked for something this client does not support.
+    Unsupported(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -178,7 +187,10 @@ impl std::fmt::Display for Failure {
             Failure::Auth(m)
             | Failure::CredentialsNeeded(m)
             | Failure::Connect(m)
-            | Failure::Timeout(m) => f.write_str(m),
+            | Failure::Timeout(m)
+            | Failure::Prompt(m)
+            | Failure::Cancelled(m)
+            | Failure::Unsupported(m) => f.write_str(m),
             Failure::Certificate { message, .. } => f.write_str(message),
         }
     }
@@ -206,6 +218,8 @@ pub struct Status {
     /// Seconds since the session was established.
     pub uptime_secs: Option<u64>,
     pub last_error: Option<Failure>,
+    /// The gateway's sign-in notices, as it sent them.
+    pub notices: Vec<String>,
     pub reconnects: u64,
     /// The kernel classifier's counters for this connection: reason name to packets.
     pub classifier: std::collections::BTreeMap<String, u64>,
@@ -316,6 +330,7 @@ pub fn spawn(
             packets_in: 0,
             uptime_secs: None,
             last_error: None,
+            notices: Vec::new(),
             reconnects: 0,
             classifier: std::collections::BTreeMap::new(),
         }),
@@ -466,6 +481,7 @@ async fn run(
     let mut tunnel: Option<Tunnel> = None;
     let mut backoff = Backoff::new(spec.disconnect_timeout);
     let mut gateway_index = 0usize;
+    let mut prompts = spec.prompts.clone();
     loop {
         let gw = spec.gateways[gateway_index % spec.gateways.len().max(1)].clone();
         set_state(
@@ -489,6 +505,7 @@ async fn run(
             &emit,
             &shared,
             &mut commands,
+            &mut prompts,
         )
         .await;
         let came_up = shared
@@ -649,6 +666,7 @@ async fn session(
     emit: &Emit,
     shared: &Arc<Shared>,
     commands: &mut mpsc::UnboundedReceiver<(Command, oneshot::Sender<()>)>,
+    prompts: &mut Prompter,
 ) -> Outcome {
     let addr = match resolve(gw).await {
         Ok(a) => a,
@@ -783,7 +801,11 @@ async fn session(
                     }
                     let _ = session.proto.lock().map(|mut c| c.choose_realm(&realm));
                 }
-                ClientEvent::CredentialsRequired { retry, .. } => {
+                ClientEvent::CredentialsRequired {
+                    retry,
+                    max_password_len,
+                    ..
+                } => {
                     if retry {
                         session.link.close();
                         emit.event(EventKind::LoginErrorDisconnect {
@@ -793,16 +815,35 @@ async fn session(
                             "the gateway refused the username or password".into(),
                         ));
                     }
-                    let (Some(user), Some(password)) = (&spec.user, &spec.password) else {
+                    let password = prompts.password(spec.password.as_deref());
+                    let (Some(user), Some(password)) = (&spec.user, password) else {
                         return Outcome::Failed(Failure::CredentialsNeeded(
                             "the gateway asks for a username and password, and none were given"
                                 .into(),
                         ));
                     };
+                    prompts::warn_if_cut(emit, &spec.name, max_password_len, password);
                     let _ = session
                         .proto
                         .lock()
                         .map(|mut c| c.provide_credentials(user, password));
+                }
+                ev @ (ClientEvent::TokenRequired { .. }
+                | ClientEvent::PasswordChangeRequired
+                | ClientEvent::Notice { .. }
+                | ClientEvent::SessionLimit { .. }) => {
+                    if let ClientEvent::Notice { text, .. } = &ev
+                        && let Ok(mut s) = shared.status.lock()
+                        && !s.notices.contains(text)
+                    {
+                        prompts::log_notice(emit, &spec.name, text);
+                        s.notices.push(text.clone());
+                    }
+                    let password = spec.password.as_deref();
+                    if let Err(e) = prompts.on_event(&ev, &session.proto, password).await {
+                        session.link.close();
+                        return Outcome::Failed(prompts::failed(emit, &spec.name, addr, e));
+                    }
                 }
                 ClientEvent::ResumeRejected => {
                     info!(connection = %spec.name, "the gateway did not resume the session; logging in");
@@ -922,8 +963,12 @@ async fn session(
                     Ok(n) => n,
                 };
                 let tun = tunnel.as_ref().map(|t| &*t.tun);
-                if let Err(why) = take_tls_bytes(&session, shared, tun, &mut sink, &buf[..n]) {
-                    return Outcome::Lost(why);
+                match take_tls_bytes(&session, shared, tun, &mut sink, &buf[..n]) {
+                    Err(Ended::Lost(why)) => return Outcome::Lost(why),
+                    Err(Ended::Unsupported(what)) => {
+                        return Outcome::Failed(prompts::unsupported(emit, &spec.name, addr, what));
+                    }
+                    Ok(_) => {}
                 }
             }
             _ = session.wake.notified() => {}
@@ -985,6 +1030,14 @@ async fn session(
     }
 }
 
+/// Why the gateway's bytes ended the session.
+enum Ended {
+    /// The session broke: reconnect.
+    Lost(String),
+    /// The gateway asked for something this client does not support: retrying asks again.
+    Unsupported(String),
+}
+
 /// Hands plaintext that arrived over TLS to the state machine: its packets go into the
 /// TUN device (`tun`, joined in `sink`; dropped while there is no tunnel), the rest becomes
 /// the session's events. Whoever reads the connection calls it, the task or a packet
@@ -996,7 +1049,7 @@ fn take_tls_bytes(
     tun: Option<&Tun>,
     sink: &mut Option<TunSink>,
     data: &[u8],
-) -> Result<bool, String> {
+) -> Result<bool, Ended> {
     let now = Instant::now();
     *shared
         .last_inbound
@@ -1024,7 +1077,10 @@ fn take_tls_bytes(
         .fetch_add(packets, Ordering::Relaxed);
     shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
     match handled {
-        Ok((Err(e), _, true)) => Err(format!("protocol error: {e}")),
+        Ok((Err(SessionError::UnsupportedRequest { what }), _, true)) => {
+            Err(Ended::Unsupported(what))
+        }
+        Ok((Err(e), _, true)) => Err(Ended::Lost(format!("protocol error: {e}"))),
         Ok((Err(e), attention, false)) => {
             debug!(error = %e, "protocol error");
             Ok(attention)
@@ -1384,7 +1440,8 @@ fn drain_tls(
                     }
                     continue;
                 }
-                Err(why) => why,
+                Err(Ended::Lost(why)) => why,
+                Err(Ended::Unsupported(what)) => format!("the gateway asked for {what}"),
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => format!("reading from the gateway: {e}"),

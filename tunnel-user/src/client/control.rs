@@ -2,8 +2,21 @@
 //! each on a line. The socket is root-owned with mode 0600, and the daemon also checks the
 //! peer's credentials, so a non-root caller is refused with a message saying so.
 //!
+//! A connect whose caller answers prompts (`credentials.prompts.interactive`) is a
+//! conversation: before the response, tunneld may send prompt lines, and the caller answers
+//! each on the same socket.
+//!
+//! ```text
+//!  tunnel                                   tunneld
+//!  {"op":"connect",...,"interactive":true} ─▶
+//!                                          ◀─ {"prompt":{"kind":"token","prompt":"Token code","next":false}}
+//!  {"answer":{"kind":"token","code":"…"}}  ─▶
+//!                                          ◀─ {"code":0,"message":"connected 'corp'","data":{…}}
+//! ```
+//!
 //! Every response carries a launcher exit code (`code`, the pulselauncher table: 0 success,
-//! 1 bad parameter, 2 connect failed, 4 no such connection, 6 certificate error, 7 timeout,
+//! 1 bad parameter, 2 connect failed, 4 no such connection, 5 cancelled by the user at a
+//! prompt, 6 certificate error, 7 timeout,
 //! 8 user connections not allowed, 25 invalid action for the current state, 100 general
 //! error), so `tunnel` and `tunnel launcher` exit with the same numbers.
 
@@ -15,6 +28,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+
+pub use super::prompts::{Answer, Answers, ListedSession, Prompt, SessionChoice};
 
 /// Where `tunneld` listens by default.
 pub const DEFAULT_SOCKET: &str = "/run/tunnel/tunneld.sock";
@@ -25,6 +41,8 @@ pub mod code {
     pub const BAD_PARAMETER: i32 = 1;
     pub const CONNECT_FAILED: i32 = 2;
     pub const NO_SUCH_CONNECTION: i32 = 4;
+    /// The user gave up at a prompt (declined a notice, ended no session).
+    pub const CANCELLED: i32 = 5;
     pub const CERTIFICATE: i32 = 6;
     pub const TIMEOUT: i32 = 7;
     /// The machine settings do not allow user connections (`user-connection: "false"`).
@@ -56,6 +74,10 @@ pub struct Credentials {
     /// Per-app: the cgroup (v2 directory) whose processes use this connection; None for a
     /// device-level connection.
     pub app_cgroup: Option<PathBuf>,
+    /// Answers to the login's prompts given up front, and whether the caller answers the
+    /// others on the socket.
+    #[serde(default)]
+    pub prompts: Answers,
 }
 
 /// A client certificate chain and its private key, PEM text. Its `Debug` leaves the key out.
@@ -243,29 +265,112 @@ pub enum ControlError {
     Protocol(String),
 }
 
-/// Sends one request and waits (up to `timeout`) for the answer.
+/// A line from tunneld after a request: a prompt to answer, or the response that ends it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Reply {
+    Prompt { prompt: Prompt },
+    Done(Response),
+}
+
+/// The caller's line after a prompt.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnswerLine {
+    pub answer: Answer,
+}
+
+/// Sends one request and waits (up to `timeout`) for the answer; the request answers no
+/// prompts.
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    call_answering(socket, request, timeout, |_| None)
+}
+
+/// Sends one request and answers tunneld's prompts with `answer` until the response comes
+/// (each read waits up to `timeout`). `answer` returning None means this caller answers no
+/// prompts, and a prompt is then a protocol error.
+pub fn call_answering(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+    answer: impl FnMut(&Prompt) -> Option<Answer>,
+) -> Result<Response, ControlError> {
     let path = socket.display().to_string();
-    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
             ControlError::NotRunning { path: path.clone() }
         }
         io::ErrorKind::PermissionDenied => ControlError::NotRoot { path: path.clone() },
         _ => ControlError::Io(e),
     })?;
+    converse(stream, request, timeout, answer)
+}
+
+/// The caller's side of one request on a connected stream.
+pub fn converse(
+    mut stream: UnixStream,
+    request: &Request,
+    timeout: Duration,
+    mut answer: impl FnMut(&Prompt) -> Option<Answer>,
+) -> Result<Response, ControlError> {
     stream.set_read_timeout(Some(timeout))?;
+    write_line(&mut stream, request)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            return Err(ControlError::Protocol(
+                "no answer (is the caller root?)".into(),
+            ));
+        }
+        match serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))? {
+            Reply::Done(response) => return Ok(response),
+            Reply::Prompt { prompt } => {
+                let Some(answer) = answer(&prompt) else {
+                    return Err(ControlError::Protocol(format!(
+                        "tunneld asks for {}, but this request answers no prompts",
+                        prompt.what()
+                    )));
+                };
+                write_line(&mut stream, &AnswerLine { answer })?;
+            }
+        }
+    }
+}
+
+fn write_line(stream: &mut UnixStream, what: &impl Serialize) -> Result<(), ControlError> {
     let mut line =
-        serde_json::to_string(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        serde_json::to_string(what).map_err(|e| ControlError::Protocol(e.to_string()))?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    if answer.trim().is_empty() {
-        return Err(ControlError::Protocol(
-            "no answer (is the caller root?)".into(),
-        ));
+    Ok(())
+}
+
+/// tunneld's side of a prompt: sends it and reads the answer. A caller that went away, or
+/// answered something unreadable, has given up: [`Answer::Cancel`].
+pub(crate) async fn ask(
+    rd: &mut (impl AsyncBufRead + Unpin),
+    wr: &mut (impl AsyncWrite + Unpin),
+    prompt: &Prompt,
+) -> Answer {
+    let sent = async {
+        let mut out = serde_json::to_string(&Reply::Prompt {
+            prompt: prompt.clone(),
+        })
+        .map_err(io::Error::other)?;
+        out.push('\n');
+        wr.write_all(out.as_bytes()).await?;
+        let mut line = String::new();
+        rd.read_line(&mut line).await?;
+        serde_json::from_str::<AnswerLine>(&line).map_err(io::Error::other)
+    };
+    match sent.await {
+        Ok(AnswerLine { answer }) => answer,
+        Err(e) => {
+            tracing::warn!(error = %e, "the caller gave no answer to {}", prompt.what());
+            Answer::Cancel
+        }
     }
-    serde_json::from_str(&answer).map_err(|e| ControlError::Protocol(e.to_string()))
 }
 
 #[cfg(test)]
@@ -324,5 +429,144 @@ mod tests {
         let parsed: Request = serde_json::from_str(r#"{"op":"status","name":null}"#).unwrap();
         assert_eq!(parsed, Request::Status { name: None });
         assert!(serde_json::from_str::<Request>(r#"{"op":"launch_missiles"}"#).is_err());
+    }
+
+    /// tunneld's side of a conversation on `stream`: reads the request, asks `prompts`,
+    /// answers with a response listing the answers it got.
+    fn tunneld_side(stream: UnixStream, prompts: Vec<Prompt>) -> (Request, Vec<Answer>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            stream.set_nonblocking(true).unwrap();
+            let stream = tokio::net::UnixStream::from_std(stream).unwrap();
+            let (rd, mut wr) = stream.into_split();
+            let mut rd = tokio::io::BufReader::new(rd);
+            let mut line = String::new();
+            rd.read_line(&mut line).await.unwrap();
+            let request: Request = serde_json::from_str(&line).unwrap();
+            let mut answers = Vec::new();
+            for p in &prompts {
+                answers.push(ask(&mut rd, &mut wr, p).await);
+            }
+            let done = Reply::Done(Response::ok(format!("{} answers", answers.len())));
+            let mut out = serde_json::to_string(&done).unwrap();
+            out.push('\n');
+            let _ = wr.write_all(out.as_bytes()).await;
+            (request, answers)
+        })
+    }
+
+    fn connect_request(interactive: bool) -> Request {
+        Request::Connect {
+            name: Some("corp".into()),
+            url: None,
+            credentials: Box::new(Credentials {
+                prompts: Answers {
+                    interactive,
+                    ..Answers::default()
+                },
+                ..Default::default()
+            }),
+            timeout_secs: Some(45),
+        }
+    }
+
+    #[test]
+    fn a_connect_is_a_conversation_of_prompts_and_answers() {
+        let (cli, daemon) = UnixStream::pair().unwrap();
+        let prompts = vec![
+            Prompt::Token {
+                prompt: "Token code".into(),
+                next: false,
+            },
+            Prompt::Notice {
+                text: "Authorised use only".into(),
+            },
+            Prompt::SessionLimit {
+                sessions: vec![ListedSession {
+                    id: "s1".into(),
+                    from: "192.0.2.9".into(),
+                    started: 1_700_000_000,
+                }],
+            },
+        ];
+        let server = std::thread::spawn({
+            let prompts = prompts.clone();
+            move || tunneld_side(daemon, prompts)
+        });
+        let mut seen = Vec::new();
+        let response = converse(cli, &connect_request(true), Duration::from_secs(10), |p| {
+            seen.push(p.clone());
+            Some(match p {
+                Prompt::Token { .. } => Answer::Token {
+                    code: "654321".into(),
+                },
+                Prompt::Notice { .. } => Answer::AcceptNotice,
+                Prompt::SessionLimit { sessions } => Answer::EndSession {
+                    id: sessions[0].id.clone(),
+                },
+                Prompt::NewPassword => Answer::Cancel,
+            })
+        })
+        .unwrap();
+        let (request, answers) = server.join().unwrap();
+        assert_eq!(request, connect_request(true));
+        assert_eq!(seen, prompts);
+        assert_eq!(
+            answers,
+            vec![
+                Answer::Token {
+                    code: "654321".into()
+                },
+                Answer::AcceptNotice,
+                Answer::EndSession { id: "s1".into() },
+            ]
+        );
+        assert_eq!((response.code, response.message.as_str()), (0, "3 answers"));
+    }
+
+    #[test]
+    fn a_caller_that_answers_nothing_or_goes_away_ends_the_conversation() {
+        // A caller that answers no prompts stops at the first one and says why.
+        let (cli, daemon) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || tunneld_side(daemon, vec![Prompt::NewPassword]));
+        let err = converse(
+            cli,
+            &connect_request(false),
+            Duration::from_secs(10),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("a new password"),
+            "the error names the prompt: {err}"
+        );
+        // Its side of the socket is closed: tunneld reads that as giving up.
+        let (_, answers) = server.join().unwrap();
+        assert_eq!(answers, vec![Answer::Cancel]);
+    }
+
+    #[test]
+    fn response_codes_are_the_launchers() {
+        use tunnel_config::ExitCode;
+        for (ours, launcher) in [
+            (code::OK, ExitCode::Success),
+            (code::BAD_PARAMETER, ExitCode::BadParameter),
+            (code::CONNECT_FAILED, ExitCode::ConnectFailed),
+            (code::NO_SUCH_CONNECTION, ExitCode::NoSuchConnection),
+            (code::CANCELLED, ExitCode::UserCancelled),
+            (code::CERTIFICATE, ExitCode::CertificateError),
+            (code::TIMEOUT, ExitCode::Timeout),
+            (
+                code::USER_CONNECTION_NOT_ALLOWED,
+                ExitCode::UserConnectionNotAllowed,
+            ),
+            (code::INVALID_STATE, ExitCode::InvalidState),
+            (code::GENERAL, ExitCode::General),
+        ] {
+            assert_eq!(ours, launcher.code(), "{launcher:?}");
+        }
     }
 }

@@ -34,8 +34,9 @@ use tunnel_config::{
 use super::{
     Emit,
     connection::{self, Command, ConnectSpec, Dpd, Failure, Gateway, Handle, State},
-    control::{Credentials, Request, Response, code},
+    control::{self, Credentials, Request, Response, code},
     policy::DataPlane,
+    prompts::{self, Asker, Prompter},
     tls::{ClientCert, Pin, Trust},
 };
 use crate::datapath::{ConnId, PortList};
@@ -110,6 +111,15 @@ impl Log {
             warn!(error = %err, "writing the event log failed");
         }
         info!(event = e.id, "{}", e.message);
+    }
+
+    fn message(&mut self, level: Level, text: &str) {
+        if let Some(line) = self.format.message_line(SystemTime::now(), level, text)
+            && let Err(err) = self.file.write_line(&line)
+        {
+            warn!(error = %err, "writing the event log failed");
+        }
+        info!(%level, "{text}");
     }
 }
 
@@ -196,9 +206,15 @@ pub async fn run(
     plane.set_lockdown(store.machine().vpn_only_access)?;
     let pins_path = dir.join("pins.json");
     let pins = Arc::new(Mutex::new(load_pins(&pins_path)));
-    let (learned, sink) = (pins.clone(), log.clone());
+    let (learned, sink, messages) = (pins.clone(), log.clone(), log.clone());
     let emit = Emit::new(
         move |event| sink.lock().unwrap_or_else(|e| e.into_inner()).event(&event),
+        move |level, text| {
+            messages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .message(level, text);
+        },
         move |_conn, host, pin| {
             let Ok(mut m) = learned.lock() else { return };
             if m.get(host) != Some(&pin) {
@@ -248,6 +264,7 @@ pub async fn run(
     for name in automatic {
         let d = daemon.clone();
         tokio::spawn(async move {
+            // No one is there to answer the login's prompts: one fails the connection.
             let r = handle(
                 &d,
                 Request::Connect {
@@ -256,6 +273,7 @@ pub async fn run(
                     credentials: Box::default(),
                     timeout_secs: None,
                 },
+                None,
             )
             .await;
             if r.code != code::OK {
@@ -289,8 +307,9 @@ pub async fn run(
 async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
     let uid = stream.peer_cred().ok().map(|c| c.uid());
     let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
     let mut line = String::new();
-    if BufReader::new(rd).read_line(&mut line).await.is_err() {
+    if rd.read_line(&mut line).await.is_err() {
         return;
     }
     let response = if uid != Some(0) {
@@ -298,7 +317,22 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
         Response::with(code::GENERAL, "only root may control tunneld")
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Ok(request) => handle(&daemon, request).await,
+            Ok(request) => {
+                // A caller that answers prompts gets them on this socket while its connect runs.
+                let interactive = matches!(&request, Request::Connect { credentials, .. } if credentials.prompts.interactive);
+                let (asker, mut asked) = prompts::channel();
+                let work = handle(&daemon, request, interactive.then_some(asker));
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        response = &mut work => break response,
+                        Some(q) = asked.recv() => {
+                            let answer = control::ask(&mut rd, &mut wr, &q.prompt).await;
+                            q.reply(answer);
+                        }
+                    }
+                }
+            }
             Err(e) => Response::with(code::BAD_PARAMETER, format!("unreadable request: {e}")),
         }
     };
@@ -414,6 +448,7 @@ fn spec_for(
     conn: &Connection,
     stored: bool,
     creds: &Credentials,
+    asker: Option<Asker>,
 ) -> Result<ConnectSpec, Response> {
     let kvps = if creds.kvps.is_empty() {
         conn.kvps.clone()
@@ -520,10 +555,12 @@ fn spec_for(
         // allow-save false: a pin the request brought (the user's trust decision) holds for
         // this connection only; pins of gateways the CAs vouched for are still learned.
         learn_pin: !kvps.disable_pinning() && (machine.allow_save || creds.pin.is_none()),
+        prompts: Prompter::new(creds.prompts.clone(), asker),
     })
 }
 
-async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
+/// Answers a request; `asker` reaches a caller that answers a connect's prompts.
+async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) -> Response {
     match request {
         Request::Version => Response::ok(format!("tunneld {}", env!("CARGO_PKG_VERSION"))),
         Request::Status { name } => {
@@ -654,7 +691,7 @@ async fn handle(daemon: &Arc<Daemon>, request: Request) -> Response {
                 }
                 None => {}
             }
-            let spec = match spec_for(daemon, &conn, stored, &credentials) {
+            let spec = match spec_for(daemon, &conn, stored, &credentials, asker) {
                 Ok(s) => s,
                 Err(r) => return r,
             };
@@ -909,9 +946,12 @@ async fn connect(daemon: &Arc<Daemon>, spec: ConnectSpec, timeout_secs: Option<u
         }
         Ok(Ok(Err(f))) => {
             let code = match &f {
-                Failure::Auth(_) | Failure::CredentialsNeeded(_) | Failure::Connect(_) => {
-                    code::CONNECT_FAILED
-                }
+                Failure::Auth(_)
+                | Failure::CredentialsNeeded(_)
+                | Failure::Connect(_)
+                | Failure::Prompt(_)
+                | Failure::Unsupported(_) => code::CONNECT_FAILED,
+                Failure::Cancelled(_) => code::CANCELLED,
                 Failure::Certificate { .. } => code::CERTIFICATE,
                 Failure::Timeout(_) => code::TIMEOUT,
             };

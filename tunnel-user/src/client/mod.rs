@@ -14,6 +14,7 @@
 //! - `backoff`: when a lost connection tries again, and when it gives up;
 //! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;
 //! - `control`: the request/response protocol of the control socket;
+//! - `prompts`: the login's prompts after the password, and who answers them;
 //! - `diagnostics`: the bundle of `tunnel logs save`, and how the caller writes it;
 //! - `daemon`: `tunneld` itself.
 
@@ -23,6 +24,7 @@ pub mod control;
 pub mod daemon;
 pub mod diagnostics;
 pub mod policy;
+mod prompts;
 pub mod tls;
 
 use std::sync::Arc;
@@ -31,23 +33,34 @@ use std::sync::Arc;
 type EventSink = Arc<dyn Fn(tunnel_config::EventKind) + Send + Sync>;
 /// Receives (connection, gateway host, pin) of a trusted gateway.
 type PinSink = Arc<dyn Fn(&str, &str, tls::Pin) + Send + Sync>;
+/// Receives messages outside the catalogue, with their level.
+type MessageSink = Arc<dyn Fn(tunnel_config::Level, &str) + Send + Sync>;
 
-/// Where connections report events (IDs from the seed's event table) and learned pins.
+/// Where connections report events (IDs from the seed's event table), messages the
+/// catalogue has no event for (a sign-in notice's text), and learned pins.
 #[derive(Clone)]
 pub struct Emit {
     event: EventSink,
+    message: MessageSink,
     pin: PinSink,
 }
 
 impl Emit {
     pub fn new(
         event: impl Fn(tunnel_config::EventKind) + Send + Sync + 'static,
+        message: impl Fn(tunnel_config::Level, &str) + Send + Sync + 'static,
         pin: impl Fn(&str, &str, tls::Pin) + Send + Sync + 'static,
     ) -> Emit {
         Emit {
             event: Arc::new(event),
+            message: Arc::new(message),
             pin: Arc::new(pin),
         }
+    }
+
+    /// Writes a message the catalogue has no event for into the event log.
+    pub fn message(&self, level: tunnel_config::Level, text: &str) {
+        (self.message)(level, text);
     }
 
     /// Reports an event of the seed's catalogue.
