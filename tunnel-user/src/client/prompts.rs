@@ -25,9 +25,9 @@ use tunnel_proto::{Client, ClientEvent, SessionError};
 
 use super::{Emit, connection::Failure};
 
-/// The password field of the gateways' current password request (Ivanti Connect Secure
-/// 22.x): a longer password is cut to this many bytes.
-pub(crate) const CURRENT_FORM_PASSWORD_BYTES: usize = 18;
+// The password field of the gateways' current password request (Ivanti Connect Secure
+// 22.x): a longer password is cut to this many bytes.
+use tunnel_proto::CURRENT_PASSWORD_FIELD as CURRENT_FORM_PASSWORD_BYTES;
 
 /// One session the gateway lists at the session limit.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
