@@ -196,15 +196,7 @@ fn with_totp(secret: &TotpSecret) -> AddOptions {
     }
 }
 
-/// A six-digit string that is no code of `secret` within ±20 steps of now.
-fn wrong_code(secret: &TotpSecret) -> String {
-    let now = step_at(unix_now());
-    let near: Vec<String> = (now - 20..=now + 20).map(|s| code_at(secret, s)).collect();
-    (0..1_000_000)
-        .map(|n| format!("{n:06}"))
-        .find(|c| !near.contains(c))
-        .unwrap()
-}
+use tunnel_user::testbed::wrong_totp_code as wrong_code;
 
 fn tokens(codes: &[&str]) -> Answers {
     Answers {

@@ -137,15 +137,7 @@ fn refused(w: &ClientWorld, (out, took): (Output, Duration), exit: i32, parts: &
     );
 }
 
-/// A six-digit string that is no code of `secret` within ±20 steps of now.
-fn wrong_code(secret: &TotpSecret) -> String {
-    let now = step_at(unix_now());
-    let near: Vec<String> = (now - 20..=now + 20).map(|s| code_at(secret, s)).collect();
-    (0..1_000_000)
-        .map(|n| format!("{n:06}"))
-        .find(|c| !near.contains(c))
-        .unwrap()
-}
+use tunnel_user::testbed::wrong_totp_code as wrong_code;
 
 #[test]
 fn totp_codes_come_from_options_and_each_refusal_says_why() {

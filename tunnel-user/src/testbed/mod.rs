@@ -260,3 +260,15 @@ pub fn run_in_cgroup(ns: &Netns, cgroup: &std::path::Path, script: &str) -> io::
     let out = cmd.output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// A six-digit string that is no TOTP code of `secret` within ±20 steps of now: a wrong code
+/// that no clock skew makes right.
+pub fn wrong_totp_code(secret: &crate::gateway::TotpSecret) -> String {
+    use crate::gateway::{code_at, step_at, unix_now};
+    let now = step_at(unix_now());
+    let near: Vec<String> = (now - 20..=now + 20).map(|s| code_at(secret, s)).collect();
+    (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !near.contains(c))
+        .expect("41 codes cannot cover a million")
+}
