@@ -94,6 +94,34 @@ fn connect(w: &ClientWorld, extra: &[&str], stdin: &str) -> (Output, Duration) {
     (out, started.elapsed())
 }
 
+/// `tunnel connect` as alice at a terminal (a pseudo-terminal made by util-linux `script`),
+/// where `typed` is typed: the password, then the answers to what is asked.
+fn connect_at_terminal(w: &ClientWorld, typed: &str) -> Output {
+    let command = format!(
+        "{} --socket {} connect --url {} -u alice --servercert {}",
+        w.bin.tunnel.display(),
+        w.socket().display(),
+        url(),
+        w.pin
+    );
+    let mut child = w
+        .client
+        .command("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(typed.as_bytes()).unwrap();
+    // The terminal stays open until the command ends: `script` would end the session at
+    // the end of its input.
+    let out = child.wait_with_output();
+    drop(stdin);
+    out.unwrap()
+}
+
 /// `tunnel launcher` as alice (password `s3cret`) with `extra` arguments.
 fn launcher(w: &ClientWorld, extra: &[&str]) -> (Output, Duration) {
     let url = url();
@@ -181,22 +209,28 @@ fn totp_codes_come_from_options_and_each_refusal_says_why() {
     );
     assert_eq!(sessions(&w), 0, "{}", gateway_log(&w));
 
-    // Positive control: the code of now.
-    let now = code_at(&secret, step_at(unix_now()));
-    let (out, _) = connect(&w, &["--token", &now], "s3cret\n");
+    // Positive controls: the code of now typed at the terminal, the next step's code by
+    // option (the gateway takes the step after; later steps than the last one accepted).
+    let step = step_at(unix_now());
+    let out = connect_at_terminal(&w, &format!("s3cret\n{}\n", code_at(&secret, step)));
     assert_eq!(code(&out), 0, "{}", said(&out));
     assert_eq!(w.status()[0]["state"], "connected");
-    assert_eq!(sessions(&w), 1);
+    signout(&w);
+    let next = code_at(&secret, step + 1);
+    let (out, _) = connect(&w, &["--token", &next], "s3cret\n");
+    assert_eq!(code(&out), 0, "{}", said(&out));
+    assert_eq!(w.status()[0]["state"], "connected");
+    assert_eq!(sessions(&w), 2);
     signout(&w);
 
     // The same code again, within its window.
     refused(
         &w,
-        connect(&w, &["--token", &now], "s3cret\n"),
+        connect(&w, &["--token", &next], "s3cret\n"),
         2,
         &["already been used"],
     );
-    assert_eq!(sessions(&w), 1, "{}", gateway_log(&w));
+    assert_eq!(sessions(&w), 2, "{}", gateway_log(&w));
 }
 
 #[test]
@@ -262,6 +296,19 @@ fn notices_are_accepted_with_an_option_and_shown_in_the_status() {
         &["sign-in notice", "--accept-notice"],
     );
     assert_eq!(sessions(&w), 0);
+
+    // At the terminal: the notice is shown; declining it cancels (exit code 5).
+    let out = connect_at_terminal(&w, "s3cret\nn\n");
+    assert_eq!(code(&out), 5, "{}", said(&out));
+    assert!(
+        said(&out).contains("Authorised users only."),
+        "{}",
+        said(&out)
+    );
+    assert_eq!(sessions(&w), 0);
+    let out = connect_at_terminal(&w, "s3cret\ny\n");
+    assert_eq!(code(&out), 0, "{}", said(&out));
+    signout(&w);
 
     let (out, _) = connect(&w, &["--accept-notice"], "s3cret\n");
     assert_eq!(code(&out), 0, "{}", said(&out));
