@@ -42,8 +42,9 @@ use tunnel_proto::{Client, ClientConfig, ClientEvent, Config, EspInput, Transmit
 use super::{
     Emit,
     backoff::{AfterLoss, Backoff},
+    cert_select::{CertSelector, Choice, ClientAuth},
     policy::{ConnEntry, DataPlane},
-    tls::{ClientCert, Pin, Trust},
+    tls::{Pin, Trust},
 };
 use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
@@ -89,7 +90,8 @@ pub struct ConnectSpec {
     /// A DSID cookie to start with (launcher `-d`).
     pub cookie: Option<String>,
     pub trust: Trust,
-    pub client_cert: Option<ClientCert>,
+    /// The client certificate(s) it may present (`super::cert_select`).
+    pub client_cert: ClientAuth,
     /// KVP `IPRoutes`: replaces the gateway's include routes when set.
     pub ip_routes: Option<Vec<IpNet>>,
     /// KVP `ExcRoutes`: added to the gateway's exclude routes.
@@ -589,6 +591,14 @@ async fn run(
     });
 }
 
+/// `message`, with the note of a certificate request no stored certificate met, if any.
+fn with_note(message: String, note: Option<&str>) -> String {
+    match note {
+        Some(note) => format!("{message} ({note})"),
+        None => message,
+    }
+}
+
 fn teardown(tunnel: &mut Option<Tunnel>, plane: &DataPlane, id: ConnId) {
     if let Some(mut t) = tunnel.take() {
         t.stop_threads();
@@ -666,16 +676,19 @@ async fn session(
         }
     };
     let roots = super::tls::system_roots();
-    let config =
-        match super::tls::client_config(spec.trust.clone(), roots, spec.client_cert.as_ref()) {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome::Failed(Failure::Certificate {
-                    message: e,
-                    pin: None,
-                });
-            }
-        };
+    // The selector also answers when nothing is stored, so a request it cannot meet is
+    // logged.
+    let selector = Arc::new(CertSelector::new(spec.client_cert.clone()));
+    let config = match super::tls::client_config(spec.trust.clone(), roots, Some(selector.clone()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Failed(Failure::Certificate {
+                message: e,
+                pin: None,
+            });
+        }
+    };
     let server_name = match rustls_pki_types::ServerName::try_from(gw.host.clone()) {
         Ok(n) => n,
         Err(e) => return Outcome::Failed(Failure::Connect(format!("{}: {e}", gw.host))),
@@ -699,6 +712,27 @@ async fn session(
             });
             return Outcome::Lost(message);
         }
+    };
+    // Presented: its "Issued To" names the user when none was given. None fitted: said
+    // here, and again if the login is then refused.
+    let (presented, unmet) = match selector.choice() {
+        Some(Choice::Presented { name, issued_to }) => {
+            info!(connection = %spec.name, certificate = %name, "presented the client certificate");
+            (Some(issued_to), None)
+        }
+        Some(Choice::NoneFitted { issuers }) => {
+            let note = format!(
+                "the gateway asked for a client certificate from {}, and no stored certificate matched",
+                if issuers.is_empty() {
+                    "any issuer".to_string()
+                } else {
+                    issuers.join("; ")
+                }
+            );
+            warn!(connection = %spec.name, "{note}");
+            (None, Some(note))
+        }
+        None => (None, None),
     };
     let learned_pin = tls
         .get_ref()
@@ -789,15 +823,24 @@ async fn session(
                         emit.event(EventKind::LoginErrorDisconnect {
                             connection: spec.name.clone(),
                         });
-                        return Outcome::Failed(Failure::Auth(
+                        return Outcome::Failed(Failure::Auth(with_note(
                             "the gateway refused the username or password".into(),
-                        ));
+                            unmet.as_deref(),
+                        )));
                     }
-                    let (Some(user), Some(password)) = (&spec.user, &spec.password) else {
-                        return Outcome::Failed(Failure::CredentialsNeeded(
+                    // With a certificate presented, the user defaults to its "Issued To" and
+                    // the password to none (a certificate login needs none).
+                    let user = spec
+                        .user
+                        .as_ref()
+                        .or(presented.as_ref().and_then(Option::as_ref));
+                    let password = spec.password.as_deref().or(presented.as_ref().map(|_| ""));
+                    let (Some(user), Some(password)) = (user, password) else {
+                        return Outcome::Failed(Failure::CredentialsNeeded(with_note(
                             "the gateway asks for a username and password, and none were given"
                                 .into(),
-                        ));
+                            unmet.as_deref(),
+                        )));
                     };
                     let _ = session
                         .proto
@@ -813,7 +856,10 @@ async fn session(
                     emit.event(EventKind::LoginErrorDisconnect {
                         connection: spec.name.clone(),
                     });
-                    return Outcome::Failed(Failure::Auth(format!("login failed: {why:?}")));
+                    return Outcome::Failed(Failure::Auth(with_note(
+                        format!("login failed: {why:?}"),
+                        unmet.as_deref(),
+                    )));
                 }
                 ClientEvent::Authenticated => debug!(connection = %spec.name, "authenticated"),
                 ClientEvent::Configured(config) => {
