@@ -1200,6 +1200,22 @@ fn stored_client_certificates_are_chosen_by_the_gateways_ca() {
     let out = w.tunnel(&["disconnect", GATEWAY], "");
     assert_eq!(code(&out), 0, "{}", say(&out));
 
+    // Named, the other CA's certificate is presented though the gateway asks for another:
+    // it refuses it, which is a certificate error at once, not reconnecting to a timeout.
+    let started = Instant::now();
+    let out = connect(&["--client-cert", "old"]);
+    assert_eq!(code(&out), 6, "{}", say(&out));
+    assert!(
+        say(&out).contains("the gateway refused the client certificate 'old' (UnknownCA)"),
+        "{}",
+        say(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
     // A stored connection naming its certificate; a name that is not stored is error 6.
     let out = w.tunnel(
         &[

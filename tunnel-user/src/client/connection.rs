@@ -591,6 +591,41 @@ async fn run(
     });
 }
 
+/// The gateway's alert refusing the client certificate we presented, or asking for one we
+/// did not: trying again with the same certificates cannot succeed, so the connection fails
+/// with a certificate error instead of reconnecting until it times out.
+fn client_certificate_refused(e: &io::Error, selector: &CertSelector) -> Option<Failure> {
+    use rustls::AlertDescription as A;
+    let alert = match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => *alert,
+        _ => return None,
+    };
+    let about_ours = matches!(
+        alert,
+        A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::CertificateRequired
+    );
+    if !about_ours {
+        return None;
+    }
+    let message = match selector.choice() {
+        Some(Choice::Presented { name, .. }) => {
+            format!("the gateway refused the client certificate '{name}' ({alert:?})")
+        }
+        Some(Choice::NoneFitted { issuers }) if !issuers.is_empty() => format!(
+            "the gateway requires a client certificate from {} ({alert:?}), and no stored certificate matched",
+            issuers.join("; ")
+        ),
+        _ => format!("the gateway requires a client certificate ({alert:?})"),
+    };
+    Some(Failure::Certificate { message, pin: None })
+}
+
 /// `message`, with the note of a certificate request no stored certificate met, if any.
 fn with_note(message: String, note: Option<&str>) -> String {
     match note {
@@ -704,6 +739,9 @@ async fn session(
                 .map(str::to_string);
             if pin.is_some() {
                 return Outcome::Failed(Failure::Certificate { message, pin });
+            }
+            if let Some(refused) = client_certificate_refused(&e, &selector) {
+                return Outcome::Failed(refused);
             }
             emit.event(EventKind::ConnectionError {
                 connection: spec.name.clone(),
@@ -964,7 +1002,14 @@ async fn session(
             read = session.link.recv(&mut buf), if !session.read_by_threads.load(Ordering::Acquire) => {
                 let n = match read {
                     Ok(0) => return Outcome::Lost("the gateway closed the connection".into()),
-                    Err(e) => return Outcome::Lost(format!("reading from the gateway: {e}")),
+                    Err(e) => {
+                        // TLS 1.3: the gateway's verdict on our certificate comes after the
+                        // handshake, with its first records.
+                        if let Some(refused) = client_certificate_refused(&e, &selector) {
+                            return Outcome::Failed(refused);
+                        }
+                        return Outcome::Lost(format!("reading from the gateway: {e}"));
+                    }
                     Ok(n) => n,
                 };
                 let tun = tunnel.as_ref().map(|t| &*t.tun);
