@@ -144,15 +144,20 @@ impl CertStore {
         }
         certified(chain.clone(), key)?;
         let path = self.path_of(&name);
-        if path.exists() {
-            return Err(CertStoreError::Exists { name });
-        }
         let mut text = String::new();
         for c in &chain {
             text.push_str(&pem_of("CERTIFICATE", c.as_ref()));
         }
         text.push_str(&key_pem);
-        self.write(&path, text.as_bytes())?;
+        self.write_new(&path, text.as_bytes())
+            .map_err(|e| match e {
+                CertStoreError::Io { source, .. }
+                    if source.kind() == io::ErrorKind::AlreadyExists =>
+                {
+                    CertStoreError::Exists { name: name.clone() }
+                }
+                e => e,
+            })?;
         Ok(parsed.info(name))
     }
 
@@ -244,9 +249,10 @@ impl CertStore {
         })
     }
 
-    /// Writes `bytes` to `path` whole or not at all: a new file of mode 0600 beside it,
-    /// then renamed over it.
-    fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), CertStoreError> {
+    /// Writes `bytes` to `path`, which must not exist, whole or not at all: a new file of
+    /// mode 0600 beside it, then linked to `path` (which fails if something took the name
+    /// meanwhile, where a rename would replace it).
+    fn write_new(&self, path: &Path, bytes: &[u8]) -> Result<(), CertStoreError> {
         let tmp = path.with_extension("pem.new");
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
@@ -262,7 +268,9 @@ impl CertStore {
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
             .map_err(io("writing", &tmp))?;
-        fs::rename(&tmp, path).map_err(io("storing", path))
+        let linked = fs::hard_link(&tmp, path).map_err(io("storing", path));
+        let _ = fs::remove_file(&tmp);
+        linked
     }
 }
 

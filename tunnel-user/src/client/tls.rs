@@ -112,7 +112,8 @@ impl ClientCert {
     }
 
     /// The certificate as the one a connection presents (`--cert FILE`), refused when the
-    /// key is not the certificate's.
+    /// key is not the certificate's. Its issuers and expiry are left empty: they serve the
+    /// choice among stored certificates, and a named one is presented whatever they are.
     pub fn named(&self, name: &str) -> Result<Candidate, String> {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         let key = rustls::sign::CertifiedKey::from_der(
