@@ -1046,7 +1046,7 @@ impl Store {
     /// provided (and not to an older version), while other servers may only add new
     /// connections, and only when dynamic connections are allowed. A re-imported connection
     /// (same GUID) takes the file's URLs, mode and policy and keeps the user's own settings
-    /// (user, realm, KVPs, scope, last URL).
+    /// (user, realm, KVPs, scope, client certificate, last URL).
     pub fn import(&mut self, pre: &Preconfig) -> Result<ImportReport, StoreError> {
         let bound = self.machine().server_id.clone();
         let offered = pre.machine.as_ref().and_then(|m| m.server_id.clone());
@@ -1112,6 +1112,7 @@ impl Store {
                         merged.realm = old.realm.clone();
                         merged.kvps = old.kvps.clone();
                         merged.scope = old.scope.clone();
+                        merged.client_certificate = old.client_certificate.clone();
                         merged.last_url = old
                             .last_url
                             .and_then(|l| old.urls.get(l))
@@ -1525,6 +1526,7 @@ ive "10" { friendly-name: " padded " uri: "a.example" }
             .edit("SA", |c| {
                 c.user = Some("alice".into());
                 c.realm = Some("Users".into());
+                c.client_certificate = Some("alice-2026".into());
             })
             .unwrap();
         store.record_success("SA", 0).unwrap();
@@ -1541,6 +1543,7 @@ ive "10" { friendly-name: " padded " uri: "a.example" }
         assert_eq!(c.urls.len(), 2);
         assert_eq!(c.user.as_deref(), Some("alice"));
         assert_eq!(c.realm.as_deref(), Some("Users"));
+        assert_eq!(c.client_certificate.as_deref(), Some("alice-2026"));
         assert_eq!(c.last_url, Some(1), "the last URL follows its address");
         assert_eq!(store.machine().version, Some(15));
         // Going back to version 14 is refused for the machine settings.

@@ -157,6 +157,11 @@ pub struct Connection {
     /// locked-down connection is connected (seed 004, "VPN only access").
     #[serde(default)]
     pub lock_down: bool,
+    /// The stored client certificate this connection presents, by its name in tunneld's
+    /// certificate store or its "Issued To" common name (the launcher's `-cert`). None: the
+    /// stored certificate whose issuer the gateway asks for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
     /// Whether the connection is written to the store file. A `false` connection (a launch
     /// URL with `store=false`) lives in memory for this run only.
     #[serde(skip, default = "default_true")]
@@ -185,6 +190,7 @@ impl Connection {
             policy: ConnectionPolicy::default(),
             identity: Identity::default(),
             lock_down: false,
+            client_certificate: None,
             store: true,
             server_id: None,
             guid: None,
@@ -227,6 +233,7 @@ impl Connection {
             ("user", &self.user),
             ("server_id", &self.server_id),
             ("guid", &self.guid),
+            ("client_certificate", &self.client_certificate),
         ];
         for (field, value) in fields {
             if let Some(v) = value {
@@ -1007,6 +1014,37 @@ mod tests {
         assert!(!m.vpn_only_access);
         // Nothing is written until something changes.
         assert!(files_in(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_named_client_certificate_persists_and_may_not_be_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("connections.json");
+        let mut store = open(&path);
+        let mut c = conn("corp", &["vpn.example.com"]);
+        c.client_certificate = Some("alice".into());
+        store.add(c).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""client_certificate": "alice""#), "{text}");
+        assert_eq!(
+            open(&path)
+                .get("corp")
+                .unwrap()
+                .client_certificate
+                .as_deref(),
+            Some("alice")
+        );
+        let refused = store.edit("corp", |c| c.client_certificate = Some(String::new()));
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Invalid(ConnectionError::EmptyField {
+                    field: "client_certificate",
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
     }
 
     #[test]

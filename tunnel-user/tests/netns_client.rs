@@ -1081,3 +1081,191 @@ fn a_route_change_under_traffic_reconnects_once() {
     assert!(w.seen_as(CORP).is_some(), "corp reachable again");
     assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
 }
+
+/// Stored client certificates, chosen by the CA the gateway names: alice has a certificate
+/// from two CAs in tunneld's store, the gateway trusts one of them and lets a certificate
+/// alone log in (`auth.certificate.login = "certificate"`). Connecting without naming a
+/// certificate presents the right one; a store without it gets a refusal that says what the
+/// gateway asked for; a name that is not stored is a certificate error (6).
+#[test]
+fn stored_client_certificates_are_chosen_by_the_gateways_ca() {
+    use tunnel_user::testbed::pki::{ClientNames, TestCa};
+    if !root() {
+        return;
+    }
+    let w = world("k");
+    let mut other = TestCa::new("Other CA");
+    let mut corp = TestCa::new("Corp CA");
+    let (from_other, from_corp) = (
+        other.issue(&ClientNames::cn("alice")),
+        corp.issue(&ClientNames::cn("alice")),
+    );
+    fs::write(w.dir.join("client-ca.pem"), corp.pem()).unwrap();
+    let conf = w.dir.join("gateway.toml");
+    let text = fs::read_to_string(&conf).unwrap();
+    fs::write(
+        &conf,
+        text.replace("[tls]\n", "[tls]\nclient_ca = \"client-ca.pem\"\n")
+            + "\n[auth.certificate]\nlogin = \"certificate\"\n",
+    )
+    .unwrap();
+    let files = |name: &str, c: &tunnel_user::testbed::pki::ClientCert| {
+        let (cert, key) = (
+            w.dir.join(format!("{name}.pem")),
+            w.dir.join(format!("{name}.key")),
+        );
+        fs::write(&cert, &c.cert_pem).unwrap();
+        fs::write(&key, &c.key_pem).unwrap();
+        (cert.display().to_string(), key.display().to_string())
+    };
+    let (other_cert, other_key) = files("other", &from_other);
+    let (corp_cert, corp_key) = files("corp", &from_corp);
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    let url = format!("https://{GATEWAY}:8443");
+    let say = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // No password: only a certificate can log alice in.
+    let connect = |extra: &[&str]| {
+        let mut args = vec!["connect", "--url", &url, "-u", "alice", "--password-stdin"];
+        args.extend_from_slice(&["--servercert", &w.pin]);
+        args.extend_from_slice(extra);
+        w.tunnel(&args, "")
+    };
+
+    // Import refuses a key that is not the certificate's; nothing is stored.
+    let out = w.tunnel(&["cert", "import", &corp_cert, "--key", &other_key], "");
+    assert_eq!(code(&out), 6, "{}", say(&out));
+    assert!(say(&out).contains("not the certificate's"), "{}", say(&out));
+
+    // Only the other CA's certificate stored: none is presented, and the refusal says which
+    // issuers the gateway asked for.
+    let out = w.tunnel(
+        &[
+            "cert",
+            "import",
+            &other_cert,
+            "--key",
+            &other_key,
+            "--name",
+            "old",
+        ],
+        "",
+    );
+    assert_eq!(code(&out), 0, "{}", say(&out));
+    let out = connect(&[]);
+    assert_eq!(code(&out), 2, "{}", say(&out));
+    assert!(
+        say(&out).contains(
+            "the gateway asked for a client certificate from CN=Corp CA, and no stored certificate matched"
+        ),
+        "{}",
+        say(&out)
+    );
+
+    // Both stored: the Corp CA's is chosen, and alice is in with it alone.
+    let out = w.tunnel(&["cert", "import", &corp_cert, "--key", &corp_key], "");
+    assert_eq!(code(&out), 0, "{}", say(&out));
+    let listed = w.tunnel(&["cert", "list", "--json"], "");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "old"], "{listed}");
+    assert_eq!(listed[0]["issuer"], "CN=Corp CA", "{listed}");
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions()) & 0o777
+    };
+    let store = w.dir.join("state/certs");
+    assert_eq!(mode(&store), 0o700);
+    assert_eq!(mode(&store.join("alice.pem")), 0o600);
+    let out = connect(&[]);
+    assert_eq!(code(&out), 0, "{}", say(&out));
+    let status = w.status();
+    let tunnel_addr = status[0]["ipv4"].as_str().unwrap().to_string();
+    assert_eq!(w.seen_as(CORP).as_deref(), Some(tunnel_addr.as_str()));
+    let gateway_log = fs::read_to_string(w.dir.join("gateway.log")).unwrap();
+    assert!(
+        gateway_log.contains("authenticated by client certificate"),
+        "{gateway_log}"
+    );
+    let tunneld_log = fs::read_to_string(w.dir.join("tunneld.log")).unwrap();
+    let presented: Vec<&str> = tunneld_log
+        .lines()
+        .filter(|l| l.contains("presented the client certificate"))
+        .collect();
+    assert!(
+        presented.len() == 1 && presented[0].contains("certificate=alice"),
+        "{tunneld_log}"
+    );
+    let out = w.tunnel(&["disconnect", GATEWAY], "");
+    assert_eq!(code(&out), 0, "{}", say(&out));
+
+    // Named, the other CA's certificate is presented though the gateway asks for another:
+    // it refuses it, which is a certificate error at once, not reconnecting to a timeout.
+    let started = Instant::now();
+    let out = connect(&["--client-cert", "old"]);
+    assert_eq!(code(&out), 6, "{}", say(&out));
+    assert!(
+        say(&out).contains("the gateway refused the client certificate 'old' (UnknownCA)"),
+        "{}",
+        say(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A stored connection naming its certificate; a name that is not stored is error 6.
+    let out = w.tunnel(
+        &[
+            "add",
+            "corp",
+            "--url",
+            &url,
+            "-u",
+            "alice",
+            "--client-cert",
+            "alice",
+        ],
+        "",
+    );
+    assert_eq!(code(&out), 0, "{}", say(&out));
+    let out = w.tunnel(
+        &[
+            "connect",
+            "corp",
+            "--password-stdin",
+            "--servercert",
+            &w.pin,
+        ],
+        "",
+    );
+    assert_eq!(code(&out), 0, "{}", say(&out));
+    let out = w.tunnel(&["disconnect", "corp"], "");
+    assert_eq!(code(&out), 0, "{}", say(&out));
+    let out = connect(&["--client-cert", "nobody"]);
+    assert_eq!(code(&out), 6, "{}", say(&out));
+    assert!(say(&out).contains("no stored certificate named or issued to 'nobody'"));
+    // The launcher's -cert names a stored certificate by its Issued To.
+    let out = w.tunnel(
+        &["launcher", "-url", &url, "-cert", "nobody", "-r", "Users"],
+        "",
+    );
+    assert_eq!(code(&out), 6, "{}", say(&out));
+
+    // Deleted, the Corp CA's certificate is no longer presented.
+    let out = w.tunnel(&["cert", "delete", "alice"], "");
+    assert_eq!(code(&out), 0, "{}", say(&out));
+    let out = connect(&[]);
+    assert_eq!(code(&out), 2, "{}", say(&out));
+}

@@ -79,6 +79,10 @@ enum Cmd {
         cert: Option<PathBuf>,
         #[arg(long)]
         key: Option<PathBuf>,
+        /// A certificate of tunneld's store (`tunnel cert list`), by name or "Issued To",
+        /// instead of the connection's or the one the gateway's request selects.
+        #[arg(long, value_name = "NAME", conflicts_with = "cert")]
+        client_cert: Option<String>,
         /// Seconds to wait for the connection (45-600).
         #[arg(long, short = 't', default_value_t = 45)]
         timeout: u64,
@@ -136,11 +140,39 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Client certificates kept by tunneld.
+    Cert {
+        #[command(subcommand)]
+        what: CertCmd,
+    },
     /// Diagnostics.
     Logs {
         #[command(subcommand)]
         what: LogsCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Store a certificate chain and its key (PEM), read by this command and sent to
+    /// tunneld, which checks that the key is the certificate's and that it has not expired.
+    Import {
+        /// The certificate chain (PEM); it may hold the key as well.
+        file: PathBuf,
+        /// The private key (PEM; default: FILE).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The name to store it under (default: its "Issued To" common name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The stored certificates: name, Issued To, issuer, expiry, SHA-256 fingerprint.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a stored certificate.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +205,10 @@ struct ConnArgs {
     /// Start with tunneld (connection policy automatic).
     #[arg(long)]
     automatic: bool,
+    /// The stored client certificate to present (name or "Issued To"); "" for none named,
+    /// which lets the gateway's request choose.
+    #[arg(long, value_name = "NAME")]
+    client_cert: Option<String>,
 }
 
 impl ConnArgs {
@@ -209,6 +245,15 @@ impl ConnArgs {
         }
         if self.automatic {
             m.insert("policy".into(), serde_json::json!("automatic"));
+        }
+        match self.client_cert.as_deref() {
+            Some("") => {
+                m.insert("client_certificate".into(), serde_json::Value::Null);
+            }
+            Some(name) => {
+                m.insert("client_certificate".into(), serde_json::json!(name));
+            }
+            None => {}
         }
         Ok(m)
     }
@@ -367,6 +412,7 @@ fn main() -> ExitCode {
             cookie,
             cert,
             key,
+            client_cert: client_cert_name,
             timeout,
             kvps,
             per_app,
@@ -387,7 +433,7 @@ fn main() -> ExitCode {
             }
             // A certificate login asks for no password, unless one is given on stdin too
             // (gateways that check both).
-            let wants_password = cert.is_none() || password_stdin;
+            let wants_password = (cert.is_none() && client_cert_name.is_none()) || password_stdin;
             let password = if user.is_some() && cookie.is_none() && wants_password {
                 match read_password(password_stdin) {
                     Ok(p) => p,
@@ -452,6 +498,7 @@ fn main() -> ExitCode {
                 cookie,
                 pin: servercert,
                 client_cert,
+                client_cert_name,
                 kvps: pairs,
                 app_cgroup: per_app,
                 prompts,
@@ -522,6 +569,21 @@ fn main() -> ExitCode {
             servercert,
         } => return open(&cli.socket, &url, password_stdin, servercert),
         Cmd::Launcher { args } => return launcher(&cli.socket, &args),
+        Cmd::Cert { what } => match what {
+            CertCmd::Import { file, key, name } => match ClientCertPem::read(&file, key.as_deref())
+            {
+                Ok(pem) => (Request::CertImport { pem, name }, Duration::from_secs(5)),
+                Err(e) => {
+                    eprintln!("tunnel: {e}");
+                    return exit(code::CERTIFICATE);
+                }
+            },
+            CertCmd::List { json: j } => {
+                json = j;
+                (Request::CertList, Duration::from_secs(5))
+            }
+            CertCmd::Delete { name } => (Request::CertDelete { name }, Duration::from_secs(5)),
+        },
         Cmd::Logs {
             what: LogsCmd::Save { file },
         } => return save_logs(&cli.socket, &file),
@@ -767,27 +829,9 @@ fn launcher(socket: &std::path::Path, args: &[String]) -> ExitCode {
                 }
                 LauncherAuth::Cookie(cookie) => creds.cookie = Some(cookie.expose().to_string()),
                 LauncherAuth::Certificate { issued_to, user } => {
-                    // Client certificates live in /etc/tunnel/certs as <issued-to>.pem and .key.
-                    let dir = std::path::Path::new("/etc/tunnel/certs");
-                    let (cert, key) = (
-                        dir.join(format!("{issued_to}.pem")),
-                        dir.join(format!("{issued_to}.key")),
-                    );
-                    if !cert.exists() {
-                        eprintln!(
-                            "tunnel launcher: no client certificate issued to '{issued_to}' in {}",
-                            dir.display()
-                        );
-                        return exit(6);
-                    }
-                    let key = key.exists().then_some(key);
-                    match ClientCertPem::read(&cert, key.as_deref()) {
-                        Ok(pem) => creds.client_cert = Some(pem),
-                        Err(e) => {
-                            eprintln!("tunnel launcher: {e}");
-                            return exit(code::CERTIFICATE);
-                        }
-                    }
+                    // A certificate of tunneld's store (`tunnel cert import`), by its "Issued
+                    // To" or the name it is stored under; tunneld answers 6 without one.
+                    creds.client_cert_name = Some(issued_to);
                     creds.user = user;
                 }
                 _ => {
@@ -919,6 +963,20 @@ fn show(request: &Request, r: &Response, json: bool) -> ExitCode {
             }
         }
         Request::Counters if r.code == code::OK => print!("{}", r.message),
+        Request::CertList if r.code == code::OK => {
+            let list = r.data.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no stored certificates");
+            }
+            for c in list {
+                let f = |k: &str| c[k].as_str().unwrap_or("-").to_string();
+                println!("{}", f("name"));
+                println!("  issued to  {}", f("issued_to"));
+                println!("  issuer     {}", f("issuer"));
+                println!("  not after  {}", f("not_after"));
+                println!("  sha256     {}", f("sha256"));
+            }
+        }
         Request::List if r.code == code::OK => {
             let list = r.data.as_array().cloned().unwrap_or_default();
             if list.is_empty() {

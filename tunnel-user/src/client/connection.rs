@@ -42,9 +42,10 @@ use tunnel_proto::{Client, ClientConfig, ClientEvent, Config, EspInput, SessionE
 use super::{
     Emit,
     backoff::{AfterLoss, Backoff},
+    cert_select::{CertSelector, Choice, ClientAuth},
     policy::{ConnEntry, DataPlane},
     prompts::{self, Prompter},
-    tls::{ClientCert, Pin, Trust},
+    tls::{Pin, Trust},
 };
 use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
@@ -90,7 +91,8 @@ pub struct ConnectSpec {
     /// A DSID cookie to start with (launcher `-d`).
     pub cookie: Option<String>,
     pub trust: Trust,
-    pub client_cert: Option<ClientCert>,
+    /// The client certificate(s) it may present (`super::cert_select`).
+    pub client_cert: ClientAuth,
     /// KVP `IPRoutes`: replaces the gateway's include routes when set.
     pub ip_routes: Option<Vec<IpNet>>,
     /// KVP `ExcRoutes`: added to the gateway's exclude routes.
@@ -606,6 +608,49 @@ async fn run(
     });
 }
 
+/// The gateway's alert refusing the client certificate we presented, or asking for one we
+/// did not: trying again with the same certificates cannot succeed, so the connection fails
+/// with a certificate error instead of reconnecting until it times out.
+fn client_certificate_refused(e: &io::Error, selector: &CertSelector) -> Option<Failure> {
+    use rustls::AlertDescription as A;
+    let alert = match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => *alert,
+        _ => return None,
+    };
+    let about_ours = matches!(
+        alert,
+        A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::CertificateRequired
+    );
+    if !about_ours {
+        return None;
+    }
+    let message = match selector.choice() {
+        Some(Choice::Presented { name, .. }) => {
+            format!("the gateway refused the client certificate '{name}' ({alert:?})")
+        }
+        Some(Choice::NoneFitted { issuers }) if !issuers.is_empty() => format!(
+            "the gateway requires a client certificate from {} ({alert:?}), and no stored certificate matched",
+            issuers.join("; ")
+        ),
+        _ => format!("the gateway requires a client certificate ({alert:?})"),
+    };
+    Some(Failure::Certificate { message, pin: None })
+}
+
+/// `message`, with the note of a certificate request no stored certificate met, if any.
+fn with_note(message: String, note: Option<&str>) -> String {
+    match note {
+        Some(note) => format!("{message} ({note})"),
+        None => message,
+    }
+}
+
 fn teardown(tunnel: &mut Option<Tunnel>, plane: &DataPlane, id: ConnId) {
     if let Some(mut t) = tunnel.take() {
         t.stop_threads();
@@ -684,16 +729,19 @@ async fn session(
         }
     };
     let roots = super::tls::system_roots();
-    let config =
-        match super::tls::client_config(spec.trust.clone(), roots, spec.client_cert.as_ref()) {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome::Failed(Failure::Certificate {
-                    message: e,
-                    pin: None,
-                });
-            }
-        };
+    // The selector also answers when nothing is stored, so a request it cannot meet is
+    // logged.
+    let selector = Arc::new(CertSelector::new(spec.client_cert.clone()));
+    let config = match super::tls::client_config(spec.trust.clone(), roots, Some(selector.clone()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Failed(Failure::Certificate {
+                message: e,
+                pin: None,
+            });
+        }
+    };
     let server_name = match rustls_pki_types::ServerName::try_from(gw.host.clone()) {
         Ok(n) => n,
         Err(e) => return Outcome::Failed(Failure::Connect(format!("{}: {e}", gw.host))),
@@ -710,6 +758,9 @@ async fn session(
             if pin.is_some() {
                 return Outcome::Failed(Failure::Certificate { message, pin });
             }
+            if let Some(refused) = client_certificate_refused(&e, &selector) {
+                return Outcome::Failed(refused);
+            }
             emit.event(EventKind::ConnectionError {
                 connection: spec.name.clone(),
                 error: message.clone(),
@@ -717,6 +768,27 @@ async fn session(
             });
             return Outcome::Lost(message);
         }
+    };
+    // Presented: its "Issued To" names the user when none was given. None fitted: said
+    // here, and again if the login is then refused.
+    let (presented, unmet) = match selector.choice() {
+        Some(Choice::Presented { name, issued_to }) => {
+            info!(connection = %spec.name, certificate = %name, "presented the client certificate");
+            (Some(issued_to), None)
+        }
+        Some(Choice::NoneFitted { issuers }) => {
+            let note = format!(
+                "the gateway asked for a client certificate from {}, and no stored certificate matched",
+                if issuers.is_empty() {
+                    "any issuer".to_string()
+                } else {
+                    issuers.join("; ")
+                }
+            );
+            warn!(connection = %spec.name, "{note}");
+            (None, Some(note))
+        }
+        None => (None, None),
     };
     let learned_pin = tls
         .get_ref()
@@ -811,16 +883,26 @@ async fn session(
                         emit.event(EventKind::LoginErrorDisconnect {
                             connection: spec.name.clone(),
                         });
-                        return Outcome::Failed(Failure::Auth(
+                        return Outcome::Failed(Failure::Auth(with_note(
                             "the gateway refused the username or password".into(),
-                        ));
+                            unmet.as_deref(),
+                        )));
                     }
-                    let password = prompts.password(spec.password.as_deref());
-                    let (Some(user), Some(password)) = (&spec.user, password) else {
-                        return Outcome::Failed(Failure::CredentialsNeeded(
+                    // With a certificate presented, the user defaults to its "Issued To" and
+                    // the password to none (a certificate login needs none).
+                    let user = spec
+                        .user
+                        .as_ref()
+                        .or(presented.as_ref().and_then(Option::as_ref));
+                    let password = prompts
+                        .password(spec.password.as_deref())
+                        .or(presented.as_ref().map(|_| ""));
+                    let (Some(user), Some(password)) = (user, password) else {
+                        return Outcome::Failed(Failure::CredentialsNeeded(with_note(
                             "the gateway asks for a username and password, and none were given"
                                 .into(),
-                        ));
+                            unmet.as_deref(),
+                        )));
                     };
                     prompts::warn_if_cut(emit, &spec.name, max_password_len, password);
                     let _ = session
@@ -854,7 +936,10 @@ async fn session(
                     emit.event(EventKind::LoginErrorDisconnect {
                         connection: spec.name.clone(),
                     });
-                    return Outcome::Failed(Failure::Auth(format!("login failed: {why:?}")));
+                    return Outcome::Failed(Failure::Auth(with_note(
+                        format!("login failed: {why:?}"),
+                        unmet.as_deref(),
+                    )));
                 }
                 ClientEvent::Authenticated => debug!(connection = %spec.name, "authenticated"),
                 ClientEvent::Configured(config) => {
@@ -959,7 +1044,14 @@ async fn session(
             read = session.link.recv(&mut buf), if !session.read_by_threads.load(Ordering::Acquire) => {
                 let n = match read {
                     Ok(0) => return Outcome::Lost("the gateway closed the connection".into()),
-                    Err(e) => return Outcome::Lost(format!("reading from the gateway: {e}")),
+                    Err(e) => {
+                        // TLS 1.3: the gateway's verdict on our certificate comes after the
+                        // handshake, with its first records.
+                        if let Some(refused) = client_certificate_refused(&e, &selector) {
+                            return Outcome::Failed(refused);
+                        }
+                        return Outcome::Lost(format!("reading from the gateway: {e}"));
+                    }
                     Ok(n) => n,
                 };
                 let tun = tunnel.as_ref().map(|t| &*t.tun);

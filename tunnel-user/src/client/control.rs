@@ -68,6 +68,10 @@ pub struct Credentials {
     /// names: it may not be allowed to, and it must not act on the caller's behalf where the
     /// caller could not).
     pub client_cert: Option<ClientCertPem>,
+    /// A certificate of tunneld's store to present, by its name or "Issued To" (`tunnel
+    /// connect --client-cert`, the launcher's `-cert`); it overrides the connection's.
+    #[serde(default)]
+    pub client_cert_name: Option<String>,
     /// Ivanti Tunnel key-value pairs for this connection (`IPRoutes`, `SplitUDPPortList`...).
     #[serde(default)]
     pub kvps: Vec<(String, String)>,
@@ -209,6 +213,17 @@ pub enum Request {
     /// Switch the event log between normal and detailed (launcher `-loglevel`).
     LogLevel {
         detailed: bool,
+    },
+    /// Store a client certificate (PEM chain and key, read by the caller) under `name` or
+    /// its "Issued To" name.
+    CertImport {
+        pem: ClientCertPem,
+        name: Option<String>,
+    },
+    /// The stored client certificates.
+    CertList,
+    CertDelete {
+        name: String,
     },
     /// The diagnostics bundle, as the response's data; the caller writes it
     /// (`super::diagnostics`).

@@ -4,7 +4,8 @@
 //!
 //! State on disk, under the state directory: `connections.json` (the store; a corrupt file is
 //! kept aside and reported, never discarded), `pins.json` (gateway pins learned after a
-//! trusted connection), `tunneld.log` (the event log, rotated at 10 MB keeping one old file).
+//! trusted connection), `tunneld.log` (the event log, rotated at 10 MB keeping one old file),
+//! `certs/` (the client certificates `tunnel cert import` stored, [`super::certstore`]).
 //! Besides the control socket, those are the only files it creates. It reads or writes no
 //! file a request names (a per-app cgroup directory is only looked up): the caller reads its
 //! client certificate and writes its diagnostics bundle itself.
@@ -22,6 +23,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use rustls_pki_types::UnixTime;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -33,6 +35,8 @@ use tunnel_config::{
 
 use super::{
     Emit,
+    cert_select::{Candidate, ClientAuth},
+    certstore::{CertStore, CertStoreError},
     connection::{self, Command, ConnectSpec, Dpd, Failure, Gateway, Handle, State},
     control::{self, Credentials, Request, Response, code},
     policy::DataPlane,
@@ -63,6 +67,8 @@ pub enum DaemonError {
     Store(#[from] tunnel_config::StoreError),
     #[error("the event log: {0}")]
     Log(#[from] tunnel_config::LogError),
+    #[error("the client certificate store: {0}")]
+    Certs(#[from] CertStoreError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
@@ -131,6 +137,8 @@ struct Daemon {
     connections: Mutex<BTreeMap<String, Handle>>,
     /// Gateway host to its pin, learned on the first trusted connection (pins.json).
     pins: Arc<Mutex<BTreeMap<String, Pin>>>,
+    /// Client certificates (`certs/`).
+    certs: CertStore,
     log: Arc<Mutex<Log>>,
 }
 
@@ -201,6 +209,7 @@ pub async fn run(
             let _ = l.file.write_line(&line);
         }
     }
+    let certs = CertStore::open(dir.join("certs"))?;
     let uplinks = config.uplinks.clone().unwrap_or_else(detect_uplinks);
     let plane = DataPlane::start(&uplinks)?;
     plane.set_lockdown(store.machine().vpn_only_access)?;
@@ -247,6 +256,7 @@ pub async fn run(
         store: Mutex::new(store),
         connections: Mutex::new(BTreeMap::new()),
         pins,
+        certs,
         log,
     });
     emit.event(EventKind::ServiceStarted {
@@ -442,6 +452,53 @@ fn resolve_connection(
     }
 }
 
+/// The client certificate a connection may present: the one the request brought
+/// (`--cert FILE`), else the stored one the request or the connection names (missing or
+/// expired: certificate error), else the stored ones, for the gateway's request to choose.
+fn client_auth(
+    daemon: &Daemon,
+    conn: &Connection,
+    creds: &Credentials,
+) -> Result<ClientAuth, Response> {
+    let refused = |e: String| Response::with(code::CERTIFICATE, e);
+    if let Some(pem) = &creds.client_cert {
+        let cert = ClientCert::from_pem(&pem.cert, &pem.key).map_err(refused)?;
+        return Ok(ClientAuth::Named(
+            cert.named("the certificate file").map_err(refused)?,
+        ));
+    }
+    let named = creds
+        .client_cert_name
+        .as_ref()
+        .or(conn.client_certificate.as_ref());
+    if let Some(name) = named {
+        let stored = daemon
+            .certs
+            .find(name)
+            .map_err(|e| refused(format!("'{}': {e}", conn.name)))?;
+        if stored.info.not_after_unix < UnixTime::now().as_secs() as i64 {
+            return Err(refused(format!(
+                "'{}': the client certificate '{}' expired on {}",
+                conn.name, stored.info.name, stored.info.not_after
+            )));
+        }
+        return Ok(ClientAuth::Named(Candidate::from(stored)));
+    }
+    let now = UnixTime::now().as_secs() as i64;
+    let usable: Vec<Candidate> = daemon
+        .certs
+        .load_all()
+        .into_iter()
+        .filter(|c| c.info.not_after_unix >= now)
+        .map(Candidate::from)
+        .collect();
+    Ok(if usable.is_empty() {
+        ClientAuth::None
+    } else {
+        ClientAuth::Stored(usable)
+    })
+}
+
 /// Builds what a connection needs to run from its stored settings and the request.
 fn spec_for(
     daemon: &Daemon,
@@ -515,12 +572,7 @@ fn spec_for(
         // dynamic-trust false: no pin, from the request or learned, stands in for the CAs.
         ca_required: !machine.dynamic_trust,
     };
-    let client_cert = creds
-        .client_cert
-        .as_ref()
-        .map(|pem| ClientCert::from_pem(&pem.cert, &pem.key))
-        .transpose()
-        .map_err(|e| Response::with(code::CERTIFICATE, e))?;
+    let client_cert = client_auth(daemon, conn, creds)?;
     let udp_ports = kvps
         .split_udp_ports()
         .map(|l| PortList::from_ranges(l.ranges().to_vec()))
@@ -744,6 +796,40 @@ async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) ->
             Response::ok(format!("disconnected {} connection(s)", names.len()))
         }
         Request::Diagnostics => diagnostics(daemon),
+        Request::CertImport { pem, name } => {
+            match daemon
+                .certs
+                .import(&pem.cert, &pem.key, name.as_deref(), UnixTime::now())
+            {
+                Ok(info) => Response::ok(format!(
+                    "stored '{}' (issued to {}, by {}, until {})",
+                    info.name,
+                    info.issued_to.as_deref().unwrap_or("-"),
+                    info.issuer,
+                    info.not_after
+                ))
+                .data(info),
+                Err(e @ CertStoreError::Io { .. }) => Response::with(code::GENERAL, e.to_string()),
+                Err(e @ CertStoreError::BadName { .. }) => {
+                    Response::with(code::BAD_PARAMETER, e.to_string())
+                }
+                Err(e) => Response::with(code::CERTIFICATE, e.to_string()),
+            }
+        }
+        Request::CertList => {
+            let list = daemon.certs.list();
+            Response::ok(format!("{} stored certificate(s)", list.len())).data(list)
+        }
+        Request::CertDelete { name } => match daemon.certs.delete(&name) {
+            Ok(()) => Response::ok(format!("deleted certificate '{name}'")),
+            Err(e @ CertStoreError::NotFound { .. }) => {
+                Response::with(code::CERTIFICATE, e.to_string())
+            }
+            Err(e @ CertStoreError::BadName { .. }) => {
+                Response::with(code::BAD_PARAMETER, e.to_string())
+            }
+            Err(e) => Response::with(code::GENERAL, e.to_string()),
+        },
         Request::Import { text } => import(daemon, &text),
         Request::LogLevel { detailed } => {
             let level = if detailed { Level::Debug } else { Level::Info };

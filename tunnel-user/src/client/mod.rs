@@ -13,12 +13,16 @@
 //! - `policy`: the shared kernel data path and the policy built from live connections;
 //! - `backoff`: when a lost connection tries again, and when it gives up;
 //! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;
+//! - `certstore`: the client certificates tunneld keeps (`tunnel cert import`);
+//! - `cert_select`: which client certificate a TLS handshake presents;
 //! - `control`: the request/response protocol of the control socket;
 //! - `prompts`: the login's prompts after the password, and who answers them;
 //! - `diagnostics`: the bundle of `tunnel logs save`, and how the caller writes it;
 //! - `daemon`: `tunneld` itself.
 
 mod backoff;
+pub mod cert_select;
+pub mod certstore;
 pub mod connection;
 pub mod control;
 pub mod daemon;

@@ -1,6 +1,7 @@
 //! The client's TLS trust decisions: the system CA store, an explicit `pin-sha256:` pin (like
 //! openconnect's `--servercert`), SPKI pins learned after the first trusted connection (unless
-//! `DisablePinning=true`), and client certificates from PEM text.
+//! `DisablePinning=true`), and client certificates from PEM text (which one a handshake
+//! presents is [`super::cert_select`]'s decision).
 //!
 //! Order of decision for the gateway's certificate:
 //! 1. an explicit pin: the leaf's SPKI must hash to it; the CA chain is not consulted;
@@ -28,6 +29,8 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
 use sha2::{Digest, Sha256};
+
+use super::cert_select::{Candidate, CertSelector, ClientAuth};
 
 /// A `pin-sha256:` pin: the SHA-256 of a certificate's SubjectPublicKeyInfo.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,6 +109,33 @@ impl ClientCert {
             chain,
             key: Arc::new(key),
         })
+    }
+
+    /// The certificate as the one a connection presents (`--cert FILE`), refused when the
+    /// key is not the certificate's. Its issuers and expiry are left empty: they serve the
+    /// choice among stored certificates, and a named one is presented whatever they are.
+    pub fn named(&self, name: &str) -> Result<Candidate, String> {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let key = rustls::sign::CertifiedKey::from_der(
+            self.chain.clone(),
+            self.key.clone_key(),
+            &provider,
+        )
+        .map_err(|e| format!("client certificate: {e}"))?;
+        Ok(Candidate {
+            name: name.to_string(),
+            issued_to: None,
+            key: Arc::new(key),
+            issuers: Vec::new(),
+            not_after_unix: 0,
+        })
+    }
+
+    /// A selector that presents this certificate whenever the gateway asks.
+    pub fn selector(&self) -> Result<Arc<CertSelector>, String> {
+        Ok(Arc::new(CertSelector::new(ClientAuth::Named(
+            self.named("client")?,
+        ))))
     }
 }
 
@@ -209,7 +239,7 @@ pub fn system_roots() -> RootCertStore {
 pub fn client_config(
     trust: Trust,
     roots: RootCertStore,
-    cert: Option<&ClientCert>,
+    certs: Option<Arc<CertSelector>>,
 ) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let webpki = if roots.is_empty() {
@@ -231,10 +261,8 @@ pub fn client_config(
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let config = match cert {
-        Some(c) => builder
-            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
-            .map_err(|e| format!("client certificate: {e}"))?,
+    let config = match certs {
+        Some(selector) => builder.with_client_cert_resolver(selector),
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))

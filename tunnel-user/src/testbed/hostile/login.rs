@@ -133,7 +133,8 @@ async fn login(tcp: TcpStream, to: SocketAddr, pin: Pin, a: &Attempt) -> Result<
         pin: Some(pin),
         ..Trust::default()
     };
-    let config = client_config(trust, RootCertStore::empty(), a.cert.as_ref())?;
+    let certs = a.cert.as_ref().map(|c| c.selector()).transpose()?;
+    let config = client_config(trust, RootCertStore::empty(), certs)?;
     let name = ServerName::IpAddress(to.ip().into());
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
