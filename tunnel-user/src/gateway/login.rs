@@ -751,15 +751,16 @@ mod tests {
 
     #[test]
     fn hashes_beyond_the_workers_wait_and_past_the_deadline_are_refused_as_busy() {
-        // One worker, 200 ms of patience, and a hash that takes far longer (64 MiB, 8 passes:
-        // about half a second optimised): while the worker is on it, everyone else is refused
-        // as busy, counted, and nothing waits past its deadline.
+        // One worker, 50 ms of patience, and a hash that takes far longer (64 MiB, 10 passes,
+        // the most a users file may ask: a third of a second or more optimised): while the
+        // worker is on it, everyone else is refused as busy, counted, and nothing waits past
+        // its deadline.
         let mut text = alice_and_bob();
         let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
         let slow = Argon2::new(
             Algorithm::Argon2id,
             Version::V0x13,
-            Params::new(65_536, 8, 1, None).unwrap(),
+            Params::new(65_536, 10, 1, None).unwrap(),
         )
         .hash_password(b"slow", &salt)
         .unwrap();
@@ -767,7 +768,7 @@ mod tests {
         let limits = PasswordLimits {
             hash_workers: Some(1),
             hash_queue: 4,
-            hash_wait: Duration::from_millis(200),
+            hash_wait: Duration::from_millis(50),
             ..PasswordLimits::default()
         };
         let b = bed(limits, CertificateConfig::default(), &text);
