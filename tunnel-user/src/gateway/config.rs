@@ -1156,25 +1156,48 @@ fn domain_list(domains: &[String], name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// An IPv4 address pool at `name`: a prefix of at most /30 (network, broadcast and a gateway
+/// address are taken: a /30 leaves one). `expected` is the message for another family.
+fn pool_v4(text: &str, name: String, expected: &'static str) -> Result<Ipv4Net, ConfigError> {
+    match prefix(text, name.clone())? {
+        IpNet::V4(net) if net.prefix_len() <= 30 => Ok(net),
+        IpNet::V4(net) => Err(ConfigError::PoolTooSmall {
+            key: name,
+            net: net.into(),
+        }),
+        IpNet::V6(_) => Err(ConfigError::Invalid {
+            key: name,
+            value: text.to_string(),
+            expected,
+        }),
+    }
+}
+
+/// An IPv6 address pool at `name`: a prefix of at most /126 (IPv6 has no broadcast, but the
+/// all-zeros address is the subnet-router anycast address, RFC 4291 section 2.6.1, and a
+/// gateway takes one: a /126 leaves two).
+fn pool_v6(text: &str, name: String, expected: &'static str) -> Result<Ipv6Net, ConfigError> {
+    match prefix(text, name.clone())? {
+        IpNet::V6(net) if net.prefix_len() <= 126 => Ok(net),
+        IpNet::V6(net) => Err(ConfigError::PoolTooSmall {
+            key: name,
+            net: net.into(),
+        }),
+        IpNet::V4(_) => Err(ConfigError::Invalid {
+            key: name,
+            value: text.to_string(),
+            expected,
+        }),
+    }
+}
+
 impl RawPool {
     fn validate(self) -> Result<PoolConfig, ConfigError> {
-        let ipv4 = match prefix(&self.ipv4, key("pool.ipv4"))? {
-            IpNet::V4(net) => net,
-            IpNet::V6(_) => {
-                return Err(ConfigError::Invalid {
-                    key: key("pool.ipv4"),
-                    value: self.ipv4,
-                    expected: "an IPv4 prefix such as 10.10.0.0/24",
-                });
-            }
-        };
-        // Network, broadcast and the gateway's own address are taken: a /30 leaves one.
-        if ipv4.prefix_len() > 30 {
-            return Err(ConfigError::PoolTooSmall {
-                key: key("pool.ipv4"),
-                net: ipv4.into(),
-            });
-        }
+        let ipv4 = pool_v4(
+            &self.ipv4,
+            key("pool.ipv4"),
+            "an IPv4 prefix such as 10.10.0.0/24",
+        )?;
         let gateway_ipv4 = match &self.gateway_ipv4 {
             None => first_host_v4(ipv4),
             Some(text) => {
@@ -1199,29 +1222,17 @@ impl RawPool {
             }
         };
 
-        let ipv6 = match &self.ipv6 {
-            None => None,
-            Some(text) => match prefix(text, key("pool.ipv6"))? {
-                IpNet::V6(net) => Some(net),
-                IpNet::V4(_) => {
-                    return Err(ConfigError::Invalid {
-                        key: key("pool.ipv6"),
-                        value: text.clone(),
-                        expected: "an IPv6 prefix such as fd00:10::/64",
-                    });
-                }
-            },
-        };
-        // IPv6 has no broadcast, but the all-zeros address is the subnet-router anycast
-        // address (RFC 4291 section 2.6.1) and the gateway takes one: a /126 leaves two.
-        if let Some(net) = ipv6
-            && net.prefix_len() > 126
-        {
-            return Err(ConfigError::PoolTooSmall {
-                key: key("pool.ipv6"),
-                net: net.into(),
-            });
-        }
+        let ipv6 = self
+            .ipv6
+            .as_deref()
+            .map(|text| {
+                pool_v6(
+                    text,
+                    key("pool.ipv6"),
+                    "an IPv6 prefix such as fd00:10::/64",
+                )
+            })
+            .transpose()?;
         let gateway_ipv6 = match (&self.gateway_ipv6, ipv6) {
             (None, net) => net.map(first_host_v6),
             (Some(text), None) => {
@@ -1571,41 +1582,13 @@ impl RawRealm {
                 });
             }
             (Some(v4), v6) => {
-                let ipv4 = match prefix(v4, k("pool_ipv4"))? {
-                    IpNet::V4(net) if net.prefix_len() <= 30 => net,
-                    IpNet::V4(net) => {
-                        return Err(ConfigError::PoolTooSmall {
-                            key: k("pool_ipv4"),
-                            net: net.into(),
-                        });
-                    }
-                    IpNet::V6(_) => {
-                        return Err(ConfigError::Invalid {
-                            key: k("pool_ipv4"),
-                            value: v4.clone(),
-                            expected: "an IPv4 prefix such as 10.20.0.0/24",
-                        });
-                    }
-                };
-                let ipv6 = match v6 {
-                    None => None,
-                    Some(text) => match prefix(text, k("pool_ipv6"))? {
-                        IpNet::V6(net) if net.prefix_len() <= 126 => Some(net),
-                        IpNet::V6(net) => {
-                            return Err(ConfigError::PoolTooSmall {
-                                key: k("pool_ipv6"),
-                                net: net.into(),
-                            });
-                        }
-                        IpNet::V4(_) => {
-                            return Err(ConfigError::Invalid {
-                                key: k("pool_ipv6"),
-                                value: text.clone(),
-                                expected: "an IPv6 prefix such as fd00:20::/64",
-                            });
-                        }
-                    },
-                };
+                let ipv4 = pool_v4(v4, k("pool_ipv4"), "an IPv4 prefix such as 10.20.0.0/24")?;
+                let ipv6 = v6
+                    .as_deref()
+                    .map(|text| {
+                        pool_v6(text, k("pool_ipv6"), "an IPv6 prefix such as fd00:20::/64")
+                    })
+                    .transpose()?;
                 let mine = std::iter::once((k("pool_ipv4"), IpNet::from(ipv4)))
                     .chain(ipv6.map(|n| (k("pool_ipv6"), IpNet::from(n))));
                 for (name, net) in mine {
