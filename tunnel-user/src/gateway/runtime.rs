@@ -1692,7 +1692,6 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 conn.pending = Some(proto);
                 return Some(Ending::Unauthenticated);
             }
-            info!(%user, %realm, ipv4 = %lease.ipv4, ipv6 = ?lease.ipv6, resumed, "session established");
             let realm_id = ctx
                 .access
                 .policy(&mut AccessCache::default())
@@ -1713,7 +1712,25 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 wake: tokio::sync::Notify::new(),
                 superseded: AtomicBool::new(false),
             });
-            ctx.table.insert(&s);
+            // The session limit was asked about during the login; logins that passed that
+            // step together are held to it here, where the session is made.
+            let max = if resumed {
+                0
+            } else {
+                realm_login(&ctx.config, &s.realm).max_sessions_per_user
+            };
+            if !ctx.table.insert_within(&s, max) {
+                warn!(user = %s.user, realm = %s.realm, max, "login refused: the user reached the session limit while it went on");
+                conn.session = Some(s);
+                let _ = conn.with_proto(|p| {
+                    p.terminate(
+                        FatalErrorKind::SessionTerminated,
+                        "The session limit was reached by another login of the same user",
+                    )
+                });
+                return Some(Ending::Finished);
+            }
+            info!(user = %s.user, realm = %s.realm, ipv4 = %s.lease.ipv4, ipv6 = ?s.lease.ipv6, resumed, "session established");
             conn.session = Some(s);
             conn.login_slot = None;
         }
