@@ -382,6 +382,13 @@ fn at_the_session_limit_the_user_ends_an_old_session() {
         .login_with("alice", "correct horse", &answers)
         .expect("second login");
     w.wait_for(ESTABLISHED, 2);
+    // The session ended is not listed again: one question, one answer.
+    let asked = second
+        .events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::SessionLimit { .. }))
+        .count();
+    assert_eq!(asked, 1, "{:?}", second.events);
     let ended = first.until(Duration::from_secs(5), |e| {
         matches!(e, ClientEvent::Terminated { .. })
     });

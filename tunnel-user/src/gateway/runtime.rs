@@ -1080,6 +1080,9 @@ fn end_session(ctx: &Ctx, place: Place, user: &str) {
                     "Ended by a new login of the same user",
                 );
             }
+            // Out of the table now, not when its task gets to it: the login that ended it
+            // counts the user's sessions again at once.
+            ctx.table.remove(&s);
             s.send_tls_now();
             s.wake.notify_one();
         }
