@@ -436,16 +436,21 @@ impl Logins {
     }
 
     /// Whether `user` must set a new password before getting a session: flagged, or older
-    /// than `max_age` (reads the users file: call it off the async threads). A users file that cannot be read says no (the password check that
-    /// came before it read the file).
-    pub fn must_change_password(&self, user: &str, max_age: Option<Duration>) -> bool {
-        self.users()
-            .ok()
-            .and_then(|u| {
-                u.attributes(user)
-                    .map(|a| a.password_expired(max_age, unix_now()))
-            })
-            .unwrap_or(false)
+    /// than `max_age` (reads the users file: call it off the async threads). A users file
+    /// that cannot be read, or no longer has the user, is an error, not a "no": the login
+    /// it is asked for must not go on without the change it may owe.
+    pub fn must_change_password(
+        &self,
+        user: &str,
+        max_age: Option<Duration>,
+    ) -> Result<bool, UsersError> {
+        let users = self.users()?;
+        let attributes = users
+            .attributes(user)
+            .ok_or_else(|| UsersError::NoSuchUser {
+                name: user.to_string(),
+            })?;
+        Ok(attributes.password_expired(max_age, unix_now()))
     }
 
     /// Decides a login, and logs the decision (never the password).
@@ -1123,6 +1128,28 @@ mod tests {
 
         // Positive control: another account, from a fresh source, is checked.
         assert_eq!(second("203.0.113.1", "bob", &right), Ok(step_at(now)));
+    }
+
+    #[test]
+    fn a_password_age_that_cannot_be_read_is_an_error_not_a_no() {
+        let users = user_line("alice", "Users", "right").replace('\n', ":must_change\n");
+        let b = bed(
+            PasswordLimits::default(),
+            CertificateConfig::default(),
+            &users,
+        );
+        assert!(matches!(
+            b.logins.must_change_password("alice", None),
+            Ok(true)
+        ));
+        // The user was removed after the password check; then the file is unreadable.
+        fs::write(&b.users, user_line("bob", "Users", "bobs")).unwrap();
+        assert!(matches!(
+            b.logins.must_change_password("alice", None),
+            Err(UsersError::NoSuchUser { .. })
+        ));
+        fs::write(&b.users, "alice:Users:not a hash\n").unwrap();
+        assert!(b.logins.must_change_password("alice", None).is_err());
     }
 
     #[test]

@@ -1571,7 +1571,21 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                             ctx.logins.must_change_password(&user, max_age)
                         })
                         .await
-                        .unwrap_or(false)
+                    };
+                    let checked = must_change
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                    let must_change = match checked {
+                        Ok(must) => must,
+                        Err(error) => {
+                            // Fail closed: the login may owe a password change.
+                            warn!(user = %username, %realm, %error, "login refused: the password's age cannot be checked");
+                            let _ = conn.pending.as_mut()?.reject(AuthRejection::Failure(
+                                "The gateway cannot check your account now. Try again in a moment."
+                                    .into(),
+                            ));
+                            return None;
+                        }
                     };
                     conn.login = Some(LoginSteps {
                         dialogue: Dialogue::after_password(&rules, must_change),
