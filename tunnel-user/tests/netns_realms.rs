@@ -382,11 +382,78 @@ fn at_the_session_limit_the_user_ends_an_old_session() {
         .login_with("alice", "correct horse", &answers)
         .expect("second login");
     w.wait_for(ESTABLISHED, 2);
+    // The session ended is not listed again: one question, one answer.
+    let asked = second
+        .events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::SessionLimit { .. }))
+        .count();
+    assert_eq!(asked, 1, "{:?}", second.events);
     let ended = first.until(Duration::from_secs(5), |e| {
         matches!(e, ClientEvent::Terminated { .. })
     });
     assert!(ended.is_ok(), "{:?}", first.events);
     w.wait_for("ending a session chosen at the session limit", 1);
+}
+
+/// Two logins of one user pass the session-limit step together (each waits at the
+/// post-auth notice, with no session made yet), then both accept it: the limit holds when
+/// the sessions are made, not only when it was asked.
+#[test]
+fn logins_past_the_limit_step_together_make_no_more_sessions_than_the_limit() {
+    if !root() {
+        return;
+    }
+    let mut w = world("limitrace");
+    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
+    w.start_gateway(
+        "",
+        "[realm.Users]\nmax_sessions_per_user = 1\n\n\
+         [realm.Users.post_auth_notice]\ntext = \"Maintenance on Sunday.\"\naccept = true\n",
+    );
+    let mut peers: Vec<PulsePeer> = (0..2).map(|_| w.peer()).collect();
+    for p in &mut peers {
+        assert!(matches!(
+            p.login_with("alice", "correct horse", &Answers::default()),
+            Err(PeerError::Unanswered("notice"))
+        ));
+        assert!(
+            !p.events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::SessionLimit { .. })),
+            "{:?}",
+            p.events
+        );
+    }
+    let accept = Answers {
+        accept_notices: true,
+        ..Answers::default()
+    };
+    let made: Vec<bool> = peers
+        .iter_mut()
+        .map(|p| {
+            p.proto.accept_notice().unwrap();
+            p.login_with("alice", "correct horse", &accept).is_ok()
+                && p.until(Duration::from_secs(2), |e| {
+                    matches!(e, ClientEvent::Terminated { .. })
+                })
+                .is_err()
+        })
+        .collect();
+    w.wait_for(ESTABLISHED, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(made, [true, false], "{}", w.log());
+    assert_eq!(w.count(ESTABLISHED), 1, "{}", w.log());
+    assert!(
+        peers[1].events.iter().any(|e| matches!(
+            e,
+            ClientEvent::Terminated { message, .. } if message.contains("session limit")
+        )),
+        "{:?}",
+        peers[1].events
+    );
+    // Positive control: the first session still works as a session.
+    assert!(peers[0].established());
 }
 
 /// Debian's openconnect 9.01 asks its user through forms on standard input: the password,

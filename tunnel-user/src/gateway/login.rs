@@ -247,6 +247,8 @@ pub enum TokenRefused {
     NoSecret,
     /// The users file could not be read.
     Unavailable,
+    /// Too many wrong codes from this source, or for this account, lately: not checked.
+    RateLimited(Refusal),
 }
 
 impl TokenRefused {
@@ -260,6 +262,7 @@ impl TokenRefused {
             }
             TokenRefused::NoSecret => "No token is set up for this user.",
             TokenRefused::Unavailable => "The gateway cannot check token codes now.",
+            TokenRefused::RateLimited(_) => "Too many wrong token codes. Try again later.",
         }
     }
 }
@@ -288,8 +291,9 @@ impl Logins {
     }
 
     /// Checks a TOTP code of `username` (whose password the login proved) at Unix time
-    /// `now_unix`. Every refusal but an unreadable users file counts as a failed attempt for
-    /// the login limiter; an accepted code's step is used up for the user.
+    /// `now_unix`. A code is checked only within the login limiter's windows for second
+    /// factors ([`LoginLimiter::second_factor_refused`]); every refusal after a check counts
+    /// as a failed attempt; an accepted code's step is used up for the user.
     pub async fn second_factor(
         &self,
         peer: IpAddr,
@@ -305,6 +309,19 @@ impl Logins {
                 .map(|file| file.attributes(&name).and_then(|a| a.totp.clone()))
         })
         .await;
+        // The limiter's lock is held from its check to the failure's record: codes sent at
+        // once by many logins of the account are checked one after the other, each seeing
+        // the failures before it.
+        let Ok(mut limiter) = self.limiter.lock() else {
+            warn!(%peer, user = %username, "token check failed: the rate limiter is poisoned");
+            return Err(TokenRefused::Unavailable);
+        };
+        if let Some(refusal) = limiter.second_factor_refused(peer, username, Instant::now()) {
+            if let Some(more) = self.rate_limited_log.event(Instant::now()) {
+                warn!(%peer, user = %username, more, retry_after = refusal.retry_after.as_secs(), "token code refused unchecked: too many wrong codes");
+            }
+            return Err(TokenRefused::RateLimited(refusal));
+        }
         let verdict = match secret {
             Ok(Ok(Some(secret))) => match self.totp.lock() {
                 Ok(mut guard) => match guard.verify(username, &secret, code, now_unix) {
@@ -327,12 +344,10 @@ impl Logins {
         };
         match verdict {
             Ok(step) => info!(%peer, user = %username, step, "token code accepted"),
-            Err(TokenRefused::Unavailable) => {}
+            Err(TokenRefused::Unavailable | TokenRefused::RateLimited(_)) => {}
             Err(why) => {
                 warn!(%peer, user = %username, refusal = ?why, "token code refused");
-                if let Ok(mut limiter) = self.limiter.lock() {
-                    limiter.second_factor_failed(peer, username, Instant::now());
-                }
+                limiter.second_factor_failed(peer, username, Instant::now());
             }
         }
         verdict
@@ -421,16 +436,21 @@ impl Logins {
     }
 
     /// Whether `user` must set a new password before getting a session: flagged, or older
-    /// than `max_age` (reads the users file: call it off the async threads). A users file that cannot be read says no (the password check that
-    /// came before it read the file).
-    pub fn must_change_password(&self, user: &str, max_age: Option<Duration>) -> bool {
-        self.users()
-            .ok()
-            .and_then(|u| {
-                u.attributes(user)
-                    .map(|a| a.password_expired(max_age, unix_now()))
-            })
-            .unwrap_or(false)
+    /// than `max_age` (reads the users file: call it off the async threads). A users file
+    /// that cannot be read, or no longer has the user, is an error, not a "no": the login
+    /// it is asked for must not go on without the change it may owe.
+    pub fn must_change_password(
+        &self,
+        user: &str,
+        max_age: Option<Duration>,
+    ) -> Result<bool, UsersError> {
+        let users = self.users()?;
+        let attributes = users
+            .attributes(user)
+            .ok_or_else(|| UsersError::NoSuchUser {
+                name: user.to_string(),
+            })?;
+        Ok(attributes.password_expired(max_age, unix_now()))
     }
 
     /// Decides a login, and logs the decision (never the password).
@@ -1055,6 +1075,81 @@ mod tests {
         let after = rt.block_on(login(l, "192.0.2.1", "Users", "alice", "right", None));
         assert!(rate_limited(&after), "{after:?}");
         assert_eq!(l.hash_stats().hashes, hashes);
+    }
+
+    /// Logins whose password was right wait at the token prompt at once (32 per source,
+    /// `limits.login_connections_per_source`), then each sends one code: no more codes are
+    /// checked than the login limiter allows, and past it even the right code is refused.
+    #[test]
+    fn logins_waiting_at_the_token_prompt_get_no_more_guesses_than_the_limiter() {
+        use crate::gateway::totp::{code_at, step_at};
+        let secret = TotpSecret::generate();
+        let users = totp_line("alice", "Users", "right", &secret)
+            + &totp_line("bob", "Users", "bobs", &secret);
+        let b = bed(
+            PasswordLimits::default(),
+            CertificateConfig::default(),
+            &users,
+        );
+        let rt = runtime();
+        let l = &b.logins;
+        let now = 1_800_000_000;
+        let right = code_at(&secret, step_at(now));
+        let wrong = format!(
+            "{:06}",
+            (right.parse::<u32>().unwrap() + 500_000) % 1_000_000
+        );
+        let second = |peer: &str, user: &str, code: &str| {
+            rt.block_on(l.second_factor(ip(peer), user, code, now))
+        };
+        let limited = |r: Result<u64, TokenRefused>| matches!(r, Err(TokenRefused::RateLimited(_)));
+
+        // One source: its window of 5.
+        let outcomes: Vec<_> = (0..32)
+            .map(|_| second("192.0.2.1", "alice", &wrong))
+            .collect();
+        let checked = outcomes
+            .iter()
+            .filter(|r| **r == Err(TokenRefused::Wrong))
+            .count();
+        assert_eq!(checked, 5, "{outcomes:?}");
+        assert!(limited(second("192.0.2.1", "alice", &right)));
+
+        // Many sources, one account: the account's window of 10 (5 used above).
+        let outcomes: Vec<_> = (0..32)
+            .map(|i| second(&format!("198.51.100.{i}"), "alice", &wrong))
+            .collect();
+        let checked = outcomes
+            .iter()
+            .filter(|r| **r == Err(TokenRefused::Wrong))
+            .count();
+        assert_eq!(checked, 5, "{outcomes:?}");
+        assert!(limited(second("198.51.100.200", "alice", &right)));
+
+        // Positive control: another account, from a fresh source, is checked.
+        assert_eq!(second("203.0.113.1", "bob", &right), Ok(step_at(now)));
+    }
+
+    #[test]
+    fn a_password_age_that_cannot_be_read_is_an_error_not_a_no() {
+        let users = user_line("alice", "Users", "right").replace('\n', ":must_change\n");
+        let b = bed(
+            PasswordLimits::default(),
+            CertificateConfig::default(),
+            &users,
+        );
+        assert!(matches!(
+            b.logins.must_change_password("alice", None),
+            Ok(true)
+        ));
+        // The user was removed after the password check; then the file is unreadable.
+        fs::write(&b.users, user_line("bob", "Users", "bobs")).unwrap();
+        assert!(matches!(
+            b.logins.must_change_password("alice", None),
+            Err(UsersError::NoSuchUser { .. })
+        ));
+        fs::write(&b.users, "alice:Users:not a hash\n").unwrap();
+        assert!(b.logins.must_change_password("alice", None).is_err());
     }
 
     #[test]

@@ -28,7 +28,13 @@
 //! but a wrong code is a failed guess all the same: [`LoginLimiter::second_factor_failed`]
 //! counts it in both windows, as a settled failure, after the password's slots were given
 //! back. It also takes back the known-source standing the password had just earned, so a
-//! stolen password does not buy its holder unlimited guesses at the code.
+//! stolen password does not buy its holder unlimited guesses at the code. A code is checked
+//! only while [`LoginLimiter::second_factor_refused`] says so: the source window has room,
+//! and so has a window of the account's wrong codes alone (the account window's policy,
+//! without the known-source exemption: only a holder of the password can fill it, and the
+//! password's success had just made the holder's source known). Logins that proved the
+//! password at once and wait at the code prompt together thus get no more guesses than
+//! these windows, however many they are.
 //!
 //! A refused attempt takes no slot, so a refused source or account is let back in on schedule
 //! however hard it keeps knocking. A refusal says whether some of the window's slots are still
@@ -343,6 +349,8 @@ pub struct LoginLimiter {
     policy: RateLimitPolicy,
     sources: Window<Source>,
     accounts: Window<u64>,
+    /// Wrong second factors per account, all sources together.
+    second_factors: Window<u64>,
     known: KnownSources,
     /// Keys account names; random per limiter, so nobody can pick names that collide.
     names: RandomState,
@@ -355,6 +363,7 @@ impl LoginLimiter {
         let max_keys = policy.max_keys.max(1);
         let sources = Window::new(policy.source, max_keys);
         let accounts = Window::new(policy.account, max_keys);
+        let second_factors = Window::new(policy.account, max_keys);
         LoginLimiter {
             policy: RateLimitPolicy {
                 source: sources.policy,
@@ -364,6 +373,7 @@ impl LoginLimiter {
             },
             sources,
             accounts,
+            second_factors,
             known: KnownSources {
                 keep: policy.known_source,
                 max_keys,
@@ -449,12 +459,40 @@ impl LoginLimiter {
         let source = Source::from(source);
         let account = self.names.hash_one(account);
         self.known.forget(&(account, source));
+        let second_slot = self.slot_id();
+        self.second_factors.take(account, now, second_slot);
+        self.second_factors.settle(&account, second_slot);
         let source_slot = self.slot_id();
         self.sources.take(source, now, source_slot);
         self.sources.settle(&source, source_slot);
         let account_slot = self.slot_id();
         self.accounts.take(account, now, account_slot);
         self.accounts.settle(&account, account_slot);
+    }
+
+    /// Whether a second factor from `source` for `account` may not be checked at `now`: the
+    /// source's window is full, or the account's window of wrong second factors is. Check
+    /// and [`LoginLimiter::second_factor_failed`] under one lock, so that codes checked at
+    /// once each see the failures of the others.
+    pub fn second_factor_refused(
+        &self,
+        source: IpAddr,
+        account: &str,
+        now: Instant,
+    ) -> Option<Refusal> {
+        let source = Source::from(source);
+        let account = self.names.hash_one(account);
+        let refusal = |scope, (retry_after, pending)| Refusal {
+            scope,
+            retry_after,
+            pending,
+        };
+        if let Some(r) = self.sources.refused(&source, now) {
+            return Some(refusal(Scope::Source, r));
+        }
+        self.second_factors
+            .refused(&account, now)
+            .map(|r| refusal(Scope::Account, r))
     }
 
     /// How many sources are tracked.
@@ -824,6 +862,42 @@ mod tests {
         // Bob is not affected, and the window slides open again.
         fail(&mut rl, "198.51.100.201", "bob", t0 + secs(1));
         fail(&mut rl, "198.51.100.202", "alice", t0 + secs(300));
+    }
+
+    #[test]
+    fn second_factors_are_checked_within_their_own_account_window() {
+        let mut rl = LoginLimiter::new(policy(5, 10));
+        let t0 = Instant::now();
+        // The real user logged in from home once; then wrong passwords from elsewhere fill
+        // the account window.
+        let home = ip("192.0.2.1");
+        let attempt = rl.begin(home, "alice", t0).unwrap();
+        rl.succeeded(attempt, t0);
+        for i in 0..10 {
+            fail(&mut rl, &format!("198.51.100.{i}"), "alice", t0);
+        }
+        refused(&mut rl, "198.51.100.100", "alice", t0);
+        // Guessing passwords cannot stop the real user's code from being checked.
+        assert_eq!(rl.second_factor_refused(home, "alice", t0), None);
+        // Wrong codes can, from any source, known or not: only a password holder sends them.
+        for i in 0..10 {
+            let peer = ip(&format!("203.0.113.{i}"));
+            assert_eq!(
+                rl.second_factor_refused(peer, "alice", t0),
+                None,
+                "code {i}"
+            );
+            rl.second_factor_failed(peer, "alice", t0);
+        }
+        let r = rl
+            .second_factor_refused(home, "alice", t0 + secs(1))
+            .unwrap();
+        assert_eq!((r.scope, r.retry_after), (Scope::Account, secs(299)));
+        assert_eq!(rl.second_factor_refused(home, "bob", t0 + secs(1)), None);
+        assert_eq!(
+            rl.second_factor_refused(home, "alice", t0 + secs(300)),
+            None
+        );
     }
 
     #[test]

@@ -1080,6 +1080,9 @@ fn end_session(ctx: &Ctx, place: Place, user: &str) {
                     "Ended by a new login of the same user",
                 );
             }
+            // Out of the table now, not when its task gets to it: the login that ended it
+            // counts the user's sessions again at once.
+            ctx.table.remove(&s);
             s.send_tls_now();
             s.wake.notify_one();
         }
@@ -1568,7 +1571,21 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                             ctx.logins.must_change_password(&user, max_age)
                         })
                         .await
-                        .unwrap_or(false)
+                    };
+                    let checked = must_change
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                    let must_change = match checked {
+                        Ok(must) => must,
+                        Err(error) => {
+                            // Fail closed: the login may owe a password change.
+                            warn!(user = %username, %realm, %error, "login refused: the password's age cannot be checked");
+                            let _ = conn.pending.as_mut()?.reject(AuthRejection::Failure(
+                                "The gateway cannot check your account now. Try again in a moment."
+                                    .into(),
+                            ));
+                            return None;
+                        }
                     };
                     conn.login = Some(LoginSteps {
                         dialogue: Dialogue::after_password(&rules, must_change),
@@ -1692,7 +1709,6 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 conn.pending = Some(proto);
                 return Some(Ending::Unauthenticated);
             }
-            info!(%user, %realm, ipv4 = %lease.ipv4, ipv6 = ?lease.ipv6, resumed, "session established");
             let realm_id = ctx
                 .access
                 .policy(&mut AccessCache::default())
@@ -1713,7 +1729,25 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 wake: tokio::sync::Notify::new(),
                 superseded: AtomicBool::new(false),
             });
-            ctx.table.insert(&s);
+            // The session limit was asked about during the login; logins that passed that
+            // step together are held to it here, where the session is made.
+            let max = if resumed {
+                0
+            } else {
+                realm_login(&ctx.config, &s.realm).max_sessions_per_user
+            };
+            if !ctx.table.insert_within(&s, max) {
+                warn!(user = %s.user, realm = %s.realm, max, "login refused: the user reached the session limit while it went on");
+                conn.session = Some(s);
+                let _ = conn.with_proto(|p| {
+                    p.terminate(
+                        FatalErrorKind::SessionTerminated,
+                        "The session limit was reached by another login of the same user",
+                    )
+                });
+                return Some(Ending::Finished);
+            }
+            info!(user = %s.user, realm = %s.realm, ipv4 = %s.lease.ipv4, ipv6 = ?s.lease.ipv6, resumed, "session established");
             conn.session = Some(s);
             conn.login_slot = None;
         }

@@ -171,16 +171,40 @@ fn lease_addrs(lease: &Lease) -> impl Iterator<Item = IpAddr> {
 
 impl SessionTable {
     /// Makes a session reachable by its addresses and cookie.
+    #[cfg(test)]
     pub fn insert(&self, s: &Arc<Session>) {
+        let _ = self.insert_within(s, 0);
+    }
+
+    /// [`Self::insert`], unless its user already has `max` sessions (live and parked) in its
+    /// realm; 0 is no limit. Counted and inserted under the cookie index's lock, so logins
+    /// finishing together cannot both take the last place. Returns whether it was inserted.
+    pub fn insert_within(&self, s: &Arc<Session>, max: u32) -> bool {
+        let Ok(mut by_cookie) = self.by_cookie.lock() else {
+            return false;
+        };
+        if max > 0 {
+            let live = by_cookie
+                .values()
+                .filter(|o| o.user == s.user && o.realm == s.realm)
+                .count();
+            let parked = self.resumable.lock().map_or(0, |m| {
+                m.values()
+                    .filter(|r| r.user == s.user && r.realm == s.realm)
+                    .count()
+            });
+            if live + parked >= max as usize {
+                return false;
+            }
+        }
         if let Ok(mut m) = self.by_addr.write() {
             for a in lease_addrs(&s.lease) {
                 m.insert(a, s.clone());
             }
         }
         self.changed();
-        if let Ok(mut m) = self.by_cookie.lock() {
-            m.insert(s.cookie.clone(), s.clone());
-        }
+        by_cookie.insert(s.cookie.clone(), s.clone());
+        true
     }
 
     /// Makes a session reachable by exactly the inbound SPIs in `spis` (its state machine's
