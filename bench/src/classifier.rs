@@ -30,8 +30,8 @@ use tunnel_user::{
         frames::{Frame, L4},
         ifindex,
     },
+    sys::tun::Tun,
     testbed::{Netns, veth},
-    tun::Tun,
 };
 
 use crate::stats::{Summary, median};

@@ -2,14 +2,10 @@
 
 pub mod client;
 pub mod datapath;
+pub mod fastpath;
 pub mod gateway;
-pub mod netconf;
-pub mod packet_io;
-pub mod pump;
+pub mod sys;
 pub mod testbed;
-pub mod tls_link;
-pub mod tun;
-pub mod udp_gso;
 
 pub use datapath::{Datapath, DatapathError, Policy};
 

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use tunnel_user::{
-    netconf::{Netlink, Route, Via, sysctl},
+    sys::netconf::{Netlink, Route, Via, sysctl},
     testbed::Netns,
 };
 

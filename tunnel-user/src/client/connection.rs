@@ -33,7 +33,7 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use crate::tls_link::TlsLink;
+use crate::sys::tls_link::TlsLink;
 use tracing::{debug, info, warn};
 use tunnel_common::OWN_SOCKET_MARK;
 use tunnel_config::EventKind;
@@ -49,14 +49,14 @@ use super::{
 };
 use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
-    netconf::{Netlink, Route, Via, sysctl},
-    packet_io::ip_endpoints,
-    pump::{
+    fastpath::packet_io::ip_endpoints,
+    fastpath::pump::{
         self, Dispatch, DrainRead, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains,
         TunSink, TunSource, after_failed_read,
     },
-    tun::Tun,
-    udp_gso::{self, RecvBatch},
+    sys::netconf::{Netlink, Route, Via, sysctl},
+    sys::tun::Tun,
+    sys::udp_gso::{self, RecvBatch},
 };
 
 /// A gateway URL: `https://host[:port][/sign-in-page]`.
@@ -380,7 +380,7 @@ struct Tunnel {
     /// The gateway's address inside the tunnel: the target of keepalive probes.
     internal_gateway: Option<std::net::Ipv4Addr>,
     /// How the gateway was reached when the tunnel came up (interface, source address).
-    uplink: Option<crate::netconf::RouteLookup>,
+    uplink: Option<crate::sys::netconf::RouteLookup>,
 }
 
 impl Tunnel {
@@ -1209,7 +1209,7 @@ fn route_change(gateway: IpAddr, t: &Tunnel) -> Option<(String, String)> {
     let was = t.uplink?;
     let mut nl = Netlink::open().ok()?;
     let now = nl.route_get(gateway).ok()?;
-    let show = |r: Option<crate::netconf::RouteLookup>| match r {
+    let show = |r: Option<crate::sys::netconf::RouteLookup>| match r {
         Some(r) => format!(
             "{} (ifindex {})",
             r.prefsrc.map_or("-".into(), |a| a.to_string()),

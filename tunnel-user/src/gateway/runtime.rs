@@ -41,15 +41,15 @@ use super::{
 };
 use crate::{
     datapath::ifindex,
-    netconf::{NetconfError, Netlink, Route, Via, sysctl},
-    packet_io::ip_endpoints,
-    pump::{
+    fastpath::packet_io::ip_endpoints,
+    fastpath::pump::{
         self, Claim, Dispatch, DrainRead, DrainReads, RECV_BATCH, SEND_BATCH, Source, Stop, Trains,
         TunSink, TunSource, after_failed_read,
     },
-    tls_link::TlsLink,
-    tun::Tun,
-    udp_gso::{self, RecvBatch},
+    sys::netconf::{NetconfError, Netlink, Route, Via, sysctl},
+    sys::tls_link::TlsLink,
+    sys::tun::Tun,
+    sys::udp_gso::{self, RecvBatch},
 };
 
 /// Why the gateway could not start or stopped.

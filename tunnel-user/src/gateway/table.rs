@@ -24,7 +24,7 @@ use std::{
 use tokio::sync::Notify;
 use tunnel_proto::{RandomSource, Server, SpiAllocator, random_spi};
 
-use crate::tls_link::TlsLink;
+use crate::sys::tls_link::TlsLink;
 
 use super::{Lease, access::RealmId};
 

@@ -33,7 +33,7 @@ use std::{
 };
 
 use super::table::Session;
-use crate::{pump::Epoll, tls_link::TlsLink};
+use crate::{fastpath::pump::Epoll, sys::tls_link::TlsLink};
 
 /// One established session's connection, as the packet threads read it.
 pub struct TlsReader {

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use crate::tun::Tun;
+use crate::sys::tun::Tun;
 
 pub mod attack_world;
 pub mod client_world;

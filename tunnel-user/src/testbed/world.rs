@@ -25,7 +25,7 @@ use std::{
 };
 
 use super::{Netns, TunRelay, veth};
-use crate::tun::Tun;
+use crate::sys::tun::Tun;
 
 pub const TUN_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 pub const TUN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);

@@ -19,9 +19,9 @@ use tracing::debug;
 use tunnel_packet::{Coalescer, MAX_PACKET, VnetHdr, segment};
 
 use crate::{
-    packet_io::may_be_answered_at_once,
-    tun::{Offload, Tun},
-    udp_gso,
+    fastpath::packet_io::may_be_answered_at_once,
+    sys::tun::{Offload, Tun},
+    sys::udp_gso,
 };
 
 /// Messages per `recvmmsg` on the ESP socket (each up to 64 KB with UDP GRO).
