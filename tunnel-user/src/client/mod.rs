@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod diagnostics;
 pub mod policy;
 mod prompts;
+mod threads;
 pub mod tls;
 
 use std::sync::Arc;

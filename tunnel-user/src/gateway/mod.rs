@@ -47,6 +47,7 @@ mod dialogue;
 mod hasher;
 mod login;
 mod password_change;
+mod plane;
 mod pool;
 mod ratelimit;
 mod runtime;
