@@ -15,7 +15,8 @@
 //! source address. Checks are
 //! counted in the gateway's log: one "login failed" line per wrong password checked. Set
 //! `TUNNEL_GATEWAY_BIN` to run the tests against another build of the gateway (an older one,
-//! to see them fail). `measure_login_memory` (ignored) prints the figures of docs/gateway.md.
+//! to see them fail). `measure_login_memory` (ignored) prints the figures of
+//! docs/experiments/2026-12-04-login-memory.md.
 
 use std::{
     fs,
@@ -777,9 +778,9 @@ fn openconnect_logins(w: &World, total: usize, parallel: usize) -> (usize, Durat
     (ok, started.elapsed())
 }
 
-/// Figures for docs/gateway.md: the gateway's memory across 300 openconnect logins and
-/// during password storms. `TUNNEL_GATEWAY_BINS="old=/path,new=/path"` measures several
-/// builds in one run (default: this build).
+/// Figures for docs/experiments/2026-12-04-login-memory.md: the gateway's memory across 300
+/// openconnect logins and during password storms. `TUNNEL_GATEWAY_BINS="old=/path,new=/path"`
+/// measures several builds in one run (default: this build).
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 fn measure_login_memory() {
