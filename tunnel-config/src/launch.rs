@@ -583,10 +583,11 @@ mod tests {
         Ok(r)
     }
 
-    /// Fuzz finding (launch_url): a launch URL whose server has a long path of non-ASCII
-    /// characters parsed, but the URL `to_url` printed for it did not. The server's limit
-    /// held for the server as given (`l/...`), not for its normal form (`https://l/...`),
-    /// which is what the printed URL carries. Such a server is refused now.
+    /// Fuzz finding (launch_url): the server's length limit holds for its normal form
+    /// (`https://l/...`), which is what the URL `to_url` prints carries, not only for the
+    /// server as given (`l/...`). Otherwise a launch URL whose server has a long path of
+    /// non-ASCII characters parses while the URL printed for it does not; such a server is
+    /// refused.
     #[test]
     fn regression_a_long_non_ascii_server_path_prints_a_url_that_parses() {
         // The fuzz target's third form, with the fuzzer's input cut to its essence: `l/` and

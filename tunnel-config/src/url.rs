@@ -467,10 +467,10 @@ mod tests {
         }
     }
 
-    /// Fuzz finding (launch_url): the limit held for the URL as typed only, so a bare
-    /// `host/path` just under it was accepted while its normal form, eight bytes longer, was
-    /// refused: the store would write a URL it cannot read back, and a launch URL printed by
-    /// `LaunchRequest::to_url` did not parse.
+    /// Fuzz finding (launch_url): the length limit holds for a URL's normal form, not only
+    /// for the URL as typed. Otherwise a bare `host/path` just under the limit is accepted
+    /// while its normal form, eight bytes longer, is refused: the store would write a URL it
+    /// cannot read back, and a launch URL printed by `LaunchRequest::to_url` would not parse.
     #[test]
     fn regression_an_accepted_url_has_a_normal_form_that_parses() {
         // The fuzzer's server, to its essence: a non-ASCII path (U+FFFD, three bytes each).

@@ -223,8 +223,8 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
 
 /// Lets replies from a peer of our own sockets in under lock-down (see the guard). A lookup
 /// keeps a known peer recent in the LRU; only a new one is inserted: an insert takes a node
-/// off the LRU's free list and returns the replaced one, which every ESP datagram paid for
-/// (1.2 of the 7.7 us the uplink program cost per idle ping).
+/// off the LRU's free list and returns the replaced one, a cost every ESP datagram would pay
+/// and one of the larger parts of the uplink program's time per packet.
 #[inline(always)]
 fn remember_own_peer(peer: &[u32; 4]) {
     // SAFETY: presence test only.
