@@ -698,8 +698,8 @@ mod tests {
 
     #[test]
     fn sixty_concurrent_attempts_from_one_source_get_five_hashes() {
-        // The race of the old code: the limiter was asked before the hash and told after it,
-        // so attempts in flight all passed (34 of 60 were hashed).
+        // The race this guards against: a limiter asked before the hash and told after it
+        // lets every attempt in flight through. The slot is taken before the hash.
         let b = bed(
             PasswordLimits::default(),
             CertificateConfig::default(),
@@ -897,7 +897,7 @@ mod tests {
             )),
             LoginOutcome::Refused(Refused::CertificateMismatch)
         );
-        // Without a certificate, the password alone, as before.
+        // Without a certificate, the password alone decides.
         assert_eq!(
             rt.block_on(login(l, "192.0.2.1", "Users", "bob", "bobs", None)),
             LoginOutcome::Accepted(Method::Password)

@@ -554,8 +554,8 @@ mod tests {
 
     #[test]
     fn concurrent_attempts_take_their_slots_before_any_finishes() {
-        // 60 attempts begin before any password check ends (the race the old
-        // check-then-record order lost): exactly the policy's 5 get through.
+        // 60 attempts begin before any password check ends (a check-then-record order would
+        // let them all through): exactly the policy's 5 get through.
         let mut rl = LoginLimiter::new(RateLimitPolicy::default());
         let t0 = Instant::now();
         let mut in_flight = Vec::new();

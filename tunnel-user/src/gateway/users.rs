@@ -278,8 +278,8 @@ impl UserAttributes {
         Ok(attrs)
     }
 
-    /// The fourth field, or `None` when there is nothing to write (the line then has three
-    /// fields, as before attributes existed).
+    /// The fourth field, or `None` when there is nothing to write (the line then has the
+    /// three fields of a user without attributes).
     fn render(&self) -> Option<String> {
         let mut items = Vec::new();
         if let Some(secret) = &self.totp {
