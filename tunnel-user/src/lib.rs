@@ -1,10 +1,12 @@
-//! tunnel's userspace: the eBPF data path today; the client daemon, CLI and gateway build on it.
+//! tunnel's userspace: the eBPF data path, the client daemon and its CLI, the gateway, the
+//! packet path they share, and (feature `testbed`) the namespace test beds.
 
 pub mod client;
 pub mod datapath;
 pub mod fastpath;
 pub mod gateway;
 pub mod sys;
+#[cfg(any(test, feature = "testbed"))]
 pub mod testbed;
 
 pub use datapath::{Datapath, DatapathError, Policy};
