@@ -1028,7 +1028,7 @@ async fn connect(daemon: &Arc<Daemon>, spec: ConnectSpec, timeout_secs: Option<u
         Ok(Ok(Err(f))) => {
             let code = match &f {
                 Failure::Auth(_)
-                | Failure::CredentialsNeeded(_)
+                | Failure::CredentialsNeeded { .. }
                 | Failure::Connect(_)
                 | Failure::Prompt(_)
                 | Failure::Unsupported(_) => code::CONNECT_FAILED,

@@ -45,7 +45,7 @@ mod tunnel;
 
 pub use spec::{ConnectSpec, Dpd};
 pub use status::{
-    CertificateFailure, ConnectError, Failure, Lost, Offered, State, Status, Transport,
+    CertificateFailure, ConnectError, Failure, Lost, Offered, Refused, State, Status, Transport,
 };
 pub use tunnel::SetupError;
 

@@ -39,7 +39,8 @@ use super::{
     prompts::{self, Prompter},
     spec::{ConnectSpec, shown},
     status::{
-        CertificateFailure, ConnectError, Failure, Lost, Offered, Report, Shared, State, Transport,
+        CertificateFailure, ConnectError, Failure, Lost, Offered, Refused, Report, Shared, State,
+        Transport,
     },
     tls::{self, Pin, Untrusted},
     tunnel::{self, Plan, SetupError, Tunnel, keepalive_packet, route_change},
@@ -282,16 +283,6 @@ struct Login {
     unmet: Option<String>,
     /// The gateway's pin, to learn once the session is up.
     pin: Option<Pin>,
-}
-
-impl Login {
-    /// `message`, with the note of a certificate request no stored certificate met, if any.
-    fn noted(&self, message: &str) -> String {
-        match &self.unmet {
-            Some(note) => format!("{message} ({note})"),
-            None => message.to_string(),
-        }
-    }
 }
 
 /// Resolves, connects and shakes hands with the gateway.
@@ -741,10 +732,10 @@ impl Running<'_> {
                     .or_else(|| realms.first().cloned())
                     .unwrap_or_default();
                 if !realms.is_empty() && !realms.contains(&realm) {
-                    return Some(Outcome::Failed(Failure::Auth(format!(
-                        "realm '{realm}' is not offered by the gateway (it offers {})",
-                        realms.join(", ")
-                    ))));
+                    return Some(Outcome::Failed(Failure::Auth(Refused::Realm {
+                        realm,
+                        offered: realms,
+                    })));
                 }
                 let _ = self
                     .session
@@ -762,10 +753,9 @@ impl Running<'_> {
                     ctx.emit.event(EventKind::LoginErrorDisconnect {
                         connection: name.clone(),
                     });
-                    return Some(Outcome::Failed(Failure::Auth(
-                        self.login
-                            .noted("the gateway refused the username or password"),
-                    )));
+                    return Some(Outcome::Failed(Failure::Auth(Refused::Password {
+                        unmet: self.login.unmet.clone(),
+                    })));
                 }
                 // With a certificate presented, the user defaults to its "Issued To" and the
                 // password to none (a certificate login needs none).
@@ -775,11 +765,9 @@ impl Running<'_> {
                     .password(ctx.spec.password.as_deref())
                     .or(self.login.presented.then_some(""));
                 let (Some(user), Some(password)) = (user, password) else {
-                    return Some(Outcome::Failed(Failure::CredentialsNeeded(
-                        self.login.noted(
-                            "the gateway asks for a username and password, and none were given",
-                        ),
-                    )));
+                    return Some(Outcome::Failed(Failure::CredentialsNeeded {
+                        unmet: self.login.unmet.clone(),
+                    }));
                 };
                 prompts::warn_if_cut(&ctx.emit, name, max_password_len, password);
                 let _ = self
@@ -820,9 +808,10 @@ impl Running<'_> {
                 ctx.emit.event(EventKind::LoginErrorDisconnect {
                     connection: name.clone(),
                 });
-                return Some(Outcome::Failed(Failure::Auth(
-                    self.login.noted(&format!("login failed: {why:?}")),
-                )));
+                return Some(Outcome::Failed(Failure::Auth(Refused::Failed {
+                    why,
+                    unmet: self.login.unmet.clone(),
+                })));
             }
             ClientEvent::Authenticated => debug!(connection = %name, "authenticated"),
             ClientEvent::Configured(config) => {

@@ -142,9 +142,10 @@ impl Shared {
 #[derive(Clone, Debug)]
 pub enum Failure {
     /// Login refused (wrong password, unknown user...).
-    Auth(String),
-    /// Credentials needed but none given.
-    CredentialsNeeded(String),
+    Auth(Refused),
+    /// The gateway asks for a user and password and none were given; `unmet`: the note of
+    /// a certificate request no stored certificate met.
+    CredentialsNeeded { unmet: Option<String> },
     /// A certificate, the gateway's or ours, ended the connection.
     Certificate(CertificateFailure),
     /// No gateway could be reached or the session could not be set up.
@@ -172,11 +173,13 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Auth(m)
-            | Failure::CredentialsNeeded(m)
-            | Failure::Prompt(m)
-            | Failure::Cancelled(m)
-            | Failure::Unsupported(m) => f.write_str(m),
+            Failure::Prompt(m) | Failure::Cancelled(m) | Failure::Unsupported(m) => f.write_str(m),
+            Failure::Auth(r) => r.fmt(f),
+            Failure::CredentialsNeeded { unmet } => write!(
+                f,
+                "the gateway asks for a username and password, and none were given{}",
+                Noted(unmet)
+            ),
             Failure::Certificate(c) => Report(c).fmt(f),
             Failure::Connect(e) => Report(e).fmt(f),
             Failure::Timeout { outage, last } => write!(
@@ -213,7 +216,7 @@ impl Serialize for Failure {
         let message = self.to_string();
         match self {
             Failure::Auth(_) => Wire::Auth(message),
-            Failure::CredentialsNeeded(_) => Wire::CredentialsNeeded(message),
+            Failure::CredentialsNeeded { .. } => Wire::CredentialsNeeded(message),
             Failure::Certificate(_) => Wire::Certificate {
                 message,
                 pin: self.untrusted_pin().map(|p| p.to_string()),
@@ -225,6 +228,33 @@ impl Serialize for Failure {
             Failure::Unsupported(_) => Wire::Unsupported(message),
         }
         .serialize(serializer)
+    }
+}
+
+/// Why the gateway refused the login. `unmet`: the note of a certificate request no stored
+/// certificate met, which may be why.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("realm '{realm}' is not offered by the gateway (it offers {})", .offered.join(", "))]
+    Realm { realm: String, offered: Vec<String> },
+    #[error("the gateway refused the username or password{}", Noted(.unmet))]
+    Password { unmet: Option<String> },
+    #[error("login failed: {why:?}{}", Noted(.unmet))]
+    Failed {
+        why: tunnel_proto::AuthFailure,
+        unmet: Option<String>,
+    },
+}
+
+/// A note in parentheses after a message, if there is one.
+struct Noted<'a>(&'a Option<String>);
+
+impl fmt::Display for Noted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(note) => write!(f, " ({note})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -398,6 +428,24 @@ mod tests {
                 "the gateway did not answer 5 probes after 60 s of silence",
             ),
             (
+                Failure::Auth(Refused::Realm {
+                    realm: "x".into(),
+                    offered: vec!["Users".into(), "Admins".into()],
+                }),
+                "realm 'x' is not offered by the gateway (it offers Users, Admins)",
+            ),
+            (
+                Failure::Auth(Refused::Failed {
+                    why: tunnel_proto::AuthFailure::EapFailure,
+                    unmet: Some("the gateway asked for a client certificate from any issuer, and no stored certificate matched".into()),
+                }),
+                "login failed: EapFailure (the gateway asked for a client certificate from any issuer, and no stored certificate matched)",
+            ),
+            (
+                Failure::CredentialsNeeded { unmet: None },
+                "the gateway asks for a username and password, and none were given",
+            ),
+            (
                 Failure::Connect(SetupError::NoAddress.into()),
                 "the gateway assigned no address",
             ),
@@ -430,10 +478,10 @@ mod tests {
             serde_json::to_value(&f).unwrap(),
             serde_json::json!({"kind": "connect", "detail": "the gateway closed the connection"})
         );
-        let f = Failure::Auth("no".into());
+        let f = Failure::Auth(Refused::Password { unmet: None });
         assert_eq!(
             serde_json::to_value(&f).unwrap(),
-            serde_json::json!({"kind": "auth", "detail": "no"})
+            serde_json::json!({"kind": "auth", "detail": "the gateway refused the username or password"})
         );
         let seen = Pin::parse("pin-sha256:otI/3nrjGjN+MR5SFOD8hTzpnsZQAusZrkq/vH0/3mQ=").unwrap();
         let f = Failure::Certificate(CertificateFailure::Untrusted {
