@@ -37,10 +37,12 @@ use super::{
     Emit,
     cert_select::{Candidate, ClientAuth},
     certstore::{CertStore, CertStoreError},
-    connection::{self, Command, ConnectSpec, Dpd, Failure, Gateway, Handle, State},
+    connection::{self, Command, Handle},
     control::{self, Credentials, Request, Response, code},
     policy::DataPlane,
     prompts::{self, Asker, Prompter},
+    spec::{ConnectSpec, Dpd, shown},
+    status::{Failure, State},
     tls::{ClientCert, Pin, Trust},
 };
 use crate::datapath::{ConnId, PortList};
@@ -351,14 +353,6 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
     let _ = wr.write_all(out.as_bytes()).await;
 }
 
-fn gateway_of(url: &ServerUrl) -> Gateway {
-    Gateway {
-        host: url.host_name(),
-        port: url.port(),
-        path: url.path().to_string(),
-    }
-}
-
 /// The cgroup v2 directory of a per-app scope (a path below the cgroup2 mount, or absolute).
 fn cgroup_dir(path: &str) -> PathBuf {
     let p = Path::new(path);
@@ -545,12 +539,15 @@ fn spec_for(
     } else {
         (0..conn.urls.len()).collect()
     };
-    let gateways: Vec<Gateway> = order
+    let gateways: Vec<ServerUrl> = order
         .iter()
         .filter_map(|i| conn.urls.get(*i))
-        .map(gateway_of)
+        .cloned()
         .collect();
-    let first_host = gateways.first().map(|g| g.host.clone()).unwrap_or_default();
+    let first_host = gateways
+        .first()
+        .map(ServerUrl::host_name)
+        .unwrap_or_default();
     let machine = daemon.store().machine().clone();
     let trust = Trust {
         pin: creds
@@ -769,11 +766,9 @@ async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) ->
                     .unwrap_or_default()
                     .to_string();
                 let mut store = daemon.store();
-                let index = store.get(&name).and_then(|c| {
-                    c.urls
-                        .iter()
-                        .position(|u| server.starts_with(&gateway_of(u).to_string()))
-                });
+                let index = store
+                    .get(&name)
+                    .and_then(|c| c.urls.iter().position(|u| server.starts_with(&shown(u))));
                 if let Some(i) = index {
                     let _ = store.record_success(&name, i);
                 }
@@ -1033,13 +1028,13 @@ async fn connect(daemon: &Arc<Daemon>, spec: ConnectSpec, timeout_secs: Option<u
         Ok(Ok(Err(f))) => {
             let code = match &f {
                 Failure::Auth(_)
-                | Failure::CredentialsNeeded(_)
+                | Failure::CredentialsNeeded { .. }
                 | Failure::Connect(_)
                 | Failure::Prompt(_)
                 | Failure::Unsupported(_) => code::CONNECT_FAILED,
                 Failure::Cancelled(_) => code::CANCELLED,
-                Failure::Certificate { .. } => code::CERTIFICATE,
-                Failure::Timeout(_) => code::TIMEOUT,
+                Failure::Certificate(_) => code::CERTIFICATE,
+                Failure::Timeout { .. } => code::TIMEOUT,
             };
             failed(code, format!("'{name}': {f}")).data(&f)
         }

@@ -9,7 +9,13 @@
 //!                  TLS + tunnel_proto::Client, TUN, ESP, reconnect
 //! ```
 //!
-//! - `connection`: one VPN connection's life ([`connection::spawn`]);
+//! - `connection`: one VPN connection's life ([`connection::spawn`]) and its reconnect loop;
+//! - `spec`: what a connection is asked to do ([`ConnectSpec`]);
+//! - `status`: what it shows of itself, and why it failed ([`Failure`]);
+//! - `session`: one TLS session with a gateway, login to end;
+//! - `liveness`: the session's timers (dead-peer detection, route check), without I/O;
+//! - `tunnel`: the connection's TUN device, routes, policy entry and ESP socket;
+//! - `threads`: the packet threads between the TUN device and the gateway;
 //! - `policy`: the shared kernel data path and the policy built from live connections;
 //! - `backoff`: when a lost connection tries again, and when it gives up;
 //! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;
@@ -27,10 +33,21 @@ pub mod connection;
 pub mod control;
 pub mod daemon;
 pub mod diagnostics;
+mod liveness;
 pub mod policy;
 mod prompts;
+mod session;
+mod spec;
+mod status;
 mod threads;
 pub mod tls;
+mod tunnel;
+
+pub use spec::{ConnectSpec, Dpd};
+pub use status::{
+    CertificateFailure, ConnectError, Failure, Lost, Offered, Refused, State, Status, Transport,
+};
+pub use tunnel::SetupError;
 
 use std::sync::Arc;
 

@@ -23,7 +23,7 @@ use tracing::warn;
 use tunnel_config::{EventKind, Level};
 use tunnel_proto::{Client, ClientEvent, SessionError};
 
-use super::{Emit, connection::Failure};
+use super::{Emit, status::Failure};
 
 // The password field of the gateways' current password request (Ivanti Connect Secure
 // 22.x): a longer password is cut to this many bytes.

@@ -22,7 +22,11 @@ use crate::{
     sys::udp_gso::RecvBatch,
 };
 
-use super::connection::*;
+use super::{
+    session::{Ended, Session, take_tls_bytes},
+    status::{Lost, Shared},
+    tunnel::Tunnel,
+};
 
 pub(super) fn start_threads(
     t: &Tunnel,
@@ -42,7 +46,6 @@ pub(super) fn start_threads(
     // The TLS connection is read here from now on, not by the task (see `tls_link`).
     dispatch.add_tls(&session.link)?;
     session.link.read_by_threads()?;
-    session.read_by_threads.store(true, Ordering::Release);
     let dispatch = Arc::new(dispatch);
     let outbound = Arc::new(Mutex::new(Outbound::new(shared.clone())));
     let inbound = Arc::new(Mutex::new(Inbound::new(&t.tun, shared.clone())));
@@ -126,7 +129,7 @@ fn drain_tls(
     let TlsInbound { buf, sink } = &mut *this;
     while !stop.is_set() {
         let why = match session.link.try_recv(buf) {
-            Ok(0) => "the gateway closed the connection".to_string(),
+            Ok(0) => Ended::Lost(Lost::Closed),
             Ok(n) => match take_tls_bytes(session, shared, Some(tun), sink, &buf[..n]) {
                 Ok(attention) => {
                     if attention {
@@ -134,11 +137,10 @@ fn drain_tls(
                     }
                     continue;
                 }
-                Err(Ended::Lost(why)) => why,
-                Err(Ended::Unsupported(what)) => format!("the gateway asked for {what}"),
+                Err(end) => end,
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => format!("reading from the gateway: {e}"),
+            Err(e) => Ended::Lost(Lost::Read(Arc::new(e))),
         };
         dispatch.retire(Source::Tls);
         session.end(why);
@@ -426,10 +428,7 @@ impl Inbound {
                 session.wake.notify_one();
             }
             if ok {
-                *shared
-                    .last_inbound
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = now;
+                shared.heard.mark(now);
             }
             shared
                 .traffic

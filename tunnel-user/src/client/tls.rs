@@ -139,7 +139,54 @@ impl ClientCert {
     }
 }
 
-/// The verifier implementing [`Trust`]; records the pin it saw so a refusal can name it.
+/// Why the gateway's certificate was not trusted. It travels inside rustls's error
+/// (`rustls::Error::Other`) out of the handshake, so the connection recognises a refusal by
+/// this type and offers the certificate's pin to the user (the dynamic trust prompt).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Untrusted {
+    #[error("the gateway's certificate {seen} does not match the pin {pin}")]
+    PinMismatch { seen: Pin, pin: Pin },
+    /// The CA store refused the chain or the name (`verdict`, rustls's reason, is part of
+    /// the sentence); `pinned`: a pin matched, but dynamic trust is off.
+    #[error("the gateway's certificate {seen} is not trusted: {verdict}{}", ca_only(*.pinned))]
+    CaRefused {
+        seen: Pin,
+        verdict: Error,
+        pinned: bool,
+    },
+    #[error("the gateway's certificate {seen} is not trusted: no CA certificates on this system{}", ca_only(*.pinned))]
+    NoCas { seen: Pin, pinned: bool },
+}
+
+impl Untrusted {
+    /// The pin of the certificate the gateway showed.
+    pub fn seen(&self) -> Pin {
+        match self {
+            Untrusted::PinMismatch { seen, .. }
+            | Untrusted::CaRefused { seen, .. }
+            | Untrusted::NoCas { seen, .. } => *seen,
+        }
+    }
+
+    /// The refusal a failed handshake carries, if that is why it failed.
+    pub fn of(e: &std::io::Error) -> Option<&Untrusted> {
+        match e.get_ref()?.downcast_ref::<Error>()? {
+            Error::Other(other) => other.0.downcast_ref::<Untrusted>(),
+            _ => None,
+        }
+    }
+}
+
+/// A pin that matched but cannot stand in for the CAs says so in the refusal.
+fn ca_only(pinned: bool) -> &'static str {
+    if pinned {
+        " (dynamic trust is off in the machine settings: a pin does not replace the CA check)"
+    } else {
+        ""
+    }
+}
+
+/// The verifier implementing [`Trust`]; a refusal is an [`Untrusted`] naming the pin it saw.
 #[derive(Debug)]
 struct PinningVerifier {
     trust: Trust,
@@ -159,34 +206,30 @@ impl ServerCertVerifier for PinningVerifier {
         let seen = Pin::of_certificate(end_entity).ok_or(Error::InvalidCertificate(
             rustls::CertificateError::BadEncoding,
         ))?;
+        // Carried as `Other`: rustls answers it with the same alert as any refusal of ours
+        // (handshake_failure), and the connection finds the typed reason inside.
+        let refuse = |why: Untrusted| Error::Other(rustls::OtherError(Arc::new(why)));
         let pin = self.trust.pin.or(self.trust.learned);
         if let Some(pin) = pin {
             if seen != pin {
-                return Err(Error::General(format!(
-                    "the gateway's certificate {seen} does not match the pin {pin}"
-                )));
+                return Err(refuse(Untrusted::PinMismatch { seen, pin }));
             }
             if !self.trust.ca_required {
                 return Ok(ServerCertVerified::assertion());
             }
         }
-        // A pin that matched but cannot stand in for the CAs says so in the refusal.
-        let why_not_the_pin = if pin.is_some() {
-            " (dynamic trust is off in the machine settings: a pin does not replace the CA check)"
-        } else {
-            ""
-        };
+        let pinned = pin.is_some();
         match &self.webpki {
             Some(v) => v
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-                .map_err(|e| {
-                    Error::General(format!(
-                        "the gateway's certificate {seen} is not trusted: {e}{why_not_the_pin}"
-                    ))
+                .map_err(|verdict| {
+                    refuse(Untrusted::CaRefused {
+                        seen,
+                        verdict,
+                        pinned,
+                    })
                 }),
-            None => Err(Error::General(format!(
-                "the gateway's certificate {seen} is not trusted: no CA certificates on this system{why_not_the_pin}"
-            ))),
+            None => Err(refuse(Untrusted::NoCas { seen, pinned })),
         }
     }
 
@@ -328,7 +371,17 @@ mod tests {
                 UnixTime::now(),
             )
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                // A refusal is recognised by its type, as the connection does.
+                let e = std::io::Error::other(e);
+                match Untrusted::of(&e) {
+                    Some(why) => {
+                        assert_eq!(why.seen(), pin, "the refusal names the certificate's pin");
+                        why.to_string()
+                    }
+                    None => panic!("a refusal that is not an Untrusted: {e}"),
+                }
+            })
     }
 
     fn other_pin() -> Pin {
@@ -347,7 +400,11 @@ mod tests {
         };
         assert_eq!(verify(explicit, false), Ok(()));
         assert_eq!(verify(learned, false), Ok(()));
-        assert!(verify(|_| Trust::default(), false).is_err());
+        let refused = verify(|_| Trust::default(), false).unwrap_err();
+        assert!(
+            refused.contains("no CA certificates on this system"),
+            "{refused}"
+        );
         assert_eq!(verify(|_| Trust::default(), true), Ok(()));
     }
 
