@@ -53,9 +53,9 @@ pub const ESP_HEADER_LEN: usize = 8;
 pub const IV_LEN: usize = 16;
 const BLOCK: usize = 16;
 /// Next header for an IPv4 payload.
-pub const NEXT_HEADER_IPV4: u8 = 4;
+pub(crate) const NEXT_HEADER_IPV4: u8 = 4;
 /// Next header for an IPv6 payload.
-pub const NEXT_HEADER_IPV6: u8 = 41;
+pub(crate) const NEXT_HEADER_IPV6: u8 = 41;
 /// Replay window size in packets.
 pub const REPLAY_WINDOW: u32 = 64;
 /// Largest overhead any suite adds: header, IV, up to a block of padding plus the two trailer
@@ -593,7 +593,7 @@ fn check_material(suite: EspSuite, enc_key: &[u8], mac_key: &[u8]) -> Result<(),
 
 /// Splits a Pulse secrets area (encryption key immediately followed by HMAC key, any padding
 /// after) into the two keys.
-pub fn split_secrets(suite: EspSuite, secrets: &[u8]) -> Result<(&[u8], &[u8]), EspError> {
+pub(crate) fn split_secrets(suite: EspSuite, secrets: &[u8]) -> Result<(&[u8], &[u8]), EspError> {
     let need = suite.key_material_len();
     if secrets.len() < need {
         return Err(EspError::KeyLength {

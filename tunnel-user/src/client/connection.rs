@@ -7,7 +7,7 @@
 //!  connect ─▶ resolve ─▶ TCP (marked) ─▶ TLS ─▶ IF-T login ─▶ configured ─▶ established
 //!     ▲                                                          │
 //!     └── back-off, next URL, DSID resume ◀── link lost / gateway gone / route change (304)
-//!  threads: TUN ──send_packet──▶ ESP (UDP, marked) or TLS      UDP ──handle_esp──▶ TUN
+//!  threads: TUN ──send_packet──▶ ESP (UDP, marked) or TLS      UDP ──handle_esp_train──▶ TUN
 //! ```
 //!
 //! The data path stays in place while the connection reconnects: tunnelled traffic keeps
@@ -843,8 +843,10 @@ async fn session(
             let events: Vec<ClientEvent> = std::iter::from_fn(|| c.poll_event()).collect();
             let mut probes = Vec::new();
             let now = Instant::now();
-            while let Ok(Some(n)) = c.poll_timers(now, &mut esp_out) {
-                probes.push(esp_out[..n].to_vec());
+            if c.poll_timers(now).is_ok() {
+                while let Ok(Some(n)) = c.poll_esp_transmit(&mut esp_out) {
+                    probes.push(esp_out[..n].to_vec());
+                }
             }
             (events, c.next_timer(), probes)
         };
