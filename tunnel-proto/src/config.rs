@@ -417,6 +417,12 @@ pub struct EspKeys {
     pub secrets: [u8; ESP_SECRETS_LEN],
 }
 
+impl Drop for EspKeys {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secrets);
+    }
+}
+
 impl std::fmt::Debug for EspKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Keys stay out of logs.
