@@ -112,8 +112,8 @@ pub use ift::{
 };
 pub use rng::{OsRandom, RandomSource};
 pub use server::{
-    CloseReason, DEFAULT_LOGIN_MAX_FRAME_LEN, Notice, PasswordForm, Prompt, PromptAnswer, Server,
-    ServerConfig, ServerEvent, SpiAllocator,
+    CloseReason, DEFAULT_LOGIN_MAX_FRAME_LEN, DPD_PROBES, Notice, PasswordForm, Prompt,
+    PromptAnswer, Server, ServerConfig, ServerEvent, SpiAllocator,
 };
 pub use session::{
     AuthFailure, AuthRejection, EspInput, MAX_TLS_BACKLOG, MIN_SPI, Password, REKEY_OVERLAP,

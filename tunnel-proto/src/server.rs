@@ -15,7 +15,7 @@ use crate::eap::{
     InnerResponse, J2_PASSWORD_CHANGE, J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY,
     JUNIPER_SUBTYPE_AVPS, PasswordMessage, encode_juniper_avps,
 };
-use crate::esp::EspSuite;
+use crate::esp::{EspSuite, NEXT_HEADER_IPV4};
 use crate::ift::{
     ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder, IFT_VERSION_MAX,
     IFT_VERSION_MIN, Message, UpgradeRequest, build_http_error, build_upgrade_response,
@@ -134,7 +134,19 @@ pub struct ServerConfig {
     /// the traffic: announced to the client (AVP 0xd5c) and enforced (fatal error, then
     /// closed). A resumed login keeps its original end ([`Server::set_session_end`]).
     pub session_lifetime: Option<Duration>,
+    /// Dead-peer detection: a client heard on ESP that then stays silent (nothing over ESP
+    /// or TLS) for this long gets an ESP probe, another after each further interval of
+    /// silence, and once [`DPD_PROBES`] went unanswered for an interval each the session
+    /// closes with [`CloseReason::PeerGone`]. None: off.
+    pub dpd_interval: Option<Duration>,
 }
+
+/// How many dead-peer probes a silent client gets before it is taken as gone: with
+/// [`ServerConfig::dpd_interval`] `i`, it is gone `(DPD_PROBES + 1) * i` after it was last
+/// heard. Pulse clients do not answer a probe as such; a live one is heard anyway, since it
+/// probes on its own after each of its own DPD periods without traffic (esp.c
+/// `keepalive_action`: the gateway's ESP-to-TLS fallback time, TLV 0x4017).
+pub const DPD_PROBES: u32 = 3;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -149,6 +161,7 @@ impl Default for ServerConfig {
             user_step_timeout: Some(Duration::from_secs(60)),
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             session_lifetime: None,
+            dpd_interval: None,
         }
     }
 }
@@ -180,6 +193,9 @@ pub enum CloseReason {
     Terminated,
     /// The login's lifetime ended; fatal error was sent.
     LifetimeExpired,
+    /// Dead-peer detection: the client stayed silent through [`DPD_PROBES`] probes. Nothing
+    /// was sent; the caller treats it as a lost connection (the session stays resumable).
+    PeerGone,
     /// The client sent what the protocol does not allow (the error was returned by the
     /// call that fed it); the connection is to be closed.
     ProtocolError,
@@ -345,6 +361,8 @@ struct ServerEsp {
     sent: EspKeys,
     keys_at: Instant,
     last_rx: Option<Instant>,
+    /// Next header of the client's probes, which the gateway's own probes copy.
+    probe_next_header: u8,
     fallback: Option<Duration>,
     lifetime: Option<Duration>,
     /// Replace the keys once this many bytes of IP packets went through them, either way.
@@ -395,6 +413,10 @@ pub struct Server {
     events: VecDeque<ServerEvent>,
     created: Instant,
     last_activity: Instant,
+    /// When anything last came from the client (TLS bytes, an authenticated ESP datagram).
+    last_heard: Instant,
+    /// Dead-peer probes sent since then.
+    dpd_sent: u32,
     /// The latest time the caller passed in.
     clock: Instant,
     /// When the current login step began: the client has its step timeout from here.
@@ -446,6 +468,8 @@ impl Server {
             events: VecDeque::new(),
             created: now,
             last_activity: now,
+            last_heard: now,
+            dpd_sent: 0,
             clock: now,
             step_started: now,
             next_ident: 1,
@@ -592,6 +616,7 @@ impl Server {
             return Err(SessionError::Closed);
         }
         self.clock = self.clock.max(now);
+        self.peer_heard(now);
         let step = self.state.name();
         let r = self.handle_tls_inner(data, now, &mut packets);
         if r.is_err() {
@@ -1189,6 +1214,7 @@ impl Server {
                 sent: keys,
                 keys_at: now,
                 last_rx: None,
+                probe_next_header: NEXT_HEADER_IPV4,
                 fallback: secs(config.esp.fallback_seconds),
                 lifetime: secs(config.esp.lifetime_seconds),
                 lifetime_bytes: config.esp.lifetime_bytes.filter(|&b| b > 0).map(u64::from),
@@ -1373,6 +1399,13 @@ impl Server {
             self.close(CloseReason::IdleTimeout);
             return Ok(());
         }
+        if let Some(due) = self.dpd_due()
+            && now >= due
+            && self.probe_silent_peer(now)
+        {
+            self.close(CloseReason::PeerGone);
+            return Ok(());
+        }
         if let Some(esp) = &mut self.esp
             && let Some(gone) = esp.path.pair.retire_previous(now)
             && let Some(spis) = &self.spis
@@ -1385,6 +1418,40 @@ impl Server {
             self.rekey_esp(now)?;
         }
         Ok(())
+    }
+
+    fn peer_heard(&mut self, now: Instant) {
+        self.last_heard = self.last_heard.max(now);
+        self.dpd_sent = 0;
+    }
+
+    /// When dead-peer detection next acts: a probe, or the end of the last one's wait. None
+    /// while it does not apply: it is off, or the client was never heard on ESP (probes go
+    /// to its ESP endpoint; TLS has no probe in this protocol).
+    fn dpd_due(&self) -> Option<Instant> {
+        let interval = self.cfg.dpd_interval?;
+        let esp = self.esp.as_ref()?;
+        esp.last_rx?;
+        esp.path.pair.outbound.as_ref()?;
+        after(self.last_heard, interval.checked_mul(self.dpd_sent + 1)?)
+    }
+
+    /// The client has been silent past a dead-peer step: queues the probe of this step
+    /// (several steps late, one probe for all of them), or returns true when the last
+    /// probe's wait is over too.
+    fn probe_silent_peer(&mut self, now: Instant) -> bool {
+        let (Some(interval), Some(esp)) = (self.cfg.dpd_interval, &mut self.esp) else {
+            return false;
+        };
+        let silent = now.saturating_duration_since(self.last_heard);
+        let steps = silent.as_nanos() / interval.as_nanos().max(1);
+        if steps > u128::from(DPD_PROBES) {
+            return true;
+        }
+        // `steps` is at most DPD_PROBES here.
+        self.dpd_sent = steps as u32;
+        esp.path.queue_probe(esp.probe_next_header);
+        false
     }
 
     /// When the client's time for the current login step is up.
@@ -1420,7 +1487,7 @@ impl Server {
             }
         });
         let retire = esp.and_then(|e| e.path.pair.previous_until());
-        [idle, rekey, retire, self.session_end]
+        [idle, rekey, retire, self.session_end, self.dpd_due()]
             .into_iter()
             .flatten()
             .min()
@@ -1470,9 +1537,11 @@ impl Side for Server {
         if let Some(esp) = &mut self.esp {
             esp.last_rx = Some(now);
             if let Some(next_header) = heard.probe {
+                esp.probe_next_header = next_header;
                 esp.path.queue_probe(next_header);
             }
         }
+        self.peer_heard(now);
         if heard.data {
             self.last_activity = now;
         }

@@ -1995,3 +1995,121 @@ fn a_password_cut_inside_a_character_is_checked_not_refused_as_malformed() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Gateway dead-peer detection: a client heard on ESP that goes silent gets a probe after
+/// each interval of silence, and after `DPD_PROBES` unanswered ones its session closes as
+/// gone, with nothing sent over TLS (the caller parks it as a lost connection).
+#[test]
+fn the_gateway_takes_a_silent_esp_client_as_gone_after_its_probes() {
+    let interval = Duration::from_secs(60);
+    let cfg = ServerConfig {
+        dpd_interval: Some(interval),
+        idle_timeout: None,
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(ClientConfig::new("gw"), cfg);
+    h.establish(&tunnel_config(true));
+    h.bring_up_esp();
+    h.take_server_events();
+    let t0 = h.now;
+    let mut udp = [0u8; 2048];
+    assert_eq!(h.server.next_timer(), Some(t0 + interval));
+    h.server
+        .poll_timers(t0 + interval - Duration::from_millis(1))
+        .expect("timers");
+    assert_eq!(
+        h.server.poll_esp_transmit(&mut udp),
+        Ok(None),
+        "not silent yet"
+    );
+    for k in 1..=DPD_PROBES {
+        let t = t0 + interval * k;
+        assert_eq!(h.server.next_timer(), Some(t), "probe {k}");
+        h.server.poll_timers(t).expect("timers");
+        let n = h
+            .server
+            .poll_esp_transmit(&mut udp)
+            .expect("transmit")
+            .unwrap_or_else(|| panic!("probe {k} not sent"));
+        assert_eq!(
+            client_esp(&mut h.client, &mut udp[..n], t),
+            Ok(Opened::Probe),
+            "probe {k} is an ESP probe the client opens"
+        );
+        assert_eq!(
+            h.server.poll_esp_transmit(&mut udp),
+            Ok(None),
+            "one per step"
+        );
+        assert!(!h.server.is_closed());
+    }
+    let gone = t0 + interval * (DPD_PROBES + 1);
+    assert_eq!(h.server.next_timer(), Some(gone));
+    h.server.poll_timers(gone).expect("timers");
+    assert!(h.server.is_closed());
+    assert_eq!(
+        h.server.poll_event(),
+        Some(ServerEvent::Closed(CloseReason::PeerGone))
+    );
+    assert!(h.server.pending_tls().is_empty(), "nothing said over TLS");
+}
+
+/// A live client that sends nothing is still heard: it probes after each of its own DPD
+/// periods without traffic (the fallback time the gateway pushes, shorter than the
+/// gateway's interval), the gateway answers, and its detection never fires.
+#[test]
+fn the_gateway_keeps_a_live_idle_esp_client() {
+    let interval = Duration::from_secs(60);
+    let cfg = ServerConfig {
+        dpd_interval: Some(interval),
+        idle_timeout: None,
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(ClientConfig::new("gw"), cfg);
+    h.establish(&tunnel_config(true));
+    h.bring_up_esp();
+    h.take_server_events();
+    let (mut udp, mut reply) = ([0u8; 2048], [0u8; 2048]);
+    let end = h.now + interval * (DPD_PROBES + 1) * 3;
+    let mut t = h.now;
+    let mut client_probes = 0;
+    while t < end {
+        t += Duration::from_secs(1);
+        if let Some(n) = client_timers(&mut h.client, t, &mut udp).expect("client timers") {
+            client_probes += 1;
+            let Ok(Opened::ProbeReply(m)) = server_esp(&mut h.server, &mut udp[..n], t, &mut reply)
+            else {
+                panic!("the gateway did not answer the client's probe at {t:?}");
+            };
+            client_esp(&mut h.client, &mut reply[..m], t).expect("answer");
+        }
+        h.server.poll_timers(t).expect("server timers");
+        assert_eq!(
+            h.server.poll_esp_transmit(&mut udp),
+            Ok(None),
+            "no dead-peer probe for a client heard every fallback period"
+        );
+        assert!(!h.server.is_closed());
+    }
+    assert!(client_probes >= 40, "{client_probes} probes in 12 minutes");
+    assert!(h.client.esp_up());
+}
+
+/// Without ESP there is nothing to probe with: a silent TLS-only session is left to the
+/// idle timeout.
+#[test]
+fn the_gateway_does_not_probe_a_tls_only_session() {
+    let cfg = ServerConfig {
+        dpd_interval: Some(Duration::from_secs(60)),
+        idle_timeout: Some(Duration::from_secs(600)),
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(ClientConfig::new("gw"), cfg);
+    h.establish(&tunnel_config(false));
+    let idle = h.now + Duration::from_secs(600);
+    assert_eq!(h.server.next_timer(), Some(idle));
+    h.server
+        .poll_timers(idle - Duration::from_secs(1))
+        .expect("timers");
+    assert!(!h.server.is_closed());
+}
