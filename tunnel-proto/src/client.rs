@@ -41,22 +41,23 @@ use crate::eap::{
     J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, PasswordMessage,
     encode_juniper_avps, truncate_at_char,
 };
-use crate::esp::{EspError, EspSuite, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
+use crate::esp::{EspSuite, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use crate::ift::{
     ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder, IFT_VERSION_MAX,
     IFT_VERSION_MIN, Message, build_upgrade_request, parse_upgrade_response,
 };
+use crate::path::{self, EspPath, Heard, Parts, Seal, Side};
 use crate::rng::{RandomSource, SessionRandom};
 use crate::session::{
-    AuthFailure, EspInput, EspPair, PacketSink, SessionError, TlsOut, Transmit, after,
-    generate_inbound, outbound_from,
+    AuthFailure, EspInput, PacketSink, SessionError, TlsOut, Transmit, after, generate_inbound,
+    outbound_from,
 };
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Probes sent per ESP attempt, one per [`PROBE_INTERVAL`] (esp.c: "Send 5 probes a second
 /// apart, then give up until the next attempt").
-pub const PROBES_PER_ATTEMPT: u32 = 5;
+pub(crate) const PROBES_PER_ATTEMPT: u32 = 5;
 /// Gap between probes of one attempt.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Time between ESP attempts, openconnect's default `dtls_attempt_period`.
@@ -329,7 +330,7 @@ pub struct Client {
     credentials_given: bool,
     pending_config: Option<Config>,
     config: Option<Config>,
-    esp: Option<EspPair>,
+    esp: Option<EspPath>,
     link: EspLink,
 }
 
@@ -977,7 +978,7 @@ impl Client {
             return Ok(());
         };
         // A suite change (after a new main config) starts ESP afresh rather than rekeying.
-        if self.esp.as_ref().is_some_and(|p| p.suite != suite) {
+        if self.esp.as_ref().is_some_and(|p| p.pair.suite != suite) {
             self.esp = None;
         }
         let outbound = outbound_from(suite, &x.keys)?;
@@ -991,15 +992,15 @@ impl Client {
         .encode(&mut payload)?;
         self.out.send(&Message::Config(&payload))?;
         match &mut self.esp {
-            Some(pair) => {
-                pair.rotate_inbound(inbound, now);
-                pair.outbound = Some(outbound);
+            Some(esp) => {
+                esp.pair.rotate_inbound(inbound, now);
+                esp.pair.outbound = Some(outbound);
                 self.events.push_back(ClientEvent::EspRekeyed);
             }
             None => {
-                let mut pair = EspPair::new(suite, inbound);
-                pair.outbound = Some(outbound);
-                self.esp = Some(pair);
+                let mut esp = EspPath::new(suite, inbound);
+                esp.pair.outbound = Some(outbound);
+                self.esp = Some(esp);
                 self.link = EspLink::Probing {
                     started: now,
                     sent: 0,
@@ -1063,7 +1064,7 @@ impl Client {
         now: Instant,
         esp_out: &mut [u8],
     ) -> Result<Transmit, SessionError> {
-        self.route_packet(ip_packet, now, esp_out, false)
+        path::send(self, ip_packet, now, esp_out, Seal::Now)
     }
 
     /// Like [`Self::send_packet`], but an ESP datagram is only staged into `esp_out` as the
@@ -1074,138 +1075,41 @@ impl Client {
         now: Instant,
         esp_out: &mut [u8],
     ) -> Result<Transmit, SessionError> {
-        self.route_packet(ip_packet, now, esp_out, true)
+        path::send(self, ip_packet, now, esp_out, Seal::Staged)
     }
 
     /// Seals a train of datagrams staged by [`Self::stage_packet`] (`size` bytes each, the
     /// last possibly shorter); see [`OutboundSa::seal_train`](crate::OutboundSa::seal_train).
     /// Fails, sealing nothing, when the outbound SA changed since they were staged.
     pub fn seal_train(&mut self, train: &mut [u8], size: usize) -> Result<(), SessionError> {
-        match self.esp.as_ref().and_then(|p| p.outbound.as_ref()) {
-            Some(out) => Ok(out.seal_train(train, size)?),
-            None if train.is_empty() => Ok(()),
-            None => Err(self.wrong("seal_train")),
-        }
-    }
-
-    fn route_packet(
-        &mut self,
-        ip_packet: &[u8],
-        _now: Instant,
-        esp_out: &mut [u8],
-        stage: bool,
-    ) -> Result<Transmit, SessionError> {
-        if !matches!(self.state, State::Established) {
-            return Err(self.wrong("send_packet"));
-        }
-        if let (EspLink::Up { .. }, Some(pair)) = (self.link, &mut self.esp) {
-            let v6 = ip_packet.first().map(|b| b >> 4) == Some(6);
-            let allow_other = self
-                .config
-                .as_ref()
-                .and_then(|c| c.esp.allow_6in4)
-                .unwrap_or(false);
-            // Pulse gateways only take ESP of the family the UDP socket uses unless they
-            // announce 6in4 support (TLV 0x4024; esp.c `pulse_esp_unstupid`).
-            if (allow_other || v6 == self.cfg.udp_ipv6)
-                && let Some(out) = &mut pair.outbound
-            {
-                let r = if stage {
-                    out.stage(ip_packet, esp_out, &mut *self.rng)
-                } else {
-                    out.encapsulate(ip_packet, esp_out, &mut *self.rng)
-                };
-                match r {
-                    Ok(n) => return Ok(Transmit::Esp(n)),
-                    Err(EspError::SequenceExhausted) => {
-                        // Without a rekey there is no ESP any more; TLS carries on.
-                        self.link = EspLink::Off;
-                        self.events.push_back(ClientEvent::EspDown);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        self.out.send_data(ip_packet)?;
-        Ok(Transmit::Tls)
+        path::seal_train(self, train, size)
     }
 
     /// Handles a train of ESP datagrams from the gateway (`size` bytes each, the last
-    /// possibly shorter: one GRO receive), decrypting them in place: `f` gets what each one
-    /// was, in order, as [`Self::handle_esp`] would return it.
+    /// possibly shorter: one GRO receive, or a single datagram), decrypting them in place:
+    /// `f` gets what each one was, in order. Errors concern only their datagram.
     pub fn handle_esp_train(
         &mut self,
         train: &mut [u8],
         size: usize,
         now: Instant,
-        mut f: impl FnMut(Result<EspInput<'_>, SessionError>),
+        f: impl FnMut(Result<EspInput<'_>, SessionError>),
     ) {
-        if self.is_closed() {
-            return f(Err(SessionError::Closed));
-        }
-        let Some(pair) = &mut self.esp else {
-            return f(Err(self.wrong("handle_esp")));
-        };
-        let mut heard = false;
-        pair.decapsulate_train(train, size, now, |r| match r {
-            Ok(p) => {
-                heard = true;
-                f(Ok(if p.is_probe() {
-                    EspInput::Probe
-                } else {
-                    EspInput::Packet(p.payload)
-                }))
-            }
-            Err(e) => f(Err(e.into())),
-        });
-        if heard {
-            if !matches!(self.link, EspLink::Up { .. }) {
-                self.events.push_back(ClientEvent::EspUp);
-            }
-            self.link = EspLink::Up {
-                last_rx: now,
-                last_probe: None,
-            };
-        }
+        // Only the gateway may move where datagrams go, so which one was newest is moot here.
+        let _newest = path::receive(self, train, size, now, f);
     }
 
-    /// Handles one ESP datagram from the gateway, decrypting it in place. Errors concern only
-    /// this datagram; the session carries on.
-    pub fn handle_esp<'a>(
-        &mut self,
-        datagram: &'a mut [u8],
-        now: Instant,
-    ) -> Result<EspInput<'a>, SessionError> {
-        if self.is_closed() {
-            return Err(SessionError::Closed);
-        }
-        let Some(pair) = &mut self.esp else {
-            return Err(self.wrong("handle_esp"));
-        };
-        let payload = pair.decapsulate(datagram, now)?;
-        if !matches!(self.link, EspLink::Up { .. }) {
-            self.events.push_back(ClientEvent::EspUp);
-        }
-        self.link = EspLink::Up {
-            last_rx: now,
-            last_probe: None,
-        };
-        Ok(if payload.is_probe() {
-            EspInput::Probe
-        } else {
-            EspInput::Packet(payload.payload)
-        })
+    /// The next ESP datagram to send over UDP (a probe the timers asked for), written into
+    /// `out`, its length returned; call until it returns None.
+    pub fn poll_esp_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, SessionError> {
+        path::poll_transmit(self, out)
     }
 
-    /// Runs the ESP timers (probes, dead peer detection). When it returns `Some(n)`, send the
-    /// first `n` bytes of `esp_out` as a UDP datagram and call again.
-    pub fn poll_timers(
-        &mut self,
-        now: Instant,
-        esp_out: &mut [u8],
-    ) -> Result<Option<usize>, SessionError> {
+    /// Runs the ESP timers (probes, dead peer detection); a probe they send waits in
+    /// [`Self::poll_esp_transmit`].
+    pub fn poll_timers(&mut self, now: Instant) -> Result<(), SessionError> {
         if !matches!(self.state, State::Established | State::Configuring) {
-            return Ok(None);
+            return Ok(());
         }
         let dpd = self.dpd_interval();
         let (per_attempt, gap, retry) = match self.cfg.esp_dpd {
@@ -1279,21 +1183,13 @@ impl Client {
                 }
             }
         };
-        if !send_probe {
-            return Ok(None);
-        }
-        let nh = self.probe_next_header();
-        let Some(out) = self.esp.as_mut().and_then(|p| p.outbound.as_mut()) else {
-            return Ok(None);
-        };
-        match out.encapsulate_probe(nh, esp_out, &mut *self.rng) {
-            Ok(n) => Ok(Some(n)),
-            Err(EspError::SequenceExhausted) => {
-                self.link = EspLink::Off;
-                Ok(None)
+        if send_probe {
+            let nh = self.probe_next_header();
+            if let Some(esp) = &mut self.esp {
+                esp.queue_probe(nh);
             }
-            Err(e) => Err(e.into()),
         }
+        Ok(())
     }
 
     /// When [`Self::poll_timers`] next has something to do.
@@ -1338,6 +1234,69 @@ impl Client {
                 Ok(())
             }
         }
+    }
+}
+
+impl Side for Client {
+    fn parts(&mut self) -> Parts<'_> {
+        Parts {
+            esp: self.esp.as_mut(),
+            tls: &mut self.out,
+            rng: &mut *self.rng,
+        }
+    }
+
+    fn may_send(&self) -> Result<(), SessionError> {
+        match self.state {
+            State::Established => Ok(()),
+            _ => Err(self.wrong("send_packet")),
+        }
+    }
+
+    fn may_receive(&self) -> Result<(), SessionError> {
+        match self.state {
+            State::Closed => Err(SessionError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    fn wrong(&self, call: &'static str) -> SessionError {
+        Client::wrong(self, call)
+    }
+
+    fn esp_carries(&self, packet: &[u8], _now: Instant) -> bool {
+        if !matches!(self.link, EspLink::Up { .. }) {
+            return false;
+        }
+        let v6 = packet.first().map(|b| b >> 4) == Some(6);
+        let allow_other = self
+            .config
+            .as_ref()
+            .and_then(|c| c.esp.allow_6in4)
+            .unwrap_or(false);
+        // Pulse gateways only take ESP of the family the UDP socket uses unless they
+        // announce 6in4 support (TLV 0x4024; esp.c `pulse_esp_unstupid`).
+        allow_other || v6 == self.cfg.udp_ipv6
+    }
+
+    fn sending(&mut self, _now: Instant) {}
+
+    fn exhausted(&mut self) {
+        if matches!(self.link, EspLink::Up { .. }) {
+            self.events.push_back(ClientEvent::EspDown);
+        }
+        self.link = EspLink::Off;
+    }
+
+    /// Anything authenticated from the gateway, a probe's answer or data, means ESP works.
+    fn heard(&mut self, _heard: Heard, now: Instant) {
+        if !matches!(self.link, EspLink::Up { .. }) {
+            self.events.push_back(ClientEvent::EspUp);
+        }
+        self.link = EspLink::Up {
+            last_rx: now,
+            last_probe: None,
+        };
     }
 }
 

@@ -31,14 +31,14 @@ pub const CONFIG_MAGIC_R14: u32 = 0x2e20_f000;
 /// Magic of the ESP key exchange packet.
 pub const ESP_CONFIG_MAGIC: u32 = 0x2120_2400;
 /// Route entry type: include (split tunnel) range.
-pub const ROUTE_INCLUDE: u32 = 0x0700_0010;
+pub(crate) const ROUTE_INCLUDE: u32 = 0x0700_0010;
 /// Route entry type: exclude range.
-pub const ROUTE_EXCLUDE: u32 = 0xf100_0010;
+pub(crate) const ROUTE_EXCLUDE: u32 = 0xf100_0010;
 /// Size of the ESP secrets area: encryption key, then HMAC key, then zero padding.
 pub const ESP_SECRETS_LEN: usize = 0x40;
 /// Most IPv4 route entries one config packet can carry: openconnect reads the count from a
 /// single byte.
-pub const MAX_V4_ROUTES: usize = 255;
+pub(crate) const MAX_V4_ROUTES: usize = 255;
 
 const ROUTE_MARKER: u16 = 0x2e00;
 const ATTR_BLOCK_END: u16 = 0x2c00;
@@ -47,7 +47,7 @@ const ESP_MARKER: u32 = 0x0100_0000;
 const ROUTE_FILLER: u32 = 0x0000_ffff;
 
 /// TLV types in the attribute section.
-pub mod tlv {
+pub(crate) mod tlv {
     /// IPv4 address (4 bytes).
     pub const IPV4_ADDRESS: u16 = 0x0001;
     /// IPv4 netmask (4 bytes).
@@ -93,7 +93,7 @@ pub mod tlv {
 }
 
 /// Human name of a TLV type, for error messages.
-pub fn tlv_name(kind: u16) -> &'static str {
+pub(crate) fn tlv_name(kind: u16) -> &'static str {
     match kind {
         tlv::IPV4_ADDRESS => "IPv4 address",
         tlv::IPV4_NETMASK => "IPv4 netmask",
@@ -415,6 +415,12 @@ pub struct EspKeys {
     pub spi: u32,
     /// Encryption key then HMAC key, zero padded.
     pub secrets: [u8; ESP_SECRETS_LEN],
+}
+
+impl Drop for EspKeys {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secrets);
+    }
 }
 
 impl std::fmt::Debug for EspKeys {

@@ -22,19 +22,19 @@
 use crate::wire::{be16, be32};
 
 /// EAP type: identity.
-pub const EAP_TYPE_IDENTITY: u8 = 1;
+pub(crate) const EAP_TYPE_IDENTITY: u8 = 1;
 /// EAP type: generic token card (token-code logins).
 pub const EAP_TYPE_GTC: u8 = 6;
 /// EAP type: TTLS (client-certificate logins).
 pub const EAP_TYPE_TTLS: u8 = 0x15;
 /// EAP type: expanded.
-pub const EAP_TYPE_EXPANDED: u8 = 254;
+pub(crate) const EAP_TYPE_EXPANDED: u8 = 254;
 /// Vendor id in Juniper expanded EAP packets (24 bits).
 pub const EAP_VENDOR_JUNIPER: u32 = 0x000a4c;
 /// Expanded subtype 1: a container of Juniper AVPs.
 pub const JUNIPER_SUBTYPE_AVPS: u32 = 1;
 /// Expanded subtype 2: password request / response ("J2").
-pub const JUNIPER_SUBTYPE_PASSWORD: u32 = 2;
+pub(crate) const JUNIPER_SUBTYPE_PASSWORD: u32 = 2;
 /// Expanded subtype 3: host checker (TNCC); not supported.
 pub const JUNIPER_SUBTYPE_HOST_CHECKER: u32 = 3;
 /// Expanded subtype 5: the password request of current Ivanti Connect Secure releases
@@ -48,9 +48,9 @@ pub const CURRENT_PASSWORD_FIELD: usize = 18;
 const CURRENT_REQUEST_TAIL: usize = 5;
 
 /// AVP flag: a vendor id follows the length.
-pub const AVP_FLAG_VENDOR: u8 = 0x80;
+pub(crate) const AVP_FLAG_VENDOR: u8 = 0x80;
 /// AVP flag: the receiver must understand this AVP.
-pub const AVP_FLAG_MANDATORY: u8 = 0x40;
+pub(crate) const AVP_FLAG_MANDATORY: u8 = 0x40;
 /// Vendor id used in Juniper AVPs.
 pub const AVP_VENDOR_JUNIPER: u32 = 0x583;
 /// AVP 79 (no vendor): EAP-Message.
@@ -115,13 +115,13 @@ pub mod avp {
 /// J2 code: password requested.
 pub const J2_PASSWORD_REQUEST: u8 = 0x01;
 /// J2 code: client's password response.
-pub const J2_PASSWORD_RESPONSE: u8 = 0x02;
+pub(crate) const J2_PASSWORD_RESPONSE: u8 = 0x02;
 /// J2 code: password expired, change requested.
-pub const J2_PASSWORD_CHANGE: u8 = 0x43;
+pub(crate) const J2_PASSWORD_CHANGE: u8 = 0x43;
 /// J2 code: password wrong, try again.
 pub const J2_PASSWORD_RETRY: u8 = 0x81;
 /// J2 code: authentication failed, with a message.
-pub const J2_PASSWORD_FAILURE: u8 = 0xc5;
+pub(crate) const J2_PASSWORD_FAILURE: u8 = 0xc5;
 
 /// Longest password or message a J2 TLV can carry (one length byte counting its 2-byte header).
 pub const J2_MAX_VALUE: usize = 253;

@@ -53,9 +53,9 @@ pub const ESP_HEADER_LEN: usize = 8;
 pub const IV_LEN: usize = 16;
 const BLOCK: usize = 16;
 /// Next header for an IPv4 payload.
-pub const NEXT_HEADER_IPV4: u8 = 4;
+pub(crate) const NEXT_HEADER_IPV4: u8 = 4;
 /// Next header for an IPv6 payload.
-pub const NEXT_HEADER_IPV6: u8 = 41;
+pub(crate) const NEXT_HEADER_IPV6: u8 = 41;
 /// Replay window size in packets.
 pub const REPLAY_WINDOW: u32 = 64;
 /// Largest overhead any suite adds: header, IV, up to a block of padding plus the two trailer
@@ -376,6 +376,16 @@ enum SaCrypto {
     },
 }
 
+impl Drop for SaCrypto {
+    /// The key schedules wipe themselves (the `zeroize` features of aes, polyval); AWS-LC
+    /// frees its own context; the salt is ours to wipe.
+    fn drop(&mut self) {
+        if let SaCrypto::Gcm { salt, .. } = self {
+            zeroize::Zeroize::zeroize(salt);
+        }
+    }
+}
+
 impl SaCrypto {
     fn new(suite: EspSuite, enc_key: &[u8], mac_key: &[u8]) -> Result<Self, EspError> {
         check_material(suite, enc_key, mac_key)?;
@@ -508,7 +518,22 @@ impl BlockCipher {
 enum MacKey {
     /// `tunnel-crypto`'s, which hashes sixteen packets at a time with AVX-512.
     Sha1(HmacSha1),
-    Sha256(Hmac<Sha256>),
+    Sha256(Sha256Key),
+}
+
+/// An HMAC-SHA256 key as RustCrypto holds it (the digest states of the padded key), wiped
+/// when dropped: hmac and sha2 have no `zeroize` feature of their own.
+#[derive(Clone)]
+struct Sha256Key(Hmac<Sha256>);
+
+impl Drop for Sha256Key {
+    fn drop(&mut self) {
+        // SAFETY: `Hmac<Sha256>` (hmac 0.12, digest 0.10, sha2 0.10) is plain data: two SHA-256
+        // cores (a `[u32; 8]` state and a block count) and a block buffer (64 bytes and a
+        // position), with no pointer and no `Drop` of its own, and all-zero is a valid value of
+        // each field, which is what `zeroize_flat_type` asks of a type.
+        unsafe { zeroize::zeroize_flat_type(&mut self.0) }
+    }
 }
 
 impl MacKey {
@@ -528,9 +553,9 @@ impl MacKey {
         };
         Ok(match mac {
             EspMac::HmacSha1_96 => Self::Sha1(HmacSha1::new(key)),
-            EspMac::HmacSha256_128 => {
-                Self::Sha256(<Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| err)?)
-            }
+            EspMac::HmacSha256_128 => Self::Sha256(Sha256Key(
+                <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| err)?,
+            )),
             EspMac::Aead => return Err(err),
         })
     }
@@ -542,7 +567,7 @@ impl MacKey {
                 tag[..20].copy_from_slice(&k.sign(data));
                 20
             }
-            Self::Sha256(k) => {
+            Self::Sha256(Sha256Key(k)) => {
                 let mut m = k.clone();
                 m.update(data);
                 let out = m.finalize().into_bytes();
@@ -593,7 +618,7 @@ fn check_material(suite: EspSuite, enc_key: &[u8], mac_key: &[u8]) -> Result<(),
 
 /// Splits a Pulse secrets area (encryption key immediately followed by HMAC key, any padding
 /// after) into the two keys.
-pub fn split_secrets(suite: EspSuite, secrets: &[u8]) -> Result<(&[u8], &[u8]), EspError> {
+pub(crate) fn split_secrets(suite: EspSuite, secrets: &[u8]) -> Result<(&[u8], &[u8]), EspError> {
     let need = suite.key_material_len();
     if secrets.len() < need {
         return Err(EspError::KeyLength {
@@ -1179,6 +1204,30 @@ mod tests {
     use aes::cipher::block_padding::NoPadding;
     use aes::cipher::{BlockEncryptMut, KeyIvInit};
     use sha1::Sha1;
+
+    /// The bytes `value` leaves behind once dropped in place (the memory stays held).
+    fn bytes_after_drop<T>(value: T) -> Vec<u8> {
+        let mut held = std::mem::ManuallyDrop::new(value);
+        // SAFETY: dropped exactly once; afterwards the memory is only read as bytes, never
+        // used as a `T` again, and `ManuallyDrop` keeps it allocated.
+        unsafe {
+            std::mem::ManuallyDrop::drop(&mut held);
+            let p: *const T = &*held;
+            std::slice::from_raw_parts(p.cast::<u8>(), std::mem::size_of::<T>()).to_vec()
+        }
+    }
+
+    #[test]
+    fn key_material_is_wiped_when_dropped() {
+        let key = [0xa5u8; 32];
+        let hmac = Sha256Key(<Hmac<Sha256> as Mac>::new_from_slice(&key).expect("key"));
+        assert!(bytes_after_drop(hmac).iter().all(|&b| b == 0));
+        let keys = crate::config::EspKeys {
+            spi: 0,
+            secrets: [0xa5; crate::config::ESP_SECRETS_LEN],
+        };
+        assert!(bytes_after_drop(keys).iter().all(|&b| b == 0));
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();

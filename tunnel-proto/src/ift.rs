@@ -29,7 +29,7 @@ pub const VENDOR_TCG: u32 = 0x5597;
 pub const VENDOR_JUNIPER: u32 = 0xa4c;
 /// IF-T authentication type "Juniper/1": Juniper vendor shifted left 8, type 1. Every auth
 /// challenge/response/success frame starts with it.
-pub const AUTH_TYPE_JUNIPER_1: u32 = (VENDOR_JUNIPER << 8) | 1;
+pub(crate) const AUTH_TYPE_JUNIPER_1: u32 = (VENDOR_JUNIPER << 8) | 1;
 /// Size of the IF-T header.
 pub const HEADER_LEN: usize = 16;
 /// Default upper bound for a frame, header included: openconnect refuses config packets over
@@ -38,9 +38,9 @@ pub const DEFAULT_MAX_FRAME_LEN: u32 = 0x10_0000;
 /// Highest IF-T version we speak. openconnect advertises min 1, max 2, preferred 2 because the
 /// server only offers HMAC-SHA256 to clients that advertise version 2, although the
 /// authentication itself stays version 1 (pulse.c).
-pub const IFT_VERSION_MAX: u8 = 2;
+pub(crate) const IFT_VERSION_MAX: u8 = 2;
 /// Lowest IF-T version we accept.
-pub const IFT_VERSION_MIN: u8 = 1;
+pub(crate) const IFT_VERSION_MIN: u8 = 1;
 /// Longest HTTP head (request or response line plus headers) we buffer before giving up.
 pub const MAX_HTTP_HEAD: usize = 8192;
 
@@ -439,7 +439,7 @@ impl FrameDecoder {
 }
 
 /// Writes a frame header for `payload_len` bytes of payload into `out[..16]`.
-pub fn encode_header(
+pub(crate) fn encode_header(
     kind: FrameKind,
     seq: u32,
     payload_len: usize,
@@ -472,7 +472,11 @@ fn frame_len(payload_len: usize) -> Result<u32, IftError> {
 
 /// Encodes a data frame (Juniper 4) around `packet` into `out`; returns the bytes written.
 /// This is the TLS fallback hot path, so it writes straight into the caller's buffer.
-pub fn encode_data_frame(seq: u32, packet: &[u8], out: &mut [u8]) -> Result<usize, IftError> {
+pub(crate) fn encode_data_frame(
+    seq: u32,
+    packet: &[u8],
+    out: &mut [u8],
+) -> Result<usize, IftError> {
     let need = HEADER_LEN + packet.len();
     if out.len() < need {
         return Err(IftError::BufferTooSmall {
@@ -910,7 +914,7 @@ pub fn build_upgrade_response() -> &'static [u8] {
 }
 
 /// A minimal HTTP error answer for a refused upgrade (the connection is closed after it).
-pub fn build_http_error(status: u16, reason: &str) -> String {
+pub(crate) fn build_http_error(status: u16, reason: &str) -> String {
     format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
 }
 

@@ -22,9 +22,15 @@
 //!   caller ── choose_realm(), provide_credentials(), accept(), reject(), send_config() ──┘
 //!
 //!   TUN ── send_packet(ip, now, buf) ──▶ ESP datagram in buf  ──▶ UDP   (or a TLS data frame)
-//!   UDP ── handle_esp(datagram, now) ──▶ IP packet, decrypted in place ──▶ TUN
-//!   timer ─ poll_timers(now) / next_timer() ──▶ probes, DPD, idle timeout, rekey
+//!   UDP ── handle_esp_train(datagrams, size, now, f) ──▶ IP packets, decrypted in place ──▶ TUN
+//!   timer ─ poll_timers(now) ──▶ probes, DPD, idle timeout, rekey
+//!           poll_esp_transmit(buf) ──▶ a probe or a probe's answer ──▶ UDP
+//!           next_timer() ──▶ when to run the timers again
 //! ```
+//!
+//! [`Client`] and [`Server`] share one ESP data path and one calling grammar: `handle_*`
+//! takes input (TLS bytes, ESP trains, IP packets, the timers' `now`), then the caller drains
+//! `poll_event`, `pending_tls`, `poll_esp_transmit` until None, and asks `next_timer`.
 //!
 //! Layers, one module each, each with its own error type:
 //!
@@ -34,6 +40,7 @@
 //! - the configuration packets: [`Config`], [`ConfigPacket`], [`EspKeyExchange`],
 //!   [`ConfigError`];
 //! - ESP: [`OutboundSa`], [`InboundSa`], [`ReplayWindow`], [`EspError`];
+//! - the ESP data path both sessions share (private: reached through their methods);
 //! - the sessions: [`Client`], [`Server`], [`SessionError`].
 //!
 //! The wire behaviour follows openconnect's `pulse.c`, `esp.c` and `esp-seqno.c`; where this
@@ -72,6 +79,7 @@ mod config;
 mod eap;
 mod esp;
 mod ift;
+mod path;
 mod rng;
 mod server;
 mod session;
@@ -79,37 +87,33 @@ mod wire;
 
 pub use client::{
     Client, ClientConfig, ClientEvent, ClientState, ESP_ATTEMPT_PERIOD, EspDpd, PROBE_INTERVAL,
-    PROBES_PER_ATTEMPT,
 };
 pub use config::{
     CONFIG_MAGIC, CONFIG_MAGIC_R14, Config, ConfigError, ConfigPacket, ESP_CONFIG_MAGIC,
-    ESP_SECRETS_LEN, EspKeyExchange, EspKeys, EspSettings, Ipv4Net, Ipv6Net, MAX_V4_ROUTES,
-    ROUTE_EXCLUDE, ROUTE_INCLUDE, RawTlv, range_to_prefixes, tlv, tlv_name,
+    ESP_SECRETS_LEN, EspKeyExchange, EspKeys, EspSettings, Ipv4Net, Ipv6Net, RawTlv,
+    range_to_prefixes,
 };
 pub use eap::{
-    AVP_EAP_MESSAGE, AVP_FLAG_MANDATORY, AVP_FLAG_VENDOR, AVP_VENDOR_JUNIPER, ActiveSession,
-    Answer, AuthRequest, AuthResponse, Avp, AvpIter, CURRENT_PASSWORD_FIELD, EAP_TYPE_EXPANDED,
-    EAP_TYPE_IDENTITY, EAP_VENDOR_JUNIPER, EapBody, EapCode, EapError, EapPacket, InnerRequest,
-    InnerResponse, J2_PASSWORD_CHANGE, J2_PASSWORD_FAILURE, J2_PASSWORD_REQUEST,
-    J2_PASSWORD_RESPONSE, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS, JUNIPER_SUBTYPE_PASSWORD,
+    AVP_EAP_MESSAGE, AVP_VENDOR_JUNIPER, ActiveSession, Answer, AuthRequest, AuthResponse, Avp,
+    AvpIter, CURRENT_PASSWORD_FIELD, EAP_VENDOR_JUNIPER, EapBody, EapCode, EapError, EapPacket,
+    InnerRequest, InnerResponse, J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY, JUNIPER_SUBTYPE_AVPS,
     JUNIPER_SUBTYPE_PASSWORD_CURRENT, PasswordMessage, RawAvp, append_avp, avp,
     encode_juniper_avps, parse_avps,
 };
 pub use esp::{
-    EspCipher, EspError, EspMac, EspPayload, EspSuite, InboundSa, MAX_OVERHEAD, NEXT_HEADER_IPV4,
-    NEXT_HEADER_IPV6, OutboundSa, REPLAY_WINDOW, ReplayWindow, peek_spi, split_secrets,
+    EspCipher, EspError, EspMac, EspPayload, EspSuite, InboundSa, MAX_OVERHEAD, OutboundSa,
+    REPLAY_WINDOW, ReplayWindow, peek_spi,
 };
 pub use ift::{
-    AUTH_TYPE_JUNIPER_1, ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder,
-    FrameHeader, FrameKind, HEADER_LEN, IFT_VERSION_MAX, IFT_VERSION_MIN, IftError, MAX_HTTP_HEAD,
-    Message, UpgradeRequest, UpgradeResponse, VENDOR_JUNIPER, VENDOR_TCG, build_http_error,
-    build_upgrade_request, build_upgrade_response, encode_data_frame, encode_header,
-    parse_upgrade_request, parse_upgrade_response,
+    ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder, FrameHeader, FrameKind,
+    HEADER_LEN, IftError, MAX_HTTP_HEAD, Message, UpgradeRequest, UpgradeResponse, VENDOR_JUNIPER,
+    VENDOR_TCG, build_upgrade_request, build_upgrade_response, parse_upgrade_request,
+    parse_upgrade_response,
 };
-pub use rng::{OsRandom, RandomSource, SessionRandom};
+pub use rng::{OsRandom, RandomSource};
 pub use server::{
-    CloseReason, DEFAULT_LOGIN_MAX_FRAME_LEN, Notice, PasswordForm, Prompt, PromptAnswer, Server,
-    ServerConfig, ServerEvent, SpiAllocator,
+    CloseReason, DEFAULT_LOGIN_MAX_FRAME_LEN, DPD_PROBES, Notice, PasswordForm, Prompt,
+    PromptAnswer, Server, ServerConfig, ServerEvent, SpiAllocator,
 };
 pub use session::{
     AuthFailure, AuthRejection, EspInput, MAX_TLS_BACKLOG, MIN_SPI, Password, REKEY_OVERLAP,

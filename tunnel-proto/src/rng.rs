@@ -29,7 +29,7 @@ impl RandomSource for OsRandom {
 /// thread-local storage behind a reference count for every IV. After an idle spell that
 /// lookup is cold: drawing one 16-byte IV took about 4 us through the thread-local generator
 /// against 1.3-2 us from a generator held by its user.
-pub struct SessionRandom(ReseedingRng<ChaCha12Core, OsRng>);
+pub(crate) struct SessionRandom(ReseedingRng<ChaCha12Core, OsRng>);
 
 /// Output after which [`SessionRandom`] reseeds from the OS (`rand`'s thread-local policy).
 const RESEED_AFTER: u64 = 64 * 1024;

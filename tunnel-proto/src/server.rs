@@ -15,15 +15,16 @@ use crate::eap::{
     InnerResponse, J2_PASSWORD_CHANGE, J2_PASSWORD_REQUEST, J2_PASSWORD_RETRY,
     JUNIPER_SUBTYPE_AVPS, PasswordMessage, encode_juniper_avps,
 };
-use crate::esp::{EspError, EspSuite};
+use crate::esp::{EspSuite, NEXT_HEADER_IPV4};
 use crate::ift::{
     ClientInfo, DEFAULT_MAX_FRAME_LEN, FatalErrorKind, Frame, FrameDecoder, IFT_VERSION_MAX,
     IFT_VERSION_MIN, Message, UpgradeRequest, build_http_error, build_upgrade_response,
     parse_upgrade_request,
 };
+use crate::path::{self, EspPath, Heard, Parts, Seal, Side};
 use crate::rng::{RandomSource, SessionRandom};
 use crate::session::{
-    AuthRejection, EspInput, EspPair, PacketSink, Password, SessionError, TlsOut, Transmit, after,
+    AuthRejection, EspInput, PacketSink, Password, SessionError, TlsOut, Transmit, after,
     generate_inbound_with, outbound_from, random_spi,
 };
 use std::collections::{BTreeMap, VecDeque};
@@ -133,7 +134,19 @@ pub struct ServerConfig {
     /// the traffic: announced to the client (AVP 0xd5c) and enforced (fatal error, then
     /// closed). A resumed login keeps its original end ([`Server::set_session_end`]).
     pub session_lifetime: Option<Duration>,
+    /// Dead-peer detection: a client heard on ESP that then stays silent (nothing over ESP
+    /// or TLS) for this long gets an ESP probe, another after each further interval of
+    /// silence, and once [`DPD_PROBES`] went unanswered for an interval each the session
+    /// closes with [`CloseReason::PeerGone`]. None: off.
+    pub dpd_interval: Option<Duration>,
 }
+
+/// How many dead-peer probes a silent client gets before it is taken as gone: with
+/// [`ServerConfig::dpd_interval`] `i`, it is gone `(DPD_PROBES + 1) * i` after it was last
+/// heard. Pulse clients do not answer a probe as such; a live one is heard anyway, since it
+/// probes on its own after each of its own DPD periods without traffic (esp.c
+/// `keepalive_action`: the gateway's ESP-to-TLS fallback time, TLV 0x4017).
+pub const DPD_PROBES: u32 = 3;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -148,6 +161,7 @@ impl Default for ServerConfig {
             user_step_timeout: Some(Duration::from_secs(60)),
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             session_lifetime: None,
+            dpd_interval: None,
         }
     }
 }
@@ -179,6 +193,9 @@ pub enum CloseReason {
     Terminated,
     /// The login's lifetime ended; fatal error was sent.
     LifetimeExpired,
+    /// Dead-peer detection: the client stayed silent through [`DPD_PROBES`] probes. Nothing
+    /// was sent; the caller treats it as a lost connection (the session stays resumable).
+    PeerGone,
     /// The client sent what the protocol does not allow (the error was returned by the
     /// call that fed it); the connection is to be closed.
     ProtocolError,
@@ -340,31 +357,28 @@ impl State {
 
 #[derive(Debug)]
 struct ServerEsp {
-    pair: EspPair,
+    path: EspPath,
     sent: EspKeys,
     keys_at: Instant,
     last_rx: Option<Instant>,
+    /// Next header of the client's probes, which the gateway's own probes copy.
+    probe_next_header: u8,
     fallback: Option<Duration>,
     lifetime: Option<Duration>,
     /// Replace the keys once this many bytes of IP packets went through them, either way.
     lifetime_bytes: Option<u64>,
-    /// Bytes of IP packets sealed and opened since `keys_at`.
-    bytes: u64,
     /// The client answered `sent` with its keys. An answer installs a fresh outbound SA
     /// whose sequence numbers start again at 1: a second answer to the same keys would, with
     /// the same key material, reuse every nonce (AES-GCM) and IV sequence the first SA
     /// used, so only one answer per key exchange of ours is taken.
     answered: bool,
-    /// Next header of a probe that arrived before the client's keys: the client sends its
-    /// keys over TLS and starts probing over UDP at once, so its first probe can overtake its
-    /// keys. The reply goes out as soon as the keys are installed ([`Server::poll_esp_transmit`]).
-    unanswered_probe: Option<u8>,
 }
 
 impl ServerEsp {
     /// The keys carried their byte lifetime.
     fn bytes_spent(&self) -> bool {
-        self.lifetime_bytes.is_some_and(|limit| self.bytes >= limit)
+        self.lifetime_bytes
+            .is_some_and(|limit| self.path.bytes >= limit)
     }
 
     /// When the keys' time lifetime ends.
@@ -399,6 +413,10 @@ pub struct Server {
     events: VecDeque<ServerEvent>,
     created: Instant,
     last_activity: Instant,
+    /// When anything last came from the client (TLS bytes, an authenticated ESP datagram).
+    last_heard: Instant,
+    /// Dead-peer probes sent since then.
+    dpd_sent: u32,
     /// The latest time the caller passed in.
     clock: Instant,
     /// When the current login step began: the client has its step timeout from here.
@@ -415,7 +433,7 @@ pub struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let (Some(spis), Some(esp)) = (&self.spis, &self.esp) {
-            for spi in esp.pair.inbound_spis() {
+            for spi in esp.path.pair.inbound_spis() {
                 spis.release(spi);
             }
         }
@@ -450,6 +468,8 @@ impl Server {
             events: VecDeque::new(),
             created: now,
             last_activity: now,
+            last_heard: now,
+            dpd_sent: 0,
             clock: now,
             step_started: now,
             next_ident: 1,
@@ -480,7 +500,7 @@ impl Server {
     /// The SPIs the client's datagrams may carry now: the current inbound SA's, and the
     /// previous one's during a rekey's overlap. The caller's index by SPI follows this.
     pub fn esp_spis(&self) -> impl Iterator<Item = u32> + '_ {
-        self.esp.iter().flat_map(|e| e.pair.inbound_spis())
+        self.esp.iter().flat_map(|e| e.path.pair.inbound_spis())
     }
 
     /// Whether [`Self::poll_timers`] has work now that the packet path made (a key byte
@@ -547,7 +567,7 @@ impl Server {
 
     /// The SPI the client's ESP packets for this session carry, once keys were sent.
     pub fn esp_spi(&self) -> Option<u32> {
-        self.esp.as_ref().map(|e| e.pair.inbound.spi())
+        self.esp.as_ref().map(|e| e.path.pair.inbound.spi())
     }
 
     fn wrong(&self, call: &'static str) -> SessionError {
@@ -596,6 +616,7 @@ impl Server {
             return Err(SessionError::Closed);
         }
         self.clock = self.clock.max(now);
+        self.peer_heard(now);
         let step = self.state.name();
         let r = self.handle_tls_inner(data, now, &mut packets);
         if r.is_err() {
@@ -1189,16 +1210,15 @@ impl Server {
             self.out.send(&Message::Config(&payload))?;
             let secs = |s: Option<u32>| s.filter(|&s| s > 0).map(|s| Duration::from_secs(s.into()));
             self.esp = Some(ServerEsp {
-                pair: EspPair::new(suite, inbound),
+                path: EspPath::new(suite, inbound),
                 sent: keys,
                 keys_at: now,
                 last_rx: None,
+                probe_next_header: NEXT_HEADER_IPV4,
                 fallback: secs(config.esp.fallback_seconds),
                 lifetime: secs(config.esp.lifetime_seconds),
                 lifetime_bytes: config.esp.lifetime_bytes.filter(|&b| b > 0).map(u64::from),
-                bytes: 0,
                 answered: false,
-                unanswered_probe: None,
             });
         }
         self.out.send(&Message::EndOfConfig)?;
@@ -1221,8 +1241,8 @@ impl Server {
         if esp.answered {
             return Err(SessionError::EspKeysRepeated);
         }
-        let first = esp.pair.outbound.is_none();
-        esp.pair.outbound = Some(outbound_from(esp.pair.suite, &x.keys)?);
+        let first = esp.path.pair.outbound.is_none();
+        esp.path.pair.outbound = Some(outbound_from(esp.path.pair.suite, &x.keys)?);
         esp.answered = true;
         if first {
             self.events.push_back(ServerEvent::EspKeysInstalled);
@@ -1230,24 +1250,13 @@ impl Server {
         Ok(())
     }
 
-    /// The reply to a probe not answered yet (one that arrived before the client's ESP
-    /// keys, once the keys are there, or one that came in a train): an ESP datagram written
-    /// into `out` (its length returned), to be sent to where that probe came from. None when
-    /// there is nothing to send.
+    /// The next ESP datagram to send over UDP to the client's ESP endpoint, written into
+    /// `out`, its length returned; call until it returns None. It is the answer to a probe
+    /// of the client's (one that arrived before the client's keys waits for them: the client
+    /// sends its keys over TLS and probes over UDP at once, so its first probe can overtake
+    /// them), or a dead-peer probe of the timers.
     pub fn poll_esp_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, SessionError> {
-        let Some(esp) = &mut self.esp else {
-            return Ok(None);
-        };
-        let (Some(next_header), Some(sa)) = (esp.unanswered_probe, esp.pair.outbound.as_mut())
-        else {
-            return Ok(None);
-        };
-        esp.unanswered_probe = None;
-        match sa.encapsulate_probe(next_header, out, &mut *self.rng) {
-            Ok(n) => Ok(Some(n)),
-            Err(EspError::SequenceExhausted) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        path::poll_transmit(self, out)
     }
 
     /// Sends new ESP keys (the client answers with its own); the old inbound SA stays valid
@@ -1256,20 +1265,20 @@ impl Server {
         if !matches!(self.state, State::Established) {
             return Err(self.wrong("rekey_esp"));
         }
-        let Some(suite) = self.esp.as_ref().map(|e| e.pair.suite) else {
+        let Some(suite) = self.esp.as_ref().map(|e| e.path.pair.suite) else {
             return Err(self.wrong("rekey_esp"));
         };
         let (inbound, keys) = self.new_inbound(suite)?;
         let Some(esp) = &mut self.esp else {
             return Err(self.wrong("rekey_esp"));
         };
-        if let (Some(gone), Some(spis)) = (esp.pair.rotate_inbound(inbound, now), &self.spis) {
+        if let (Some(gone), Some(spis)) = (esp.path.pair.rotate_inbound(inbound, now), &self.spis) {
             spis.release(gone);
         }
         esp.sent = keys.clone();
         esp.answered = false;
         esp.keys_at = now;
-        esp.bytes = 0;
+        esp.path.bytes = 0;
         let mut payload = Vec::new();
         EspKeyExchange { keys, echo: None }.encode(&mut payload)?;
         self.out.send(&Message::Config(&payload))
@@ -1297,7 +1306,7 @@ impl Server {
         now: Instant,
         esp_out: &mut [u8],
     ) -> Result<Transmit, SessionError> {
-        self.route_packet(ip_packet, now, esp_out, false)
+        path::send(self, ip_packet, now, esp_out, Seal::Now)
     }
 
     /// Like [`Self::send_packet`], but an ESP datagram is only staged into `esp_out` as the
@@ -1308,59 +1317,20 @@ impl Server {
         now: Instant,
         esp_out: &mut [u8],
     ) -> Result<Transmit, SessionError> {
-        self.route_packet(ip_packet, now, esp_out, true)
+        path::send(self, ip_packet, now, esp_out, Seal::Staged)
     }
 
     /// Seals a train of datagrams staged by [`Self::stage_packet`] (`size` bytes each, the
     /// last possibly shorter); see [`OutboundSa::seal_train`](crate::OutboundSa::seal_train).
     /// Fails, sealing nothing, when the outbound SA changed since they were staged.
     pub fn seal_train(&mut self, train: &mut [u8], size: usize) -> Result<(), SessionError> {
-        match self.esp.as_ref().and_then(|e| e.pair.outbound.as_ref()) {
-            Some(out) => Ok(out.seal_train(train, size)?),
-            None if train.is_empty() => Ok(()),
-            None => Err(self.wrong("seal_train")),
-        }
-    }
-
-    fn route_packet(
-        &mut self,
-        ip_packet: &[u8],
-        now: Instant,
-        esp_out: &mut [u8],
-        stage: bool,
-    ) -> Result<Transmit, SessionError> {
-        if !matches!(self.state, State::Established) {
-            return Err(self.wrong("send_packet"));
-        }
-        self.last_activity = now;
-        if self.esp_usable(now)
-            && let Some(out) = self.esp.as_mut().and_then(|e| e.pair.outbound.as_mut())
-        {
-            let r = if stage {
-                out.stage(ip_packet, esp_out, &mut *self.rng)
-            } else {
-                out.encapsulate(ip_packet, esp_out, &mut *self.rng)
-            };
-            match r {
-                Ok(n) => {
-                    if let Some(esp) = &mut self.esp {
-                        esp.bytes = esp.bytes.saturating_add(ip_packet.len() as u64);
-                    }
-                    return Ok(Transmit::Esp(n));
-                }
-                // No rekey came in time: TLS carries the traffic.
-                Err(EspError::SequenceExhausted) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.out.send_data(ip_packet)?;
-        Ok(Transmit::Tls)
+        path::seal_train(self, train, size)
     }
 
     /// Handles a train of ESP datagrams from the client (`size` bytes each, the last
-    /// possibly shorter: one GRO receive), decrypting them in place: `f` gets what each one
-    /// was, in order. A probe comes out as [`EspInput::Probe`]; its answer is then waiting
-    /// in [`Self::poll_esp_transmit`].
+    /// possibly shorter: one GRO receive, or a single datagram), decrypting them in place:
+    /// `f` gets what each one was, in order. A probe comes out as [`EspInput::Probe`]; its
+    /// answer is then waiting in [`Self::poll_esp_transmit`].
     ///
     /// Returns whether a datagram of the train was authenticated with a sequence number
     /// beyond any its SA accepted before ([`EspPayload::newest`](crate::EspPayload::newest)): only
@@ -1373,81 +1343,9 @@ impl Server {
         train: &mut [u8],
         size: usize,
         now: Instant,
-        mut f: impl FnMut(Result<EspInput<'_>, SessionError>),
+        f: impl FnMut(Result<EspInput<'_>, SessionError>),
     ) -> bool {
-        if !matches!(self.state, State::Established) {
-            f(Err(self.wrong("handle_esp")));
-            return false;
-        }
-        let Some(esp) = &mut self.esp else {
-            f(Err(self.wrong("handle_esp")));
-            return false;
-        };
-        let (mut heard, mut newest, mut data, mut probe) = (false, false, false, None);
-        let mut bytes = 0u64;
-        esp.pair.decapsulate_train(train, size, now, |r| match r {
-            Ok(p) if p.is_probe() => {
-                heard = true;
-                newest |= p.newest;
-                probe = Some(p.next_header);
-                f(Ok(EspInput::Probe))
-            }
-            Ok(p) => {
-                heard = true;
-                newest |= p.newest;
-                data = true;
-                bytes += p.payload.len() as u64;
-                f(Ok(EspInput::Packet(p.payload)))
-            }
-            Err(e) => f(Err(e.into())),
-        });
-        esp.bytes = esp.bytes.saturating_add(bytes);
-        if heard {
-            esp.last_rx = Some(now);
-        }
-        if probe.is_some() {
-            esp.unanswered_probe = probe;
-        }
-        if data {
-            self.last_activity = now;
-        }
-        newest
-    }
-
-    /// Handles one ESP datagram from the client. Probes are answered into `reply`.
-    /// Errors concern only this datagram.
-    pub fn handle_esp<'a>(
-        &mut self,
-        datagram: &'a mut [u8],
-        now: Instant,
-        reply: &mut [u8],
-    ) -> Result<EspInput<'a>, SessionError> {
-        if !matches!(self.state, State::Established) {
-            return Err(self.wrong("handle_esp"));
-        }
-        let Some(esp) = &mut self.esp else {
-            return Err(self.wrong("handle_esp"));
-        };
-        let payload = esp.pair.decapsulate(datagram, now)?;
-        esp.last_rx = Some(now);
-        if payload.is_probe() {
-            return Ok(match esp.pair.outbound.as_mut() {
-                Some(out) => {
-                    match out.encapsulate_probe(payload.next_header, reply, &mut *self.rng) {
-                        Ok(n) => EspInput::ProbeReply(n),
-                        Err(EspError::SequenceExhausted) => EspInput::Probe,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                None => {
-                    esp.unanswered_probe = Some(payload.next_header);
-                    EspInput::Probe
-                }
-            });
-        }
-        esp.bytes = esp.bytes.saturating_add(payload.payload.len() as u64);
-        self.last_activity = now;
-        Ok(EspInput::Packet(payload.payload))
+        path::receive(self, train, size, now, f)
     }
 
     /// Ends the session with a fatal error frame (0x93) carrying `kind` and `message`.
@@ -1501,8 +1399,15 @@ impl Server {
             self.close(CloseReason::IdleTimeout);
             return Ok(());
         }
+        if let Some(due) = self.dpd_due()
+            && now >= due
+            && self.probe_silent_peer(now)
+        {
+            self.close(CloseReason::PeerGone);
+            return Ok(());
+        }
         if let Some(esp) = &mut self.esp
-            && let Some(gone) = esp.pair.retire_previous(now)
+            && let Some(gone) = esp.path.pair.retire_previous(now)
             && let Some(spis) = &self.spis
         {
             spis.release(gone);
@@ -1513,6 +1418,40 @@ impl Server {
             self.rekey_esp(now)?;
         }
         Ok(())
+    }
+
+    fn peer_heard(&mut self, now: Instant) {
+        self.last_heard = self.last_heard.max(now);
+        self.dpd_sent = 0;
+    }
+
+    /// When dead-peer detection next acts: a probe, or the end of the last one's wait. None
+    /// while it does not apply: it is off, or the client was never heard on ESP (probes go
+    /// to its ESP endpoint; TLS has no probe in this protocol).
+    fn dpd_due(&self) -> Option<Instant> {
+        let interval = self.cfg.dpd_interval?;
+        let esp = self.esp.as_ref()?;
+        esp.last_rx?;
+        esp.path.pair.outbound.as_ref()?;
+        after(self.last_heard, interval.checked_mul(self.dpd_sent + 1)?)
+    }
+
+    /// The client has been silent past a dead-peer step: queues the probe of this step
+    /// (several steps late, one probe for all of them), or returns true when the last
+    /// probe's wait is over too.
+    fn probe_silent_peer(&mut self, now: Instant) -> bool {
+        let (Some(interval), Some(esp)) = (self.cfg.dpd_interval, &mut self.esp) else {
+            return false;
+        };
+        let silent = now.saturating_duration_since(self.last_heard);
+        let steps = silent.as_nanos() / interval.as_nanos().max(1);
+        if steps > u128::from(DPD_PROBES) {
+            return true;
+        }
+        // `steps` is at most DPD_PROBES here.
+        self.dpd_sent = steps as u32;
+        esp.path.queue_probe(esp.probe_next_header);
+        false
     }
 
     /// When the client's time for the current login step is up.
@@ -1547,11 +1486,65 @@ impl Server {
                 e.rekey_at()
             }
         });
-        let retire = esp.and_then(|e| e.pair.previous_until());
-        [idle, rekey, retire, self.session_end]
+        let retire = esp.and_then(|e| e.path.pair.previous_until());
+        [idle, rekey, retire, self.session_end, self.dpd_due()]
             .into_iter()
             .flatten()
             .min()
+    }
+}
+
+impl Side for Server {
+    fn parts(&mut self) -> Parts<'_> {
+        Parts {
+            esp: self.esp.as_mut().map(|e| &mut e.path),
+            tls: &mut self.out,
+            rng: &mut *self.rng,
+        }
+    }
+
+    fn may_send(&self) -> Result<(), SessionError> {
+        match self.state {
+            State::Established => Ok(()),
+            _ => Err(self.wrong("send_packet")),
+        }
+    }
+
+    fn may_receive(&self) -> Result<(), SessionError> {
+        match self.state {
+            State::Established => Ok(()),
+            _ => Err(self.wrong("handle_esp_train")),
+        }
+    }
+
+    fn wrong(&self, call: &'static str) -> SessionError {
+        Server::wrong(self, call)
+    }
+
+    fn esp_carries(&self, _packet: &[u8], now: Instant) -> bool {
+        self.esp_usable(now)
+    }
+
+    fn sending(&mut self, now: Instant) {
+        self.last_activity = now;
+    }
+
+    /// No rekey came in time: TLS carries the traffic until one does.
+    fn exhausted(&mut self) {}
+
+    /// The client is heard on ESP; its probes are answered, its data is activity.
+    fn heard(&mut self, heard: Heard, now: Instant) {
+        if let Some(esp) = &mut self.esp {
+            esp.last_rx = Some(now);
+            if let Some(next_header) = heard.probe {
+                esp.probe_next_header = next_header;
+                esp.path.queue_probe(next_header);
+            }
+        }
+        self.peer_heard(now);
+        if heard.data {
+            self.last_activity = now;
+        }
     }
 }
 

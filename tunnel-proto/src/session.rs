@@ -175,10 +175,9 @@ pub enum Transmit {
 pub enum EspInput<'a> {
     /// An IP packet, decrypted in place: write it to the TUN device.
     Packet(&'a [u8]),
-    /// A probe; nothing to do.
+    /// A probe. The gateway's answer to it waits in
+    /// [`Server::poll_esp_transmit`](crate::Server::poll_esp_transmit).
     Probe,
-    /// A probe that must be answered: send the first `n` bytes of the reply buffer.
-    ProbeReply(usize),
 }
 
 /// Most bytes of data frames waiting to be written to TLS. Past it a data packet is dropped

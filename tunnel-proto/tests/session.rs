@@ -20,6 +20,75 @@ impl RandomSource for TestRng {
     }
 }
 
+/// What one datagram was, opened as a train of one (the only way the API opens ESP): an IP
+/// packet, a probe, or (server only) a probe whose answer was written into the reply
+/// buffer by `poll_esp_transmit`.
+#[derive(Debug, PartialEq, Eq)]
+enum Opened<'a> {
+    Packet(&'a [u8]),
+    Probe,
+    ProbeReply(usize),
+}
+
+/// Opens `d` as a train of one through `open`, keeping the payload's place in `d`.
+fn open_one<'a>(
+    d: &'a mut [u8],
+    open: impl FnOnce(&mut [u8], &mut dyn FnMut(Result<EspInput<'_>, SessionError>)),
+) -> Result<Opened<'a>, SessionError> {
+    let base = d.as_ptr() as usize;
+    let mut got = None;
+    open(d, &mut |r| {
+        got = Some(r.map(|input| match input {
+            EspInput::Packet(p) => Some((p.as_ptr() as usize - base, p.len())),
+            _ => None,
+        }))
+    });
+    match got.expect("one datagram, one result")? {
+        Some((at, len)) => Ok(Opened::Packet(&d[at..at + len])),
+        None => Ok(Opened::Probe),
+    }
+}
+
+/// The gateway opens one datagram; a probe's answer goes into `reply`.
+fn server_esp<'a>(
+    server: &mut Server,
+    d: &'a mut [u8],
+    now: Instant,
+    reply: &mut [u8],
+) -> Result<Opened<'a>, SessionError> {
+    let len = d.len();
+    let opened = open_one(d, |d, f| {
+        let _newest = server.handle_esp_train(d, len, now, f);
+    })?;
+    if opened != Opened::Probe {
+        return Ok(opened);
+    }
+    Ok(match server.poll_esp_transmit(reply)? {
+        Some(n) => Opened::ProbeReply(n),
+        None => Opened::Probe,
+    })
+}
+
+/// The client opens one datagram.
+fn client_esp<'a>(
+    client: &mut Client,
+    d: &'a mut [u8],
+    now: Instant,
+) -> Result<Opened<'a>, SessionError> {
+    let len = d.len();
+    open_one(d, |d, f| client.handle_esp_train(d, len, now, f))
+}
+
+/// The client's timers run; the probe they sent, if any, is written into `out`.
+fn client_timers(
+    client: &mut Client,
+    now: Instant,
+    out: &mut [u8],
+) -> Result<Option<usize>, SessionError> {
+    client.poll_timers(now)?;
+    client.poll_esp_transmit(out)
+}
+
 struct Harness {
     client: Client,
     server: Server,
@@ -118,19 +187,17 @@ impl Harness {
     /// The client's first probe, the server's answer: ESP is up on the client.
     fn bring_up_esp(&mut self) {
         let (mut udp, mut reply) = ([0u8; 2048], [0u8; 2048]);
-        let n = self
-            .client
-            .poll_timers(self.now, &mut udp)
+        let n = client_timers(&mut self.client, self.now, &mut udp)
             .expect("timers")
             .expect("first probe");
-        let Ok(EspInput::ProbeReply(m)) =
-            self.server.handle_esp(&mut udp[..n], self.now, &mut reply)
+        let Ok(Opened::ProbeReply(m)) =
+            server_esp(&mut self.server, &mut udp[..n], self.now, &mut reply)
         else {
             panic!("the server did not answer the probe");
         };
         assert_eq!(
-            self.client.handle_esp(&mut reply[..m], self.now),
-            Ok(EspInput::Probe)
+            client_esp(&mut self.client, &mut reply[..m], self.now),
+            Ok(Opened::Probe)
         );
         assert!(self.client.esp_up());
     }
@@ -484,18 +551,13 @@ fn a_probe_that_overtakes_the_client_keys_is_answered_when_they_arrive() {
         .expect("client takes the config");
     let mut udp = [0u8; 2048];
     let mut reply = [0u8; 2048];
-    let n = h
-        .client
-        .poll_timers(h.now, &mut udp)
+    let n = client_timers(&mut h.client, h.now, &mut udp)
         .expect("timers")
         .expect("first probe");
-    let got = h
-        .server
-        .handle_esp(&mut udp[..n], h.now, &mut reply)
-        .expect("server esp");
+    let got = server_esp(&mut h.server, &mut udp[..n], h.now, &mut reply).expect("server esp");
     assert_eq!(
         got,
-        EspInput::Probe,
+        Opened::Probe,
         "no client keys yet: nothing to answer with"
     );
     assert_eq!(
@@ -510,8 +572,8 @@ fn a_probe_that_overtakes_the_client_keys_is_answered_when_they_arrive() {
         .expect("esp transmit")
         .expect("the held probe is answered once the keys are in");
     assert_eq!(
-        h.client.handle_esp(&mut reply[..m], h.now),
-        Ok(EspInput::Probe)
+        client_esp(&mut h.client, &mut reply[..m], h.now),
+        Ok(Opened::Probe)
     );
     assert!(h.client.esp_up());
     assert_eq!(
@@ -531,23 +593,18 @@ fn esp_probe_handshake_then_data_both_ways() {
     let mut reply = [0u8; 2048];
 
     assert_eq!(h.client.next_timer(), Some(h.now));
-    let n = h
-        .client
-        .poll_timers(h.now, &mut udp)
+    let n = client_timers(&mut h.client, h.now, &mut udp)
         .expect("timers")
         .expect("first probe");
     assert_eq!(peek_spi(&udp), h.server.esp_spi());
-    let got = h
-        .server
-        .handle_esp(&mut udp[..n], h.now, &mut reply)
-        .expect("server esp");
-    let EspInput::ProbeReply(m) = got else {
+    let got = server_esp(&mut h.server, &mut udp[..n], h.now, &mut reply).expect("server esp");
+    let Opened::ProbeReply(m) = got else {
         panic!("expected a probe reply, got {got:?}");
     };
     assert!(!h.client.esp_up());
     assert_eq!(
-        h.client.handle_esp(&mut reply[..m], h.now),
-        Ok(EspInput::Probe)
+        client_esp(&mut h.client, &mut reply[..m], h.now),
+        Ok(Opened::Probe)
     );
     assert!(h.client.esp_up());
     assert_eq!(h.client.poll_event(), Some(ClientEvent::EspUp));
@@ -557,25 +614,25 @@ fn esp_probe_handshake_then_data_both_ways() {
         panic!("client did not use ESP");
     };
     assert_eq!(
-        h.server.handle_esp(&mut udp[..n], h.now, &mut reply),
-        Ok(EspInput::Packet(&up[..]))
+        server_esp(&mut h.server, &mut udp[..n], h.now, &mut reply),
+        Ok(Opened::Packet(&up[..]))
     );
     let down = ipv4_packet(300, 3);
     let Transmit::Esp(n) = h.server.send_packet(&down, h.now, &mut udp).expect("send") else {
         panic!("server did not use ESP");
     };
     assert_eq!(
-        h.client.handle_esp(&mut udp[..n], h.now),
-        Ok(EspInput::Packet(&down[..]))
+        client_esp(&mut h.client, &mut udp[..n], h.now),
+        Ok(Opened::Packet(&down[..]))
     );
     // Replayed datagram: refused, session unaffected.
     let Transmit::Esp(n) = h.server.send_packet(&down, h.now, &mut udp).expect("send") else {
         panic!("server did not use ESP");
     };
     let copy = udp[..n].to_vec();
-    assert!(h.client.handle_esp(&mut udp[..n], h.now).is_ok());
+    assert!(client_esp(&mut h.client, &mut udp[..n], h.now).is_ok());
     assert!(matches!(
-        h.client.handle_esp(&mut copy.clone(), h.now),
+        client_esp(&mut h.client, &mut copy.clone(), h.now),
         Err(SessionError::Esp(EspError::Replayed { .. }))
     ));
     // Without the 6in4 flag, IPv6 goes over TLS when the ESP socket is IPv4.
@@ -627,9 +684,7 @@ fn esp_trains_both_ways() {
                 assert_eq!(got.len(), 7);
                 assert!(newest, "fresh datagrams are the newest of their SA");
                 train.clear();
-                let n = h
-                    .client
-                    .poll_timers(h.now + Duration::from_secs(3600), &mut udp);
+                let n = client_timers(&mut h.client, h.now + Duration::from_secs(3600), &mut udp);
                 let Ok(Some(n)) = n else {
                     panic!("no DPD probe: {n:?}");
                 };
@@ -646,8 +701,8 @@ fn esp_trains_both_ways() {
                         .expect("poll")
                         .expect("answer");
                     assert_eq!(
-                        h.client.handle_esp(&mut reply[..m], h.now),
-                        Ok(EspInput::Probe)
+                        client_esp(&mut h.client, &mut reply[..m], h.now),
+                        Ok(Opened::Probe)
                     );
                 }
             }
@@ -716,13 +771,21 @@ fn esp_dead_peer_detection_falls_back_to_tls_and_retries() {
     let dpd = h.now + Duration::from_secs(15);
     assert_eq!(h.client.next_timer(), Some(dpd));
     assert_eq!(
-        h.client.poll_timers(dpd - Duration::from_secs(1), &mut udp),
+        client_timers(&mut h.client, dpd - Duration::from_secs(1), &mut udp),
         Ok(None)
     );
-    assert!(h.client.poll_timers(dpd, &mut udp).expect("t").is_some());
-    assert_eq!(h.client.poll_timers(dpd, &mut udp), Ok(None));
+    assert!(
+        client_timers(&mut h.client, dpd, &mut udp)
+            .expect("t")
+            .is_some()
+    );
+    assert_eq!(client_timers(&mut h.client, dpd, &mut udp), Ok(None));
     let dead = h.now + Duration::from_secs(30);
-    assert!(h.client.poll_timers(dead, &mut udp).expect("t").is_some());
+    assert!(
+        client_timers(&mut h.client, dead, &mut udp)
+            .expect("t")
+            .is_some()
+    );
     assert!(!h.client.esp_up());
     while let Some(e) = h.client.poll_event() {
         if e == ClientEvent::EspDown {
@@ -737,14 +800,17 @@ fn esp_dead_peer_detection_falls_back_to_tls_and_retries() {
     let mut t = dead;
     for _ in 0..4 {
         t += PROBE_INTERVAL;
-        assert!(h.client.poll_timers(t, &mut udp).expect("t").is_some());
+        assert!(
+            client_timers(&mut h.client, t, &mut udp)
+                .expect("t")
+                .is_some()
+        );
     }
     t += PROBE_INTERVAL;
-    assert_eq!(h.client.poll_timers(t, &mut udp), Ok(None));
+    assert_eq!(client_timers(&mut h.client, t, &mut udp), Ok(None));
     assert_eq!(h.client.next_timer(), Some(dead + ESP_ATTEMPT_PERIOD));
     assert!(
-        h.client
-            .poll_timers(dead + ESP_ATTEMPT_PERIOD, &mut udp)
+        client_timers(&mut h.client, dead + ESP_ATTEMPT_PERIOD, &mut udp)
             .expect("t")
             .is_some()
     );
@@ -773,19 +839,24 @@ fn configured_esp_dead_peer_detection() {
     // Nothing before the idle time.
     assert_eq!(h.client.next_timer(), Some(t0 + dpd.idle));
     assert_eq!(
-        h.client
-            .poll_timers(t0 + dpd.idle - Duration::from_millis(1), &mut udp),
+        client_timers(
+            &mut h.client,
+            t0 + dpd.idle - Duration::from_millis(1),
+            &mut udp
+        ),
         Ok(None)
     );
     // Three probes, two seconds apart.
     for k in 0..3u32 {
         let t = t0 + dpd.idle + dpd.interval * k;
         assert!(
-            h.client.poll_timers(t, &mut udp).expect("t").is_some(),
+            client_timers(&mut h.client, t, &mut udp)
+                .expect("t")
+                .is_some(),
             "probe {k}"
         );
         assert_eq!(
-            h.client.poll_timers(t, &mut udp),
+            client_timers(&mut h.client, t, &mut udp),
             Ok(None),
             "one probe at a time"
         );
@@ -795,7 +866,9 @@ fn configured_esp_dead_peer_detection() {
     let dead = t0 + dpd.idle + dpd.interval * dpd.count;
     assert_eq!(h.client.next_timer(), Some(dead));
     assert!(
-        h.client.poll_timers(dead, &mut udp).expect("t").is_some(),
+        client_timers(&mut h.client, dead, &mut udp)
+            .expect("t")
+            .is_some(),
         "the first probe of a recovery attempt"
     );
     assert!(!h.client.esp_up());
@@ -808,26 +881,26 @@ fn configured_esp_dead_peer_detection() {
     let mut t = dead;
     for _ in 1..dpd.count {
         t += dpd.interval;
-        assert!(h.client.poll_timers(t, &mut udp).expect("t").is_some());
+        assert!(
+            client_timers(&mut h.client, t, &mut udp)
+                .expect("t")
+                .is_some()
+        );
     }
     t += dpd.interval;
-    assert_eq!(h.client.poll_timers(t, &mut udp), Ok(None));
+    assert_eq!(client_timers(&mut h.client, t, &mut udp), Ok(None));
     assert_eq!(h.client.next_timer(), Some(dead + dpd.retry));
     // The gateway answers the next attempt: ESP is back.
     let retry = dead + dpd.retry;
-    let n = h
-        .client
-        .poll_timers(retry, &mut udp)
+    let n = client_timers(&mut h.client, retry, &mut udp)
         .expect("t")
         .expect("retry probe");
-    let EspInput::ProbeReply(m) = h
-        .server
-        .handle_esp(&mut udp[..n], retry, &mut reply)
-        .expect("esp")
+    let Opened::ProbeReply(m) =
+        server_esp(&mut h.server, &mut udp[..n], retry, &mut reply).expect("esp")
     else {
         panic!("no reply");
     };
-    h.client.handle_esp(&mut reply[..m], retry).expect("esp");
+    client_esp(&mut h.client, &mut reply[..m], retry).expect("esp");
     assert!(h.client.esp_up());
     assert_eq!(h.client.poll_event(), Some(ClientEvent::EspUp));
 }
@@ -859,8 +932,8 @@ fn esp_rekey_keeps_traffic_flowing() {
     assert_eq!(h.take_client_events(), [ClientEvent::EspRekeyed]);
     assert_ne!(h.server.esp_spi(), old_spi);
     assert!(matches!(
-        h.server.handle_esp(&mut late, h.now, &mut reply),
-        Ok(EspInput::Packet(p)) if p[1] == 9
+        server_esp(&mut h.server, &mut late, h.now, &mut reply),
+        Ok(Opened::Packet(p)) if p[1] == 9
     ));
 
     let up = ipv4_packet(100, 4);
@@ -869,16 +942,16 @@ fn esp_rekey_keeps_traffic_flowing() {
     };
     assert_eq!(peek_spi(&udp), h.server.esp_spi());
     assert_eq!(
-        h.server.handle_esp(&mut udp[..n], h.now, &mut reply),
-        Ok(EspInput::Packet(&up[..]))
+        server_esp(&mut h.server, &mut udp[..n], h.now, &mut reply),
+        Ok(Opened::Packet(&up[..]))
     );
     let down = ipv4_packet(100, 5);
     let Transmit::Esp(n) = h.server.send_packet(&down, h.now, &mut udp).expect("send") else {
         panic!("not ESP");
     };
     assert_eq!(
-        h.client.handle_esp(&mut udp[..n], h.now),
-        Ok(EspInput::Packet(&down[..]))
+        client_esp(&mut h.client, &mut udp[..n], h.now),
+        Ok(Opened::Packet(&down[..]))
     );
 }
 
@@ -1219,17 +1292,16 @@ fn aes_gcm_is_used_only_by_a_client_that_offered_it() {
     ));
     h.take_client_events();
     let (mut udp, mut reply) = ([0u8; 2048], [0u8; 2048]);
-    let n = h
-        .client
-        .poll_timers(h.now, &mut udp)
+    let n = client_timers(&mut h.client, h.now, &mut udp)
         .expect("timers")
         .expect("probe");
-    let Ok(EspInput::ProbeReply(m)) = h.server.handle_esp(&mut udp[..n], h.now, &mut reply) else {
+    let Ok(Opened::ProbeReply(m)) = server_esp(&mut h.server, &mut udp[..n], h.now, &mut reply)
+    else {
         panic!("no probe reply");
     };
     assert_eq!(
-        h.client.handle_esp(&mut reply[..m], h.now),
-        Ok(EspInput::Probe)
+        client_esp(&mut h.client, &mut reply[..m], h.now),
+        Ok(Opened::Probe)
     );
     let up = ipv4_packet(1201, 2);
     let Transmit::Esp(n) = h.client.send_packet(&up, h.now, &mut udp).expect("send") else {
@@ -1238,8 +1310,8 @@ fn aes_gcm_is_used_only_by_a_client_that_offered_it() {
     // SPI, sequence, 8-byte IV, payload + trailer padded to 4, 16-byte tag.
     assert_eq!(n, 8 + 8 + 1204 + 16);
     assert_eq!(
-        h.server.handle_esp(&mut udp[..n], h.now, &mut reply),
-        Ok(EspInput::Packet(&up[..]))
+        server_esp(&mut h.server, &mut udp[..n], h.now, &mut reply),
+        Ok(Opened::Packet(&up[..]))
     );
     let down = ipv4_packet(300, 3);
     let Transmit::Esp(n) = h.server.send_packet(&down, h.now, &mut udp).expect("send") else {
@@ -1247,14 +1319,14 @@ fn aes_gcm_is_used_only_by_a_client_that_offered_it() {
     };
     udp[20] ^= 1;
     assert_eq!(
-        h.client.handle_esp(&mut udp[..n].to_vec(), h.now),
+        client_esp(&mut h.client, &mut udp[..n].to_vec(), h.now),
         Err(SessionError::Esp(EspError::AuthenticationFailed)),
         "a flipped bit fails the tag"
     );
     udp[20] ^= 1;
     assert_eq!(
-        h.client.handle_esp(&mut udp[..n], h.now),
-        Ok(EspInput::Packet(&down[..]))
+        client_esp(&mut h.client, &mut udp[..n], h.now),
+        Ok(Opened::Packet(&down[..]))
     );
 
     // Not offered (openconnect, or a client configured so): the same config leaves ESP off.
@@ -1440,9 +1512,7 @@ fn the_esp_byte_lifetime_rekeys() {
         else {
             panic!("not ESP");
         };
-        h.server
-            .handle_esp(&mut udp[..n], h.now, &mut reply)
-            .expect("open");
+        server_esp(&mut h.server, &mut udp[..n], h.now, &mut reply).expect("open");
         assert!(!h.server.timers_due(), "{i}");
     }
     let Transmit::Esp(_) = h
@@ -1924,4 +1994,122 @@ fn a_password_cut_inside_a_character_is_checked_not_refused_as_malformed() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Gateway dead-peer detection: a client heard on ESP that goes silent gets a probe after
+/// each interval of silence, and after `DPD_PROBES` unanswered ones its session closes as
+/// gone, with nothing sent over TLS (the caller parks it as a lost connection).
+#[test]
+fn the_gateway_takes_a_silent_esp_client_as_gone_after_its_probes() {
+    let interval = Duration::from_secs(60);
+    let cfg = ServerConfig {
+        dpd_interval: Some(interval),
+        idle_timeout: None,
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(ClientConfig::new("gw"), cfg);
+    h.establish(&tunnel_config(true));
+    h.bring_up_esp();
+    h.take_server_events();
+    let t0 = h.now;
+    let mut udp = [0u8; 2048];
+    assert_eq!(h.server.next_timer(), Some(t0 + interval));
+    h.server
+        .poll_timers(t0 + interval - Duration::from_millis(1))
+        .expect("timers");
+    assert_eq!(
+        h.server.poll_esp_transmit(&mut udp),
+        Ok(None),
+        "not silent yet"
+    );
+    for k in 1..=DPD_PROBES {
+        let t = t0 + interval * k;
+        assert_eq!(h.server.next_timer(), Some(t), "probe {k}");
+        h.server.poll_timers(t).expect("timers");
+        let n = h
+            .server
+            .poll_esp_transmit(&mut udp)
+            .expect("transmit")
+            .unwrap_or_else(|| panic!("probe {k} not sent"));
+        assert_eq!(
+            client_esp(&mut h.client, &mut udp[..n], t),
+            Ok(Opened::Probe),
+            "probe {k} is an ESP probe the client opens"
+        );
+        assert_eq!(
+            h.server.poll_esp_transmit(&mut udp),
+            Ok(None),
+            "one per step"
+        );
+        assert!(!h.server.is_closed());
+    }
+    let gone = t0 + interval * (DPD_PROBES + 1);
+    assert_eq!(h.server.next_timer(), Some(gone));
+    h.server.poll_timers(gone).expect("timers");
+    assert!(h.server.is_closed());
+    assert_eq!(
+        h.server.poll_event(),
+        Some(ServerEvent::Closed(CloseReason::PeerGone))
+    );
+    assert!(h.server.pending_tls().is_empty(), "nothing said over TLS");
+}
+
+/// A live client that sends nothing is still heard: it probes after each of its own DPD
+/// periods without traffic (the fallback time the gateway pushes, shorter than the
+/// gateway's interval), the gateway answers, and its detection never fires.
+#[test]
+fn the_gateway_keeps_a_live_idle_esp_client() {
+    let interval = Duration::from_secs(60);
+    let cfg = ServerConfig {
+        dpd_interval: Some(interval),
+        idle_timeout: None,
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(ClientConfig::new("gw"), cfg);
+    h.establish(&tunnel_config(true));
+    h.bring_up_esp();
+    h.take_server_events();
+    let (mut udp, mut reply) = ([0u8; 2048], [0u8; 2048]);
+    let end = h.now + interval * (DPD_PROBES + 1) * 3;
+    let mut t = h.now;
+    let mut client_probes = 0;
+    while t < end {
+        t += Duration::from_secs(1);
+        if let Some(n) = client_timers(&mut h.client, t, &mut udp).expect("client timers") {
+            client_probes += 1;
+            let Ok(Opened::ProbeReply(m)) = server_esp(&mut h.server, &mut udp[..n], t, &mut reply)
+            else {
+                panic!("the gateway did not answer the client's probe at {t:?}");
+            };
+            client_esp(&mut h.client, &mut reply[..m], t).expect("answer");
+        }
+        h.server.poll_timers(t).expect("server timers");
+        assert_eq!(
+            h.server.poll_esp_transmit(&mut udp),
+            Ok(None),
+            "no dead-peer probe for a client heard every fallback period"
+        );
+        assert!(!h.server.is_closed());
+    }
+    assert!(client_probes >= 40, "{client_probes} probes in 12 minutes");
+    assert!(h.client.esp_up());
+}
+
+/// Without ESP there is nothing to probe with: a silent TLS-only session is left to the
+/// idle timeout.
+#[test]
+fn the_gateway_does_not_probe_a_tls_only_session() {
+    let cfg = ServerConfig {
+        dpd_interval: Some(Duration::from_secs(60)),
+        idle_timeout: Some(Duration::from_secs(600)),
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(ClientConfig::new("gw"), cfg);
+    h.establish(&tunnel_config(false));
+    let idle = h.now + Duration::from_secs(600);
+    assert_eq!(h.server.next_timer(), Some(idle));
+    h.server
+        .poll_timers(idle - Duration::from_secs(1))
+        .expect("timers");
+    assert!(!h.server.is_closed());
 }

@@ -590,8 +590,10 @@ impl Running<'_> {
         let events: Vec<ClientEvent> = std::iter::from_fn(|| c.poll_event()).collect();
         let mut probes = Vec::new();
         let now = Instant::now();
-        while let Ok(Some(n)) = c.poll_timers(now, &mut self.esp_out) {
-            probes.push(self.esp_out[..n].to_vec());
+        if c.poll_timers(now).is_ok() {
+            while let Ok(Some(n)) = c.poll_esp_transmit(&mut self.esp_out) {
+                probes.push(self.esp_out[..n].to_vec());
+            }
         }
         (events, c.next_timer(), probes)
     }

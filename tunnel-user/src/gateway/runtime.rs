@@ -21,8 +21,9 @@ use tokio_rustls::TlsAcceptor;
 
 use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel_proto::{
-    ActiveSession, AuthRejection, Config, EspSettings, FatalErrorKind, Password, PasswordForm,
-    Prompt, PromptAnswer, Server, ServerConfig, ServerEvent,
+    ActiveSession, AuthRejection, CloseReason, Config, DPD_PROBES, ESP_ATTEMPT_PERIOD, EspSettings,
+    FatalErrorKind, Password, PasswordForm, Prompt, PromptAnswer, Server, ServerConfig,
+    ServerEvent,
 };
 
 use super::plane::{EspSide, TlsScratch, TunSide, flush_client_packets, read_tls_connection};
@@ -112,6 +113,8 @@ pub(super) struct Ctx {
     /// Where clients' packets may go ([`AccessPolicy`]), and how many it stopped.
     pub(super) access: AccessControl,
     pub(super) forbidden: AtomicU64,
+    /// Sessions dead-peer detection took as gone.
+    pub(super) dead_peers: AtomicU64,
     pub(super) tun_side: Mutex<TunSide>,
     pub(super) esp_side: Mutex<EspSide>,
 }
@@ -141,6 +144,7 @@ impl Gateway {
             hash_workers = logins.hash_workers(),
             "users file loaded"
         );
+        warn_if_dpd_outpaces_clients(&config);
         let tun = Tun::create_offloaded(&config.tun_name)
             .map_err(io_err(format!("creating TUN {}", config.tun_name)))?;
         configure_tun(&config, &tun)?;
@@ -197,6 +201,7 @@ impl Gateway {
             dropped: AtomicU64::new(0),
             access,
             forbidden: AtomicU64::new(0),
+            dead_peers: AtomicU64::new(0),
             tun_side: Mutex::new(TunSide::new()),
             esp_side,
             config,
@@ -294,6 +299,7 @@ impl Gateway {
             dropped = ctx.dropped.load(Ordering::Relaxed),
             forbidden = ctx.forbidden.load(Ordering::Relaxed),
             refused = ctx.refused.load(Ordering::Relaxed),
+            dead_peers = ctx.dead_peers.load(Ordering::Relaxed),
             "gateway stopped"
         );
         Ok(())
@@ -411,6 +417,21 @@ async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<()>) {
 /// How often the host's addresses are read again for the access policy.
 const ADDRESS_REFRESH: Duration = Duration::from_secs(5);
 
+/// A live client is heard at least once per its own DPD period (it probes when it hears
+/// nothing: the fallback time pushed, openconnect's attempt period without one). A gateway
+/// interval no longer than that would take live idle clients for gone.
+fn warn_if_dpd_outpaces_clients(config: &GatewayConfig) {
+    let client_dpd = config.esp.fallback.unwrap_or(ESP_ATTEMPT_PERIOD);
+    if config.esp.enabled && config.dpd_interval <= client_dpd {
+        warn!(
+            dpd_interval_secs = config.dpd_interval.as_secs(),
+            client_dpd_secs = client_dpd.as_secs(),
+            "dpd_interval_secs is not longer than the clients' own probe period \
+             (esp.fallback_secs): idle clients may be taken as gone and have to resume"
+        );
+    }
+}
+
 /// What `realm` asks of a login after the password.
 fn realm_login(cfg: &GatewayConfig, realm: &str) -> RealmLogin {
     let Some(policy) = cfg.realm_policy(realm) else {
@@ -453,6 +474,7 @@ fn server_config(cfg: &GatewayConfig) -> ServerConfig {
         auth_timeout: Some(limits.login),
         protocol_step_timeout: Some(limits.login_step),
         user_step_timeout: Some(limits.user_step),
+        dpd_interval: Some(cfg.dpd_interval),
         ..ServerConfig::default()
     }
 }
@@ -913,37 +935,45 @@ async fn serve(
 }
 
 /// After the state machine ran: index the inbound SPIs it opens now (a new one after a
-/// rekey, none of a retired one), and send the answer to a probe that arrived before the
-/// client's ESP keys (now that they are in).
+/// rekey, none of a retired one), and send the ESP datagrams it holds to the client's ESP
+/// endpoint: a dead-peer probe of the timers, or the answer to a probe that arrived before
+/// the client's ESP keys (now that they are in).
 fn esp_housekeeping(ctx: &Ctx, s: &Arc<Session>, known_spis: &mut Vec<u32>) {
-    let mut out = [0u8; 256];
+    // At most two wait at once (an answer and a dead-peer probe); any more wait for the next
+    // round. They are sent once the state machine's lock is given back.
+    let mut out = [[0u8; 256]; 2];
+    let mut lens = [0usize; 2];
     let mut spis = [0u32; 2];
-    let (count, probe) = match s.proto.lock() {
-        Ok(mut p) => {
-            let count = spis
-                .iter_mut()
-                .zip(p.esp_spis())
-                .map(|(o, i)| *o = i)
-                .count();
-            (count, p.poll_esp_transmit(&mut out))
+    let count = {
+        let Ok(mut p) = s.proto.lock() else {
+            return;
+        };
+        for (buf, len) in out.iter_mut().zip(&mut lens) {
+            match p.poll_esp_transmit(buf) {
+                Ok(Some(n)) => *len = n,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "sealing an ESP probe failed");
+                    break;
+                }
+            }
         }
-        Err(_) => return,
+        spis.iter_mut()
+            .zip(p.esp_spis())
+            .map(|(o, i)| *o = i)
+            .count()
     };
     if known_spis[..] != spis[..count] {
         ctx.table.index_spis(s, &spis[..count]);
         *known_spis = spis[..count].to_vec();
         debug!(spis = ?known_spis, "ESP SPIs indexed");
     }
-    match probe {
-        Ok(Some(n)) => {
-            let peer = s.esp_peer.lock().ok().and_then(|p| *p);
-            if let (Some(peer), Some(udp)) = (peer, &ctx.udp) {
-                let _ = udp.send_to(&out[..n], peer);
-                debug!(%peer, "answered a probe that arrived before the client's ESP keys");
-            }
+    let peer = s.esp_peer.lock().ok().and_then(|p| *p);
+    for (buf, &n) in out.iter().zip(&lens).take_while(|(_, n)| **n > 0) {
+        if let (Some(peer), Some(udp)) = (peer, &ctx.udp) {
+            let _ = udp.send_to(&buf[..n], peer);
+            debug!(%peer, "ESP probe sent");
         }
-        Ok(None) => {}
-        Err(e) => debug!(error = %e, "probe answer failed"),
     }
 }
 
@@ -1211,6 +1241,15 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             ) {
                 let _ = ctx.tun.send_packet(&p);
             }
+        }
+        ServerEvent::Closed(CloseReason::PeerGone) => {
+            ctx.dead_peers.fetch_add(1, Ordering::Relaxed);
+            info!(
+                probes = DPD_PROBES,
+                dpd_interval_secs = ctx.config.dpd_interval.as_secs(),
+                "dead peer: the client stayed silent through its probes; closing the connection"
+            );
+            return Some(conn.dropped());
         }
         ServerEvent::Closed(reason) => {
             return Some(if conn.session.is_some() {

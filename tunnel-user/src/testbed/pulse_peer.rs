@@ -262,15 +262,19 @@ impl PulsePeer {
             }
             // Keys may still be on their way over TLS.
             let _ = self.until(Duration::from_millis(50), |_| false);
+            self.proto
+                .poll_timers(Instant::now())
+                .map_err(PeerError::Protocol)?;
             while let Some(n) = self
                 .proto
-                .poll_timers(Instant::now(), &mut buf)
+                .poll_esp_transmit(&mut buf)
                 .map_err(PeerError::Protocol)?
             {
                 udp.send(&buf[..n])?;
             }
             if let Ok(n) = udp.recv(&mut buf) {
-                let _ = self.proto.handle_esp(&mut buf[..n], Instant::now());
+                self.proto
+                    .handle_esp_train(&mut buf[..n], n, Instant::now(), |_| {});
             }
         }
         Ok(())
@@ -294,14 +298,17 @@ impl PulsePeer {
 
     /// Opens an ESP datagram from the gateway: the packet in it (None for a probe).
     pub fn open(&mut self, datagram: &mut [u8]) -> Result<Option<Vec<u8>>, PeerError> {
-        match self
-            .proto
-            .handle_esp(datagram, Instant::now())
-            .map_err(PeerError::Protocol)?
-        {
-            EspInput::Packet(p) => Ok(Some(p.to_vec())),
-            _ => Ok(None),
-        }
+        let len = datagram.len();
+        let mut opened = Ok(None);
+        self.proto
+            .handle_esp_train(datagram, len, Instant::now(), |r| {
+                opened = match r {
+                    Ok(EspInput::Packet(p)) => Ok(Some(p.to_vec())),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(PeerError::Protocol(e)),
+                }
+            });
+        opened
     }
 }
 
