@@ -160,7 +160,10 @@ impl Tun {
     /// the header, and the packet's length at `buf[..n]`.
     pub fn recv_vnet(&self, buf: &mut [u8]) -> io::Result<(VnetHdr, usize)> {
         let mut hdr = [0u8; vnet::LEN];
-        let n = readv(&self.fd, &mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)])?;
+        let n = readv(
+            &self.fd,
+            &mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)],
+        )?;
         let hdr = VnetHdr::parse(&hdr[..n.min(vnet::LEN)])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok((hdr, n - vnet::LEN))
