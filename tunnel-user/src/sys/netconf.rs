@@ -4,13 +4,14 @@
 //! protocol number ([`RTPROT_TUNNEL`]) so they can be recognised (`ip route show proto 116`).
 //!
 //! Each call sends one request with `NLM_F_ACK` and waits for the kernel's answer; an error
-//! answer becomes a [`NetconfError`] naming the operation and the errno.
+//! answer becomes a [`NetconfError`] naming the operation and the errno. Messages are built
+//! and parsed by `netlink-packet-route`; `netlink-sys` is the (blocking) socket.
 
 use std::{fmt, io, net::IpAddr};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkBuffer,
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkBuffer,
     NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
@@ -41,7 +42,11 @@ pub enum NetconfError {
     #[error("{op}: {source}")]
     Kernel { op: String, source: io::Error },
     #[error("{op}: malformed answer from the kernel")]
-    Malformed { op: String },
+    Malformed {
+        op: String,
+        #[source]
+        source: DecodeError,
+    },
 }
 
 /// Where a route sends packets.
@@ -139,7 +144,10 @@ impl Netlink {
             op: op.to_string(),
             source,
         };
-        let malformed = || NetconfError::Malformed { op: op.to_string() };
+        let malformed = |source| NetconfError::Malformed {
+            op: op.to_string(),
+            source,
+        };
         self.socket.send(&bytes, 0).map_err(kernel)?;
         let mut answers = Vec::new();
         loop {
@@ -147,11 +155,11 @@ impl Netlink {
             self.socket.recv(&mut self.buf, 0).map_err(kernel)?;
             let mut rest = &self.buf[..];
             while !rest.is_empty() {
-                let raw = NetlinkBuffer::new_checked(rest).map_err(|_| malformed())?;
+                let raw = NetlinkBuffer::new_checked(rest).map_err(malformed)?;
                 let len = raw.length() as usize;
                 if raw.sequence_number() == seq {
                     let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
-                        .map_err(|_| malformed())?;
+                        .map_err(malformed)?;
                     match answer.payload {
                         NetlinkPayload::Error(e) => match e.code {
                             None => return Ok(answers),
