@@ -292,20 +292,19 @@ fn read_secret(label: &str) -> io::Result<String> {
     eprint!("{label}");
     io::stderr().flush()?;
     // No echo while typing.
-    // SAFETY: termios calls on stdin with a zeroed struct filled by tcgetattr.
-    let mut term: libc::termios = unsafe { std::mem::zeroed() };
-    let have_tty = unsafe { libc::tcgetattr(0, &mut term) } == 0;
-    if have_tty {
-        let mut quiet = term;
-        quiet.c_lflag &= !libc::ECHO;
-        // SAFETY: as above.
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let stdin = io::stdin();
+    let term = tcgetattr(&stdin).ok();
+    if let Some(term) = &term {
+        let mut quiet = term.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
     }
     let mut line = String::new();
-    let read = io::stdin().lock().read_line(&mut line);
-    if have_tty {
-        // SAFETY: restores the settings read above.
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &term) };
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(term) = &term {
+        // Restores the settings read above.
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, term);
         eprintln!();
     }
     read?;

@@ -15,7 +15,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CStr,
     io,
     os::unix::{fs::PermissionsExt, net::UnixStream as StdUnixStream},
     path::{Path, PathBuf},
@@ -84,24 +83,13 @@ const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
 /// Interfaces in this network namespace that look like uplinks: everything but loopback and
 /// our TUN devices. (`if_nameindex` asks the kernel, so it sees the caller's namespace.)
 pub fn detect_uplinks() -> Vec<String> {
-    let mut out = Vec::new();
-    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return out;
-        }
-        let mut p = list;
-        while (*p).if_index != 0 {
-            if let Ok(name) = CStr::from_ptr((*p).if_name).to_str() {
-                out.push(name.to_string());
-            }
-            p = p.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    out.retain(|n| n != "lo" && !n.starts_with("tun"));
-    out
+    let Ok(list) = nix::net::if_::if_nameindex() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|i| i.name().to_str().ok().map(str::to_string))
+        .filter(|n| n != "lo" && !n.starts_with("tun"))
+        .collect()
 }
 
 /// The event log: a line per event, rotated by size.

@@ -29,6 +29,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use nix::{errno::Errno, fcntl::OFlag};
+
 /// The bundle's file mode: it names users, gateways and addresses.
 pub const BUNDLE_MODE: u32 = 0o600;
 
@@ -62,12 +64,12 @@ impl NewFile {
             .write(true)
             .create_new(true)
             .mode(BUNDLE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
             .open(path)
-            .map_err(|source| match source.raw_os_error() {
+            .map_err(|source| match source.raw_os_error().map(Errno::from_raw) {
                 // O_EXCL reports any name that exists, a link included (even a dangling
                 // one); ELOOP is O_NOFOLLOW's word for a link.
-                Some(libc::EEXIST | libc::ELOOP) => SaveError::Exists {
+                Some(Errno::EEXIST | Errno::ELOOP) => SaveError::Exists {
                     path: path.to_path_buf(),
                 },
                 _ => SaveError::Io {

@@ -41,6 +41,7 @@ struct MapElemAttr {
     flags: u64,
 }
 
+/// bpf(2), raw: neither nix nor libc wraps it, and aya keeps its own wrapper private.
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a properly sized, initialised `bpf_attr` prefix for `cmd`, and the
     // kernel only reads `size_of::<T>()` bytes from it.

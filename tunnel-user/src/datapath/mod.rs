@@ -28,7 +28,7 @@ pub mod reference;
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 use aya::{
@@ -98,6 +98,27 @@ pub struct Datapath {
 const ARPHRD_ETHER: u32 = 1;
 const ARPHRD_NONE: u32 = 65534;
 
+/// The ethtool ioctl, which nix does not name.
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+// The interface ioctls take a `struct ifreq` that the kernel reads and writes, under request
+// numbers that predate the `_IOWR` encoding: hence the `_bad` form.
+mod ioctl {
+    nix::ioctl_readwrite_bad!(get_hw_addr, libc::SIOCGIFHWADDR, libc::ifreq);
+    nix::ioctl_readwrite_bad!(ethtool, super::SIOCETHTOOL, libc::ifreq);
+}
+
+/// A datagram socket to ask interface ioctls on.
+fn ioctl_socket() -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+}
+
 /// The link type (ARPHRD_*) of an interface in this thread's network namespace. Asked with
 /// SIOCGIFHWADDR on a socket, because sysfs shows the namespace it was mounted in, not ours.
 fn link_type(ifname: &str) -> Result<u32, DatapathError> {
@@ -111,22 +132,14 @@ fn link_type(ifname: &str) -> Result<u32, DatapathError> {
             "bad interface name",
         )));
     }
-    // SAFETY: plain socket(2).
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    // SAFETY: socket returned a new descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sock = ioctl_socket().map_err(|e| err(e.into()))?;
     // SAFETY: an all-zero ifreq is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
         *dst = src as libc::c_char;
     }
     // SAFETY: SIOCGIFHWADDR reads the name and writes the hardware address of `req`.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
+    unsafe { ioctl::get_hw_addr(sock.as_raw_fd(), &mut req) }.map_err(|e| err(e.into()))?;
     // SAFETY: SIOCGIFHWADDR filled the `ifru_hwaddr` member of the union.
     Ok(u32::from(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family }))
 }
@@ -137,15 +150,13 @@ pub fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
         ifname: ifname.to_string(),
         source,
     };
-    let c = std::ffi::CString::new(ifname)
-        .map_err(|_| err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in name")))?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        Err(err(io::Error::last_os_error()))
-    } else {
-        Ok(index)
+    if ifname.contains('\0') {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "NUL in name",
+        )));
     }
+    nix::net::if_::if_nametoindex(ifname).map_err(|e| err(e.into()))
 }
 
 impl Datapath {
@@ -380,7 +391,6 @@ impl GuardHook {
 /// The driver behind an interface (`ETHTOOL_GDRVINFO`), in this network namespace.
 fn driver_name(ifname: &str) -> Option<String> {
     const ETHTOOL_GDRVINFO: u32 = 0x3;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
     // struct ethtool_drvinfo: cmd, then driver[32], version[32], fw_version[32],
     // bus_info[32], erom_version[32], reserved2[12] and five u32 counts.
     #[repr(C)]
@@ -392,13 +402,7 @@ fn driver_name(ifname: &str) -> Option<String> {
     if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ {
         return None;
     }
-    // SAFETY: plain socket(2).
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return None;
-    }
-    // SAFETY: socket returned a new descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sock = ioctl_socket().ok()?;
     let mut info = DrvInfo {
         cmd: ETHTOOL_GDRVINFO,
         driver: [0; 32],
@@ -411,9 +415,7 @@ fn driver_name(ifname: &str) -> Option<String> {
     }
     req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
     // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO fills `info`, which outlives the call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) } < 0 {
-        return None;
-    }
+    unsafe { ioctl::ethtool(sock.as_raw_fd(), &mut req) }.ok()?;
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     let name = String::from_utf8_lossy(&info.driver[..end]).into_owned();
     (!name.is_empty()).then_some(name)

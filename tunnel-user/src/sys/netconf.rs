@@ -4,53 +4,34 @@
 //! protocol number ([`RTPROT_TUNNEL`]) so they can be recognised (`ip route show proto 116`).
 //!
 //! Each call sends one request with `NLM_F_ACK` and waits for the kernel's answer; an error
-//! answer becomes a [`NetconfError`] naming the operation and the errno.
+//! answer becomes a [`NetconfError`] naming the operation and the errno. Messages are built
+//! and parsed by `netlink-packet-route`; `netlink-sys` is the (blocking) socket.
 
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::{fmt, io, net::IpAddr};
 
 use ipnet::IpNet;
-
-const NETLINK_ROUTE: libc::c_int = 0;
-const RTM_NEWLINK: u16 = 16;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-const RTM_NEWQDISC: u16 = 36;
-const TCA_KIND: u16 = 1;
-const TC_H_ROOT: u32 = 0xffff_ffff;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const IFF_UP: u32 = 0x1;
-const IFLA_MTU: u16 = 4;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_F_NODAD: u32 = 0x02;
-const IFA_FLAGS: u16 = 8;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PRIORITY: u16 = 6;
-const RTA_PREFSRC: u16 = 7;
-const RTA_METRICS: u16 = 8;
-const RTAX_MTU: u16 = 2;
-const RT_TABLE_MAIN: u8 = 254;
-const RT_SCOPE_UNIVERSE: u8 = 0;
-const RT_SCOPE_LINK: u8 = 253;
-const RTN_UNICAST: u8 = 1;
+use netlink_packet_core::{
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkBuffer,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressFlags, AddressMessage},
+    link::{LinkAttribute, LinkFlags, LinkMessage},
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
+        RouteScope, RouteType,
+    },
+    tc::{TcAttribute, TcHandle, TcMessage},
+};
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+use nix::errno::Errno;
 
 /// The routing protocol number marking routes tunnel added.
 pub const RTPROT_TUNNEL: u8 = 116;
+
+/// Room for one datagram of answers: the kernel fills at most a page or so per datagram.
+const RECV_BUFFER: usize = 64 << 10;
 
 /// A failed rtnetlink operation.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +42,11 @@ pub enum NetconfError {
     #[error("{op}: {source}")]
     Kernel { op: String, source: io::Error },
     #[error("{op}: malformed answer from the kernel")]
-    Malformed { op: String },
+    Malformed {
+        op: String,
+        #[source]
+        source: DecodeError,
+    },
 }
 
 /// Where a route sends packets.
@@ -71,6 +56,15 @@ pub enum Via {
     Dev(u32),
     /// Through a next hop reachable on a device.
     Gateway(IpAddr, u32),
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Via::Dev(ifindex) => write!(f, "dev ifindex {ifindex}"),
+            Via::Gateway(gw, ifindex) => write!(f, "via {gw} dev ifindex {ifindex}"),
+        }
+    }
 }
 
 /// A route to add or delete.
@@ -90,130 +84,90 @@ pub struct RouteLookup {
     pub prefsrc: Option<IpAddr>,
 }
 
-/// A message under construction: header, fixed part, attributes.
-struct Msg {
-    buf: Vec<u8>,
-}
-
-impl Msg {
-    fn new(kind: u16, flags: u16, fixed: &[u8]) -> Msg {
-        let mut buf = vec![0u8; 16];
-        buf[4..6].copy_from_slice(&kind.to_ne_bytes());
-        buf[6..8].copy_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        buf.extend_from_slice(fixed);
-        pad(&mut buf);
-        Msg { buf }
-    }
-
-    fn attr(&mut self, kind: u16, data: &[u8]) -> &mut Msg {
-        let len = (4 + data.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        pad(&mut self.buf);
-        self
-    }
-
-    fn finish(mut self, seq: u32) -> Vec<u8> {
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
-        self.buf
-    }
-}
-
-fn pad(buf: &mut Vec<u8>) {
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
-    }
-}
-
-fn addr_bytes(a: IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-fn family(a: IpAddr) -> u8 {
+fn family(a: IpAddr) -> AddressFamily {
     if a.is_ipv4() {
-        libc::AF_INET as u8
+        AddressFamily::Inet
     } else {
-        libc::AF_INET6 as u8
+        AddressFamily::Inet6
+    }
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
     }
 }
 
 /// An rtnetlink socket.
 pub struct Netlink {
-    fd: OwnedFd,
+    socket: Socket,
     seq: u32,
+    /// Answers are read into it; kept to spare an allocation per request.
+    buf: Vec<u8>,
 }
 
 impl Netlink {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Netlink, NetconfError> {
-        // SAFETY: plain socket(2).
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(NetconfError::Socket(io::Error::last_os_error()));
-        }
-        // SAFETY: socket returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Netlink { fd, seq: 1 })
+        let socket = Socket::new(NETLINK_ROUTE).map_err(NetconfError::Socket)?;
+        // Port 0 is the kernel: requests go there and only its answers come back.
+        socket
+            .connect(&netlink_sys::SocketAddr::new(0, 0))
+            .map_err(NetconfError::Socket)?;
+        Ok(Netlink {
+            socket,
+            seq: 1,
+            buf: Vec::with_capacity(RECV_BUFFER),
+        })
     }
 
-    /// Sends `msg` and collects answers until the ack; returns the non-ack messages.
-    fn request(&mut self, op: &str, msg: Msg) -> Result<Vec<(u16, Vec<u8>)>, NetconfError> {
+    /// Sends `msg` with `flags` (and `NLM_F_REQUEST | NLM_F_ACK`), collects answers until the
+    /// ack and returns the non-ack ones. Messages of other sequence numbers are skipped unread.
+    fn request(
+        &mut self,
+        op: &str,
+        flags: u16,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetconfError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let bytes = msg.finish(seq);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags | NLM_F_REQUEST | NLM_F_ACK;
+        header.sequence_number = seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        msg.finalize();
+        let mut bytes = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut bytes);
         let kernel = |source| NetconfError::Kernel {
             op: op.to_string(),
             source,
         };
-        // SAFETY: `bytes` is valid for reads of its length; the kernel is the default peer.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        if n < 0 {
-            return Err(kernel(io::Error::last_os_error()));
-        }
+        let malformed = |source| NetconfError::Malformed {
+            op: op.to_string(),
+            source,
+        };
+        self.socket.send(&bytes, 0).map_err(kernel)?;
         let mut answers = Vec::new();
-        let mut buf = vec![0u8; 65536];
         loop {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(kernel(io::Error::last_os_error()));
-            }
-            let mut rest = &buf[..n as usize];
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                let their_seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
-                if len < 16 || len > rest.len() {
-                    return Err(NetconfError::Malformed { op: op.to_string() });
-                }
-                let body = &rest[16..len];
-                if their_seq == seq {
-                    match kind {
-                        NLMSG_ERROR => {
-                            let errno = body
-                                .get(0..4)
-                                .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                                .ok_or_else(|| NetconfError::Malformed { op: op.to_string() })?;
-                            if errno == 0 {
-                                return Ok(answers);
-                            }
-                            return Err(kernel(io::Error::from_raw_os_error(-errno)));
-                        }
-                        NLMSG_DONE => return Ok(answers),
-                        _ => answers.push((kind, body.to_vec())),
+            self.buf.clear();
+            self.socket.recv(&mut self.buf, 0).map_err(kernel)?;
+            let mut rest = &self.buf[..];
+            while !rest.is_empty() {
+                let raw = NetlinkBuffer::new_checked(rest).map_err(malformed)?;
+                let len = raw.length() as usize;
+                if raw.sequence_number() == seq {
+                    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
+                        .map_err(malformed)?;
+                    match answer.payload {
+                        NetlinkPayload::Error(e) => match e.code {
+                            None => return Ok(answers),
+                            Some(_) => return Err(kernel(e.to_io())),
+                        },
+                        NetlinkPayload::Done(_) => return Ok(answers),
+                        NetlinkPayload::InnerMessage(m) => answers.push(m),
+                        _ => {}
                     }
                 }
                 rest = &rest[len.next_multiple_of(4).min(rest.len())..];
@@ -223,16 +177,17 @@ impl Netlink {
 
     /// Brings a link up, optionally setting its MTU.
     pub fn link_up(&mut self, ifindex: u32, mtu: Option<u32>) -> Result<(), NetconfError> {
-        let mut fixed = [0u8; 16];
-        fixed[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-        fixed[8..12].copy_from_slice(&IFF_UP.to_ne_bytes());
-        fixed[12..16].copy_from_slice(&IFF_UP.to_ne_bytes());
-        let mut msg = Msg::new(RTM_NEWLINK, 0, &fixed);
-        if let Some(mtu) = mtu {
-            msg.attr(IFLA_MTU, &mtu.to_ne_bytes());
-        }
-        self.request(&format!("bringing up ifindex {ifindex}"), msg)
-            .map(drop)
+        let mut msg = LinkMessage::default();
+        msg.header.index = ifindex;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.extend(mtu.map(LinkAttribute::Mtu));
+        self.request(
+            &format!("bringing up ifindex {ifindex}"),
+            0,
+            RouteNetlinkMessage::NewLink(msg),
+        )
+        .map(drop)
     }
 
     /// Makes `noqueue` the link's root qdisc. For a TUN device, whose driver never stops its
@@ -241,26 +196,29 @@ impl Netlink {
     /// loopback shows `noqueue` for the same reason. A qdisc an administrator wants there
     /// can still replace it.
     pub fn root_qdisc_noqueue(&mut self, ifindex: u32) -> Result<(), NetconfError> {
-        // struct tcmsg: family, pads, ifindex, handle, parent, info.
-        let mut fixed = [0u8; 20];
-        fixed[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-        fixed[12..16].copy_from_slice(&TC_H_ROOT.to_ne_bytes());
-        let mut msg = Msg::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, &fixed);
-        msg.attr(TCA_KIND, b"noqueue\0");
-        self.request(&format!("noqueue qdisc on ifindex {ifindex}"), msg)
-            .map(drop)
+        let mut msg = TcMessage::default();
+        msg.header.index = ifindex as i32;
+        msg.header.parent = TcHandle::ROOT;
+        msg.attributes
+            .push(TcAttribute::Kind("noqueue".to_string()));
+        self.request(
+            &format!("noqueue qdisc on ifindex {ifindex}"),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            RouteNetlinkMessage::NewQueueDiscipline(msg),
+        )
+        .map(drop)
     }
 
-    fn addr_msg(kind: u16, flags: u16, ifindex: u32, addr: IpAddr, prefix_len: u8) -> Msg {
-        let mut fixed = [0u8; 8];
-        fixed[0] = family(addr);
-        fixed[1] = prefix_len;
-        fixed[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut msg = Msg::new(kind, flags, &fixed);
-        msg.attr(IFA_LOCAL, &addr_bytes(addr))
-            .attr(IFA_ADDRESS, &addr_bytes(addr));
+    fn addr_msg(ifindex: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(addr);
+        msg.header.prefix_len = prefix_len;
+        msg.header.index = ifindex;
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
         if addr.is_ipv6() {
-            msg.attr(IFA_FLAGS, &IFA_F_NODAD.to_ne_bytes());
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         msg
     }
@@ -273,16 +231,10 @@ impl Netlink {
         addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), NetconfError> {
-        let msg = Self::addr_msg(
-            RTM_NEWADDR,
-            NLM_F_CREATE | NLM_F_REPLACE,
-            ifindex,
-            addr,
-            prefix_len,
-        );
         self.request(
             &format!("adding {addr}/{prefix_len} to ifindex {ifindex}"),
-            msg,
+            NLM_F_CREATE | NLM_F_REPLACE,
+            RouteNetlinkMessage::NewAddress(Self::addr_msg(ifindex, addr, prefix_len)),
         )
         .map(drop)
     }
@@ -294,121 +246,105 @@ impl Netlink {
         addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), NetconfError> {
-        let msg = Self::addr_msg(RTM_DELADDR, 0, ifindex, addr, prefix_len);
         self.request(
             &format!("removing {addr}/{prefix_len} from ifindex {ifindex}"),
-            msg,
+            0,
+            RouteNetlinkMessage::DelAddress(Self::addr_msg(ifindex, addr, prefix_len)),
         )
         .map(drop)
     }
 
-    fn route_msg(kind: u16, flags: u16, r: &Route) -> Msg {
+    /// A route of ours in the main table: on-link routes have link scope, routes through a
+    /// next hop universe scope, as `ip route` gives them.
+    fn route_msg(r: &Route) -> RouteMessage {
         let dst = r.dst.trunc();
-        let mut fixed = [0u8; 12];
-        fixed[0] = family(dst.addr());
-        fixed[1] = dst.prefix_len();
-        fixed[4] = RT_TABLE_MAIN;
-        fixed[5] = RTPROT_TUNNEL;
-        fixed[6] = match r.via {
-            Via::Dev(_) => RT_SCOPE_LINK,
-            Via::Gateway(..) => RT_SCOPE_UNIVERSE,
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(dst.addr());
+        msg.header.destination_prefix_length = dst.prefix_len();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::from(RTPROT_TUNNEL);
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = match r.via {
+            Via::Dev(_) => RouteScope::Link,
+            Via::Gateway(..) => RouteScope::Universe,
         };
-        fixed[7] = RTN_UNICAST;
-        let mut msg = Msg::new(kind, flags, &fixed);
-        msg.attr(RTA_DST, &addr_bytes(dst.network()));
+        msg.attributes
+            .push(RouteAttribute::Destination(dst.network().into()));
         match r.via {
-            Via::Dev(ifindex) => msg.attr(RTA_OIF, &ifindex.to_ne_bytes()),
-            Via::Gateway(gw, ifindex) => msg
-                .attr(RTA_GATEWAY, &addr_bytes(gw))
-                .attr(RTA_OIF, &ifindex.to_ne_bytes()),
-        };
-        if let Some(metric) = r.metric {
-            msg.attr(RTA_PRIORITY, &metric.to_ne_bytes());
+            Via::Dev(ifindex) => msg.attributes.push(RouteAttribute::Oif(ifindex)),
+            Via::Gateway(gw, ifindex) => {
+                msg.attributes.push(RouteAttribute::Gateway(gw.into()));
+                msg.attributes.push(RouteAttribute::Oif(ifindex));
+            }
         }
+        msg.attributes
+            .extend(r.metric.map(RouteAttribute::Priority));
         if let Some(mtu) = r.mtu {
-            let mut nested = Vec::new();
-            nested.extend_from_slice(&8u16.to_ne_bytes());
-            nested.extend_from_slice(&RTAX_MTU.to_ne_bytes());
-            nested.extend_from_slice(&mtu.to_ne_bytes());
-            msg.attr(RTA_METRICS, &nested);
+            msg.attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
         }
         msg
     }
 
     /// Adds a route; fails if an identical one exists.
     pub fn route_add(&mut self, r: &Route) -> Result<(), NetconfError> {
-        let msg = Self::route_msg(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, r);
-        self.request(&format!("adding route {} via {:?}", r.dst, r.via), msg)
-            .map(drop)
+        self.request(
+            &format!("adding route {} {}", r.dst, r.via),
+            NLM_F_CREATE | NLM_F_EXCL,
+            RouteNetlinkMessage::NewRoute(Self::route_msg(r)),
+        )
+        .map(drop)
     }
 
     /// Deletes a route.
     pub fn route_del(&mut self, r: &Route) -> Result<(), NetconfError> {
-        let msg = Self::route_msg(RTM_DELROUTE, 0, r);
-        self.request(&format!("deleting route {} via {:?}", r.dst, r.via), msg)
-            .map(drop)
+        self.request(
+            &format!("deleting route {} {}", r.dst, r.via),
+            0,
+            RouteNetlinkMessage::DelRoute(Self::route_msg(r)),
+        )
+        .map(drop)
     }
 
     /// The route the kernel would use for `dst`, or None if there is none.
     pub fn route_get(&mut self, dst: IpAddr) -> Result<Option<RouteLookup>, NetconfError> {
-        let mut fixed = [0u8; 12];
-        fixed[0] = family(dst);
-        fixed[1] = if dst.is_ipv4() { 32 } else { 128 };
-        let mut msg = Msg::new(RTM_GETROUTE, 0, &fixed);
-        msg.attr(RTA_DST, &addr_bytes(dst));
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(dst);
+        msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        msg.attributes.push(RouteAttribute::Destination(dst.into()));
         let op = format!("looking up the route to {dst}");
-        let answers = match self.request(&op, msg) {
+        let answers = match self.request(&op, 0, RouteNetlinkMessage::GetRoute(msg)) {
             Ok(a) => a,
             Err(NetconfError::Kernel { source, .. })
                 if matches!(
-                    source.raw_os_error(),
-                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH)
+                    source.raw_os_error().map(Errno::from_raw),
+                    Some(Errno::ENETUNREACH | Errno::EHOSTUNREACH)
                 ) =>
             {
                 return Ok(None);
             }
             Err(e) => return Err(e),
         };
-        let Some((_, body)) = answers.into_iter().find(|(k, _)| *k == RTM_NEWROUTE) else {
+        let Some(route) = answers.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => Some(r),
+            _ => None,
+        }) else {
             return Ok(None);
         };
-        let malformed = || NetconfError::Malformed { op: op.clone() };
         let mut out = RouteLookup {
             ifindex: 0,
             gateway: None,
             prefsrc: None,
         };
-        let mut attrs = body.get(12..).ok_or_else(malformed)?;
-        while attrs.len() >= 4 {
-            let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-            let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
-            if len < 4 || len > attrs.len() {
-                return Err(malformed());
-            }
-            let data = &attrs[4..len];
-            match kind {
-                RTA_OIF if data.len() == 4 => {
-                    out.ifindex = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]);
-                }
-                RTA_GATEWAY => out.gateway = ip_from(data),
-                RTA_PREFSRC => out.prefsrc = ip_from(data),
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::Oif(ifindex) => out.ifindex = *ifindex,
+                RouteAttribute::Gateway(a) => out.gateway = ip_of(a),
+                RouteAttribute::PrefSource(a) => out.prefsrc = ip_of(a),
                 _ => {}
             }
-            attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
         }
         Ok(Some(out))
-    }
-}
-
-fn ip_from(data: &[u8]) -> Option<IpAddr> {
-    match data.len() {
-        4 => Some(IpAddr::V4(Ipv4Addr::new(
-            data[0], data[1], data[2], data[3],
-        ))),
-        16 => <[u8; 16]>::try_from(data)
-            .ok()
-            .map(|b| IpAddr::V6(Ipv6Addr::from(b))),
-        _ => None,
     }
 }
 

@@ -9,8 +9,17 @@ use tunnel_packet::{VnetHdr, vnet};
 
 use std::{
     ffi::CStr,
-    io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    io::{self, IoSlice, IoSliceMut},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+};
+
+use nix::{
+    fcntl::{FcntlArg, OFlag, fcntl},
+    sys::{
+        stat::Mode,
+        uio::{readv, writev},
+    },
+    unistd::{read, write},
 };
 
 const IFF_TUN: libc::c_short = 0x0001;
@@ -18,12 +27,22 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUN_F_CSUM: libc::c_ulong = 0x01;
-const TUN_F_TSO4: libc::c_ulong = 0x02;
-const TUN_F_TSO6: libc::c_ulong = 0x04;
-const TUN_F_TSO_ECN: libc::c_ulong = 0x08;
-const TUN_F_USO4: libc::c_ulong = 0x20;
-const TUN_F_USO6: libc::c_ulong = 0x40;
+const TUN_F_CSUM: libc::c_int = 0x01;
+const TUN_F_TSO4: libc::c_int = 0x02;
+const TUN_F_TSO6: libc::c_int = 0x04;
+const TUN_F_TSO_ECN: libc::c_int = 0x08;
+const TUN_F_USO4: libc::c_int = 0x20;
+const TUN_F_USO6: libc::c_int = 0x40;
+
+// The TUN ioctls, which nix does not name. The kernel declares TUNSETIFF as writing an int
+// but reads and writes back a `struct ifreq`, and TUNSETOFFLOAD takes its flags by value:
+// hence the `_bad` forms, which take the request number as it is.
+mod ioctl {
+    use super::{IfReq, TUNSETIFF, TUNSETOFFLOAD};
+    nix::ioctl_readwrite_bad!(tun_set_iff, TUNSETIFF, IfReq);
+    nix::ioctl_write_int_bad!(tun_set_offload, TUNSETOFFLOAD);
+}
+use ioctl::{tun_set_iff, tun_set_offload};
 
 /// Offloads a device was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +89,7 @@ impl Tun {
             (tso, Offload::Tso),
         ] {
             // SAFETY: TUNSETOFFLOAD takes the flags by value.
-            if unsafe { libc::ioctl(tun.fd.as_raw_fd(), TUNSETOFFLOAD, flags) } == 0 {
+            if unsafe { tun_set_offload(tun.fd.as_raw_fd(), flags) }.is_ok() {
                 tun.offload = level;
                 return Ok(tun);
             }
@@ -95,13 +114,11 @@ impl Tun {
                 format!("TUN name '{name}' must be 1-{} bytes", libc::IFNAMSIZ - 1),
             ));
         }
-        // SAFETY: plain open(2) of a fixed path.
-        let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: open returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = nix::fcntl::open(
+            c"/dev/net/tun",
+            OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
             flags: IFF_TUN | IFF_NO_PI | if vnet { IFF_VNET_HDR } else { 0 },
@@ -111,9 +128,7 @@ impl Tun {
             *dst = src as libc::c_char;
         }
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is laid out as.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        unsafe { tun_set_iff(fd.as_raw_fd(), &mut req) }?;
         // SAFETY: the kernel NUL-terminates the name it writes back.
         let actual = unsafe { CStr::from_ptr(req.name.as_ptr()) }
             .to_string_lossy()
@@ -133,46 +148,22 @@ impl Tun {
 
     /// Reads one packet; blocks until one arrives.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        Ok(read(&self.fd, buf)?)
     }
 
     /// Writes one packet.
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
-        // SAFETY: `packet` is valid for reads of its length.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        Ok(write(&self.fd, packet)?)
     }
 
     /// Reads one packet with its virtio-net header (devices from [`Tun::create_offloaded`]):
     /// the header, and the packet's length at `buf[..n]`.
     pub fn recv_vnet(&self, buf: &mut [u8]) -> io::Result<(VnetHdr, usize)> {
         let mut hdr = [0u8; vnet::LEN];
-        let mut iov = [
-            libc::iovec {
-                iov_base: hdr.as_mut_ptr().cast(),
-                iov_len: hdr.len(),
-            },
-            libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            },
-        ];
-        // SAFETY: both iovecs point at live buffers of the given lengths.
-        let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_mut_ptr(), 2) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
+        let n = readv(
+            &self.fd,
+            &mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)],
+        )?;
         let hdr = VnetHdr::parse(&hdr[..n.min(vnet::LEN)])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok((hdr, n - vnet::LEN))
@@ -181,23 +172,8 @@ impl Tun {
     /// Writes one packet behind a virtio-net header.
     pub fn send_vnet(&self, hdr: &VnetHdr, packet: &[u8]) -> io::Result<usize> {
         let hdr = hdr.encode();
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_ptr() as *mut libc::c_void,
-                iov_len: hdr.len(),
-            },
-            libc::iovec {
-                iov_base: packet.as_ptr() as *mut libc::c_void,
-                iov_len: packet.len(),
-            },
-        ];
-        // SAFETY: both iovecs point at live buffers of the given lengths; writev only reads.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok((n as usize).saturating_sub(vnet::LEN))
-        }
+        let n = writev(&self.fd, &[IoSlice::new(&hdr), IoSlice::new(packet)])?;
+        Ok(n.saturating_sub(vnet::LEN))
     }
 
     /// Writes one plain IP packet whatever the device's mode (a zero header if it has one).
@@ -211,13 +187,8 @@ impl Tun {
 
     /// Non-blocking reads and writes (readers then wait with `poll` only when idle).
     pub fn set_nonblocking(&self) -> io::Result<()> {
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: fcntl on our own descriptor.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let flags = OFlag::from_bits_retain(fcntl(&self.fd, FcntlArg::F_GETFL)?);
+        fcntl(&self.fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         Ok(())
     }
 

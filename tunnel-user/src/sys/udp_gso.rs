@@ -6,8 +6,13 @@
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     sync::atomic::{AtomicBool, Ordering},
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::socket::{setsockopt, sockopt},
 };
 
 const SOL_UDP: libc::c_int = 17;
@@ -21,42 +26,16 @@ pub const MAX_GSO_BYTES: usize = 65_000;
 /// Most datagrams in one GSO send (`UDP_MAX_SEGMENTS` is 64 on older kernels).
 pub const MAX_GSO_SEGMENTS: usize = 64;
 
-fn setsockopt(
-    sock: &UdpSocket,
-    level: libc::c_int,
-    opt: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: an int option of the right size on our own socket.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// Large buffers (forced as root, else as large as allowed) and UDP GRO. Returns whether
 /// GRO is on; failures of the buffer options are not fatal.
 pub fn tune(sock: &UdpSocket) -> bool {
-    let size = SOCKET_BUFFER as libc::c_int;
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        if setsockopt(sock, libc::SOL_SOCKET, force, size).is_err() {
-            let _ = setsockopt(sock, libc::SOL_SOCKET, plain, size);
-        }
+    if setsockopt(sock, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(sock, sockopt::RcvBuf, &SOCKET_BUFFER);
     }
-    setsockopt(sock, SOL_UDP, UDP_GRO, 1).is_ok()
+    if setsockopt(sock, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(sock, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+    setsockopt(sock, sockopt::UdpGroSegment, &true).is_ok()
 }
 
 fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -144,6 +123,8 @@ fn send_one(
         }
     }
     loop {
+        // Raw sendmsg: nix's allocates a control buffer per call, and this one runs per GSO
+        // train on the packet path.
         // SAFETY: msg points at live buffers set up above.
         let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
         if n >= 0 {
@@ -154,7 +135,7 @@ fn send_one(
             Some(libc::EINTR) => continue,
             // A full send buffer on a non-blocking socket: wait until it drains.
             Some(libc::EAGAIN) => {
-                wait_writable(sock.as_raw_fd());
+                wait_writable(sock.as_fd());
                 continue;
             }
             _ => return Err(e),
@@ -187,14 +168,12 @@ fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn wait_writable(fd: i32) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, 100) };
+/// Waits up to 100 ms for room in the send buffer; the send that follows says if there is.
+fn wait_writable(fd: BorrowedFd<'_>) {
+    let _ = poll(
+        &mut [PollFd::new(fd, PollFlags::POLLOUT)],
+        PollTimeout::from(100u8),
+    );
 }
 
 /// One message of a [`RecvBatch`]: `len` bytes of datagrams, each `size` bytes (the last
@@ -280,6 +259,8 @@ impl RecvBatch {
         let n = self.msgs.len();
         self.reset_headers();
         let got = loop {
+            // Raw recvmmsg: nix's builds every header of the batch again per call, where
+            // this one only resets those the last receive filled.
             // SAFETY: every msghdr points at live buffers of this batch set up above.
             let r = unsafe {
                 libc::recvmmsg(

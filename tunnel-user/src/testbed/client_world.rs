@@ -24,6 +24,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
 use super::{Netns, run_in_cgroup, veth};
 
 /// The gateway's LAN address.
@@ -60,8 +65,8 @@ impl Proc {
 
     /// Stops it: SIGTERM, and SIGKILL after ten seconds.
     pub fn stop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        // A child that already exited (and so cannot be signalled) is reaped below.
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {

@@ -41,6 +41,8 @@ pub enum GaugeError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: no field {field}")]
     Field { path: PathBuf, field: &'static str },
+    #[error("sysconf(_SC_CLK_TCK) gave no clock tick rate")]
+    ClockTicks,
 }
 
 fn read(path: PathBuf) -> Result<String, GaugeError> {
@@ -66,9 +68,12 @@ pub fn cpu_secs(pid: u32) -> Result<f64, GaugeError> {
     let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
         return Err(missing());
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((user + system) / hz)
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&hz| hz > 0)
+        .ok_or(GaugeError::ClockTicks)?;
+    Ok((user + system) / hz as f64)
 }
 
 /// A `kB` field of `/proc/PID/status`, KiB.

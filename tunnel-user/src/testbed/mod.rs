@@ -8,7 +8,7 @@
 
 use std::{
     fs, io,
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::PathBuf,
     process::{Command, Output},
     sync::{
@@ -17,6 +17,11 @@ use std::{
     },
     thread::JoinHandle,
     time::Duration,
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sched::{CloneFlags, setns},
 };
 
 use crate::sys::tun::Tun;
@@ -38,8 +43,7 @@ pub mod split {
 /// Whether the test runs as root, as namespace tests need (network namespaces, TUN devices,
 /// eBPF); says the test is skipped when not.
 pub fn root_or_skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     if !root {
         eprintln!("SKIP: needs root (network namespaces, a TUN device)");
     }
@@ -104,10 +108,8 @@ impl Netns {
         let file = fs::File::open(&self.path)?;
         std::thread::scope(|s| {
             s.spawn(|| {
-                // SAFETY: setns on this thread only, with a namespace file we hold open.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                // Joins on this thread only.
+                setns(&file, CloneFlags::CLONE_NEWNET)?;
                 Ok(f())
             })
             .join()
@@ -118,11 +120,7 @@ impl Netns {
     /// Joins the namespace from the current thread for good (for threads that live in it).
     pub fn join_current_thread(&self) -> io::Result<()> {
         let file = fs::File::open(&self.path)?;
-        // SAFETY: setns on this thread only, with a namespace file we hold open.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        Ok(setns(&file, CloneFlags::CLONE_NEWNET)?)
     }
 }
 
@@ -212,15 +210,12 @@ impl TunRelay {
 }
 
 fn readable(tun: &Tun, timeout: Duration) -> bool {
-    use std::os::fd::AsFd;
-    let mut pfd = libc::pollfd {
-        fd: tun.as_fd().as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-    n > 0 && pfd.revents & libc::POLLIN != 0
+    let mut fds = [PollFd::new(tun.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    poll(&mut fds, timeout).is_ok_and(|n| n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
 }
 
 impl Drop for TunRelay {
@@ -244,15 +239,18 @@ pub fn run_in_cgroup(ns: &Netns, cgroup: &std::path::Path, script: &str) -> io::
     let mut cmd = Command::new("bash");
     cmd.args(["-c", script]);
     // SAFETY: only async-signal-safe calls (setns, write) between fork and exec; both
-    // descriptors stay open in the parent until the child has been waited for.
+    // descriptors stay open in the parent until the child has been waited for, so the
+    // child's copies are open while it borrows them.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let (ns, procs) = (
+                BorrowedFd::borrow_raw(ns_fd),
+                BorrowedFd::borrow_raw(procs_fd),
+            );
+            setns(ns, CloneFlags::CLONE_NEWNET)?;
             // Writing "0" moves the writing process.
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(io::Error::last_os_error());
+            if nix::unistd::write(procs, b"0")? != 1 {
+                return Err(io::Error::other("short write to cgroup.procs"));
             }
             Ok(())
         });

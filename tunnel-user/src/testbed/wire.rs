@@ -5,13 +5,25 @@
 use std::{
     fs, io,
     net::SocketAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
     process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
+};
+
+use nix::{
+    sched::{CloneFlags, setns},
+    sys::{
+        socket::{
+            AddressFamily, LinkAddr, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrLike,
+            SockaddrStorage, bind, recvfrom, sendto, setsockopt, socket, sockopt,
+        },
+        time::TimeVal,
+    },
+    unistd::{Gid, Uid, setgid, setgroups, setuid},
 };
 
 use super::Netns;
@@ -40,25 +52,16 @@ impl Capture {
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65_536];
                 while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: an all-zero sockaddr_ll is valid; recvfrom fills at most its size.
-                    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                    let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                    // SAFETY: the buffers outlive the call and their sizes are passed.
-                    let n = unsafe {
-                        libc::recvfrom(
-                            sock.as_raw_fd(),
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                            0,
-                            (&mut from as *mut libc::sockaddr_ll).cast(),
-                            &mut from_len,
-                        )
+                    // An error is the receive timeout, there to notice a stop.
+                    let Ok((n, Some(from))) = recvfrom::<LinkAddr>(sock.as_raw_fd(), &mut buf)
+                    else {
+                        continue;
                     };
-                    if n < 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
+                    if from.pkttype() == libc::PACKET_OUTGOING {
                         continue;
                     }
                     if let Ok(mut f) = frames.lock() {
-                        f.push(buf[..n as usize].to_vec());
+                        f.push(buf[..n].to_vec());
                     }
                 }
             })
@@ -95,53 +98,29 @@ impl Drop for Capture {
 /// An `AF_PACKET` socket bound to interface `ifindex` of this thread's namespace, receiving
 /// every protocol, with a short receive timeout so its reader can notice a stop.
 fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
-    let all = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2).
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            all.into(),
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socket returned a new descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sock = socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::EthAll,
+    )?;
+    // nix reads link addresses but builds none, so the address is made as the kernel's
+    // struct and taken from there.
     // SAFETY: an all-zero sockaddr_ll is valid.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = all;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: `addr` is a sockaddr_ll of the size passed.
-    let bound = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+    let mut raw: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    raw.sll_family = libc::AF_PACKET as u16;
+    raw.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    raw.sll_ifindex = ifindex as i32;
+    // SAFETY: `raw` is a whole, initialised sockaddr_ll of the length given.
+    let addr = unsafe {
+        LinkAddr::from_raw(
+            (&raw as *const libc::sockaddr_ll).cast(),
+            Some(size_of::<libc::sockaddr_ll>() as libc::socklen_t),
         )
-    };
-    if bound < 0 {
-        return Err(io::Error::last_os_error());
     }
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 50_000,
-    };
-    // SAFETY: SO_RCVTIMEO takes a timeval of the size passed.
-    let set = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if set < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    .ok_or_else(|| io::Error::other("sockaddr_ll not taken as a link address"))?;
+    bind(sock.as_raw_fd(), &addr)?;
+    setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::new(0, 50_000))?;
     Ok(sock)
 }
 
@@ -172,15 +151,32 @@ pub fn segment_routing_header(dst: std::net::Ipv6Addr, n: u8) -> Vec<u8> {
     h
 }
 
+/// A [`Datagram`] made ready before the fork of [`send_unprivileged`].
+struct Prepared {
+    family: AddressFamily,
+    to: SockaddrStorage,
+    payload: Vec<u8>,
+    rthdr: Option<Vec<u8>>,
+}
+
 /// Sends `datagrams` from namespace `ns` as user and group [`NOBODY`] with no supplementary
 /// groups and no capabilities, each from a socket of its own. Returns the user id the sending
 /// process had (checked by running `id -u` in it afterwards).
 pub fn send_unprivileged(ns: &Netns, datagrams: &[Datagram]) -> io::Result<String> {
     use std::os::unix::process::CommandExt;
     // Everything the child needs is built here: between fork and exec only system calls run.
-    let prepared: Vec<(socket2::SockAddr, Vec<u8>, Option<Vec<u8>>)> = datagrams
+    let prepared: Vec<Prepared> = datagrams
         .iter()
-        .map(|d| (d.to.into(), vec![b'x'; d.len], d.ipv6_rthdr.clone()))
+        .map(|d| Prepared {
+            family: if d.to.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            },
+            to: d.to.into(),
+            payload: vec![b'x'; d.len],
+            rthdr: d.ipv6_rthdr.clone(),
+        })
         .collect();
     let netns = fs::File::open(&ns.path)?;
     let ns_fd = netns.as_raw_fd();
@@ -188,49 +184,30 @@ pub fn send_unprivileged(ns: &Netns, datagrams: &[Datagram]) -> io::Result<Strin
     cmd.arg("-u");
     // SAFETY: only async-signal-safe system calls between fork and exec (setns, setgroups,
     // setgid, setuid, socket, setsockopt, sendto, close), on memory allocated before the
-    // fork; `netns` stays open in the parent until the child has been waited for.
+    // fork; `netns` stays open in the parent until the child has been waited for, so the
+    // child's copy is open while it borrows it.
     unsafe {
         cmd.pre_exec(move || {
-            let check = |r: libc::c_long| {
-                if r < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
+            setns(BorrowedFd::borrow_raw(ns_fd), CloneFlags::CLONE_NEWNET)?;
+            setgroups(&[])?;
+            setgid(Gid::from_raw(NOBODY))?;
+            setuid(Uid::from_raw(NOBODY))?;
+            for d in &prepared {
+                let sock = socket(d.family, SockType::Datagram, SockFlag::empty(), None)?;
+                if let Some(h) = &d.rthdr {
+                    // Raw setsockopt: nix has no IPV6_RTHDR option.
+                    let set = libc::setsockopt(
+                        sock.as_raw_fd(),
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_RTHDR,
+                        h.as_ptr().cast(),
+                        h.len() as libc::socklen_t,
+                    );
+                    if set < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
-            };
-            check(libc::setns(ns_fd, libc::CLONE_NEWNET).into())?;
-            check(libc::syscall(
-                libc::SYS_setgroups,
-                0,
-                std::ptr::null::<libc::gid_t>(),
-            ))?;
-            check(libc::setgid(NOBODY).into())?;
-            check(libc::setuid(NOBODY).into())?;
-            for (to, payload, rthdr) in &prepared {
-                let fd = libc::socket(i32::from(to.family()), libc::SOCK_DGRAM, 0);
-                check(fd.into())?;
-                if let Some(h) = rthdr {
-                    check(
-                        libc::setsockopt(
-                            fd,
-                            libc::IPPROTO_IPV6,
-                            libc::IPV6_RTHDR,
-                            h.as_ptr().cast(),
-                            h.len() as libc::socklen_t,
-                        )
-                        .into(),
-                    )?;
-                }
-                let sent = libc::sendto(
-                    fd,
-                    payload.as_ptr().cast(),
-                    payload.len(),
-                    0,
-                    to.as_ptr().cast(),
-                    to.len(),
-                );
-                libc::close(fd);
-                check(sent as libc::c_long)?;
+                sendto(sock.as_raw_fd(), &d.payload, &d.to, MsgFlags::empty())?;
             }
             Ok(())
         });
