@@ -32,7 +32,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -162,8 +162,13 @@ pub fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
 impl Datapath {
     /// Loads the embedded eBPF object and every program in it (the verifier runs here).
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf =
-            Ebpf::load(crate::EBPF_OBJECT).map_err(|e| DatapathError::Load(Box::new(e)))?;
+        // Without the kernel's BTF: our programs make no CO-RE relocations, and the parsed
+        // vmlinux types (tens of MiB, `Ebpf::load` parses them twice) would only raise
+        // tunneld's peak memory. A program that starts to need CO-RE fails here, at load.
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .load(crate::EBPF_OBJECT)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in [
             programs::UPLINK_EGRESS_ETH,
             programs::UPLINK_EGRESS_IP,
