@@ -116,8 +116,7 @@ fn guard_checks(w: &SplitWorld, dp: &mut Datapath, device: &Policy) {
 #[test]
 fn the_guard_on_xdp() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIP the_guard_on_xdp: needs root");
         return;
     }
@@ -153,8 +152,7 @@ fn the_guard_on_xdp() {
 #[test]
 fn datapath_end_to_end_in_namespaces() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIP datapath_end_to_end_in_namespaces: needs root");
         return;
     }
@@ -420,8 +418,7 @@ fn fragment_to(frame: &[u8], dst: IpAddr) -> bool {
 #[test]
 fn unprivileged_senders_get_nothing_to_a_tunnelled_destination_in_clear() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "SKIP unprivileged_senders_get_nothing_to_a_tunnelled_destination_in_clear: needs root"
         );

@@ -15,8 +15,7 @@ pub const XDP_PASS: u32 = 2;
 
 /// Loads the data path, or explains why this machine cannot and returns None.
 pub fn load_or_skip(test: &str) -> Option<Datapath> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIP {test}: loading BPF programs needs root");
         return None;
     }
