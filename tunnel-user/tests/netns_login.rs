@@ -149,7 +149,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
+        // Our own child: ends it so it cleans up after itself.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,

@@ -137,7 +137,7 @@ impl World {
 
     fn stop_gateway(&mut self) {
         if let Some(mut child) = self.gateway.take() {
-            // SAFETY: kill(2) on our own child's pid.
+            // Our own child: ends it so it cleans up after itself.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
