@@ -2,7 +2,7 @@
 
 pub mod client;
 pub mod datapath;
-pub mod fastpath;
+pub(crate) mod fastpath;
 pub mod gateway;
 pub mod sys;
 pub mod testbed;

@@ -36,19 +36,21 @@ use crate::sys::tls_link::TlsLink;
 use tracing::{debug, info, warn};
 use tunnel_common::OWN_SOCKET_MARK;
 use tunnel_config::EventKind;
-use tunnel_proto::{Client, ClientConfig, ClientEvent, Config, SessionError, Transmit};
+use tunnel_proto::{Client, ClientConfig, ClientEvent, Config, Transmit};
 
 use super::{
     Emit,
     backoff::{AfterLoss, Backoff},
     cert_select::{CertSelector, Choice, ClientAuth},
+    end::take_tls_bytes,
     policy::{ConnEntry, DataPlane},
     prompts::{self, Prompter},
     tls::{Pin, Trust},
 };
 use crate::{
     datapath::{ConnId, ConnPolicy, PortList},
-    fastpath::pump::{Stop, TunSink},
+    fastpath::tun_io::TunSink,
+    sys::epoll::Stop,
     sys::netconf::{Netlink, Route, Via, sysctl},
     sys::tun::Tun,
     sys::udp_gso::{self},
@@ -1125,59 +1127,6 @@ pub(super) enum Ended {
     Unsupported(String),
 }
 
-/// Hands plaintext that arrived over TLS to the state machine: its packets go into the
-/// TUN device (`tun`, joined in `sink`; dropped while there is no tunnel), the rest becomes
-/// the session's events. Whoever reads the connection calls it, the task or a packet
-/// thread. `Ok(true)`: the task has something to act on (events, or frames to send).
-/// `Err`: a protocol error closed the session.
-pub(super) fn take_tls_bytes(
-    session: &Session,
-    shared: &Shared,
-    tun: Option<&Tun>,
-    sink: &mut Option<TunSink>,
-    data: &[u8],
-) -> Result<bool, Ended> {
-    let now = Instant::now();
-    *shared
-        .last_inbound
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = now;
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    let handled = session.proto.lock().map(|mut c| {
-        let r = c.handle_tls_bytes_with(data, now, &mut |p| {
-            if let Some(tun) = tun {
-                packets += 1;
-                bytes += p.len() as u64;
-                sink.get_or_insert_with(|| TunSink::new(tun)).push(tun, p);
-            }
-        });
-        let attention = c.has_events() || c.tls_backlog() > 0;
-        (r, attention, c.is_closed())
-    });
-    // Written once the state machine is free again.
-    if let (Some(tun), Some(sink)) = (tun, sink.as_mut()) {
-        sink.flush(tun);
-    }
-    shared
-        .traffic
-        .packets_in
-        .fetch_add(packets, Ordering::Relaxed);
-    shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-    match handled {
-        Ok((Err(SessionError::UnsupportedRequest { what }), _, true)) => {
-            Err(Ended::Unsupported(what))
-        }
-        Ok((Err(e), _, true)) => Err(Ended::Lost(format!("protocol error: {e}"))),
-        Ok((Err(e), attention, false)) => {
-            debug!(error = %e, "protocol error");
-            Ok(attention)
-        }
-        Ok((Ok(()), attention, _)) => Ok(attention),
-        // The state machine panicked: the task finds out when it next takes it.
-        Err(_) => Ok(true),
-    }
-}
-
 /// A small ICMP echo request from the tunnel address to the gateway's tunnel address, the
 /// keepalive probe of dead-peer detection.
 fn keepalive_packet(t: &Tunnel) -> Option<Vec<u8>> {
@@ -1380,7 +1329,7 @@ fn configure(
         },
         _ => None,
     };
-    t.threads = super::threads::start_threads(t, session, shared)
+    t.threads = super::end::start_threads(t, session, shared)
         .map_err(|e| fail("starting the packet threads", &e))?;
     if let Ok(mut s) = shared.status.lock() {
         s.ipv4 = ipv4;

@@ -27,9 +27,9 @@ pub mod connection;
 pub mod control;
 pub mod daemon;
 pub mod diagnostics;
+mod end;
 pub mod policy;
 mod prompts;
-mod threads;
 pub mod tls;
 
 use std::sync::Arc;
