@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// back re-arms it, and re-arming reports anything queued meanwhile, so nothing waits. That
 /// read is a system call on the idle round trip's path (the thread that sent the packet
 /// makes it before it sleeps, and on one CPU the woken peer waits for it); under load the
-/// reads follow each other closely and drains run dry as before.
+/// reads follow each other within the spell, and a drain runs until the device is dry.
 #[derive(Default)]
 pub(crate) struct DrainReads {
     started: bool,

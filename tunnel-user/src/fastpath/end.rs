@@ -163,19 +163,48 @@ pub(crate) trait PeerState: Send {
     fn is_closed(&self) -> bool;
 }
 
-impl PeerState for tunnel_proto::Client {
-    fn stage_packet(
-        &mut self,
-        packet: &[u8],
-        now: Instant,
-        out: &mut [u8],
-    ) -> Result<Transmit, SessionError> {
-        tunnel_proto::Client::stage_packet(self, packet, now, out)
-    }
+/// The calls `Client` and `Server` answer with methods of the same name and meaning
+/// (inherent methods, which a path through `Self` finds before the trait's).
+macro_rules! same_in_both {
+    () => {
+        fn stage_packet(
+            &mut self,
+            packet: &[u8],
+            now: Instant,
+            out: &mut [u8],
+        ) -> Result<Transmit, SessionError> {
+            Self::stage_packet(self, packet, now, out)
+        }
 
-    fn seal_train(&mut self, train: &mut [u8], size: usize) -> Result<(), SessionError> {
-        tunnel_proto::Client::seal_train(self, train, size)
-    }
+        fn seal_train(&mut self, train: &mut [u8], size: usize) -> Result<(), SessionError> {
+            Self::seal_train(self, train, size)
+        }
+
+        fn handle_tls_bytes_with(
+            &mut self,
+            data: &[u8],
+            now: Instant,
+            packets: &mut dyn FnMut(&[u8]),
+        ) -> Result<(), SessionError> {
+            Self::handle_tls_bytes_with(self, data, now, packets)
+        }
+
+        fn has_events(&self) -> bool {
+            Self::has_events(self)
+        }
+
+        fn tls_backlog(&self) -> usize {
+            self.pending_tls().len()
+        }
+
+        fn is_closed(&self) -> bool {
+            Self::is_closed(self)
+        }
+    };
+}
+
+impl PeerState for tunnel_proto::Client {
+    same_in_both!();
 
     /// The client learns nothing from which datagram was newest (its gateway does not
     /// move): true when any was authenticated.
@@ -199,47 +228,16 @@ impl PeerState for tunnel_proto::Client {
         None
     }
 
-    fn handle_tls_bytes_with(
-        &mut self,
-        data: &[u8],
-        now: Instant,
-        packets: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), SessionError> {
-        tunnel_proto::Client::handle_tls_bytes_with(self, data, now, packets)
-    }
-
-    fn has_events(&self) -> bool {
-        tunnel_proto::Client::has_events(self)
-    }
-
     /// The client's task runs its timers on its own schedule.
     fn timers_due(&self) -> bool {
         false
     }
-
-    fn tls_backlog(&self) -> usize {
-        tunnel_proto::Client::tls_backlog(self)
-    }
-
-    fn is_closed(&self) -> bool {
-        tunnel_proto::Client::is_closed(self)
-    }
 }
 
 impl PeerState for tunnel_proto::Server {
-    fn stage_packet(
-        &mut self,
-        packet: &[u8],
-        now: Instant,
-        out: &mut [u8],
-    ) -> Result<Transmit, SessionError> {
-        tunnel_proto::Server::stage_packet(self, packet, now, out)
-    }
+    same_in_both!();
 
-    fn seal_train(&mut self, train: &mut [u8], size: usize) -> Result<(), SessionError> {
-        tunnel_proto::Server::seal_train(self, train, size)
-    }
-
+    /// True when one of the datagrams was the newest authenticated so far.
     fn open_esp_train(
         &mut self,
         train: &mut [u8],
@@ -254,28 +252,7 @@ impl PeerState for tunnel_proto::Server {
         self.poll_esp_transmit(out).ok().flatten()
     }
 
-    fn handle_tls_bytes_with(
-        &mut self,
-        data: &[u8],
-        now: Instant,
-        packets: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), SessionError> {
-        tunnel_proto::Server::handle_tls_bytes_with(self, data, now, packets)
-    }
-
-    fn has_events(&self) -> bool {
-        tunnel_proto::Server::has_events(self)
-    }
-
     fn timers_due(&self) -> bool {
-        tunnel_proto::Server::timers_due(self)
-    }
-
-    fn tls_backlog(&self) -> usize {
-        self.pending_tls().len()
-    }
-
-    fn is_closed(&self) -> bool {
-        tunnel_proto::Server::is_closed(self)
+        Self::timers_due(self)
     }
 }

@@ -191,8 +191,9 @@ impl<E: End> Outbound<E> {
             }
             _ => self.trains.clear(),
         }
-        // TLS frames wait for the drain's end even from its first read: one `writev` more
-        // per drain cost TCP over TLS several per cent (its ACKs come in drains of a few).
+        // TLS frames wait for the drain's end even from its first read: a TCP stream's ACKs
+        // come in drains of a few packets, and a `writev` for the first of them would add a
+        // system call per drain to every stream over TLS.
         if to_tls > 0 {
             self.queued_tls(end, &peer, to_tls);
         }

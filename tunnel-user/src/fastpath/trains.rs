@@ -148,9 +148,9 @@ impl Train {
     }
 }
 
-/// Datagrams (or packets over TLS) a TUN side holds across reads before it sends them. One
-/// send per packet cost a flood of small packets most of its rate: on a veth the send also
-/// runs the receiving side's stack, once per datagram instead of once per batch.
+/// Datagrams (or packets over TLS) a TUN side holds across reads before it sends them.
+/// Sending per packet would cost a flood of small packets most of its rate: on a veth the
+/// send also runs the receiving side's stack, once per send, so a batch pays it once.
 pub(crate) const SEND_BATCH: usize = 32;
 
 /// Trains held across reads, at most: each size change starts another, and each is 64 KB.
