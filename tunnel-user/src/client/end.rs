@@ -83,6 +83,8 @@ impl End for ClientEnd {
 
     const PUSH_BACK_ON_TLS: bool = true;
 
+    const CLAIM_FOR_TLS_WRITES: bool = false;
+
     fn dropped(&self, _: usize) {}
 
     fn count(&self, direction: Direction, packets: u64, bytes: u64) {

@@ -58,7 +58,7 @@ impl<E: End, T: TunIo> Device<E, T> {
         }
         Ok(Device {
             outbound: Mutex::new(Outbound::new()),
-            inbound: Mutex::new(Inbound::new(&*tun)),
+            inbound: Mutex::new(Inbound::new(&*tun, esp.as_deref())),
             tls_in: Mutex::new(TlsIn::new(&*tun)),
             tun,
             esp,

@@ -70,6 +70,14 @@ pub(crate) trait End: Sync + Sized {
     /// dropped), rather than dropping at the limit (the gateway, a router for many).
     const PUSH_BACK_ON_TLS: bool;
 
+    /// Whether a thread writing the packets of TLS records into the TUN device claims it
+    /// first and forwards what is answered within the writes, as the ESP side does. The
+    /// gateway does: a corp host's answer then goes out without a wake-up. The client does
+    /// not: under a TLS upload its TLS reader would take on the TUN device's reads (the
+    /// local stack answers every ACK with data within the write), and the two directions
+    /// that now run on two cores would share one.
+    const CLAIM_FOR_TLS_WRITES: bool;
+
     /// `count` packets were dropped: no peer for them.
     fn dropped(&self, count: usize);
 

@@ -19,6 +19,7 @@ use std::{
     time::Instant,
 };
 
+use nix::sys::socket::{getsockopt, sockopt::UdpGroSegment};
 use tracing::debug;
 use tunnel_proto::{EspInput, peek_spi};
 
@@ -31,7 +32,12 @@ use super::{
 };
 use crate::sys::udp_gso::RecvBatch;
 
-/// Messages per `recvmmsg` on the ESP socket (each up to 64 KB with UDP GRO).
+/// Messages per `recvmmsg` on an ESP socket with UDP GRO: each holds up to 64 KiB of one
+/// peer's datagrams (a few dozen full-size ones, hundreds of small ones), so eight are
+/// hundreds of packets per call, in a quarter of the memory of [`RECV_BATCH`] slots.
+pub(crate) const RECV_BATCH_GRO: usize = 8;
+
+/// Messages per `recvmmsg` on an ESP socket without UDP GRO (one datagram each).
 pub(crate) const RECV_BATCH: usize = 32;
 
 /// The ESP-to-TUN direction's buffers (see the module docs).
@@ -48,9 +54,18 @@ pub(crate) struct Inbound<E: End> {
 }
 
 impl<E: End> Inbound<E> {
-    pub(crate) fn new(tun: &impl TunIo) -> Self {
+    /// Buffers for receiving from `esp` (None: no ESP socket, nothing to receive).
+    pub(crate) fn new(tun: &impl TunIo, esp: Option<&UdpSocket>) -> Self {
+        // The receive buffer's slots are touched as the kernel fills them, and stay
+        // resident: sized for what one receive can hold, no more.
+        let gro = esp.is_some_and(|s| getsockopt(s, UdpGroSegment).unwrap_or(false));
+        let messages = match esp {
+            None => 1,
+            Some(_) if gro => RECV_BATCH_GRO,
+            Some(_) => RECV_BATCH,
+        };
         Inbound {
-            batch: RecvBatch::new(RECV_BATCH, tunnel_packet::MAX_PACKET),
+            batch: RecvBatch::new(messages, tunnel_packet::MAX_PACKET),
             reply: vec![0u8; 512],
             sink: TunSink::new(tun),
             runs: Vec::with_capacity(RECV_BATCH),

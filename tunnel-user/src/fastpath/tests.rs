@@ -306,6 +306,8 @@ impl End for FakeEnd {
 
     const PUSH_BACK_ON_TLS: bool = false;
 
+    const CLAIM_FOR_TLS_WRITES: bool = true;
+
     fn dropped(&self, count: usize) {
         self.dropped.fetch_add(count, Ordering::Relaxed);
     }

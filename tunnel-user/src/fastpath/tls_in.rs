@@ -165,7 +165,8 @@ impl<'a, E: End, T: TunIo> ToTun<'a, E, T> {
             if !admitted {
                 return;
             }
-            if claim.is_none()
+            if E::CLAIM_FOR_TLS_WRITES
+                && claim.is_none()
                 && let Some(device) = *device
             {
                 *claim = device.claim_tun_for(std::iter::once(packet));

@@ -91,6 +91,8 @@ impl End for Ctx {
 
     const PUSH_BACK_ON_TLS: bool = false;
 
+    const CLAIM_FOR_TLS_WRITES: bool = true;
+
     fn dropped(&self, count: usize) {
         self.dropped.fetch_add(count as u64, Ordering::Relaxed);
     }
