@@ -3,7 +3,7 @@
 
 pub mod client;
 pub mod datapath;
-pub mod fastpath;
+pub(crate) mod fastpath;
 pub mod gateway;
 pub mod sys;
 #[cfg(any(test, feature = "testbed"))]

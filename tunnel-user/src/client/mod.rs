@@ -33,13 +33,13 @@ pub mod connection;
 pub mod control;
 pub mod daemon;
 pub mod diagnostics;
+mod end;
 mod liveness;
 pub mod policy;
 mod prompts;
 mod session;
 mod spec;
 mod status;
-mod threads;
 pub mod tls;
 mod tunnel;
 

@@ -45,10 +45,7 @@ use super::{
     tls::{self, Pin, Untrusted},
     tunnel::{self, Plan, SetupError, Tunnel, keepalive_packet, route_change},
 };
-use crate::{
-    fastpath::pump::TunSink,
-    sys::{tls_link::TlsLink, tun::Tun},
-};
+use crate::{fastpath::tun_io::TunSink, sys::tls_link::TlsLink};
 
 /// The live session of one TLS connection, shared with the packet threads.
 pub(super) struct Session {
@@ -118,56 +115,6 @@ pub(super) enum Ended {
     Lost(Lost),
     /// The gateway asked for something this client does not support: retrying asks again.
     Unsupported(String),
-}
-
-/// Hands plaintext that arrived over TLS to the state machine: its packets go into the
-/// TUN device (`tun`, joined in `sink`; dropped while there is no tunnel), the rest becomes
-/// the session's events. Whoever reads the connection calls it, the task or a packet
-/// thread. `Ok(true)`: the task has something to act on (events, or frames to send).
-/// `Err`: a protocol error closed the session.
-pub(super) fn take_tls_bytes(
-    session: &Session,
-    shared: &Shared,
-    tun: Option<&Tun>,
-    sink: &mut Option<TunSink>,
-    data: &[u8],
-) -> Result<bool, Ended> {
-    let now = Instant::now();
-    shared.heard.mark(now);
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    let handled = session.proto.lock().map(|mut c| {
-        let r = c.handle_tls_bytes_with(data, now, &mut |p| {
-            if let Some(tun) = tun {
-                packets += 1;
-                bytes += p.len() as u64;
-                sink.get_or_insert_with(|| TunSink::new(tun)).push(tun, p);
-            }
-        });
-        let attention = c.has_events() || c.tls_backlog() > 0;
-        (r, attention, c.is_closed())
-    });
-    // Written once the state machine is free again.
-    if let (Some(tun), Some(sink)) = (tun, sink.as_mut()) {
-        sink.flush(tun);
-    }
-    shared
-        .traffic
-        .packets_in
-        .fetch_add(packets, Ordering::Relaxed);
-    shared.traffic.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-    match handled {
-        Ok((Err(SessionError::UnsupportedRequest { what }), _, true)) => {
-            Err(Ended::Unsupported(what))
-        }
-        Ok((Err(e), _, true)) => Err(Ended::Lost(Lost::Protocol(e))),
-        Ok((Err(e), attention, false)) => {
-            debug!(error = %e, "protocol error");
-            Ok(attention)
-        }
-        Ok((Ok(()), attention, _)) => Ok(attention),
-        // The state machine panicked: the task finds out when it next takes it.
-        Err(_) => Ok(true),
-    }
 }
 
 /// How a session ended, for the reconnect loop.
@@ -665,7 +612,7 @@ impl Running<'_> {
             Ok(n) => n,
         };
         let tun = ctx.tunnel.as_ref().map(|t| &*t.tun);
-        let taken = take_tls_bytes(
+        let taken = super::end::take_tls_bytes(
             &self.session,
             &ctx.shared,
             tun,
@@ -873,7 +820,7 @@ impl Running<'_> {
             self.addr.ip(),
             config.esp.port,
         )?;
-        t.threads = super::threads::start_threads(t, &self.session, &ctx.shared)
+        t.threads = super::end::start_threads(t, &self.session, &ctx.shared)
             .map_err(|e| SetupError::Threads(Arc::new(e)))?;
         self.reader = Reader::Threads;
         let mut s = ctx.shared.status();

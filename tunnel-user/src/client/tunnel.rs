@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     datapath::{ConnId, ConnPolicy, DatapathError},
-    fastpath::pump::Stop,
+    sys::epoll::Stop,
     sys::{
         netconf::{NetconfError, Netlink, Route, RouteLookup, Via, sysctl},
         tun::Tun,

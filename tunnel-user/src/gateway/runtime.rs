@@ -26,7 +26,7 @@ use tunnel_proto::{
     ServerEvent,
 };
 
-use super::plane::{EspSide, TlsScratch, TunSide, flush_client_packets, read_tls_connection};
+use super::end::{Scratch, read_tls_connection};
 use super::{
     EspCipher, GatewayConfig, Lease, PasswordRequest, PoolChoice, RealmPools, SecondFactor,
     access::{AccessCache, AccessControl, AccessPolicy, local_addresses},
@@ -41,7 +41,12 @@ use super::{
 };
 use crate::{
     datapath::ifindex,
-    fastpath::pump::{Dispatch, Stop, TunSink},
+    fastpath::{
+        device::{self, Device},
+        tls_in::{TlsIn, ToTun},
+        tun_io::TunSink,
+    },
+    sys::epoll::Stop,
     sys::netconf::{NetconfError, Netlink, Route, Via, sysctl},
     sys::tls_link::TlsLink,
     sys::tun::Tun,
@@ -96,18 +101,15 @@ pub(super) struct Ctx {
     pub(super) table: SessionTable,
     /// The inbound SPIs every session's state machine takes its SAs' from.
     pub(super) spis: Arc<SpiRegistry>,
-    pub(super) tun: Tun,
-    pub(super) udp: Option<UdpSocket>,
+    pub(super) tun: Arc<Tun>,
+    pub(super) udp: Option<Arc<UdpSocket>>,
     pub(super) next_id: AtomicU64,
     /// Stops the packet threads.
-    pub(super) stop: Stop,
-    /// Hands the TUN device, the ESP socket and the established sessions' TLS connections
-    /// (`tls_readers`) to the packet threads.
-    pub(super) dispatch: Dispatch,
-    pub(super) tls_readers: TlsReaders,
-    /// What the thread reading the TLS connections reads into; taken by whoever holds
-    /// `Source::Tls`.
-    pub(super) tls_scratch: Mutex<TlsScratch>,
+    pub(super) stop: Arc<Stop>,
+    pub(super) tls_readers: Arc<TlsReaders>,
+    /// The packet path: the TUN device, the ESP socket and the established sessions' TLS
+    /// connections (`tls_readers`), handed to the packet threads.
+    pub(super) device: Device<Ctx>,
     /// Packets dropped because no session owns their destination, or spoofed sources.
     pub(super) dropped: AtomicU64,
     /// Where clients' packets may go ([`AccessPolicy`]), and how many it stopped.
@@ -115,8 +117,6 @@ pub(super) struct Ctx {
     pub(super) forbidden: AtomicU64,
     /// Sessions dead-peer detection took as gone.
     pub(super) dead_peers: AtomicU64,
-    pub(super) tun_side: Mutex<TunSide>,
-    pub(super) esp_side: Mutex<EspSide>,
 }
 
 /// A gateway bound to its sockets and TUN device, ready to [`run`](Gateway::run).
@@ -145,8 +145,10 @@ impl Gateway {
             "users file loaded"
         );
         warn_if_dpd_outpaces_clients(&config);
-        let tun = Tun::create_offloaded(&config.tun_name)
-            .map_err(io_err(format!("creating TUN {}", config.tun_name)))?;
+        let tun = Arc::new(
+            Tun::create_offloaded(&config.tun_name)
+                .map_err(io_err(format!("creating TUN {}", config.tun_name)))?,
+        );
         configure_tun(&config, &tun)?;
         let local = local_addresses().map_err(io_err("listing the host's addresses"))?;
         let access = AccessControl::new(AccessPolicy::new(&config, &local));
@@ -161,7 +163,7 @@ impl Gateway {
             if !udp_gso::tune(&sock) {
                 warn!("UDP GRO is not available: one ESP datagram per receive");
             }
-            Some(sock)
+            Some(Arc::new(sock))
         } else {
             None
         };
@@ -169,15 +171,18 @@ impl Gateway {
             what: "address pool".into(),
             source: io::Error::other(e.to_string()),
         })?;
-        let stop = Stop::new().map_err(io_err("the packet threads' stop signal"))?;
-        let mut dispatch = Dispatch::new(&tun, udp.as_ref(), &stop)
-            .map_err(io_err("the packet threads' epoll set"))?;
-        let tls_readers = TlsReaders::new().map_err(io_err("the TLS connections' epoll set"))?;
-        dispatch
-            .add_tls(&tls_readers)
-            .map_err(io_err("the packet threads' epoll set"))?;
-        let tls_scratch = Mutex::new(TlsScratch::new(&tun));
-        let esp_side = Mutex::new(EspSide::new(&tun));
+        let stop = Arc::new(Stop::new().map_err(io_err("the packet threads' stop signal"))?);
+        let tls_readers =
+            Arc::new(TlsReaders::new().map_err(io_err("the TLS connections' epoll set"))?);
+        let nonblocking = device::set_nonblocking(&tun);
+        let device = Device::new(
+            tun.clone(),
+            udp.clone(),
+            Some(tls_readers.clone()),
+            stop.clone(),
+            nonblocking,
+        )
+        .map_err(io_err("the packet threads' epoll set"))?;
         let ctx = Arc::new(Ctx {
             server_config: server_config(&config),
             admission: Admission::new(
@@ -195,15 +200,12 @@ impl Gateway {
             udp,
             next_id: AtomicU64::new(1),
             stop,
-            dispatch,
             tls_readers,
-            tls_scratch,
+            device,
             dropped: AtomicU64::new(0),
             access,
             forbidden: AtomicU64::new(0),
             dead_peers: AtomicU64::new(0),
-            tun_side: Mutex::new(TunSide::new()),
-            esp_side,
             config,
         });
         Ok(Gateway {
@@ -229,7 +231,8 @@ impl Gateway {
             listener,
             acceptor,
         } = self;
-        let threads = super::plane::start_data_plane(&ctx)?;
+        let threads = device::start("gw-packets", &ctx, |c| (c, &c.device))
+            .map_err(io_err("starting a packet thread"))?;
         let (stop_tx, _) = broadcast::channel::<()>(1);
         let mut tasks = tokio::task::JoinSet::new();
         let janitor = tokio::spawn(janitor(ctx.clone(), stop_tx.subscribe()));
@@ -787,8 +790,8 @@ async fn serve(
     };
     let mut buf = vec![0u8; LOGIN_READ_BUF];
     // Packets the client sent over TLS, joined for the TUN device.
-    let mut sink = TunSink::new(&ctx.tun);
-    let mut access = AccessCache::default();
+    let mut sink = TunSink::new(&*ctx.tun);
+    let mut scratch = Scratch::default();
     // Once the session is established, the packet threads read the connection (see
     // `tls_readers`).
     let mut reader: Option<Arc<TlsReader>> = None;
@@ -843,7 +846,8 @@ async fn serve(
                 debug!(error = %e, "handing the TLS connection to the packet threads");
                 break conn.dropped();
             }
-            read_tls_connection(&ctx, conn.id, &r, &mut buf, &mut sink, &mut access);
+            let mut tls_in = TlsIn::with_buffer(std::mem::take(&mut buf), &*ctx.tun);
+            read_tls_connection(&ctx, &ctx.device, &mut tls_in, conn.id, &r);
             if r.closed.load(Ordering::Acquire) {
                 break conn.dropped();
             }
@@ -853,8 +857,8 @@ async fn serve(
             }
             reader = Some(r);
             // The packet threads read from here on: the task's buffers go.
-            buf = Vec::new();
-            sink = TunSink::new(&ctx.tun);
+            drop(tls_in);
+            sink = TunSink::new(&*ctx.tun);
             // The bytes read may have made events.
             continue;
         }
@@ -885,12 +889,9 @@ async fn serve(
                     Ok(n) => n,
                 };
                 let owner = conn.session.clone();
-                let mut claim = None;
-                conn.with_proto(|p| {
-                    let bytes = &buf[..n];
-                    super::plane::take_client_bytes(&ctx, p, owner.as_deref(), &mut sink, &mut access, &mut claim, bytes)
-                });
-                flush_client_packets(&ctx, &mut sink, claim);
+                let mut to_tun = ToTun::new(Some((&*ctx.tun, &mut sink)), &mut scratch, Some(&ctx.device));
+                conn.with_proto(|p| to_tun.open(&ctx, p, owner.as_ref(), &buf[..n]));
+                to_tun.finish(&ctx);
             }
             _ = wake => {}
             _ = evicted => {
@@ -1233,7 +1234,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
         ServerEvent::EspKeysInstalled => debug!("client ESP keys installed"),
         ServerEvent::Packet(p) => {
             // `serve` takes data packets straight from the parser; this is for completeness.
-            if super::plane::forwardable(
+            if super::end::forwardable(
                 ctx,
                 conn.session.as_deref(),
                 &p,

@@ -5,7 +5,7 @@
 //! tokio worker, which then woke nobody else but paid for its own wake-up and the
 //! runtime's scheduling (29-40 us per packet on the benchmark's VM from the worker's
 //! `epoll_wait` to its `recvfrom`). The packet threads already wait on one epoll set
-//! (`pump::Dispatch`) with three fixed slots; the TLS slot holds this module's own epoll
+//! (`fastpath::dispatch::Dispatch`) with three fixed slots; the TLS slot holds this module's own epoll
 //! set, in which every established session's socket is registered, level-triggered. An
 //! epoll descriptor is readable while any socket in it is, so the thread handed the slot
 //! asks the inner set which sockets are ready (without waiting) and reads each until it
@@ -28,12 +28,15 @@
 use std::{
     collections::HashMap,
     io,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     sync::{Arc, Mutex, atomic::AtomicBool},
 };
 
 use super::table::Session;
-use crate::{fastpath::pump::Epoll, sys::tls_link::TlsLink};
+use crate::sys::{
+    epoll::{Epoll, Interest, no_report},
+    tls_link::TlsLink,
+};
 
 /// One established session's connection, as the packet threads read it.
 pub struct TlsReader {
@@ -63,10 +66,9 @@ impl TlsReaders {
     /// Registers `reader` under `token` (the connection's id): from now on its socket is
     /// reported to the packet threads.
     pub fn add(&self, token: u64, reader: Arc<TlsReader>) -> io::Result<()> {
-        let fd = reader.link.as_fd().as_raw_fd();
         let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
         self.epoll
-            .ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)?;
+            .add(reader.link.as_fd(), Interest::Readable, token)?;
         map.insert(token, reader);
         Ok(())
     }
@@ -79,20 +81,19 @@ impl TlsReaders {
             return;
         };
         // The socket is still open: `reader` holds its link.
-        let fd = reader.link.as_fd().as_raw_fd();
-        let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
+        let _ = self.epoll.delete(reader.link.as_fd());
     }
 
     /// The connections with something to read now (at most [`READY_BATCH`]), without
     /// waiting. Fewer than [`READY_BATCH`] means no more were ready.
     pub fn ready(&self, out: &mut Vec<(u64, Arc<TlsReader>)>) -> usize {
         out.clear();
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; READY_BATCH];
+        let mut events = [no_report(); READY_BATCH];
         // A failed look (interrupted) finds nothing this time; the set stays readable.
-        let n = self.epoll.wait(&mut events, 0).unwrap_or(0);
+        let n = self.epoll.wait(&mut events, false).unwrap_or(0);
         let map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
         for e in &events[..n] {
-            let token = e.u64;
+            let token = e.data();
             if let Some(r) = map.get(&token) {
                 out.push((token, r.clone()));
             }
