@@ -22,7 +22,8 @@
 //! and `ours-tls` (tunneld + tunnel-gateway from this tree's release build); `oc-pulse-esp` and
 //! `oc-pulse-tls` (openconnect `--protocol=pulse` against our gateway); `ocserv-dtls` and
 //! `ocserv-tls` (openconnect `--protocol=anyconnect` against ocserv); `wireguard-go`
-//! (Debian) and `boringtun` (boringtun-cli from crates.io). The harness installs what is
+//! (Debian), `boringtun` (boringtun-cli from crates.io) and `gotatun` (Mullvad's GotaTun,
+//! gotatun-cli from crates.io, a boringtun descendant). The harness installs what is
 //! missing (apt-get, cargo install into `target/bench/tools`); a system that cannot be
 //! installed or set up is reported with the reason. `systems::all` lists them; another ESP
 //! suite of ours is one more line there.

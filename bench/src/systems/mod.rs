@@ -289,6 +289,12 @@ pub fn all() -> Vec<Box<dyn System>> {
             wireguard::Wg::gateway(wireguard::Impl::Boringtun),
             wireguard::Wg::client(wireguard::Impl::Boringtun),
         ),
+        tunnel(
+            "gotatun",
+            "gotatun-cli (Mullvad's GotaTun, crates.io) on both ends",
+            wireguard::Wg::gateway(wireguard::Impl::Gotatun),
+            wireguard::Wg::client(wireguard::Impl::Gotatun),
+        ),
     ]
 }
 
