@@ -27,6 +27,8 @@ pub struct Ctx {
     pub tools: PathBuf,
     /// This tree's revision, for the report.
     pub revision: String,
+    /// The revision of the tree whose systems run beside ours (`crate::baseline`).
+    pub baseline: Option<String>,
 }
 
 /// A gateway side.
@@ -296,6 +298,14 @@ pub fn all() -> Vec<Box<dyn System>> {
             wireguard::Wg::client(wireguard::Impl::Gotatun),
         ),
     ]
+}
+
+/// The systems named, in the order of [`all`] (names it does not know are left out).
+pub fn named(names: &[String]) -> Vec<Box<dyn System>> {
+    all()
+        .into_iter()
+        .filter(|s| names.iter().any(|n| n == s.name()))
+        .collect()
 }
 
 pub fn kernel_release() -> String {
