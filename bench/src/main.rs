@@ -6,6 +6,8 @@
 //! cargo xtask bench crypto               # the single-core crypto ceiling of our ESP suites
 //! cargo xtask bench tunnels [--systems ours-esp,wireguard-go]
 //!     --repeats N (default 3, 3 s runs)   --quick (1 repeat, 1 s runs)
+//!     --baseline DIR   another tree's release build beside ours (`ours-esp@base`, ...),
+//!                      alternating in rounds (`--repeats`, default 5 then)
 //! cargo xtask bench attacks [--only half-open,garbage] [--gateway-nofile N] [--tag T]
 //!     what each hostile-peer attack costs the gateway, and a real login's time during it
 //!     (10 s per attack, 3 s with --quick; not part of the full run)
@@ -22,7 +24,8 @@
 //! and `ours-tls` (tunneld + tunnel-gateway from this tree's release build); `oc-pulse-esp` and
 //! `oc-pulse-tls` (openconnect `--protocol=pulse` against our gateway); `ocserv-dtls` and
 //! `ocserv-tls` (openconnect `--protocol=anyconnect` against ocserv); `wireguard-go`
-//! (Debian) and `boringtun` (boringtun-cli from crates.io). The harness installs what is
+//! (Debian), `boringtun` (boringtun-cli from crates.io) and `gotatun` (Mullvad's GotaTun,
+//! gotatun-cli from crates.io, a boringtun descendant). The harness installs what is
 //! missing (apt-get, cargo install into `target/bench/tools`); a system that cannot be
 //! installed or set up is reported with the reason. `systems::all` lists them; another ESP
 //! suite of ours is one more line there.
@@ -55,6 +58,14 @@
 //! logins -> gateway SIGKILL + restart, timed to the first packet through -> teardown.
 //! Results are median and spread (`stats.rs`); runs that fail are counted and listed.
 //!
+//! Two trees in one session (`--baseline DIR`, `baseline.rs`): each of our systems gets a
+//! twin `NAME@base` running DIR's release binaries, and the repeats become alternating
+//! rounds (`tunnels.rs`): every system is set up, measured once per test and torn down in
+//! each round, in list order in odd rounds and reversed in even ones, so a pair is measured
+//! minutes apart at most and a drift of the machine hits both alike. The report gives each
+//! pair's rounds of TCP 1 up and idle RTT, the median of the per-round ratios and the peak
+//! RSS of both trees' clients and gateways.
+//!
 //! After the systems, when the run measured boringtun and ours over ESP, their idle RTT is
 //! measured once more interleaved (`idle_ab.rs`): all of them up at once, each in a world of
 //! its own (`World::build_tagged`), taking turns in rounds of pings, so the drift between
@@ -72,6 +83,7 @@
 //! trains) and the classifier micro-benchmark (`classifier.rs`).
 
 mod attacks;
+mod baseline;
 mod chart;
 mod classifier;
 mod crypto;
@@ -97,7 +109,7 @@ use clap::{Parser, Subcommand};
 #[command(about = "tunnel benchmark harness")]
 struct Cli {
     /// Repeats of every measurement (median and spread are reported); default 3, 1 with
-    /// --quick.
+    /// --quick, 5 with --baseline (the rounds the comparison takes).
     #[arg(long, global = true)]
     repeats: Option<usize>,
     /// Shorter runs, for a quick look.
@@ -136,6 +148,10 @@ enum What {
         /// List the systems and exit.
         #[arg(long)]
         list: bool,
+        /// Another checkout (or a directory of its release binaries): each of our systems
+        /// also runs with its binaries, as NAME@base, and the run alternates in rounds.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
 }
 
@@ -143,22 +159,23 @@ fn out_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
 }
 
-fn revision() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+/// The short revision of the checkout `dir` is in, `+changes` when its tracked files were
+/// changed; None outside a checkout.
+fn revision(dir: &Path) -> Option<String> {
     let git = |args: &[&str]| {
         Command::new("git")
             .arg("-C")
-            .arg(&root)
+            .arg(dir)
             .args(args)
             .output()
             .ok()
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let rev = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let rev = git(&["rev-parse", "--short", "HEAD"])?;
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    if dirty { format!("{rev}+changes") } else { rev }
+    Some(if dirty { format!("{rev}+changes") } else { rev })
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
@@ -167,7 +184,19 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let repeats = cli.repeats.unwrap_or(if cli.quick { 1 } else { 3 }).max(1);
+    let baseline = match &cli.what {
+        Some(What::Tunnels {
+            baseline: Some(dir),
+            ..
+        }) => Some(baseline::Baseline::locate(dir)?),
+        _ => None,
+    };
+    let default_repeats = match (&baseline, cli.quick) {
+        (Some(_), _) => 5,
+        (None, true) => 1,
+        (None, false) => 3,
+    };
+    let repeats = cli.repeats.unwrap_or(default_repeats).max(1);
     let dir = out_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -181,7 +210,9 @@ fn main() -> Result<()> {
     let ctx = systems::Ctx {
         bin_dir,
         tools: dir.join("tools"),
-        revision: revision(),
+        revision: revision(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .unwrap_or_else(|| "unknown".into()),
+        baseline: baseline.as_ref().map(|b| b.revision.clone()),
     };
     tunnels::catch_signals();
     let copts = classifier::Options {
@@ -240,7 +271,7 @@ fn main() -> Result<()> {
             println!("{md}");
             println!("written: {}/{name}.md and {name}.json", dir.display());
         }
-        Some(What::Tunnels { systems, list }) => {
+        Some(What::Tunnels { systems, list, .. }) => {
             let all = systems::all();
             if list {
                 for s in &all {
@@ -248,8 +279,19 @@ fn main() -> Result<()> {
                 }
                 return Ok(());
             }
-            let chosen = choose(all, &systems)?;
-            let report = tunnels::run(&ctx, chosen, &tunnels::Options::new(repeats, cli.quick))?;
+            let names = choose(&all, &systems)?;
+            let make = || {
+                let chosen = systems::named(&names);
+                match &baseline {
+                    Some(b) => b.with_twins(chosen),
+                    None => chosen,
+                }
+            };
+            let opts = tunnels::Options {
+                alternate: baseline.is_some(),
+                ..tunnels::Options::new(repeats, cli.quick)
+            };
+            let report = tunnels::run(&ctx, &make, &opts)?;
             let mut md = report::markdown(&report);
             md.push_str(&charts(&report, &dir));
             write(&dir, "tunnels.md", &md)?;
@@ -264,7 +306,7 @@ fn main() -> Result<()> {
         None => {
             let tunnels = tunnels::run(
                 &ctx,
-                systems::all(),
+                &systems::all,
                 &tunnels::Options::new(repeats, cli.quick),
             )?;
             eprintln!("== classifier");
@@ -318,24 +360,19 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The systems named, in the order of `systems::all`; unknown names are an error.
-fn choose(
-    all: Vec<Box<dyn systems::System>>,
-    names: &[String],
-) -> Result<Vec<Box<dyn systems::System>>> {
-    if names.is_empty() {
-        return Ok(all);
-    }
+/// The names of the systems chosen (every system of `all` when `names` is empty); unknown
+/// names are an error.
+fn choose(all: &[Box<dyn systems::System>], names: &[String]) -> Result<Vec<String>> {
     let known: Vec<String> = all.iter().map(|s| s.name().to_string()).collect();
+    if names.is_empty() {
+        return Ok(known);
+    }
     for n in names {
         if !known.contains(n) {
             bail!("unknown system {n:?}; known: {}", known.join(", "));
         }
     }
-    Ok(all
-        .into_iter()
-        .filter(|s| names.iter().any(|n| n == s.name()))
-        .collect())
+    Ok(names.to_vec())
 }
 
 /// Draws the charts; the markdown that shows them (or says why they are missing).

@@ -100,6 +100,7 @@ pub fn markdown(report: &Report) -> String {
         .and_then(|b| median(b.test("tcp-1-up")));
 
     s.push_str(&summary(report));
+    s.push_str(&crate::baseline::markdown(report));
 
     s.push_str("### Systems\n\n| system | what | version | status | transport | MTU |\n|---|---|---|---|---|---:|\n");
     for r in &report.systems {
@@ -605,17 +606,18 @@ pub mod tests {
     use super::*;
     use crate::tunnels::{Memory, Options, TestResult};
 
-    fn t(id: &str, unit: &'static str, v: &[f64]) -> TestResult {
+    pub fn t(id: &str, unit: &'static str, v: &[f64]) -> TestResult {
         TestResult {
             test: id.into(),
             unit,
             value: Some(Summary::of(v)),
             samples: v.to_vec(),
+            runs: v.iter().copied().map(Some).collect(),
             ..Default::default()
         }
     }
 
-    fn sys(name: &str, gbps: f64) -> SystemResult {
+    pub fn sys(name: &str, gbps: f64) -> SystemResult {
         SystemResult {
             name: name.into(),
             about: "a | b".into(),
@@ -672,6 +674,7 @@ pub mod tests {
             revision: "abc123".into(),
             started_unix: 0,
             duration_s: 900.0,
+            baseline: None,
             idle_ab: None,
             systems: vec![
                 bare,

@@ -1,5 +1,12 @@
 //! The tunnel comparison: every system set up in one world, measured test by test, repeat
 //! by repeat, then its login and reconnect times; results as plain data for the report.
+//!
+//! Two orders. One after another (the default): each system is set up once and measured
+//! `repeats` times. Alternating ([`Options::alternate`], for comparing two trees): the
+//! repeats become rounds, and in each round every system is set up, measured once per test
+//! and torn down, in the list's order in odd rounds and in reverse in even ones, so that a
+//! drift of the machine over the minutes of a run hits every system alike (its login and
+//! reconnect are timed in the first round only).
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -56,6 +63,8 @@ pub struct Options {
     pub pings: u32,
     /// Longest wait for a login or a reconnect.
     pub connect_timeout_secs: u64,
+    /// The repeats are rounds that take every system in turn (module docs).
+    pub alternate: bool,
 }
 
 impl Options {
@@ -66,6 +75,7 @@ impl Options {
             seconds: if quick { 1 } else { 3 },
             pings: if quick { 50 } else { 200 },
             connect_timeout_secs: if quick { 20 } else { 40 },
+            alternate: false,
         }
     }
 }
@@ -149,6 +159,8 @@ pub struct TestResult {
     /// Gbit/s, kpps received, or median RTT in ms.
     pub value: Option<Summary>,
     pub samples: Vec<f64>,
+    /// Each repeat's (or round's) figure in order; None where the run failed.
+    pub runs: Vec<Option<f64>>,
     /// Runs that failed, with the reason.
     pub errors: Vec<String>,
     /// Latency: 99th percentile RTT, ms.
@@ -222,6 +234,8 @@ pub struct Report {
     pub started_unix: u64,
     pub duration_s: f64,
     pub systems: Vec<SystemResult>,
+    /// The other tree's revision, when its systems ran beside ours (`crate::baseline`).
+    pub baseline: Option<String>,
     /// Idle RTT of ours against boringtun's, interleaved (when the run measured both).
     pub idle_ab: Option<IdleAb>,
 }
@@ -239,8 +253,10 @@ impl Progress {
     }
 }
 
-/// Runs every system; a system that fails is reported with its stage and reason.
-pub fn run(ctx: &Ctx, systems: Vec<Box<dyn System>>, opts: &Options) -> Result<Report> {
+/// Runs every system `make` gives (it is called once per round when alternating, since a
+/// system is set up anew each round); a system that fails is reported with its stage and
+/// reason.
+pub fn run(ctx: &Ctx, make: &dyn Fn() -> Vec<Box<dyn System>>, opts: &Options) -> Result<Report> {
     let start = Instant::now();
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -249,29 +265,39 @@ pub fn run(ctx: &Ctx, systems: Vec<Box<dyn System>>, opts: &Options) -> Result<R
     let mut world = World::build().context("building the namespace world")?;
     let mut progress = Progress {
         done: 0,
-        total: systems
+        total: make()
             .iter()
             .map(|s| tests(s.splits()).len() * opts.repeats)
             .sum(),
     };
-    let mut results = Vec::new();
-    for mut sys in systems {
-        check_interrupted()?;
-        let r = run_system(ctx, sys.as_mut(), &mut world, opts, &mut progress);
-        sys.teardown(&world);
-        drop(sys);
-        let r = r?;
-        match &r.outcome {
-            Outcome::Measured => eprintln!("== {}: measured", r.name),
-            Outcome::NotAvailable { reason } => {
-                eprintln!("== {}: not available: {reason}", r.name)
+    let results = if opts.alternate {
+        alternating(ctx, make, &mut world, opts, &mut progress)?
+    } else {
+        let mut results = Vec::new();
+        for mut sys in make() {
+            check_interrupted()?;
+            let tests = tests(sys.splits());
+            let mut acc: Vec<Acc> = tests.iter().map(|_| Acc::default()).collect();
+            let r = run_system(
+                ctx,
+                sys.as_mut(),
+                &mut world,
+                opts,
+                &mut progress,
+                &mut acc,
+                true,
+            );
+            sys.teardown(&world);
+            drop(sys);
+            let mut r = r?;
+            if matches!(r.outcome, Outcome::Measured) {
+                r.tests = finish(&tests, acc);
             }
-            Outcome::Failed { stage, reason } => {
-                eprintln!("== {}: failed at {stage}: {reason}", r.name)
-            }
+            print_outcome(&r);
+            results.push(r);
         }
-        results.push(r);
-    }
+        results
+    };
     // The idle-RTT target compared without the drift between the blocks above.
     let measured = |name: &str| {
         results
@@ -293,17 +319,126 @@ pub fn run(ctx: &Ctx, systems: Vec<Box<dyn System>>, opts: &Options) -> Result<R
         started_unix,
         duration_s: start.elapsed().as_secs_f64(),
         systems: results,
+        baseline: ctx.baseline.clone(),
         idle_ab,
     })
 }
 
+fn print_outcome(r: &SystemResult) {
+    match &r.outcome {
+        Outcome::Measured => eprintln!("== {}: measured", r.name),
+        Outcome::NotAvailable { reason } => eprintln!("== {}: not available: {reason}", r.name),
+        Outcome::Failed { stage, reason } => {
+            eprintln!("== {}: failed at {stage}: {reason}", r.name)
+        }
+    }
+}
+
+fn finish(tests: &[Test], acc: Vec<Acc>) -> Vec<TestResult> {
+    tests.iter().zip(acc).map(|(t, a)| a.finish(*t)).collect()
+}
+
+/// The rounds of an alternating run (module docs): one result per system of `make`'s list,
+/// its tests over every round (a round the system failed in counts as a failed run of each
+/// test), its peak RSS the largest of any round's.
+fn alternating(
+    ctx: &Ctx,
+    make: &dyn Fn() -> Vec<Box<dyn System>>,
+    world: &mut World,
+    opts: &Options,
+    progress: &mut Progress,
+) -> Result<Vec<SystemResult>> {
+    let once = Options {
+        repeats: 1,
+        ..opts.clone()
+    };
+    // Per system of the list: its tests, their accumulators, its first round's result.
+    let mut per_system: Vec<(Vec<Test>, Vec<Acc>, Option<SystemResult>)> = Vec::new();
+    for round in 1..=opts.repeats {
+        let mut order: Vec<(usize, Box<dyn System>)> = make().into_iter().enumerate().collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for (i, mut sys) in order {
+            check_interrupted()?;
+            if per_system.len() <= i {
+                per_system.resize_with(i + 1, || (Vec::new(), Vec::new(), None));
+            }
+            let (tests, acc, first) = &mut per_system[i];
+            if tests.is_empty() {
+                *tests = self::tests(sys.splits());
+                *acc = tests.iter().map(|_| Acc::default()).collect();
+            }
+            let skip = tests.len();
+            if let Some(SystemResult {
+                outcome: Outcome::NotAvailable { .. },
+                ..
+            }) = first
+            {
+                progress.done += skip;
+                continue;
+            }
+            eprintln!("== round {round}/{}", opts.repeats);
+            let r = run_system(ctx, sys.as_mut(), world, &once, progress, acc, round == 1);
+            sys.teardown(world);
+            drop(sys);
+            let r = r?;
+            print_outcome(&r);
+            if let Outcome::Failed { stage, reason } = &r.outcome {
+                for a in acc.iter_mut() {
+                    a.fail(format!("round {round}: failed at {stage}: {reason}"));
+                }
+            }
+            match first {
+                None => *first = Some(r),
+                Some(f) => merge_round(f, r),
+            }
+        }
+    }
+    Ok(per_system
+        .into_iter()
+        .filter_map(|(tests, acc, first)| {
+            let mut r = first?;
+            if acc.iter().any(|a| !a.values.is_empty()) {
+                r.outcome = Outcome::Measured;
+                r.tests = finish(&tests, acc);
+            }
+            Some(r)
+        })
+        .collect())
+}
+
+/// Takes a later round's set-up figures into the first round's result: what the first
+/// round could not learn, and the larger peak RSS of each process.
+fn merge_round(first: &mut SystemResult, later: SystemResult) {
+    if first.transport.is_none() {
+        first.transport = later.transport;
+        first.mtu = later.mtu;
+    }
+    for m in later.memory {
+        match first
+            .memory
+            .iter_mut()
+            .find(|f| f.side == m.side && f.process == m.process)
+        {
+            Some(f) if f.peak_rss_kib < m.peak_rss_kib => *f = m,
+            Some(_) => {}
+            None => first.memory.push(m),
+        }
+    }
+}
+
 /// Err only for an interruption; a system's own failure is in its result.
+/// Measures into `acc` (one per test of [`tests`]); the result's `tests` are left empty
+/// for the caller to [`finish`].
 fn run_system(
     ctx: &Ctx,
     sys: &mut dyn System,
     w: &mut World,
     opts: &Options,
     progress: &mut Progress,
+    acc: &mut [Acc],
+    time_logins: bool,
 ) -> Result<SystemResult> {
     let name = sys.name().to_string();
     let tests = tests(sys.splits());
@@ -372,7 +507,6 @@ fn run_system(
         logins[0]
     );
     // Measurements, repeats interleaved so slow drifts spread over every test.
-    let mut acc: Vec<Acc> = tests.iter().map(|_| Acc::default()).collect();
     for rep in 1..=opts.repeats {
         for (i, test) in tests.iter().enumerate() {
             check_interrupted()?;
@@ -385,14 +519,13 @@ fn run_system(
                 Err(e) => {
                     let msg = format!("{e:#}");
                     eprintln!("failed: {msg}");
-                    acc[i].errors.push(msg);
+                    acc[i].fail(msg);
                     // A stuck iperf3 server would fail every later run.
                     let _ = w.restart_iperf();
                 }
             }
         }
     }
-    r.tests = tests.iter().zip(acc).map(|(t, a)| a.finish(*t)).collect();
     // Memory: every process of the tunnel, before restarts reset the peaks.
     for (side, roots) in [
         ("client", sys.client_pids()),
@@ -411,7 +544,7 @@ fn run_system(
             }
         }
     }
-    if sys.tunnelled() {
+    if sys.tunnelled() && time_logins {
         // More logins (the first was the set-up).
         for i in 1..opts.repeats {
             check_interrupted()?;
@@ -491,6 +624,7 @@ struct Measured {
 #[derive(Default)]
 struct Acc {
     values: Vec<f64>,
+    runs: Vec<Option<f64>>,
     p99: Vec<f64>,
     loss: Vec<f64>,
     cpu: [Vec<f64>; 3],
@@ -506,6 +640,7 @@ fn summary(v: &[f64]) -> Option<Summary> {
 impl Acc {
     fn add(&mut self, m: Measured) {
         self.values.push(m.value);
+        self.runs.push(Some(m.value));
         self.p99.extend(m.p99);
         self.loss.extend(m.loss);
         for (v, x) in self.cpu.iter_mut().zip(m.cpu) {
@@ -518,12 +653,18 @@ impl Acc {
         self.retransmits += m.retransmits;
     }
 
+    fn fail(&mut self, why: String) {
+        self.runs.push(None);
+        self.errors.push(why);
+    }
+
     fn finish(self, test: Test) -> TestResult {
         TestResult {
             test: test.id(),
             unit: test.unit(),
             value: summary(&self.values),
             samples: self.values,
+            runs: self.runs,
             errors: self.errors,
             p99_ms: summary(&self.p99),
             loss: summary(&self.loss),
@@ -706,6 +847,7 @@ mod tests {
             bin_dir: std::path::PathBuf::new(),
             tools: std::path::PathBuf::new(),
             revision: "test".into(),
+            baseline: None,
         };
         let opts = Options {
             repeats: 1,
@@ -713,8 +855,10 @@ mod tests {
             seconds: 1,
             pings: 10,
             connect_timeout_secs: 5,
+            alternate: false,
         };
-        let report = run(&ctx, vec![Box::new(crate::systems::Bare)], &opts).unwrap();
+        let bare = || vec![Box::new(crate::systems::Bare) as Box<dyn System>];
+        let report = run(&ctx, &bare, &opts).unwrap();
         let bare = &report.systems[0];
         assert!(matches!(bare.outcome, Outcome::Measured), "{bare:?}");
         assert_eq!(bare.tests.len(), tests(true).len());

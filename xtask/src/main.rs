@@ -46,8 +46,9 @@ enum Task {
         units_only: bool,
     },
     /// The benchmark harness: `cargo xtask bench` runs everything (about 15-20 minutes);
-    /// `bench classifier`, `bench tunnels [--systems a,b]`, `bench attacks` (hostile peers
-    /// against the gateway, docs/hostile.md), `--repeats N`, `--quick`.
+    /// `bench classifier`, `bench tunnels [--systems a,b] [--baseline DIR]` (DIR: another
+    /// checkout's release build, run beside ours in alternating rounds), `bench attacks`
+    /// (hostile peers against the gateway, docs/hostile.md), `--repeats N`, `--quick`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -27,6 +27,8 @@ pub struct Ctx {
     pub tools: PathBuf,
     /// This tree's revision, for the report.
     pub revision: String,
+    /// The revision of the tree whose systems run beside ours (`crate::baseline`).
+    pub baseline: Option<String>,
 }
 
 /// A gateway side.
@@ -289,7 +291,21 @@ pub fn all() -> Vec<Box<dyn System>> {
             wireguard::Wg::gateway(wireguard::Impl::Boringtun),
             wireguard::Wg::client(wireguard::Impl::Boringtun),
         ),
+        tunnel(
+            "gotatun",
+            "gotatun-cli (Mullvad's GotaTun, crates.io) on both ends",
+            wireguard::Wg::gateway(wireguard::Impl::Gotatun),
+            wireguard::Wg::client(wireguard::Impl::Gotatun),
+        ),
     ]
+}
+
+/// The systems named, in the order of [`all`] (names it does not know are left out).
+pub fn named(names: &[String]) -> Vec<Box<dyn System>> {
+    all()
+        .into_iter()
+        .filter(|s| names.iter().any(|n| n == s.name()))
+        .collect()
 }
 
 pub fn kernel_release() -> String {

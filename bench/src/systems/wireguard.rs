@@ -1,7 +1,9 @@
-//! Userspace WireGuard: wireguard-go (Debian) and boringtun-cli (crates.io, installed into
-//! the harness's tool directory), configured with `wg` (wireguard-tools) on both ends.
+//! Userspace WireGuard: wireguard-go (Debian), boringtun-cli and Mullvad's GotaTun
+//! (`gotatun-cli`, a boringtun descendant with the same command line), both from crates.io
+//! and installed into the harness's tool directory; configured with `wg` (wireguard-tools)
+//! on both ends.
 //!
-//! Both serve their configuration interface on `/var/run/wireguard/NAME.sock`, a file-system
+//! All serve their configuration interface on `/var/run/wireguard/NAME.sock`, a file-system
 //! path that namespaces do not separate, so the two ends get different device names.
 
 use std::{
@@ -25,6 +27,19 @@ const CLIENT_ADDR: &str = "10.99.0.2";
 pub enum Impl {
     Go,
     Boringtun,
+    Gotatun,
+}
+
+impl Impl {
+    /// The crates.io crate that provides it and the program that crate installs; None for
+    /// the Debian package.
+    fn crate_and_program(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Impl::Go => None,
+            Impl::Boringtun => Some(("boringtun-cli", "boringtun-cli")),
+            Impl::Gotatun => Some(("gotatun-cli", "gotatun")),
+        }
+    }
 }
 
 /// One end of a WireGuard tunnel.
@@ -57,6 +72,7 @@ impl Wg {
         match self.imp {
             Impl::Go => format!("bnwg{end}"),
             Impl::Boringtun => format!("bnbt{end}"),
+            Impl::Gotatun => format!("bngt{end}"),
         }
     }
 
@@ -66,21 +82,18 @@ impl Wg {
 
     fn prepare_impl(&mut self, ctx: &Ctx) -> Result<String> {
         ensure_deb(&["wireguard-tools"])?;
-        match self.imp {
-            Impl::Go => {
+        match self.imp.crate_and_program() {
+            None => {
                 let v = ensure_deb(&["wireguard-go"])?;
                 self.program = PathBuf::from("wireguard-go");
                 Ok(v)
             }
-            Impl::Boringtun => {
-                self.program = ctx.tools.join("bin/boringtun-cli");
+            Some((krate, program)) => {
+                self.program = ctx.tools.join("bin").join(program);
                 if !self.program.exists() {
-                    install_boringtun(ctx)?;
+                    install_crate(ctx, krate)?;
                 }
-                Ok(
-                    version_of(&self.program, "--version")
-                        .unwrap_or_else(|| "boringtun-cli".into()),
-                )
+                Ok(version_of(&self.program, "--version").unwrap_or_else(|| krate.into()))
             }
         }
     }
@@ -120,7 +133,7 @@ impl Wg {
                 log,
                 name,
             )?,
-            Impl::Boringtun => spawn(
+            Impl::Boringtun | Impl::Gotatun => spawn(
                 ns,
                 &program,
                 &[
@@ -196,15 +209,15 @@ fn wg(args: &[&str], stdin: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// `cargo install boringtun-cli --locked` into the tool directory. Builds with this
-/// toolchain; a failure is reported with cargo's last error line.
-fn install_boringtun(ctx: &Ctx) -> Result<()> {
+/// `cargo install KRATE --locked` into the tool directory. Builds with this toolchain; a
+/// failure is reported with cargo's last error line.
+fn install_crate(ctx: &Ctx, krate: &str) -> Result<()> {
     eprintln!(
-        "bench: installing boringtun-cli from crates.io into {} (a few minutes, once)",
+        "bench: installing {krate} from crates.io into {} (a few minutes, once)",
         ctx.tools.display()
     );
     let out = Command::new("cargo")
-        .args(["install", "boringtun-cli", "--locked", "--root"])
+        .args(["install", krate, "--locked", "--root"])
         .arg(&ctx.tools)
         .output()
         .context("running cargo install")?;
@@ -214,7 +227,7 @@ fn install_boringtun(ctx: &Ctx) -> Result<()> {
             .lines()
             .rfind(|l| l.starts_with("error"))
             .unwrap_or("cargo install failed");
-        bail!("cargo install boringtun-cli: {line}");
+        bail!("cargo install {krate}: {line}");
     }
     Ok(())
 }
