@@ -43,7 +43,7 @@ use super::{
     prompts::{self, Asker, Prompter},
     tls::{ClientCert, Pin, Trust},
 };
-use crate::datapath::{ConnId, PortList};
+use crate::datapath::ConnId;
 
 /// How `tunneld` is set up.
 #[derive(Clone, Debug)]
@@ -573,11 +573,7 @@ fn spec_for(
         ca_required: !machine.dynamic_trust,
     };
     let client_cert = client_auth(daemon, conn, creds)?;
-    let udp_ports = kvps
-        .split_udp_ports()
-        .map(|l| PortList::from_ranges(l.ranges().to_vec()))
-        .transpose()
-        .map_err(|e| Response::with(code::BAD_PARAMETER, format!("SplitUDPPortList: {e}")))?;
+    let udp_ports = kvps.split_udp_ports().cloned();
     let id = daemon
         .free_id()
         .ok_or_else(|| Response::with(code::GENERAL, "too many connections"))?;

@@ -42,9 +42,7 @@ use tunnel_common::programs;
 
 pub use compile::{CompiledPolicy, RouteEntry, addr16, compile};
 pub use maps::CounterTable;
-pub use policy::{
-    AppRule, ConnId, ConnPolicy, MTU_RANGE, Policy, PolicyError, PortList, PortListError,
-};
+pub use policy::{AppRule, ConnId, ConnPolicy, MTU_RANGE, Policy, PolicyError, PortList};
 
 use barrier::RcuBarrier;
 use maps::Maps;
