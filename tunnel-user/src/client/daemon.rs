@@ -43,7 +43,7 @@ use super::{
     prompts::{self, Asker, Prompter},
     tls::{ClientCert, Pin, Trust},
 };
-use crate::datapath::ConnId;
+use crate::datapath::{ConnId, KernelLog};
 
 /// How `tunneld` is set up.
 #[derive(Clone, Debug)]
@@ -53,6 +53,8 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Uplinks to attach the classifier to; None: every interface but loopback and TUNs.
     pub uplinks: Option<Vec<String>>,
+    /// Whether the kernel programs log every verdict (forwarded to tracing).
+    pub kernel_log: KernelLog,
 }
 
 /// Why the daemon could not start.
@@ -211,7 +213,7 @@ pub async fn run(
     }
     let certs = CertStore::open(dir.join("certs"))?;
     let uplinks = config.uplinks.clone().unwrap_or_else(detect_uplinks);
-    let plane = DataPlane::start(&uplinks)?;
+    let plane = DataPlane::start(&uplinks, config.kernel_log)?;
     plane.set_lockdown(store.machine().vpn_only_access)?;
     let pins_path = dir.join("pins.json");
     let pins = Arc::new(Mutex::new(load_pins(&pins_path)));
