@@ -187,6 +187,30 @@ pub struct PortList {
 }
 
 impl PortList {
+    /// A list of `ranges`, in that order: at least one, each within 1-65535 and ascending.
+    /// The refusals are those of parsing, naming the range as it would be written.
+    pub fn from_ranges(ranges: Vec<RangeInclusive<u16>>) -> Result<PortList, ValueProblem> {
+        if ranges.is_empty() {
+            return Err(ValueProblem::EmptyList);
+        }
+        for r in &ranges {
+            let entry = || {
+                if r.start() == r.end() {
+                    r.start().to_string()
+                } else {
+                    format!("{}-{}", r.start(), r.end())
+                }
+            };
+            if *r.start() == 0 {
+                return Err(ValueProblem::BadPort { entry: entry() });
+            }
+            if r.start() > r.end() {
+                return Err(ValueProblem::BackwardsRange { entry: entry() });
+            }
+        }
+        Ok(PortList { ranges })
+    }
+
     /// The ranges, in the order written; single ports are one-port ranges.
     pub fn ranges(&self) -> &[RangeInclusive<u16>] {
         &self.ranges
@@ -1076,6 +1100,60 @@ mod tests {
                 .unwrap()
                 .ranges(),
             &[65535..=65535, 1..=1]
+        );
+    }
+
+    /// The port list on its own (the data path's policy takes it without a key), with the
+    /// culprit of each refusal typed.
+    #[test]
+    fn port_list_refusals_name_the_culprit() {
+        let parse = |s: &str| s.parse::<PortList>();
+        assert_eq!(parse(""), Err(ValueProblem::EmptyList));
+        assert_eq!(parse("53;;54"), Err(ValueProblem::EmptyEntry { index: 1 }));
+        let bad = |entry: &str| {
+            Err(ValueProblem::BadPort {
+                entry: entry.into(),
+            })
+        };
+        assert_eq!(parse("53;x"), bad("x"));
+        assert_eq!(parse("0"), bad("0"));
+        assert_eq!(parse("70000"), bad("70000"));
+        assert_eq!(
+            parse("20-10"),
+            Err(ValueProblem::BackwardsRange {
+                entry: "20-10".into()
+            })
+        );
+        let l = parse("53;161-162;200-1024").unwrap();
+        assert!(l.contains(53) && l.contains(162) && l.contains(1024) && l.contains(200));
+        assert!(!l.contains(54) && !l.contains(160) && !l.contains(1025));
+    }
+
+    #[test]
+    fn port_list_from_ranges_checks_as_parsing_does() {
+        let l = PortList::from_ranges(vec![53..=53, 161..=162]).unwrap();
+        assert_eq!(l, "53;161-162".parse().unwrap());
+        assert_eq!(PortList::from_ranges(vec![]), Err(ValueProblem::EmptyList));
+        assert_eq!(
+            PortList::from_ranges(vec![53..=53, 0..=0]),
+            Err(ValueProblem::BadPort { entry: "0".into() })
+        );
+        assert_eq!(
+            PortList::from_ranges(vec![0..=10]),
+            Err(ValueProblem::BadPort {
+                entry: "0-10".into()
+            })
+        );
+        #[expect(
+            clippy::reversed_empty_ranges,
+            reason = "a backwards range is what is tested"
+        )]
+        let backwards = 20..=10;
+        assert_eq!(
+            PortList::from_ranges(vec![backwards]),
+            Err(ValueProblem::BackwardsRange {
+                entry: "20-10".into()
+            })
         );
     }
 

@@ -7,25 +7,48 @@
 //! encrypt several times faster. Decryption has no chain and runs eight blocks of one packet
 //! side by side.
 //!
-//! Every function here requires AES-NI and SSE2; callers check with
-//! `is_x86_feature_detected!("aes")` (see `cbc.rs`).
+//! Every function here requires AES-NI and SSE2 (part of x86-64). The proof that the CPU
+//! has them is an [`AesNi`], which only [`AesNi::detect`] makes; [`Keys`] are made from one
+//! and keep it, so their safe methods are sound on any CPU.
 
 use std::arch::x86_64::*;
 
+use zeroize::Zeroize;
+
 use crate::cbc::CbcLane;
+
+/// Proof that this CPU has AES-NI. The field is private, so a value exists only where
+/// [`AesNi::detect`] found it.
+#[derive(Clone, Copy, Debug)]
+pub struct AesNi(());
+
+impl AesNi {
+    /// The proof, if this CPU has AES-NI.
+    pub fn detect() -> Option<AesNi> {
+        std::is_x86_feature_detected!("aes").then_some(AesNi(()))
+    }
+}
 
 /// Most round keys (AES-256: 14 rounds + 1).
 const MAX_ROUND_KEYS: usize = 15;
 /// Packets encrypted side by side.
 pub const LANES: usize = 8;
 
-/// Encryption and decryption round keys of one AES key.
-#[derive(Clone, Copy)]
+/// Encryption and decryption round keys of one AES key, wiped when dropped.
+#[derive(Clone)]
 pub struct Keys {
     enc: [__m128i; MAX_ROUND_KEYS],
     dec: [__m128i; MAX_ROUND_KEYS],
     /// 10 (AES-128) or 14 (AES-256).
     rounds: usize,
+    cpu: AesNi,
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.enc.zeroize();
+        self.dec.zeroize();
+    }
 }
 
 /// `prev` with each 32-bit word XORed with all words below it (the key schedule's running
@@ -48,8 +71,26 @@ macro_rules! assist {
 
 impl Keys {
     /// Round keys for a 16- or 32-byte key; None for another length.
+    pub fn new(cpu: AesNi, key: &[u8]) -> Option<Keys> {
+        // SAFETY: `cpu` proves the CPU has AES-NI.
+        unsafe { Self::schedule(cpu, key) }
+    }
+
+    /// CBC-encrypts every lane in place, eight at a time. Lanes may differ in length; each
+    /// must be a whole number of 16-byte blocks (checked by the caller).
+    pub fn encrypt_lanes(&self, lanes: &mut [CbcLane<'_>]) {
+        // SAFETY: `self.cpu` proves the CPU has AES-NI.
+        unsafe { cbc_encrypt_lanes(self.cpu, self, lanes) }
+    }
+
+    /// CBC-decrypts `data` (a whole number of blocks) in place, chained from `iv`.
+    pub fn decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+        // SAFETY: `self.cpu` proves the CPU has AES-NI.
+        unsafe { cbc_decrypt(self.cpu, self, iv, data) }
+    }
+
     #[target_feature(enable = "aes,sse2")]
-    pub fn new(key: &[u8]) -> Option<Keys> {
+    fn schedule(cpu: AesNi, key: &[u8]) -> Option<Keys> {
         let mut enc = [_mm_setzero_si128(); MAX_ROUND_KEYS];
         let rounds = match key.len() {
             16 => {
@@ -113,14 +154,21 @@ impl Keys {
             dec[i] = _mm_aesimc_si128(enc[rounds - i]);
         }
         dec[rounds] = enc[0];
-        Some(Keys { enc, dec, rounds })
+        let keys = Keys {
+            enc,
+            dec,
+            rounds,
+            cpu,
+        };
+        enc.zeroize();
+        dec.zeroize();
+        Some(keys)
     }
 }
 
-/// CBC-encrypts every lane in place, eight at a time. Lanes may differ in length; each
-/// must be a whole number of 16-byte blocks (checked by the caller).
+/// [`Keys::encrypt_lanes`]; takes the proof of AES-NI so that no caller reaches it without.
 #[target_feature(enable = "aes,sse2")]
-pub fn cbc_encrypt_lanes(keys: &Keys, lanes: &mut [CbcLane<'_>]) {
+fn cbc_encrypt_lanes(_cpu: AesNi, keys: &Keys, lanes: &mut [CbcLane<'_>]) {
     for group in lanes.chunks_mut(LANES) {
         let n = group.len();
         let mut chain = [_mm_setzero_si128(); LANES];
@@ -224,9 +272,9 @@ unsafe fn run<const K: usize, const NR: usize>(
     chain[..K].copy_from_slice(&s);
 }
 
-/// CBC-decrypts `data` (a whole number of blocks) in place, chained from `iv`.
+/// [`Keys::decrypt`]; takes the proof of AES-NI so that no caller reaches it without.
 #[target_feature(enable = "aes,sse2")]
-pub fn cbc_decrypt(keys: &Keys, iv: &[u8; 16], data: &mut [u8]) {
+fn cbc_decrypt(_cpu: AesNi, keys: &Keys, iv: &[u8; 16], data: &mut [u8]) {
     debug_assert!(data.len().is_multiple_of(16));
     // SAFETY: 16 readable bytes.
     let mut prev = unsafe { _mm_loadu_si128(iv.as_ptr().cast()) };

@@ -1,6 +1,7 @@
 //! AES-CBC for ESP: one key, many packets. On x86-64 with AES-NI the packets of a batch are
 //! encrypted side by side (`aesni.rs`); elsewhere each packet goes through the portable
-//! `aes`/`cbc` crates in turn. Both give the same bytes.
+//! `aes`/`cbc` crates in turn. Both give the same bytes, and both wipe their round keys when
+//! dropped (the `aes` crate's `zeroize` feature for the portable one).
 
 use aes::cipher::block_padding::NoPadding;
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit};
@@ -50,13 +51,33 @@ impl std::fmt::Debug for AesCbc {
     }
 }
 
+/// What the CPU offers the backends. Tests build one by hand to stand for a CPU without
+/// AES-NI.
+#[derive(Clone, Copy)]
+struct Cpu {
+    #[cfg(target_arch = "x86_64")]
+    aes_ni: Option<crate::aesni::AesNi>,
+}
+
+impl Cpu {
+    fn detect() -> Cpu {
+        Cpu {
+            #[cfg(target_arch = "x86_64")]
+            aes_ni: crate::aesni::AesNi::detect(),
+        }
+    }
+}
+
 impl AesCbc {
     /// A key of 16 (AES-128) or 32 bytes (AES-256), on the fastest backend this CPU has.
     pub fn new(key: &[u8]) -> Result<AesCbc, CryptoError> {
+        Self::on_cpu(key, Cpu::detect())
+    }
+
+    fn on_cpu(key: &[u8], cpu: Cpu) -> Result<AesCbc, CryptoError> {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("aes") {
-            // SAFETY: the CPU has AES-NI (and SSE2, part of x86-64).
-            return match unsafe { crate::aesni::Keys::new(key) } {
+        if let Some(aes_ni) = cpu.aes_ni {
+            return match crate::aesni::Keys::new(aes_ni, key) {
                 Some(k) => Ok(AesCbc {
                     backend: Backend::AesNi(Box::new(k)),
                 }),
@@ -97,8 +118,7 @@ impl AesCbc {
         match &self.backend {
             #[cfg(target_arch = "x86_64")]
             Backend::AesNi(k) => {
-                // SAFETY: this backend is only chosen when the CPU has AES-NI.
-                unsafe { crate::aesni::cbc_encrypt_lanes(k, lanes) };
+                k.encrypt_lanes(lanes);
                 Ok(())
             }
             Backend::Portable(p) => {
@@ -123,8 +143,7 @@ impl AesCbc {
         }
         match &self.backend {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: this backend is only chosen when the CPU has AES-NI.
-            Backend::AesNi(k) => unsafe { crate::aesni::cbc_decrypt(k, iv, data) },
+            Backend::AesNi(k) => k.decrypt(iv, data),
             Backend::Portable(p) => {
                 let len = data.len();
                 match &**p {
@@ -155,5 +174,35 @@ fn portable_encrypt(p: &Portable, iv: &[u8; BLOCK], data: &mut [u8]) {
             let _ = cbc::Encryptor::inner_iv_init(c.clone(), iv.into())
                 .encrypt_padded_mut::<NoPadding>(data, len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_without_aes_ni_gets_the_portable_backend() {
+        let bare = Cpu {
+            #[cfg(target_arch = "x86_64")]
+            aes_ni: None,
+        };
+        for len in [16, 32] {
+            let key = AesCbc::on_cpu(&vec![7; len], bare).unwrap();
+            assert!(!key.is_accelerated(), "{key:?}");
+        }
+        assert_eq!(
+            AesCbc::on_cpu(&[7; 24], bare).unwrap_err(),
+            CryptoError::KeyLength { got: 24 }
+        );
+    }
+
+    #[test]
+    fn the_real_cpu_gets_aes_ni_exactly_when_it_has_it() {
+        let key = AesCbc::new(&[7; 16]).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(key.is_accelerated(), std::is_x86_feature_detected!("aes"));
+        #[cfg(not(target_arch = "x86_64"))]
+        assert!(!key.is_accelerated());
     }
 }

@@ -5,6 +5,9 @@
 //! Both give the same tags.
 
 use sha1::digest::generic_array::GenericArray;
+use zeroize::Zeroize;
+
+use crate::CryptoError;
 
 /// SHA-1 block size.
 const BLOCK: usize = 64;
@@ -34,28 +37,103 @@ pub enum Sha1Backend {
 }
 
 impl Sha1Backend {
+    /// Every backend of this build, whether or not this CPU can run it.
+    pub const ALL: &'static [Sha1Backend] = &[
+        Sha1Backend::Scalar,
+        #[cfg(target_arch = "x86_64")]
+        Sha1Backend::Avx512,
+    ];
+
     /// The fastest this CPU has.
     pub fn detect() -> Sha1Backend {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+        if crate::sha1_x16::Avx512::detect().is_some() {
             return Sha1Backend::Avx512;
         }
         Sha1Backend::Scalar
     }
+
+    /// Whether this CPU can run it.
+    pub fn is_available(self) -> bool {
+        Lanes::for_backend(self, Cpu::detect()).is_some()
+    }
+
+    /// A short name, for errors and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Sha1Backend::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Sha1Backend::Avx512 => "avx512",
+        }
+    }
 }
 
-/// An HMAC-SHA1 key.
+/// What the CPU offers the backends, asked once per key. Tests build one by hand to stand
+/// for a CPU without an extension.
+#[derive(Clone, Copy)]
+struct Cpu {
+    #[cfg(target_arch = "x86_64")]
+    avx512: Option<crate::sha1_x16::Avx512>,
+}
+
+impl Cpu {
+    fn detect() -> Cpu {
+        Cpu {
+            #[cfg(target_arch = "x86_64")]
+            avx512: crate::sha1_x16::Avx512::detect(),
+        }
+    }
+}
+
+/// The backend a key runs on. The AVX-512 variant holds the proof that the CPU has it,
+/// which only a successful detection makes: no value of this type can reach AVX-512 code
+/// on a CPU without it.
+#[derive(Clone, Copy)]
+enum Lanes {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx512(crate::sha1_x16::Avx512),
+}
+
+impl Lanes {
+    /// `backend` if `cpu` can run it.
+    fn for_backend(backend: Sha1Backend, cpu: Cpu) -> Option<Lanes> {
+        match backend {
+            Sha1Backend::Scalar => Some(Lanes::Scalar),
+            #[cfg(target_arch = "x86_64")]
+            Sha1Backend::Avx512 => cpu.avx512.map(Lanes::Avx512),
+        }
+    }
+
+    fn backend(self) -> Sha1Backend {
+        match self {
+            Lanes::Scalar => Sha1Backend::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Lanes::Avx512(_) => Sha1Backend::Avx512,
+        }
+    }
+}
+
+/// An HMAC-SHA1 key: the SHA-1 states after the inner and outer padded key blocks, which
+/// stand for the key and are wiped when it is dropped.
 #[derive(Clone)]
 pub struct HmacSha1 {
     inner: [u32; 5],
     outer: [u32; 5],
-    backend: Sha1Backend,
+    lanes: Lanes,
+}
+
+impl Drop for HmacSha1 {
+    fn drop(&mut self) {
+        self.inner.zeroize();
+        self.outer.zeroize();
+    }
 }
 
 impl std::fmt::Debug for HmacSha1 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HmacSha1")
-            .field("backend", &self.backend)
+            .field("backend", &self.backend())
             .finish_non_exhaustive()
     }
 }
@@ -98,19 +176,37 @@ impl HmacSha1 {
     /// A key (any length; RFC 2104 hashes one longer than a block), on the fastest
     /// backend this CPU has.
     pub fn new(key: &[u8]) -> HmacSha1 {
-        Self::with_backend(key, Sha1Backend::detect())
+        let cpu = Cpu::detect();
+        let lanes = Lanes::for_backend(Sha1Backend::detect(), cpu).unwrap_or(Lanes::Scalar);
+        Self::with_lanes(key, lanes)
     }
 
-    /// A key on the given backend (tests compare the backends).
-    pub fn with_backend(key: &[u8], backend: Sha1Backend) -> HmacSha1 {
+    /// A key on the given backend (tests and benchmarks compare the backends). Fails if
+    /// this CPU cannot run it.
+    pub fn with_backend(key: &[u8], backend: Sha1Backend) -> Result<HmacSha1, CryptoError> {
+        Self::on_cpu(key, backend, Cpu::detect())
+    }
+
+    fn on_cpu(key: &[u8], backend: Sha1Backend, cpu: Cpu) -> Result<HmacSha1, CryptoError> {
+        let lanes = Lanes::for_backend(backend, cpu).ok_or(CryptoError::Unavailable {
+            backend: backend.name(),
+        })?;
+        Ok(Self::with_lanes(key, lanes))
+    }
+
+    fn with_lanes(key: &[u8], lanes: Lanes) -> HmacSha1 {
         let mut k = [0u8; BLOCK];
         if key.len() > BLOCK {
             let mut s = IV;
             let full = key.len() / BLOCK * BLOCK;
             compress_many(&mut s, &key[..full]);
-            let (b, n) = final_blocks(&key[full..], 0, key.len());
+            let (mut b, n) = final_blocks(&key[full..], 0, key.len());
             compress_many(&mut s, &b[..n * BLOCK]);
-            k[..TAG_LEN].copy_from_slice(&digest_bytes(&s));
+            let mut d = digest_bytes(&s);
+            k[..TAG_LEN].copy_from_slice(&d);
+            b.zeroize();
+            d.zeroize();
+            s.zeroize();
         } else {
             k[..key.len()].copy_from_slice(key);
         }
@@ -121,18 +217,21 @@ impl HmacSha1 {
             }
             let mut s = IV;
             compress_one(&mut s, &b);
+            b.zeroize();
             s
         };
-        HmacSha1 {
+        let key = HmacSha1 {
             inner: pad(0x36),
             outer: pad(0x5c),
-            backend,
-        }
+            lanes,
+        };
+        k.zeroize();
+        key
     }
 
     /// The implementation in use.
     pub fn backend(&self) -> Sha1Backend {
-        self.backend
+        self.lanes.backend()
     }
 
     /// The tag of one message.
@@ -151,16 +250,16 @@ impl HmacSha1 {
     /// The tags of many messages: `tags[i]` for `msgs[i]` (`tags` must be at least as long).
     pub fn sign_many(&self, msgs: &[&[u8]], tags: &mut [[u8; TAG_LEN]]) {
         assert!(tags.len() >= msgs.len(), "one tag per message");
-        match self.backend {
+        match self.lanes {
             #[cfg(target_arch = "x86_64")]
-            Sha1Backend::Avx512 if msgs.len() >= MIN_BATCH => {
+            Lanes::Avx512(cpu) if msgs.len() >= MIN_BATCH => {
                 for (m, t) in msgs
                     .chunks(crate::sha1_x16::LANES)
                     .zip(tags.chunks_mut(crate::sha1_x16::LANES))
                 {
                     if m.len() >= MIN_BATCH {
-                        // SAFETY: this backend is only chosen when the CPU has AVX-512F/BW.
-                        unsafe { self.sign_x16(m, t) };
+                        // SAFETY: `cpu` proves the CPU has AVX-512F/BW.
+                        unsafe { self.sign_x16(cpu, m, t) };
                     } else {
                         for (m, t) in m.iter().zip(t.iter_mut()) {
                             *t = self.sign(m);
@@ -176,10 +275,11 @@ impl HmacSha1 {
         }
     }
 
-    /// Up to sixteen messages side by side.
+    /// Up to sixteen messages side by side. Takes the proof of AVX-512 so that no caller
+    /// can reach it without one.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn sign_x16(&self, msgs: &[&[u8]], tags: &mut [[u8; TAG_LEN]]) {
+    fn sign_x16(&self, _cpu: crate::sha1_x16::Avx512, msgs: &[&[u8]], tags: &mut [[u8; TAG_LEN]]) {
         use crate::sha1_x16::{LANES, broadcast, compress, lanes, load_blocks};
         use std::arch::x86_64::*;
         static ZERO: [u8; BLOCK] = [0; BLOCK];
@@ -224,5 +324,49 @@ impl HmacSha1 {
         for (t, s) in tags.iter_mut().zip(lanes(&outer)).take(n) {
             *t = digest_bytes(&s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CPU without any of the optional extensions.
+    const BARE: Cpu = Cpu {
+        #[cfg(target_arch = "x86_64")]
+        avx512: None,
+    };
+
+    #[test]
+    fn a_backend_the_cpu_lacks_cannot_be_made() {
+        for &backend in Sha1Backend::ALL {
+            let made = HmacSha1::on_cpu(b"key", backend, BARE);
+            match backend {
+                Sha1Backend::Scalar => {
+                    assert_eq!(made.map(|k| k.backend()), Ok(Sha1Backend::Scalar));
+                }
+                #[cfg(target_arch = "x86_64")]
+                Sha1Backend::Avx512 => assert_eq!(
+                    made.map(|k| k.backend()),
+                    Err(CryptoError::Unavailable { backend: "avx512" })
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn the_real_cpu_gets_what_it_has_and_nothing_else() {
+        for &backend in Sha1Backend::ALL {
+            let made = HmacSha1::with_backend(b"key", backend);
+            assert_eq!(made.is_ok(), backend.is_available(), "{backend:?}");
+            #[cfg(target_arch = "x86_64")]
+            if backend == Sha1Backend::Avx512 {
+                let has = std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw");
+                assert_eq!(made.is_ok(), has);
+            }
+        }
+        assert!(Sha1Backend::detect().is_available());
+        assert_eq!(HmacSha1::new(b"key").backend(), Sha1Backend::detect());
     }
 }

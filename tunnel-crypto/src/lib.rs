@@ -14,7 +14,10 @@
 //! A single CBC chain runs at the latency of the AES instruction and a single SHA-1 at the
 //! latency of its rounds; independent packets hide both, which is where the speed comes
 //! from. Every backend is chosen at run time from what the CPU has, and each has a portable
-//! twin that gives the same bytes (the tests compare them on random input).
+//! twin that gives the same bytes (the tests compare them on random input). A key on an
+//! accelerated backend holds the proof that the CPU has its instructions (a value only
+//! detection makes), so no safe call reaches them on a CPU without. Key material (AES round
+//! keys, HMAC pads) is wiped when a key is dropped.
 //!
 //! Owns: the primitives. Does not own: ESP framing, sequence numbers, padding or replay
 //! windows (`tunnel-proto`'s `esp`).
@@ -38,6 +41,12 @@ pub enum CryptoError {
     KeyLength {
         /// The length given.
         got: usize,
+    },
+    /// A backend was asked for that this CPU cannot run.
+    #[error("this CPU cannot run the {backend} backend")]
+    Unavailable {
+        /// The backend's name.
+        backend: &'static str,
     },
     /// CBC works on whole 16-byte blocks.
     #[error("CBC data of {len} bytes is not a whole number of 16-byte blocks")]

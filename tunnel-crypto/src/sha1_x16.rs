@@ -4,13 +4,27 @@
 //! is about nine instructions for sixteen messages, several times the rate of the SHA
 //! extensions on one message.
 //!
-//! Every function here requires AVX-512F and AVX-512BW; callers check with
-//! `is_x86_feature_detected!` (see `hmac_sha1.rs`).
+//! Every function here requires AVX-512F and AVX-512BW. The proof that the CPU has them is
+//! an [`Avx512`], which only [`Avx512::detect`] makes; `hmac_sha1.rs` keeps one with every
+//! key that uses this backend.
 
 use std::arch::x86_64::*;
 
 /// Messages hashed side by side.
 pub const LANES: usize = 16;
+
+/// Proof that this CPU has AVX-512F and AVX-512BW. The field is private, so a value exists
+/// only where [`Avx512::detect`] found both.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512(());
+
+impl Avx512 {
+    /// The proof, if this CPU has both extensions.
+    pub fn detect() -> Option<Avx512> {
+        (std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw"))
+            .then_some(Avx512(()))
+    }
+}
 
 /// SHA-1 round constants (FIPS 180-4 §4.2.1).
 const K: [u32; 4] = [0x5a82_7999, 0x6ed9_eba1, 0x8f1b_bcdc, 0xca62_c1d6];

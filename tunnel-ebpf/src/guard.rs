@@ -43,17 +43,17 @@ fn may_pass(len: u32, parsed: impl FnOnce() -> Parsed) -> bool {
     let pkt = match parsed() {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp => {
-            count(CONN_NONE, Reason::BypassNotIp, len);
+            count(None, CONN_NONE, Reason::BypassNotIp, len);
             return true;
         }
         Parsed::Malformed => {
-            count(CONN_NONE, Reason::DropUnparsed, len);
+            count(None, CONN_NONE, Reason::DropUnparsed, len);
             return false;
         }
     };
     // SAFETY: presence test only.
     if unsafe { OWN_PEERS.get(pkt.src) }.is_some() {
-        count(CONN_NONE, Reason::BypassOwnSocket, len);
+        count(Some(&pkt), CONN_NONE, Reason::BypassOwnSocket, len);
         return true;
     }
     let view = View::inbound(&pkt);
@@ -78,7 +78,7 @@ fn may_pass(len: u32, parsed: impl FnOnce() -> Parsed) -> bool {
             true
         }
     };
-    count(d.conn, d.reason, len);
+    count(Some(&pkt), d.conn, d.reason, len);
     pass
 }
 

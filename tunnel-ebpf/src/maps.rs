@@ -11,6 +11,8 @@ use tunnel_common::{
     NUM_UDP_PORT_WORDS, POLICY_SLOTS, RouteKeyV4, RouteKeyV6, SlotConfig,
 };
 
+use crate::log::Note;
+
 #[map]
 pub static ACTIVE_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -47,3 +49,7 @@ pub static FRAGS: LruHashMap<FragKey, FragVerdict> =
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+/// The kernel log's note of this run's verdict (`log`); kernel-only, not part of the ABI.
+#[map]
+pub static NOTE: PerCpuArray<Note> = PerCpuArray::with_max_entries(1, 0);

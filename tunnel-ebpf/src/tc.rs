@@ -98,10 +98,10 @@ fn translate_into_tunnel(
 #[inline(always)]
 fn unparsed(ctx: &TcContext, scfg: Option<&SlotConfig>) -> i32 {
     if scfg.is_none_or(SlotConfig::enforces) {
-        count(CONN_NONE, Reason::DropUnparsed, ctx.len());
+        count(None, CONN_NONE, Reason::DropUnparsed, ctx.len());
         TC_ACT_SHOT
     } else {
-        count(CONN_NONE, Reason::Malformed, ctx.len());
+        count(None, CONN_NONE, Reason::Malformed, ctx.len());
         TC_ACT_OK
     }
 }
@@ -134,7 +134,7 @@ fn follow_first(ctx: &TcContext, pkt: &Packet, first: &FragVerdict, egress: Egre
     let (conn, Some(reason)) = counter_cell(first.cell) else {
         return TC_ACT_SHOT;
     };
-    count(conn, reason, ctx.len());
+    count(Some(pkt), conn, reason, ctx.len());
     match reason.verdict() {
         VerdictKind::Tunnel => {
             if pkt.src != first.addr && rewrite_addr(ctx, pkt, Field::Src, &first.addr).is_err() {
@@ -169,7 +169,7 @@ fn classify_outbound(
     if egress == Egress::Tun && d.reason.verdict() == VerdictKind::Bypass {
         d.reason = Reason::DropUnroutable;
     }
-    count(d.conn, d.reason, ctx.len());
+    count(Some(pkt), d.conn, d.reason, ctx.len());
     let (action, tunnelled) = match (d.reason.verdict(), d.cfg) {
         (VerdictKind::Tunnel, Some(cfg)) => {
             if translate_into_tunnel(ctx, pkt, &d, cfg).is_err() {
@@ -202,7 +202,7 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
     let pkt = match parse(ctx, link) {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp => {
-            count(CONN_NONE, Reason::BypassNotIp, ctx.len());
+            count(None, CONN_NONE, Reason::BypassNotIp, ctx.len());
             return TC_ACT_OK;
         }
         Parsed::Malformed => return unparsed(ctx, active_slot().map(|(_, s)| s)),
@@ -211,7 +211,7 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
     // through before any policy is read (two cold cache lines per datagram after an idle
     // spell).
     if mark(ctx) == OWN_SOCKET_MARK {
-        count(CONN_NONE, Reason::BypassOwnSocket, ctx.len());
+        count(Some(&pkt), CONN_NONE, Reason::BypassOwnSocket, ctx.len());
         remember_own_peer(&pkt.dst);
         return TC_ACT_OK;
     }
@@ -253,7 +253,7 @@ pub fn try_tun_egress(ctx: &TcContext) -> i32 {
     // Redirected by the classifier: counted for the connection the mark names, with no
     // lookup (each costs a cold cache line on a packet after an idle spell).
     if let Some(conn) = redirected_conn(mark(ctx)) {
-        count(conn, Reason::RedirectSeen, ctx.len());
+        count(None, conn, Reason::RedirectSeen, ctx.len());
         return TC_ACT_OK;
     }
     let Some((slot, scfg)) = active_slot() else {
@@ -263,7 +263,7 @@ pub fn try_tun_egress(ctx: &TcContext) -> i32 {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp | Parsed::Malformed => {
             let here_conn = tun_conn(ctx, slot).map_or(CONN_NONE, |(c, _)| c);
-            count(here_conn, Reason::DropUnparsed, ctx.len());
+            count(None, here_conn, Reason::DropUnparsed, ctx.len());
             return TC_ACT_SHOT;
         }
     };
@@ -283,26 +283,26 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
     let pkt = match parse(ctx, Link::RawIp) {
         Parsed::Ip(pkt) if pkt.transport != Transport::Unreadable => pkt,
         Parsed::Ip(_) | Parsed::NotIp | Parsed::Malformed => {
-            count(conn, Reason::Malformed, ctx.len());
+            count(None, conn, Reason::Malformed, ctx.len());
             return TC_ACT_OK;
         }
     };
     if pkt.is_later_fragment() {
         let Some(first) = first_verdict(&pkt, frag_dir::IN, slot) else {
-            count(conn, Reason::ReplyNoFlow, ctx.len());
+            count(Some(&pkt), conn, Reason::ReplyNoFlow, ctx.len());
             return TC_ACT_OK;
         };
         if rewrite_addr(ctx, &pkt, Field::Dst, &first.addr).is_err() {
             return TC_ACT_SHOT;
         }
-        count(conn, Reason::ReplyRestored, ctx.len());
+        count(Some(&pkt), conn, Reason::ReplyRestored, ctx.len());
         return TC_ACT_OK;
     }
     let tun = tunnel_addr(&pkt, cfg);
     let restored = match reply_destination(conn, &pkt) {
         Some(local) if pkt.dst == tun => local,
         _ => {
-            count(conn, Reason::ReplyNoFlow, ctx.len());
+            count(Some(&pkt), conn, Reason::ReplyNoFlow, ctx.len());
             return TC_ACT_OK;
         }
     };
@@ -319,6 +319,6 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
         };
         record(&pkt, frag_dir::IN, slot, &first);
     }
-    count(conn, Reason::ReplyRestored, ctx.len());
+    count(Some(&pkt), conn, Reason::ReplyRestored, ctx.len());
     TC_ACT_OK
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use support::*;
 use tunnel_common::{CONN_NONE, OWN_SOCKET_MARK, Reason, programs};
 use tunnel_user::datapath::{
-    ConnPolicy, Datapath, Policy,
+    ConnPolicy, Datapath, KernelLog, Policy,
     frames::{Ext, Fragment, Frame, L4},
     reference::checksums_valid,
 };
@@ -1316,4 +1316,96 @@ fn ipv6_later_fragments_find_a_first_fragment_with_more_headers() {
         }
         assert_eq!(dp.frag_count(), 0, "the last fragment forgets the datagram");
     }
+}
+
+/// What the kernel log forwards to tracing while `f` runs, as tracing's plain-text lines.
+fn traced(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = lines.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// A tunnelled, an excluded and an unparsable packet through the uplink classifier, and an
+/// own-socket one (the first test, before any policy is read).
+fn log_worthy_packets(dp: &mut Datapath) {
+    let l4 = IpAddr::V4(LOCAL_V4);
+    expect(
+        dp,
+        &tcp(l4, ip("10.1.2.3")),
+        0,
+        TC_ACT_REDIRECT,
+        0,
+        Reason::Tunnel,
+    );
+    expect(
+        dp,
+        &udp(IpAddr::V6(LOCAL_V6), ip("2001:db8:100:9::1"), 53),
+        0,
+        TC_ACT_OK,
+        0,
+        Reason::BypassExcluded,
+    );
+    expect(
+        dp,
+        &tcp(l4, ip("10.1.2.3")),
+        OWN_SOCKET_MARK,
+        TC_ACT_OK,
+        CONN_NONE,
+        Reason::BypassOwnSocket,
+    );
+    let [short, _] = unreadable_ip_headers();
+    expect(dp, &short, 0, TC_ACT_SHOT, CONN_NONE, Reason::DropUnparsed);
+}
+
+#[test]
+fn the_kernel_log_records_each_verdict_when_on_and_nothing_when_off() {
+    let test = "the_kernel_log_records_each_verdict_when_on_and_nothing_when_off";
+    if load_or_skip(test).is_none() {
+        return;
+    }
+    let mut on = Datapath::load_with(KernelLog::Verdicts).expect("loading with the log on");
+    on.apply(&policy()).unwrap();
+    let mut reader = on.take_kernel_log().expect("the log's reader");
+    assert!(on.take_kernel_log().is_none(), "one reader");
+    log_worthy_packets(&mut on);
+    let text = traced(|| reader.flush());
+    let want = [
+        "DEBUG tunnel_ebpf: uplink egress: conn 0 proto 6 \
+         192.168.1.10:40000 -> 10.1.2.3:443 => tunnel (tunnel)",
+        "DEBUG tunnel_ebpf: uplink egress: conn 0 proto 17 \
+         [2001:db8:1::a]:40000 -> [2001:db8:100:9::1]:53 => bypass (bypass_excluded)",
+        "DEBUG tunnel_ebpf: uplink egress: conn 16 proto 6 \
+         192.168.1.10:40000 -> 10.1.2.3:443 => bypass (bypass_own_socket)",
+        "DEBUG tunnel_ebpf: uplink egress: conn 16 (no addresses read) => drop (drop_unparsed)",
+    ];
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines, want, "one record per verdict, in order:\n{text}");
+
+    let mut off = Datapath::load().expect("loading with the log off");
+    off.apply(&policy()).unwrap();
+    let mut reader = off.take_kernel_log().expect("the log's reader");
+    log_worthy_packets(&mut off);
+    let text = traced(|| reader.flush());
+    assert_eq!(text, "", "no records while the log is off");
 }

@@ -2,16 +2,25 @@
 //! or SIGTERM disconnects every connection and detaches the kernel programs.
 //!
 //! ```text
-//! tunneld [--socket PATH] [--state-dir DIR] [--uplink IFNAME]...
+//! tunneld [--socket PATH] [--state-dir DIR] [--uplink IFNAME]... [--log-level LEVEL]
 //! ```
+//!
+//! `--log-level debug` (or `trace`) also turns on the kernel log: the eBPF programs then
+//! record why every packet got its verdict (program, tunnel/bypass/drop, reason, connection,
+//! protocol, addresses and ports), forwarded as debug events with target `tunnel_ebpf`. It
+//! costs a record per packet, so it is for diagnosis; at `info` and below the verifier
+//! removes the log code from the loaded programs (docs/datapath.md, "Kernel log").
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::Parser;
-use tunnel_user::client::{
-    control::DEFAULT_SOCKET,
-    daemon::{self, DaemonConfig},
+use clap::{Parser, ValueEnum};
+use tunnel_user::{
+    client::{
+        control::DEFAULT_SOCKET,
+        daemon::{self, DaemonConfig},
+    },
+    datapath::KernelLog,
 };
 
 #[derive(Parser)]
@@ -27,6 +36,40 @@ struct Cli {
     /// except loopback and tunnel devices.
     #[arg(long = "uplink", value_name = "IFNAME")]
     uplinks: Vec<String>,
+    /// What to log (to stderr). `debug` and `trace` also make the kernel programs log every
+    /// packet's verdict and why, at a cost per packet. RUST_LOG, when set, filters instead.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The tracing filter. Below `info` aya's own messages are left out: at load they are a
+    /// dump of the eBPF object's type information, not about packets.
+    fn filter(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug,aya=info,aya_obj=info",
+            LogLevel::Trace => "trace,aya=info,aya_obj=info",
+        }
+    }
+
+    fn kernel_log(self) -> KernelLog {
+        match self {
+            LogLevel::Debug | LogLevel::Trace => KernelLog::Verdicts,
+            LogLevel::Error | LogLevel::Warn | LogLevel::Info => KernelLog::Off,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -34,7 +77,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level.filter())),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -53,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         socket: cli.socket,
         state_dir: cli.state_dir,
         uplinks: (!cli.uplinks.is_empty()).then_some(cli.uplinks),
+        kernel_log: cli.log_level.kernel_log(),
     };
     runtime.block_on(async {
         let shutdown = async {
@@ -66,4 +110,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         daemon::run(config, shutdown).await.context("tunneld")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("tunneld").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn the_kernel_log_is_on_at_debug_and_trace_only() {
+        let default = parse(&[]).log_level;
+        assert_eq!(default.filter(), "info");
+        assert_eq!(default.kernel_log(), KernelLog::Off);
+        for (level, filter, kernel) in [
+            ("error", "error", KernelLog::Off),
+            ("warn", "warn", KernelLog::Off),
+            ("info", "info", KernelLog::Off),
+            ("debug", "debug,aya=info,aya_obj=info", KernelLog::Verdicts),
+            ("trace", "trace,aya=info,aya_obj=info", KernelLog::Verdicts),
+        ] {
+            let l = parse(&["--log-level", level]).log_level;
+            assert_eq!((l.filter(), l.kernel_log()), (filter, kernel), "{level}");
+        }
+        assert!(Cli::try_parse_from(["tunneld", "--log-level", "loud"]).is_err());
+    }
 }

@@ -44,7 +44,7 @@ use super::{
     status::{Failure, State},
     tls::{ClientCert, Pin, Trust},
 };
-use crate::datapath::{ConnId, PortList};
+use crate::datapath::{ConnId, KernelLog};
 
 /// How `tunneld` is set up.
 #[derive(Clone, Debug)]
@@ -54,6 +54,8 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Uplinks to attach the classifier to; None: every interface but loopback and TUNs.
     pub uplinks: Option<Vec<String>>,
+    /// Whether the kernel programs log every verdict (forwarded to tracing).
+    pub kernel_log: KernelLog,
 }
 
 /// Why the daemon could not start.
@@ -201,7 +203,7 @@ pub async fn run(
     }
     let certs = CertStore::open(dir.join("certs"))?;
     let uplinks = config.uplinks.clone().unwrap_or_else(detect_uplinks);
-    let plane = DataPlane::start(&uplinks)?;
+    let plane = DataPlane::start(&uplinks, config.kernel_log)?;
     plane.set_lockdown(store.machine().vpn_only_access)?;
     let pins_path = dir.join("pins.json");
     let pins = Arc::new(Mutex::new(load_pins(&pins_path)));
@@ -558,11 +560,7 @@ fn spec_for(
         ca_required: !machine.dynamic_trust,
     };
     let client_cert = client_auth(daemon, conn, creds)?;
-    let udp_ports = kvps
-        .split_udp_ports()
-        .map(|l| PortList::from_ranges(l.ranges().to_vec()))
-        .transpose()
-        .map_err(|e| Response::with(code::BAD_PARAMETER, format!("SplitUDPPortList: {e}")))?;
+    let udp_ports = kvps.split_udp_ports().cloned();
     let id = daemon
         .free_id()
         .ok_or_else(|| Response::with(code::GENERAL, "too many connections"))?;

@@ -11,7 +11,8 @@ use std::{
 use tracing::{info, warn};
 
 use crate::datapath::{
-    AppRule, ConnId, ConnPolicy, Datapath, DatapathError, Policy, TunAttachment, UplinkAttachment,
+    AppRule, ConnId, ConnPolicy, Datapath, DatapathError, KernelLog, KernelLogReader, Policy,
+    TunAttachment, UplinkAttachment,
 };
 
 /// What a connection contributes to the policy.
@@ -25,6 +26,8 @@ pub struct ConnEntry {
 }
 
 struct Inner {
+    /// Forwards the kernel log to tracing while the data plane lives; None when it is off.
+    _log: Option<Forwarder>,
     dp: Datapath,
     uplinks: Vec<UplinkAttachment>,
     tuns: BTreeMap<ConnId, TunAttachment>,
@@ -39,9 +42,15 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Loads the programs and attaches them to `uplinks` (in this thread's namespace).
-    pub fn start(uplinks: &[String]) -> Result<DataPlane, DatapathError> {
-        let mut dp = Datapath::load()?;
+    /// Loads the programs and attaches them to `uplinks` (in this thread's namespace). With
+    /// the kernel log on, its records are forwarded to tracing by a task on the current tokio
+    /// runtime, so this is called from within one (the daemon's).
+    pub fn start(uplinks: &[String], log: KernelLog) -> Result<DataPlane, DatapathError> {
+        let mut dp = Datapath::load_with(log)?;
+        let log = match log {
+            KernelLog::Off => None,
+            KernelLog::Verdicts => dp.take_kernel_log().map(Forwarder::spawn),
+        };
         let mut attached = Vec::new();
         for ifname in uplinks {
             let a = dp.attach_uplink(ifname)?;
@@ -49,6 +58,7 @@ impl DataPlane {
             attached.push(a);
         }
         let inner = Inner {
+            _log: log,
             dp,
             uplinks: attached,
             tuns: BTreeMap::new(),
@@ -154,5 +164,24 @@ impl DataPlane {
             .iter()
             .map(|u| u.ifname().to_string())
             .collect()
+    }
+}
+
+/// The task forwarding the kernel log; stops when dropped.
+struct Forwarder(tokio::task::JoinHandle<()>);
+
+impl Forwarder {
+    fn spawn(reader: KernelLogReader) -> Forwarder {
+        info!("kernel log on: every packet's verdict is logged at debug level");
+        Forwarder(tokio::spawn(async move {
+            let e = reader.forward().await;
+            warn!(error = %e, "the kernel log cannot be read any more");
+        }))
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -17,11 +17,13 @@
 //! [`Datapath`] owns the loaded object and the maps; [`UplinkAttachment`] and
 //! [`TunAttachment`] own the links they created and detach exactly those when dropped, in
 //! reverse order of creation. [`reference`] is a plain Rust classifier with the kernel's
-//! semantics, used to test it.
+//! semantics, used to test it. [`KernelLog`] turns on the programs' record of every verdict,
+//! which [`KernelLogReader`] forwards to tracing.
 
 mod barrier;
 mod compile;
 pub mod frames;
+mod klog;
 mod maps;
 mod policy;
 pub mod reference;
@@ -41,10 +43,9 @@ use aya::{
 use tunnel_common::programs;
 
 pub use compile::{CompiledPolicy, RouteEntry, addr16, compile};
+pub use klog::{KernelLog, KernelLogReader};
 pub use maps::CounterTable;
-pub use policy::{
-    AppRule, ConnId, ConnPolicy, MTU_RANGE, Policy, PolicyError, PortList, PortListError,
-};
+pub use policy::{AppRule, ConnId, ConnPolicy, MTU_RANGE, Policy, PolicyError, PortList};
 
 use barrier::RcuBarrier;
 use maps::Maps;
@@ -83,6 +84,8 @@ pub enum DatapathError {
     Policy(#[from] PolicyError),
     #[error("waiting for running BPF programs failed: {source}")]
     Barrier { source: io::Error },
+    #[error("the kernel log: {0}")]
+    KernelLog(#[source] Box<aya_log::Error>),
 }
 
 /// The loaded kernel programs and their maps.
@@ -92,6 +95,8 @@ pub struct Datapath {
     barrier: RcuBarrier,
     /// What the active slot holds.
     applied: Option<CompiledPolicy>,
+    /// The kernel log's ring, until taken.
+    log: Option<KernelLogReader>,
 }
 
 /// ARPHRD_* link types we attach to.
@@ -160,12 +165,21 @@ pub fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
 }
 
 impl Datapath {
-    /// Loads the embedded eBPF object and every program in it (the verifier runs here).
+    /// Loads the embedded eBPF object and every program in it (the verifier runs here), with
+    /// the kernel log off.
     pub fn load() -> Result<Self, DatapathError> {
+        Self::load_with(KernelLog::Off)
+    }
+
+    /// Loads the programs with the kernel log on or off; its records wait for
+    /// [`Datapath::take_kernel_log`].
+    pub fn load_with(log: KernelLog) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        log.configure(&mut loader);
         // Without the kernel's BTF: our programs make no CO-RE relocations, and the parsed
         // vmlinux types (tens of MiB, `Ebpf::load` parses them twice) would only raise
         // tunneld's peak memory. A program that starts to need CO-RE fails here, at load.
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader
             .btf(None)
             .load(crate::EBPF_OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
@@ -189,12 +203,20 @@ impl Datapath {
         }
         let maps = Maps::take(&mut ebpf)?;
         let barrier = RcuBarrier::new().map_err(|source| DatapathError::Barrier { source })?;
+        let log =
+            KernelLogReader::take(&mut ebpf).map_err(|e| DatapathError::KernelLog(Box::new(e)))?;
         Ok(Datapath {
             ebpf,
             maps,
             barrier,
             applied: None,
+            log: Some(log),
         })
+    }
+
+    /// The kernel log's reader, the first time (it stays empty while the log is off).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLogReader> {
+        self.log.take()
     }
 
     /// A loaded classifier program, for tests and benchmarks (`BPF_PROG_TEST_RUN`).

@@ -5,14 +5,15 @@
 
 use std::{
     collections::BTreeSet,
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
-    str::FromStr,
 };
 
 use ipnet::IpNet;
 use tunnel_common::{MAX_APPS, MAX_CONNS, MAX_GATEWAYS};
+/// A UDP destination port list, `SplitUDPPortList`'s syntax and type: parsed and checked in
+/// one place, tunnel-config, whether it comes from a KVP or is built here.
+pub use tunnel_config::PortList;
 
 /// Index of a connection in the data path (`0..MAX_CONNS`).
 pub type ConnId = u8;
@@ -198,156 +199,9 @@ fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), Poli
     Ok(())
 }
 
-/// A UDP destination port list in the `SplitUDPPortList` syntax: `53;161-162;200-1024`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortList {
-    ranges: Vec<RangeInclusive<u16>>,
-}
-
-/// Why a port list was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PortListError {
-    #[error("the port list is empty")]
-    Empty,
-    #[error("entry {index} of the port list is empty (stray ';'?)")]
-    EmptyEntry { index: usize },
-    #[error("'{text}' is not a port: ports are 1-65535")]
-    BadPort { text: String },
-    #[error("range '{text}' runs backwards")]
-    Backwards { text: String },
-}
-
-impl PortList {
-    /// The ranges, as written.
-    pub fn ranges(&self) -> &[RangeInclusive<u16>] {
-        &self.ranges
-    }
-
-    /// Builds a list from ranges; each must be non-empty and within 1-65535.
-    pub fn from_ranges(ranges: Vec<RangeInclusive<u16>>) -> Result<Self, PortListError> {
-        if ranges.is_empty() {
-            return Err(PortListError::Empty);
-        }
-        for r in &ranges {
-            if *r.start() == 0 {
-                return Err(PortListError::BadPort { text: "0".into() });
-            }
-            if r.start() > r.end() {
-                return Err(PortListError::Backwards {
-                    text: format!("{}-{}", r.start(), r.end()),
-                });
-            }
-        }
-        Ok(PortList { ranges })
-    }
-
-    /// Whether `port` is listed.
-    pub fn contains(&self, port: u16) -> bool {
-        self.ranges.iter().any(|r| r.contains(&port))
-    }
-}
-
-impl FromStr for PortList {
-    type Err = PortListError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(PortListError::Empty);
-        }
-        let port = |t: &str| -> Result<u16, PortListError> {
-            match t.trim().parse::<u16>() {
-                Ok(p) if p > 0 => Ok(p),
-                _ => Err(PortListError::BadPort {
-                    text: t.trim().to_string(),
-                }),
-            }
-        };
-        let mut ranges = Vec::new();
-        for (index, entry) in s.split(';').enumerate() {
-            let entry = entry.trim();
-            if entry.is_empty() {
-                return Err(PortListError::EmptyEntry { index });
-            }
-            let range = match entry.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b) = (port(a)?, port(b)?);
-                    if a > b {
-                        return Err(PortListError::Backwards {
-                            text: entry.to_string(),
-                        });
-                    }
-                    a..=b
-                }
-                None => {
-                    let p = port(entry)?;
-                    p..=p
-                }
-            };
-            ranges.push(range);
-        }
-        Ok(PortList { ranges })
-    }
-}
-
-impl fmt::Display for PortList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, r) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                f.write_str(";")?;
-            }
-            if r.start() == r.end() {
-                write!(f, "{}", r.start())?;
-            } else {
-                write!(f, "{}-{}", r.start(), r.end())?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_the_seed_example() {
-        let l: PortList = "53;161-162;200-1024".parse().unwrap();
-        assert_eq!(l.ranges(), &[53..=53, 161..=162, 200..=1024]);
-        assert!(l.contains(53) && l.contains(162) && l.contains(1024) && l.contains(200));
-        assert!(!l.contains(54) && !l.contains(160) && !l.contains(1025));
-        assert_eq!(l.to_string(), "53;161-162;200-1024");
-    }
-
-    #[test]
-    fn refuses_bad_port_lists_with_the_culprit() {
-        assert_eq!("".parse::<PortList>(), Err(PortListError::Empty));
-        assert_eq!(
-            "53;;54".parse::<PortList>(),
-            Err(PortListError::EmptyEntry { index: 1 })
-        );
-        assert_eq!(
-            "53;x".parse::<PortList>(),
-            Err(PortListError::BadPort { text: "x".into() })
-        );
-        assert_eq!(
-            "0".parse::<PortList>(),
-            Err(PortListError::BadPort { text: "0".into() })
-        );
-        assert_eq!(
-            "70000".parse::<PortList>(),
-            Err(PortListError::BadPort {
-                text: "70000".into()
-            })
-        );
-        assert_eq!(
-            "20-10".parse::<PortList>(),
-            Err(PortListError::Backwards {
-                text: "20-10".into()
-            })
-        );
-    }
 
     fn conn(id: ConnId, ifindex: u32) -> ConnPolicy {
         ConnPolicy {
