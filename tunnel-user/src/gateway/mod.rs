@@ -60,9 +60,9 @@ mod users;
 pub use client_cert::{CertNameError, CrlError};
 pub use config::{
     AccessConfig, AuthConfig, CertificateConfig, CertificateLogin, CertificateName, ConfigError,
-    EspCipher, EspConfig, GatewayConfig, LimitsConfig, MTU_RANGE, Notice, PasswordLimits,
-    PasswordRequest, PasswordRules, PoolChoice, PoolConfig, RealmConfig, RealmPolicy, RealmPool,
-    RoutesConfig, SecondFactor, TlsConfig, defaults,
+    EspConfig, GatewayConfig, LimitsConfig, MTU_RANGE, Notice, PasswordLimits, PasswordRequest,
+    PasswordRules, PoolChoice, PoolConfig, RealmConfig, RealmPolicy, RealmPool, RoutesConfig,
+    SecondFactor, TlsConfig, defaults,
 };
 pub use hasher::{HashError, HashLimits, HashMemory};
 pub use login::{PasswordChange, TokenRefused};

@@ -22,13 +22,13 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel_proto::{
     ActiveSession, AuthRejection, CloseReason, Config, DPD_PROBES, ESP_ATTEMPT_PERIOD, EspSettings,
-    FatalErrorKind, Password, PasswordForm, Prompt, PromptAnswer, Server, ServerConfig,
+    EspSuite, FatalErrorKind, Password, PasswordForm, Prompt, PromptAnswer, Server, ServerConfig,
     ServerEvent,
 };
 
 use super::plane::{EspSide, TlsScratch, TunSide, flush_client_packets, read_tls_connection};
 use super::{
-    EspCipher, GatewayConfig, Lease, PasswordRequest, PoolChoice, RealmPools, SecondFactor,
+    GatewayConfig, Lease, PasswordRequest, PoolChoice, RealmPools, SecondFactor,
     access::{AccessCache, AccessControl, AccessPolicy, local_addresses},
     admission::{Admission, FLOOD_LOG_INTERVAL, LogThrottle, LoginSlot, Refusal},
     client_cert::{self, CertNameError},
@@ -620,24 +620,16 @@ fn client_config(cfg: &GatewayConfig, realm: &str, lease: &Lease, offers_aes_gcm
                 .collect();
         }
     }
-    // The first suite in the operator's order that this client can use.
-    let usable = |c: &&EspCipher| **c != EspCipher::Aes256Gcm || offers_aes_gcm;
+    // The first suite in the operator's order that this client can use: AES-256-GCM only
+    // when it offered it.
+    let usable = |s: &&EspSuite| **s != EspSuite::AES256_GCM || offers_aes_gcm;
     if cfg.esp.enabled
-        && let Some(cipher) = cfg.esp.ciphers.iter().find(usable)
+        && let Some(suite) = cfg.esp.ciphers.iter().find(usable)
     {
-        // Wire codes: 0x4010 cipher 2 AES-128-CBC / 5 AES-256-CBC / 20 AES-256-GCM; 0x4011
-        // HMAC 2 SHA1 / 3 SHA256 / 0 none (AEAD).
-        let (enc, mac) = match cipher {
-            EspCipher::Aes128Sha1 => (2, 2),
-            EspCipher::Aes256Sha1 => (5, 2),
-            EspCipher::Aes128Sha256 => (2, 3),
-            EspCipher::Aes256Sha256 => (5, 3),
-            EspCipher::Aes256Gcm => (20, 0),
-        };
         let secs = |d: Option<Duration>| d.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
         c.esp = EspSettings {
-            cipher: Some(enc),
-            hmac: Some(mac),
+            cipher: Some(suite.cipher.code()),
+            hmac: Some(suite.mac.code()),
             lifetime_seconds: secs(Some(cfg.esp.key_lifetime)),
             lifetime_bytes: cfg.esp.key_lifetime_bytes.map(|b| b.get()),
             replay_protection: Some(true),
@@ -1294,5 +1286,48 @@ fn finish(ctx: &Ctx, session: Option<Arc<Session>>, ending: Ending) {
             ctx.table.park(s.cookie.clone(), r);
         }
         Ending::Superseded => info!(user = %s.user, "session taken over by a new connection"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::suite_name;
+    use super::*;
+
+    fn config(ciphers: &str) -> GatewayConfig {
+        GatewayConfig::from_str(&format!(
+            "[tls]\ncertificate = \"server.pem\"\nkey = \"server.key\"\n\
+             [auth]\nusers_file = \"users\"\n[pool]\nipv4 = \"10.10.0.0/24\"\n\
+             [esp]\nciphers = {ciphers}\n"
+        ))
+        .unwrap()
+    }
+
+    /// The suite a client is offered, read back from the wire codes it is sent.
+    fn offered(cfg: &GatewayConfig, offers_aes_gcm: bool) -> Option<EspSuite> {
+        let lease = Lease {
+            ipv4: "10.10.0.2".parse().unwrap(),
+            ipv6: None,
+        };
+        let esp = client_config(cfg, "Users", &lease, offers_aes_gcm).esp;
+        Some(EspSuite::from_codes(esp.cipher?, esp.hmac?).unwrap())
+    }
+
+    #[test]
+    fn each_configured_suite_is_offered_by_its_wire_codes() {
+        for suite in EspSuite::ALL {
+            let cfg = config(&format!("[\"{}\"]", suite_name(suite)));
+            assert_eq!(offered(&cfg, true), Some(suite));
+        }
+    }
+
+    #[test]
+    fn aes_gcm_is_offered_only_to_clients_that_offer_it() {
+        let cfg = config(r#"["aes256-gcm", "aes256-sha256"]"#);
+        assert_eq!(offered(&cfg, true), Some(EspSuite::AES256_GCM));
+        let next = offered(&cfg, false).unwrap();
+        assert_eq!(suite_name(next), "aes256-sha256");
+        let only_gcm = config(r#"["aes256-gcm"]"#);
+        assert_eq!(offered(&only_gcm, false), None, "no ESP at all");
     }
 }
