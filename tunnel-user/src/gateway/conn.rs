@@ -22,7 +22,7 @@ use tunnel_proto::{
 };
 
 use super::offer::{client_config, realm_login};
-use super::plane::{flush_client_packets, read_tls_connection};
+use super::plane::{flush_client_packets, forwardable, read_tls_connection, take_client_bytes};
 use super::runtime::Ctx;
 use super::{
     GatewayConfig, PasswordRequest,
@@ -392,7 +392,7 @@ pub(super) async fn serve(
                 let mut claim = None;
                 conn.with_proto(|p| {
                     let bytes = &buf[..n];
-                    super::plane::take_client_bytes(&ctx, p, owner.as_deref(), &mut sink, &mut access, &mut claim, bytes)
+                    take_client_bytes(&ctx, p, owner.as_deref(), &mut sink, &mut access, &mut claim, bytes)
                 });
                 flush_client_packets(&ctx, &mut sink, claim);
             }
@@ -737,7 +737,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
         ServerEvent::EspKeysInstalled => debug!("client ESP keys installed"),
         ServerEvent::Packet(p) => {
             // `serve` takes data packets straight from the parser; this is for completeness.
-            if super::plane::forwardable(
+            if forwardable(
                 ctx,
                 conn.session.as_deref(),
                 &p,

@@ -25,8 +25,13 @@
 //!   queue and deadline ([`HashPool`], [`HashMemory`], [`HashLimits`]).
 //!
 //! The runtime builds on them (docs/gateway.md draws it):
-//! - `runtime`: [`Gateway`]: the TLS listener, one task per connection, the packet
-//!   threads, graceful shutdown;
+//! - `runtime`: [`Gateway`]: binding the sockets and the TUN device, the accept loop, the
+//!   packet threads (`plane`), the janitor, graceful shutdown;
+//! - `conn`: one connection's task: the login's steps, the established session (timers,
+//!   events, ESP housekeeping), and its end (address released or session parked);
+//! - `offer`: what a client is offered and asked, from the config: the state machine's
+//!   settings, what a realm asks after the password, the configuration pushed after the
+//!   login (address, the realm's routes and DNS, the ESP suite);
 //! - `access`: where logged-in clients' packets may go (routes, DNS, other clients, the
 //!   gateway host);
 //! - `admission`: the caps on connections that have not logged in yet, and log lines that

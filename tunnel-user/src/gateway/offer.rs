@@ -136,8 +136,10 @@ pub(super) fn client_config(
 
 #[cfg(test)]
 mod tests {
-    use super::super::config::suite_name;
-    use super::*;
+    use tunnel_proto::EspSuite;
+
+    use super::client_config;
+    use crate::gateway::{GatewayConfig, Lease, config::suite_name};
 
     fn config(ciphers: &str) -> GatewayConfig {
         GatewayConfig::from_str(&format!(

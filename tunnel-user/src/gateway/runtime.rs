@@ -21,9 +21,9 @@ use tunnel_proto::{ESP_ATTEMPT_PERIOD, ServerConfig};
 
 use super::conn::serve;
 use super::offer::server_config;
-use super::plane::{EspSide, TlsScratch, TunSide};
+use super::plane::{EspSide, TlsScratch, TunSide, start_data_plane};
 use super::{
-    GatewayConfig, PoolChoice, RealmPools,
+    GatewayConfig, PoolChoice, RealmPools, UsersError,
     access::{AccessControl, AccessPolicy, local_addresses},
     admission::{Admission, FLOOD_LOG_INTERVAL, LogThrottle, Refusal},
     login::Logins,
@@ -46,7 +46,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
     #[error("users file: {0}")]
-    Users(#[from] super::UsersError),
+    Users(#[from] UsersError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("configuring the TUN device: {0}")]
@@ -216,7 +216,7 @@ impl Gateway {
             listener,
             acceptor,
         } = self;
-        let threads = super::plane::start_data_plane(&ctx)?;
+        let threads = start_data_plane(&ctx)?;
         let (stop_tx, _) = broadcast::channel::<()>(1);
         let mut tasks = tokio::task::JoinSet::new();
         let janitor = tokio::spawn(janitor(ctx.clone(), stop_tx.subscribe()));
