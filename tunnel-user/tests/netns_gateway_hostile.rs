@@ -585,9 +585,9 @@ fn garbage_before_the_login_closes_the_connection_at_once() {
 
 /// The dead-peer detection interval of `dead_peers_are_detected_and_live_idle_clients_kept`.
 /// Not the config's minimum (1 s): a live idle client is heard once per its own probe period
-/// (here `esp.fallback_secs = 1`, and `AtpProbeIdleSec = 1` for tunneld), and that must be
-/// shorter than the interval, or the gateway's probes, which reset the client's silence,
-/// keep it from ever probing (the gateway warns of such a config at startup).
+/// (the fallback time pushed, here `esp.fallback_secs = 1`), and that must be shorter than
+/// the interval, or the gateway's probes, which reset the client's silence, keep it from
+/// ever probing (the gateway warns of such a config at startup).
 const DPD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// One round of a live, idle test client's ESP: its timers (its own dead-peer probes), what
@@ -640,9 +640,10 @@ fn stop_counter(log: &str, key: &str) -> Option<u64> {
 /// silent (it sends nothing and answers nothing, over ESP or TLS) gets DPD_PROBES ESP probes,
 /// one per interval of silence, and one interval after the last its connection is closed and
 /// its session parked, resumable with its cookie and address. Over the same time, two live
-/// idle clients, one of ours (tunneld) and one sending the probes Pulse clients send, stay
-/// connected. Before, `dpd_interval_secs` was read by nothing and a silent client kept its
-/// session until the idle timeout.
+/// idle clients, one of ours (tunneld, with its default `AtpProbeIdleSec` of 60 s) and one
+/// sending the probes Pulse clients send, stay connected. Before, a silent client kept its
+/// session until the idle timeout (the task slept past the probes), and tunneld, which
+/// waited 60 s before probing, was taken for gone.
 #[test]
 fn dead_peers_are_detected_and_live_idle_clients_kept() {
     if !root() {
@@ -661,12 +662,7 @@ fn dead_peers_are_detected_and_live_idle_clients_kept() {
     edit_gateway_config(&w, "fallback_secs = 5", "fallback_secs = 1");
     let mut gw = w.start_gateway();
     let _td = w.start_tunneld();
-    let out = w.connect_with(&[
-        "--kvp",
-        "AtpProbeIdleSec=1",
-        "--kvp",
-        "AtpProbeIntervalSec=1",
-    ]);
+    let out = w.connect();
     assert!(connected(&out));
     wait_for("tunneld's ESP", Duration::from_secs(10), || {
         w.status()[0]["transport"] == "esp"
