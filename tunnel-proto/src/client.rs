@@ -100,7 +100,8 @@ pub struct ClientConfig {
 }
 
 /// Dead-peer detection on ESP, as Ivanti Tunnel's `AtpProbe*` settings describe it: after
-/// `idle` without anything from the gateway over ESP, up to `count` probes `interval` apart;
+/// `idle` without anything from the gateway over ESP (or the ESP-to-TLS fallback time the
+/// gateway pushed, when that is shorter), up to `count` probes `interval` apart;
 /// no answer to any of them takes ESP down (traffic falls back to TLS), and a new attempt to
 /// bring ESP back starts every `retry` until it answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1040,12 +1041,33 @@ impl Client {
     fn dpd_interval(&self) -> Duration {
         // esp.c `esp_setup`: the DPD interval is the ESP-to-TLS fallback time when the gateway
         // sets one, the attempt period otherwise.
+        self.gateway_fallback().unwrap_or(ESP_ATTEMPT_PERIOD)
+    }
+
+    /// The ESP-to-TLS fallback time the gateway pushed (TLV 0x4017), if it set one.
+    fn gateway_fallback(&self) -> Option<Duration> {
         self.config
             .as_ref()
             .and_then(|c| c.esp.fallback_seconds)
             .filter(|&s| s > 0)
             .map(|s| Duration::from_secs(s.into()))
-            .unwrap_or(ESP_ATTEMPT_PERIOD)
+    }
+
+    /// While ESP is up: how long after the last datagram heard it is taken as dead, when the
+    /// first probe goes, and the gap between probes.
+    fn up_timers(&self) -> (Duration, Duration, Duration) {
+        let dpd = self.dpd_interval();
+        match self.cfg.esp_dpd {
+            Some(d) => {
+                // A gateway may take a client silent for a few of its own DPD periods as gone
+                // (tunnel's does), and expects a live idle one to be heard once per fallback
+                // time, as openconnect is. Its probes reset this silence, so a client that
+                // waited longer would never probe: quiet no longer than the fallback time.
+                let idle = self.gateway_fallback().map_or(d.idle, |f| d.idle.min(f));
+                (idle + d.interval * d.count, idle, d.interval)
+            }
+            None => (2 * dpd, dpd, dpd),
+        }
     }
 
     fn probe_next_header(&self) -> u8 {
@@ -1111,7 +1133,6 @@ impl Client {
         if !matches!(self.state, State::Established | State::Configuring) {
             return Ok(());
         }
-        let dpd = self.dpd_interval();
         let (per_attempt, gap, retry) = match self.cfg.esp_dpd {
             Some(d) => (d.count.max(1), d.interval, d.retry),
             None => (PROBES_PER_ATTEMPT, PROBE_INTERVAL, ESP_ATTEMPT_PERIOD),
@@ -1156,10 +1177,7 @@ impl Client {
                 last_probe,
             } => {
                 // Dead: silent through the idle time and every probe after it.
-                let (dead_after, probe_after, probe_gap) = match self.cfg.esp_dpd {
-                    Some(d) => (d.idle + d.interval * d.count, d.idle, d.interval),
-                    None => (2 * dpd, dpd, dpd),
-                };
+                let (dead_after, probe_after, probe_gap) = self.up_timers();
                 if after(last_rx, dead_after).is_some_and(|d| now >= d) {
                     self.events.push_back(ClientEvent::EspDown);
                     self.link = EspLink::Probing {
@@ -1197,7 +1215,6 @@ impl Client {
         if !matches!(self.state, State::Established | State::Configuring) {
             return None;
         }
-        let dpd = self.dpd_interval();
         match self.link {
             EspLink::Off => None,
             EspLink::Probing { next, .. } => Some(next),
@@ -1206,10 +1223,7 @@ impl Client {
                 last_rx,
                 last_probe,
             } => {
-                let (dead_after, probe_after, probe_gap) = match self.cfg.esp_dpd {
-                    Some(d) => (d.idle + d.interval * d.count, d.idle, d.interval),
-                    None => (2 * dpd, dpd, dpd),
-                };
+                let (dead_after, probe_after, probe_gap) = self.up_timers();
                 let probe = match last_probe.filter(|p| *p >= last_rx) {
                     Some(p) => after(p, probe_gap),
                     None => after(last_rx, probe_after),

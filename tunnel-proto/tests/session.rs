@@ -2059,13 +2059,35 @@ fn the_gateway_takes_a_silent_esp_client_as_gone_after_its_probes() {
 /// gateway's interval), the gateway answers, and its detection never fires.
 #[test]
 fn the_gateway_keeps_a_live_idle_esp_client() {
+    keeps_a_live_idle_client(ClientConfig::new("gw"));
+}
+
+/// The same with `AtpProbe*` settings whose idle time (tunneld's default, 60 s) is no shorter
+/// than the gateway's interval: the client probes once per fallback time all the same, or
+/// the gateway's probes, which reset its silence, would keep it from ever probing, and the
+/// gateway would take it for gone.
+#[test]
+fn the_gateway_keeps_a_live_idle_client_with_a_long_probe_idle_time() {
+    let mut cfg = ClientConfig::new("gw");
+    cfg.esp_dpd = Some(EspDpd {
+        idle: Duration::from_secs(60),
+        interval: Duration::from_secs(1),
+        count: 5,
+        retry: Duration::from_secs(60),
+    });
+    keeps_a_live_idle_client(cfg);
+}
+
+/// Runs a gateway with a 60 s DPD interval (fallback time 15 s) and a client made with
+/// `client`, both idle, for three times as long as detection takes.
+fn keeps_a_live_idle_client(client: ClientConfig) {
     let interval = Duration::from_secs(60);
     let cfg = ServerConfig {
         dpd_interval: Some(interval),
         idle_timeout: None,
         ..ServerConfig::default()
     };
-    let mut h = Harness::new(ClientConfig::new("gw"), cfg);
+    let mut h = Harness::new(client, cfg);
     h.establish(&tunnel_config(true));
     h.bring_up_esp();
     h.take_server_events();

@@ -226,18 +226,7 @@ fn a_client_reaches_its_routes_but_not_the_gateway_host() {
     );
     drop(gw);
     let log = fs::read_to_string(w.dir.join("gateway.log")).unwrap();
-    let forbidden: u64 = log
-        .lines()
-        .filter(|l| l.contains("gateway stopped"))
-        .find_map(|l| {
-            l.split("forbidden=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
+    let forbidden = stop_counter(&log, "forbidden").unwrap_or(0);
     assert!(forbidden > 0, "{log}");
 
     // Opened by the configuration.
@@ -592,4 +581,178 @@ fn garbage_before_the_login_closes_the_connection_at_once() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The dead-peer detection interval of `dead_peers_are_detected_and_live_idle_clients_kept`.
+/// Not the config's minimum (1 s): a live idle client is heard once per its own probe period
+/// (the fallback time pushed, here `esp.fallback_secs = 1`), and that must be shorter than
+/// the interval, or the gateway's probes, which reset the client's silence, keep it from
+/// ever probing (the gateway warns of such a config at startup).
+const DPD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// One round of a live, idle test client's ESP: its timers (its own dead-peer probes), what
+/// they send, and what arrives within 50 ms. Counts the probes it sent and those it got.
+fn keep_esp_alive(p: &mut PulsePeer, udp: &UdpSocket, sent: &mut u32, got: &mut u32) {
+    let mut buf = [0u8; 2048];
+    p.proto.poll_timers(Instant::now()).unwrap();
+    while let Some(n) = p.proto.poll_esp_transmit(&mut buf).unwrap() {
+        udp.send(&buf[..n]).unwrap();
+        *sent += 1;
+    }
+    udp.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    while let Ok(n) = udp.recv(&mut buf) {
+        if let Ok(None) = p.open(&mut buf[..n]) {
+            *got += 1;
+        }
+    }
+}
+
+/// The ESP probes waiting in `udp`'s receive queue, read without answering them.
+fn probes_queued(p: &mut PulsePeer, udp: &UdpSocket) -> usize {
+    udp.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2048];
+    let mut probes = 0;
+    while let Ok(n) = udp.recv(&mut buf) {
+        if let Ok(None) = p.open(&mut buf[..n]) {
+            probes += 1;
+        }
+    }
+    udp.set_nonblocking(false).unwrap();
+    probes
+}
+
+/// `key=` of the gateway's stop line in `log`.
+fn stop_counter(log: &str, key: &str) -> Option<u64> {
+    log.lines()
+        .filter(|l| l.contains("gateway stopped"))
+        .find_map(|l| {
+            l.split(&format!("{key}="))
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// Dead-peer detection (`dpd_interval_secs`): a client that brought ESP up and then fell
+/// silent (it sends nothing and answers nothing, over ESP or TLS) gets DPD_PROBES ESP probes,
+/// one per interval of silence, and one interval after the last its connection is closed and
+/// its session parked, resumable with its cookie and address. Over the same time, two live
+/// idle clients, one of ours (tunneld, with its default `AtpProbeIdleSec` of 60 s) and one
+/// sending the probes Pulse clients send, stay connected. Before, a silent client kept its
+/// session until the idle timeout (the task slept past the probes), and tunneld, which
+/// waited 60 s before probing, was taken for gone.
+#[test]
+fn dead_peers_are_detected_and_live_idle_clients_kept() {
+    if !root() {
+        return;
+    }
+    let w = world("dpd");
+    w.client.sh("ip addr add 192.168.70.3/24 dev c0").unwrap();
+    edit_gateway_config(
+        &w,
+        "idle_timeout_secs = 600",
+        &format!(
+            "idle_timeout_secs = 600\ndpd_interval_secs = {}",
+            DPD_INTERVAL.as_secs()
+        ),
+    );
+    edit_gateway_config(&w, "fallback_secs = 5", "fallback_secs = 1");
+    let mut gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    let out = w.connect();
+    assert!(connected(&out));
+    wait_for("tunneld's ESP", Duration::from_secs(10), || {
+        w.status()[0]["transport"] == "esp"
+    });
+    let tunneld_address = w.status()[0]["ipv4"].as_str().unwrap().to_string();
+    assert_eq!(w.seen_as(CORP).as_deref(), Some(tunneld_address.as_str()));
+
+    let mut live = peer(&w, None, None);
+    live.login("alice", "s3cret").expect("login");
+    let live_udp = esp_socket(&w, "192.168.70.2");
+    live.esp_up(&live_udp, Duration::from_secs(10))
+        .expect("ESP up");
+
+    let mut dead = peer(&w, Some("192.168.70.3"), None);
+    let cookie = dead.login("alice", "s3cret").expect("login");
+    let dead_address = tunnel_address(&dead);
+    let dead_udp = esp_socket(&w, "192.168.70.3");
+    dead.esp_up(&dead_udp, Duration::from_secs(10))
+        .expect("ESP up");
+    // From here on the dead client reads nothing and sends nothing. Answers to its ESP
+    // probes that came late are not the gateway's probes.
+    let silent_since = Instant::now();
+    probes_queued(&mut dead, &dead_udp);
+
+    // Detection is due (DPD_PROBES + 1) intervals after the client was last heard.
+    let due = DPD_INTERVAL * (tunnel_proto::DPD_PROBES + 1);
+    let slack = Duration::from_secs(3);
+    let gone = |w: &ClientWorld| {
+        fs::read_to_string(w.dir.join("gateway.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("dead peer"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (mut sent, mut got) = (0, 0);
+    let mut detected = None;
+    // The live clients stay idle for half as long again as detection takes.
+    while silent_since.elapsed() < due + due / 2 {
+        keep_esp_alive(&mut live, &live_udp, &mut sent, &mut got);
+        if detected.is_none() && !gone(&w).is_empty() {
+            detected = Some(silent_since.elapsed());
+        }
+    }
+    let detected = detected.expect("the silent client was not detected");
+    eprintln!(
+        "dead peer detected after {detected:?} (due {due:?}); the live client sent {sent} \
+         probes and got {got} answers meanwhile"
+    );
+    assert!(
+        detected + Duration::from_millis(500) >= due && detected <= due + slack,
+        "detected after {detected:?}, due after {due:?}"
+    );
+    let lines = gone(&w);
+    assert_eq!(lines.len(), 1, "only the silent client is gone: {lines:?}");
+    assert!(lines[0].contains("peer=192.168.70.3:"), "{}", lines[0]);
+    // It got exactly the probes, and its connection was closed.
+    assert_eq!(
+        probes_queued(&mut dead, &dead_udp),
+        tunnel_proto::DPD_PROBES as usize,
+        "the probes the silent client was sent"
+    );
+    let closed = dead.until(Duration::from_secs(2), |_| false);
+    assert!(matches!(closed, Err(PeerError::Closed)), "{closed:?}");
+
+    // The live clients: the Pulse-style one probed and was answered all along and is still
+    // connected, on ESP; tunneld never reconnected and still carries traffic on ESP.
+    let seconds = due.as_secs() as u32;
+    assert!(sent >= seconds && got >= seconds, "sent {sent}, got {got}");
+    assert!(live.proto.esp_up());
+    let still = live.until(Duration::from_millis(500), |_| false);
+    assert!(matches!(still, Err(PeerError::Timeout)), "{still:?}");
+    assert_eq!(w.status()[0]["transport"], "esp");
+    assert_eq!(w.status()[0]["state"], "connected");
+    assert_eq!(w.seen_as(CORP).as_deref(), Some(tunneld_address.as_str()));
+    let log = fs::read_to_string(w.dir.join("gateway.log")).unwrap();
+    assert_eq!(
+        log.matches("session established").count(),
+        3,
+        "no client logged in again: {log}"
+    );
+    assert_eq!(log.matches("connection lost; session resumable").count(), 1);
+
+    // The silent client's session was parked: its cookie resumes it, with its address.
+    let mut back = peer(&w, Some("192.168.70.3"), Some(&cookie));
+    assert_eq!(&back.login("alice", "wrong").expect("resumed"), &cookie);
+    assert!(!back.events.contains(&ClientEvent::ResumeRejected));
+    assert_eq!(tunnel_address(&back), dead_address);
+
+    gw.stop();
+    let log = fs::read_to_string(w.dir.join("gateway.log")).unwrap();
+    assert_eq!(stop_counter(&log, "dead_peers"), Some(1), "{log}");
 }

@@ -22,6 +22,7 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
+use tunnel_proto::{EspCipher, EspMac, EspSuite};
 
 use super::{
     hasher::HashLimits,
@@ -41,6 +42,8 @@ const MAX_SECS: i64 = 365 * 24 * 3600;
 pub mod defaults {
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
+    use tunnel_proto::{EspCipher, EspMac, EspSuite};
+
     /// `listen`: every IPv4 address, the HTTPS port clients try first.
     pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 443));
     /// `mtu`: leaves room for ESP-in-UDP and TLS overhead on a 1500-byte path.
@@ -57,6 +60,15 @@ pub mod defaults {
     pub const SESSION_LIFETIME_SECS: u32 = 43_200;
     /// `esp.port`: the IPsec NAT-traversal port, which Pulse servers use for ESP-in-UDP.
     pub const ESP_PORT: u16 = 4500;
+    /// `esp.ciphers`: tunnel's own suite (AES-256-GCM) for the clients that offer it, then
+    /// AES-128-CBC with HMAC-SHA1-96, what every Pulse client supports.
+    pub const ESP_CIPHERS: [EspSuite; 2] = [
+        EspSuite::AES256_GCM,
+        EspSuite {
+            cipher: EspCipher::Aes128Cbc,
+            mac: EspMac::HmacSha1_96,
+        },
+    ];
     /// `esp.fallback_secs`: Ivanti's default "ESP to SSL fallback timeout". openconnect uses it
     /// as its ESP dead-peer period before it falls back to TLS (esp.c, `esp_ssl_fallback`).
     pub const ESP_FALLBACK_SECS: u32 = 15;
@@ -284,10 +296,12 @@ pub struct EspConfig {
     pub enabled: bool,
     /// `esp.port`: the UDP port of ESP, 1-65535, default 4500.
     pub port: u16,
-    /// `esp.ciphers`: the ciphers the gateway accepts, in order of preference, out of
-    /// `aes128-sha1`, `aes256-sha1`, `aes128-sha256`, `aes256-sha256`. Default
-    /// `["aes128-sha1"]`, what every Pulse client supports.
-    pub ciphers: Vec<EspCipher>,
+    /// `esp.ciphers`: the suites the gateway accepts, in order of preference, out of
+    /// `aes128-sha1`, `aes256-sha1`, `aes128-sha256`, `aes256-sha256` (AES-CBC with an HMAC,
+    /// as Pulse negotiates them) and `aes256-gcm`, which only tunnel's own client offers
+    /// (others get the next suite in the list). Default
+    /// `["aes256-gcm", "aes128-sha1"]`: the second is what every Pulse client supports.
+    pub ciphers: Vec<EspSuite>,
     /// `esp.fallback_secs`: pushed as "ESP to TLS fallback"; clients treat ESP as dead, and
     /// use TLS, after this long without an answer. 0 in the file (here `None`) lets the client
     /// choose. 0-3600, default 15.
@@ -299,60 +313,56 @@ pub struct EspConfig {
     pub key_lifetime_bytes: Option<NonZeroU32>,
 }
 
-/// An ESP cipher suite: AES-CBC with an HMAC, as Pulse negotiates them, or AES-256-GCM,
-/// which only tunnel's own client offers (others get the next suite in the list).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum EspCipher {
-    /// AES-128-CBC with HMAC-SHA1-96.
-    Aes128Sha1,
-    /// AES-256-CBC with HMAC-SHA1-96.
-    Aes256Sha1,
-    /// AES-128-CBC with HMAC-SHA256-128.
-    Aes128Sha256,
-    /// AES-256-CBC with HMAC-SHA256-128.
-    Aes256Sha256,
-    /// AES-256-GCM, for clients that offer it (tunnel's own).
-    Aes256Gcm,
+/// The name `esp.ciphers` gives each suite, in the order the docs list them.
+const SUITE_NAMES: [(EspSuite, &str); 5] = [
+    (
+        EspSuite {
+            cipher: EspCipher::Aes128Cbc,
+            mac: EspMac::HmacSha1_96,
+        },
+        "aes128-sha1",
+    ),
+    (
+        EspSuite {
+            cipher: EspCipher::Aes256Cbc,
+            mac: EspMac::HmacSha1_96,
+        },
+        "aes256-sha1",
+    ),
+    (
+        EspSuite {
+            cipher: EspCipher::Aes128Cbc,
+            mac: EspMac::HmacSha256_128,
+        },
+        "aes128-sha256",
+    ),
+    (
+        EspSuite {
+            cipher: EspCipher::Aes256Cbc,
+            mac: EspMac::HmacSha256_128,
+        },
+        "aes256-sha256",
+    ),
+    (EspSuite::AES256_GCM, "aes256-gcm"),
+];
+
+/// The name of `suite` in `esp.ciphers` (and in `show`'s output).
+pub(super) fn suite_name(suite: EspSuite) -> &'static str {
+    SUITE_NAMES
+        .iter()
+        .find(|(s, _)| *s == suite)
+        .map_or("invalid", |(_, name)| name)
 }
 
-impl EspCipher {
-    /// Every cipher, in the order the docs list them.
-    pub const ALL: [EspCipher; 5] = [
-        EspCipher::Aes128Sha1,
-        EspCipher::Aes256Sha1,
-        EspCipher::Aes128Sha256,
-        EspCipher::Aes256Sha256,
-        EspCipher::Aes256Gcm,
-    ];
-
-    /// The name used in the config file.
-    pub const fn name(self) -> &'static str {
-        match self {
-            EspCipher::Aes128Sha1 => "aes128-sha1",
-            EspCipher::Aes256Sha1 => "aes256-sha1",
-            EspCipher::Aes128Sha256 => "aes128-sha256",
-            EspCipher::Aes256Sha256 => "aes256-sha256",
-            EspCipher::Aes256Gcm => "aes256-gcm",
-        }
-    }
+/// The suite `name` stands for in `esp.ciphers`.
+fn parse_suite(name: &str) -> Option<EspSuite> {
+    SUITE_NAMES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(suite, _)| *suite)
 }
 
-impl fmt::Display for EspCipher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for EspCipher {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        EspCipher::ALL.into_iter().find(|c| c.name() == s).ok_or(())
-    }
-}
-
-/// What `esp.ciphers` takes; the tests check it lists every [`EspCipher::ALL`].
+/// What `esp.ciphers` takes; the tests check it lists every name in [`SUITE_NAMES`].
 const CIPHER_RULE: &str =
     "a cipher (one of aes128-sha1, aes256-sha1, aes128-sha256, aes256-sha256, aes256-gcm)";
 
@@ -1283,13 +1293,13 @@ impl RawEsp {
     fn validate(self) -> Result<EspConfig, ConfigError> {
         let enabled = self.enabled.unwrap_or(true);
         let port = port(self.port, "esp.port", defaults::ESP_PORT)?;
-        let ciphers = match self.ciphers {
-            None => vec![EspCipher::Aes256Gcm, EspCipher::Aes128Sha1],
+        let ciphers = match &self.ciphers {
+            None => defaults::ESP_CIPHERS.to_vec(),
             Some(names) => names
                 .iter()
                 .enumerate()
                 .map(|(i, name)| {
-                    name.parse().map_err(|()| ConfigError::Invalid {
+                    parse_suite(name).ok_or_else(|| ConfigError::Invalid {
                         key: indexed("esp.ciphers", i),
                         value: name.clone(),
                         expected: CIPHER_RULE,
@@ -1303,7 +1313,8 @@ impl RawEsp {
                 key: key("esp.ciphers"),
             });
         }
-        no_duplicates(&ciphers, "esp.ciphers")?;
+        // Each name is one suite's: a repeated suite is a repeated name.
+        no_duplicates(self.ciphers.as_deref().unwrap_or_default(), "esp.ciphers")?;
         let fallback = int(
             self.fallback_secs,
             "esp.fallback_secs",
@@ -2180,7 +2191,8 @@ impl fmt::Display for GatewayConfig {
         writeln!(f, "mtu                    {}", self.mtu)?;
         writeln!(f, "esp.enabled            {}", self.esp.enabled)?;
         writeln!(f, "esp.port               {}", self.esp.port)?;
-        writeln!(f, "esp.ciphers            {}", list(&self.esp.ciphers))?;
+        let suites: Vec<&str> = self.esp.ciphers.iter().map(|s| suite_name(*s)).collect();
+        writeln!(f, "esp.ciphers            {}", list(&suites))?;
         writeln!(
             f,
             "esp.fallback_secs      {}",
@@ -2474,9 +2486,15 @@ ipv4 = "10.10.0.0/24"
         assert_eq!(
             c.esp.ciphers,
             [
-                EspCipher::Aes256Gcm,
-                EspCipher::Aes256Sha256,
-                EspCipher::Aes128Sha1
+                EspSuite::AES256_GCM,
+                EspSuite {
+                    cipher: EspCipher::Aes256Cbc,
+                    mac: EspMac::HmacSha256_128
+                },
+                EspSuite {
+                    cipher: EspCipher::Aes128Cbc,
+                    mac: EspMac::HmacSha1_96
+                }
             ]
         );
         assert_eq!(c.esp.fallback, Some(Duration::from_secs(15)));
@@ -2567,7 +2585,13 @@ ipv4 = "10.10.0.0/24"
         assert_eq!(minimal.auth.realms, ["Users"]);
         assert_eq!(
             minimal.esp.ciphers,
-            [EspCipher::Aes256Gcm, EspCipher::Aes128Sha1]
+            [
+                EspSuite::AES256_GCM,
+                EspSuite {
+                    cipher: EspCipher::Aes128Cbc,
+                    mac: EspMac::HmacSha1_96
+                }
+            ]
         );
         assert!(minimal.dns.is_empty() && minimal.search_domains.is_empty());
         assert!(minimal.routes.include.is_empty() && minimal.routes.exclude.is_empty());
@@ -3164,11 +3188,14 @@ ipv4 = "10.10.0.0/24"
 
     #[test]
     fn cipher_names_round_trip() {
-        for c in EspCipher::ALL {
-            assert_eq!(c.name().parse::<EspCipher>(), Ok(c));
-            assert!(CIPHER_RULE.contains(c.name()));
+        // Every suite tunnel-proto speaks has a name, and only one.
+        for suite in EspSuite::ALL {
+            let name = suite_name(suite);
+            assert_eq!(parse_suite(name), Some(suite), "{name}");
+            assert!(CIPHER_RULE.contains(name), "{name}");
         }
-        assert_eq!("AES128-SHA1".parse::<EspCipher>(), Err(()));
+        assert_eq!(SUITE_NAMES.len(), EspSuite::ALL.len());
+        assert_eq!(parse_suite("AES128-SHA1"), None);
     }
 
     /// `text` with `[table]` and `lines` appended.

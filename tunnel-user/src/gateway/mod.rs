@@ -25,8 +25,13 @@
 //!   queue and deadline ([`HashPool`], [`HashMemory`], [`HashLimits`]).
 //!
 //! The runtime builds on them (docs/gateway.md draws it):
-//! - `runtime`: [`Gateway`]: the TLS listener, one task per connection, the packet
-//!   threads, graceful shutdown;
+//! - `runtime`: [`Gateway`]: binding the sockets and the TUN device, the accept loop, the
+//!   packet threads (`plane`), the janitor, graceful shutdown;
+//! - `conn`: one connection's task: the login's steps, the established session (timers,
+//!   events, ESP housekeeping), and its end (address released or session parked);
+//! - `offer`: what a client is offered and asked, from the config: the state machine's
+//!   settings, what a realm asks after the password, the configuration pushed after the
+//!   login (address, the realm's routes and DNS, the ESP suite);
 //! - `access`: where logged-in clients' packets may go (routes, DNS, other clients, the
 //!   gateway host);
 //! - `admission`: the caps on connections that have not logged in yet, and log lines that
@@ -43,10 +48,12 @@ mod access;
 mod admission;
 mod client_cert;
 mod config;
+mod conn;
 mod dialogue;
 mod end;
 mod hasher;
 mod login;
+mod offer;
 mod password_change;
 mod pool;
 mod ratelimit;
@@ -60,9 +67,9 @@ mod users;
 pub use client_cert::{CertNameError, CrlError};
 pub use config::{
     AccessConfig, AuthConfig, CertificateConfig, CertificateLogin, CertificateName, ConfigError,
-    EspCipher, EspConfig, GatewayConfig, LimitsConfig, MTU_RANGE, Notice, PasswordLimits,
-    PasswordRequest, PasswordRules, PoolChoice, PoolConfig, RealmConfig, RealmPolicy, RealmPool,
-    RoutesConfig, SecondFactor, TlsConfig, defaults,
+    EspConfig, GatewayConfig, LimitsConfig, MTU_RANGE, Notice, PasswordLimits, PasswordRequest,
+    PasswordRules, PoolChoice, PoolConfig, RealmConfig, RealmPolicy, RealmPool, RoutesConfig,
+    SecondFactor, TlsConfig, defaults,
 };
 pub use hasher::{HashError, HashLimits, HashMemory};
 pub use login::{PasswordChange, TokenRefused};
