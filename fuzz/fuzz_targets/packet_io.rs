@@ -1,12 +1,12 @@
 //! The gateway's and the client's look at a packet from the other end of the tunnel
-//! (`tunnel_user::fastpath::packet_io`) on arbitrary bytes: never a panic; the addresses come from
+//! (`tunnel_packet::ip`) on arbitrary bytes: never a panic; the addresses come from
 //! where the IP header keeps them, and only for a packet long enough to hold that header.
 #![no_main]
 
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use tunnel_user::fastpath::packet_io::{ip_endpoints, may_be_answered_at_once};
+use tunnel_packet::ip::{ip_endpoints, may_be_answered_at_once};
 
 fuzz_target!(|p: &[u8]| {
     let _ = may_be_answered_at_once(p);

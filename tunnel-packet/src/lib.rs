@@ -7,6 +7,7 @@
 
 pub mod checksum;
 mod coalesce;
+pub mod ip;
 mod segment;
 pub mod vnet;
 

@@ -22,8 +22,8 @@ use std::{
 
 use tracing::debug;
 
-use super::packet_io::may_be_answered_at_once;
 use crate::sys::epoll::{Epoll, Interest, Stop, no_report};
+use tunnel_packet::ip::may_be_answered_at_once;
 
 /// How long a packet thread backs off after a read failed with a real error.
 pub(crate) const ERROR_BACKOFF: Duration = Duration::from_millis(100);

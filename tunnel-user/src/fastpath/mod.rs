@@ -78,9 +78,9 @@
 //! `dispatch` (one-shot sources, claims, the thread loop), `trains` (sealed datagrams for
 //! one UDP GSO send), `drain` (when a drain of the TUN device sends and ends), `outbound`
 //! (TUN to ESP or TLS), `inbound` (ESP to TUN), `tls_in` (TLS to TUN), `tun_io` (the TUN
-//! device's reads and writes, behind a trait tests implement in memory), `packet_io` (the
-//! addresses of a packet, whether it may be answered at once), `device` (the whole, and its
-//! threads). `docs/fastpath.md` has the measurements behind the choices.
+//! device's reads and writes, behind a trait tests implement in memory), `device` (the whole,
+//! and its threads); `tunnel_packet::ip` reads a packet's addresses and whether it may be
+//! answered at once. `docs/fastpath.md` has the measurements behind the choices.
 
 pub(crate) mod device;
 pub(crate) mod dispatch;
@@ -88,7 +88,6 @@ pub(crate) mod drain;
 pub(crate) mod end;
 pub(crate) mod inbound;
 pub(crate) mod outbound;
-pub(crate) mod packet_io;
 pub(crate) mod tls_in;
 pub(crate) mod trains;
 pub(crate) mod tun_io;

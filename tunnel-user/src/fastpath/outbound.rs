@@ -23,6 +23,7 @@ use std::{
 };
 
 use tracing::debug;
+use tunnel_packet::ip::ip_endpoints;
 use tunnel_proto::Transmit;
 
 use super::{
@@ -30,7 +31,6 @@ use super::{
     dispatch::after_failed_read,
     drain::{DrainRead, DrainReads},
     end::{Direction, End, EspTo, PeerState},
-    packet_io::ip_endpoints,
     trains::{SEND_BATCH, Trains},
     tun_io::{TunIo, TunSource},
 };

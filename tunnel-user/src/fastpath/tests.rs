@@ -26,11 +26,11 @@ use super::{
     end::{Direction, End, EspTo, PeerState},
     inbound::drain_esp,
     outbound::drain_tun,
-    packet_io::ip_endpoints,
     tls_in::{TlsIn, ToTun},
     tun_io::{TunIo, TunSink},
 };
 use crate::sys::{epoll::Stop, tun::Offload, udp_gso::RecvBatch};
+use tunnel_packet::ip::ip_endpoints;
 
 /// A TUN device in memory: packets queued to be read, packets written. A write of a packet
 /// for which `answers` holds an answer queues that answer, as a local stack answering

@@ -23,10 +23,10 @@ use super::{
 use crate::fastpath::{
     device::Device,
     end::{Direction, End, EspTo},
-    packet_io::ip_endpoints,
     tls_in::{TlsIn, TlsRead},
     tun_io::TunIo,
 };
+use tunnel_packet::ip::ip_endpoints;
 
 /// What each direction of the gateway's packet path keeps between packets.
 #[derive(Default)]

@@ -1,11 +1,11 @@
-//! Small pieces both ends of the tunnel use on their packet threads: the addresses of an IP
+//! What both ends of the tunnel read of a packet on their packet threads: the addresses of an IP
 //! packet, and whether writing it into the TUN device may make the receiving stack answer
 //! within the write.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Source and destination of an IPv4 or IPv6 packet, or None if it is too short.
-pub(crate) fn ip_endpoints(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
+pub fn ip_endpoints(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
     match p.first()? >> 4 {
         4 if p.len() >= 20 => Some((
             IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15])),
@@ -32,7 +32,7 @@ const ICMPV6_ECHO_REPLY: u8 = 129;
 /// known. False for what only an application answers, after its own wake-up (UDP), and for
 /// what nobody answers (echo replies): writing those, a packet thread has nothing to
 /// forward, so it does not take the TUN device first (see `docs/fastpath.md`).
-pub(crate) fn may_be_answered_at_once(p: &[u8]) -> bool {
+pub fn may_be_answered_at_once(p: &[u8]) -> bool {
     let (proto, l4) = match p.first().map(|b| b >> 4) {
         Some(4) if p.len() >= 20 => {
             let fragment_offset = u16::from_be_bytes([p[6], p[7]]) & 0x1fff;
