@@ -15,7 +15,8 @@
 //! - `session`: one TLS session with a gateway, login to end;
 //! - `liveness`: the session's timers (dead-peer detection, route check), without I/O;
 //! - `tunnel`: the connection's TUN device, routes, policy entry and ESP socket;
-//! - `threads`: the packet threads between the TUN device and the gateway;
+//! - `end`: the client as an end of the packet path (`crate::fastpath`), one peer, and its
+//!   packet threads;
 //! - `policy`: the shared kernel data path and the policy built from live connections;
 //! - `backoff`: when a lost connection tries again, and when it gives up;
 //! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;

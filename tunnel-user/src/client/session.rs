@@ -439,7 +439,7 @@ fn start_client(ctx: &Context, gw: &ServerUrl, addr: SocketAddr) -> Result<Clien
 }
 
 /// Who reads the TLS connection: the task until the packet threads start, then they (the
-/// task no longer does, `super::threads`).
+/// task no longer does, `super::end`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reader {
     Task,

@@ -2,7 +2,7 @@
 //! connection's entry in the kernel policy, and the ESP socket. Made when the gateway's
 //! configuration arrives, kept over reconnects that keep the address (tunnelled traffic then
 //! waits in the device instead of leaking onto the LAN), and taken down in the reverse order
-//! ([`teardown`]). The packet threads that run on it are `super::threads`'.
+//! ([`teardown`]). The packet threads that run on it are `super::end`'s.
 
 use std::{
     io,

@@ -26,7 +26,9 @@
 //!
 //! The runtime builds on them (docs/gateway.md draws it):
 //! - `runtime`: [`Gateway`]: binding the sockets and the TUN device, the accept loop, the
-//!   packet threads (`plane`), the janitor, graceful shutdown;
+//!   packet threads (`crate::fastpath`, through `end`), the janitor, graceful shutdown;
+//! - `end`: the gateway as an end of the packet path (its peers are the established
+//!   sessions);
 //! - `conn`: one connection's task: the login's steps, the established session (timers,
 //!   events, ESP housekeeping), and its end (address released or session parked);
 //! - `offer`: what a client is offered and asked, from the config: the state machine's
