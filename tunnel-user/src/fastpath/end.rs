@@ -231,7 +231,8 @@ impl PeerState for tunnel_proto::Client {
         heard
     }
 
-    /// The client answers no probe on the packet path: the gateway does not send any.
+    /// The client answers no probe on the packet path: a gateway's probe counts as heard,
+    /// and the client's own probes (at least once per the gateway's fallback time) answer it.
     fn probe_answer(&mut self, _out: &mut [u8]) -> Option<usize> {
         None
     }

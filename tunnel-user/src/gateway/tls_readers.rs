@@ -1,10 +1,10 @@
 //! Established sessions' TLS connections, read by the gateway's packet threads instead of
 //! their tasks.
 //!
-//! A connection's task used to read its socket: each packet a client sent over TLS woke a
-//! tokio worker, which then woke nobody else but paid for its own wake-up and the
-//! runtime's scheduling (29-40 us per packet on the benchmark's VM from the worker's
-//! `epoll_wait` to its `recvfrom`). The packet threads already wait on one epoll set
+//! Were a connection's task to read its socket, each packet a client sent over TLS would wake
+//! a tokio worker and pay for that wake-up and the runtime's scheduling
+//! (docs/experiments/2026-12-03-tls-read-by-packet-threads.md). The packet threads already
+//! wait on one epoll set
 //! (`fastpath::dispatch::Dispatch`) with three fixed slots; the TLS slot holds this module's own epoll
 //! set, in which every established session's socket is registered, level-triggered. An
 //! epoll descriptor is readable while any socket in it is, so the thread handed the slot
