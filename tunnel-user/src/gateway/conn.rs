@@ -358,17 +358,6 @@ pub(super) async fn serve(
             // The bytes read may have made events.
             continue;
         }
-        // The packet threads feed ESP to the state machine without waking this task, and the
-        // first datagram heard on ESP is what arms dead-peer detection (its probes go to the
-        // ESP endpoint): an established session's task looks at the timers again at least
-        // once per interval, before any probe can be due.
-        let next_timer = match &conn.session {
-            Some(_) if ctx.config.esp.enabled => {
-                let recheck = Instant::now() + ctx.config.dpd_interval;
-                Some(next_timer.map_or(recheck, |t| t.min(recheck)))
-            }
-            _ => next_timer,
-        };
         let timer = async {
             match next_timer {
                 Some(t) => tokio::time::sleep_until(t.into()).await,

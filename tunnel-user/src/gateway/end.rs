@@ -66,12 +66,14 @@ impl End for Ctx {
 
     fn heard_over_esp(&self, peer: &Arc<Session>, from: SocketAddr, newest: bool, _: Instant) {
         // Authenticated and not a replay of an older datagram: this is where the client's
-        // ESP comes from now.
+        // ESP comes from now. The session's task is woken when that changes: the first
+        // datagram arms dead-peer detection, whose timer the task runs.
         if newest
             && let Ok(mut p) = peer.esp_peer.lock()
             && *p != Some(from)
         {
             *p = Some(from);
+            peer.wake.notify_one();
         }
     }
 
