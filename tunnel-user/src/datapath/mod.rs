@@ -174,15 +174,8 @@ impl Datapath {
     /// Loads the programs with the kernel log on or off; its records wait for
     /// [`Datapath::take_kernel_log`].
     pub fn load_with(log: KernelLog) -> Result<Self, DatapathError> {
-        let mut loader = EbpfLoader::new();
-        log.configure(&mut loader);
-        // Without the kernel's BTF: our programs make no CO-RE relocations, and the parsed
-        // vmlinux types (tens of MiB, `Ebpf::load` parses them twice) would only raise
-        // tunneld's peak memory. A program that starts to need CO-RE fails here, at load.
-        let mut ebpf = loader
-            .btf(None)
-            .load(crate::EBPF_OBJECT)
-            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        let mut ebpf =
+            load_without_kernel_btf(log).map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in [
             programs::UPLINK_EGRESS_ETH,
             programs::UPLINK_EGRESS_IP,
@@ -334,6 +327,56 @@ impl Datapath {
     }
 }
 
+/// Loads the embedded object without the kernel's BTF.
+///
+/// Our programs make no CO-RE relocations, so the kernel's types are of no use to them (a
+/// program that starts to need CO-RE fails at load). But aya 0.14's `EbpfLoader::new()` parses
+/// `/sys/kernel/btf/vmlinux` before `.btf(None)` can say so (aya issue #1172, fixed in later
+/// releases): about 15 MiB of types made and thrown away, most of tunneld's peak memory.
+/// So the load runs on a thread of its own that first moves into a mount namespace of its own,
+/// where an empty tmpfs covers `/sys/kernel/btf`; the thread ends with the load and no other
+/// thread sees that namespace. Where that is not allowed (no `CAP_SYS_ADMIN`) the load is the
+/// same, only costlier.
+fn load_without_kernel_btf(log: KernelLog) -> Result<Ebpf, EbpfError> {
+    let load = move || {
+        if let Err(error) = hide_kernel_btf() {
+            tracing::debug!(%error, "loading with the kernel's BTF in sight");
+        }
+        let mut loader = EbpfLoader::new();
+        log.configure(&mut loader);
+        loader.btf(None).load(crate::EBPF_OBJECT)
+    };
+    std::thread::scope(|scope| scope.spawn(load).join())
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Gives the calling thread a mount namespace in which `/sys/kernel/btf` is empty.
+fn hide_kernel_btf() -> nix::Result<()> {
+    use nix::{
+        mount::{MsFlags, mount},
+        sched::{CloneFlags, unshare},
+    };
+    // A thread may take a mount namespace of its own (the kernel gives it its own root and
+    // working directory with it); the others keep theirs.
+    unshare(CloneFlags::CLONE_NEWNS)?;
+    // Private before anything is mounted: a mount in a namespace whose mounts are shared
+    // with the host's would appear in the host's too.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    mount(
+        Some("none"),
+        "/sys/kernel/btf",
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k"),
+    )
+}
+
 fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
@@ -483,5 +526,44 @@ pub struct TunAttachment {
 impl TunAttachment {
     pub fn ifname(&self) -> &str {
         &self.ifname
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::Path};
+
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+    fn covers_btf(mountinfo: &str) -> bool {
+        mountinfo
+            .lines()
+            .any(|line| line.split(' ').nth(4) == Some("/sys/kernel/btf"))
+    }
+
+    /// The loading thread's namespace hides the kernel's BTF from it and from nobody else:
+    /// neither the process's other threads nor the host see the tmpfs.
+    #[test]
+    fn the_kernel_btf_is_hidden_from_the_loading_thread_only() {
+        if !nix::unistd::geteuid().is_root() || !Path::new(VMLINUX).exists() {
+            eprintln!("SKIP: needs root and a kernel with BTF");
+            return;
+        }
+        let (hidden, own_mounts) = std::thread::spawn(|| {
+            super::hide_kernel_btf().expect("a private mount namespace");
+            (
+                !Path::new(VMLINUX).exists(),
+                fs::read_to_string("/proc/thread-self/mountinfo").unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert!(hidden, "the loading thread still sees {VMLINUX}");
+        assert!(covers_btf(&own_mounts), "the tmpfs is not in its mountinfo");
+        assert!(Path::new(VMLINUX).exists(), "the test's thread lost {VMLINUX}");
+        for others in ["/proc/thread-self/mountinfo", "/proc/1/mountinfo"] {
+            let mounts = fs::read_to_string(others).unwrap();
+            assert!(!covers_btf(&mounts), "the tmpfs leaked into {others}");
+        }
     }
 }
