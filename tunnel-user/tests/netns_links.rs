@@ -138,6 +138,11 @@ fn a_link_added_while_connected_obeys_split_and_lockdown_then_leaves_nothing() {
     let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
     let links_before = bpf_link_fds(td.id());
     let tun_programs = tcx_programs(&w, "tun0");
+    assert_eq!(
+        tun_programs,
+        (1, 1),
+        "only the TUN programs on tun0, never the uplink's"
+    );
     assert_eq!(tcx_programs(&w, "c0"), (1, 1), "classifier and guard on c0");
 
     // A link appears, down, as a hot-plugged NIC's does. Timed from before `ip` is started:
