@@ -332,3 +332,66 @@ fn a_link_added_while_connected_obeys_split_and_lockdown_then_leaves_nothing() {
     // Traffic goes on over c0.
     assert_eq!(corp_saw(&w).as_deref(), Some(tunnel_addr.as_str()));
 }
+
+/// `--uplink` names the uplinks: a named link missing at start is attached when it appears,
+/// a link of another name never is, and a TUN device never is, whatever its name.
+#[test]
+fn named_uplinks_are_attached_whenever_they_appear_and_no_others() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let w = ClientWorld::build("n", tunnel_user::this_crates_binaries!());
+    // tunneld's own arguments come after the wrapper's: `sh -c` runs it with the list added.
+    let wrapper: Vec<String> = [
+        "sh",
+        "-c",
+        r#"exec "$0" "$@" --uplink c0 --uplink c2 --uplink t9"#,
+    ]
+    .map(String::from)
+    .to_vec();
+    let _td = w.start_tunneld_via(&wrapper, &[]);
+    time_until("c0 attached", Duration::from_secs(5), || {
+        log(&w).contains("classifier and guard attached uplink=c0")
+    });
+    assert!(
+        log(&w).contains("no such link yet: attached when it appears uplink=c2"),
+        "{}",
+        log(&w)
+    );
+    // Events are handled in order: once c2 is attached, c1 and t9 were judged before it.
+    w.client
+        .sh(&format!(
+            "ip link add c1 type veth peer name g1 netns {gw}
+             ip tuntap add dev t9 mode tun
+             ip link add c2 type veth peer name g2 netns {gw}",
+            gw = w.gw.name()
+        ))
+        .unwrap();
+    time_until("c2 attached", Duration::from_secs(2), || {
+        log(&w).contains("classifier and guard attached uplink=c2")
+    });
+    let text = log(&w);
+    assert!(!text.contains("attached uplink=c1"), "{text}");
+    assert!(!text.contains("attached uplink=t9"), "{text}");
+    assert_eq!(
+        tcx_programs(&w, "c1"),
+        (0, 0),
+        "nothing on the unnamed link"
+    );
+    assert_eq!(tcx_programs(&w, "t9"), (0, 0), "nothing on the TUN device");
+    assert_eq!(tcx_programs(&w, "c2"), (1, 1), "classifier and guard on c2");
+    let counters = w.counters();
+    assert!(
+        lists_uplink(&counters, "c0") && lists_uplink(&counters, "c2"),
+        "{counters}"
+    );
+    assert!(!lists_uplink(&counters, "c1"), "{counters}");
+    w.client
+        .sh("ip link del c2; ip link del c1; ip tuntap del dev t9 mode tun")
+        .unwrap();
+    time_until("c2 let go", Duration::from_secs(2), || {
+        log(&w).contains("gone: classifier and guard let go uplink=c2")
+    });
+    let counters = w.counters();
+    assert!(!lists_uplink(&counters, "c2"), "{counters}");
+}
