@@ -25,8 +25,9 @@
 //! handles and the counter row.
 //!
 //! Events are idempotent: a link reported twice (by the subscription and by the first
-//! listing) is attached once. A link that cannot be attached (a link type the classifier
-//! cannot parse, an attach the kernel refuses) is reported once, not at every change of it.
+//! listing) is attached once. A link that cannot be attached is reported once, not at every
+//! change of it; an attach the kernel refused is tried again at the link's next change (one
+//! of a type the classifier cannot parse is not).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -96,8 +97,10 @@ struct Inner {
     filter: Uplinks,
     /// Attached uplinks by ifindex.
     uplinks: BTreeMap<u32, UplinkAttachment>,
-    /// Links that are wanted but could not be attached, already reported.
-    refused: BTreeSet<u32>,
+    /// Links that are wanted but could not be attached (reported once): true where the
+    /// classifier cannot parse the link's type, so no later change of it can help; the
+    /// others are tried again at each change the kernel reports.
+    refused: BTreeMap<u32, bool>,
     tuns: BTreeMap<ConnId, TunAttachment>,
     conns: BTreeMap<ConnId, ConnEntry>,
     lockdown: bool,
@@ -116,7 +119,7 @@ impl Inner {
                 self.detach(link.ifindex, "renamed");
                 if wanted { self.attach(link) } else { Ok(()) }
             }
-            None if wanted && !self.refused.contains(&link.ifindex) => self.attach(link),
+            None if wanted && self.refused.get(&link.ifindex) != Some(&true) => self.attach(link),
             None => Ok(()),
         }
     }
@@ -134,10 +137,12 @@ impl Inner {
                     "classifier and guard attached"
                 );
                 self.uplinks.insert(link.ifindex, a);
+                self.refused.remove(&link.ifindex);
                 Ok(())
             }
             Err(e) => {
-                self.refused.insert(link.ifindex);
+                let permanent = matches!(e, DatapathError::UnsupportedLink { .. });
+                self.refused.insert(link.ifindex, permanent);
                 Err(e)
             }
         }
@@ -163,7 +168,10 @@ impl Inner {
     fn on_event(&mut self, event: &LinkEvent) {
         match event {
             LinkEvent::Present(link) => {
-                if let Err(e) = self.on_link(link) {
+                let reported = self.refused.contains_key(&link.ifindex);
+                if let Err(e) = self.on_link(link)
+                    && !reported
+                {
                     report_refused(link, &e);
                 }
             }
@@ -180,7 +188,7 @@ impl Inner {
         let gone: Vec<u32> = self
             .uplinks
             .keys()
-            .chain(self.refused.iter())
+            .chain(self.refused.keys())
             .filter(|i| !present.contains(i))
             .copied()
             .collect();
@@ -237,7 +245,7 @@ impl DataPlane {
             dp,
             filter: filter.clone(),
             uplinks: BTreeMap::new(),
-            refused: BTreeSet::new(),
+            refused: BTreeMap::new(),
             tuns: BTreeMap::new(),
             conns: BTreeMap::new(),
             lockdown: false,
