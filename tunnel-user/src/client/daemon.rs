@@ -959,7 +959,12 @@ fn diagnostics(daemon: &Arc<Daemon>) -> Response {
         .plane
         .counters()
         .map(|t| t.to_string())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        + &daemon
+            .plane
+            .uplink_counters()
+            .map(|t| format!("\n{t}"))
+            .unwrap_or_default();
     let (store, machine) = {
         let store = daemon.store();
         (store.list().to_vec(), store.machine().clone())
