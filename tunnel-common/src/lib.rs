@@ -94,6 +94,10 @@ pub mod maps {
     pub const FRAGS: &str = "FRAGS";
     /// `PerCpuArray<Counter>`, index [`super::counter_index`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// `PerCpuHashMap<u32, UplinkCounters>`: uplink ifindex to that uplink's counters.
+    /// Userspace inserts an uplink's row before attaching to it and removes it after
+    /// detaching; the programs only add to rows that exist.
+    pub const UPLINK_COUNTERS: &str = "UPLINK_COUNTERS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -476,6 +480,18 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// Uplinks whose counters are kept at once ([`maps::UPLINK_COUNTERS`]).
+pub const MAX_UPLINKS: u32 = 64;
+
+/// One uplink's counters: a cell per [`Reason`] (index `reason as usize`), every connection
+/// together. Counted by the uplink programs (classifier and guard) in addition to
+/// [`maps::COUNTERS`], keyed by the ifindex the packet is on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UplinkCounters {
+    pub cells: [Counter; NUM_REASONS as usize],
+}
+
 /// Index of a connection's entry in [`maps::CONN_CONFIG`].
 #[inline(always)]
 pub const fn conn_index(slot: u32, conn: u32) -> u32 {
@@ -522,6 +538,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 24);
     assert!(core::mem::size_of::<FlowValue>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
+    assert!(core::mem::size_of::<UplinkCounters>() == 16 * NUM_REASONS as usize);
     assert!(core::mem::size_of::<FragKey>() == 40);
     assert!(core::mem::size_of::<FragVerdict>() == 24);
     assert!(Reason::ALL.len() == NUM_REASONS as usize);
@@ -543,6 +560,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for UplinkCounters {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragVerdict {}
 }

@@ -23,16 +23,16 @@ use tunnel_common::{CONN_NONE, Reason, VerdictKind, slot_flags};
 
 use crate::{
     classify::{Owner, View, active_slot, classify},
-    counters::count,
+    counters::{At, count},
     maps::OWN_PEERS,
     packet::{Parsed, parse_eth},
-    tc::{Link, parse},
+    tc::{Link, parse, uplink},
 };
 
-/// Whether a packet of `len` bytes (the whole packet, all buffers or segments) may pass;
-/// `parsed` is only computed when a guard is on.
+/// Whether a packet of `len` bytes (the whole packet, all buffers or segments) arriving on
+/// uplink `at` may pass; `parsed` is only computed when a guard is on.
 #[inline(always)]
-fn may_pass(len: u32, parsed: impl FnOnce() -> Parsed) -> bool {
+fn may_pass(at: At, len: u32, parsed: impl FnOnce() -> Parsed) -> bool {
     let Some((slot, scfg)) = active_slot() else {
         return true;
     };
@@ -43,17 +43,17 @@ fn may_pass(len: u32, parsed: impl FnOnce() -> Parsed) -> bool {
     let pkt = match parsed() {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp => {
-            count(None, CONN_NONE, Reason::BypassNotIp, len);
+            count(at, None, CONN_NONE, Reason::BypassNotIp, len);
             return true;
         }
         Parsed::Malformed => {
-            count(None, CONN_NONE, Reason::DropUnparsed, len);
+            count(at, None, CONN_NONE, Reason::DropUnparsed, len);
             return false;
         }
     };
     // SAFETY: presence test only.
     if unsafe { OWN_PEERS.get(pkt.src) }.is_some() {
-        count(Some(&pkt), CONN_NONE, Reason::BypassOwnSocket, len);
+        count(at, Some(&pkt), CONN_NONE, Reason::BypassOwnSocket, len);
         return true;
     }
     let view = View::inbound(&pkt);
@@ -78,7 +78,7 @@ fn may_pass(len: u32, parsed: impl FnOnce() -> Parsed) -> bool {
             true
         }
     };
-    count(Some(&pkt), d.conn, d.reason, len);
+    count(at, Some(&pkt), d.conn, d.reason, len);
     pass
 }
 
@@ -88,7 +88,9 @@ pub fn try_uplink_xdp(ctx: &XdpContext) -> u32 {
     // The whole packet, all buffers of a multi-buffer one.
     // SAFETY: the helper only reads the context it is given.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as u32;
-    if may_pass(len, || parse_eth(ctx.data(), ctx.data_end())) {
+    // SAFETY: reading a field of the program's context.
+    let at = At::Uplink(unsafe { (*ctx.ctx).ingress_ifindex });
+    if may_pass(at, len, || parse_eth(ctx.data(), ctx.data_end())) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -99,7 +101,7 @@ pub fn try_uplink_xdp(ctx: &XdpContext) -> u32 {
 /// so its first header decides for every segment in it.
 #[inline(always)]
 pub fn try_uplink_ingress(ctx: &TcContext, link: Link) -> i32 {
-    if may_pass(ctx.len(), || parse(ctx, link)) {
+    if may_pass(uplink(ctx), ctx.len(), || parse(ctx, link)) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT

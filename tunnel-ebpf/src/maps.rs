@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use tunnel_common::{
     AppKey, ConnConfig, Counter, FlowKey, FlowValue, FragKey, FragVerdict, MAX_APPS, MAX_FLOWS,
-    MAX_FRAG_DATAGRAMS, MAX_OWN_PEERS, MAX_ROUTES, NUM_CONN_CONFIGS, NUM_COUNTERS,
-    NUM_UDP_PORT_WORDS, POLICY_SLOTS, RouteKeyV4, RouteKeyV6, SlotConfig,
+    MAX_FRAG_DATAGRAMS, MAX_OWN_PEERS, MAX_ROUTES, MAX_UPLINKS, NUM_CONN_CONFIGS, NUM_COUNTERS,
+    NUM_UDP_PORT_WORDS, POLICY_SLOTS, RouteKeyV4, RouteKeyV6, SlotConfig, UplinkCounters,
 };
 
 use crate::log::Note;
@@ -49,6 +49,10 @@ pub static FRAGS: LruHashMap<FragKey, FragVerdict> =
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+#[map]
+pub static UPLINK_COUNTERS: PerCpuHashMap<u32, UplinkCounters> =
+    PerCpuHashMap::with_max_entries(MAX_UPLINKS, 0);
 
 /// The kernel log's note of this run's verdict (`log`); kernel-only, not part of the ABI.
 #[map]

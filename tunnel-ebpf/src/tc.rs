@@ -15,7 +15,7 @@ use tunnel_common::{
 
 use crate::{
     classify::{Decision, Owner, View, active_slot, classify},
-    counters::count,
+    counters::{At, count},
     frags::{first_verdict, record},
     maps::{CONN_CONFIG, OWN_PEERS, TUN_IFACES},
     nat::{Field, RewriteFailed, clamp_mss, record_flow, reply_destination, rewrite_addr},
@@ -98,10 +98,16 @@ fn translate_into_tunnel(
 #[inline(always)]
 fn unparsed(ctx: &TcContext, scfg: Option<&SlotConfig>) -> i32 {
     if scfg.is_none_or(SlotConfig::enforces) {
-        count(None, CONN_NONE, Reason::DropUnparsed, ctx.len());
+        count(
+            uplink(ctx),
+            None,
+            CONN_NONE,
+            Reason::DropUnparsed,
+            ctx.len(),
+        );
         TC_ACT_SHOT
     } else {
-        count(None, CONN_NONE, Reason::Malformed, ctx.len());
+        count(uplink(ctx), None, CONN_NONE, Reason::Malformed, ctx.len());
         TC_ACT_OK
     }
 }
@@ -114,6 +120,23 @@ enum Egress {
     /// A TUN device: a packet for this device's connection continues here, one for another
     /// connection is redirected.
     Tun,
+}
+
+impl Egress {
+    /// Where its verdicts are counted.
+    #[inline(always)]
+    fn at(self, ctx: &TcContext) -> At {
+        match self {
+            Egress::Uplink => uplink(ctx),
+            Egress::Tun => At::Tun,
+        }
+    }
+}
+
+/// The uplink a packet on an uplink hook is on, for its counters.
+#[inline(always)]
+pub fn uplink(ctx: &TcContext) -> At {
+    At::Uplink(ifindex(ctx))
 }
 
 /// Sends a translated packet to connection `conn`'s TUN device `tun_ifindex`.
@@ -134,7 +157,7 @@ fn follow_first(ctx: &TcContext, pkt: &Packet, first: &FragVerdict, egress: Egre
     let (conn, Some(reason)) = counter_cell(first.cell) else {
         return TC_ACT_SHOT;
     };
-    count(Some(pkt), conn, reason, ctx.len());
+    count(egress.at(ctx), Some(pkt), conn, reason, ctx.len());
     match reason.verdict() {
         VerdictKind::Tunnel => {
             if pkt.src != first.addr && rewrite_addr(ctx, pkt, Field::Src, &first.addr).is_err() {
@@ -169,7 +192,7 @@ fn classify_outbound(
     if egress == Egress::Tun && d.reason.verdict() == VerdictKind::Bypass {
         d.reason = Reason::DropUnroutable;
     }
-    count(Some(pkt), d.conn, d.reason, ctx.len());
+    count(egress.at(ctx), Some(pkt), d.conn, d.reason, ctx.len());
     let (action, tunnelled) = match (d.reason.verdict(), d.cfg) {
         (VerdictKind::Tunnel, Some(cfg)) => {
             if translate_into_tunnel(ctx, pkt, &d, cfg).is_err() {
@@ -202,7 +225,7 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
     let pkt = match parse(ctx, link) {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp => {
-            count(None, CONN_NONE, Reason::BypassNotIp, ctx.len());
+            count(uplink(ctx), None, CONN_NONE, Reason::BypassNotIp, ctx.len());
             return TC_ACT_OK;
         }
         Parsed::Malformed => return unparsed(ctx, active_slot().map(|(_, s)| s)),
@@ -211,7 +234,13 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
     // through before any policy is read (two cold cache lines per datagram after an idle
     // spell).
     if mark(ctx) == OWN_SOCKET_MARK {
-        count(Some(&pkt), CONN_NONE, Reason::BypassOwnSocket, ctx.len());
+        count(
+            uplink(ctx),
+            Some(&pkt),
+            CONN_NONE,
+            Reason::BypassOwnSocket,
+            ctx.len(),
+        );
         remember_own_peer(&pkt.dst);
         return TC_ACT_OK;
     }
@@ -253,7 +282,7 @@ pub fn try_tun_egress(ctx: &TcContext) -> i32 {
     // Redirected by the classifier: counted for the connection the mark names, with no
     // lookup (each costs a cold cache line on a packet after an idle spell).
     if let Some(conn) = redirected_conn(mark(ctx)) {
-        count(None, conn, Reason::RedirectSeen, ctx.len());
+        count(At::Tun, None, conn, Reason::RedirectSeen, ctx.len());
         return TC_ACT_OK;
     }
     let Some((slot, scfg)) = active_slot() else {
@@ -263,7 +292,7 @@ pub fn try_tun_egress(ctx: &TcContext) -> i32 {
         Parsed::Ip(pkt) => pkt,
         Parsed::NotIp | Parsed::Malformed => {
             let here_conn = tun_conn(ctx, slot).map_or(CONN_NONE, |(c, _)| c);
-            count(None, here_conn, Reason::DropUnparsed, ctx.len());
+            count(At::Tun, None, here_conn, Reason::DropUnparsed, ctx.len());
             return TC_ACT_SHOT;
         }
     };
@@ -283,26 +312,26 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
     let pkt = match parse(ctx, Link::RawIp) {
         Parsed::Ip(pkt) if pkt.transport != Transport::Unreadable => pkt,
         Parsed::Ip(_) | Parsed::NotIp | Parsed::Malformed => {
-            count(None, conn, Reason::Malformed, ctx.len());
+            count(At::Tun, None, conn, Reason::Malformed, ctx.len());
             return TC_ACT_OK;
         }
     };
     if pkt.is_later_fragment() {
         let Some(first) = first_verdict(&pkt, frag_dir::IN, slot) else {
-            count(Some(&pkt), conn, Reason::ReplyNoFlow, ctx.len());
+            count(At::Tun, Some(&pkt), conn, Reason::ReplyNoFlow, ctx.len());
             return TC_ACT_OK;
         };
         if rewrite_addr(ctx, &pkt, Field::Dst, &first.addr).is_err() {
             return TC_ACT_SHOT;
         }
-        count(Some(&pkt), conn, Reason::ReplyRestored, ctx.len());
+        count(At::Tun, Some(&pkt), conn, Reason::ReplyRestored, ctx.len());
         return TC_ACT_OK;
     }
     let tun = tunnel_addr(&pkt, cfg);
     let restored = match reply_destination(conn, &pkt) {
         Some(local) if pkt.dst == tun => local,
         _ => {
-            count(Some(&pkt), conn, Reason::ReplyNoFlow, ctx.len());
+            count(At::Tun, Some(&pkt), conn, Reason::ReplyNoFlow, ctx.len());
             return TC_ACT_OK;
         }
     };
@@ -319,6 +348,6 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
         };
         record(&pkt, frag_dir::IN, slot, &first);
     }
-    count(Some(&pkt), conn, Reason::ReplyRestored, ctx.len());
+    count(At::Tun, Some(&pkt), conn, Reason::ReplyRestored, ctx.len());
     TC_ACT_OK
 }

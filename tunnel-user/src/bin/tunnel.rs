@@ -109,7 +109,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// The kernel classifier's counters.
+    /// The kernel classifier's counters: per connection, then per uplink.
     Counters,
     /// Stored connections.
     List {

@@ -32,8 +32,8 @@ struct Cli {
     /// Where learned certificate pins, the connection store and the logs are kept.
     #[arg(long, default_value = "/var/lib/tunnel")]
     state_dir: PathBuf,
-    /// Attach the classifier to this uplink (repeat for several). Default: every interface
-    /// except loopback and tunnel devices.
+    /// Attach the classifier to this uplink whenever it appears (repeat for several).
+    /// Default: every link except loopback and TUN/TAP devices, as links come and go.
     #[arg(long = "uplink", value_name = "IFNAME")]
     uplinks: Vec<String>,
     /// What to log (to stderr). `debug` and `trace` also make the kernel programs log every

@@ -38,7 +38,7 @@ use super::{
     certstore::{CertStore, CertStoreError},
     connection::{self, Command, Handle},
     control::{self, Credentials, Request, Response, code},
-    policy::DataPlane,
+    policy::{DataPlane, Uplinks},
     prompts::{self, Asker, Prompter},
     spec::{ConnectSpec, Dpd, shown},
     status::{Failure, State},
@@ -52,7 +52,8 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// Where the store, learned pins and the log live.
     pub state_dir: PathBuf,
-    /// Uplinks to attach the classifier to; None: every interface but loopback and TUNs.
+    /// Uplinks to attach the classifier to, whenever they appear; None: every link but
+    /// loopback and TUN/TAP devices, as they come and go ([`super::policy`]).
     pub uplinks: Option<Vec<String>>,
     /// Whether the kernel programs log every verdict (forwarded to tracing).
     pub kernel_log: KernelLog,
@@ -66,6 +67,8 @@ pub enum DaemonError {
     Io { what: String, source: io::Error },
     #[error("the kernel data path: {0}")]
     Datapath(#[from] crate::DatapathError),
+    #[error("the kernel data path: {0}")]
+    DataPlane(#[from] super::policy::StartError),
     #[error("the connections store: {0}")]
     Store(#[from] tunnel_config::StoreError),
     #[error("the event log: {0}")]
@@ -81,18 +84,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
 
 /// The event log rotates at this size, keeping one old file.
 const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
-
-/// Interfaces in this network namespace that look like uplinks: everything but loopback and
-/// our TUN devices. (`if_nameindex` asks the kernel, so it sees the caller's namespace.)
-pub fn detect_uplinks() -> Vec<String> {
-    let Ok(list) = nix::net::if_::if_nameindex() else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|i| i.name().to_str().ok().map(str::to_string))
-        .filter(|n| n != "lo" && !n.starts_with("tun"))
-        .collect()
-}
 
 /// The event log: a line per event, rotated by size.
 struct Log {
@@ -202,8 +193,11 @@ pub async fn run(
         }
     }
     let certs = CertStore::open(dir.join("certs"))?;
-    let uplinks = config.uplinks.clone().unwrap_or_else(detect_uplinks);
-    let plane = DataPlane::start(&uplinks, config.kernel_log)?;
+    let filter = config
+        .uplinks
+        .clone()
+        .map_or(Uplinks::Every, Uplinks::Named);
+    let plane = DataPlane::start(filter, config.kernel_log)?;
     plane.set_lockdown(store.machine().vpn_only_access)?;
     let pins_path = dir.join("pins.json");
     let pins = Arc::new(Mutex::new(load_pins(&pins_path)));
@@ -254,7 +248,7 @@ pub async fn run(
     emit.event(EventKind::ServiceStarted {
         version: env!("CARGO_PKG_VERSION").into(),
     });
-    info!(socket = %config.socket.display(), uplinks = ?uplinks, "tunneld running");
+    info!(socket = %config.socket.display(), uplinks = ?daemon.plane.uplinks(), "tunneld running");
     // Connections whose policy is "automatic" start with the daemon.
     let automatic: Vec<String> = daemon
         .store()
@@ -627,16 +621,23 @@ async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) ->
             }
             Response::ok(format!("{} connection(s)", all.len())).data(all)
         }
-        Request::Counters => match daemon.plane.counters() {
-            Ok(table) => {
-                let cells: Vec<serde_json::Value> = table
+        Request::Counters => match daemon
+            .plane
+            .counters()
+            .and_then(|t| Ok((t, daemon.plane.uplink_counters()?)))
+        {
+            Ok((table, uplinks)) => {
+                let mut cells: Vec<serde_json::Value> = table
                     .nonzero()
                     .into_iter()
                     .map(|(conn, reason, c)| {
                         serde_json::json!({"conn": conn, "reason": reason.name(), "packets": c.packets, "bytes": c.bytes})
                     })
                     .collect();
-                Response::ok(table.to_string()).data(cells)
+                cells.extend(uplinks.nonzero().into_iter().map(|(uplink, ifindex, reason, c)| {
+                    serde_json::json!({"uplink": uplink, "ifindex": ifindex, "reason": reason.name(), "packets": c.packets, "bytes": c.bytes})
+                }));
+                Response::ok(format!("{table}\n{uplinks}")).data(cells)
             }
             Err(e) => Response::with(code::GENERAL, e.to_string()),
         },
@@ -958,7 +959,12 @@ fn diagnostics(daemon: &Arc<Daemon>) -> Response {
         .plane
         .counters()
         .map(|t| t.to_string())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        + &daemon
+            .plane
+            .uplink_counters()
+            .map(|t| format!("\n{t}"))
+            .unwrap_or_default();
     let (store, machine) = {
         let store = daemon.store();
         (store.list().to_vec(), store.machine().clone())

@@ -5,12 +5,16 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
+    },
 };
 use tunnel_common::{
     AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, FragKey, FragVerdict,
     MAX_FRAG_DATAGRAMS, NUM_REASONS, POLICY_SLOTS, ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4,
-    RouteKeyV6, SlotConfig, conn_index, counter_index, maps as names, udp_port_word,
+    RouteKeyV6, SlotConfig, UplinkCounters, conn_index, counter_index, maps as names,
+    udp_port_word,
 };
 
 use super::{
@@ -32,6 +36,7 @@ pub struct Maps {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     frags: HashMap<MapData, FragKey, FragVerdict>,
     counters: PerCpuArray<MapData, Counter>,
+    uplink_counters: PerCpuHashMap<MapData, u32, UplinkCounters>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
@@ -62,6 +67,7 @@ impl Maps {
             flows: take(ebpf, names::FLOWS)?,
             frags: take(ebpf, names::FRAGS)?,
             counters: take(ebpf, names::COUNTERS)?,
+            uplink_counters: take(ebpf, names::UPLINK_COUNTERS)?,
         })
     }
 
@@ -273,6 +279,53 @@ impl Maps {
         Ok(CounterTable { rows })
     }
 
+    /// Starts counting for the uplink `ifindex` from zero (the programs only count into rows
+    /// that exist).
+    pub fn open_uplink_row(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+            name: names::UPLINK_COUNTERS,
+            source: MapError::IoError(e),
+        })?;
+        let zero = PerCpuValues::try_from(vec![UplinkCounters::default(); cpus]).map_err(|e| {
+            DatapathError::Map {
+                name: names::UPLINK_COUNTERS,
+                source: MapError::IoError(e),
+            }
+        })?;
+        self.uplink_counters
+            .insert(ifindex, zero, 0)
+            .map_err(map_err(names::UPLINK_COUNTERS))
+    }
+
+    /// Stops counting for the uplink `ifindex` and forgets its figures.
+    pub fn close_uplink_row(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        match self.uplink_counters.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map {
+                name: names::UPLINK_COUNTERS,
+                source,
+            }),
+        }
+    }
+
+    /// Each counted uplink's row, summed over CPUs, by ifindex.
+    pub fn uplink_counters(&self) -> Result<Vec<(u32, UplinkRow)>, DatapathError> {
+        let mut rows = Vec::new();
+        for entry in self.uplink_counters.iter() {
+            let (ifindex, per_cpu) = entry.map_err(map_err(names::UPLINK_COUNTERS))?;
+            let mut row = [Counter::default(); NUM_REASONS as usize];
+            for cpu in per_cpu.iter() {
+                for (sum, c) in row.iter_mut().zip(&cpu.cells) {
+                    sum.packets += c.packets;
+                    sum.bytes += c.bytes;
+                }
+            }
+            rows.push((ifindex, row));
+        }
+        rows.sort_by_key(|(i, _)| *i);
+        Ok(rows)
+    }
+
     /// Number of entries in the NAT flow table.
     pub fn flow_count(&self) -> usize {
         self.flows.keys().filter(Result::is_ok).count()
@@ -304,6 +357,9 @@ fn route_key_v6(slot: u32, e: &RouteEntry<16>) -> Key<RouteKeyV6> {
     };
     Key::new(ROUTE_KEY_PREFIX_BITS + u32::from(e.prefix_len), data)
 }
+
+/// One uplink's counters summed over CPUs, a cell per [`Reason`].
+pub type UplinkRow = [Counter; NUM_REASONS as usize];
 
 /// Packet and byte counters summed over CPUs: a row per connection, then the "no connection"
 /// row; a column per [`Reason`].
@@ -388,9 +444,113 @@ impl std::fmt::Display for CounterTable {
     }
 }
 
+/// Per-uplink counters summed over CPUs: a row per attached uplink (name and ifindex), a
+/// column per [`Reason`]. Every connection's packets together; the uplink programs count
+/// here as well as in the [`CounterTable`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UplinkCounterTable {
+    pub rows: Vec<(String, u32, UplinkRow)>,
+}
+
+impl UplinkCounterTable {
+    /// The counter for the uplink named `uplink` and `reason` (zero if it is not attached).
+    pub fn get(&self, uplink: &str, reason: Reason) -> Counter {
+        self.rows
+            .iter()
+            .find(|(name, _, _)| name == uplink)
+            .map(|(_, _, row)| row[reason as usize])
+            .unwrap_or_default()
+    }
+
+    /// Non-zero cells as (uplink, ifindex, reason, counter).
+    pub fn nonzero(&self) -> Vec<(&str, u32, Reason, Counter)> {
+        let mut out = Vec::new();
+        for (name, ifindex, row) in &self.rows {
+            for reason in Reason::ALL {
+                let c = row[reason as usize];
+                if c.packets != 0 {
+                    out.push((name.as_str(), *ifindex, reason, c));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for UplinkCounterTable {
+    /// One line per non-zero cell: uplink, ifindex, reason, packets, bytes; an uplink with
+    /// nothing counted yet gets one line with `-` for the reason, so every attached uplink
+    /// is listed. Five columns, so a line is never mistaken for one of the connection table.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<15} {:>7} {:<22} {:>10} {:>14}",
+            "uplink", "ifindex", "reason", "packets", "bytes"
+        )?;
+        for (name, ifindex, row) in &self.rows {
+            let mut any = false;
+            for reason in Reason::ALL {
+                let c = row[reason as usize];
+                if c.packets != 0 {
+                    any = true;
+                    writeln!(
+                        f,
+                        "{name:<15} {ifindex:>7} {:<22} {:>10} {:>14}",
+                        reason.name(),
+                        c.packets,
+                        c.bytes
+                    )?;
+                }
+            }
+            if !any {
+                writeln!(f, "{name:<15} {ifindex:>7} {:<22} {:>10} {:>14}", "-", 0, 0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_uplink_table_lists_every_uplink_and_only_counted_cells() {
+        let mut busy = [Counter::default(); NUM_REASONS as usize];
+        busy[Reason::Tunnel as usize] = Counter {
+            packets: 3,
+            bytes: 300,
+        };
+        busy[Reason::DropLockdown as usize] = Counter {
+            packets: 2,
+            bytes: 120,
+        };
+        let table = UplinkCounterTable {
+            rows: vec![
+                ("eth0".into(), 2, busy),
+                ("usb0".into(), 9, [Counter::default(); NUM_REASONS as usize]),
+            ],
+        };
+        let shown = table.to_string();
+        let lines: Vec<Vec<&str>> = shown
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                vec!["eth0", "2", "tunnel", "3", "300"],
+                vec!["eth0", "2", "drop_lockdown", "2", "120"],
+                vec!["usb0", "9", "-", "0", "0"],
+            ],
+            "{shown}"
+        );
+        assert_eq!(table.get("eth0", Reason::DropLockdown).packets, 2);
+        assert_eq!(table.get("usb0", Reason::Tunnel).packets, 0);
+        assert_eq!(table.get("wlan0", Reason::Tunnel).packets, 0);
+        assert_eq!(table.nonzero().len(), 2);
+    }
 
     #[test]
     fn the_table_names_every_reason_it_counts() {

@@ -44,7 +44,7 @@ use tunnel_common::programs;
 
 pub use compile::{CompiledPolicy, RouteEntry, addr16, compile};
 pub use klog::{KernelLog, KernelLogReader};
-pub use maps::CounterTable;
+pub use maps::{CounterTable, UplinkCounterTable, UplinkRow};
 pub use policy::{AppRule, ConnId, ConnPolicy, MTU_RANGE, Policy, PolicyError, PortList};
 
 use barrier::RcuBarrier;
@@ -246,6 +246,18 @@ impl Datapath {
         self.maps.counters()
     }
 
+    /// Each attached uplink's counters, summed over CPUs, by ifindex.
+    pub fn uplink_counters(&self) -> Result<Vec<(u32, UplinkRow)>, DatapathError> {
+        self.maps.uplink_counters()
+    }
+
+    /// Detaches an uplink's programs and stops counting for it.
+    pub fn detach_uplink(&mut self, attachment: UplinkAttachment) -> Result<(), DatapathError> {
+        let ifindex = attachment.ifindex;
+        drop(attachment);
+        self.maps.close_uplink_row(ifindex)
+    }
+
     /// Entries in the NAT flow table.
     pub fn flow_count(&self) -> usize {
         self.maps.flow_count()
@@ -287,18 +299,33 @@ impl Datapath {
                 });
             }
         };
-        let tc = attach_tc(&mut self.ebpf, egress, ifname, TcAttachType::Egress)?;
-        let guard = match hook {
-            GuardHook::Xdp => Guard::Xdp {
-                _link: attach_xdp(&mut self.ebpf, programs::UPLINK_XDP, ifname)?,
-            },
-            GuardHook::TcIngress => Guard::Tc {
-                _link: attach_tc(&mut self.ebpf, ingress, ifname, TcAttachType::Ingress)?,
-            },
+        let ifindex = ifindex(ifname)?;
+        // The row exists before the first packet the programs see, so every one is counted.
+        self.maps.open_uplink_row(ifindex)?;
+        let attached =
+            attach_tc(&mut self.ebpf, egress, ifname, TcAttachType::Egress).and_then(|tc| {
+                let guard = match hook {
+                    GuardHook::Xdp => Guard::Xdp {
+                        _link: attach_xdp(&mut self.ebpf, programs::UPLINK_XDP, ifname)?,
+                    },
+                    GuardHook::TcIngress => Guard::Tc {
+                        _link: attach_tc(&mut self.ebpf, ingress, ifname, TcAttachType::Ingress)?,
+                    },
+                };
+                Ok((tc, guard))
+            });
+        let (tc, guard) = match attached {
+            Ok(links) => links,
+            Err(e) => {
+                // The error that stopped the attach is the one worth reporting.
+                let _ = self.maps.close_uplink_row(ifindex);
+                return Err(e);
+            }
         };
         // Field order is drop order: the guard (attached last) goes first.
         Ok(UplinkAttachment {
             ifname: ifname.into(),
+            ifindex,
             hook,
             _guard: guard,
             _tc: tc,
@@ -497,9 +524,11 @@ enum Guard {
     Tc { _link: SchedClassifierLink },
 }
 
-/// The programs attached to one uplink; dropping it detaches them.
+/// The programs attached to one uplink; dropping it detaches them
+/// ([`Datapath::detach_uplink`] also stops counting for it).
 pub struct UplinkAttachment {
     ifname: String,
+    ifindex: u32,
     hook: GuardHook,
     _guard: Guard,
     _tc: SchedClassifierLink,
@@ -508,6 +537,11 @@ pub struct UplinkAttachment {
 impl UplinkAttachment {
     pub fn ifname(&self) -> &str {
         &self.ifname
+    }
+
+    /// The ifindex it had when attached (a link keeps its ifindex while it exists).
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// Where this uplink's guard runs.

@@ -1,7 +1,9 @@
 //! The operating system under the fast path and the control path: TUN devices, UDP sockets
-//! with segmentation offload, rtnetlink configuration and the TLS link's socket.
+//! with segmentation offload, rtnetlink configuration, the links as they come and go, and the
+//! TLS link's socket.
 
 pub(crate) mod epoll;
+pub mod linkwatch;
 pub mod netconf;
 pub mod tls_link;
 pub mod tun;
