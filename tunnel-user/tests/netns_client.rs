@@ -207,6 +207,44 @@ fn udp_bursts_cross_the_tunnel_intact() {
     assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
 }
 
+/// `TunIP` is the TUN device's own address; what leaves through the tunnel still comes from
+/// the address the gateway assigned (the gateway drops any other source as spoofed).
+#[test]
+fn tun_ip_is_the_devices_address_and_packets_leave_from_the_gateways() {
+    if !root() {
+        return;
+    }
+    let w = world("t");
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    let out = w.connect_with(&["--kvp", "TunIP=172.31.9.9"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    // The gateway drops what comes from any address but the one it assigned.
+    let seen = w.seen_as(CORP).expect("corp is reached through the tunnel");
+    assert!(seen.starts_with("10.77.0."), "corp saw {seen}");
+    let status = w.status();
+    let assigned = status[0]["ipv4"].as_str().unwrap().to_string();
+    assert_eq!(
+        assigned, seen,
+        "status shows the gateway's address: {status}"
+    );
+    let device = w
+        .client
+        .enter(|| {
+            std::process::Command::new("ip")
+                .args(["-4", "-o", "addr", "show", "dev", "tun0"])
+                .output()
+        })
+        .unwrap()
+        .unwrap();
+    let device = String::from_utf8_lossy(&device.stdout).into_owned();
+    assert!(device.contains("inet 172.31.9.9/32"), "{device}");
+    assert!(!device.contains(&assigned), "{device}");
+    let (intact, all) = w.udp_burst(50, 1200);
+    assert_eq!((intact.len(), all), (50, 50), "UDP through the tunnel");
+    assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+}
+
 #[test]
 fn exit_codes_follow_the_launcher() {
     if !root() {

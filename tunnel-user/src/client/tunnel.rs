@@ -41,6 +41,9 @@ const MAX_GATEWAY_MTU: u32 = 9000;
 pub enum SetupError {
     #[error("the gateway assigned no address")]
     NoAddress,
+    /// `TunIP` names the device's address, which stands for the gateway's IPv4 address.
+    #[error("KVP TunIP is set, but the gateway assigned no IPv4 address for it to stand for")]
+    TunIpWithoutIpv4,
     /// The gateway sent a prefix longer than its address (`len` bits).
     #[error("the gateway sent a route of /{len}")]
     Prefix { len: u8 },
@@ -65,8 +68,12 @@ pub enum SetupError {
 /// What the tunnel is to be, from the gateway's configuration and the connection's KVPs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Plan {
-    /// KVP `TunIP`, else the gateway's.
+    /// The gateway's: the source of every tunnelled IPv4 packet (the kernel programs
+    /// translate to it).
     pub(super) ipv4: Option<Ipv4Addr>,
+    /// The TUN device's own IPv4 address: KVP `TunIP` (for a local network in the range the
+    /// gateway's address is from), else the gateway's.
+    pub(super) device_v4: Option<Ipv4Addr>,
     pub(super) ipv6: Option<Ipv6Addr>,
     /// KVP `MTU`, else the gateway's (at most 9000), else 1400.
     pub(super) mtu: u16,
@@ -80,11 +87,15 @@ pub(super) struct Plan {
 
 impl Plan {
     pub(super) fn new(spec: &ConnectSpec, config: &Config) -> Result<Plan, SetupError> {
-        let ipv4 = spec.tun_ip.or(config.ipv4_address);
+        let ipv4 = config.ipv4_address;
         let ipv6 = config.ipv6_address.map(|n| n.addr);
         if ipv4.is_none() && ipv6.is_none() {
             return Err(SetupError::NoAddress);
         }
+        if spec.tun_ip.is_some() && ipv4.is_none() {
+            return Err(SetupError::TunIpWithoutIpv4);
+        }
+        let device_v4 = spec.tun_ip.or(ipv4);
         let mtu = spec
             .mtu
             .or(config.mtu.map(|m| m.min(MAX_GATEWAY_MTU) as u16))
@@ -108,6 +119,7 @@ impl Plan {
         exclude.extend(spec.exc_routes.iter().copied());
         Ok(Plan {
             ipv4,
+            device_v4,
             ipv6,
             mtu,
             include,
@@ -124,7 +136,10 @@ pub(super) struct Tunnel {
     pub(super) udp: Option<Arc<UdpSocket>>,
     pub(super) stop: Arc<Stop>,
     pub(super) threads: Vec<JoinHandle<()>>,
+    /// The gateway's IPv4 address for this client ([`Plan::ipv4`]).
     pub(super) ipv4: Option<Ipv4Addr>,
+    /// The device's ([`Plan::device_v4`]).
+    pub(super) device_v4: Option<Ipv4Addr>,
     /// The gateway's address inside the tunnel: the target of keepalive probes.
     pub(super) internal_gateway: Option<Ipv4Addr>,
     /// How the gateway was reached when the session came up (interface, source address).
@@ -167,7 +182,7 @@ impl Tunnel {
         }
         nl.link_up(index, Some(u32::from(plan.mtu)))
             .map_err(|e| SetupError::LinkUp(Arc::new(e)))?;
-        let addresses = [plan.ipv4.map(|a| (IpAddr::V4(a), 32))]
+        let addresses = [plan.device_v4.map(|a| (IpAddr::V4(a), 32))]
             .into_iter()
             .chain([plan.ipv6.map(|a| (IpAddr::V6(a), 128))])
             .flatten();
@@ -200,6 +215,7 @@ impl Tunnel {
             stop: Arc::new(Stop::new().map_err(|e| SetupError::StopSignal(Arc::new(e)))?),
             threads: Vec::new(),
             ipv4: plan.ipv4,
+            device_v4: plan.device_v4,
             internal_gateway: plan.internal_gateway,
             uplink,
         })
@@ -223,7 +239,7 @@ pub(super) fn configure<'t>(
     esp_port: Option<u16>,
 ) -> Result<&'t mut Tunnel, SetupError> {
     let t = match slot.take() {
-        Some(mut t) if t.ipv4 == plan.ipv4 => {
+        Some(mut t) if t.ipv4 == plan.ipv4 && t.device_v4 == plan.device_v4 => {
             // The route this session came up on: the one a change of routes made it
             // reconnect over, for one. Kept from before, it made every later check see that
             // same change again, and the client reconnected every 2 s for as long as it
@@ -426,6 +442,7 @@ mod tests {
             plan,
             Plan {
                 ipv4: Some(Ipv4Addr::new(10, 9, 0, 2)),
+                device_v4: Some(Ipv4Addr::new(10, 9, 0, 2)),
                 ipv6: None,
                 mtu: DEFAULT_MTU,
                 include: vec![net("10.0.0.0/8")],
@@ -450,7 +467,11 @@ mod tests {
         let mut c = config();
         c.mtu = Some(1500);
         let plan = Plan::new(&s, &c).unwrap();
-        assert_eq!(plan.ipv4, Some(Ipv4Addr::new(172, 16, 0, 9)));
+        assert_eq!(plan.device_v4, Some(Ipv4Addr::new(172, 16, 0, 9)));
+        assert_eq!(
+            plan.ipv4, c.ipv4_address,
+            "packets leave from the gateway's address"
+        );
         assert_eq!(plan.mtu, 1280);
         assert_eq!(plan.include, vec![net("192.168.0.0/16")]);
         assert_eq!(
@@ -464,6 +485,16 @@ mod tests {
         let mut c = config();
         c.ipv4_address = None;
         assert!(matches!(Plan::new(&spec(), &c), Err(SetupError::NoAddress)));
+        c.ipv6_address = Some(tunnel_proto::Ipv6Net {
+            addr: "fd00::2".parse().unwrap(),
+            prefix_len: 64,
+        });
+        let mut s = spec();
+        s.tun_ip = Some(Ipv4Addr::new(172, 16, 0, 9));
+        assert!(matches!(
+            Plan::new(&s, &c),
+            Err(SetupError::TunIpWithoutIpv4)
+        ));
         let mut c = config();
         c.exclude_v4.push(tunnel_proto::Ipv4Net {
             addr: Ipv4Addr::UNSPECIFIED,
