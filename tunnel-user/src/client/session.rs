@@ -270,7 +270,7 @@ async fn open(ctx: &Context, gw: &ServerUrl) -> Result<Opened, Outcome> {
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(Pin::of_certificate);
+        .and_then(tls::pin_of_certificate);
     let login = Login {
         pin,
         ..decided(&ctx.spec.name, selector)
