@@ -151,7 +151,6 @@ async fn run(mut ctx: Context) {
         if came_up {
             backoff.start_over();
             walk.connected();
-            ctx.emit.connected_url(&ctx.spec.name, &gw);
         }
         // After a lost session: the same URL after a back-off. After a failed attempt: the
         // walk's next URL, at once or (the round over) after a back-off.
@@ -177,9 +176,12 @@ async fn run(mut ctx: Context) {
             }
             Outcome::Lost(why) => {
                 {
+                    // Reconnecting from the loss on, through the back-off, not only from
+                    // the next attempt: the status never shows a lost session as connected.
                     let mut s = ctx.shared.status();
                     s.last_error = Some(Failure::Connect(why.clone().into()));
                     s.reconnects += 1;
+                    s.state = State::Reconnecting;
                 }
                 last_lost = Some(why);
                 if came_up {
