@@ -14,7 +14,7 @@
 //!  FILE.pulsepreconfig    ──Preconfig::parse▶ Preconfig ──Store::import┤
 //!  pulsesecureclient://.. ──LaunchRequest::parse──▶ apply_launch ──────┼─▶ Store ──▶ connections.json
 //!  tunnel add/edit/delete ───────────────────────────────────────────┘     │       (atomic, 0600)
-//!                                                     next_url / record_success ◀─▶ connect loop
+//!                                                   url_order / record_success ◀─▶ connect loop
 //!  tunnel launcher -url.. ──parse_launcher_args──▶ LauncherAction ───────────────▶ run ──▶ ExitCode
 //!                                     EventKind ──▶ Event ──EventLog──▶ RotatingLog (10 MB + .1)
 //! ```
@@ -31,6 +31,7 @@ mod events;
 mod kvp;
 mod launch;
 mod launcher;
+mod pin;
 mod preconfig;
 mod rotate;
 mod store;
@@ -51,6 +52,7 @@ pub use launcher::{
     LauncherAction, LauncherAuth, LauncherError, LauncherLogLevel, Secret, SessionSelection,
     UrlArgs, parse_launcher_args,
 };
+pub use pin::{PIN_PREFIX, Pin, PinError};
 pub use preconfig::{
     ImportRefusal, ImportReport, MAX_PRECONFIG_BYTES, MachineOutcome, Preconfig, PreconfigError,
     PreconfigWarning, SkipReason, SkippedSection, SyntaxProblem, WarningKind,
@@ -59,6 +61,7 @@ pub use rotate::{DEFAULT_MAX_LOG_BYTES, LogError, RotatingLog};
 pub use store::{
     Connection, ConnectionError, ConnectionPolicy, CorruptReason, CorruptStore, FileFormat,
     Identity, MachineSettings, STORE_FORMAT, Scope, Source, Start, Store, StoreError, UrlMode,
+    url_order,
 };
 pub use text::Position;
 pub use url::{HTTPS_PORT, Host, HostProblem, ServerUrl, UrlError};

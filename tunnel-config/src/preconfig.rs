@@ -26,14 +26,19 @@
 //!   duplicates are dropped. `uri-list-use-last-connected: "true"` selects
 //!   [`UrlMode::MostRecent`], `uri-list-randomize: "true"` [`UrlMode::Random`] (both: most
 //!   recent, with a warning).
+//! - `server-pin: "HOST pin-sha256:BASE64"` (repeatable) is the administrator's pin for the
+//!   gateway HOST, which must be the host of one of the connection's URLs; a certificate
+//!   with that key is trusted for that host (tunneld's trust rules, docs/client.md). A
+//!   malformed entry skips the connection rather than importing it without the pin.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
 };
 
 use crate::{
     events::Level,
+    pin::Pin,
     store::{
         Connection, ConnectionError, ConnectionPolicy, Identity, MachineSettings, Source, Store,
         StoreError, UrlMode,
@@ -890,7 +895,8 @@ fn connection(
     let mut lock_down = false;
     let mut guid = section.id.as_deref().and_then(non_empty);
     let mut server_id = None;
-    for e in entries(section, &["uri"], warnings) {
+    let mut pins: BTreeMap<String, Vec<Pin>> = BTreeMap::new();
+    for e in entries(section, &["uri", "server-pin"], warnings) {
         let v = e.value.as_str();
         match e.key.as_str() {
             "friendly-name" => name = non_empty(v),
@@ -931,6 +937,13 @@ fn connection(
             }
             "guid" => guid = non_empty(v).or(guid),
             "server-id" => server_id = non_empty(v),
+            "server-pin" => {
+                let (host, pin) = server_pin(v).ok_or_else(|| invalid(e, SERVER_PIN_ALLOWED))?;
+                let list = pins.entry(host).or_default();
+                if !list.contains(&pin) {
+                    list.push(pin);
+                }
+            }
             "friendly-name-description" | "description" => {}
             k if IVE_METADATA.contains(&k) => {}
             k if ive_not_on_linux(k) => warnings.push(not_on_linux(section, e)),
@@ -969,8 +982,28 @@ fn connection(
     c.lock_down = lock_down;
     c.guid = guid;
     c.server_id = server_id;
+    c.pins = pins;
     c.validate().map_err(SkipReason::Invalid)?;
     Ok(c)
+}
+
+/// What a `server-pin` entry holds.
+const SERVER_PIN_ALLOWED: &str = "a gateway host of the connection's URLs and its key's pin, e.g. \"vpn.example.com pin-sha256:BASE64\"";
+
+/// A `server-pin` entry, `HOST pin-sha256:BASE64`: the host as a URL names it (normalised
+/// as TLS sees it) and the pin.
+fn server_pin(v: &str) -> Option<(String, Pin)> {
+    let mut words = v.split_whitespace();
+    let (host, pin) = (words.next()?, words.next()?);
+    if words.next().is_some() {
+        return None;
+    }
+    let url = ServerUrl::parse(host).ok()?;
+    // A bare host only: pins are per host, and a port or path would suggest otherwise.
+    if url.port() != crate::url::HTTPS_PORT || url.path() != "/" {
+        return None;
+    }
+    Some((url.host_name(), Pin::parse(pin).ok()?))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1403,6 +1436,42 @@ ive "10" { friendly-name: " padded " uri: "a.example" }
             ]
         );
         assert_eq!(p.skipped[0].position, Position { line: 2, column: 1 });
+    }
+
+    #[test]
+    fn server_pins_are_per_host_and_a_bad_one_skips_the_connection() {
+        const A: &str = "pin-sha256:otI/3nrjGjN+MR5SFOD8hTzpnsZQAusZrkq/vH0/3mQ=";
+        const B: &str = "pin-sha256:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
+        let p = parse(&format!(
+            r#"
+ive "1" {{ friendly-name: "pinned" uri: "https://VPN.example:8443/x" uri: "b.example"
+  server-pin: "vpn.example {A}" server-pin: "vpn.example {B}" server-pin: "b.example {A}"
+  server-pin: "vpn.example {A}" }}
+ive "2" {{ friendly-name: "other host" uri: "a.example" server-pin: "c.example {A}" }}
+ive "3" {{ friendly-name: "not a pin" uri: "a.example" server-pin: "a.example pin-sha256:YWJj" }}
+ive "4" {{ friendly-name: "no host" uri: "a.example" server-pin: "{A}" }}
+ive "5" {{ friendly-name: "a port" uri: "a.example:8443" server-pin: "a.example:8443 {A}" }}
+"#
+        ));
+        assert_eq!(p.connections.len(), 1, "{:?}", p.skipped);
+        let c = &p.connections[0];
+        let pin = |t| Pin::parse(t).unwrap();
+        assert_eq!(
+            c.pins,
+            BTreeMap::from([
+                ("vpn.example".to_string(), vec![pin(A), pin(B)]),
+                ("b.example".to_string(), vec![pin(A)]),
+            ])
+        );
+        let reasons: Vec<String> = p.skipped.iter().map(|s| s.reason.to_string()).collect();
+        assert!(
+            reasons[0].contains("pins for \"c.example\", which is not the host of any of its URLs"),
+            "{reasons:?}"
+        );
+        for r in &reasons[1..] {
+            assert!(r.starts_with("server-pin is "), "{reasons:?}");
+        }
+        assert_eq!(reasons.len(), 4);
     }
 
     #[test]

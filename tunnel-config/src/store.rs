@@ -18,7 +18,7 @@
 //! fails, memory still matches the disk. One process (the daemon) owns the file.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     fmt,
     fs::{self, DirBuilder, File, OpenOptions, Permissions},
     io::{self, Write},
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     kvp::Kvps,
+    pin::Pin,
     text::{Position, Shown, has_control, position_of},
     url::ServerUrl,
 };
@@ -172,6 +173,11 @@ pub struct Connection {
     /// The connection's GUID (`.pulsepreconfig` section ID), to recognise it on re-import.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guid: Option<String>,
+    /// The administrator's pins, per gateway host (a URL's host as TLS sees it, e.g.
+    /// `vpn.example.com` or `192.0.2.7`): a certificate whose key is one of its host's pins is
+    /// trusted whether or not a CA vouches for it (`.pulsepreconfig` `server-pin`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, Vec<Pin>>,
 }
 
 impl Connection {
@@ -194,6 +200,7 @@ impl Connection {
             store: true,
             server_id: None,
             guid: None,
+            pins: BTreeMap::new(),
         }
     }
 
@@ -251,6 +258,20 @@ impl Connection {
                 }
             }
         }
+        for (host, pins) in &self.pins {
+            if !self.urls.iter().any(|u| u.host_name() == *host) {
+                return Err(ConnectionError::PinHost {
+                    name: name(),
+                    host: host.clone(),
+                });
+            }
+            if pins.is_empty() {
+                return Err(ConnectionError::NoPins {
+                    name: name(),
+                    host: host.clone(),
+                });
+            }
+        }
         if let Scope::PerApp { cgroup } = &self.scope {
             check_cgroup(cgroup).map_err(|problem| ConnectionError::Cgroup {
                 name: name(),
@@ -263,24 +284,36 @@ impl Connection {
 
     /// The order in which to try the URLs (indexes into `urls`), every URL once.
     pub fn url_order<R: Rng + ?Sized>(&self, start: Start, rng: &mut R) -> Vec<usize> {
-        let n = self.urls.len();
-        let last = self.last_url.filter(|i| *i < n);
-        let mut order: Vec<usize> = (0..n).collect();
-        match (start, self.url_mode) {
-            (Start::Fresh, UrlMode::Top) => {}
-            (Start::Fresh, UrlMode::Random) => order.shuffle(rng),
-            (Start::Fresh, UrlMode::MostRecent) | (Start::Reconnect, _) => {
-                if self.url_mode == UrlMode::Random {
-                    order.shuffle(rng);
-                }
-                if let Some(last) = last {
-                    order.retain(|i| *i != last);
-                    order.insert(0, last);
-                }
+        url_order(self.urls.len(), self.url_mode, self.last_url, start, rng)
+    }
+}
+
+/// The order in which to try a list of `len` URLs (indexes), every URL once: in `mode`'s
+/// order when the connection starts from a disconnected state, and with `last` (the URL
+/// that last connected) first after an established connection was lost, whatever the mode.
+pub fn url_order<R: Rng + ?Sized>(
+    len: usize,
+    mode: UrlMode,
+    last: Option<usize>,
+    start: Start,
+    rng: &mut R,
+) -> Vec<usize> {
+    let last = last.filter(|i| *i < len);
+    let mut order: Vec<usize> = (0..len).collect();
+    match (start, mode) {
+        (Start::Fresh, UrlMode::Top) => {}
+        (Start::Fresh, UrlMode::Random) => order.shuffle(rng),
+        (Start::Fresh, UrlMode::MostRecent) | (Start::Reconnect, _) => {
+            if mode == UrlMode::Random {
+                order.shuffle(rng);
+            }
+            if let Some(last) = last {
+                order.retain(|i| *i != last);
+                order.insert(0, last);
             }
         }
-        order
     }
+    order
 }
 
 fn check_name(name: &str) -> Result<(), ConnectionError> {
@@ -352,6 +385,11 @@ pub enum ConnectionError {
     EmptyField { name: String, field: &'static str },
     #[error("connection {}: {field} contains control characters", Shown(.name))]
     Control { name: String, field: &'static str },
+    /// Pins are per host: one for a host none of the URLs has would never be used.
+    #[error("connection {}: pins for {}, which is not the host of any of its URLs", Shown(.name), Shown(.host))]
+    PinHost { name: String, host: String },
+    #[error("connection {}: an empty list of pins for {} (leave the host out instead)", Shown(.name), Shown(.host))]
+    NoPins { name: String, host: String },
     #[error("connection {}: cgroup {} {problem}", Shown(.name), Shown(.cgroup))]
     Cgroup {
         name: String,
@@ -523,14 +561,6 @@ enum Decoded {
     Corrupt(CorruptReason),
 }
 
-/// Where a connection's URL list walk is.
-#[derive(Debug, Default)]
-struct Attempts {
-    order: Vec<usize>,
-    next: usize,
-    after_success: bool,
-}
-
 /// The connections store. See the module documentation.
 #[derive(Debug)]
 pub struct Store {
@@ -538,7 +568,6 @@ pub struct Store {
     format: FileFormat,
     machine: MachineSettings,
     connections: Vec<Connection>,
-    attempts: HashMap<String, Attempts>,
 }
 
 impl Store {
@@ -561,7 +590,6 @@ impl Store {
             format,
             machine: MachineSettings::default(),
             connections: Vec::new(),
-            attempts: HashMap::new(),
         };
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -632,7 +660,6 @@ impl Store {
             });
         }
         let mut next = self.connections.clone();
-        self.attempts.remove(&connection.name);
         next.push(connection);
         self.replace_connections(next)
     }
@@ -659,8 +686,6 @@ impl Store {
         if edited.name != name && self.get(&edited.name).is_some() {
             return Err(StoreError::Exists { name: edited.name });
         }
-        self.attempts.remove(name);
-        self.attempts.remove(&edited.name);
         let mut next = self.connections.clone();
         next[index] = edited;
         self.replace_connections(next)?;
@@ -673,48 +698,12 @@ impl Store {
         let mut next = self.connections.clone();
         let removed = next.remove(index);
         self.replace_connections(next)?;
-        self.attempts.remove(name);
         Ok(removed)
     }
 
-    /// The next URL to try for connection `name`, walking its list in the order
-    /// [`Connection::url_order`] gives: the list's mode when starting fresh, the last
-    /// connected URL first after [`Store::record_success`]. When every URL has been tried, the
-    /// walk starts over, fresh. Returns the URL's index (for `record_success`) and the URL.
-    pub fn next_url<R: Rng + ?Sized>(
-        &mut self,
-        name: &str,
-        rng: &mut R,
-    ) -> Result<(usize, ServerUrl), StoreError> {
-        let index = self.index_of(name)?;
-        let conn = &self.connections[index];
-        let walk = self.attempts.entry(name.to_string()).or_default();
-        if walk.next >= walk.order.len() {
-            let start = if walk.after_success {
-                Start::Reconnect
-            } else {
-                Start::Fresh
-            };
-            walk.order = conn.url_order(start, rng);
-            walk.next = 0;
-            walk.after_success = false;
-        }
-        let url_index = walk.order.get(walk.next).copied();
-        walk.next += 1;
-        match url_index.and_then(|i| conn.urls.get(i).map(|u| (i, u.clone()))) {
-            Some(found) => Ok(found),
-            // A validated connection has URLs; this only guards against an impossible state.
-            None => Err(StoreError::UrlIndex {
-                name: name.to_string(),
-                index: 0,
-                len: conn.urls.len(),
-            }),
-        }
-    }
-
     /// Records that URL `url_index` of connection `name` connected: it becomes the most
-    /// recent URL (written to the file when it changed), and the next walk of the list is a
-    /// reconnect walk.
+    /// recent URL (written to the file when it changed), which a later fresh start in
+    /// [`UrlMode::MostRecent`] tries first.
     pub fn record_success(&mut self, name: &str, url_index: usize) -> Result<(), StoreError> {
         let index = self.index_of(name)?;
         let len = self.connections[index].urls.len();
@@ -730,20 +719,7 @@ impl Store {
             next[index].last_url = Some(url_index);
             self.replace_connections(next)?;
         }
-        self.attempts.insert(
-            name.to_string(),
-            Attempts {
-                after_success: true,
-                ..Attempts::default()
-            },
-        );
         Ok(())
-    }
-
-    /// Forgets where connection `name`'s URL walk is: the next [`Store::next_url`] starts
-    /// fresh (a user disconnected, or connects anew).
-    pub fn reset_attempts(&mut self, name: &str) {
-        self.attempts.remove(name);
     }
 
     fn replace_connections(&mut self, next: Vec<Connection>) -> Result<(), StoreError> {
@@ -800,7 +776,6 @@ impl Store {
         self.commit(&machine, &connections)?;
         self.machine = machine;
         self.connections = connections;
-        self.attempts.clear();
         Ok(())
     }
 }
@@ -1457,23 +1432,12 @@ SplitUDPPortList = "53;161-162;200-1024"
     }
 
     #[test]
-    fn top_mode_walks_the_list_in_order_and_starts_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir.path().join("c.json"));
-        store
-            .add(conn("c", &["a.example", "b.example", "c.example"]))
-            .unwrap();
+    fn top_mode_orders_the_list_as_written() {
+        let c = conn("c", &["a.example", "b.example", "c.example"]);
         let mut rng = StdRng::seed_from_u64(1);
-        let walk: Vec<usize> = (0..7)
-            .map(|_| store.next_url("c", &mut rng).unwrap().0)
-            .collect();
-        assert_eq!(walk, [0, 1, 2, 0, 1, 2, 0]);
-        let (i, u) = store.next_url("c", &mut rng).unwrap();
-        assert_eq!((i, u.to_string()), (1, "https://b.example/".to_string()));
-        assert!(matches!(
-            store.next_url("nope", &mut rng),
-            Err(StoreError::NotFound { .. })
-        ));
+        assert_eq!(c.url_order(Start::Fresh, &mut rng), [0, 1, 2]);
+        // Nothing connected yet: a reconnect walk is the list too.
+        assert_eq!(c.url_order(Start::Reconnect, &mut rng), [0, 1, 2]);
     }
 
     #[test]
@@ -1486,41 +1450,48 @@ SplitUDPPortList = "53;161-162;200-1024"
         store.add(c).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         // Nothing connected yet: list order.
-        assert_eq!(store.next_url("c", &mut rng).unwrap().0, 0);
+        assert_eq!(
+            store.get("c").unwrap().url_order(Start::Fresh, &mut rng),
+            [0, 1, 2]
+        );
         store.record_success("c", 2).unwrap();
         // Persisted: after a restart the walk starts at c.example, then the rest in order.
-        let mut store = open(&path);
-        assert_eq!(store.get("c").unwrap().last_url, Some(2));
-        let walk: Vec<usize> = (0..3)
-            .map(|_| store.next_url("c", &mut rng).unwrap().0)
-            .collect();
-        assert_eq!(walk, [2, 0, 1]);
+        let store = open(&path);
+        let c = store.get("c").unwrap();
+        assert_eq!(c.last_url, Some(2));
+        assert_eq!(c.url_order(Start::Fresh, &mut rng), [2, 0, 1]);
+        let mut store = store;
         let e = store.record_success("c", 3).unwrap_err();
         assert_eq!(
             e.to_string(),
             "connection \"c\" has no URL number 3 (it has 3)"
         );
+        assert!(matches!(
+            store.record_success("nope", 0),
+            Err(StoreError::NotFound { .. })
+        ));
     }
 
     #[test]
     fn a_lost_connection_retries_its_last_url_first_in_every_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(&dir.path().join("c.json"));
-        store
-            .add(conn("c", &["a.example", "b.example", "c.example"]))
-            .unwrap();
         let mut rng = StdRng::seed_from_u64(7);
-        assert_eq!(store.next_url("c", &mut rng).unwrap().0, 0);
-        assert_eq!(store.next_url("c", &mut rng).unwrap().0, 1);
-        store.record_success("c", 1).unwrap();
-        // The connection drops: b first, then the server list (Top) without b.
-        let walk: Vec<usize> = (0..4)
-            .map(|_| store.next_url("c", &mut rng).unwrap().0)
-            .collect();
-        assert_eq!(walk, [1, 0, 2, 0]);
-        // A user's fresh start uses the mode again.
-        store.reset_attempts("c");
-        assert_eq!(store.next_url("c", &mut rng).unwrap().0, 0);
+        for mode in [UrlMode::Top, UrlMode::MostRecent, UrlMode::Random] {
+            let mut c = conn("c", &["a.example", "b.example", "c.example"]);
+            c.url_mode = mode;
+            c.last_url = Some(1);
+            for _ in 0..10 {
+                let order = c.url_order(Start::Reconnect, &mut rng);
+                assert_eq!(order[0], 1, "{mode:?}");
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, [0, 1, 2], "every URL exactly once");
+            }
+        }
+        // Top: b first, then the server list without b. A fresh start uses the mode.
+        let mut c = conn("c", &["a.example", "b.example", "c.example"]);
+        c.last_url = Some(1);
+        assert_eq!(c.url_order(Start::Reconnect, &mut rng), [1, 0, 2]);
+        assert_eq!(c.url_order(Start::Fresh, &mut rng), [0, 1, 2]);
     }
 
     #[test]

@@ -55,6 +55,17 @@ impl Backoff {
         self.lost_since.is_some()
     }
 
+    /// An attempt failed at `now` and the next one follows at once (another URL of the
+    /// list): the outage begins if it had not, and how long it has lasted is returned once
+    /// the disconnect timeout has passed.
+    pub fn expired(&mut self, now: Instant) -> Option<Duration> {
+        let since = *self.lost_since.get_or_insert(now);
+        let outage = now.saturating_duration_since(since);
+        self.limit
+            .is_some_and(|limit| outage >= limit)
+            .then_some(outage)
+    }
+
     /// The connection was lost (or an attempt failed) at `now`.
     pub fn lost(&mut self, now: Instant) -> AfterLoss {
         let since = *self.lost_since.get_or_insert(now);
@@ -101,6 +112,21 @@ mod tests {
         assert_eq!(
             b.lost(t + 10_000 * MS),
             AfterLoss::GiveUp(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn trying_the_next_url_at_once_counts_toward_the_timeout_without_growing_the_delay() {
+        let mut b = Backoff::new(Some(Duration::from_secs(10)));
+        let t = Instant::now();
+        assert_eq!(b.expired(t), None);
+        assert!(b.in_outage());
+        assert_eq!(b.expired(t + 9_999 * MS), None);
+        assert_eq!(b.lost(t + 9_999 * MS), AfterLoss::RetryIn(250 * MS));
+        assert_eq!(b.expired(t + 10_000 * MS), Some(Duration::from_secs(10)));
+        assert_eq!(
+            Backoff::new(None).expired(t + Duration::from_secs(3600)),
+            None
         );
     }
 

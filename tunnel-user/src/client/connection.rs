@@ -9,6 +9,11 @@
 //!             └──────── next URL, DSID resume ◀─┘
 //! ```
 //!
+//! Which URL comes next is `super::walk`'s: after a lost session the one that was
+//! connected, then the list; after a failed attempt the list's next, at once, until a
+//! round is over (then a back-off). A certificate refused by one gateway moves on to the
+//! next; a round in which every gateway's certificate was refused fails the connection.
+//!
 //! The tunnel stays in place while the connection reconnects: tunnelled traffic keeps
 //! going into the TUN device and waits (or is dropped) instead of leaking onto the LAN.
 
@@ -27,8 +32,9 @@ use super::{
     policy::DataPlane,
     session::{self, Context, Outcome},
     spec::{ConnectSpec, shown},
-    status::{ConnectError, Failure, Shared, State, Status},
+    status::{CertificateFailure, ConnectError, Failure, Lost, Shared, State, Status},
     tunnel::teardown,
+    walk::{Next, Walk},
 };
 use crate::datapath::ConnId;
 
@@ -109,10 +115,19 @@ pub fn spawn(
 /// The reconnect loop.
 async fn run(mut ctx: Context) {
     let mut backoff = Backoff::new(ctx.spec.disconnect_timeout);
-    let mut gateway_index = 0usize;
+    let mut walk = Walk::new(
+        ctx.spec.gateways.len(),
+        ctx.spec.url_mode,
+        ctx.spec.last_url,
+        rand::random(),
+    );
+    // The last way the gateways were lost, for the timeout's message.
+    let mut last_lost: Option<Lost> = None;
     loop {
-        let count = ctx.spec.gateways.len();
-        let Some(gw) = ctx.spec.gateways.get(gateway_index % count.max(1)).cloned() else {
+        let Some((index, gw)) = walk
+            .current()
+            .and_then(|i| ctx.spec.gateways.get(i).cloned().map(|gw| (i, gw)))
+        else {
             fail(&mut ctx, Failure::Connect(ConnectError::NoGateway));
             break;
         };
@@ -125,6 +140,7 @@ async fn run(mut ctx: Context) {
             };
             s.server = Some(shown(&gw));
         }
+        debug!(connection = %ctx.spec.name, url = index, gateway = %shown(&gw), "trying");
         let began = Instant::now();
         let outcome = session::run(&mut ctx, &gw).await;
         let came_up = ctx
@@ -134,12 +150,20 @@ async fn run(mut ctx: Context) {
             .is_some_and(|t| t >= began);
         if came_up {
             backoff.start_over();
+            walk.connected();
         }
-        match outcome {
+        // After a lost session: the same URL after a back-off. After a failed attempt: the
+        // walk's next URL, at once or (the round over) after a back-off.
+        let next = match outcome {
             Outcome::Done => break,
-            Outcome::Failed(f) => {
+            Outcome::Failed(f) if !walks_on(&f) => {
                 fail(&mut ctx, f);
                 break;
+            }
+            Outcome::Failed(f) => {
+                warn!(connection = %ctx.spec.name, gateway = %shown(&gw), error = %f, "certificate refused; trying the next URL");
+                ctx.shared.status().last_error = Some(f.clone());
+                walk.failed(Some(f))
             }
             Outcome::Suspended => {
                 ctx.shared.status().state = State::Suspended;
@@ -148,38 +172,60 @@ async fn run(mut ctx: Context) {
                     return;
                 }
                 backoff.start_over();
+                continue;
             }
             Outcome::Lost(why) => {
                 {
+                    // Reconnecting from the loss on, through the back-off, not only from
+                    // the next attempt: the status never shows a lost session as connected.
                     let mut s = ctx.shared.status();
                     s.last_error = Some(Failure::Connect(why.clone().into()));
                     s.reconnects += 1;
+                    s.state = State::Reconnecting;
                 }
-                // Exponential back-off, capped; the URL list is walked on every failure.
-                let delay = match backoff.lost(Instant::now()) {
-                    AfterLoss::RetryIn(delay) => delay,
-                    AfterLoss::GiveUp(outage) => {
-                        let f = Failure::Timeout { outage, last: why };
-                        let mut s = ctx.shared.status();
-                        s.last_error = Some(f.clone());
-                        s.state = State::Failed;
-                        drop(s);
-                        ctx.report_first(Err(f));
-                        break;
-                    }
+                last_lost = Some(why);
+                if came_up {
+                    walk.lost();
+                    Next::AfterBackoff
+                } else {
+                    walk.failed(None)
+                }
+            }
+        };
+        let delay = match next {
+            Next::Fail(f) => {
+                fail(&mut ctx, f);
+                break;
+            }
+            Next::Now => backoff.expired(Instant::now()).map(Err).unwrap_or(Ok(None)),
+            Next::AfterBackoff => match backoff.lost(Instant::now()) {
+                AfterLoss::RetryIn(delay) => Ok(Some(delay)),
+                AfterLoss::GiveUp(outage) => Err(outage),
+            },
+        };
+        let delay = match delay {
+            Ok(delay) => delay,
+            Err(outage) => {
+                let f = Failure::Timeout {
+                    outage,
+                    last: last_lost.clone().unwrap_or(Lost::Closed),
                 };
-                if count > 1 {
-                    gateway_index += 1;
-                }
-                debug!(connection = %ctx.spec.name, ?delay, "reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    cmd = ctx.commands.recv() => match cmd {
-                        Some((Command::Signout | Command::Disconnect, ack)) => { let _ = ack.send(()); break; }
-                        Some((_, ack)) => { let _ = ack.send(()); }
-                        None => break,
-                    }
-                }
+                let mut s = ctx.shared.status();
+                s.last_error = Some(f.clone());
+                s.state = State::Failed;
+                drop(s);
+                ctx.report_first(Err(f));
+                break;
+            }
+        };
+        let Some(delay) = delay else { continue };
+        debug!(connection = %ctx.spec.name, ?delay, "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            cmd = ctx.commands.recv() => match cmd {
+                Some((Command::Signout | Command::Disconnect, ack)) => { let _ = ack.send(()); break; }
+                Some((_, ack)) => { let _ = ack.send(()); }
+                None => break,
             }
         }
     }
@@ -194,6 +240,18 @@ async fn run(mut ctx: Context) {
     ctx.emit.event(EventKind::Disconnected {
         connection: ctx.spec.name.clone(),
     });
+}
+
+/// Whether a failure on one gateway leaves the others of the list to try: a certificate
+/// refused (the gateway's, or ours by the gateway) is that gateway's; a wrong password, a
+/// prompt nobody answers or a bad setting would fail everywhere.
+fn walks_on(f: &Failure) -> bool {
+    matches!(
+        f,
+        Failure::Certificate(
+            CertificateFailure::Untrusted { .. } | CertificateFailure::ClientRefused { .. }
+        )
+    )
 }
 
 /// The connection failed for good.

@@ -29,7 +29,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 use tunnel_config::{
-    Connection, EventKind, EventLog, Level, RotatingLog, Scope, ServerUrl, Start, Store,
+    Connection, EventKind, EventLog, Level, RotatingLog, Scope, ServerUrl, Store, UrlMode,
 };
 
 use super::{
@@ -40,7 +40,7 @@ use super::{
     control::{self, Credentials, Request, Response, code},
     policy::{DataPlane, Uplinks},
     prompts::{self, Asker, Prompter},
-    spec::{ConnectSpec, Dpd, shown},
+    spec::{ConnectSpec, Dpd},
     status::{Failure, State},
     tls::{ClientCert, Pin, Trust},
 };
@@ -116,7 +116,8 @@ impl Log {
 struct Daemon {
     plane: DataPlane,
     emit: Emit,
-    store: Mutex<Store>,
+    /// Shared with the connections' URL sink, which records the URL each one is using.
+    store: Arc<Mutex<Store>>,
     connections: Mutex<BTreeMap<String, Handle>>,
     /// Gateway host to its pin, learned on the first trusted connection (pins.json).
     pins: Arc<Mutex<BTreeMap<String, Pin>>>,
@@ -139,6 +140,23 @@ impl Daemon {
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Remembers the URL a stored connection's session came up on, for "most recent" smart
+/// connections. The URL is looked up in the stored connection's list, so a connection that
+/// is not stored (one URL under a stored connection's name) changes nothing.
+fn record_url(store: Arc<Mutex<Store>>) -> impl Fn(&str, &ServerUrl) + Send + Sync + 'static {
+    move |name, url| {
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        let index = store
+            .get(name)
+            .and_then(|c| c.urls.iter().position(|u| u == url));
+        if let Some(i) = index
+            && let Err(e) = store.record_success(name, i)
+        {
+            warn!(connection = %name, error = %e, "recording the URL that connected failed");
+        }
     }
 }
 
@@ -199,6 +217,7 @@ pub async fn run(
         .map_or(Uplinks::Every, Uplinks::Named);
     let plane = DataPlane::start(filter, config.kernel_log)?;
     plane.set_lockdown(store.machine().vpn_only_access)?;
+    let store = Arc::new(Mutex::new(store));
     let pins_path = dir.join("pins.json");
     let pins = Arc::new(Mutex::new(load_pins(&pins_path)));
     let (learned, sink, messages) = (pins.clone(), log.clone(), log.clone());
@@ -217,7 +236,8 @@ pub async fn run(
                 save_pins(&pins_path, &m);
             }
         },
-    );
+    )
+    .with_url_sink(record_url(store.clone()));
     if let Some(parent) = config.socket.parent() {
         std::fs::create_dir_all(parent)
             .map_err(io_err(format!("creating {}", parent.display())))?;
@@ -239,7 +259,7 @@ pub async fn run(
     let daemon = Arc::new(Daemon {
         plane,
         emit: emit.clone(),
-        store: Mutex::new(store),
+        store,
         connections: Mutex::new(BTreeMap::new()),
         pins,
         certs,
@@ -517,21 +537,13 @@ fn spec_for(
         },
         None => None,
     };
-    let order = if stored {
-        let mut rng = rand::rng();
-        conn.url_order(Start::Fresh, &mut rng)
+    // A connection that is not stored is one URL, tried as it is; the store's remembers
+    // its mode and the URL that last connected.
+    let (url_mode, last_url) = if stored {
+        (conn.url_mode, conn.last_url)
     } else {
-        (0..conn.urls.len()).collect()
+        (UrlMode::Top, None)
     };
-    let gateways: Vec<ServerUrl> = order
-        .iter()
-        .filter_map(|i| conn.urls.get(*i))
-        .cloned()
-        .collect();
-    let first_host = gateways
-        .first()
-        .map(ServerUrl::host_name)
-        .unwrap_or_default();
     let machine = daemon.store().machine().clone();
     let trust = Trust {
         pin: creds
@@ -539,18 +551,16 @@ fn spec_for(
             .as_deref()
             .map(Pin::parse)
             .transpose()
-            .map_err(|e| Response::with(code::BAD_PARAMETER, e))?,
-        // DisablePinning=true: no learned pin; the CA store decides.
-        learned: (!kvps.disable_pinning())
-            .then(|| {
-                daemon
-                    .pins
-                    .lock()
-                    .ok()
-                    .and_then(|p| p.get(&first_host).copied())
-            })
-            .flatten(),
-        // dynamic-trust false: no pin, from the request or learned, stands in for the CAs.
+            .map_err(|e| Response::with(code::BAD_PARAMETER, e.to_string()))?,
+        admin: conn.pins.clone(),
+        // DisablePinning=true: no learned pin; the CA store (and the admin's pins) decide.
+        learned: if kvps.disable_pinning() {
+            BTreeMap::new()
+        } else {
+            daemon.pins.lock().map(|p| p.clone()).unwrap_or_default()
+        },
+        // dynamic-trust false: no user's pin, from the request or learned, stands in for
+        // the CAs.
         ca_required: !machine.dynamic_trust,
     };
     let client_cert = client_auth(daemon, conn, creds)?;
@@ -561,7 +571,9 @@ fn spec_for(
     Ok(ConnectSpec {
         name: conn.name.clone(),
         id,
-        gateways,
+        gateways: conn.urls.clone(),
+        url_mode,
+        last_url,
         realm: creds.realm.clone().or_else(|| conn.realm.clone()),
         user: creds.user.clone().or_else(|| conn.user.clone()),
         password: creds.password.clone(),
@@ -743,22 +755,6 @@ async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) ->
                     serde_json::json!(machine.dynamic_trust),
                 );
                 obj.insert("allow_save".into(), serde_json::json!(machine.allow_save));
-            }
-            if response.code == code::OK && stored {
-                // Remember which URL worked, for "most recent" smart connections.
-                let server = response
-                    .data
-                    .get("server")
-                    .and_then(|s| s.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let mut store = daemon.store();
-                let index = store
-                    .get(&name)
-                    .and_then(|c| c.urls.iter().position(|u| server.starts_with(&shown(u))));
-                if let Some(i) = index {
-                    let _ = store.record_success(&name, i);
-                }
             }
             response
         }

@@ -19,6 +19,7 @@
 //!   packet threads;
 //! - `policy`: the shared kernel data path and the policy built from live connections;
 //! - `backoff`: when a lost connection tries again, and when it gives up;
+//! - `walk`: which URL of a connection's list it tries next;
 //! - `tls`: trust decisions (system CAs, pins, learned pins) and client certificates;
 //! - `certstore`: the client certificates tunneld keeps (`tunnel cert import`);
 //! - `cert_select`: which client certificate a TLS handshake presents;
@@ -43,6 +44,7 @@ mod spec;
 mod status;
 pub mod tls;
 mod tunnel;
+mod walk;
 
 pub use spec::{ConnectSpec, Dpd};
 pub use status::{
@@ -56,16 +58,20 @@ use std::sync::Arc;
 type EventSink = Arc<dyn Fn(tunnel_config::EventKind) + Send + Sync>;
 /// Receives (connection, gateway host, pin) of a trusted gateway.
 type PinSink = Arc<dyn Fn(&str, &str, tls::Pin) + Send + Sync>;
+/// Receives (connection, gateway URL) of a session that came up.
+type UrlSink = Arc<dyn Fn(&str, &tunnel_config::ServerUrl) + Send + Sync>;
 /// Receives messages outside the catalogue, with their level.
 type MessageSink = Arc<dyn Fn(tunnel_config::Level, &str) + Send + Sync>;
 
 /// Where connections report events (IDs from the seed's event table), messages the
-/// catalogue has no event for (a sign-in notice's text), and learned pins.
+/// catalogue has no event for (a sign-in notice's text), learned pins, and which URL of its
+/// list a connection is using.
 #[derive(Clone)]
 pub struct Emit {
     event: EventSink,
     message: MessageSink,
     pin: PinSink,
+    url: Option<UrlSink>,
 }
 
 impl Emit {
@@ -78,6 +84,24 @@ impl Emit {
             event: Arc::new(event),
             message: Arc::new(message),
             pin: Arc::new(pin),
+            url: None,
+        }
+    }
+
+    /// Also reports the URL of every session that comes up (the daemon remembers it as the
+    /// connection's most recent URL).
+    pub fn with_url_sink(
+        mut self,
+        url: impl Fn(&str, &tunnel_config::ServerUrl) + Send + Sync + 'static,
+    ) -> Emit {
+        self.url = Some(Arc::new(url));
+        self
+    }
+
+    /// Reports that `connection`'s session with the gateway at `url` came up.
+    pub fn connected_url(&self, connection: &str, url: &tunnel_config::ServerUrl) {
+        if let Some(sink) = &self.url {
+            sink(connection, url);
         }
     }
 

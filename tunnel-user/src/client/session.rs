@@ -270,7 +270,7 @@ async fn open(ctx: &Context, gw: &ServerUrl) -> Result<Opened, Outcome> {
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(Pin::of_certificate);
+        .and_then(tls::pin_of_certificate);
     let login = Login {
         pin,
         ..decided(&ctx.spec.name, selector)
@@ -841,7 +841,8 @@ impl Running<'_> {
         Ok(())
     }
 
-    /// The session is up: status, event, learned pin, and the first login's report.
+    /// The session is up: status, event, learned pin, the URL that connected, and the first
+    /// login's report.
     fn established(&self, ctx: &mut Context) {
         {
             let mut s = ctx.shared.status();
@@ -858,6 +859,7 @@ impl Running<'_> {
             ctx.emit
                 .learned_pin(&ctx.spec.name, &self.gw.host_name(), pin);
         }
+        ctx.emit.connected_url(&ctx.spec.name, self.gw);
         ctx.report_first(Ok(()));
     }
 }

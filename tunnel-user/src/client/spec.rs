@@ -5,7 +5,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use ipnet::IpNet;
-use tunnel_config::ServerUrl;
+use tunnel_config::{ServerUrl, UrlMode};
 
 use super::{cert_select::ClientAuth, prompts::Prompter, tls::Trust};
 use crate::datapath::{ConnId, PortList};
@@ -15,8 +15,12 @@ use crate::datapath::{ConnId, PortList};
 pub struct ConnectSpec {
     pub name: String,
     pub id: ConnId,
-    /// Gateways to try, in the order to try them.
+    /// The gateways, in the connection's list order (`super::walk` decides which to try).
     pub gateways: Vec<ServerUrl>,
+    /// The list's mode for a fresh start.
+    pub url_mode: UrlMode,
+    /// Index in `gateways` of the URL that last connected, as the store remembers it.
+    pub last_url: Option<usize>,
     pub realm: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,

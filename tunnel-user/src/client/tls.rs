@@ -1,23 +1,39 @@
 //! The client's TLS trust decisions: the system CA store, an explicit `pin-sha256:` pin (like
-//! openconnect's `--servercert`), SPKI pins learned after the first trusted connection (unless
-//! `DisablePinning=true`), and client certificates from PEM text (which one a handshake
-//! presents is [`super::cert_select`]'s decision).
+//! openconnect's `--servercert`), the administrator's pins and the pins learned after a
+//! trusted connection (unless `DisablePinning=true`), each per gateway host; and client
+//! certificates from PEM text (which one a handshake presents is [`super::cert_select`]'s
+//! decision).
 //!
-//! Order of decision for the gateway's certificate:
-//! 1. an explicit pin: the leaf's SPKI must hash to it; the CA chain is not consulted;
-//! 2. a learned pin for this host: the leaf's SPKI must hash to it;
-//! 3. otherwise the system CA store must verify the chain and the name.
+//! Decision for the certificate a gateway shows for host H (the name the TLS connection is
+//! for), in this order:
 //!
-//! When the machine settings turn dynamic trust off ([`Trust::ca_required`]), a pin never
-//! replaces the CA store: the chain and the name must verify, and a pin, explicit or
-//! learned, must match as well. A pin can then only narrow what the CAs allow, so neither a
-//! request to the daemon nor a pin learned while dynamic trust was on makes an unknown
-//! certificate trusted.
+//! ```text
+//!  explicit pin? ──yes──▶ key == pin? ──no──▶ refused (PinMismatch)
+//!       │no                  │yes ──▶ trusted; with dynamic trust off the CAs must also verify
+//!       ▼
+//!  key among the administrator's pins for H? ──yes──▶ trusted
+//!       │no
+//!       ▼
+//!  CAs verify chain and name H? ──yes──▶ trusted (a renewed key too; the learned pin follows)
+//!       │no
+//!       ▼
+//!  key == the pin learned for H, and dynamic trust on? ──yes──▶ trusted
+//!       │no
+//!       ▼
+//!  refused (CaRefused / NoCas, naming the key's pin and the pin H has, if any)
+//! ```
+//!
+//! A learned pin therefore never stands in the way of the CAs: it only trusts the key it
+//! names, for the host it was learned for, where the CAs do not. Pins are looked up by the
+//! host of the TLS connection, so a pin of one gateway never vouches for another. With
+//! dynamic trust off ([`Trust::ca_required`]) a learned pin trusts nothing on its own, and
+//! an explicit pin narrows what the CAs allow; the administrator's pins still hold (they are
+//! not a user's decision, which is what dynamic trust is about).
 //!
 //! A failure names the certificate's pin, so a user can decide to trust it (the dynamic trust
 //! prompt of the CLI, where the machine settings allow it) and connect again with that pin.
 
-use std::{fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use rustls::{
     ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
@@ -28,62 +44,40 @@ use rustls::{
     crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
-use sha2::{Digest, Sha256};
 
 use super::cert_select::{Candidate, CertSelector, ClientAuth};
 
-/// A `pin-sha256:` pin: the SHA-256 of a certificate's SubjectPublicKeyInfo.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Pin([u8; 32]);
+pub use tunnel_config::Pin;
 
-impl Pin {
-    /// Parses `pin-sha256:BASE64` (the `pin-sha256:` prefix is optional).
-    pub fn parse(s: &str) -> Result<Pin, String> {
-        use base64::Engine as _;
-        let b64 = s.trim().strip_prefix("pin-sha256:").unwrap_or(s.trim());
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| format!("'{s}' is not a pin-sha256 value: {e}"))?;
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| format!("'{s}' is not a pin-sha256 value: it must hash 32 bytes"))?;
-        Ok(Pin(arr))
-    }
-
-    /// The pin of a DER certificate, or None if it cannot be parsed.
-    pub fn of_certificate(cert: &CertificateDer<'_>) -> Option<Pin> {
-        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-        Some(Pin(Sha256::digest(parsed.public_key().raw).into()))
-    }
+/// The pin of a DER certificate (its SubjectPublicKeyInfo's), or None if it cannot be
+/// parsed.
+pub fn pin_of_certificate(cert: &CertificateDer<'_>) -> Option<Pin> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(Pin::of_spki(parsed.public_key().raw))
 }
 
-impl fmt::Display for Pin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use base64::Engine as _;
-        write!(
-            f,
-            "pin-sha256:{}",
-            base64::engine::general_purpose::STANDARD.encode(self.0)
-        )
-    }
-}
-
-impl fmt::Debug for Pin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// How the gateway's certificate is to be trusted.
+/// How the gateway's certificate is to be trusted (see the module docs for the order).
 #[derive(Clone, Debug, Default)]
 pub struct Trust {
-    /// An explicit pin (`--servercert`); overrides everything else.
+    /// An explicit pin (`--servercert`): the key must be this one, whatever the host.
     pub pin: Option<Pin>,
-    /// A pin learned on an earlier connection to this host.
-    pub learned: Option<Pin>,
-    /// Dynamic trust is off (`dynamic-trust: "false"` in the machine settings): the CA store
-    /// must verify the certificate whatever the pins say; they only add a condition.
+    /// The administrator's pins, per host (`Connection::pins`).
+    pub admin: BTreeMap<String, Vec<Pin>>,
+    /// Pins learned on earlier connections, per host (`pins.json`); empty with
+    /// `DisablePinning=true`.
+    pub learned: BTreeMap<String, Pin>,
+    /// Dynamic trust is off (`dynamic-trust: "false"` in the machine settings): no user's
+    /// pin, explicit or learned, trusts a certificate the CAs do not.
     pub ca_required: bool,
+}
+
+/// The host a TLS connection is for, as pins are keyed: a name in lower case, or an address.
+fn host_of(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(d) => d.as_ref().to_ascii_lowercase(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Client certificate and key, PEM.
@@ -144,18 +138,44 @@ impl ClientCert {
 /// this type and offers the certificate's pin to the user (the dynamic trust prompt).
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum Untrusted {
+    /// The explicit pin (`--servercert`) is another key's.
     #[error("the gateway's certificate {seen} does not match the pin {pin}")]
     PinMismatch { seen: Pin, pin: Pin },
     /// The CA store refused the chain or the name (`verdict`, rustls's reason, is part of
-    /// the sentence); `pinned`: a pin matched, but dynamic trust is off.
-    #[error("the gateway's certificate {seen} is not trusted: {verdict}{}", ca_only(*.pinned))]
+    /// the sentence), and no pin of this host trusts the key.
+    #[error("the gateway's certificate {seen} is not trusted: {verdict}{pinned}")]
     CaRefused {
         seen: Pin,
         verdict: Error,
-        pinned: bool,
+        pinned: Pinned,
     },
-    #[error("the gateway's certificate {seen} is not trusted: no CA certificates on this system{}", ca_only(*.pinned))]
-    NoCas { seen: Pin, pinned: bool },
+    #[error(
+        "the gateway's certificate {seen} is not trusted: no CA certificates on this system{pinned}"
+    )]
+    NoCas { seen: Pin, pinned: Pinned },
+}
+
+/// What the host's pins said about a certificate the CAs refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pinned {
+    /// The host has no pin.
+    Nothing,
+    /// The host's pin (learned, or the administrator's first) is another key's.
+    Other(Pin),
+    /// The key is the pin learned (or given) for this host, but dynamic trust is off.
+    NotEnough,
+}
+
+impl fmt::Display for Pinned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pinned::Nothing => Ok(()),
+            Pinned::Other(pin) => write!(f, "; the key pinned for this host is {pin}"),
+            Pinned::NotEnough => f.write_str(
+                " (dynamic trust is off in the machine settings: a pin does not replace the CA check)",
+            ),
+        }
+    }
 }
 
 impl Untrusted {
@@ -177,15 +197,6 @@ impl Untrusted {
     }
 }
 
-/// A pin that matched but cannot stand in for the CAs says so in the refusal.
-fn ca_only(pinned: bool) -> &'static str {
-    if pinned {
-        " (dynamic trust is off in the machine settings: a pin does not replace the CA check)"
-    } else {
-        ""
-    }
-}
-
 /// The verifier implementing [`Trust`]; a refusal is an [`Untrusted`] naming the pin it saw.
 #[derive(Debug)]
 struct PinningVerifier {
@@ -203,23 +214,13 @@ impl ServerCertVerifier for PinningVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let seen = Pin::of_certificate(end_entity).ok_or(Error::InvalidCertificate(
+        let seen = pin_of_certificate(end_entity).ok_or(Error::InvalidCertificate(
             rustls::CertificateError::BadEncoding,
         ))?;
         // Carried as `Other`: rustls answers it with the same alert as any refusal of ours
         // (handshake_failure), and the connection finds the typed reason inside.
         let refuse = |why: Untrusted| Error::Other(rustls::OtherError(Arc::new(why)));
-        let pin = self.trust.pin.or(self.trust.learned);
-        if let Some(pin) = pin {
-            if seen != pin {
-                return Err(refuse(Untrusted::PinMismatch { seen, pin }));
-            }
-            if !self.trust.ca_required {
-                return Ok(ServerCertVerified::assertion());
-            }
-        }
-        let pinned = pin.is_some();
-        match &self.webpki {
+        let cas = |pinned: Pinned| match &self.webpki {
             Some(v) => v
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
                 .map_err(|verdict| {
@@ -230,7 +231,37 @@ impl ServerCertVerifier for PinningVerifier {
                     })
                 }),
             None => Err(refuse(Untrusted::NoCas { seen, pinned })),
+        };
+        let t = &self.trust;
+        if let Some(pin) = t.pin {
+            if seen != pin {
+                return Err(refuse(Untrusted::PinMismatch { seen, pin }));
+            }
+            if !t.ca_required {
+                return Ok(ServerCertVerified::assertion());
+            }
+            return cas(Pinned::NotEnough);
         }
+        let host = host_of(server_name);
+        let admin = t.admin.get(&host).map(Vec::as_slice).unwrap_or_default();
+        if admin.contains(&seen) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let learned = t.learned.get(&host).copied();
+        let pinned = match (learned, admin.first()) {
+            (Some(pin), _) if pin == seen => {
+                if t.ca_required {
+                    Pinned::NotEnough
+                } else {
+                    return Ok(ServerCertVerified::assertion());
+                }
+            }
+            (Some(pin), _) | (None, Some(&pin)) => Pinned::Other(pin),
+            (None, None) => Pinned::Nothing,
+        };
+        // Tried after the pins that trust without it, so that a learned key is trusted
+        // without the CAs, and before refusing: a renewed key the CAs vouch for is trusted.
+        cas(pinned)
     }
 
     fn verify_tls12_signature(
@@ -313,147 +344,285 @@ pub fn client_config(
 
 #[cfg(test)]
 mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
     use super::*;
 
-    #[test]
-    fn pins_parse_and_print() {
-        let p = Pin::parse("pin-sha256:otI/3nrjGjN+MR5SFOD8hTzpnsZQAusZrkq/vH0/3mQ=").unwrap();
-        assert_eq!(
-            p.to_string(),
-            "pin-sha256:otI/3nrjGjN+MR5SFOD8hTzpnsZQAusZrkq/vH0/3mQ="
-        );
-        assert_eq!(
-            Pin::parse("otI/3nrjGjN+MR5SFOD8hTzpnsZQAusZrkq/vH0/3mQ="),
-            Ok(p)
-        );
-        assert!(
-            Pin::parse("pin-sha256:YWJj")
-                .unwrap_err()
-                .contains("32 bytes")
-        );
-        assert!(
-            Pin::parse("pin-sha256:!!")
-                .unwrap_err()
-                .contains("not a pin-sha256")
-        );
+    /// A certificate authority for the tests.
+    struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+    impl Ca {
+        fn new() -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+        }
+
+        fn der(&self) -> CertificateDer<'static> {
+            self.0.der().clone()
+        }
     }
 
-    /// A CA-less certificate for `gw.test`, its pin, and a verifier for `trust` with
-    /// `roots` (the certificate itself when `trusted_by_ca`).
-    fn verify(trust: impl FnOnce(Pin) -> Trust, trusted_by_ca: bool) -> Result<(), String> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["gw.test".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let pin = Pin::of_certificate(cert.der()).unwrap();
-        let mut roots = RootCertStore::empty();
-        if trusted_by_ca {
-            roots.add(cert.der().clone()).unwrap();
+    /// A gateway certificate for `names` with `key`, issued by `ca` (self-signed without).
+    fn leaf(ca: Option<&Ca>, names: &[&str], key: &KeyPair) -> CertificateDer<'static> {
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        match ca {
+            Some(ca) => params.signed_by(key, &ca.0).unwrap().der().clone(),
+            None => params.self_signed(key).unwrap().der().clone(),
+        }
+    }
+
+    fn pin(cert: &CertificateDer<'_>) -> Pin {
+        pin_of_certificate(cert).unwrap()
+    }
+
+    /// Verifies `cert` as the certificate of `host` under `trust`, with `roots` as the CAs.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a test helper: the refusal is inspected where it is returned"
+    )]
+    fn check(
+        trust: &Trust,
+        roots: &[CertificateDer<'static>],
+        cert: &CertificateDer<'_>,
+        host: &str,
+    ) -> Result<(), Untrusted> {
+        let mut store = RootCertStore::empty();
+        for r in roots {
+            store.add(r.clone()).unwrap();
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let webpki = (!roots.is_empty()).then(|| {
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        let webpki = (!store.is_empty()).then(|| {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
                 .build()
                 .unwrap()
         });
         let verifier = PinningVerifier {
-            trust: trust(pin),
+            trust: trust.clone(),
             webpki,
             provider,
         };
+        let name = ServerName::try_from(host.to_string()).unwrap();
         verifier
-            .verify_server_cert(
-                cert.der(),
-                &[],
-                &ServerName::try_from("gw.test").unwrap(),
-                &[],
-                UnixTime::now(),
-            )
+            .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
             .map(|_| ())
             .map_err(|e| {
                 // A refusal is recognised by its type, as the connection does.
                 let e = std::io::Error::other(e);
                 match Untrusted::of(&e) {
                     Some(why) => {
-                        assert_eq!(why.seen(), pin, "the refusal names the certificate's pin");
-                        why.to_string()
+                        assert_eq!(why.seen(), pin(cert), "the refusal names the key's pin");
+                        why.clone()
                     }
                     None => panic!("a refusal that is not an Untrusted: {e}"),
                 }
             })
     }
 
-    fn other_pin() -> Pin {
-        Pin([7; 32])
+    fn learned(host: &str, pin: Pin) -> Trust {
+        Trust {
+            learned: BTreeMap::from([(host.to_string(), pin)]),
+            ..Trust::default()
+        }
+    }
+
+    fn without_dynamic_trust(t: Trust) -> Trust {
+        Trust {
+            ca_required: true,
+            ..t
+        }
+    }
+
+    fn pinned(r: Result<(), Untrusted>) -> Pinned {
+        match r {
+            Err(Untrusted::CaRefused { pinned, .. } | Untrusted::NoCas { pinned, .. }) => pinned,
+            other => panic!("expected a refusal by the CAs, got {other:?}"),
+        }
     }
 
     #[test]
-    fn with_dynamic_trust_a_pin_replaces_the_ca_store() {
-        let explicit = |pin| Trust {
-            pin: Some(pin),
-            ..Trust::default()
-        };
-        let learned = |pin| Trust {
-            learned: Some(pin),
-            ..Trust::default()
-        };
-        assert_eq!(verify(explicit, false), Ok(()));
-        assert_eq!(verify(learned, false), Ok(()));
-        let refused = verify(|_| Trust::default(), false).unwrap_err();
+    fn a_renewed_key_the_cas_accept_is_trusted_whatever_the_learned_pin() {
+        let ca = Ca::new();
+        let old = leaf(None, &["gw.test"], &KeyPair::generate().unwrap());
+        let renewed = leaf(Some(&ca), &["gw.test"], &KeyPair::generate().unwrap());
+        assert_ne!(pin(&old), pin(&renewed));
+        let t = learned("gw.test", pin(&old));
+        assert!(check(&t, &[ca.der()], &renewed, "gw.test").is_ok());
+        let t = without_dynamic_trust(t);
+        assert!(check(&t, &[ca.der()], &renewed, "gw.test").is_ok());
+    }
+
+    #[test]
+    fn a_key_neither_the_cas_nor_the_pin_accept_is_refused() {
+        let ca = Ca::new();
+        let old = leaf(None, &["gw.test"], &KeyPair::generate().unwrap());
+        let other = leaf(None, &["gw.test"], &KeyPair::generate().unwrap());
+        let t = learned("gw.test", pin(&old));
+        let refused = check(&t, &[ca.der()], &other, "gw.test");
+        assert_eq!(pinned(refused.clone()), Pinned::Other(pin(&old)));
+        let text = refused.unwrap_err().to_string();
+        assert!(text.contains(&pin(&old).to_string()), "{text}");
+        // No CAs at all: the same refusal, saying so.
+        let refused = check(&t, &[], &other, "gw.test");
         assert!(
-            refused.contains("no CA certificates on this system"),
-            "{refused}"
+            matches!(refused, Err(Untrusted::NoCas { .. })),
+            "{refused:?}"
         );
-        assert_eq!(verify(|_| Trust::default(), true), Ok(()));
     }
 
     #[test]
-    fn without_dynamic_trust_a_pin_only_narrows_the_ca_store() {
-        let explicit = |pin| Trust {
-            pin: Some(pin),
-            ca_required: true,
-            ..Trust::default()
-        };
-        let learned = |pin| Trust {
-            learned: Some(pin),
-            ca_required: true,
-            ..Trust::default()
-        };
-        // The right pin on a certificate no CA vouches for: refused, saying why.
-        let refused = verify(explicit, false).unwrap_err();
-        assert!(refused.contains("dynamic trust is off"), "{refused}");
-        assert!(verify(learned, false).is_err());
-        // A certificate the CAs vouch for: trusted, and a pin still has to match.
-        assert_eq!(verify(explicit, true), Ok(()));
-        assert_eq!(verify(learned, true), Ok(()));
-        let wrong = |_| Trust {
-            pin: Some(other_pin()),
-            ca_required: true,
-            ..Trust::default()
-        };
+    fn a_learned_pin_trusts_its_key_only_while_dynamic_trust_is_on() {
+        let cert = leaf(None, &["gw.test"], &KeyPair::generate().unwrap());
+        let t = learned("gw.test", pin(&cert));
+        assert!(check(&t, &[], &cert, "gw.test").is_ok());
+        let refused = check(&without_dynamic_trust(t), &[], &cert, "gw.test");
+        assert_eq!(pinned(refused.clone()), Pinned::NotEnough);
         assert!(
-            verify(wrong, true)
+            refused
                 .unwrap_err()
-                .contains("does not match the pin")
+                .to_string()
+                .contains("dynamic trust is off")
         );
-        let none = |_| Trust {
-            ca_required: true,
+    }
+
+    #[test]
+    fn attacker_a_certificate_for_the_name_from_an_untrusted_ca_is_refused() {
+        let (ca, rogue) = (Ca::new(), Ca::new());
+        let genuine = leaf(Some(&ca), &["gw.test"], &KeyPair::generate().unwrap());
+        let forged = leaf(Some(&rogue), &["gw.test"], &KeyPair::generate().unwrap());
+        // Positive control: the genuine certificate passes the same check.
+        assert!(check(&Trust::default(), &[ca.der()], &genuine, "gw.test").is_ok());
+        let refused = check(&Trust::default(), &[ca.der()], &forged, "gw.test");
+        assert_eq!(pinned(refused), Pinned::Nothing);
+        // With the genuine key learned, the forged one is still refused, naming the pin.
+        let t = learned("gw.test", pin(&genuine));
+        assert_eq!(
+            pinned(check(&t, &[ca.der()], &forged, "gw.test")),
+            Pinned::Other(pin(&genuine))
+        );
+    }
+
+    #[test]
+    fn pins_are_per_host() {
+        let ca = Ca::new();
+        let key = KeyPair::generate().unwrap();
+        let a = leaf(None, &["gw-a.test"], &key);
+        let t = learned("gw-a.test", pin(&a));
+        assert!(check(&t, &[ca.der()], &a, "gw-a.test").is_ok());
+        // gw-a's pinned key served by another gateway of the list: gw-b has no pin.
+        let refused = check(&t, &[ca.der()], &a, "gw-b.test");
+        assert_eq!(pinned(refused), Pinned::Nothing);
+        // The pinned key under another name, served by gw-a: the pin binds key and host,
+        // so it is trusted, unless dynamic trust is off (then the CAs and the name decide).
+        let renamed = leaf(None, &["other.test"], &key);
+        assert!(check(&t, &[ca.der()], &renamed, "gw-a.test").is_ok());
+        assert!(
+            check(
+                &without_dynamic_trust(t),
+                &[ca.der()],
+                &renamed,
+                "gw-a.test"
+            )
+            .is_err()
+        );
+        // A certificate the CAs issued to gw-a is not gw-b's either.
+        let issued = leaf(Some(&ca), &["gw-a.test"], &KeyPair::generate().unwrap());
+        let refused = check(&Trust::default(), &[ca.der()], &issued, "gw-b.test");
+        assert!(
+            matches!(refused, Err(Untrusted::CaRefused { .. })),
+            "{refused:?}"
+        );
+        // Host names are compared as TLS sees them: case does not matter.
+        let t = learned("gw-a.test", pin(&a));
+        assert!(check(&t, &[], &a, "GW-A.test").is_ok());
+    }
+
+    #[test]
+    fn the_administrators_pins_trust_their_host_even_without_dynamic_trust() {
+        let ca = Ca::new();
+        let cert = leaf(None, &["gw-a.test"], &KeyPair::generate().unwrap());
+        let second = leaf(None, &["gw-a.test"], &KeyPair::generate().unwrap());
+        let t = without_dynamic_trust(Trust {
+            admin: BTreeMap::from([("gw-a.test".to_string(), vec![pin(&second), pin(&cert)])]),
+            ..Trust::default()
+        });
+        assert!(check(&t, &[], &cert, "gw-a.test").is_ok());
+        assert!(check(&t, &[], &second, "gw-a.test").is_ok());
+        assert_eq!(pinned(check(&t, &[], &cert, "gw-b.test")), Pinned::Nothing);
+        let stranger = leaf(None, &["gw-a.test"], &KeyPair::generate().unwrap());
+        assert_eq!(
+            pinned(check(&t, &[], &stranger, "gw-a.test")),
+            Pinned::Other(pin(&second))
+        );
+        // They add trust; a certificate the CAs vouch for is still trusted.
+        let issued = leaf(Some(&ca), &["gw-a.test"], &KeyPair::generate().unwrap());
+        assert!(check(&t, &[ca.der()], &issued, "gw-a.test").is_ok());
+    }
+
+    #[test]
+    fn an_explicit_pin_is_the_only_key_trusted() {
+        let ca = Ca::new();
+        let cert = leaf(None, &["gw.test"], &KeyPair::generate().unwrap());
+        let explicit = Trust {
+            pin: Some(pin(&cert)),
             ..Trust::default()
         };
-        assert_eq!(verify(none, true), Ok(()));
-        assert!(verify(none, false).is_err());
+        assert!(check(&explicit, &[], &cert, "gw.test").is_ok());
+        // For any host of the connection: it is the user's word about this connect.
+        assert!(check(&explicit, &[], &cert, "gw-b.test").is_ok());
+        let issued = leaf(Some(&ca), &["gw.test"], &KeyPair::generate().unwrap());
+        let refused = check(&explicit, &[ca.der()], &issued, "gw.test");
+        assert!(
+            matches!(refused, Err(Untrusted::PinMismatch { .. })),
+            "{refused:?}"
+        );
+        // Without dynamic trust it narrows the CAs: the right key alone is not enough...
+        let strict = without_dynamic_trust(explicit);
+        assert_eq!(
+            pinned(check(&strict, &[], &cert, "gw.test")),
+            Pinned::NotEnough
+        );
+        // ...and a key the CAs vouch for must be the pinned one.
+        let strict = Trust {
+            pin: Some(pin(&issued)),
+            ..strict
+        };
+        assert!(check(&strict, &[ca.der()], &issued, "gw.test").is_ok());
+        assert!(matches!(
+            check(&strict, &[ca.der()], &cert, "gw.test"),
+            Err(Untrusted::PinMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn no_pin_and_no_ca_trusts_nothing() {
+        let cert = leaf(None, &["gw.test"], &KeyPair::generate().unwrap());
+        let refused = check(&Trust::default(), &[], &cert, "gw.test");
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("no CA certificates on this system")
+        );
+        // Positive control: the certificate as its own CA.
+        assert!(
+            check(
+                &Trust::default(),
+                std::slice::from_ref(&cert.clone().into_owned()),
+                &cert,
+                "gw.test"
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn pin_of_a_certificate_is_the_spki_hash() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["gw.test".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let pin = Pin::of_certificate(cert.der()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf(None, &["gw.test"], &key);
         let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-        assert_eq!(pin.0, <[u8; 32]>::from(Sha256::digest(&spki)));
+        assert_eq!(pin(&cert), Pin::of_spki(&spki));
     }
 }

@@ -396,6 +396,8 @@ mod tests {
             name: "t".into(),
             id: 1,
             gateways: Vec::new(),
+            url_mode: tunnel_config::UrlMode::Top,
+            last_url: None,
             realm: None,
             user: None,
             password: None,

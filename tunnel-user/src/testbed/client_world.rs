@@ -43,6 +43,8 @@ pub const PORT: u16 = 9000;
 pub const UDP_ECHO_PORT: u16 = 5002;
 /// The client's LAN address.
 pub const CLIENT_LAN: &str = "192.168.70.2";
+/// A second gateway's LAN address, in the gateway namespace ([`ClientWorld::second_gateway`]).
+pub const GATEWAY2: &str = "192.168.70.3";
 
 /// A child process, stopped with SIGTERM (then SIGKILL) when dropped.
 pub struct Proc(Child, &'static str);
@@ -299,6 +301,56 @@ fallback_secs = 5
                     .unwrap_or_default()
                     .matches("gateway stopped")
                     .count()
+        });
+        p
+    }
+
+    /// Prepares a second gateway in the gateway namespace: [`GATEWAY2`]:8443, its own
+    /// self-signed certificate, pool 10.78.0.0/24, TUN device `tgw1`, ESP on port 4501, the
+    /// same users and routes as the first. Returns its directory (`gateway.toml`,
+    /// `cert.pem`) and its certificate's pin; start it with [`ClientWorld::start_gateway_in`].
+    pub fn second_gateway(&self) -> (PathBuf, String) {
+        let dir = self.dir.join("gw2");
+        fs::create_dir_all(&dir).unwrap();
+        self.gw
+            .sh(&format!("ip addr add {GATEWAY2}/24 dev g0"))
+            .unwrap();
+        let pin = super::pki::write_gateway_certificate(&dir, GATEWAY2.parse().unwrap())
+            .unwrap()
+            .to_string();
+        fs::copy(self.dir.join("users"), dir.join("users")).unwrap();
+        let first = fs::read_to_string(self.dir.join("gateway.toml")).unwrap();
+        let config = first
+            .replace(&format!("{GATEWAY}:8443"), &format!("{GATEWAY2}:8443"))
+            .replace("10.77.0.0/24", "10.78.0.0/24")
+            .replace("\"tgw0\"", "\"tgw1\"")
+            .replace("port = 4500", "port = 4501");
+        fs::write(dir.join("gateway.toml"), config).unwrap();
+        (dir, pin)
+    }
+
+    /// Starts the gateway configured in `dir` (as [`ClientWorld::second_gateway`] made it),
+    /// logging to `dir/gateway.log`.
+    pub fn start_gateway_in(&self, dir: &Path) -> Proc {
+        let log_path = dir.join("gateway.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = self
+            .gw
+            .command(&self.bin.gateway.to_string_lossy())
+            .arg("--config")
+            .arg(dir.join("gateway.toml"))
+            .env("NO_COLOR", "1")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Proc(child, "tunnel-gateway");
+        wait_for("the gateway", Duration::from_secs(10), || {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            text.matches("gateway running").count() > text.matches("gateway stopped").count()
         });
         p
     }

@@ -173,6 +173,6 @@ pub fn write_gateway_certificate(
     let cert = params.self_signed(&key).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("cert.pem"), cert.pem())?;
     std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
-    crate::client::tls::Pin::of_certificate(cert.der())
+    crate::client::tls::pin_of_certificate(cert.der())
         .ok_or_else(|| std::io::Error::other("the test certificate does not parse"))
 }
