@@ -642,6 +642,99 @@ fn families_without_a_tunnel_address_bypass() {
     );
 }
 
+/// A full tunnel without an IPv6 address drops IPv6 that is not explicitly excluded, both
+/// ways; the gateway, link control and the tunnelled family are untouched, and lock-down
+/// does not change the reason.
+#[test]
+fn a_connection_drops_the_family_it_has_no_address_for_when_told_to() {
+    let Some(mut dp) =
+        load_or_skip("a_connection_drops_the_family_it_has_no_address_for_when_told_to")
+    else {
+        return;
+    };
+    let mut p = policy();
+    p.conns[0].tun_v6 = None;
+    p.conns[0].drop_missing_family = true;
+    for lockdown in [false, true] {
+        p.lockdown = lockdown;
+        dp.apply(&p).unwrap();
+        let l6 = IpAddr::V6(LOCAL_V6);
+        for dst in [ip("2001:db8:100::3"), ip(OUTSIDE_V6)] {
+            expect(
+                &mut dp,
+                &tcp(l6, dst),
+                0,
+                TC_ACT_SHOT,
+                0,
+                Reason::DropNoFamily,
+            );
+            expect(
+                &mut dp,
+                &udp(l6, dst, 53),
+                0,
+                TC_ACT_SHOT,
+                0,
+                Reason::DropNoFamily,
+            );
+        }
+        let excluded = if lockdown {
+            // Lock-down's rule for a missing family, unchanged by this setting.
+            (TC_ACT_SHOT, Reason::DropLockdown)
+        } else {
+            (TC_ACT_OK, Reason::BypassNoFamily)
+        };
+        expect(
+            &mut dp,
+            &tcp(l6, ip(EXCLUDED_V6)),
+            0,
+            excluded.0,
+            0,
+            excluded.1,
+        );
+        expect(
+            &mut dp,
+            &tcp(l6, ip("2001:db8:100::5")),
+            0,
+            TC_ACT_OK,
+            CONN_NONE,
+            Reason::BypassGateway,
+        );
+        let ns = Frame::new(l6, ip("ff02::1:ff00:3"), L4::Icmpv6 { icmp_type: 135 }).build();
+        expect(
+            &mut dp,
+            &ns,
+            0,
+            TC_ACT_OK,
+            CONN_NONE,
+            Reason::BypassLinkControl,
+        );
+        expect(
+            &mut dp,
+            &tcp(IpAddr::V4(LOCAL_V4), ip("10.1.2.3")),
+            0,
+            TC_ACT_REDIRECT,
+            0,
+            Reason::Tunnel,
+        );
+        for hook in GUARD_HOOKS {
+            let inbound = tcp(ip(OUTSIDE_V6), l6);
+            expect_guard(&mut dp, hook, &inbound, XDP_DROP, 0, Reason::DropNoFamily);
+        }
+    }
+    // Told nothing, the family bypasses as before.
+    p.lockdown = false;
+    p.conns[0].drop_missing_family = false;
+    dp.apply(&p).unwrap();
+    expect(
+        &mut dp,
+        &tcp(IpAddr::V6(LOCAL_V6), ip(OUTSIDE_V6)),
+        0,
+        TC_ACT_OK,
+        0,
+        Reason::BypassNoFamily,
+    );
+}
+
 #[test]
 fn a_refused_policy_changes_nothing() {
     let Some(mut dp) = load_or_skip("a_refused_policy_changes_nothing") else {

@@ -357,10 +357,14 @@ fn decide<'a>(
     } else {
         conn.tun_v4.is_some()
     };
+    let excluded = conn.exclude.iter().any(|n| family_matches(n, &o.remote));
     if !has_family {
+        if conn.drop_missing_family && !excluded {
+            return (Reason::DropNoFamily, Some(conn));
+        }
         return (Reason::BypassNoFamily, Some(conn));
     }
-    if conn.exclude.iter().any(|n| family_matches(n, &o.remote)) {
+    if excluded {
         return (Reason::BypassExcluded, Some(conn));
     }
     if !conn
