@@ -63,10 +63,19 @@ pub enum SetupError {
 }
 
 /// What the tunnel is to be, from the gateway's configuration and the connection's KVPs.
+///
+/// Two IPv4 addresses: the tunnel address, which the gateway assigned and checks every
+/// packet's source against, and the TUN device's own. They differ only with KVP `TunIP`
+/// ("configure only if the customer network is in the same range", seed 000): the device
+/// then carries an address that does not collide with the LAN, and the data path's source
+/// NAT, which already turns every tunnelled source into the tunnel address and back,
+/// translates the device's address too.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Plan {
-    /// KVP `TunIP`, else the gateway's.
+    /// The gateway's: the source of everything sent into the tunnel.
     pub(super) ipv4: Option<Ipv4Addr>,
+    /// The TUN device's address: KVP `TunIP`, else `ipv4`.
+    pub(super) device_ipv4: Option<Ipv4Addr>,
     pub(super) ipv6: Option<Ipv6Addr>,
     /// KVP `MTU`, else the gateway's (at most 9000), else 1400.
     pub(super) mtu: u16,
@@ -76,11 +85,19 @@ pub(super) struct Plan {
     pub(super) exclude: Vec<IpNet>,
     /// The gateway's address inside the tunnel: the target of keepalive probes.
     pub(super) internal_gateway: Option<Ipv4Addr>,
+    /// Drop the IP family the tunnel has no address for instead of letting it around the
+    /// tunnel: KVP `BlockUntunnelledIPv6` in a full tunnel (the includes hold 0.0.0.0/0)
+    /// with no IPv6 address.
+    pub(super) drop_missing_family: bool,
 }
 
 impl Plan {
     pub(super) fn new(spec: &ConnectSpec, config: &Config) -> Result<Plan, SetupError> {
-        let ipv4 = spec.tun_ip.or(config.ipv4_address);
+        let ipv4 = config.ipv4_address;
+        if spec.tun_ip.is_some() && ipv4.is_none() {
+            warn!(connection = %spec.name, "KVP TunIP has no effect: the gateway assigned no IPv4 address");
+        }
+        let device_ipv4 = ipv4.map(|a| spec.tun_ip.unwrap_or(a));
         let ipv6 = config.ipv6_address.map(|n| n.addr);
         if ipv4.is_none() && ipv6.is_none() {
             return Err(SetupError::NoAddress);
@@ -106,13 +123,22 @@ impl Plan {
         let include = spec.ip_routes.clone().unwrap_or(gateway_include);
         let mut exclude = nets(&config.exclude_v4, &config.exclude_v6)?;
         exclude.extend(spec.exc_routes.iter().copied());
+        // No include routes means everything (`ConnPolicy::effective_include`).
+        let full_v4 = include.is_empty()
+            || include
+                .iter()
+                .any(|n| matches!(n, IpNet::V4(n) if n.prefix_len() == 0));
+        let drop_missing_family =
+            spec.block_untunnelled_ipv6 && full_v4 && ipv4.is_some() && ipv6.is_none();
         Ok(Plan {
             ipv4,
+            device_ipv4,
             ipv6,
             mtu,
             include,
             exclude,
             internal_gateway: config.internal_gateway,
+            drop_missing_family,
         })
     }
 }
@@ -125,6 +151,8 @@ pub(super) struct Tunnel {
     pub(super) stop: Arc<Stop>,
     pub(super) threads: Vec<JoinHandle<()>>,
     pub(super) ipv4: Option<Ipv4Addr>,
+    /// The TUN device's IPv4 address (`Plan::device_ipv4`).
+    pub(super) device_ipv4: Option<Ipv4Addr>,
     /// The gateway's address inside the tunnel: the target of keepalive probes.
     pub(super) internal_gateway: Option<Ipv4Addr>,
     /// How the gateway was reached when the session came up (interface, source address).
@@ -167,7 +195,7 @@ impl Tunnel {
         }
         nl.link_up(index, Some(u32::from(plan.mtu)))
             .map_err(|e| SetupError::LinkUp(Arc::new(e)))?;
-        let addresses = [plan.ipv4.map(|a| (IpAddr::V4(a), 32))]
+        let addresses = [plan.device_ipv4.map(|a| (IpAddr::V4(a), 32))]
             .into_iter()
             .chain([plan.ipv6.map(|a| (IpAddr::V6(a), 128))])
             .flatten();
@@ -200,6 +228,7 @@ impl Tunnel {
             stop: Arc::new(Stop::new().map_err(|e| SetupError::StopSignal(Arc::new(e)))?),
             threads: Vec::new(),
             ipv4: plan.ipv4,
+            device_ipv4: plan.device_ipv4,
             internal_gateway: plan.internal_gateway,
             uplink,
         })
@@ -223,7 +252,7 @@ pub(super) fn configure<'t>(
     esp_port: Option<u16>,
 ) -> Result<&'t mut Tunnel, SetupError> {
     let t = match slot.take() {
-        Some(mut t) if t.ipv4 == plan.ipv4 => {
+        Some(mut t) if t.ipv4 == plan.ipv4 && t.device_ipv4 == plan.device_ipv4 => {
             // The route this session came up on: the one a change of routes made it
             // reconnect over, for one. Kept from before, it made every later check see that
             // same change again, and the client reconnected every 2 s for as long as it
@@ -250,6 +279,7 @@ pub(super) fn configure<'t>(
         include: plan.include.clone(),
         exclude: plan.exclude.clone(),
         udp_ports: spec.udp_ports.clone(),
+        drop_missing_family: plan.drop_missing_family,
     };
     let entry = ConnEntry {
         conn,
@@ -270,7 +300,7 @@ pub(super) fn configure<'t>(
         },
         _ => None,
     };
-    info!(connection = %spec.name, ipv4 = ?plan.ipv4, ipv6 = ?plan.ipv6, mtu = plan.mtu, "tunnel configured");
+    info!(connection = %spec.name, ipv4 = ?plan.ipv4, device_ipv4 = ?plan.device_ipv4, ipv6 = ?plan.ipv6, mtu = plan.mtu, ipv6_blocked = plan.drop_missing_family, "tunnel configured");
     Ok(t)
 }
 
@@ -391,6 +421,7 @@ mod tests {
             udp_ports: None,
             mtu: None,
             tun_ip: None,
+            block_untunnelled_ipv6: true,
             dpd: Dpd::default(),
             disconnect_timeout: None,
             app_cgroup: None,
@@ -426,11 +457,13 @@ mod tests {
             plan,
             Plan {
                 ipv4: Some(Ipv4Addr::new(10, 9, 0, 2)),
+                device_ipv4: Some(Ipv4Addr::new(10, 9, 0, 2)),
                 ipv6: None,
                 mtu: DEFAULT_MTU,
                 include: vec![net("10.0.0.0/8")],
                 exclude: vec![net("10.1.0.0/16")],
                 internal_gateway: Some(Ipv4Addr::new(10, 9, 0, 1)),
+                drop_missing_family: false,
             }
         );
         let mut big = config();
@@ -450,7 +483,9 @@ mod tests {
         let mut c = config();
         c.mtu = Some(1500);
         let plan = Plan::new(&s, &c).unwrap();
-        assert_eq!(plan.ipv4, Some(Ipv4Addr::new(172, 16, 0, 9)));
+        // TunIP is the device's address; the tunnel keeps the one the gateway checks.
+        assert_eq!(plan.device_ipv4, Some(Ipv4Addr::new(172, 16, 0, 9)));
+        assert_eq!(plan.ipv4, Some(Ipv4Addr::new(10, 9, 0, 2)));
         assert_eq!(plan.mtu, 1280);
         assert_eq!(plan.include, vec![net("192.168.0.0/16")]);
         assert_eq!(
@@ -473,5 +508,47 @@ mod tests {
             Plan::new(&spec(), &c),
             Err(SetupError::Prefix { len: 33 })
         ));
+    }
+
+    #[test]
+    fn a_full_tunnel_without_ipv6_drops_ipv6_unless_told_not_to() {
+        let full = |spec: &ConnectSpec, c: &Config| Plan::new(spec, c).unwrap().drop_missing_family;
+        let mut c = config();
+        // Split (10.0.0.0/8): IPv6 goes around, as everything not included does.
+        assert!(!full(&spec(), &c));
+        // The gateway includes everything, or nothing (which means everything).
+        c.include_v4 = vec![v4("0.0.0.0/0")];
+        assert!(full(&spec(), &c));
+        c.include_v4.clear();
+        assert!(full(&spec(), &c));
+        // KVP IPRoutes decides over the gateway's routes.
+        let mut s = spec();
+        s.ip_routes = Some(vec![net("192.168.0.0/16")]);
+        assert!(!full(&s, &c));
+        s.ip_routes = Some(vec![net("0.0.0.0/0")]);
+        assert!(full(&s, &c));
+        // BlockUntunnelledIPv6=false.
+        s.block_untunnelled_ipv6 = false;
+        assert!(!full(&s, &c));
+        // An IPv6 address: IPv6 goes through the tunnel, nothing to drop.
+        c.ipv6_address = Some(tunnel_proto::Ipv6Net {
+            addr: "fd00:9::2".parse().unwrap(),
+            prefix_len: 64,
+        });
+        assert!(!full(&spec(), &c));
+    }
+
+    #[test]
+    fn tun_ip_without_an_assigned_ipv4_address_changes_nothing() {
+        let mut s = spec();
+        s.tun_ip = Some(Ipv4Addr::new(172, 16, 0, 9));
+        let mut c = config();
+        c.ipv4_address = None;
+        c.ipv6_address = Some(tunnel_proto::Ipv6Net {
+            addr: "fd00:9::2".parse().unwrap(),
+            prefix_len: 64,
+        });
+        let plan = Plan::new(&s, &c).unwrap();
+        assert_eq!((plan.ipv4, plan.device_ipv4), (None, None));
     }
 }
