@@ -816,7 +816,10 @@ async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) ->
         Request::Import { text } => import(daemon, &text),
         Request::LogLevel { detailed } => {
             let level = if detailed { Level::Debug } else { Level::Info };
-            daemon.log.lock().unwrap_or_else(|e| e.into_inner()).format = EventLog::new(level);
+            let mut log = daemon.log.lock().unwrap_or_else(|e| e.into_inner());
+            log.format = EventLog::new(level);
+            // The log says from where on it is kept at another level.
+            log.message(Level::Info, &format!("event log level set to {level}"));
             Response::ok(format!("log level {level}"))
         }
         Request::Open { url } => open(daemon, &url),
