@@ -560,7 +560,10 @@ mod tests {
         .unwrap();
         assert!(hidden, "the loading thread still sees {VMLINUX}");
         assert!(covers_btf(&own_mounts), "the tmpfs is not in its mountinfo");
-        assert!(Path::new(VMLINUX).exists(), "the test's thread lost {VMLINUX}");
+        assert!(
+            Path::new(VMLINUX).exists(),
+            "the test's thread lost {VMLINUX}"
+        );
         for others in ["/proc/thread-self/mountinfo", "/proc/1/mountinfo"] {
             let mounts = fs::read_to_string(others).unwrap();
             assert!(!covers_btf(&mounts), "the tmpfs leaked into {others}");
