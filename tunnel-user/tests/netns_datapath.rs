@@ -678,3 +678,72 @@ fn a_full_tunnel_without_ipv6_sends_no_ipv6_around_it() {
         }
     }
 }
+
+/// What a connected UDP socket learns of a datagram that the far end refuses: corp answers
+/// a datagram to a closed (listed) port with a port unreachable through the tunnel, and the
+/// TUN device's ingress gives it back to the socket, which sees "connection refused". The
+/// error, addressed to the tunnel address, would otherwise go to no socket: the datagram
+/// left from the uplink's address.
+#[test]
+fn icmp_errors_from_the_tunnel_reach_the_socket() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP icmp_errors_from_the_tunnel_reach_the_socket: needs root");
+        return;
+    }
+    let w = SplitWorld::build(&format!("tdi{}", std::process::id())).unwrap();
+    let mut dp = Datapath::load().unwrap();
+    let (_uplink, _tun, tun_ifindex) = w
+        .client
+        .enter(|| {
+            let up = dp.attach_uplink("up0")?;
+            let tun = dp.attach_tun("tun0")?;
+            Ok::<_, tunnel_user::DatapathError>((up, tun, tunnel_user::datapath::ifindex("tun0")?))
+        })
+        .unwrap()
+        .unwrap();
+    dp.apply(&Policy {
+        gateways: vec![GATEWAY.parse().unwrap()],
+        device_conn: Some(0),
+        conns: vec![tunnelled(tun_ifindex)],
+        ..Default::default()
+    })
+    .unwrap();
+    // 5001 is in the UDP port list; nobody listens on it in corp.
+    for dst in [CORP, CORP6] {
+        let to = SocketAddr::new(dst.parse().unwrap(), 5001);
+        let before = counters(&dp);
+        let got = w
+            .client
+            .enter(move || {
+                let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+                let s = std::net::UdpSocket::bind(any)?;
+                s.connect(to)?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.send(b"anyone?")?;
+                let mut buf = [0u8; 64];
+                s.recv(&mut buf).map(|_| ())
+            })
+            .unwrap();
+        let d = counters(&dp).since(&before);
+        let err = got.expect_err("corp has nothing on 5001");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{dst}: the socket saw {err}; {:?}",
+            d.nonzero()
+        );
+        assert_eq!(
+            d.get(0, Reason::Tunnel).packets,
+            1,
+            "{dst}: {:?}",
+            d.nonzero()
+        );
+        assert_eq!(
+            d.get(0, Reason::ReplyRestored).packets,
+            1,
+            "{dst}: {:?}",
+            d.nonzero()
+        );
+    }
+}
