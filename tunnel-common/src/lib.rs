@@ -167,6 +167,11 @@ pub mod conn_flags {
     pub const HAS_V6: u32 = 1 << 2;
     /// A UDP port list is configured: only UDP to listed ports is tunnelled.
     pub const UDP_PORTS_LISTED: u32 = 1 << 3;
+    /// A packet of a family the connection has no tunnel address for is dropped
+    /// ([`super::Reason::DropNoFamily`]) instead of bypassing, unless an exclude route or
+    /// a gateway address covers it: a full tunnel that got no IPv6 address from its gateway
+    /// must not send IPv6 around it.
+    pub const DROP_NO_FAMILY: u32 = 1 << 4;
 }
 
 /// Why a packet got its verdict; also the column of the counter table. The order is ABI.
@@ -218,10 +223,13 @@ pub enum Reason {
     /// A later fragment whose first fragment was not seen, where only the ports (in the first
     /// fragment) could tell whether it is tunnelled: dropped, never sent in clear.
     DropFragment = 19,
+    /// The connection has no tunnel address of this IP family and drops that family
+    /// ([`conn_flags::DROP_NO_FAMILY`]).
+    DropNoFamily = 20,
 }
 
 /// Number of [`Reason`] values (columns of the counter table).
-pub const NUM_REASONS: u32 = 20;
+pub const NUM_REASONS: u32 = 21;
 
 impl Reason {
     /// Every reason, in ABI order.
@@ -246,6 +254,7 @@ impl Reason {
         Reason::Malformed,
         Reason::DropUnparsed,
         Reason::DropFragment,
+        Reason::DropNoFamily,
     ];
 
     /// The reason with ABI number `n`. A `match` rather than an index into [`Reason::ALL`]:
@@ -273,6 +282,7 @@ impl Reason {
             17 => Reason::Malformed,
             18 => Reason::DropUnparsed,
             19 => Reason::DropFragment,
+            20 => Reason::DropNoFamily,
             _ => return None,
         })
     }
@@ -300,6 +310,7 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::DropUnparsed => "drop_unparsed",
             Reason::DropFragment => "drop_fragment",
+            Reason::DropNoFamily => "drop_no_family",
         }
     }
 
@@ -311,7 +322,8 @@ impl Reason {
             | Reason::DropSpoofed
             | Reason::DropUnroutable
             | Reason::DropUnparsed
-            | Reason::DropFragment => VerdictKind::Drop,
+            | Reason::DropFragment
+            | Reason::DropNoFamily => VerdictKind::Drop,
             _ => VerdictKind::Bypass,
         }
     }
@@ -607,7 +619,7 @@ mod tests {
 
     #[test]
     fn indexes_stay_in_bounds() {
-        assert!(counter_index(CONN_NONE, Reason::DropFragment) < NUM_COUNTERS);
+        assert!(counter_index(CONN_NONE, Reason::DropNoFamily) < NUM_COUNTERS);
         assert!(udp_port_word(POLICY_SLOTS - 1, MAX_CONNS - 1, u16::MAX) < NUM_UDP_PORT_WORDS);
         assert!(conn_index(POLICY_SLOTS - 1, MAX_CONNS - 1) < NUM_CONN_CONFIGS);
     }

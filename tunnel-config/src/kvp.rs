@@ -1,5 +1,12 @@
 //! Ivanti Tunnel key-value pairs (KVPs): the admin's per-connection tuning knobs, checked
-//! against the seed's table (seed 000, "Key-value pairs for Ivanti Tunnel for macOS").
+//! against the seed's table (seed 000, "Key-value pairs for Ivanti Tunnel for macOS"), plus
+//! this client's own keys, which come after the seed's ([`Key::BlockUntunnelledIPv6`]).
+//!
+//! Some of the seed's keys describe parts of Ivanti Tunnel this client does not have (an
+//! e-mailed debug bundle, the Sentry's TCP proxy, a NAT table for app proxies). They are
+//! accepted, so that profiles written for Ivanti Tunnel validate, but never silently:
+//! [`Kvps::without_effect`] names each one set and why it does nothing here, and the daemon
+//! says so when such a connection is added or edited.
 //!
 //! This module owns the key names, their value syntax, their allowed ranges and their
 //! defaults. It does not apply anything: the daemon reads the effective values through the
@@ -43,6 +50,9 @@ pub enum Key {
     AtpProbeIntervalSec,
     AtpProbeCount,
     DirectLocalhost,
+    /// Not in the seed: in a full tunnel whose gateway assigned no IPv6 address, whether
+    /// IPv6 is dropped (true, the default) rather than sent around the tunnel.
+    BlockUntunnelledIPv6,
 }
 
 /// The seed spells `AtpProbeIdleSec` as `AtpProbeldleSec` (a lower-case L for the I) in its
@@ -73,7 +83,7 @@ const ULA_LENGTHS: RangeInclusive<u8> = 8..=64;
 
 impl Key {
     /// Every key, in the seed table's order.
-    pub const ALL: [Key; 16] = [
+    pub const ALL: [Key; 17] = [
         Key::DisconnectTimeoutInSeconds,
         Key::TcpIdleTmoMs,
         Key::DebugInfoRecipient,
@@ -90,6 +100,7 @@ impl Key {
         Key::AtpProbeIntervalSec,
         Key::AtpProbeCount,
         Key::DirectLocalhost,
+        Key::BlockUntunnelledIPv6,
     ];
 
     /// The key as the seed spells it.
@@ -111,6 +122,7 @@ impl Key {
             Key::AtpProbeIntervalSec => "AtpProbeIntervalSec",
             Key::AtpProbeCount => "AtpProbeCount",
             Key::DirectLocalhost => "DirectLocalhost",
+            Key::BlockUntunnelledIPv6 => "BlockUntunnelledIPv6",
         }
     }
 
@@ -121,7 +133,10 @@ impl Key {
             Key::TcpIdleTmoMs => "5000-1800000 milliseconds",
             Key::DebugInfoRecipient => "an email address, name@domain",
             Key::LogLevel => "error, warning, info, debug, session or packet",
-            Key::AnalyticsEnabled | Key::DisablePinning | Key::DirectLocalhost => "true or false",
+            Key::AnalyticsEnabled
+            | Key::DisablePinning
+            | Key::DirectLocalhost
+            | Key::BlockUntunnelledIPv6 => "true or false",
             Key::IPv6NetworkPrefix => {
                 "an IPv6 ULA prefix inside fc00::/7, length 8-64, host bits zero (e.g. fd00:1234::/48)"
             }
@@ -631,6 +646,53 @@ impl Kvps {
         self.bool_or(Key::DirectLocalhost, false)
     }
 
+    /// `BlockUntunnelledIPv6` (default true): a full tunnel (the include routes hold
+    /// 0.0.0.0/0) whose gateway assigned no IPv6 address drops IPv6 rather than letting it
+    /// leave around the tunnel; `ExcRoutes` and the gateway stay reachable.
+    pub fn block_untunnelled_ipv6(&self) -> bool {
+        self.bool_or(Key::BlockUntunnelledIPv6, true)
+    }
+
+    /// The keys set here that have no effect on this client, each with the reason, in the
+    /// seed table's order.
+    pub fn without_effect(&self) -> Vec<NoEffect> {
+        self.values
+            .iter()
+            .filter_map(|(key, value)| {
+                let why = match (key, value) {
+                    (Key::TcpIdleTmoMs, _) => {
+                        "it times out the TCP connections Standalone Sentry proxies for per-app \
+                         VPN; this client proxies nothing: an app's TCP connection runs end to \
+                         end through the tunnel"
+                    }
+                    (Key::DebugInfoRecipient, _) => {
+                        "this client sends no debug information by e-mail; `tunnel logs save` \
+                         writes the bundle to a file"
+                    }
+                    (Key::LogLevel, _) => {
+                        "the event log's level is the daemon's, not a connection's: use \
+                         `tunnel launcher -L 5` (detailed) or `-L 3` (normal), and \
+                         `tunneld --log-level` for the daemon's own log"
+                    }
+                    (Key::AnalyticsEnabled, _) => {
+                        "this client collects no analytics, whatever the value"
+                    }
+                    (Key::IPv6NetworkPrefix, _) => {
+                        "it sizes the NAT table of Ivanti Tunnel's app proxy; this client \
+                         translates to the tunnel address the gateway assigns and has no such \
+                         table"
+                    }
+                    (Key::DirectLocalhost, Value::Bool(false)) => {
+                        "localhost traffic never reaches the tunnel on Linux (it stays on the \
+                         loopback device), so it cannot be sent through it"
+                    }
+                    _ => return None,
+                };
+                Some(NoEffect { key: *key, why })
+            })
+            .collect()
+    }
+
     fn bool_or(&self, key: Key, default: bool) -> bool {
         match self.get(key) {
             Some(Value::Bool(b)) => *b,
@@ -643,6 +705,20 @@ impl Kvps {
             Some(Value::Seconds(n) | Value::Count(n)) => *n,
             _ => default,
         }
+    }
+}
+
+/// A key that was set and does nothing on this client ([`Kvps::without_effect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoEffect {
+    pub key: Key,
+    /// Why, in a sentence that completes "has no effect here: ".
+    pub why: &'static str,
+}
+
+impl fmt::Display for NoEffect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KVP {} has no effect here: {}", self.key, self.why)
     }
 }
 
@@ -668,9 +744,10 @@ fn parse_value(key: Key, raw: &str) -> Result<Value, ValueProblem> {
         Key::TcpIdleTmoMs => ranged(v, &TCP_IDLE).map(Value::Millis),
         Key::DebugInfoRecipient => email(v).map(|()| Value::Text(v.to_string())),
         Key::LogLevel => level(v).map(Value::Level),
-        Key::AnalyticsEnabled | Key::DisablePinning | Key::DirectLocalhost => {
-            boolean(v).map(Value::Bool)
-        }
+        Key::AnalyticsEnabled
+        | Key::DisablePinning
+        | Key::DirectLocalhost
+        | Key::BlockUntunnelledIPv6 => boolean(v).map(Value::Bool),
         Key::IPv6NetworkPrefix => ula(v).map(Value::Ula),
         Key::IPRoutes | Key::ExcRoutes => routes(v).map(Value::Routes),
         Key::SplitUDPPortList => v.parse().map(Value::Ports),
@@ -918,6 +995,7 @@ mod tests {
         assert_eq!(k.split_udp_ports(), None);
         assert_eq!(k.mtu(), 1400);
         assert_eq!(k.tun_ip(), None);
+        assert!(k.block_untunnelled_ipv6());
         assert_eq!(k.atp_probe_idle(), Duration::from_secs(60));
         assert_eq!(k.atp_probe_interval(), Duration::from_secs(1));
         assert_eq!(k.atp_probe_count(), 5);
@@ -1336,6 +1414,7 @@ mod tests {
             ("AtpProbeIntervalSec", "1"),
             ("AtpProbeCount", "5"),
             ("DirectLocalhost", "true"),
+            ("BlockUntunnelledIPv6", "false"),
         ];
         let k = Kvps::parse(&pairs).unwrap();
         let back = k.to_pairs();
@@ -1368,5 +1447,45 @@ mod tests {
                 .contains("expected a string, integer or boolean"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn keys_that_do_nothing_here_are_named_with_the_reason() {
+        let k = Kvps::parse(&[
+            ("MTU", "1300"),
+            ("LogLevel", "debug"),
+            ("TcpIdleTmoMs", "120000"),
+            ("IPv6NetworkPrefix", "fd00:1::/48"),
+            ("debugInfoRecipient", "ops@example.com"),
+            ("AnalyticsEnabled", "true"),
+            ("DirectLocalhost", "true"),
+            ("BlockUntunnelledIPv6", "false"),
+        ])
+        .unwrap();
+        let named: Vec<Key> = k.without_effect().iter().map(|n| n.key).collect();
+        assert_eq!(
+            named,
+            [
+                Key::TcpIdleTmoMs,
+                Key::DebugInfoRecipient,
+                Key::LogLevel,
+                Key::AnalyticsEnabled,
+                Key::IPv6NetworkPrefix,
+            ]
+        );
+        let shown = k.without_effect()[2].to_string();
+        assert!(
+            shown.starts_with("KVP LogLevel has no effect here: ") && shown.contains("-L 5"),
+            "{shown}"
+        );
+        // DirectLocalhost=true is what happens anyway; false cannot be done.
+        let off = one("DirectLocalhost", "false").unwrap();
+        assert_eq!(off.without_effect()[0].key, Key::DirectLocalhost);
+        // Keys that take effect are never named; neither is anything unset.
+        assert!(Kvps::default().without_effect().is_empty());
+        assert!(!k.block_untunnelled_ipv6());
+        for key in [Key::MTU, Key::BlockUntunnelledIPv6, Key::DirectLocalhost] {
+            assert!(!named.contains(&key), "{key}");
+        }
     }
 }

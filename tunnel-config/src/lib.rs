@@ -42,7 +42,7 @@ pub use events::{
     CATALOGUE, Event, EventError, EventKind, EventLog, EventSpec, Level, UnknownLevel,
     render_event, utc_timestamp,
 };
-pub use kvp::{Key, KvpError, KvpErrors, Kvps, PortList, ValueProblem};
+pub use kvp::{Key, KvpError, KvpErrors, Kvps, NoEffect, PortList, ValueProblem};
 pub use launch::{
     AUTO_LAUNCH_SUFFIX, EncodingProblem, LAUNCH_SCHEME, LaunchError, LaunchOutcome, LaunchRequest,
     apply_launch,

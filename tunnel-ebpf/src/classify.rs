@@ -2,7 +2,8 @@
 //! policy maps of one slot; never touches the packet. The order of checks is the product's
 //! decision order (DESIGN.md): own sockets, link control, per-app before device-level, then one
 //! route lookup that answers gateway before exclude before include, then the UDP port list, and
-//! lock-down last.
+//! lock-down last. A packet of a family the connection has no address for bypasses, or is
+//! dropped where the connection says so (`DROP_NO_FAMILY`: a full tunnel without that family).
 //!
 //! A packet whose transport header is missing (a later fragment) or unreadable is decided by
 //! its addresses wherever they suffice. Where the destination is included and the ports are
@@ -127,7 +128,7 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
     let Some(cfg) = cfg.filter(|c| c.flags & conn_flags::ACTIVE != 0) else {
         // No connection: only the gateway addresses (their own trie namespace) matter.
         return match lookup_route(slot, ROUTES_GLOBAL, pkt.v6, view.remote) {
-            Some(route::GATEWAY) => Decision::none(Reason::BypassGateway),
+            route::GATEWAY => Decision::none(Reason::BypassGateway),
             _ => Decision::none(Reason::BypassNoConnection),
         };
     };
@@ -137,7 +138,7 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
         cfg: Some(cfg),
     };
     let found = lookup_route(slot, conn, pkt.v6, view.remote);
-    if found == Some(route::GATEWAY) {
+    if found == route::GATEWAY {
         return Decision::none(Reason::BypassGateway);
     }
     let family = if pkt.v6 {
@@ -146,11 +147,16 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
         conn_flags::HAS_V4
     };
     if cfg.flags & family == 0 {
+        // A family the tunnel cannot carry: around it, unless the connection drops that
+        // family (full tunnel); an explicit exclude stays open either way.
+        if cfg.flags & conn_flags::DROP_NO_FAMILY != 0 && found != route::EXCLUDE {
+            return with(Reason::DropNoFamily);
+        }
         return with(Reason::BypassNoFamily);
     }
     match found {
-        Some(route::EXCLUDE) => return with(Reason::BypassExcluded),
-        Some(route::INCLUDE) => {}
+        route::EXCLUDE => return with(Reason::BypassExcluded),
+        route::INCLUDE => {}
         _ => return with(Reason::BypassNotIncluded),
     }
     let ports_listed = cfg.flags & conn_flags::UDP_PORTS_LISTED != 0;
@@ -224,8 +230,14 @@ fn app_rule(cgroup_id: u64, slot: u32) -> Option<u32> {
     unsafe { APPS.get(key).copied() }
 }
 
+/// What [`lookup_route`] answers where no route matches.
+const NO_ROUTE: u32 = 0;
+
+/// The [`route`] kind of the longest match, or [`NO_ROUTE`]. A plain number rather than an
+/// `Option`: LLVM may read the value of a `None` (an undefined register) and discard it,
+/// a read the verifier refuses.
 #[inline(always)]
-fn lookup_route(slot: u32, conn: u32, v6: bool, addr: &[u32; 4]) -> Option<u32> {
+fn lookup_route(slot: u32, conn: u32, v6: bool, addr: &[u32; 4]) -> u32 {
     let (slot, conn) = (slot as u8, conn as u8);
     if v6 {
         let data = RouteKeyV6 {
@@ -236,7 +248,7 @@ fn lookup_route(slot: u32, conn: u32, v6: bool, addr: &[u32; 4]) -> Option<u32> 
         };
         ROUTES_V6
             .get(Key::new(ROUTE_KEY_PREFIX_BITS + 128, data))
-            .copied()
+            .map_or(NO_ROUTE, |kind| *kind)
     } else {
         let data = RouteKeyV4 {
             slot,
@@ -246,7 +258,7 @@ fn lookup_route(slot: u32, conn: u32, v6: bool, addr: &[u32; 4]) -> Option<u32> 
         };
         ROUTES_V4
             .get(Key::new(ROUTE_KEY_PREFIX_BITS + 32, data))
-            .copied()
+            .map_or(NO_ROUTE, |kind| *kind)
     }
 }
 

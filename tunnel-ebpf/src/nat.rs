@@ -12,7 +12,7 @@ use tunnel_common::{FlowKey, FlowValue};
 
 use crate::{
     maps::FLOWS,
-    packet::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    packet::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, Quoted},
 };
 
 /// Which address of the IP header to rewrite.
@@ -207,4 +207,70 @@ fn flow_key(conn: u32, proto: u8, remote: &[u32; 4], remote_port: u16, local_por
         local_port: local_port.to_be(),
         remote: *remote,
     }
+}
+
+/// The original local address of the datagram an ICMP error quotes, if its flow is known:
+/// the quote is the datagram as it entered the tunnel, so its key is the one
+/// [`record_flow`] wrote for it.
+#[inline(always)]
+pub fn quoted_destination(conn: u32, q: &Quoted) -> Option<[u32; 4]> {
+    let key = flow_key(conn, q.proto, &q.dst, q.dport, q.sport);
+    // SAFETY: LRU values are written whole; the copy is taken at once.
+    unsafe { FLOWS.get(key) }.map(|v| v.local)
+}
+
+/// Gives an ICMP error about a translated datagram back to the socket that sent it: the
+/// error's destination and the quoted datagram's source, both the tunnel address, become
+/// `local`, and every checksum follows (`pkt` is the error, `q` its quote; ports are never
+/// translated, so they stay).
+///
+/// The checksums, each updated for what changed under it:
+/// - IPv4: the error's header checksum, through [`rewrite_addr`] (ICMP has no
+///   pseudo-header); the quote's header checksum, for its source. The quote's header then
+///   sums to what it summed to before, so the ICMP checksum does not change for these;
+/// - IPv6: the ICMPv6 checksum twice by the same difference, once for its pseudo-header's
+///   destination and once for the quote's 16 source bytes (an IPv6 header has no checksum);
+/// - the quote's transport checksum, whose pseudo-header holds the source, where the quote
+///   holds it; its change then goes into the ICMP checksum as the change of two bytes.
+#[inline(always)]
+pub fn translate_quoted(
+    ctx: &TcContext,
+    pkt: &Packet,
+    q: &Quoted,
+    local: &[u32; 4],
+) -> Result<(), RewriteFailed> {
+    let icmp_csum = pkt.l4_off + 2;
+    // The quote's transport checksum before, as the helpers read a field: native order.
+    let before: Option<u16> = match q.csum {
+        Some((off, _)) => Some(ctx.load(off)?),
+        None => None,
+    };
+    let flags = |udp: bool| if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    if q.v6 {
+        let mut from = pkt.dst;
+        let mut to = *local;
+        // SAFETY: both buffers are 16 readable bytes on our stack.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        let diff = diff as u32 as u64;
+        ctx.store(pkt.l3_off + 24, &to, 0)?;
+        ctx.l4_csum_replace(icmp_csum, 0, diff, BPF_F_PSEUDO_HDR as u64)?;
+        ctx.store(q.l3_off + 8, &to, 0)?;
+        ctx.l4_csum_replace(icmp_csum, 0, diff, 0)?;
+        if let Some((off, udp)) = q.csum {
+            ctx.l4_csum_replace(off, 0, diff, flags(udp))?;
+        }
+    } else {
+        rewrite_addr(ctx, pkt, Field::Dst, local)?;
+        let (from, to) = (pkt.dst[3] as u64, local[3] as u64);
+        ctx.store(q.l3_off + 12, &local[3], 0)?;
+        ctx.l3_csum_replace(q.l3_off + 10, from, to, 4)?;
+        if let Some((off, udp)) = q.csum {
+            ctx.l4_csum_replace(off, from, to, flags(udp) | 4)?;
+        }
+    }
+    if let (Some((off, _)), Some(before)) = (q.csum, before) {
+        let after: u16 = ctx.load(off)?;
+        ctx.l4_csum_replace(icmp_csum, before as u64, after as u64, 2)?;
+    }
+    Ok(())
 }

@@ -409,3 +409,130 @@ fn parse_l4(start: usize, end: usize, p: &mut Packet) -> Transport {
     p.icmp_type = icmp_type;
     transport
 }
+
+/// ICMP error types that carry the datagram they are about (RFC 792: destination
+/// unreachable, which includes "fragmentation needed"; time exceeded; parameter problem).
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+/// ICMPv6 errors (RFC 4443): destination unreachable, packet too big, time exceeded,
+/// parameter problem.
+const ICMPV6_ERRORS: core::ops::RangeInclusive<u8> = 1..=4;
+
+/// Offset of the embedded datagram in an ICMP error: after type, code, checksum and the
+/// four bytes of MTU, pointer or nothing.
+const ICMP_ERROR_HEADER: usize = 8;
+
+/// The datagram an ICMP error quotes, as far as the reverse NAT needs it: where its headers
+/// are, its addresses and ports, and where its transport checksum is when the quote holds
+/// it.
+#[derive(Clone, Copy)]
+pub struct Quoted {
+    pub v6: bool,
+    pub proto: u8,
+    /// Its destination; its source is the tunnel address (checked).
+    pub dst: [u32; 4],
+    /// As [`Packet::sport`] / [`Packet::dport`] of the datagram when it was sent.
+    pub sport: u16,
+    pub dport: u16,
+    pub l3_off: usize,
+    /// Offset of its transport checksum, if the quote holds it and the checksum covers the
+    /// addresses (TCP, UDP unless IPv4's zero, ICMPv6), with the helper's flags.
+    pub csum: Option<(usize, bool)>,
+}
+
+/// The quoted datagram of an ICMP or ICMPv6 error (`pkt` read whole, not a fragment) when
+/// it was sent from `tun`: the same family as the error, its IP header readable, a first or
+/// only fragment, and its first eight transport bytes present (all RFC 792 promises). IPv6
+/// extension headers in the quote are not followed.
+#[inline(always)]
+pub fn quoted_datagram(start: usize, end: usize, pkt: &Packet, tun: &[u32; 4]) -> Option<Quoted> {
+    if pkt.transport != Transport::Read || pkt.frag != Frag::Whole {
+        return None;
+    }
+    let is_error = if pkt.v6 {
+        pkt.proto == IPPROTO_ICMPV6 && ICMPV6_ERRORS.contains(&pkt.icmp_type)
+    } else {
+        pkt.proto == IPPROTO_ICMP
+            && matches!(
+                pkt.icmp_type,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+            )
+    };
+    if !is_error {
+        return None;
+    }
+    let l3 = pkt.l4_off + ICMP_ERROR_HEADER;
+    let (proto, dst, l4) = if pkt.v6 {
+        let h = ptr_at::<[u8; 40]>(start, end, l3)?;
+        let at = h as usize;
+        // SAFETY: ptr_at checked the 40 bytes are inside the packet.
+        unsafe {
+            let h = &*h;
+            let word = |i: usize| word_at(at + i);
+            if h[0] >> 4 != 6 {
+                return None;
+            }
+            if [word(8), word(12), word(16), word(20)] != *tun {
+                return None;
+            }
+            (h[6], [word(24), word(28), word(32), word(36)], l3 + 40)
+        }
+    } else {
+        let h = ptr_at::<[u8; 20]>(start, end, l3)?;
+        let at = h as usize;
+        // SAFETY: ptr_at checked the 20 bytes are inside the packet.
+        unsafe {
+            let h = &*h;
+            let ihl = ((h[0] & 0x0f) as usize) * 4;
+            let offset = u16::from_be_bytes([h[6], h[7]]) & IP_OFFSET;
+            if h[0] >> 4 != 4 || ihl < 20 || offset != 0 {
+                return None;
+            }
+            if word_at(at + 12) != tun[3] {
+                return None;
+            }
+            (h[9], mapped_v4(word_at(at + 16)), l3 + ihl)
+        }
+    };
+    let t = bytes::<8>(start, end, l4)?;
+    let ports = u16::from_be_bytes([t[0], t[1]]);
+    let (sport, dport, csum) = match proto {
+        IPPROTO_TCP => (
+            ports,
+            u16::from_be_bytes([t[2], t[3]]),
+            Some((l4 + 16, false)),
+        ),
+        IPPROTO_UDP => {
+            // IPv4's zero means "no checksum"; IPv6 UDP always has one.
+            let none = !pkt.v6 && t[6] == 0 && t[7] == 0;
+            let csum = (!none).then_some((l4 + 6, true));
+            (ports, u16::from_be_bytes([t[2], t[3]]), csum)
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if (proto == IPPROTO_ICMPV6) == pkt.v6 => {
+            let echo = if pkt.v6 {
+                ICMPV6_ECHO_REQUEST
+            } else {
+                ICMP_ECHO_REQUEST
+            };
+            if t[0] != echo {
+                return None;
+            }
+            // Only ICMPv6 has a pseudo-header in its checksum.
+            let csum = pkt.v6.then_some((l4 + 2, false));
+            (u16::from_be_bytes([t[4], t[5]]), 0, csum)
+        }
+        _ => return None,
+    };
+    // The checksum field counts only where the quote holds it.
+    let csum = csum.filter(|(off, _)| off + 2 <= end - start);
+    Some(Quoted {
+        v6: pkt.v6,
+        proto,
+        dst,
+        sport,
+        dport,
+        l3_off: l3,
+        csum,
+    })
+}

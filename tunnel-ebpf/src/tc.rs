@@ -18,8 +18,11 @@ use crate::{
     counters::{At, count},
     frags::{first_verdict, record},
     maps::{CONN_CONFIG, OWN_PEERS, TUN_IFACES},
-    nat::{Field, RewriteFailed, clamp_mss, record_flow, reply_destination, rewrite_addr},
-    packet::{Frag, Packet, Parsed, Transport, parse_eth, parse_raw_ip},
+    nat::{
+        Field, RewriteFailed, clamp_mss, quoted_destination, record_flow, reply_destination,
+        rewrite_addr, translate_quoted,
+    },
+    packet::{Frag, Packet, Parsed, Transport, parse_eth, parse_raw_ip, quoted_datagram},
 };
 
 /// How many bytes of headers must be in the linear part of the skb for direct access: link
@@ -300,7 +303,8 @@ pub fn try_tun_egress(ctx: &TcContext) -> i32 {
 }
 
 /// TC ingress on a TUN device: replies get their original destination back; the later
-/// fragments of a reply get the destination its first fragment got.
+/// fragments of a reply get the destination its first fragment got; an ICMP error about a
+/// datagram that went out translated gets its quote translated back too.
 #[inline(always)]
 pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
     let Some((slot, _)) = active_slot() else {
@@ -328,6 +332,18 @@ pub fn try_tun_ingress(ctx: &TcContext) -> i32 {
         return TC_ACT_OK;
     }
     let tun = tunnel_addr(&pkt, cfg);
+    // An ICMP error about a datagram we translated (fragmentation needed, unreachable...)
+    // goes to the socket that sent the datagram, with the quote as that socket sent it.
+    if pkt.dst == tun
+        && let Some(q) = quoted_datagram(ctx.data(), ctx.data_end(), &pkt, &tun)
+        && let Some(local) = quoted_destination(conn, &q)
+    {
+        if translate_quoted(ctx, &pkt, &q, &local).is_err() {
+            return TC_ACT_SHOT;
+        }
+        count(At::Tun, Some(&pkt), conn, Reason::ReplyRestored, ctx.len());
+        return TC_ACT_OK;
+    }
     let restored = match reply_destination(conn, &pkt) {
         Some(local) if pkt.dst == tun => local,
         _ => {

@@ -103,6 +103,7 @@ fn rand_policy(rng: &mut StdRng, cgroups: &[u64]) -> Policy {
         if rng.random_bool(0.3) {
             c.udp_ports = Some(rand_ports(rng));
         }
+        c.drop_missing_family = rng.random_bool(0.5);
         conns.push(c);
     }
     let device_conn = if !conns.is_empty() && rng.random_bool(0.7) {
@@ -439,6 +440,8 @@ fn kernel_matches_reference_on_random_policies_and_packets() {
         "malformed",
         "drop_unparsed",
         "drop_fragment",
+        "bypass_no_family",
+        "drop_no_family",
     ] {
         assert!(
             by_reason.get(reason).copied().unwrap_or(0) > 0 || policies < 50,

@@ -9,7 +9,7 @@ use tunnel_common::{CONN_NONE, OWN_SOCKET_MARK, Reason, programs};
 use tunnel_user::datapath::{
     ConnPolicy, Datapath, KernelLog, Policy,
     frames::{Ext, Fragment, Frame, L4},
-    reference::checksums_valid,
+    reference::{Model, Origin, checksums_valid, finish_checksums},
 };
 
 const TUN_V4: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
@@ -635,6 +635,99 @@ fn families_without_a_tunnel_address_bypass() {
     expect(
         &mut dp,
         &tcp(IpAddr::V6(LOCAL_V6), ip("2001:db8:100::3")),
+        0,
+        TC_ACT_OK,
+        0,
+        Reason::BypassNoFamily,
+    );
+}
+
+/// A full tunnel without an IPv6 address drops IPv6 that is not explicitly excluded, both
+/// ways; the gateway, link control and the tunnelled family are untouched, and lock-down
+/// does not change the reason.
+#[test]
+fn a_connection_drops_the_family_it_has_no_address_for_when_told_to() {
+    let Some(mut dp) =
+        load_or_skip("a_connection_drops_the_family_it_has_no_address_for_when_told_to")
+    else {
+        return;
+    };
+    let mut p = policy();
+    p.conns[0].tun_v6 = None;
+    p.conns[0].drop_missing_family = true;
+    for lockdown in [false, true] {
+        p.lockdown = lockdown;
+        dp.apply(&p).unwrap();
+        let l6 = IpAddr::V6(LOCAL_V6);
+        for dst in [ip("2001:db8:100::3"), ip(OUTSIDE_V6)] {
+            expect(
+                &mut dp,
+                &tcp(l6, dst),
+                0,
+                TC_ACT_SHOT,
+                0,
+                Reason::DropNoFamily,
+            );
+            expect(
+                &mut dp,
+                &udp(l6, dst, 53),
+                0,
+                TC_ACT_SHOT,
+                0,
+                Reason::DropNoFamily,
+            );
+        }
+        let excluded = if lockdown {
+            // Lock-down's rule for a missing family, unchanged by this setting.
+            (TC_ACT_SHOT, Reason::DropLockdown)
+        } else {
+            (TC_ACT_OK, Reason::BypassNoFamily)
+        };
+        expect(
+            &mut dp,
+            &tcp(l6, ip(EXCLUDED_V6)),
+            0,
+            excluded.0,
+            0,
+            excluded.1,
+        );
+        expect(
+            &mut dp,
+            &tcp(l6, ip("2001:db8:100::5")),
+            0,
+            TC_ACT_OK,
+            CONN_NONE,
+            Reason::BypassGateway,
+        );
+        let ns = Frame::new(l6, ip("ff02::1:ff00:3"), L4::Icmpv6 { icmp_type: 135 }).build();
+        expect(
+            &mut dp,
+            &ns,
+            0,
+            TC_ACT_OK,
+            CONN_NONE,
+            Reason::BypassLinkControl,
+        );
+        expect(
+            &mut dp,
+            &tcp(IpAddr::V4(LOCAL_V4), ip("10.1.2.3")),
+            0,
+            TC_ACT_REDIRECT,
+            0,
+            Reason::Tunnel,
+        );
+        for hook in GUARD_HOOKS {
+            let inbound = tcp(ip(OUTSIDE_V6), l6);
+            expect_guard(&mut dp, hook, &inbound, XDP_DROP, 0, Reason::DropNoFamily);
+        }
+    }
+    // Told nothing, the family bypasses as before.
+    p.lockdown = false;
+    p.conns[0].drop_missing_family = false;
+    dp.apply(&p).unwrap();
+    expect(
+        &mut dp,
+        &tcp(IpAddr::V6(LOCAL_V6), ip(OUTSIDE_V6)),
         0,
         TC_ACT_OK,
         0,
@@ -1408,4 +1501,180 @@ fn the_kernel_log_records_each_verdict_when_on_and_nothing_when_off() {
     log_worthy_packets(&mut off);
     let text = traced(|| reader.flush());
     assert_eq!(text, "", "no records while the log is off");
+}
+
+/// An ICMP error (Ethernet frame) from `from` to `to` of `(type, code)` with `word` in its
+/// second word (the MTU of "fragmentation needed" / "packet too big"), quoting `quote` (raw
+/// IP, as it would have been cut).
+fn icmp_error(
+    from: IpAddr,
+    to: IpAddr,
+    (kind, code): (u8, u8),
+    word: u32,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&word.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let mut f = vec![0u8; 12];
+    match (from, to) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+            f.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 7, 0, 0, 64, 1, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[58, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    f.extend_from_slice(&icmp);
+    finish_checksums(&mut f);
+    f
+}
+
+/// ICMP errors about datagrams that went into the tunnel translated (fragmentation needed,
+/// packet too big, unreachable, time exceeded) reach the socket that sent them: the error's
+/// destination and its quote's source are the original address again, and the quote is the
+/// datagram exactly as the socket sent it (checksums included), whole or cut to the eight
+/// transport bytes RFC 792 promises. The model gives the same bytes. Errors about a
+/// datagram with no flow, or whose quote does not come from the tunnel address, are
+/// delivered as addressed.
+#[test]
+fn icmp_errors_about_tunnelled_datagrams_reach_their_socket() {
+    let Some(mut dp) = load_or_skip("icmp_errors_about_tunnelled_datagrams_reach_their_socket")
+    else {
+        return;
+    };
+    let policy = on_test_device(policy());
+    dp.apply(&policy).unwrap();
+    let mut model = Model::default();
+    let echo = |src, dst| {
+        Frame::new(
+            src,
+            dst,
+            L4::Echo {
+                id: 0x4242,
+                reply: false,
+            },
+        )
+        .build()
+    };
+    let cases: [(IpAddr, IpAddr, IpAddr, (u8, u8)); 2] = [
+        (
+            IpAddr::V4(LOCAL_V4),
+            ip("10.1.2.3"),
+            IpAddr::V4(TUN_V4),
+            (3, 4),
+        ),
+        (
+            IpAddr::V6(LOCAL_V6),
+            ip(INCLUDED_V6),
+            IpAddr::V6(TUN_V6),
+            (2, 0),
+        ),
+    ];
+    let router = |v6: bool| {
+        if v6 {
+            ip("2001:db8:100::1")
+        } else {
+            ip("10.1.0.1")
+        }
+    };
+    let mut translated = 0;
+    for (local, remote, tun, too_big) in cases {
+        let v6 = local.is_ipv6();
+        let unreachable = if v6 { (1, 4) } else { (3, 3) };
+        let time_exceeded = if v6 { (3, 0) } else { (11, 0) };
+        let header = if v6 { 40 } else { 20 };
+        for (request, kind) in [
+            (udp(local, remote, 53), too_big),
+            (tcp(local, remote), too_big),
+            (echo(local, remote), too_big),
+            (udp(local, remote, 7000), unreachable),
+            (tcp(local, remote), time_exceeded),
+        ] {
+            let run = expect(&mut dp, &request, 0, TC_ACT_REDIRECT, 0, Reason::Tunnel);
+            let _ = model.uplink_egress(&policy, &request, &Origin::default());
+            let sent = raw_ip(&run.out);
+            // The whole datagram, and (IPv4) only its first eight transport bytes.
+            let cuts: &[usize] = if v6 { &[usize::MAX] } else { &[usize::MAX, 28] };
+            for &cut in cuts {
+                let quote = &sent[..cut.min(sent.len())];
+                let error = icmp_error(router(v6), tun, kind, 1300, quote);
+                let ctx = format!("{kind:?} about {request:02x?} cut at {cut}");
+                let run = expect_on(
+                    &mut dp,
+                    programs::TUN_INGRESS,
+                    &raw_ip(&error),
+                    0,
+                    TC_ACT_OK,
+                    0,
+                    Reason::ReplyRestored,
+                );
+                let out = run.out;
+                let wanted = model
+                    .tun_ingress_icmp_error(&policy, 0, &error)
+                    .unwrap_or_else(|| panic!("the model translates {ctx}"));
+                assert_eq!(out, raw_ip(&wanted), "kernel and model, {ctx}");
+                let original = raw_ip(&request);
+                let q = header + 8;
+                assert_eq!(
+                    &out[q..],
+                    &original[..out.len() - q],
+                    "the quote is what the socket sent, {ctx}"
+                );
+                assert!(checksums_valid(&eth(&out)), "the error's checksums, {ctx}");
+                let dst = if v6 { &out[24..40] } else { &out[16..20] };
+                assert_eq!(dst, &raw_ip(&request)[if v6 { 8..24 } else { 12..16 }]);
+                translated += 1;
+            }
+        }
+        // No flow for the quoted datagram (another port), and a quote that did not come
+        // from the tunnel address: delivered as addressed.
+        let run = expect(
+            &mut dp,
+            &udp(local, remote, 53),
+            0,
+            TC_ACT_REDIRECT,
+            0,
+            Reason::Tunnel,
+        );
+        let mut other_port = raw_ip(&run.out);
+        other_port[header + 2..header + 4].copy_from_slice(&54u16.to_be_bytes());
+        let from_local = raw_ip(&udp(local, remote, 53));
+        for quote in [other_port, from_local] {
+            let error = icmp_error(router(v6), tun, too_big, 1300, &quote);
+            let run = expect_on(
+                &mut dp,
+                programs::TUN_INGRESS,
+                &raw_ip(&error),
+                0,
+                TC_ACT_OK,
+                0,
+                Reason::ReplyNoFlow,
+            );
+            assert_eq!(run.out, raw_ip(&error));
+            assert_eq!(model.tun_ingress_icmp_error(&policy, 0, &error), None);
+        }
+    }
+    assert_eq!(translated, 15);
+}
+
+/// Wraps a raw IP packet in a dummy Ethernet header.
+fn eth(packet: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(if packet[0] >> 4 == 6 {
+        &[0x86, 0xdd]
+    } else {
+        &[0x08, 0x00]
+    });
+    f.extend_from_slice(packet);
+    f
 }

@@ -1307,3 +1307,108 @@ fn stored_client_certificates_are_chosen_by_the_gateways_ca() {
     let out = connect(&[]);
     assert_eq!(code(&out), 2, "{}", say(&out));
 }
+
+/// A full tunnel (KVP `IPRoutes=0.0.0.0/0`) to a gateway that assigns no IPv6 address, with
+/// KVP `TunIP`. An app's IPv6 datagram to the LAN is captured on the gateway's side of the
+/// uplink before connecting (the positive control) and with `BlockUntunnelledIPv6=false`,
+/// and not with the default; the drop is counted. With `TunIP` the TUN device carries that
+/// address, corp sees the address the gateway assigned, and traffic flows (the gateway
+/// dropped every packet as spoofed when `TunIP` was the tunnel's source).
+#[test]
+fn a_full_tunnel_blocks_ipv6_and_translates_tun_ip() {
+    use std::net::{IpAddr, SocketAddr};
+    use tunnel_user::testbed::wire::{Capture, Datagram, send_unprivileged};
+    if !root() {
+        return;
+    }
+    let w = world("6");
+    w.client
+        .sh("ip -6 addr add fd70::2/64 dev c0 nodad; ip -6 route add default via fd70::1")
+        .unwrap();
+    w.gw.sh("ip -6 addr add fd70::1/64 dev g0 nodad").unwrap();
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    let lan6: IpAddr = "fd70::1".parse().unwrap();
+    let datagram = Datagram {
+        to: SocketAddr::new(lan6, 9),
+        len: 64,
+        ipv6_rthdr: None,
+    };
+    // IPv6 UDP datagrams to port 9 from the client that reach the gateway's side of the wire.
+    let leaked = || {
+        let capture = Capture::start(&w.gw, "g0").unwrap();
+        send_unprivileged(&w.client, std::slice::from_ref(&datagram)).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        capture.count(|f| {
+            f.len() >= 14 + 40 + 8
+                && f[12..14] == [0x86, 0xdd]
+                && f[14 + 6] == 17
+                && f[14 + 24..14 + 40] == [0xfd, 0x70, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+                && f[14 + 42..14 + 44] == 9u16.to_be_bytes()
+        })
+    };
+    assert_eq!(leaked(), 1, "the capture sees IPv6 before connecting");
+
+    let said = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let out = w.connect_with(&["--kvp", "IPRoutes=0.0.0.0/0", "--kvp", "TunIP=172.16.99.9"]);
+    assert_eq!(code(&out), 0, "connect: {}", said(&out));
+    // Traffic flows, from the address the gateway assigned (in its pool 10.77.0.0/24).
+    let seen = w.seen_as(CORP);
+    assert!(
+        seen.as_deref().is_some_and(|a| a.starts_with("10.77.0.")),
+        "corp saw {seen:?}; {}",
+        w.counters()
+    );
+    let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
+    assert_eq!(seen.as_deref(), Some(tunnel_addr.as_str()));
+    let tun0 = w.client.sh("ip -4 addr show dev tun0").unwrap();
+    assert!(tun0.contains("172.16.99.9/32"), "{tun0}");
+    assert!(!tun0.contains(&tunnel_addr), "{tun0}");
+    let before = counter(&w.counters(), "0", "drop_no_family");
+    assert_eq!(leaked(), 0, "IPv6 left around a full tunnel");
+    let c = w.counters();
+    assert!(counter(&c, "0", "drop_no_family") > before, "{c}");
+    assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+
+    let out = w.connect_with(&[
+        "--kvp",
+        "IPRoutes=0.0.0.0/0",
+        "--kvp",
+        "BlockUntunnelledIPv6=false",
+    ]);
+    assert_eq!(code(&out), 0, "connect: {}", said(&out));
+    assert_eq!(leaked(), 1, "BlockUntunnelledIPv6=false lets IPv6 around");
+    assert_eq!(code(&w.tunnel(&["disconnect", GATEWAY], "")), 0);
+
+    // Keys that do nothing here are named when a connection is stored with them.
+    let url = format!("https://{GATEWAY}:8443");
+    let add = |name: &str, kvps: &[&str]| {
+        let mut args = vec!["add", name, "--url", &url];
+        for k in kvps {
+            args.extend(["--kvp", k]);
+        }
+        w.tunnel(&args, "")
+    };
+    let out = add(
+        "noisy",
+        &["LogLevel=debug", "TcpIdleTmoMs=120000", "MTU=1300"],
+    );
+    assert_eq!(code(&out), 0, "{}", said(&out));
+    let text = said(&out);
+    for key in ["LogLevel", "TcpIdleTmoMs"] {
+        assert!(
+            text.contains(&format!("KVP {key} has no effect here")),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("KVP MTU"), "{text}");
+    let out = add("quiet", &["MTU=1300", "BlockUntunnelledIPv6=true"]);
+    assert_eq!(code(&out), 0, "{}", said(&out));
+    assert!(!said(&out).contains("no effect"), "{}", said(&out));
+}

@@ -400,9 +400,15 @@ fn the_session_limit_is_answered_by_options_and_the_launcher() {
     );
     assert_eq!(sessions(&w), 1, "{}", gateway_log(&w));
 
-    // The launcher ends the first session and connects.
-    let (out, _) = launcher(&w, &["-sessionselection", "connect"]);
+    // The launcher ends the first session and connects; its -L applies to the action.
+    assert!(!event_log(&w).contains("event log level set to debug"));
+    let (out, _) = launcher(&w, &["-sessionselection", "connect", "-L", "5"]);
     assert_eq!(code(&out), 0, "{}", said(&out));
+    assert!(
+        event_log(&w).contains("event log level set to debug"),
+        "{}",
+        event_log(&w)
+    );
     assert_eq!(w.status()[0]["state"], "connected");
     assert_eq!(sessions(&w), 2);
     signout(&w);

@@ -758,6 +758,28 @@ fn open(
     )
 }
 
+/// Asks tunneld for the launcher's log level `-L`; on failure, says why and gives the exit.
+fn set_launcher_log_level(
+    socket: &std::path::Path,
+    level: tunnel_config::LauncherLogLevel,
+) -> Result<(), ExitCode> {
+    let request = Request::LogLevel {
+        detailed: level == tunnel_config::LauncherLogLevel::Detailed,
+    };
+    match control::call(socket, &request, Duration::from_secs(5)) {
+        Ok(r) if r.code == code::OK => Ok(()),
+        Ok(r) => Err(show(&request, &r, false)),
+        Err(control::ControlError::NotRunning { path }) => {
+            eprintln!("tunnel: tunneld is not running (no socket at {path})");
+            Err(exit(-1))
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            Err(exit(code::GENERAL))
+        }
+    }
+}
+
 /// `tunnel launcher ...`: pulselauncher's arguments and exit codes.
 fn launcher(socket: &std::path::Path, args: &[String]) -> ExitCode {
     use tunnel_config::{LauncherAction, LauncherAuth, parse_launcher_args};
@@ -769,6 +791,19 @@ fn launcher(socket: &std::path::Path, args: &[String]) -> ExitCode {
         }
     };
     let wait = |t: Duration| t + Duration::from_secs(5);
+    // `-L` with a connection action applies to that action: the level is set first.
+    let level = match &action {
+        LauncherAction::Connect(c) => c.log_level,
+        LauncherAction::SignOut(u) | LauncherAction::Suspend(u) | LauncherAction::Resume(u) => {
+            u.log_level
+        }
+        _ => None,
+    };
+    if let Some(level) = level
+        && let Err(failed) = set_launcher_log_level(socket, level)
+    {
+        return failed;
+    }
     match action {
         LauncherAction::Version => {
             println!("tunnel launcher {}", env!("CARGO_PKG_VERSION"));
@@ -782,7 +817,7 @@ fn launcher(socket: &std::path::Path, args: &[String]) -> ExitCode {
         LauncherAction::SetLogLevel(level) => call_and_show(
             socket,
             Request::LogLevel {
-                detailed: level.number() == 5,
+                detailed: level == tunnel_config::LauncherLogLevel::Detailed,
             },
             Duration::from_secs(5),
         ),

@@ -585,6 +585,7 @@ fn spec_for(
         udp_ports,
         mtu: kvps.is_set(tunnel_config::Key::MTU).then(|| kvps.mtu()),
         tun_ip: kvps.tun_ip(),
+        block_untunnelled_ipv6: kvps.block_untunnelled_ipv6(),
         dpd: Dpd {
             idle: kvps.atp_probe_idle(),
             interval: kvps.atp_probe_interval(),
@@ -667,8 +668,9 @@ async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) ->
                 return refused;
             }
             let name = conn.name.clone();
+            let notes = no_effect_notes(&conn.kvps);
             match daemon.store().add(conn) {
-                Ok(()) => Response::ok(format!("added '{name}'")),
+                Ok(()) => Response::ok(format!("added '{name}'{notes}")),
                 Err(e) => Response::with(code::BAD_PARAMETER, e.to_string()),
             }
         }
@@ -811,7 +813,10 @@ async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) ->
         Request::Import { text } => import(daemon, &text),
         Request::LogLevel { detailed } => {
             let level = if detailed { Level::Debug } else { Level::Info };
-            daemon.log.lock().unwrap_or_else(|e| e.into_inner()).format = EventLog::new(level);
+            let mut log = daemon.log.lock().unwrap_or_else(|e| e.into_inner());
+            log.format = EventLog::new(level);
+            // The log says from where on it is kept at another level.
+            log.message(Level::Info, &format!("event log level set to {level}"));
             Response::ok(format!("log level {level}"))
         }
         Request::Open { url } => open(daemon, &url),
@@ -856,10 +861,20 @@ async fn edit(daemon: &Arc<Daemon>, name: &str, changes: serde_json::Value) -> R
         });
         command(daemon, name, Command::Disconnect).await;
     }
+    let notes = no_effect_notes(&edited.kvps);
     match daemon.store().edit(name, |c| *c = edited) {
-        Ok(c) => Response::ok(format!("edited '{}'", c.name)),
+        Ok(c) => Response::ok(format!("edited '{}'{notes}", c.name)),
         Err(e) => Response::with(code::BAD_PARAMETER, e.to_string()),
     }
+}
+
+/// One line per KVP of `kvps` that does nothing on this client, each after a newline, so
+/// that an admin who sets one is told rather than left to believe it works.
+fn no_effect_notes(kvps: &tunnel_config::Kvps) -> String {
+    kvps.without_effect()
+        .iter()
+        .map(|n| format!("\nnote: {n}"))
+        .collect()
 }
 
 /// Imports a `.pulsepreconfig` file: machine settings (when the binding server agrees) and

@@ -37,8 +37,11 @@ pub struct ConnectSpec {
     pub udp_ports: Option<PortList>,
     /// KVP `MTU` when set; otherwise the gateway's, else 1400.
     pub mtu: Option<u16>,
-    /// KVP `TunIP`: the TUN device's address instead of the gateway's.
+    /// KVP `TunIP`: the TUN device's own IPv4 address, for a LAN in the same range as the
+    /// gateway's pool; the data path translates it to the address the gateway assigned.
     pub tun_ip: Option<Ipv4Addr>,
+    /// KVP `BlockUntunnelledIPv6`: a full tunnel without an IPv6 address drops IPv6.
+    pub block_untunnelled_ipv6: bool,
     /// KVPs `AtpProbeIdleSec`, `AtpProbeIntervalSec`, `AtpProbeCount`.
     pub dpd: Dpd,
     /// KVP `disconnectTimeoutInSeconds`: how long to keep trying to reconnect (None: forever).

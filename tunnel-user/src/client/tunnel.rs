@@ -83,6 +83,10 @@ pub(super) struct Plan {
     pub(super) exclude: Vec<IpNet>,
     /// The gateway's address inside the tunnel: the target of keepalive probes.
     pub(super) internal_gateway: Option<Ipv4Addr>,
+    /// Drop the IP family the tunnel has no address for instead of letting it around the
+    /// tunnel: KVP `BlockUntunnelledIPv6` in a full tunnel (the includes hold 0.0.0.0/0)
+    /// with no IPv6 address.
+    pub(super) drop_missing_family: bool,
 }
 
 impl Plan {
@@ -117,6 +121,13 @@ impl Plan {
         let include = spec.ip_routes.clone().unwrap_or(gateway_include);
         let mut exclude = nets(&config.exclude_v4, &config.exclude_v6)?;
         exclude.extend(spec.exc_routes.iter().copied());
+        // No include routes means everything (`ConnPolicy::effective_include`).
+        let full_v4 = include.is_empty()
+            || include
+                .iter()
+                .any(|n| matches!(n, IpNet::V4(n) if n.prefix_len() == 0));
+        let drop_missing_family =
+            spec.block_untunnelled_ipv6 && full_v4 && ipv4.is_some() && ipv6.is_none();
         Ok(Plan {
             ipv4,
             device_v4,
@@ -125,6 +136,7 @@ impl Plan {
             include,
             exclude,
             internal_gateway: config.internal_gateway,
+            drop_missing_family,
         })
     }
 }
@@ -266,6 +278,7 @@ pub(super) fn configure<'t>(
         include: plan.include.clone(),
         exclude: plan.exclude.clone(),
         udp_ports: spec.udp_ports.clone(),
+        drop_missing_family: plan.drop_missing_family,
     };
     let entry = ConnEntry {
         conn,
@@ -286,7 +299,7 @@ pub(super) fn configure<'t>(
         },
         _ => None,
     };
-    info!(connection = %spec.name, ipv4 = ?plan.ipv4, ipv6 = ?plan.ipv6, mtu = plan.mtu, "tunnel configured");
+    info!(connection = %spec.name, ipv4 = ?plan.ipv4, device_v4 = ?plan.device_v4, ipv6 = ?plan.ipv6, mtu = plan.mtu, ipv6_blocked = plan.drop_missing_family, "tunnel configured");
     Ok(t)
 }
 
@@ -409,6 +422,7 @@ mod tests {
             udp_ports: None,
             mtu: None,
             tun_ip: None,
+            block_untunnelled_ipv6: true,
             dpd: Dpd::default(),
             disconnect_timeout: None,
             app_cgroup: None,
@@ -450,6 +464,7 @@ mod tests {
                 include: vec![net("10.0.0.0/8")],
                 exclude: vec![net("10.1.0.0/16")],
                 internal_gateway: Some(Ipv4Addr::new(10, 9, 0, 1)),
+                drop_missing_family: false,
             }
         );
         let mut big = config();
@@ -506,5 +521,33 @@ mod tests {
             Plan::new(&spec(), &c),
             Err(SetupError::Prefix { len: 33 })
         ));
+    }
+
+    #[test]
+    fn a_full_tunnel_without_ipv6_drops_ipv6_unless_told_not_to() {
+        let full = |spec: &ConnectSpec, c: &Config| Plan::new(spec, c).unwrap().drop_missing_family;
+        let mut c = config();
+        // Split (10.0.0.0/8): IPv6 goes around, as everything not included does.
+        assert!(!full(&spec(), &c));
+        // The gateway includes everything, or nothing (which means everything).
+        c.include_v4 = vec![v4("0.0.0.0/0")];
+        assert!(full(&spec(), &c));
+        c.include_v4.clear();
+        assert!(full(&spec(), &c));
+        // KVP IPRoutes decides over the gateway's routes.
+        let mut s = spec();
+        s.ip_routes = Some(vec![net("192.168.0.0/16")]);
+        assert!(!full(&s, &c));
+        s.ip_routes = Some(vec![net("0.0.0.0/0")]);
+        assert!(full(&s, &c));
+        // BlockUntunnelledIPv6=false.
+        s.block_untunnelled_ipv6 = false;
+        assert!(!full(&s, &c));
+        // An IPv6 address: IPv6 goes through the tunnel, nothing to drop.
+        c.ipv6_address = Some(tunnel_proto::Ipv6Net {
+            addr: "fd00:9::2".parse().unwrap(),
+            prefix_len: 64,
+        });
+        assert!(!full(&spec(), &c));
     }
 }

@@ -83,6 +83,9 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
             cfg.flags |= conn_flags::HAS_V6;
             cfg.tun_v6 = words(a.octets());
         }
+        if c.drop_missing_family {
+            cfg.flags |= conn_flags::DROP_NO_FAMILY;
+        }
         if let Some(ports) = &c.udp_ports {
             cfg.flags |= conn_flags::UDP_PORTS_LISTED;
             let mut bitmap = BTreeMap::<u32, u64>::new();
@@ -264,5 +267,26 @@ mod tests {
             ]
         );
         assert_eq!(out.routes_v6.len(), 1);
+    }
+
+    #[test]
+    fn a_connection_that_drops_its_missing_family_says_so() {
+        let mut c = ConnPolicy::new(1, 9);
+        c.tun_v4 = Some(Ipv4Addr::new(10, 200, 0, 5));
+        let flags = |c: &ConnPolicy| {
+            let p = Policy {
+                device_conn: Some(1),
+                conns: vec![c.clone()],
+                ..Default::default()
+            };
+            p.validate().unwrap();
+            compile(&p).conns[0].1.flags
+        };
+        assert_eq!(flags(&c), conn_flags::ACTIVE | conn_flags::HAS_V4);
+        c.drop_missing_family = true;
+        assert_eq!(
+            flags(&c),
+            conn_flags::ACTIVE | conn_flags::HAS_V4 | conn_flags::DROP_NO_FAMILY
+        );
     }
 }

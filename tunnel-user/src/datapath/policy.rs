@@ -58,6 +58,11 @@ pub struct ConnPolicy {
     pub exclude: Vec<IpNet>,
     /// When set, only UDP to these destination ports is tunnelled.
     pub udp_ports: Option<PortList>,
+    /// Packets of a family this connection has no tunnel address for are dropped instead of
+    /// bypassing the tunnel (explicit excludes and the gateways stay open). The client sets
+    /// it for a full tunnel whose gateway assigned no IPv6 address, so that IPv6 does not
+    /// leave around the tunnel.
+    pub drop_missing_family: bool,
 }
 
 impl ConnPolicy {
@@ -72,6 +77,7 @@ impl ConnPolicy {
             include: Vec::new(),
             exclude: Vec::new(),
             udp_ports: None,
+            drop_missing_family: false,
         }
     }
 

@@ -3,9 +3,11 @@
 //! updates, the [`Policy`] itself instead of compiled map entries. Tests run the same packets
 //! through both and require the same verdict, reason, connection and output bytes.
 //!
-//! Covered hooks: the uplink egress classifier (Ethernet) and the uplink XDP guard. The model
-//! keeps the state those hooks keep: the peers of our own sockets, and the verdict of each
-//! fragmented datagram's first fragment, which its later fragments follow.
+//! Covered hooks: the uplink egress classifier (Ethernet) and the uplink XDP guard, and of
+//! the TUN device's ingress the ICMP errors about datagrams that went out translated. The
+//! model keeps the state those hooks keep: the peers of our own sockets, the verdict of each
+//! fragmented datagram's first fragment, which its later fragments follow, and the flows
+//! the source NAT recorded.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -34,6 +36,8 @@ pub struct Model {
     own_peers: HashSet<IpAddr>,
     first_fragments: HashMap<Datagram, FirstFragment>,
     followed: usize,
+    /// (connection, protocol, remote, remote port, local port) to the original source.
+    flows: HashMap<(ConnId, u8, IpAddr, u16, u16), IpAddr>,
 }
 
 /// What a first fragment got, and the tunnel address it was translated to.
@@ -357,10 +361,14 @@ fn decide<'a>(
     } else {
         conn.tun_v4.is_some()
     };
+    let excluded = conn.exclude.iter().any(|n| family_matches(n, &o.remote));
     if !has_family {
+        if conn.drop_missing_family && !excluded {
+            return (Reason::DropNoFamily, Some(conn));
+        }
         return (Reason::BypassNoFamily, Some(conn));
     }
-    if conn.exclude.iter().any(|n| family_matches(n, &o.remote)) {
+    if excluded {
         return (Reason::BypassExcluded, Some(conn));
     }
     if !conn
@@ -453,6 +461,10 @@ impl Model {
         let mut tunnel_src = None;
         if let (Reason::Tunnel, Some(conn)) = (reason, conn) {
             let src = tunnel_addr(&p, conn);
+            if p.has_l4() && !same_addr(&src, &p.src) {
+                self.flows
+                    .insert((conn.id, p.proto, p.dst, p.dport, p.sport), p.src);
+            }
             out.rewritten = Some(translate(frame, &p, src, conn.mtu));
             out.redirect_ifindex = Some(conn.tun_ifindex);
             tunnel_src = Some(src);
@@ -502,6 +514,102 @@ impl Model {
             },
         };
         outcome(reason, conn)
+    }
+}
+
+impl Model {
+    /// The TUN device's ingress on an ICMP or ICMPv6 error (an Ethernet frame, as the tests
+    /// build them) that arrives on connection `conn`'s device: when it quotes a datagram
+    /// this model translated, the error as the socket that sent the datagram must see it
+    /// (the error's destination and the quote's source back to the original address, every
+    /// checksum valid). None for anything else.
+    pub fn tun_ingress_icmp_error(
+        &self,
+        policy: &Policy,
+        conn: ConnId,
+        frame: &[u8],
+    ) -> Option<Vec<u8>> {
+        let Parse::Ip(p) = parse_frame(frame) else {
+            return None;
+        };
+        let c = policy.conns.iter().find(|c| c.id == conn)?;
+        let tun = tunnel_addr(&p, c);
+        let error = match (p.v6, p.proto) {
+            (false, ICMP) => matches!(p.icmp_type, 3 | 11 | 12),
+            (true, ICMPV6) => (1..=4).contains(&p.icmp_type),
+            _ => false,
+        };
+        if !p.has_l4() || p.frag != Frag::Whole || !error || !same_addr(&p.dst, &tun) {
+            return None;
+        }
+        let q = p.l4 + 8;
+        let (proto, src, dst, l4) = if p.v6 {
+            let h = frame.get(q..q + 40)?;
+            let addr = |at: usize| {
+                <[u8; 16]>::try_from(&h[at..at + 16])
+                    .ok()
+                    .map(Ipv6Addr::from)
+            };
+            if h[0] >> 4 != 6 {
+                return None;
+            }
+            (h[6], IpAddr::V6(addr(8)?), IpAddr::V6(addr(24)?), q + 40)
+        } else {
+            let h = frame.get(q..q + 20)?;
+            let ihl = usize::from(h[0] & 0xf) * 4;
+            let offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+            if h[0] >> 4 != 4 || ihl < 20 || offset != 0 {
+                return None;
+            }
+            let a = |at: usize| IpAddr::V4(Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]));
+            (h[9], a(12), a(16), q + ihl)
+        };
+        let t = frame.get(l4..l4 + 8)?;
+        let (sport, dport, csum_at) = match proto {
+            TCP => (
+                u16::from_be_bytes([t[0], t[1]]),
+                u16::from_be_bytes([t[2], t[3]]),
+                Some(l4 + 16),
+            ),
+            UDP => (
+                u16::from_be_bytes([t[0], t[1]]),
+                u16::from_be_bytes([t[2], t[3]]),
+                (p.v6 || t[6..8] != [0, 0]).then_some(l4 + 6),
+            ),
+            ICMP if !p.v6 && t[0] == 8 => (u16::from_be_bytes([t[4], t[5]]), 0, None),
+            ICMPV6 if p.v6 && t[0] == 128 => (u16::from_be_bytes([t[4], t[5]]), 0, Some(l4 + 2)),
+            _ => return None,
+        };
+        if !same_addr(&src, &tun) {
+            return None;
+        }
+        let local = *self.flows.get(&(conn, proto, dst, dport, sport))?;
+        let mut f = frame.to_vec();
+        let put = |f: &mut Vec<u8>, at: usize, a: IpAddr| match a {
+            IpAddr::V4(a) => f[at..at + 4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => f[at..at + 16].copy_from_slice(&a.octets()),
+        };
+        put(&mut f, p.l3 + if p.v6 { 24 } else { 16 }, local);
+        put(&mut f, q + if p.v6 { 8 } else { 12 }, local);
+        if !p.v6 {
+            fix_ipv4_header_checksum(&mut f, p.l3);
+            fix_ipv4_header_checksum(&mut f, q);
+        }
+        // The quote is cut short, so its transport checksum cannot be summed afresh: it is
+        // adjusted for the source address alone (RFC 1624, eqn. 3).
+        if let Some(at) = csum_at.filter(|at| at + 2 <= f.len()) {
+            let old = u16::from_be_bytes([f[at], f[at + 1]]);
+            let mut acc = u32::from(!old);
+            acc = ones_sum(acc, &super::compile::addr16(src).map(|b| !b));
+            acc = ones_sum(acc, &super::compile::addr16(local));
+            let mut new = fold(acc);
+            if proto == UDP && new == 0 {
+                new = 0xffff;
+            }
+            f[at..at + 2].copy_from_slice(&new.to_be_bytes());
+        }
+        finish_checksums(&mut f);
+        Some(f)
     }
 }
 
