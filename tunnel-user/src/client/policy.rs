@@ -90,7 +90,7 @@ pub enum StartError {
 
 struct Inner {
     /// Forwards the kernel log to tracing while the data plane lives; None when it is off.
-    _log: Option<Forwarder>,
+    _log: Option<Task>,
     /// Follows the links while the data plane lives.
     _watch: Option<Task>,
     dp: Datapath,
@@ -233,7 +233,7 @@ impl DataPlane {
         let mut dp = Datapath::load_with(log)?;
         let log = match log {
             KernelLog::Off => None,
-            KernelLog::Verdicts => dp.take_kernel_log().map(Forwarder::spawn),
+            KernelLog::Verdicts => dp.take_kernel_log().map(Task::forward_log),
         };
         // Subscribed before listing: a link that appears in between is seen twice, not
         // missed.
@@ -442,26 +442,18 @@ impl Task {
     }
 }
 
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// The task forwarding the kernel log; stops when dropped.
-struct Forwarder(tokio::task::JoinHandle<()>);
-
-impl Forwarder {
-    fn spawn(reader: KernelLogReader) -> Forwarder {
+impl Task {
+    /// Forwards the kernel log to tracing.
+    fn forward_log(reader: KernelLogReader) -> Task {
         info!("kernel log on: every packet's verdict is logged at debug level");
-        Forwarder(tokio::spawn(async move {
+        Task(tokio::spawn(async move {
             let e = reader.forward().await;
             warn!(error = %e, "the kernel log cannot be read any more");
         }))
     }
 }
 
-impl Drop for Forwarder {
+impl Drop for Task {
     fn drop(&mut self) {
         self.0.abort();
     }
