@@ -539,11 +539,6 @@ impl UplinkAttachment {
         &self.ifname
     }
 
-    /// The ifindex it had when attached (a link keeps its ifindex while it exists).
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
     /// Where this uplink's guard runs.
     pub fn guard_hook(&self) -> GuardHook {
         self.hook
