@@ -492,6 +492,14 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+impl core::ops::AddAssign for Counter {
+    /// Sums cells, for one: the per-CPU copies of a cell.
+    fn add_assign(&mut self, other: Counter) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
 /// Uplinks whose counters are kept at once ([`maps::UPLINK_COUNTERS`]).
 pub const MAX_UPLINKS: u32 = 64;
 

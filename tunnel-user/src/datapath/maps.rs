@@ -270,8 +270,7 @@ impl Maps {
                     .map_err(map_err(names::COUNTERS))?;
                 let cell = &mut row[reason as usize];
                 for v in values.iter() {
-                    cell.packets += v.packets;
-                    cell.bytes += v.bytes;
+                    *cell += *v;
                 }
             }
             rows.push(row);
@@ -316,8 +315,7 @@ impl Maps {
             let mut row = [Counter::default(); NUM_REASONS as usize];
             for cpu in per_cpu.iter() {
                 for (sum, c) in row.iter_mut().zip(&cpu.cells) {
-                    sum.packets += c.packets;
-                    sum.bytes += c.bytes;
+                    *sum += *c;
                 }
             }
             rows.push((ifindex, row));
