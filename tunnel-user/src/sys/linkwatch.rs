@@ -21,19 +21,17 @@
 
 use std::io;
 
-use netlink_packet_core::{
-    DecodeError, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
-};
+use netlink_packet_core::{DecodeError, NetlinkBuffer, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use tokio::io::{Interest, unix::AsyncFd};
 
-/// Room for one datagram: the kernel fills at most a page or so per notification datagram
-/// and about 32 KiB per dump datagram.
+use super::netconf::{NetconfError, Netlink};
+
+/// Room for one datagram: the kernel fills at most a page or so per notification datagram.
 const RECV_BUFFER: usize = 64 << 10;
 
 /// The socket's receive buffer: notifications queue here while the caller attaches programs.
@@ -85,6 +83,8 @@ pub enum WatchError {
     Overrun,
     #[error("malformed link notification from the kernel")]
     Malformed(#[source] DecodeError),
+    #[error(transparent)]
+    List(#[from] NetconfError),
 }
 
 fn link_of(msg: &LinkMessage) -> Link {
@@ -147,64 +147,14 @@ pub fn decode(datagram: &[u8]) -> Result<Vec<LinkEvent>, DecodeError> {
     Ok(events)
 }
 
-/// Whether a datagram holds the end of the dump with sequence number `seq` (or its error).
-fn dump_ended(datagram: &[u8], seq: u32) -> Result<bool, WatchError> {
-    let mut rest = datagram;
-    while !rest.is_empty() {
-        let raw = NetlinkBuffer::new_checked(rest).map_err(WatchError::Malformed)?;
-        let len = raw.length() as usize;
-        if raw.sequence_number() == seq {
-            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
-                .map_err(WatchError::Malformed)?;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(true),
-                NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(WatchError::Socket(e.to_io()));
-                }
-                _ => {}
-            }
-        }
-        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
-    }
-    Ok(false)
-}
-
 /// The links of the calling thread's network namespace, by one `RTM_GETLINK` dump.
 pub fn current_links() -> Result<Vec<Link>, WatchError> {
-    const SEQ: u32 = 1;
-    let socket = Socket::new(NETLINK_ROUTE).map_err(WatchError::Socket)?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(WatchError::Socket)?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = SEQ;
-    let mut msg = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
-    );
-    msg.finalize();
-    let mut bytes = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut bytes);
-    socket.send(&bytes, 0).map_err(WatchError::Socket)?;
-    let mut links = Vec::new();
-    let mut buf = Vec::with_capacity(RECV_BUFFER);
-    loop {
-        buf.clear();
-        socket.recv(&mut buf, 0).map_err(WatchError::Socket)?;
-        links.extend(
-            decode(&buf)
-                .map_err(WatchError::Malformed)?
-                .into_iter()
-                .filter_map(|e| match e {
-                    LinkEvent::Present(l) => Some(l),
-                    _ => None,
-                }),
-        );
-        if dump_ended(&buf, SEQ)? {
-            return Ok(links);
-        }
-    }
+    let links = Netlink::open().and_then(|mut nl| nl.links())?;
+    Ok(links
+        .iter()
+        .filter(|l| l.header.interface_family == AddressFamily::Unspec)
+        .map(link_of)
+        .collect())
 }
 
 /// A subscription to link and address changes in the calling thread's network namespace,
@@ -260,6 +210,7 @@ impl LinkWatcher {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::NetlinkHeader;
     use netlink_packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{LinkLayerType, LinkMessage},

@@ -11,8 +11,8 @@ use std::{fmt, io, net::IpAddr};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkBuffer,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -173,6 +173,23 @@ impl Netlink {
                 rest = &rest[len.next_multiple_of(4).min(rest.len())..];
             }
         }
+    }
+
+    /// Every link of the namespace, by one `RTM_GETLINK` dump (the kernel's messages as
+    /// they are, of every family).
+    pub fn links(&mut self) -> Result<Vec<LinkMessage>, NetconfError> {
+        let answers = self.request(
+            "listing the links",
+            NLM_F_DUMP,
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Brings a link up, optionally setting its MTU.
