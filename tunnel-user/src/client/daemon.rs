@@ -66,9 +66,9 @@ pub enum DaemonError {
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("the kernel data path: {0}")]
-    Datapath(#[from] crate::DatapathError),
-    #[error("the kernel data path: {0}")]
     DataPlane(#[from] super::policy::StartError),
+    #[error("putting the stored lock-down setting in force: {0}")]
+    Lockdown(#[source] crate::DatapathError),
     #[error("the connections store: {0}")]
     Store(#[from] tunnel_config::StoreError),
     #[error("the event log: {0}")]
@@ -216,7 +216,9 @@ pub async fn run(
         .clone()
         .map_or(Uplinks::Every, Uplinks::Named);
     let plane = DataPlane::start(filter, config.kernel_log)?;
-    plane.set_lockdown(store.machine().vpn_only_access)?;
+    plane
+        .set_lockdown(store.machine().vpn_only_access)
+        .map_err(DaemonError::Lockdown)?;
     let store = Arc::new(Mutex::new(store));
     let pins_path = dir.join("pins.json");
     let pins = Arc::new(Mutex::new(load_pins(&pins_path)));
