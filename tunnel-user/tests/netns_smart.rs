@@ -1,7 +1,8 @@
 //! Smart connections end to end: a connection with two gateways (the world of
 //! `tunnel_user::testbed::client_world`, with a second gateway at 192.168.70.3 beside the
 //! first, pool 10.78.0.0/24) moves to the second when the first dies, and walks past a
-//! gateway whose certificate is not trusted.
+//! gateway whose certificate is not trusted; a gateway's renewed certificate that the CAs
+//! accept is trusted whatever pin was learned before.
 //!
 //! ```text
 //!  client ── c0 ── g0: 192.168.70.1:8443 (gateway 1, pool 10.77.0.0/24)
@@ -211,4 +212,70 @@ fn a_refused_certificate_does_not_end_the_walk() {
     assert_eq!(code(&out), 6, "{}", said(&out));
     assert!(said(&out).contains(&w.pin), "{}", said(&out));
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// The pin learned for a gateway never stands in the way of the CAs: the gateway's
+/// certificate renewed with a new key by the CA the client trusts still connects, and the
+/// learned pin follows the new key; a certificate neither the CA nor that pin accepts is
+/// refused (code 6).
+#[test]
+fn a_renewed_certificate_the_cas_accept_connects_and_the_pin_follows() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let w = world("sr");
+    let mut ca = tunnel_user::testbed::pki::TestCa::new("Corp Root");
+    let ca_file = w.dir.join("ca.pem");
+    fs::write(&ca_file, ca.pem()).unwrap();
+    let gateway = GATEWAY.parse().unwrap();
+    let pins = || -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(w.dir.join("state/pins.json")).unwrap()).unwrap()
+    };
+    let url = format!("https://{GATEWAY}:8443");
+    let connect = || {
+        w.tunnel(
+            &["connect", "--url", &url, "-u", "alice", "--password-stdin"],
+            "s3cret\n",
+        )
+    };
+    let disconnect = || {
+        let out = w.tunnel(&["disconnect", GATEWAY], "");
+        assert_eq!(code(&out), 0, "{}", said(&out));
+    };
+
+    let first = ca.issue_gateway_certificate(&w.dir, gateway).unwrap();
+    let mut gw = w.start_gateway();
+    let _td = w.start_tunneld_with(&[("SSL_CERT_FILE", &ca_file)]);
+    let out = connect();
+    assert_eq!(code(&out), 0, "connect with the first key: {}", said(&out));
+    assert_eq!(pins(), serde_json::json!({ GATEWAY: first.to_string() }));
+    disconnect();
+
+    // Renewed: a new key, the same CA. The learned pin names the old key.
+    gw.stop();
+    let renewed = ca.issue_gateway_certificate(&w.dir, gateway).unwrap();
+    assert_ne!(renewed, first);
+    let mut gw = w.start_gateway();
+    let out = connect();
+    assert_eq!(
+        code(&out),
+        0,
+        "connect with the renewed key: {}",
+        said(&out)
+    );
+    assert_eq!(
+        pins(),
+        serde_json::json!({ GATEWAY: renewed.to_string() }),
+        "the learned pin follows the key the CA vouched for"
+    );
+    disconnect();
+
+    // A key of no CA's, not the learned pin's either: refused, naming its pin.
+    gw.stop();
+    let stranger = tunnel_user::testbed::pki::write_gateway_certificate(&w.dir, gateway).unwrap();
+    let _gw = w.start_gateway();
+    let out = connect();
+    assert_eq!(code(&out), 6, "a stranger's key: {}", said(&out));
+    assert!(said(&out).contains(&stranger.to_string()), "{}", said(&out));
+    assert_eq!(pins(), serde_json::json!({ GATEWAY: renewed.to_string() }));
 }

@@ -1,5 +1,5 @@
-//! A test certificate authority for client-certificate logins: it issues client certificates
-//! that name their user by common name, email or UPN, and signs revocation lists.
+//! A test certificate authority: it issues client certificates that name their user by
+//! common name, email or UPN, gateway certificates, and signs revocation lists.
 //!
 //! For tests only: keys are generated in memory and nothing is protected.
 
@@ -118,6 +118,31 @@ impl TestCa {
             der: cert.der().clone(),
             serial,
         }
+    }
+
+    /// Issues a gateway certificate for `ip` (and the name gw.test) with a new key, valid
+    /// from 2020 to 2100, writes it to `dir/cert.pem` and the key to `dir/key.pem`, and
+    /// returns its pin.
+    pub fn issue_gateway_certificate(
+        &mut self,
+        dir: &std::path::Path,
+        ip: std::net::IpAddr,
+    ) -> std::io::Result<crate::client::tls::Pin> {
+        self.next_serial += 1;
+        let mut params =
+            CertificateParams::new(vec!["gw.test".to_string()]).map_err(std::io::Error::other)?;
+        params.subject_alt_names.push(SanType::IpAddress(ip));
+        params.serial_number = Some(SerialNumber::from(self.next_serial));
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2100, 1, 1);
+        let key = KeyPair::generate().map_err(std::io::Error::other)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("cert.pem"), cert.pem())?;
+        std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+        crate::client::tls::pin_of_certificate(cert.der())
+            .ok_or_else(|| std::io::Error::other("the test certificate does not parse"))
     }
 
     /// A CRL (PEM) revoking `serials`, issued in 2020, next update at `next_update` (y, m, d).
