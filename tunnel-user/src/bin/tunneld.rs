@@ -1,8 +1,11 @@
 //! `tunneld`: the client daemon. It runs in the foreground (systemd, or a terminal); SIGINT
-//! or SIGTERM disconnects every connection and detaches the kernel programs.
+//! or SIGTERM disconnects every connection and detaches the kernel programs, but for the
+//! uplinks' under lock-down: those stay pinned in `--pin-dir`, and lock-down with them, until
+//! a tunneld takes them over or lock-down is turned off.
 //!
 //! ```text
 //! tunneld [--socket PATH] [--state-dir DIR] [--uplink IFNAME]... [--log-level LEVEL]
+//!         [--pin-dir DIR]
 //! ```
 //!
 //! `--log-level debug` (or `trace`) also turns on the kernel log: the eBPF programs then
@@ -40,6 +43,10 @@ struct Cli {
     /// packet's verdict and why, at a cost per packet. RUST_LOG, when set, filters instead.
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Info)]
     log_level: LogLevel,
+    /// Where the uplinks' programs are pinned (a directory on a bpffs), so that the policy
+    /// in force, lock-down above all, holds while tunneld is not running.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/tunnel")]
+    pin_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         state_dir: cli.state_dir,
         uplinks: (!cli.uplinks.is_empty()).then_some(cli.uplinks),
         kernel_log: cli.log_level.kernel_log(),
+        pins: Some(cli.pin_dir),
     };
     runtime.block_on(async {
         let shutdown = async {

@@ -57,6 +57,9 @@ pub struct DaemonConfig {
     pub uplinks: Option<Vec<String>>,
     /// Whether the kernel programs log every verdict (forwarded to tracing).
     pub kernel_log: KernelLog,
+    /// Where the uplinks' links are pinned (on a bpffs), so that the policy in force,
+    /// lock-down above all, outlives tunneld; None: the programs go with the process.
+    pub pins: Option<PathBuf>,
 }
 
 /// Why the daemon could not start.
@@ -67,8 +70,6 @@ pub enum DaemonError {
     Io { what: String, source: io::Error },
     #[error("the kernel data path: {0}")]
     DataPlane(#[from] super::policy::StartError),
-    #[error("putting the stored lock-down setting in force: {0}")]
-    Lockdown(#[source] crate::DatapathError),
     #[error("the connections store: {0}")]
     Store(#[from] tunnel_config::StoreError),
     #[error("the event log: {0}")]
@@ -186,7 +187,7 @@ fn save_pins(path: &Path, pins: &BTreeMap<String, Pin>) {
 }
 
 /// Runs the daemon until `shutdown` completes; every connection is then disconnected and the
-/// kernel programs detached.
+/// kernel programs detached, but for the uplinks' under lock-down, which stay pinned.
 pub async fn run(
     config: DaemonConfig,
     shutdown: impl std::future::Future<Output = ()>,
@@ -215,10 +216,12 @@ pub async fn run(
         .uplinks
         .clone()
         .map_or(Uplinks::Every, Uplinks::Named);
-    let plane = DataPlane::start(filter, config.kernel_log)?;
-    plane
-        .set_lockdown(store.machine().vpn_only_access)
-        .map_err(DaemonError::Lockdown)?;
+    let plane = DataPlane::start(
+        filter,
+        config.kernel_log,
+        store.machine().vpn_only_access,
+        config.pins.as_deref(),
+    )?;
     let store = Arc::new(Mutex::new(store));
     let pins_path = dir.join("pins.json");
     let pins = Arc::new(Mutex::new(load_pins(&pins_path)));
@@ -317,6 +320,7 @@ pub async fn run(
         h.command(Command::Disconnect).await;
         let _ = h.task.await;
     }
+    daemon.plane.stop();
     let _ = std::fs::remove_file(&config.socket);
     emit.event(EventKind::ServiceStopped);
     Ok(())

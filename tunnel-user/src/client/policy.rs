@@ -32,6 +32,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    path::Path,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
@@ -221,20 +222,41 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Loads the programs, attaches them to the uplinks there are (in this thread's
-    /// namespace) and follows the links from then on. With the kernel log on, its records
-    /// are forwarded to tracing. Both run as tasks on the current tokio runtime, so this is
+    /// Loads the programs, puts the first policy (no connection; lock-down as `lockdown`
+    /// says) in force, attaches the programs to the uplinks there are (in this thread's
+    /// namespace) and follows the links from then on. With `pins`, the uplinks' links are
+    /// pinned under that directory, and those a previous tunneld left there are taken over:
+    /// their programs are replaced in place, so an uplink it guarded is never without a
+    /// program ([`crate::datapath`]'s `pins`). With the kernel log on, its records are
+    /// forwarded to tracing. Both run as tasks on the current tokio runtime, so this is
     /// called from within one (the daemon's).
     ///
     /// A named uplink that is there but cannot be attached stops the start; one that is not
     /// there yet is attached when it appears. With [`Uplinks::Every`], links of a type the
     /// classifier cannot parse are passed over.
-    pub fn start(filter: Uplinks, log: KernelLog) -> Result<DataPlane, StartError> {
+    pub fn start(
+        filter: Uplinks,
+        log: KernelLog,
+        lockdown: bool,
+        pins: Option<&Path>,
+    ) -> Result<DataPlane, StartError> {
         let mut dp = Datapath::load_with(log)?;
         let log = match log {
             KernelLog::Off => None,
             KernelLog::Verdicts => dp.take_kernel_log().map(Task::forward_log),
         };
+        if let Some(root) = pins {
+            match dp.keep_uplinks_in(root) {
+                Ok(()) => info!(
+                    pins = %dp.pin_dir().unwrap_or(root).display(),
+                    "the uplinks' programs are pinned: the policy in force outlives tunneld"
+                ),
+                Err(e) if lockdown => {
+                    error!(error = %e, "lock-down holds only while tunneld runs")
+                }
+                Err(e) => warn!(error = %e, "the uplinks' programs go with tunneld"),
+            }
+        }
         // Subscribed before listing: a link that appears in between is seen twice, not
         // missed.
         let watcher = LinkWatcher::open()?;
@@ -248,8 +270,11 @@ impl DataPlane {
             refused: BTreeMap::new(),
             tuns: BTreeMap::new(),
             conns: BTreeMap::new(),
-            lockdown: false,
+            lockdown,
         };
+        // In force before any program is attached or takes over a pinned link.
+        let policy = Self::policy(&inner);
+        inner.dp.apply(&policy)?;
         for link in &links {
             match inner.on_link(link) {
                 Ok(()) => {}
@@ -259,6 +284,9 @@ impl DataPlane {
                 Err(e) => return Err(e.into()),
             }
         }
+        inner
+            .dp
+            .drop_pins_except(&inner.uplinks.keys().copied().collect());
         if let Uplinks::Named(names) = &filter {
             for name in names
                 .iter()
@@ -270,10 +298,22 @@ impl DataPlane {
         let plane = DataPlane {
             inner: Arc::new(Mutex::new(inner)),
         };
-        plane.apply()?;
         let task = Task::watch(watcher, Arc::downgrade(&plane.inner));
         plane.lock()._watch = Some(task);
         Ok(plane)
+    }
+
+    /// For a stop on purpose: with lock-down off the uplinks' pins are removed, so their
+    /// programs go with the process; with lock-down on they stay, and so does lock-down.
+    pub fn stop(&self) {
+        let inner = self.lock();
+        match inner.dp.pin_dir() {
+            Some(dir) if inner.lockdown => {
+                info!(pins = %dir.display(), "lock-down stays in force after tunneld: the uplinks' programs stay pinned");
+            }
+            Some(_) => inner.dp.drop_all_pins(),
+            None => {}
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -25,30 +25,39 @@ mod compile;
 pub mod frames;
 mod klog;
 mod maps;
+mod pins;
 mod policy;
 pub mod reference;
 
 use std::{
     io,
     os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLink,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
         xdp::XdpLink,
     },
 };
+use tracing::warn;
 use tunnel_common::programs;
+
+use crate::sys::bpf_link::LinkHook;
 
 pub use compile::{CompiledPolicy, RouteEntry, addr16, compile};
 pub use klog::{KernelLog, KernelLogReader};
 pub use maps::{CounterTable, UplinkCounterTable, UplinkRow};
+pub use pins::PinError;
 pub use policy::{AppRule, ConnId, ConnPolicy, MTU_RANGE, Policy, PolicyError, PortList};
 
 use barrier::RcuBarrier;
 use maps::Maps;
+use pins::{Pins, Which};
 
 /// Errors of the data path.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +95,8 @@ pub enum DatapathError {
     Barrier { source: io::Error },
     #[error("the kernel log: {0}")]
     KernelLog(#[source] Box<aya_log::Error>),
+    #[error("keeping the uplinks' programs beyond tunneld: {0}")]
+    Pins(#[from] PinError),
 }
 
 /// The loaded kernel programs and their maps.
@@ -97,6 +108,8 @@ pub struct Datapath {
     applied: Option<CompiledPolicy>,
     /// The kernel log's ring, until taken.
     log: Option<KernelLogReader>,
+    /// Where the uplinks' links are pinned; None: they go with this process.
+    pins: Option<Pins>,
 }
 
 /// ARPHRD_* link types we attach to.
@@ -204,7 +217,46 @@ impl Datapath {
             barrier,
             applied: None,
             log: Some(log),
+            pins: None,
         })
+    }
+
+    /// From now on pins the uplinks' links under `root` (in a directory of this network
+    /// namespace's), and takes over the ones a previous process pinned there as their
+    /// uplinks are attached ([`pins`]). Call it before the first attach, after the first
+    /// policy is applied: a link taken over runs the new programs with the maps as they are.
+    pub fn keep_uplinks_in(&mut self, root: &Path) -> Result<(), DatapathError> {
+        self.pins = Some(Pins::open(root)?);
+        Ok(())
+    }
+
+    /// This namespace's pin directory, when pins are kept.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(Pins::dir)
+    }
+
+    /// Removes the pins of uplinks not in `attached`: links of devices that are gone, or no
+    /// longer uplinks. Their programs go with the last handle.
+    pub fn drop_pins_except(&self, attached: &std::collections::BTreeSet<u32>) {
+        let Some(pins) = &self.pins else { return };
+        for ifindex in pins.pinned().difference(attached) {
+            for which in [Which::Egress, Which::Guard] {
+                if let Err(e) = pins.remove(*ifindex, which) {
+                    warn!(ifindex, error = %e, "removing a stale pin");
+                }
+            }
+        }
+    }
+
+    /// Removes every pin, and the directory: the uplinks' programs then go with this
+    /// process. For a stop with lock-down off.
+    pub fn drop_all_pins(&self) {
+        self.drop_pins_except(&Default::default());
+        if let Some(pins) = &self.pins
+            && let Err(e) = pins.remove_dir()
+        {
+            warn!(pins = %pins.dir().display(), error = %e, "removing the pin directory");
+        }
     }
 
     /// The kernel log's reader, the first time (it stays empty while the log is off).
@@ -251,9 +303,16 @@ impl Datapath {
         self.maps.uplink_counters()
     }
 
-    /// Detaches an uplink's programs and stops counting for it.
+    /// Detaches an uplink's programs (their pins removed) and stops counting for it.
     pub fn detach_uplink(&mut self, attachment: UplinkAttachment) -> Result<(), DatapathError> {
         let ifindex = attachment.ifindex;
+        if let Some(pins) = &self.pins {
+            for which in [Which::Guard, Which::Egress] {
+                if let Err(e) = pins.remove(ifindex, which) {
+                    warn!(ifindex, error = %e, "removing a pin: the program stays attached");
+                }
+            }
+        }
         drop(attachment);
         self.maps.close_uplink_row(ifindex)
     }
@@ -302,18 +361,18 @@ impl Datapath {
         let ifindex = ifindex(ifname)?;
         // The row exists before the first packet the programs see, so every one is counted.
         self.maps.open_uplink_row(ifindex)?;
-        let attached =
-            attach_tc(&mut self.ebpf, egress, ifname, TcAttachType::Egress).and_then(|tc| {
-                let guard = match hook {
-                    GuardHook::Xdp => Guard::Xdp {
-                        _link: attach_xdp(&mut self.ebpf, programs::UPLINK_XDP, ifname)?,
-                    },
-                    GuardHook::TcIngress => Guard::Tc {
-                        _link: attach_tc(&mut self.ebpf, ingress, ifname, TcAttachType::Ingress)?,
-                    },
-                };
-                Ok((tc, guard))
-            });
+        let guard = match hook {
+            GuardHook::Xdp => Hooked::Xdp(programs::UPLINK_XDP),
+            GuardHook::TcIngress => Hooked::Tc(ingress, TcAttachType::Ingress),
+        };
+        let attached = self
+            .hold(
+                Hooked::Tc(egress, TcAttachType::Egress),
+                ifname,
+                ifindex,
+                Which::Egress,
+            )
+            .and_then(|tc| Ok((tc, self.hold(guard, ifname, ifindex, Which::Guard)?)));
         let (tc, guard) = match attached {
             Ok(links) => links,
             Err(e) => {
@@ -330,6 +389,42 @@ impl Datapath {
             _guard: guard,
             _tc: tc,
         })
+    }
+
+    /// Puts `program` on `which` of the uplink: into the link pinned there when it is a live
+    /// one of that hook (the old program replaced atomically), else in a new link, pinned when
+    /// pins are kept. A pin that cannot be made leaves the link attached, unpinned, and says so.
+    fn hold(
+        &mut self,
+        program: Hooked,
+        ifname: &str,
+        ifindex: u32,
+        which: Which,
+    ) -> Result<Held, DatapathError> {
+        let Some(pins) = &self.pins else {
+            return program.attach(&mut self.ebpf, ifname);
+        };
+        if let Some(path) = pins.live(ifindex, which, program.link_hook()) {
+            match program.take_over(&mut self.ebpf, ifname, &path) {
+                Ok(held) => return Ok(held),
+                Err(e) => {
+                    warn!(uplink = ifname, error = %e, "taking over the pinned link failed; attaching anew")
+                }
+            }
+        }
+        let held = program.attach(&mut self.ebpf, ifname)?;
+        // Whatever was pinned there goes only now: the new program runs first.
+        let path = pins.path(ifindex, which);
+        if let Err(e) = pins.remove(ifindex, which) {
+            warn!(uplink = ifname, error = %e, "removing a stale pin");
+        }
+        match held.pin(&path) {
+            Ok(held) => Ok(held),
+            Err(e) => {
+                warn!(uplink = ifname, pin = %path.display(), error = %e, "pinning failed: this uplink's programs go with tunneld");
+                program.attach(&mut self.ebpf, ifname)
+            }
+        }
     }
 
     /// Attaches the reverse NAT (TC ingress) and the egress guard to a connection's TUN device.
@@ -518,10 +613,83 @@ fn driver_name(ifname: &str) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// A guard's link, held for its `Drop` (which detaches it).
-enum Guard {
-    Xdp { _link: XdpLink },
-    Tc { _link: SchedClassifierLink },
+/// An uplink program and the hook it goes on.
+#[derive(Clone, Copy)]
+enum Hooked {
+    Tc(&'static str, TcAttachType),
+    Xdp(&'static str),
+}
+
+impl Hooked {
+    fn link_hook(self) -> LinkHook {
+        match self {
+            Hooked::Tc(_, TcAttachType::Egress) => LinkHook::TcxEgress,
+            Hooked::Tc(_, _) => LinkHook::TcxIngress,
+            Hooked::Xdp(_) => LinkHook::Xdp,
+        }
+    }
+
+    fn attach(self, ebpf: &mut Ebpf, ifname: &str) -> Result<Held, DatapathError> {
+        Ok(match self {
+            Hooked::Tc(program, at) => Held::Tc(attach_tc(ebpf, program, ifname, at)?),
+            Hooked::Xdp(program) => Held::Xdp(attach_xdp(ebpf, program, ifname)?),
+        })
+    }
+
+    /// Replaces the program in the link pinned at `path` with this one (`bpf_link_update`).
+    fn take_over(self, ebpf: &mut Ebpf, ifname: &str, path: &Path) -> Result<Held, DatapathError> {
+        let name = match self {
+            Hooked::Tc(p, _) | Hooked::Xdp(p) => p,
+        };
+        let err = |source| DatapathError::Attach {
+            program: name,
+            ifname: ifname.into(),
+            source,
+        };
+        let link = FdLink::from(
+            PinnedLink::from_pin(path)
+                .map_err(|e| err(ProgramError::IOError(io::Error::other(e))))?,
+        );
+        let link_err =
+            |e: aya::programs::links::LinkError| err(ProgramError::IOError(io::Error::other(e)));
+        Ok(match self {
+            Hooked::Tc(program, _) => {
+                let prog = classifier(ebpf, program)?;
+                let id = prog
+                    .attach_to_link(SchedClassifierLink::try_from(link).map_err(link_err)?)
+                    .map_err(err)?;
+                Held::Tc(prog.take_link(id).map_err(err)?)
+            }
+            Hooked::Xdp(program) => {
+                let prog = xdp(ebpf, program)?;
+                let id = prog
+                    .attach_to_link(XdpLink::try_from(link).map_err(link_err)?)
+                    .map_err(err)?;
+                Held::Xdp(prog.take_link(id).map_err(err)?)
+            }
+        })
+    }
+}
+
+/// A link held for its `Drop`, which detaches its program unless the link is pinned.
+enum Held {
+    Tc(SchedClassifierLink),
+    Xdp(XdpLink),
+    /// Pinned by this process.
+    Pinned(FdLink),
+}
+
+impl Held {
+    /// Pins the link at `path`. On error the link is gone (aya consumes it).
+    fn pin(self, path: &PathBuf) -> Result<Held, String> {
+        let fd = match self {
+            Held::Tc(l) => FdLink::try_from(l).map_err(|e| e.to_string())?,
+            Held::Xdp(l) => FdLink::try_from(l).map_err(|e| e.to_string())?,
+            Held::Pinned(l) => l,
+        };
+        let pinned = fd.pin(path).map_err(|e| e.to_string())?;
+        Ok(Held::Pinned(FdLink::from(pinned)))
+    }
 }
 
 /// The programs attached to one uplink; dropping it detaches them
@@ -530,8 +698,8 @@ pub struct UplinkAttachment {
     ifname: String,
     ifindex: u32,
     hook: GuardHook,
-    _guard: Guard,
-    _tc: SchedClassifierLink,
+    _guard: Held,
+    _tc: Held,
 }
 
 impl UplinkAttachment {

@@ -2,6 +2,7 @@
 //! with segmentation offload, rtnetlink configuration, the links as they come and go, and the
 //! TLS link's socket.
 
+pub(crate) mod bpf_link;
 pub(crate) mod epoll;
 pub mod linkwatch;
 pub mod netconf;
