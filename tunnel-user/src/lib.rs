@@ -1,6 +1,7 @@
 //! tunnel's userspace: the eBPF data path, the client daemon and its CLI, the gateway, the
 //! packet path they share, and (feature `testbed`) the namespace test beds.
 
+pub mod cli_docs;
 pub mod client;
 pub mod datapath;
 pub(crate) mod fastpath;

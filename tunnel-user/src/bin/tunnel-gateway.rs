@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tunnel_user::gateway::{
     AddOptions, AddOutcome, DEFAULT_ISSUER, Gateway, GatewayConfig, HashLimits, PasswordRequest,
     TotpSecret, UsersFile, add_user_with, defaults, otpauth_uri, unix_now,
@@ -72,6 +72,9 @@ enum Command {
         #[arg(long)]
         must_change: bool,
     },
+    /// Writes this command's man pages and shell completions into DIR (for the package).
+    #[command(hide = true)]
+    WriteDocs { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -104,6 +107,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ) => {
             let totp = totp.then_some(totp_issuer);
             adduser(users, &name, realms, totp.as_deref(), must_change)
+        }
+        (None, Some(Command::WriteDocs { dir })) => {
+            tunnel_user::cli_docs::write(Cli::command(), &dir)
+                .with_context(|| format!("writing the docs into {}", dir.display()))
         }
         // clap refuses both together and shows help for neither.
         _ => bail!("give --config FILE, --check-config FILE or a subcommand"),

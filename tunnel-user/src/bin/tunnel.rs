@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tunnel_user::client::control::{
     self, Answer, Answers, ClientCertPem, Credentials, DEFAULT_SOCKET, Prompt, Request, Response,
     SessionChoice, code,
@@ -150,6 +150,9 @@ enum Cmd {
         #[command(subcommand)]
         what: LogsCmd,
     },
+    /// Writes this command's man pages and shell completions into DIR (for the package).
+    #[command(hide = true)]
+    WriteDocs { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -511,6 +514,15 @@ fn main() -> ExitCode {
                 },
                 Duration::from_secs(timeout + 5),
             )
+        }
+        Cmd::WriteDocs { dir } => {
+            return match tunnel_user::cli_docs::write(Cli::command(), &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tunnel: writing the docs into {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
         }
         Cmd::Disconnect { name } => (Request::Disconnect { name }, Duration::from_secs(20)),
         Cmd::Signout { name } => (Request::Signout { name }, Duration::from_secs(20)),

@@ -17,7 +17,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use tunnel_user::{
     client::{
         control::DEFAULT_SOCKET,
@@ -47,6 +47,9 @@ struct Cli {
     /// in force, lock-down above all, holds while tunneld is not running.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/tunnel")]
     pin_dir: PathBuf,
+    /// Writes this command's man page and shell completions into DIR (for the package).
+    #[arg(long, value_name = "DIR", hide = true)]
+    write_docs: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +84,15 @@ impl LogLevel {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.write_docs {
+        return match tunnel_user::cli_docs::write(Cli::command(), dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tunneld: writing the docs into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -274,6 +274,9 @@ pub async fn run(
         version: env!("CARGO_PKG_VERSION").into(),
     });
     info!(socket = %config.socket.display(), uplinks = ?daemon.plane.uplinks(), "tunneld running");
+    if let Err(e) = crate::sys::sd_notify::ready() {
+        warn!(error = %e, "telling systemd tunneld is ready");
+    }
     // Connections whose policy is "automatic" start with the daemon.
     let automatic: Vec<String> = daemon
         .store()
@@ -305,7 +308,10 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => {
+                let _ = crate::sys::sd_notify::stopping();
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => { tokio::spawn(serve(daemon.clone(), stream)); }
                 Err(e) => warn!(error = %e, "control socket accept failed"),

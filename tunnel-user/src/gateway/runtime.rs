@@ -220,11 +220,17 @@ impl Gateway {
         let janitor = tokio::spawn(janitor(ctx.clone(), stop_tx.subscribe()));
         tokio::pin!(shutdown);
         info!(listen = %listener.local_addr().map_err(io_err("listener address"))?, "gateway running");
+        if let Err(e) = crate::sys::sd_notify::ready() {
+            warn!(error = %e, "telling systemd the gateway is ready");
+        }
         let accept_log = LogThrottle::new(FLOOD_LOG_INTERVAL);
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => {
+                    let _ = crate::sys::sd_notify::stopping();
+                    break;
+                }
                 accepted = listener.accept() => {
                     let (conn, peer) = match accepted {
                         Ok(a) => {
