@@ -22,7 +22,11 @@ pub fn write(mut cmd: clap::Command, dir: &Path) -> io::Result<()> {
     cmd.build();
     let name = cmd.get_name().to_string();
     write_page(&cmd, &man.join(format!("{name}.1")))?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // clap's own `help` subcommand is `--help` again: no page of its own.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let page_name = format!("{name}-{}", sub.get_name());
         let version = cmd.get_version().unwrap_or_default().to_string();
         let sub = sub.clone().name(page_name.clone()).version(version);
@@ -53,11 +57,13 @@ mod tests {
     fn pages_and_completions_for_a_command_and_its_visible_subcommands() {
         let dir = std::env::temp_dir().join(format!("tunnel-cli-docs-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let cmd = clap::Command::new("demo")
+        let mut cmd = clap::Command::new("demo")
             .version("1.2.3")
             .about("a demo")
             .subcommand(clap::Command::new("run").about("runs it"))
             .subcommand(clap::Command::new("secret").hide(true));
+        cmd.build();
+        assert!(cmd.find_subcommand("help").is_some());
         write(cmd, &dir).unwrap();
         let page = fs::read_to_string(dir.join("man/demo.1")).unwrap();
         assert!(
@@ -67,6 +73,7 @@ mod tests {
         let sub = fs::read_to_string(dir.join("man/demo-run.1")).unwrap();
         assert!(sub.contains("runs it"), "{sub}");
         assert!(!dir.join("man/demo-secret.1").exists());
+        assert!(!dir.join("man/demo-help.1").exists());
         let bash = fs::read_to_string(dir.join("completions/demo.bash")).unwrap();
         assert!(bash.contains("run"), "{bash}");
         assert!(dir.join("completions/_demo").exists());

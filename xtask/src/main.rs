@@ -4,6 +4,7 @@
 //! exists.
 
 mod deploy;
+mod package;
 mod setup;
 
 use std::{
@@ -45,6 +46,13 @@ enum Task {
         #[arg(long)]
         units_only: bool,
     },
+    /// Build the .deb (target/debian/): binaries, units, man pages, completions, the desktop
+    /// entry for pulsesecureclient:// links, maintainer scripts.
+    Package {
+        /// Then install it here with dpkg, check it, remove and purge it.
+        #[arg(long)]
+        check: bool,
+    },
     /// The benchmark harness: `cargo xtask bench` runs everything (about 15-20 minutes);
     /// `bench classifier`, `bench tunnels [--systems a,b] [--baseline DIR]` (DIR: another
     /// checkout's release build, run beside ours in alternating rounds), `bench attacks`
@@ -83,6 +91,11 @@ fn main() -> Result<()> {
                 setup::run()?;
             }
             deploy::run(&root, &prefix, &unit_dir, units_only)
+        }
+        Task::Package { check } => {
+            setup::run()?;
+            let deb = package::build(&root)?;
+            if check { package::check(&deb) } else { Ok(()) }
         }
         Task::Bench { args } => {
             setup::run()?;
@@ -155,7 +168,9 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     if fuzz.join("Cargo.toml").exists() {
         fuzz_smoke(&fuzz)?;
     }
-    Ok(())
+    // The package, installed on this machine, checked, removed and purged.
+    let deb = package::build(root)?;
+    package::check(&deb)
 }
 
 /// Runs every fuzz target for a short, bounded time.

@@ -186,3 +186,16 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
     }
     Ok(())
 }
+
+/// cargo-deb for `cargo xtask package` (installed on first use).
+pub fn ensure_cargo_deb() -> Result<()> {
+    let present = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !present {
+        exec(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))?;
+    }
+    Ok(())
+}
