@@ -308,6 +308,14 @@ impl LaunchRequest {
         format!("{}{AUTO_LAUNCH_SUFFIX}", self.name)
     }
 
+    /// The stored connection this request names (its name with either suffix), if any.
+    pub fn stored<'s>(&self, store: &'s Store) -> Option<&'s Connection> {
+        let unspaced = format!("{}{AUTO_LAUNCH_SUFFIX_UNSPACED}", self.name);
+        store
+            .get(&self.connection_name())
+            .or_else(|| store.get(&unspaced))
+    }
+
     /// The launch URL for this request (for admins to hand out), percent-encoded. For a
     /// request [`LaunchRequest::parse`] returned, it is within the length limit and parses
     /// back to `self`; fields changed afterwards are not checked again.
@@ -362,8 +370,7 @@ pub fn apply_launch(
     request: &LaunchRequest,
 ) -> Result<LaunchOutcome, LaunchError> {
     let name = request.connection_name();
-    let unspaced = format!("{}{AUTO_LAUNCH_SUFFIX_UNSPACED}", request.name);
-    if let Some(existing) = store.get(&name).or_else(|| store.get(&unspaced)).cloned() {
+    if let Some(existing) = request.stored(store).cloned() {
         if !existing.urls.contains(&request.server) {
             return Err(LaunchError::NameConflict {
                 existing: existing

@@ -80,8 +80,19 @@ fn user_exists(name: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Creates the units' system users (no home, no login shell) where they are missing.
+/// The group whose members may use tunneld's connections (tunneld's unit runs in it).
+const CONTROL_GROUP: &str = "tunnel";
+
+/// Creates the control group and the units' system users (no home, no login shell) where
+/// they are missing.
 fn create_users() -> Result<()> {
+    let group_exists = Command::new("getent")
+        .args(["group", CONTROL_GROUP])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !group_exists {
+        exec(Command::new("groupadd").args(["--system", CONTROL_GROUP]))?;
+    }
     for (name, description) in USERS {
         if user_exists(name) {
             eprintln!("deploy: system user {name} exists");
@@ -194,7 +205,12 @@ mod tests {
     fn check_common(name: &str, keys: &BTreeMap<String, Vec<String>>) {
         let user = one(keys, "User");
         assert!(USERS.iter().any(|(u, _)| *u == user), "{name}: User={user}");
-        assert_eq!(one(keys, "Group"), user, "{name}");
+        let group = if user == "tunneld" {
+            CONTROL_GROUP
+        } else {
+            user
+        };
+        assert_eq!(one(keys, "Group"), group, "{name}");
         assert_eq!(
             caps(one(keys, "AmbientCapabilities")),
             caps(one(keys, "CapabilityBoundingSet")),

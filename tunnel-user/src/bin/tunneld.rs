@@ -47,6 +47,10 @@ struct Cli {
     /// in force, lock-down above all, holds while tunneld is not running.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/tunnel")]
     pin_dir: PathBuf,
+    /// Members of this group may connect, disconnect, sign out, suspend, resume and see
+    /// status over the control socket; everything else stays root's.
+    #[arg(long, value_name = "GROUP", default_value = "tunnel")]
+    control_group: String,
     /// Writes this command's man page and shell completions into DIR (for the package).
     #[arg(long, value_name = "DIR", hide = true)]
     write_docs: Option<PathBuf>,
@@ -117,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         uplinks: (!cli.uplinks.is_empty()).then_some(cli.uplinks),
         kernel_log: cli.log_level.kernel_log(),
         pins: Some(cli.pin_dir),
+        control_group: Some(cli.control_group),
     };
     runtime.block_on(async {
         let shutdown = async {

@@ -231,6 +231,29 @@ pub enum Request {
     Version,
 }
 
+impl Request {
+    /// Whether members of tunneld's control group may ask it: using the connections there
+    /// are and seeing their state. Adding, editing, deleting and importing connections,
+    /// machine settings, certificates, the log level, stopping every connection and the
+    /// diagnostics bundle stay root's. An `Open` that would store a new connection is
+    /// refused to members by the daemon.
+    pub fn for_members(&self) -> bool {
+        matches!(
+            self,
+            Request::Connect { .. }
+                | Request::Disconnect { .. }
+                | Request::Signout { .. }
+                | Request::Suspend { .. }
+                | Request::Resume { .. }
+                | Request::Status { .. }
+                | Request::Counters
+                | Request::List
+                | Request::Open { .. }
+                | Request::Version
+        )
+    }
+}
+
 /// The daemon's answer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Response {
@@ -272,7 +295,9 @@ pub enum ControlError {
         "tunneld is not running (no socket at {path}): start it with `tunneld` or `systemctl start tunneld`"
     )]
     NotRunning { path: String },
-    #[error("only root may control tunneld (the control socket {path} refused us)")]
+    #[error(
+        "only root and members of tunneld's control group may control tunneld (the control socket {path} refused us)"
+    )]
     NotRoot { path: String },
     #[error("talking to tunneld: {0}")]
     Io(#[from] io::Error),

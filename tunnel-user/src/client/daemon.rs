@@ -60,6 +60,19 @@ pub struct DaemonConfig {
     /// Where the uplinks' links are pinned (on a bpffs), so that the policy in force,
     /// lock-down above all, outlives tunneld; None: the programs go with the process.
     pub pins: Option<PathBuf>,
+    /// The group whose members may use the connections and see their state over the control
+    /// socket ([`Request::for_members`]); everything else is root's. None, or a group that
+    /// does not exist: root only.
+    pub control_group: Option<String>,
+}
+
+/// Who asks, by the control socket's peer credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caller {
+    Root,
+    /// A member of the control group.
+    Member,
+    Other,
 }
 
 /// Why the daemon could not start.
@@ -125,6 +138,8 @@ struct Daemon {
     /// Client certificates (`certs/`).
     certs: CertStore,
     log: Arc<Mutex<Log>>,
+    /// The control group, by name and gid, when it exists.
+    members: Option<(String, u32)>,
 }
 
 impl Daemon {
@@ -259,7 +274,21 @@ pub async fn run(
     }
     let listener = UnixListener::bind(&config.socket)
         .map_err(io_err(format!("binding {}", config.socket.display())))?;
-    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o600))
+    let members = control_group(config.control_group.as_deref());
+    let mode = match &members {
+        Some((name, gid)) => {
+            // tunneld's own primary group may already be it (the unit's Group=); otherwise
+            // the socket's group is set, which needs root.
+            if let Err(e) =
+                nix::unistd::chown(&config.socket, None, Some(nix::unistd::Gid::from_raw(*gid)))
+            {
+                warn!(group = %name, error = %e, "the control socket's group");
+            }
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(mode))
         .map_err(io_err("restricting the control socket"))?;
     let daemon = Arc::new(Daemon {
         plane,
@@ -269,6 +298,7 @@ pub async fn run(
         pins,
         certs,
         log,
+        members,
     });
     emit.event(EventKind::ServiceStarted {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -298,6 +328,7 @@ pub async fn run(
                     timeout_secs: None,
                 },
                 None,
+                Caller::Root,
             )
             .await;
             if r.code != code::OK {
@@ -332,7 +363,44 @@ pub async fn run(
     Ok(())
 }
 
+/// The control group's name and gid, if it is configured and exists.
+fn control_group(name: Option<&str>) -> Option<(String, u32)> {
+    let name = name?;
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Some((name.to_string(), g.gid.as_raw())),
+        Ok(None) => {
+            info!(group = %name, "no such group: only root may use the control socket");
+            None
+        }
+        Err(e) => {
+            warn!(group = %name, error = %e, "looking up the control group: only root may use the control socket");
+            None
+        }
+    }
+}
+
+/// Who is at the other end of `stream`.
+fn caller(daemon: &Daemon, stream: &UnixStream) -> Caller {
+    let Ok(cred) = stream.peer_cred() else {
+        return Caller::Other;
+    };
+    if cred.uid() == 0 {
+        return Caller::Root;
+    }
+    let Some((_, gid)) = daemon.members else {
+        return Caller::Other;
+    };
+    let member = cred.gid() == gid
+        || crate::sys::peercred::peer_groups(stream).is_ok_and(|groups| groups.contains(&gid));
+    if member {
+        Caller::Member
+    } else {
+        Caller::Other
+    }
+}
+
 async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
+    let who = caller(&daemon, &stream);
     let uid = stream.peer_cred().ok().map(|c| c.uid());
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
@@ -340,16 +408,33 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
     if rd.read_line(&mut line).await.is_err() {
         return;
     }
-    let response = if uid != Some(0) {
-        warn!(uid = ?uid, "control request from a non-root user refused");
-        Response::with(code::GENERAL, "only root may control tunneld")
+    let group = daemon.members.as_ref().map(|(name, _)| name.as_str());
+    let response = if who == Caller::Other {
+        warn!(uid = ?uid, "control request from a user who is neither root nor in the control group refused");
+        Response::with(
+            code::GENERAL,
+            match group {
+                Some(g) => format!("only root and members of group {g} may control tunneld"),
+                None => "only root may control tunneld".to_string(),
+            },
+        )
     } else {
         match serde_json::from_str::<Request>(&line) {
+            Ok(request) if who == Caller::Member && !request.for_members() => {
+                warn!(uid = ?uid, "a control group member asked for what only root may do");
+                Response::with(
+                    code::GENERAL,
+                    format!(
+                        "only root may do that; members of group {} may connect, disconnect, sign out, suspend, resume and see status",
+                        group.unwrap_or_default()
+                    ),
+                )
+            }
             Ok(request) => {
                 // A caller that answers prompts gets them on this socket while its connect runs.
                 let interactive = matches!(&request, Request::Connect { credentials, .. } if credentials.prompts.interactive);
                 let (asker, mut asked) = prompts::channel();
-                let work = handle(&daemon, request, interactive.then_some(asker));
+                let work = handle(&daemon, request, interactive.then_some(asker), who);
                 tokio::pin!(work);
                 loop {
                     tokio::select! {
@@ -614,7 +699,12 @@ fn spec_for(
 }
 
 /// Answers a request; `asker` reaches a caller that answers a connect's prompts.
-async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) -> Response {
+async fn handle(
+    daemon: &Arc<Daemon>,
+    request: Request,
+    asker: Option<Asker>,
+    who: Caller,
+) -> Response {
     match request {
         Request::Version => Response::ok(format!("tunneld {}", env!("CARGO_PKG_VERSION"))),
         Request::Status { name } => {
@@ -831,7 +921,7 @@ async fn handle(daemon: &Arc<Daemon>, request: Request, asker: Option<Asker>) ->
             log.message(Level::Info, &format!("event log level set to {level}"));
             Response::ok(format!("log level {level}"))
         }
-        Request::Open { url } => open(daemon, &url),
+        Request::Open { url } => open(daemon, &url, who),
     }
 }
 
@@ -936,11 +1026,20 @@ fn import(daemon: &Arc<Daemon>, text: &str) -> Response {
 /// A `pulsesecureclient://connect?...` launch URL: adds (or finds) the "(Auto Launch)"
 /// connection and returns it for the CLI to connect; `store=false` gives a connection for
 /// this run only.
-fn open(daemon: &Arc<Daemon>, url: &str) -> Response {
+fn open(daemon: &Arc<Daemon>, url: &str, who: Caller) -> Response {
     let request = match tunnel_config::LaunchRequest::parse(url) {
         Ok(r) => r,
         Err(e) => return Response::with(code::BAD_PARAMETER, format!("launch URL: {e}")),
     };
+    // A member may open a link to a stored connection, or one that is not to be stored.
+    if who == Caller::Member && request.store && request.stored(&daemon.store()).is_none() {
+        {
+            return Response::with(
+                code::GENERAL,
+                "only root may add a connection: this link names one that is not stored",
+            );
+        }
+    }
     let outcome = tunnel_config::apply_launch(&mut daemon.store(), &request);
     let (conn, temporary) = match outcome {
         Ok(tunnel_config::LaunchOutcome::Added(c)) => (c, false),

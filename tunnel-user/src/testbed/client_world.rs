@@ -368,8 +368,18 @@ fallback_secs = 5
     /// Starts `tunneld` through `wrapper` (as [`ClientWorld::start_gateway_via`]) with `env`
     /// added.
     pub fn start_tunneld_via(&self, wrapper: &[String], env: &[(&str, &Path)]) -> Proc {
+        self.start_tunneld_full(wrapper, env, &[])
+    }
+
+    /// Starts `tunneld` with `args` added.
+    pub fn start_tunneld_args(&self, args: &[&str]) -> Proc {
+        self.start_tunneld_full(&[], &[], args)
+    }
+
+    fn start_tunneld_full(&self, wrapper: &[String], env: &[(&str, &Path)], args: &[&str]) -> Proc {
         let log = fs::File::create(self.dir.join("tunneld.log")).unwrap();
         let child = wrapped(&self.client, wrapper, &self.bin.tunneld)
+            .args(args)
             .envs(env.iter().copied())
             .arg("--socket")
             .arg(self.socket())
