@@ -1,6 +1,7 @@
 //! Lock-down outlives tunneld: the uplinks' programs are pinned, so when tunneld is killed
 //! (SIGKILL) or stopped on purpose with lock-down on, they keep running with the last policy;
-//! a tunneld that starts takes them over in place. The world of
+//! a tunneld that starts takes them over in place and resumes the connection with the
+//! session cookie it kept, with nobody asking. The world of
 //! `tunnel_user::testbed::client_world`, with a far end on the gateway's side that is neither
 //! included nor excluded (lock-down drops it) and a capture of what arrives there:
 //!
@@ -27,7 +28,7 @@ use nix::{
     unistd::Pid,
 };
 use tunnel_user::testbed::{
-    client_world::{CORP, ClientWorld, wait_for},
+    client_world::{CORP, ClientWorld, GATEWAY, wait_for},
     wire::Capture,
 };
 
@@ -164,7 +165,30 @@ fn lockdown_holds_while_tunneld_is_dead_and_a_new_one_takes_over() {
         drop(app);
     }
 
-    assert_eq!(w.connect().status.code(), Some(0));
+    // A stored connection: what tunneld resumes after a restart (an ad-hoc one's settings
+    // lived only in its request).
+    let url = format!("https://{GATEWAY}:8443");
+    let out = w.tunnel(&["add", "corp", "--url", &url, "-u", "alice"], "");
+    assert_eq!(out.status.code(), Some(0));
+    let out = w.tunnel(
+        &[
+            "connect",
+            "corp",
+            "-u",
+            "alice",
+            "--password-stdin",
+            "--servercert",
+            &w.pin,
+        ],
+        "s3cret\n",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
     lockdown(&w, true);
     let (egress, ingress) = tcx_programs(&w, "c0");
     assert_eq!((egress.len(), ingress.len()), (1, 1));
@@ -215,7 +239,19 @@ fn lockdown_holds_while_tunneld_is_dead_and_a_new_one_takes_over() {
     );
     let log = fs::read_to_string(w.dir.join("tunneld.log")).unwrap();
     assert!(!log.contains("attaching anew"), "{log}");
-    std::thread::sleep(Duration::from_millis(200));
+    // Nobody asks: the connection resumes its session with the cookie kept on disk.
+    wait_for("the connection resumed", Duration::from_secs(15), || {
+        w.status()
+            .as_array()
+            .is_some_and(|a| a.first().is_some_and(|c| c["state"] == "connected"))
+    });
+    let resumed = started.elapsed();
+    assert_eq!(w.status()[0]["ipv4"].as_str(), Some(tunnel_addr.as_str()));
+    assert_eq!(
+        w.seen_as(CORP).as_deref(),
+        Some(tunnel_addr.as_str()),
+        "corp reached through the tunnel again"
+    );
 
     // Stopped on purpose with lock-down on: the programs and the pins stay.
     let stopped_at = app.rounds();
@@ -231,7 +267,15 @@ fn lockdown_holds_while_tunneld_is_dead_and_a_new_one_takes_over() {
     assert_eq!(pins(&w).len(), 2);
     let stopped_rounds = app.rounds() - stopped_at;
     let td = w.start_tunneld();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for(
+        "the connection resumed again",
+        Duration::from_secs(15),
+        || {
+            w.status()
+                .as_array()
+                .is_some_and(|a| a.first().is_some_and(|c| c["state"] == "connected"))
+        },
+    );
     let rounds = app.rounds();
     drop(app);
 
@@ -239,8 +283,10 @@ fn lockdown_holds_while_tunneld_is_dead_and_a_new_one_takes_over() {
     let corp = capture.count(|f| to(f, CORP)) - corp_before;
     eprintln!(
         "survivor: {rounds} rounds sent ({dead_rounds} with tunneld killed, {stopped_rounds} with it stopped); \
-         in clear on g0: far end {far}, corp {corp}; restarted tunneld took over in {:.0} ms",
-        took_over.as_secs_f64() * 1e3
+         in clear on g0: far end {far}, corp {corp}; restarted tunneld took over in {:.0} ms, \
+         connected again {:.0} ms after its start",
+        took_over.as_secs_f64() * 1e3,
+        resumed.as_secs_f64() * 1e3
     );
     assert_eq!((far, corp), (0, 0), "nothing left in clear under lock-down");
 

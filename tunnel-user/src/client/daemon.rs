@@ -40,6 +40,7 @@ use super::{
     control::{self, Credentials, Request, Response, code},
     policy::{DataPlane, Uplinks},
     prompts::{self, Asker, Prompter},
+    sessions::{Sessions, write_private},
     spec::{ConnectSpec, Dpd},
     status::{Failure, State},
     tls::{ClientCert, Pin, Trust},
@@ -138,6 +139,8 @@ struct Daemon {
     /// Client certificates (`certs/`).
     certs: CertStore,
     log: Arc<Mutex<Log>>,
+    /// Session cookies kept for resuming after a restart.
+    sessions: Arc<Mutex<Sessions>>,
     /// The control group, by name and gid, when it exists.
     members: Option<(String, u32)>,
 }
@@ -190,13 +193,8 @@ fn load_pins(path: &Path) -> BTreeMap<String, Pin> {
 
 fn save_pins(path: &Path, pins: &BTreeMap<String, Pin>) {
     let text: BTreeMap<&String, String> = pins.iter().map(|(h, p)| (h, p.to_string())).collect();
-    let tmp = path.with_extension("json.new");
-    let ok = std::fs::write(
-        &tmp,
-        serde_json::to_string_pretty(&text).unwrap_or_default(),
-    )
-    .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = ok {
+    let text = serde_json::to_vec_pretty(&text).unwrap_or_default();
+    if let Err(e) = write_private(path, &text) {
         warn!(error = %e, "saving learned pins failed");
     }
 }
@@ -238,6 +236,7 @@ pub async fn run(
         config.pins.as_deref(),
     )?;
     let store = Arc::new(Mutex::new(store));
+    let sessions = Arc::new(Mutex::new(Sessions::open(dir.join("sessions.json"))));
     let pins_path = dir.join("pins.json");
     let pins = Arc::new(Mutex::new(load_pins(&pins_path)));
     let (learned, sink, messages) = (pins.clone(), log.clone(), log.clone());
@@ -257,7 +256,16 @@ pub async fn run(
             }
         },
     )
-    .with_url_sink(record_url(store.clone()));
+    .with_url_sink(record_url(store.clone()))
+    .with_cookie_sink({
+        let sessions = sessions.clone();
+        move |connection, cookie| {
+            sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set(connection, cookie);
+        }
+    });
     if let Some(parent) = config.socket.parent() {
         std::fs::create_dir_all(parent)
             .map_err(io_err(format!("creating {}", parent.display())))?;
@@ -298,6 +306,7 @@ pub async fn run(
         pins,
         certs,
         log,
+        sessions: sessions.clone(),
         members,
     });
     emit.event(EventKind::ServiceStarted {
@@ -307,15 +316,25 @@ pub async fn run(
     if let Err(e) = crate::sys::sd_notify::ready() {
         warn!(error = %e, "telling systemd tunneld is ready");
     }
-    // Connections whose policy is "automatic" start with the daemon.
-    let automatic: Vec<String> = daemon
+    // Connections whose policy is "automatic" start with the daemon, and so do those that
+    // were up when it stopped or died (with their kept cookies).
+    let mut starting: Vec<String> = daemon
         .store()
         .list()
         .iter()
         .filter(|c| c.policy == tunnel_config::ConnectionPolicy::Automatic)
         .map(|c| c.name.clone())
         .collect();
-    for name in automatic {
+    for name in sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .to_resume()
+    {
+        if !starting.contains(&name) && daemon.store().get(&name).is_some() {
+            starting.push(name);
+        }
+    }
+    for name in starting {
         let d = daemon.clone();
         tokio::spawn(async move {
             // No one is there to answer the login's prompts: one fails the connection.
@@ -674,7 +693,15 @@ fn spec_for(
         realm: creds.realm.clone().or_else(|| conn.realm.clone()),
         user: creds.user.clone().or_else(|| conn.user.clone()),
         password: creds.password.clone(),
-        cookie: creds.cookie.clone(),
+        // A cookie kept from an earlier session resumes it without a login (`sessions`).
+        cookie: creds.cookie.clone().or_else(|| {
+            daemon
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cookie(&conn.name)
+                .map(str::to_string)
+        }),
         trust,
         client_cert,
         ip_routes: kvps.configured_ip_routes().map(<[_]>::to_vec),
@@ -862,7 +889,14 @@ async fn handle(
             }
             response
         }
-        Request::Disconnect { name } => command(daemon, &name, Command::Disconnect).await,
+        Request::Disconnect { name } => {
+            daemon
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .hold(&name);
+            command(daemon, &name, Command::Disconnect).await
+        }
         Request::Signout { name } => command(daemon, &name, Command::Signout).await,
         Request::Suspend { name } => command(daemon, &name, Command::Suspend).await,
         Request::Resume { name } => command(daemon, &name, Command::Resume).await,

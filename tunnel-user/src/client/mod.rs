@@ -40,6 +40,7 @@ mod liveness;
 pub mod policy;
 mod prompts;
 mod session;
+mod sessions;
 mod spec;
 mod status;
 pub mod tls;
@@ -60,6 +61,8 @@ type EventSink = Arc<dyn Fn(tunnel_config::EventKind) + Send + Sync>;
 type PinSink = Arc<dyn Fn(&str, &str, tls::Pin) + Send + Sync>;
 /// Receives (connection, gateway URL) of a session that came up.
 type UrlSink = Arc<dyn Fn(&str, &tunnel_config::ServerUrl) + Send + Sync>;
+/// Receives (connection, its session cookie or None when it has none any more).
+type CookieSink = Arc<dyn Fn(&str, Option<&str>) + Send + Sync>;
 /// Receives messages outside the catalogue, with their level.
 type MessageSink = Arc<dyn Fn(tunnel_config::Level, &str) + Send + Sync>;
 
@@ -72,6 +75,7 @@ pub struct Emit {
     message: MessageSink,
     pin: PinSink,
     url: Option<UrlSink>,
+    cookie: Option<CookieSink>,
 }
 
 impl Emit {
@@ -85,6 +89,25 @@ impl Emit {
             message: Arc::new(message),
             pin: Arc::new(pin),
             url: None,
+            cookie: None,
+        }
+    }
+
+    /// Also reports every session cookie a connection gets (Some) and loses (None: the
+    /// gateway ended or did not resume the session, or the user signed out), so the daemon
+    /// can keep it for a resume after a restart.
+    pub fn with_cookie_sink(
+        mut self,
+        cookie: impl Fn(&str, Option<&str>) + Send + Sync + 'static,
+    ) -> Emit {
+        self.cookie = Some(Arc::new(cookie));
+        self
+    }
+
+    /// Reports `connection`'s session cookie, or that it has none any more.
+    pub fn cookie(&self, connection: &str, cookie: Option<&str>) {
+        if let Some(sink) = &self.cookie {
+            sink(connection, cookie);
         }
     }
 

@@ -149,6 +149,12 @@ pub(super) struct Context {
 }
 
 impl Context {
+    /// Sets the session cookie (None: it is no good any more) and reports it.
+    pub(super) fn set_cookie(&mut self, cookie: Option<String>) {
+        self.emit.cookie(&self.spec.name, cookie.as_deref());
+        self.cookie = cookie;
+    }
+
     pub(super) fn new(
         spec: ConnectSpec,
         plane: DataPlane,
@@ -646,7 +652,7 @@ impl Running<'_> {
                 let _ = self.session.proto.lock().map(|mut c| c.logout());
                 let _ = self.session.send_tls().await;
                 self.session.link.close();
-                ctx.cookie = None;
+                ctx.set_cookie(None);
                 Outcome::Done
             }
             Command::Disconnect => {
@@ -750,9 +756,9 @@ impl Running<'_> {
             }
             ClientEvent::ResumeRejected => {
                 info!(connection = %name, "the gateway did not resume the session; logging in");
-                ctx.cookie = None;
+                ctx.set_cookie(None);
             }
-            ClientEvent::CookieReceived { cookie, .. } => ctx.cookie = Some(cookie),
+            ClientEvent::CookieReceived { cookie, .. } => ctx.set_cookie(Some(cookie)),
             ClientEvent::AuthFailed(why) => {
                 ctx.emit.event(EventKind::LoginErrorDisconnect {
                     connection: name.clone(),
@@ -799,7 +805,7 @@ impl Running<'_> {
                     peer: self.addr.ip().to_string(),
                 });
                 // The gateway ended the session (restart, idle timeout...): log in again.
-                ctx.cookie = None;
+                ctx.set_cookie(None);
                 return Some(Outcome::Lost(Lost::Terminated { message }));
             }
             ClientEvent::LoggedOut => return Some(Outcome::Done),
