@@ -621,6 +621,14 @@ impl Store {
     }
 
     /// Every connection, in the order they were added.
+    /// Whether the machine is locked down: VPN only access is on and a locked-down
+    /// connection exists (seed 004: traffic flows only while a locked-down connection is
+    /// connected; a machine with none has nothing that could let it flow, and only
+    /// connections with the setting lock the machine down).
+    pub fn lockdown_in_force(&self) -> bool {
+        self.machine().vpn_only_access && self.list().iter().any(|c| c.lock_down)
+    }
+
     pub fn list(&self) -> &[Connection] {
         &self.connections
     }

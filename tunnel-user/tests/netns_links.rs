@@ -231,12 +231,32 @@ fn a_link_added_while_connected_obeys_split_and_lockdown_then_leaves_nothing() {
     assert_eq!(delta("bypass_not_included"), N as u64, "{after}");
     assert_eq!(delta("drop_lockdown"), 0, "{after}");
 
+    // VPN only access without a locked-down connection: nothing locks the machine down, so
+    // the far end is still reached.
+    let preconfig = w.dir.join("vpn-only.pulsepreconfig");
+    fs::write(
+        &preconfig,
+        "schema version {\n  version: \"1\"\n}\n\nmachine settings {\n  lock-down: \"true\"\n}\n",
+    )
+    .unwrap();
+    let out = w.tunnel(&["import", &preconfig.display().to_string()], "");
+    assert_eq!(out.status.code(), Some(0));
+    let before = w.counters();
+    to_discard(&w, FAR_END);
+    let after = w.counters();
+    let delta =
+        |reason| uplink_counter(&after, "c1", reason) - uplink_counter(&before, "c1", reason);
+    assert_eq!(delta("bypass_not_included"), N as u64, "{after}");
+    assert_eq!(delta("drop_lockdown"), 0, "{after}");
+
     // Lock-down: the far end is not reached any more; corp still is, tunnelled, and the
     // excluded server in clear.
     let preconfig = w.dir.join("lockdown.pulsepreconfig");
     fs::write(
         &preconfig,
-        "schema version {\n  version: \"1\"\n}\n\nmachine settings {\n  lock-down: \"true\"\n}\n",
+        // Only a locked-down connection locks the machine down: the administrator's, here.
+        "schema version {\n  version: \"1\"\n}\n\nmachine settings {\n  lock-down: \"true\"\n}\n\
+         ive \"7d3c1f0e-0000-4000-8000-000000000001\" {\n  friendly-name: \"Admin\"\n  uri: \"https://192.0.2.50\"\n  connection-lock-down: \"true\"\n}\n",
     )
     .unwrap();
     let out = w.tunnel(&["import", &preconfig.display().to_string()], "");
@@ -261,8 +281,9 @@ fn a_link_added_while_connected_obeys_split_and_lockdown_then_leaves_nothing() {
     assert_eq!(delta("tunnel"), N as u64, "{after}");
     assert_eq!(delta("bypass_excluded"), N as u64, "{after}");
 
-    // On the wire of c1: the far end's datagrams from before lock-down only, the excluded
-    // server's from both steps (the positive control), corp's never.
+    // On the wire of c1: the far end's datagrams from before lock-down only (split, and VPN
+    // only access without a locked-down connection), the excluded server's from both steps
+    // (the positive control), corp's never.
     std::thread::sleep(Duration::from_millis(200));
     capture.stop();
     let read = Command::new("tcpdump")
@@ -280,7 +301,7 @@ fn a_link_added_while_connected_obeys_split_and_lockdown_then_leaves_nothing() {
     assert_eq!(to(EXCLUDED, DISCARD), 2 * N, "positive control:\n{seen}");
     assert_eq!(
         to(FAR_END, DISCARD),
-        N,
+        2 * N,
         "lock-down let some through:\n{seen}"
     );
     assert_eq!(to(CORP, CORP_UDP), 0, "corp in clear on c1:\n{seen}");

@@ -108,12 +108,16 @@ impl Drop for App {
     }
 }
 
+/// Imports machine settings with VPN only access `on`, and the connection `corp` to the
+/// gateway, locked down: only a locked-down connection locks the machine down.
 fn lockdown(w: &ClientWorld, on: bool) {
     let preconfig = w.dir.join("lockdown.pulsepreconfig");
     fs::write(
         &preconfig,
         format!(
-            "schema version {{\n  version: \"1\"\n}}\n\nmachine settings {{\n  lock-down: \"{on}\"\n}}\n"
+            "schema version {{\n  version: \"1\"\n}}\n\nmachine settings {{\n  lock-down: \"{on}\"\n}}\n\
+             ive \"7d3c1f0e-0000-4000-8000-000000000002\" {{\n  friendly-name: \"corp\"\n  \
+             uri: \"https://{GATEWAY}:8443\"\n  connection-lock-down: \"true\"\n}}\n"
         ),
     )
     .unwrap();
@@ -165,11 +169,9 @@ fn lockdown_holds_while_tunneld_is_dead_and_a_new_one_takes_over() {
         drop(app);
     }
 
-    // A stored connection: what tunneld resumes after a restart (an ad-hoc one's settings
-    // lived only in its request).
-    let url = format!("https://{GATEWAY}:8443");
-    let out = w.tunnel(&["add", "corp", "--url", &url, "-u", "alice"], "");
-    assert_eq!(out.status.code(), Some(0));
+    // The administrator's locked-down connection, stored: what tunneld resumes after a
+    // restart (an ad-hoc one's settings live only in its request).
+    lockdown(&w, true);
     let out = w.tunnel(
         &[
             "connect",
@@ -189,7 +191,6 @@ fn lockdown_holds_while_tunneld_is_dead_and_a_new_one_takes_over() {
         String::from_utf8_lossy(&out.stderr)
     );
     let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
-    lockdown(&w, true);
     let (egress, ingress) = tcx_programs(&w, "c0");
     assert_eq!((egress.len(), ingress.len()), (1, 1));
     std::thread::sleep(Duration::from_millis(50));

@@ -232,7 +232,7 @@ pub async fn run(
     let plane = DataPlane::start(
         filter,
         config.kernel_log,
-        store.machine().vpn_only_access,
+        store.lockdown_in_force(),
         config.pins.as_deref(),
     )?;
     let store = Arc::new(Mutex::new(store));
@@ -258,8 +258,18 @@ pub async fn run(
     )
     .with_url_sink(record_url(store.clone()))
     .with_cookie_sink({
-        let sessions = sessions.clone();
+        let (sessions, store) = (sessions.clone(), store.clone());
         move |connection, cookie| {
+            // Only a stored connection can be resumed: an ad-hoc one's settings lived in its
+            // request.
+            let stored = store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(connection)
+                .is_some();
+            if cookie.is_some() && !stored {
+                return;
+            }
             sessions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -693,8 +703,10 @@ fn spec_for(
         realm: creds.realm.clone().or_else(|| conn.realm.clone()),
         user: creds.user.clone().or_else(|| conn.user.clone()),
         password: creds.password.clone(),
-        // A cookie kept from an earlier session resumes it without a login (`sessions`).
+        // A cookie kept from an earlier session of a stored connection resumes it without a
+        // login (`sessions`).
         cookie: creds.cookie.clone().or_else(|| {
+            stored.then_some(())?;
             daemon
                 .sessions
                 .lock()
@@ -798,9 +810,14 @@ async fn handle(
             }
             let name = conn.name.clone();
             let notes = no_effect_notes(&conn.kvps);
-            match daemon.store().add(conn) {
-                Ok(()) => Response::ok(format!("added '{name}'{notes}")),
-                Err(e) => Response::with(code::BAD_PARAMETER, e.to_string()),
+            let added = daemon.store().add(conn);
+            if let Err(e) = added {
+                return Response::with(code::BAD_PARAMETER, e.to_string());
+            }
+            // A locked-down connection may be what puts lock-down in force.
+            match apply_lockdown(daemon) {
+                Ok(_) => Response::ok(format!("added '{name}'{notes}")),
+                Err(refused) => refused,
             }
         }
         Request::Edit { name, changes } => {
@@ -824,8 +841,12 @@ async fn handle(
                     format!("'{name}' is running: disconnect it first"),
                 );
             }
-            match daemon.store().delete(&name) {
-                Ok(_) => Response::ok(format!("deleted '{name}'")),
+            let deleted = daemon.store().delete(&name);
+            match deleted {
+                Ok(_) => match apply_lockdown(daemon) {
+                    Ok(_) => Response::ok(format!("deleted '{name}'")),
+                    Err(refused) => refused,
+                },
                 Err(tunnel_config::StoreError::NotFound { .. }) => Response::with(
                     code::NO_SUCH_CONNECTION,
                     format!("no connection named '{name}'"),
@@ -998,8 +1019,15 @@ async fn edit(daemon: &Arc<Daemon>, name: &str, changes: serde_json::Value) -> R
         command(daemon, name, Command::Disconnect).await;
     }
     let notes = no_effect_notes(&edited.kvps);
-    match daemon.store().edit(name, |c| *c = edited) {
-        Ok(c) => Response::ok(format!("edited '{}'{notes}", c.name)),
+    let edited = daemon
+        .store()
+        .edit(name, |c| *c = edited)
+        .map(|c| c.name.clone());
+    match edited {
+        Ok(name) => match apply_lockdown(daemon) {
+            Ok(_) => Response::ok(format!("edited '{name}'{notes}")),
+            Err(refused) => refused,
+        },
         Err(e) => Response::with(code::BAD_PARAMETER, e.to_string()),
     }
 }
@@ -1013,6 +1041,17 @@ fn no_effect_notes(kvps: &tunnel_config::Kvps) -> String {
         .collect()
 }
 
+/// Puts the kernel's lock-down in line with the store ([`tunnel_config::Store::lockdown_in_force`]),
+/// after anything that may change it; says whether it is on.
+fn apply_lockdown(daemon: &Daemon) -> Result<bool, Response> {
+    let on = daemon.store().lockdown_in_force();
+    daemon
+        .plane
+        .set_lockdown(on)
+        .map_err(|e| Response::with(code::GENERAL, format!("applying VPN only access: {e}")))?;
+    Ok(on)
+}
+
 /// Imports a `.pulsepreconfig` file: machine settings (when the binding server agrees) and
 /// its connections; unknown sections are reported and skipped.
 fn import(daemon: &Arc<Daemon>, text: &str) -> Response {
@@ -1024,10 +1063,10 @@ fn import(daemon: &Arc<Daemon>, text: &str) -> Response {
         Ok(r) => r,
         Err(e) => return Response::with(code::GENERAL, format!("preconfig: {e}")),
     };
-    let lockdown = daemon.store().machine().vpn_only_access;
-    if let Err(e) = daemon.plane.set_lockdown(lockdown) {
-        return Response::with(code::GENERAL, format!("applying VPN only access: {e}"));
-    }
+    let lockdown = match apply_lockdown(daemon) {
+        Ok(on) => on,
+        Err(refused) => return refused,
+    };
     let mut lines = vec![format!("machine settings: {:?}", report.machine)];
     lines.extend(
         report
