@@ -59,9 +59,9 @@ pub use preconfig::{
 };
 pub use rotate::{DEFAULT_MAX_LOG_BYTES, LogError, RotatingLog};
 pub use store::{
-    Connection, ConnectionError, ConnectionPolicy, CorruptReason, CorruptStore, FileFormat,
-    Identity, MachineSettings, STORE_FORMAT, Scope, Source, Start, Store, StoreError, UrlMode,
-    url_order,
+    Connection, ConnectionError, ConnectionPolicy, CorruptReason, CorruptStore, DnsSettings,
+    FileFormat, Identity, MachineSettings, STORE_FORMAT, Scope, Source, Start, Store, StoreError,
+    UrlMode, url_order,
 };
 pub use text::Position;
 pub use url::{HTTPS_PORT, Host, HostProblem, ServerUrl, UrlError};

@@ -178,6 +178,52 @@ pub struct Connection {
     /// trusted whether or not a CA vouches for it (`.pulsepreconfig` `server-pin`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pins: BTreeMap<String, Vec<Pin>>,
+    /// The connection's own DNS settings (seed 000).
+    #[serde(default, skip_serializing_if = "DnsSettings::is_empty")]
+    pub dns: DnsSettings,
+}
+
+/// A connection's DNS settings (seed 000: DNS Resolver IPs, DNS Search Domain List, Match
+/// Domain List); what is set replaces the gateway's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSettings {
+    /// DNS Resolver IPs: the tunnel's servers.
+    pub servers: Vec<std::net::IpAddr>,
+    /// DNS Search Domain List.
+    pub search: Vec<String>,
+    /// Match Domain List: only names under these go to the tunnel's servers; empty: all.
+    pub match_domains: Vec<String>,
+}
+
+impl DnsSettings {
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.search.is_empty() && self.match_domains.is_empty()
+    }
+
+    /// Every domain a well-formed DNS name: labels of letters, digits and hyphens (no hyphen
+    /// at either end), at most 63 bytes each and 253 in all; a leading `*.` or trailing dot
+    /// is not accepted.
+    fn validate(&self, name: &str) -> Result<(), ConnectionError> {
+        for domain in self.search.iter().chain(&self.match_domains) {
+            let ok = !domain.is_empty()
+                && domain.len() <= 253
+                && domain.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(ConnectionError::BadDomain {
+                    name: name.to_string(),
+                    domain: domain.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Connection {
@@ -201,6 +247,7 @@ impl Connection {
             server_id: None,
             guid: None,
             pins: BTreeMap::new(),
+            dns: DnsSettings::default(),
         }
     }
 
@@ -212,6 +259,7 @@ impl Connection {
     /// Checks the rules every stored connection satisfies.
     pub fn validate(&self) -> Result<(), ConnectionError> {
         check_name(&self.name)?;
+        self.dns.validate(&self.name)?;
         let name = || self.name.clone();
         if self.urls.is_empty() {
             return Err(ConnectionError::NoUrls { name: name() });
@@ -373,6 +421,8 @@ pub enum ConnectionError {
     NameTooLong { chars: usize, max: usize },
     #[error("connection {}: needs at least one server URL", Shown(.name))]
     NoUrls { name: String },
+    #[error("connection {}: {} is not a DNS domain name (labels of letters, digits and hyphens)", Shown(.name), Shown(.domain))]
+    BadDomain { name: String, domain: String },
     #[error("connection {}: server URL {url} is listed twice", Shown(.name))]
     DuplicateUrl { name: String, url: String },
     #[error("connection {}: last URL index {index} is outside its {len} URLs", Shown(.name))]

@@ -21,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "tcpdump",
     "nftables",
+    // A real DNS server for the DNS tests (the binary only; no service is started).
+    "dnsmasq-base",
     // Interop peers.
     "openconnect",
     "ocserv",

@@ -212,6 +212,16 @@ struct ConnArgs {
     /// which lets the gateway's request choose.
     #[arg(long, value_name = "NAME")]
     client_cert: Option<String>,
+    /// DNS Resolver IPs: the tunnel's DNS servers, instead of the gateway's; repeat for more.
+    #[arg(long = "dns-server", value_name = "IP")]
+    dns_servers: Vec<std::net::IpAddr>,
+    /// DNS Search Domain List, instead of the gateway's; repeat for more.
+    #[arg(long = "search-domain", value_name = "DOMAIN")]
+    search_domains: Vec<String>,
+    /// Match Domain List: only names under these are resolved through the tunnel, the rest
+    /// by the machine's own servers; repeat for more. None: every name through the tunnel.
+    #[arg(long = "match-domain", value_name = "DOMAIN")]
+    match_domains: Vec<String>,
 }
 
 impl ConnArgs {
@@ -257,6 +267,19 @@ impl ConnArgs {
                 m.insert("client_certificate".into(), serde_json::json!(name));
             }
             None => {}
+        }
+        if !(self.dns_servers.is_empty()
+            && self.search_domains.is_empty()
+            && self.match_domains.is_empty())
+        {
+            m.insert(
+                "dns".into(),
+                serde_json::json!({
+                    "servers": self.dns_servers,
+                    "search": self.search_domains,
+                    "match_domains": self.match_domains,
+                }),
+            );
         }
         Ok(m)
     }

@@ -47,6 +47,10 @@ struct Cli {
     /// in force, lock-down above all, holds while tunneld is not running.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/tunnel")]
     pin_dir: PathBuf,
+    /// The resolver configuration tunneld points at its DNS forwarder while a connection's
+    /// DNS is in force, and restores after (a file, a symlink or a bind mount).
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
     /// Members of this group may connect, disconnect, sign out, suspend, resume and see
     /// status over the control socket; everything else stays root's.
     #[arg(long, value_name = "GROUP", default_value = "tunnel")]
@@ -122,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         kernel_log: cli.log_level.kernel_log(),
         pins: Some(cli.pin_dir),
         control_group: Some(cli.control_group),
+        resolv_conf: cli.resolv_conf,
     };
     runtime.block_on(async {
         let shutdown = async {

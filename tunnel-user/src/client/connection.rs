@@ -29,6 +29,7 @@ use tunnel_config::EventKind;
 use super::{
     Emit,
     backoff::{AfterLoss, Backoff},
+    dns::Dns,
     policy::DataPlane,
     session::{self, Context, Outcome},
     spec::{ConnectSpec, shown},
@@ -91,6 +92,7 @@ impl Handle {
 pub fn spawn(
     spec: ConnectSpec,
     plane: DataPlane,
+    dns: Dns,
     emit: Emit,
 ) -> (Handle, oneshot::Receiver<Result<(), Failure>>) {
     let (first_tx, first_rx) = oneshot::channel();
@@ -98,7 +100,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let name = spec.name.clone();
     let id = spec.id;
-    let ctx = Context::new(spec, plane, emit, shared.clone(), rx, first_tx);
+    let ctx = Context::new(spec, plane, dns, emit, shared.clone(), rx, first_tx);
     let task = tokio::spawn(run(ctx));
     (
         Handle {
@@ -167,6 +169,7 @@ async fn run(mut ctx: Context) {
             }
             Outcome::Suspended => {
                 ctx.shared.status().state = State::Suspended;
+                ctx.dns.set(&ctx.spec.name, None).await;
                 teardown(&mut ctx.tunnel, &ctx.plane, ctx.spec.id);
                 if !resumed(&mut ctx).await {
                     return;
@@ -229,6 +232,7 @@ async fn run(mut ctx: Context) {
             }
         }
     }
+    ctx.dns.set(&ctx.spec.name, None).await;
     teardown(&mut ctx.tunnel, &ctx.plane, ctx.spec.id);
     {
         let mut s = ctx.shared.status();

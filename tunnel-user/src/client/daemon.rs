@@ -38,6 +38,7 @@ use super::{
     certstore::{CertStore, CertStoreError},
     connection::{self, Command, Handle},
     control::{self, Credentials, Request, Response, code},
+    dns::Dns,
     policy::{DataPlane, Uplinks},
     prompts::{self, Asker, Prompter},
     sessions::{Sessions, write_private},
@@ -61,6 +62,9 @@ pub struct DaemonConfig {
     /// Where the uplinks' links are pinned (on a bpffs), so that the policy in force,
     /// lock-down above all, outlives tunneld; None: the programs go with the process.
     pub pins: Option<PathBuf>,
+    /// The resolver configuration pointed at the DNS forwarder while a connection with DNS
+    /// servers is up (normally `/etc/resolv.conf`).
+    pub resolv_conf: PathBuf,
     /// The group whose members may use the connections and see their state over the control
     /// socket ([`Request::for_members`]); everything else is root's. None, or a group that
     /// does not exist: root only.
@@ -141,6 +145,8 @@ struct Daemon {
     log: Arc<Mutex<Log>>,
     /// Session cookies kept for resuming after a restart.
     sessions: Arc<Mutex<Sessions>>,
+    /// The machine's DNS while connections are up.
+    dns: Dns,
     /// The control group, by name and gid, when it exists.
     members: Option<(String, u32)>,
 }
@@ -317,6 +323,7 @@ pub async fn run(
         certs,
         log,
         sessions: sessions.clone(),
+        dns: Dns::new(config.resolv_conf.clone(), dir),
         members,
     });
     emit.event(EventKind::ServiceStarted {
@@ -721,6 +728,7 @@ fn spec_for(
         udp_ports,
         mtu: kvps.is_set(tunnel_config::Key::MTU).then(|| kvps.mtu()),
         tun_ip: kvps.tun_ip(),
+        dns: conn.dns.clone(),
         block_untunnelled_ipv6: kvps.block_untunnelled_ipv6(),
         dpd: Dpd {
             idle: kvps.atp_probe_idle(),
@@ -754,6 +762,7 @@ async fn handle(
                 .filter(|h| name.as_ref().is_none_or(|n| &h.name == n))
                 .map(|h| {
                     let mut s = h.status();
+                    s.dns_applied = daemon.dns.applied().filter(|a| a.connection == h.name);
                     if let Some(t) = &table {
                         for reason in tunnel_common::Reason::ALL {
                             let c = t.get(u32::from(h.id), reason);
@@ -1186,7 +1195,12 @@ async fn connect(daemon: &Arc<Daemon>, spec: ConnectSpec, timeout_secs: Option<u
     daemon.emit.event(EventKind::UserStart {
         connection: name.clone(),
     });
-    let (handle, first) = connection::spawn(spec, daemon.plane.clone(), daemon.emit.clone());
+    let (handle, first) = connection::spawn(
+        spec,
+        daemon.plane.clone(),
+        daemon.dns.clone(),
+        daemon.emit.clone(),
+    );
     if let Ok(mut c) = daemon.connections.lock() {
         c.insert(name.clone(), handle);
     }

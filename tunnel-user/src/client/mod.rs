@@ -35,6 +35,7 @@ pub mod connection;
 pub mod control;
 pub mod daemon;
 pub mod diagnostics;
+pub mod dns;
 mod end;
 mod liveness;
 pub mod policy;

@@ -34,6 +34,7 @@ use super::{
     Emit,
     cert_select::{CertSelector, Choice},
     connection::Command,
+    dns::{Dns, DnsPlan},
     liveness::{Due, Liveness},
     policy::DataPlane,
     prompts::{self, Prompter},
@@ -135,6 +136,8 @@ pub(super) enum Outcome {
 pub(super) struct Context {
     pub(super) spec: ConnectSpec,
     pub(super) plane: DataPlane,
+    /// The machine's DNS, which the connection's plan goes into while it is up.
+    pub(super) dns: Dns,
     pub(super) emit: Emit,
     pub(super) shared: Arc<Shared>,
     pub(super) commands: mpsc::UnboundedReceiver<(Command, oneshot::Sender<()>)>,
@@ -158,6 +161,7 @@ impl Context {
     pub(super) fn new(
         spec: ConnectSpec,
         plane: DataPlane,
+        dns: Dns,
         emit: Emit,
         shared: Arc<Shared>,
         commands: mpsc::UnboundedReceiver<(Command, oneshot::Sender<()>)>,
@@ -168,6 +172,7 @@ impl Context {
             prompts: spec.prompts.clone(),
             spec,
             plane,
+            dns,
             emit,
             shared,
             commands,
@@ -773,6 +778,15 @@ impl Running<'_> {
                 if let Err(e) = self.configure(ctx, &config) {
                     return Some(Outcome::Failed(Failure::Connect(e.into())));
                 }
+                let dns = &ctx.spec.dns;
+                let plan = DnsPlan::new(
+                    &config.dns,
+                    &config.search_domains,
+                    &dns.servers,
+                    &dns.search,
+                    &dns.match_domains,
+                );
+                ctx.dns.set(&ctx.spec.name, plan).await;
                 self.established(ctx);
             }
             ClientEvent::Packet(p) => {

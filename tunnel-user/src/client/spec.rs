@@ -14,6 +14,8 @@ use crate::datapath::{ConnId, PortList};
 #[derive(Clone)]
 pub struct ConnectSpec {
     pub name: String,
+    /// The connection's own DNS settings (they replace the gateway's where set).
+    pub dns: tunnel_config::DnsSettings,
     pub id: ConnId,
     /// The gateways, in the connection's list order (`super::walk` decides which to try).
     pub gateways: Vec<ServerUrl>,

@@ -71,6 +71,9 @@ pub struct Status {
     pub reconnects: u64,
     /// The kernel classifier's counters for this connection: reason name to packets.
     pub classifier: BTreeMap<String, u64>,
+    /// The DNS applied for this connection (mode, servers, domains), when it is in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_applied: Option<super::dns::Applied>,
     /// When the current session was established (`uptime_secs` is counted from it).
     #[serde(skip)]
     pub(super) established_at: Option<Instant>,
@@ -101,6 +104,7 @@ impl Status {
             notices: Vec::new(),
             reconnects: 0,
             classifier: BTreeMap::new(),
+            dns_applied: None,
             established_at: None,
         }
     }

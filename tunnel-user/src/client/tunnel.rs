@@ -118,7 +118,21 @@ impl Plan {
             v4.chain(v6).collect::<Result<Vec<IpNet>, SetupError>>()
         };
         let gateway_include = nets(&config.include_v4, &config.include_v6)?;
-        let include = spec.ip_routes.clone().unwrap_or(gateway_include);
+        let mut include = spec.ip_routes.clone().unwrap_or(gateway_include);
+        // The tunnel's DNS servers are reached through it (seed 000: "ensure that the DNS is
+        // routable"): a host route for each one no include covers. No includes: all are.
+        if !include.is_empty() {
+            let servers = if spec.dns.servers.is_empty() {
+                &config.dns
+            } else {
+                &spec.dns.servers
+            };
+            for server in servers {
+                if !include.iter().any(|n| n.contains(server)) {
+                    include.push(IpNet::from(*server));
+                }
+            }
+        }
         let mut exclude = nets(&config.exclude_v4, &config.exclude_v6)?;
         exclude.extend(spec.exc_routes.iter().copied());
         // No include routes means everything (`ConnPolicy::effective_include`).
@@ -422,6 +436,7 @@ mod tests {
             udp_ports: None,
             mtu: None,
             tun_ip: None,
+            dns: Default::default(),
             block_untunnelled_ipv6: true,
             dpd: Dpd::default(),
             disconnect_timeout: None,

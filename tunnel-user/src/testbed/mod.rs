@@ -28,6 +28,7 @@ use crate::sys::tun::Tun;
 
 pub mod attack_world;
 pub mod client_world;
+pub mod dns_server;
 pub mod gauge;
 pub mod hostile;
 pub mod pki;

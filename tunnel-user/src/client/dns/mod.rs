@@ -1,0 +1,238 @@
+//! DNS while a connection is up: the tunnel's servers, search domains and match domains
+//! ([`DnsPlan`], from the gateway's configuration and the connection's own settings), applied
+//! to the machine and taken away again.
+//!
+//! ```text
+//!  connection configured (each login, reconnect, resume: each may bring a new TUN)
+//!      ─▶ Dns::set(connection, Some(plan)) ─▶ forwarder (re)started with the plan's routes
+//!                                           ─▶ /etc/resolv.conf pointed at it (original kept)
+//!  connection torn down (disconnect, suspend, sign-out, tunneld's stop)
+//!      ─▶ Dns::set(connection, None) ─▶ another connection's plan, or: forwarder stopped,
+//!                                       /etc/resolv.conf restored
+//!  tunneld starts ─▶ a kept original left by a tunneld that died is restored first
+//! ```
+//!
+//! One plan is in force at a time: the latest connection's. Mode: the split-DNS forwarder on
+//! [`FORWARDER`] with `/etc/resolv.conf` pointed at it (docs/client.md, "DNS").
+
+pub(crate) mod forwarder;
+pub(crate) mod resolv_conf;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    sync::{Arc, Mutex},
+};
+
+use hickory_proto::rr::Name;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use forwarder::{Forwarder, Routes};
+use resolv_conf::ResolvConf;
+
+/// Where the forwarder listens.
+pub(crate) const FORWARDER: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 77, 53)), 53);
+
+/// What DNS a connection asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DnsPlan {
+    /// The tunnel's servers: the connection's DNS Resolver IPs, else the gateway's.
+    pub servers: Vec<IpAddr>,
+    /// Search domains: the connection's DNS Search Domain List, else the gateway's.
+    pub search: Vec<String>,
+    /// Names under these go to the tunnel's servers, every other name to the machine's own
+    /// (the connection's Match Domain List); empty: every name to the tunnel's.
+    pub routing: Vec<String>,
+}
+
+impl DnsPlan {
+    /// From the gateway's `servers` and `search` domains and the connection's own lists (a
+    /// list the connection sets replaces the gateway's). None: no server to send to.
+    pub fn new(
+        gateway_servers: &[IpAddr],
+        gateway_search: &[String],
+        own_servers: &[IpAddr],
+        own_search: &[String],
+        match_domains: &[String],
+    ) -> Option<DnsPlan> {
+        let servers = if own_servers.is_empty() {
+            gateway_servers.to_vec()
+        } else {
+            own_servers.to_vec()
+        };
+        let search = if own_search.is_empty() {
+            gateway_search.to_vec()
+        } else {
+            own_search.to_vec()
+        };
+        (!servers.is_empty()).then(|| DnsPlan {
+            servers,
+            search,
+            routing: match_domains.to_vec(),
+        })
+    }
+}
+
+/// What is applied now, for the status.
+#[derive(Clone, Debug, Serialize)]
+pub struct Applied {
+    pub connection: String,
+    pub mode: &'static str,
+    pub listen: String,
+    pub plan: DnsPlan,
+    /// The servers other names go to.
+    pub original: Vec<IpAddr>,
+    /// What the forwarder did with the queries so far.
+    pub queries: Arc<forwarder::Counts>,
+}
+
+struct State {
+    /// Plans by connection, in the order they were set; the last is in force.
+    plans: Vec<(String, DnsPlan)>,
+    forwarder: Option<Forwarder>,
+    applied: Option<Applied>,
+}
+
+/// The machine's DNS while connections are up. Shared by the daemon's connections.
+#[derive(Clone)]
+pub struct Dns {
+    resolv: ResolvConf,
+    listen: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+impl Dns {
+    /// Manages `resolv_conf` (normally `/etc/resolv.conf`), keeping its original in
+    /// `state_dir`; restores an original a tunneld that died left there.
+    pub fn new(resolv_conf: PathBuf, state_dir: &std::path::Path) -> Dns {
+        let resolv = ResolvConf {
+            path: resolv_conf,
+            saved: state_dir.join("resolv.conf.saved"),
+        };
+        match resolv.restore() {
+            Ok(true) => {
+                info!(file = %resolv.path.display(), "restored the resolver configuration a stopped tunneld had changed")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(file = %resolv.path.display(), error = %e, "restoring the resolver configuration")
+            }
+        }
+        Dns {
+            resolv,
+            listen: FORWARDER,
+            state: Arc::new(Mutex::new(State {
+                plans: Vec::new(),
+                forwarder: None,
+                applied: None,
+            })),
+        }
+    }
+
+    /// What is applied.
+    pub fn applied(&self) -> Option<Applied> {
+        self.lock().applied.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets (Some) or withdraws (None) `connection`'s plan and applies the result. Called on
+    /// the tokio runtime.
+    pub async fn set(&self, connection: &str, plan: Option<DnsPlan>) {
+        let in_force = {
+            let mut s = self.lock();
+            s.plans.retain(|(c, _)| c != connection);
+            if let Some(p) = plan {
+                s.plans.push((connection.to_string(), p));
+            }
+            s.plans.last().cloned()
+        };
+        match in_force {
+            Some((connection, plan)) => {
+                if let Err(e) = self.apply(&connection, &plan).await {
+                    warn!(connection, error = %e, "DNS through the tunnel could not be applied");
+                    self.remove();
+                }
+            }
+            None => self.remove(),
+        }
+    }
+
+    async fn apply(&self, connection: &str, plan: &DnsPlan) -> std::io::Result<()> {
+        let original = self.resolv.original()?;
+        let routes = Routes {
+            tunnel: plan
+                .servers
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, 53))
+                .collect(),
+            original: original
+                .nameservers()
+                .into_iter()
+                .filter(|ip| *ip != self.listen.ip())
+                .map(|ip| SocketAddr::new(ip, 53))
+                .collect(),
+            routing: plan
+                .routing
+                .iter()
+                .filter_map(|d| Name::from_str(&format!("{}.", d.trim_end_matches('.'))).ok())
+                .collect(),
+        };
+        let original_servers = routes.original.iter().map(|a| a.ip()).collect();
+        let same = self.lock().applied.as_ref().is_some_and(|a| {
+            a.connection == connection && a.plan == *plan && a.original == original_servers
+        });
+        if same {
+            return Ok(());
+        }
+        // The old forwarder lets go of the address before the new one binds it.
+        self.lock().forwarder = None;
+        let forwarder = Forwarder::start(self.listen, routes).await?;
+        let applied = Applied {
+            connection: connection.to_string(),
+            mode: "forwarder",
+            listen: self.listen.to_string(),
+            plan: plan.clone(),
+            original: original_servers,
+            queries: forwarder.counts.clone(),
+        };
+        let mut search = plan.search.clone();
+        search.extend(original.search());
+        search.dedup();
+        let mut text = format!(
+            "# Written by tunneld for the connection '{connection}' while it is up; the\n\
+             # original is kept in {} and comes back when it goes.\nnameserver {}\n",
+            self.resolv.saved.display(),
+            self.listen.ip()
+        );
+        if !search.is_empty() {
+            text.push_str(&format!("search {}\n", search.join(" ")));
+        }
+        self.resolv.point(&text)?;
+        info!(connection, servers = ?plan.servers, search = ?plan.search, match_domains = ?plan.routing, "DNS through the tunnel");
+        let mut s = self.lock();
+        s.forwarder = Some(forwarder);
+        s.applied = Some(applied);
+        Ok(())
+    }
+
+    fn remove(&self) {
+        let mut s = self.lock();
+        s.forwarder = None;
+        s.applied = None;
+        match self.resolv.restore() {
+            Ok(true) => {
+                info!(file = %self.resolv.path.display(), "resolver configuration restored")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(file = %self.resolv.path.display(), error = %e, "restoring the resolver configuration")
+            }
+        }
+    }
+}

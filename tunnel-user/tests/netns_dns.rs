@@ -1,0 +1,284 @@
+//! DNS through the tunnel, end to end: a real DNS server (dnsmasq) on the corp side and
+//! another outside, tunneld's split-DNS forwarder, and `/etc/resolv.conf` as a bind mount in
+//! tunneld's own mount namespace (the host's file is never touched). The world of
+//! `tunnel_user::testbed::client_world`:
+//!
+//! ```text
+//!  client (resolv.conf: nameserver 192.168.70.53) ── c0 ── g0: 192.168.70.1 gateway,
+//!                                                            192.168.70.53 outside DNS
+//!  the gateway pushes DNS 172.20.0.53 ── corp: 172.20.0.53 corp DNS, 172.20.0.2 corp
+//! ```
+//!
+//! The connection is a full tunnel (IPRoutes 0.0.0.0/0) with the match domain corp.example:
+//! corp names must go to the corp server through the tunnel, other names to the outside
+//! server on the uplink (the forwarder's marked socket), never the other way round.
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::Path,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use tunnel_user::testbed::{
+    client_world::{ClientWorld, GATEWAY, Proc, wait_for},
+    dns_server::DnsServer,
+    wire::Capture,
+};
+
+const CORP_DNS: &str = "172.20.0.53";
+const OUTSIDE_DNS: &str = "192.168.70.53";
+const CORP_NAME: &str = "intranet.corp.example";
+const OUTSIDE_NAME: &str = "www.outside.example";
+/// What the outside server says for the corp name: seeing it means the query leaked.
+const LEAKED: &str = "203.0.113.66";
+const ORIGINAL: &str =
+    "# the LAN's resolver\nnameserver 192.168.70.53\noptions timeout:1 attempts:2\n";
+
+fn said(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Starts tunneld in a mount namespace of its own where `resolv` is bind-mounted over
+/// /etc/resolv.conf.
+fn start_tunneld(w: &ClientWorld, resolv: &Path) -> Proc {
+    let wrapper: Vec<String> = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &format!(
+            "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+            resolv.display()
+        ),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    w.start_tunneld_via(&wrapper, &[])
+}
+
+/// `getent hosts name` as resolved in tunneld's mount and network namespaces: the address,
+/// or None.
+fn resolve(w: &ClientWorld, tunneld: &Proc, name: &str) -> Option<String> {
+    let out = w
+        .client
+        .command("nsenter")
+        .args([
+            "--target",
+            &tunneld.id().to_string(),
+            "--mount",
+            "getent",
+            "hosts",
+            name,
+        ])
+        .output()
+        .unwrap();
+    out.status.success().then(|| {
+        said(&out)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// UDP datagrams to `dst`:53 arriving on g0.
+fn dns_to(capture: &Capture, dst: &str) -> usize {
+    let dst: std::net::Ipv4Addr = dst.parse().unwrap();
+    capture.count(|f| {
+        f.len() >= 38
+            && f[12..14] == [0x08, 0x00]
+            && f[23] == 17
+            && f[30..34] == dst.octets()
+            && u16::from_be_bytes([f[36], f[37]]) == 53
+    })
+}
+
+#[test]
+fn corp_names_resolve_through_the_tunnel_and_others_outside() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let w = ClientWorld::build("dns", tunnel_user::this_crates_binaries!());
+    w.corp
+        .sh(&format!("ip addr add {CORP_DNS}/24 dev x0"))
+        .unwrap();
+    w.gw.sh(&format!("ip addr add {OUTSIDE_DNS}/24 dev g0"))
+        .unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let corp_dns = DnsServer::start(
+        &w.corp,
+        ip(CORP_DNS),
+        &[(CORP_NAME, ip("172.20.0.2"))],
+        &w.dir,
+    )
+    .unwrap();
+    let outside_dns = DnsServer::start(
+        &w.gw,
+        ip(OUTSIDE_DNS),
+        &[(OUTSIDE_NAME, ip("198.51.100.7")), (CORP_NAME, ip(LEAKED))],
+        &w.dir,
+    )
+    .unwrap();
+    let resolv = w.dir.join("resolv.conf");
+    fs::write(&resolv, ORIGINAL).unwrap();
+    let _gw = w.start_gateway();
+    let td = start_tunneld(&w, &resolv);
+    let capture = Capture::start(&w.gw, "g0").unwrap();
+
+    // Positive control: before the tunnel, the outside server answers (the corp name with
+    // its wrong answer), and the capture sees the queries.
+    assert_eq!(resolve(&w, &td, CORP_NAME).as_deref(), Some(LEAKED));
+    assert!(
+        dns_to(&capture, OUTSIDE_DNS) > 0,
+        "the capture sees DNS on g0"
+    );
+
+    let url = format!("https://{GATEWAY}:8443");
+    let out = w.tunnel(
+        &[
+            "add",
+            "corp",
+            "--url",
+            &url,
+            "-u",
+            "alice",
+            "--kvp",
+            "IPRoutes=0.0.0.0/0",
+            "--match-domain",
+            "corp.example",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let connect = |w: &ClientWorld| {
+        let out = w.tunnel(
+            &[
+                "connect",
+                "corp",
+                "-u",
+                "alice",
+                "--password-stdin",
+                "--servercert",
+                &w.pin,
+            ],
+            "s3cret\n",
+        );
+        assert_eq!(out.status.code(), Some(0), "connect: {}", said(&out));
+    };
+    let asked_outside = || {
+        outside_dns
+            .queries()
+            .iter()
+            .filter(|(n, _)| n == CORP_NAME)
+            .count()
+    };
+    let asked_outside_before = asked_outside();
+    let started = Instant::now();
+    connect(&w);
+    let connected = started.elapsed();
+    wait_for("the corp name", Duration::from_secs(10), || {
+        resolve(&w, &td, CORP_NAME).as_deref() == Some("172.20.0.2")
+    });
+    let first_name = started.elapsed();
+    let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
+    let applied = &w.status()[0]["dns_applied"];
+    assert_eq!(applied["mode"], "forwarder", "{applied}");
+    assert_eq!(applied["plan"]["servers"][0], CORP_DNS, "{applied}");
+    assert_eq!(applied["plan"]["routing"][0], "corp.example", "{applied}");
+    assert_eq!(applied["original"][0], OUTSIDE_DNS, "{applied}");
+    let text = fs::read_to_string(&resolv).unwrap();
+    assert!(text.contains("nameserver 127.0.77.53"), "{text}");
+
+    // Other names keep resolving through the outside server, over the uplink.
+    let outside_before = dns_to(&capture, OUTSIDE_DNS);
+    assert_eq!(
+        resolve(&w, &td, OUTSIDE_NAME).as_deref(),
+        Some("198.51.100.7")
+    );
+    assert!(
+        dns_to(&capture, OUTSIDE_DNS) > outside_before,
+        "outside names on the uplink"
+    );
+    // The corp server heard the corp name from the tunnel address, never the outside one;
+    // the outside server heard the corp name only before the tunnel.
+    let corp_heard = corp_dns.queries();
+    assert!(
+        corp_heard
+            .iter()
+            .any(|(n, from)| n == CORP_NAME && *from == tunnel_addr),
+        "{corp_heard:?}"
+    );
+    assert!(
+        !corp_heard.iter().any(|(n, _)| n == OUTSIDE_NAME),
+        "{corp_heard:?}"
+    );
+    assert!(asked_outside_before > 0);
+    assert_eq!(
+        asked_outside(),
+        asked_outside_before,
+        "while connected the corp name never went outside"
+    );
+    assert!(outside_dns.queries().iter().any(|(n, _)| n == OUTSIDE_NAME));
+    assert_eq!(
+        dns_to(&capture, CORP_DNS),
+        0,
+        "a corp DNS query in clear on the uplink"
+    );
+
+    // Disconnected: the original file, byte for byte; the corp name goes outside again.
+    let out = w.tunnel(&["disconnect", "corp"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert_eq!(fs::read_to_string(&resolv).unwrap(), ORIGINAL);
+    assert_eq!(resolve(&w, &td, CORP_NAME).as_deref(), Some(LEAKED));
+    assert!(asked_outside() > asked_outside_before);
+
+    // Again after a new connect; then tunneld dies and the next one puts the original back.
+    connect(&w);
+    wait_for("the corp name again", Duration::from_secs(10), || {
+        resolve(&w, &td, CORP_NAME).as_deref() == Some("172.20.0.2")
+    });
+    kill(Pid::from_raw(td.id() as i32), Signal::SIGKILL).unwrap();
+    drop(td);
+    assert_ne!(
+        fs::read_to_string(&resolv).unwrap(),
+        ORIGINAL,
+        "left pointed at the dead forwarder"
+    );
+    fs::remove_file(w.socket()).unwrap();
+    let td = start_tunneld(&w, &resolv);
+    let restored = fs::read_to_string(&resolv).unwrap();
+    // The kept session resumes the connection, which points the file at the forwarder
+    // again; before that, the start restored the original.
+    let log = fs::read_to_string(w.dir.join("tunneld.log")).unwrap();
+    assert!(
+        log.contains("restored the resolver configuration a stopped tunneld had changed"),
+        "{log}"
+    );
+    wait_for("resumed with DNS", Duration::from_secs(15), || {
+        resolve(&w, &td, CORP_NAME).as_deref() == Some("172.20.0.2")
+    });
+    let out = w.tunnel(&["disconnect", "corp"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert_eq!(fs::read_to_string(&resolv).unwrap(), ORIGINAL);
+    drop(td);
+    eprintln!(
+        "dns: connected in {:.0} ms, first corp name resolved {:.0} ms after the connect began; \
+         after the restart the file was {} bytes",
+        connected.as_secs_f64() * 1e3,
+        first_name.as_secs_f64() * 1e3,
+        restored.len()
+    );
+}
