@@ -282,3 +282,107 @@ fn corp_names_resolve_through_the_tunnel_and_others_outside() {
         restored.len()
     );
 }
+
+/// The gateway given by name, in a full tunnel whose DNS sends every name into the tunnel:
+/// when the gateway restarts, the client must look its name up again, and only the uplink's
+/// server can answer while the tunnel is down. tunneld asks it from a marked socket, which
+/// the classifier lets bypass the tunnel, and lock-down too.
+#[test]
+fn the_gateways_name_is_looked_up_through_the_uplink() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    const GATEWAY_NAME: &str = "vpn.outside.example";
+    let w = ClientWorld::build("dnsgw", tunnel_user::this_crates_binaries!());
+    w.corp
+        .sh(&format!("ip addr add {CORP_DNS}/24 dev x0"))
+        .unwrap();
+    w.gw.sh(&format!("ip addr add {OUTSIDE_DNS}/24 dev g0"))
+        .unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let _corp_dns = DnsServer::start(
+        &w.corp,
+        ip(CORP_DNS),
+        &[(CORP_NAME, ip("172.20.0.2"))],
+        &w.dir,
+    )
+    .unwrap();
+    let outside_dns = DnsServer::start(
+        &w.gw,
+        ip(OUTSIDE_DNS),
+        &[(GATEWAY_NAME, ip(GATEWAY))],
+        &w.dir,
+    )
+    .unwrap();
+    let resolv = w.dir.join("resolv.conf");
+    fs::write(&resolv, ORIGINAL).unwrap();
+    let mut gw = w.start_gateway();
+    let td = start_tunneld(&w, &resolv);
+    let url = format!("https://{GATEWAY_NAME}:8443");
+    for lockdown in [false, true] {
+        let preconfig = w.dir.join("corp.pulsepreconfig");
+        fs::write(
+            &preconfig,
+            format!(
+                "schema version {{\n  version: \"1\"\n}}\n\nmachine settings {{\n  lock-down: \"{lockdown}\"\n}}\n\
+                 ive \"7d3c1f0e-0000-4000-8000-000000000003\" {{\n  friendly-name: \"corp\"\n  \
+                 uri: \"{url}\"\n  connection-lock-down: \"true\"\n}}\n"
+            ),
+        )
+        .unwrap();
+        let out = w.tunnel(&["import", &preconfig.display().to_string()], "");
+        assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+        if !lockdown {
+            // A locked-down connection cannot be edited under lock-down: set it before.
+            let out = w.tunnel(&["edit", "corp", "--kvp", "IPRoutes=0.0.0.0/0"], "");
+            assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+        }
+        let out = w.tunnel(
+            &[
+                "connect",
+                "corp",
+                "-u",
+                "alice",
+                "--password-stdin",
+                "--servercert",
+                &w.pin,
+            ],
+            "s3cret\n",
+        );
+        assert_eq!(out.status.code(), Some(0), "connect: {}", said(&out));
+        assert_eq!(w.status()[0]["include"][0], "0.0.0.0/0", "a full tunnel");
+        let applied = &w.status()[0]["dns_applied"];
+        assert!(
+            applied["plan"]["routing"].as_array().unwrap().is_empty(),
+            "every name into the tunnel: {applied}"
+        );
+        let asked = || {
+            outside_dns
+                .queries()
+                .iter()
+                .filter(|(n, from)| n == GATEWAY_NAME && from == "192.168.70.2")
+                .count()
+        };
+        let asked_before = asked();
+        assert!(
+            asked_before > 0,
+            "the first lookup went to the uplink's server"
+        );
+        // The gateway restarts: its sessions are gone, the client logs in again by name.
+        gw.stop();
+        gw = w.start_gateway();
+        let restarted = Instant::now();
+        wait_for("reconnected", Duration::from_secs(30), || {
+            asked() > asked_before
+                && w.status()[0]["state"] == "connected"
+                && resolve(&w, &td, CORP_NAME).as_deref() == Some("172.20.0.2")
+        });
+        eprintln!(
+            "dns: lock-down {lockdown}: reconnected to {GATEWAY_NAME} {:.0} ms after the gateway came back",
+            restarted.elapsed().as_secs_f64() * 1e3
+        );
+        let out = w.tunnel(&["disconnect", "corp"], "");
+        assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    }
+    assert_eq!(fs::read_to_string(&resolv).unwrap(), ORIGINAL);
+}

@@ -246,7 +246,9 @@ struct Login {
 /// Resolves, connects and shakes hands with the gateway.
 async fn open(ctx: &Context, gw: &ServerUrl) -> Result<Opened, Outcome> {
     let host = gw.host_name();
-    let addr = resolve(&host, gw.port()).await.map_err(Outcome::Lost)?;
+    let addr = resolve(&ctx.dns, &host, gw.port())
+        .await
+        .map_err(Outcome::Lost)?;
     let tcp = match connect_marked(addr).await {
         Ok(t) => t,
         Err(e) => {
@@ -386,17 +388,19 @@ fn client_certificate_refused(
     Some(CertificateFailure::ClientRefused { alert, offered })
 }
 
-/// Resolves the gateway host to one address.
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, Lost> {
-    let mut addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| Lost::Resolve {
-            host: host.to_string(),
-            source: Arc::new(e),
-        })?;
-    addrs.next().ok_or_else(|| Lost::NoAddress {
+/// Resolves the gateway host to one address, through the uplink ([`Dns::lookup`]): never
+/// through the tunnel this connection may be rebuilding.
+async fn resolve(dns: &Dns, host: &str, port: u16) -> Result<SocketAddr, Lost> {
+    let addrs = dns.lookup(host).await.map_err(|e| Lost::Resolve {
         host: host.to_string(),
-    })
+        source: Arc::new(e),
+    })?;
+    addrs
+        .first()
+        .map(|ip| SocketAddr::new(*ip, port))
+        .ok_or_else(|| Lost::NoAddress {
+            host: host.to_string(),
+        })
 }
 
 /// A TCP connection whose packets carry our socket mark (the classifier lets them bypass).

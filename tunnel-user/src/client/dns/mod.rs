@@ -17,6 +17,7 @@
 
 pub(crate) mod forwarder;
 pub(crate) mod resolv_conf;
+pub(crate) mod uplink;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -130,6 +131,24 @@ impl Dns {
                 applied: None,
             })),
         }
+    }
+
+    /// The addresses of `host`, looked up through the machine's own servers with sockets
+    /// that bypass the tunnel ([`uplink`]); without any server, the system's resolver.
+    pub async fn lookup(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
+        let servers: Vec<IpAddr> = self
+            .resolv
+            .original()
+            .map(|o| o.nameservers())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| *ip != self.listen.ip())
+            .collect();
+        if servers.is_empty() && host.parse::<IpAddr>().is_err() {
+            let found = tokio::net::lookup_host((host, 0)).await?;
+            return Ok(found.map(|a| a.ip()).collect());
+        }
+        uplink::lookup(host, &servers).await
     }
 
     /// What is applied.
