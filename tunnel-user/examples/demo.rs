@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the whole product in network namespaces. Our gateway, `tunneld` and the
-//! `tunnel` command: connect, split tunnelling decided in the kernel, a UDP port rule, a
-//! per-app rule, live status and counters, sign-out, and a clean teardown. The world is drawn
+//! `tunnel` command: connect, a corp name resolved through the tunnel, split tunnelling
+//! decided in the kernel, a UDP port rule, a per-app rule, live status and counters,
+//! sign-out, and a clean teardown. The world is drawn
 //! in `tunnel_user::testbed::client_world`.
 
 use std::{
@@ -10,8 +11,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use tunnel_user::testbed::client_world::{
-    Binaries, CLIENT_LAN, CORP, ClientWorld, EXCLUDED, GATEWAY, PORT, wait_for,
+use tunnel_user::testbed::{
+    client_world::{Binaries, CLIENT_LAN, CORP, ClientWorld, EXCLUDED, GATEWAY, PORT, wait_for},
+    dns_server::DnsServer,
 };
 
 fn binaries() -> Result<Binaries> {
@@ -56,6 +58,14 @@ fn main() -> Result<()> {
     let bin = binaries()?;
     println!("tunnel demo: gateway, tunneld and tunnel in network namespaces\n");
     let w = ClientWorld::build("demo", bin);
+    // The corp DNS server the gateway pushes (dnsmasq), answering one corp name.
+    w.corp.sh("ip addr add 172.20.0.53/24 dev x0")?;
+    let _corp_dns = DnsServer::start(
+        &w.corp,
+        "172.20.0.53".parse()?,
+        &[("intranet.corp.example", CORP.parse()?)],
+        &w.dir,
+    )?;
     let mut gateway = w.start_gateway();
     let mut tunneld = w.start_tunneld();
     println!("▶ tunnel connect --url https://{GATEWAY}:8443 -u alice --kvp SplitUDPPortList=5000");
@@ -67,6 +77,16 @@ fn main() -> Result<()> {
     }
     println!(
         "  connected in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    println!(
+        "\n▶ getent hosts intranet.corp.example (tunneld's DNS forwarder; its own resolv.conf)"
+    );
+    wait_for("the corp name", Duration::from_secs(10), || {
+        w.resolve(&tunneld, "intranet.corp.example").as_deref() == Some(CORP)
+    });
+    println!(
+        "  {CORP}: resolved by the corp server through the tunnel, {:.0} ms after the connect began",
         started.elapsed().as_secs_f64() * 1e3
     );
     wait_for("ESP", Duration::from_secs(10), || {

@@ -1,6 +1,7 @@
 //! DNS through the tunnel, end to end: a real DNS server (dnsmasq) on the corp side and
 //! another outside, tunneld's split-DNS forwarder, and `/etc/resolv.conf` as a bind mount in
-//! tunneld's own mount namespace (the host's file is never touched). The world of
+//! tunneld's own mount namespace (`ClientWorld::resolv_conf`: the host's file is never
+//! touched). The world of
 //! `tunnel_user::testbed::client_world`:
 //!
 //! ```text
@@ -16,7 +17,6 @@
 use std::{
     fs,
     net::IpAddr,
-    path::Path,
     process::Output,
     time::{Duration, Instant},
 };
@@ -26,7 +26,7 @@ use nix::{
     unistd::Pid,
 };
 use tunnel_user::testbed::{
-    client_world::{ClientWorld, GATEWAY, Proc, wait_for},
+    client_world::{ClientWorld, GATEWAY, wait_for},
     dns_server::DnsServer,
     wire::Capture,
 };
@@ -46,52 +46,6 @@ fn said(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// Starts tunneld in a mount namespace of its own where `resolv` is bind-mounted over
-/// /etc/resolv.conf.
-fn start_tunneld(w: &ClientWorld, resolv: &Path) -> Proc {
-    let wrapper: Vec<String> = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &format!(
-            "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
-            resolv.display()
-        ),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    w.start_tunneld_via(&wrapper, &[])
-}
-
-/// `getent hosts name` as resolved in tunneld's mount and network namespaces: the address,
-/// or None.
-fn resolve(w: &ClientWorld, tunneld: &Proc, name: &str) -> Option<String> {
-    let out = w
-        .client
-        .command("nsenter")
-        .args([
-            "--target",
-            &tunneld.id().to_string(),
-            "--mount",
-            "getent",
-            "hosts",
-            name,
-        ])
-        .output()
-        .unwrap();
-    out.status.success().then(|| {
-        said(&out)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    })
 }
 
 /// UDP datagrams to `dst`:53 arriving on g0.
@@ -132,15 +86,15 @@ fn corp_names_resolve_through_the_tunnel_and_others_outside() {
         &w.dir,
     )
     .unwrap();
-    let resolv = w.dir.join("resolv.conf");
+    let resolv = w.resolv_conf();
     fs::write(&resolv, ORIGINAL).unwrap();
     let _gw = w.start_gateway();
-    let td = start_tunneld(&w, &resolv);
+    let td = w.start_tunneld();
     let capture = Capture::start(&w.gw, "g0").unwrap();
 
     // Positive control: before the tunnel, the outside server answers (the corp name with
     // its wrong answer), and the capture sees the queries.
-    assert_eq!(resolve(&w, &td, CORP_NAME).as_deref(), Some(LEAKED));
+    assert_eq!(w.resolve(&td, CORP_NAME).as_deref(), Some(LEAKED));
     assert!(
         dns_to(&capture, OUTSIDE_DNS) > 0,
         "the capture sees DNS on g0"
@@ -190,7 +144,7 @@ fn corp_names_resolve_through_the_tunnel_and_others_outside() {
     connect(&w);
     let connected = started.elapsed();
     wait_for("the corp name", Duration::from_secs(10), || {
-        resolve(&w, &td, CORP_NAME).as_deref() == Some("172.20.0.2")
+        w.resolve(&td, CORP_NAME).as_deref() == Some("172.20.0.2")
     });
     let first_name = started.elapsed();
     let tunnel_addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
@@ -205,7 +159,7 @@ fn corp_names_resolve_through_the_tunnel_and_others_outside() {
     // Other names keep resolving through the outside server, over the uplink.
     let outside_before = dns_to(&capture, OUTSIDE_DNS);
     assert_eq!(
-        resolve(&w, &td, OUTSIDE_NAME).as_deref(),
+        w.resolve(&td, OUTSIDE_NAME).as_deref(),
         Some("198.51.100.7")
     );
     assert!(
@@ -242,13 +196,13 @@ fn corp_names_resolve_through_the_tunnel_and_others_outside() {
     let out = w.tunnel(&["disconnect", "corp"], "");
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     assert_eq!(fs::read_to_string(&resolv).unwrap(), ORIGINAL);
-    assert_eq!(resolve(&w, &td, CORP_NAME).as_deref(), Some(LEAKED));
+    assert_eq!(w.resolve(&td, CORP_NAME).as_deref(), Some(LEAKED));
     assert!(asked_outside() > asked_outside_before);
 
     // Again after a new connect; then tunneld dies and the next one puts the original back.
     connect(&w);
     wait_for("the corp name again", Duration::from_secs(10), || {
-        resolve(&w, &td, CORP_NAME).as_deref() == Some("172.20.0.2")
+        w.resolve(&td, CORP_NAME).as_deref() == Some("172.20.0.2")
     });
     kill(Pid::from_raw(td.id() as i32), Signal::SIGKILL).unwrap();
     drop(td);
@@ -258,7 +212,7 @@ fn corp_names_resolve_through_the_tunnel_and_others_outside() {
         "left pointed at the dead forwarder"
     );
     fs::remove_file(w.socket()).unwrap();
-    let td = start_tunneld(&w, &resolv);
+    let td = w.start_tunneld();
     let restored = fs::read_to_string(&resolv).unwrap();
     // The kept session resumes the connection, which points the file at the forwarder
     // again; before that, the start restored the original.
@@ -268,7 +222,7 @@ fn corp_names_resolve_through_the_tunnel_and_others_outside() {
         "{log}"
     );
     wait_for("resumed with DNS", Duration::from_secs(15), || {
-        resolve(&w, &td, CORP_NAME).as_deref() == Some("172.20.0.2")
+        w.resolve(&td, CORP_NAME).as_deref() == Some("172.20.0.2")
     });
     let out = w.tunnel(&["disconnect", "corp"], "");
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
@@ -314,10 +268,10 @@ fn the_gateways_name_is_looked_up_through_the_uplink() {
         &w.dir,
     )
     .unwrap();
-    let resolv = w.dir.join("resolv.conf");
+    let resolv = w.resolv_conf();
     fs::write(&resolv, ORIGINAL).unwrap();
     let mut gw = w.start_gateway();
-    let td = start_tunneld(&w, &resolv);
+    let td = w.start_tunneld();
     let url = format!("https://{GATEWAY_NAME}:8443");
     for lockdown in [false, true] {
         let preconfig = w.dir.join("corp.pulsepreconfig");
@@ -375,7 +329,7 @@ fn the_gateways_name_is_looked_up_through_the_uplink() {
         wait_for("reconnected", Duration::from_secs(30), || {
             asked() > asked_before
                 && w.status()[0]["state"] == "connected"
-                && resolve(&w, &td, CORP_NAME).as_deref() == Some("172.20.0.2")
+                && w.resolve(&td, CORP_NAME).as_deref() == Some("172.20.0.2")
         });
         eprintln!(
             "dns: lock-down {lockdown}: reconnected to {GATEWAY_NAME} {:.0} ms after the gateway came back",

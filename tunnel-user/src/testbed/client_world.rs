@@ -225,6 +225,12 @@ impl ClientWorld {
         let pin = super::pki::write_gateway_certificate(&dir, GATEWAY.parse().unwrap())
             .unwrap()
             .to_string();
+        // tunneld's resolver configuration (`ClientWorld::resolv_conf`): a server outside.
+        fs::write(
+            dir.join("resolv.conf"),
+            "# the client's resolver, outside the tunnel\nnameserver 192.168.70.53\n",
+        )
+        .unwrap();
         crate::gateway::add_user(
             &dir.join("users"),
             "alice",
@@ -376,9 +382,47 @@ fallback_secs = 5
         self.start_tunneld_full(&[], &[], args)
     }
 
+    /// tunneld's `/etc/resolv.conf`: a file of the world's, bind-mounted over it in a mount
+    /// namespace of tunneld's own, so that pointing it at the DNS forwarder never touches the
+    /// host's. Written (a resolver outside the tunnel) when the world is built.
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+
+    /// Runs `getent hosts name` as tunneld's resolver configuration says (in its mount
+    /// namespace and the client's network namespace): the first address, or None.
+    pub fn resolve(&self, tunneld: &Proc, name: &str) -> Option<String> {
+        let out = self
+            .client
+            .command("nsenter")
+            .args(["--target", &tunneld.id().to_string(), "--mount"])
+            .args(["getent", "hosts", name])
+            .output()
+            .ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+    }
+
     fn start_tunneld_full(&self, wrapper: &[String], env: &[(&str, &Path)], args: &[&str]) -> Proc {
         let log = fs::File::create(self.dir.join("tunneld.log")).unwrap();
-        let child = wrapped(&self.client, wrapper, &self.bin.tunneld)
+        // A mount namespace of its own, with the world's resolv.conf over the host's; then
+        // the caller's wrapper, if any, and tunneld (each `exec`s the next: one process).
+        let mut isolated: Vec<String> =
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        isolated.push(format!(
+            "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+            self.resolv_conf().display()
+        ));
+        isolated.extend(wrapper.iter().cloned());
+        let child = wrapped(&self.client, &isolated, &self.bin.tunneld)
             .args(args)
             .envs(env.iter().copied())
             .arg("--socket")
