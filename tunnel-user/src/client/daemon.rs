@@ -697,6 +697,19 @@ fn spec_for(
         ca_required: !machine.dynamic_trust,
     };
     let client_cert = client_auth(daemon, conn, creds)?;
+    // The machine's identity (`connection-identity: machine`): its certificate and nothing
+    // of a user's. No user name, password or prompt: a gateway that asks for one fails the
+    // login instead of waiting for someone who is not there.
+    let machine_identity = conn.identity == tunnel_config::Identity::Machine;
+    if machine_identity && matches!(client_cert, ClientAuth::None) {
+        return Err(Response::with(
+            code::CERTIFICATE,
+            format!(
+                "'{}' logs in with the machine's identity, and no machine certificate is stored (tunnel cert import)",
+                conn.name
+            ),
+        ));
+    }
     let udp_ports = kvps.split_udp_ports().cloned();
     let id = daemon
         .free_id()
@@ -708,8 +721,12 @@ fn spec_for(
         url_mode,
         last_url,
         realm: creds.realm.clone().or_else(|| conn.realm.clone()),
-        user: creds.user.clone().or_else(|| conn.user.clone()),
-        password: creds.password.clone(),
+        user: (!machine_identity)
+            .then(|| creds.user.clone().or_else(|| conn.user.clone()))
+            .flatten(),
+        password: (!machine_identity)
+            .then(|| creds.password.clone())
+            .flatten(),
         // A cookie kept from an earlier session of a stored connection resumes it without a
         // login (`sessions`).
         cookie: creds.cookie.clone().or_else(|| {
@@ -741,7 +758,7 @@ fn spec_for(
         // allow-save false: a pin the request brought (the user's trust decision) holds for
         // this connection only; pins of gateways the CAs vouched for are still learned.
         learn_pin: !kvps.disable_pinning() && (machine.allow_save || creds.pin.is_none()),
-        prompts: Prompter::new(creds.prompts.clone(), asker),
+        prompts: Prompter::new(creds.prompts.clone(), asker.filter(|_| !machine_identity)),
     })
 }
 
