@@ -1,5 +1,6 @@
 //! Unattended login: an administrator's `.pulsepreconfig` with an automatic connection whose
-//! identity is the machine's, a machine certificate in tunneld's store and the gateway's pin.
+//! identity is the machine's, a machine certificate (PKCS#12) in tunneld's store and the
+//! gateway's pin.
 //! tunneld comes up connected with no command, and again after it is killed and started.
 //! The world of `tunnel_user::testbed::client_world`, the gateway logging in by certificate.
 
@@ -80,16 +81,29 @@ fn an_automatic_machine_connection_comes_up_with_no_command() {
         "{}",
         said(&out)
     );
-    let out = w.tunnel(
-        &[
-            "cert",
-            "import",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-        "",
-    );
+    // The machine certificate comes as PKCS#12, as machines' certificates are handed out.
+    let p12 = w.dir.join("machine.p12");
+    let made = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:machine-pw"])
+        .arg("-in")
+        .arg(&cert)
+        .arg("-inkey")
+        .arg(&key)
+        .arg("-out")
+        .arg(&p12)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "openssl: {}", said(&made));
+    let import = |password: &str| {
+        w.tunnel(
+            &["cert", "import", p12.to_str().unwrap(), "--password-stdin"],
+            &format!("{password}\n"),
+        )
+    };
+    let out = import("wrong");
+    assert_eq!(out.status.code(), Some(6), "{}", said(&out));
+    assert!(said(&out).contains("a wrong password?"), "{}", said(&out));
+    let out = import("machine-pw");
     assert_eq!(out.status.code(), Some(0), "cert import: {}", said(&out));
     // The stored chain and its key, one file, root's only.
     let key_file = w.dir.join("state/certs/alice.pem");

@@ -157,11 +157,16 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum CertCmd {
-    /// Store a certificate chain and its key (PEM), read by this command and sent to
-    /// tunneld, which checks that the key is the certificate's and that it has not expired.
+    /// Store a certificate chain and its key (PEM, or a PKCS#12 file), read by this command
+    /// and sent to tunneld, which checks that the key is the certificate's and that it has
+    /// not expired.
     Import {
-        /// The certificate chain (PEM); it may hold the key as well.
+        /// The certificate chain (PEM); it may hold the key as well. A `.p12` or `.pfx` file
+        /// is PKCS#12: its first key and that key's chain.
         file: PathBuf,
+        /// Read the PKCS#12 file's password from standard input (otherwise it is empty).
+        #[arg(long)]
+        password_stdin: bool,
         /// The private key (PEM; default: FILE).
         #[arg(long)]
         key: Option<PathBuf>,
@@ -604,8 +609,12 @@ fn main() -> ExitCode {
         } => return open(&cli.socket, &url, password_stdin, servercert),
         Cmd::Launcher { args } => return launcher(&cli.socket, &args),
         Cmd::Cert { what } => match what {
-            CertCmd::Import { file, key, name } => match ClientCertPem::read(&file, key.as_deref())
-            {
+            CertCmd::Import {
+                file,
+                key,
+                name,
+                password_stdin,
+            } => match read_cert_files(&file, key.as_deref(), password_stdin) {
                 Ok(pem) => (Request::CertImport { pem, name }, Duration::from_secs(5)),
                 Err(e) => {
                     eprintln!("tunnel: {e}");
@@ -813,6 +822,34 @@ fn set_launcher_log_level(
             Err(exit(code::GENERAL))
         }
     }
+}
+
+/// A certificate and key to import: PEM files, or a PKCS#12 one (by its extension) opened
+/// with the password on standard input.
+fn read_cert_files(
+    file: &std::path::Path,
+    key: Option<&std::path::Path>,
+    password_stdin: bool,
+) -> Result<ClientCertPem, String> {
+    let pkcs12 = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"));
+    if !pkcs12 {
+        return ClientCertPem::read(file, key).map_err(|e| e.to_string());
+    }
+    if key.is_some() {
+        return Err("a PKCS#12 file holds its key: --key is for PEM files".into());
+    }
+    let password = if password_stdin {
+        let mut line = String::new();
+        io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password: {e}"))?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        String::new()
+    };
+    ClientCertPem::read_pkcs12(file, &password).map_err(|e| e.to_string())
 }
 
 /// `tunnel launcher ...`: pulselauncher's arguments and exit codes.

@@ -118,9 +118,60 @@ pub enum CertFileError {
         path: PathBuf,
         max: u64,
     },
+    #[error("PKCS#12 file {}: {reason}", path.display())]
+    Pkcs12 { path: PathBuf, reason: String },
 }
 
 impl ClientCertPem {
+    /// Reads a PKCS#12 (`.p12`, `.pfx`) file's first key and its certificate chain, opened
+    /// with `password`.
+    pub fn read_pkcs12(path: &Path, password: &str) -> Result<ClientCertPem, CertFileError> {
+        use std::io::Read as _;
+        let bad = |reason: String| CertFileError::Pkcs12 {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut der = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_PEM_BYTES + 1).read_to_end(&mut der))
+            .map_err(|source| CertFileError::Io {
+                what: "PKCS#12 file",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if der.len() as u64 > MAX_PEM_BYTES {
+            return Err(bad(format!("larger than {MAX_PEM_BYTES} bytes")));
+        }
+        let store = p12_keystore::KeyStore::from_pkcs12(
+            &der,
+            password,
+            p12_keystore::Pkcs12ImportPolicy::Strict,
+        )
+        .map_err(|e| bad(format!("cannot be opened ({e}); a wrong password?")))?;
+        let (_, chain) = store
+            .private_key_chain()
+            .ok_or_else(|| bad("holds no private key with its certificate".into()))?;
+        let pem = |label: &str, der: &[u8]| {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let mut out = format!("-----BEGIN {label}-----\n");
+            for line in b64.as_bytes().chunks(64) {
+                out.push_str(std::str::from_utf8(line).unwrap_or_default());
+                out.push('\n');
+            }
+            out.push_str(&format!("-----END {label}-----\n"));
+            out
+        };
+        Ok(ClientCertPem {
+            cert: chain
+                .certs()
+                .iter()
+                .map(|c| pem("CERTIFICATE", c.as_der()))
+                .collect(),
+            key: pem("PRIVATE KEY", chain.key().as_der()),
+        })
+    }
+
     /// Reads the certificate chain from `cert` and the key from `key` (default: the same
     /// file), with the caller's own rights.
     pub fn read(cert: &Path, key: Option<&Path>) -> Result<ClientCertPem, CertFileError> {
