@@ -598,7 +598,6 @@ const MACHINE_NOT_ON_LINUX: &[&str] = &[
     "splashscreen-display",
     "wireless-suppression",
     "eap-fragment-size",
-    "captive-portal-detection",
     "embedded-browser-saml",
     "enable-browser",
     "embedded-cef-browser-saml",
@@ -846,6 +845,7 @@ fn machine(
             // The seed calls the option "VPN only access" and describes it as lock-down
             // mode; exported files name it `lock-down`.
             "lock-down" | "vpn-only-access" => Some(&mut m.vpn_only_access),
+            "captive-portal-detection" => Some(&mut m.captive_portal_detection),
             _ => None,
         };
         if let Some(flag) = flag {

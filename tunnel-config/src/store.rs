@@ -466,6 +466,9 @@ pub struct MachineSettings {
     /// `lock-down` (VPN only access): traffic flows only while a locked-down connection is
     /// connected.
     pub vpn_only_access: bool,
+    /// `captive-portal-detection`: when no gateway can be reached, probe for a captive
+    /// portal and wait behind it instead of running the disconnect timeout down.
+    pub captive_portal_detection: bool,
     /// The binding server: only its configuration updates are accepted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,
@@ -482,6 +485,7 @@ impl Default for MachineSettings {
             dynamic_trust: true,
             dynamic_connection: true,
             vpn_only_access: false,
+            captive_portal_detection: true,
             server_id: None,
             version: None,
         }

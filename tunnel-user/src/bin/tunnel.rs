@@ -1051,12 +1051,43 @@ fn show(request: &Request, r: &Response, json: bool) -> ExitCode {
                     "packets_in",
                     "reconnects",
                     "last_error",
+                    "portal",
                     "classifier",
                 ] {
                     let v = f(k);
                     if !v.is_empty() && v != "null" {
                         println!("  {k:<12} {v}");
                     }
+                }
+                if let Some(d) = c.get("dns_applied").filter(|d| !d.is_null()) {
+                    let list = |v: &serde_json::Value| {
+                        v.as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|x| {
+                                        x.as_str().map(str::to_string).unwrap_or(x.to_string())
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .unwrap_or_default()
+                    };
+                    println!(
+                        "  {:<12} {} on {}: servers {}; search {}; match {}",
+                        "dns",
+                        d["mode"].as_str().unwrap_or_default(),
+                        d["listen"].as_str().unwrap_or_default(),
+                        list(&d["plan"]["servers"]),
+                        list(&d["plan"]["search"]),
+                        if d["plan"]["routing"]
+                            .as_array()
+                            .is_some_and(|a| a.is_empty())
+                        {
+                            "every name".to_string()
+                        } else {
+                            list(&d["plan"]["routing"])
+                        }
+                    );
                 }
                 for notice in c["notices"].as_array().into_iter().flatten() {
                     let text = notice.as_str().unwrap_or_default();

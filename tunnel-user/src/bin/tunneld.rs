@@ -47,6 +47,17 @@ struct Cli {
     /// in force, lock-down above all, holds while tunneld is not running.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/tunnel")]
     pin_dir: PathBuf,
+    /// Captive portal detection's probe: a plain http:// URL whose true answer is
+    /// --portal-expect (machine setting `captive-portal-detection` turns detection on/off).
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://detectportal.firefox.com/success.txt"
+    )]
+    portal_probe: String,
+    /// The probe's true answer: its body (status 200); empty: a 204.
+    #[arg(long, value_name = "TEXT", default_value = "success\n")]
+    portal_expect: String,
     /// The resolver configuration tunneld points at its DNS forwarder while a connection's
     /// DNS is in force, and restores after (a file, a symlink or a bind mount).
     #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
@@ -127,6 +138,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pins: Some(cli.pin_dir),
         control_group: Some(cli.control_group),
         resolv_conf: cli.resolv_conf,
+        portal_probe: Some(
+            tunnel_user::client::portal::Probe::parse(&cli.portal_probe, &cli.portal_expect)
+                .map_err(anyhow::Error::msg)?,
+        ),
     };
     runtime.block_on(async {
         let shutdown = async {

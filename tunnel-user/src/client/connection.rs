@@ -18,12 +18,13 @@
 //! going into the TUN device and waits (or is dropped) instead of leaking onto the LAN.
 
 use std::{
+    net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::Instant,
 };
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use tunnel_config::EventKind;
 
 use super::{
@@ -31,6 +32,7 @@ use super::{
     backoff::{AfterLoss, Backoff},
     dns::Dns,
     policy::DataPlane,
+    portal::{self, Probe, Verdict},
     session::{self, Context, Outcome},
     spec::{ConnectSpec, shown},
     status::{CertificateFailure, ConnectError, Failure, Lost, Shared, State, Status},
@@ -114,6 +116,74 @@ pub fn spawn(
     )
 }
 
+/// How waiting behind a captive portal ended.
+enum AfterPortal {
+    /// There was none: the usual back-off.
+    NoPortal,
+    /// The portal lets us through now: connect at once.
+    Online,
+    /// The user disconnected meanwhile.
+    Stopped,
+}
+
+/// Probes for a captive portal ([`portal`]) and, behind one, waits in state
+/// `captive_portal` (the disconnect timeout not running) until the probe gets the true
+/// answer. The first report of a connection that waits here is "waiting", not a failure.
+async fn behind_portal(ctx: &mut Context, probe: &Probe) -> AfterPortal {
+    let name = ctx.spec.name.clone();
+    let addr = match ctx.dns.lookup(&probe.host).await {
+        Ok(addrs) => match addrs.first() {
+            Some(ip) => SocketAddr::new(*ip, probe.port),
+            None => return AfterPortal::NoPortal,
+        },
+        Err(e) => {
+            debug!(connection = %name, host = %probe.host, error = %e, "captive portal probe: no address");
+            return AfterPortal::NoPortal;
+        }
+    };
+    let Verdict::Portal { location } = portal::probe(probe, addr).await else {
+        return AfterPortal::NoPortal;
+    };
+    let shown = location
+        .clone()
+        .unwrap_or_else(|| "(no address given)".into());
+    warn!(connection = %name, portal = %shown, "behind a captive portal: waiting for it to let us through");
+    ctx.emit.message(
+        tunnel_config::Level::Warning,
+        &format!("'{name}': a captive portal holds this network ({shown}); sign in there, the connection starts once the internet is reachable"),
+    );
+    {
+        let mut s = ctx.shared.status();
+        s.state = State::CaptivePortal;
+        s.portal = Some(shown);
+    }
+    ctx.report_first(Ok(()));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(portal::PROBE_EVERY) => {}
+            cmd = ctx.commands.recv() => match cmd {
+                Some((Command::Signout | Command::Disconnect, ack)) => {
+                    let _ = ack.send(());
+                    return AfterPortal::Stopped;
+                }
+                Some((_, ack)) => { let _ = ack.send(()); }
+                None => return AfterPortal::Stopped,
+            }
+        }
+        if portal::probe(probe, addr).await == Verdict::Online {
+            info!(connection = %name, "the captive portal lets us through: connecting");
+            ctx.emit.message(
+                tunnel_config::Level::Info,
+                &format!("'{name}': the internet is reachable: connecting"),
+            );
+            let mut s = ctx.shared.status();
+            s.portal = None;
+            s.state = State::Connecting;
+            return AfterPortal::Online;
+        }
+    }
+}
+
 /// The reconnect loop.
 async fn run(mut ctx: Context) {
     let mut backoff = Backoff::new(ctx.spec.disconnect_timeout);
@@ -154,6 +224,7 @@ async fn run(mut ctx: Context) {
             backoff.start_over();
             walk.connected();
         }
+        let unreachable = !came_up && matches!(outcome, Outcome::Lost(_));
         // After a lost session: the same URL after a back-off. After a failed attempt: the
         // walk's next URL, at once or (the round over) after a back-off.
         let next = match outcome {
@@ -195,6 +266,20 @@ async fn run(mut ctx: Context) {
                 }
             }
         };
+        // No gateway of the round reached: a captive portal may be holding us.
+        if unreachable
+            && matches!(next, Next::AfterBackoff)
+            && let Some(probe) = ctx.spec.portal.clone()
+        {
+            match behind_portal(&mut ctx, &probe).await {
+                AfterPortal::NoPortal => {}
+                AfterPortal::Online => {
+                    backoff.start_over();
+                    continue;
+                }
+                AfterPortal::Stopped => break,
+            }
+        }
         let delay = match next {
             Next::Fail(f) => {
                 fail(&mut ctx, f);

@@ -40,6 +40,7 @@ use super::{
     control::{self, Credentials, Request, Response, code},
     dns::Dns,
     policy::{DataPlane, Uplinks},
+    portal::Probe,
     prompts::{self, Asker, Prompter},
     sessions::{Sessions, write_private},
     spec::{ConnectSpec, Dpd},
@@ -62,6 +63,8 @@ pub struct DaemonConfig {
     /// Where the uplinks' links are pinned (on a bpffs), so that the policy in force,
     /// lock-down above all, outlives tunneld; None: the programs go with the process.
     pub pins: Option<PathBuf>,
+    /// Where connections probe for a captive portal (with detection on); None: never.
+    pub portal_probe: Option<Probe>,
     /// The resolver configuration pointed at the DNS forwarder while a connection with DNS
     /// servers is up (normally `/etc/resolv.conf`).
     pub resolv_conf: PathBuf,
@@ -147,6 +150,8 @@ struct Daemon {
     sessions: Arc<Mutex<Sessions>>,
     /// The machine's DNS while connections are up.
     dns: Dns,
+    /// Where connections probe for a captive portal.
+    portal_probe: Option<Probe>,
     /// The control group, by name and gid, when it exists.
     members: Option<(String, u32)>,
 }
@@ -324,6 +329,7 @@ pub async fn run(
         log,
         sessions: sessions.clone(),
         dns: Dns::new(config.resolv_conf.clone(), dir),
+        portal_probe: config.portal_probe.clone(),
         members,
     });
     emit.event(EventKind::ServiceStarted {
@@ -746,6 +752,10 @@ fn spec_for(
         mtu: kvps.is_set(tunnel_config::Key::MTU).then(|| kvps.mtu()),
         tun_ip: kvps.tun_ip(),
         dns: conn.dns.clone(),
+        portal: machine
+            .captive_portal_detection
+            .then(|| daemon.portal_probe.clone())
+            .flatten(),
         block_untunnelled_ipv6: kvps.block_untunnelled_ipv6(),
         dpd: Dpd {
             idle: kvps.atp_probe_idle(),
@@ -1241,7 +1251,17 @@ async fn connect(daemon: &Arc<Daemon>, spec: ConnectSpec, timeout_secs: Option<u
                 .lock()
                 .ok()
                 .and_then(|c| c.get(&name).map(Handle::status));
-            Response::ok(format!("connected '{name}'")).data(status)
+            let message = match &status {
+                Some(s) if s.state == State::CaptivePortal => format!(
+                    "'{name}' waits behind a captive portal{}: sign in there; it connects by itself once the internet is reachable",
+                    s.portal
+                        .as_deref()
+                        .map(|p| format!(" at {p}"))
+                        .unwrap_or_default()
+                ),
+                _ => format!("connected '{name}'"),
+            };
+            Response::ok(message).data(status)
         }
         Ok(Ok(Err(f))) => {
             let code = match &f {

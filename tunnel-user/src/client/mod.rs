@@ -39,6 +39,7 @@ pub mod dns;
 mod end;
 mod liveness;
 pub mod policy;
+pub mod portal;
 mod prompts;
 mod session;
 mod sessions;

@@ -16,6 +16,9 @@ pub struct ConnectSpec {
     pub name: String,
     /// The connection's own DNS settings (they replace the gateway's where set).
     pub dns: tunnel_config::DnsSettings,
+    /// Where to probe for a captive portal when no gateway can be reached; None: detection
+    /// is off (machine setting `captive-portal-detection`).
+    pub portal: Option<super::portal::Probe>,
     pub id: ConnId,
     /// The gateways, in the connection's list order (`super::walk` decides which to try).
     pub gateways: Vec<ServerUrl>,

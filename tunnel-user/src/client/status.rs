@@ -71,6 +71,10 @@ pub struct Status {
     pub reconnects: u64,
     /// The kernel classifier's counters for this connection: reason name to packets.
     pub classifier: BTreeMap<String, u64>,
+    /// The captive portal the connection waits behind (its address, when it said), while
+    /// the state is `captive_portal`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portal: Option<String>,
     /// The DNS applied for this connection (mode, servers, domains), when it is in force.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_applied: Option<super::dns::Applied>,
@@ -105,6 +109,7 @@ impl Status {
             reconnects: 0,
             classifier: BTreeMap::new(),
             dns_applied: None,
+            portal: None,
             established_at: None,
         }
     }

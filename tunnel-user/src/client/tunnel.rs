@@ -437,6 +437,7 @@ mod tests {
             mtu: None,
             tun_ip: None,
             dns: Default::default(),
+            portal: None,
             block_untunnelled_ipv6: true,
             dpd: Dpd::default(),
             disconnect_timeout: None,
