@@ -58,6 +58,8 @@ pub use preconfig::{
     PreconfigWarning, SkipReason, SkippedSection, SyntaxProblem, WarningKind,
 };
 pub use rotate::{DEFAULT_MAX_LOG_BYTES, LogError, RotatingLog};
+pub mod location;
+pub use location::{Facts, LocationRule, LocationRules, RuleMatch};
 pub use store::{
     Connection, ConnectionError, ConnectionPolicy, CorruptReason, CorruptStore, DnsSettings,
     FileFormat, Identity, MachineSettings, STORE_FORMAT, Scope, Source, Start, Store, StoreError,

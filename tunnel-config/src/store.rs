@@ -110,6 +110,8 @@ pub enum ConnectionPolicy {
     /// that they do not conflict with the admin's; every other connection defaults the same.
     #[default]
     Manual,
+    /// Started and stopped by where the machine is ([`Connection::location`]).
+    Location,
 }
 
 /// Whose credentials a connection uses (`connection-identity` in `.pulsepreconfig`).
@@ -181,6 +183,9 @@ pub struct Connection {
     /// The connection's own DNS settings (seed 000).
     #[serde(default, skip_serializing_if = "DnsSettings::is_empty")]
     pub dns: DnsSettings,
+    /// The location rules of a connection whose policy is `location`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<crate::location::LocationRules>,
 }
 
 /// A connection's DNS settings (seed 000: DNS Resolver IPs, DNS Search Domain List, Match
@@ -248,6 +253,7 @@ impl Connection {
             guid: None,
             pins: BTreeMap::new(),
             dns: DnsSettings::default(),
+            location: None,
         }
     }
 
@@ -260,6 +266,12 @@ impl Connection {
     pub fn validate(&self) -> Result<(), ConnectionError> {
         check_name(&self.name)?;
         self.dns.validate(&self.name)?;
+        let has_rules = self.location.as_ref().is_some_and(|l| !l.rules.is_empty());
+        if (self.policy == ConnectionPolicy::Location) != has_rules {
+            return Err(ConnectionError::LocationRules {
+                name: self.name.clone(),
+            });
+        }
         let name = || self.name.clone();
         if self.urls.is_empty() {
             return Err(ConnectionError::NoUrls { name: name() });
@@ -421,6 +433,8 @@ pub enum ConnectionError {
     NameTooLong { chars: usize, max: usize },
     #[error("connection {}: needs at least one server URL", Shown(.name))]
     NoUrls { name: String },
+    #[error("connection {}: location rules go with the location start mode, and it with rules", Shown(.name))]
+    LocationRules { name: String },
     #[error("connection {}: {} is not a DNS domain name (labels of letters, digits and hyphens)", Shown(.name), Shown(.domain))]
     BadDomain { name: String, domain: String },
     #[error("connection {}: server URL {url} is listed twice", Shown(.name))]

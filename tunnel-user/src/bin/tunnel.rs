@@ -227,6 +227,19 @@ struct ConnArgs {
     /// by the machine's own servers; repeat for more. None: every name through the tunnel.
     #[arg(long = "match-domain", value_name = "DOMAIN")]
     match_domains: Vec<String>,
+    /// A location rule (the connection then starts and stops by where the machine is):
+    /// "address|no-address RANGE[,RANGE...] [on IFNAME]" or "dns|no-dns IP[,IP...]";
+    /// repeat for more.
+    #[arg(long = "location", value_name = "RULE", conflicts_with = "automatic")]
+    location: Vec<String>,
+    /// Whether all location rules must hold, or any one.
+    #[arg(
+        long,
+        value_name = "all|any",
+        default_value = "all",
+        requires = "location"
+    )]
+    location_match: String,
 }
 
 impl ConnArgs {
@@ -272,6 +285,25 @@ impl ConnArgs {
                 m.insert("client_certificate".into(), serde_json::json!(name));
             }
             None => {}
+        }
+        if !self.location.is_empty() {
+            let rules = self
+                .location
+                .iter()
+                .map(|r| r.parse::<tunnel_config::LocationRule>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let when = match self.location_match.as_str() {
+                "all" => tunnel_config::RuleMatch::All,
+                "any" => tunnel_config::RuleMatch::Any,
+                other => return Err(format!("--location-match {other}: all or any")),
+            };
+            m.insert("policy".into(), serde_json::json!("location"));
+            m.insert(
+                "location".into(),
+                serde_json::to_value(tunnel_config::LocationRules { when, rules })
+                    .map_err(|e| e.to_string())?,
+            );
         }
         if !(self.dns_servers.is_empty()
             && self.search_domains.is_empty()

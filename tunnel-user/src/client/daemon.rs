@@ -14,7 +14,7 @@
 //! (docs/client.md, "Machine settings").
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io,
     os::unix::{fs::PermissionsExt, net::UnixStream as StdUnixStream},
     path::{Path, PathBuf},
@@ -39,6 +39,7 @@ use super::{
     connection::{self, Command, Handle},
     control::{self, Credentials, Request, Response, code},
     dns::Dns,
+    location::{self, Action, Decider},
     policy::{DataPlane, Uplinks},
     portal::Probe,
     prompts::{self, Asker, Prompter},
@@ -47,7 +48,10 @@ use super::{
     status::{Failure, State},
     tls::{ClientCert, Pin, Trust},
 };
-use crate::datapath::{ConnId, KernelLog};
+use crate::{
+    datapath::{ConnId, KernelLog},
+    sys::linkwatch::LinkWatcher,
+};
 
 /// How `tunneld` is set up.
 #[derive(Clone, Debug)]
@@ -152,6 +156,8 @@ struct Daemon {
     dns: Dns,
     /// Where connections probe for a captive portal.
     portal_probe: Option<Probe>,
+    /// Which location connections to start and stop as the machine moves.
+    location: Mutex<Decider>,
     /// The control group, by name and gid, when it exists.
     members: Option<(String, u32)>,
 }
@@ -330,6 +336,7 @@ pub async fn run(
         sessions: sessions.clone(),
         dns: Dns::new(config.resolv_conf.clone(), dir),
         portal_probe: config.portal_probe.clone(),
+        location: Mutex::new(Decider::default()),
         members,
     });
     emit.event(EventKind::ServiceStarted {
@@ -378,6 +385,7 @@ pub async fn run(
             }
         });
     }
+    let _location = Aborted(tokio::spawn(follow_location(daemon.clone())));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -403,6 +411,124 @@ pub async fn run(
     let _ = std::fs::remove_file(&config.socket);
     emit.event(EventKind::ServiceStopped);
     Ok(())
+}
+
+/// A task that ends when this is dropped.
+struct Aborted(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborted {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long link and address changes may settle before the location is judged again.
+const LOCATION_SETTLE: Duration = Duration::from_millis(300);
+
+/// Starts and stops the location connections as the machine moves: judged at start and
+/// after every link or address change ([`super::location`]).
+async fn follow_location(daemon: Arc<Daemon>) {
+    let mut watcher = match LinkWatcher::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "location: links cannot be followed; judged every 5 s instead");
+            None
+        }
+    };
+    loop {
+        relocate(&daemon).await;
+        match watcher.as_mut() {
+            Some(w) => {
+                if w.next().await.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                tokio::time::sleep(LOCATION_SETTLE).await;
+            }
+            None => tokio::time::sleep(Duration::from_secs(5)).await,
+        }
+    }
+}
+
+/// Judges the location connections once and acts on what changed.
+async fn relocate(daemon: &Arc<Daemon>) {
+    let rules: Vec<(String, tunnel_config::LocationRules)> = daemon
+        .store()
+        .list()
+        .iter()
+        .filter(|c| c.policy == tunnel_config::ConnectionPolicy::Location)
+        .filter_map(|c| Some((c.name.clone(), c.location.clone()?)))
+        .collect();
+    if rules.is_empty() {
+        return;
+    }
+    let facts = location::facts(daemon.dns.machine_servers());
+    let running: BTreeSet<String> = daemon
+        .connections
+        .lock()
+        .map(|c| c.keys().cloned().collect())
+        .unwrap_or_default();
+    let actions = daemon
+        .location
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .decide(
+            &facts,
+            rules
+                .iter()
+                .map(|(n, r)| (n.as_str(), r, running.contains(n))),
+        );
+    for action in actions {
+        let shown = |name: &str| {
+            rules
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, r)| {
+                    r.rules
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(&format!(" {:?} ", r.when).to_lowercase())
+                })
+                .unwrap_or_default()
+        };
+        match action {
+            Action::Start(name) => {
+                let why = format!(
+                    "location: the rules of '{name}' hold here ({}): connecting",
+                    shown(&name)
+                );
+                info!("{why}");
+                daemon.emit.message(Level::Info, &why);
+                let d = daemon.clone();
+                tokio::spawn(async move {
+                    let r = answer(
+                        &d,
+                        Request::Connect {
+                            name: Some(name.clone()),
+                            url: None,
+                            credentials: Box::default(),
+                            timeout_secs: None,
+                        },
+                        None,
+                        Caller::Root,
+                    )
+                    .await;
+                    if r.code != code::OK {
+                        warn!(connection = %name, "location connection: {}", r.message);
+                    }
+                });
+            }
+            Action::Stop(name) => {
+                let why = format!(
+                    "location: the rules of '{name}' no longer hold ({}): disconnecting",
+                    shown(&name)
+                );
+                info!("{why}");
+                daemon.emit.message(Level::Info, &why);
+                command(daemon, &name, Command::Disconnect).await;
+            }
+        }
+    }
 }
 
 /// The control group's name and gid, if it is configured and exists.
@@ -779,6 +905,26 @@ async fn handle(
     asker: Option<Asker>,
     who: Caller,
 ) -> Response {
+    // A stored connection added or changed may be a location connection to judge now.
+    let changes_store = matches!(
+        request,
+        Request::Add { .. } | Request::Edit { .. } | Request::Import { .. }
+    );
+    let response = answer(daemon, request, asker, who).await;
+    if changes_store && response.code == code::OK {
+        let d = daemon.clone();
+        tokio::spawn(async move { relocate(&d).await });
+    }
+    response
+}
+
+/// The response to `request` ([`handle`]).
+async fn answer(
+    daemon: &Arc<Daemon>,
+    request: Request,
+    asker: Option<Asker>,
+    who: Caller,
+) -> Response {
     match request {
         Request::Version => Response::ok(format!("tunneld {}", env!("CARGO_PKG_VERSION"))),
         Request::Status { name } => {
@@ -949,6 +1095,11 @@ async fn handle(
         Request::Disconnect { name } => {
             daemon
                 .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .hold(&name);
+            daemon
+                .location
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .hold(&name);

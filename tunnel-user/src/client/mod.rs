@@ -38,6 +38,7 @@ pub mod diagnostics;
 pub mod dns;
 mod end;
 mod liveness;
+mod location;
 pub mod policy;
 pub mod portal;
 mod prompts;

@@ -136,19 +136,24 @@ impl Dns {
     /// The addresses of `host`, looked up through the machine's own servers with sockets
     /// that bypass the tunnel ([`uplink`]); without any server, the system's resolver.
     pub async fn lookup(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
-        let servers: Vec<IpAddr> = self
-            .resolv
-            .original()
-            .map(|o| o.nameservers())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|ip| *ip != self.listen.ip())
-            .collect();
+        let servers = self.machine_servers();
         if servers.is_empty() && host.parse::<IpAddr>().is_err() {
             let found = tokio::net::lookup_host((host, 0)).await?;
             return Ok(found.map(|a| a.ip()).collect());
         }
         uplink::lookup(host, &servers).await
+    }
+
+    /// The machine's own DNS servers: those of the original resolver configuration (kept
+    /// aside while the forwarder is in place).
+    pub fn machine_servers(&self) -> Vec<IpAddr> {
+        self.resolv
+            .original()
+            .map(|o| o.nameservers())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| *ip != self.listen.ip())
+            .collect()
     }
 
     /// What is applied.
