@@ -98,6 +98,9 @@ pub mod maps {
     /// Userspace inserts an uplink's row before attaching to it and removes it after
     /// detaching; the programs only add to rows that exist.
     pub const UPLINK_COUNTERS: &str = "UPLINK_COUNTERS";
+    /// `Array<PortalException>`, one entry: the captive portal exception (none when its
+    /// cgroup is 0).
+    pub const PORTAL: &str = "PORTAL";
 }
 
 /// Names of the programs in the eBPF object.
@@ -226,10 +229,13 @@ pub enum Reason {
     /// The connection has no tunnel address of this IP family and drops that family
     /// ([`conn_flags::DROP_NO_FAMILY`]).
     DropNoFamily = 20,
+    /// From the captive portal's cgroup to port 53, 80 or 443 while the portal exception
+    /// lasts ([`PortalException`]): out on the uplink, whatever the policy says.
+    BypassPortal = 21,
 }
 
 /// Number of [`Reason`] values (columns of the counter table).
-pub const NUM_REASONS: u32 = 21;
+pub const NUM_REASONS: u32 = 22;
 
 impl Reason {
     /// Every reason, in ABI order.
@@ -255,6 +261,7 @@ impl Reason {
         Reason::DropUnparsed,
         Reason::DropFragment,
         Reason::DropNoFamily,
+        Reason::BypassPortal,
     ];
 
     /// The reason with ABI number `n`. A `match` rather than an index into [`Reason::ALL`]:
@@ -283,6 +290,7 @@ impl Reason {
             18 => Reason::DropUnparsed,
             19 => Reason::DropFragment,
             20 => Reason::DropNoFamily,
+            21 => Reason::BypassPortal,
             _ => return None,
         })
     }
@@ -311,6 +319,7 @@ impl Reason {
             Reason::DropUnparsed => "drop_unparsed",
             Reason::DropFragment => "drop_fragment",
             Reason::DropNoFamily => "drop_no_family",
+            Reason::BypassPortal => "bypass_portal",
         }
     }
 
@@ -351,6 +360,17 @@ pub enum VerdictKind {
     Bypass,
     /// Dropped.
     Drop,
+}
+
+/// The captive portal exception: packets from sockets in the cgroup `cgroup_id` (a browser
+/// `tunnel portal` started) to TCP or UDP port 53, 80 or 443 leave on the uplink whatever the
+/// policy (lock-down included) says, until `deadline_ns` (`bpf_ktime_get_ns`, the monotonic
+/// clock); their peers' replies are let in. `cgroup_id` 0: no exception.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortalException {
+    pub cgroup_id: u64,
+    pub deadline_ns: u64,
 }
 
 /// Per-slot settings. `flags` holds [`slot_flags`]; `device_conn` is the device-level
@@ -573,6 +593,7 @@ mod pod {
     // SAFETY: every type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and has
     // no padding (the size assertions above pin that), so any bit pattern is a valid value.
     unsafe impl aya::Pod for SlotConfig {}
+    unsafe impl aya::Pod for PortalException {}
     unsafe impl aya::Pod for ConnConfig {}
     unsafe impl aya::Pod for RouteKeyV4 {}
     unsafe impl aya::Pod for RouteKeyV6 {}
@@ -627,7 +648,7 @@ mod tests {
 
     #[test]
     fn indexes_stay_in_bounds() {
-        assert!(counter_index(CONN_NONE, Reason::DropNoFamily) < NUM_COUNTERS);
+        assert!(counter_index(CONN_NONE, Reason::BypassPortal) < NUM_COUNTERS);
         assert!(udp_port_word(POLICY_SLOTS - 1, MAX_CONNS - 1, u16::MAX) < NUM_UDP_PORT_WORDS);
         assert!(conn_index(POLICY_SLOTS - 1, MAX_CONNS - 1) < NUM_CONN_CONFIGS);
     }

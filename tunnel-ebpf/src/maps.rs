@@ -8,10 +8,14 @@ use aya_ebpf::{
 use tunnel_common::{
     AppKey, ConnConfig, Counter, FlowKey, FlowValue, FragKey, FragVerdict, MAX_APPS, MAX_FLOWS,
     MAX_FRAG_DATAGRAMS, MAX_OWN_PEERS, MAX_ROUTES, MAX_UPLINKS, NUM_CONN_CONFIGS, NUM_COUNTERS,
-    NUM_UDP_PORT_WORDS, POLICY_SLOTS, RouteKeyV4, RouteKeyV6, SlotConfig, UplinkCounters,
+    NUM_UDP_PORT_WORDS, POLICY_SLOTS, PortalException, RouteKeyV4, RouteKeyV6, SlotConfig,
+    UplinkCounters,
 };
 
 use crate::log::Note;
+
+#[map]
+pub static PORTAL: Array<PortalException> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static ACTIVE_SLOT: Array<u32> = Array::with_max_entries(1, 0);

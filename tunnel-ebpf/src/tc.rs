@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_redirect,
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_cgroup_id},
     programs::TcContext,
 };
 use tunnel_common::{
@@ -17,12 +17,15 @@ use crate::{
     classify::{Decision, Owner, View, active_slot, classify},
     counters::{At, count},
     frags::{first_verdict, record},
-    maps::{CONN_CONFIG, OWN_PEERS, TUN_IFACES},
+    maps::{CONN_CONFIG, OWN_PEERS, PORTAL, TUN_IFACES},
     nat::{
         Field, RewriteFailed, clamp_mss, quoted_destination, record_flow, reply_destination,
         rewrite_addr, translate_quoted,
     },
-    packet::{Frag, Packet, Parsed, Transport, parse_eth, parse_raw_ip, quoted_datagram},
+    packet::{
+        Frag, IPPROTO_TCP, IPPROTO_UDP, Packet, Parsed, Transport, parse_eth, parse_raw_ip,
+        quoted_datagram,
+    },
 };
 
 /// How many bytes of headers must be in the linear part of the skb for direct access: link
@@ -247,10 +250,44 @@ pub fn try_uplink_egress(ctx: &TcContext, link: Link) -> i32 {
         remember_own_peer(&pkt.dst);
         return TC_ACT_OK;
     }
+    if portal_exception(ctx, &pkt) {
+        count(
+            uplink(ctx),
+            Some(&pkt),
+            CONN_NONE,
+            Reason::BypassPortal,
+            ctx.len(),
+        );
+        remember_own_peer(&pkt.dst);
+        return TC_ACT_OK;
+    }
     let Some((slot, scfg)) = active_slot() else {
         return TC_ACT_OK;
     };
     classify_outbound(ctx, &pkt, slot, scfg, Egress::Uplink)
+}
+
+/// Whether the packet is under the captive portal exception: from a socket in its cgroup,
+/// to TCP or UDP port 53, 80 or 443, before its deadline ([`PortalException`]). The
+/// deadline is checked here, so the exception ends on time whatever userspace does.
+#[inline(always)]
+fn portal_exception(ctx: &TcContext, pkt: &Packet) -> bool {
+    let Some(exception) = PORTAL.get(0) else {
+        return false;
+    };
+    if exception.cgroup_id == 0 || !pkt.has_l4() {
+        return false;
+    }
+    if !matches!(pkt.proto, IPPROTO_TCP | IPPROTO_UDP) || !matches!(pkt.dport, 53 | 80 | 443) {
+        return false;
+    }
+    // SAFETY: a helper without arguments.
+    if unsafe { bpf_ktime_get_ns() } >= exception.deadline_ns {
+        return false;
+    }
+    // SAFETY: `skb` is the program's context pointer.
+    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    cgroup == exception.cgroup_id
 }
 
 /// Lets replies from a peer of our own sockets in under lock-down (see the guard). A lookup

@@ -61,19 +61,9 @@ fn http_server(ns: &Netns, addr: &str, answer: impl Fn(&str) -> String + Send + 
     });
 }
 
-fn state(w: &ClientWorld) -> String {
-    w.status()[0]["state"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-#[test]
-fn a_captive_portal_is_waited_out_and_the_connection_starts_after_sign_in() {
-    if !tunnel_user::testbed::root_or_skip() {
-        return;
-    }
-    let w = ClientWorld::build("cp", tunnel_user::this_crates_binaries!());
+/// Makes the gateway's namespace a hotel network: the probe's server, the portal, and nft
+/// sending the client's HTTP to the portal and refusing the gateway until `/signin`.
+fn hotel(w: &ClientWorld) {
     w.gw.sh(&format!(
         "ip addr add {PROBE}/24 dev g0; ip addr add {PORTAL}/24 dev g0"
     ))
@@ -112,6 +102,22 @@ table inet portal {{
 EOF"
     ))
     .unwrap();
+}
+
+fn state(w: &ClientWorld) -> String {
+    w.status()[0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_captive_portal_is_waited_out_and_the_connection_starts_after_sign_in() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let w = ClientWorld::build("cp", tunnel_user::this_crates_binaries!());
+    hotel(&w);
     let _gw = w.start_gateway();
     let _td = w.start_tunneld_args(&["--portal-probe", &format!("http://{PROBE}/success.txt")]);
     let url = format!("https://{GATEWAY}:8443");
@@ -197,4 +203,114 @@ EOF"
         up.as_secs_f64() * 1e3
     );
     assert!(up < Duration::from_secs(5), "{up:?}");
+}
+
+/// Under lock-down only `tunnel portal`'s command reaches the portal, on ports 53, 80 and
+/// 443, and only for the window (the kernel checks the deadline).
+#[test]
+fn under_lockdown_only_tunnel_portal_reaches_the_portal_for_a_while() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let w = ClientWorld::build("cpl", tunnel_user::this_crates_binaries!());
+    hotel(&w);
+    // The portal's own page on port 80 too, as portals serve it.
+    w.gw.sh(&format!(
+        "nft add rule inet portal pre iifname g0 ip daddr {PORTAL} tcp dport 80 dnat ip to {PORTAL}:8081"
+    ))
+    .unwrap();
+    let cgroup = format!(
+        "/sys/fs/cgroup/unified/tunnel-portal-test-{}",
+        std::process::id()
+    );
+    let _gw = w.start_gateway();
+    let _td = w.start_tunneld_args(&[
+        "--portal-probe",
+        &format!("http://{PROBE}/success.txt"),
+        "--portal-cgroup",
+        &cgroup,
+        "--portal-window",
+        "4",
+    ]);
+    let url = format!("https://{GATEWAY}:8443");
+    let preconfig = w.dir.join("lockdown.pulsepreconfig");
+    fs::write(
+        &preconfig,
+        format!(
+            "schema version {{\n  version: \"1\"\n}}\n\nmachine settings {{\n  lock-down: \"true\"\n}}\n\
+             ive \"7d3c1f0e-0000-4000-8000-000000000005\" {{\n  friendly-name: \"corp\"\n  \
+             uri: \"{url}\"\n  connection-lock-down: \"true\"\n}}\n"
+        ),
+    )
+    .unwrap();
+    let out = w.tunnel(&["import", preconfig.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let t0 = Instant::now();
+    let out = w.tunnel(
+        &[
+            "connect",
+            "corp",
+            "-u",
+            "alice",
+            "--password-stdin",
+            "--servercert",
+            &w.pin,
+        ],
+        "s3cret\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert_eq!(state(&w), "captive_portal");
+
+    let fetch = format!(
+        "exec 3<>/dev/tcp/{PORTAL}/80 && printf 'GET /login HTTP/1.1\\r\\nHost: p\\r\\n\\r\\n' >&3 && head -c 300 <&3"
+    );
+    let counter = |reason: &str| -> u64 {
+        w.counters()
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 5 && f[0] == "c0" && f[2] == reason).then(|| f[3].parse().unwrap())
+            })
+            .unwrap_or(0)
+    };
+    // Any other process: lock-down drops it.
+    let dropped_before = counter("drop_lockdown");
+    let other = w
+        .client
+        .command("timeout")
+        .args(["2", "bash", "-c", &fetch])
+        .output()
+        .unwrap();
+    assert!(!said(&other).contains("Accept"), "{}", said(&other));
+    assert!(counter("drop_lockdown") > dropped_before);
+    // tunnel portal's command: the portal's page.
+    let out = w.tunnel(&["portal", "timeout", "2", "bash", "-c", &fetch], "");
+    assert!(
+        said(&out).contains("Accept"),
+        "tunnel portal: {}",
+        said(&out)
+    );
+    let let_through = counter("bypass_portal");
+    assert!(let_through > 0);
+    let within = t0.elapsed();
+    // After the window (4 s from the portal's discovery), even it is dropped.
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(t0.elapsed()) + Duration::from_millis(300),
+    );
+    assert_eq!(state(&w), "captive_portal", "still behind the portal");
+    let dropped_before = counter("drop_lockdown");
+    let out = w.tunnel(&["portal", "timeout", "2", "bash", "-c", &fetch], "");
+    assert!(
+        !said(&out).contains("Accept"),
+        "after the window: {}",
+        said(&out)
+    );
+    assert_eq!(counter("bypass_portal"), let_through);
+    assert!(counter("drop_lockdown") > dropped_before);
+    eprintln!(
+        "portal: under lock-down, tunnel portal reached the portal at {:.1} s, refused after the 4 s window; \
+         {let_through} packets let through",
+        within.as_secs_f64()
+    );
+    let _ = fs::remove_dir(&cgroup);
 }

@@ -150,6 +150,12 @@ enum Cmd {
         #[command(subcommand)]
         what: LogsCmd,
     },
+    /// Behind a captive portal: runs COMMAND (default: xdg-open the portal's page) where it
+    /// may reach the portal (ports 53, 80, 443), even under lock-down, for a while.
+    Portal {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Writes this command's man pages and shell completions into DIR (for the package).
     #[command(hide = true)]
     WriteDocs { dir: PathBuf },
@@ -575,6 +581,7 @@ fn main() -> ExitCode {
                 Duration::from_secs(timeout + 5),
             )
         }
+        Cmd::Portal { command } => return portal(&cli.socket, command),
         Cmd::WriteDocs { dir } => {
             return match tunnel_user::cli_docs::write(Cli::command(), &dir) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -854,6 +861,36 @@ fn set_launcher_log_level(
             Err(exit(code::GENERAL))
         }
     }
+}
+
+/// `tunnel portal [COMMAND...]`: tunneld moves this process into the captive portal's
+/// cgroup; then it becomes COMMAND (default: `xdg-open` of the portal's page).
+fn portal(socket: &std::path::Path, command: Vec<String>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let r = match control::call(socket, &Request::Portal, Duration::from_secs(5)) {
+        Ok(r) => r,
+        Err(control::ControlError::NotRunning { path }) => {
+            eprintln!("tunnel: tunneld is not running (no socket at {path})");
+            return exit(-1);
+        }
+        Err(e) => {
+            eprintln!("tunnel: {e}");
+            return exit(code::GENERAL);
+        }
+    };
+    if r.code != code::OK {
+        eprintln!("tunnel: {}", r.message);
+        return exit(r.code);
+    }
+    eprintln!("{}", r.message);
+    let portal = r.data["portal"].as_str().unwrap_or_default().to_string();
+    let (program, args) = match command.split_first() {
+        Some((p, a)) => (p.clone(), a.to_vec()),
+        None => ("xdg-open".to_string(), vec![portal]),
+    };
+    let e = std::process::Command::new(&program).args(&args).exec();
+    eprintln!("tunnel: running {program}: {e}");
+    exit(code::GENERAL)
 }
 
 /// A certificate and key to import: PEM files, or a PKCS#12 one (by its extension) opened

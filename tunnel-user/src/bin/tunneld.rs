@@ -58,6 +58,14 @@ struct Cli {
     /// The probe's true answer: its body (status 200); empty: a 204.
     #[arg(long, value_name = "TEXT", default_value = "success\n")]
     portal_expect: String,
+    /// The cgroup (v2) `tunnel portal` runs its command in: its sockets may reach ports 53,
+    /// 80 and 443 while a connection waits behind a captive portal, lock-down or not.
+    /// Default: tunnel-portal under the cgroup v2 root.
+    #[arg(long, value_name = "DIR")]
+    portal_cgroup: Option<PathBuf>,
+    /// How long that exception lasts once a portal is found, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    portal_window: u64,
     /// The resolver configuration tunneld points at its DNS forwarder while a connection's
     /// DNS is in force, and restores after (a file, a symlink or a bind mount).
     #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
@@ -138,6 +146,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pins: Some(cli.pin_dir),
         control_group: Some(cli.control_group),
         resolv_conf: cli.resolv_conf,
+        portal_cgroup: Some(cli.portal_cgroup.unwrap_or_else(|| {
+            // The cgroup v2 hierarchy: at /sys/fs/cgroup, or beside v1 at .../unified.
+            let unified = std::path::Path::new("/sys/fs/cgroup/unified");
+            let root = if unified.join("cgroup.procs").exists() {
+                unified
+            } else {
+                std::path::Path::new("/sys/fs/cgroup")
+            };
+            root.join("tunnel-portal")
+        })),
+        portal_window: std::time::Duration::from_secs(cli.portal_window),
         portal_probe: Some(
             tunnel_user::client::portal::Probe::parse(&cli.portal_probe, &cli.portal_expect)
                 .map_err(anyhow::Error::msg)?,

@@ -157,7 +157,21 @@ async fn behind_portal(ctx: &mut Context, probe: &Probe) -> AfterPortal {
         s.state = State::CaptivePortal;
         s.portal = Some(shown);
     }
+    // `tunnel portal`'s processes may reach the portal, lock-down or not, for a while.
+    if let Err(e) = ctx.plane.set_portal(ctx.spec.portal_exception) {
+        warn!(connection = %name, error = %e, "the captive portal exception could not be opened");
+    }
     ctx.report_first(Ok(()));
+    let ended = wait_out_portal(ctx, probe, addr).await;
+    if let Err(e) = ctx.plane.set_portal(None) {
+        warn!(connection = %name, error = %e, "closing the captive portal exception");
+    }
+    ended
+}
+
+/// Probes until the portal lets us through, or the user stops the connection.
+async fn wait_out_portal(ctx: &mut Context, probe: &Probe, addr: SocketAddr) -> AfterPortal {
+    let name = ctx.spec.name.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(portal::PROBE_EVERY) => {}

@@ -280,6 +280,10 @@ pub enum Request {
     /// (`super::diagnostics`).
     Diagnostics,
     Version,
+    /// Moves the caller (its process, by the socket's peer credentials) into the captive
+    /// portal's cgroup, whose sockets may reach ports 53, 80 and 443 while a connection waits
+    /// behind a portal (`tunnel portal`).
+    Portal,
 }
 
 impl Request {
@@ -301,6 +305,7 @@ impl Request {
                 | Request::List
                 | Request::Open { .. }
                 | Request::Version
+                | Request::Portal
         )
     }
 }

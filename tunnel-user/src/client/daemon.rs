@@ -69,6 +69,10 @@ pub struct DaemonConfig {
     pub pins: Option<PathBuf>,
     /// Where connections probe for a captive portal (with detection on); None: never.
     pub portal_probe: Option<Probe>,
+    /// The cgroup `tunnel portal` puts its command in (made at start); None: no exception.
+    pub portal_cgroup: Option<PathBuf>,
+    /// How long the portal exception lasts once a connection waits behind a portal.
+    pub portal_window: Duration,
     /// The resolver configuration pointed at the DNS forwarder while a connection with DNS
     /// servers is up (normally `/etc/resolv.conf`).
     pub resolv_conf: PathBuf,
@@ -158,6 +162,10 @@ struct Daemon {
     portal_probe: Option<Probe>,
     /// Which location connections to start and stop as the machine moves.
     location: Mutex<Decider>,
+    /// The captive portal's cgroup (`tunnel portal`), by path and id.
+    portal_cgroup: Option<(PathBuf, u64)>,
+    /// How long its exception lasts once a connection waits behind a portal.
+    portal_window: Duration,
     /// The control group, by name and gid, when it exists.
     members: Option<(String, u32)>,
 }
@@ -337,6 +345,8 @@ pub async fn run(
         dns: Dns::new(config.resolv_conf.clone(), dir),
         portal_probe: config.portal_probe.clone(),
         location: Mutex::new(Decider::default()),
+        portal_cgroup: config.portal_cgroup.as_deref().and_then(portal_cgroup),
+        portal_window: config.portal_window,
         members,
     });
     emit.event(EventKind::ServiceStarted {
@@ -531,6 +541,62 @@ async fn relocate(daemon: &Arc<Daemon>) {
     }
 }
 
+/// Makes the captive portal's cgroup; its path and id (the directory's inode, as the
+/// kernel's cgroup id), or None (said) when it cannot be made.
+fn portal_cgroup(path: &Path) -> Option<(PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            warn!(cgroup = %path.display(), error = %e, "no captive portal cgroup: `tunnel portal` cannot open the portal under lock-down");
+            return None;
+        }
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    Some((path.to_path_buf(), meta.ino()))
+}
+
+/// `tunnel portal`: moves the caller (`pid`, from the socket's credentials) into the
+/// captive portal's cgroup, if a connection waits behind a portal.
+fn portal_join(daemon: &Daemon, pid: Option<i32>) -> Response {
+    let Some((path, _)) = &daemon.portal_cgroup else {
+        return Response::with(code::GENERAL, "tunneld has no captive portal cgroup");
+    };
+    let portals: Vec<String> = daemon
+        .connections
+        .lock()
+        .map(|c| {
+            c.values()
+                .map(Handle::status)
+                .filter(|s| s.state == State::CaptivePortal)
+                .filter_map(|s| s.portal)
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(portal) = portals.first().cloned() else {
+        return Response::with(
+            code::INVALID_STATE,
+            "no connection waits behind a captive portal",
+        );
+    };
+    let Some(pid) = pid else {
+        return Response::with(code::GENERAL, "the caller's process is unknown");
+    };
+    if let Err(e) = std::fs::write(path.join("cgroup.procs"), pid.to_string()) {
+        return Response::with(
+            code::GENERAL,
+            format!("moving process {pid} into {}: {e}", path.display()),
+        );
+    }
+    info!(pid, portal = %portal, "a process joined the captive portal's cgroup");
+    Response::ok(format!(
+        "captive portal at {portal}: this command may reach ports 53, 80 and 443 for up to {} s from when the portal was found",
+        daemon.portal_window.as_secs()
+    ))
+    .data(serde_json::json!({ "portal": portal }))
+}
+
 /// The control group's name and gid, if it is configured and exists.
 fn control_group(name: Option<&str>) -> Option<(String, u32)> {
     let name = name?;
@@ -569,6 +635,7 @@ fn caller(daemon: &Daemon, stream: &UnixStream) -> Caller {
 
 async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
     let who = caller(&daemon, &stream);
+    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
     let uid = stream.peer_cred().ok().map(|c| c.uid());
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
@@ -598,6 +665,7 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
                     ),
                 )
             }
+            Ok(Request::Portal) => portal_join(&daemon, pid),
             Ok(request) => {
                 // A caller that answers prompts gets them on this socket while its connect runs.
                 let interactive = matches!(&request, Request::Connect { credentials, .. } if credentials.prompts.interactive);
@@ -882,6 +950,10 @@ fn spec_for(
             .captive_portal_detection
             .then(|| daemon.portal_probe.clone())
             .flatten(),
+        portal_exception: daemon
+            .portal_cgroup
+            .as_ref()
+            .map(|(_, id)| (*id, daemon.portal_window)),
         block_untunnelled_ipv6: kvps.block_untunnelled_ipv6(),
         dpd: Dpd {
             idle: kvps.atp_probe_idle(),
@@ -1164,6 +1236,8 @@ async fn answer(
             Response::ok(format!("log level {level}"))
         }
         Request::Open { url } => open(daemon, &url, who),
+        // Answered by `serve`, which knows the caller's process.
+        Request::Portal => Response::with(code::GENERAL, "portal: only over the control socket"),
     }
 }
 

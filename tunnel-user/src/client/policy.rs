@@ -390,6 +390,23 @@ impl DataPlane {
         result
     }
 
+    /// Opens (for `window`) or closes (None) the captive portal exception for the sockets of
+    /// the cgroup `cgroup_id` (`tunnel portal`): to ports 53, 80 and 443 they leave on the
+    /// uplink whatever the policy says, lock-down included, until the kernel's monotonic
+    /// clock passes the deadline.
+    pub fn set_portal(
+        &self,
+        exception: Option<(u64, std::time::Duration)>,
+    ) -> Result<(), DatapathError> {
+        let deadline = exception.map(|(cgroup, window)| {
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+                .unwrap_or(0);
+            (cgroup, now.saturating_add(window.as_nanos() as u64))
+        });
+        self.lock().dp.set_portal_exception(deadline)
+    }
+
     /// Turns lock-down ("VPN only access") on or off.
     pub fn set_lockdown(&self, on: bool) -> Result<(), DatapathError> {
         self.lock().lockdown = on;

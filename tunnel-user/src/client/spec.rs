@@ -19,6 +19,9 @@ pub struct ConnectSpec {
     /// Where to probe for a captive portal when no gateway can be reached; None: detection
     /// is off (machine setting `captive-portal-detection`).
     pub portal: Option<super::portal::Probe>,
+    /// The captive portal cgroup's id and how long its exception lasts, opened while the
+    /// connection waits behind a portal; None: no exception.
+    pub portal_exception: Option<(u64, std::time::Duration)>,
     pub id: ConnId,
     /// The gateways, in the connection's list order (`super::walk` decides which to try).
     pub gateways: Vec<ServerUrl>,

@@ -438,6 +438,7 @@ mod tests {
             tun_ip: None,
             dns: Default::default(),
             portal: None,
+            portal_exception: None,
             block_untunnelled_ipv6: true,
             dpd: Dpd::default(),
             disconnect_timeout: None,

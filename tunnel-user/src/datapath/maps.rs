@@ -12,8 +12,8 @@ use aya::{
 };
 use tunnel_common::{
     AppKey, CONN_NONE, ConnConfig, Counter, FlowKey, FlowValue, FragKey, FragVerdict,
-    MAX_FRAG_DATAGRAMS, NUM_REASONS, POLICY_SLOTS, ROUTE_KEY_PREFIX_BITS, Reason, RouteKeyV4,
-    RouteKeyV6, SlotConfig, UplinkCounters, conn_index, counter_index, maps as names,
+    MAX_FRAG_DATAGRAMS, NUM_REASONS, POLICY_SLOTS, PortalException, ROUTE_KEY_PREFIX_BITS, Reason,
+    RouteKeyV4, RouteKeyV6, SlotConfig, UplinkCounters, conn_index, counter_index, maps as names,
     udp_port_word,
 };
 
@@ -37,6 +37,7 @@ pub struct Maps {
     frags: HashMap<MapData, FragKey, FragVerdict>,
     counters: PerCpuArray<MapData, Counter>,
     uplink_counters: PerCpuHashMap<MapData, u32, UplinkCounters>,
+    portal: Array<MapData, PortalException>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
@@ -68,7 +69,15 @@ impl Maps {
             frags: take(ebpf, names::FRAGS)?,
             counters: take(ebpf, names::COUNTERS)?,
             uplink_counters: take(ebpf, names::UPLINK_COUNTERS)?,
+            portal: take(ebpf, names::PORTAL)?,
         })
+    }
+
+    /// Sets the captive portal exception (a cgroup of 0: none).
+    pub fn set_portal(&mut self, exception: PortalException) -> Result<(), DatapathError> {
+        self.portal
+            .set(0, exception, 0)
+            .map_err(map_err(names::PORTAL))
     }
 
     /// The slot the programs currently read.

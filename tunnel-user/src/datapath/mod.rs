@@ -317,6 +317,19 @@ impl Datapath {
         self.maps.close_uplink_row(ifindex)
     }
 
+    /// Opens the captive portal exception for the sockets of cgroup `cgroup_id` until the
+    /// monotonic clock reads `deadline_ns` (the kernel checks it), or closes it (None).
+    pub fn set_portal_exception(
+        &mut self,
+        exception: Option<(u64, u64)>,
+    ) -> Result<(), DatapathError> {
+        let (cgroup_id, deadline_ns) = exception.unwrap_or((0, 0));
+        self.maps.set_portal(tunnel_common::PortalException {
+            cgroup_id,
+            deadline_ns,
+        })
+    }
+
     /// Entries in the NAT flow table.
     pub fn flow_count(&self) -> usize {
         self.maps.flow_count()
