@@ -340,3 +340,91 @@ fn the_gateways_name_is_looked_up_through_the_uplink() {
     }
     assert_eq!(fs::read_to_string(&resolv).unwrap(), ORIGINAL);
 }
+
+/// Where systemd-resolved runs, the tunnel's DNS goes on the TUN device's link there (D-Bus):
+/// its servers, its match domain as a routing domain, no default route in a split tunnel;
+/// `/etc/resolv.conf` stays as it was. resolved then asks the corp server through the tunnel.
+#[test]
+fn with_systemd_resolved_the_tunnel_link_gets_the_dns() {
+    use tunnel_user::testbed::resolved::SystemdResolved;
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let w = ClientWorld::build("dnsr", tunnel_user::this_crates_binaries!());
+    w.corp
+        .sh(&format!("ip addr add {CORP_DNS}/24 dev x0"))
+        .unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let corp_dns = DnsServer::start(
+        &w.corp,
+        ip(CORP_DNS),
+        &[(CORP_NAME, ip("172.20.0.2"))],
+        &w.dir,
+    )
+    .unwrap();
+    let resolved = SystemdResolved::start(&w.client, &w.dir).unwrap();
+    let before = fs::read_to_string(w.resolv_conf()).unwrap();
+    let _gw = w.start_gateway();
+    let bus = std::path::PathBuf::from(resolved.bus_address());
+    let _td = w.start_tunneld_with(&[("DBUS_SYSTEM_BUS_ADDRESS", &bus)]);
+    let url = format!("https://{GATEWAY}:8443");
+    let out = w.tunnel(
+        &[
+            "add",
+            "corp",
+            "--url",
+            &url,
+            "-u",
+            "alice",
+            "--match-domain",
+            "corp.example",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let out = w.tunnel(
+        &[
+            "connect",
+            "corp",
+            "-u",
+            "alice",
+            "--password-stdin",
+            "--servercert",
+            &w.pin,
+        ],
+        "s3cret\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "connect: {}", said(&out));
+    let status = &w.status()[0];
+    let tun = status["tun"].as_str().unwrap().to_string();
+    let applied = &status["dns_applied"];
+    assert_eq!(applied["mode"], "resolved", "{applied}");
+    let link = said(&resolved.resolvectl(&["status", &tun]));
+    assert!(link.contains(CORP_DNS), "{link}");
+    assert!(link.contains("~corp.example"), "{link}");
+    assert!(
+        link.contains("-DefaultRoute"),
+        "a split tunnel is no default route: {link}"
+    );
+    let started = Instant::now();
+    let answer = said(&resolved.resolvectl(&["query", CORP_NAME]));
+    assert!(answer.contains("172.20.0.2"), "{answer}");
+    let tunnel_addr = status["ipv4"].as_str().unwrap().to_string();
+    assert!(
+        corp_dns
+            .queries()
+            .iter()
+            .any(|(n, from)| n == CORP_NAME && *from == tunnel_addr),
+        "{:?}",
+        corp_dns.queries()
+    );
+    assert_eq!(fs::read_to_string(w.resolv_conf()).unwrap(), before);
+    let out = w.tunnel(&["disconnect", "corp"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let after = said(&resolved.resolvectl(&["status"]));
+    assert!(!after.contains("~corp.example"), "{after}");
+    eprintln!(
+        "dns: resolved mode: corp name through resolved in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+}

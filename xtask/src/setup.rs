@@ -23,6 +23,10 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     // A real DNS server for the DNS tests (the binary only; no service is started).
     "dnsmasq-base",
+    // A private system bus for the test's systemd-resolved, and the library its binary
+    // links (the systemd package; systemd is not started).
+    "dbus-daemon",
+    "systemd",
     // Interop peers.
     "openconnect",
     "ocserv",
@@ -49,6 +53,7 @@ pub fn run() -> Result<()> {
     run_step("nightly toolchain with rust-src", nightly_rust_src)?;
     run_step("bpf-linker", bpf_linker)?;
     run_step("bpffs", bpffs)?;
+    run_step("systemd-resolved for the tests", systemd_resolved)?;
     Ok(())
 }
 
@@ -200,4 +205,38 @@ pub fn ensure_cargo_deb() -> Result<()> {
         exec(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))?;
     }
     Ok(())
+}
+
+/// Where the DNS tests find systemd-resolved (`tunnel_user::testbed::resolved`).
+const RESOLVED_DIR: &str = "/var/cache/tunnel-test/systemd-resolved";
+
+/// systemd-resolved's package, extracted (not installed: installing it would take over the
+/// host's /etc/resolv.conf) for the DNS tests, which run it on a private bus.
+fn systemd_resolved() -> Result<String> {
+    let dir = std::path::Path::new(RESOLVED_DIR);
+    if dir.join("lib/systemd/systemd-resolved").exists() {
+        return Ok(format!("present in {RESOLVED_DIR}"));
+    }
+    let download = std::env::temp_dir().join(format!("tunnel-resolved-{}", std::process::id()));
+    fs::create_dir_all(&download)?;
+    exec(
+        Command::new("apt-get")
+            .args([
+                "-o",
+                "APT::Sandbox::User=root",
+                "download",
+                "systemd-resolved",
+            ])
+            .current_dir(&download),
+    )?;
+    let deb = fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download wrote no .deb")?;
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir)?;
+    exec(Command::new("dpkg").arg("-x").arg(&deb).arg(dir))?;
+    let _ = fs::remove_dir_all(&download);
+    Ok(format!("extracted into {RESOLVED_DIR}"))
 }

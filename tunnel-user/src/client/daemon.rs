@@ -471,7 +471,7 @@ async fn relocate(daemon: &Arc<Daemon>) {
     if rules.is_empty() {
         return;
     }
-    let facts = location::facts(daemon.dns.machine_servers());
+    let facts = location::facts(daemon.dns.machine_servers().await);
     let running: BTreeSet<String> = daemon
         .connections
         .lock()

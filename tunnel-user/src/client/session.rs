@@ -790,7 +790,13 @@ impl Running<'_> {
                     &dns.search,
                     &dns.match_domains,
                 );
-                ctx.dns.set(&ctx.spec.name, plan).await;
+                let link = ctx
+                    .tunnel
+                    .as_ref()
+                    .and_then(|t| crate::datapath::ifindex(t.tun.name()).ok());
+                ctx.dns
+                    .set(&ctx.spec.name, plan.map(|p| p.on_link(link)))
+                    .await;
                 self.established(ctx);
             }
             ClientEvent::Packet(p) => {

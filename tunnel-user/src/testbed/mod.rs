@@ -33,6 +33,7 @@ pub mod gauge;
 pub mod hostile;
 pub mod pki;
 pub mod pulse_peer;
+pub mod resolved;
 pub mod wire;
 mod world;
 pub use world::SplitWorld;

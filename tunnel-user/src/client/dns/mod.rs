@@ -12,32 +12,36 @@
 //!  tunneld starts ─▶ a kept original left by a tunneld that died is restored first
 //! ```
 //!
-//! One plan is in force at a time: the latest connection's. Mode: the split-DNS forwarder on
-//! [`FORWARDER`] with `/etc/resolv.conf` pointed at it (docs/client.md, "DNS").
+//! One plan is in force at a time: the latest connection's. Two modes, chosen each time a
+//! plan is applied (docs/client.md, "DNS"): where systemd-resolved answers on the system bus,
+//! the plan becomes the TUN device's per-link settings ([`resolved`]); elsewhere the
+//! split-DNS forwarder on [`FORWARDER`] with `/etc/resolv.conf` pointed at it.
 
 pub(crate) mod forwarder;
 pub(crate) mod resolv_conf;
+pub(crate) mod resolved;
 pub(crate) mod uplink;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use hickory_proto::rr::Name;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use forwarder::{Forwarder, Routes};
 use resolv_conf::ResolvConf;
+use resolved::Resolved;
 
 /// Where the forwarder listens.
 pub(crate) const FORWARDER: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 77, 53)), 53);
 
-/// What DNS a connection asks for.
+/// What a connection asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DnsPlan {
     /// The tunnel's servers: the connection's DNS Resolver IPs, else the gateway's.
@@ -47,6 +51,8 @@ pub struct DnsPlan {
     /// Names under these go to the tunnel's servers, every other name to the machine's own
     /// (the connection's Match Domain List); empty: every name to the tunnel's.
     pub routing: Vec<String>,
+    /// The TUN device (ifindex) the settings go on in resolved's mode.
+    pub link: Option<u32>,
 }
 
 impl DnsPlan {
@@ -73,7 +79,14 @@ impl DnsPlan {
             servers,
             search,
             routing: match_domains.to_vec(),
+            link: None,
         })
+    }
+
+    /// The plan for the TUN device `ifindex`.
+    pub fn on_link(mut self, ifindex: Option<u32>) -> DnsPlan {
+        self.link = ifindex;
+        self
     }
 }
 
@@ -81,19 +94,30 @@ impl DnsPlan {
 #[derive(Clone, Debug, Serialize)]
 pub struct Applied {
     pub connection: String,
+    /// "forwarder" or "resolved".
     pub mode: &'static str,
+    /// The forwarder's address; empty in resolved's mode.
     pub listen: String,
     pub plan: DnsPlan,
     /// The servers other names go to.
     pub original: Vec<IpAddr>,
-    /// What the forwarder did with the queries so far.
-    pub queries: Arc<forwarder::Counts>,
+    /// What the forwarder did with the queries so far (none in resolved's mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queries: Option<Arc<forwarder::Counts>>,
+}
+
+/// How the plan in force is applied.
+enum Mode {
+    /// Held for its `Drop`, which stops it.
+    Forwarder { _running: Forwarder },
+    /// On this link of resolved's.
+    Resolved(Resolved, u32),
 }
 
 struct State {
     /// Plans by connection, in the order they were set; the last is in force.
     plans: Vec<(String, DnsPlan)>,
-    forwarder: Option<Forwarder>,
+    mode: Option<Mode>,
     applied: Option<Applied>,
 }
 
@@ -102,7 +126,7 @@ struct State {
 pub struct Dns {
     resolv: ResolvConf,
     listen: SocketAddr,
-    state: Arc<Mutex<State>>,
+    state: Arc<tokio::sync::Mutex<State>>,
 }
 
 impl Dns {
@@ -125,9 +149,9 @@ impl Dns {
         Dns {
             resolv,
             listen: FORWARDER,
-            state: Arc::new(Mutex::new(State {
+            state: Arc::new(tokio::sync::Mutex::new(State {
                 plans: Vec::new(),
-                forwarder: None,
+                mode: None,
                 applied: None,
             })),
         }
@@ -136,7 +160,7 @@ impl Dns {
     /// The addresses of `host`, looked up through the machine's own servers with sockets
     /// that bypass the tunnel ([`uplink`]); without any server, the system's resolver.
     pub async fn lookup(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
-        let servers = self.machine_servers();
+        let servers = self.machine_servers().await;
         if servers.is_empty() && host.parse::<IpAddr>().is_err() {
             let found = tokio::net::lookup_host((host, 0)).await?;
             return Ok(found.map(|a| a.ip()).collect());
@@ -144,9 +168,17 @@ impl Dns {
         uplink::lookup(host, &servers).await
     }
 
-    /// The machine's own DNS servers: those of the original resolver configuration (kept
-    /// aside while the forwarder is in place).
-    pub fn machine_servers(&self) -> Vec<IpAddr> {
+    /// The machine's own DNS servers: in resolved's mode those it knows for the other links;
+    /// otherwise those of the original resolver configuration (kept aside while the
+    /// forwarder is in place).
+    pub async fn machine_servers(&self) -> Vec<IpAddr> {
+        let resolved = match &self.state.lock().await.mode {
+            Some(Mode::Resolved(r, link)) => Some((r.clone(), *link)),
+            _ => None,
+        };
+        if let Some((r, link)) = resolved {
+            return r.servers_except(Some(link)).await;
+        }
         self.resolv
             .original()
             .map(|o| o.nameservers())
@@ -156,38 +188,57 @@ impl Dns {
             .collect()
     }
 
-    /// What is applied.
+    /// What is applied (None also while a change is being applied).
     pub fn applied(&self) -> Option<Applied> {
-        self.lock().applied.clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.try_lock().ok().and_then(|s| s.applied.clone())
     }
 
     /// Sets (Some) or withdraws (None) `connection`'s plan and applies the result. Called on
     /// the tokio runtime.
     pub async fn set(&self, connection: &str, plan: Option<DnsPlan>) {
-        let in_force = {
-            let mut s = self.lock();
-            s.plans.retain(|(c, _)| c != connection);
-            if let Some(p) = plan {
-                s.plans.push((connection.to_string(), p));
-            }
-            s.plans.last().cloned()
-        };
-        match in_force {
+        let mut s = self.state.lock().await;
+        s.plans.retain(|(c, _)| c != connection);
+        if let Some(p) = plan {
+            s.plans.push((connection.to_string(), p));
+        }
+        match s.plans.last().cloned() {
             Some((connection, plan)) => {
-                if let Err(e) = self.apply(&connection, &plan).await {
+                if let Err(e) = self.apply(&mut s, &connection, &plan).await {
                     warn!(connection, error = %e, "DNS through the tunnel could not be applied");
-                    self.remove();
+                    self.remove(&mut s).await;
                 }
             }
-            None => self.remove(),
+            None => self.remove(&mut s).await,
         }
     }
 
-    async fn apply(&self, connection: &str, plan: &DnsPlan) -> std::io::Result<()> {
+    async fn apply(&self, s: &mut State, connection: &str, plan: &DnsPlan) -> std::io::Result<()> {
+        let same = s
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.connection == connection && a.plan == *plan);
+        if same {
+            return Ok(());
+        }
+        if let (Some(link), Some(resolved)) = (plan.link, Resolved::find().await) {
+            self.remove(s).await;
+            resolved
+                .apply(link, &plan.servers, &plan.search, &plan.routing)
+                .await
+                .map_err(std::io::Error::other)?;
+            info!(connection, link, servers = ?plan.servers, search = ?plan.search, match_domains = ?plan.routing, "DNS through the tunnel, on resolved's link");
+            let original = resolved.servers_except(Some(link)).await;
+            s.mode = Some(Mode::Resolved(resolved, link));
+            s.applied = Some(Applied {
+                connection: connection.to_string(),
+                mode: "resolved",
+                listen: String::new(),
+                plan: plan.clone(),
+                original,
+                queries: None,
+            });
+            return Ok(());
+        }
         let original = self.resolv.original()?;
         let routes = Routes {
             tunnel: plan
@@ -208,23 +259,13 @@ impl Dns {
                 .collect(),
         };
         let original_servers = routes.original.iter().map(|a| a.ip()).collect();
-        let same = self.lock().applied.as_ref().is_some_and(|a| {
-            a.connection == connection && a.plan == *plan && a.original == original_servers
-        });
-        if same {
-            return Ok(());
+        // The old forwarder (or resolved's link) lets go before the new one is set up.
+        if let Some(Mode::Resolved(r, link)) = s.mode.take()
+            && let Err(e) = r.revert(link).await
+        {
+            debug!(link, error = %e, "taking the tunnel's DNS back from resolved");
         }
-        // The old forwarder lets go of the address before the new one binds it.
-        self.lock().forwarder = None;
         let forwarder = Forwarder::start(self.listen, routes).await?;
-        let applied = Applied {
-            connection: connection.to_string(),
-            mode: "forwarder",
-            listen: self.listen.to_string(),
-            plan: plan.clone(),
-            original: original_servers,
-            queries: forwarder.counts.clone(),
-        };
         let mut search = plan.search.clone();
         search.extend(original.search());
         search.dedup();
@@ -239,16 +280,28 @@ impl Dns {
         }
         self.resolv.point(&text)?;
         info!(connection, servers = ?plan.servers, search = ?plan.search, match_domains = ?plan.routing, "DNS through the tunnel");
-        let mut s = self.lock();
-        s.forwarder = Some(forwarder);
-        s.applied = Some(applied);
+        s.applied = Some(Applied {
+            connection: connection.to_string(),
+            mode: "forwarder",
+            listen: self.listen.to_string(),
+            plan: plan.clone(),
+            original: original_servers,
+            queries: Some(forwarder.counts.clone()),
+        });
+        s.mode = Some(Mode::Forwarder {
+            _running: forwarder,
+        });
         Ok(())
     }
 
-    fn remove(&self) {
-        let mut s = self.lock();
-        s.forwarder = None;
+    async fn remove(&self, s: &mut State) {
         s.applied = None;
+        if let Some(Mode::Resolved(r, link)) = s.mode.take()
+            && let Err(e) = r.revert(link).await
+        {
+            // A TUN device that is already gone took its settings with it.
+            debug!(link, error = %e, "reverting the tunnel's link in resolved");
+        }
         match self.resolv.restore() {
             Ok(true) => {
                 info!(file = %self.resolv.path.display(), "resolver configuration restored")
