@@ -60,34 +60,41 @@ fn dns_to(capture: &Capture, dst: &str) -> usize {
     })
 }
 
-#[test]
-fn corp_names_resolve_through_the_tunnel_and_others_outside() {
-    if !tunnel_user::testbed::root_or_skip() {
-        return;
-    }
-    let w = ClientWorld::build("dns", tunnel_user::this_crates_binaries!());
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The world with the corp DNS server (the corp name) and the outside one (`outside`
+/// records), tunneld's resolv.conf naming the outside one.
+fn dns_world(tag: &str, outside: &[(&str, IpAddr)]) -> (ClientWorld, DnsServer, DnsServer) {
+    let w = ClientWorld::build(tag, tunnel_user::this_crates_binaries!());
     w.corp
         .sh(&format!("ip addr add {CORP_DNS}/24 dev x0"))
         .unwrap();
     w.gw.sh(&format!("ip addr add {OUTSIDE_DNS}/24 dev g0"))
         .unwrap();
-    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-    let corp_dns = DnsServer::start(
+    let corp = DnsServer::start(
         &w.corp,
         ip(CORP_DNS),
         &[(CORP_NAME, ip("172.20.0.2"))],
         &w.dir,
     )
     .unwrap();
-    let outside_dns = DnsServer::start(
-        &w.gw,
-        ip(OUTSIDE_DNS),
+    let outside = DnsServer::start(&w.gw, ip(OUTSIDE_DNS), outside, &w.dir).unwrap();
+    fs::write(w.resolv_conf(), ORIGINAL).unwrap();
+    (w, corp, outside)
+}
+
+#[test]
+fn corp_names_resolve_through_the_tunnel_and_others_outside() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let (w, corp_dns, outside_dns) = dns_world(
+        "dns",
         &[(OUTSIDE_NAME, ip("198.51.100.7")), (CORP_NAME, ip(LEAKED))],
-        &w.dir,
-    )
-    .unwrap();
+    );
     let resolv = w.resolv_conf();
-    fs::write(&resolv, ORIGINAL).unwrap();
     let _gw = w.start_gateway();
     let td = w.start_tunneld();
     let capture = Capture::start(&w.gw, "g0").unwrap();
@@ -118,18 +125,7 @@ fn corp_names_resolve_through_the_tunnel_and_others_outside() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     let connect = |w: &ClientWorld| {
-        let out = w.tunnel(
-            &[
-                "connect",
-                "corp",
-                "-u",
-                "alice",
-                "--password-stdin",
-                "--servercert",
-                &w.pin,
-            ],
-            "s3cret\n",
-        );
+        let out = w.connect_stored("corp");
         assert_eq!(out.status.code(), Some(0), "connect: {}", said(&out));
     };
     let asked_outside = || {
@@ -247,29 +243,8 @@ fn the_gateways_name_is_looked_up_through_the_uplink() {
         return;
     }
     const GATEWAY_NAME: &str = "vpn.outside.example";
-    let w = ClientWorld::build("dnsgw", tunnel_user::this_crates_binaries!());
-    w.corp
-        .sh(&format!("ip addr add {CORP_DNS}/24 dev x0"))
-        .unwrap();
-    w.gw.sh(&format!("ip addr add {OUTSIDE_DNS}/24 dev g0"))
-        .unwrap();
-    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-    let _corp_dns = DnsServer::start(
-        &w.corp,
-        ip(CORP_DNS),
-        &[(CORP_NAME, ip("172.20.0.2"))],
-        &w.dir,
-    )
-    .unwrap();
-    let outside_dns = DnsServer::start(
-        &w.gw,
-        ip(OUTSIDE_DNS),
-        &[(GATEWAY_NAME, ip(GATEWAY))],
-        &w.dir,
-    )
-    .unwrap();
+    let (w, _corp_dns, outside_dns) = dns_world("dnsgw", &[(GATEWAY_NAME, ip(GATEWAY))]);
     let resolv = w.resolv_conf();
-    fs::write(&resolv, ORIGINAL).unwrap();
     let mut gw = w.start_gateway();
     let td = w.start_tunneld();
     let url = format!("https://{GATEWAY_NAME}:8443");
@@ -291,18 +266,7 @@ fn the_gateways_name_is_looked_up_through_the_uplink() {
             let out = w.tunnel(&["edit", "corp", "--kvp", "IPRoutes=0.0.0.0/0"], "");
             assert_eq!(out.status.code(), Some(0), "{}", said(&out));
         }
-        let out = w.tunnel(
-            &[
-                "connect",
-                "corp",
-                "-u",
-                "alice",
-                "--password-stdin",
-                "--servercert",
-                &w.pin,
-            ],
-            "s3cret\n",
-        );
+        let out = w.connect_stored("corp");
         assert_eq!(out.status.code(), Some(0), "connect: {}", said(&out));
         assert_eq!(w.status()[0]["include"][0], "0.0.0.0/0", "a full tunnel");
         let applied = &w.status()[0]["dns_applied"];
@@ -354,7 +318,6 @@ fn with_systemd_resolved_the_tunnel_link_gets_the_dns() {
     w.corp
         .sh(&format!("ip addr add {CORP_DNS}/24 dev x0"))
         .unwrap();
-    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let corp_dns = DnsServer::start(
         &w.corp,
         ip(CORP_DNS),
@@ -382,18 +345,7 @@ fn with_systemd_resolved_the_tunnel_link_gets_the_dns() {
         "",
     );
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
-    let out = w.tunnel(
-        &[
-            "connect",
-            "corp",
-            "-u",
-            "alice",
-            "--password-stdin",
-            "--servercert",
-            &w.pin,
-        ],
-        "s3cret\n",
-    );
+    let out = w.connect_stored("corp");
     assert_eq!(out.status.code(), Some(0), "connect: {}", said(&out));
     let status = &w.status()[0];
     let tun = status["tun"].as_str().unwrap().to_string();

@@ -83,18 +83,7 @@ fn connects_at_home_disconnects_at_the_office_and_back() {
                 && state(&w) == "not running"
         },
     );
-    let out = w.tunnel(
-        &[
-            "connect",
-            "corp",
-            "-u",
-            "alice",
-            "--password-stdin",
-            "--servercert",
-            &w.pin,
-        ],
-        "s3cret\n",
-    );
+    let out = w.connect_stored("corp");
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     assert_eq!(state(&w), "connected");
 

@@ -137,18 +137,7 @@ fn a_captive_portal_is_waited_out_and_the_connection_starts_after_sign_in() {
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
 
     let t0 = Instant::now();
-    let out = w.tunnel(
-        &[
-            "connect",
-            "corp",
-            "-u",
-            "alice",
-            "--password-stdin",
-            "--servercert",
-            &w.pin,
-        ],
-        "s3cret\n",
-    );
+    let out = w.connect_stored("corp");
     let detected = t0.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     assert!(
@@ -246,18 +235,7 @@ fn under_lockdown_only_tunnel_portal_reaches_the_portal_for_a_while() {
     let out = w.tunnel(&["import", preconfig.to_str().unwrap()], "");
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     let t0 = Instant::now();
-    let out = w.tunnel(
-        &[
-            "connect",
-            "corp",
-            "-u",
-            "alice",
-            "--password-stdin",
-            "--servercert",
-            &w.pin,
-        ],
-        "s3cret\n",
-    );
+    let out = w.connect_stored("corp");
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     assert_eq!(state(&w), "captive_portal");
 

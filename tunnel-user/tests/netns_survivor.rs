@@ -172,18 +172,7 @@ fn lockdown_holds_while_tunneld_is_dead_and_a_new_one_takes_over() {
     // The administrator's locked-down connection, stored: what tunneld resumes after a
     // restart (an ad-hoc one's settings live only in its request).
     lockdown(&w, true);
-    let out = w.tunnel(
-        &[
-            "connect",
-            "corp",
-            "-u",
-            "alice",
-            "--password-stdin",
-            "--servercert",
-            &w.pin,
-        ],
-        "s3cret\n",
-    );
+    let out = w.connect_stored("corp");
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -375,25 +375,7 @@ pub async fn run(
         }
     }
     for name in starting {
-        let d = daemon.clone();
-        tokio::spawn(async move {
-            // No one is there to answer the login's prompts: one fails the connection.
-            let r = handle(
-                &d,
-                Request::Connect {
-                    name: Some(name.clone()),
-                    url: None,
-                    credentials: Box::default(),
-                    timeout_secs: None,
-                },
-                None,
-                Caller::Root,
-            )
-            .await;
-            if r.code != code::OK {
-                warn!(connection = %name, "automatic connection: {}", r.message);
-            }
-        });
+        start_unattended(&daemon, name, "automatic connection");
     }
     let _location = Aborted(tokio::spawn(follow_location(daemon.clone())));
     tokio::pin!(shutdown);
@@ -421,6 +403,29 @@ pub async fn run(
     let _ = std::fs::remove_file(&config.socket);
     emit.event(EventKind::ServiceStopped);
     Ok(())
+}
+
+/// Connects the stored connection `name` with nobody there: no prompt is answered (one
+/// fails the login); a failure is logged as `what`'s.
+fn start_unattended(daemon: &Arc<Daemon>, name: String, what: &'static str) {
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        let r = answer(
+            &d,
+            Request::Connect {
+                name: Some(name.clone()),
+                url: None,
+                credentials: Box::default(),
+                timeout_secs: None,
+            },
+            None,
+            Caller::Root,
+        )
+        .await;
+        if r.code != code::OK {
+            warn!(connection = %name, "{what}: {}", r.message);
+        }
+    });
 }
 
 /// A task that ends when this is dropped.
@@ -509,24 +514,7 @@ async fn relocate(daemon: &Arc<Daemon>) {
                 );
                 info!("{why}");
                 daemon.emit.message(Level::Info, &why);
-                let d = daemon.clone();
-                tokio::spawn(async move {
-                    let r = answer(
-                        &d,
-                        Request::Connect {
-                            name: Some(name.clone()),
-                            url: None,
-                            credentials: Box::default(),
-                            timeout_secs: None,
-                        },
-                        None,
-                        Caller::Root,
-                    )
-                    .await;
-                    if r.code != code::OK {
-                        warn!(connection = %name, "location connection: {}", r.message);
-                    }
-                });
+                start_unattended(daemon, name, "location connection");
             }
             Action::Stop(name) => {
                 let why = format!(

@@ -467,6 +467,23 @@ fallback_secs = 5
         child.wait_with_output().unwrap()
     }
 
+    /// Connects the stored connection `name` as alice, with her password and the gateway's
+    /// pin.
+    pub fn connect_stored(&self, name: &str) -> Output {
+        self.tunnel(
+            &[
+                "connect",
+                name,
+                "-u",
+                "alice",
+                "--password-stdin",
+                "--servercert",
+                &self.pin,
+            ],
+            "s3cret\n",
+        )
+    }
+
     pub fn connect(&self) -> Output {
         self.connect_with(&[])
     }
