@@ -284,9 +284,15 @@ impl DataPlane {
                 Err(e) => return Err(e.into()),
             }
         }
-        inner
-            .dp
-            .drop_pins_except(&inner.uplinks.keys().copied().collect());
+        // Pins of links that are gone or no longer uplinks go; those of an uplink that could
+        // not be attached now stay: its old programs still guard it.
+        inner.dp.drop_pins_except(
+            &links
+                .iter()
+                .filter(|l| filter.wants(l))
+                .map(|l| l.ifindex)
+                .collect(),
+        );
         if let Uplinks::Named(names) = &filter {
             for name in names
                 .iter()
