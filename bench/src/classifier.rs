@@ -120,6 +120,7 @@ fn policy(includes: usize, excludes: usize, tun_ifindex: u32, seed: u64) -> Poli
         device_conn: Some(0),
         conns: vec![conn],
         gateways: vec![IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1))],
+        exceptions: Vec::new(),
         ..Default::default()
     }
 }

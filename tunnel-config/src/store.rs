@@ -697,6 +697,21 @@ impl Store {
         self.machine().vpn_only_access && self.list().iter().any(|c| c.lock_down)
     }
 
+    /// The administrator's lock-down exceptions: the exclude routes (KVP `ExcRoutes`) of the
+    /// locked-down connections, which stay open under lock-down whether or not a connection
+    /// is up.
+    pub fn lockdown_exceptions(&self) -> Vec<ipnet::IpNet> {
+        let mut nets: Vec<ipnet::IpNet> = self
+            .list()
+            .iter()
+            .filter(|c| c.lock_down)
+            .flat_map(|c| c.kvps.exc_routes().to_vec())
+            .collect();
+        nets.sort();
+        nets.dedup();
+        nets
+    }
+
     pub fn list(&self) -> &[Connection] {
         &self.connections
     }

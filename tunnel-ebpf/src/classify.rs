@@ -126,9 +126,11 @@ fn decide(view: &View, slot: u32, scfg: &SlotConfig, mark: u32, owner: Owner) ->
         None
     };
     let Some(cfg) = cfg.filter(|c| c.flags & conn_flags::ACTIVE != 0) else {
-        // No connection: only the gateway addresses (their own trie namespace) matter.
+        // No connection: only the gateways and the lock-down exceptions (their own trie
+        // namespace) matter.
         return match lookup_route(slot, ROUTES_GLOBAL, pkt.v6, view.remote) {
             route::GATEWAY => Decision::none(Reason::BypassGateway),
+            route::EXCLUDE => Decision::none(Reason::BypassExcluded),
             _ => Decision::none(Reason::BypassNoConnection),
         };
     };

@@ -130,9 +130,11 @@ fn rand_policy(rng: &mut StdRng, cgroups: &[u64]) -> Policy {
             rand_addr(rng, v6)
         })
         .collect();
+    let exceptions = (0..rng.random_range(0..3)).map(|_| rand_net(rng)).collect();
     Policy {
         lockdown: rng.random_bool(0.25),
         gateways,
+        exceptions,
         device_conn,
         apps,
         conns,

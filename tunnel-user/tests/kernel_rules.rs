@@ -40,6 +40,7 @@ fn conn0() -> ConnPolicy {
 fn policy() -> Policy {
     Policy {
         gateways: vec![ip("10.5.5.5"), ip("2001:db8:100::5")],
+        exceptions: Vec::new(),
         device_conn: Some(0),
         conns: vec![conn0()],
         ..Default::default()
@@ -288,6 +289,7 @@ fn lockdown_drops_what_would_bypass_for_lack_of_a_rule() {
     let down = Policy {
         lockdown: true,
         gateways: vec![ip("10.5.5.5")],
+        exceptions: Vec::new(),
         ..Default::default()
     };
     dp.apply(&down).unwrap();

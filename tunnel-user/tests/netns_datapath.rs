@@ -136,6 +136,7 @@ fn the_guard_on_xdp() {
     assert!(link.contains("xdp"), "{link}");
     let device = Policy {
         gateways: vec![GATEWAY.parse().unwrap()],
+        exceptions: Vec::new(),
         device_conn: Some(0),
         conns: vec![tunnelled(tun_ifindex)],
         ..Default::default()
@@ -180,6 +181,7 @@ fn datapath_end_to_end_in_namespaces() {
     let conn = tunnelled(tun_ifindex);
     let device = Policy {
         gateways: vec![GATEWAY.parse().unwrap()],
+        exceptions: Vec::new(),
         device_conn: Some(0),
         conns: vec![conn.clone()],
         ..Default::default()
@@ -440,6 +442,7 @@ fn unprivileged_senders_get_nothing_to_a_tunnelled_destination_in_clear() {
     conn.exclude.push(excluded_v6);
     let device = Policy {
         gateways: vec![GATEWAY.parse().unwrap()],
+        exceptions: Vec::new(),
         device_conn: Some(0),
         conns: vec![conn],
         ..Default::default()
@@ -603,6 +606,7 @@ fn a_full_tunnel_without_ipv6_sends_no_ipv6_around_it() {
     let corp6: Ipv6Addr = CORP6.parse().unwrap();
     let policy = |drop_missing_family: bool, exclude: &[&str]| Policy {
         gateways: vec![GATEWAY.parse().unwrap()],
+        exceptions: Vec::new(),
         device_conn: Some(0),
         conns: vec![ConnPolicy {
             tun_v4: Some(TUN_V4),
@@ -704,6 +708,7 @@ fn icmp_errors_from_the_tunnel_reach_the_socket() {
         .unwrap();
     dp.apply(&Policy {
         gateways: vec![GATEWAY.parse().unwrap()],
+        exceptions: Vec::new(),
         device_conn: Some(0),
         conns: vec![tunnelled(tun_ifindex)],
         ..Default::default()

@@ -238,6 +238,10 @@ struct ConnArgs {
     /// repeat for more.
     #[arg(long = "location", value_name = "RULE", conflicts_with = "automatic")]
     location: Vec<String>,
+    /// A locked-down connection (true or false): with VPN only access on, it is what lets
+    /// traffic flow, and its exclude routes (KVP ExcRoutes) stay open under lock-down.
+    #[arg(long, value_name = "true|false")]
+    lock_down: Option<bool>,
     /// Whether all location rules must hold, or any one.
     #[arg(
         long,
@@ -291,6 +295,9 @@ impl ConnArgs {
                 m.insert("client_certificate".into(), serde_json::json!(name));
             }
             None => {}
+        }
+        if let Some(on) = self.lock_down {
+            m.insert("lock_down".into(), serde_json::json!(on));
         }
         if !self.location.is_empty() {
             let rules = self

@@ -377,6 +377,10 @@ pub async fn run(
     for name in starting {
         start_unattended(&daemon, name, "automatic connection");
     }
+    // The administrator's lock-down exceptions, now that the store is the daemon's.
+    if let Err(r) = apply_lockdown(&daemon) {
+        warn!("{}", r.message);
+    }
     let _location = Aborted(tokio::spawn(follow_location(daemon.clone())));
     tokio::pin!(shutdown);
     loop {
@@ -1293,10 +1297,13 @@ fn no_effect_notes(kvps: &tunnel_config::Kvps) -> String {
 /// Puts the kernel's lock-down in line with the store ([`tunnel_config::Store::lockdown_in_force`]),
 /// after anything that may change it; says whether it is on.
 fn apply_lockdown(daemon: &Daemon) -> Result<bool, Response> {
-    let on = daemon.store().lockdown_in_force();
+    let (on, exceptions) = {
+        let store = daemon.store();
+        (store.lockdown_in_force(), store.lockdown_exceptions())
+    };
     daemon
         .plane
-        .set_lockdown(on)
+        .set_lockdown(on, exceptions)
         .map_err(|e| Response::with(code::GENERAL, format!("applying VPN only access: {e}")))?;
     Ok(on)
 }

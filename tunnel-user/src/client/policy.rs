@@ -105,6 +105,8 @@ struct Inner {
     tuns: BTreeMap<ConnId, TunAttachment>,
     conns: BTreeMap<ConnId, ConnEntry>,
     lockdown: bool,
+    /// The administrator's lock-down exceptions.
+    exceptions: Vec<ipnet::IpNet>,
 }
 
 impl Inner {
@@ -271,6 +273,7 @@ impl DataPlane {
             tuns: BTreeMap::new(),
             conns: BTreeMap::new(),
             lockdown,
+            exceptions: Vec::new(),
         };
         // In force before any program is attached or takes over a pinned link.
         let policy = Self::policy(&inner);
@@ -334,6 +337,7 @@ impl DataPlane {
         Policy {
             lockdown: inner.lockdown,
             gateways,
+            exceptions: inner.exceptions.clone(),
             // The first device-level connection carries traffic without a per-app rule.
             device_conn: inner
                 .conns
@@ -413,9 +417,18 @@ impl DataPlane {
         self.lock().dp.set_portal_exception(deadline)
     }
 
-    /// Turns lock-down ("VPN only access") on or off.
-    pub fn set_lockdown(&self, on: bool) -> Result<(), DatapathError> {
-        self.lock().lockdown = on;
+    /// Turns lock-down ("VPN only access") on or off, with the administrator's exceptions
+    /// (addresses that bypass like exclude routes, connected or not).
+    pub fn set_lockdown(
+        &self,
+        on: bool,
+        exceptions: Vec<ipnet::IpNet>,
+    ) -> Result<(), DatapathError> {
+        {
+            let mut inner = self.lock();
+            inner.lockdown = on;
+            inner.exceptions = exceptions;
+        }
         self.apply()
     }
 

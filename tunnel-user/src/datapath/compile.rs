@@ -100,11 +100,22 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
         }
         out.conns.push((c.id, cfg));
         out.tun_ifaces.push((c.tun_ifindex, u32::from(c.id)));
-        let (v4, v6) = merge_routes(c.id, &c.effective_include(), &c.exclude, &policy.gateways);
+        let exclude: Vec<IpNet> = c
+            .exclude
+            .iter()
+            .chain(&policy.exceptions)
+            .copied()
+            .collect();
+        let (v4, v6) = merge_routes(c.id, &c.effective_include(), &exclude, &policy.gateways);
         out.routes_v4.extend(v4);
         out.routes_v6.extend(v6);
     }
-    let (v4, v6) = merge_routes(ROUTES_GLOBAL as ConnId, &[], &[], &policy.gateways);
+    let (v4, v6) = merge_routes(
+        ROUTES_GLOBAL as ConnId,
+        &[],
+        &policy.exceptions,
+        &policy.gateways,
+    );
     out.routes_v4.extend(v4);
     out.routes_v6.extend(v6);
     out.apps = policy
@@ -227,6 +238,7 @@ mod tests {
         let p = Policy {
             lockdown: true,
             gateways: vec!["192.0.2.1".parse().unwrap(), "192.0.2.1".parse().unwrap()],
+            exceptions: Vec::new(),
             device_conn: Some(2),
             apps: vec![AppRule {
                 cgroup_id: 42,

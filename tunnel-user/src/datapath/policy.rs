@@ -28,6 +28,9 @@ pub struct Policy {
     pub lockdown: bool,
     /// Addresses that always bypass (the gateways we talk to).
     pub gateways: Vec<IpAddr>,
+    /// The administrator's lock-down exceptions: they bypass like exclude routes, with any
+    /// connection up or none.
+    pub exceptions: Vec<IpNet>,
     /// The connection that carries traffic of apps without a per-app rule.
     pub device_conn: Option<ConnId>,
     /// Per-app rules: a cgroup v2 subtree and the connection its sockets use.

@@ -350,18 +350,27 @@ fn decide<'a>(
                 .map(|a| a.conn)
         })
     });
+    let exception = policy
+        .exceptions
+        .iter()
+        .any(|n| family_matches(n, &o.remote));
+    let none = if exception {
+        Reason::BypassExcluded
+    } else {
+        Reason::BypassNoConnection
+    };
     let Some(id) = app.or(policy.device_conn) else {
-        return (Reason::BypassNoConnection, None);
+        return (none, None);
     };
     let Some(conn) = policy.conns.iter().find(|c| c.id == id) else {
-        return (Reason::BypassNoConnection, None);
+        return (none, None);
     };
     let has_family = if p.v6 {
         conn.tun_v6.is_some()
     } else {
         conn.tun_v4.is_some()
     };
-    let excluded = conn.exclude.iter().any(|n| family_matches(n, &o.remote));
+    let excluded = exception || conn.exclude.iter().any(|n| family_matches(n, &o.remote));
     if !has_family {
         if conn.drop_missing_family && !excluded {
             return (Reason::DropNoFamily, Some(conn));
