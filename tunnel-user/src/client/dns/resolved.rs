@@ -16,6 +16,8 @@ use zbus::{Connection, zvariant::OwnedValue};
 const NAME: &str = "org.freedesktop.resolve1";
 const PATH: &str = "/org/freedesktop/resolve1";
 const MANAGER: &str = "org.freedesktop.resolve1.Manager";
+/// How long the bus and resolved have to answer one call.
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A resolve1 call that failed, by name.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,14 @@ impl Resolved {
     /// systemd-resolved, if it answers on the system bus (`DBUS_SYSTEM_BUS_ADDRESS`, else the
     /// standard socket).
     pub(crate) async fn find() -> Option<Resolved> {
+        // A bus that does not answer is no resolved: the forwarder serves instead.
+        tokio::time::timeout(ASK_TIMEOUT, Self::ask_bus())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn ask_bus() -> Option<Resolved> {
         let bus = Connection::system().await.ok()?;
         let reply = bus
             .call_method(
@@ -62,11 +72,18 @@ impl Resolved {
     where
         B: serde::Serialize + zbus::zvariant::DynamicType,
     {
-        self.bus
-            .call_method(Some(NAME), PATH, Some(MANAGER), call, body)
-            .await
-            .map(drop)
-            .map_err(|source| ResolvedError { call, source })
+        let asked = self
+            .bus
+            .call_method(Some(NAME), PATH, Some(MANAGER), call, body);
+        match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+            Ok(r) => r.map(drop).map_err(|source| ResolvedError { call, source }),
+            Err(_) => Err(ResolvedError {
+                call,
+                source: zbus::Error::InputOutput(std::sync::Arc::new(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                ))),
+            }),
+        }
     }
 
     /// Gives the link `ifindex` the tunnel's DNS.
