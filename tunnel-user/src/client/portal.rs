@@ -18,8 +18,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Type;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::sys::own_socket::socket_for;
 
 /// How long one probe may take, connect to last byte.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -139,14 +141,7 @@ pub(crate) fn judge(response: &[u8], probe: &Probe) -> Verdict {
 /// Probes once, from a socket with our mark, the probe's host reached at `addr`.
 pub(crate) async fn probe(probe: &Probe, addr: SocketAddr) -> Verdict {
     let exchange = async {
-        let domain = if addr.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
-        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_mark(tunnel_common::OWN_SOCKET_MARK)?;
-        socket.set_nonblocking(true)?;
+        let socket = socket_for(addr, Type::STREAM, true)?;
         let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
         let mut stream = socket.connect(addr).await?;
         stream.write_all(probe.request().as_bytes()).await?;

@@ -26,7 +26,6 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
-use tunnel_common::OWN_SOCKET_MARK;
 use tunnel_config::{EventKind, ServerUrl};
 use tunnel_proto::{Client, ClientConfig, ClientEvent, Config, SessionError, Transmit};
 
@@ -405,14 +404,7 @@ async fn resolve(dns: &Dns, host: &str, port: u16) -> Result<SocketAddr, Lost> {
 
 /// A TCP connection whose packets carry our socket mark (the classifier lets them bypass).
 async fn connect_marked(addr: SocketAddr) -> io::Result<TcpStream> {
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    sock.set_mark(OWN_SOCKET_MARK)?;
-    sock.set_nonblocking(true)?;
+    let sock = crate::sys::own_socket::socket_for(addr, socket2::Type::STREAM, true)?;
     sock.set_tcp_nodelay(true)?;
     let stream = tokio::net::TcpSocket::from_std_stream(sock.into());
     tokio::time::timeout(CONNECT_TIMEOUT, stream.connect(addr))

@@ -13,7 +13,6 @@ use std::{
 
 use ipnet::IpNet;
 use tracing::{info, warn};
-use tunnel_common::OWN_SOCKET_MARK;
 use tunnel_proto::Config;
 
 use super::{
@@ -334,15 +333,8 @@ pub(super) fn teardown(slot: &mut Option<Tunnel>, plane: &DataPlane, id: ConnId)
 }
 
 fn esp_socket(gateway: SocketAddr) -> io::Result<UdpSocket> {
-    let domain = if gateway.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    sock.set_mark(OWN_SOCKET_MARK)?;
+    let sock = crate::sys::own_socket::socket_for(gateway, socket2::Type::DGRAM, true)?;
     sock.connect(&gateway.into())?;
-    sock.set_nonblocking(true)?;
     let sock: UdpSocket = sock.into();
     udp_gso::tune(&sock);
     Ok(sock)

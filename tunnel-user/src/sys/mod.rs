@@ -6,6 +6,7 @@ pub(crate) mod bpf_link;
 pub(crate) mod epoll;
 pub mod linkwatch;
 pub mod netconf;
+pub(crate) mod own_socket;
 pub mod peercred;
 pub mod sd_notify;
 pub mod tls_link;

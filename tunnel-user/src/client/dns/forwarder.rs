@@ -16,7 +16,7 @@
 //! [`TCP_IDLE`]; messages are at most 64 KiB by the protocol's framing, datagrams 4 KiB.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -28,7 +28,7 @@ use hickory_proto::{
     op::{Message, MessageType, OpCode, ResponseCode},
     rr::Name,
 };
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Type;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -36,6 +36,8 @@ use tokio::{
     task::JoinHandle,
 };
 use tracing::{debug, warn};
+
+use crate::sys::own_socket::socket_for;
 
 /// Queries answered at once; more get SERVFAIL without being sent anywhere.
 pub(crate) const MAX_IN_FLIGHT: usize = 256;
@@ -257,28 +259,9 @@ fn answers(reply: &[u8], id: u16) -> bool {
     reply.len() >= 12 && u16::from_be_bytes([reply[0], reply[1]]) == id && reply[2] & 0x80 != 0
 }
 
-/// A socket for asking `server`: to the original servers it carries our mark, so the
-/// classifier lets it bypass the tunnel.
-fn upstream_socket(server: SocketAddr, side: Side, kind: Type) -> std::io::Result<Socket> {
-    let domain = match server.ip() {
-        IpAddr::V4(_) => Domain::IPV4,
-        IpAddr::V6(_) => Domain::IPV6,
-    };
-    let protocol = if kind == Type::DGRAM {
-        Protocol::UDP
-    } else {
-        Protocol::TCP
-    };
-    let socket = Socket::new(domain, kind, Some(protocol))?;
-    if side == Side::Original {
-        socket.set_mark(tunnel_common::OWN_SOCKET_MARK)?;
-    }
-    socket.set_nonblocking(true)?;
-    Ok(socket)
-}
-
 async fn ask_udp(server: SocketAddr, side: Side, query: &[u8]) -> std::io::Result<Vec<u8>> {
-    let socket = UdpSocket::from_std(upstream_socket(server, side, Type::DGRAM)?.into())?;
+    let socket =
+        UdpSocket::from_std(socket_for(server, Type::DGRAM, side == Side::Original)?.into())?;
     socket.connect(server).await?;
     socket.send(query).await?;
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -290,8 +273,9 @@ async fn ask_udp(server: SocketAddr, side: Side, query: &[u8]) -> std::io::Resul
 }
 
 async fn ask_tcp(server: SocketAddr, side: Side, query: &[u8]) -> std::io::Result<Vec<u8>> {
-    let socket =
-        tokio::net::TcpSocket::from_std_stream(upstream_socket(server, side, Type::STREAM)?.into());
+    let socket = tokio::net::TcpSocket::from_std_stream(
+        socket_for(server, Type::STREAM, side == Side::Original)?.into(),
+    );
     tokio::time::timeout(UPSTREAM_TIMEOUT, async {
         let mut stream = socket.connect(server).await?;
         write_framed(&mut stream, query).await?;

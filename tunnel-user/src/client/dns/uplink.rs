@@ -20,7 +20,9 @@ use hickory_proto::{
     op::{Message, MessageType, Query},
     rr::{Name, RData, RecordType},
 };
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Type;
+
+use crate::sys::own_socket::socket_for;
 use tokio::net::UdpSocket;
 
 /// How long one server has to answer.
@@ -71,14 +73,7 @@ fn in_hosts(text: &str, host: &str) -> Vec<IpAddr> {
 
 /// A UDP socket with our mark, connected to `server`.
 async fn marked(server: SocketAddr) -> io::Result<UdpSocket> {
-    let domain = if server.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_mark(tunnel_common::OWN_SOCKET_MARK)?;
-    socket.set_nonblocking(true)?;
+    let socket = socket_for(server, Type::DGRAM, true)?;
     let socket = UdpSocket::from_std(socket.into())?;
     socket.connect(server).await?;
     Ok(socket)
