@@ -18,34 +18,16 @@ fn said(o: &Output) -> String {
 
 /// Runs `tunnel args` as uid 65534 with the supplementary groups `groups` (none: empty).
 fn as_nobody(w: &ClientWorld, groups: &str, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut setpriv = vec!["--reuid", "65534", "--regid", "65534"];
+    let mut setpriv: Vec<String> = ["setpriv", "--reuid", "65534", "--regid", "65534"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     if groups.is_empty() {
-        setpriv.push("--clear-groups");
+        setpriv.push("--clear-groups".into());
     } else {
-        setpriv.extend(["--groups", groups]);
+        setpriv.extend(["--groups".to_string(), groups.to_string()]);
     }
-    let socket = w.socket();
-    let mut child = w
-        .client
-        .command("setpriv")
-        .args(&setpriv)
-        .arg(&w.bin.tunnel)
-        .arg("--socket")
-        .arg(&socket)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    w.tunnel_via(&setpriv, args, stdin)
 }
 
 #[test]

@@ -164,6 +164,13 @@ fn datapath_end_to_end_in_namespaces() {
     // Before anything is attached, everything goes to the LAN.
     assert_eq!(w.who_answers_tcp(CORP).as_deref(), Some("lan"));
 
+    // Program IDs only grow: what this test loads has an ID above every one loaded now
+    // (others' programs, e.g. links a killed tunneld left pinned, are not this test's).
+    let loaded_before = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .max()
+        .unwrap_or(0);
     let mut dp = Datapath::load().unwrap();
     let (uplink, tun_attach, tun_ifindex) = client
         .enter(|| {
@@ -366,6 +373,7 @@ fn datapath_end_to_end_in_namespaces() {
     );
     let leftovers: Vec<String> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
+        .filter(|p| p.id() > loaded_before)
         .filter_map(|p| p.name_as_str().map(str::to_string))
         .filter(|n| n.starts_with("tunnel_"))
         .collect();

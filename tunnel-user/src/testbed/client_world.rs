@@ -195,6 +195,16 @@ pub struct ClientWorld {
     /// The gateway certificate's `pin-sha256:`.
     pub pin: String,
     pub bin: Binaries,
+    /// tunneld's `--pin-dir`: the world's own, removed with the world, so that links a
+    /// tunneld leaves pinned (lock-down that outlives it) do not outlive the test.
+    pub pin_root: PathBuf,
+}
+
+impl Drop for ClientWorld {
+    fn drop(&mut self) {
+        // Unpinning a link detaches it and frees its programs once nothing else holds them.
+        let _ = fs::remove_dir_all(&self.pin_root);
+    }
 }
 
 impl ClientWorld {
@@ -268,6 +278,8 @@ fallback_secs = 5
             ),
         )
         .unwrap();
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/tunnel/test-{tag}-{id}"));
+        let _ = fs::remove_dir_all(&pin_root);
         ClientWorld {
             dir,
             client,
@@ -275,6 +287,7 @@ fallback_secs = 5
             corp,
             pin,
             bin,
+            pin_root,
         }
     }
 
@@ -429,6 +442,8 @@ fallback_secs = 5
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.dir.join("state"))
+            .arg("--pin-dir")
+            .arg(&self.pin_root)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stderr(log)
@@ -447,9 +462,13 @@ fallback_secs = 5
 
     /// Runs `tunnel` in the client namespace with `stdin`.
     pub fn tunnel(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = self
-            .client
-            .command(&self.bin.tunnel.to_string_lossy())
+        self.tunnel_via(&[], args, stdin)
+    }
+
+    /// Runs `tunnel` in the client namespace through `wrapper` (as
+    /// [`ClientWorld::start_gateway_via`]; `setpriv ...` for another user) with `stdin`.
+    pub fn tunnel_via(&self, wrapper: &[String], args: &[&str], stdin: &str) -> Output {
+        let mut child = wrapped(&self.client, wrapper, &self.bin.tunnel)
             .arg("--socket")
             .arg(self.socket())
             .args(args)
