@@ -65,6 +65,12 @@ impl Proc {
         self.0.try_wait().ok().flatten()
     }
 
+    /// Kills it with SIGKILL (no chance to clean up, as a crash) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
     /// Stops it: SIGTERM, and SIGKILL after ten seconds.
     pub fn stop(&mut self) {
         // A child that already exited (and so cannot be signalled) is reaped below.
@@ -298,30 +304,7 @@ fallback_secs = 5
     /// Starts the gateway through `wrapper` (a command that runs the rest of its arguments,
     /// such as `setpriv ... --`); empty: directly.
     pub fn start_gateway_via(&self, wrapper: &[String]) -> Proc {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("gateway.log"))
-            .unwrap();
-        let child = wrapped(&self.gw, wrapper, &self.bin.gateway)
-            .arg("--config")
-            .arg(self.dir.join("gateway.toml"))
-            .env("NO_COLOR", "1")
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let p = Proc(child, "tunnel-gateway");
-        wait_for("the gateway", Duration::from_secs(10), || {
-            fs::read_to_string(self.dir.join("gateway.log"))
-                .unwrap_or_default()
-                .matches("gateway running")
-                .count()
-                > fs::read_to_string(self.dir.join("gateway.log"))
-                    .unwrap_or_default()
-                    .matches("gateway stopped")
-                    .count()
-        });
-        p
+        self.spawn_gateway(wrapper, &self.dir)
     }
 
     /// Prepares a second gateway in the gateway namespace: [`GATEWAY2`]:8443, its own
@@ -351,25 +334,42 @@ fallback_secs = 5
     /// Starts the gateway configured in `dir` (as [`ClientWorld::second_gateway`] made it),
     /// logging to `dir/gateway.log`.
     pub fn start_gateway_in(&self, dir: &Path) -> Proc {
+        self.spawn_gateway(&[], dir)
+    }
+
+    /// Starts the gateway configured in `dir` through `wrapper`, its log appended to
+    /// `dir/gateway.log`, and waits for it to say it runs (a line more than before: an
+    /// earlier gateway killed without a word said it too).
+    fn spawn_gateway(&self, wrapper: &[String], dir: &Path) -> Proc {
         let log_path = dir.join("gateway.log");
+        let running = || {
+            fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .matches("gateway running")
+                .count()
+        };
+        let before = running();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .unwrap();
-        let child = self
-            .gw
-            .command(&self.bin.gateway.to_string_lossy())
+        let child = wrapped(&self.gw, wrapper, &self.bin.gateway)
             .arg("--config")
             .arg(dir.join("gateway.toml"))
             .env("NO_COLOR", "1")
             .stderr(log)
             .spawn()
             .unwrap();
-        let p = Proc(child, "tunnel-gateway");
+        let mut p = Proc(child, "tunnel-gateway");
         wait_for("the gateway", Duration::from_secs(10), || {
-            let text = fs::read_to_string(&log_path).unwrap_or_default();
-            text.matches("gateway running").count() > text.matches("gateway stopped").count()
+            if let Some(status) = p.exited() {
+                panic!(
+                    "the gateway exited ({status}): {}",
+                    fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            running() > before
         });
         p
     }
