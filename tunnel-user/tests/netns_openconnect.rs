@@ -656,3 +656,84 @@ fn cookie_resume_certificate_login_and_graceful_shutdown() {
     let log = gateway_log(&w);
     assert!(log.contains("gateway stopped"), "{log}");
 }
+
+/// A gateway killed without a word (SIGKILL) and started again resumes openconnect's
+/// session from its session store, over ESP and over TLS: openconnect reconnects with its
+/// cookie (where it would give up with "Cookie was rejected by server" were the session
+/// lost), keeps its address, and traffic flows again.
+#[test]
+fn a_killed_gateway_started_again_resumes_openconnect_over_esp_and_tls() {
+    if !root() {
+        return;
+    }
+    let w = build_world("k");
+    let mut gw = start_gateway(&w, 600);
+    for (extra, log, esp) in [
+        (&[][..], "oc-kill-esp.log", true),
+        (&["--no-dtls"][..], "oc-kill-tls.log", false),
+    ] {
+        let mut oc = start_openconnect(&w, "correct horse", extra, log);
+        wait_for(
+            "the vpnc-script connect call",
+            Duration::from_secs(20),
+            || script_ran(&w),
+        );
+        let env = fs::read_to_string(w.dir.join("env-connect")).unwrap();
+        let addr = env
+            .lines()
+            .find_map(|l| l.strip_prefix("INTERNAL_IP4_ADDRESS="))
+            .unwrap_or_else(|| panic!("an address: {env}"))
+            .to_string();
+        if esp {
+            wait_for("ESP to come up", Duration::from_secs(10), || {
+                oc_log(&w, log).contains("ESP session established")
+            });
+        }
+        w.client
+            .sh(&format!("ping -c 1 -W 2 {CORP}"))
+            .expect("ping before the kill");
+
+        gw.child.kill().unwrap();
+        gw.child.wait().unwrap();
+        let killed = Instant::now();
+        gw = start_gateway(&w, 600);
+        assert!(
+            gateway_log(&w).contains("restored=1"),
+            "{}",
+            gateway_log(&w)
+        );
+        let back = wait_for(
+            "a ping through the resumed session",
+            Duration::from_secs(60),
+            || w.client.sh(&format!("ping -c 1 -W 1 {CORP}")).is_ok(),
+        );
+        let glog = gateway_log(&w);
+        let resumed = glog
+            .lines()
+            .find(|l| l.contains("session established"))
+            .unwrap_or_else(|| panic!("{glog}"));
+        assert!(
+            resumed.contains("resumed=true") && resumed.contains(&format!("ipv4={addr}")),
+            "resumed with its address {addr}: {resumed}"
+        );
+        let said = oc_log(&w, log);
+        assert!(!said.contains("Cookie was rejected"), "{said}");
+        assert!(
+            oc.child.try_wait().unwrap().is_none(),
+            "openconnect runs on: {said}"
+        );
+        eprintln!(
+            "openconnect over {}: traffic again {:.0} ms after the kill ({:.0} ms after the new gateway ran)",
+            if esp { "ESP" } else { "TLS" },
+            killed.elapsed().as_secs_f64() * 1e3,
+            back.as_secs_f64() * 1e3
+        );
+        oc.stop();
+        wait_for(
+            "the gateway to release the session",
+            Duration::from_secs(5),
+            || gateway_log(&w).contains("address released"),
+        );
+        let _ = fs::remove_file(w.dir.join("env-connect"));
+    }
+}

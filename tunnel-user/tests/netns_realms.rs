@@ -396,7 +396,7 @@ fn at_the_session_limit_the_user_ends_an_old_session() {
         matches!(e, ClientEvent::Terminated { .. })
     });
     assert!(ended.is_ok(), "{:?}", first.events);
-    w.wait_for("ending a session chosen at the session limit", 1);
+    w.wait_for("Ended by a new login of the same user", 1);
 }
 
 /// Two logins of one user pass the session-limit step together (each waits at the

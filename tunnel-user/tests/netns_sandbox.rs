@@ -185,12 +185,18 @@ fn the_gateway_runs_unprivileged_with_only_its_units_capabilities() {
     let text = fs::read_to_string(&conf).unwrap();
     fs::write(
         &conf,
-        text.replace(&format!("{GATEWAY}:8443"), &format!("{GATEWAY}:443")),
+        format!("state_dir = \"gwstate\"\n{text}")
+            .replace(&format!("{GATEWAY}:8443"), &format!("{GATEWAY}:443")),
     )
     .unwrap();
-    // The users file is the gateway's own, as in the unit's state directory; the TLS key
-    // and the config are only read.
+    // The users file and the state directory (session store, control socket) are the
+    // gateway's own, as in the unit's state directory; the TLS key and the config are only
+    // read.
     chown(w.dir.join("users"), Some(UID), Some(GID)).unwrap();
+    let state = w.dir.join("gwstate");
+    fs::create_dir(&state).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+    chown(&state, Some(UID), Some(GID)).unwrap();
 
     // Negative control: the same user without the capabilities does not get far.
     let argv: Vec<String> = setpriv(&[], true)

@@ -5,12 +5,15 @@
 //! tunnel-gateway --check-config FILE
 //! tunnel-gateway adduser --users FILE NAME [--realm REALM]... [--totp [--totp-issuer NAME]]
 //!                        [--must-change]                         (password on stdin)
+//! tunnel-gateway sessions [--config FILE | --socket PATH] [--json] list | show WHICH | kill WHICH
 //! ```
 //!
 //! `--config` validates the config file (docs/gateway-config.md) and runs the gateway until
 //! SIGINT or SIGTERM, when every client is told the session is terminated. `--check-config`
 //! validates, checks the files it names and the users file, and prints the effective
-//! configuration. `adduser` adds or replaces a user in the users file; with `--totp` it
+//! configuration. `sessions` asks a running gateway over its control socket (root or the
+//! gateway's user): `list` its sessions, `show` or `kill` those WHICH names (a session id, a
+//! user, a tunnel address; or `id:`, `user:`, `address:` before it). `adduser` adds or replaces a user in the users file; with `--totp` it
 //! also makes the user a TOTP secret and prints the `otpauth://` URI for their authenticator. Logs go to stderr;
 //! `RUST_LOG` (e.g. `RUST_LOG=debug`) sets the level. This binary only parses flags and calls
 //! the library, mini-redis style.
@@ -24,8 +27,9 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use tunnel_user::gateway::{
-    AddOptions, AddOutcome, DEFAULT_ISSUER, Gateway, GatewayConfig, HashLimits, PasswordRequest,
-    TotpSecret, UsersFile, add_user_with, defaults, otpauth_uri, unix_now,
+    AddOptions, AddOutcome, Answer, DEFAULT_ISSUER, Gateway, GatewayConfig, HashLimits,
+    PasswordRequest, Request, Selector, SessionInfo, TotpSecret, UsersFile, add_user_with, ask,
+    defaults, otpauth_uri, unix_now,
 };
 
 #[derive(Parser)]
@@ -72,9 +76,39 @@ enum Command {
         #[arg(long)]
         must_change: bool,
     },
+    /// Lists, shows or ends the sessions of a running gateway (over its control socket).
+    Sessions {
+        /// The gateway's config file, which names its control socket.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/tunnel-gateway/gateway.toml"
+        )]
+        config: PathBuf,
+        /// The control socket, instead of the one the config file names.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        what: SessionsCommand,
+    },
     /// Writes this command's man pages and shell completions into DIR (for the package).
     #[command(hide = true)]
     WriteDocs { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Every session, connected and parked.
+    List,
+    /// The sessions WHICH names: an id (5 or s5), a user, a tunnel address, or one of
+    /// id:N, user:NAME, address:IP.
+    Show { which: Selector },
+    /// Ends the sessions WHICH names (as `show`): a connected client is told "Ended by the
+    /// administrator"; the cookie resumes nothing afterwards.
+    Kill { which: Selector },
 }
 
 fn main() -> ExitCode {
@@ -108,6 +142,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let totp = totp.then_some(totp_issuer);
             adduser(users, &name, realms, totp.as_deref(), must_change)
         }
+        (
+            None,
+            Some(Command::Sessions {
+                config,
+                socket,
+                json,
+                what,
+            }),
+        ) => sessions(config, socket, json, what),
         (None, Some(Command::WriteDocs { dir })) => {
             tunnel_user::cli_docs::write(Cli::command(), &dir)
                 .with_context(|| format!("writing the docs into {}", dir.display()))
@@ -141,6 +184,118 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         gateway.run(shutdown).await?;
         Ok::<(), anyhow::Error>(())
     })
+}
+
+fn sessions(
+    config: PathBuf,
+    socket: Option<PathBuf>,
+    json: bool,
+    what: SessionsCommand,
+) -> anyhow::Result<()> {
+    let socket = match socket {
+        Some(s) => s,
+        None => {
+            GatewayConfig::load(&config)
+                .map_err(anyhow::Error::msg)?
+                .control_socket
+        }
+    };
+    let request = match what {
+        SessionsCommand::List => Request::List,
+        SessionsCommand::Show { which } => Request::Show(which),
+        SessionsCommand::Kill { which } => Request::Kill(which),
+    };
+    let answer = ask(&socket, &request)
+        .with_context(|| format!("asking the gateway at {}", socket.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return match answer {
+            Answer::Error(e) => bail!("{e}"),
+            _ => Ok(()),
+        };
+    }
+    match answer {
+        Answer::Sessions(list) => print_sessions(&list),
+        Answer::Killed(list) => {
+            for s in list {
+                println!("ended s{} ({}, {}, {})", s.id, s.user, s.ipv4, s.state);
+            }
+        }
+        Answer::Error(e) => bail!("{e}"),
+    }
+    Ok(())
+}
+
+/// The sessions as a table; times as ages ("5m ago", "in 11h").
+fn print_sessions(list: &[SessionInfo]) {
+    let now = unix_now();
+    let ago = |t: u64| format!("{} ago", span(now.saturating_sub(t)));
+    let until = |t: Option<u64>| {
+        t.map_or("-".to_string(), |t| {
+            format!("in {}", span(t.saturating_sub(now)))
+        })
+    };
+    let rows: Vec<[String; 8]> = list
+        .iter()
+        .map(|s| {
+            [
+                format!("s{}", s.id),
+                s.user.clone(),
+                s.realm.clone(),
+                s.ipv6
+                    .map_or(s.ipv4.to_string(), |v6| format!("{},{v6}", s.ipv4)),
+                s.from.to_string(),
+                match (&s.transport, s.parked_until) {
+                    (Some(t), _) => format!("{} ({t})", s.state),
+                    (None, Some(u)) => format!("{} (resumable {})", s.state, until(Some(u))),
+                    (None, None) => s.state.clone(),
+                },
+                ago(s.logged_in),
+                until(s.ends),
+            ]
+        })
+        .collect();
+    let head = [
+        "ID", "USER", "REALM", "ADDRESS", "FROM", "STATE", "LOGIN", "ENDS",
+    ];
+    let mut width = head.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(&head.map(str::to_string));
+    for r in &rows {
+        line(r);
+    }
+    if rows.is_empty() {
+        println!("(no sessions)");
+    }
+}
+
+/// A duration in seconds, in its two largest units: "3d 4h", "5m 2s".
+fn span(secs: u64) -> String {
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut parts = Vec::new();
+    let mut left = secs;
+    for (size, name) in units {
+        if left >= size || (parts.is_empty() && size == 1) {
+            parts.push(format!("{}{name}", left / size));
+            left %= size;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.join(" ")
 }
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {

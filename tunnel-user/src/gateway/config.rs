@@ -142,6 +142,16 @@ pub struct GatewayConfig {
     /// a table (each one of `auth.realms`). [`GatewayConfig::realm_policy`] gives a realm's
     /// effective settings, the global ones filled in.
     pub realms: BTreeMap<String, RealmConfig>,
+    /// `state_dir`: where the gateway keeps what outlives its process (the embedded session
+    /// store, `sessions.log`). Default: the users file's directory, which the gateway
+    /// already writes.
+    pub state_dir: PathBuf,
+    /// `control_socket`: the Unix socket `tunnel-gateway sessions` asks (mode 0600, root and
+    /// the gateway's own user only). Default: `control.sock` in `state_dir`.
+    pub control_socket: PathBuf,
+    /// `metrics_listen`: where `GET /metrics` (Prometheus text format) and `GET /health`
+    /// are served, `ip:port`. Default: none (off). Bind it where only monitoring reaches.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[access]`: a client reaches what its routes include (and the pushed DNS servers on port
@@ -543,6 +553,9 @@ struct RawConfig {
     access: RawAccess,
     #[serde(default)]
     realm: BTreeMap<String, RawRealm>,
+    state_dir: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -716,6 +729,10 @@ impl GatewayConfig {
             resolve(ca);
         }
         resolve(&mut self.auth.users_file);
+        resolve(&mut self.state_dir);
+        if self.control_socket.is_relative() {
+            self.control_socket = self.state_dir.join(&self.control_socket);
+        }
         for crl in &mut self.auth.certificate.crl_files {
             resolve(crl);
         }
@@ -943,6 +960,31 @@ impl RawConfig {
             }
         };
 
+        let metrics_listen = match &self.metrics_listen {
+            None => None,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| ConfigError::Invalid {
+                    key: key("metrics_listen"),
+                    value: text.clone(),
+                    expected: "an address:port such as 127.0.0.1:9477",
+                })?;
+                if addr.port() == 0 {
+                    return Err(ConfigError::NotAPort {
+                        key: key("metrics_listen"),
+                        value: 0,
+                    });
+                }
+                if addr == listen {
+                    return Err(ConfigError::Invalid {
+                        key: key("metrics_listen"),
+                        value: text.clone(),
+                        expected: "an address:port other than listen's",
+                    });
+                }
+                Some(addr)
+            }
+        };
+
         let tls = TlsConfig {
             certificate: path(self.tls.certificate, "tls.certificate")?,
             key: path(self.tls.key, "tls.key")?,
@@ -998,6 +1040,17 @@ impl RawConfig {
                 why: "the bytes of password auth.password_request = \"current\" carries",
             });
         }
+        let state_dir = match self.state_dir {
+            Some(dir) => path(dir, "state_dir")?,
+            None => users_file
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        };
+        let control_socket = match self.control_socket {
+            Some(p) => path(p, "control_socket")?,
+            None => PathBuf::from("control.sock"),
+        };
         let auth = AuthConfig {
             users_file,
             realms,
@@ -1109,6 +1162,9 @@ impl RawConfig {
                 gateway: self.access.gateway.unwrap_or(false),
             },
             realms: realm_configs,
+            state_dir,
+            control_socket,
+            metrics_listen,
         })
     }
 }
@@ -2172,6 +2228,18 @@ impl fmt::Display for GatewayConfig {
             self.auth.users_file.display()
         )?;
         writeln!(f, "auth.realms            {}", list(&self.auth.realms))?;
+        writeln!(f, "state_dir              {}", self.state_dir.display())?;
+        writeln!(
+            f,
+            "control_socket         {}",
+            self.control_socket.display()
+        )?;
+        writeln!(
+            f,
+            "metrics_listen         {}",
+            self.metrics_listen
+                .map_or("(none: metrics off)".to_string(), |a| a.to_string())
+        )?;
         writeln!(f, "auth.password_request  {}", self.auth.password_request)?;
         write!(f, "{}", self.auth.passwords)?;
         write!(f, "{}", self.auth.certificate)?;

@@ -31,7 +31,8 @@ use super::{
     client_cert::{self, CertNameError},
     dialogue::{Dialogue, Step},
     login::{LoginRequest, PasswordChange},
-    table::{Place, Resumable, Session},
+    store::CookieKey,
+    table::{Moment, Place, Resumable, Session},
     tls_readers::TlsReader,
     unix_now,
 };
@@ -114,17 +115,15 @@ fn next_login_step(ctx: &Ctx, conn: &mut Conn) {
     }
 }
 
-/// Ends one of `user`'s sessions, chosen at the session limit: a live one gets the fatal
-/// error frame and ends as if it timed out; a parked one is dropped and its address released.
-fn end_session(ctx: &Ctx, place: Place, user: &str) {
+/// Ends one of `user`'s sessions (chosen at the session limit, or by the administrator),
+/// telling its client `why`: a live one gets the fatal error frame and ends as if it timed
+/// out; a parked one is dropped, its address released and its record removed.
+pub(super) fn end_session(ctx: &Ctx, place: Place, user: &str, why: &str) {
     match place {
         Place::Live(s) => {
-            info!(%user, session = s.id, peer = %s.peer, "ending a session chosen at the session limit");
+            info!(%user, session = s.id, peer = %s.peer, why, "ending a session");
             if let Ok(mut p) = s.proto.lock() {
-                let _ = p.terminate(
-                    FatalErrorKind::SessionTerminated,
-                    "Ended by a new login of the same user",
-                );
+                let _ = p.terminate(FatalErrorKind::SessionTerminated, why);
             }
             // Out of the table now, not when its task gets to it: the login that ended it
             // counts the user's sessions again at once.
@@ -134,7 +133,8 @@ fn end_session(ctx: &Ctx, place: Place, user: &str) {
         }
         Place::Parked(cookie) => {
             if let Some(r) = ctx.table.remove_parked(&cookie) {
-                info!(%user, session = r.id, "ending a parked session chosen at the session limit");
+                info!(%user, session = r.id, why, "ending a parked session");
+                ctx.store.remove(&cookie);
                 if let Ok(mut pool) = ctx.pool.lock() {
                     pool.release(&r.lease);
                 }
@@ -171,7 +171,7 @@ struct Conn {
     pending: Option<Server>,
     session: Option<Arc<Session>>,
     /// A session being resumed with its cookie, between ResumeRequested and Authenticated.
-    resuming: Option<(String, Resumable)>,
+    resuming: Option<(CookieKey, Resumable)>,
     /// The inbound SPIs the table indexes for this session.
     known_spis: Vec<u32>,
     /// The client offered AES-256-GCM ESP in its upgrade request.
@@ -489,7 +489,8 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
         }
         ServerEvent::ClientInfo(info) => debug!(?info, "client info"),
         ServerEvent::ResumeRequested { cookie } => {
-            let resumable = ctx.table.unpark(&cookie, now).or_else(|| {
+            let key = CookieKey::of(&cookie);
+            let resumable = ctx.table.unpark(&key, now).or_else(|| {
                 // The old connection may still be up (the client reconnected before the gateway
                 // noticed the loss): take its session over, if its login has not ended.
                 let live = ctx
@@ -510,7 +511,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     let _ = p.accept(&cookie);
                     // Until the resumed session is established, the connection holds it: if
                     // the connection ends first, it is parked again (`finish`).
-                    conn.resuming = Some((cookie, r));
+                    conn.resuming = Some((key, r));
                 }
                 None => {
                     debug!("unknown or expired cookie: asking for credentials");
@@ -574,6 +575,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     next_login_step(ctx, conn);
                 }
                 Some(why) => {
+                    ctx.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
                     let _ = conn.pending.as_mut()?.reject(why);
                 }
             }
@@ -612,7 +614,12 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     match login.listed.iter().position(|(shown, _)| *shown == id) {
                         Some(i) => {
                             let (_, place) = login.listed.swap_remove(i);
-                            end_session(ctx, place, &login.user);
+                            end_session(
+                                ctx,
+                                place,
+                                &login.user,
+                                "Ended by a new login of the same user",
+                            );
                             // Still at the limit (it was over it): ask again.
                             login.dialogue.again(Step::SessionLimit(max));
                             login.listed.clear();
@@ -629,6 +636,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             match refusal {
                 None => next_login_step(ctx, conn),
                 Some(message) => {
+                    ctx.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
                     conn.login = None;
                     let _ = conn
                         .pending
@@ -724,6 +732,13 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 return Some(Ending::Finished);
             }
             info!(user = %s.user, realm = %s.realm, ipv4 = %s.lease.ipv4, ipv6 = ?s.lease.ipv6, resumed, "session established");
+            ctx.store.put(&s.stored(Moment::now()));
+            let counter = if resumed {
+                &ctx.counters.resumes
+            } else {
+                &ctx.counters.logins_ok
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             conn.session = Some(s);
             conn.login_slot = None;
         }
@@ -772,12 +787,16 @@ fn finish(ctx: &Ctx, session: Option<Arc<Session>>, ending: Ending) {
             if let Ok(mut pool) = ctx.pool.lock() {
                 pool.release(&s.lease);
             }
+            ctx.store.remove(&CookieKey::of(&s.cookie));
             info!(user = %s.user, peer = %s.peer, ipv4 = %s.lease.ipv4, "session ended, address released");
         }
         Ending::Dropped => {
             info!(user = %s.user, "connection lost; session resumable with its cookie");
-            let r = Resumable::of(&s, parked_until(&ctx.config, Instant::now()));
-            ctx.table.park(s.cookie.clone(), r);
+            let now = Moment::now();
+            let r = Resumable::of(&s, parked_until(&ctx.config, now.at));
+            let key = CookieKey::of(&s.cookie);
+            ctx.store.put(&r.stored(key, now));
+            ctx.table.park(key, r);
         }
         Ending::Superseded => info!(user = %s.user, "session taken over by a new connection"),
     }

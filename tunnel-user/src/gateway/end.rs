@@ -99,7 +99,15 @@ impl End for Ctx {
         self.dropped.fetch_add(count as u64, Ordering::Relaxed);
     }
 
-    fn count(&self, _: Direction, _: u64, _: u64) {}
+    fn count(&self, direction: Direction, packets: u64, bytes: u64) {
+        let c = &self.counters;
+        let (p, b) = match direction {
+            Direction::In => (&c.packets_in, &c.bytes_in),
+            Direction::Out => (&c.packets_out, &c.bytes_out),
+        };
+        p.fetch_add(packets, Ordering::Relaxed);
+        b.fetch_add(bytes, Ordering::Relaxed);
+    }
 
     /// Established sessions' TLS connections with something to read, each until it has no
     /// more.

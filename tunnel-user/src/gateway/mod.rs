@@ -51,15 +51,18 @@ mod admission;
 mod client_cert;
 mod config;
 mod conn;
+mod control;
 mod dialogue;
 mod end;
 mod hasher;
 mod login;
+mod metrics;
 mod offer;
 mod password_change;
 mod pool;
 mod ratelimit;
 mod runtime;
+mod store;
 mod table;
 mod tls;
 mod tls_readers;
@@ -73,12 +76,14 @@ pub use config::{
     PasswordRules, PoolChoice, PoolConfig, RealmConfig, RealmPolicy, RealmPool, RoutesConfig,
     SecondFactor, TlsConfig, defaults,
 };
+pub use control::{Answer, Request, Selector, SessionInfo, ask};
 pub use hasher::{HashError, HashLimits, HashMemory};
 pub use login::{PasswordChange, TokenRefused};
 pub use password_change::{ChangeRefused, check_new_password};
 pub use pool::{AddressPool, Lease, PoolError, RealmPools};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
 pub use runtime::{Gateway, GatewayError};
+pub use store::{StoreError, load_embedded as load_session_store};
 pub use tls::TlsSetupError;
 pub use totp::{
     DEFAULT_ISSUER, SecretError, TotpCheck, TotpGuard, TotpSecret, code_at, otpauth_uri, step_at,

@@ -20,13 +20,16 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use tunnel_proto::{ESP_ATTEMPT_PERIOD, ServerConfig};
 
 use super::conn::serve;
+use super::control;
+use super::metrics::{self, Counters};
 use super::offer::server_config;
 use super::{
     GatewayConfig, PoolChoice, RealmPools, UsersError,
     access::{AccessControl, AccessPolicy, local_addresses},
     admission::{Admission, FLOOD_LOG_INTERVAL, LogThrottle, Refusal},
     login::Logins,
-    table::{SessionTable, SpiRegistry},
+    store::{Loaded, STORE_FILE, SessionStore, StoreError},
+    table::{Moment, Resumable, SessionTable, SpiRegistry},
     tls::{self, TlsSetupError},
     tls_readers::TlsReaders,
 };
@@ -51,6 +54,8 @@ pub enum GatewayError {
     Io { what: String, source: io::Error },
     #[error("configuring the TUN device: {0}")]
     Netconf(#[from] NetconfError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> GatewayError {
@@ -99,12 +104,18 @@ pub(super) struct Ctx {
     pub(super) forbidden: AtomicU64,
     /// Sessions dead-peer detection took as gone.
     pub(super) dead_peers: AtomicU64,
+    /// What outlives the process of the sessions ([`SessionStore`]).
+    pub(super) store: SessionStore,
+    /// Logins, resumes and traffic, for the metrics.
+    pub(super) counters: Counters,
 }
 
 /// A gateway bound to its sockets and TUN device, ready to [`run`](Gateway::run).
 pub struct Gateway {
     ctx: Arc<Ctx>,
     listener: TcpListener,
+    control: tokio::net::UnixListener,
+    metrics: Option<TcpListener>,
     acceptor: TlsAcceptor,
 }
 
@@ -127,6 +138,12 @@ impl Gateway {
             "users file loaded"
         );
         warn_if_dpd_outpaces_clients(&config);
+        let now = Moment::now();
+        let (store, stored) = SessionStore::open_embedded(&config.state_dir, now.unix)?;
+        let control = control::bind(&config.control_socket).map_err(io_err(format!(
+            "control socket {}",
+            config.control_socket.display()
+        )))?;
         let tun = Arc::new(
             Tun::create_offloaded(&config.tun_name)
                 .map_err(io_err(format!("creating TUN {}", config.tun_name)))?,
@@ -137,6 +154,14 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(io_err(format!("listening on {}", config.listen)))?;
+        let metrics = match config.metrics_listen {
+            Some(at) => Some(
+                TcpListener::bind(at)
+                    .await
+                    .map_err(io_err(format!("metrics_listen {at}")))?,
+            ),
+            None => None,
+        };
         let udp = if config.esp.enabled {
             let at = SocketAddr::new(config.listen.ip(), config.esp.port);
             let sock = UdpSocket::bind(at).map_err(io_err(format!("ESP socket on {at}")))?;
@@ -149,10 +174,12 @@ impl Gateway {
         } else {
             None
         };
-        let pool = RealmPools::from_config(&config).map_err(|e| GatewayError::Io {
+        let mut pool = RealmPools::from_config(&config).map_err(|e| GatewayError::Io {
             what: "address pool".into(),
             source: io::Error::other(e.to_string()),
         })?;
+        let table = SessionTable::default();
+        let next_id = restore_sessions(&config, &store, stored, &mut pool, &table, now);
         let stop = Arc::new(Stop::new().map_err(io_err("the packet threads' stop signal"))?);
         let tls_readers =
             Arc::new(TlsReaders::new().map_err(io_err("the TLS connections' epoll set"))?);
@@ -176,11 +203,11 @@ impl Gateway {
             refused_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
             pool: Mutex::new(pool),
             logins,
-            table: SessionTable::default(),
+            table,
             spis: Arc::default(),
             tun,
             udp,
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(next_id),
             stop,
             tls_readers,
             device,
@@ -188,11 +215,15 @@ impl Gateway {
             access,
             forbidden: AtomicU64::new(0),
             dead_peers: AtomicU64::new(0),
+            store,
+            counters: Counters::default(),
             config,
         });
         Ok(Gateway {
             ctx,
             listener,
+            control,
+            metrics,
             acceptor: TlsAcceptor::from(tls),
         })
     }
@@ -211,6 +242,8 @@ impl Gateway {
         let Gateway {
             ctx,
             listener,
+            control,
+            metrics,
             acceptor,
         } = self;
         let threads = device::start("gw-packets", &ctx, |c| (c, &c.device))
@@ -218,6 +251,9 @@ impl Gateway {
         let (stop_tx, _) = broadcast::channel::<()>(1);
         let mut tasks = tokio::task::JoinSet::new();
         let janitor = tokio::spawn(janitor(ctx.clone(), stop_tx.subscribe()));
+        let control = tokio::spawn(control::serve(ctx.clone(), control, stop_tx.subscribe()));
+        let metrics =
+            metrics.map(|m| tokio::spawn(metrics::serve(ctx.clone(), m, stop_tx.subscribe())));
         tokio::pin!(shutdown);
         info!(listen = %listener.local_addr().map_err(io_err("listener address"))?, "gateway running");
         if let Err(e) = crate::sys::sd_notify::ready() {
@@ -282,6 +318,11 @@ impl Gateway {
             }
         }
         janitor.abort();
+        control.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        let _ = std::fs::remove_file(&ctx.config.control_socket);
         ctx.stop.set();
         for t in threads {
             let _ = t.join();
@@ -291,6 +332,8 @@ impl Gateway {
             forbidden = ctx.forbidden.load(Ordering::Relaxed),
             refused = ctx.refused.load(Ordering::Relaxed),
             dead_peers = ctx.dead_peers.load(Ordering::Relaxed),
+            stored_sessions = ctx.store.len(),
+            store_errors = ctx.store.errors(),
             "gateway stopped"
         );
         Ok(())
@@ -374,10 +417,11 @@ async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<()>) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let now = Instant::now();
-        for (_, r) in ctx.table.expire_parked(now) {
+        for (key, r) in ctx.table.expire_parked(now) {
             if let Ok(mut pool) = ctx.pool.lock() {
                 pool.release(&r.lease);
             }
+            ctx.store.remove(&key);
             info!(user = %r.user, "parked session expired, address released");
         }
         if now.duration_since(last_refresh) >= ADDRESS_REFRESH {
@@ -396,6 +440,48 @@ async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<()>) {
             }
         }
     }
+}
+
+/// Parks the sessions the store kept, each with its address claimed again; a session whose
+/// address the pools no longer hold (the configuration changed) is dropped with a warning.
+/// Returns the first session id for new connections (above every restored one, which the
+/// session-limit prompt shows).
+fn restore_sessions(
+    config: &GatewayConfig,
+    store: &SessionStore,
+    loaded: Loaded,
+    pool: &mut RealmPools,
+    table: &SessionTable,
+    now: Moment,
+) -> u64 {
+    if !loaded.bad_lines.is_empty() {
+        warn!(
+            store = %config.state_dir.join(STORE_FILE).display(),
+            lines = ?loaded.bad_lines,
+            kept_aside = ?loaded.kept_aside,
+            "the session store had lines that could not be read: skipped"
+        );
+    }
+    let window_end = now.at + config.idle_timeout.unwrap_or(config.session_lifetime);
+    let mut next_id = 1;
+    let mut restored = 0;
+    for s in &loaded.sessions {
+        if let Err(e) = pool.claim(&s.realm, &s.lease()) {
+            warn!(user = %s.user, realm = %s.realm, ipv4 = %s.ipv4, error = %e, "a stored session's address is not the pools' to give now: the session is dropped");
+            store.remove(&s.key);
+            continue;
+        }
+        table.park(s.key, Resumable::restored(s, now, window_end));
+        next_id = next_id.max(s.id + 1);
+        restored += 1;
+    }
+    info!(
+        restored,
+        expired = loaded.expired,
+        store = %config.state_dir.join(STORE_FILE).display(),
+        "sessions resumable from the session store"
+    );
+    next_id
 }
 
 /// How often the host's addresses are read again for the access policy.

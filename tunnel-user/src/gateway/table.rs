@@ -18,7 +18,7 @@ use std::{
         Arc, Mutex, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Instant, SystemTime},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::Notify;
@@ -26,7 +26,11 @@ use tunnel_proto::{RandomSource, Server, SpiAllocator, random_spi};
 
 use crate::sys::tls_link::TlsLink;
 
-use super::{Lease, access::RealmId};
+use super::{
+    Lease,
+    access::RealmId,
+    store::{CookieKey, StoredSession},
+};
 
 /// One connected client.
 pub struct Session {
@@ -115,6 +119,95 @@ impl Resumable {
     }
 }
 
+impl Resumable {
+    /// What the store keeps of it.
+    pub fn stored(&self, key: CookieKey, now: Moment) -> StoredSession {
+        StoredSession {
+            key,
+            id: self.id,
+            user: self.user.clone(),
+            realm: self.realm.clone(),
+            peer: self.peer,
+            ipv4: self.lease.ipv4,
+            ipv6: self.lease.ipv6,
+            logged_in: self
+                .logged_in
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            ends: self.ends.map(|end| now.unix_of(end)),
+            parked_until: Some(now.unix_of(self.expires)),
+        }
+    }
+
+    /// A session the store kept, resumable until its own window ends; one that was
+    /// connected when the store last heard of it, until `window_end`.
+    pub fn restored(s: &StoredSession, now: Moment, window_end: Instant) -> Resumable {
+        let ends = s.ends.map(|end| now.instant_of(end));
+        let expires = s
+            .parked_until
+            .map_or(window_end, |until| now.instant_of(until));
+        Resumable {
+            id: s.id,
+            peer: s.peer,
+            user: s.user.clone(),
+            realm: s.realm.clone(),
+            lease: s.lease(),
+            ends,
+            logged_in: UNIX_EPOCH + std::time::Duration::from_secs(s.logged_in),
+            expires: ends.map_or(expires, |end| end.min(expires)),
+        }
+    }
+}
+
+impl Session {
+    /// What the store keeps of it while it is connected.
+    pub fn stored(&self, now: Moment) -> StoredSession {
+        let mut s = Resumable::of(self, now.at).stored(CookieKey::of(&self.cookie), now);
+        s.parked_until = None;
+        s
+    }
+}
+
+/// One moment on both clocks: the monotonic one sessions run on, and the UNIX time the
+/// store keeps (it outlives the process).
+#[derive(Clone, Copy, Debug)]
+pub struct Moment {
+    pub at: Instant,
+    pub unix: u64,
+}
+
+impl Moment {
+    pub fn now() -> Moment {
+        Moment {
+            at: Instant::now(),
+            unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    /// `t` in UNIX seconds, rounded up (a deadline is never brought forward).
+    pub fn unix_of(self, t: Instant) -> u64 {
+        match t.checked_duration_since(self.at) {
+            Some(ahead) => self.unix + ahead.as_secs() + u64::from(ahead.subsec_nanos() > 0),
+            None => self
+                .unix
+                .saturating_sub(self.at.duration_since(t).as_secs()),
+        }
+    }
+
+    /// UNIX second `unix` on the monotonic clock (at the latest `now` for the past).
+    pub fn instant_of(self, unix: u64) -> Instant {
+        match unix.checked_sub(self.unix) {
+            Some(ahead) => self.at + std::time::Duration::from_secs(ahead),
+            None => self
+                .at
+                .checked_sub(std::time::Duration::from_secs(self.unix - unix))
+                .unwrap_or(self.at),
+        }
+    }
+}
+
 /// The gateway's inbound SPIs: each is held by one inbound SA of one session at a time
 /// (see [`SpiAllocator`]), so an ESP datagram's SPI names exactly one session.
 #[derive(Default)]
@@ -147,7 +240,7 @@ pub struct SessionTable {
     by_addr: RwLock<HashMap<IpAddr, Arc<Session>>>,
     by_spi: RwLock<HashMap<u32, Arc<Session>>>,
     by_cookie: Mutex<HashMap<String, Arc<Session>>>,
-    resumable: Mutex<HashMap<String, Resumable>>,
+    resumable: Mutex<HashMap<CookieKey, Resumable>>,
     /// Changes made to `by_addr` and `by_spi`, counted after each is made: a
     /// [`LastLookup`] taken at an older count is looked up again.
     changes: AtomicU64,
@@ -288,32 +381,47 @@ impl SessionTable {
     }
 
     /// Keeps a disconnected session resumable.
-    pub fn park(&self, cookie: String, r: Resumable) {
+    pub fn park(&self, key: CookieKey, r: Resumable) {
         if let Ok(mut m) = self.resumable.lock() {
-            m.insert(cookie, r);
+            m.insert(key, r);
         }
     }
 
     /// Takes a parked session for resumption, if its cookie is known and not expired.
-    pub fn unpark(&self, cookie: &str, now: Instant) -> Option<Resumable> {
+    pub fn unpark(&self, key: &CookieKey, now: Instant) -> Option<Resumable> {
         let mut m = self.resumable.lock().ok()?;
-        let r = m.remove(cookie)?;
+        let r = m.remove(key)?;
         (r.expires > now).then_some(r)
     }
 
     /// Removes parked sessions that expired; returns their leases for release.
-    pub fn expire_parked(&self, now: Instant) -> Vec<(String, Resumable)> {
+    pub fn expire_parked(&self, now: Instant) -> Vec<(CookieKey, Resumable)> {
         let Ok(mut m) = self.resumable.lock() else {
             return Vec::new();
         };
-        let gone: Vec<String> = m
+        let gone: Vec<CookieKey> = m
             .iter()
             .filter(|(_, r)| r.expires <= now)
-            .map(|(c, _)| c.clone())
+            .map(|(c, _)| *c)
             .collect();
         gone.into_iter()
             .filter_map(|c| m.remove(&c).map(|r| (c, r)))
             .collect()
+    }
+
+    /// Every session now: the live ones, and the parked ones by cookie key.
+    pub fn snapshot(&self) -> (Vec<Arc<Session>>, Vec<(CookieKey, Resumable)>) {
+        let live = self
+            .by_cookie
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let parked = self
+            .resumable
+            .lock()
+            .map(|m| m.iter().map(|(k, r)| (*k, r.clone())).collect())
+            .unwrap_or_default();
+        (live, parked)
     }
 
     /// Number of live sessions.
@@ -344,7 +452,7 @@ impl SessionTable {
                         id: r.id,
                         from: r.peer.ip(),
                         logged_in: r.logged_in,
-                        place: Place::Parked(cookie.clone()),
+                        place: Place::Parked(*cookie),
                     }),
             );
         }
@@ -353,8 +461,8 @@ impl SessionTable {
     }
 
     /// Takes a parked session away for good; its lease is the caller's to release.
-    pub fn remove_parked(&self, cookie: &str) -> Option<Resumable> {
-        self.resumable.lock().ok()?.remove(cookie)
+    pub fn remove_parked(&self, key: &CookieKey) -> Option<Resumable> {
+        self.resumable.lock().ok()?.remove(key)
     }
 }
 
@@ -375,7 +483,7 @@ pub enum Place {
     /// Connected.
     Live(Arc<Session>),
     /// Waiting to be resumed with this cookie.
-    Parked(String),
+    Parked(CookieKey),
 }
 
 #[cfg(test)]
