@@ -261,3 +261,85 @@ fn the_operator_lists_shows_and_kills_sessions() {
         "{list}"
     );
 }
+
+/// `sessions drain`: the gateway refuses new connections and says so on its health
+/// endpoint, closes its connections after the wait, exits 0 with the sessions kept; the
+/// gateway started next resumes our client's session with its address.
+#[test]
+fn a_drained_gateway_hands_its_sessions_to_the_next() {
+    if !root() {
+        return;
+    }
+    let w = ClientWorld::build("dr", tunnel_user::this_crates_binaries!());
+    let conf = w.dir.join("gateway.toml");
+    let text = fs::read_to_string(&conf).unwrap();
+    fs::write(
+        &conf,
+        format!("metrics_listen = \"127.0.0.1:9477\"\n{text}"),
+    )
+    .unwrap();
+    let mut gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    assert!(w.connect().status.success());
+    let addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
+    assert_eq!(w.seen_as(CORP).as_deref(), Some(addr.as_str()));
+    assert!(http(&w, "GET /health HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 200"));
+
+    let out = sessions(&w, &[], &["drain", "--after", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("draining: 1 connected"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // During the wait: unhealthy for load balancers, no new connections, and the session
+    // still carries traffic.
+    assert!(http(&w, "GET /health HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 503"));
+    let refused = w.client.enter(|| {
+        std::net::TcpStream::connect_timeout(
+            &"192.168.70.1:8443".parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .is_err()
+    });
+    assert!(refused.unwrap(), "a draining gateway accepts no connection");
+    assert_eq!(w.seen_as(CORP).as_deref(), Some(addr.as_str()));
+
+    let exited = wait_for(
+        "the drained gateway to exit",
+        Duration::from_secs(15),
+        || gw.exited().is_some(),
+    );
+    assert!(gw.exited().unwrap().success());
+    let log = gateway_log(&w);
+    assert!(
+        log.contains("drained=true") && log.contains("stored_sessions=1"),
+        "{log}"
+    );
+    assert!(!log.contains("address released"), "{log}");
+
+    let _next = w.start_gateway();
+    wait_for(
+        "traffic through the session resumed",
+        Duration::from_secs(60),
+        || w.seen_as(CORP).as_deref() == Some(addr.as_str()),
+    );
+    let log = gateway_log(&w);
+    let resumed = log
+        .lines()
+        .filter(|l| l.contains("session established"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        resumed.contains("resumed=true") && resumed.contains(&addr),
+        "{resumed}"
+    );
+    eprintln!(
+        "drain: the gateway exited {:.0} ms after the wait began",
+        exited.as_secs_f64() * 1e3
+    );
+}

@@ -5,7 +5,8 @@
 //! tunnel-gateway --check-config FILE
 //! tunnel-gateway adduser --users FILE NAME [--realm REALM]... [--totp [--totp-issuer NAME]]
 //!                        [--must-change]                         (password on stdin)
-//! tunnel-gateway sessions [--config FILE | --socket PATH] [--json] list | show WHICH | kill WHICH
+//! tunnel-gateway sessions [--config FILE | --socket PATH] [--json]
+//!                         list | show WHICH | kill WHICH | drain [--after SECS]
 //! ```
 //!
 //! `--config` validates the config file (docs/gateway-config.md) and runs the gateway until
@@ -13,7 +14,8 @@
 //! validates, checks the files it names and the users file, and prints the effective
 //! configuration. `sessions` asks a running gateway over its control socket (root or the
 //! gateway's user): `list` its sessions, `show` or `kill` those WHICH names (a session id, a
-//! user, a tunnel address; or `id:`, `user:`, `address:` before it). `adduser` adds or replaces a user in the users file; with `--totp` it
+//! user, a tunnel address; or `id:`, `user:`, `address:` before it); `drain` hands the
+//! sessions on for an upgrade (docs/gateway.md). `adduser` adds or replaces a user in the users file; with `--totp` it
 //! also makes the user a TOTP secret and prints the `otpauth://` URI for their authenticator. Logs go to stderr;
 //! `RUST_LOG` (e.g. `RUST_LOG=debug`) sets the level. This binary only parses flags and calls
 //! the library, mini-redis style.
@@ -109,6 +111,14 @@ enum SessionsCommand {
     /// Ends the sessions WHICH names (as `show`): a connected client is told "Ended by the
     /// administrator"; the cookie resumes nothing afterwards.
     Kill { which: Selector },
+    /// Drains the gateway for an upgrade: it refuses new connections at once (its health
+    /// endpoint says 503), closes every connection after SECS without a word, keeping the
+    /// sessions in its store for their clients to resume (elsewhere, or with the gateway
+    /// started next), and exits.
+    Drain {
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        after: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -204,6 +214,7 @@ fn sessions(
         SessionsCommand::List => Request::List,
         SessionsCommand::Show { which } => Request::Show(which),
         SessionsCommand::Kill { which } => Request::Kill(which),
+        SessionsCommand::Drain { after } => Request::Drain { after_secs: after },
     };
     let answer = ask(&socket, &request)
         .with_context(|| format!("asking the gateway at {}", socket.display()))?;
@@ -220,6 +231,9 @@ fn sessions(
             for s in list {
                 println!("ended s{} ({}, {}, {})", s.id, s.user, s.ipv4, s.state);
             }
+        }
+        Answer::Draining { sessions } => {
+            println!("draining: {sessions} connected sessions to be handed on")
         }
         Answer::Error(e) => bail!("{e}"),
     }

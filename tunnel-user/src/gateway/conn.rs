@@ -23,7 +23,7 @@ use tunnel_proto::{
 
 use super::end::{Scratch, forwardable, read_tls_connection};
 use super::offer::{client_config, realm_login};
-use super::runtime::Ctx;
+use super::runtime::{Ctx, Shutdown};
 use super::{
     GatewayConfig, PasswordRequest,
     access::AccessCache,
@@ -243,7 +243,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     id: u64,
     login_slot: LoginSlot,
-    mut stop: broadcast::Receiver<()>,
+    mut stop: broadcast::Receiver<Shutdown>,
 ) {
     let limits = &ctx.config.limits;
     let evicted = login_slot.eviction();
@@ -397,7 +397,11 @@ pub(super) async fn serve(
             _ = timer => {
                 let _ = conn.with_proto(|p| p.poll_timers(Instant::now()));
             }
-            _ = stop.recv() => {
+            how = stop.recv() => {
+                if how == Ok(Shutdown::Drain) {
+                    // Closed without a word: the client resumes with its cookie.
+                    break conn.dropped();
+                }
                 let _ = conn.with_proto(|p| {
                     p.terminate(FatalErrorKind::SessionTerminated, "The gateway is shutting down")
                 });

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use super::{
     conn::end_session,
-    runtime::Ctx,
+    runtime::{Ctx, Shutdown},
     table::{Moment, Place},
 };
 
@@ -53,6 +53,11 @@ pub enum Request {
     Show(Selector),
     /// Ends the sessions `Selector` picks.
     Kill(Selector),
+    /// Drains the gateway for an upgrade: no new connections from now (the health endpoint
+    /// says 503), then after `after_secs` every connection is closed without a word, its
+    /// session parked and kept in the store for its client to resume (elsewhere, or with
+    /// the next gateway), and the gateway exits.
+    Drain { after_secs: u64 },
 }
 
 /// Which sessions: by id (`5` or `s5` as the session-limit prompt shows it), user, or
@@ -143,6 +148,10 @@ pub enum Answer {
     Sessions(Vec<SessionInfo>),
     /// The sessions ended.
     Killed(Vec<SessionInfo>),
+    /// Draining: the sessions connected now, to be parked.
+    Draining {
+        sessions: usize,
+    },
     Error(String),
 }
 
@@ -178,7 +187,7 @@ pub(super) fn bind(path: &Path) -> io::Result<UnixListener> {
 pub(super) async fn serve(
     ctx: Arc<Ctx>,
     listener: UnixListener,
-    mut stop: broadcast::Receiver<()>,
+    mut stop: broadcast::Receiver<Shutdown>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     let me = nix::unistd::geteuid().as_raw();
@@ -310,6 +319,13 @@ fn answer(ctx: &Ctx, request: Request, uid: Option<u32>) -> Answer {
                 Answer::Error(format!("no session matches {which}"))
             } else {
                 Answer::Sessions(found)
+            }
+        }
+        Request::Drain { after_secs } => {
+            info!(?uid, after_secs, "drain asked for");
+            ctx.drain(Duration::from_secs(after_secs));
+            Answer::Draining {
+                sessions: ctx.table.live_count(),
             }
         }
         Request::Kill(which) => {

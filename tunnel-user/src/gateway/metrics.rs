@@ -4,7 +4,7 @@
 //! `GET /metrics`: sessions by state and transport, logins (ok, failed), resumes, traffic
 //! (packets and bytes each way), drops by reason, connections refused at a cap, the session
 //! store's sessions and failed writes. `GET /health`: `200 ok` while the gateway accepts
-//! logins. Anything else: 404; a request head that is not HTTP: 400.
+//! logins, `503 draining` once it drains. Anything else: 404; a request head that is not HTTP: 400.
 //!
 //! Bounded as everything a network peer reaches: the request head is at most
 //! [`MAX_HEAD`] bytes and has [`HEAD_TIME`] to arrive, at most [`MAX_CLIENTS`] are served
@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::runtime::Ctx;
+use super::runtime::{Ctx, Shutdown};
 
 const MAX_HEAD: usize = 4096;
 const HEAD_TIME: Duration = Duration::from_secs(5);
@@ -39,7 +39,11 @@ pub(super) struct Counters {
 }
 
 /// Serves the metrics listener until `stop`.
-pub(super) async fn serve(ctx: Arc<Ctx>, listener: TcpListener, mut stop: broadcast::Receiver<()>) {
+pub(super) async fn serve(
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    mut stop: broadcast::Receiver<Shutdown>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let permit = tokio::select! {
@@ -96,6 +100,15 @@ async fn answer(ctx: &Ctx, mut stream: TcpStream) {
         (Some("GET"), Some("/metrics")) => {
             let body = render(ctx);
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
+        }
+        (Some("GET"), Some("/health")) if ctx.draining() => {
+            respond(
+                &mut stream,
+                "503 Service Unavailable",
+                "text/plain",
+                "draining\n",
+            )
+            .await
         }
         (Some("GET"), Some("/health")) => {
             respond(&mut stream, "200 OK", "text/plain", "ok\n").await

@@ -108,6 +108,34 @@ pub(super) struct Ctx {
     pub(super) store: SessionStore,
     /// Logins, resumes and traffic, for the metrics.
     pub(super) counters: Counters,
+    /// Set once a drain was asked for ([`Ctx::drain`]): the wait before connections close.
+    draining: std::sync::OnceLock<Duration>,
+    drain_asked: tokio::sync::Notify,
+}
+
+/// How the gateway's tasks are told to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Shutdown {
+    /// Every connected client is told its session is terminated (SIGINT, SIGTERM).
+    Terminate,
+    /// Connections are closed without a word and their sessions parked, kept in the store
+    /// for their clients to resume elsewhere or with the next gateway ([`Ctx::drain`]).
+    Drain,
+}
+
+impl Ctx {
+    /// Asks for a drain: no new connections from now, connections closed after `after`.
+    /// A second request changes nothing.
+    pub(super) fn drain(&self, after: Duration) {
+        if self.draining.set(after).is_ok() {
+            self.drain_asked.notify_one();
+        }
+    }
+
+    /// Whether a drain was asked for.
+    pub(super) fn draining(&self) -> bool {
+        self.draining.get().is_some()
+    }
 }
 
 /// A gateway bound to its sockets and TUN device, ready to [`run`](Gateway::run).
@@ -217,6 +245,8 @@ impl Gateway {
             dead_peers: AtomicU64::new(0),
             store,
             counters: Counters::default(),
+            draining: std::sync::OnceLock::new(),
+            drain_asked: tokio::sync::Notify::new(),
             config,
         });
         Ok(Gateway {
@@ -248,7 +278,7 @@ impl Gateway {
         } = self;
         let threads = device::start("gw-packets", &ctx, |c| (c, &c.device))
             .map_err(io_err("starting a packet thread"))?;
-        let (stop_tx, _) = broadcast::channel::<()>(1);
+        let (stop_tx, _) = broadcast::channel::<Shutdown>(1);
         let mut tasks = tokio::task::JoinSet::new();
         let janitor = tokio::spawn(janitor(ctx.clone(), stop_tx.subscribe()));
         let control = tokio::spawn(control::serve(ctx.clone(), control, stop_tx.subscribe()));
@@ -261,11 +291,15 @@ impl Gateway {
         }
         let accept_log = LogThrottle::new(FLOOD_LOG_INTERVAL);
         let mut backoff = ACCEPT_BACKOFF_MIN;
-        loop {
+        let how = loop {
             tokio::select! {
                 _ = &mut shutdown => {
                     let _ = crate::sys::sd_notify::stopping();
-                    break;
+                    break Shutdown::Terminate;
+                }
+                _ = ctx.drain_asked.notified() => {
+                    let _ = crate::sys::sd_notify::stopping();
+                    break Shutdown::Drain;
                 }
                 accepted = listener.accept() => {
                     let (conn, peer) = match accepted {
@@ -303,12 +337,38 @@ impl Gateway {
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
+        };
+        if how == Shutdown::Drain {
+            // New connections are refused from here on; the ones there are served until
+            // the wait asked for is over (a load balancer sees the health endpoint first),
+            // or a stop signal comes.
+            drop(listener);
+            let after = ctx.draining.get().copied().unwrap_or_default();
+            info!(
+                sessions = ctx.table.live_count(),
+                after_secs = after.as_secs(),
+                "draining: no new connections; closing the connections after the wait"
+            );
+            let wait = tokio::time::sleep(after);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    _ = &mut shutdown => break,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+            }
+            info!(
+                sessions = ctx.table.live_count(),
+                "draining: closing every connection; sessions kept for their clients to resume"
+            );
+        } else {
+            info!(
+                sessions = ctx.table.live_count(),
+                "shutting down: terminating sessions"
+            );
         }
-        info!(
-            sessions = ctx.table.live_count(),
-            "shutting down: terminating sessions"
-        );
-        let _ = stop_tx.send(());
+        let _ = stop_tx.send(how);
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
         loop {
@@ -334,6 +394,7 @@ impl Gateway {
             dead_peers = ctx.dead_peers.load(Ordering::Relaxed),
             stored_sessions = ctx.store.len(),
             store_errors = ctx.store.errors(),
+            drained = how == Shutdown::Drain,
             "gateway stopped"
         );
         Ok(())
@@ -409,7 +470,7 @@ fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> 
 /// The housekeeping of the gateway, once a second: releases the addresses of parked
 /// sessions nobody resumed, and every [`ADDRESS_REFRESH`] puts the host's current addresses
 /// into the access policy (an interface may have come up or got a new address).
-async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<()>) {
+async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<Shutdown>) {
     let mut last_refresh = Instant::now();
     loop {
         tokio::select! {
