@@ -343,3 +343,76 @@ fn a_drained_gateway_hands_its_sessions_to_the_next() {
         exited.as_secs_f64() * 1e3
     );
 }
+
+/// SIGHUP: a changed key that may change at run time is put in force without dropping the
+/// session (the next login gets it); a key that needs a restart, or a broken file, is
+/// refused with the reason and the configuration in force stays.
+#[test]
+fn sighup_reloads_what_may_change_and_refuses_the_rest() {
+    if !root() {
+        return;
+    }
+    let w = ClientWorld::build("hup", tunnel_user::this_crates_binaries!());
+    let gw = w.start_gateway();
+    let _td = w.start_tunneld();
+    assert!(w.connect().status.success());
+    let addr = w.status()[0]["ipv4"].as_str().unwrap().to_string();
+    let servers = |w: &ClientWorld| w.status()[0]["dns_applied"]["plan"]["servers"][0].clone();
+    assert_eq!(servers(&w), "172.20.0.53");
+    let conf = w.dir.join("gateway.toml");
+    let original = fs::read_to_string(&conf).unwrap();
+    let hup = |n: usize| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(gw.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        wait_for("the reload's answer", Duration::from_secs(5), || {
+            let log = gateway_log(&w);
+            log.matches("configuration reloaded").count() + log.matches("reload refused").count()
+                == n
+        });
+    };
+
+    fs::write(&conf, original.replace("172.20.0.53", "172.20.0.54")).unwrap();
+    hup(1);
+    let log = gateway_log(&w);
+    let line = log
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap();
+    assert!(line.contains("changed=[\"dns\"]"), "{line}");
+    // The session goes on.
+    assert_eq!(w.seen_as(CORP).as_deref(), Some(addr.as_str()));
+    assert!(!gateway_log(&w).contains("address released"));
+
+    // A key that needs a restart: refused, named; the gateway serves on as it was.
+    let moved = original
+        .replace("172.20.0.53", "172.20.0.54")
+        .replace(":8443", ":8444");
+    fs::write(&conf, moved).unwrap();
+    hup(2);
+    let log = gateway_log(&w);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reload refused") && l.contains("listen cannot change")),
+        "{log}"
+    );
+    // A broken file: refused with where it is wrong.
+    fs::write(&conf, "listen = [\n").unwrap();
+    hup(3);
+    let log = gateway_log(&w);
+    assert_eq!(log.matches("reload refused").count(), 2, "{log}");
+    assert_eq!(w.seen_as(CORP).as_deref(), Some(addr.as_str()));
+
+    // The next login gets the DNS server reloaded, on the port in force (the file is put
+    // back as it was but not reloaded: what is in force counts, not the file).
+    fs::write(&conf, &original).unwrap();
+    let out = w.tunnel(
+        &["signout", tunnel_user::testbed::client_world::GATEWAY],
+        "",
+    );
+    assert!(out.status.success());
+    assert!(w.connect().status.success());
+    assert_eq!(servers(&w), "172.20.0.54");
+}

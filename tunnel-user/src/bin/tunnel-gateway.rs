@@ -10,7 +10,9 @@
 //! ```
 //!
 //! `--config` validates the config file (docs/gateway-config.md) and runs the gateway until
-//! SIGINT or SIGTERM, when every client is told the session is terminated. `--check-config`
+//! SIGINT or SIGTERM, when every client is told the session is terminated; SIGHUP reads the
+//! file again and puts in force the keys that may change at run time (a file that is wrong,
+//! or changes a key that needs a restart, is refused and the configuration stays). `--check-config`
 //! validates, checks the files it names and the users file, and prints the effective
 //! configuration. `sessions` asks a running gateway over its control socket (root or the
 //! gateway's user): `list` its sessions, `show` or `kill` those WHICH names (a session id, a
@@ -182,6 +184,24 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let gateway = Gateway::bind(config).await?;
+        // SIGHUP: the config file again; a reload that fails keeps what is in force.
+        let reloader = gateway.reloader();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing a SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let (reloader, path) = (reloader.clone(), path.clone());
+                let done = tokio::task::spawn_blocking(move || reloader.reload(&path)).await;
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(
+                        error = %e,
+                        "reload refused: the configuration in force stays"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "reload failed"),
+                }
+            }
+        });
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

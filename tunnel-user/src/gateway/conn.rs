@@ -245,7 +245,8 @@ pub(super) async fn serve(
     login_slot: LoginSlot,
     mut stop: broadcast::Receiver<Shutdown>,
 ) {
-    let limits = &ctx.config.limits;
+    let settings = ctx.settings();
+    let limits = &settings.config.limits;
     let evicted = login_slot.eviction();
     let handshake = tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp));
     let tls = tokio::select! {
@@ -262,15 +263,15 @@ pub(super) async fn serve(
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(|c| client_cert::certificate_user(c, ctx.config.auth.certificate.user));
+        .map(|c| client_cert::certificate_user(c, ctx.settings().config.auth.certificate.user));
     let (tcp, tls) = tls.into_inner();
     // openconnect needs a record per frame; the client says when it does not.
     let link = match TlsLink::new(tcp, tls, true) {
         Ok(link) => Arc::new(link),
         Err(e) => return debug!(error = %e, "registering the TLS connection"),
     };
-    let proto =
-        Server::new(ctx.server_config.clone(), Instant::now()).with_spi_allocator(ctx.spis.clone());
+    let proto = Server::new(settings.server_config.clone(), Instant::now())
+        .with_spi_allocator(ctx.spis.clone());
     let mut conn = Conn {
         peer,
         id,
@@ -418,7 +419,7 @@ pub(super) async fn serve(
         ctx.table.park(cookie, r);
     }
     if matches!(ending, Ending::Unauthenticated)
-        && ctx.config.auth.password_request == PasswordRequest::Current
+        && ctx.settings().config.auth.password_request == PasswordRequest::Current
         && conn.pending.as_ref().is_some_and(Server::awaiting_password)
         && let Some(more) = ctx.silent_at_password_log.event(Instant::now())
     {
@@ -504,7 +505,10 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 live.superseded.store(true, Ordering::Relaxed);
                 live.wake.notify_one();
                 ctx.table.remove(&live);
-                Some(Resumable::of(&live, parked_until(&ctx.config, now)))
+                Some(Resumable::of(
+                    &live,
+                    parked_until(&ctx.settings().config, now),
+                ))
             });
             let p = conn.pending.as_mut()?;
             match resumable {
@@ -529,7 +533,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             password,
         } => {
             let realm = realm
-                .or_else(|| ctx.config.auth.realms.first().cloned())
+                .or_else(|| ctx.settings().config.auth.realms.first().cloned())
                 .unwrap_or_default();
             let verified = password.clone();
             let outcome = ctx
@@ -544,10 +548,10 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 .await;
             match outcome.rejection() {
                 None => {
-                    let rules = realm_login(&ctx.config, &realm);
+                    let rules = realm_login(&ctx.settings().config, &realm);
                     let must_change = {
                         let (ctx, user) = (ctx.clone(), username.clone());
-                        let max_age = ctx.config.password_rules().max_age;
+                        let max_age = ctx.settings().config.password_rules().max_age;
                         tokio::task::spawn_blocking(move || {
                             ctx.logins.must_change_password(&user, max_age)
                         })
@@ -604,7 +608,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     };
                     match ctx
                         .logins
-                        .change_password(&ctx.config.password_rules(), change)
+                        .change_password(&ctx.settings().config.password_rules(), change)
                         .await
                     {
                         Ok(()) => {
@@ -688,7 +692,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 }
             };
             let mut proto = conn.pending.take()?;
-            let config = client_config(&ctx.config, &realm, &lease, conn.offers_aes_gcm);
+            let config = client_config(&ctx.settings().config, &realm, &lease, conn.offers_aes_gcm);
             if let Err(e) = proto.send_config(&config, now) {
                 warn!(error = %e, "sending the configuration failed");
                 if let Ok(mut pool) = ctx.pool.lock() {
@@ -722,7 +726,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             let max = if resumed {
                 0
             } else {
-                realm_login(&ctx.config, &s.realm).max_sessions_per_user
+                realm_login(&ctx.settings().config, &s.realm).max_sessions_per_user
             };
             if !ctx.table.insert_within(&s, max) {
                 warn!(user = %s.user, realm = %s.realm, max, "login refused: the user reached the session limit while it went on");
@@ -762,7 +766,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             ctx.dead_peers.fetch_add(1, Ordering::Relaxed);
             info!(
                 probes = DPD_PROBES,
-                dpd_interval_secs = ctx.config.dpd_interval.as_secs(),
+                dpd_interval_secs = ctx.settings().config.dpd_interval.as_secs(),
                 "dead peer: the client stayed silent through its probes; closing the connection"
             );
             return Some(conn.dropped());
@@ -797,7 +801,7 @@ fn finish(ctx: &Ctx, session: Option<Arc<Session>>, ending: Ending) {
         Ending::Dropped => {
             info!(user = %s.user, "connection lost; session resumable with its cookie");
             let now = Moment::now();
-            let r = Resumable::of(&s, parked_until(&ctx.config, now.at));
+            let r = Resumable::of(&s, parked_until(&ctx.settings().config, now.at));
             let key = CookieKey::of(&s.cookie);
             ctx.store.put(&r.stored(key, now));
             ctx.table.park(key, r);

@@ -82,7 +82,7 @@ pub use login::{PasswordChange, TokenRefused};
 pub use password_change::{ChangeRefused, check_new_password};
 pub use pool::{AddressPool, Lease, PoolError, RealmPools};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
-pub use runtime::{Gateway, GatewayError};
+pub use runtime::{Gateway, GatewayError, ReloadError, Reloader};
 pub use store::{StoreError, load_embedded as load_session_store};
 pub use tls::TlsSetupError;
 pub use totp::{

@@ -71,9 +71,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What every task and thread shares.
 pub(super) struct Ctx {
-    pub(super) config: GatewayConfig,
-    /// What each connection's state machine starts with.
-    pub(super) server_config: ServerConfig,
+    /// The configuration in force: replaced whole by a reload ([`Reloader`]).
+    settings: std::sync::RwLock<Arc<Settings>>,
     /// Connections not logged in yet ([`Admission`]).
     pub(super) admission: Arc<Admission>,
     /// Connections refused at a cap.
@@ -123,7 +122,32 @@ pub(super) enum Shutdown {
     Drain,
 }
 
+/// The configuration in force and what is made of it for each new connection.
+pub(super) struct Settings {
+    pub(super) config: GatewayConfig,
+    /// What each connection's state machine starts with.
+    pub(super) server_config: ServerConfig,
+}
+
+impl Settings {
+    fn of(config: GatewayConfig) -> Settings {
+        Settings {
+            server_config: server_config(&config),
+            config,
+        }
+    }
+}
+
 impl Ctx {
+    /// The configuration in force now (a reload replaces it; what a caller holds stays as
+    /// it was).
+    pub(super) fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Asks for a drain: no new connections from now, connections closed after `after`.
     /// A second request changes nothing.
     pub(super) fn drain(&self, after: Duration) {
@@ -136,6 +160,132 @@ impl Ctx {
     pub(super) fn draining(&self) -> bool {
         self.draining.get().is_some()
     }
+}
+
+/// Why a reload left the configuration in force as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "{} cannot change while the gateway runs (restart it, or drain it and start it again)",
+        .0.join(", ")
+    )]
+    Restart(Vec<&'static str>),
+    #[error("users file: {0}")]
+    Users(#[from] UsersError),
+    #[error("listing the host's addresses: {0}")]
+    Addresses(io::Error),
+}
+
+/// Reloads a running gateway's configuration (SIGHUP).
+#[derive(Clone)]
+pub struct Reloader(Arc<Ctx>);
+
+impl Reloader {
+    /// Loads the config file at `path`; if only keys that may change at run time changed
+    /// (docs/gateway-config.md "Reloading") and the users file reads, puts it in force and
+    /// returns the keys that changed. Otherwise the configuration in force stays, and the
+    /// error says why. Sessions are not touched: new logins and resumes get the new
+    /// settings, the access policy applies to every packet from now.
+    pub fn reload(&self, path: &std::path::Path) -> Result<Vec<&'static str>, ReloadError> {
+        let ctx = &self.0;
+        let new = GatewayConfig::load(path).map_err(|e| ReloadError::Config(e.to_string()))?;
+        let old = ctx.settings();
+        let (fixed, changed) = compare(&old.config, &new);
+        if !fixed.is_empty() {
+            return Err(ReloadError::Restart(fixed));
+        }
+        let users = ctx.logins.users()?;
+        let local = local_addresses().map_err(ReloadError::Addresses)?;
+        ctx.access.replace(AccessPolicy::new(&new, &local));
+        *ctx.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Settings::of(new));
+        info!(users = users.len(), changed = ?changed, "configuration reloaded");
+        Ok(changed)
+    }
+}
+
+/// The keys that differ between `old` and `new`: those that need a restart, and those a
+/// reload puts in force.
+fn compare(old: &GatewayConfig, new: &GatewayConfig) -> (Vec<&'static str>, Vec<&'static str>) {
+    let realm_pools = |c: &GatewayConfig| {
+        c.realms
+            .iter()
+            .map(|(name, r)| (name.clone(), r.pool))
+            .collect::<Vec<_>>()
+    };
+    let realm_rest = |c: &GatewayConfig| {
+        c.realms
+            .iter()
+            .map(|(name, r)| {
+                let mut r = r.clone();
+                r.pool = None;
+                (name.clone(), r)
+            })
+            .collect::<Vec<_>>()
+    };
+    let fixed = [
+        ("listen", old.listen != new.listen),
+        ("tls", old.tls != new.tls),
+        (
+            "auth.users_file",
+            old.auth.users_file != new.auth.users_file,
+        ),
+        ("auth.realms", old.auth.realms != new.auth.realms),
+        ("auth.passwords", old.auth.passwords != new.auth.passwords),
+        (
+            "auth.certificate",
+            old.auth.certificate != new.auth.certificate,
+        ),
+        ("pool", old.pool != new.pool),
+        (
+            "realm.NAME.pool_ipv4/pool_ipv6",
+            realm_pools(old) != realm_pools(new),
+        ),
+        ("mtu", old.mtu != new.mtu),
+        ("esp", old.esp != new.esp),
+        ("tun_name", old.tun_name != new.tun_name),
+        (
+            "limits.login_connections",
+            old.limits.login_connections != new.limits.login_connections,
+        ),
+        (
+            "limits.login_connections_per_source",
+            old.limits.login_connections_per_source != new.limits.login_connections_per_source,
+        ),
+        ("state_dir", old.state_dir != new.state_dir),
+        ("control_socket", old.control_socket != new.control_socket),
+        ("metrics_listen", old.metrics_listen != new.metrics_listen),
+    ];
+    let changeable = [
+        ("dns", old.dns != new.dns),
+        ("search_domains", old.search_domains != new.search_domains),
+        ("routes", old.routes != new.routes),
+        ("idle_timeout_secs", old.idle_timeout != new.idle_timeout),
+        ("dpd_interval_secs", old.dpd_interval != new.dpd_interval),
+        (
+            "session_lifetime_secs",
+            old.session_lifetime != new.session_lifetime,
+        ),
+        (
+            "auth.password_request",
+            old.auth.password_request != new.auth.password_request,
+        ),
+        (
+            "limits (time limits, login_frame_bytes)",
+            old.limits != new.limits,
+        ),
+        ("access", old.access != new.access),
+        ("realm.NAME", realm_rest(old) != realm_rest(new)),
+    ];
+    let pick = |list: &[(&'static str, bool)]| {
+        list.iter()
+            .filter(|(_, differs)| *differs)
+            .map(|(k, _)| *k)
+            .collect::<Vec<_>>()
+    };
+    (pick(&fixed), pick(&changeable))
 }
 
 /// A gateway bound to its sockets and TUN device, ready to [`run`](Gateway::run).
@@ -220,12 +370,13 @@ impl Gateway {
             nonblocking,
         )
         .map_err(io_err("the packet threads' epoll set"))?;
+        let admission = Admission::new(
+            config.limits.login_connections,
+            config.limits.login_connections_per_source,
+        );
         let ctx = Arc::new(Ctx {
-            server_config: server_config(&config),
-            admission: Admission::new(
-                config.limits.login_connections,
-                config.limits.login_connections_per_source,
-            ),
+            settings: std::sync::RwLock::new(Arc::new(Settings::of(config))),
+            admission,
             refused: AtomicU64::new(0),
             silent_at_password_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
             refused_log: LogThrottle::new(FLOOD_LOG_INTERVAL),
@@ -247,7 +398,6 @@ impl Gateway {
             counters: Counters::default(),
             draining: std::sync::OnceLock::new(),
             drain_asked: tokio::sync::Notify::new(),
-            config,
         });
         Ok(Gateway {
             ctx,
@@ -256,6 +406,11 @@ impl Gateway {
             metrics,
             acceptor: TlsAcceptor::from(tls),
         })
+    }
+
+    /// What reloads this gateway's configuration while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.ctx.clone())
     }
 
     /// The address the TLS listener is bound to.
@@ -382,7 +537,7 @@ impl Gateway {
         if let Some(m) = metrics {
             m.abort();
         }
-        let _ = std::fs::remove_file(&ctx.config.control_socket);
+        let _ = std::fs::remove_file(&ctx.settings().config.control_socket);
         ctx.stop.set();
         for t in threads {
             let _ = t.join();
@@ -405,7 +560,8 @@ impl Gateway {
 fn refused(ctx: &Ctx, peer: SocketAddr, refusal: Refusal) {
     ctx.refused.fetch_add(1, Ordering::Relaxed);
     if let Some(held) = ctx.refused_log.event(Instant::now()) {
-        let limits = &ctx.config.limits;
+        let settings = ctx.settings();
+        let limits = &settings.config.limits;
         let (key, cap) = match refusal {
             Refusal::Global => ("limits.login_connections", limits.login_connections),
             Refusal::PerSource => (
@@ -489,7 +645,10 @@ async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<Shutdown>) {
             last_refresh = now;
             match local_addresses() {
                 Ok(local) => {
-                    if ctx.access.replace(AccessPolicy::new(&ctx.config, &local)) {
+                    if ctx
+                        .access
+                        .replace(AccessPolicy::new(&ctx.settings().config, &local))
+                    {
                         info!(
                             addresses = local.len(),
                             "the host's addresses changed: access policy updated"
