@@ -8,6 +8,9 @@
 //!     --repeats N (default 3, 3 s runs)   --quick (1 repeat, 1 s runs)
 //!     --baseline DIR   another tree's release build beside ours (`ours-esp@base`, ...),
 //!                      alternating in rounds (`--repeats`, default 5 then)
+//! cargo xtask bench gateway              # sessions one gateway holds: logins/s, memory per
+//!                                        # idle session at 1,000 and 10,000, a restart's resumes
+//!                                        # (--quick: 300 and 2,000; not part of the full run)
 //! cargo xtask bench attacks [--only half-open,garbage] [--gateway-nofile N] [--tag T]
 //!     what each hostile-peer attack costs the gateway, and a real login's time during it
 //!     (10 s per attack, 3 s with --quick; not part of the full run)
@@ -87,6 +90,7 @@ mod baseline;
 mod chart;
 mod classifier;
 mod crypto;
+mod gateway;
 mod idle_ab;
 mod parse;
 mod probe;
@@ -140,6 +144,10 @@ enum What {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// How many sessions one gateway holds and what each costs: password and cookie
+    /// logins per second, memory per idle session, a restart's resumes (`--bin-dir` picks
+    /// the gateway).
+    Gateway,
     /// The tunnel comparison (all systems, or those named).
     Tunnels {
         /// Comma-separated system names (see --list).
@@ -270,6 +278,24 @@ fn main() -> Result<()> {
             )?;
             println!("{md}");
             println!("written: {}/{name}.md and {name}.json", dir.display());
+        }
+        Some(What::Gateway) => {
+            let report = gateway::run(
+                &gateway::Options {
+                    quick: cli.quick,
+                    gateway: attacks::gateway_in(&ctx.bin_dir),
+                },
+                &ctx.revision,
+            )?;
+            let md = gateway::markdown(&report);
+            write(&dir, "gateway.md", &md)?;
+            write(
+                &dir,
+                "gateway.json",
+                &serde_json::to_string_pretty(&report)?,
+            )?;
+            println!("{md}");
+            println!("written: {}/gateway.md and gateway.json", dir.display());
         }
         Some(What::Tunnels { systems, list, .. }) => {
             let all = systems::all();

@@ -136,6 +136,11 @@ impl AttackWorld {
     /// Starts gateway binary `bin` with the base config plus `extra` (TOML appended), its
     /// log truncated; waits until it runs.
     pub fn start_gateway(&self, bin: &Path, extra: &str) -> io::Result<Proc> {
+        self.start_gateway_pool(bin, "10.77.0.0/20", extra)
+    }
+
+    /// [`AttackWorld::start_gateway`] with the client pool `pool` (an IPv4 prefix).
+    pub fn start_gateway_pool(&self, bin: &Path, pool: &str, extra: &str) -> io::Result<Proc> {
         let config = self.dir.join("gateway.toml");
         fs::write(
             &config,
@@ -143,7 +148,7 @@ impl AttackWorld {
                 "listen = \"{GATEWAY}:{PORT}\"\ntun_name = \"tgw0\"\nidle_timeout_secs = 600\n\n\
                  [tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n\n\
                  [auth]\nusers_file = \"users\"\npassword_request = \"legacy\"\n\n\
-                 [pool]\nipv4 = \"10.77.0.0/20\"\n\n\
+                 [pool]\nipv4 = \"{pool}\"\n\n\
                  [routes]\ninclude = [\"172.20.0.0/24\"]\n\n\
                  [esp]\nenabled = false\n{extra}"
             ),

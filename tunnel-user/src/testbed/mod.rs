@@ -31,6 +31,7 @@ pub mod client_world;
 pub mod dns_server;
 pub mod gauge;
 pub mod hostile;
+pub mod load;
 pub mod pki;
 pub mod pulse_peer;
 pub mod resolved;
