@@ -399,6 +399,87 @@ fn at_the_session_limit_the_user_ends_an_old_session() {
     w.wait_for("Ended by a new login of the same user", 1);
 }
 
+/// `session_limit = "end_oldest"`: a login at the limit ends the oldest session without
+/// asking (ours, then openconnect's); `"refuse"`: it is refused with the reason, and the
+/// sessions there are go on.
+#[test]
+fn the_realm_decides_what_a_login_at_the_limit_does() {
+    if !root() {
+        return;
+    }
+    let mut w = world("limitend");
+    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
+    w.start_gateway(
+        "password_request = \"legacy\"",
+        "[realm.Users]\nmax_sessions_per_user = 1\nsession_limit = \"end_oldest\"\n",
+    );
+    let mut first = w.peer();
+    first
+        .login_with("alice", "correct horse", &Answers::default())
+        .expect("first login");
+    w.wait_for(ESTABLISHED, 1);
+    let mut second = w.peer();
+    second
+        .login_with("alice", "correct horse", &Answers::default())
+        .expect("second login, without being asked");
+    assert!(
+        !second
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::SessionLimit { .. })),
+        "{:?}",
+        second.events
+    );
+    let ended = first.until(
+        Duration::from_secs(5),
+        |e| matches!(e, ClientEvent::Terminated { message, .. } if message.contains("newer login")),
+    );
+    assert!(ended.is_ok(), "{:?}", first.events);
+    let (ok, said) = openconnect(&w, "alice", "correct horse\n", &["--passwd-on-stdin"]);
+    assert!(ok, "{said}\n{}", w.log());
+    let ended = second.until(Duration::from_secs(5), |e| {
+        matches!(e, ClientEvent::Terminated { .. })
+    });
+    assert!(
+        ended.is_ok(),
+        "openconnect's login ended ours: {:?}",
+        second.events
+    );
+    assert_eq!(w.count("ending the oldest session"), 2, "{}", w.log());
+
+    let mut w = world("limitref");
+    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
+    w.start_gateway(
+        "password_request = \"legacy\"",
+        "[realm.Users]\nmax_sessions_per_user = 1\nsession_limit = \"refuse\"\n",
+    );
+    let mut first = w.peer();
+    first
+        .login_with("alice", "correct horse", &Answers::default())
+        .expect("first login");
+    w.wait_for(ESTABLISHED, 1);
+    let mut second = w.peer();
+    assert!(
+        second
+            .login_with("alice", "correct horse", &Answers::default())
+            .is_err()
+    );
+    assert!(
+        second.events.iter().any(|e| matches!(
+            e,
+            ClientEvent::AuthFailed(tunnel_proto::AuthFailure::Message(m))
+                if m.contains("the most this realm allows")
+        )),
+        "{:?}",
+        second.events
+    );
+    let (ok, said) = openconnect(&w, "alice", "correct horse\n", &["--passwd-on-stdin"]);
+    assert!(!ok, "{said}");
+    assert!(said.contains("the most this realm allows"), "{said}");
+    assert_eq!(w.count(ESTABLISHED), 1, "{}", w.log());
+    assert!(first.established(), "the first session goes on");
+}
+
 /// Two logins of one user pass the session-limit step together (each waits at the
 /// post-auth notice, with no session made yet), then both accept it: the limit holds when
 /// the sessions are made, not only when it was asked.

@@ -1434,6 +1434,44 @@ impl fmt::Display for SecondFactor {
     }
 }
 
+/// `realm.NAME.session_limit`: what a login does when its user already has
+/// `max_sessions_per_user` sessions in the realm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SessionLimit {
+    /// `"ask"`: the login lists the user's sessions and the client picks one to end (the
+    /// Ivanti way; openconnect, tunnel and the launcher's `-sessionselection` answer).
+    #[default]
+    Ask,
+    /// `"end_oldest"`: the oldest sessions are ended, their clients told why.
+    EndOldest,
+    /// `"refuse"`: the login is refused; the user ends a session first.
+    Refuse,
+}
+
+impl SessionLimit {
+    const ALL: [SessionLimit; 3] = [
+        SessionLimit::Ask,
+        SessionLimit::EndOldest,
+        SessionLimit::Refuse,
+    ];
+
+    /// The name used in the config file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SessionLimit::Ask => "ask",
+            SessionLimit::EndOldest => "end_oldest",
+            SessionLimit::Refuse => "refuse",
+        }
+    }
+}
+
+impl fmt::Display for SessionLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// `realm.NAME.pre_auth_notice` / `post_auth_notice`: a text shown during the login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
@@ -1467,6 +1505,9 @@ pub struct RealmConfig {
     /// `max_sessions_per_user`: 0 in the file (here `None`) means unlimited. 0-10000,
     /// default 0.
     pub max_sessions_per_user: Option<NonZeroU32>,
+    /// `session_limit`: what a login at that limit does. Default `"ask"`; needs
+    /// `max_sessions_per_user`.
+    pub session_limit: SessionLimit,
     /// `[realm.NAME.pre_auth_notice]`: shown before the password is asked for.
     pub pre_auth_notice: Option<Notice>,
     /// `[realm.NAME.post_auth_notice]`: shown after every check passed, before the session.
@@ -1512,6 +1553,7 @@ pub struct RealmPolicy {
     pub passwords: PasswordRules,
     pub second_factor: SecondFactor,
     pub max_sessions_per_user: Option<NonZeroU32>,
+    pub session_limit: SessionLimit,
     pub pre_auth_notice: Option<Notice>,
     pub post_auth_notice: Option<Notice>,
     pub dns: Vec<IpAddr>,
@@ -1541,6 +1583,7 @@ impl GatewayConfig {
             passwords: self.password_rules(),
             second_factor: own.second_factor,
             max_sessions_per_user: own.max_sessions_per_user,
+            session_limit: own.session_limit,
             pre_auth_notice: own.pre_auth_notice,
             post_auth_notice: own.post_auth_notice,
             dns: own.dns.unwrap_or_else(|| self.dns.clone()),
@@ -1565,6 +1608,7 @@ impl GatewayConfig {
 struct RawRealm {
     second_factor: Option<String>,
     max_sessions_per_user: Option<i64>,
+    session_limit: Option<String>,
     pre_auth_notice: Option<RawNotice>,
     post_auth_notice: Option<RawNotice>,
     dns: Option<Vec<String>>,
@@ -1631,6 +1675,23 @@ impl RawRealm {
             10_000,
             0,
         )?;
+        let session_limit = match self.session_limit {
+            None => SessionLimit::Ask,
+            Some(_) if max_sessions == 0 => {
+                return Err(ConfigError::NeedsKey {
+                    key: k("session_limit"),
+                    other: k("max_sessions_per_user"),
+                });
+            }
+            Some(text) => SessionLimit::ALL
+                .into_iter()
+                .find(|l| l.name() == text)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: k("session_limit"),
+                    value: text.clone(),
+                    expected: "what a login at the limit does (one of ask, end_oldest, refuse)",
+                })?,
+        };
         let pre_auth_notice = self
             .pre_auth_notice
             .map(|n| n.validate(&k("pre_auth_notice")))
@@ -1696,6 +1757,7 @@ impl RawRealm {
         Ok(RealmConfig {
             second_factor,
             max_sessions_per_user: u32::try_from(max_sessions).ok().and_then(NonZeroU32::new),
+            session_limit,
             pre_auth_notice,
             post_auth_notice,
             dns,
@@ -2354,6 +2416,9 @@ impl fmt::Display for GatewayConfig {
                 p.max_sessions_per_user
                     .map_or("0 (unlimited)".to_string(), |n| n.to_string()),
             )?;
+            if p.max_sessions_per_user.is_some() {
+                line(f, "session_limit", p.session_limit.to_string())?;
+            }
             for (name, notice) in [
                 ("pre_auth_notice", &p.pre_auth_notice),
                 ("post_auth_notice", &p.post_auth_notice),
@@ -3566,6 +3631,16 @@ realms = { Users = "certificate-and-password" }"#,
                 "max_sessions_per_user = -1",
                 "realm.Admins.max_sessions_per_user",
                 "outside 0-10000",
+            ),
+            (
+                "max_sessions_per_user = 1\nsession_limit = \"later\"",
+                "realm.Admins.session_limit",
+                "one of ask, end_oldest, refuse",
+            ),
+            (
+                "session_limit = \"refuse\"",
+                "realm.Admins.session_limit",
+                "needs realm.Admins.max_sessions_per_user",
             ),
             (
                 "dns = [\"ns1\"]",

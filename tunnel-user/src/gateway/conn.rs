@@ -25,7 +25,7 @@ use super::end::{Scratch, forwardable, read_tls_connection};
 use super::offer::{client_config, realm_login};
 use super::runtime::{Ctx, Shutdown};
 use super::{
-    GatewayConfig, PasswordRequest,
+    GatewayConfig, PasswordRequest, SessionLimit,
     access::AccessCache,
     admission::LoginSlot,
     client_cert::{self, CertNameError},
@@ -73,6 +73,34 @@ fn next_login_step(ctx: &Ctx, conn: &mut Conn) {
                 let sessions = ctx.table.sessions_of(&login.user, &login.realm);
                 if sessions.len() < max as usize {
                     continue;
+                }
+                match realm_login(&ctx.settings().config, &login.realm).session_limit {
+                    SessionLimit::Ask => {}
+                    SessionLimit::EndOldest => {
+                        // Oldest login first: the new one takes the last place left.
+                        let over = sessions.len() + 1 - max as usize;
+                        for s in sessions.into_iter().take(over) {
+                            info!(user = %login.user, realm = %login.realm, session = s.id, max, "at the session limit: ending the oldest session");
+                            end_session(
+                                ctx,
+                                s.place,
+                                &login.user,
+                                "Ended by a newer login of the same user",
+                            );
+                        }
+                        continue;
+                    }
+                    SessionLimit::Refuse => {
+                        info!(user = %login.user, realm = %login.realm, sessions = sessions.len(), max, "login refused: at the session limit");
+                        ctx.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
+                        let _ = p.reject(AuthRejection::Failure(format!(
+                            "You have {} sessions, the most this realm allows. End one and \
+                             log in again.",
+                            sessions.len()
+                        )));
+                        conn.login = None;
+                        return;
+                    }
                 }
                 info!(user = %login.user, realm = %login.realm, sessions = sessions.len(), max, "at the session limit: asking which session to end");
                 let mut listed = Vec::with_capacity(sessions.len());

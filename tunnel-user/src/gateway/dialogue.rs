@@ -21,6 +21,8 @@ pub struct RealmLogin {
     pub totp: bool,
     /// At most this many sessions per user in the realm; 0 = no limit.
     pub max_sessions_per_user: u32,
+    /// What a login at that limit does.
+    pub session_limit: super::SessionLimit,
     /// Shown after the login, before the cookie: (text, the user must accept it).
     pub post_auth_notice: Option<(String, bool)>,
 }
@@ -108,6 +110,7 @@ mod tests {
             totp: true,
             max_sessions_per_user: 1,
             post_auth_notice: Some(("Maintenance on Sunday".into(), true)),
+            ..RealmLogin::default()
         };
         assert_eq!(
             steps(Dialogue::after_password(&realm, true)),

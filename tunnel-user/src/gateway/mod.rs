@@ -74,7 +74,7 @@ pub use config::{
     AccessConfig, AuthConfig, CertificateConfig, CertificateLogin, CertificateName, ConfigError,
     EspConfig, GatewayConfig, LimitsConfig, MTU_RANGE, Notice, PasswordLimits, PasswordRequest,
     PasswordRules, PoolChoice, PoolConfig, RealmConfig, RealmPolicy, RealmPool, RoutesConfig,
-    SecondFactor, TlsConfig, defaults,
+    SecondFactor, SessionLimit, TlsConfig, defaults,
 };
 pub use control::{Answer, Request, Selector, SessionInfo, ask};
 pub use hasher::{HashError, HashLimits, HashMemory};

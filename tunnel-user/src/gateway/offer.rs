@@ -22,6 +22,7 @@ pub(super) fn realm_login(cfg: &GatewayConfig, realm: &str) -> RealmLogin {
     RealmLogin {
         totp: policy.second_factor == SecondFactor::Totp,
         max_sessions_per_user: policy.max_sessions_per_user.map_or(0, |n| n.get()),
+        session_limit: policy.session_limit,
         post_auth_notice: policy.post_auth_notice.map(|n| (n.text, n.accept)),
     }
 }
