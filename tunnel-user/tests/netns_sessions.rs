@@ -170,6 +170,7 @@ fn the_operator_lists_shows_and_kills_sessions() {
         "tunnel_gateway_sessions{state=\"parked\",transport=\"\"} 0",
         "tunnel_gateway_logins_total{result=\"ok\"} 1",
         "tunnel_gateway_store_sessions 1",
+        "tunnel_gateway_store_write_seconds_count 1",
         "# TYPE tunnel_gateway_bytes_total counter",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");

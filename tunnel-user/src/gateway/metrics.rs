@@ -22,7 +22,8 @@ use tracing::{debug, warn};
 
 use super::runtime::{Ctx, Shutdown};
 
-const MAX_HEAD: usize = 4096;
+/// The longest request head.
+pub const MAX_HEAD: usize = 4096;
 const HEAD_TIME: Duration = Duration::from_secs(5);
 const MAX_CLIENTS: usize = 16;
 
@@ -71,57 +72,84 @@ pub(super) async fn serve(
     }
 }
 
-async fn answer(ctx: &Ctx, mut stream: TcpStream) {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 512];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        if head.len() > MAX_HEAD {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "too large\n",
-            )
-            .await;
-        }
+/// What a request head asks for ([`asked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// The head has not ended yet (no blank line).
+    Incomplete,
+    /// More than [`MAX_HEAD`] bytes without an end.
+    TooLarge,
+    /// Not an HTTP/1 request line.
+    NotHttp,
+    /// A method other than GET.
+    NotGet,
+    Metrics,
+    Health,
+    NotFound,
+}
+
+/// What the request head read so far (`head`, from the first byte) asks for.
+pub fn asked(head: &[u8]) -> Asked {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| head.windows(2).position(|w| w == b"\n\n"));
+    if end.is_none() {
+        return if head.len() > MAX_HEAD {
+            Asked::TooLarge
+        } else {
+            Asked::Incomplete
+        };
     }
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut words = line.split_whitespace();
     let (method, path, version) = (words.next(), words.next(), words.next());
-    if !version.is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return respond(&mut stream, "400 Bad Request", "text/plain", "not HTTP/1\n").await;
+    if !version.is_some_and(|v| v.starts_with("HTTP/1.")) || words.next().is_some() {
+        return Asked::NotHttp;
     }
     match (method, path) {
-        (Some("GET"), Some("/metrics")) => {
+        (Some("GET"), Some("/metrics")) => Asked::Metrics,
+        (Some("GET"), Some("/health")) => Asked::Health,
+        (Some("GET"), _) => Asked::NotFound,
+        _ => Asked::NotGet,
+    }
+}
+
+async fn answer(ctx: &Ctx, mut stream: TcpStream) {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    let what = loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        match asked(&head) {
+            Asked::Incomplete => continue,
+            what => break what,
+        }
+    };
+    let text = "text/plain";
+    match what {
+        Asked::Metrics => {
             let body = render(ctx);
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
         }
-        (Some("GET"), Some("/health")) if ctx.draining() => {
+        Asked::Health if ctx.draining() => {
+            respond(&mut stream, "503 Service Unavailable", text, "draining\n").await
+        }
+        Asked::Health => respond(&mut stream, "200 OK", text, "ok\n").await,
+        Asked::NotFound => respond(&mut stream, "404 Not Found", text, "not found\n").await,
+        Asked::NotGet => respond(&mut stream, "405 Method Not Allowed", text, "GET only\n").await,
+        Asked::NotHttp | Asked::Incomplete => {
+            respond(&mut stream, "400 Bad Request", text, "not HTTP/1\n").await
+        }
+        Asked::TooLarge => {
             respond(
                 &mut stream,
-                "503 Service Unavailable",
-                "text/plain",
-                "draining\n",
-            )
-            .await
-        }
-        (Some("GET"), Some("/health")) => {
-            respond(&mut stream, "200 OK", "text/plain", "ok\n").await
-        }
-        (Some("GET"), _) => {
-            respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await
-        }
-        _ => {
-            respond(
-                &mut stream,
-                "405 Method Not Allowed",
-                "text/plain",
-                "GET only\n",
+                "431 Request Header Fields Too Large",
+                text,
+                "too large\n",
             )
             .await
         }
@@ -138,6 +166,14 @@ async fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) {
     let _ = stream.shutdown().await;
 }
 
+/// One metric family: its help, type and samples (labels, value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
 /// The metrics now, in the Prometheus text format.
 pub(super) fn render(ctx: &Ctx) -> String {
     let c = &ctx.counters;
@@ -148,13 +184,8 @@ pub(super) fn render(ctx: &Ctx) -> String {
         .filter(|s| s.esp_peer.lock().is_ok_and(|p| p.is_some()))
         .count();
     let mut out = String::with_capacity(2048);
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
     family(
+        &mut out,
         "tunnel_gateway_sessions",
         "gauge",
         "Sessions by state and transport.",
@@ -168,6 +199,7 @@ pub(super) fn render(ctx: &Ctx) -> String {
         ],
     );
     family(
+        &mut out,
         "tunnel_gateway_logins_total",
         "counter",
         "Password and certificate logins, by result.",
@@ -177,12 +209,14 @@ pub(super) fn render(ctx: &Ctx) -> String {
         ],
     );
     family(
+        &mut out,
         "tunnel_gateway_resumes_total",
         "counter",
         "Sessions resumed with their cookie.",
         &[("", get(&c.resumes))],
     );
     family(
+        &mut out,
         "tunnel_gateway_packets_total",
         "counter",
         "Packets between the sessions and the TUN device.",
@@ -192,6 +226,7 @@ pub(super) fn render(ctx: &Ctx) -> String {
         ],
     );
     family(
+        &mut out,
         "tunnel_gateway_bytes_total",
         "counter",
         "Bytes of those packets.",
@@ -201,6 +236,7 @@ pub(super) fn render(ctx: &Ctx) -> String {
         ],
     );
     family(
+        &mut out,
         "tunnel_gateway_dropped_packets_total",
         "counter",
         "Packets dropped, by reason.",
@@ -210,28 +246,62 @@ pub(super) fn render(ctx: &Ctx) -> String {
         ],
     );
     family(
+        &mut out,
         "tunnel_gateway_refused_connections_total",
         "counter",
         "Connections refused at a cap before their login.",
         &[("", get(&ctx.refused))],
     );
     family(
+        &mut out,
         "tunnel_gateway_dead_peers_total",
         "counter",
         "Sessions dead-peer detection took as gone.",
         &[("", get(&ctx.dead_peers))],
     );
     family(
+        &mut out,
         "tunnel_gateway_store_sessions",
         "gauge",
         "Sessions in the session store.",
         &[("", ctx.store.len() as u64)],
     );
+    let (writes, seconds) = ctx.store.write_time();
+    let _ = writeln!(
+        out,
+        "# HELP tunnel_gateway_store_write_seconds Time the session store's writes took.\n\
+         # TYPE tunnel_gateway_store_write_seconds summary\n\
+         tunnel_gateway_store_write_seconds_sum {seconds:.6}\n\
+         tunnel_gateway_store_write_seconds_count {writes}"
+    );
     family(
+        &mut out,
         "tunnel_gateway_store_errors_total",
         "counter",
         "Session store writes that failed.",
         &[("", ctx.store.errors())],
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads_are_read_as_written() {
+        assert_eq!(
+            asked(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Asked::Metrics
+        );
+        assert_eq!(asked(b"GET /health HTTP/1.0\n\n"), Asked::Health);
+        assert_eq!(asked(b"GET /x HTTP/1.1\r\n\r\n"), Asked::NotFound);
+        assert_eq!(asked(b"POST /metrics HTTP/1.1\r\n\r\n"), Asked::NotGet);
+        assert_eq!(asked(b"GET /metrics\r\n\r\n"), Asked::NotHttp);
+        assert_eq!(asked(b"GET /metrics HTTP/1.1 x\r\n\r\n"), Asked::NotHttp);
+        assert_eq!(asked(b"\0\x01\r\n\r\n"), Asked::NotHttp);
+        assert_eq!(asked(b"GET /metrics HTTP/1.1\r\n"), Asked::Incomplete);
+        assert_eq!(asked(&[b'x'; MAX_HEAD]), Asked::Incomplete);
+        assert_eq!(asked(&[b'x'; MAX_HEAD + 1]), Asked::TooLarge);
+    }
 }

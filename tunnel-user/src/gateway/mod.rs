@@ -79,6 +79,7 @@ pub use config::{
 pub use control::{Answer, Request, Selector, SessionInfo, ask};
 pub use hasher::{HashError, HashLimits, HashMemory};
 pub use login::{PasswordChange, TokenRefused};
+pub use metrics::{Asked as MetricsAsked, MAX_HEAD as METRICS_MAX_HEAD, asked as metrics_asked};
 pub use password_change::{ChangeRefused, check_new_password};
 pub use pool::{AddressPool, Lease, PoolError, RealmPools};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};

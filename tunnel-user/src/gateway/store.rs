@@ -187,6 +187,9 @@ pub(crate) struct SessionStore {
     backend: Embedded,
     /// Writes that failed.
     errors: AtomicU64,
+    /// Writes made, and the nanoseconds they took in all.
+    writes: AtomicU64,
+    write_nanos: AtomicU64,
 }
 
 impl SessionStore {
@@ -200,6 +203,8 @@ impl SessionStore {
             SessionStore {
                 backend,
                 errors: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+                write_nanos: AtomicU64::new(0),
             },
             loaded,
         ))
@@ -207,12 +212,29 @@ impl SessionStore {
 
     /// Records `session` (new, or changed: connected, parked).
     pub(crate) fn put(&self, session: &StoredSession) {
-        self.account(self.backend.write(Entry::Put(session.clone())));
+        self.write(Entry::Put(session.clone()));
     }
 
     /// Forgets a session (ended); one not there is fine.
     pub(crate) fn remove(&self, key: &CookieKey) {
-        self.account(self.backend.write(Entry::Del(*key)));
+        self.write(Entry::Del(*key));
+    }
+
+    /// Writes made and the seconds they took in all (the store's latency, for the metrics).
+    pub(crate) fn write_time(&self) -> (u64, f64) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.write_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        )
+    }
+
+    fn write(&self, entry: Entry) {
+        let started = std::time::Instant::now();
+        let result = self.backend.write(entry);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.write_nanos.fetch_add(took, Ordering::Relaxed);
+        self.account(result);
     }
 
     /// Writes that failed since the start.
