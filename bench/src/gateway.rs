@@ -97,6 +97,19 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS in /proc/PID/status")
 }
 
+/// The gateway's memory with `sessions` held, after a moment to settle; per session, the
+/// growth over `baseline` (with `warm` sessions) divided by the sessions made since.
+async fn measure(pid: u32, sessions: usize, baseline: u64, warm: usize) -> Result<Memory> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss = rss_kib(pid)?;
+    Ok(Memory {
+        sessions,
+        rss_kib: rss,
+        kib_per_session: rss.saturating_sub(baseline) as f64
+            / sessions.saturating_sub(warm).max(1) as f64,
+    })
+}
+
 /// Raises our descriptor limit (the gateway inherits it) to hold every session's socket.
 fn raise_nofile(want: u64) {
     let lim = libc::rlimit {
@@ -181,10 +194,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let warmed = held.len();
                 rss_before = rss_kib(gw.id())?;
-                let per_session = |rss: u64, sessions: usize| {
-                    rss.saturating_sub(rss_before) as f64
-                        / sessions.saturating_sub(warmed).max(1) as f64
-                };
+
                 // 1 and 2: password logins.
                 let (first, t1) = open(
                     &target,
@@ -196,13 +206,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                 .await;
                 let made_first = first.iter().flatten().count();
                 held.extend(first.into_iter().flatten());
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let rss = rss_kib(gw.id())?;
-                memory.push(Memory {
-                    sessions: held.len(),
-                    rss_kib: rss,
-                    kib_per_session: per_session(rss, held.len()),
-                });
+                memory.push(measure(gw.id(), held.len(), rss_before, warmed).await?);
                 eprintln!(
                     "gateway bench: {} sessions in {:.1} s",
                     held.len(),
@@ -211,13 +215,9 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                 let (more, _) =
                     open(&target, small..large, LOGIN_CONCURRENCY, None, &mut errors).await;
                 held.extend(more.into_iter().flatten());
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let rss = rss_kib(gw.id())?;
-                memory.push(Memory {
-                    sessions: held.len(),
-                    rss_kib: rss,
-                    kib_per_session: per_session(rss, held.len()),
-                });
+                let m = measure(gw.id(), held.len(), rss_before, warmed).await?;
+                let rss = m.rss_kib;
+                memory.push(m);
                 eprintln!(
                     "gateway bench: {} sessions, gateway RSS {} KiB",
                     held.len(),

@@ -399,6 +399,23 @@ fn at_the_session_limit_the_user_ends_an_old_session() {
     w.wait_for("Ended by a new login of the same user", 1);
 }
 
+/// A gateway whose realm allows one session per user with `session_limit = action`, and
+/// alice's one session.
+fn one_session_at_the_limit(tag: &str, action: &str) -> (World, PulsePeer) {
+    let mut w = world(tag);
+    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
+    w.start_gateway(
+        "password_request = \"legacy\"",
+        &format!("[realm.Users]\nmax_sessions_per_user = 1\nsession_limit = \"{action}\"\n"),
+    );
+    let mut first = w.peer();
+    first
+        .login_with("alice", "correct horse", &Answers::default())
+        .expect("first login");
+    w.wait_for(ESTABLISHED, 1);
+    (w, first)
+}
+
 /// `session_limit = "end_oldest"`: a login at the limit ends the oldest session without
 /// asking (ours, then openconnect's); `"refuse"`: it is refused with the reason, and the
 /// sessions there are go on.
@@ -407,17 +424,7 @@ fn the_realm_decides_what_a_login_at_the_limit_does() {
     if !root() {
         return;
     }
-    let mut w = world("limitend");
-    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
-    w.start_gateway(
-        "password_request = \"legacy\"",
-        "[realm.Users]\nmax_sessions_per_user = 1\nsession_limit = \"end_oldest\"\n",
-    );
-    let mut first = w.peer();
-    first
-        .login_with("alice", "correct horse", &Answers::default())
-        .expect("first login");
-    w.wait_for(ESTABLISHED, 1);
+    let (w, mut first) = one_session_at_the_limit("limitend", "end_oldest");
     let mut second = w.peer();
     second
         .login_with("alice", "correct horse", &Answers::default())
@@ -447,17 +454,7 @@ fn the_realm_decides_what_a_login_at_the_limit_does() {
     );
     assert_eq!(w.count("ending the oldest session"), 2, "{}", w.log());
 
-    let mut w = world("limitref");
-    w.add_user("alice", &["Users"], "correct horse", &AddOptions::default());
-    w.start_gateway(
-        "password_request = \"legacy\"",
-        "[realm.Users]\nmax_sessions_per_user = 1\nsession_limit = \"refuse\"\n",
-    );
-    let mut first = w.peer();
-    first
-        .login_with("alice", "correct horse", &Answers::default())
-        .expect("first login");
-    w.wait_for(ESTABLISHED, 1);
+    let (w, first) = one_session_at_the_limit("limitref", "refuse");
     let mut second = w.peer();
     assert!(
         second

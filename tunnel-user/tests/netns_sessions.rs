@@ -90,6 +90,19 @@ fn a_gateway_killed_and_started_again_resumes_our_clients_session() {
     });
 }
 
+/// A world whose gateway serves its metrics on 127.0.0.1:9477 (in its namespace).
+fn world_with_metrics(tag: &str) -> ClientWorld {
+    let w = ClientWorld::build(tag, tunnel_user::this_crates_binaries!());
+    let conf = w.dir.join("gateway.toml");
+    let text = fs::read_to_string(&conf).unwrap();
+    fs::write(
+        &conf,
+        format!("metrics_listen = \"127.0.0.1:9477\"\n{text}"),
+    )
+    .unwrap();
+    w
+}
+
 /// Sends `request` to the gateway's metrics listener and returns the whole answer.
 fn http(w: &ClientWorld, request: &str) -> String {
     use std::io::{Read, Write};
@@ -125,14 +138,7 @@ fn the_operator_lists_shows_and_kills_sessions() {
     if !root() {
         return;
     }
-    let w = ClientWorld::build("op", tunnel_user::this_crates_binaries!());
-    let conf = w.dir.join("gateway.toml");
-    let text = fs::read_to_string(&conf).unwrap();
-    fs::write(
-        &conf,
-        format!("metrics_listen = \"127.0.0.1:9477\"\n{text}"),
-    )
-    .unwrap();
+    let w = world_with_metrics("op");
     let _gw = w.start_gateway();
     let _td = w.start_tunneld();
     let out = w.connect();
@@ -271,14 +277,7 @@ fn a_drained_gateway_hands_its_sessions_to_the_next() {
     if !root() {
         return;
     }
-    let w = ClientWorld::build("dr", tunnel_user::this_crates_binaries!());
-    let conf = w.dir.join("gateway.toml");
-    let text = fs::read_to_string(&conf).unwrap();
-    fs::write(
-        &conf,
-        format!("metrics_listen = \"127.0.0.1:9477\"\n{text}"),
-    )
-    .unwrap();
+    let w = world_with_metrics("dr");
     let mut gw = w.start_gateway();
     let _td = w.start_tunneld();
     assert!(w.connect().status.success());

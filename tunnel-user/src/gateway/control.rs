@@ -26,13 +26,14 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
-    sync::{Semaphore, broadcast},
+    sync::broadcast,
 };
 use tracing::{info, warn};
 
 use super::{
     conn::end_session,
     runtime::{Ctx, Shutdown},
+    side_listener::serve_each,
     table::{Moment, Place},
 };
 
@@ -187,29 +188,14 @@ pub(super) fn bind(path: &Path) -> io::Result<UnixListener> {
 pub(super) async fn serve(
     ctx: Arc<Ctx>,
     listener: UnixListener,
-    mut stop: broadcast::Receiver<Shutdown>,
+    stop: broadcast::Receiver<Shutdown>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     let me = nix::unistd::geteuid().as_raw();
-    loop {
-        let permit = tokio::select! {
-            _ = stop.recv() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let stream = tokio::select! {
-            _ = stop.recv() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    warn!(error = %e, "control socket: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    let listener = &listener;
+    let accept = move || async move { listener.accept().await.map(|(s, _)| s) };
+    let handle = |stream: UnixStream| {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let uid = stream.peer_cred().map(|c| c.uid()).ok();
             if !uid.is_some_and(|u| u == 0 || u == me) {
                 if let Some(more) = ctx.refused_log.event(Instant::now()) {
@@ -228,8 +214,9 @@ pub(super) async fn serve(
                 Ok(Err((error, stream))) => reply(stream, &Answer::Error(error)).await,
                 Err(_) => {}
             }
-        });
-    }
+        }
+    };
+    serve_each("control socket", MAX_CLIENTS, accept, stop, handle).await;
 }
 
 async fn read_request(stream: UnixStream) -> Result<(Request, UnixStream), (String, UnixStream)> {

@@ -16,11 +16,14 @@ use std::{fmt::Write as _, sync::Arc, sync::atomic::Ordering, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, broadcast},
+    sync::broadcast,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::runtime::{Ctx, Shutdown};
+use super::{
+    runtime::{Ctx, Shutdown},
+    side_listener::serve_each,
+};
 
 /// The longest request head.
 pub const MAX_HEAD: usize = 4096;
@@ -43,33 +46,19 @@ pub(super) struct Counters {
 pub(super) async fn serve(
     ctx: Arc<Ctx>,
     listener: TcpListener,
-    mut stop: broadcast::Receiver<Shutdown>,
+    stop: broadcast::Receiver<Shutdown>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    loop {
-        let permit = tokio::select! {
-            _ = stop.recv() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let stream = tokio::select! {
-            _ = stop.recv() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    warn!(error = %e, "metrics listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    let listener = &listener;
+    let accept = move || async move { listener.accept().await.map(|(s, _)| s) };
+    let handle = |stream: TcpStream| {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             if let Err(e) = tokio::time::timeout(HEAD_TIME, answer(&ctx, stream)).await {
                 debug!(error = %e, "metrics request too slow");
             }
-        });
-    }
+        }
+    };
+    serve_each("metrics", MAX_CLIENTS, accept, stop, handle).await;
 }
 
 /// What a request head asks for ([`asked`]).

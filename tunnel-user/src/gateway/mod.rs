@@ -62,6 +62,7 @@ mod password_change;
 mod pool;
 mod ratelimit;
 mod runtime;
+mod side_listener;
 mod store;
 mod table;
 mod tls;
