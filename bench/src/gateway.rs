@@ -350,3 +350,30 @@ pub fn markdown(r: &Report) -> String {
     }
     s
 }
+
+/// The chart: the gateway's memory per idle session at each size, against the target.
+pub fn draw(r: &Report, dir: &std::path::Path) -> Result<String> {
+    let mut groups: Vec<(String, Vec<crate::chart::Bar>)> = r
+        .memory
+        .iter()
+        .map(|m| {
+            let kib = m.kib_per_session;
+            (
+                format!("{} sessions", m.sessions),
+                vec![Some((kib, kib, kib))],
+            )
+        })
+        .collect();
+    groups.push(("target".to_string(), vec![Some((32.0, 32.0, 32.0))]));
+    crate::chart::draw(
+        &crate::chart::Chart {
+            title: "Gateway memory per idle session",
+            unit: "KiB",
+            series: &["resident memory growth / sessions"],
+            groups,
+            log: false,
+        },
+        &dir.join("gateway.png"),
+    )?;
+    Ok("gateway.png".to_string())
+}

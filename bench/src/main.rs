@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Output in `target/bench/`: `report.md` + `report.json` (full run), `tunnels.*`,
-//! `classifier.*`, `crypto.*` or `attacks[-T].*` (one part), and `throughput.png`,
+//! `classifier.*`, `crypto.*`, `gateway.*` (with `gateway.png`) or `attacks[-T].*` (one
+//! part), and `throughput.png`,
 //! `latency.png`, `cpu.png`.
 //!
 //! # The tunnel comparison
@@ -294,8 +295,12 @@ fn main() -> Result<()> {
                 "gateway.json",
                 &serde_json::to_string_pretty(&report)?,
             )?;
+            let chart = gateway::draw(&report, &dir)?;
             println!("{md}");
-            println!("written: {}/gateway.md and gateway.json", dir.display());
+            println!(
+                "written: {}/gateway.md, gateway.json and {chart}",
+                dir.display()
+            );
         }
         Some(What::Tunnels { systems, list, .. }) => {
             let all = systems::all();
