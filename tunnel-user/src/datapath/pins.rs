@@ -81,7 +81,12 @@ impl Pins {
         if version < aya::util::KernelVersion::new(6, 6, 0) {
             return Err(PinError::OldKernel(format!("{version:?}")));
         }
-        let parent = root.parent().unwrap_or(Path::new("/"));
+        // The nearest directory there is must be on bpffs: the rest is made below it.
+        let parent = root
+            .ancestors()
+            .skip(1)
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"));
         if !is_bpffs(parent).map_err(io("checking", parent))? {
             return Err(PinError::NotBpffs(parent.to_path_buf()));
         }
