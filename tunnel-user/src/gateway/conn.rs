@@ -291,7 +291,7 @@ pub(super) async fn serve(
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(|c| client_cert::certificate_user(c, ctx.settings().config.auth.certificate.user));
+        .map(|c| client_cert::certificate_user(c, settings.config.auth.certificate.user));
     let (tcp, tls) = tls.into_inner();
     // openconnect needs a record per frame; the client says when it does not.
     let link = match TlsLink::new(tcp, tls, true) {

@@ -251,7 +251,7 @@ fn sessions(ctx: &Ctx) -> Vec<(SessionInfo, Place)> {
     let mut all: Vec<(SessionInfo, Place)> = live
         .into_iter()
         .map(|s| {
-            let esp = s.esp_peer.lock().is_ok_and(|p| p.is_some());
+            let esp = s.heard_over_esp();
             (
                 SessionInfo {
                     id: s.id,

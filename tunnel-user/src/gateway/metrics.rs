@@ -167,11 +167,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 pub(super) fn render(ctx: &Ctx) -> String {
     let c = &ctx.counters;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let (live, parked) = ctx.table.snapshot();
-    let esp = live
-        .iter()
-        .filter(|s| s.esp_peer.lock().is_ok_and(|p| p.is_some()))
-        .count();
+    let (live, esp, parked) = ctx.table.census();
     let mut out = String::with_capacity(2048);
     family(
         &mut out,
@@ -182,9 +178,9 @@ pub(super) fn render(ctx: &Ctx) -> String {
             (r#"{state="connected",transport="esp"}"#, esp as u64),
             (
                 r#"{state="connected",transport="tls"}"#,
-                (live.len() - esp) as u64,
+                (live - esp) as u64,
             ),
-            (r#"{state="parked",transport=""}"#, parked.len() as u64),
+            (r#"{state="parked",transport=""}"#, parked as u64),
         ],
     );
     family(

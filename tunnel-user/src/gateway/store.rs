@@ -337,6 +337,12 @@ impl Embedded {
             .state
             .lock()
             .map_err(|_| io::Error::other("the store's lock was poisoned"))?;
+        // Forgetting a session not there changes nothing: no line.
+        if let Entry::Del(key) = &entry
+            && !state.sessions.contains_key(key)
+        {
+            return Ok(());
+        }
         let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
         line.push(b'\n');
         match entry {
@@ -344,9 +350,7 @@ impl Embedded {
                 state.sessions.insert(s.key, s);
             }
             Entry::Del(key) => {
-                if state.sessions.remove(&key).is_none() {
-                    return Ok(());
-                }
+                state.sessions.remove(&key);
             }
         }
         // Mostly dead lines: write the live ones to a new file instead.

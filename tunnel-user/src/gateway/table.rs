@@ -80,6 +80,11 @@ impl Session {
         );
     }
 
+    /// Whether the client was heard over ESP (its ESP endpoint is known).
+    pub fn heard_over_esp(&self) -> bool {
+        self.esp_peer.lock().is_ok_and(|p| p.is_some())
+    }
+
     /// Whether `src` is an address this session may send from.
     pub fn owns(&self, src: IpAddr) -> bool {
         match src {
@@ -117,9 +122,7 @@ impl Resumable {
             expires: session.ends.map_or(expires, |end| end.min(expires)),
         }
     }
-}
 
-impl Resumable {
     /// What the store keeps of it.
     pub fn stored(&self, key: CookieKey, now: Moment) -> StoredSession {
         StoredSession {
@@ -422,6 +425,16 @@ impl SessionTable {
             .map(|m| m.iter().map(|(k, r)| (*k, r.clone())).collect())
             .unwrap_or_default();
         (live, parked)
+    }
+
+    /// How many sessions there are: live, live of which heard over ESP, parked. Counted
+    /// under the locks, nothing copied (the metrics ask this at every scrape).
+    pub fn census(&self) -> (usize, usize, usize) {
+        let (live, esp) = self.by_cookie.lock().map_or((0, 0), |m| {
+            (m.len(), m.values().filter(|s| s.heard_over_esp()).count())
+        });
+        let parked = self.resumable.lock().map_or(0, |m| m.len());
+        (live, esp, parked)
     }
 
     /// Number of live sessions.

@@ -61,28 +61,33 @@ impl Target {
         password: &str,
         cookie: Option<String>,
     ) -> Result<Held, String> {
-        tokio::time::timeout(STEP, self.session_inner(source, user, password, cookie))
+        let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
+        let made = async {
+            let socket = TcpSocket::new_v4().map_err(e("socket"))?;
+            socket.bind(SocketAddr::new(source, 0)).map_err(e("bind"))?;
+            let tcp = socket.connect(self.to).await.map_err(e("connect"))?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::IpAddress(self.to.ip().into());
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(e("TLS"))?;
+            self.log_in(tls, user, password, cookie).await
+        };
+        tokio::time::timeout(STEP, made)
             .await
             .map_err(|_| format!("no session within {STEP:?}"))?
     }
 
-    async fn session_inner(
+    /// The IF-T dialogue over `tls`, up to the configuration.
+    async fn log_in(
         &self,
-        source: IpAddr,
+        mut tls: TlsStream<TcpStream>,
         user: &str,
         password: &str,
         cookie: Option<String>,
     ) -> Result<Held, String> {
         let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
-        let socket = TcpSocket::new_v4().map_err(e("socket"))?;
-        socket.bind(SocketAddr::new(source, 0)).map_err(e("bind"))?;
-        let tcp = socket.connect(self.to).await.map_err(e("connect"))?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::IpAddress(self.to.ip().into());
-        let mut tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(e("TLS"))?;
         let resuming = cookie.is_some();
         let offered = cookie.clone();
         let mut client = Client::new(ClientConfig {
