@@ -109,7 +109,7 @@ impl ResolvConf {
         };
         match &original.symlink {
             Some(target) => {
-                let tmp = self.path.with_extension("tunnel-new");
+                let tmp = temp_beside(&self.path);
                 let _ = fs::remove_file(&tmp);
                 symlink(target, &tmp)?;
                 if let Err(e) = fs::rename(&tmp, &self.path) {
@@ -124,11 +124,18 @@ impl ResolvConf {
     }
 }
 
+/// The new file made beside `path` before it is renamed over it: named by this process, so
+/// that two writers (two tunnelds on one /etc, each with its own mount of the file) never
+/// take or remove each other's.
+fn temp_beside(path: &Path) -> PathBuf {
+    path.with_extension(format!("tunnel-new-{}", std::process::id()))
+}
+
 /// Replaces the file at `path` with `text`: a new file renamed over it (a symlink is
 /// replaced, not followed), or, where the path is a mount point (a bind mount: `EBUSY`),
 /// the text written in place.
 fn replace(path: &Path, text: &str) -> io::Result<()> {
-    let tmp = path.with_extension("tunnel-new");
+    let tmp = temp_beside(path);
     fs::write(&tmp, text)?;
     fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     match fs::rename(&tmp, path) {
@@ -187,6 +194,29 @@ mod tests {
         assert_eq!(fs::read_to_string(&rc.path).unwrap(), ORIGINAL);
         assert!(!rc.saved.exists());
         assert!(!rc.restore().unwrap(), "nothing kept: nothing done");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Another tunneld writing the same file through its own mount (the tests run several
+    /// at once) has its new file beside it; neither may take or remove the other's.
+    #[test]
+    fn another_writers_new_file_is_left_alone() {
+        let d = dir("other");
+        let rc = ResolvConf {
+            path: d.join("resolv.conf"),
+            saved: d.join("saved"),
+        };
+        fs::write(&rc.path, ORIGINAL).unwrap();
+        let theirs = d.join("resolv.tunnel-new");
+        fs::write(&theirs, "nameserver 10.9.9.9\n").unwrap();
+        rc.point("nameserver 127.0.77.53\n").unwrap();
+        assert!(rc.restore().unwrap());
+        assert_eq!(fs::read_to_string(&rc.path).unwrap(), ORIGINAL);
+        assert_eq!(
+            fs::read_to_string(&theirs).unwrap(),
+            "nameserver 10.9.9.9\n",
+            "the other writer's file is as it left it"
+        );
         fs::remove_dir_all(&d).unwrap();
     }
 
