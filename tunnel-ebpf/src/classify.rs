@@ -192,7 +192,14 @@ fn is_link_control(view: &View) -> bool {
     if pkt.proto == IPPROTO_UDP {
         return matches!((view.remote_port, view.local_port), (67, 68) | (547, 546));
     }
-    pkt.v6 && pkt.proto == IPPROTO_ICMPV6 && (133..=137).contains(&pkt.icmp_type)
+    if !pkt.v6 || pkt.proto != IPPROTO_ICMPV6 {
+        return false;
+    }
+    // Neighbour discovery; and multicast listener reports to a link-scope group, which no
+    // router forwards (switches that snoop them stop delivering neighbour solicitations to
+    // a host whose reports are dropped).
+    let link_scope = u32::from_be(pkt.dst[0]) >> 16 & 0xff0f == 0xff02;
+    (133..=137).contains(&pkt.icmp_type) || (link_scope && matches!(pkt.icmp_type, 130..=132 | 143))
 }
 
 /// The connection of the deepest cgroup (the socket's own, then its ancestors) with a rule.

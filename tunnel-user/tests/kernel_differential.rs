@@ -209,13 +209,23 @@ fn rand_frame(
             reply: rng.random_bool(0.5),
         },
         8 if v6 => L4::Icmpv6 {
-            icmp_type: *[128u8, 133, 135, 136, 137, 138, 1].choose(rng).unwrap(),
+            icmp_type: *[128u8, 130, 131, 133, 135, 136, 137, 138, 143, 1]
+                .choose(rng)
+                .unwrap(),
         },
         _ => L4::Other {
             proto: *[47u8, 50, 132].choose(rng).unwrap(),
         },
     };
-    let (src, dst) = if inbound { (far, near) } else { (near, far) };
+    let (src, mut dst) = if inbound { (far, near) } else { (near, far) };
+    if v6 && matches!(l4, L4::Icmpv6 { .. }) && rng.random_bool(0.5) {
+        // Multicast listener messages go to a group: link scope (with and without the
+        // transient flag) or wider.
+        let group = *["ff02::16", "ff12::1:3", "ff05::2", "ff0e::1"]
+            .choose(rng)
+            .unwrap();
+        dst = IpAddr::V6(group.parse().unwrap());
+    }
     let mut frame = Frame::new(src, dst, l4);
     frame.hop_by_hop = v6 && rng.random_bool(0.2);
     if v6 && rng.random_bool(0.08) {

@@ -710,6 +710,21 @@ fn a_connection_drops_the_family_it_has_no_address_for_when_told_to() {
             CONN_NONE,
             Reason::BypassLinkControl,
         );
+        // Multicast listener reports to a link-scope group stay on the link: switches
+        // that snoop them need them. The same message type to a wider group is judged
+        // like any other packet.
+        let mut report = Frame::new(l6, ip("ff02::16"), L4::Icmpv6 { icmp_type: 143 });
+        report.hop_by_hop = true;
+        expect(
+            &mut dp,
+            &report.build(),
+            0,
+            TC_ACT_OK,
+            CONN_NONE,
+            Reason::BypassLinkControl,
+        );
+        let wide = Frame::new(l6, ip("ff0e::1"), L4::Icmpv6 { icmp_type: 143 }).build();
+        expect(&mut dp, &wide, 0, TC_ACT_SHOT, 0, Reason::DropNoFamily);
         expect(
             &mut dp,
             &tcp(IpAddr::V4(LOCAL_V4), ip("10.1.2.3")),

@@ -12,7 +12,7 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Mutex, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tunnel_common::{CONN_NONE, Reason};
@@ -79,20 +79,8 @@ fn guard_checks(w: &SplitWorld, dp: &mut Datapath, device: &Policy) {
         ..device.clone()
     })
     .unwrap();
-    // A young link still sends IPv6 chatter (MLD reports) that lock-down drops on the way
-    // out; wait until it is quiet so the drops counted next are the pings'.
-    for _ in 0..20 {
-        let before = counters(dp);
-        std::thread::sleep(Duration::from_millis(1200));
-        if counters(dp)
-            .since(&before)
-            .get(0, Reason::DropLockdown)
-            .packets
-            == 0
-        {
-            break;
-        }
-    }
+    // A young link's IPv6 chatter (router solicitations, duplicate address detection,
+    // multicast listener reports) is link control, not counted as a drop below.
     let before = counters(dp);
     let _ = lan.sh("ping -c 2 -i 0.2 -W 1 -I 172.16.0.1 192.168.50.2");
     lan.sh("ping -c 1 -W 1 192.168.50.2")
@@ -583,6 +571,34 @@ fn udp_v6_to(frame: &[u8], dst: Ipv6Addr, port: u16) -> bool {
         && frame[14 + 40 + 2..14 + 40 + 4] == port.to_be_bytes()
 }
 
+/// The solicited-node multicast group of `addr` (RFC 4291 2.7.1).
+fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+    let o = addr.octets();
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+/// An MLDv2 listener report (after its hop-by-hop header) with a record for `group`.
+fn listener_report_for(frame: &[u8], group: Ipv6Addr) -> bool {
+    const ICMP: usize = 14 + 40 + 8;
+    frame.len() >= ICMP + 8
+        && frame[12..14] == [0x86, 0xdd]
+        && frame[14 + 6] == 0
+        && frame[14 + 40] == 58
+        && frame[ICMP] == 143
+        && frame[ICMP + 8..]
+            .windows(16)
+            .any(|w| w == group.octets().as_slice())
+}
+
 /// A full tunnel (0.0.0.0/0) whose gateway assigned no IPv6 address: an app's IPv6
 /// datagram to a host the LAN also answers for is captured on the far end of the uplink
 /// when the connection lets the missing family bypass (the client's behaviour before
@@ -649,26 +665,35 @@ fn a_full_tunnel_without_ipv6_sends_no_ipv6_around_it() {
         (true, &[], 0, vec![(Some(0), Reason::DropNoFamily, 1)]),
         (true, &["fd00:100::/64"], 1, out_and_back),
     ];
-    for (drop, exclude, on_wire, expected) in cases {
+    for (i, (drop, exclude, on_wire, expected)) in cases.into_iter().enumerate() {
         dp.apply(&policy(drop, exclude)).unwrap();
-        // The young link's own IPv6 chatter (MLD reports) is judged by the same rule; wait
-        // until it is quiet so the counters below are the datagram's alone.
-        for _ in 0..20 {
-            let before = counters(&dp);
-            std::thread::sleep(Duration::from_millis(1200));
-            let chatter = counters(&dp).since(&before).nonzero();
-            if chatter
-                .iter()
-                .all(|(_, r, _)| matches!(r, Reason::BypassLinkControl | Reason::BypassNotIp))
-            {
-                break;
-            }
-        }
         let capture = Capture::start(&w.lan, "lan0").unwrap();
+        let arrived = Capture::start(&w.client, "up0").unwrap();
         let before = counters(&dp);
+        // A new address on each side joins its solicited-node group: a multicast listener
+        // report goes out and one comes in while the datagram is counted. Link control:
+        // seen on the wire, never counted as the datagram's family rule.
+        let (ours, theirs) = (format!("fe80::a:{i}"), format!("fe80::b:{i}"));
+        w.client
+            .sh(&format!("ip addr add {ours}/64 dev up0 nodad"))
+            .unwrap();
+        w.lan
+            .sh(&format!("ip addr add {theirs}/64 dev lan0 nodad"))
+            .unwrap();
         let uid = send_unprivileged(&w.client, std::slice::from_ref(&datagram)).unwrap();
         assert_eq!(uid, NOBODY.to_string(), "sent by an app, not by root");
-        std::thread::sleep(Duration::from_millis(500));
+        let [out_group, in_group] = [&ours, &theirs].map(|a| solicited_node(a.parse().unwrap()));
+        let reports = || {
+            [
+                capture.count(|f| listener_report_for(f, out_group)),
+                arrived.count(|f| listener_report_for(f, in_group)),
+            ]
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && reports().contains(&0) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
         let d = counters(&dp).since(&before);
         let ctx = format!("drop {drop}, exclude {exclude:?}: {:?}", d.nonzero());
         assert_eq!(
@@ -685,6 +710,9 @@ fn a_full_tunnel_without_ipv6_sends_no_ipv6_around_it() {
             .map(|(c, r, n)| (*c, *r, n.packets))
             .collect();
         assert_eq!(cells, expected, "{ctx}");
+        let [went_out, came_in] = reports();
+        assert!(went_out > 0, "our listener report reached the LAN ({ctx})");
+        assert!(came_in > 0, "the LAN's listener report reached us ({ctx})");
         // IPv4 is what the tunnel carries, whatever happens to IPv6.
         assert_eq!(w.who_answers_tcp(CORP).as_deref(), Some("corp"), "{ctx}");
         let tcp6 = w.who_answers_tcp(CORP6);

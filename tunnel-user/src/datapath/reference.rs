@@ -317,7 +317,12 @@ fn link_control(p: &Parsed, o: &Oriented) -> bool {
     if p.proto == UDP {
         return matches!((o.remote_port, o.local_port), (67, 68) | (547, 546));
     }
-    p.v6 && p.proto == ICMPV6 && (133..=137).contains(&p.icmp_type)
+    if !p.v6 || p.proto != ICMPV6 {
+        return false;
+    }
+    // Neighbour discovery, and multicast listener messages to a link-scope group.
+    let link_scope = matches!(p.dst, IpAddr::V6(a) if a.segments()[0] & 0xff0f == 0xff02);
+    (133..=137).contains(&p.icmp_type) || (link_scope && matches!(p.icmp_type, 130..=132 | 143))
 }
 
 fn family_matches(net: &ipnet::IpNet, addr: &IpAddr) -> bool {
