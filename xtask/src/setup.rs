@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     // links (the systemd package; systemd is not started).
     "dbus-daemon",
     "systemd",
+    // The shared session store of a gateway cluster (the tests start their own server).
+    "redis-server",
     // Interop peers.
     "openconnect",
     "ocserv",

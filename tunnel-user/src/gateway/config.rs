@@ -152,6 +152,30 @@ pub struct GatewayConfig {
     /// `metrics_listen`: where `GET /metrics` (Prometheus text format) and `GET /health`
     /// are served, `ip:port`. Default: none (off). Bind it where only monitoring reaches.
     pub metrics_listen: Option<SocketAddr>,
+    /// `session_store`: where sessions are kept beyond the process.
+    pub session_store: StoreChoice,
+}
+
+/// `session_store`: `"embedded"` (the default: `state_dir/sessions.log`) or the URL of the
+/// Redis server a cluster of gateways shares (`redis://HOST:PORT[/DB]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreChoice {
+    #[default]
+    Embedded,
+    Redis(String),
+}
+
+impl fmt::Display for StoreChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreChoice::Embedded => f.write_str("embedded"),
+            // A password in the URL is not shown.
+            StoreChoice::Redis(url) => match (url.split_once("://"), url.rfind('@')) {
+                (Some((scheme, _)), Some(at)) => write!(f, "{scheme}://***{}", &url[at..]),
+                _ => f.write_str(url),
+            },
+        }
+    }
 }
 
 /// `[access]`: a client reaches what its routes include (and the pushed DNS servers on port
@@ -556,6 +580,7 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     metrics_listen: Option<String>,
+    session_store: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -985,6 +1010,22 @@ impl RawConfig {
             }
         };
 
+        let session_store = match self.session_store.as_deref() {
+            None | Some("embedded") => StoreChoice::Embedded,
+            Some(url) => {
+                let accepted = (url.starts_with("redis://") || url.starts_with("redis+unix://"))
+                    && redis::Client::open(url).is_ok();
+                if !accepted {
+                    return Err(ConfigError::Invalid {
+                        key: key("session_store"),
+                        value: url.to_string(),
+                        expected: "\"embedded\" or a Redis URL such as redis://127.0.0.1:6379/0",
+                    });
+                }
+                StoreChoice::Redis(url.to_string())
+            }
+        };
+
         let tls = TlsConfig {
             certificate: path(self.tls.certificate, "tls.certificate")?,
             key: path(self.tls.key, "tls.key")?,
@@ -1165,6 +1206,7 @@ impl RawConfig {
             state_dir,
             control_socket,
             metrics_listen,
+            session_store,
         })
     }
 }
@@ -2302,6 +2344,7 @@ impl fmt::Display for GatewayConfig {
             self.metrics_listen
                 .map_or("(none: metrics off)".to_string(), |a| a.to_string())
         )?;
+        writeln!(f, "session_store          {}", self.session_store)?;
         writeln!(f, "auth.password_request  {}", self.auth.password_request)?;
         write!(f, "{}", self.auth.passwords)?;
         write!(f, "{}", self.auth.certificate)?;
@@ -2543,6 +2586,31 @@ ipv4 = "10.10.0.0/24"
             let header = format!("[{section}]\n");
             assert!(BASE.contains(&header), "no [{section}] in BASE");
             BASE.replacen(&header, &format!("{header}{line}\n"), 1)
+        }
+    }
+
+    #[test]
+    fn the_session_store_is_embedded_or_a_redis_url() {
+        let c = GatewayConfig::from_str(BASE).unwrap();
+        assert_eq!(c.session_store, StoreChoice::Embedded);
+        let c = GatewayConfig::from_str(&with(
+            "",
+            r#"session_store = "redis://:hunter2@10.0.0.5:6379/2""#,
+        ))
+        .unwrap();
+        assert_eq!(
+            c.session_store,
+            StoreChoice::Redis("redis://:hunter2@10.0.0.5:6379/2".into())
+        );
+        // Shown without its password, in the printed configuration too.
+        assert_eq!(c.session_store.to_string(), "redis://***@10.0.0.5:6379/2");
+        assert!(!c.to_string().contains("hunter2"));
+        for bad in ["redis", "http://10.0.0.5:6379", "redis://[::1", ""] {
+            expect_err(
+                &with("", &format!("session_store = \"{bad}\"")),
+                "session_store",
+                "Redis URL",
+            );
         }
     }
 

@@ -29,8 +29,9 @@ use super::{
     access::AccessCache,
     admission::LoginSlot,
     client_cert::{self, CertNameError},
+    cluster::{STORE_UNAVAILABLE, adopt, drop_local_copy, lease_for_login, route_session},
     dialogue::{Dialogue, Step},
-    login::{LoginRequest, PasswordChange},
+    login::{LoginOutcome, LoginRequest, PasswordChange, Refused},
     store::CookieKey,
     table::{Moment, Place, Resumable, Session},
     tls_readers::TlsReader,
@@ -162,11 +163,33 @@ pub(super) fn end_session(ctx: &Ctx, place: Place, user: &str, why: &str) {
         Place::Parked(cookie) => {
             if let Some(r) = ctx.table.remove_parked(&cookie) {
                 info!(%user, session = r.id, why, "ending a parked session");
-                ctx.store.remove(&cookie);
+                ctx.store.remove(&cookie, &r.lease);
                 if let Ok(mut pool) = ctx.pool.lock() {
                     pool.release(&r.lease);
                 }
             }
+        }
+    }
+}
+
+/// In a cluster, the failed logins of `user` on every gateway count against one limit
+/// (`auth.passwords.account_failures` in its window): a refusal once they reach it, or when
+/// the store cannot say.
+async fn cluster_refuses_login(ctx: &Ctx, user: &str) -> Option<AuthRejection> {
+    let shared = ctx.store.shared()?;
+    let limits = ctx.settings().config.auth.passwords;
+    match shared.failed_logins(user).await {
+        Ok(n) if n >= u64::from(limits.account_failures) => {
+            warn!(%user, failed = n, window_secs = limits.account_window.as_secs(), "login refused: the user's failed logins across the cluster reached the limit");
+            Some(AuthRejection::Failure(format!(
+                "Too many failed logins. Try again in {} seconds.",
+                limits.account_window.as_secs().max(1)
+            )))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            warn!(%user, error = %e, "login refused: the session store is unavailable");
+            Some(AuthRejection::Failure(STORE_UNAVAILABLE.into()))
         }
     }
 }
@@ -523,6 +546,28 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
         ServerEvent::ClientInfo(info) => debug!(?info, "client info"),
         ServerEvent::ResumeRequested { cookie } => {
             let key = CookieKey::of(&cookie);
+            // In a cluster the store decides whether the session still exists (it may have
+            // ended on another gateway), and this gateway becomes its holder.
+            let from_cluster = match ctx.store.shared() {
+                None => None,
+                Some(shared) => match shared.take(&key).await {
+                    Ok(Some(record)) => Some(record),
+                    Ok(None) => {
+                        drop_local_copy(ctx, &key);
+                        debug!("a cookie the cluster does not know: asking for credentials");
+                        let _ = conn.pending.as_mut()?.reject(AuthRejection::Retry);
+                        return None;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "resume refused: the session store cannot say whether the session still exists");
+                        let _ = conn
+                            .pending
+                            .as_mut()?
+                            .reject(AuthRejection::Failure(STORE_UNAVAILABLE.into()));
+                        return None;
+                    }
+                },
+            };
             let resumable = ctx.table.unpark(&key, now).or_else(|| {
                 // The old connection may still be up (the client reconnected before the gateway
                 // noticed the loss): take its session over, if its login has not ended.
@@ -538,6 +583,11 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     parked_until(&ctx.settings().config, now),
                 ))
             });
+            let resumable = match (resumable, from_cluster) {
+                (Some(r), _) => Some(r),
+                (None, Some(record)) => adopt(ctx, &record).await,
+                (None, None) => None,
+            };
             let p = conn.pending.as_mut()?;
             match resumable {
                 Some(r) => {
@@ -564,6 +614,11 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 .or_else(|| ctx.settings().config.auth.realms.first().cloned())
                 .unwrap_or_default();
             let verified = password.clone();
+            if let Some(refusal) = cluster_refuses_login(ctx, &username).await {
+                ctx.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
+                let _ = conn.pending.as_mut()?.reject(refusal);
+                return None;
+            }
             let outcome = ctx
                 .logins
                 .authenticate(LoginRequest {
@@ -574,6 +629,14 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     certificate: conn.cert_user.as_ref(),
                 })
                 .await;
+            if outcome == LoginOutcome::Refused(Refused::Credentials)
+                && let Some(shared) = ctx.store.shared()
+            {
+                let window = ctx.settings().config.auth.passwords.account_window;
+                if let Err(e) = shared.failed_login(&username, window).await {
+                    warn!(user = %username, error = %e, "a failed login could not be counted in the cluster");
+                }
+            }
             match outcome.rejection() {
                 None => {
                     let rules = realm_login(&ctx.settings().config, &realm);
@@ -698,15 +761,11 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                         ctx.table.park(cookie, r);
                     }
                     let realm = realm.unwrap_or_default();
-                    let lease = match ctx.pool.lock().map(|mut p| p.allocate(&realm)) {
-                        Ok(Ok(lease)) => lease,
-                        _ => {
-                            warn!("address pool exhausted");
+                    let lease = match lease_for_login(ctx, &realm, &CookieKey::of(&cookie)).await {
+                        Ok(lease) => lease,
+                        Err(why) => {
                             let _ = conn.with_proto(|p| {
-                                p.terminate(
-                                    FatalErrorKind::SessionTerminated,
-                                    "No address available",
-                                )
+                                p.terminate(FatalErrorKind::SessionTerminated, why)
                             });
                             return Some(Ending::Unauthenticated);
                         }
@@ -725,6 +784,9 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 warn!(error = %e, "sending the configuration failed");
                 if let Ok(mut pool) = ctx.pool.lock() {
                     pool.release(&lease);
+                }
+                if let Some(shared) = ctx.store.shared() {
+                    shared.remove(&CookieKey::of(&cookie), &lease);
                 }
                 conn.pending = Some(proto);
                 return Some(Ending::Unauthenticated);
@@ -769,6 +831,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
             }
             info!(user = %s.user, realm = %s.realm, ipv4 = %s.lease.ipv4, ipv6 = ?s.lease.ipv6, resumed, "session established");
             ctx.store.put(&s.stored(Moment::now()));
+            route_session(ctx, &s.lease, true);
             let counter = if resumed {
                 &ctx.counters.resumes
             } else {
@@ -820,13 +883,15 @@ fn finish(ctx: &Ctx, session: Option<Arc<Session>>, ending: Ending) {
     ctx.table.remove(&s);
     match ending {
         Ending::Finished | Ending::Unauthenticated => {
+            route_session(ctx, &s.lease, false);
             if let Ok(mut pool) = ctx.pool.lock() {
                 pool.release(&s.lease);
             }
-            ctx.store.remove(&CookieKey::of(&s.cookie));
+            ctx.store.remove(&CookieKey::of(&s.cookie), &s.lease);
             info!(user = %s.user, peer = %s.peer, ipv4 = %s.lease.ipv4, "session ended, address released");
         }
         Ending::Dropped => {
+            route_session(ctx, &s.lease, false);
             info!(user = %s.user, "connection lost; session resumable with its cookie");
             let now = Moment::now();
             let r = Resumable::of(&s, parked_until(&ctx.settings().config, now.at));

@@ -49,6 +49,7 @@
 mod access;
 mod admission;
 mod client_cert;
+mod cluster;
 mod config;
 mod conn;
 mod control;
@@ -61,6 +62,7 @@ mod offer;
 mod password_change;
 mod pool;
 mod ratelimit;
+mod redis_store;
 mod runtime;
 mod side_listener;
 mod store;
@@ -75,7 +77,7 @@ pub use config::{
     AccessConfig, AuthConfig, CertificateConfig, CertificateLogin, CertificateName, ConfigError,
     EspConfig, GatewayConfig, LimitsConfig, MTU_RANGE, Notice, PasswordLimits, PasswordRequest,
     PasswordRules, PoolChoice, PoolConfig, RealmConfig, RealmPolicy, RealmPool, RoutesConfig,
-    SecondFactor, SessionLimit, TlsConfig, defaults,
+    SecondFactor, SessionLimit, StoreChoice, TlsConfig, defaults,
 };
 pub use control::{Answer, Request, Selector, SessionInfo, ask};
 pub use hasher::{HashError, HashLimits, HashMemory};
@@ -84,6 +86,7 @@ pub use metrics::{Asked as MetricsAsked, MAX_HEAD as METRICS_MAX_HEAD, asked as 
 pub use password_change::{ChangeRefused, check_new_password};
 pub use pool::{AddressPool, Lease, PoolError, RealmPools};
 pub use ratelimit::{Attempt, LoginLimiter, RateLimitPolicy, Refusal, Scope, WindowPolicy};
+pub use redis_store::Unavailable as StoreUnavailable;
 pub use runtime::{Gateway, GatewayError, ReloadError, Reloader};
 pub use store::{StoreError, load_embedded as load_session_store};
 pub use tls::TlsSetupError;

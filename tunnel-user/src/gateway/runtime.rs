@@ -24,11 +24,13 @@ use super::control;
 use super::metrics::{self, Counters};
 use super::offer::server_config;
 use super::{
-    GatewayConfig, PoolChoice, RealmPools, UsersError,
+    GatewayConfig, Lease, PoolChoice, RealmPools, StoreChoice, UsersError,
     access::{AccessControl, AccessPolicy, local_addresses},
     admission::{Admission, FLOOD_LOG_INTERVAL, LogThrottle, Refusal},
+    cluster,
     login::Logins,
-    store::{Loaded, STORE_FILE, SessionStore, StoreError},
+    redis_store::Unavailable,
+    store::{CookieKey, Loaded, STORE_FILE, SessionStore, StoreError},
     table::{Moment, Resumable, SessionTable, SpiRegistry},
     tls::{self, TlsSetupError},
     tls_readers::TlsReaders,
@@ -56,6 +58,8 @@ pub enum GatewayError {
     Netconf(#[from] NetconfError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    SharedStore(#[from] Unavailable),
 }
 
 pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> GatewayError {
@@ -105,6 +109,11 @@ pub(super) struct Ctx {
     pub(super) dead_peers: AtomicU64,
     /// What outlives the process of the sessions ([`SessionStore`]).
     pub(super) store: SessionStore,
+    /// In a cluster: addresses another gateway held when a login tried them, taken in the
+    /// local pool until [`cluster::release_foreign`] gives them back.
+    pub(super) foreign: Mutex<Vec<(Lease, Instant)>>,
+    /// The TUN device's index (host routes in a cluster).
+    pub(super) tun_index: u32,
     /// Logins, resumes and traffic, for the metrics.
     pub(super) counters: Counters,
     /// Set once a drain was asked for ([`Ctx::drain`]): the wait before connections close.
@@ -257,6 +266,7 @@ fn compare(old: &GatewayConfig, new: &GatewayConfig) -> (Vec<&'static str>, Vec<
         ("state_dir", old.state_dir != new.state_dir),
         ("control_socket", old.control_socket != new.control_socket),
         ("metrics_listen", old.metrics_listen != new.metrics_listen),
+        ("session_store", old.session_store != new.session_store),
     ];
     let changeable = [
         ("dns", old.dns != new.dns),
@@ -294,6 +304,8 @@ pub struct Gateway {
     listener: TcpListener,
     control: tokio::net::UnixListener,
     metrics: Option<TcpListener>,
+    /// In a cluster: sessions this gateway must drop (another took them).
+    lost: Option<tokio::sync::mpsc::UnboundedReceiver<CookieKey>>,
     acceptor: TlsAcceptor,
 }
 
@@ -317,7 +329,18 @@ impl Gateway {
         );
         warn_if_dpd_outpaces_clients(&config);
         let now = Moment::now();
-        let (store, stored) = SessionStore::open_embedded(&config.state_dir, now.unix)?;
+        let (store, stored, lost) = match &config.session_store {
+            StoreChoice::Embedded => {
+                let (store, stored) = SessionStore::open_embedded(&config.state_dir, now.unix)?;
+                (store, Some(stored), None)
+            }
+            StoreChoice::Redis(url) => {
+                let (store, lost) =
+                    SessionStore::open_redis(url, config.session_store.to_string())?;
+                info!(store = %config.session_store, "sessions shared with the cluster's store");
+                (store, None, Some(lost))
+            }
+        };
         let control = control::bind(&config.control_socket).map_err(io_err(format!(
             "control socket {}",
             config.control_socket.display()
@@ -326,7 +349,7 @@ impl Gateway {
             Tun::create_offloaded(&config.tun_name)
                 .map_err(io_err(format!("creating TUN {}", config.tun_name)))?,
         );
-        configure_tun(&config, &tun)?;
+        let tun_index = configure_tun(&config, &tun)?;
         let local = local_addresses().map_err(io_err("listing the host's addresses"))?;
         let access = AccessControl::new(AccessPolicy::new(&config, &local));
         let listener = TcpListener::bind(config.listen)
@@ -357,7 +380,10 @@ impl Gateway {
             source: io::Error::other(e.to_string()),
         })?;
         let table = SessionTable::default();
-        let next_id = restore_sessions(&config, &store, stored, &mut pool, &table, now);
+        let next_id = match stored {
+            Some(stored) => restore_sessions(&config, &store, stored, &mut pool, &table, now),
+            None => 1,
+        };
         let stop = Arc::new(Stop::new().map_err(io_err("the packet threads' stop signal"))?);
         let tls_readers =
             Arc::new(TlsReaders::new().map_err(io_err("the TLS connections' epoll set"))?);
@@ -395,6 +421,8 @@ impl Gateway {
             forbidden: AtomicU64::new(0),
             dead_peers: AtomicU64::new(0),
             store,
+            foreign: Mutex::new(Vec::new()),
+            tun_index,
             counters: Counters::default(),
             draining: std::sync::OnceLock::new(),
             drain_asked: tokio::sync::Notify::new(),
@@ -404,6 +432,7 @@ impl Gateway {
             listener,
             control,
             metrics,
+            lost,
             acceptor: TlsAcceptor::from(tls),
         })
     }
@@ -429,6 +458,7 @@ impl Gateway {
             listener,
             control,
             metrics,
+            lost,
             acceptor,
         } = self;
         let threads = device::start("gw-packets", &ctx, |c| (c, &c.device))
@@ -436,6 +466,7 @@ impl Gateway {
         let (stop_tx, _) = broadcast::channel::<Shutdown>(1);
         let mut tasks = tokio::task::JoinSet::new();
         let janitor = tokio::spawn(janitor(ctx.clone(), stop_tx.subscribe()));
+        let follower = lost.map(|lost| tokio::spawn(cluster::follow_lost(ctx.clone(), lost)));
         let control = tokio::spawn(control::serve(ctx.clone(), control, stop_tx.subscribe()));
         let metrics =
             metrics.map(|m| tokio::spawn(metrics::serve(ctx.clone(), m, stop_tx.subscribe())));
@@ -533,6 +564,11 @@ impl Gateway {
             }
         }
         janitor.abort();
+        if let Some(f) = follower {
+            f.abort();
+        }
+        // The sessions' last changes reach the cluster's store before the process ends.
+        ctx.store.flush(Duration::from_secs(2)).await;
         control.abort();
         if let Some(m) = metrics {
             m.abort();
@@ -581,7 +617,10 @@ fn refused(ctx: &Ctx, peer: SocketAddr, refusal: Refusal) {
 
 /// Brings the TUN device up with the MTU and the gateway's addresses (whose prefixes route
 /// the pools to it), and turns on forwarding.
-fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> {
+/// Sets the TUN device up with the gateway's addresses and routes; returns its index. In a
+/// cluster the addresses are host addresses and each connected session gets a host route
+/// ([`cluster::route_session`]): gateways on one host may share a pool.
+fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<u32, GatewayError> {
     let index = ifindex(tun.name()).map_err(|e| GatewayError::Io {
         what: format!("TUN {}", tun.name()),
         source: io::Error::other(e.to_string()),
@@ -591,17 +630,26 @@ fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> 
         warn!(error = %e, "the TUN device keeps its default qdisc");
     }
     nl.link_up(index, Some(u32::from(config.mtu)))?;
+    let shared = matches!(config.session_store, StoreChoice::Redis(_));
     nl.addr_add(
         index,
         IpAddr::V4(config.pool.gateway_ipv4),
-        config.pool.ipv4.prefix_len(),
+        if shared {
+            32
+        } else {
+            config.pool.ipv4.prefix_len()
+        },
     )?;
     if let (Some(net), Some(gw)) = (config.pool.ipv6, config.pool.gateway_ipv6) {
-        nl.addr_add(index, IpAddr::V6(gw), net.prefix_len())?;
+        nl.addr_add(
+            index,
+            IpAddr::V6(gw),
+            if shared { 128 } else { net.prefix_len() },
+        )?;
     }
     // The realms' own pools are routed to the device too (the gateway's addresses are
     // `[pool]`'s).
-    for realm in &config.auth.realms {
+    for realm in config.auth.realms.iter().filter(|_| !shared) {
         let Some(PoolChoice::Own(own)) = config.realm_policy(realm).map(|p| p.pool) else {
             continue;
         };
@@ -620,7 +668,7 @@ fn configure_tun(config: &GatewayConfig, tun: &Tun) -> Result<(), GatewayError> 
     if config.pool.ipv6.is_some() {
         sysctl("net/ipv6/conf/all/forwarding", "1").map_err(io_err("enabling IPv6 forwarding"))?;
     }
-    Ok(())
+    Ok(index)
 }
 
 /// The housekeeping of the gateway, once a second: releases the addresses of parked
@@ -638,9 +686,10 @@ async fn janitor(ctx: Arc<Ctx>, mut stop: broadcast::Receiver<Shutdown>) {
             if let Ok(mut pool) = ctx.pool.lock() {
                 pool.release(&r.lease);
             }
-            ctx.store.remove(&key);
+            ctx.store.remove(&key, &r.lease);
             info!(user = %r.user, "parked session expired, address released");
         }
+        cluster::release_foreign(&ctx, now);
         if now.duration_since(last_refresh) >= ADDRESS_REFRESH {
             last_refresh = now;
             match local_addresses() {
@@ -688,7 +737,7 @@ fn restore_sessions(
     for s in &loaded.sessions {
         if let Err(e) = pool.claim(&s.realm, &s.lease()) {
             warn!(user = %s.user, realm = %s.realm, ipv4 = %s.ipv4, error = %e, "a stored session's address is not the pools' to give now: the session is dropped");
-            store.remove(&s.key);
+            store.remove(&s.key, &s.lease());
             continue;
         }
         table.park(s.key, Resumable::restored(s, now, window_end));

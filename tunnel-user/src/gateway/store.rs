@@ -37,7 +37,7 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -46,7 +46,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use super::Lease;
+use tokio::sync::mpsc;
+
+use super::{
+    Lease,
+    redis_store::{RedisStore, Unavailable},
+};
 
 /// The embedded store's file in the state directory.
 pub(crate) const STORE_FILE: &str = "sessions.log";
@@ -64,11 +69,11 @@ impl CookieKey {
         CookieKey(Sha256::digest(cookie.as_bytes()).into())
     }
 
-    fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn from_hex(text: &str) -> Option<CookieKey> {
+    pub(crate) fn from_hex(text: &str) -> Option<CookieKey> {
         if text.len() != 64 || !text.is_ascii() {
             return None;
         }
@@ -184,12 +189,40 @@ pub fn load_embedded(dir: &Path, now: u64) -> Result<(Vec<String>, Vec<usize>), 
 
 /// The gateway's session store ([module docs](self)).
 pub(crate) struct SessionStore {
-    backend: Embedded,
-    /// Writes that failed.
+    backend: Backend,
+    stats: Arc<StoreStats>,
+}
+
+enum Backend {
+    Embedded(Embedded),
+    Redis(RedisStore),
+}
+
+/// The store's writes for the metrics: how many, how long, how many failed.
+#[derive(Default)]
+pub(crate) struct StoreStats {
     errors: AtomicU64,
-    /// Writes made, and the nanoseconds they took in all.
     writes: AtomicU64,
     write_nanos: AtomicU64,
+}
+
+impl StoreStats {
+    pub(crate) fn timed(&self, took: std::time::Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.write_nanos.fetch_add(took, Ordering::Relaxed);
+    }
+
+    /// Counts a failed write, and logs the 1st, 2nd, 4th, ... (one line per failing write
+    /// would flood the log of a full disk or a Redis away for long).
+    pub(crate) fn account(&self, result: io::Result<()>, store: &str) {
+        if let Err(error) = result {
+            let n = self.errors.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                warn!(store, %error, failed_writes = n + 1, "the session store could not record a change: sessions go on, but a restart (or another gateway) may not resume them");
+            }
+        }
+    }
 }
 
 impl SessionStore {
@@ -201,59 +234,90 @@ impl SessionStore {
         let (backend, loaded) = Embedded::open(dir, now)?;
         Ok((
             SessionStore {
-                backend,
-                errors: AtomicU64::new(0),
-                writes: AtomicU64::new(0),
-                write_nanos: AtomicU64::new(0),
+                backend: Backend::Embedded(backend),
+                stats: Arc::default(),
             },
             loaded,
         ))
     }
 
-    /// Records `session` (new, or changed: connected, parked).
-    pub(crate) fn put(&self, session: &StoredSession) {
-        self.write(Entry::Put(session.clone()));
+    /// Opens the Redis store at `url` (`shown`: the URL without its password), which
+    /// connects when first used. Sessions this gateway must drop (another took them over
+    /// or ended them) arrive on the receiver.
+    pub(crate) fn open_redis(
+        url: &str,
+        shown: String,
+    ) -> Result<(SessionStore, mpsc::UnboundedReceiver<CookieKey>), Unavailable> {
+        let stats = Arc::<StoreStats>::default();
+        let (redis, lost) = RedisStore::open(url, shown, stats.clone())?;
+        Ok((
+            SessionStore {
+                backend: Backend::Redis(redis),
+                stats,
+            },
+            lost,
+        ))
     }
 
-    /// Forgets a session (ended); one not there is fine.
-    pub(crate) fn remove(&self, key: &CookieKey) {
-        self.write(Entry::Del(*key));
+    /// The cluster's store, when the sessions are shared with other gateways.
+    pub(crate) fn shared(&self) -> Option<&RedisStore> {
+        match &self.backend {
+            Backend::Redis(r) => Some(r),
+            Backend::Embedded(_) => None,
+        }
+    }
+
+    /// Records `session` (new, or changed: connected, parked).
+    pub(crate) fn put(&self, session: &StoredSession) {
+        match &self.backend {
+            Backend::Embedded(e) => self.write(e, Entry::Put(session.clone())),
+            Backend::Redis(r) => r.put(session),
+        }
+    }
+
+    /// Forgets a session (ended) and gives its addresses `lease` back; one not there is
+    /// fine.
+    pub(crate) fn remove(&self, key: &CookieKey, lease: &Lease) {
+        match &self.backend {
+            Backend::Embedded(e) => self.write(e, Entry::Del(*key)),
+            Backend::Redis(r) => r.remove(key, lease),
+        }
+    }
+
+    /// Waits until the writes queued so far are made (the Redis store's writer), `limit` at
+    /// most.
+    pub(crate) async fn flush(&self, limit: std::time::Duration) {
+        if let Backend::Redis(r) = &self.backend {
+            r.flush(limit).await;
+        }
     }
 
     /// Writes made and the seconds they took in all (the store's latency, for the metrics).
     pub(crate) fn write_time(&self) -> (u64, f64) {
         (
-            self.writes.load(Ordering::Relaxed),
-            self.write_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            self.stats.writes.load(Ordering::Relaxed),
+            self.stats.write_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         )
     }
 
-    fn write(&self, entry: Entry) {
+    fn write(&self, embedded: &Embedded, entry: Entry) {
         let started = std::time::Instant::now();
-        let result = self.backend.write(entry);
-        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.write_nanos.fetch_add(took, Ordering::Relaxed);
-        self.account(result);
+        let result = embedded.write(entry);
+        self.stats.timed(started.elapsed());
+        self.stats
+            .account(result, &embedded.path.display().to_string());
     }
 
     /// Writes that failed since the start.
     pub(crate) fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        self.stats.errors.load(Ordering::Relaxed)
     }
 
-    /// The sessions the store holds now.
+    /// The sessions the store holds now (in a cluster: those held by this gateway).
     pub(crate) fn len(&self) -> usize {
-        self.backend.len()
-    }
-
-    fn account(&self, result: io::Result<()>) {
-        if let Err(error) = result {
-            let n = self.errors.fetch_add(1, Ordering::Relaxed);
-            // One line per failing write would flood the log of a full disk.
-            if n.is_power_of_two() || n == 0 {
-                warn!(path = %self.backend.path.display(), %error, failed_writes = n + 1, "the session store could not record a change: sessions go on, but a restart may not resume them");
-            }
+        match &self.backend {
+            Backend::Embedded(e) => e.len(),
+            Backend::Redis(r) => r.len(),
         }
     }
 }
@@ -457,7 +521,7 @@ mod tests {
         store.put(&session(1, None));
         store.put(&session(2, None));
         store.put(&session(3, Some(9_000)));
-        store.remove(&CookieKey::of("cookie-2"));
+        store.remove(&CookieKey::of("cookie-2"), &session(2, None).lease());
         // A changed record replaces the old one.
         store.put(&session(1, Some(8_000)));
         drop(store);
@@ -535,7 +599,7 @@ mod tests {
             let mut s = session(1, None);
             s.key = CookieKey::of(&format!("c{round}"));
             store.put(&s);
-            store.remove(&s.key);
+            store.remove(&s.key, &s.lease());
         }
         store.put(&session(2, None));
         let lines = fs::read_to_string(d.join(STORE_FILE))

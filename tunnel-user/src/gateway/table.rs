@@ -383,6 +383,17 @@ impl SessionTable {
         self.by_cookie.lock().ok()?.get(cookie).cloned()
     }
 
+    /// The connected session whose cookie has the key `key` (a walk over all of them: for
+    /// the rare take-over by another gateway).
+    pub fn live_by_key(&self, key: &CookieKey) -> Option<Arc<Session>> {
+        self.by_cookie
+            .lock()
+            .ok()?
+            .iter()
+            .find(|(cookie, _)| CookieKey::of(cookie) == *key)
+            .map(|(_, s)| s.clone())
+    }
+
     /// Keeps a disconnected session resumable.
     pub fn park(&self, key: CookieKey, r: Resumable) {
         if let Ok(mut m) = self.resumable.lock() {

@@ -313,6 +313,16 @@ impl Netlink {
         .map(drop)
     }
 
+    /// Adds a route, or replaces the one to the same destination (another device's).
+    pub fn route_replace(&mut self, r: &Route) -> Result<(), NetconfError> {
+        self.request(
+            &format!("replacing route {} {}", r.dst, r.via),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            RouteNetlinkMessage::NewRoute(Self::route_msg(r)),
+        )
+        .map(drop)
+    }
+
     /// Deletes a route.
     pub fn route_del(&mut self, r: &Route) -> Result<(), NetconfError> {
         self.request(

@@ -34,6 +34,7 @@ pub mod hostile;
 pub mod load;
 pub mod pki;
 pub mod pulse_peer;
+pub mod redis_server;
 pub mod resolved;
 pub mod wire;
 mod world;
