@@ -15,7 +15,10 @@
 //!    `RESUME_CONCURRENCY` at once: cookie logins per second (no password hash);
 //! 4. the gateway is killed (SIGKILL) and started again; every session resumes with its
 //!    cookie from the embedded session store: the time from the kill until the last one is
-//!    back, and whether each kept its address.
+//!    back, and whether each kept its address;
+//! 5. the same with the cluster's store: a gateway sharing a Redis server (`redis-server`,
+//!    started here) gets as many sessions by password, is killed and started again; every
+//!    session resumes by taking its record from Redis.
 
 use std::{
     collections::BTreeMap,
@@ -31,6 +34,7 @@ use tokio::sync::Semaphore;
 use tunnel_user::testbed::{
     attack_world::{AttackWorld, PASSWORD, SOURCES, USER, source},
     load::{Held, Target},
+    redis_server::RedisServer,
 };
 
 /// The pool: room for the largest run.
@@ -63,6 +67,8 @@ pub struct Report {
     pub memory: Vec<Memory>,
     /// The restart: sessions held when the gateway was killed, and how they came back.
     pub restart: Restart,
+    /// The same with the sessions in Redis.
+    pub cluster_restart: Restart,
     /// The first error of each kind, with how often it happened.
     pub errors: BTreeMap<String, usize>,
 }
@@ -171,13 +177,16 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
     raise_nofile(65_536);
     let world = AttackWorld::build("gb").context("building the world")?;
     let mut gw = world
-        .start_gateway_pool(&opts.gateway, POOL, "")
+        .start_gateway_pool(&opts.gateway, POOL, "", "")
         .context("starting the gateway")?;
     let target = Target::new(world.target(), world.pin).map_err(anyhow::Error::msg)?;
     let mut errors = BTreeMap::new();
     let mut memory = Vec::new();
     let mut rss_before = 0;
     let mut report_restart = Restart::default();
+    let mut cluster_restart = Restart::default();
+    let redis = RedisServer::start(&world.gw, 6391, &world.dir).context("starting redis-server")?;
+    let cluster = format!("session_store = \"{}\"", redis.url());
     let (logins, login_time, cookie_logins, cookie_time) = world
         .attacker
         .enter(|| -> Result<_> {
@@ -248,7 +257,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                 gw.kill();
                 drop(held);
                 let new = tokio::task::block_in_place(|| {
-                    world.start_gateway_pool(&opts.gateway, POOL, "")
+                    world.start_gateway_pool(&opts.gateway, POOL, "", "")
                 })
                 .context("starting the gateway again")?;
                 report_restart.start_secs = killed.elapsed().as_secs_f64();
@@ -275,11 +284,56 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                     "gateway bench: {} of {} sessions back {:.1} s after the kill",
                     report_restart.resumed, report_restart.sessions, report_restart.all_back_secs
                 );
+                let sessions = back.iter().flatten().count();
+                drop(back);
+
+                // 5: a gateway of a cluster: its sessions in Redis.
+                gw.kill();
+                gw = tokio::task::block_in_place(|| {
+                    world.start_gateway_pool(&opts.gateway, POOL, &cluster, "")
+                })
+                .context("starting the cluster's gateway")?;
+                let (made, _) =
+                    open(&target, 0..sessions, LOGIN_CONCURRENCY, None, &mut errors).await;
+                let made: Vec<Held> = made.into_iter().flatten().collect();
+                let before: Vec<(String, Option<Ipv4Addr>)> =
+                    made.iter().map(|h| (h.cookie.clone(), h.ipv4)).collect();
+                let killed = Instant::now();
+                gw.kill();
+                drop(made);
+                let new = tokio::task::block_in_place(|| {
+                    world.start_gateway_pool(&opts.gateway, POOL, &cluster, "")
+                })
+                .context("starting the cluster's gateway again")?;
+                cluster_restart.start_secs = killed.elapsed().as_secs_f64();
+                gw = new;
+                let cookies: Vec<String> = before.iter().map(|(c, _)| c.clone()).collect();
+                let (back, _) = open(
+                    &target,
+                    0..cookies.len(),
+                    RESUME_CONCURRENCY,
+                    Some(&cookies),
+                    &mut errors,
+                )
+                .await;
+                cluster_restart.all_back_secs = killed.elapsed().as_secs_f64();
+                cluster_restart.sessions = before.len();
+                cluster_restart.resumed = back.iter().flatten().filter(|h| h.resumed).count();
+                cluster_restart.same_address = back
+                    .iter()
+                    .zip(&before)
+                    .filter(|(h, (_, addr))| h.as_ref().is_some_and(|h| h.ipv4 == *addr))
+                    .count();
+                eprintln!(
+                    "gateway bench (Redis): {} of {} sessions back {:.1} s after the kill",
+                    cluster_restart.resumed, cluster_restart.sessions, cluster_restart.all_back_secs
+                );
                 Ok((made_first, t1, resumed_now, t3))
             })
         })
         .context("entering the load generator's namespace")??;
     gw.stop();
+    drop(redis);
     Ok(Report {
         revision: revision.to_string(),
         gateway: opts.gateway.display().to_string(),
@@ -290,6 +344,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
         rss_kib_before: rss_before,
         memory,
         restart: report_restart,
+        cluster_restart,
         errors,
     })
 }
@@ -341,6 +396,12 @@ pub fn markdown(r: &Report) -> String {
         rs.same_address,
         rs.start_secs,
         rs.all_back_secs
+    );
+    let rs = &r.cluster_restart;
+    s += &format!(
+        "| restart (SIGKILL, Redis store) | {} sessions; {} resumed, {} on their address; \
+         running {:.1} s and all back {:.1} s after the kill |\n",
+        rs.sessions, rs.resumed, rs.same_address, rs.start_secs, rs.all_back_secs
     );
     if !r.errors.is_empty() {
         s += "\nErrors (count: first message):\n\n";

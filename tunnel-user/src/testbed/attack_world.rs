@@ -136,16 +136,23 @@ impl AttackWorld {
     /// Starts gateway binary `bin` with the base config plus `extra` (TOML appended), its
     /// log truncated; waits until it runs.
     pub fn start_gateway(&self, bin: &Path, extra: &str) -> io::Result<Proc> {
-        self.start_gateway_pool(bin, "10.77.0.0/20", extra)
+        self.start_gateway_pool(bin, "10.77.0.0/20", "", extra)
     }
 
-    /// [`AttackWorld::start_gateway`] with the client pool `pool` (an IPv4 prefix).
-    pub fn start_gateway_pool(&self, bin: &Path, pool: &str, extra: &str) -> io::Result<Proc> {
+    /// [`AttackWorld::start_gateway`] with the client pool `pool` (an IPv4 prefix) and the
+    /// top-level keys `top`.
+    pub fn start_gateway_pool(
+        &self,
+        bin: &Path,
+        pool: &str,
+        top: &str,
+        extra: &str,
+    ) -> io::Result<Proc> {
         let config = self.dir.join("gateway.toml");
         fs::write(
             &config,
             format!(
-                "listen = \"{GATEWAY}:{PORT}\"\ntun_name = \"tgw0\"\nidle_timeout_secs = 600\n\n\
+                "{top}\nlisten = \"{GATEWAY}:{PORT}\"\ntun_name = \"tgw0\"\nidle_timeout_secs = 600\n\n\
                  [tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n\n\
                  [auth]\nusers_file = \"users\"\npassword_request = \"legacy\"\n\n\
                  [pool]\nipv4 = \"{pool}\"\n\n\
