@@ -326,7 +326,9 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                     .count();
                 eprintln!(
                     "gateway bench (Redis): {} of {} sessions back {:.1} s after the kill",
-                    cluster_restart.resumed, cluster_restart.sessions, cluster_restart.all_back_secs
+                    cluster_restart.resumed,
+                    cluster_restart.sessions,
+                    cluster_restart.all_back_secs
                 );
                 Ok((made_first, t1, resumed_now, t3))
             })

@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the whole product in network namespaces. Our gateway, `tunneld` and the
 //! `tunnel` command: connect, a corp name resolved through the tunnel, split tunnelling
 //! decided in the kernel, a UDP port rule, a per-app rule, live status and counters,
-//! sign-out, and a clean teardown. The world is drawn
+//! sign-out, a session moving between two gateways that share Redis, and a clean teardown. The world is drawn
 //! in `tunnel_user::testbed::client_world`.
 
 use std::{
@@ -12,8 +12,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use tunnel_user::testbed::{
-    client_world::{Binaries, CLIENT_LAN, CORP, ClientWorld, EXCLUDED, GATEWAY, PORT, wait_for},
+    client_world::{
+        Binaries, CLIENT_LAN, CORP, ClientWorld, EXCLUDED, GATEWAY, GATEWAY2, PORT, wait_for,
+    },
     dns_server::DnsServer,
+    redis_server::RedisServer,
 };
 
 fn binaries() -> Result<Binaries> {
@@ -146,9 +149,66 @@ fn main() -> Result<()> {
     say(&w, &["signout", GATEWAY])?;
     let _ = fs::remove_dir(&cgroup);
 
+    println!(
+        "\n▶ a cluster: gateways {GATEWAY} and {GATEWAY2} share their sessions in Redis; the first dies"
+    );
+    gateway.stop();
+    tunneld.stop();
+    let redis = RedisServer::start(&w.gw, 6390, &w.dir)?;
+    let (dir2, _) = w.second_gateway();
+    w.share_sessions(&dir2, &redis.url(), "");
+    let mut gateway = w.start_gateway();
+    let mut gateway2 = w.start_gateway_in(&dir2);
+    let mut tunneld = w.start_tunneld_with(&[("SSL_CERT_FILE", &w.both_certificates(&dir2))]);
+    let (one, two) = (
+        format!("https://{GATEWAY}:8443"),
+        format!("https://{GATEWAY2}:8443"),
+    );
+    w.tunnel(
+        &[
+            "add", "cluster", "--url", &one, "--url", &two, "-u", "alice",
+        ],
+        "",
+    );
+    let out = w.tunnel(
+        &["connect", "cluster", "-u", "alice", "--password-stdin"],
+        "s3cret\n",
+    );
+    if !out.status.success() {
+        bail!(
+            "cluster connect failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let where_ = || {
+        let st = w.status();
+        (
+            st[0]["server"].as_str().unwrap_or_default().to_string(),
+            st[0]["ipv4"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (server, tunnel_addr) = where_();
+    println!("  connected to {server} as {tunnel_addr}; gateway 1 killed (SIGKILL)");
+    gateway.kill();
+    let killed = Instant::now();
+    wait_for("the move to gateway 2", Duration::from_secs(60), || {
+        w.status()[0]["state"] == "connected" && where_().0.contains(GATEWAY2)
+    });
+    let (server, addr) = where_();
+    println!(
+        "  {:.0} ms later: connected to {server} as {addr}, the same session (its cookie) and address",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    println!(
+        "  TCP {CORP}:{PORT}      {}",
+        way(w.seen_as(CORP), &tunnel_addr)
+    );
+    say(&w, &["signout", "cluster"])?;
+
     println!("\n▶ teardown");
     tunneld.stop();
-    gateway.stop();
+    gateway2.stop();
+    drop(redis);
     let left: Vec<String> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| p.name_as_str().map(str::to_string))

@@ -39,25 +39,12 @@ fn said(o: &Output) -> String {
 }
 
 /// A world with Redis and two gateways configured to share it (gateway 2 with gateway 1's
-/// pool); `extra` is appended to both configurations. Returns gateway 2's directory.
+/// pool); `extra` is appended to both configurations. Returns gateway 2's directory and pin.
 fn cluster(tag: &str, extra: &str) -> (ClientWorld, RedisServer, PathBuf, String) {
     let w = ClientWorld::build(tag, tunnel_user::this_crates_binaries!());
     let redis = RedisServer::start(&w.gw, REDIS_PORT, &w.dir).expect("redis-server");
     let (dir2, pin2) = w.second_gateway();
-    for (conf, from_second) in [
-        (w.dir.join("gateway.toml"), false),
-        (dir2.join("gateway.toml"), true),
-    ] {
-        let mut text = fs::read_to_string(&conf).unwrap();
-        if from_second {
-            text = text.replace("10.78.0.0/24", "10.77.0.0/24");
-        }
-        fs::write(
-            &conf,
-            format!("session_store = \"{}\"\n{text}{extra}", redis.url()),
-        )
-        .unwrap();
-    }
+    w.share_sessions(&dir2, &redis.url(), extra);
     (w, redis, dir2, pin2)
 }
 
@@ -128,14 +115,6 @@ fn connected(w: &ClientWorld) -> Option<(String, String)> {
     })
 }
 
-fn trust_both(w: &ClientWorld, dir2: &Path) -> PathBuf {
-    let cas = w.dir.join("cas.pem");
-    let both = fs::read_to_string(w.dir.join("cert.pem")).unwrap()
-        + &fs::read_to_string(dir2.join("cert.pem")).unwrap();
-    fs::write(&cas, both).unwrap();
-    cas
-}
-
 /// Scenario 2: our client on gateway 1; gateway 1 killed; the URL list takes the client to
 /// gateway 2, which takes the session from Redis: same cookie, same address, traffic.
 #[test]
@@ -144,7 +123,7 @@ fn a_session_moves_to_the_other_gateway_with_its_address() {
         return;
     }
     let (w, _redis, dir2, _) = cluster("cm", "");
-    let cas = trust_both(&w, &dir2);
+    let cas = w.both_certificates(&dir2);
     let mut gw1 = w.start_gateway();
     let _gw2 = w.start_gateway_in(&dir2);
     let _td = w.start_tunneld_with(&[("SSL_CERT_FILE", &cas)]);

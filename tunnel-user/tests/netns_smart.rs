@@ -77,10 +77,7 @@ fn a_lost_gateway_moves_the_connection_to_the_next_url() {
     let w = world("sa");
     let (dir2, _) = w.second_gateway();
     // The CAs tunneld trusts: both gateways' (self-signed) certificates.
-    let cas = w.dir.join("cas.pem");
-    let both = fs::read_to_string(w.dir.join("cert.pem")).unwrap()
-        + &fs::read_to_string(dir2.join("cert.pem")).unwrap();
-    fs::write(&cas, both).unwrap();
+    let cas = w.both_certificates(&dir2);
     let gw1 = w.start_gateway();
     let _gw2 = w.start_gateway_in(&dir2);
     let _td = w.start_tunneld_with(&[("SSL_CERT_FILE", &cas)]);

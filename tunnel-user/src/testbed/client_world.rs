@@ -331,6 +331,33 @@ fallback_secs = 5
         (dir, pin)
     }
 
+    /// Makes the first gateway and the second (configured in `dir2` by
+    /// [`ClientWorld::second_gateway`]) a cluster: both keep their sessions in the Redis
+    /// server at `url`, and the second hands out the first's pool. `extra` (TOML) is
+    /// appended to both configurations.
+    pub fn share_sessions(&self, dir2: &Path, url: &str, extra: &str) {
+        for (conf, second) in [
+            (self.dir.join("gateway.toml"), false),
+            (dir2.join("gateway.toml"), true),
+        ] {
+            let mut text = fs::read_to_string(&conf).unwrap();
+            if second {
+                text = text.replace("10.78.0.0/24", "10.77.0.0/24");
+            }
+            fs::write(&conf, format!("session_store = \"{url}\"\n{text}{extra}")).unwrap();
+        }
+    }
+
+    /// A CA file with both gateways' (self-signed) certificates, for tunneld to trust
+    /// (`SSL_CERT_FILE`); `dir2` is the second's ([`ClientWorld::second_gateway`]).
+    pub fn both_certificates(&self, dir2: &Path) -> PathBuf {
+        let cas = self.dir.join("cas.pem");
+        let both = fs::read_to_string(self.dir.join("cert.pem")).unwrap()
+            + &fs::read_to_string(dir2.join("cert.pem")).unwrap();
+        fs::write(&cas, both).unwrap();
+        cas
+    }
+
     /// Starts the gateway configured in `dir` (as [`ClientWorld::second_gateway`] made it),
     /// logging to `dir/gateway.log`.
     pub fn start_gateway_in(&self, dir: &Path) -> Proc {
