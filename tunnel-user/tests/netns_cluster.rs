@@ -318,3 +318,50 @@ fn with_redis_away_sessions_go_on_and_logins_wait() {
         back.as_secs_f64() * 1e3
     );
 }
+
+/// The realm's per-user limit holds across the cluster: with one session allowed and
+/// `refuse`, a login on gateway 2 is refused while the user has a session on gateway 1;
+/// with `end_oldest`, the login on gateway 2 ends the session on gateway 1 (its
+/// connection is closed there, its record and address leave the store).
+#[test]
+fn the_per_user_limit_counts_the_whole_cluster() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    for mode in ["refuse", "end_oldest"] {
+        let tag = if mode == "refuse" { "cu" } else { "co" };
+        let (w, _redis, dir2, pin2) = cluster(
+            tag,
+            &format!("\n[realm.Users]\nmax_sessions_per_user = 1\nsession_limit = \"{mode}\"\n"),
+        );
+        let _gw1 = w.start_gateway();
+        let _gw2 = w.start_gateway_in(&dir2);
+        let first = session_at(&w, GATEWAY, &w.pin, "s3cret", None).expect("login on gateway 1");
+        wait_for("the session in Redis", Duration::from_secs(5), || {
+            redis_keys(&w, "tunnel:session:*").len() == 1
+        });
+        let second = session_at(&w, GATEWAY2, &pin2, "s3cret", None);
+        if mode == "refuse" {
+            let why = second
+                .err()
+                .expect("refused: the user has a session on gateway 1");
+            assert!(why.contains("You have 1 sessions"), "{why}");
+            assert_eq!(redis_keys(&w, "tunnel:session:*").len(), 1);
+        } else {
+            let second = second.expect("the login on gateway 2 ends the older session");
+            wait_for("gateway 1 lets its copy go", Duration::from_secs(5), || {
+                log(&w.dir).contains("connection closed here")
+            });
+            let sessions = redis_keys(&w, "tunnel:session:*");
+            assert_eq!(sessions.len(), 1, "{sessions:?}");
+            let leases = redis_keys(&w, "tunnel:lease:*");
+            assert_eq!(
+                leases,
+                [format!("tunnel:lease:{}", second.ipv4.unwrap())],
+                "the first session's address left the store"
+            );
+            assert!(log(&dir2).contains("ended a session of the cluster"));
+        }
+        drop(first);
+    }
+}

@@ -181,12 +181,19 @@ fn the_operator_lists_shows_and_kills_sessions() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
-    let packets_in = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tunnel_gateway_packets_total{direction=\"in\"} "))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap();
-    assert!(packets_in >= 3, "a TCP exchange each way: {metrics}");
+    // The packet threads add their counts when a batch is done: polled.
+    let packets_in = || {
+        http(&w, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .lines()
+            .find_map(|l| l.strip_prefix("tunnel_gateway_packets_total{direction=\"in\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    wait_for(
+        "a TCP exchange counted in the metrics",
+        Duration::from_secs(5),
+        || packets_in() >= 3,
+    );
     assert!(http(&w, "GET /health HTTP/1.0\r\n\r\n").ends_with("\r\n\r\nok\n"));
     assert!(http(&w, "GET /nothing HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 404"));
     assert!(http(&w, "\u{0}\u{1}garbage\r\n\r\n").starts_with("HTTP/1.1 400"));

@@ -148,7 +148,7 @@ pub(super) fn drop_local_copy(ctx: &Ctx, key: &CookieKey) {
         if let Ok(mut pool) = ctx.pool.lock() {
             pool.release(&live.lease);
         }
-        info!(user = %live.user, "session taken over by another gateway: connection closed here");
+        info!(user = %live.user, "session ended or taken over by another gateway: connection closed here");
     }
 }
 

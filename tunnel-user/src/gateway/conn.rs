@@ -32,8 +32,9 @@ use super::{
     cluster::{STORE_UNAVAILABLE, adopt, drop_local_copy, lease_for_login, route_session},
     dialogue::{Dialogue, Step},
     login::{LoginOutcome, LoginRequest, PasswordChange, Refused},
+    redis_store::Unavailable as StoreUnavailable,
     store::CookieKey,
-    table::{Moment, Place, Resumable, Session},
+    table::{Moment, Place, Resumable, Session, UserSession},
     tls_readers::TlsReader,
     unix_now,
 };
@@ -57,7 +58,7 @@ fn parked_until(config: &GatewayConfig, now: Instant) -> Instant {
 }
 
 /// Asks the next step of the login in `conn`, or accepts it when none is left.
-fn next_login_step(ctx: &Ctx, conn: &mut Conn) {
+async fn next_login_step(ctx: &Ctx, conn: &mut Conn) {
     let (Some(login), Some(p)) = (conn.login.as_mut(), conn.pending.as_mut()) else {
         return;
     };
@@ -71,7 +72,15 @@ fn next_login_step(ctx: &Ctx, conn: &mut Conn) {
                 return;
             }
             Some(Step::SessionLimit(max)) => {
-                let sessions = ctx.table.sessions_of(&login.user, &login.realm);
+                let sessions = match user_sessions(ctx, &login.user, &login.realm).await {
+                    Ok(sessions) => sessions,
+                    Err(e) => {
+                        warn!(user = %login.user, error = %e, "login refused: the user's sessions in the cluster cannot be counted");
+                        let _ = p.reject(AuthRejection::Failure(STORE_UNAVAILABLE.into()));
+                        conn.login = None;
+                        return;
+                    }
+                };
                 if sessions.len() < max as usize {
                     continue;
                 }
@@ -82,12 +91,13 @@ fn next_login_step(ctx: &Ctx, conn: &mut Conn) {
                         let over = sessions.len() + 1 - max as usize;
                         for s in sessions.into_iter().take(over) {
                             info!(user = %login.user, realm = %login.realm, session = s.id, max, "at the session limit: ending the oldest session");
-                            end_session(
+                            end_anywhere(
                                 ctx,
                                 s.place,
                                 &login.user,
                                 "Ended by a newer login of the same user",
-                            );
+                            )
+                            .await;
                         }
                         continue;
                     }
@@ -108,7 +118,7 @@ fn next_login_step(ctx: &Ctx, conn: &mut Conn) {
                 let shown = sessions
                     .into_iter()
                     .map(|s| {
-                        let id = format!("s{}", s.id);
+                        let id = s.shown_id();
                         listed.push((id.clone(), s.place));
                         ActiveSession {
                             id,
@@ -160,6 +170,12 @@ pub(super) fn end_session(ctx: &Ctx, place: Place, user: &str, why: &str) {
             s.send_tls_now();
             s.wake.notify_one();
         }
+        Place::Elsewhere(record) => {
+            if let Some(shared) = ctx.store.shared() {
+                info!(%user, session = record.id, why, "ending a session of the cluster");
+                shared.end_later(&record);
+            }
+        }
         Place::Parked(cookie) => {
             if let Some(r) = ctx.table.remove_parked(&cookie) {
                 info!(%user, session = r.id, why, "ending a parked session");
@@ -191,6 +207,54 @@ async fn cluster_refuses_login(ctx: &Ctx, user: &str) -> Option<AuthRejection> {
             warn!(%user, error = %e, "login refused: the session store is unavailable");
             Some(AuthRejection::Failure(STORE_UNAVAILABLE.into()))
         }
+    }
+}
+
+/// The sessions of `user` in `realm`, oldest login first: this gateway's, and in a cluster
+/// those the store knows of elsewhere.
+async fn user_sessions(
+    ctx: &Ctx,
+    user: &str,
+    realm: &str,
+) -> Result<Vec<UserSession>, StoreUnavailable> {
+    let mut sessions = ctx.table.sessions_of(user, realm);
+    let Some(shared) = ctx.store.shared() else {
+        return Ok(sessions);
+    };
+    let here: std::collections::HashSet<CookieKey> = sessions
+        .iter()
+        .filter_map(|s| match &s.place {
+            Place::Live(live) => Some(CookieKey::of(&live.cookie)),
+            Place::Parked(key) => Some(*key),
+            Place::Elsewhere(_) => None,
+        })
+        .collect();
+    for record in shared.sessions_of(user, realm).await? {
+        if here.contains(&record.key) {
+            continue;
+        }
+        sessions.push(UserSession {
+            id: record.id,
+            from: record.peer.ip(),
+            logged_in: UNIX_EPOCH + std::time::Duration::from_secs(record.logged_in),
+            place: Place::Elsewhere(record),
+        });
+    }
+    sessions.sort_by_key(|s| (s.logged_in, s.id));
+    Ok(sessions)
+}
+
+/// Ends a session wherever it is: one another gateway holds is gone from the store when
+/// this returns (so counting again does not see it).
+async fn end_anywhere(ctx: &Ctx, place: Place, user: &str, why: &str) {
+    match (place, ctx.store.shared()) {
+        (Place::Elsewhere(record), Some(shared)) => match shared.end(&record).await {
+            Ok(()) => info!(%user, session = record.id, why, "ended a session of the cluster"),
+            Err(e) => {
+                warn!(%user, session = record.id, error = %e, "a session of the cluster could not be ended")
+            }
+        },
+        (place, _) => end_session(ctx, place, user, why),
     }
 }
 
@@ -671,7 +735,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                         asked: None,
                         listed: Vec::new(),
                     });
-                    next_login_step(ctx, conn);
+                    next_login_step(ctx, conn).await;
                 }
                 Some(why) => {
                     ctx.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
@@ -713,12 +777,13 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                     match login.listed.iter().position(|(shown, _)| *shown == id) {
                         Some(i) => {
                             let (_, place) = login.listed.swap_remove(i);
-                            end_session(
+                            end_anywhere(
                                 ctx,
                                 place,
                                 &login.user,
                                 "Ended by a new login of the same user",
-                            );
+                            )
+                            .await;
                             // Still at the limit (it was over it): ask again.
                             login.dialogue.again(Step::SessionLimit(max));
                             login.listed.clear();
@@ -733,7 +798,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 }
             };
             match refusal {
-                None => next_login_step(ctx, conn),
+                None => next_login_step(ctx, conn).await,
                 Some(message) => {
                     ctx.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
                     conn.login = None;

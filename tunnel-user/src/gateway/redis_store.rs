@@ -74,8 +74,15 @@ if holder and holder ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[3], 'holder', ARGV[1])
 local px = tonumber(ARGV[4])
 if px > 0 then redis.call('PEXPIRE', KEYS[1], px) else redis.call('PERSIST', KEYS[1]) end
+redis.call('SADD', KEYS[2], ARGV[2])
+local ttl = redis.call('PTTL', KEYS[2])
+if px == 0 then
+  redis.call('PERSIST', KEYS[2])
+elseif ttl >= 0 and ttl < px then
+  redis.call('PEXPIRE', KEYS[2], px)
+end
 local conflicts = 0
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local v = redis.call('GET', KEYS[i])
   if v and v ~= ARGV[2] then
     conflicts = conflicts + 1
@@ -99,13 +106,26 @@ return record";
 
 const REMOVE: &str = r"
 local holder = redis.call('HGET', KEYS[1], 'holder')
-if holder and holder ~= ARGV[1] then return 0 end
+if holder and holder ~= ARGV[1] and ARGV[3] ~= '1' then return 0 end
 redis.call('DEL', KEYS[1])
-for i = 3, #KEYS do
+redis.call('SREM', KEYS[3], ARGV[2])
+for i = 4, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[2] then redis.call('DEL', KEYS[i]) end
 end
 redis.call('PUBLISH', KEYS[2], ARGV[1] .. ' ' .. ARGV[2])
 return 1";
+
+const LIST: &str = r"
+local found = {}
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local record = redis.call('HGET', ARGV[1] .. member, 'record')
+  if record then
+    table.insert(found, record)
+  else
+    redis.call('SREM', KEYS[1], member)
+  end
+end
+return found";
 
 const FAILED: &str = r"
 local n = redis.call('INCR', KEYS[1])
@@ -122,9 +142,20 @@ pub struct Unavailable {
 
 enum Write {
     Put(StoredSession),
-    Remove(CookieKey, Lease),
+    Remove(Removal),
     /// Answered once every write queued before it is made.
     Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A session to end in the store.
+#[derive(Clone)]
+struct Removal {
+    key: CookieKey,
+    lease: Lease,
+    /// The set of its user's sessions, when known.
+    user_set: Option<String>,
+    /// Whoever holds it (another gateway's session ended by a login here).
+    force: bool,
 }
 
 struct Scripts {
@@ -132,6 +163,7 @@ struct Scripts {
     put: Script,
     take: Script,
     remove: Script,
+    list: Script,
     failed: Script,
 }
 
@@ -152,15 +184,23 @@ struct Shared {
     /// The latest record of every session held here: the resync writes them again.
     held: Mutex<HashMap<CookieKey, StoredSession>>,
     /// Removals that failed, retried by the resync.
-    failed_removes: Mutex<Vec<(CookieKey, Lease)>>,
+    failed_removes: Mutex<Vec<Removal>>,
     resync: AtomicBool,
     /// Sessions this gateway lost to another (a refused write), for the runtime to drop.
     lost: mpsc::UnboundedSender<CookieKey>,
     stats: Arc<StoreStats>,
 }
 
+const SESSION_PREFIX: &str = "tunnel:session:";
+
 fn session_key(key: &CookieKey) -> String {
-    format!("tunnel:session:{}", key.hex())
+    format!("{SESSION_PREFIX}{}", key.hex())
+}
+
+/// The set of a user's sessions in a realm (cookie keys).
+fn user_key(realm: &str, user: &str) -> String {
+    // The realm's length first: no realm and user pair names another's set.
+    format!("tunnel:user:{}:{realm}/{user}", realm.len())
 }
 
 fn lease_keys(lease: &Lease) -> Vec<String> {
@@ -213,6 +253,7 @@ impl RedisStore {
             put: Script::new(PUT),
             take: Script::new(TAKE),
             remove: Script::new(REMOVE),
+            list: Script::new(LIST),
             failed: Script::new(FAILED),
         });
         let (lost, lost_rx) = mpsc::unbounded_channel();
@@ -334,10 +375,64 @@ impl RedisStore {
 
     /// Ends the session `key` in the cluster, its addresses `lease` given back.
     pub(crate) fn remove(&self, key: &CookieKey, lease: &Lease) {
-        if let Ok(mut held) = self.shared.held.lock() {
-            held.remove(key);
-        }
-        self.enqueue(Write::Remove(*key, *lease));
+        let record = self.shared.held.lock().ok().and_then(|mut h| h.remove(key));
+        self.enqueue(Write::Remove(Removal {
+            key: *key,
+            lease: *lease,
+            user_set: record.map(|s| user_key(&s.realm, &s.user)),
+            force: false,
+        }));
+    }
+
+    /// [`RedisStore::end`] through the writer, for callers that cannot wait.
+    pub(crate) fn end_later(&self, s: &StoredSession) {
+        self.enqueue(Write::Remove(Removal {
+            key: s.key,
+            lease: s.lease(),
+            user_set: Some(user_key(&s.realm, &s.user)),
+            force: true,
+        }));
+    }
+
+    /// The sessions of `user` in `realm` across the cluster, oldest login first.
+    pub(crate) async fn sessions_of(
+        &self,
+        user: &str,
+        realm: &str,
+    ) -> Result<Vec<StoredSession>, Unavailable> {
+        let mut conn = self.conn.clone();
+        let records: Vec<String> = timed(
+            self.scripts
+                .list
+                .key(user_key(realm, user))
+                .arg(SESSION_PREFIX)
+                .invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        let mut found: Vec<StoredSession> = records
+            .iter()
+            .filter_map(|r| serde_json::from_str::<StoredSession>(r).ok())
+            .filter(|s| s.user == user && s.realm == realm)
+            .collect();
+        found.sort_by_key(|s| (s.logged_in, s.id));
+        Ok(found)
+    }
+
+    /// Ends `s`, a session another gateway may hold, now: its record and leases go, and
+    /// its holder drops it (the "dropped" message).
+    pub(crate) async fn end(&self, s: &StoredSession) -> Result<(), Unavailable> {
+        let removal = Removal {
+            key: s.key,
+            lease: s.lease(),
+            user_set: Some(user_key(&s.realm, &s.user)),
+            force: true,
+        };
+        let mut conn = self.conn.clone();
+        timed(remove_invocation(&self.scripts, &self.node, &removal).invoke_async::<i64>(&mut conn))
+            .await
+            .map(drop)
+            .map_err(|e| self.unavailable(e))
     }
 
     /// This gateway no longer holds `key` (another took it): forgets it without a write.
@@ -362,10 +457,10 @@ impl RedisStore {
 
     fn enqueue(&self, write: Write) {
         if let Err(full) = self.queue.try_send(write) {
-            if let Write::Remove(key, lease) = full.into_inner()
+            if let Write::Remove(removal) = full.into_inner()
                 && let Ok(mut failed) = self.shared.failed_removes.lock()
             {
-                failed.push((key, lease));
+                failed.push(removal);
             }
             self.shared.resync.store(true, Ordering::Relaxed);
             self.shared.stats.account(
@@ -374,6 +469,27 @@ impl RedisStore {
             );
         }
     }
+}
+
+fn remove_invocation<'a>(
+    scripts: &'a Scripts,
+    node: &str,
+    removal: &Removal,
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = scripts.remove.prepare_invoke();
+    invocation
+        .key(session_key(&removal.key))
+        .key(DROPPED_CHANNEL)
+        // A key no session set has: nothing to remove from.
+        .key(removal.user_set.as_deref().unwrap_or("tunnel:user:-"));
+    for k in lease_keys(&removal.lease) {
+        invocation.key(k);
+    }
+    invocation
+        .arg(node)
+        .arg(removal.key.hex())
+        .arg(if removal.force { "1" } else { "0" });
+    invocation
 }
 
 fn failed_key(user: &str) -> String {
@@ -416,10 +532,10 @@ impl Writer {
                     let result = self.write(&write).await;
                     if result.is_err() {
                         self.shared.resync.store(true, Ordering::Relaxed);
-                        if let Write::Remove(key, lease) = write
+                        if let Write::Remove(removal) = write
                             && let Ok(mut failed) = self.shared.failed_removes.lock()
                         {
-                            failed.push((key, lease));
+                            failed.push(removal);
                         }
                     }
                     self.shared.stats.timed(started.elapsed());
@@ -437,7 +553,9 @@ impl Writer {
                     return Ok(());
                 };
                 let mut invocation = self.scripts.put.prepare_invoke();
-                invocation.key(session_key(&s.key));
+                invocation
+                    .key(session_key(&s.key))
+                    .key(user_key(&s.realm, &s.user));
                 for k in lease_keys(&s.lease()) {
                     invocation.key(k);
                 }
@@ -465,13 +583,8 @@ impl Writer {
                 Ok(())
             }
             Write::Flush(_) => Ok(()),
-            Write::Remove(key, lease) => {
-                let mut invocation = self.scripts.remove.prepare_invoke();
-                invocation.key(session_key(key)).key(DROPPED_CHANNEL);
-                for k in lease_keys(lease) {
-                    invocation.key(k);
-                }
-                invocation.arg(&self.node).arg(key.hex());
+            Write::Remove(removal) => {
+                let invocation = remove_invocation(&self.scripts, &self.node, removal);
                 let _: i64 = timed(invocation.invoke_async(&mut self.conn)).await?;
                 Ok(())
             }
@@ -520,11 +633,11 @@ impl Writer {
             .map(|h| h.values().cloned().collect())
             .unwrap_or_default();
         let mut failed = 0;
-        for (key, lease) in &removes {
-            if self.write(&Write::Remove(*key, *lease)).await.is_err() {
+        for removal in &removes {
+            if self.write(&Write::Remove(removal.clone())).await.is_err() {
                 failed += 1;
                 if let Ok(mut f) = self.shared.failed_removes.lock() {
-                    f.push((*key, *lease));
+                    f.push(removal.clone());
                 }
             }
         }

@@ -508,6 +508,20 @@ pub enum Place {
     Live(Arc<Session>),
     /// Waiting to be resumed with this cookie.
     Parked(CookieKey),
+    /// In a cluster: held by another gateway, or parked in the store.
+    Elsewhere(StoredSession),
+}
+
+impl UserSession {
+    /// The id the client is shown (and answers with) when it picks a session to end: a
+    /// session of another gateway carries its cookie key's first digits, as its id may be
+    /// one of this gateway's too.
+    pub fn shown_id(&self) -> String {
+        match &self.place {
+            Place::Elsewhere(s) => format!("s{}-{}", self.id, &s.key.hex()[..6]),
+            _ => format!("s{}", self.id),
+        }
+    }
 }
 
 #[cfg(test)]
