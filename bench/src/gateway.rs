@@ -18,7 +18,10 @@
 //!    back, and whether each kept its address;
 //! 5. the same with the cluster's store: a gateway sharing a Redis server (`redis-server`,
 //!    started here) gets as many sessions by password, is killed and started again; every
-//!    session resumes by taking its record from Redis.
+//!    session resumes by taking its record from Redis;
+//! 6. ESP: `ESP_SESSIONS` sessions (ESP on, keys negotiated) send 1,400-byte IP packets at
+//!    once for a while, towards a blackhole route behind the gateway: what the gateway
+//!    wrote to its TUN device per second, and the gateway's CPU time per GB of it.
 
 use std::{
     collections::BTreeMap,
@@ -45,6 +48,10 @@ const WARM_UP: usize = 64;
 const LOGIN_CONCURRENCY: usize = 32;
 /// Cookie logins at once: under the cap on connections not logged in (1024).
 const RESUME_CONCURRENCY: usize = 512;
+/// Sessions sending over ESP at once.
+const ESP_SESSIONS: usize = 100;
+/// The IP packets they send.
+const ESP_PACKET: usize = 1400;
 
 pub struct Options {
     pub quick: bool,
@@ -69,6 +76,8 @@ pub struct Report {
     pub restart: Restart,
     /// The same with the sessions in Redis.
     pub cluster_restart: Restart,
+    /// Many sessions sending over ESP at once.
+    pub esp: EspLoad,
     /// The first error of each kind, with how often it happened.
     pub errors: BTreeMap<String, usize>,
 }
@@ -91,6 +100,50 @@ pub struct Restart {
     pub start_secs: f64,
     /// From the kill to the last session resumed.
     pub all_back_secs: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct EspLoad {
+    pub sessions: usize,
+    pub seconds: f64,
+    /// IP bytes the load generator handed to ESP.
+    pub sent_bytes: u64,
+    /// IP bytes the gateway wrote to its TUN device (decrypted, forwarded).
+    pub forwarded_bytes: u64,
+    pub forwarded_gbit_per_sec: f64,
+    /// The gateway's CPU time (user + system) while they sent, and per GB forwarded.
+    pub gateway_cpu_secs: f64,
+    pub gateway_cpu_secs_per_gb: f64,
+}
+
+/// The gateway's CPU time so far (user + system), in seconds.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(") ").context("/proc/PID/stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("/proc/PID/stat fields")?
+            .parse::<f64>()?)
+    };
+    // utime and stime (fields 14 and 15), in clock ticks.
+    // SAFETY: sysconf only reads a system setting.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    };
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// Bytes written to the gateway's TUN device (its receive counter).
+fn tun_rx_bytes(world: &AttackWorld) -> Result<u64> {
+    let out = world.gw.sh("ip -s -j link show tgw0")?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["stats64"]["rx"]["bytes"]
+        .as_u64()
+        .context("the TUN device's receive bytes")
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -177,7 +230,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
     raise_nofile(65_536);
     let world = AttackWorld::build("gb").context("building the world")?;
     let mut gw = world
-        .start_gateway_pool(&opts.gateway, POOL, "", "")
+        .start_gateway_pool(&opts.gateway, POOL, "", false, "")
         .context("starting the gateway")?;
     let target = Target::new(world.target(), world.pin).map_err(anyhow::Error::msg)?;
     let mut errors = BTreeMap::new();
@@ -185,6 +238,8 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
     let mut rss_before = 0;
     let mut report_restart = Restart::default();
     let mut cluster_restart = Restart::default();
+    let mut esp = EspLoad::default();
+    let esp_time = Duration::from_secs(if opts.quick { 3 } else { 10 });
     let redis = RedisServer::start(&world.gw, 6391, &world.dir).context("starting redis-server")?;
     let cluster = format!("session_store = \"{}\"", redis.url());
     let (logins, login_time, cookie_logins, cookie_time) = world
@@ -257,7 +312,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                 gw.kill();
                 drop(held);
                 let new = tokio::task::block_in_place(|| {
-                    world.start_gateway_pool(&opts.gateway, POOL, "", "")
+                    world.start_gateway_pool(&opts.gateway, POOL, "", false, "")
                 })
                 .context("starting the gateway again")?;
                 report_restart.start_secs = killed.elapsed().as_secs_f64();
@@ -290,7 +345,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                 // 5: a gateway of a cluster: its sessions in Redis.
                 gw.kill();
                 gw = tokio::task::block_in_place(|| {
-                    world.start_gateway_pool(&opts.gateway, POOL, &cluster, "")
+                    world.start_gateway_pool(&opts.gateway, POOL, &cluster, false, "")
                 })
                 .context("starting the cluster's gateway")?;
                 let (made, _) =
@@ -302,7 +357,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                 gw.kill();
                 drop(made);
                 let new = tokio::task::block_in_place(|| {
-                    world.start_gateway_pool(&opts.gateway, POOL, &cluster, "")
+                    world.start_gateway_pool(&opts.gateway, POOL, &cluster, false, "")
                 })
                 .context("starting the cluster's gateway again")?;
                 cluster_restart.start_secs = killed.elapsed().as_secs_f64();
@@ -330,6 +385,65 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                     cluster_restart.sessions,
                     cluster_restart.all_back_secs
                 );
+                drop(back);
+
+                // 6: ESP from many sessions at once.
+                gw.kill();
+                gw = tokio::task::block_in_place(|| {
+                    world.start_gateway_pool(&opts.gateway, POOL, "", true, "")
+                })
+                .context("starting the gateway with ESP")?;
+                world.gw.sh("ip route replace blackhole 172.20.0.0/24")?;
+                let gate = Arc::new(Semaphore::new(LOGIN_CONCURRENCY));
+                let mut logins = tokio::task::JoinSet::new();
+                for i in 0..ESP_SESSIONS {
+                    let (target, gate) = (target.clone(), gate.clone());
+                    logins.spawn(async move {
+                        let _slot = gate.acquire_owned().await;
+                        target.esp_session(source(i), USER, PASSWORD, 4500).await
+                    });
+                }
+                let mut senders = Vec::new();
+                while let Some(joined) = logins.join_next().await {
+                    match joined {
+                        Ok(Ok(s)) => senders.push(s),
+                        Ok(Err(e)) => *errors.entry(e).or_insert(0) += 1,
+                        Err(e) => *errors.entry(e.to_string()).or_insert(0) += 1,
+                    }
+                }
+                let sessions = senders.len();
+                let (cpu0, rx0) = (cpu_secs(gw.id())?, tun_rx_bytes(&world)?);
+                let started = Instant::now();
+                let until = started + esp_time;
+                let to = std::net::SocketAddrV4::new(Ipv4Addr::new(172, 20, 0, 9), 9);
+                let mut sending = tokio::task::JoinSet::new();
+                for mut s in senders {
+                    sending.spawn(async move { s.send_until(to, ESP_PACKET, until).await });
+                }
+                let mut sent = 0;
+                while let Some(joined) = sending.join_next().await {
+                    match joined {
+                        Ok(Ok(n)) => sent += n,
+                        Ok(Err(e)) => *errors.entry(e).or_insert(0) += 1,
+                        Err(e) => *errors.entry(e.to_string()).or_insert(0) += 1,
+                    }
+                }
+                let seconds = started.elapsed().as_secs_f64();
+                let (cpu1, rx1) = (cpu_secs(gw.id())?, tun_rx_bytes(&world)?);
+                let forwarded = rx1.saturating_sub(rx0);
+                esp = EspLoad {
+                    sessions,
+                    seconds,
+                    sent_bytes: sent,
+                    forwarded_bytes: forwarded,
+                    forwarded_gbit_per_sec: forwarded as f64 * 8.0 / seconds / 1e9,
+                    gateway_cpu_secs: cpu1 - cpu0,
+                    gateway_cpu_secs_per_gb: (cpu1 - cpu0) / (forwarded as f64 / 1e9).max(1e-9),
+                };
+                eprintln!(
+                    "gateway bench (ESP): {:.2} Gbit/s forwarded from {sessions} sessions, {:.1} CPU s per GB",
+                    esp.forwarded_gbit_per_sec, esp.gateway_cpu_secs_per_gb
+                );
                 Ok((made_first, t1, resumed_now, t3))
             })
         })
@@ -347,6 +461,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
         memory,
         restart: report_restart,
         cluster_restart,
+        esp,
         errors,
     })
 }
@@ -404,6 +519,18 @@ pub fn markdown(r: &Report) -> String {
         "| restart (SIGKILL, Redis store) | {} sessions; {} resumed, {} on their address; \
          running {:.1} s and all back {:.1} s after the kill |\n",
         rs.sessions, rs.resumed, rs.same_address, rs.start_secs, rs.all_back_secs
+    );
+    let e = &r.esp;
+    s += &format!(
+        "| ESP, {} sessions sending {ESP_PACKET}-byte packets at once for {:.1} s | {:.2} Gbit/s \
+         forwarded ({:.2} GB of {:.2} GB sent); gateway CPU {:.1} s, {:.2} s per GB |\n",
+        e.sessions,
+        e.seconds,
+        e.forwarded_gbit_per_sec,
+        e.forwarded_bytes as f64 / 1e9,
+        e.sent_bytes as f64 / 1e9,
+        e.gateway_cpu_secs,
+        e.gateway_cpu_secs_per_gb
     );
     if !r.errors.is_empty() {
         s += "\nErrors (count: first message):\n\n";

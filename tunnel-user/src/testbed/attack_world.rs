@@ -136,16 +136,17 @@ impl AttackWorld {
     /// Starts gateway binary `bin` with the base config plus `extra` (TOML appended), its
     /// log truncated; waits until it runs.
     pub fn start_gateway(&self, bin: &Path, extra: &str) -> io::Result<Proc> {
-        self.start_gateway_pool(bin, "10.77.0.0/20", "", extra)
+        self.start_gateway_pool(bin, "10.77.0.0/20", "", false, extra)
     }
 
-    /// [`AttackWorld::start_gateway`] with the client pool `pool` (an IPv4 prefix) and the
-    /// top-level keys `top`.
+    /// [`AttackWorld::start_gateway`] with the client pool `pool` (an IPv4 prefix), the
+    /// top-level keys `top`, and ESP on port 4500 when `esp`.
     pub fn start_gateway_pool(
         &self,
         bin: &Path,
         pool: &str,
         top: &str,
+        esp: bool,
         extra: &str,
     ) -> io::Result<Proc> {
         let config = self.dir.join("gateway.toml");
@@ -157,7 +158,7 @@ impl AttackWorld {
                  [auth]\nusers_file = \"users\"\npassword_request = \"legacy\"\n\n\
                  [pool]\nipv4 = \"{pool}\"\n\n\
                  [routes]\ninclude = [\"172.20.0.0/24\"]\n\n\
-                 [esp]\nenabled = false\n{extra}"
+                 [esp]\nenabled = {esp}\n{extra}"
             ),
         )?;
         let log = fs::File::create(self.log_path())?;

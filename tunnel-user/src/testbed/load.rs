@@ -1,9 +1,10 @@
 //! Many sessions from one process, for the gateway benchmark: each a TLS connection driven
-//! by the project's own client state machine (no TUN device, no ESP), logged in with a
-//! password or resumed with a cookie, then held open and idle.
+//! by the project's own client state machine (no TUN device), logged in with a password or
+//! resumed with a cookie, then held open and idle; or, with ESP, sending IP packets through
+//! the gateway as fast as it can ([`EspSession`]).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -14,7 +15,7 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 use tokio_rustls::client::TlsStream;
-use tunnel_proto::{AuthFailure, Client, ClientConfig, ClientEvent};
+use tunnel_proto::{AuthFailure, Client, ClientConfig, ClientEvent, Transmit};
 
 use crate::client::tls::{Pin, Trust, client_config};
 
@@ -82,19 +83,76 @@ impl Target {
     /// The IF-T dialogue over `tls`, up to the configuration.
     async fn log_in(
         &self,
-        mut tls: TlsStream<TcpStream>,
+        tls: TlsStream<TcpStream>,
         user: &str,
         password: &str,
         cookie: Option<String>,
     ) -> Result<Held, String> {
-        let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
-        let resuming = cookie.is_some();
-        let offered = cookie.clone();
-        let mut client = Client::new(ClientConfig {
+        let client = Client::new(ClientConfig {
             enable_esp: false,
-            cookie,
+            cookie: cookie.clone(),
             ..ClientConfig::new(self.to.ip().to_string())
         });
+        self.drive(tls, client, cookie, user, password)
+            .await
+            .map(|(held, _)| held)
+    }
+
+    /// Logs in from `source` with ESP, and brings ESP up with the gateway's ESP socket on
+    /// `esp_port`.
+    pub async fn esp_session(
+        &self,
+        source: IpAddr,
+        user: &str,
+        password: &str,
+        esp_port: u16,
+    ) -> Result<EspSession, String> {
+        let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
+        let made = async {
+            let socket = TcpSocket::new_v4().map_err(e("socket"))?;
+            socket.bind(SocketAddr::new(source, 0)).map_err(e("bind"))?;
+            let tcp = socket.connect(self.to).await.map_err(e("connect"))?;
+            let name = ServerName::IpAddress(self.to.ip().into());
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(e("TLS"))?;
+            let client = Client::new(ClientConfig {
+                enable_esp: true,
+                ..ClientConfig::new(self.to.ip().to_string())
+            });
+            let (held, client) = self.drive(tls, client, None, user, password).await?;
+            let udp = tokio::net::UdpSocket::bind(SocketAddr::new(source, 0))
+                .await
+                .map_err(e("UDP bind"))?;
+            udp.connect(SocketAddr::new(self.to.ip(), esp_port))
+                .await
+                .map_err(e("UDP connect"))?;
+            let mut session = EspSession {
+                held,
+                client,
+                udp,
+                out: vec![0u8; 2048],
+            };
+            session.bring_esp_up().await?;
+            Ok(session)
+        };
+        tokio::time::timeout(STEP, made)
+            .await
+            .map_err(|_| format!("no ESP session within {STEP:?}"))?
+    }
+
+    /// The IF-T dialogue of `client` over `tls`, up to the configuration.
+    async fn drive(
+        &self,
+        mut tls: TlsStream<TcpStream>,
+        mut client: Client,
+        offered: Option<String>,
+        user: &str,
+        password: &str,
+    ) -> Result<(Held, Client), String> {
+        let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
+        let resuming = offered.is_some();
         client.start().map_err(|err| err.to_string())?;
         let mut buf = vec![0u8; 16 * 1024];
         let mut out = Vec::new();
@@ -125,12 +183,13 @@ impl Target {
                         if !out.is_empty() {
                             tls.write_all(&out).await.map_err(e("write"))?;
                         }
-                        return Ok(Held {
+                        let held = Held {
                             stream: tls,
                             cookie: cookie.ok_or("configured without a cookie")?,
                             ipv4: config.ipv4_address,
                             resumed: resuming,
-                        });
+                        };
+                        return Ok((held, client));
                     }
                     _ => Ok(()),
                 };
@@ -151,4 +210,105 @@ impl Target {
                 .map_err(|err| err.to_string())?;
         }
     }
+}
+
+/// A session sending IP packets over ESP.
+pub struct EspSession {
+    pub held: Held,
+    client: Client,
+    udp: tokio::net::UdpSocket,
+    out: Vec<u8>,
+}
+
+impl EspSession {
+    /// Probes until the gateway answers over ESP.
+    async fn bring_esp_up(&mut self) -> Result<(), String> {
+        let mut buf = vec![0u8; 2048];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.client.esp_up() {
+            if Instant::now() > deadline {
+                return Err("ESP did not come up within 10 s".into());
+            }
+            let now = Instant::now();
+            self.client
+                .poll_timers(now)
+                .map_err(|err| err.to_string())?;
+            while let Some(n) = self
+                .client
+                .poll_esp_transmit(&mut self.out)
+                .map_err(|err| err.to_string())?
+            {
+                self.udp
+                    .send(&self.out[..n])
+                    .await
+                    .map_err(|err| format!("UDP send: {err}"))?;
+            }
+            let wait = self
+                .client
+                .next_timer()
+                .map_or(Duration::from_millis(100), |t| {
+                    t.saturating_duration_since(Instant::now())
+                })
+                .clamp(Duration::from_millis(1), Duration::from_millis(200));
+            if let Ok(Ok(n)) = tokio::time::timeout(wait, self.udp.recv(&mut buf)).await {
+                self.client
+                    .handle_esp_train(&mut buf[..n], n, Instant::now(), |_| {});
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends UDP datagrams of `size` bytes (IP packets) from the session's address to
+    /// `to` until `until`; returns the IP bytes sent.
+    pub async fn send_until(
+        &mut self,
+        to: SocketAddrV4,
+        size: usize,
+        until: Instant,
+    ) -> Result<u64, String> {
+        let from = self.held.ipv4.ok_or("the session has no address")?;
+        let packet = udp_packet(from, to, size);
+        let mut sent = 0u64;
+        while Instant::now() < until {
+            for _ in 0..64 {
+                match self
+                    .client
+                    .send_packet(&packet, Instant::now(), &mut self.out)
+                    .map_err(|err| err.to_string())?
+                {
+                    Transmit::Esp(n) => {
+                        // A full socket buffer drops the datagram, as a NIC queue would.
+                        let _ = self.udp.send(&self.out[..n]).await;
+                        sent += packet.len() as u64;
+                    }
+                    Transmit::Tls => return Err("ESP went down: packets went to TLS".into()),
+                }
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// An IPv4 UDP packet of `size` bytes in all, with a valid header checksum.
+fn udp_packet(from: Ipv4Addr, to: SocketAddrV4, size: usize) -> Vec<u8> {
+    let size = size.clamp(28, 65_535);
+    let mut p = vec![0u8; size];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&from.octets());
+    p[16..20].copy_from_slice(&to.ip().octets());
+    let sum = p[..20]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&to.port().to_be_bytes());
+    p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
+    // UDP checksum 0: none (IPv4).
+    p
 }
