@@ -36,6 +36,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tunnel_user::testbed::{
     attack_world::{AttackWorld, PASSWORD, SOURCES, USER, source},
+    client_world::Proc,
     load::{Held, Target},
     redis_server::RedisServer,
 };
@@ -306,40 +307,17 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                 held.extend(back.into_iter().flatten());
 
                 // 4: the gateway killed and started again; every session resumes.
-                let before: Vec<(String, Option<Ipv4Addr>)> =
-                    held.iter().map(|h| (h.cookie.clone(), h.ipv4)).collect();
-                let killed = Instant::now();
-                gw.kill();
-                drop(held);
-                let new = tokio::task::block_in_place(|| {
+                let back;
+                (back, report_restart) = restart(&mut gw, held, &mut errors, &target, || {
                     world.start_gateway_pool(&opts.gateway, POOL, "", false, "")
                 })
-                .context("starting the gateway again")?;
-                report_restart.start_secs = killed.elapsed().as_secs_f64();
+                .await?;
                 report_restart.restored = restored(&world.log());
-                gw = new;
-                let cookies: Vec<String> = before.iter().map(|(c, _)| c.clone()).collect();
-                let (back, _) = open(
-                    &target,
-                    0..cookies.len(),
-                    RESUME_CONCURRENCY,
-                    Some(&cookies),
-                    &mut errors,
-                )
-                .await;
-                report_restart.all_back_secs = killed.elapsed().as_secs_f64();
-                report_restart.sessions = before.len();
-                report_restart.resumed = back.iter().flatten().filter(|h| h.resumed).count();
-                report_restart.same_address = back
-                    .iter()
-                    .zip(&before)
-                    .filter(|(h, (_, addr))| h.as_ref().is_some_and(|h| h.ipv4 == *addr))
-                    .count();
                 eprintln!(
                     "gateway bench: {} of {} sessions back {:.1} s after the kill",
                     report_restart.resumed, report_restart.sessions, report_restart.all_back_secs
                 );
-                let sessions = back.iter().flatten().count();
+                let sessions = back.len();
                 drop(back);
 
                 // 5: a gateway of a cluster: its sessions in Redis.
@@ -350,40 +328,18 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                 .context("starting the cluster's gateway")?;
                 let (made, _) =
                     open(&target, 0..sessions, LOGIN_CONCURRENCY, None, &mut errors).await;
-                let made: Vec<Held> = made.into_iter().flatten().collect();
-                let before: Vec<(String, Option<Ipv4Addr>)> =
-                    made.iter().map(|h| (h.cookie.clone(), h.ipv4)).collect();
-                let killed = Instant::now();
-                gw.kill();
-                drop(made);
-                let new = tokio::task::block_in_place(|| {
-                    world.start_gateway_pool(&opts.gateway, POOL, &cluster, false, "")
-                })
-                .context("starting the cluster's gateway again")?;
-                cluster_restart.start_secs = killed.elapsed().as_secs_f64();
-                gw = new;
-                let cookies: Vec<String> = before.iter().map(|(c, _)| c.clone()).collect();
-                let (back, _) = open(
-                    &target,
-                    0..cookies.len(),
-                    RESUME_CONCURRENCY,
-                    Some(&cookies),
+                let back;
+                (back, cluster_restart) = restart(
+                    &mut gw,
+                    made.into_iter().flatten().collect(),
                     &mut errors,
+                    &target,
+                    || world.start_gateway_pool(&opts.gateway, POOL, &cluster, false, ""),
                 )
-                .await;
-                cluster_restart.all_back_secs = killed.elapsed().as_secs_f64();
-                cluster_restart.sessions = before.len();
-                cluster_restart.resumed = back.iter().flatten().filter(|h| h.resumed).count();
-                cluster_restart.same_address = back
-                    .iter()
-                    .zip(&before)
-                    .filter(|(h, (_, addr))| h.as_ref().is_some_and(|h| h.ipv4 == *addr))
-                    .count();
+                .await?;
                 eprintln!(
                     "gateway bench (Redis): {} of {} sessions back {:.1} s after the kill",
-                    cluster_restart.resumed,
-                    cluster_restart.sessions,
-                    cluster_restart.all_back_secs
+                    cluster_restart.resumed, cluster_restart.sessions, cluster_restart.all_back_secs
                 );
                 drop(back);
 
@@ -464,6 +420,44 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
         esp,
         errors,
     })
+}
+
+/// Kills the gateway `gw` holding the sessions `held`, starts it again with `start` (in
+/// `gw`), and resumes every session with its cookie: the sessions back, and how the
+/// restart went.
+async fn restart(
+    gw: &mut Proc,
+    held: Vec<Held>,
+    errors: &mut BTreeMap<String, usize>,
+    target: &Target,
+    start: impl FnOnce() -> std::io::Result<Proc>,
+) -> Result<(Vec<Held>, Restart)> {
+    let mut report = Restart::default();
+    let before: Vec<(String, Option<Ipv4Addr>)> =
+        held.iter().map(|h| (h.cookie.clone(), h.ipv4)).collect();
+    let killed = Instant::now();
+    gw.kill();
+    drop(held);
+    *gw = tokio::task::block_in_place(start).context("starting the gateway again")?;
+    report.start_secs = killed.elapsed().as_secs_f64();
+    let cookies: Vec<String> = before.iter().map(|(c, _)| c.clone()).collect();
+    let (back, _) = open(
+        target,
+        0..cookies.len(),
+        RESUME_CONCURRENCY,
+        Some(&cookies),
+        errors,
+    )
+    .await;
+    report.all_back_secs = killed.elapsed().as_secs_f64();
+    report.sessions = before.len();
+    report.resumed = back.iter().flatten().filter(|h| h.resumed).count();
+    report.same_address = back
+        .iter()
+        .zip(&before)
+        .filter(|(h, (_, addr))| h.as_ref().is_some_and(|h| h.ipv4 == *addr))
+        .count();
+    Ok((back.into_iter().flatten().collect(), report))
 }
 
 /// The `restored=N` of the gateway's start line.

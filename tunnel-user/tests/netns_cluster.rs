@@ -92,29 +92,6 @@ fn session_at(
         .unwrap()
 }
 
-fn add_both(w: &ClientWorld) {
-    let (one, two) = (
-        format!("https://{GATEWAY}:8443"),
-        format!("https://{GATEWAY2}:8443"),
-    );
-    let out = w.tunnel(
-        &["add", "both", "--url", &one, "--url", &two, "-u", "alice"],
-        "",
-    );
-    assert_eq!(code(&out), 0, "add: {}", said(&out));
-}
-
-fn connected(w: &ClientWorld) -> Option<(String, String)> {
-    let status = w.status();
-    let me = &status[0];
-    (me["state"] == "connected").then(|| {
-        (
-            me["server"].as_str().unwrap_or_default().to_string(),
-            me["ipv4"].as_str().unwrap_or_default().to_string(),
-        )
-    })
-}
-
 /// Scenario 2: our client on gateway 1; gateway 1 killed; the URL list takes the client to
 /// gateway 2, which takes the session from Redis: same cookie, same address, traffic.
 #[test]
@@ -127,13 +104,13 @@ fn a_session_moves_to_the_other_gateway_with_its_address() {
     let mut gw1 = w.start_gateway();
     let _gw2 = w.start_gateway_in(&dir2);
     let _td = w.start_tunneld_with(&[("SSL_CERT_FILE", &cas)]);
-    add_both(&w);
+    w.add_both_gateways("both");
     let out = w.tunnel(
         &["connect", "both", "-u", "alice", "--password-stdin"],
         "s3cret\n",
     );
     assert_eq!(code(&out), 0, "connect: {}", said(&out));
-    let (server, addr) = connected(&w).expect("connected");
+    let (server, addr) = w.connected_to().expect("connected");
     assert_eq!(server, format!("https://{GATEWAY}:8443/"));
     assert_eq!(w.seen_as(CORP).as_deref(), Some(addr.as_str()));
     wait_for("the session in Redis", Duration::from_secs(5), || {
@@ -148,10 +125,10 @@ fn a_session_moves_to_the_other_gateway_with_its_address() {
     gw1.kill();
     let killed = Instant::now();
     wait_for("the client on gateway 2", Duration::from_secs(60), || {
-        connected(&w).is_some_and(|(s, _)| s.contains(GATEWAY2))
+        w.connected_to().is_some_and(|(s, _)| s.contains(GATEWAY2))
     });
     let moved = killed.elapsed();
-    let (_, addr2) = connected(&w).unwrap();
+    let (_, addr2) = w.connected_to().unwrap();
     assert_eq!(addr2, addr, "the same address on gateway 2");
     wait_for("corp through gateway 2", Duration::from_secs(20), || {
         w.seen_as(CORP).as_deref() == Some(addr.as_str())

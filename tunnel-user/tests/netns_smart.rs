@@ -37,36 +37,11 @@ fn said(o: &Output) -> String {
     )
 }
 
-/// Adds the connection `smart` with both gateways, the first one first.
-fn add_smart(w: &ClientWorld) {
-    let (one, two) = (
-        format!("https://{GATEWAY}:8443"),
-        format!("https://{GATEWAY2}:8443"),
-    );
-    let out = w.tunnel(
-        &["add", "smart", "--url", &one, "--url", &two, "-u", "alice"],
-        "",
-    );
-    assert_eq!(code(&out), 0, "add: {}", said(&out));
-}
-
 fn connect_smart(w: &ClientWorld) -> Output {
     w.tunnel(
         &["connect", "smart", "-u", "alice", "--password-stdin"],
         "s3cret\n",
     )
-}
-
-/// The connection's gateway and tunnel address, once it is connected.
-fn connected(w: &ClientWorld) -> Option<(String, String)> {
-    let status = w.status();
-    let me = &status[0];
-    (me["state"] == "connected").then(|| {
-        (
-            me["server"].as_str().unwrap_or_default().to_string(),
-            me["ipv4"].as_str().unwrap_or_default().to_string(),
-        )
-    })
 }
 
 #[test]
@@ -81,11 +56,11 @@ fn a_lost_gateway_moves_the_connection_to_the_next_url() {
     let gw1 = w.start_gateway();
     let _gw2 = w.start_gateway_in(&dir2);
     let _td = w.start_tunneld_with(&[("SSL_CERT_FILE", &cas)]);
-    add_smart(&w);
+    w.add_both_gateways("smart");
 
     let out = connect_smart(&w);
     assert_eq!(code(&out), 0, "connect: {}", said(&out));
-    let (server, addr) = connected(&w).expect("connected");
+    let (server, addr) = w.connected_to().expect("connected");
     assert_eq!(server, format!("https://{GATEWAY}:8443/"));
     assert!(addr.starts_with("10.77.0."), "{addr}");
     assert_eq!(w.seen_as(CORP).as_deref(), Some(addr.as_str()));
@@ -103,7 +78,7 @@ fn a_lost_gateway_moves_the_connection_to_the_next_url() {
             status[0]["reconnects"] == 1 && status[0]["state"] == "connected"
         },
     );
-    let (server, _) = connected(&w).expect("connected");
+    let (server, _) = w.connected_to().expect("connected");
     assert_eq!(
         server,
         format!("https://{GATEWAY}:8443/"),
@@ -119,7 +94,7 @@ fn a_lost_gateway_moves_the_connection_to_the_next_url() {
         "the connection on gateway 2",
         Duration::from_secs(30),
         || {
-            moved = connected(&w).filter(|(s, _)| s.contains(GATEWAY2));
+            moved = w.connected_to().filter(|(s, _)| s.contains(GATEWAY2));
             moved.is_some()
         },
     );
@@ -163,12 +138,12 @@ fn a_refused_certificate_does_not_end_the_walk() {
     // Only gateway 2's certificate is trusted; gateway 1's is unknown and no pin vouches
     // for it.
     let mut td = w.start_tunneld_with(&[("SSL_CERT_FILE", &dir2.join("cert.pem"))]);
-    add_smart(&w);
+    w.add_both_gateways("smart");
     let started = Instant::now();
     let out = connect_smart(&w);
     assert_eq!(code(&out), 0, "connect: {}", said(&out));
     let took = started.elapsed();
-    let (server, addr) = connected(&w).expect("connected");
+    let (server, addr) = w.connected_to().expect("connected");
     assert_eq!(server, format!("https://{GATEWAY2}:8443/"));
     assert_eq!(w.seen_as(CORP).as_deref(), Some(addr.as_str()));
     let log = fs::read_to_string(w.dir.join("tunneld.log")).unwrap();
@@ -194,7 +169,7 @@ fn a_refused_certificate_does_not_end_the_walk() {
     let mut td = w.start_tunneld_with(&[("SSL_CERT_FILE", &other.join("cert.pem"))]);
     let out = connect_smart(&w);
     assert_eq!(code(&out), 0, "connect by gateway 2's pin: {}", said(&out));
-    assert!(connected(&w).unwrap().0.contains(GATEWAY2));
+    assert!(w.connected_to().unwrap().0.contains(GATEWAY2));
     let out = w.tunnel(&["disconnect", "smart"], "");
     assert_eq!(code(&out), 0, "{}", said(&out));
 

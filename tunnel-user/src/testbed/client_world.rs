@@ -348,6 +348,35 @@ fallback_secs = 5
         }
     }
 
+    /// Adds the connection `name` (user alice) with both gateways' URLs, the first first.
+    pub fn add_both_gateways(&self, name: &str) {
+        let (one, two) = (
+            format!("https://{GATEWAY}:8443"),
+            format!("https://{GATEWAY2}:8443"),
+        );
+        let out = self.tunnel(
+            &["add", name, "--url", &one, "--url", &two, "-u", "alice"],
+            "",
+        );
+        assert!(
+            out.status.success(),
+            "add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The first connection's gateway URL and tunnel address, once it is connected.
+    pub fn connected_to(&self) -> Option<(String, String)> {
+        let status = self.status();
+        let me = &status[0];
+        (me["state"] == "connected").then(|| {
+            (
+                me["server"].as_str().unwrap_or_default().to_string(),
+                me["ipv4"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    }
+
     /// A CA file with both gateways' (self-signed) certificates, for tunneld to trust
     /// (`SSL_CERT_FILE`); `dir2` is the second's ([`ClientWorld::second_gateway`]).
     pub fn both_certificates(&self, dir2: &Path) -> PathBuf {

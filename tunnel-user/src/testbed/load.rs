@@ -62,22 +62,27 @@ impl Target {
         password: &str,
         cookie: Option<String>,
     ) -> Result<Held, String> {
-        let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
         let made = async {
-            let socket = TcpSocket::new_v4().map_err(e("socket"))?;
-            socket.bind(SocketAddr::new(source, 0)).map_err(e("bind"))?;
-            let tcp = socket.connect(self.to).await.map_err(e("connect"))?;
-            let _ = tcp.set_nodelay(true);
-            let name = ServerName::IpAddress(self.to.ip().into());
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(e("TLS"))?;
+            let tls = self.connect(source).await?;
             self.log_in(tls, user, password, cookie).await
         };
         tokio::time::timeout(STEP, made)
             .await
             .map_err(|_| format!("no session within {STEP:?}"))?
+    }
+
+    /// A TLS connection to the gateway from `source`.
+    async fn connect(&self, source: IpAddr) -> Result<TlsStream<TcpStream>, String> {
+        let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
+        let socket = TcpSocket::new_v4().map_err(e("socket"))?;
+        socket.bind(SocketAddr::new(source, 0)).map_err(e("bind"))?;
+        let tcp = socket.connect(self.to).await.map_err(e("connect"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::IpAddress(self.to.ip().into());
+        tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(e("TLS"))
     }
 
     /// The IF-T dialogue over `tls`, up to the configuration.
@@ -109,14 +114,7 @@ impl Target {
     ) -> Result<EspSession, String> {
         let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
         let made = async {
-            let socket = TcpSocket::new_v4().map_err(e("socket"))?;
-            socket.bind(SocketAddr::new(source, 0)).map_err(e("bind"))?;
-            let tcp = socket.connect(self.to).await.map_err(e("connect"))?;
-            let name = ServerName::IpAddress(self.to.ip().into());
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(e("TLS"))?;
+            let tls = self.connect(source).await?;
             let client = Client::new(ClientConfig {
                 enable_esp: true,
                 ..ClientConfig::new(self.to.ip().to_string())
