@@ -342,3 +342,45 @@ fn the_per_user_limit_counts_the_whole_cluster() {
         drop(first);
     }
 }
+
+/// `limits.max_sessions` caps the cluster: with a cap of one, a session held on gateway 1
+/// fills it, so a login on gateway 2 is refused before its password is checked; once that
+/// session signs out (its record leaves the store) gateway 2 takes a login.
+#[test]
+fn the_session_cap_counts_the_whole_cluster() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let (w, _redis, dir2, pin2) = cluster("cc", "\n[limits]\nmax_sessions = 1\n");
+    let _gw1 = w.start_gateway();
+    let _gw2 = w.start_gateway_in(&dir2);
+    let first = session_at(&w, GATEWAY, &w.pin, "s3cret", None).expect("login on gateway 1");
+    wait_for("the session in Redis", Duration::from_secs(5), || {
+        redis_keys(&w, "tunnel:session:*").len() == 1
+    });
+    // Even a wrong password is refused for the cap: no hash is spent.
+    let refused = session_at(&w, GATEWAY2, &pin2, "wrong", None);
+    assert_eq!(
+        refused.err().as_deref(),
+        Some("The gateway holds as many sessions as it may. Try again later.")
+    );
+    assert!(log(&dir2).contains("the session cap (limits.max_sessions) is reached"));
+    // The session ends on gateway 1 (its operator kills it): room again on gateway 2.
+    drop(first);
+    let kill =
+        w.gw.command(&w.bin.gateway.to_string_lossy())
+            .args(["sessions", "--config"])
+            .arg(w.dir.join("gateway.toml"))
+            .args(["kill", "alice"])
+            .output()
+            .unwrap();
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    wait_for("the record gone", Duration::from_secs(5), || {
+        redis_keys(&w, "tunnel:session:*").is_empty()
+    });
+    session_at(&w, GATEWAY2, &pin2, "s3cret", None).expect("a login once there is room");
+}

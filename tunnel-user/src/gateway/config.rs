@@ -218,6 +218,11 @@ pub struct LimitsConfig {
     /// `limits.login_frame_bytes`: the largest IF-T frame taken before the login; once
     /// logged in, a client may send frames of up to 1 MiB. 1024-1048576, default 16384.
     pub login_frame_bytes: u32,
+    /// `limits.max_sessions`: sessions (connected or resumable) this gateway holds, or with
+    /// a Redis `session_store` the whole cluster; a new login past it is refused before
+    /// its password is checked (resumes are not new sessions). 0-10000000, default 0: no
+    /// cap but the address pools.
+    pub max_sessions: u32,
 }
 
 /// `[tls]`.
@@ -600,6 +605,7 @@ struct RawLimits {
     user_step_secs: Option<i64>,
     login_secs: Option<i64>,
     login_frame_bytes: Option<i64>,
+    max_sessions: Option<i64>,
 }
 
 impl RawLimits {
@@ -648,6 +654,7 @@ impl RawLimits {
                 i64::from(tunnel_proto::DEFAULT_MAX_FRAME_LEN),
                 defaults::LOGIN_FRAME_BYTES.into(),
             )? as u32,
+            max_sessions: int(self.max_sessions, "limits.max_sessions", 0, 10_000_000, 0)? as u32,
         })
     }
 }
@@ -2437,6 +2444,14 @@ impl fmt::Display for GatewayConfig {
         )?;
         writeln!(
             f,
+            "limits.max_sessions                 {}",
+            match l.max_sessions {
+                0 => "0 (no cap but the pools)".to_string(),
+                n => n.to_string(),
+            }
+        )?;
+        writeln!(
+            f,
             "access.client_to_client {}",
             self.access.client_to_client
         )?;
@@ -2586,6 +2601,20 @@ ipv4 = "10.10.0.0/24"
             let header = format!("[{section}]\n");
             assert!(BASE.contains(&header), "no [{section}] in BASE");
             BASE.replacen(&header, &format!("{header}{line}\n"), 1)
+        }
+    }
+
+    #[test]
+    fn the_session_cap_is_off_by_default_and_bounded() {
+        assert_eq!(
+            GatewayConfig::from_str(BASE).unwrap().limits.max_sessions,
+            0
+        );
+        let limits = |v: &str| format!("{BASE}\n[limits]\nmax_sessions = {v}\n");
+        let c = GatewayConfig::from_str(&limits("5")).unwrap();
+        assert_eq!(c.limits.max_sessions, 5);
+        for bad in ["-1", "10000001"] {
+            expect_err(&limits(bad), "limits.max_sessions", "");
         }
     }
 

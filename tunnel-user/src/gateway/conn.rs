@@ -188,10 +188,34 @@ pub(super) fn end_session(ctx: &Ctx, place: Place, user: &str, why: &str) {
     }
 }
 
-/// In a cluster, the failed logins of `user` on every gateway count against one limit
-/// (`auth.passwords.account_failures` in its window): a refusal once they reach it, or when
-/// the store cannot say.
-async fn cluster_refuses_login(ctx: &Ctx, user: &str) -> Option<AuthRejection> {
+/// Before a new login's password is checked: the session cap (`limits.max_sessions`, of
+/// the cluster with a shared store), and in a cluster the failed logins of `user` on every
+/// gateway against one limit (`auth.passwords.account_failures` in its window). A refusal
+/// when one is reached, or when the store cannot say.
+async fn refuses_new_login(ctx: &Ctx, user: &str) -> Option<AuthRejection> {
+    let cap = u64::from(ctx.settings().config.limits.max_sessions);
+    if cap > 0 {
+        let held = match ctx.store.shared() {
+            Some(shared) => shared.count().await,
+            None => {
+                let (live, _, parked) = ctx.table.census();
+                Ok((live + parked) as u64)
+            }
+        };
+        match held {
+            Ok(n) if n >= cap => {
+                warn!(%user, sessions = n, cap, "login refused: the session cap (limits.max_sessions) is reached");
+                return Some(AuthRejection::Failure(
+                    "The gateway holds as many sessions as it may. Try again later.".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(%user, error = %e, "login refused: the session store is unavailable");
+                return Some(AuthRejection::Failure(STORE_UNAVAILABLE.into()));
+            }
+        }
+    }
     let shared = ctx.store.shared()?;
     let limits = ctx.settings().config.auth.passwords;
     match shared.failed_logins(user).await {
@@ -678,7 +702,7 @@ async fn handle_event(ctx: &Arc<Ctx>, conn: &mut Conn, event: ServerEvent) -> Op
                 .or_else(|| ctx.settings().config.auth.realms.first().cloned())
                 .unwrap_or_default();
             let verified = password.clone();
-            if let Some(refusal) = cluster_refuses_login(ctx, &username).await {
+            if let Some(refusal) = refuses_new_login(ctx, &username).await {
                 ctx.counters.logins_failed.fetch_add(1, Ordering::Relaxed);
                 let _ = conn.pending.as_mut()?.reject(refusal);
                 return None;

@@ -81,8 +81,9 @@ if px == 0 then
 elseif ttl >= 0 and ttl < px then
   redis.call('PEXPIRE', KEYS[2], px)
 end
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
 local conflicts = 0
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local v = redis.call('GET', KEYS[i])
   if v and v ~= ARGV[2] then
     conflicts = conflicts + 1
@@ -109,7 +110,8 @@ local holder = redis.call('HGET', KEYS[1], 'holder')
 if holder and holder ~= ARGV[1] and ARGV[3] ~= '1' then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[2])
-for i = 4, #KEYS do
+redis.call('ZREM', KEYS[4], ARGV[2])
+for i = 5, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[2] then redis.call('DEL', KEYS[i]) end
 end
 redis.call('PUBLISH', KEYS[2], ARGV[1] .. ' ' .. ARGV[2])
@@ -126,6 +128,10 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 return found";
+
+const COUNT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZCARD', KEYS[1])";
 
 const FAILED: &str = r"
 local n = redis.call('INCR', KEYS[1])
@@ -164,6 +170,7 @@ struct Scripts {
     take: Script,
     remove: Script,
     list: Script,
+    count: Script,
     failed: Script,
 }
 
@@ -192,6 +199,9 @@ struct Shared {
 }
 
 const SESSION_PREFIX: &str = "tunnel:session:";
+
+/// Every session of the cluster, scored by when its record expires (ms since the epoch).
+const ALL_SESSIONS: &str = "tunnel:all";
 
 fn session_key(key: &CookieKey) -> String {
     format!("{SESSION_PREFIX}{}", key.hex())
@@ -254,6 +264,7 @@ impl RedisStore {
             take: Script::new(TAKE),
             remove: Script::new(REMOVE),
             list: Script::new(LIST),
+            count: Script::new(COUNT),
             failed: Script::new(FAILED),
         });
         let (lost, lost_rx) = mpsc::unbounded_channel();
@@ -335,6 +346,20 @@ impl RedisStore {
                 Ok(None)
             }
         }
+    }
+
+    /// The sessions of the whole cluster whose records have not expired.
+    pub(crate) async fn count(&self) -> Result<u64, Unavailable> {
+        let mut conn = self.conn.clone();
+        timed(
+            self.scripts
+                .count
+                .key(ALL_SESSIONS)
+                .arg(unix_now() * 1000)
+                .invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|e| self.unavailable(e))
     }
 
     /// Counts a failed login of `user` in the cluster's window of `window`; returns the
@@ -481,7 +506,8 @@ fn remove_invocation<'a>(
         .key(session_key(&removal.key))
         .key(DROPPED_CHANNEL)
         // A key no session set has: nothing to remove from.
-        .key(removal.user_set.as_deref().unwrap_or("tunnel:user:-"));
+        .key(removal.user_set.as_deref().unwrap_or("tunnel:user:-"))
+        .key(ALL_SESSIONS);
     for k in lease_keys(&removal.lease) {
         invocation.key(k);
     }
@@ -555,16 +581,22 @@ impl Writer {
                 let mut invocation = self.scripts.put.prepare_invoke();
                 invocation
                     .key(session_key(&s.key))
-                    .key(user_key(&s.realm, &s.user));
+                    .key(user_key(&s.realm, &s.user))
+                    .key(ALL_SESSIONS);
                 for k in lease_keys(&s.lease()) {
                     invocation.key(k);
                 }
                 let record = serde_json::to_string(s).map_err(|e| e.to_string())?;
+                let score = match px {
+                    0 => "+inf".to_string(),
+                    px => (unix_now() * 1000 + px).to_string(),
+                };
                 invocation
                     .arg(&self.node)
                     .arg(s.key.hex())
                     .arg(record)
-                    .arg(px);
+                    .arg(px)
+                    .arg(score);
                 let answer: i64 = timed(invocation.invoke_async(&mut self.conn)).await?;
                 match answer {
                     0 => {

@@ -283,7 +283,7 @@ fn compare(old: &GatewayConfig, new: &GatewayConfig) -> (Vec<&'static str>, Vec<
             old.auth.password_request != new.auth.password_request,
         ),
         (
-            "limits (time limits, login_frame_bytes)",
+            "limits (time limits, login_frame_bytes, max_sessions)",
             old.limits != new.limits,
         ),
         ("access", old.access != new.access),
