@@ -384,3 +384,43 @@ fn the_session_cap_counts_the_whole_cluster() {
     });
     session_at(&w, GATEWAY2, &pin2, "s3cret", None).expect("a login once there is room");
 }
+
+/// Two gateways hand out one pool and never one address twice: sessions made on gateway 1
+/// hold the lowest addresses, so gateway 2's first login finds them held in Redis and
+/// takes the next free one; every address is leased once.
+#[test]
+fn no_two_gateways_hand_out_one_address() {
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let (w, _redis, dir2, pin2) = cluster("ca", "");
+    let _gw1 = w.start_gateway();
+    let _gw2 = w.start_gateway_in(&dir2);
+    let on_one: Vec<_> = (0..3)
+        .map(|_| session_at(&w, GATEWAY, &w.pin, "s3cret", None).expect("login on gateway 1"))
+        .collect();
+    let on_two: Vec<_> = (0..2)
+        .map(|_| session_at(&w, GATEWAY2, &pin2, "s3cret", None).expect("login on gateway 2"))
+        .collect();
+    let mut addresses: Vec<String> = on_one
+        .iter()
+        .chain(&on_two)
+        .map(|h| h.ipv4.expect("an address").to_string())
+        .collect();
+    let given = addresses.clone();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(
+        addresses.len(),
+        5,
+        "five sessions, five addresses: {given:?}"
+    );
+    wait_for("every lease in Redis", Duration::from_secs(5), || {
+        redis_keys(&w, "tunnel:lease:*").len() == 5
+    });
+    let log2 = log(&dir2);
+    assert!(
+        !log2.contains("login refused"),
+        "gateway 2 skipped the held addresses: {log2}"
+    );
+}

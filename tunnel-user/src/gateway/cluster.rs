@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Lease,
+    redis_store::Claim,
     runtime::Ctx,
     store::{CookieKey, StoredSession},
     table::{Moment, Resumable},
@@ -25,12 +26,14 @@ use crate::sys::netconf::{Netlink, Route, Via};
 pub(super) const STORE_UNAVAILABLE: &str =
     "The session store is unavailable. Try again in a moment.";
 
-/// How long an address another gateway holds stays taken in the local pool before it is
-/// tried again.
-const FOREIGN_HOLD: Duration = Duration::from_secs(60);
+/// The longest an address another gateway holds stays taken in the local pool before it is
+/// tried again (its lease's own expiry when sooner; a lease without one is held this long).
+const FOREIGN_HOLD: Duration = Duration::from_secs(600);
 
-/// Addresses tried for one login before it is refused (each held by another gateway).
-const CLAIM_TRIES: usize = 64;
+/// Addresses tried for one login before it is refused (each held by another gateway; one
+/// round trip to Redis each). Addresses found held stay out of the local pool meanwhile, so
+/// the next login does not try them again.
+const CLAIM_TRIES: usize = 4096;
 
 /// An address for a new login's session `key`: from the realm's pool, and in a cluster
 /// taken in the store too. Err: what the client is told.
@@ -48,11 +51,12 @@ pub(super) async fn lease_for_login(
             return Ok(lease);
         };
         match shared.claim(key, &lease).await {
-            Ok(true) => return Ok(lease),
-            Ok(false) => {
+            Ok(Claim::Taken) => return Ok(lease),
+            Ok(Claim::Held(remaining)) => {
                 debug!(ipv4 = %lease.ipv4, "address held by another gateway: trying the next");
+                let hold = remaining.map_or(FOREIGN_HOLD, |r| r.min(FOREIGN_HOLD));
                 if let Ok(mut foreign) = ctx.foreign.lock() {
-                    foreign.push((lease, Instant::now()));
+                    foreign.push((lease, Instant::now() + hold));
                 }
             }
             Err(e) => {
@@ -77,8 +81,8 @@ pub(super) fn release_foreign(ctx: &Ctx, now: Instant) {
     let Ok(mut pool) = ctx.pool.lock() else {
         return;
     };
-    foreign.retain(|(lease, since)| {
-        let due = now.duration_since(*since) >= FOREIGN_HOLD;
+    foreign.retain(|(lease, until)| {
+        let due = now >= *until;
         if due {
             pool.release(lease);
         }
@@ -108,9 +112,9 @@ pub(super) async fn adopt(ctx: &Ctx, record: &StoredSession) -> Option<Resumable
     }
     let confirmed = match ctx.store.shared() {
         Some(shared) => shared.claim(&record.key, &lease).await,
-        None => Ok(true),
+        None => Ok(Claim::Taken),
     };
-    if !matches!(confirmed, Ok(true)) {
+    if !matches!(confirmed, Ok(Claim::Taken)) {
         if let Ok(mut pool) = ctx.pool.lock() {
             pool.release(&lease);
         }

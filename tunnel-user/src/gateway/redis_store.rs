@@ -58,15 +58,24 @@ const CLAIM_TTL_MS: u64 = 60_000;
 /// resync).
 const QUEUE: usize = 65_536;
 
+/// -3: taken; else the conflicting lease's PTTL (-1: no expiry).
 const CLAIM: &str = r"
 for _, k in ipairs(KEYS) do
   local v = redis.call('GET', k)
-  if v and v ~= ARGV[1] then return 0 end
+  if v and v ~= ARGV[1] then return redis.call('PTTL', k) end
 end
 for _, k in ipairs(KEYS) do
   redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
 end
-return 1";
+return -3";
+
+/// What a claim of addresses found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    Taken,
+    /// Another session holds one of them, for this long yet (None: without an expiry).
+    Held(Option<Duration>),
+}
 
 const PUT: &str = r"
 local holder = redis.call('HGET', KEYS[1], 'holder')
@@ -306,19 +315,23 @@ impl RedisStore {
         }
     }
 
-    /// Takes `lease` for the session `key` in the cluster: Ok(false) when another session
-    /// holds one of its addresses.
-    pub(crate) async fn claim(&self, key: &CookieKey, lease: &Lease) -> Result<bool, Unavailable> {
+    /// Takes `lease` for the session `key` in the cluster, unless another session holds one
+    /// of its addresses.
+    pub(crate) async fn claim(&self, key: &CookieKey, lease: &Lease) -> Result<Claim, Unavailable> {
         let mut invocation = self.scripts.claim.prepare_invoke();
         for k in lease_keys(lease) {
             invocation.key(k);
         }
         invocation.arg(key.hex()).arg(CLAIM_TTL_MS);
         let mut conn = self.conn.clone();
-        let taken: i64 = timed(invocation.invoke_async(&mut conn))
+        let answer: i64 = timed(invocation.invoke_async(&mut conn))
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(taken == 1)
+        Ok(match answer {
+            -3 => Claim::Taken,
+            ms if ms >= 0 => Claim::Held(Some(Duration::from_millis(ms as u64))),
+            _ => Claim::Held(None),
+        })
     }
 
     /// Makes this gateway the holder of the session `key` and returns its record; None

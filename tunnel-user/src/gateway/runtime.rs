@@ -110,7 +110,7 @@ pub(super) struct Ctx {
     /// What outlives the process of the sessions ([`SessionStore`]).
     pub(super) store: SessionStore,
     /// In a cluster: addresses another gateway held when a login tried them, taken in the
-    /// local pool until [`cluster::release_foreign`] gives them back.
+    /// local pool until [`cluster::release_foreign`] gives them back at the time with each.
     pub(super) foreign: Mutex<Vec<(Lease, Instant)>>,
     /// The TUN device's index (host routes in a cluster).
     pub(super) tun_index: u32,
