@@ -424,3 +424,55 @@ fn no_two_gateways_hand_out_one_address() {
         "gateway 2 skipped the held addresses: {log2}"
     );
 }
+
+/// The Ivanti way across the cluster (`session_limit = "ask"`, one session): a login on
+/// gateway 2 is shown the user's session on gateway 1 and ends it; the new session is
+/// made, gateway 1 closes the old one's connection, and the store holds one session.
+#[test]
+fn at_the_cluster_limit_the_user_ends_a_session_on_the_other_gateway() {
+    use tunnel_proto::{ClientConfig, ClientEvent};
+    use tunnel_user::testbed::pulse_peer::{Answers, EndSession, PulsePeer};
+    if !tunnel_user::testbed::root_or_skip() {
+        return;
+    }
+    let (w, _redis, dir2, pin2) = cluster("ck", "\n[realm.Users]\nmax_sessions_per_user = 1\n");
+    let _gw1 = w.start_gateway();
+    let _gw2 = w.start_gateway_in(&dir2);
+    let first = session_at(&w, GATEWAY, &w.pin, "s3cret", None).expect("login on gateway 1");
+    wait_for("the session in Redis", Duration::from_secs(5), || {
+        redis_keys(&w, "tunnel:session:*").len() == 1
+    });
+    let to: SocketAddr = format!("{GATEWAY2}:8443").parse().unwrap();
+    let mut second = w
+        .client
+        .enter(move || PulsePeer::connect(to, &pin2, ClientConfig::new(GATEWAY2.to_string())))
+        .unwrap()
+        .unwrap();
+    let answers = Answers {
+        end_session: Some(EndSession::Oldest),
+        ..Answers::default()
+    };
+    second
+        .login_with("alice", "s3cret", &answers)
+        .expect("the login on gateway 2, after ending the other session");
+    let listed = second
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::SessionLimit { sessions } => Some(sessions.clone()),
+            _ => None,
+        })
+        .expect("the sessions were listed");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].from, "192.168.70.2");
+    wait_for(
+        "gateway 1 closes the old session",
+        Duration::from_secs(5),
+        || log(&w.dir).contains("connection closed here"),
+    );
+    wait_for("one session in the store", Duration::from_secs(5), || {
+        redis_keys(&w, "tunnel:session:*").len() == 1
+    });
+    assert!(log(&dir2).contains("ended a session of the cluster"));
+    drop(first);
+}
