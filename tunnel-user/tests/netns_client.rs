@@ -7,6 +7,7 @@ use std::{
     process::Output,
     time::{Duration, Instant},
 };
+use tunnel_user::testbed::client_world::code;
 
 use tunnel_user::testbed::client_world::{
     CORP, ClientWorld, EXCLUDED, GATEWAY, PORT, counter, wait_for,
@@ -18,10 +19,6 @@ fn world(tag: &str) -> ClientWorld {
 
 fn root() -> bool {
     tunnel_user::testbed::root_or_skip()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
 }
 
 #[test]

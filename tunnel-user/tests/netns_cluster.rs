@@ -14,9 +14,9 @@ use std::{
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Output,
     time::{Duration, Instant},
 };
+use tunnel_user::testbed::client_world::{code, said};
 
 use tunnel_user::testbed::{
     client_world::{CORP, ClientWorld, GATEWAY, GATEWAY2, wait_for},
@@ -25,18 +25,6 @@ use tunnel_user::testbed::{
 };
 
 const REDIS_PORT: u16 = 6390;
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A world with Redis and two gateways configured to share it (gateway 2 with gateway 1's
 /// pool); `extra` is appended to both configurations. Returns gateway 2's directory and pin.
@@ -430,7 +418,7 @@ fn no_two_gateways_hand_out_one_address() {
 /// made, gateway 1 closes the old one's connection, and the store holds one session.
 #[test]
 fn at_the_cluster_limit_the_user_ends_a_session_on_the_other_gateway() {
-    use tunnel_proto::{ClientConfig, ClientEvent};
+    use tunnel_proto::ClientConfig;
     use tunnel_user::testbed::pulse_peer::{Answers, EndSession, PulsePeer};
     if !tunnel_user::testbed::root_or_skip() {
         return;
@@ -455,14 +443,7 @@ fn at_the_cluster_limit_the_user_ends_a_session_on_the_other_gateway() {
     second
         .login_with("alice", "s3cret", &answers)
         .expect("the login on gateway 2, after ending the other session");
-    let listed = second
-        .events
-        .iter()
-        .find_map(|e| match e {
-            ClientEvent::SessionLimit { sessions } => Some(sessions.clone()),
-            _ => None,
-        })
-        .expect("the sessions were listed");
+    let listed = second.listed_sessions().expect("the sessions were listed");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].from, "192.168.70.2");
     wait_for(

@@ -3,18 +3,11 @@
 //! 100) may use the stored connections and see their state; anyone else nothing.
 
 use std::{fs, os::unix::fs::MetadataExt, process::Output};
+use tunnel_user::testbed::client_world::said;
 
 use tunnel_user::testbed::client_world::{ClientWorld, GATEWAY};
 
 const USERS_GID: u32 = 100;
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Runs `tunnel args` as uid 65534 with the supplementary groups `groups` (none: empty).
 fn as_nobody(w: &ClientWorld, groups: &str, args: &[&str], stdin: &str) -> Output {

@@ -17,9 +17,9 @@
 use std::{
     fs,
     net::IpAddr,
-    process::Output,
     time::{Duration, Instant},
 };
+use tunnel_user::testbed::client_world::said;
 
 use nix::{
     sys::signal::{Signal, kill},
@@ -39,14 +39,6 @@ const OUTSIDE_NAME: &str = "www.outside.example";
 const LEAKED: &str = "203.0.113.66";
 const ORIGINAL: &str =
     "# the LAN's resolver\nnameserver 192.168.70.53\noptions timeout:1 attempts:2\n";
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// UDP datagrams to `dst`:53 arriving on g0.
 fn dns_to(capture: &Capture, dst: &str) -> usize {

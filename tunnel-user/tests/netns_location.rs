@@ -5,19 +5,11 @@
 
 use std::{
     fs,
-    process::Output,
     time::{Duration, Instant},
 };
+use tunnel_user::testbed::client_world::said;
 
 use tunnel_user::testbed::client_world::{CORP, ClientWorld, GATEWAY, wait_for};
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn state(w: &ClientWorld) -> String {
     w.status()

@@ -6,21 +6,14 @@
 //!  client c0 192.168.70.2 ── g0: 192.168.70.10 (the exception), 192.168.70.9 (any other)
 //! ```
 
-use std::{net::UdpSocket, process::Output, time::Duration};
+use std::{net::UdpSocket, time::Duration};
+use tunnel_user::testbed::client_world::said;
 
 use tunnel_user::testbed::{client_world::ClientWorld, wire::Capture};
 
 const EXCEPTION: &str = "192.168.70.10";
 const OTHER: &str = "192.168.70.9";
 const N: usize = 5;
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn to(frame: &[u8], dst: &str) -> bool {
     let dst: std::net::Ipv4Addr = dst.parse().unwrap();

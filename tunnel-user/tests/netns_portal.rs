@@ -15,10 +15,10 @@ use std::{
     fs,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    process::Output,
     sync::Arc,
     time::{Duration, Instant},
 };
+use tunnel_user::testbed::client_world::said;
 
 use tunnel_user::testbed::{
     Netns,
@@ -27,14 +27,6 @@ use tunnel_user::testbed::{
 
 const PROBE: &str = "192.168.70.80";
 const PORTAL: &str = "192.168.70.81";
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Serves HTTP on `addr` in `ns`: `answer(path)` gives the response for each request.
 fn http_server(ns: &Netns, addr: &str, answer: impl Fn(&str) -> String + Send + Sync + 'static) {

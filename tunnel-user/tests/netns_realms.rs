@@ -362,14 +362,7 @@ fn at_the_session_limit_the_user_ends_an_old_session() {
         p.login_with("alice", "correct horse", &Answers::default()),
         Err(PeerError::Unanswered("session to end"))
     ));
-    let listed = p
-        .events
-        .iter()
-        .find_map(|e| match e {
-            ClientEvent::SessionLimit { sessions } => Some(sessions.clone()),
-            _ => None,
-        })
-        .expect("the sessions were listed");
+    let listed = p.listed_sessions().expect("the sessions were listed");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].from, "192.168.71.2");
     assert!(listed[0].started.abs_diff(unix_now()) < 60, "{listed:?}");

@@ -18,6 +18,7 @@ use std::{
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+use tunnel_user::testbed::client_world::{code, said};
 
 use tunnel_proto::{
     AuthRequest, EAP_VENDOR_JUNIPER, EapCode, InnerRequest, Message, Server, ServerConfig,
@@ -36,18 +37,6 @@ const PROMPT_FAILS_WITHIN: Duration = Duration::from_secs(15);
 
 fn root() -> bool {
     tunnel_user::testbed::root_or_skip()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A world whose gateway has `realm` (TOML) after its configuration and whose alice (password

@@ -14,6 +14,7 @@ use std::{
     process::Output,
     time::{Duration, Instant},
 };
+use tunnel_user::testbed::client_world::{code, said};
 
 use nix::{
     sys::signal::{Signal, kill},
@@ -23,18 +24,6 @@ use tunnel_user::testbed::client_world::{CORP, ClientWorld, GATEWAY, GATEWAY2, w
 
 fn world(tag: &str) -> ClientWorld {
     ClientWorld::build(tag, tunnel_user::this_crates_binaries!())
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn connect_smart(w: &ClientWorld) -> Output {

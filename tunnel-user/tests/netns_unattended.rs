@@ -6,9 +6,9 @@
 
 use std::{
     fs,
-    process::Output,
     time::{Duration, Instant},
 };
+use tunnel_user::testbed::client_world::said;
 
 use nix::{
     sys::signal::{Signal, kill},
@@ -18,14 +18,6 @@ use tunnel_user::testbed::{
     client_world::{CORP, ClientWorld, GATEWAY, wait_for},
     pki::{ClientNames, TestCa},
 };
-
-fn said(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn connected(w: &ClientWorld) -> bool {
     w.status().as_array().is_some_and(|a| {

@@ -96,6 +96,20 @@ impl Drop for Proc {
     }
 }
 
+/// A command's exit code (-1: killed by a signal).
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// What a command printed, standard output then standard error.
+pub fn said(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Polls `f` until it holds; panics with `what` after `timeout`. Returns how long it took.
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();

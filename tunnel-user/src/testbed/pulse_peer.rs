@@ -14,7 +14,9 @@ use std::{
 
 use rustls::{ClientConnection, StreamOwned, pki_types::ServerName};
 use tunnel_packet::checksum;
-use tunnel_proto::{Client, ClientConfig, ClientEvent, ClientState, EspInput, Transmit};
+use tunnel_proto::{
+    ActiveSession, Client, ClientConfig, ClientEvent, ClientState, EspInput, Transmit,
+};
 
 use crate::client::tls::{Pin, Trust, client_config};
 
@@ -247,6 +249,14 @@ impl PulsePeer {
     }
 
     /// Whether the state machine has the gateway's configuration.
+    /// The sessions the gateway listed when it asked which one to end (the first time).
+    pub fn listed_sessions(&self) -> Option<Vec<ActiveSession>> {
+        self.events.iter().find_map(|e| match e {
+            ClientEvent::SessionLimit { sessions } => Some(sessions.clone()),
+            _ => None,
+        })
+    }
+
     pub fn established(&self) -> bool {
         self.proto.state() == ClientState::Established
     }
