@@ -315,15 +315,25 @@ pub async fn run(
         }
         let _ = std::fs::remove_file(&config.socket);
     }
-    let listener = UnixListener::bind(&config.socket)
-        .map_err(io_err(format!("binding {}", config.socket.display())))?;
+    // Bound beside its place, given its group and mode, then renamed into place: the socket
+    // appears with the permissions it keeps (a client never meets it half set up).
+    let fresh = config.socket.with_file_name(format!(
+        ".{}.new-{}",
+        config
+            .socket
+            .file_name()
+            .map_or("control".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&fresh);
+    let listener =
+        UnixListener::bind(&fresh).map_err(io_err(format!("binding {}", fresh.display())))?;
     let members = control_group(config.control_group.as_deref());
     let mode = match &members {
         Some((name, gid)) => {
             // tunneld's own primary group may already be it (the unit's Group=); otherwise
             // the socket's group is set, which needs root.
-            if let Err(e) =
-                nix::unistd::chown(&config.socket, None, Some(nix::unistd::Gid::from_raw(*gid)))
+            if let Err(e) = nix::unistd::chown(&fresh, None, Some(nix::unistd::Gid::from_raw(*gid)))
             {
                 warn!(group = %name, error = %e, "the control socket's group");
             }
@@ -331,8 +341,16 @@ pub async fn run(
         }
         None => 0o600,
     };
-    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err("restricting the control socket"))?;
+    let placed = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("restricting the control socket"))
+        .and_then(|()| {
+            std::fs::rename(&fresh, &config.socket)
+                .map_err(io_err(format!("placing {}", config.socket.display())))
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&fresh);
+        return Err(e);
+    }
     let daemon = Arc::new(Daemon {
         plane,
         emit: emit.clone(),
