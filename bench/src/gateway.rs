@@ -117,27 +117,6 @@ pub struct EspLoad {
     pub gateway_cpu_secs_per_gb: f64,
 }
 
-/// The gateway's CPU time so far (user + system), in seconds.
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(") ").context("/proc/PID/stat")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("/proc/PID/stat fields")?
-            .parse::<f64>()?)
-    };
-    // utime and stime (fields 14 and 15), in clock ticks.
-    // SAFETY: sysconf only reads a system setting.
-    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
-    };
-    Ok((ticks(11)? + ticks(12)?) / hz)
-}
-
 /// Bytes written to the gateway's TUN device (its receive counter).
 fn tun_rx_bytes(world: &AttackWorld) -> Result<u64> {
     let out = world.gw.sh("ip -s -j link show tgw0")?;
@@ -368,7 +347,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                     }
                 }
                 let sessions = senders.len();
-                let (cpu0, rx0) = (cpu_secs(gw.id())?, tun_rx_bytes(&world)?);
+                let (cpu0, rx0) = (crate::probe::cpu_seconds(&[gw.id()]), tun_rx_bytes(&world)?);
                 let started = Instant::now();
                 let until = started + esp_time;
                 let to = std::net::SocketAddrV4::new(Ipv4Addr::new(172, 20, 0, 9), 9);
@@ -385,7 +364,7 @@ pub fn run(opts: &Options, revision: &str) -> Result<Report> {
                     }
                 }
                 let seconds = started.elapsed().as_secs_f64();
-                let (cpu1, rx1) = (cpu_secs(gw.id())?, tun_rx_bytes(&world)?);
+                let (cpu1, rx1) = (crate::probe::cpu_seconds(&[gw.id()]), tun_rx_bytes(&world)?);
                 let forwarded = rx1.saturating_sub(rx0);
                 esp = EspLoad {
                     sessions,

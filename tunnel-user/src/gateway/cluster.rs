@@ -5,7 +5,6 @@
 //! With the embedded store every function here is the single gateway's plain behaviour.
 
 use std::{
-    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -169,9 +168,8 @@ pub(super) fn route_session(ctx: &Ctx, lease: &Lease, add: bool) {
     if ctx.store.shared().is_none() {
         return;
     }
-    let addrs = std::iter::once(IpAddr::V4(lease.ipv4)).chain(lease.ipv6.map(IpAddr::V6));
     let result = Netlink::open().and_then(|mut nl| {
-        for a in addrs {
+        for a in lease.addrs() {
             let route = Route {
                 dst: a.into(),
                 via: Via::Dev(ctx.tun_index),

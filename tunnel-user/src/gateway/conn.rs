@@ -32,6 +32,7 @@ use super::{
     cluster::{STORE_UNAVAILABLE, adopt, drop_local_copy, lease_for_login, route_session},
     dialogue::{Dialogue, Step},
     login::{LoginOutcome, LoginRequest, PasswordChange, Refused},
+    ratelimit::{Refusal, Scope},
     redis_store::Unavailable as StoreUnavailable,
     store::CookieKey,
     table::{Moment, Place, Resumable, Session, UserSession},
@@ -221,10 +222,13 @@ async fn refuses_new_login(ctx: &Ctx, user: &str) -> Option<AuthRejection> {
     match shared.failed_logins(user).await {
         Ok(n) if n >= u64::from(limits.account_failures) => {
             warn!(%user, failed = n, window_secs = limits.account_window.as_secs(), "login refused: the user's failed logins across the cluster reached the limit");
-            Some(AuthRejection::Failure(format!(
-                "Too many failed logins. Try again in {} seconds.",
-                limits.account_window.as_secs().max(1)
-            )))
+            // The refusal the local limiter gives when the account's window is full.
+            LoginOutcome::Refused(Refused::RateLimited(Refusal {
+                scope: Scope::Account,
+                retry_after: limits.account_window,
+                pending: false,
+            }))
+            .rejection()
         }
         Ok(_) => None,
         Err(e) => {

@@ -30,6 +30,13 @@ pub struct Lease {
     pub ipv6: Option<Ipv6Addr>,
 }
 
+impl Lease {
+    /// Its addresses, IPv4 first.
+    pub fn addrs(&self) -> impl Iterator<Item = std::net::IpAddr> {
+        std::iter::once(std::net::IpAddr::V4(self.ipv4)).chain(self.ipv6.map(std::net::IpAddr::V6))
+    }
+}
+
 /// Errors of the address pools.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

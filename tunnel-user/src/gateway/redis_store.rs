@@ -25,7 +25,6 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -223,10 +222,7 @@ fn user_key(realm: &str, user: &str) -> String {
 }
 
 fn lease_keys(lease: &Lease) -> Vec<String> {
-    std::iter::once(IpAddr::V4(lease.ipv4))
-        .chain(lease.ipv6.map(IpAddr::V6))
-        .map(|a| format!("tunnel:lease:{a}"))
-        .collect()
+    lease.addrs().map(|a| format!("tunnel:lease:{a}")).collect()
 }
 
 fn unix_now() -> u64 {

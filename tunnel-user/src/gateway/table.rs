@@ -261,10 +261,6 @@ impl<K> Default for LastLookup<K> {
     }
 }
 
-fn lease_addrs(lease: &Lease) -> impl Iterator<Item = IpAddr> {
-    std::iter::once(IpAddr::V4(lease.ipv4)).chain(lease.ipv6.map(IpAddr::V6))
-}
-
 impl SessionTable {
     /// Makes a session reachable by its addresses and cookie.
     #[cfg(test)]
@@ -294,7 +290,7 @@ impl SessionTable {
             }
         }
         if let Ok(mut m) = self.by_addr.write() {
-            for a in lease_addrs(&s.lease) {
+            for a in s.lease.addrs() {
                 m.insert(a, s.clone());
             }
         }

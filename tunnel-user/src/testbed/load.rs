@@ -17,7 +17,10 @@ use tokio::{
 use tokio_rustls::client::TlsStream;
 use tunnel_proto::{AuthFailure, Client, ClientConfig, ClientEvent, Transmit};
 
-use crate::client::tls::{Pin, Trust, client_config};
+use crate::{
+    client::tls::{Pin, Trust, client_config},
+    datapath::frames::{Frame, L4},
+};
 
 /// How long one login or resume may take.
 const STEP: Duration = Duration::from_secs(60);
@@ -287,26 +290,34 @@ impl EspSession {
     }
 }
 
-/// An IPv4 UDP packet of `size` bytes in all, with a valid header checksum.
+/// An IPv4 UDP packet of `size` bytes in all (at least its headers), checksums filled in.
 fn udp_packet(from: Ipv4Addr, to: SocketAddrV4, size: usize) -> Vec<u8> {
-    let size = size.clamp(28, 65_535);
-    let mut p = vec![0u8; size];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&from.octets());
-    p[16..20].copy_from_slice(&to.ip().octets());
-    let sum = p[..20]
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    p[22..24].copy_from_slice(&to.port().to_be_bytes());
-    p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
-    // UDP checksum 0: none (IPv4).
-    p
+    let mut frame = Frame::new(
+        IpAddr::V4(from),
+        IpAddr::V4(*to.ip()),
+        L4::Udp {
+            sport: 40000,
+            dport: to.port(),
+            zero_checksum: false,
+        },
+    );
+    frame.payload = vec![0; size.saturating_sub(28)];
+    // Without its Ethernet header.
+    frame.build().split_off(14)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packets_sent_are_whole_ipv4_udp_of_the_size_asked() {
+        let to = SocketAddrV4::new(Ipv4Addr::new(172, 20, 0, 9), 9);
+        let p = udp_packet(Ipv4Addr::new(10, 64, 0, 2), to, 1400);
+        assert_eq!(p.len(), 1400);
+        assert_eq!((p[0], p[9]), (0x45, 17));
+        assert_eq!(u16::from_be_bytes([p[2], p[3]]), 1400);
+        assert_eq!(&p[16..20], &[172, 20, 0, 9]);
+        assert_eq!(u16::from_be_bytes([p[22], p[23]]), 9);
+    }
 }
