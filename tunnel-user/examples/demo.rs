@@ -59,6 +59,13 @@ fn way(seen: Option<String>, tunnel_addr: &str) -> String {
 
 fn main() -> Result<()> {
     let bin = binaries()?;
+    // Program IDs only grow: the demo's programs have IDs above every one loaded now
+    // (another tunneld on this machine keeps its own).
+    let loaded_before = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .max()
+        .unwrap_or(0);
     println!("tunnel demo: gateway, tunneld and tunnel in network namespaces\n");
     let w = ClientWorld::build("demo", bin);
     // The corp DNS server the gateway pushes (dnsmasq), answering one corp name.
@@ -211,6 +218,7 @@ fn main() -> Result<()> {
     drop(redis);
     let left: Vec<String> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
+        .filter(|p| p.id() > loaded_before)
         .filter_map(|p| p.name_as_str().map(str::to_string))
         .filter(|n| n.starts_with("tunnel_"))
         .collect();
